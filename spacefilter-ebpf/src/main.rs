@@ -1,0 +1,36 @@
+//! The spacefilter XDP program.
+//!
+//! Every frame goes through [`parse`](parse) (Ethernet, up to two VLAN tags,
+//! IPv4/IPv6 with options and extension headers, TCP/UDP/ICMP) and then the
+//! verdict pipeline in [`verdict`]: allowlist → blocklist → pass. Every exit
+//! goes through [`verdict::finish`], which records the per-CPU counters.
+//!
+//! Kernel requirements: XDP with native mode on the driver (veth since 4.19),
+//! LPM tries (4.11), per-CPU arrays (4.6), bounded loops (5.3). The program
+//! is written to load on 5.15 and later.
+#![no_std]
+#![no_main]
+
+mod maps;
+mod parse;
+mod verdict;
+
+use aya_ebpf::{macros::xdp, programs::XdpContext};
+
+/// Entry point: parse, decide, count. Every frame, however malformed, gets
+/// a verdict of its own (pass or drop); the program never aborts.
+#[xdp]
+pub(crate) fn spacefilter(ctx: XdpContext) -> u32 {
+    verdict::decide(&ctx)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: the verifier rejects any program in which a panic is reachable.
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

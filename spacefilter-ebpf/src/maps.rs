@@ -1,0 +1,53 @@
+//! The maps the program shares with userspace. Names and value types come
+//! from `spacefilter-common`; the userspace wrappers live in
+//! `spacefilter::maps`.
+//!
+//! Full-length entries (/32, /128) live in hash maps in front of the LPM
+//! tries: blocking one address costs one hash lookup, and the tries stay
+//! small. All list maps are created with `BPF_F_NO_PREALLOC` (mandatory for
+//! LPM tries), so an empty list costs no memory. Userspace resizes them at
+//! load time.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+};
+use spacefilter_common::{Config, Counter, DEFAULT_CAPACITY, STATS_SLOTS, Slot};
+
+#[map]
+pub(crate) static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Packets and bytes per [`spacefilter_common::Reason`], per CPU.
+#[map]
+pub(crate) static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_SLOTS, 0);
+
+/// Hit counter of each list entry, per CPU, indexed by the entry's slot.
+#[map]
+pub(crate) static RULE_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DEFAULT_CAPACITY, 0);
+
+#[map]
+pub(crate) static ALLOW_V4_EXACT: HashMap<[u8; 4], Slot> =
+    HashMap::with_max_entries(DEFAULT_CAPACITY, BPF_F_NO_PREALLOC);
+#[map]
+pub(crate) static ALLOW_V4: LpmTrie<[u8; 4], Slot> =
+    LpmTrie::with_max_entries(DEFAULT_CAPACITY, BPF_F_NO_PREALLOC);
+#[map]
+pub(crate) static ALLOW_V6_EXACT: HashMap<[u8; 16], Slot> =
+    HashMap::with_max_entries(DEFAULT_CAPACITY, BPF_F_NO_PREALLOC);
+#[map]
+pub(crate) static ALLOW_V6: LpmTrie<[u8; 16], Slot> =
+    LpmTrie::with_max_entries(DEFAULT_CAPACITY, BPF_F_NO_PREALLOC);
+
+#[map]
+pub(crate) static BLOCK_V4_EXACT: HashMap<[u8; 4], Slot> =
+    HashMap::with_max_entries(DEFAULT_CAPACITY, BPF_F_NO_PREALLOC);
+#[map]
+pub(crate) static BLOCK_V4: LpmTrie<[u8; 4], Slot> =
+    LpmTrie::with_max_entries(DEFAULT_CAPACITY, BPF_F_NO_PREALLOC);
+#[map]
+pub(crate) static BLOCK_V6_EXACT: HashMap<[u8; 16], Slot> =
+    HashMap::with_max_entries(DEFAULT_CAPACITY, BPF_F_NO_PREALLOC);
+#[map]
+pub(crate) static BLOCK_V6: LpmTrie<[u8; 16], Slot> =
+    LpmTrie::with_max_entries(DEFAULT_CAPACITY, BPF_F_NO_PREALLOC);

@@ -1,0 +1,250 @@
+//! The packet parser: a cursor over the frame that bounds-checks every read
+//! against `data_end` (as the verifier demands) and, for the layers above
+//! the IP header, against the IP packet's own length.
+//!
+//! Parsing is split in two so that the source address is known before
+//! anything after the IP header is read: [`network`] reads Ethernet, VLAN
+//! tags and the fixed IP header; [`transport`] walks IPv6 extension headers
+//! and checks the TCP/UDP/ICMP header. The verdict pipeline consults the
+//! allow and block lists in between, so a blocked source is dropped however
+//! odd the rest of its frame is.
+
+use aya_ebpf::programs::XdpContext;
+use spacefilter_common::Reason;
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+
+/// 802.1Q and 802.1ad (QinQ) tags walked. A third tag is malformed: no
+/// standard stacks more than two, and no host decodes it.
+const MAX_VLAN_TAGS: usize = 2;
+/// IPv6 extension headers walked before giving up on finding the
+/// transport header. The source has been checked by then, so a longer chain
+/// can only come from a source on no list; it passes.
+const MAX_EXT_HEADERS: usize = 8;
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_DSTOPTS: u8 = 60;
+
+/// The frame, as the program sees it: the bounds of the packet data.
+pub(crate) struct Frame {
+    start: usize,
+    end: usize,
+}
+
+impl Frame {
+    #[inline(always)]
+    pub(crate) fn new(ctx: &XdpContext) -> Self {
+        Self {
+            start: ctx.data(),
+            end: ctx.data_end(),
+        }
+    }
+
+    /// Length of the frame in bytes.
+    #[inline(always)]
+    pub(crate) fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Copies `N` bytes at `offset`, or `None` if the frame is shorter.
+    #[inline(always)]
+    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        if self.start + offset + N > self.end {
+            return None;
+        }
+        // SAFETY: the N bytes at `offset` lie inside the packet, checked
+        // just above; `[u8; N]` has alignment 1.
+        Some(unsafe { core::ptr::read((self.start + offset) as *const [u8; N]) })
+    }
+
+    /// Copies `N` bytes at `offset` that must lie before `limit` (the end of
+    /// the IP packet); a header that does not fit is malformed.
+    #[inline(always)]
+    fn read_within<const N: usize>(&self, offset: usize, limit: usize) -> Result<[u8; N], Reason> {
+        if offset + N > limit {
+            return Err(Reason::Malformed);
+        }
+        self.read(offset).ok_or(Reason::Malformed)
+    }
+}
+
+/// The source address that the lists are keyed on.
+pub(crate) enum Source {
+    V4([u8; 4]),
+    V6([u8; 16]),
+}
+
+/// Where the parse resumes after the list lookups.
+#[derive(Clone, Copy)]
+pub(crate) struct Transport {
+    /// IPv4 protocol, or IPv6 next header.
+    proto: u8,
+    /// Offset of the header named by `proto`.
+    offset: usize,
+    /// Offset one past the IP packet (frames may carry Ethernet padding).
+    ip_end: usize,
+    /// IPv4 fragment with a non-zero offset: it carries no transport header.
+    later_fragment: bool,
+    /// IPv6: extension headers may follow.
+    v6: bool,
+}
+
+#[inline(always)]
+fn be16(hi: u8, lo: u8) -> u16 {
+    u16::from_be_bytes([hi, lo])
+}
+
+/// Ethernet, VLAN tags and the fixed IP header. `Err` carries the verdict
+/// for frames that go no further: not IP, or malformed.
+#[inline(always)]
+pub(crate) fn network(frame: &Frame) -> Result<(Source, Transport), Reason> {
+    let eth: [u8; ETH_HLEN] = frame.read(0).ok_or(Reason::Malformed)?;
+    let mut ethertype = be16(eth[12], eth[13]);
+    let mut offset = ETH_HLEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        let tag: [u8; 4] = frame.read(offset).ok_or(Reason::Malformed)?;
+        ethertype = be16(tag[2], tag[3]);
+        offset += 4;
+    }
+    match ethertype {
+        ETH_P_IP => ipv4(frame, offset),
+        ETH_P_IPV6 => ipv6(frame, offset),
+        ETH_P_8021Q | ETH_P_8021AD => Err(Reason::Malformed),
+        _ => Err(Reason::NotIp),
+    }
+}
+
+#[inline(always)]
+fn ipv4(frame: &Frame, offset: usize) -> Result<(Source, Transport), Reason> {
+    let h: [u8; 20] = frame.read(offset).ok_or(Reason::Malformed)?;
+    if h[0] >> 4 != 4 {
+        return Err(Reason::Malformed);
+    }
+    let header_len = usize::from(h[0] & 0x0f) * 4;
+    let total_len = usize::from(be16(h[2], h[3]));
+    if header_len < 20 || total_len < header_len || offset + total_len > frame.len() {
+        return Err(Reason::Malformed);
+    }
+    let fragment_offset = be16(h[6] & 0x1f, h[7]);
+    Ok((
+        Source::V4([h[12], h[13], h[14], h[15]]),
+        Transport {
+            proto: h[9],
+            offset: offset + header_len,
+            ip_end: offset + total_len,
+            later_fragment: fragment_offset != 0,
+            v6: false,
+        },
+    ))
+}
+
+#[inline(always)]
+fn ipv6(frame: &Frame, offset: usize) -> Result<(Source, Transport), Reason> {
+    let h: [u8; 40] = frame.read(offset).ok_or(Reason::Malformed)?;
+    if h[0] >> 4 != 6 {
+        return Err(Reason::Malformed);
+    }
+    let ip_end = offset + 40 + usize::from(be16(h[4], h[5]));
+    if ip_end > frame.len() {
+        return Err(Reason::Malformed);
+    }
+    let mut src = [0u8; 16];
+    src.copy_from_slice(&h[8..24]);
+    Ok((
+        Source::V6(src),
+        Transport {
+            proto: h[6],
+            offset: offset + 40,
+            ip_end,
+            later_fragment: false,
+            v6: true,
+        },
+    ))
+}
+
+/// Everything after the fixed IP header: the IPv6 extension chain and the
+/// transport header. `Ok` means the frame is well formed as far as it was
+/// walked.
+#[inline(always)]
+pub(crate) fn transport(frame: &Frame, t: &Transport) -> Result<(), Reason> {
+    let Transport {
+        mut proto,
+        mut offset,
+        ip_end,
+        later_fragment,
+        v6,
+    } = *t;
+    if later_fragment {
+        return Ok(());
+    }
+    if v6 {
+        let mut reached = false;
+        for _ in 0..MAX_EXT_HEADERS {
+            match proto {
+                IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                    let e: [u8; 2] = frame.read_within(offset, ip_end)?;
+                    proto = e[0];
+                    offset += (usize::from(e[1]) + 1) * 8;
+                }
+                IPPROTO_AH => {
+                    let e: [u8; 2] = frame.read_within(offset, ip_end)?;
+                    proto = e[0];
+                    offset += (usize::from(e[1]) + 2) * 4;
+                }
+                IPPROTO_FRAGMENT => {
+                    let e: [u8; 8] = frame.read_within(offset, ip_end)?;
+                    if be16(e[2], e[3]) >> 3 != 0 {
+                        // A later fragment: no transport header to check.
+                        return Ok(());
+                    }
+                    proto = e[0];
+                    offset += 8;
+                }
+                _ => {
+                    reached = true;
+                    break;
+                }
+            }
+            if offset > ip_end {
+                return Err(Reason::Malformed);
+            }
+        }
+        if !reached {
+            return Ok(());
+        }
+    }
+    match proto {
+        IPPROTO_TCP => {
+            let h: [u8; 20] = frame.read_within(offset, ip_end)?;
+            let data_offset = usize::from(h[12] >> 4) * 4;
+            if data_offset < 20 || offset + data_offset > ip_end {
+                return Err(Reason::Malformed);
+            }
+        }
+        IPPROTO_UDP => {
+            let _: [u8; 8] = frame.read_within(offset, ip_end)?;
+        }
+        IPPROTO_ICMP if !v6 => {
+            let _: [u8; 8] = frame.read_within(offset, ip_end)?;
+        }
+        IPPROTO_ICMPV6 if v6 => {
+            let _: [u8; 8] = frame.read_within(offset, ip_end)?;
+        }
+        _ => {}
+    }
+    Ok(())
+}

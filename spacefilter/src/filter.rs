@@ -1,0 +1,273 @@
+//! The loaded XDP program: load it, attach it to interfaces, steer its
+//! lists and read its counters.
+
+use std::collections::BTreeMap;
+
+use aya::{
+    Ebpf, EbpfLoader, TestRunOptions,
+    programs::{ProgramError, TestRun as _, Xdp, XdpMode, xdp::XdpLinkId},
+};
+use spacefilter_common::{DEFAULT_CAPACITY, PROGRAM_NAME, map_names};
+
+use crate::{
+    maps::{Counters, Entry, List, ListError, Lists, Stats},
+    prefix::Prefix,
+};
+
+/// The XDP program, built by `build.rs`.
+static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/spacefilter"));
+
+/// How to attach to an interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    /// Native (driver) mode, falling back to generic (skb) mode where the
+    /// driver has no XDP support.
+    #[default]
+    Auto,
+    /// Native (driver) mode only: frames are filtered before the kernel
+    /// allocates a socket buffer.
+    Native,
+    /// Generic (skb) mode: works on every interface, after the socket
+    /// buffer is allocated.
+    Skb,
+}
+
+impl AttachMode {
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            AttachMode::Auto => "auto",
+            AttachMode::Native => "native",
+            AttachMode::Skb => "skb",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    #[error("loading the XDP program failed (is this root, on a kernel with BPF?)")]
+    Load(#[source] aya::EbpfError),
+    #[error("the object file has no XDP program named {PROGRAM_NAME}")]
+    MissingProgram,
+    #[error("preparing the XDP program failed")]
+    Program(#[source] ProgramError),
+    #[error("attaching to {iface} in {mode} mode failed")]
+    Attach {
+        iface: String,
+        mode: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("{iface} is not attached")]
+    NotAttached { iface: String },
+    #[error("detaching from {iface} failed")]
+    Detach {
+        iface: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error(transparent)]
+    List(#[from] ListError),
+    #[error("test run failed")]
+    TestRun(#[source] ProgramError),
+}
+
+/// Load-time settings.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// How many entries each list map holds, and how many hit counters
+    /// there are in all. Each hit counter costs 8 bytes per CPU.
+    pub capacity: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            capacity: DEFAULT_CAPACITY,
+        }
+    }
+}
+
+/// The XDP program, loaded, with its maps.
+pub struct Filter {
+    ebpf: Ebpf,
+    lists: Lists,
+    stats: Stats,
+    attached: BTreeMap<String, (AttachMode, XdpLinkId)>,
+}
+
+impl Filter {
+    /// Loads the program into the kernel (not yet attached anywhere).
+    pub fn load(options: LoadOptions) -> Result<Self, FilterError> {
+        let LoadOptions { capacity } = options;
+        let mut loader = EbpfLoader::new();
+        for name in [
+            map_names::ALLOW_V4_EXACT,
+            map_names::ALLOW_V4,
+            map_names::ALLOW_V6_EXACT,
+            map_names::ALLOW_V6,
+            map_names::BLOCK_V4_EXACT,
+            map_names::BLOCK_V4,
+            map_names::BLOCK_V6_EXACT,
+            map_names::BLOCK_V6,
+        ] {
+            loader.map_max_entries(name, capacity);
+        }
+        // Slot 0 is never handed out.
+        loader.map_max_entries(map_names::RULE_HITS, capacity.saturating_add(1));
+        let mut ebpf = loader.load(PROGRAM).map_err(FilterError::Load)?;
+        let program: &mut Xdp = ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or(FilterError::MissingProgram)?
+            .try_into()
+            .map_err(FilterError::Program)?;
+        program.load().map_err(FilterError::Program)?;
+        let lists = Lists::take(&mut ebpf, capacity.saturating_add(1))?;
+        let stats = Stats::take(&mut ebpf)?;
+        Ok(Self {
+            ebpf,
+            lists,
+            stats,
+            attached: BTreeMap::new(),
+        })
+    }
+
+    fn program(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(PROGRAM_NAME)
+            .and_then(|p| p.try_into().ok())
+            .expect("checked at load")
+    }
+
+    /// Attaches to `iface` and returns the mode that took: with
+    /// [`AttachMode::Auto`], native if the driver allows, else skb.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<AttachMode, FilterError> {
+        let attempt = |program: &mut Xdp, mode: AttachMode| {
+            let xdp_mode = match mode {
+                AttachMode::Auto | AttachMode::Native => XdpMode::Driver,
+                AttachMode::Skb => XdpMode::Skb,
+            };
+            program
+                .attach(iface, xdp_mode)
+                .map_err(|source| FilterError::Attach {
+                    iface: iface.to_owned(),
+                    mode: mode.name(),
+                    source,
+                })
+        };
+        let (used, link) = match mode {
+            AttachMode::Auto => match attempt(self.program(), AttachMode::Native) {
+                Ok(link) => (AttachMode::Native, link),
+                Err(native_err) => {
+                    log::warn!(
+                        "{iface}: native XDP failed ({}), falling back to skb mode",
+                        error_chain(&native_err)
+                    );
+                    (AttachMode::Skb, attempt(self.program(), AttachMode::Skb)?)
+                }
+            },
+            mode => (mode, attempt(self.program(), mode)?),
+        };
+        self.attached.insert(iface.to_owned(), (used, link));
+        Ok(used)
+    }
+
+    /// Detaches from `iface`.
+    pub fn detach(&mut self, iface: &str) -> Result<(), FilterError> {
+        let (_, link) = self
+            .attached
+            .remove(iface)
+            .ok_or_else(|| FilterError::NotAttached {
+                iface: iface.to_owned(),
+            })?;
+        self.program()
+            .detach(link)
+            .map_err(|source| FilterError::Detach {
+                iface: iface.to_owned(),
+                source,
+            })
+    }
+
+    /// The interfaces attached, with the mode each one took.
+    pub fn attached(&self) -> impl Iterator<Item = (&str, AttachMode)> {
+        self.attached
+            .iter()
+            .map(|(iface, (mode, _))| (iface.as_str(), *mode))
+    }
+
+    /// The kernel's id of the loaded program.
+    pub fn program_id(&mut self) -> Result<u32, FilterError> {
+        self.program()
+            .info()
+            .map(|info| info.id())
+            .map_err(FilterError::Program)
+    }
+
+    /// Blocks `prefix`. Returns `false` if it was blocked already.
+    pub fn block(&mut self, prefix: Prefix) -> Result<bool, FilterError> {
+        Ok(self.lists.insert(List::Block, prefix)?)
+    }
+
+    /// Removes `prefix` from the blocklist. Returns `false` if it was not
+    /// there.
+    pub fn unblock(&mut self, prefix: Prefix) -> Result<bool, FilterError> {
+        Ok(self.lists.remove(List::Block, prefix)?)
+    }
+
+    /// Allows `prefix`: its frames pass whatever the blocklist says.
+    pub fn allow(&mut self, prefix: Prefix) -> Result<bool, FilterError> {
+        Ok(self.lists.insert(List::Allow, prefix)?)
+    }
+
+    /// Removes `prefix` from the allowlist.
+    pub fn unallow(&mut self, prefix: Prefix) -> Result<bool, FilterError> {
+        Ok(self.lists.remove(List::Allow, prefix)?)
+    }
+
+    /// The lists, for operations beyond the four verbs above.
+    pub fn lists(&mut self) -> &mut Lists {
+        &mut self.lists
+    }
+
+    /// Every entry of both lists with its hit count.
+    pub fn entries(&self) -> Result<Vec<Entry>, FilterError> {
+        Ok(self.lists.entries()?)
+    }
+
+    /// The verdict counters, summed over the CPUs.
+    pub fn counters(&self) -> Result<Counters, FilterError> {
+        Ok(self.stats.read()?)
+    }
+
+    /// Runs the program on `frame` `repeat` times with `BPF_PROG_TEST_RUN`
+    /// (kernel 4.12; XDP frames of any size since 5.18) and returns the XDP
+    /// action and the mean time per run.
+    pub fn test_run(
+        &mut self,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, std::time::Duration), FilterError> {
+        let result = self
+            .program()
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat,
+                ..Default::default()
+            })
+            .map_err(FilterError::TestRun)?;
+        Ok((result.return_value, result.duration))
+    }
+}
+
+/// An error and its causes on one line: `a: b: c`.
+#[must_use]
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
