@@ -1,1 +1,47 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | build | test | demo`.
+
+mod setup;
+mod tasks;
+
+use anyhow::Result;
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(about = "spacefilter's project tasks")]
+enum Task {
+    /// Install what the build, tests and demo need (idempotent): the nightly
+    /// rust-src component, bpf-linker and the LLVM it links, iproute2,
+    /// tcpdump and friends; mount bpffs.
+    Setup,
+    /// Set up, then build the daemon (with its XDP program) and the harness.
+    Build,
+    /// Set up, then check formatting, run clippy with warnings denied, and
+    /// run the whole test suite (packet fixtures, property test, netns tests).
+    Test {
+        /// Extra arguments for `cargo test` (after `--`), e.g. a test name.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, and run the demo: a lab of network namespaces where a
+    /// listener and an attacker send traffic to a server, and spacefilter
+    /// blocks the attacker at the server's XDP hook.
+    Demo,
+}
+
+fn main() -> Result<()> {
+    match Task::parse() {
+        Task::Setup => setup::run(),
+        Task::Build => {
+            setup::run()?;
+            tasks::build()
+        }
+        Task::Test { args } => {
+            setup::run()?;
+            tasks::test(&args)
+        }
+        Task::Demo => {
+            setup::run()?;
+            tasks::demo()
+        }
+    }
+}

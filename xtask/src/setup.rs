@@ -1,0 +1,264 @@
+//! `cargo xtask setup`: makes a fresh machine able to build, test and demo
+//! spacefilter. Every step checks first and does nothing when its thing is
+//! already there, so every other task runs it.
+
+use std::{
+    env, fs,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::tasks::run_cmd;
+
+/// The bpf-linker release that links against LLVM 21-23.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Commands the tests, the demo and the benchmarks use, with the Debian
+/// package that brings each.
+const SYSTEM_TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("ping", "iputils-ping"),
+    ("tcpdump", "tcpdump"),
+    ("ethtool", "ethtool"),
+    ("bpftool", "bpftool"),
+];
+
+fn say(msg: &str) {
+    println!("setup: {msg}");
+}
+
+pub(crate) fn run() -> Result<()> {
+    check_root()?;
+    check_kernel()?;
+    put_cargo_bin_on_path();
+    system_tools()?;
+    nightly_rust_src()?;
+    bpf_linker()?;
+    mount_bpffs()?;
+    say("ready");
+    Ok(())
+}
+
+fn check_root() -> Result<()> {
+    let euid = nix::unistd::geteuid();
+    if !euid.is_root() {
+        bail!(
+            "spacefilter's setup, tests and demo load XDP programs and create network namespaces, \
+             which needs root (running as uid {euid}); run again as root, e.g. with sudo"
+        );
+    }
+    Ok(())
+}
+
+fn check_kernel() -> Result<()> {
+    if !Path::new("/sys/fs/bpf").is_dir() {
+        bail!(
+            "this kernel has no BPF file system (/sys/fs/bpf is missing): it was built without \
+             CONFIG_BPF_SYSCALL, and spacefilter cannot run on it"
+        );
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        say("warning: /sys/kernel/btf/vmlinux is missing (kernel without BTF); continuing");
+    }
+    Ok(())
+}
+
+fn cargo_home() -> PathBuf {
+    env::var_os("CARGO_HOME").map_or_else(
+        || PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"),
+        PathBuf::from,
+    )
+}
+
+/// `cargo install` puts bpf-linker in `$CARGO_HOME/bin`; make sure the
+/// builds this process starts can find it.
+fn put_cargo_bin_on_path() {
+    let bin = cargo_home().join("bin");
+    let path = env::var_os("PATH").unwrap_or_default();
+    if !env::split_paths(&path).any(|p| p == bin) {
+        let joined = env::join_paths(std::iter::once(bin).chain(env::split_paths(&path)))
+            .expect("PATH entries joinable");
+        // SAFETY: xtask is single-threaded at this point.
+        unsafe { env::set_var("PATH", joined) };
+    }
+}
+
+fn have(command: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {command}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    say(&format!("installing {} from Debian's packages", packages.join(" ")));
+    let mut update = Command::new("apt-get");
+    update.args(["update", "-qq"]);
+    run_cmd(update, "apt-get update (is the Debian package mirror reachable?)")?;
+    let mut install = Command::new("apt-get");
+    install
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    run_cmd(
+        install,
+        &format!("apt-get install {} (is the Debian package mirror reachable?)", packages.join(" ")),
+    )
+}
+
+fn system_tools() -> Result<()> {
+    let missing: Vec<&str> = SYSTEM_TOOLS
+        .iter()
+        .filter(|(command, _)| !have(command))
+        .map(|&(_, package)| package)
+        .collect();
+    if missing.is_empty() {
+        say("system tools present (iproute2, ping, tcpdump, ethtool, bpftool)");
+        return Ok(());
+    }
+    apt_install(&missing)
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.stderr(Stdio::null()).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn nightly_rust_src() -> Result<()> {
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"])).context(
+        "rustup is not installed: the XDP program is built with rustup's nightly toolchain",
+    )?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        say("installing the nightly toolchain (builds the XDP program)");
+        let mut cmd = Command::new("rustup");
+        cmd.args(["toolchain", "install", "nightly", "--profile", "minimal"]);
+        run_cmd(cmd, "rustup toolchain install nightly")?;
+    }
+    let components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .unwrap_or_default();
+    if components.lines().any(|l| l.trim() == "rust-src" || l.starts_with("rust-src")) {
+        say("nightly rust-src present");
+        return Ok(());
+    }
+    say("adding rust-src to the nightly toolchain (needed for -Z build-std=core)");
+    let mut cmd = Command::new("rustup");
+    cmd.args(["component", "add", "rust-src", "--toolchain", "nightly"]);
+    run_cmd(cmd, "rustup component add rust-src --toolchain nightly")
+}
+
+fn bpf_linker() -> Result<()> {
+    if let Some(version) = output(Command::new("bpf-linker").arg("--version")) {
+        say(&format!("{} present", version.trim()));
+        return Ok(());
+    }
+    // bpf-linker must link the LLVM of the nightly toolchain (or a newer
+    // one). The nightly toolchain ships its LLVM as a shared library: link
+    // against that, which needs nothing from outside. Failing that, use
+    // Debian's LLVM 22.
+    let mut cmd = Command::new("cargo");
+    cmd.args(["install", "--locked", "--no-default-features"]);
+    if let Some((major, prefix)) = nightly_llvm()? {
+        say(&format!(
+            "installing bpf-linker {BPF_LINKER_VERSION} against the nightly toolchain's LLVM {major}"
+        ));
+        cmd.args(["--features", &format!("llvm-{major}")])
+            .env("LLVM_PREFIX", &prefix);
+    } else {
+        apt_install(&["llvm-22-dev", "libpolly-22-dev", "libzstd-dev"])?;
+        say(&format!("installing bpf-linker {BPF_LINKER_VERSION} against Debian's LLVM 22"));
+        let path = env::var_os("PATH").unwrap_or_default();
+        let path = env::join_paths(
+            std::iter::once(PathBuf::from("/usr/lib/llvm-22/bin")).chain(env::split_paths(&path)),
+        )?;
+        cmd.args(["--features", "llvm-22"]).env("PATH", path);
+    }
+    cmd.arg(format!("bpf-linker@{BPF_LINKER_VERSION}"));
+    run_cmd(cmd, "cargo install bpf-linker (is crates.io reachable?)")?;
+    let version = output(Command::new("bpf-linker").arg("--version"))
+        .context("bpf-linker was installed but does not run")?;
+    say(&format!("{} installed", version.trim()));
+    Ok(())
+}
+
+/// The nightly toolchain's LLVM major version and a prefix folder whose
+/// `lib/` holds its shared library under the names bpf-linker's build looks
+/// for. The folder is kept for good: bpf-linker loads the library through
+/// it at run time.
+fn nightly_llvm() -> Result<Option<(u32, PathBuf)>> {
+    let Some(verbose) = output(Command::new("rustup").args(["run", "nightly", "rustc", "-vV"]))
+    else {
+        return Ok(None);
+    };
+    let Some(major) = verbose
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .and_then(|v| v.trim().parse::<u32>().ok())
+    else {
+        return Ok(None);
+    };
+    if !(21..=23).contains(&major) {
+        return Ok(None);
+    }
+    let Some(sysroot) = output(Command::new("rustup").args([
+        "run",
+        "nightly",
+        "rustc",
+        "--print",
+        "sysroot",
+    ])) else {
+        return Ok(None);
+    };
+    let lib_dir = PathBuf::from(sysroot.trim()).join("lib");
+    let Some(library) = fs::read_dir(&lib_dir)
+        .with_context(|| format!("reading {}", lib_dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("libLLVM.so.{major}")))
+        })
+    else {
+        return Ok(None);
+    };
+    let prefix = cargo_home().join("spacefilter-llvm");
+    let prefix_lib = prefix.join("lib");
+    fs::create_dir_all(&prefix_lib)
+        .with_context(|| format!("creating {}", prefix_lib.display()))?;
+    let soname = library.file_name().expect("a file").to_owned();
+    for name in [PathBuf::from("libLLVM.so"), PathBuf::from(soname)] {
+        let link = prefix_lib.join(name);
+        let _ = fs::remove_file(&link);
+        symlink(&library, &link).with_context(|| format!("linking {}", link.display()))?;
+    }
+    Ok(Some((major, prefix)))
+}
+
+fn mount_bpffs() -> Result<()> {
+    let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
+    {
+        say("bpffs mounted at /sys/fs/bpf");
+        return Ok(());
+    }
+    say("mounting bpffs at /sys/fs/bpf");
+    let mut cmd = Command::new("mount");
+    cmd.args(["-t", "bpf", "bpf", "/sys/fs/bpf"]);
+    run_cmd(cmd, "mount -t bpf bpf /sys/fs/bpf")
+}

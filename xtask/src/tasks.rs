@@ -1,0 +1,81 @@
+//! The tasks that run after setup.
+
+use std::{os::unix::process::CommandExt as _, path::PathBuf, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+
+/// The workspace root (xtask lives one level below it).
+pub(crate) fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_path_buf()
+}
+
+pub(crate) fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// Runs `cmd`, failing with `what` if it does not succeed.
+pub(crate) fn run_cmd(mut cmd: Command, what: &str) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("{what}: could not start {}", cmd.get_program().display()))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+fn step(title: &str) {
+    println!("==> {title}");
+}
+
+pub(crate) fn build() -> Result<()> {
+    step("cargo build --workspace");
+    let mut cmd = cargo();
+    cmd.args(["build", "--workspace", "--exclude", "spacefilter-ebpf", "--all-targets"]);
+    run_cmd(cmd, "build")
+}
+
+pub(crate) fn test(args: &[String]) -> Result<()> {
+    step("cargo fmt --check");
+    let mut cmd = cargo();
+    cmd.args(["fmt", "--all", "--", "--check"]);
+    run_cmd(cmd, "formatting check (run `cargo fmt --all`)")?;
+
+    step("cargo clippy (warnings denied)");
+    let mut cmd = cargo();
+    cmd.args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "spacefilter-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    run_cmd(cmd, "clippy")?;
+
+    step("cargo test (fixtures through BPF_PROG_TEST_RUN, property test, netns tests)");
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--exclude", "spacefilter-ebpf", "--"])
+        .args(args);
+    run_cmd(cmd, "tests")
+}
+
+pub(crate) fn demo() -> Result<()> {
+    step("building the demo");
+    let mut cmd = cargo();
+    cmd.args(["build", "--package", "spacefilter-tests", "--bin", "demo"]);
+    run_cmd(cmd, "build")?;
+    let demo = workspace_root().join("target/debug/demo");
+    step("running the demo (Ctrl-C stops it and cleans up)");
+    // Replace this process: Ctrl-C then reaches the demo alone, which
+    // removes its lab before exiting.
+    let err = Command::new(&demo).current_dir(workspace_root()).exec();
+    Err(err).with_context(|| format!("could not start {}", demo.display()))
+}
