@@ -18,7 +18,7 @@ const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
 
-/// 802.1Q and 802.1ad (QinQ) tags walked. A third tag is malformed: no
+/// `802.1Q` and `802.1ad` (`QinQ`) tags walked. A third tag is malformed: no
 /// standard stacks more than two, and no host decodes it.
 const MAX_VLAN_TAGS: usize = 2;
 /// IPv6 extension headers walked before giving up on finding the

@@ -5,6 +5,11 @@
 //! attached to veth pairs between network namespaces for live traffic. Both
 //! need root; [`require_root`] makes a test fail (never skip) without it.
 
+pub mod netns;
+pub mod packets;
+pub mod reference;
+pub mod traffic;
+
 /// Fails the calling test, loudly, unless it runs as root. The kernel tests
 /// are the point of this suite: without root they cannot run, and a skipped
 /// test would read as a passed one.

@@ -35,7 +35,7 @@ pub(crate) fn run() -> Result<()> {
     check_kernel()?;
     put_cargo_bin_on_path();
     system_tools()?;
-    nightly_rust_src()?;
+    rust_toolchains()?;
     bpf_linker()?;
     mount_bpffs()?;
     say("ready");
@@ -131,7 +131,7 @@ fn output(cmd: &mut Command) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn nightly_rust_src() -> Result<()> {
+fn rust_toolchains() -> Result<()> {
     let toolchains = output(Command::new("rustup").args(["toolchain", "list"])).context(
         "rustup is not installed: the XDP program is built with rustup's nightly toolchain",
     )?;
@@ -141,22 +141,39 @@ fn nightly_rust_src() -> Result<()> {
         cmd.args(["toolchain", "install", "nightly", "--profile", "minimal"]);
         run_cmd(cmd, "rustup toolchain install nightly")?;
     }
-    let components = output(Command::new("rustup").args([
+    components("nightly", &["rust-src", "clippy"])?;
+    // The toolchain that builds everything else: whatever rustup has active
+    // here (the workspace pins none).
+    let active = output(Command::new("rustup").args(["show", "active-toolchain"]))
+        .and_then(|out| out.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "stable".to_owned());
+    components(&active, &["clippy", "rustfmt"])
+}
+
+/// Adds the rustup components of `toolchain` that are missing.
+fn components(toolchain: &str, wanted: &[&str]) -> Result<()> {
+    let installed = output(Command::new("rustup").args([
         "component",
         "list",
         "--toolchain",
-        "nightly",
+        toolchain,
         "--installed",
     ]))
     .unwrap_or_default();
-    if components.lines().any(|l| l.trim() == "rust-src" || l.starts_with("rust-src")) {
-        say("nightly rust-src present");
+    let missing: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|c| !installed.lines().any(|l| l.starts_with(c)))
+        .collect();
+    if missing.is_empty() {
+        say(&format!("{toolchain} components present ({})", wanted.join(", ")));
         return Ok(());
     }
-    say("adding rust-src to the nightly toolchain (needed for -Z build-std=core)");
+    say(&format!("adding {} to the {toolchain} toolchain", missing.join(", ")));
     let mut cmd = Command::new("rustup");
-    cmd.args(["component", "add", "rust-src", "--toolchain", "nightly"]);
-    run_cmd(cmd, "rustup component add rust-src --toolchain nightly")
+    cmd.args(["component", "add", "--toolchain", toolchain])
+        .args(&missing);
+    run_cmd(cmd, &format!("rustup component add {}", missing.join(" ")))
 }
 
 fn bpf_linker() -> Result<()> {

@@ -59,6 +59,13 @@ pub(crate) fn test(args: &[String]) -> Result<()> {
         "warnings",
     ]);
     run_cmd(cmd, "clippy")?;
+    // The XDP program builds for the BPF target with the nightly toolchain.
+    let mut cmd = Command::new("rustup");
+    cmd.current_dir(workspace_root())
+        .args(["run", "nightly", "cargo", "clippy", "--package", "spacefilter-ebpf"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core", "--release"])
+        .args(["--", "-D", "warnings"]);
+    run_cmd(cmd, "clippy (XDP program)")?;
 
     step("cargo test (fixtures through BPF_PROG_TEST_RUN, property test, netns tests)");
     let mut cmd = cargo();
