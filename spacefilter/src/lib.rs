@@ -4,10 +4,24 @@
 //! - [`prefix`]: the IPv4/IPv6 prefixes that the lists hold, parsed strictly.
 //! - [`maps`]: typed wrappers over the program's maps (lists, counters).
 //! - [`filter`]: the loaded program: load, attach, detach, test runs.
+//! - [`daemon`]: `spacefilter run`: owns the program, persists the rules in
+//!   [`state`], expires timed entries, serves the [`control`] socket.
+//! - [`protocol`]: the JSON-lines protocol of the control socket;
+//!   [`client`] is its client side.
+//! - [`guard`]: the lockout guard; [`iface`]: interface checks; [`bulk`]:
+//!   bulk list files.
 
+pub mod bulk;
+pub mod client;
+pub mod control;
+pub mod daemon;
 pub mod filter;
+pub mod guard;
+pub mod iface;
 pub mod maps;
 pub mod prefix;
+pub mod protocol;
+pub mod state;
 
 pub use filter::{AttachMode, Filter, FilterError, LoadOptions};
 pub use maps::{Counters, Entry, List, ListError};

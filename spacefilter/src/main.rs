@@ -1,99 +1,573 @@
-//! The `spacefilter` command.
+//! The `spacefilter` command: the daemon (`run`) and the client verbs that
+//! steer it over its control socket.
+#![expect(
+    clippy::doc_markdown,
+    reason = "doc comments here are clap's help text, read in a terminal, not rendered"
+)]
 
-use std::time::Duration;
+use std::{
+    io::IsTerminal as _,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
 
-use anyhow::Context as _;
-use clap::Parser;
-use spacefilter::{AttachMode, Filter, LoadOptions, Prefix, Reason};
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+use spacefilter::{
+    AttachMode, List, Prefix, bulk,
+    client::{Client, ClientError},
+    daemon::{self, Settings},
+    filter::error_chain,
+    protocol::{Changed, EntryView, ErrorKind, Origin, Request, Response, StatsView, StatusView},
+};
+use spacefilter_common::DEFAULT_CAPACITY;
 
-/// XDP flood filter: drops traffic from blocked prefixes at the driver,
-/// before the kernel spends anything on it.
+const DEFAULT_SOCKET: &str = "/run/spacefilter/spacefilter.sock";
+const DEFAULT_STATE_DIR: &str = "/var/lib/spacefilter";
+
+/// XDP flood filter. `spacefilter run` attaches an XDP program to network
+/// interfaces and drops traffic from blocked prefixes in the driver, before
+/// the kernel spends anything on it. The other commands steer the running
+/// daemon over its control socket.
+///
+/// Exit status: 0 on success, 2 when the input was refused (a bad prefix, a
+/// bad file line, the lockout guard), 1 when something failed (the daemon
+/// is not running, a write failed).
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
 enum Command {
-    /// Attach the filter to interfaces and keep it there until Ctrl-C,
-    /// printing the counters every interval.
+    /// Run the daemon: load the XDP program, attach it, restore the rules
+    /// from the state directory and serve the control socket until SIGINT
+    /// or SIGTERM, which detach it and remove the socket.
     Run(RunArgs),
+    /// Drop all traffic from these prefixes (IPv4 or IPv6 addresses or
+    /// CIDR prefixes). Blocking a prefix that is already blocked updates
+    /// its TTL and comment.
+    Block(AddArgs),
+    /// Take prefixes off the blocklist.
+    Unblock(RemoveArgs),
+    /// Let these prefixes through whatever the blocklist says: the
+    /// allowlist always wins.
+    Allow(AddArgs),
+    /// Take prefixes off the allowlist.
+    Unallow(RemoveArgs),
+    /// List the entries: prefix, list, origin, time left, packets matched,
+    /// comment.
+    List(ListArgs),
+    /// Show the counters per verdict reason, in packets and bytes; with
+    /// --watch, the rates per second, live, until Ctrl-C.
+    Stats(StatsArgs),
+    /// Show what the daemon is attached to and holds.
+    Status(StatusArgs),
 }
 
-#[derive(clap::Args)]
+#[derive(Args)]
+struct Common {
+    /// The daemon's control socket.
+    #[arg(long, env = "SPACEFILTER_SOCKET", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 struct RunArgs {
-    /// Interface to attach to (repeat for several: one program, shared lists).
-    #[arg(long = "iface", required = true)]
+    /// Interface to attach to; repeat for several (one program, shared
+    /// lists and counters).
+    #[arg(long = "iface", value_name = "IFACE")]
     ifaces: Vec<String>,
-    /// native: driver mode only; skb: generic mode; auto: native, falling
-    /// back to skb with a warning.
-    #[arg(long, value_enum, default_value_t)]
-    mode: AttachMode,
-    /// Prefix to block (an address or CIDR, IPv4 or IPv6; repeatable).
-    #[arg(long = "block")]
-    block: Vec<Prefix>,
-    /// Prefix to allow: it passes whatever the blocklist says (repeatable).
-    #[arg(long = "allow")]
-    allow: Vec<Prefix>,
-    /// How often to print the counters.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    /// auto: native (driver) mode, falling back to skb mode with a warning;
+    /// native: driver mode or fail; skb: generic mode.
+    #[arg(long, value_enum)]
+    mode: Option<AttachMode>,
+    /// Where the rules are kept across restarts.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// The control socket to create (mode 0660, owned by root).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// A TOML file with any of: interfaces, mode, state_dir, socket,
+    /// capacity, allow, block. The command line wins where both speak.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Replace another XDP program found on an interface, and let the
+    /// config file's entries past the lockout guard.
+    #[arg(long)]
+    force: bool,
+    /// Entries each list can hold; each costs 8 bytes per CPU for its hit
+    /// counter, whether used or not.
+    #[arg(long)]
+    capacity: Option<u32>,
+}
+
+#[derive(Args)]
+struct AddArgs {
+    /// Addresses or CIDR prefixes, e.g. 198.18.0.7 198.18.0.0/15 2001:2::/48.
+    #[arg(value_name = "PREFIX", required_unless_present = "file")]
+    prefixes: Vec<Prefix>,
+    /// Read prefixes from a file: one per line, `#` comments, blank lines
+    /// (FireHOL .netset/.ipset). All or nothing: one bad line rejects the
+    /// file.
+    #[arg(long, value_name = "PATH")]
+    file: Option<PathBuf>,
+    /// Remove the entries again after this long (e.g. 90s, 10m, 2h, 1d).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    ttl: Option<Duration>,
+    /// A note shown in `spacefilter list`.
+    #[arg(long)]
+    comment: Option<String>,
+    /// Go past the lockout guard (a /0, or a prefix covering this host's
+    /// own addresses or its gateway).
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+struct RemoveArgs {
+    #[arg(value_name = "PREFIX", required_unless_present = "file")]
+    prefixes: Vec<Prefix>,
+    /// Read the prefixes to remove from a file (same format as `block --file`).
+    #[arg(long, value_name = "PATH")]
+    file: Option<PathBuf>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+struct ListArgs {
+    /// Only the blocklist.
+    #[arg(long, conflicts_with = "allowed")]
+    blocked: bool,
+    /// Only the allowlist.
+    #[arg(long)]
+    allowed: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+struct StatsArgs {
+    /// Keep printing the rates per second until Ctrl-C.
+    #[arg(long)]
+    watch: bool,
+    /// How often --watch prints.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     interval: Duration,
+    #[command(flatten)]
+    common: Common,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration such as 500ms, 1s, 10m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("{s:?}: unknown unit {unit:?}; use ms, s, m or h")),
+#[derive(Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    common: Common,
+}
+
+/// The config file of `spacefilter run --config`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    interfaces: Vec<String>,
+    mode: Option<AttachMode>,
+    state_dir: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    capacity: Option<u32>,
+    #[serde(default)]
+    allow: Vec<Prefix>,
+    #[serde(default)]
+    block: Vec<Prefix>,
+}
+
+/// A failure with its exit status.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn bad_input(message: impl Into<String>) -> Self {
+        Self {
+            code: 2,
+            message: message.into(),
+        }
+    }
+    fn runtime(message: impl Into<String>) -> Self {
+        Self {
+            code: 1,
+            message: message.into(),
+        }
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+impl From<ClientError> for Failure {
+    fn from(err: ClientError) -> Self {
+        Failure::runtime(error_chain(&err))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Block(args) => add(List::Block, args),
+        Command::Allow(args) => add(List::Allow, args),
+        Command::Unblock(args) => remove(List::Block, args),
+        Command::Unallow(args) => remove(List::Allow, args),
+        Command::List(args) => list(&args),
+        Command::Stats(args) => stats(&args),
+        Command::Status(args) => status(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure { code, message }) => {
+            eprintln!("spacefilter: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(args: RunArgs) -> Result<(), Failure> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    match Command::parse() {
-        Command::Run(args) => run(args).await,
-    }
-}
-
-async fn run(args: RunArgs) -> anyhow::Result<()> {
     let RunArgs {
         ifaces,
         mode,
-        block,
-        allow,
-        interval,
+        state_dir,
+        socket,
+        config,
+        force,
+        capacity,
     } = args;
-    let mut filter = Filter::load(LoadOptions::default()).context("loading spacefilter")?;
-    for prefix in allow {
-        filter.allow(prefix)?;
+    let file = match &config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|err| {
+                Failure::bad_input(format!("cannot read config {}: {err}", path.display()))
+            })?;
+            toml::from_str::<ConfigFile>(&text).map_err(|err| {
+                Failure::bad_input(format!("config {}: {err}", path.display()))
+            })?
+        }
+        None => ConfigFile::default(),
+    };
+    let settings = Settings {
+        ifaces: if ifaces.is_empty() {
+            file.interfaces
+        } else {
+            ifaces
+        },
+        mode: mode.or(file.mode).unwrap_or_default(),
+        state_dir: state_dir
+            .or(file.state_dir)
+            .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+        socket: socket
+            .or(file.socket)
+            .unwrap_or_else(|| DEFAULT_SOCKET.into()),
+        force,
+        capacity: capacity.or(file.capacity).unwrap_or(DEFAULT_CAPACITY),
+        allow: file.allow,
+        block: file.block,
+    };
+    if settings.ifaces.is_empty() {
+        return Err(Failure::bad_input(
+            "no interface to attach to: give --iface IFACE (repeatable) or `interfaces` in --config",
+        ));
     }
-    for prefix in block {
-        filter.block(prefix)?;
+    if settings.capacity == 0 {
+        return Err(Failure::bad_input("--capacity must be at least 1"));
     }
-    for iface in &ifaces {
-        let used = filter.attach(iface, mode)?;
-        log::info!("attached to {iface} in {} mode", used.name());
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|err| Failure::runtime(format!("starting the runtime: {err}")))?;
+    runtime
+        .block_on(daemon::run(settings))
+        .map_err(|err| Failure::runtime(format!("{err:#}")))
+}
+
+/// The prefixes given on the command line and in `--file`.
+fn gather(prefixes: &[Prefix], file: Option<&Path>) -> Result<Vec<String>, Failure> {
+    let mut out: Vec<String> = prefixes.iter().map(ToString::to_string).collect();
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| Failure::bad_input(format!("cannot read {}: {err}", path.display())))?;
+        let listed = bulk::parse(&text).map_err(|err| {
+            Failure::bad_input(format!(
+                "{} {err}; nothing was changed",
+                path.display()
+            ))
+        })?;
+        if listed.is_empty() && out.is_empty() {
+            return Err(Failure::bad_input(format!(
+                "{} holds no prefixes",
+                path.display()
+            )));
+        }
+        out.extend(listed.iter().map(ToString::to_string));
     }
-    let mut ticker = tokio::time::interval(interval);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {
-                let counters = filter.counters()?;
-                let line = Reason::ALL
-                    .iter()
-                    .map(|&r| format!("{}={}", r.name(), counters.get(r).packets))
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                println!("{line}");
-            }
-            _ = tokio::signal::ctrl_c() => break,
+    Ok(out)
+}
+
+fn reply_failure(kind: ErrorKind, message: String) -> Failure {
+    match kind {
+        ErrorKind::BadInput | ErrorKind::Refused => Failure::bad_input(message),
+        ErrorKind::Failed => Failure::runtime(message),
+    }
+}
+
+fn unexpected(response: &Response) -> Failure {
+    Failure::runtime(format!("unexpected reply from the daemon: {response:?}"))
+}
+
+fn print_json<T: serde::Serialize>(value: &T) {
+    println!("{}", serde_json::to_string(value).expect("serializable"));
+}
+
+fn report_changed(verb: &str, changed: Changed, json: bool) {
+    if json {
+        print_json(&changed);
+        return;
+    }
+    let Changed {
+        added,
+        updated,
+        removed,
+        unchanged,
+    } = changed;
+    let mut parts = Vec::new();
+    if added > 0 {
+        parts.push(format!("{added} added"));
+    }
+    if updated > 0 {
+        parts.push(format!("{updated} updated"));
+    }
+    if removed > 0 {
+        parts.push(format!("{removed} removed"));
+    }
+    if unchanged > 0 {
+        parts.push(format!("{unchanged} not there"));
+    }
+    println!("{verb}: {}", parts.join(", "));
+}
+
+fn add(list: List, args: AddArgs) -> Result<(), Failure> {
+    let AddArgs {
+        prefixes,
+        file,
+        ttl,
+        comment,
+        force,
+        common: Common { socket, json },
+    } = args;
+    let origin = if file.is_some() {
+        Origin::File
+    } else {
+        Origin::Manual
+    };
+    let prefixes = gather(&prefixes, file.as_deref())?;
+    if ttl.is_some_and(|t| t.is_zero()) {
+        return Err(Failure::bad_input("--ttl must be longer than zero"));
+    }
+    let mut client = Client::connect(&socket)?;
+    let bar = indicatif::ProgressBar::new(0);
+    if !std::io::stderr().is_terminal() || json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({eta})")
+            .expect("valid template"),
+    );
+    bar.set_message(format!("{}ing", list.name()));
+    let response = client.call(
+        Request::Add {
+            list,
+            prefixes,
+            ttl_secs: ttl.map(|t| t.as_secs().max(1)),
+            comment,
+            origin,
+            force,
+        },
+        &mut |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        },
+    )?;
+    bar.finish_and_clear();
+    match response {
+        Response::Changed(changed) => {
+            report_changed(list.name(), changed, json);
+            Ok(())
+        }
+        Response::Error { kind, message } => Err(reply_failure(kind, message)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn remove(list: List, args: RemoveArgs) -> Result<(), Failure> {
+    let RemoveArgs {
+        prefixes,
+        file,
+        common: Common { socket, json },
+    } = args;
+    let prefixes = gather(&prefixes, file.as_deref())?;
+    let mut client = Client::connect(&socket)?;
+    match client.call(Request::Remove { list, prefixes }, &mut |_, _| {})? {
+        Response::Changed(changed) => {
+            report_changed(&format!("un{}", list.name()), changed, json);
+            Ok(())
+        }
+        Response::Error { kind, message } => Err(reply_failure(kind, message)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn format_ttl(secs: Option<u64>) -> String {
+    match secs {
+        None => "-".to_owned(),
+        Some(s) => humantime::format_duration(Duration::from_secs(s)).to_string(),
+    }
+}
+
+fn list(args: &ListArgs) -> Result<(), Failure> {
+    let ListArgs {
+        blocked,
+        allowed,
+        common: Common { socket, json },
+    } = args;
+    let only = match (blocked, allowed) {
+        (true, _) => Some(List::Block),
+        (_, true) => Some(List::Allow),
+        _ => None,
+    };
+    let mut client = Client::connect(socket)?;
+    let entries: Vec<EntryView> = match client.call(Request::List { list: only }, &mut |_, _| {})? {
+        Response::Entries { entries } => entries,
+        Response::Error { kind, message } => return Err(reply_failure(kind, message)),
+        other => return Err(unexpected(&other)),
+    };
+    if *json {
+        print_json(&entries);
+        return Ok(());
+    }
+    println!(
+        "{:<43} {:<6} {:<7} {:>12} {:>14}  COMMENT",
+        "PREFIX", "LIST", "ORIGIN", "TTL", "HITS"
+    );
+    for e in &entries {
+        println!(
+            "{:<43} {:<6} {:<7} {:>12} {:>14}  {}",
+            e.prefix,
+            e.list.name(),
+            e.origin.name(),
+            format_ttl(e.expires_in_secs),
+            e.hits,
+            e.comment.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+fn print_stats(view: &StatsView, rates: bool) {
+    println!(
+        "{:<12} {:>16} {:>18}{}",
+        "REASON",
+        "PACKETS",
+        "BYTES",
+        if rates { "        PKT/S        BIT/S" } else { "" }
+    );
+    for (reason, c) in &view.reasons {
+        if rates {
+            println!(
+                "{:<12} {:>16} {:>18} {:>12.0} {:>12.0}",
+                reason,
+                c.packets,
+                c.bytes,
+                c.packets_per_sec,
+                c.bytes_per_sec * 8.0
+            );
+        } else {
+            println!("{:<12} {:>16} {:>18}", reason, c.packets, c.bytes);
         }
     }
-    for iface in ifaces {
-        filter.detach(&iface)?;
+}
+
+fn stats(args: &StatsArgs) -> Result<(), Failure> {
+    let StatsArgs {
+        watch,
+        interval,
+        common: Common { socket, json },
+    } = args;
+    let mut client = Client::connect(socket)?;
+    if !watch {
+        return match client.call(Request::Stats, &mut |_, _| {})? {
+            Response::Stats(view) => {
+                if *json {
+                    print_json(&view);
+                } else {
+                    print_stats(&view, false);
+                }
+                Ok(())
+            }
+            Response::Error { kind, message } => Err(reply_failure(kind, message)),
+            other => Err(unexpected(&other)),
+        };
     }
+    let interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX).max(100);
+    client.send(Request::Watch { interval_ms })?;
+    let mut first = true;
+    loop {
+        match client.recv()? {
+            Response::Stats(view) => {
+                if *json {
+                    print_json(&view);
+                } else if !first {
+                    println!();
+                    print_stats(&view, true);
+                }
+                first = false;
+            }
+            Response::Error { kind, message } => return Err(reply_failure(kind, message)),
+            other => return Err(unexpected(&other)),
+        }
+    }
+}
+
+fn status(args: &StatusArgs) -> Result<(), Failure> {
+    let StatusArgs {
+        common: Common { socket, json },
+    } = args;
+    let mut client = Client::connect(socket)?;
+    let view: StatusView = match client.call(Request::Status, &mut |_, _| {})? {
+        Response::Status(view) => view,
+        Response::Error { kind, message } => return Err(reply_failure(kind, message)),
+        other => return Err(unexpected(&other)),
+    };
+    if *json {
+        print_json(&view);
+        return Ok(());
+    }
+    let StatusView {
+        version,
+        protocol,
+        uptime_secs,
+        program_id,
+        interfaces,
+        allow_entries,
+        block_entries,
+        capacity,
+    } = view;
+    println!("spacefilter {version} (protocol {protocol}), up {}", format_ttl(Some(uptime_secs)));
+    println!("program id {program_id}");
+    for iface in interfaces {
+        println!("attached to {} ({} mode)", iface.name, iface.mode);
+    }
+    println!("allowlist: {allow_entries} entries; blocklist: {block_entries} entries; capacity {capacity} per list");
     Ok(())
 }

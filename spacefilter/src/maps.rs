@@ -152,22 +152,13 @@ impl<const N: usize> FamilyMaps<N> {
     }
 }
 
-/// Hands out hit-counter slots; slot 0 is never used.
+/// Hit-counter slots: `next` is the first never handed out (slot 0 is
+/// never used); `free` holds slots given back, whose counters need zeroing
+/// before reuse.
 struct Slots {
     capacity: u32,
     next: Slot,
     free: Vec<Slot>,
-}
-
-impl Slots {
-    fn alloc(&mut self) -> Option<Slot> {
-        self.free.pop().or_else(|| {
-            (self.next < self.capacity).then(|| {
-                self.next += 1;
-                self.next - 1
-            })
-        })
-    }
 }
 
 /// The allow and block lists in the kernel, with the hit counters of their
@@ -232,31 +223,78 @@ impl Lists {
     /// Adds `prefix` to `list`. Returns `false` if it was there already (the
     /// entry and its hit count are left as they are).
     pub fn insert(&mut self, list: List, prefix: Prefix) -> Result<bool, ListError> {
-        if self.entries.contains_key(&(list, prefix)) {
-            return Ok(false);
+        Ok(self.insert_many(list, &[prefix])? == 1)
+    }
+
+    /// Adds every prefix of `prefixes` to `list`, all or nothing: if one
+    /// fails, those added by this call are taken out again. Returns how many
+    /// were new.
+    pub fn insert_many(&mut self, list: List, prefixes: &[Prefix]) -> Result<usize, ListError> {
+        let mut added = Vec::new();
+        let mut result = Ok(());
+        for &prefix in prefixes {
+            if self.entries.contains_key(&(list, prefix)) {
+                continue;
+            }
+            if let Err(err) = self.insert_one(list, prefix) {
+                result = Err(err);
+                break;
+            }
+            added.push(prefix);
         }
-        let slot = self.slots.alloc().ok_or(ListError::Full {
-            capacity: self.slots.capacity - 1,
-        })?;
-        if let Err(err) = self.install(list, prefix, slot) {
+        if let Err(err) = result {
+            for prefix in added {
+                let _ = self.remove_one(list, prefix);
+            }
+            self.write_flags()?;
+            return Err(err);
+        }
+        self.write_flags()?;
+        Ok(added.len())
+    }
+
+    fn insert_one(&mut self, list: List, prefix: Prefix) -> Result<(), ListError> {
+        let (slot, reused) = match self.slots.free.pop() {
+            Some(slot) => (slot, true),
+            None if self.slots.next < self.slots.capacity => {
+                self.slots.next += 1;
+                (self.slots.next - 1, false)
+            }
+            None => {
+                return Err(ListError::Full {
+                    capacity: self.slots.capacity - 1,
+                });
+            }
+        };
+        if let Err(err) = self.install(list, prefix, slot, reused) {
             self.slots.free.push(slot);
             return Err(err);
         }
         self.entries.insert((list, prefix), slot);
         let flag = self.flag(list, prefix);
         *self.flag_counts.entry(flag).or_default() += 1;
-        self.write_flags()?;
-        Ok(true)
+        Ok(())
     }
 
-    fn install(&mut self, list: List, prefix: Prefix, slot: Slot) -> Result<(), ListError> {
-        let zeros = PerCpuValues::try_from(vec![0u64; self.cpus]).map_err(ListError::Cpus)?;
-        self.hits
-            .set(slot, zeros, 0)
-            .map_err(|source| ListError::Update {
-                name: map_names::RULE_HITS,
-                source,
-            })?;
+    /// Writes the entry to its map. A reused slot still holds its last
+    /// owner's hits and is zeroed first; a fresh one is zero already.
+    fn install(
+        &mut self,
+        list: List,
+        prefix: Prefix,
+        slot: Slot,
+        reused: bool,
+    ) -> Result<(), ListError> {
+        if reused {
+            let zeros =
+                PerCpuValues::try_from(vec![0u64; self.cpus]).map_err(ListError::Cpus)?;
+            self.hits
+                .set(slot, zeros, 0)
+                .map_err(|source| ListError::Update {
+                    name: map_names::RULE_HITS,
+                    source,
+                })?;
+        }
         let len = prefix.len();
         match (list, prefix.addr()) {
             (List::Allow, IpAddr::V4(a)) => self.allow_v4.insert(a.octets(), len, slot),
@@ -268,6 +306,29 @@ impl Lists {
 
     /// Removes `prefix` from `list`. Returns `false` if it was not there.
     pub fn remove(&mut self, list: List, prefix: Prefix) -> Result<bool, ListError> {
+        Ok(self.remove_many(list, &[prefix])? == 1)
+    }
+
+    /// Removes every prefix of `prefixes` from `list`; returns how many were
+    /// there.
+    pub fn remove_many(&mut self, list: List, prefixes: &[Prefix]) -> Result<usize, ListError> {
+        let mut removed = 0;
+        let mut result = Ok(());
+        for &prefix in prefixes {
+            match self.remove_one(list, prefix) {
+                Ok(true) => removed += 1,
+                Ok(false) => {}
+                Err(err) => {
+                    result = Err(err);
+                    break;
+                }
+            }
+        }
+        self.write_flags()?;
+        result.map(|()| removed)
+    }
+
+    fn remove_one(&mut self, list: List, prefix: Prefix) -> Result<bool, ListError> {
         let Some(&slot) = self.entries.get(&(list, prefix)) else {
             return Ok(false);
         };
@@ -284,8 +345,21 @@ impl Lists {
         if let Some(count) = self.flag_counts.get_mut(&flag) {
             *count -= 1;
         }
-        self.write_flags()?;
         Ok(true)
+    }
+
+    /// Room left for new entries.
+    #[must_use]
+    pub fn free(&self) -> usize {
+        self.slots.free.len() + (self.slots.capacity - self.slots.next) as usize
+    }
+
+    /// The hits of the entry `prefix` on `list`, if it is there.
+    pub fn hits_of(&self, list: List, prefix: Prefix) -> Result<Option<u64>, ListError> {
+        self.entries
+            .get(&(list, prefix))
+            .map(|&slot| self.hits(slot))
+            .transpose()
     }
 
     /// Whether `prefix` is on `list`.

@@ -44,7 +44,9 @@ impl Prefix {
         self.0.network()
     }
 
+    /// The prefix length in bits.
     #[must_use]
+    #[expect(clippy::len_without_is_empty, reason = "a prefix length, not a container's")]
     pub fn len(&self) -> u8 {
         self.0.prefix_len()
     }
@@ -98,6 +100,20 @@ impl fmt::Display for Prefix {
 impl From<IpNet> for Prefix {
     fn from(net: IpNet) -> Self {
         Self(net.trunc())
+    }
+}
+
+impl serde::Serialize for Prefix {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Prefix {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 

@@ -1,0 +1,97 @@
+//! The client side of the control socket, used by the CLI verbs.
+
+use std::{
+    io::{self, BufRead as _, BufReader, Write as _},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+};
+
+use crate::protocol::{Envelope, PROTOCOL_VERSION, Request, Response};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "the spacefilter daemon is not running: nothing answers on {path} ({source}); start it with `spacefilter run --iface IFACE`, or point --socket at its socket"
+    )]
+    NotRunning {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("talking to the daemon on {path} failed")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the daemon closed the connection without answering")]
+    Closed,
+    #[error("the daemon sent something that is not a valid reply: {0}")]
+    Garbled(String),
+}
+
+pub struct Client {
+    path: PathBuf,
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Client {
+    pub fn connect(path: &Path) -> Result<Self, ClientError> {
+        let stream = UnixStream::connect(path).map_err(|source| ClientError::NotRunning {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let writer = stream.try_clone().map_err(|source| ClientError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            reader: BufReader::new(stream),
+            writer,
+        })
+    }
+
+    fn io(&self) -> impl FnOnce(io::Error) -> ClientError + use<> {
+        let path = self.path.clone();
+        move |source| ClientError::Io { path, source }
+    }
+
+    pub fn send(&mut self, request: Request) -> Result<(), ClientError> {
+        let mut line = serde_json::to_vec(&Envelope {
+            v: PROTOCOL_VERSION,
+            request,
+        })
+        .expect("requests always serialize");
+        line.push(b'\n');
+        let io = self.io();
+        self.writer.write_all(&line).map_err(io)
+    }
+
+    /// The next reply line.
+    pub fn recv(&mut self) -> Result<Response, ClientError> {
+        let mut line = String::new();
+        let io = self.io();
+        if self.reader.read_line(&mut line).map_err(io)? == 0 {
+            return Err(ClientError::Closed);
+        }
+        serde_json::from_str(&line).map_err(|err| ClientError::Garbled(err.to_string()))
+    }
+
+    /// Sends `request` and returns its final reply, handing `progress`
+    /// replies to `on_progress` on the way.
+    pub fn call(
+        &mut self,
+        request: Request,
+        on_progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Response, ClientError> {
+        self.send(request)?;
+        loop {
+            match self.recv()? {
+                Response::Progress { done, total } => on_progress(done, total),
+                other => return Ok(other),
+            }
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! The control socket: a Unix stream socket speaking the JSON-lines
+//! protocol of [`crate::protocol`]. Each connection is served on its own
+//! task; a bad request gets an error reply and never disturbs another
+//! client.
+
+use std::{
+    fs,
+    io::ErrorKind as IoErrorKind,
+    os::unix::fs::PermissionsExt as _,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream, unix::OwnedWriteHalf},
+    sync::{mpsc, watch},
+};
+
+use crate::{
+    daemon::{AddRequest, Core, Peer, Refusal, Shared, lock, stats_view},
+    protocol::{Envelope, ErrorKind, MAX_REQUEST_BYTES, PROTOCOL_VERSION, Request, Response},
+};
+
+/// Creates the socket: its folder if needed, owner root, mode 0660. A
+/// socket file left by a daemon that died is replaced; one a live daemon
+/// answers on is not.
+pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!(
+                "another spacefilter daemon is answering on {}; stop it or pick another --socket",
+                path.display()
+            );
+        }
+        fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("setting the mode of {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Accepts connections until `stop` turns true.
+pub async fn serve(listener: UnixListener, core: Shared, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(connection(stream, core.clone(), stop.clone()));
+                }
+                Err(err) => {
+                    log::warn!("accept: {err}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn send(out: &mut OwnedWriteHalf, response: &Response) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(response).expect("responses always serialize");
+    line.push(b'\n');
+    out.write_all(&line).await
+}
+
+fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
+    Response::Error {
+        kind,
+        message: message.into(),
+    }
+}
+
+impl From<Refusal> for Response {
+    fn from(r: Refusal) -> Self {
+        error(r.kind, r.message)
+    }
+}
+
+async fn connection(stream: UnixStream, core: Shared, stop: watch::Receiver<bool>) {
+    let peer = match stream.peer_cred() {
+        Ok(cred) => Peer {
+            uid: cred.uid(),
+            pid: cred.pid(),
+        },
+        Err(err) => {
+            log::warn!("peer credentials: {err}");
+            return;
+        }
+    };
+    let may_write = peer.uid == 0 || peer.uid == nix::unistd::geteuid().as_raw();
+    let (read, mut write) = stream.into_split();
+    let mut read = BufReader::new(read);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let limit = u64::try_from(MAX_REQUEST_BYTES).unwrap_or(u64::MAX) + 1;
+        let n = match (&mut read).take(limit).read_until(b'\n', &mut line).await {
+            Ok(n) => n,
+            Err(err) => {
+                log::debug!("{peer}: read: {err}");
+                return;
+            }
+        };
+        if n == 0 {
+            return;
+        }
+        if line.len() > MAX_REQUEST_BYTES {
+            let _ = send(
+                &mut write,
+                &error(
+                    ErrorKind::BadInput,
+                    format!("request longer than {MAX_REQUEST_BYTES} bytes; closing the connection"),
+                ),
+            )
+            .await;
+            log::warn!("{peer}: oversized request; connection closed");
+            return;
+        }
+        let text = line.trim_ascii();
+        if text.is_empty() {
+            continue;
+        }
+        let request = match serde_json::from_slice::<Envelope>(text) {
+            Ok(Envelope { v, request }) if v == PROTOCOL_VERSION => request,
+            Ok(Envelope { v, .. }) => {
+                let reply = error(
+                    ErrorKind::BadInput,
+                    format!("protocol version {v} is not spoken here; this daemon speaks version {PROTOCOL_VERSION}"),
+                );
+                if send(&mut write, &reply).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Err(err) => {
+                log::warn!("{peer}: unreadable request: {err}");
+                let reply = error(ErrorKind::BadInput, format!("not a valid request: {err}"));
+                if send(&mut write, &reply).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        if request.writes() && !may_write {
+            log::warn!("{peer}: refused a change (not root)");
+            let reply = error(
+                ErrorKind::Refused,
+                format!("uid {} may read but not change the rules; ask as root", peer.uid),
+            );
+            if send(&mut write, &reply).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let keep_going = match request {
+            Request::Watch { interval_ms } => {
+                watch_stats(&mut read, &mut write, &core, interval_ms, stop.clone()).await;
+                false
+            }
+            request => handle(request, &core, peer, &mut write).await,
+        };
+        if !keep_going {
+            return;
+        }
+    }
+}
+
+/// Runs `f` on the core off the async threads: a large import holds the
+/// lock for a while, and must not stall the connections that wait for it.
+async fn with_core(
+    core: &Shared,
+    f: impl FnOnce(&mut Core) -> Result<Response, Refusal> + Send + 'static,
+) -> Response {
+    let core = core.clone();
+    match tokio::task::spawn_blocking(move || f(&mut lock(&core))).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(refusal)) => refusal.into(),
+        Err(err) => error(ErrorKind::Failed, format!("internal error: {err}")),
+    }
+}
+
+/// Serves one request; returns whether the connection is still usable.
+async fn handle(request: Request, core: &Shared, peer: Peer, write: &mut OwnedWriteHalf) -> bool {
+    let response = match request {
+        Request::Add {
+            list,
+            prefixes,
+            ttl_secs,
+            comment,
+            origin,
+            force,
+        } => {
+            let req = AddRequest {
+                list,
+                prefixes,
+                ttl: ttl_secs.map(Duration::from_secs),
+                comment,
+                origin,
+                force,
+            };
+            // Large imports take a while: run them off the async threads and
+            // forward their progress.
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let core = core.clone();
+            let job = tokio::task::spawn_blocking(move || {
+                let mut last = Instant::now();
+                lock(&core).add(req, peer, &mut |done, total| {
+                    if total >= 50_000 && (last.elapsed() >= Duration::from_millis(200) || done == total) {
+                        last = Instant::now();
+                        let _ = tx.send(Response::Progress { done, total });
+                    }
+                })
+            });
+            while let Some(progress) = rx.recv().await {
+                if send(write, &progress).await.is_err() {
+                    break;
+                }
+            }
+            match job.await {
+                Ok(Ok(changed)) => Response::Changed(changed),
+                Ok(Err(refusal)) => refusal.into(),
+                Err(err) => error(ErrorKind::Failed, format!("internal error: {err}")),
+            }
+        }
+        Request::Remove { list, prefixes } => {
+            with_core(core, move |c| c.remove(list, &prefixes, peer).map(Response::Changed)).await
+        }
+        Request::List { list } => {
+            with_core(core, move |c| c.entries(list).map(|entries| Response::Entries { entries }))
+                .await
+        }
+        Request::Stats => {
+            with_core(core, |c| c.counters().map(|n| Response::Stats(stats_view(&n, None)))).await
+        }
+        Request::Status => with_core(core, |c| Ok(Response::Status(c.status()))).await,
+        Request::Watch { .. } => unreachable!("handled by the caller"),
+    };
+    send(write, &response).await.is_ok()
+}
+
+/// Streams counters and rates every `interval_ms` until the client hangs
+/// up or the daemon stops.
+async fn watch_stats(
+    read: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    write: &mut OwnedWriteHalf,
+    core: &Shared,
+    interval_ms: u64,
+    mut stop: watch::Receiver<bool>,
+) {
+    let interval = Duration::from_millis(interval_ms.clamp(100, 3_600_000));
+    let mut ticker = tokio::time::interval(interval);
+    let mut previous = None;
+    let mut scratch = [0u8; 512];
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            n = read.read(&mut scratch) => {
+                // The client hung up (or sent something; a watch takes no
+                // more requests).
+                if matches!(n, Ok(0) | Err(_)) {
+                    return;
+                }
+                continue;
+            }
+            _ = stop.changed() => return,
+        }
+        let shared = core.clone();
+        let counters = match tokio::task::spawn_blocking(move || lock(&shared).counters()).await {
+            Ok(Ok(counters)) => counters,
+            Ok(Err(refusal)) => {
+                let _ = send(write, &refusal.into()).await;
+                return;
+            }
+            Err(_) => return,
+        };
+        let now = Instant::now();
+        let view = stats_view(
+            &counters,
+            previous.as_ref().map(|(c, at): &(_, Instant)| (c, now - *at)),
+        );
+        if let Err(err) = send(write, &Response::Stats(view)).await {
+            if err.kind() != IoErrorKind::BrokenPipe {
+                log::debug!("watch: {err}");
+            }
+            return;
+        }
+        previous = Some((counters, now));
+    }
+}

@@ -1,0 +1,587 @@
+//! The daemon: owns the program, the maps and the state directory, and
+//! carries out what clients ask over the control socket. Every accepted
+//! change is journaled before the client hears back.
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use tokio::{signal::unix::SignalKind, sync::watch};
+
+use crate::{
+    control,
+    filter::{AttachMode, Filter, LoadOptions, error_chain},
+    guard, iface,
+    maps::{Counters, List},
+    prefix::Prefix,
+    protocol::{
+        Changed, CounterView, EntryView, ErrorKind, InterfaceView, Origin, StatsView, StatusView,
+    },
+    state::{Meta, Op, Rule, Rules, StateError, Store, now_ms},
+};
+
+/// Everything `spacefilter run` needs, after merging the config file and
+/// the command line.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub ifaces: Vec<String>,
+    pub mode: AttachMode,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub force: bool,
+    pub capacity: u32,
+    /// Entries from the config file, added on start if absent.
+    pub allow: Vec<Prefix>,
+    pub block: Vec<Prefix>,
+}
+
+/// A refusal or failure to report to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl Refusal {
+    fn bad_input(message: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::BadInput,
+            message: message.into(),
+        }
+    }
+    fn refused(message: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Refused,
+            message: message.into(),
+        }
+    }
+    fn failed(message: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Failed,
+            message: message.into(),
+        }
+    }
+}
+
+/// Who asked, for the log.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer {
+    pub uid: u32,
+    pub pid: Option<i32>,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.pid {
+            Some(pid) => write!(f, "uid {} pid {pid}", self.uid),
+            None => write!(f, "uid {}", self.uid),
+        }
+    }
+}
+
+/// An add request, parsed.
+pub struct AddRequest {
+    pub list: List,
+    pub prefixes: Vec<String>,
+    pub ttl: Option<Duration>,
+    pub comment: Option<String>,
+    pub origin: Origin,
+    pub force: bool,
+}
+
+/// The daemon's state, behind one lock.
+pub struct Core {
+    filter: Filter,
+    rules: Rules,
+    store: Store,
+    ifaces: Vec<String>,
+    started: Instant,
+    capacity: u32,
+    program_id: u32,
+}
+
+pub type Shared = Arc<Mutex<Core>>;
+
+/// Locks the core; a panic while it was held leaves the maps and the rules
+/// as they were at the panic, which is still the best state there is.
+pub fn lock(core: &Shared) -> MutexGuard<'_, Core> {
+    core.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Entries written to the maps between two progress reports.
+const INSERT_CHUNK: usize = 16 * 1024;
+
+fn parse_all(prefixes: &[String]) -> Result<Vec<Prefix>, Refusal> {
+    if prefixes.is_empty() {
+        return Err(Refusal::bad_input("no prefixes given"));
+    }
+    prefixes
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            text.parse::<Prefix>().map_err(|err| {
+                if prefixes.len() == 1 {
+                    Refusal::bad_input(err.to_string())
+                } else {
+                    Refusal::bad_input(format!("entry {}: {err}", i + 1))
+                }
+            })
+        })
+        .collect()
+}
+
+fn describe(prefixes: &[Prefix]) -> String {
+    match prefixes {
+        [one] => one.to_string(),
+        [first, ..] => format!("{} prefixes ({first}, ...)", prefixes.len()),
+        [] => "nothing".to_owned(),
+    }
+}
+
+impl Core {
+    /// Adds or updates entries, all or nothing. `progress` is called with
+    /// (done, total) as kernel entries are written.
+    pub fn add(
+        &mut self,
+        req: AddRequest,
+        peer: Peer,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Changed, Refusal> {
+        let AddRequest {
+            list,
+            prefixes,
+            ttl,
+            comment,
+            origin,
+            force,
+        } = req;
+        let prefixes = parse_all(&prefixes)?;
+        if let Some(text) = &comment
+            && (text.len() > 256 || text.contains('\n'))
+        {
+            return Err(Refusal::bad_input(
+                "a comment is one line of at most 256 bytes",
+            ));
+        }
+        if !force {
+            let protected = guard::protected_addresses(&self.ifaces);
+            if let Some(why) = prefixes
+                .iter()
+                .find_map(|&p| guard::objection(list, p, &protected))
+            {
+                return Err(Refusal::refused(why));
+            }
+        }
+        let now = now_ms();
+        let expires_at_ms = ttl.map(|ttl| {
+            now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+        });
+        let new: Vec<Prefix> = prefixes
+            .iter()
+            .copied()
+            .filter(|p| !self.rules.contains_key(&(list, *p)))
+            .collect();
+        if new.len() > self.filter.lists().free() {
+            return Err(Refusal::failed(format!(
+                "{} new entries do not fit: room is left for {} (capacity {}); remove entries or restart with a larger --capacity",
+                new.len(),
+                self.filter.lists().free(),
+                self.capacity
+            )));
+        }
+        let total = new.len() as u64;
+        let mut done = 0;
+        for chunk in new.chunks(INSERT_CHUNK) {
+            if let Err(err) = self.filter.lists().insert_many(list, chunk) {
+                let _ = self.filter.lists().remove_many(list, &new[..done]);
+                return Err(Refusal::failed(error_chain(&err)));
+            }
+            done += chunk.len();
+            progress(done as u64, total);
+        }
+        self.commit_put(list, &prefixes, &new, comment.as_ref(), origin, expires_at_ms, now)?;
+        let changed = Changed {
+            added: total,
+            updated: prefixes.len() as u64 - total,
+            removed: 0,
+            unchanged: 0,
+        };
+        log::info!(
+            "{} {} ({} new, {} updated{}{}, origin {}) asked by {peer}",
+            list.name(),
+            describe(&prefixes),
+            changed.added,
+            changed.updated,
+            ttl.map(|t| format!(", ttl {}", humantime::format_duration(t)))
+                .unwrap_or_default(),
+            comment
+                .as_deref()
+                .map(|c| format!(", comment {c:?}"))
+                .unwrap_or_default(),
+            origin.name(),
+        );
+        Ok(changed)
+    }
+
+    /// Records added or updated rules in memory and on disk; if the disk
+    /// write fails, undoes both that and the kernel entries in `new`, so
+    /// that what the kernel enforces is what the disk says.
+    #[expect(clippy::too_many_arguments, reason = "one call site, all parts of one rule")]
+    fn commit_put(
+        &mut self,
+        list: List,
+        prefixes: &[Prefix],
+        new: &[Prefix],
+        comment: Option<&String>,
+        origin: Origin,
+        expires_at_ms: Option<u64>,
+        now: u64,
+    ) -> Result<(), Refusal> {
+        let put: Vec<Rule> = prefixes
+            .iter()
+            .map(|&prefix| Rule {
+                list,
+                prefix,
+                meta: Meta {
+                    origin,
+                    comment: comment.cloned(),
+                    expires_at_ms,
+                    added_at_ms: self
+                        .rules
+                        .get(&(list, prefix))
+                        .map_or(now, |m| m.added_at_ms),
+                },
+            })
+            .collect();
+        let previous: Vec<Option<Meta>> = put
+            .iter()
+            .map(|r| self.rules.get(&(r.list, r.prefix)).cloned())
+            .collect();
+        let op = Op::Put { rules: put };
+        op.apply(&mut self.rules);
+        if let Err(err) = self.store.append(&op, &self.rules) {
+            for (&prefix, before) in prefixes.iter().zip(previous) {
+                match before {
+                    Some(meta) => self.rules.insert((list, prefix), meta),
+                    None => self.rules.remove(&(list, prefix)),
+                };
+            }
+            let _ = self.filter.lists().remove_many(list, new);
+            return Err(Refusal::failed(error_chain(&err)));
+        }
+        Ok(())
+    }
+
+    /// Removes entries; prefixes that are not there are counted as
+    /// unchanged.
+    pub fn remove(
+        &mut self,
+        list: List,
+        prefixes: &[String],
+        peer: Peer,
+    ) -> Result<Changed, Refusal> {
+        let prefixes = parse_all(prefixes)?;
+        let present: Vec<Prefix> = prefixes
+            .iter()
+            .copied()
+            .filter(|p| self.rules.contains_key(&(list, *p)))
+            .collect();
+        let changed = Changed {
+            removed: present.len() as u64,
+            unchanged: (prefixes.len() - present.len()) as u64,
+            ..Changed::default()
+        };
+        if present.is_empty() {
+            return Ok(changed);
+        }
+        self.delete(list, &present, &format!("asked by {peer}"))?;
+        Ok(changed)
+    }
+
+    /// Takes `prefixes` (all present) off `list`: journal first, then the
+    /// maps, so that a crash in between re-applies the removal on restart.
+    fn delete(&mut self, list: List, prefixes: &[Prefix], why: &str) -> Result<(), Refusal> {
+        let op = Op::Delete {
+            list,
+            prefixes: prefixes.to_vec(),
+        };
+        let removed: Vec<(Prefix, Meta)> = prefixes
+            .iter()
+            .filter_map(|&p| self.rules.remove(&(list, p)).map(|meta| (p, meta)))
+            .collect();
+        if let Err(err) = self.store.append(&op, &self.rules) {
+            for (prefix, meta) in removed {
+                self.rules.insert((list, prefix), meta);
+            }
+            return Err(Refusal::failed(error_chain(&err)));
+        }
+        self.filter
+            .lists()
+            .remove_many(list, prefixes)
+            .map_err(|err| Refusal::failed(error_chain(&err)))?;
+        log::info!("un{} {} {why}", list.name(), describe(prefixes));
+        Ok(())
+    }
+
+    /// Removes every entry whose TTL has run out.
+    pub fn expire(&mut self) {
+        let now = now_ms();
+        let mut due: BTreeMap<List, Vec<Prefix>> = BTreeMap::new();
+        for (&(list, prefix), meta) in &self.rules {
+            if meta.expires_at_ms.is_some_and(|at| at <= now) {
+                due.entry(list).or_default().push(prefix);
+            }
+        }
+        for (list, prefixes) in due {
+            if let Err(err) = self.delete(list, &prefixes, "(expired)") {
+                log::error!("expiring {} entries failed: {}", list.name(), err.message);
+            }
+        }
+    }
+
+    /// The time until the next entry expires.
+    #[must_use]
+    pub fn next_expiry(&self) -> Option<Duration> {
+        let now = now_ms();
+        self.rules
+            .values()
+            .filter_map(|m| m.remaining(now))
+            .min()
+    }
+
+    pub fn entries(&mut self, only: Option<List>) -> Result<Vec<EntryView>, Refusal> {
+        let now = now_ms();
+        let entries = self
+            .rules
+            .iter()
+            .filter(|((list, _), _)| only.is_none_or(|l| l == *list))
+            .map(|(&(list, prefix), meta)| (list, prefix, meta.clone()))
+            .collect::<Vec<_>>();
+        entries
+            .into_iter()
+            .map(|(list, prefix, meta)| {
+                let hits = self
+                    .filter
+                    .lists()
+                    .hits_of(list, prefix)
+                    .map_err(|err| Refusal::failed(error_chain(&err)))?
+                    .unwrap_or(0);
+                Ok(EntryView {
+                    list,
+                    prefix: prefix.to_string(),
+                    origin: meta.origin,
+                    comment: meta.comment.clone(),
+                    expires_in_secs: meta.remaining(now).map(|d| d.as_secs()),
+                    hits,
+                })
+            })
+            .collect()
+    }
+
+    pub fn counters(&self) -> Result<Counters, Refusal> {
+        self.filter
+            .counters()
+            .map_err(|err| Refusal::failed(error_chain(&err)))
+    }
+
+    pub fn status(&mut self) -> StatusView {
+        let interfaces = self
+            .filter
+            .attached()
+            .map(|(name, mode)| InterfaceView {
+                name: name.to_owned(),
+                mode: mode.name().to_owned(),
+            })
+            .collect();
+        let count = |list| self.rules.keys().filter(|(l, _)| *l == list).count() as u64;
+        StatusView {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            protocol: crate::protocol::PROTOCOL_VERSION,
+            uptime_secs: self.started.elapsed().as_secs(),
+            program_id: self.program_id,
+            interfaces,
+            allow_entries: count(List::Allow),
+            block_entries: count(List::Block),
+            capacity: self.capacity,
+        }
+    }
+
+    fn detach_all(&mut self) {
+        let ifaces: Vec<String> = self.filter.attached().map(|(i, _)| i.to_owned()).collect();
+        for iface in ifaces {
+            match self.filter.detach(&iface) {
+                Ok(()) => log::info!("detached from {iface}"),
+                Err(err) => log::error!("{}", error_chain(&err)),
+            }
+        }
+    }
+}
+
+/// Counters as the protocol shows them; with `earlier` and the time
+/// between, per-second rates too.
+#[must_use]
+pub fn stats_view(now: &Counters, earlier: Option<(&Counters, Duration)>) -> StatsView {
+    let reasons = now
+        .by_reason
+        .iter()
+        .map(|(reason, counter)| {
+            let mut view = CounterView {
+                packets: counter.packets,
+                bytes: counter.bytes,
+                ..CounterView::default()
+            };
+            if let Some((before, elapsed)) = earlier {
+                let secs = elapsed.as_secs_f64().max(1e-3);
+                let before = before.get(*reason);
+                #[expect(clippy::cast_precision_loss, reason = "rates need no 53-bit precision")]
+                {
+                    view.packets_per_sec =
+                        counter.packets.saturating_sub(before.packets) as f64 / secs;
+                    view.bytes_per_sec = counter.bytes.saturating_sub(before.bytes) as f64 / secs;
+                }
+            }
+            (reason.name().to_owned(), view)
+        })
+        .collect();
+    StatsView {
+        at_ms: now_ms(),
+        reasons,
+    }
+}
+
+/// Claims the interfaces, opens the state directory, loads the program,
+/// restores the rules, adds the config file's entries and attaches.
+fn start(settings: Settings) -> anyhow::Result<Core> {
+    let Settings {
+        ifaces,
+        mode,
+        state_dir,
+        socket: _,
+        force,
+        capacity,
+        allow,
+        block,
+    } = settings;
+    for iface in &ifaces {
+        iface::claim(iface, force)?;
+    }
+    let (store, mut rules) = Store::open(&state_dir).map_err(|err: StateError| {
+        anyhow::anyhow!("{}", error_chain(&err))
+    })?;
+    let now = now_ms();
+    rules.retain(|_, meta| meta.expires_at_ms.is_none_or(|at| at > now));
+
+    let mut filter = Filter::load(LoadOptions { capacity }).context("loading the XDP program")?;
+    for list in [List::Allow, List::Block] {
+        let prefixes: Vec<Prefix> = rules
+            .keys()
+            .filter(|(l, _)| *l == list)
+            .map(|&(_, p)| p)
+            .collect();
+        filter
+            .lists()
+            .insert_many(list, &prefixes)
+            .with_context(|| format!("restoring the {}list", list.name()))?;
+    }
+    log::info!(
+        "restored {} rules from {}",
+        rules.len(),
+        state_dir.display()
+    );
+    let program_id = filter.program_id().unwrap_or(0);
+    let mut core = Core {
+        filter,
+        rules,
+        store,
+        ifaces: ifaces.clone(),
+        started: Instant::now(),
+        capacity,
+        program_id,
+    };
+    let system = Peer {
+        uid: nix::unistd::geteuid().as_raw(),
+        pid: Some(std::process::id().cast_signed()),
+    };
+    for (list, prefixes) in [(List::Allow, allow), (List::Block, block)] {
+        let missing: Vec<String> = prefixes
+            .iter()
+            .filter(|p| !core.rules.contains_key(&(list, **p)))
+            .map(ToString::to_string)
+            .collect();
+        if missing.is_empty() {
+            continue;
+        }
+        core.add(
+            AddRequest {
+                list,
+                prefixes: missing,
+                ttl: None,
+                comment: None,
+                origin: Origin::Config,
+                force,
+            },
+            system,
+            &mut |_, _| {},
+        )
+        .map_err(|r| anyhow::anyhow!("config {}list: {}", list.name(), r.message))?;
+    }
+    for iface in &ifaces {
+        match core.filter.attach(iface, mode) {
+            Ok(used) => {
+                if mode == AttachMode::Auto && used == AttachMode::Skb {
+                    log::warn!("{iface}: the driver has no native XDP; attached in skb mode");
+                }
+                log::info!("attached to {iface} in {} mode", used.name());
+            }
+            Err(err) => {
+                core.detach_all();
+                return Err(anyhow::anyhow!("{}", error_chain(&err)));
+            }
+        }
+    }
+    Ok(core)
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let socket = settings.socket.clone();
+    let core = start(settings)?;
+    let listener = control::bind(&socket)?;
+    log::info!("listening on {}", socket.display());
+    let core: Shared = Arc::new(Mutex::new(core));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = tokio::spawn(control::serve(listener, core.clone(), stop_rx.clone()));
+    let expiry = tokio::spawn(expire_loop(core.clone(), stop_rx));
+
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => log::info!("SIGTERM: shutting down"),
+        _ = int.recv() => log::info!("SIGINT: shutting down"),
+    }
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    let _ = expiry.await;
+    lock(&core).detach_all();
+    if let Err(err) = std::fs::remove_file(&socket) {
+        log::warn!("removing {}: {err}", socket.display());
+    }
+    Ok(())
+}
+
+async fn expire_loop(core: Shared, mut stop: watch::Receiver<bool>) {
+    loop {
+        let wait = lock(&core)
+            .next_expiry()
+            .map_or(Duration::from_secs(1), |d| d.min(Duration::from_secs(1)));
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+        lock(&core).expire();
+    }
+}

@@ -1,0 +1,218 @@
+//! The control protocol between the `spacefilter` client verbs and the
+//! daemon: JSON lines over a Unix stream socket.
+//!
+//! Each request is one JSON object on one line, at most
+//! [`MAX_REQUEST_BYTES`] long, carrying the protocol version `v`:
+//!
+//! ```json
+//! {"v":1,"cmd":"add","list":"block","prefixes":["198.18.2.0/24"],"ttl_secs":600,"comment":"flood","origin":"manual","force":false}
+//! {"v":1,"cmd":"remove","list":"block","prefixes":["198.18.2.0/24"]}
+//! {"v":1,"cmd":"list","list":"block"}
+//! {"v":1,"cmd":"stats"}
+//! {"v":1,"cmd":"watch","interval_ms":1000}
+//! {"v":1,"cmd":"status"}
+//! ```
+//!
+//! The daemon answers each request with one [`Response`] line; `add` may
+//! send `progress` lines first, and `watch` sends a `stats` line every
+//! interval until the client hangs up. A request the daemon cannot read
+//! gets an `error` line and the connection stays open for the next one.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::maps::List;
+
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The longest request line the daemon reads (a million prefixes fit).
+pub const MAX_REQUEST_BYTES: usize = 64 << 20;
+
+/// Where an entry came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// Given on the command line.
+    #[default]
+    Manual,
+    /// Imported from a file.
+    File,
+    /// Given in the daemon's configuration file.
+    Config,
+}
+
+impl Origin {
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Origin::Manual => "manual",
+            Origin::File => "file",
+            Origin::Config => "config",
+        }
+    }
+}
+
+impl Serialize for List {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for List {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "allow" => Ok(List::Allow),
+            "block" => Ok(List::Block),
+            other => Err(serde::de::Error::custom(format!(
+                "unknown list {other:?}; expected \"allow\" or \"block\""
+            ))),
+        }
+    }
+}
+
+/// A request with its protocol version.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Envelope {
+    pub v: u32,
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// Add prefixes to a list, or update the TTL and comment of prefixes
+    /// already there. All or nothing.
+    Add {
+        list: List,
+        prefixes: Vec<String>,
+        #[serde(default)]
+        ttl_secs: Option<u64>,
+        #[serde(default)]
+        comment: Option<String>,
+        #[serde(default)]
+        origin: Origin,
+        /// Override the lockout guard.
+        #[serde(default)]
+        force: bool,
+    },
+    /// Remove prefixes from a list. All or nothing.
+    Remove { list: List, prefixes: Vec<String> },
+    /// The entries of one list, or of both.
+    List {
+        #[serde(default)]
+        list: Option<List>,
+    },
+    /// The counters, once.
+    Stats,
+    /// The counters and their per-second rates, every `interval_ms`, until
+    /// the client hangs up.
+    Watch { interval_ms: u64 },
+    /// What the daemon is attached to and holds.
+    Status,
+}
+
+impl Request {
+    /// Whether the request changes the rules (and so needs a writer).
+    #[must_use]
+    pub fn writes(&self) -> bool {
+        matches!(self, Request::Add { .. } | Request::Remove { .. })
+    }
+}
+
+/// What went wrong, for the client's exit code: `bad_input` and `refused`
+/// are the caller's to fix (exit 2), the rest are failures (exit 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request was not valid: unreadable, unknown, a bad prefix.
+    BadInput,
+    /// Valid, but refused: the lockout guard, or the peer may not write.
+    Refused,
+    /// The daemon could not carry it out (a full map, a failed write).
+    Failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
+    Progress {
+        done: u64,
+        total: u64,
+    },
+    Changed(Changed),
+    Entries {
+        entries: Vec<EntryView>,
+    },
+    Stats(StatsView),
+    Status(StatusView),
+}
+
+/// What an `add` or `remove` did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Changed {
+    /// New entries.
+    pub added: u64,
+    /// Entries that were there and got a new TTL or comment.
+    pub updated: u64,
+    /// Entries removed.
+    pub removed: u64,
+    /// Prefixes that needed no change (already absent on remove).
+    pub unchanged: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryView {
+    pub list: List,
+    pub prefix: String,
+    pub origin: Origin,
+    #[serde(default)]
+    pub comment: Option<String>,
+    /// Seconds until the entry expires; none for a permanent entry.
+    #[serde(default)]
+    pub expires_in_secs: Option<u64>,
+    /// Packets the entry has matched.
+    pub hits: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CounterView {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Per second over the last interval (`watch` only).
+    #[serde(default)]
+    pub packets_per_sec: f64,
+    #[serde(default)]
+    pub bytes_per_sec: f64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatsView {
+    /// Milliseconds since the Unix epoch when the counters were read.
+    pub at_ms: u64,
+    /// By reason name (`passed`, `blocked`, ...).
+    pub reasons: BTreeMap<String, CounterView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceView {
+    pub name: String,
+    pub mode: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusView {
+    pub version: String,
+    pub protocol: u32,
+    pub uptime_secs: u64,
+    pub program_id: u32,
+    pub interfaces: Vec<InterfaceView>,
+    pub allow_entries: u64,
+    pub block_entries: u64,
+    pub capacity: u32,
+}
