@@ -192,7 +192,6 @@ pub(crate) fn transport(frame: &Frame, t: &Transport) -> Result<(), Reason> {
         return Ok(());
     }
     if v6 {
-        let mut reached = false;
         for _ in 0..MAX_EXT_HEADERS {
             match proto {
                 IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
@@ -214,16 +213,18 @@ pub(crate) fn transport(frame: &Frame, t: &Transport) -> Result<(), Reason> {
                     proto = e[0];
                     offset += 8;
                 }
-                _ => {
-                    reached = true;
-                    break;
-                }
+                _ => break,
             }
             if offset > ip_end {
                 return Err(Reason::Malformed);
             }
         }
-        if !reached {
+        // Only a chain still going after MAX_EXT_HEADERS is given up on; the
+        // transport header after exactly MAX_EXT_HEADERS is checked below.
+        if matches!(
+            proto,
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT
+        ) {
             return Ok(());
         }
     }

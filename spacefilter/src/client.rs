@@ -11,7 +11,7 @@ use crate::protocol::{Envelope, PROTOCOL_VERSION, Request, Response};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(
-        "the spacefilter daemon is not running: nothing answers on {path} ({source}); start it with `spacefilter run --iface IFACE`, or point --socket at its socket"
+        "the spacefilter daemon is not running: nothing answers on {path}; start it with `spacefilter run --iface IFACE`, or point --socket at its socket"
     )]
     NotRunning {
         path: PathBuf,

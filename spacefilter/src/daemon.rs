@@ -243,18 +243,21 @@ impl Core {
     ) -> Result<(), Refusal> {
         let put: Vec<Rule> = prefixes
             .iter()
-            .map(|&prefix| Rule {
-                list,
-                prefix,
-                meta: Meta {
-                    origin,
-                    comment: comment.cloned(),
-                    expires_at_ms,
-                    added_at_ms: self
-                        .rules
-                        .get(&(list, prefix))
-                        .map_or(now, |m| m.added_at_ms),
-                },
+            .map(|&prefix| {
+                let existing = self.rules.get(&(list, prefix));
+                Rule {
+                    list,
+                    prefix,
+                    meta: Meta {
+                        origin,
+                        // A repeated add keeps the comment unless it brings one.
+                        comment: comment
+                            .cloned()
+                            .or_else(|| existing.and_then(|m| m.comment.clone())),
+                        expires_at_ms,
+                        added_at_ms: existing.map_or(now, |m| m.added_at_ms),
+                    },
+                }
             })
             .collect();
         let previous: Vec<Option<Meta>> = put

@@ -48,8 +48,9 @@ enum Command {
     /// or SIGTERM, which detach it and remove the socket.
     Run(RunArgs),
     /// Drop all traffic from these prefixes (IPv4 or IPv6 addresses or
-    /// CIDR prefixes). Blocking a prefix that is already blocked updates
-    /// its TTL and comment.
+    /// CIDR prefixes). Blocking a prefix that is already blocked sets its
+    /// TTL anew (without --ttl it becomes permanent) and its comment, if one
+    /// is given.
     Block(AddArgs),
     /// Take prefixes off the blocklist.
     Unblock(RemoveArgs),

@@ -141,8 +141,8 @@ impl Host {
         }
     }
 
-    /// The host's address: 198.18.0.1, 198.18.1.10, 198.18.2.66, or
-    /// 2001:2::1, 2001:2:0:1::10, 2001:2:0:2::66.
+    /// The host's address: `198.18.0.1`, `198.18.1.10`, `198.18.2.66`, or
+    /// `2001:2::1`, `2001:2:0:1::10`, `2001:2:0:2::66`.
     #[must_use]
     pub fn addr(self, family: Family) -> IpAddr {
         match family {
@@ -480,6 +480,7 @@ impl Lab {
 
     /// The interface statistics of `host`'s [`IFACE`] (`ip -s link`), for
     /// failure messages.
+    #[must_use]
     pub fn link_stats(&self, host: Host) -> String {
         self.ip(host, &format!("-s link show dev {IFACE}"))
             .unwrap_or_else(|err| format!("{err:#}"))
@@ -496,10 +497,10 @@ impl Lab {
         // The switch goes last: deleting a host's namespace destroys its
         // veth and with it the peer on the bridge.
         while let Some(ns) = self.namespaces.pop() {
-            if let Err(err) = ip(["netns", "delete", &ns]) {
-                if Path::new(NETNS_DIR).join(&ns).exists() {
-                    failures.push(format!("{err:#}"));
-                }
+            if let Err(err) = ip(["netns", "delete", &ns])
+                && Path::new(NETNS_DIR).join(&ns).exists()
+            {
+                failures.push(format!("{err:#}"));
             }
         }
         ensure!(

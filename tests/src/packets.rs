@@ -557,7 +557,7 @@ impl Packet {
         header.header_checksum = header.calc_header_checksum();
         let start = frame.bytes.len();
         frame.push(Layer::Ipv4, &header.to_bytes());
-        frame.ip = Some((Layer::Ipv4, start));
+        frame.ip = Some((Layer::Ipv4, start..frame.bytes.len()));
         self.finish_ip(frame, l4);
     }
 
@@ -588,7 +588,7 @@ impl Packet {
             .expect("payload fits");
         let start = frame.bytes.len();
         frame.push(Layer::Ipv6, &header.to_bytes());
-        frame.ip = Some((Layer::Ipv6, start));
+        frame.ip = Some((Layer::Ipv6, start..frame.bytes.len()));
         for (layer, bytes) in ext_bytes {
             frame.push(layer, &bytes);
         }
@@ -610,8 +610,8 @@ impl Packet {
 pub struct Frame {
     bytes: Vec<u8>,
     layers: Vec<(Layer, Range<usize>)>,
-    /// The IP header's kind and offset.
-    ip: Option<(Layer, usize)>,
+    /// The IP header's kind and where it was built (options included).
+    ip: Option<(Layer, Range<usize>)>,
 }
 
 impl Frame {
@@ -660,7 +660,17 @@ impl Frame {
     /// Offset of the IP header.
     #[must_use]
     pub fn l3(&self) -> Option<usize> {
-        self.ip.map(|(_, offset)| offset)
+        self.ip.as_ref().map(|(_, range)| range.start)
+    }
+
+    /// Where the IP header (with IPv4 options) ends, if the frame still
+    /// holds all of it.
+    #[must_use]
+    pub fn ip_header_end(&self) -> Option<usize> {
+        self.ip
+            .as_ref()
+            .map(|(_, range)| range.end)
+            .filter(|&end| end <= self.bytes.len())
     }
 
     /// Where to cut the frame to truncate each header: at its start, and in
@@ -729,15 +739,11 @@ impl Frame {
     /// # Panics
     /// If the cut is not past the fixed IP header (and IPv4 options).
     pub fn truncated_ip(self, len: usize) -> Self {
-        let (kind, l3) = self.ip.expect("an IP frame");
-        let ip_header = self
-            .layer(kind)
-            .expect("the IP header is there")
-            .len();
+        let (kind, header) = self.ip.clone().expect("an IP frame");
+        let l3 = header.start;
         assert!(
-            len >= l3 + ip_header,
-            "truncated_ip({len}) cuts into the IP header at {l3}..{}",
-            l3 + ip_header
+            len >= header.end && self.ip_header_end().is_some(),
+            "truncated_ip({len}) cuts into the IP header at {header:?}"
         );
         let frame = self.truncated(len);
         let ip_len = u16::try_from(len - l3).expect("fits");
@@ -757,10 +763,16 @@ impl Frame {
     }
 
     fn l3_expect(&self, kind: Layer) -> usize {
-        match self.ip {
-            Some((k, offset)) if k == kind => offset,
+        match &self.ip {
+            Some((k, range)) if *k == kind => range.start,
             _ => panic!("not a {kind} frame"),
         }
+    }
+
+    /// The frame with `bytes` appended (as Ethernet padding would be).
+    pub fn padded(mut self, bytes: &[u8]) -> Self {
+        self.push(Layer::Padding, bytes);
+        self
     }
 
     /// Sets the IPv4 IHL field (header length in words), leaving the bytes
@@ -794,11 +806,17 @@ impl Frame {
     /// parses.
     pub fn with_ipv4_checksum(mut self) -> Self {
         let l3 = self.l3_expect(Layer::Ipv4);
-        if let Ok(slice) = Ipv4HeaderSlice::from_slice(&self.bytes[l3..]) {
+        if let Some(Ok(slice)) = self.bytes.get(l3..).map(Ipv4HeaderSlice::from_slice) {
             let checksum = slice.to_header().calc_header_checksum();
             self.bytes[l3 + 10..l3 + 12].copy_from_slice(&checksum.to_be_bytes());
         }
         self
+    }
+}
+
+impl From<Frame> for Vec<u8> {
+    fn from(frame: Frame) -> Self {
+        frame.into_bytes()
     }
 }
 

@@ -202,7 +202,9 @@ fn transport(upper: Upper<'_>) -> Result<(), Reason> {
             mut next_header,
             mut data,
         } => {
+            let mut walked = 0;
             for _ in 0..MAX_EXT_HEADERS {
+                walked += 1;
                 match next_header {
                     ip_number::IPV6_HOP_BY_HOP
                     | ip_number::IPV6_ROUTE
@@ -236,10 +238,10 @@ fn transport(upper: Upper<'_>) -> Result<(), Reason> {
                         data = data.get(size..).ok_or(Reason::Malformed)?;
                         next_header = IpNumber(next);
                     }
-                    _ => break,
+                    _ => { walked -= 1; break },
                 }
             }
-            if is_ext(next_header) {
+            if is_ext(next_header) || walked == MAX_EXT_HEADERS {
                 // Still going after MAX_EXT_HEADERS: give up, pass.
                 return Ok(());
             }

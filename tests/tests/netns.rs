@@ -6,7 +6,7 @@
 //! Blocked traffic is checked where it stops: the server's sockets see none
 //! of it, and the program's `blocked` counter accounts for every frame.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
 
 use spacefilter::{AttachMode, Counters, Filter, List, LoadOptions, Prefix, Reason};
 use spacefilter_tests::{
@@ -310,4 +310,54 @@ fn native_neighbour_discovery_while_attacker_blocked() {
 #[test]
 fn skb_neighbour_discovery_while_attacker_blocked() {
     neighbour_discovery_while_blocked(AttachMode::Skb);
+}
+
+/// The harness itself: the namespaces exist with their settings while the
+/// lab lives, and are gone once it is closed.
+#[test]
+fn lab_builds_and_cleans_up() {
+    require_root();
+    let lab = Lab::new().expect("building the lab");
+    let namespaces = lab.namespaces();
+    assert_eq!(namespaces.len(), 4, "{namespaces:?}");
+    let sysctl = |ns: &str, key: &str| {
+        let output = Command::new("ip")
+            .args(["netns", "exec", ns, "cat"])
+            .arg(Path::new("/proc/sys").join(key))
+            .output()
+            .expect("running ip netns exec");
+        assert!(output.status.success(), "{ns}: reading {key}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    };
+    for host in Host::ALL {
+        let ns = lab.ns(host);
+        assert_eq!(sysctl(&ns, "net/ipv6/conf/eth0/accept_dad"), "0", "{host}");
+        // The closure runs in the host's namespace: its eth0 is there.
+        let seen = lab
+            .run_in(host, || {
+                std::fs::read_to_string("/proc/sys/net/ipv6/conf/eth0/disable_ipv6")
+            })
+            .expect("entering the namespace")
+            .expect("reading the sysctl");
+        assert_eq!(seen.trim(), "0", "{host}");
+        let addrs = lab.ip(host, "-br addr show dev eth0").expect("listing addresses");
+        for family in Family::ALL {
+            assert!(
+                addrs.contains(&host.addr(family).to_string()),
+                "{host}: {addrs}"
+            );
+        }
+    }
+    assert_eq!(
+        sysctl(&lab.switch_ns(), "net/ipv6/conf/br0/disable_ipv6"),
+        "1"
+    );
+
+    lab.close().expect("closing the lab");
+    for ns in namespaces {
+        assert!(
+            !Path::new("/var/run/netns").join(&ns).exists(),
+            "{ns} is still there"
+        );
+    }
 }
