@@ -17,6 +17,11 @@ use crate::{
 /// The XDP program, built by `build.rs`.
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/spacefilter"));
 
+/// The measuring tools (`floor_drop`, `floor_pass`, `generator`; see
+/// `spacefilter-ebpf/src/tools.rs`), for benchmarks and the flood harness.
+pub static TOOLS: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/spacefilter-tools"));
+
 /// How to attach to an interface.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
