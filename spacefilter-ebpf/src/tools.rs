@@ -21,24 +21,25 @@ use aya_ebpf::{
 static GEN_TARGET: Array<u32> = Array::with_max_entries(1, 0);
 
 #[xdp]
-#[expect(clippy::needless_pass_by_value, reason = "the signature #[xdp] requires")]
 fn floor_drop(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }
 
 #[xdp]
-#[expect(clippy::needless_pass_by_value, reason = "the signature #[xdp] requires")]
 fn floor_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
 #[xdp]
-#[expect(clippy::needless_pass_by_value, reason = "the signature #[xdp] requires")]
 fn generator(_ctx: XdpContext) -> u32 {
     match GEN_TARGET.get(0) {
-        // SAFETY: bpf_redirect (kernel 4.4 for XDP) only reads its arguments.
-        #[expect(clippy::cast_possible_truncation, reason = "XDP actions fit in u32")]
-        Some(&ifindex) if ifindex != 0 => unsafe { bpf_redirect(ifindex, 0) as u32 },
+        Some(&ifindex) if ifindex != 0 => {
+            // SAFETY: bpf_redirect (kernel 4.4 for XDP) only reads its
+            // arguments.
+            let action = unsafe { bpf_redirect(ifindex, 0) };
+            // XDP_REDIRECT, or XDP_ABORTED should the helper ever fail.
+            u32::try_from(action).unwrap_or(xdp_action::XDP_ABORTED)
+        }
         _ => xdp_action::XDP_ABORTED,
     }
 }
