@@ -18,7 +18,7 @@
 //! bytes are written by hand.
 //!
 //! Addresses come from the benchmarking ranges 198.18.0.0/15 (RFC 2544) and
-//! 2001:2::/48 (RFC 5180): see [`v4`] and [`v6`].
+//! `2001:2::/48` (RFC 5180): see [`v4`] and [`v6`].
 
 use std::{
     fmt,
@@ -40,7 +40,7 @@ pub const MAC_DST: [u8; 6] = [0x02, 0x00, 0x5e, 0x10, 0x00, 0x02];
 
 /// 802.1Q customer tag.
 pub const TPID_8021Q: u16 = 0x8100;
-/// 802.1ad service (QinQ outer) tag.
+/// 802.1ad service (`QinQ` outer) tag.
 pub const TPID_8021AD: u16 = 0x88A8;
 
 /// `198.18.<third>.<fourth>`, inside 198.18.0.0/15.
@@ -55,7 +55,7 @@ pub const fn v4_far(third: u8, fourth: u8) -> Ipv4Addr {
     Ipv4Addr::new(198, 19, third, fourth)
 }
 
-/// `2001:2:0:<subnet>::<host>`, inside 2001:2::/48.
+/// `2001:2:0:<subnet>::<host>`, inside `2001:2::/48`.
 #[must_use]
 pub const fn v6(subnet: u16, host: u16) -> Ipv6Addr {
     Ipv6Addr::new(0x2001, 0x0002, 0, subnet, 0, 0, 0, host)
@@ -64,14 +64,14 @@ pub const fn v6(subnet: u16, host: u16) -> Ipv6Addr {
 /// One IPv6 extension header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ext {
-    /// Hop-by-hop options (0), `(units + 1) * 8` bytes of PadN.
+    /// Hop-by-hop options (0), `(units + 1) * 8` bytes of `PadN`.
     HopByHop { units: u8 },
     /// Routing header (43), experimental type 253 with no segments left,
     /// `(units + 1) * 8` bytes.
     Routing { units: u8 },
     /// Fragment header (44): offset in 8-byte units, and the M flag.
     Fragment { offset: u16, more: bool },
-    /// Destination options (60), `(units + 1) * 8` bytes of PadN.
+    /// Destination options (60), `(units + 1) * 8` bytes of `PadN`.
     DestOpts { units: u8 },
     /// Authentication header (51) with an ICV of `icv_words` 32-bit words:
     /// `12 + 4 * icv_words` bytes.
@@ -143,7 +143,7 @@ impl Ext {
     }
 }
 
-/// Option payload of `(units + 1) * 8 - 2` bytes: one PadN option.
+/// Option payload of `(units + 1) * 8 - 2` bytes: one `PadN` option.
 fn pad_n(units: u8) -> Vec<u8> {
     let len = 6 + 8 * usize::from(units);
     let mut payload = vec![0u8; len];
@@ -297,7 +297,7 @@ impl Packet {
         self.tag(TPID_8021Q, id)
     }
 
-    /// Adds a QinQ pair inside the tags so far: an 802.1ad service tag
+    /// Adds a `QinQ` pair inside the tags so far: an 802.1ad service tag
     /// around an 802.1Q customer tag.
     pub fn qinq(self, outer: u16, inner: u16) -> Self {
         self.tag(TPID_8021AD, outer).tag(TPID_8021Q, inner)
@@ -332,13 +332,13 @@ impl Packet {
     }
 
     /// An ICMP (v4) echo request. In an IPv6 packet this is next header 1,
-    /// which is not ICMPv6.
+    /// which is not `ICMPv6`.
     pub fn icmp_echo(mut self) -> Self {
         self.l4 = L4::Icmpv4(Icmpv4Type::EchoRequest(IcmpEchoHeader { id: 7, seq: 1 }));
         self
     }
 
-    /// An ICMPv6 echo request (in an IPv4 packet: protocol 58, not ICMP).
+    /// An `ICMPv6` echo request (in an IPv4 packet: protocol 58, not ICMP).
     pub fn icmpv6_echo(mut self) -> Self {
         self.l4 = L4::Icmpv6(Icmpv6Type::EchoRequest(IcmpEchoHeader { id: 7, seq: 1 }));
         self
@@ -377,8 +377,8 @@ impl Packet {
         let Net::V4(header) = &mut self.net else {
             panic!("IPv4 options on a non-IPv4 packet");
         };
-        header.options = Ipv4Options::try_from(options)
-            .expect("options are a multiple of 4 bytes, at most 40");
+        header.options =
+            Ipv4Options::try_from(options).expect("options are a multiple of 4 bytes, at most 40");
         self
     }
 
@@ -519,7 +519,10 @@ impl Packet {
                     _ => unreachable!("one family per packet"),
                 }
                 .expect("payload fits");
-                (Some((Layer::Udp, header.to_bytes().to_vec())), ip_number::UDP)
+                (
+                    Some((Layer::Udp, header.to_bytes().to_vec())),
+                    ip_number::UDP,
+                )
             }
             (L4::Icmpv4(icmp_type), ..) => {
                 let header = Icmpv4Header::with_checksum(icmp_type.clone(), payload);
@@ -533,9 +536,8 @@ impl Packet {
                     IpAddr::V6(a) => a.octets(),
                     IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
                 };
-                let header =
-                    Icmpv6Header::with_checksum(icmp_type.clone(), to16(src), to16(dst), payload)
-                        .expect("payload fits");
+                let header = Icmpv6Header::with_checksum(*icmp_type, to16(src), to16(dst), payload)
+                    .expect("payload fits");
                 (
                     Some((Layer::Icmpv6, header.to_bytes().to_vec())),
                     ip_number::IPV6_ICMP,
@@ -607,6 +609,7 @@ impl Packet {
 
 /// A built frame: its bytes and where each header lies.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use]
 pub struct Frame {
     bytes: Vec<u8>,
     layers: Vec<(Layer, Range<usize>)>,
@@ -853,10 +856,7 @@ mod tests {
 
         let mut reference = Vec::new();
         PacketBuilder::ethernet2(MAC_SRC, MAC_DST)
-            .double_vlan(
-                VlanId::try_new(10).unwrap(),
-                VlanId::try_new(20).unwrap(),
-            )
+            .double_vlan(VlanId::try_new(10).unwrap(), VlanId::try_new(20).unwrap())
             .ipv6(s6.octets(), d6.octets(), 64)
             .tcp(4000, 80, 0x5eed_0001, 64240)
             .syn()
@@ -886,11 +886,7 @@ mod tests {
         let sliced = SlicedPacket::from_ethernet(frame.bytes()).unwrap();
         assert!(matches!(sliced.transport, Some(TransportSlice::Udp(_))));
         assert_eq!(
-            frame
-                .layers()
-                .iter()
-                .map(|(l, _)| *l)
-                .collect::<Vec<_>>(),
+            frame.layers().iter().map(|(l, _)| *l).collect::<Vec<_>>(),
             [
                 Layer::Ethernet,
                 Layer::Ipv6,

@@ -11,7 +11,7 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use spacefilter::{
-    Filter, LoadOptions, List, Prefix, Reason,
+    Filter, List, LoadOptions, Prefix, Reason,
     Reason::{Allowlisted, Blocked, Malformed, NotIp, Passed},
 };
 use spacefilter_tests::{
@@ -68,7 +68,11 @@ impl Case {
             Allowlisted => List::Allow,
             Blocked => List::Block,
             _ => {
-                assert!(self.hit.is_none(), "{}: a hit without a list verdict", self.name);
+                assert!(
+                    self.hit.is_none(),
+                    "{}: a hit without a list verdict",
+                    self.name
+                );
                 return None;
             }
         };
@@ -114,7 +118,11 @@ impl Table {
                 List::Allow => self.filter.unallow(entry.prefix),
                 List::Block => self.filter.unblock(entry.prefix),
             };
-            assert!(removed.expect("remove a rule"), "{} was listed", entry.prefix);
+            assert!(
+                removed.expect("remove a rule"),
+                "{} was listed",
+                entry.prefix
+            );
         }
     }
 
@@ -127,14 +135,24 @@ impl Table {
             .collect()
     }
 
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "cases are built inline, at the call"
+    )]
     fn run(&mut self, case: Case) {
         self.ran += 1;
         if let Err(problems) = self.check(&case) {
             self.failures.push(format!(
                 "{} (allow {:?}, block {:?}, {} bytes {:02x?}): {}",
                 case.name,
-                case.allow.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                case.block.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                case.allow
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>(),
+                case.block
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>(),
                 case.frame.len(),
                 &case.frame[..case.frame.len().min(80)],
                 problems.join("; ")
@@ -295,14 +313,26 @@ fn transports_clean_and_listed() {
             t.run(Case::new(name("everything blocked"), frame.clone(), Blocked).block(f.any));
             t.run(Case::new(name("host allowed"), frame.clone(), Allowlisted).allow(f.host));
             t.run(
-                Case::new(name("padded to 60+ bytes"), packet.clone().padding(18).build(), Passed)
-                    .block(f.other),
+                Case::new(
+                    name("padded to 60+ bytes"),
+                    packet.clone().padding(18).build(),
+                    Passed,
+                )
+                .block(f.other),
             );
             t.run(
-                Case::new(name("padded, blocked"), packet.clone().padding(18).build(), Blocked)
-                    .block(f.net),
+                Case::new(
+                    name("padded, blocked"),
+                    packet.clone().padding(18).build(),
+                    Blocked,
+                )
+                .block(f.net),
             );
-            t.run(Case::new(name("no payload"), packet.payload(&[]).build(), Passed));
+            t.run(Case::new(
+                name("no payload"),
+                packet.payload(&[]).build(),
+                Passed,
+            ));
         }
         // The other family's ICMP, and transports the program does not know,
         // are not checked: a 1-byte body passes.
@@ -315,10 +345,12 @@ fn transports_clean_and_listed() {
             ("no next header 59", 59),
         ] {
             let frame = f.packet().protocol(number).payload(&[0xee]).build();
-            t.run(Case::new(format!("{} {what}, 1 byte", f.name), frame.clone(), Passed));
-            t.run(
-                Case::new(format!("{} {what}, blocked", f.name), frame, Blocked).block(f.host),
-            );
+            t.run(Case::new(
+                format!("{} {what}, 1 byte", f.name),
+                frame.clone(),
+                Passed,
+            ));
+            t.run(Case::new(format!("{} {what}, blocked", f.name), frame, Blocked).block(f.host));
         }
         // A transport header exactly as long as its minimum.
         for (l4, packet) in f.transports() {
@@ -346,7 +378,12 @@ fn transports_clean_and_listed() {
             .allow("0.0.0.0/0")
             .block("2001:2:0:1::a"),
     );
-    // TCP header lengths.
+    t.finish();
+}
+
+#[test]
+fn tcp_header_lengths() {
+    let mut t = Table::load("tcp");
     for f in &FAMILIES {
         let tcp = f.packet().tcp(1, 2).payload(b"data").build();
         let l4 = tcp.layer(Layer::Tcp).unwrap().start;
@@ -370,7 +407,10 @@ fn transports_clean_and_listed() {
         for (data_offset, reason) in [(6u8, Passed), (7, Malformed), (15, Malformed)] {
             let frame = tcp.clone().set(l4 + 12, &[data_offset << 4]);
             t.run(Case::new(
-                format!("{} tcp data offset {data_offset} with 4 payload bytes", f.name),
+                format!(
+                    "{} tcp data offset {data_offset} with 4 payload bytes",
+                    f.name
+                ),
                 frame,
                 reason,
             ));
@@ -384,7 +424,11 @@ fn transports_clean_and_listed() {
             ])
             .unwrap();
         let frame = f.packet().tcp_header(header).build();
-        t.run(Case::new(format!("{} tcp with options", f.name), frame.clone(), Passed));
+        t.run(Case::new(
+            format!("{} tcp with options", f.name),
+            frame.clone(),
+            Passed,
+        ));
         let len = frame.len();
         t.run(Case::new(
             format!("{} tcp options cut short", f.name),
@@ -406,11 +450,18 @@ fn vlan_tags() {
             ("802.1ad", tcp.clone().tag(TPID_8021AD, 100)),
             ("QinQ 802.1ad+802.1Q", tcp.clone().qinq(100, 200)),
             ("802.1Q+802.1Q", tcp.clone().vlan(100).vlan(200)),
-            ("802.1ad+802.1ad", tcp.clone().tag(TPID_8021AD, 1).tag(TPID_8021AD, 2)),
+            (
+                "802.1ad+802.1ad",
+                tcp.clone().tag(TPID_8021AD, 1).tag(TPID_8021AD, 2),
+            ),
         ];
         for (shape, packet) in shapes {
             let frame = packet.build();
-            t.run(Case::new(format!("{n} {shape} clean"), frame.clone(), Passed));
+            t.run(Case::new(
+                format!("{n} {shape} clean"),
+                frame.clone(),
+                Passed,
+            ));
             t.run(Case::new(format!("{n} {shape} blocked"), frame.clone(), Blocked).block(f.host));
             t.run(
                 Case::new(format!("{n} {shape} allowed"), frame.clone(), Allowlisted)
@@ -440,10 +491,10 @@ fn vlan_tags() {
         ] {
             let frame = packet.build();
             t.run(Case::new(format!("{n} {shape}"), frame.clone(), Malformed));
-            t.run(Case::new(format!("{n} {shape}, blocked"), frame.clone(), Malformed).block(f.any));
             t.run(
-                Case::new(format!("{n} {shape}, allowed"), frame, Malformed).allow(f.any),
+                Case::new(format!("{n} {shape}, blocked"), frame.clone(), Malformed).block(f.any),
             );
+            t.run(Case::new(format!("{n} {shape}, allowed"), frame, Malformed).allow(f.any));
         }
         // 0x9100 is an old QinQ TPID the program does not walk: not IP.
         let frame = tcp.clone().tag(0x9100, 5).build();
@@ -470,11 +521,16 @@ fn vlan_tags() {
     let arp = Packet::arp(v4(1, 10), v4(0, 1));
     t.run(Case::new("arp in 802.1Q", arp.clone().vlan(3).build(), NotIp).block("0.0.0.0/0"));
     t.run(Case::new("arp in QinQ", arp.clone().qinq(3, 4).build(), NotIp).block("0.0.0.0/0"));
-    t.run(Case::new("arp in three tags", arp.qinq(3, 4).vlan(5).build(), Malformed));
+    t.run(Case::new(
+        "arp in three tags",
+        arp.qinq(3, 4).vlan(5).build(),
+        Malformed,
+    ));
     t.finish();
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "a table of cases")]
 fn ipv4_options_and_fragments() {
     let mut t = Table::load("ipv4");
     let (src, dst) = (v4(1, 10), v4(0, 1));
@@ -493,12 +549,27 @@ fn ipv4_options_and_fragments() {
             ("icmp", Packet::ipv4(src, dst).icmp_echo()),
         ] {
             let frame = packet.ipv4_options(options).payload(b"opts").build();
-            t.run(Case::new(format!("options {what} {l4}"), frame.clone(), Passed));
-            t.run(Case::new(format!("options {what} {l4}, blocked"), frame.clone(), Blocked).block(host));
+            t.run(Case::new(
+                format!("options {what} {l4}"),
+                frame.clone(),
+                Passed,
+            ));
             t.run(
-                Case::new(format!("options {what} {l4}, allowed"), frame.clone(), Allowlisted)
-                    .allow(host)
-                    .block(host),
+                Case::new(
+                    format!("options {what} {l4}, blocked"),
+                    frame.clone(),
+                    Blocked,
+                )
+                .block(host),
+            );
+            t.run(
+                Case::new(
+                    format!("options {what} {l4}, allowed"),
+                    frame.clone(),
+                    Allowlisted,
+                )
+                .allow(host)
+                .block(host),
             );
             let l4_start = frame.layers()[2].1.start;
             t.run(Case::new(
@@ -519,7 +590,11 @@ fn ipv4_options_and_fragments() {
 
     // Fragments. The first fragment (offset 0) carries the transport
     // header and is checked; later ones carry none and pass.
-    let first = Packet::ipv4(src, dst).tcp(1, 2).payload(&[7; 32]).fragment(0, true).build();
+    let first = Packet::ipv4(src, dst)
+        .tcp(1, 2)
+        .payload(&[7; 32])
+        .fragment(0, true)
+        .build();
     t.run(Case::new("first fragment, MF", first.clone(), Passed));
     t.run(Case::new("first fragment, blocked", first.clone(), Blocked).block(host));
     let l4 = first.layer(Layer::Tcp).unwrap().start;
@@ -529,13 +604,23 @@ fn ipv4_options_and_fragments() {
         Malformed,
     ));
     t.run(
-        Case::new("first fragment, tcp cut, blocked", first.truncated_ip(l4 + 10), Blocked)
-            .block(host),
+        Case::new(
+            "first fragment, tcp cut, blocked",
+            first.truncated_ip(l4 + 10),
+            Blocked,
+        )
+        .block(host),
     );
     for (offset, more) in [(1, true), (1, false), (185, true), (0x1fff, false)] {
         for (what, packet) in [
-            ("3 bytes of udp", Packet::ipv4(src, dst).protocol(17).payload(&[1, 2, 3])),
-            ("1 byte of tcp", Packet::ipv4(src, dst).protocol(6).payload(&[1])),
+            (
+                "3 bytes of udp",
+                Packet::ipv4(src, dst).protocol(17).payload(&[1, 2, 3]),
+            ),
+            (
+                "1 byte of tcp",
+                Packet::ipv4(src, dst).protocol(6).payload(&[1]),
+            ),
             ("no bytes of icmp", Packet::ipv4(src, dst).protocol(1)),
             ("a whole tcp header", Packet::ipv4(src, dst).tcp(1, 2)),
         ] {
@@ -543,9 +628,7 @@ fn ipv4_options_and_fragments() {
             let name = format!("later fragment offset {offset} MF {more}, {what}");
             t.run(Case::new(name.clone(), frame.clone(), Passed));
             t.run(Case::new(format!("{name}, blocked"), frame.clone(), Blocked).block(host));
-            t.run(
-                Case::new(format!("{name}, allowed"), frame, Allowlisted).allow("198.18.0.0/15"),
-            );
+            t.run(Case::new(format!("{name}, allowed"), frame, Allowlisted).allow("198.18.0.0/15"));
         }
     }
     // The DF and MF flags are no fragment offset.
@@ -553,11 +636,22 @@ fn ipv4_options_and_fragments() {
     let l3 = frame.l3().unwrap();
     let df_mf = frame.set(l3 + 6, &[0x60, 0]).with_ipv4_checksum();
     let len = df_mf.len();
-    t.run(Case::new("DF+MF, offset 0, tcp cut", df_mf.truncated_ip(len - 1), Malformed));
+    t.run(Case::new(
+        "DF+MF, offset 0, tcp cut",
+        df_mf.truncated_ip(len - 1),
+        Malformed,
+    ));
     // The reserved flag neither.
-    let evil = Packet::ipv4(src, dst).tcp(1, 2).build().set(l3 + 6, &[0x80, 0]);
+    let evil = Packet::ipv4(src, dst)
+        .tcp(1, 2)
+        .build()
+        .set(l3 + 6, &[0x80, 0]);
     let len = evil.len();
-    t.run(Case::new("evil bit, tcp cut", evil.truncated_ip(len - 1), Malformed));
+    t.run(Case::new(
+        "evil bit, tcp cut",
+        evil.truncated_ip(len - 1),
+        Malformed,
+    ));
     t.finish();
 }
 
@@ -573,7 +667,13 @@ fn ipv6_extension_headers() {
         ("routing", Ext::ROUTING),
         ("routing 2 units", Ext::Routing { units: 2 }),
         ("fragment (atomic)", Ext::FRAGMENT),
-        ("fragment first, MF", Ext::Fragment { offset: 0, more: true }),
+        (
+            "fragment first, MF",
+            Ext::Fragment {
+                offset: 0,
+                more: true,
+            },
+        ),
         ("destination options", Ext::DEST_OPTS),
         ("destination options 5 units", Ext::DestOpts { units: 5 }),
         ("auth", Ext::AUTH),
@@ -630,8 +730,21 @@ fn ipv6_extension_headers() {
         let frame = base().ext(ext).build();
         t.run(Case::new(format!("{what}, no next header"), frame, Passed));
         let frame = base().ext(ext).protocol(6).build();
-        t.run(Case::new(format!("{what}, tcp announced, absent"), frame, Malformed));
+        t.run(Case::new(
+            format!("{what}, tcp announced, absent"),
+            frame,
+            Malformed,
+        ));
     }
+    t.finish();
+}
+
+#[test]
+fn ipv6_extension_chains() {
+    let mut t = Table::load("ipv6 chains");
+    let (src, dst) = (v6(1, 10), v6(0, 1));
+    let host = "2001:2:0:1::a";
+    let base = || Packet::ipv6(src, dst);
     // A later fragment: nothing after it is looked at.
     for offset in [1, 100, 0x1fff] {
         for more in [false, true] {
@@ -672,7 +785,11 @@ fn ipv6_extension_headers() {
         ("unknown 253", base().protocol(253).payload(&[1])),
     ] {
         let frame = packet.exts(chain).build();
-        t.run(Case::new(format!("chain of 6 then {l4}"), frame.clone(), Passed));
+        t.run(Case::new(
+            format!("chain of 6 then {l4}"),
+            frame.clone(),
+            Passed,
+        ));
         t.run(Case::new(format!("chain of 6 then {l4}, blocked"), frame, Blocked).block(host));
     }
     let frame = base().exts(chain).tcp(1, 2).build();
@@ -685,6 +802,16 @@ fn ipv6_extension_headers() {
             ));
         }
     }
+    t.finish();
+}
+
+#[test]
+#[expect(clippy::too_many_lines, reason = "a table of cases")]
+fn ipv6_extension_limit() {
+    let mut t = Table::load("ipv6 limit");
+    let (src, dst) = (v6(1, 10), v6(0, 1));
+    let host = "2001:2:0:1::a";
+    let base = || Packet::ipv6(src, dst);
     // The walk stops after 8 extension headers: the 9th is never read.
     let long = |n: usize, ext: Ext| base().exts(std::iter::repeat_n(ext, n)).tcp(1, 2).build();
     for ext in [Ext::DEST_OPTS, Ext::HOP_BY_HOP, Ext::AUTH, Ext::FRAGMENT] {
@@ -692,7 +819,11 @@ fn ipv6_extension_headers() {
         for n in [7, 8] {
             let frame = long(n, ext);
             let len = frame.len();
-            t.run(Case::new(format!("{n} x ext{e} then tcp"), frame.clone(), Passed));
+            t.run(Case::new(
+                format!("{n} x ext{e} then tcp"),
+                frame.clone(),
+                Passed,
+            ));
             t.run(Case::new(
                 format!("{n} x ext{e} then tcp cut"),
                 frame.truncated_ip(len - 1),
@@ -702,7 +833,11 @@ fn ipv6_extension_headers() {
         for n in [9, 12, 20] {
             let frame = long(n, ext);
             let len = frame.len();
-            t.run(Case::new(format!("{n} x ext{e} then tcp"), frame.clone(), Passed));
+            t.run(Case::new(
+                format!("{n} x ext{e} then tcp"),
+                frame.clone(),
+                Passed,
+            ));
             t.run(Case::new(
                 format!("{n} x ext{e} then tcp cut: not walked that far"),
                 frame.clone().truncated_ip(len - 1),
@@ -710,31 +845,53 @@ fn ipv6_extension_headers() {
             ));
             t.run(Case::new(format!("{n} x ext{e}, blocked"), frame.clone(), Blocked).block(host));
             t.run(
-                Case::new(format!("{n} x ext{e} cut, blocked"), frame.truncated_ip(len - 1), Blocked)
-                    .block(host),
+                Case::new(
+                    format!("{n} x ext{e} cut, blocked"),
+                    frame.truncated_ip(len - 1),
+                    Blocked,
+                )
+                .block(host),
             );
         }
     }
     // The 9th header may even be cut short: it is never read.
     let frame = long(9, Ext::DEST_OPTS);
     let ninth = frame.layers()[10].1.start;
-    t.run(Case::new("9th ext header cut", frame.clone().truncated_ip(ninth + 1), Passed));
-    t.run(Case::new("8th ext header cut", frame.truncated_ip(ninth - 1), Malformed));
+    t.run(Case::new(
+        "9th ext header cut",
+        frame.clone().truncated_ip(ninth + 1),
+        Passed,
+    ));
+    t.run(Case::new(
+        "8th ext header cut",
+        frame.truncated_ip(ninth - 1),
+        Malformed,
+    ));
     // Hop-by-hop after other headers is walked like any other.
-    let frame = base().exts([Ext::DEST_OPTS, Ext::HOP_BY_HOP]).udp(1, 2).build();
+    let frame = base()
+        .exts([Ext::DEST_OPTS, Ext::HOP_BY_HOP])
+        .udp(1, 2)
+        .build();
     t.run(Case::new("dstopts then hop-by-hop then udp", frame, Passed));
     // An unknown next header after a chain.
     let frame = base()
         .exts([Ext::HOP_BY_HOP, Ext::ROUTING])
         .protocol(143)
         .build();
-    t.run(Case::new("chain then ethernet-in-ipv6 (143), empty", frame, Passed));
+    t.run(Case::new(
+        "chain then ethernet-in-ipv6 (143), empty",
+        frame,
+        Passed,
+    ));
     // A length byte that runs past the packet.
     let frame = base().ext(Ext::HOP_BY_HOP).tcp(1, 2).build();
     let hbh = frame.layers()[2].1.start;
     for len_byte in [1u8, 255] {
         t.run(Case::new(
-            format!("hop-by-hop claims {} bytes", (usize::from(len_byte) + 1) * 8),
+            format!(
+                "hop-by-hop claims {} bytes",
+                (usize::from(len_byte) + 1) * 8
+            ),
             frame.clone().set(hbh + 1, &[len_byte]),
             Malformed,
         ));
@@ -748,8 +905,16 @@ fn ipv6_extension_headers() {
     ));
     // ... unless the packet goes on (payload counts, padding does not). The
     // payload bytes read as a TCP header with data offset 5.
-    let padded = base().ext(Ext::HOP_BY_HOP).tcp(1, 2).payload(&[0x50; 16]).build();
-    t.run(Case::new("hop-by-hop grown into the payload", padded.set(hbh + 1, &[2]), Passed));
+    let padded = base()
+        .ext(Ext::HOP_BY_HOP)
+        .tcp(1, 2)
+        .payload(&[0x50; 16])
+        .build();
+    t.run(Case::new(
+        "hop-by-hop grown into the payload",
+        padded.set(hbh + 1, &[2]),
+        Passed,
+    ));
     let padded = base().ext(Ext::HOP_BY_HOP).tcp(1, 2).padding(64).build();
     t.run(Case::new(
         "hop-by-hop grown into the ethernet padding",
@@ -764,9 +929,21 @@ fn truncation_frames() -> Vec<(&'static str, Frame, &'static str)> {
     let (s4, d4, h4) = (v4(1, 10), v4(0, 1), "198.18.1.10");
     let (s6, d6, h6) = (v6(1, 10), v6(0, 1), "2001:2:0:1::a");
     vec![
-        ("v4 tcp", Packet::ipv4(s4, d4).tcp(1, 2).payload(b"x").build(), h4),
-        ("v4 udp", Packet::ipv4(s4, d4).udp(1, 2).payload(b"x").build(), h4),
-        ("v4 icmp", Packet::ipv4(s4, d4).icmp_echo().payload(b"x").build(), h4),
+        (
+            "v4 tcp",
+            Packet::ipv4(s4, d4).tcp(1, 2).payload(b"x").build(),
+            h4,
+        ),
+        (
+            "v4 udp",
+            Packet::ipv4(s4, d4).udp(1, 2).payload(b"x").build(),
+            h4,
+        ),
+        (
+            "v4 icmp",
+            Packet::ipv4(s4, d4).icmp_echo().payload(b"x").build(),
+            h4,
+        ),
         (
             "v4 options tcp",
             Packet::ipv4(s4, d4)
@@ -776,15 +953,37 @@ fn truncation_frames() -> Vec<(&'static str, Frame, &'static str)> {
                 .build(),
             h4,
         ),
-        ("v4 802.1Q udp", Packet::ipv4(s4, d4).vlan(9).udp(1, 2).payload(b"x").build(), h4),
-        ("v6 tcp", Packet::ipv6(s6, d6).tcp(1, 2).payload(b"x").build(), h6),
-        ("v6 udp", Packet::ipv6(s6, d6).udp(1, 2).payload(b"x").build(), h6),
-        ("v6 icmpv6", Packet::ipv6(s6, d6).icmpv6_echo().payload(b"x").build(), h6),
+        (
+            "v4 802.1Q udp",
+            Packet::ipv4(s4, d4).vlan(9).udp(1, 2).payload(b"x").build(),
+            h4,
+        ),
+        (
+            "v6 tcp",
+            Packet::ipv6(s6, d6).tcp(1, 2).payload(b"x").build(),
+            h6,
+        ),
+        (
+            "v6 udp",
+            Packet::ipv6(s6, d6).udp(1, 2).payload(b"x").build(),
+            h6,
+        ),
+        (
+            "v6 icmpv6",
+            Packet::ipv6(s6, d6).icmpv6_echo().payload(b"x").build(),
+            h6,
+        ),
         (
             "v6 QinQ ext chain tcp",
             Packet::ipv6(s6, d6)
                 .qinq(9, 10)
-                .exts([Ext::HOP_BY_HOP, Ext::ROUTING, Ext::FRAGMENT, Ext::AUTH, Ext::DEST_OPTS])
+                .exts([
+                    Ext::HOP_BY_HOP,
+                    Ext::ROUTING,
+                    Ext::FRAGMENT,
+                    Ext::AUTH,
+                    Ext::DEST_OPTS,
+                ])
                 .tcp(1, 2)
                 .payload(b"x")
                 .build(),
@@ -798,7 +997,14 @@ fn truncation() {
     let mut t = Table::load("truncation");
     for (name, frame, host) in truncation_frames() {
         let l3 = frame.l3().unwrap();
-        let ip_header_end = l3 + frame.layers().iter().find(|(l, _)| matches!(l, Layer::Ipv4 | Layer::Ipv6)).unwrap().1.len();
+        let ip_header_end = l3
+            + frame
+                .layers()
+                .iter()
+                .find(|(l, _)| matches!(l, Layer::Ipv4 | Layer::Ipv6))
+                .unwrap()
+                .1
+                .len();
         for (cut_name, at) in frame.cuts() {
             if at < 14 {
                 continue; // below BPF_PROG_TEST_RUN's minimum: see too_short
@@ -806,14 +1012,21 @@ fn truncation() {
             // Cut, with the IP length claiming more than there is: the
             // network layer is malformed, whatever the lists say.
             let cut = frame.clone().truncated(at);
-            t.run(Case::new(format!("{name} cut at {cut_name}"), cut.clone(), Malformed));
+            t.run(Case::new(
+                format!("{name} cut at {cut_name}"),
+                cut.clone(),
+                Malformed,
+            ));
             t.run(
-                Case::new(format!("{name} cut at {cut_name}, blocked"), cut.clone(), Malformed)
-                    .block(host),
+                Case::new(
+                    format!("{name} cut at {cut_name}, blocked"),
+                    cut.clone(),
+                    Malformed,
+                )
+                .block(host),
             );
             t.run(
-                Case::new(format!("{name} cut at {cut_name}, allowed"), cut, Malformed)
-                    .allow(host),
+                Case::new(format!("{name} cut at {cut_name}, allowed"), cut, Malformed).allow(host),
             );
             // Cut with the IP length shrunk to match: the IP packet is
             // fine, what is inside it is short.
@@ -846,7 +1059,11 @@ fn truncation() {
         // The whole frame, and the IP packet without its 1-byte payload.
         t.run(Case::new(format!("{name} whole"), frame.clone(), Passed));
         let len = frame.len();
-        t.run(Case::new(format!("{name} without payload"), frame.truncated_ip(len - 1), Passed));
+        t.run(Case::new(
+            format!("{name} without payload"),
+            frame.truncated_ip(len - 1),
+            Passed,
+        ));
     }
     t.finish();
 }
@@ -868,15 +1085,22 @@ fn too_short() {
         );
     }
     let counters = filter.counters().unwrap();
-    assert!(counters.by_reason.values().all(|c| c.packets == 0), "{counters:?}");
+    assert!(
+        counters.by_reason.values().all(|c| c.packets == 0),
+        "{counters:?}"
+    );
     println!("fixtures/too_short: 14 cases ran, 0 failed");
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "a table of cases")]
 fn malformed_ip_headers() {
     let mut t = Table::load("ip headers");
     let (src, dst, host, net) = (v4(1, 10), v4(0, 1), "198.18.1.10", "198.18.0.0/15");
-    let tcp = Packet::ipv4(src, dst).tcp(1, 2).payload(b"0123456789").build();
+    let tcp = Packet::ipv4(src, dst)
+        .tcp(1, 2)
+        .payload(b"0123456789")
+        .build();
     let l3 = tcp.l3().unwrap();
     let ip_len = tcp.len() - l3; // 20 + 20 + 10
     for ihl in 0..5 {
@@ -891,12 +1115,34 @@ fn malformed_ip_headers() {
     let l4 = tcp.layer(Layer::Tcp).unwrap().start;
     let ihl6 = tcp.clone().set_ihl(6).set(l4 + 16, &[0x50]);
     t.run(Case::new("ihl 6", ihl6.clone(), Passed));
-    t.run(Case::new("ihl 6, data offset 15", ihl6.set(l4 + 16, &[0xf0]), Malformed));
+    t.run(Case::new(
+        "ihl 6, data offset 15",
+        ihl6.set(l4 + 16, &[0xf0]),
+        Malformed,
+    ));
     // IHL 15: 60 bytes of header, more than the 50-byte packet.
-    t.run(Case::new("ihl 15 over total length", tcp.clone().set_ihl(15), Malformed).block(host));
+    t.run(
+        Case::new(
+            "ihl 15 over total length",
+            tcp.clone().set_ihl(15),
+            Malformed,
+        )
+        .block(host),
+    );
     // IHL 12: a 48-byte header in a 50-byte packet leaves 2 bytes of TCP.
-    t.run(Case::new("ihl 12, tcp squeezed", tcp.clone().set_ihl(12), Malformed));
-    t.run(Case::new("ihl 12, tcp squeezed, blocked", tcp.clone().set_ihl(12), Blocked).block(net));
+    t.run(Case::new(
+        "ihl 12, tcp squeezed",
+        tcp.clone().set_ihl(12),
+        Malformed,
+    ));
+    t.run(
+        Case::new(
+            "ihl 12, tcp squeezed, blocked",
+            tcp.clone().set_ihl(12),
+            Blocked,
+        )
+        .block(net),
+    );
     let len16 = |n: usize| u16::try_from(n).unwrap();
     for (what, total, reason) in [
         ("0", 0, Malformed),
@@ -908,27 +1154,63 @@ fn malformed_ip_headers() {
         ("one too long", ip_len + 1, Malformed),
         ("65535", 65535, Malformed),
     ] {
-        let frame = tcp.clone().set_ipv4_total_len(len16(total)).with_ipv4_checksum();
-        let blocked = if (20..=ip_len).contains(&total) { Blocked } else { Malformed };
-        t.run(Case::new(format!("v4 total length {what}"), frame.clone(), reason));
+        let frame = tcp
+            .clone()
+            .set_ipv4_total_len(len16(total))
+            .with_ipv4_checksum();
+        let blocked = if (20..=ip_len).contains(&total) {
+            Blocked
+        } else {
+            Malformed
+        };
+        t.run(Case::new(
+            format!("v4 total length {what}"),
+            frame.clone(),
+            reason,
+        ));
         t.run(Case::new(format!("v4 total length {what}, blocked"), frame, blocked).block(host));
     }
     // Versions.
     for version in [0, 5, 6, 15] {
         let frame = tcp.clone().set_ip_version(version);
-        t.run(Case::new(format!("ipv4 ethertype, version {version}"), frame, Malformed).block(host));
+        t.run(
+            Case::new(
+                format!("ipv4 ethertype, version {version}"),
+                frame,
+                Malformed,
+            )
+            .block(host),
+        );
     }
     let (s6, d6, h6) = (v6(1, 10), v6(0, 1), "2001:2:0:1::a");
-    let tcp6 = Packet::ipv6(s6, d6).tcp(1, 2).payload(b"0123456789").build();
+    let tcp6 = Packet::ipv6(s6, d6)
+        .tcp(1, 2)
+        .payload(b"0123456789")
+        .build();
     for version in [0, 4, 7, 15] {
         let frame = tcp6.clone().set_ip_version(version);
-        t.run(Case::new(format!("ipv6 ethertype, version {version}"), frame, Malformed).block(h6));
+        t.run(
+            Case::new(
+                format!("ipv6 ethertype, version {version}"),
+                frame,
+                Malformed,
+            )
+            .block(h6),
+        );
     }
     // An IPv4 header behind the IPv6 ethertype and the other way round.
     let v4_as_v6 = tcp.clone().set(12, &[0x86, 0xdd]);
-    t.run(Case::new("ipv4 header, ipv6 ethertype", v4_as_v6, Malformed));
+    t.run(Case::new(
+        "ipv4 header, ipv6 ethertype",
+        v4_as_v6,
+        Malformed,
+    ));
     let v6_as_v4 = tcp6.clone().set(12, &[0x08, 0x00]);
-    t.run(Case::new("ipv6 header, ipv4 ethertype", v6_as_v4, Malformed));
+    t.run(Case::new(
+        "ipv6 header, ipv4 ethertype",
+        v6_as_v4,
+        Malformed,
+    ));
     // IPv6 payload length.
     let payload = tcp6.len() - 14 - 40; // 30
     for (what, len, reason, blocked) in [
@@ -940,7 +1222,11 @@ fn malformed_ip_headers() {
         ("65535", 65535, Malformed, Malformed),
     ] {
         let frame = tcp6.clone().set_ipv6_payload_len(len16(len));
-        t.run(Case::new(format!("v6 payload length {what}"), frame.clone(), reason));
+        t.run(Case::new(
+            format!("v6 payload length {what}"),
+            frame.clone(),
+            reason,
+        ));
         t.run(Case::new(format!("v6 payload length {what}, blocked"), frame, blocked).block(h6));
     }
     // Ethernet padding after a short packet is fine.
@@ -952,10 +1238,15 @@ fn malformed_ip_headers() {
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "a table of cases")]
 fn lists() {
     let mut t = Table::load("lists");
     let tcp = |src: IpAddr| {
-        let dst: IpAddr = if src.is_ipv4() { v4(0, 1).into() } else { v6(0, 1).into() };
+        let dst: IpAddr = if src.is_ipv4() {
+            v4(0, 1).into()
+        } else {
+            v6(0, 1).into()
+        };
         Packet::ip(src, dst).tcp(1, 2).build()
     };
     let a: IpAddr = v4(1, 10).into();
@@ -965,19 +1256,67 @@ fn lists() {
     let b6: IpAddr = v6(1, 11).into();
 
     // An allowlisted address inside a blocked prefix.
-    t.run(Case::new("allowed host in blocked /24", tcp(a), Allowlisted).allow("198.18.1.10").block("198.18.1.0/24"));
-    t.run(Case::new("its neighbour in the blocked /24", tcp(b), Blocked).allow("198.18.1.10").block("198.18.1.0/24"));
-    t.run(Case::new("allowed host in blocked /64", tcp(a6), Allowlisted).allow("2001:2:0:1::a").block("2001:2:0:1::/64"));
-    t.run(Case::new("its neighbour in the blocked /64", tcp(b6), Blocked).allow("2001:2:0:1::a").block("2001:2:0:1::/64"));
+    t.run(
+        Case::new("allowed host in blocked /24", tcp(a), Allowlisted)
+            .allow("198.18.1.10")
+            .block("198.18.1.0/24"),
+    );
+    t.run(
+        Case::new("its neighbour in the blocked /24", tcp(b), Blocked)
+            .allow("198.18.1.10")
+            .block("198.18.1.0/24"),
+    );
+    t.run(
+        Case::new("allowed host in blocked /64", tcp(a6), Allowlisted)
+            .allow("2001:2:0:1::a")
+            .block("2001:2:0:1::/64"),
+    );
+    t.run(
+        Case::new("its neighbour in the blocked /64", tcp(b6), Blocked)
+            .allow("2001:2:0:1::a")
+            .block("2001:2:0:1::/64"),
+    );
     // Allowed prefix inside a blocked one, and blocked host inside an
     // allowed prefix (the allowlist wins).
-    t.run(Case::new("allowed /24 in blocked /15", tcp(a), Allowlisted).allow("198.18.1.0/24").block("198.18.0.0/15"));
-    t.run(Case::new("outside the allowed /24, inside the blocked /15", tcp(far), Blocked).allow("198.18.1.0/24").block("198.18.0.0/15"));
-    t.run(Case::new("blocked host in allowed /24", tcp(a), Allowlisted).allow("198.18.1.0/24").block("198.18.1.10"));
-    t.run(Case::new("blocked /128 in allowed /48", tcp(a6), Allowlisted).allow("2001:2::/48").block("2001:2:0:1::a"));
-    t.run(Case::new("same host on both lists", tcp(a), Allowlisted).allow("198.18.1.10").block("198.18.1.10"));
-    t.run(Case::new("allow /0 beats block /32", tcp(a), Allowlisted).allow("0.0.0.0/0").block("198.18.1.10"));
-    t.run(Case::new("allow ::/0 beats block /128", tcp(a6), Allowlisted).allow("::/0").block("2001:2:0:1::a"));
+    t.run(
+        Case::new("allowed /24 in blocked /15", tcp(a), Allowlisted)
+            .allow("198.18.1.0/24")
+            .block("198.18.0.0/15"),
+    );
+    t.run(
+        Case::new(
+            "outside the allowed /24, inside the blocked /15",
+            tcp(far),
+            Blocked,
+        )
+        .allow("198.18.1.0/24")
+        .block("198.18.0.0/15"),
+    );
+    t.run(
+        Case::new("blocked host in allowed /24", tcp(a), Allowlisted)
+            .allow("198.18.1.0/24")
+            .block("198.18.1.10"),
+    );
+    t.run(
+        Case::new("blocked /128 in allowed /48", tcp(a6), Allowlisted)
+            .allow("2001:2::/48")
+            .block("2001:2:0:1::a"),
+    );
+    t.run(
+        Case::new("same host on both lists", tcp(a), Allowlisted)
+            .allow("198.18.1.10")
+            .block("198.18.1.10"),
+    );
+    t.run(
+        Case::new("allow /0 beats block /32", tcp(a), Allowlisted)
+            .allow("0.0.0.0/0")
+            .block("198.18.1.10"),
+    );
+    t.run(
+        Case::new("allow ::/0 beats block /128", tcp(a6), Allowlisted)
+            .allow("::/0")
+            .block("2001:2:0:1::a"),
+    );
     // /0, /32, /128.
     for src in [a, b, far] {
         t.run(Case::new(format!("{src} under block /0"), tcp(src), Blocked).block("0.0.0.0/0"));
@@ -1044,7 +1383,11 @@ fn lists() {
     t.run(Case::new("arp under block /0", arp.clone(), NotIp).block("0.0.0.0/0"));
     t.run(Case::new("arp from an allowed host", arp, NotIp).allow("198.18.1.10"));
     let lldp = Packet::ethertype(0x88cc, &[0x02, 0x07, 0x04, 0, 0, 0, 0, 0, 1]).build();
-    t.run(Case::new("lldp", lldp, NotIp).block("0.0.0.0/0").block("::/0"));
+    t.run(
+        Case::new("lldp", lldp, NotIp)
+            .block("0.0.0.0/0")
+            .block("::/0"),
+    );
     // A malformed transport from a listed source: the list decides.
     let short = tcp(a);
     let len = short.len();
@@ -1055,7 +1398,9 @@ fn lists() {
     // Many rules at once, none matching.
     let mut case = Case::new("64 rules, none matching", tcp(a), Passed);
     for i in 0..32u8 {
-        case = case.block(&format!("198.19.{i}.0/24")).allow(&format!("2001:2:0:{i:x}::/64"));
+        case = case
+            .block(&format!("198.19.{i}.0/24"))
+            .allow(&format!("2001:2:0:{i:x}::/64"));
     }
     t.run(case);
     // Rules come and go between cases: the same frame, rule removed.

@@ -23,7 +23,7 @@ use proptest::{
     sample::Index,
     test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner},
 };
-use spacefilter::{Filter, LoadOptions, List, Prefix, Reason};
+use spacefilter::{Filter, List, LoadOptions, Prefix, Reason};
 use spacefilter_tests::{
     packets::{Ext, Frame, Packet, TPID_8021AD, TPID_8021Q, v4, v4_far, v6},
     reference, require_root,
@@ -88,6 +88,9 @@ enum Mutation {
     Truncate(Index),
     /// Cut after the IP header, lengths shrunk to match.
     TruncateIp(Index),
+    /// Cut `n` bytes off the end, with the IP lengths shrunk to match if
+    /// that leaves the IP header whole.
+    Shorten(u8),
     /// Cut at the start, middle or last byte of a header; with the IP
     /// lengths shrunk to match where the cut is past the IP header.
     CutHeader(Index, bool),
@@ -146,13 +149,16 @@ fn shape() -> impl Strategy<Value = Shape> {
     let options = prop_oneof![3 => Just(0u8), 1 => 1..=10u8];
     let fragment = prop::option::weighted(
         0.2,
-        (prop_oneof![1 => Just(0u16), 2 => 1..0x2000u16], any::<bool>()),
+        (
+            prop_oneof![1 => Just(0u16), 2 => 1..0x2000u16],
+            any::<bool>(),
+        ),
     );
     let exts = prop_oneof![
         3 => Just(Vec::new()),
         4 => prop::collection::vec(ext(), 1..=4),
         // Around the walk's limit of 8.
-        2 => prop::collection::vec(ext(), 7..=9),
+        3 => prop::collection::vec(ext(), 7..=9),
         1 => prop::collection::vec(ext(), 10..=12),
     ];
     let padding = prop_oneof![3 => Just(0usize), 1 => 1..40usize];
@@ -164,7 +170,7 @@ fn shape() -> impl Strategy<Value = Shape> {
         options,
         fragment,
         exts,
-        0..48usize,
+        prop_oneof![Just(0usize), 1..48usize],
         padding,
     )
         .prop_map(
@@ -191,6 +197,7 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         2 => any::<Index>().prop_map(Mutation::Truncate),
         3 => any::<Index>().prop_map(Mutation::TruncateIp),
         3 => (any::<Index>(), any::<bool>()).prop_map(|(i, ip)| Mutation::CutHeader(i, ip)),
+        2 => (1..=32u8).prop_map(Mutation::Shorten),
         2 => (any::<Index>(), 0..8u8).prop_map(|(i, bit)| Mutation::FlipBit(i, bit)),
         1 => (any::<Index>(), any::<u8>()).prop_map(|(i, b)| Mutation::SetByte(i, b)),
         4 => (any::<Index>(), value).prop_map(|(i, v)| Mutation::Field(i, v)),
@@ -278,6 +285,13 @@ fn mutate(frame: Frame, mutation: &Mutation) -> Frame {
             }
             None => frame,
         },
+        Mutation::Shorten(n) => {
+            let at = len.saturating_sub(usize::from(*n));
+            match frame.ip_header_end() {
+                Some(end) if at >= end => frame.truncated_ip(at),
+                _ => frame.truncated(at),
+            }
+        }
         Mutation::CutHeader(i, consistent) => {
             let cuts = frame.cuts();
             if cuts.is_empty() {
@@ -413,7 +427,11 @@ fn check(
     if frame.len() < 14 {
         // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header.
         prop_assert_eq!(expected, Reason::Malformed);
-        prop_assert!(result.is_err(), "the kernel ran a {}-byte frame", frame.len());
+        prop_assert!(
+            result.is_err(),
+            "the kernel ran a {}-byte frame",
+            frame.len()
+        );
         prop_assert!(delta.by_reason.values().all(|c| c.packets == 0));
         return Ok(expected);
     }
