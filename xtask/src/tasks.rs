@@ -67,7 +67,13 @@ pub(crate) fn test(args: &[String]) -> Result<()> {
         .args(["--", "-D", "warnings"]);
     run_cmd(cmd, "clippy (XDP program)")?;
 
-    step("cargo test (fixtures through BPF_PROG_TEST_RUN, property test, netns tests)");
+    // The end-to-end tests run the daemon binary itself.
+    step("cargo build (the daemon binary the end-to-end tests run)");
+    let mut cmd = cargo();
+    cmd.args(["build", "--package", "spacefilter", "--bin", "spacefilter"]);
+    run_cmd(cmd, "build")?;
+
+    step("cargo test (fixtures through BPF_PROG_TEST_RUN, property test, netns and daemon tests)");
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--exclude", "spacefilter-ebpf", "--"])
         .args(args);
