@@ -77,8 +77,11 @@ pub struct Counter {
 /// `RULE_HITS`. Slot 0 is never handed out.
 pub type Slot = u32;
 
-/// Default capacity of each list and of the hit-counter array.
-pub const DEFAULT_CAPACITY: u32 = 1 << 20;
+/// Default capacity of each list and of the hit-counter array. The
+/// per-CPU hit counters are allocated up front (8 bytes per entry per CPU,
+/// and loading time grows with them), so the daemon's `--capacity` raises
+/// this only where a list really needs more.
+pub const DEFAULT_CAPACITY: u32 = 1 << 18;
 
 /// Bits of [`Config::flags`]: which lists hold entries. The program skips
 /// the lookups of an empty list.

@@ -24,7 +24,10 @@ use aya_ebpf::{macros::xdp, programs::XdpContext};
 /// Entry point: parse, decide, count. Every frame, however malformed, gets
 /// a verdict of its own (pass or drop); the program never aborts.
 #[xdp]
-#[expect(clippy::needless_pass_by_value, reason = "the signature #[xdp] requires")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the signature #[xdp] requires"
+)]
 pub(crate) fn spacefilter(ctx: XdpContext) -> u32 {
     verdict::decide(&ctx)
 }

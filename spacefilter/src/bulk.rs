@@ -50,10 +50,19 @@ mod tests {
     fn reads_netset_and_ipset_save() {
         let text = "# FireHOL style\n198.18.0.0/24\n\n198.18.1.7 # one host\n2001:2::/48\n\
                     create bad hash:net\nadd bad 198.19.0.0/16\n198.18.0.0/24\n";
-        let got: Vec<String> = parse(text).unwrap().iter().map(ToString::to_string).collect();
+        let got: Vec<String> = parse(text)
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(
             got,
-            ["198.18.0.0/24", "198.18.1.7/32", "2001:2::/48", "198.19.0.0/16"]
+            [
+                "198.18.0.0/24",
+                "198.18.1.7/32",
+                "2001:2::/48",
+                "198.19.0.0/16"
+            ]
         );
     }
 
@@ -61,6 +70,9 @@ mod tests {
     fn names_the_bad_line() {
         let err = parse("198.18.0.0/24\n# ok\nnot-an-ip\n").unwrap_err();
         assert_eq!(err.line, 3);
-        assert!(err.to_string().starts_with("line 3: \"not-an-ip\""), "{err}");
+        assert!(
+            err.to_string().starts_with("line 3: \"not-an-ip\""),
+            "{err}"
+        );
     }
 }

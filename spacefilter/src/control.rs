@@ -116,7 +116,9 @@ async fn connection(stream: UnixStream, core: Shared, stop: watch::Receiver<bool
                 &mut write,
                 &error(
                     ErrorKind::BadInput,
-                    format!("request longer than {MAX_REQUEST_BYTES} bytes; closing the connection"),
+                    format!(
+                        "request longer than {MAX_REQUEST_BYTES} bytes; closing the connection"
+                    ),
                 ),
             )
             .await;
@@ -132,7 +134,9 @@ async fn connection(stream: UnixStream, core: Shared, stop: watch::Receiver<bool
             Ok(Envelope { v, .. }) => {
                 let reply = error(
                     ErrorKind::BadInput,
-                    format!("protocol version {v} is not spoken here; this daemon speaks version {PROTOCOL_VERSION}"),
+                    format!(
+                        "protocol version {v} is not spoken here; this daemon speaks version {PROTOCOL_VERSION}"
+                    ),
                 );
                 if send(&mut write, &reply).await.is_err() {
                     return;
@@ -152,7 +156,10 @@ async fn connection(stream: UnixStream, core: Shared, stop: watch::Receiver<bool
             log::warn!("{peer}: refused a change (not root)");
             let reply = error(
                 ErrorKind::Refused,
-                format!("uid {} may read but not change the rules; ask as root", peer.uid),
+                format!(
+                    "uid {} may read but not change the rules; ask as root",
+                    peer.uid
+                ),
             );
             if send(&mut write, &reply).await.is_err() {
                 return;
@@ -212,7 +219,9 @@ async fn handle(request: Request, core: &Shared, peer: Peer, write: &mut OwnedWr
             let job = tokio::task::spawn_blocking(move || {
                 let mut last = Instant::now();
                 lock(&core).add(req, peer, &mut |done, total| {
-                    if total >= 50_000 && (last.elapsed() >= Duration::from_millis(200) || done == total) {
+                    if total >= 50_000
+                        && (last.elapsed() >= Duration::from_millis(200) || done == total)
+                    {
                         last = Instant::now();
                         let _ = tx.send(Response::Progress { done, total });
                     }
@@ -230,14 +239,22 @@ async fn handle(request: Request, core: &Shared, peer: Peer, write: &mut OwnedWr
             }
         }
         Request::Remove { list, prefixes } => {
-            with_core(core, move |c| c.remove(list, &prefixes, peer).map(Response::Changed)).await
+            with_core(core, move |c| {
+                c.remove(list, &prefixes, peer).map(Response::Changed)
+            })
+            .await
         }
         Request::List { list } => {
-            with_core(core, move |c| c.entries(list).map(|entries| Response::Entries { entries }))
-                .await
+            with_core(core, move |c| {
+                c.entries(list).map(|entries| Response::Entries { entries })
+            })
+            .await
         }
         Request::Stats => {
-            with_core(core, |c| c.counters().map(|n| Response::Stats(stats_view(&n, None)))).await
+            with_core(core, |c| {
+                c.counters().map(|n| Response::Stats(stats_view(&n, None)))
+            })
+            .await
         }
         Request::Status => with_core(core, |c| Ok(Response::Status(c.status()))).await,
         Request::Watch { .. } => unreachable!("handled by the caller"),
@@ -283,7 +300,9 @@ async fn watch_stats(
         let now = Instant::now();
         let view = stats_view(
             &counters,
-            previous.as_ref().map(|(c, at): &(_, Instant)| (c, now - *at)),
+            previous
+                .as_ref()
+                .map(|(c, at): &(_, Instant)| (c, now - *at)),
         );
         if let Err(err) = send(write, &Response::Stats(view)).await {
             if err.kind() != IoErrorKind::BrokenPipe {

@@ -109,7 +109,8 @@ pub type Shared = Arc<Mutex<Core>>;
 /// Locks the core; a panic while it was held leaves the maps and the rules
 /// as they were at the panic, which is still the best state there is.
 pub fn lock(core: &Shared) -> MutexGuard<'_, Core> {
-    core.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    core.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Entries written to the maps between two progress reports.
@@ -177,9 +178,8 @@ impl Core {
             }
         }
         let now = now_ms();
-        let expires_at_ms = ttl.map(|ttl| {
-            now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
-        });
+        let expires_at_ms =
+            ttl.map(|ttl| now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)));
         let new: Vec<Prefix> = prefixes
             .iter()
             .copied()
@@ -203,7 +203,15 @@ impl Core {
             done += chunk.len();
             progress(done as u64, total);
         }
-        self.commit_put(list, &prefixes, &new, comment.as_ref(), origin, expires_at_ms, now)?;
+        self.commit_put(
+            list,
+            &prefixes,
+            &new,
+            comment.as_ref(),
+            origin,
+            expires_at_ms,
+            now,
+        )?;
         let changed = Changed {
             added: total,
             updated: prefixes.len() as u64 - total,
@@ -230,7 +238,10 @@ impl Core {
     /// Records added or updated rules in memory and on disk; if the disk
     /// write fails, undoes both that and the kernel entries in `new`, so
     /// that what the kernel enforces is what the disk says.
-    #[expect(clippy::too_many_arguments, reason = "one call site, all parts of one rule")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site, all parts of one rule"
+    )]
     fn commit_put(
         &mut self,
         list: List,
@@ -350,10 +361,7 @@ impl Core {
     #[must_use]
     pub fn next_expiry(&self) -> Option<Duration> {
         let now = now_ms();
-        self.rules
-            .values()
-            .filter_map(|m| m.remaining(now))
-            .min()
+        self.rules.values().filter_map(|m| m.remaining(now)).min()
     }
 
     pub fn entries(&mut self, only: Option<List>) -> Result<Vec<EntryView>, Refusal> {
@@ -472,9 +480,8 @@ fn start(settings: Settings) -> anyhow::Result<Core> {
     for iface in &ifaces {
         iface::claim(iface, force)?;
     }
-    let (store, mut rules) = Store::open(&state_dir).map_err(|err: StateError| {
-        anyhow::anyhow!("{}", error_chain(&err))
-    })?;
+    let (store, mut rules) = Store::open(&state_dir)
+        .map_err(|err: StateError| anyhow::anyhow!("{}", error_chain(&err)))?;
     let now = now_ms();
     rules.retain(|_, meta| meta.expires_at_ms.is_none_or(|at| at > now));
 

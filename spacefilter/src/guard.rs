@@ -42,10 +42,14 @@ pub fn protected_addresses(ifaces: &[String]) -> Vec<Protected> {
             });
         }
     }
-    out.extend(default_gateways().into_iter().map(|(iface, addr)| Protected {
-        addr,
-        what: format!("the default gateway via {iface}"),
-    }));
+    out.extend(
+        default_gateways()
+            .into_iter()
+            .map(|(iface, addr)| Protected {
+                addr,
+                what: format!("the default gateway via {iface}"),
+            }),
+    );
     out
 }
 
@@ -118,10 +122,17 @@ mod tests {
             what: "an address of eth0 on this host".into(),
         }];
         let zero = "0.0.0.0/0".parse().unwrap();
-        assert!(objection(List::Block, zero, &[]).unwrap().contains("every address"));
+        assert!(
+            objection(List::Block, zero, &[])
+                .unwrap()
+                .contains("every address")
+        );
         let own = "198.18.0.0/24".parse().unwrap();
         let msg = objection(List::Block, own, &protected).unwrap();
-        assert!(msg.contains("198.18.0.1") && msg.contains("--force"), "{msg}");
+        assert!(
+            msg.contains("198.18.0.1") && msg.contains("--force"),
+            "{msg}"
+        );
         let other = "198.18.2.0/24".parse().unwrap();
         assert_eq!(objection(List::Block, other, &protected), None);
     }

@@ -254,9 +254,8 @@ fn run(args: RunArgs) -> Result<(), Failure> {
             let text = std::fs::read_to_string(path).map_err(|err| {
                 Failure::bad_input(format!("cannot read config {}: {err}", path.display()))
             })?;
-            toml::from_str::<ConfigFile>(&text).map_err(|err| {
-                Failure::bad_input(format!("config {}: {err}", path.display()))
-            })?
+            toml::from_str::<ConfigFile>(&text)
+                .map_err(|err| Failure::bad_input(format!("config {}: {err}", path.display())))?
         }
         None => ConfigFile::default(),
     };
@@ -300,10 +299,7 @@ fn gather(prefixes: &[Prefix], file: Option<&Path>) -> Result<Vec<String>, Failu
         let text = std::fs::read_to_string(path)
             .map_err(|err| Failure::bad_input(format!("cannot read {}: {err}", path.display())))?;
         let listed = bulk::parse(&text).map_err(|err| {
-            Failure::bad_input(format!(
-                "{} {err}; nothing was changed",
-                path.display()
-            ))
+            Failure::bad_input(format!("{} {err}; nothing was changed", path.display()))
         })?;
         if listed.is_empty() && out.is_empty() {
             return Err(Failure::bad_input(format!(
@@ -481,7 +477,11 @@ fn print_stats(view: &StatsView, rates: bool) {
         "REASON",
         "PACKETS",
         "BYTES",
-        if rates { "        PKT/S        BIT/S" } else { "" }
+        if rates {
+            "        PKT/S        BIT/S"
+        } else {
+            ""
+        }
     );
     for (reason, c) in &view.reasons {
         if rates {
@@ -520,7 +520,9 @@ fn stats(args: &StatsArgs) -> Result<(), Failure> {
             other => Err(unexpected(&other)),
         };
     }
-    let interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX).max(100);
+    let interval_ms = u64::try_from(interval.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(100);
     client.send(Request::Watch { interval_ms })?;
     let mut first = true;
     loop {
@@ -564,11 +566,16 @@ fn status(args: &StatusArgs) -> Result<(), Failure> {
         block_entries,
         capacity,
     } = view;
-    println!("spacefilter {version} (protocol {protocol}), up {}", format_ttl(Some(uptime_secs)));
+    println!(
+        "spacefilter {version} (protocol {protocol}), up {}",
+        format_ttl(Some(uptime_secs))
+    );
     println!("program id {program_id}");
     for iface in interfaces {
         println!("attached to {} ({} mode)", iface.name, iface.mode);
     }
-    println!("allowlist: {allow_entries} entries; blocklist: {block_entries} entries; capacity {capacity} per list");
+    println!(
+        "allowlist: {allow_entries} entries; blocklist: {block_entries} entries; capacity {capacity} per list"
+    );
     Ok(())
 }

@@ -286,8 +286,7 @@ impl Lists {
         reused: bool,
     ) -> Result<(), ListError> {
         if reused {
-            let zeros =
-                PerCpuValues::try_from(vec![0u64; self.cpus]).map_err(ListError::Cpus)?;
+            let zeros = PerCpuValues::try_from(vec![0u64; self.cpus]).map_err(ListError::Cpus)?;
             self.hits
                 .set(slot, zeros, 0)
                 .map_err(|source| ListError::Update {

@@ -46,7 +46,10 @@ impl Prefix {
 
     /// The prefix length in bits.
     #[must_use]
-    #[expect(clippy::len_without_is_empty, reason = "a prefix length, not a container's")]
+    #[expect(
+        clippy::len_without_is_empty,
+        reason = "a prefix length, not a container's"
+    )]
     pub fn len(&self) -> u8 {
         self.0.prefix_len()
     }

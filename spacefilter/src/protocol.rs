@@ -137,18 +137,10 @@ pub enum ErrorKind {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Response {
-    Error {
-        kind: ErrorKind,
-        message: String,
-    },
-    Progress {
-        done: u64,
-        total: u64,
-    },
+    Error { kind: ErrorKind, message: String },
+    Progress { done: u64, total: u64 },
     Changed(Changed),
-    Entries {
-        entries: Vec<EntryView>,
-    },
+    Entries { entries: Vec<EntryView> },
     Stats(StatsView),
     Status(StatusView),
 }

@@ -179,13 +179,14 @@ impl Store {
         let snapshot_path = dir.join(SNAPSHOT);
         match File::open(&snapshot_path) {
             Ok(file) => {
-                let snapshot: Snapshot = serde_json::from_reader(BufReader::new(file)).map_err(
-                    |err| StateError::Corrupt {
-                        path: snapshot_path.clone(),
-                        line: err.line(),
-                        message: err.to_string(),
-                    },
-                )?;
+                let snapshot: Snapshot =
+                    serde_json::from_reader(BufReader::new(file)).map_err(|err| {
+                        StateError::Corrupt {
+                            path: snapshot_path.clone(),
+                            line: err.line(),
+                            message: err.to_string(),
+                        }
+                    })?;
                 if snapshot.version != FORMAT_VERSION {
                     return Err(StateError::Version {
                         path: snapshot_path,
@@ -226,9 +227,7 @@ impl Store {
         self.journal
             .write_all(&line)
             .map_err(io_err(&path, "appending"))?;
-        self.journal
-            .sync_data()
-            .map_err(io_err(&path, "fsync"))?;
+        self.journal.sync_data().map_err(io_err(&path, "fsync"))?;
         self.journal_ops += 1;
         if self.journal_ops >= COMPACT_AFTER_OPS {
             self.compact(rules)?;

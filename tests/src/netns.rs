@@ -301,7 +301,8 @@ impl Lab {
             id,
             namespaces: Vec::new(),
         };
-        lab.build().with_context(|| format!("building lab {}", lab.id))?;
+        lab.build()
+            .with_context(|| format!("building lab {}", lab.id))?;
         Ok(lab)
     }
 
@@ -387,7 +388,9 @@ impl Lab {
                 if !link.contains("state UP") {
                     waiting.push(format!("{host}: {IFACE} is not up"));
                 }
-                let tentative = ip(words(&format!("-n {ns} -o addr show dev {IFACE} tentative")))?;
+                let tentative = ip(words(&format!(
+                    "-n {ns} -o addr show dev {IFACE} tentative"
+                )))?;
                 if !tentative.trim().is_empty() {
                     waiting.push(format!("{host}: tentative address {}", tentative.trim()));
                 }

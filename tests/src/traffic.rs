@@ -102,7 +102,9 @@ impl UdpSink {
             let mut buf = [0u8; 2048];
             while !stop.load(Ordering::Relaxed) {
                 match socket.recv_from(&mut buf) {
-                    Ok((_, from)) => *lock(&tally).entry(from.ip().to_canonical()).or_default() += 1,
+                    Ok((_, from)) => {
+                        *lock(&tally).entry(from.ip().to_canonical()).or_default() += 1;
+                    }
                     Err(err)
                         if matches!(
                             err.kind(),
@@ -143,8 +145,10 @@ impl UdpSink {
 
 /// A UDP socket in a client's namespace, to send datagrams from.
 fn client_udp(lab: &Lab, from: Host, family: Family) -> anyhow::Result<UdpSocket> {
-    lab.run_in(from, || UdpSocket::bind(SocketAddr::new(family.unspecified(), 0)))?
-        .with_context(|| format!("binding a UDP socket in {from}"))
+    lab.run_in(from, || {
+        UdpSocket::bind(SocketAddr::new(family.unspecified(), 0))
+    })?
+    .with_context(|| format!("binding a UDP socket in {from}"))
 }
 
 /// Sends `count` datagrams from `from` to `to`, `gap` apart, and returns
@@ -277,7 +281,12 @@ fn echo_once(mut stream: TcpStream) -> io::Result<()> {
 
 /// Connects from `from` to `to`, sends a line and reads the echo, all
 /// within about `timeout`. `Err` says what failed.
-pub fn tcp_exchange(lab: &Lab, from: Host, to: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
+pub fn tcp_exchange(
+    lab: &Lab,
+    from: Host,
+    to: SocketAddr,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let mut stream = lab
         .run_in(from, || TcpStream::connect_timeout(&to, timeout))?
         .with_context(|| format!("connecting from {from} to {to}"))?;

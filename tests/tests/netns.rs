@@ -15,6 +15,10 @@ use spacefilter_tests::{
     traffic::{self, TcpEcho, UdpSink},
 };
 
+/// List capacity. The default (a million entries) makes every load
+/// allocate a million per-CPU hit counters, about 2 s of kernel time; these
+/// tests hold a handful of entries.
+const CAPACITY: u32 = 1024;
 /// UDP datagrams per burst.
 const DATAGRAMS: u64 = 50;
 /// Between two datagrams: slow enough for every queue on the way.
@@ -40,7 +44,8 @@ impl Rig {
     fn new(mode: AttachMode) -> Self {
         require_root();
         let lab = Lab::new().expect("building the lab");
-        let mut filter = Filter::load(LoadOptions::default()).expect("loading spacefilter");
+        let mut filter =
+            Filter::load(LoadOptions { capacity: CAPACITY }).expect("loading spacefilter");
         let used = lab
             .attach(&mut filter, mode)
             .unwrap_or_else(|err| panic!("attaching in {} mode: {err:#}", mode.name()));
@@ -103,7 +108,10 @@ impl Rig {
             GAP,
         )
         .expect("sending UDP");
-        assert_eq!(sent, DATAGRAMS, "{what}: the sender's kernel refused datagrams");
+        assert_eq!(
+            sent, DATAGRAMS,
+            "{what}: the sender's kernel refused datagrams"
+        );
         let arrived = self.sink.wait_for(source, received + DATAGRAMS, ARRIVAL) - received;
         assert_eq!(
             arrived,
@@ -122,7 +130,12 @@ impl Rig {
         assert_eq!(self.echo.accepted_from(source), accepted + 1, "{what}");
 
         let replies = traffic::ping(&self.lab, from, server, PINGS).expect("running ping");
-        assert_eq!(replies, PINGS, "{what}: ping replies lost\n{}", self.state());
+        assert_eq!(
+            replies,
+            PINGS,
+            "{what}: ping replies lost\n{}",
+            self.state()
+        );
 
         let delta = self.counters().since(&before);
         let allowed = self
@@ -164,7 +177,10 @@ impl Rig {
             GAP,
         )
         .expect("sending UDP");
-        assert_eq!(sent, DATAGRAMS, "{what}: the sender's kernel refused datagrams");
+        assert_eq!(
+            sent, DATAGRAMS,
+            "{what}: the sender's kernel refused datagrams"
+        );
 
         let tcp = traffic::tcp_exchange(
             &self.lab,
@@ -294,9 +310,9 @@ fn neighbour_discovery_while_blocked(mode: AttachMode) {
     for family in Family::ALL {
         let listener = Host::Listener.addr(family).to_string();
         assert!(
-            neighbours
-                .lines()
-                .any(|l| l.starts_with(&format!("{listener} ")) && l.contains(&Host::Listener.mac())),
+            neighbours.lines().any(
+                |l| l.starts_with(&format!("{listener} ")) && l.contains(&Host::Listener.mac())
+            ),
             "the server has not learned {listener}:\n{neighbours}"
         );
     }
@@ -340,7 +356,9 @@ fn lab_builds_and_cleans_up() {
             .expect("entering the namespace")
             .expect("reading the sysctl");
         assert_eq!(seen.trim(), "0", "{host}");
-        let addrs = lab.ip(host, "-br addr show dev eth0").expect("listing addresses");
+        let addrs = lab
+            .ip(host, "-br addr show dev eth0")
+            .expect("listing addresses");
         for family in Family::ALL {
             assert!(
                 addrs.contains(&host.addr(family).to_string()),

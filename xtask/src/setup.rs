@@ -96,10 +96,16 @@ fn have(command: &str) -> bool {
 }
 
 fn apt_install(packages: &[&str]) -> Result<()> {
-    say(&format!("installing {} from Debian's packages", packages.join(" ")));
+    say(&format!(
+        "installing {} from Debian's packages",
+        packages.join(" ")
+    ));
     let mut update = Command::new("apt-get");
     update.args(["update", "-qq"]);
-    run_cmd(update, "apt-get update (is the Debian package mirror reachable?)")?;
+    run_cmd(
+        update,
+        "apt-get update (is the Debian package mirror reachable?)",
+    )?;
     let mut install = Command::new("apt-get");
     install
         .args(["install", "-y", "-qq", "--no-install-recommends"])
@@ -107,7 +113,10 @@ fn apt_install(packages: &[&str]) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive");
     run_cmd(
         install,
-        &format!("apt-get install {} (is the Debian package mirror reachable?)", packages.join(" ")),
+        &format!(
+            "apt-get install {} (is the Debian package mirror reachable?)",
+            packages.join(" ")
+        ),
     )
 }
 
@@ -166,10 +175,16 @@ fn components(toolchain: &str, wanted: &[&str]) -> Result<()> {
         .filter(|c| !installed.lines().any(|l| l.starts_with(c)))
         .collect();
     if missing.is_empty() {
-        say(&format!("{toolchain} components present ({})", wanted.join(", ")));
+        say(&format!(
+            "{toolchain} components present ({})",
+            wanted.join(", ")
+        ));
         return Ok(());
     }
-    say(&format!("adding {} to the {toolchain} toolchain", missing.join(", ")));
+    say(&format!(
+        "adding {} to the {toolchain} toolchain",
+        missing.join(", ")
+    ));
     let mut cmd = Command::new("rustup");
     cmd.args(["component", "add", "--toolchain", toolchain])
         .args(&missing);
@@ -195,7 +210,9 @@ fn bpf_linker() -> Result<()> {
             .env("LLVM_PREFIX", &prefix);
     } else {
         apt_install(&["llvm-22-dev", "libpolly-22-dev", "libzstd-dev"])?;
-        say(&format!("installing bpf-linker {BPF_LINKER_VERSION} against Debian's LLVM 22"));
+        say(&format!(
+            "installing bpf-linker {BPF_LINKER_VERSION} against Debian's LLVM 22"
+        ));
         let path = env::var_os("PATH").unwrap_or_default();
         let path = env::join_paths(
             std::iter::once(PathBuf::from("/usr/lib/llvm-22/bin")).chain(env::split_paths(&path)),
@@ -230,13 +247,9 @@ fn nightly_llvm() -> Result<Option<(u32, PathBuf)>> {
     if !(21..=23).contains(&major) {
         return Ok(None);
     }
-    let Some(sysroot) = output(Command::new("rustup").args([
-        "run",
-        "nightly",
-        "rustc",
-        "--print",
-        "sysroot",
-    ])) else {
+    let Some(sysroot) =
+        output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))
+    else {
         return Ok(None);
     };
     let lib_dir = PathBuf::from(sysroot.trim()).join("lib");

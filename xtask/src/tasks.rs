@@ -36,7 +36,13 @@ fn step(title: &str) {
 pub(crate) fn build() -> Result<()> {
     step("cargo build --workspace");
     let mut cmd = cargo();
-    cmd.args(["build", "--workspace", "--exclude", "spacefilter-ebpf", "--all-targets"]);
+    cmd.args([
+        "build",
+        "--workspace",
+        "--exclude",
+        "spacefilter-ebpf",
+        "--all-targets",
+    ]);
     run_cmd(cmd, "build")
 }
 
@@ -62,8 +68,21 @@ pub(crate) fn test(args: &[String]) -> Result<()> {
     // The XDP program builds for the BPF target with the nightly toolchain.
     let mut cmd = Command::new("rustup");
     cmd.current_dir(workspace_root())
-        .args(["run", "nightly", "cargo", "clippy", "--package", "spacefilter-ebpf"])
-        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core", "--release"])
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "clippy",
+            "--package",
+            "spacefilter-ebpf",
+        ])
+        .args([
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--release",
+        ])
         .args(["--", "-D", "warnings"]);
     run_cmd(cmd, "clippy (XDP program)")?;
 

@@ -51,9 +51,7 @@ impl std::error::Error for Interrupted {}
 
 fn main() -> ExitCode {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!(
-            "the demo creates network namespaces and loads an XDP program: run it as root"
-        );
+        eprintln!("the demo creates network namespaces and loads an XDP program: run it as root");
         return ExitCode::FAILURE;
     }
     if let Err(err) = catch_signals() {
@@ -189,7 +187,7 @@ fn demo(lab: &Lab) -> anyhow::Result<()> {
     );
     println!("   Per second: datagrams that reached the server's socket, and XDP verdicts.");
     println!();
-    monitor.header();
+    Monitor::header();
     monitor.watch(&filter, BEFORE_SECS)?;
     pings(lab)?;
 
@@ -204,7 +202,7 @@ fn demo(lab: &Lab) -> anyhow::Result<()> {
     }
     println!();
     monitor.rebase(&filter)?;
-    monitor.header();
+    Monitor::header();
     monitor.watch(&filter, AFTER_SECS)?;
     pings(lab)?;
 
@@ -248,7 +246,7 @@ impl<'a> Monitor<'a> {
         })
     }
 
-    fn header(&self) {
+    fn header() {
         println!(
             "   {:>4}   {:>13}  {:>13}   {:>11}  {:>11}",
             "time", "from listener", "from attacker", "XDP passed", "XDP blocked"
@@ -294,9 +292,8 @@ fn pings(lab: &Lab) -> anyhow::Result<()> {
             .into_iter()
             .flat_map(|host| Family::ALL.map(|family| (host, family)))
             .map(|(host, family)| {
-                let handle = scope.spawn(move || {
-                    traffic::ping(lab, host, Host::Server.addr(family), PINGS)
-                });
+                let handle =
+                    scope.spawn(move || traffic::ping(lab, host, Host::Server.addr(family), PINGS));
                 (host, family, handle)
             })
             .collect();
@@ -339,7 +336,10 @@ fn summary(listener: &UdpStream, attacker: &UdpStream, sink: &UdpSink, before_bl
 fn print_counters(counters: &Counters) {
     println!("   Filter counters since load (every frame on server:{IFACE}):");
     println!();
-    println!("   {:<12} {:>10} {:>12}  verdict", "reason", "packets", "bytes");
+    println!(
+        "   {:<12} {:>10} {:>12}  verdict",
+        "reason", "packets", "bytes"
+    );
     for reason in Reason::ALL {
         let counter = counters.get(reason);
         println!(
