@@ -5,6 +5,8 @@
 //! attached to veth pairs between network namespaces for live traffic. Both
 //! need root; [`require_root`] makes a test fail (never skip) without it.
 
+pub mod bench;
+pub mod daemon;
 pub mod netns;
 pub mod packets;
 pub mod reference;

@@ -1,0 +1,121 @@
+//! `cargo xtask bench`: measures spacefilter's per-packet cost against the
+//! bare floors and xdp-filter, prints the table and rewrites BENCHMARKS.md.
+
+use std::{net::IpAddr, path::PathBuf, time::Instant};
+
+use anyhow::Context as _;
+use spacefilter_tests::{
+    bench::{
+        Floors, KINDS, Parking, Row, Rng, Table, XdpFilter, load_filter, machine, measure, report,
+        write_report,
+    },
+    require_root,
+};
+
+/// Sizes at which xdp-filter is compared: it holds exact addresses in maps
+/// of a fixed size, so it cannot take the larger tables.
+const XDP_FILTER_MAX: usize = 1_000;
+
+fn main() -> anyhow::Result<()> {
+    require_root();
+    let mut out = PathBuf::from("BENCHMARKS.md");
+    let mut quick = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--out" => out = args.next().context("--out needs a path")?.into(),
+            "--quick" => quick = true,
+            other => anyhow::bail!("unknown argument {other:?}; expected --out PATH or --quick"),
+        }
+    }
+    let (sizes, rounds, repeat): (&[usize], usize, u32) = if quick {
+        (&[0, 1_000], 3, 200_000)
+    } else {
+        (&[0, 1_000, 100_000, 1_000_000], 5, 1_000_000)
+    };
+    Parking::sweep();
+    let floors = Floors::load()?;
+    let mut rng = Rng::new(0x5eed_f00d);
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    for &size in sizes {
+        let table = Table::generate(size, &mut rng);
+        let (mut filter, _parking, took) = load_filter(&table)?;
+        eprintln!(
+            "bench: {size} block entries (+{} allow) written in {:.2} s",
+            table.allow.len(),
+            took.as_secs_f64()
+        );
+        if size > 0 {
+            notes.push(format!(
+                "writing {} block and {} allow entries straight into the maps took {:.2} s",
+                table.block.len(),
+                table.allow.len(),
+                took.as_secs_f64()
+            ));
+        }
+        let xdp_filter = if size <= XDP_FILTER_MAX {
+            let mut sources: Vec<IpAddr> = table
+                .blocked_v4
+                .iter()
+                .map(|&a| IpAddr::V4(a))
+                .chain(table.blocked_v6.iter().map(|&a| IpAddr::V6(a)))
+                .collect();
+            sources.sort_unstable();
+            sources.dedup();
+            let started = Instant::now();
+            let loaded = XdpFilter::load(&sources).context("loading xdp-filter")?;
+            eprintln!(
+                "bench: xdp-filter loaded with {} addresses in {:.1} s",
+                sources.len(),
+                started.elapsed().as_secs_f64()
+            );
+            Some(loaded)
+        } else {
+            None
+        };
+        for kind in KINDS {
+            if kind.blocked && size == 0 {
+                continue;
+            }
+            let frames = kind.frames(&table, &mut rng);
+            let expected = kind.expected();
+            let floor = measure(&mut floors.runner(expected)?, &frames, repeat, rounds, expected)?;
+            let spacefilter = measure(
+                &mut |frame, repeat| Ok(filter.test_run(frame, repeat)?),
+                &frames,
+                repeat,
+                rounds,
+                expected,
+            )?;
+            let xdp_filter = match &xdp_filter {
+                Some(xf) => Some(measure(&mut xf.runner(), &frames, repeat, rounds, expected)?),
+                None => None,
+            };
+            eprintln!(
+                "bench: {:<32} {size:>8}: floor {:6.1} ns  spacefilter {:6.1} ns  xdp-filter {}",
+                kind.name,
+                floor.median,
+                spacefilter.median,
+                xdp_filter.map_or("-".to_owned(), |m| format!("{:.1} ns", m.median))
+            );
+            rows.push(Row {
+                kind: kind.name,
+                entries: size,
+                floor,
+                spacefilter,
+                xdp_filter,
+                blocked: kind.blocked,
+            });
+        }
+    }
+    notes.push(
+        "not measured yet: a rate-limited source (flood defences are not built yet)".to_owned(),
+    );
+    let date = String::from_utf8(std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d").output()?.stdout)?;
+    let text = report(&rows, &machine(), date.trim(), &notes);
+    print!("{text}");
+    write_report(&out, &text)?;
+    eprintln!("bench: wrote {}", out.display());
+    Ok(())
+}
