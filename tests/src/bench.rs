@@ -56,7 +56,10 @@ impl Rng {
         self.next_u64() % n
     }
 
-    #[expect(clippy::cast_possible_truncation, reason = "taking the low bits on purpose")]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "taking the low bits on purpose"
+    )]
     pub fn next_u32(&mut self) -> u32 {
         self.next_u64() as u32
     }
@@ -77,7 +80,9 @@ fn random_v4(rng: &mut Rng) -> Ipv4Addr {
     loop {
         let addr = Ipv4Addr::from(rng.next_u32());
         let [a, b, ..] = addr.octets();
-        if (1..=223).contains(&a) && !(a == 198 && (b & 0xfe) == 18) && !(a == 100 && b & 0xc0 == 64)
+        if (1..=223).contains(&a)
+            && !(a == 198 && (b & 0xfe) == 18)
+            && !(a == 100 && b & 0xc0 == 64)
         {
             return addr;
         }
@@ -100,12 +105,20 @@ fn host_in(prefix: Prefix, rng: &mut Rng) -> IpAddr {
     match prefix.addr() {
         IpAddr::V4(a) => {
             let host_bits = 32 - u32::from(prefix.len());
-            let mask = if host_bits == 0 { 0 } else { u32::MAX >> (32 - host_bits) };
+            let mask = if host_bits == 0 {
+                0
+            } else {
+                u32::MAX >> (32 - host_bits)
+            };
             IpAddr::V4(Ipv4Addr::from(u32::from(a) | (rng.next_u32() & mask)))
         }
         IpAddr::V6(a) => {
             let host_bits = 128 - u32::from(prefix.len());
-            let mask = if host_bits == 0 { 0 } else { u128::MAX >> (128 - host_bits) };
+            let mask = if host_bits == 0 {
+                0
+            } else {
+                u128::MAX >> (128 - host_bits)
+            };
             let r = (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64());
             IpAddr::V6(Ipv6Addr::from(u128::from(a) | (r & mask)))
         }
@@ -350,7 +363,10 @@ impl Parking {
         let name = format!("sfb{}{tag}", std::process::id() % 100_000);
         let peer = format!("{name}p");
         let _ = sh("ip", &["link", "del", &name]);
-        sh("ip", &["link", "add", &name, "type", "veth", "peer", "name", &peer])?;
+        sh(
+            "ip",
+            &["link", "add", &name, "type", "veth", "peer", "name", &peer],
+        )?;
         let parking = Parking { name };
         sh("ip", &["link", "set", &parking.name, "up"])?;
         sh("ip", &["link", "set", &peer, "up"])?;
@@ -411,10 +427,7 @@ impl Floors {
         })
     }
 
-    pub fn runner(
-        &self,
-        verdict: u32,
-    ) -> anyhow::Result<impl FnMut(&[u8], u32) -> RunResult + '_> {
+    pub fn runner(&self, verdict: u32) -> anyhow::Result<impl FnMut(&[u8], u32) -> RunResult + '_> {
         let name = if verdict == XDP_DROP {
             "floor_drop"
         } else {
@@ -470,7 +483,10 @@ impl XdpFilter {
             program: None,
         };
         let iface = this.parking.name.clone();
-        sh("xdp-filter", &["load", "--mode", "native", "--features", "all", &iface])?;
+        sh(
+            "xdp-filter",
+            &["load", "--mode", "native", "--features", "all", &iface],
+        )?;
         for addr in sources {
             sh("xdp-filter", &["ip", "--mode", "src", &addr.to_string()])?;
         }
@@ -482,7 +498,10 @@ impl XdpFilter {
             .and_then(|id| id.parse::<u32>().ok())
             .context("xdp-filter's program id not found")?;
         let _ = std::fs::remove_file(&this.pin);
-        sh("bpftool", &["prog", "pin", "id", &id.to_string(), &this.pin])?;
+        sh(
+            "bpftool",
+            &["prog", "pin", "id", &id.to_string(), &this.pin],
+        )?;
         this.program = Some(Xdp::from_pin(&this.pin, XdpAttachType::Interface)?);
         Ok(this)
     }
@@ -605,7 +624,10 @@ pub fn report(rows: &[Row], machine: &str, date: &str, notes: &[String]) -> Stri
             if ratio <= limit { "met" } else { "MISSED" }
         );
     }
-    for row in rows.iter().filter(|r| r.xdp_filter.is_some() && r.entries > 0) {
+    for row in rows
+        .iter()
+        .filter(|r| r.xdp_filter.is_some() && r.entries > 0)
+    {
         let m = row.xdp_filter.expect("filtered");
         let ratio = row.spacefilter.median / m.median;
         let _ = writeln!(

@@ -6,7 +6,7 @@ use std::{net::IpAddr, path::PathBuf, time::Instant};
 use anyhow::Context as _;
 use spacefilter_tests::{
     bench::{
-        Floors, KINDS, Parking, Row, Rng, Table, XdpFilter, load_filter, machine, measure, report,
+        Floors, KINDS, Parking, Rng, Row, Table, XdpFilter, load_filter, machine, measure, report,
         write_report,
     },
     require_root,
@@ -80,7 +80,13 @@ fn main() -> anyhow::Result<()> {
             }
             let frames = kind.frames(&table, &mut rng);
             let expected = kind.expected();
-            let floor = measure(&mut floors.runner(expected)?, &frames, repeat, rounds, expected)?;
+            let floor = measure(
+                &mut floors.runner(expected)?,
+                &frames,
+                repeat,
+                rounds,
+                expected,
+            )?;
             let spacefilter = measure(
                 &mut |frame, repeat| Ok(filter.test_run(frame, repeat)?),
                 &frames,
@@ -89,7 +95,13 @@ fn main() -> anyhow::Result<()> {
                 expected,
             )?;
             let xdp_filter = match &xdp_filter {
-                Some(xf) => Some(measure(&mut xf.runner(), &frames, repeat, rounds, expected)?),
+                Some(xf) => Some(measure(
+                    &mut xf.runner(),
+                    &frames,
+                    repeat,
+                    rounds,
+                    expected,
+                )?),
                 None => None,
             };
             eprintln!(
@@ -112,7 +124,13 @@ fn main() -> anyhow::Result<()> {
     notes.push(
         "not measured yet: a rate-limited source (flood defences are not built yet)".to_owned(),
     );
-    let date = String::from_utf8(std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d").output()?.stdout)?;
+    let date = String::from_utf8(
+        std::process::Command::new("date")
+            .arg("-u")
+            .arg("+%Y-%m-%d")
+            .output()?
+            .stdout,
+    )?;
     let text = report(&rows, &machine(), date.trim(), &notes);
     print!("{text}");
     write_report(&out, &text)?;
