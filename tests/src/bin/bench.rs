@@ -39,87 +39,14 @@ fn main() -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     for &size in sizes {
-        let table = Table::generate(size, &mut rng);
-        let (mut filter, _parking, took) = load_filter(&table)?;
-        eprintln!(
-            "bench: {size} block entries (+{} allow) written in {:.2} s",
-            table.allow.len(),
-            took.as_secs_f64()
-        );
-        if size > 0 {
-            notes.push(format!(
-                "writing {} block and {} allow entries straight into the maps took {:.2} s",
-                table.block.len(),
-                table.allow.len(),
-                took.as_secs_f64()
-            ));
-        }
-        let xdp_filter = if size <= XDP_FILTER_MAX {
-            let mut sources: Vec<IpAddr> = table
-                .blocked_v4
-                .iter()
-                .map(|&a| IpAddr::V4(a))
-                .chain(table.blocked_v6.iter().map(|&a| IpAddr::V6(a)))
-                .collect();
-            sources.sort_unstable();
-            sources.dedup();
-            let started = Instant::now();
-            let loaded = XdpFilter::load(&sources).context("loading xdp-filter")?;
-            eprintln!(
-                "bench: xdp-filter loaded with {} addresses in {:.1} s",
-                sources.len(),
-                started.elapsed().as_secs_f64()
-            );
-            Some(loaded)
-        } else {
-            None
-        };
-        for kind in KINDS {
-            if kind.blocked && size == 0 {
-                continue;
-            }
-            let frames = kind.frames(&table, &mut rng);
-            let expected = kind.expected();
-            let floor = measure(
-                &mut floors.runner(expected)?,
-                &frames,
-                repeat,
-                rounds,
-                expected,
-            )?;
-            let spacefilter = measure(
-                &mut |frame, repeat| Ok(filter.test_run(frame, repeat)?),
-                &frames,
-                repeat,
-                rounds,
-                expected,
-            )?;
-            let xdp_filter = match &xdp_filter {
-                Some(xf) => Some(measure(
-                    &mut xf.runner(),
-                    &frames,
-                    repeat,
-                    rounds,
-                    expected,
-                )?),
-                None => None,
-            };
-            eprintln!(
-                "bench: {:<32} {size:>8}: floor {:6.1} ns  spacefilter {:6.1} ns  xdp-filter {}",
-                kind.name,
-                floor.median,
-                spacefilter.median,
-                xdp_filter.map_or("-".to_owned(), |m| format!("{:.1} ns", m.median))
-            );
-            rows.push(Row {
-                kind: kind.name,
-                entries: size,
-                floor,
-                spacefilter,
-                xdp_filter,
-                blocked: kind.blocked,
-            });
-        }
+        measure_size(
+            size,
+            &floors,
+            &mut rng,
+            (rounds, repeat),
+            &mut rows,
+            &mut notes,
+        )?;
     }
     notes.push(
         "not measured yet: a rate-limited source (flood defences are not built yet)".to_owned(),
@@ -135,5 +62,98 @@ fn main() -> anyhow::Result<()> {
     print!("{text}");
     write_report(&out, &text)?;
     eprintln!("bench: wrote {}", out.display());
+    Ok(())
+}
+
+/// Measures every frame kind with a table of `size` block entries.
+fn measure_size(
+    size: usize,
+    floors: &Floors,
+    rng: &mut Rng,
+    (rounds, repeat): (usize, u32),
+    rows: &mut Vec<Row>,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let table = Table::generate(size, rng);
+    let (mut filter, _parking, took) = load_filter(&table)?;
+    eprintln!(
+        "bench: {size} block entries (+{} allow) written in {:.2} s",
+        table.allow.len(),
+        took.as_secs_f64()
+    );
+    if size > 0 {
+        notes.push(format!(
+            "writing {} block and {} allow entries straight into the maps took {:.2} s",
+            table.block.len(),
+            table.allow.len(),
+            took.as_secs_f64()
+        ));
+    }
+    let xdp_filter = if size <= XDP_FILTER_MAX {
+        let mut sources: Vec<IpAddr> = table
+            .blocked_v4
+            .iter()
+            .map(|&a| IpAddr::V4(a))
+            .chain(table.blocked_v6.iter().map(|&a| IpAddr::V6(a)))
+            .collect();
+        sources.sort_unstable();
+        sources.dedup();
+        let started = Instant::now();
+        let loaded = XdpFilter::load(&sources).context("loading xdp-filter")?;
+        eprintln!(
+            "bench: xdp-filter loaded with {} addresses in {:.1} s",
+            sources.len(),
+            started.elapsed().as_secs_f64()
+        );
+        Some(loaded)
+    } else {
+        None
+    };
+    for kind in KINDS {
+        if kind.blocked && size == 0 {
+            continue;
+        }
+        let frames = kind.frames(&table, rng);
+        let expected = kind.expected();
+        let floor = measure(
+            &mut floors.runner(expected)?,
+            &frames,
+            repeat,
+            rounds,
+            expected,
+        )?;
+        let spacefilter = measure(
+            &mut |frame, repeat| Ok(filter.test_run(frame, repeat)?),
+            &frames,
+            repeat,
+            rounds,
+            expected,
+        )?;
+        let xdp_filter = match &xdp_filter {
+            Some(xf) => Some(measure(
+                &mut xf.runner(),
+                &frames,
+                repeat,
+                rounds,
+                expected,
+            )?),
+            None => None,
+        };
+        eprintln!(
+            "bench: {:<32} {size:>8}: floor {:6.1} ns  spacefilter {:6.1} ns  xdp-filter {}",
+            kind.name,
+            floor.median,
+            spacefilter.median,
+            xdp_filter.map_or("-".to_owned(), |m| format!("{:.1} ns", m.median))
+        );
+        rows.push(Row {
+            kind: kind.name,
+            entries: size,
+            floor,
+            spacefilter,
+            xdp_filter,
+            blocked: kind.blocked,
+        });
+    }
     Ok(())
 }
