@@ -26,6 +26,14 @@ enum Task {
     /// listener and an attacker send traffic to a server, and spacefilter
     /// blocks the attacker at the server's XDP hook.
     Demo,
+    /// Set up (xdp-tools included), then measure the per-packet cost of
+    /// spacefilter against bare XDP floors and xdp-filter on the same
+    /// frames, print the table and rewrite BENCHMARKS.md.
+    Bench {
+        /// Small tables and few rounds: a check that the benchmark works.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -42,6 +50,10 @@ fn main() -> Result<()> {
         Task::Demo => {
             setup::run()?;
             tasks::demo()
+        }
+        Task::Bench { quick } => {
+            setup::run()?;
+            tasks::bench(quick)
         }
     }
 }

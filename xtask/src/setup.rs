@@ -24,6 +24,7 @@ const SYSTEM_TOOLS: &[(&str, &str)] = &[
     ("tcpdump", "tcpdump"),
     ("ethtool", "ethtool"),
     ("bpftool", "bpftool"),
+    ("xdp-filter", "xdp-tools"),
 ];
 
 fn say(msg: &str) {
@@ -127,7 +128,7 @@ fn system_tools() -> Result<()> {
         .map(|&(_, package)| package)
         .collect();
     if missing.is_empty() {
-        say("system tools present (iproute2, ping, tcpdump, ethtool, bpftool)");
+        say("system tools present (iproute2, ping, tcpdump, ethtool, bpftool, xdp-tools)");
         return Ok(());
     }
     apt_install(&missing)

@@ -1,6 +1,11 @@
 //! The tasks that run after setup.
 
-use std::{os::unix::process::CommandExt as _, path::PathBuf, process::Command};
+use std::{
+    io::{BufRead as _, BufReader},
+    os::unix::process::CommandExt as _,
+    path::PathBuf,
+    process::{Command, Stdio},
+};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -95,8 +100,42 @@ pub(crate) fn test(args: &[String]) -> Result<()> {
     step("cargo test (fixtures through BPF_PROG_TEST_RUN, property test, netns and daemon tests)");
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--exclude", "spacefilter-ebpf", "--"])
-        .args(args);
-    run_cmd(cmd, "tests")
+        .args(args)
+        .stdout(Stdio::piped());
+    let mut child = cmd.spawn().context("could not start cargo test")?;
+    let stdout = child.stdout.take().expect("piped");
+    // Pass the output through, adding up the per-binary results for one
+    // closing line over the whole suite.
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test's output")?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split([';', '.']) {
+                let mut words = part.split_whitespace();
+                if let (Some(n), Some(what)) = (words.next(), words.next())
+                    && let Ok(n) = n.parse::<u64>()
+                {
+                    match what {
+                        "passed" => passed += n,
+                        "failed" => failed += n,
+                        "ignored" => ignored += n,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    println!();
+    println!("whole suite: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("tests failed ({status})");
+    }
+    if passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
 }
 
 pub(crate) fn demo() -> Result<()> {
@@ -110,4 +149,26 @@ pub(crate) fn demo() -> Result<()> {
     // removes its lab before exiting.
     let err = Command::new(&demo).current_dir(workspace_root()).exec();
     Err(err).with_context(|| format!("could not start {}", demo.display()))
+}
+
+pub(crate) fn bench(quick: bool) -> Result<()> {
+    step("building the benchmark (release)");
+    let mut cmd = cargo();
+    cmd.args([
+        "build",
+        "--release",
+        "--package",
+        "spacefilter-tests",
+        "--bin",
+        "bench",
+    ]);
+    run_cmd(cmd, "build")?;
+    step("benchmarking (BPF_PROG_TEST_RUN: spacefilter, bare floors, xdp-filter)");
+    let mut cmd = Command::new(workspace_root().join("target/release/bench"));
+    cmd.current_dir(workspace_root())
+        .args(["--out", "BENCHMARKS.md"]);
+    if quick {
+        cmd.arg("--quick");
+    }
+    run_cmd(cmd, "bench")
 }
