@@ -73,27 +73,47 @@ pub struct Counter {
     pub bytes: u64,
 }
 
-/// Value of every allow/block entry: the slot of its hit counter in
-/// `RULE_HITS`. Slot 0 is never handed out.
+/// A hit-counter slot in `RULE_HITS`. Slot 0 is never handed out.
 pub type Slot = u32;
 
-/// Default capacity of each list and of the hit-counter array. The
+/// What a source address matches: the value of every key in the rule maps.
+///
+/// The allow and block lists share one exact-match map and one LPM trie per
+/// address family, so a frame costs at most two lookups whatever both
+/// lists hold. The allowlist's precedence is settled in userspace when keys
+/// are written: a block key that an allow prefix covers is stored with
+/// [`action::ALLOW`] and the slot of the longest such allow entry. The
+/// longest key matching a source then always carries the right verdict: if
+/// any allow entry covers the source, it also covers every longer key that
+/// does.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Match {
+    /// [`action::ALLOW`] or [`action::BLOCK`].
+    pub action: u32,
+    /// The hit counter of the list entry the match is credited to.
+    pub slot: Slot,
+}
+
+/// Values of [`Match::action`].
+pub mod action {
+    pub const ALLOW: u32 = 1;
+    pub const BLOCK: u32 = 2;
+}
+
+/// Default capacity of the rule maps and of the hit-counter array. The
 /// per-CPU hit counters are allocated up front (8 bytes per entry per CPU,
 /// and loading time grows with them), so the daemon's `--capacity` raises
-/// this only where a list really needs more.
+/// this only where the lists really need more.
 pub const DEFAULT_CAPACITY: u32 = 1 << 18;
 
-/// Bits of [`Config::flags`]: which lists hold entries. The program skips
-/// the lookups of an empty list.
+/// Bits of [`Config::flags`]: which rule maps hold keys. The program skips
+/// the lookups of an empty map.
 pub mod flags {
-    pub const ALLOW_V4_EXACT: u32 = 1 << 0;
-    pub const ALLOW_V4_PREFIX: u32 = 1 << 1;
-    pub const ALLOW_V6_EXACT: u32 = 1 << 2;
-    pub const ALLOW_V6_PREFIX: u32 = 1 << 3;
-    pub const BLOCK_V4_EXACT: u32 = 1 << 4;
-    pub const BLOCK_V4_PREFIX: u32 = 1 << 5;
-    pub const BLOCK_V6_EXACT: u32 = 1 << 6;
-    pub const BLOCK_V6_PREFIX: u32 = 1 << 7;
+    pub const V4_EXACT: u32 = 1 << 0;
+    pub const V4_PREFIX: u32 = 1 << 1;
+    pub const V6_EXACT: u32 = 1 << 2;
+    pub const V6_PREFIX: u32 = 1 << 3;
 }
 
 /// The single entry of the `CONFIG` array, read once per frame.
@@ -111,14 +131,10 @@ pub mod map_names {
     pub const CONFIG: &str = "CONFIG";
     pub const STATS: &str = "STATS";
     pub const RULE_HITS: &str = "RULE_HITS";
-    pub const ALLOW_V4_EXACT: &str = "ALLOW_V4_EXACT";
-    pub const ALLOW_V4: &str = "ALLOW_V4";
-    pub const ALLOW_V6_EXACT: &str = "ALLOW_V6_EXACT";
-    pub const ALLOW_V6: &str = "ALLOW_V6";
-    pub const BLOCK_V4_EXACT: &str = "BLOCK_V4_EXACT";
-    pub const BLOCK_V4: &str = "BLOCK_V4";
-    pub const BLOCK_V6_EXACT: &str = "BLOCK_V6_EXACT";
-    pub const BLOCK_V6: &str = "BLOCK_V6";
+    pub const RULES_V4_EXACT: &str = "RULES_V4_EXACT";
+    pub const RULES_V4: &str = "RULES_V4";
+    pub const RULES_V6_EXACT: &str = "RULES_V6_EXACT";
+    pub const RULES_V6: &str = "RULES_V6";
 }
 
 /// Name of the XDP program in the object file.
@@ -126,9 +142,11 @@ pub const PROGRAM_NAME: &str = "spacefilter";
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: both types are `#[repr(C)]`, made only of `u32`/`u64`, with no
+    // SAFETY: these types are `#[repr(C)]`, made only of `u32`/`u64`, with no
     // padding, so every bit pattern is a valid value.
     unsafe impl aya::Pod for super::Counter {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Match {}
 }

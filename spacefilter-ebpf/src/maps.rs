@@ -2,18 +2,20 @@
 //! from `spacefilter-common`; the userspace wrappers live in
 //! `spacefilter::maps`.
 //!
-//! Full-length entries (/32, /128) live in hash maps in front of the LPM
-//! tries: blocking one address costs one hash lookup, and the tries stay
-//! small. All list maps are created with `BPF_F_NO_PREALLOC` (mandatory for
-//! LPM tries), so an empty list costs no memory. Userspace resizes them at
-//! load time.
+//! The allow and block lists share the rule maps (see
+//! [`spacefilter_common::Match`] for how the allowlist keeps its
+//! precedence). Full-length keys (/32, /128) live in hash maps in front of
+//! the LPM tries: blocking one address costs one hash lookup, and the tries
+//! stay small. All rule maps are created with `BPF_F_NO_PREALLOC`
+//! (mandatory for LPM tries), so empty ones cost no memory. Userspace
+//! resizes them at load time.
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LpmTrie, PerCpuArray},
 };
-use spacefilter_common::{Config, Counter, DEFAULT_CAPACITY, STATS_SLOTS, Slot};
+use spacefilter_common::{Config, Counter, DEFAULT_CAPACITY, Match, STATS_SLOTS};
 
 #[map]
 pub(crate) static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
@@ -26,28 +28,19 @@ pub(crate) static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(ST
 #[map]
 pub(crate) static RULE_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DEFAULT_CAPACITY, 0);
 
+/// Both lists, IPv4: full-length keys (/32) here...
 #[map]
-pub(crate) static ALLOW_V4_EXACT: HashMap<[u8; 4], Slot> =
+pub(crate) static RULES_V4_EXACT: HashMap<[u8; 4], Match> =
     HashMap::with_max_entries(DEFAULT_CAPACITY, BPF_F_NO_PREALLOC);
+/// ...and shorter prefixes here.
 #[map]
-pub(crate) static ALLOW_V4: LpmTrie<[u8; 4], Slot> =
+pub(crate) static RULES_V4: LpmTrie<[u8; 4], Match> =
     LpmTrie::with_max_entries(DEFAULT_CAPACITY, BPF_F_NO_PREALLOC);
+/// Both lists, IPv6: /128 keys.
 #[map]
-pub(crate) static ALLOW_V6_EXACT: HashMap<[u8; 16], Slot> =
+pub(crate) static RULES_V6_EXACT: HashMap<[u8; 16], Match> =
     HashMap::with_max_entries(DEFAULT_CAPACITY, BPF_F_NO_PREALLOC);
+/// Both lists, IPv6: shorter prefixes.
 #[map]
-pub(crate) static ALLOW_V6: LpmTrie<[u8; 16], Slot> =
-    LpmTrie::with_max_entries(DEFAULT_CAPACITY, BPF_F_NO_PREALLOC);
-
-#[map]
-pub(crate) static BLOCK_V4_EXACT: HashMap<[u8; 4], Slot> =
-    HashMap::with_max_entries(DEFAULT_CAPACITY, BPF_F_NO_PREALLOC);
-#[map]
-pub(crate) static BLOCK_V4: LpmTrie<[u8; 4], Slot> =
-    LpmTrie::with_max_entries(DEFAULT_CAPACITY, BPF_F_NO_PREALLOC);
-#[map]
-pub(crate) static BLOCK_V6_EXACT: HashMap<[u8; 16], Slot> =
-    HashMap::with_max_entries(DEFAULT_CAPACITY, BPF_F_NO_PREALLOC);
-#[map]
-pub(crate) static BLOCK_V6: LpmTrie<[u8; 16], Slot> =
+pub(crate) static RULES_V6: LpmTrie<[u8; 16], Match> =
     LpmTrie::with_max_entries(DEFAULT_CAPACITY, BPF_F_NO_PREALLOC);

@@ -1,5 +1,6 @@
-//! The verdict pipeline: parse the network layer, then allowlist (wins over
-//! everything) → blocklist → transport checks → pass. Every frame leaves
+//! The verdict pipeline: parse the network layer, then the rule maps
+//! (allowlist, which wins over everything, and blocklist, in one lookup per
+//! map) → transport checks → pass. Every frame leaves
 //! through [`finish`], which records the per-CPU counters.
 
 use aya_ebpf::{
@@ -7,13 +8,10 @@ use aya_ebpf::{
     maps::{HashMap, LpmTrie, lpm_trie::Key},
     programs::XdpContext,
 };
-use spacefilter_common::{Reason, Slot, flags};
+use spacefilter_common::{Match, Reason, action, flags};
 
 use crate::{
-    maps::{
-        ALLOW_V4, ALLOW_V4_EXACT, ALLOW_V6, ALLOW_V6_EXACT, BLOCK_V4, BLOCK_V4_EXACT, BLOCK_V6,
-        BLOCK_V6_EXACT, CONFIG, RULE_HITS, STATS,
-    },
+    maps::{CONFIG, RULE_HITS, RULES_V4, RULES_V4_EXACT, RULES_V6, RULES_V6_EXACT, STATS},
     parse::{self, Frame, Source},
 };
 
@@ -32,97 +30,68 @@ fn classify(frame: &Frame) -> Result<Reason, Reason> {
     // A missing config entry cannot happen (arrays always hold their
     // entries); if it did, looking everything up is the safe default.
     let flags = CONFIG.get(0).map_or(u32::MAX, |config| config.flags);
-    let listed = match source {
-        Source::V4(addr) => listed(
+    let matched = match source {
+        Source::V4(addr) => lookup(
             &addr,
             flags,
-            [
-                (
-                    &ALLOW_V4_EXACT,
-                    &ALLOW_V4,
-                    flags::ALLOW_V4_EXACT,
-                    flags::ALLOW_V4_PREFIX,
-                ),
-                (
-                    &BLOCK_V4_EXACT,
-                    &BLOCK_V4,
-                    flags::BLOCK_V4_EXACT,
-                    flags::BLOCK_V4_PREFIX,
-                ),
-            ],
+            (
+                &RULES_V4_EXACT,
+                &RULES_V4,
+                flags::V4_EXACT,
+                flags::V4_PREFIX,
+            ),
         ),
-        Source::V6(addr) => listed(
+        Source::V6(addr) => lookup(
             &addr,
             flags,
-            [
-                (
-                    &ALLOW_V6_EXACT,
-                    &ALLOW_V6,
-                    flags::ALLOW_V6_EXACT,
-                    flags::ALLOW_V6_PREFIX,
-                ),
-                (
-                    &BLOCK_V6_EXACT,
-                    &BLOCK_V6,
-                    flags::BLOCK_V6_EXACT,
-                    flags::BLOCK_V6_PREFIX,
-                ),
-            ],
+            (
+                &RULES_V6_EXACT,
+                &RULES_V6,
+                flags::V6_EXACT,
+                flags::V6_PREFIX,
+            ),
         ),
     };
-    if let Some(reason) = listed {
-        return Ok(reason);
+    if let Some(matched) = matched {
+        if let Some(hits) = RULE_HITS.get_ptr_mut(matched.slot) {
+            // SAFETY: a per-CPU slot, written only by this CPU.
+            unsafe { *hits += 1 };
+        }
+        return Ok(if matched.action == action::ALLOW {
+            Reason::Allowlisted
+        } else {
+            Reason::Blocked
+        });
     }
     parse::transport(frame, &transport)?;
     Ok(Reason::Passed)
 }
 
-/// One list: its exact-match map, its prefix trie, and their config bits.
-type List<const N: usize> = (
-    &'static HashMap<[u8; N], Slot>,
-    &'static LpmTrie<[u8; N], Slot>,
+/// The rule maps of one address family, and their config bits.
+type Rules<const N: usize> = (
+    &'static HashMap<[u8; N], Match>,
+    &'static LpmTrie<[u8; N], Match>,
     u32,
     u32,
 );
 
-/// Looks the source up in the allowlist, then the blocklist, and counts a
-/// hit on the entry that matched.
+/// The longest key matching the source: the exact map first (a full-length
+/// key is the longest there can be), then the trie.
 #[inline(always)]
-fn listed<const N: usize>(addr: &[u8; N], flags: u32, lists: [List<N>; 2]) -> Option<Reason> {
-    let [allow, block] = lists;
-    if lookup(addr, flags, allow) {
-        return Some(Reason::Allowlisted);
-    }
-    if lookup(addr, flags, block) {
-        return Some(Reason::Blocked);
-    }
-    None
-}
-
-#[inline(always)]
-fn lookup<const N: usize>(addr: &[u8; N], flags: u32, list: List<N>) -> bool {
-    let (exact, trie, exact_bit, prefix_bit) = list;
-    let mut slot = None;
+fn lookup<const N: usize>(addr: &[u8; N], flags: u32, rules: Rules<N>) -> Option<Match> {
+    let (exact, trie, exact_bit, prefix_bit) = rules;
     if flags & exact_bit != 0 {
-        // SAFETY: the value is copied out at once; entries are never
-        // updated in place.
-        slot = unsafe { exact.get(addr) }.copied();
+        // SAFETY: the value is copied out at once.
+        if let Some(matched) = unsafe { exact.get(addr) } {
+            return Some(*matched);
+        }
     }
-    if slot.is_none() && flags & prefix_bit != 0 {
+    if flags & prefix_bit != 0 {
         #[expect(clippy::cast_possible_truncation, reason = "N is 4 or 16")]
         let key = Key::new((N * 8) as u32, *addr);
-        slot = trie.get(&key).copied();
+        return trie.get(&key).copied();
     }
-    match slot {
-        Some(slot) => {
-            if let Some(hits) = RULE_HITS.get_ptr_mut(slot) {
-                // SAFETY: a per-CPU slot, written only by this CPU.
-                unsafe { *hits += 1 };
-            }
-            true
-        }
-        None => false,
-    }
+    None
 }
 
 /// The single exit: count the frame under its reason and turn the reason

@@ -108,14 +108,10 @@ impl Filter {
         let LoadOptions { capacity } = options;
         let mut loader = EbpfLoader::new();
         for name in [
-            map_names::ALLOW_V4_EXACT,
-            map_names::ALLOW_V4,
-            map_names::ALLOW_V6_EXACT,
-            map_names::ALLOW_V6,
-            map_names::BLOCK_V4_EXACT,
-            map_names::BLOCK_V4,
-            map_names::BLOCK_V6_EXACT,
-            map_names::BLOCK_V6,
+            map_names::RULES_V4_EXACT,
+            map_names::RULES_V4,
+            map_names::RULES_V6_EXACT,
+            map_names::RULES_V6,
         ] {
             loader.map_max_entries(name, capacity);
         }

@@ -1,15 +1,16 @@
 //! Typed wrappers over the program's maps. Domain types ([`Prefix`],
 //! [`List`], [`Reason`]) become kernel keys here and nowhere else.
 //!
-//! Each list is two maps per address family: a hash map for full-length
-//! entries (/32, /128) in front of an LPM trie for shorter prefixes. Every
-//! entry's value is the slot of its per-CPU hit counter in `RULE_HITS`. The
-//! `CONFIG` flags tell the program which maps hold entries, so empty ones
-//! cost no lookup.
+//! Both lists share two maps per address family: a hash map for
+//! full-length keys (/32, /128) in front of an LPM trie for shorter
+//! prefixes; [`Lists`] explains how the allowlist keeps its precedence.
+//! Every list entry has a per-CPU hit counter in `RULE_HITS`. The `CONFIG`
+//! flags tell the program which maps hold keys, so empty ones cost no
+//! lookup.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use aya::{
@@ -17,7 +18,9 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key},
     util::nr_cpus,
 };
-use spacefilter_common::{Config, Counter, Reason, STATS_SLOTS, Slot, flags, map_names};
+use spacefilter_common::{
+    Config, Counter, Match, Reason, STATS_SLOTS, Slot, action, flags, map_names,
+};
 
 use crate::prefix::Prefix;
 
@@ -82,17 +85,20 @@ where
     T::try_from(map).map_err(|source| ListError::MapType { name, source })
 }
 
-/// The exact-match map and the prefix trie of one list and address family.
-struct FamilyMaps<const N: usize> {
+/// The exact-match map and the prefix trie of one address family, with the
+/// number of keys each holds.
+struct Family<const N: usize> {
     exact_name: &'static str,
     prefix_name: &'static str,
-    exact: HashMap<MapData, [u8; N], Slot>,
-    prefix: LpmTrie<MapData, [u8; N], Slot>,
+    exact: HashMap<MapData, [u8; N], Match>,
+    prefix: LpmTrie<MapData, [u8; N], Match>,
     exact_flag: u32,
     prefix_flag: u32,
+    exact_keys: usize,
+    prefix_keys: usize,
 }
 
-impl<const N: usize> FamilyMaps<N> {
+impl<const N: usize> Family<N> {
     fn take(
         ebpf: &mut Ebpf,
         (exact_name, exact_flag): (&'static str, u32),
@@ -105,31 +111,43 @@ impl<const N: usize> FamilyMaps<N> {
             prefix: take(ebpf, prefix_name)?,
             exact_flag,
             prefix_flag,
+            exact_keys: 0,
+            prefix_keys: 0,
         })
     }
 
-    fn insert(&mut self, addr: [u8; N], len: u8, slot: Slot) -> Result<(), ListError> {
-        if usize::from(len) == N * 8 {
+    fn is_exact(len: u8) -> bool {
+        usize::from(len) == N * 8
+    }
+
+    /// Writes (creates or replaces) a key.
+    fn write(&mut self, addr: [u8; N], len: u8, value: Match, new: bool) -> Result<(), ListError> {
+        if Self::is_exact(len) {
             self.exact
-                .insert(addr, slot, 0)
+                .insert(addr, value, 0)
                 .map_err(|source| ListError::Update {
                     name: self.exact_name,
                     source,
-                })
+                })?;
+            self.exact_keys += usize::from(new);
         } else {
             self.prefix
-                .insert(&Key::new(u32::from(len), addr), slot, 0)
+                .insert(&Key::new(u32::from(len), addr), value, 0)
                 .map_err(|source| ListError::Update {
                     name: self.prefix_name,
                     source,
-                })
+                })?;
+            self.prefix_keys += usize::from(new);
         }
+        Ok(())
     }
 
-    fn remove(&mut self, addr: [u8; N], len: u8) -> Result<(), ListError> {
-        let (name, result) = if usize::from(len) == N * 8 {
+    fn delete(&mut self, addr: [u8; N], len: u8) -> Result<(), ListError> {
+        let (name, result) = if Self::is_exact(len) {
+            self.exact_keys -= 1;
             (self.exact_name, self.exact.remove(&addr))
         } else {
+            self.prefix_keys -= 1;
             (
                 self.prefix_name,
                 self.prefix.remove(&Key::new(u32::from(len), addr)),
@@ -142,13 +160,15 @@ impl<const N: usize> FamilyMaps<N> {
         }
     }
 
-    /// The flag bit for an entry of this length.
-    fn flag(&self, len: u8) -> u32 {
-        if usize::from(len) == N * 8 {
-            self.exact_flag
-        } else {
-            self.prefix_flag
+    fn flags(&self) -> u32 {
+        let mut flags = 0;
+        if self.exact_keys > 0 {
+            flags |= self.exact_flag;
         }
+        if self.prefix_keys > 0 {
+            flags |= self.prefix_flag;
+        }
+        flags
     }
 }
 
@@ -163,47 +183,51 @@ struct Slots {
 
 /// The allow and block lists in the kernel, with the hit counters of their
 /// entries.
+///
+/// Both lists share the rule maps: a key exists while either list holds its
+/// prefix, and its value says which verdict it gives and which entry's hit
+/// counter it bumps (see [`spacefilter_common::Match`]). The value of a key
+/// `P` is:
+/// - `P` on the allowlist: allow, counted on that entry;
+/// - else, an allow prefix covering `P`: allow, counted on the longest one;
+/// - else: block, counted on the block entry.
+///
+/// Adding or removing an allow prefix therefore rewrites the block keys it
+/// covers.
 pub struct Lists {
-    allow_v4: FamilyMaps<4>,
-    allow_v6: FamilyMaps<16>,
-    block_v4: FamilyMaps<4>,
-    block_v6: FamilyMaps<16>,
+    v4: Family<4>,
+    v6: Family<16>,
     config: Array<MapData, Config>,
     hits: PerCpuArray<MapData, u64>,
     cpus: usize,
     slots: Slots,
-    /// What the maps hold, by list and prefix, with each entry's slot.
+    /// What the lists hold, by list and prefix, with each entry's slot.
     entries: BTreeMap<(List, Prefix), Slot>,
-    /// How many entries each flag bit stands for.
-    flag_counts: BTreeMap<u32, usize>,
+    /// How many allow entries there are of each prefix length, per family
+    /// (IPv4, IPv6): the lengths to probe for an allow prefix covering a key.
+    allow_lens: [BTreeMap<u8, usize>; 2],
+}
+
+fn family_index(prefix: Prefix) -> usize {
+    usize::from(prefix.addr().is_ipv6())
 }
 
 impl Lists {
-    /// Takes the list maps out of a freshly loaded program; `capacity` is
+    /// Takes the rule maps out of a freshly loaded program; `capacity` is
     /// the size the hit-counter array was created with.
     pub(crate) fn take(ebpf: &mut Ebpf, capacity: u32) -> Result<Self, ListError> {
         use map_names as n;
         let cpus = nr_cpus().map_err(|(_, err)| ListError::Cpus(err))?;
         let mut lists = Self {
-            allow_v4: FamilyMaps::take(
+            v4: Family::take(
                 ebpf,
-                (n::ALLOW_V4_EXACT, flags::ALLOW_V4_EXACT),
-                (n::ALLOW_V4, flags::ALLOW_V4_PREFIX),
+                (n::RULES_V4_EXACT, flags::V4_EXACT),
+                (n::RULES_V4, flags::V4_PREFIX),
             )?,
-            allow_v6: FamilyMaps::take(
+            v6: Family::take(
                 ebpf,
-                (n::ALLOW_V6_EXACT, flags::ALLOW_V6_EXACT),
-                (n::ALLOW_V6, flags::ALLOW_V6_PREFIX),
-            )?,
-            block_v4: FamilyMaps::take(
-                ebpf,
-                (n::BLOCK_V4_EXACT, flags::BLOCK_V4_EXACT),
-                (n::BLOCK_V4, flags::BLOCK_V4_PREFIX),
-            )?,
-            block_v6: FamilyMaps::take(
-                ebpf,
-                (n::BLOCK_V6_EXACT, flags::BLOCK_V6_EXACT),
-                (n::BLOCK_V6, flags::BLOCK_V6_PREFIX),
+                (n::RULES_V6_EXACT, flags::V6_EXACT),
+                (n::RULES_V6, flags::V6_PREFIX),
             )?,
             config: take(ebpf, n::CONFIG)?,
             hits: take(ebpf, n::RULE_HITS)?,
@@ -214,7 +238,7 @@ impl Lists {
                 free: Vec::new(),
             },
             entries: BTreeMap::new(),
-            flag_counts: BTreeMap::new(),
+            allow_lens: [BTreeMap::new(), BTreeMap::new()],
         };
         lists.write_flags()?;
         Ok(lists)
@@ -266,41 +290,115 @@ impl Lists {
                 });
             }
         };
-        if let Err(err) = self.install(list, prefix, slot, reused) {
+        if reused && let Err(err) = self.zero_hits(slot) {
             self.slots.free.push(slot);
             return Err(err);
         }
+        let existed = self.key_exists(prefix);
         self.entries.insert((list, prefix), slot);
-        let flag = self.flag(list, prefix);
-        *self.flag_counts.entry(flag).or_default() += 1;
+        if list == List::Allow {
+            *self.allow_lens[family_index(prefix)]
+                .entry(prefix.len())
+                .or_default() += 1;
+        }
+        let written = self.sync(prefix, existed).and_then(|()| {
+            if list == List::Allow {
+                self.sync_covered(prefix)
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(err) = written {
+            let _ = self.remove_one(list, prefix);
+            return Err(err);
+        }
         Ok(())
     }
 
-    /// Writes the entry to its map. A reused slot still holds its last
-    /// owner's hits and is zeroed first; a fresh one is zero already.
-    fn install(
-        &mut self,
-        list: List,
-        prefix: Prefix,
-        slot: Slot,
-        reused: bool,
-    ) -> Result<(), ListError> {
-        if reused {
-            let zeros = PerCpuValues::try_from(vec![0u64; self.cpus]).map_err(ListError::Cpus)?;
-            self.hits
-                .set(slot, zeros, 0)
-                .map_err(|source| ListError::Update {
-                    name: map_names::RULE_HITS,
-                    source,
-                })?;
+    fn zero_hits(&mut self, slot: Slot) -> Result<(), ListError> {
+        let zeros = PerCpuValues::try_from(vec![0u64; self.cpus]).map_err(ListError::Cpus)?;
+        self.hits
+            .set(slot, zeros, 0)
+            .map_err(|source| ListError::Update {
+                name: map_names::RULE_HITS,
+                source,
+            })
+    }
+
+    /// Whether either list holds `prefix`, i.e. whether its key exists.
+    fn key_exists(&self, prefix: Prefix) -> bool {
+        self.entries.contains_key(&(List::Allow, prefix))
+            || self.entries.contains_key(&(List::Block, prefix))
+    }
+
+    /// The slot of the longest allow entry strictly shorter than `prefix`
+    /// that covers it.
+    fn covering_allow(&self, prefix: Prefix) -> Option<Slot> {
+        self.allow_lens[family_index(prefix)]
+            .range(..prefix.len())
+            .rev()
+            .find_map(|(&len, _)| {
+                let shorter = Prefix::truncating(prefix.addr(), len);
+                self.entries.get(&(List::Allow, shorter)).copied()
+            })
+    }
+
+    /// What the key of `prefix` should hold, if it should exist.
+    fn desired(&self, prefix: Prefix) -> Option<Match> {
+        if let Some(&slot) = self.entries.get(&(List::Allow, prefix)) {
+            return Some(Match {
+                action: action::ALLOW,
+                slot,
+            });
         }
+        let &block_slot = self.entries.get(&(List::Block, prefix))?;
+        Some(match self.covering_allow(prefix) {
+            Some(slot) => Match {
+                action: action::ALLOW,
+                slot,
+            },
+            None => Match {
+                action: action::BLOCK,
+                slot: block_slot,
+            },
+        })
+    }
+
+    /// Brings the key of `prefix` in line with the lists; `existed` says
+    /// whether the key was in the maps before.
+    fn sync(&mut self, prefix: Prefix, existed: bool) -> Result<(), ListError> {
         let len = prefix.len();
-        match (list, prefix.addr()) {
-            (List::Allow, IpAddr::V4(a)) => self.allow_v4.insert(a.octets(), len, slot),
-            (List::Allow, IpAddr::V6(a)) => self.allow_v6.insert(a.octets(), len, slot),
-            (List::Block, IpAddr::V4(a)) => self.block_v4.insert(a.octets(), len, slot),
-            (List::Block, IpAddr::V6(a)) => self.block_v6.insert(a.octets(), len, slot),
+        match (self.desired(prefix), prefix.addr()) {
+            (Some(value), IpAddr::V4(a)) => self.v4.write(a.octets(), len, value, !existed),
+            (Some(value), IpAddr::V6(a)) => self.v6.write(a.octets(), len, value, !existed),
+            (None, _) if !existed => Ok(()),
+            (None, IpAddr::V4(a)) => self.v4.delete(a.octets(), len),
+            (None, IpAddr::V6(a)) => self.v6.delete(a.octets(), len),
         }
+    }
+
+    /// Rewrites the block keys strictly inside the allow prefix `outer`,
+    /// whose verdict depends on it.
+    fn sync_covered(&mut self, outer: Prefix) -> Result<(), ListError> {
+        let last = match outer.addr() {
+            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(
+                u32::from(a) | (u32::MAX.checked_shr(u32::from(outer.len())).unwrap_or(0)),
+            )),
+            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(
+                u128::from(a) | (u128::MAX.checked_shr(u32::from(outer.len())).unwrap_or(0)),
+            )),
+        };
+        let full = if outer.addr().is_ipv4() { 32 } else { 128 };
+        let inside: Vec<Prefix> = self
+            .entries
+            .range((List::Block, outer)..=(List::Block, Prefix::truncating(last, full)))
+            .map(|(&(_, p), _)| p)
+            .filter(|p| p.len() > outer.len() && outer.contains(p.addr()))
+            .collect();
+        for prefix in inside {
+            self.sync(prefix, true)?;
+        }
+        Ok(())
     }
 
     /// Removes `prefix` from `list`. Returns `false` if it was not there.
@@ -328,21 +426,22 @@ impl Lists {
     }
 
     fn remove_one(&mut self, list: List, prefix: Prefix) -> Result<bool, ListError> {
-        let Some(&slot) = self.entries.get(&(list, prefix)) else {
+        let Some(slot) = self.entries.remove(&(list, prefix)) else {
             return Ok(false);
         };
-        let len = prefix.len();
-        match (list, prefix.addr()) {
-            (List::Allow, IpAddr::V4(a)) => self.allow_v4.remove(a.octets(), len),
-            (List::Allow, IpAddr::V6(a)) => self.allow_v6.remove(a.octets(), len),
-            (List::Block, IpAddr::V4(a)) => self.block_v4.remove(a.octets(), len),
-            (List::Block, IpAddr::V6(a)) => self.block_v6.remove(a.octets(), len),
-        }?;
-        self.entries.remove(&(list, prefix));
         self.slots.free.push(slot);
-        let flag = self.flag(list, prefix);
-        if let Some(count) = self.flag_counts.get_mut(&flag) {
-            *count -= 1;
+        if list == List::Allow {
+            let lens = &mut self.allow_lens[family_index(prefix)];
+            if let Some(count) = lens.get_mut(&prefix.len()) {
+                *count -= 1;
+                if *count == 0 {
+                    lens.remove(&prefix.len());
+                }
+            }
+        }
+        self.sync(prefix, true)?;
+        if list == List::Allow {
+            self.sync_covered(prefix)?;
         }
         Ok(true)
     }
@@ -396,22 +495,8 @@ impl Lists {
         Ok(values.iter().sum())
     }
 
-    fn flag(&self, list: List, prefix: Prefix) -> u32 {
-        let len = prefix.len();
-        match (list, prefix.addr()) {
-            (List::Allow, IpAddr::V4(_)) => self.allow_v4.flag(len),
-            (List::Allow, IpAddr::V6(_)) => self.allow_v6.flag(len),
-            (List::Block, IpAddr::V4(_)) => self.block_v4.flag(len),
-            (List::Block, IpAddr::V6(_)) => self.block_v6.flag(len),
-        }
-    }
-
     fn write_flags(&mut self) -> Result<(), ListError> {
-        let flags = self
-            .flag_counts
-            .iter()
-            .filter(|&(_, &count)| count > 0)
-            .fold(0, |acc, (&flag, _)| acc | flag);
+        let flags = self.v4.flags() | self.v6.flags();
         self.config
             .set(0, Config { flags, reserved: 0 }, 0)
             .map_err(|source| ListError::Update {

@@ -411,12 +411,42 @@ fn check(
     block: &[Prefix],
 ) -> Result<Reason, TestCaseError> {
     reset(filter);
+    // The order rules arrive in must not matter: allow prefixes rewrite the
+    // block keys they cover whenever they come and go.
+    if frame.len() % 2 == 0 {
+        for &p in allow {
+            filter.allow(p).expect("allow");
+        }
+        for &p in block {
+            filter.block(p).expect("block");
+        }
+    } else {
+        for &p in block {
+            filter.block(p).expect("block");
+        }
+        for &p in allow {
+            filter.allow(p).expect("allow");
+        }
+    }
+    let reason = run_and_compare(filter, frame, allow, block)?;
+    if allow.is_empty() {
+        return Ok(reason);
+    }
+    // Taking the allowlist away leaves the blocklist alone in force.
     for &p in allow {
-        filter.allow(p).expect("allow");
+        filter.unallow(p).expect("unallow");
     }
-    for &p in block {
-        filter.block(p).expect("block");
-    }
+    run_and_compare(filter, frame, &[], block)
+}
+
+/// Runs `frame` once and compares verdict, counters and hits with the
+/// reference decision for the rules in force.
+fn run_and_compare(
+    filter: &mut Filter,
+    frame: &[u8],
+    allow: &[Prefix],
+    block: &[Prefix],
+) -> Result<Reason, TestCaseError> {
     let expected = reference::decide(frame, allow, block);
     let expected_hit = reference::decide_hit(frame, allow, block)
         .filter(|_| matches!(expected, Reason::Allowlisted | Reason::Blocked));
