@@ -570,7 +570,13 @@ pub fn machine() -> String {
 
 /// The report, as Markdown.
 #[must_use]
-pub fn report(rows: &[Row], machine: &str, date: &str, notes: &[String]) -> String {
+pub fn report(
+    rows: &[Row],
+    control: &[(String, String)],
+    machine: &str,
+    date: &str,
+    notes: &[String],
+) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# Benchmarks\n");
     let _ = writeln!(
@@ -638,6 +644,18 @@ pub fn report(rows: &[Row], machine: &str, date: &str, notes: &[String]) -> Stri
             if ratio <= 0.5 { "met" } else { "MISSED" }
         );
     }
+    if !control.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n## Control plane (a real daemon in a network-namespace lab)\n"
+        );
+        let _ = writeln!(out, "| what | measured |");
+        let _ = writeln!(out, "|---|---:|");
+        for (what, value) in control {
+            let _ = writeln!(out, "| {what} | {value} |");
+        }
+        let _ = writeln!(out, "\nTarget: a 1M-prefix import in under 10 s.");
+    }
     if !notes.is_empty() {
         let _ = writeln!(out, "\n## Notes\n");
         for note in notes {
@@ -650,4 +668,110 @@ pub fn report(rows: &[Row], machine: &str, date: &str, notes: &[String]) -> Stri
 /// Writes `text` to `path`.
 pub fn write_report(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Resident and peak memory of process `pid`, in MiB, from `/proc`.
+fn memory_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The control plane, measured on a real daemon in a lab: a bulk import of
+/// `size` prefixes through `spacefilter block --file`, the daemon's memory,
+/// a restart with those rules, and one block on top of them.
+pub fn control_plane(size: usize, rng: &mut Rng) -> anyhow::Result<Vec<(String, String)>> {
+    use crate::{
+        daemon::{DaemonPaths, DaemonProcess, Scratch},
+        netns::{Host, Lab},
+    };
+    let lab = Lab::new()?;
+    let scratch = Scratch::new("bench")?;
+    let paths = DaemonPaths::in_dir(scratch.path());
+    let capacity = (size + 4096).to_string();
+    let extra = ["--capacity", capacity.as_str()];
+    let started = Instant::now();
+    let mut daemon = DaemonProcess::start(&lab.ns(Host::Server), &paths, &extra)?;
+    let first_start = started.elapsed();
+    let (idle_rss, _) = memory_mib(daemon.pid());
+
+    let table = Table::generate(size, rng);
+    let file = scratch.join("import.netset");
+    let mut text = String::with_capacity(size * 20);
+    text.push_str("# benchmark import\n");
+    for prefix in &table.block {
+        let _ = writeln!(text, "{prefix}");
+    }
+    std::fs::write(&file, text)?;
+    let import = daemon.cli(&["block", "--file", &file.display().to_string()]);
+    ensure!(
+        import.code == Some(0),
+        "the import failed: {}",
+        import.stderr.trim()
+    );
+    let (rss, peak) = memory_mib(daemon.pid());
+    let one = daemon.cli(&["block", "198.18.200.0/24"]);
+    ensure!(one.code == Some(0), "block failed: {}", one.stderr.trim());
+
+    daemon.kill()?;
+    let started = Instant::now();
+    let daemon = DaemonProcess::start(&lab.ns(Host::Server), &paths, &extra)?;
+    let restart = started.elapsed();
+    let (restored_rss, _) = memory_mib(daemon.pid());
+    let status = daemon.cli(&["status", "--json"]);
+    ensure!(
+        status
+            .stdout
+            .contains(&format!("\"block_entries\":{}", size + 1)),
+        "after the restart the daemon holds: {}",
+        status.stdout.trim()
+    );
+    let state_bytes: u64 = std::fs::read_dir(&paths.state_dir)?
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    #[expect(clippy::cast_precision_loss, reason = "a size in MiB")]
+    let state_mib = state_bytes as f64 / (1024.0 * 1024.0);
+    Ok(vec![
+        (
+            "daemon start, empty (load, attach, socket)".to_owned(),
+            format!("{:.2} s", first_start.as_secs_f64()),
+        ),
+        (
+            "daemon memory, idle".to_owned(),
+            format!("{idle_rss:.0} MiB resident"),
+        ),
+        (
+            format!("`block --file` with {size} prefixes (parse, send, write maps, journal)"),
+            format!("{:.2} s", import.elapsed.as_secs_f64()),
+        ),
+        (
+            format!("daemon memory after the import of {size}"),
+            format!("{rss:.0} MiB resident, {peak:.0} MiB peak"),
+        ),
+        (
+            format!("one `block` on top of {size} entries (command run to exit)"),
+            format!("{:.1} ms", one.elapsed.as_secs_f64() * 1e3),
+        ),
+        (
+            format!(
+                "restart after kill -9 with {} rules (to answering)",
+                size + 1
+            ),
+            format!("{:.2} s", restart.as_secs_f64()),
+        ),
+        (
+            "daemon memory after that restart".to_owned(),
+            format!("{restored_rss:.0} MiB resident"),
+        ),
+        ("state on disk".to_owned(), format!("{state_mib:.0} MiB")),
+    ])
 }

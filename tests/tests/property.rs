@@ -413,7 +413,7 @@ fn check(
     reset(filter);
     // The order rules arrive in must not matter: allow prefixes rewrite the
     // block keys they cover whenever they come and go.
-    if frame.len() % 2 == 0 {
+    if frame.len().is_multiple_of(2) {
         for &p in allow {
             filter.allow(p).expect("allow");
         }

@@ -6,8 +6,8 @@ use std::{net::IpAddr, path::PathBuf, time::Instant};
 use anyhow::Context as _;
 use spacefilter_tests::{
     bench::{
-        Floors, KINDS, Parking, Rng, Row, Table, XdpFilter, load_filter, machine, measure, report,
-        write_report,
+        Floors, KINDS, Parking, Rng, Row, Table, XdpFilter, control_plane, load_filter, machine,
+        measure, report, write_report,
     },
     require_root,
 };
@@ -48,8 +48,16 @@ fn main() -> anyhow::Result<()> {
             &mut notes,
         )?;
     }
+    let import_size = if quick { 10_000 } else { 1_000_000 };
+    eprintln!("bench: control plane: importing {import_size} prefixes through the daemon");
+    let control = control_plane(import_size, &mut rng)?;
+    for (what, value) in &control {
+        eprintln!("bench: {what}: {value}");
+    }
     notes.push(
-        "not measured yet: a rate-limited source (flood defences are not built yet)".to_owned(),
+        "not measured yet: a rate-limited source and a SYN flood budget (flood defences are not \
+         built yet), flood throughput in the veth harness (next to nftables and iptables)"
+            .to_owned(),
     );
     let date = String::from_utf8(
         std::process::Command::new("date")
@@ -58,7 +66,7 @@ fn main() -> anyhow::Result<()> {
             .output()?
             .stdout,
     )?;
-    let text = report(&rows, &machine(), date.trim(), &notes);
+    let text = report(&rows, &control, &machine(), date.trim(), &notes);
     print!("{text}");
     write_report(&out, &text)?;
     eprintln!("bench: wrote {}", out.display());
