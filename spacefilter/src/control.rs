@@ -273,6 +273,9 @@ async fn watch_stats(
 ) {
     let interval = Duration::from_millis(interval_ms.clamp(100, 3_600_000));
     let mut ticker = tokio::time::interval(interval);
+    // A stalled daemon must not burst out ticks back to back afterwards:
+    // each line's rates should cover about one interval.
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut previous = None;
     let mut scratch = [0u8; 512];
     loop {

@@ -19,6 +19,7 @@ use spacefilter::{
     client::{Client, ClientError},
     daemon::{self, Settings},
     filter::error_chain,
+    iface::IfaceError,
     protocol::{Changed, EntryView, ErrorKind, Origin, Request, Response, StatsView, StatusView},
 };
 use spacefilter_common::DEFAULT_CAPACITY;
@@ -32,8 +33,9 @@ const DEFAULT_STATE_DIR: &str = "/var/lib/spacefilter";
 /// daemon over its control socket.
 ///
 /// Exit status: 0 on success, 2 when the input was refused (a bad prefix, a
-/// bad file line, the lockout guard), 1 when something failed (the daemon
-/// is not running, a write failed).
+/// bad file line, the lockout guard, an interface that is missing or holds
+/// another XDP program), 1 when something failed (the daemon is not
+/// running, a write failed).
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -287,9 +289,20 @@ fn run(args: RunArgs) -> Result<(), Failure> {
     }
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|err| Failure::runtime(format!("starting the runtime: {err}")))?;
-    runtime
-        .block_on(daemon::run(settings))
-        .map_err(|err| Failure::runtime(format!("{err:#}")))
+    runtime.block_on(daemon::run(settings)).map_err(|err| {
+        // An interface that does not exist, or holds another program
+        // without --force, is the caller's to fix.
+        let refused = matches!(
+            err.downcast_ref::<IfaceError>(),
+            Some(IfaceError::NoSuchInterface { .. } | IfaceError::Occupied { .. })
+        );
+        let message = format!("{err:#}");
+        if refused {
+            Failure::bad_input(message)
+        } else {
+            Failure::runtime(message)
+        }
+    })
 }
 
 /// The prefixes given on the command line and in `--file`.
