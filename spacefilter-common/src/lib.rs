@@ -18,16 +18,27 @@ pub enum Reason {
     Malformed = 3,
     /// Not IPv4 or IPv6 (ARP, LLDP, ...): passed untouched.
     NotIp = 4,
+    /// Over its source's rate limit: dropped.
+    RateLimited = 5,
+    /// From a source the rate limiter blocked for staying over its limit:
+    /// dropped.
+    AutoBlocked = 6,
+    /// Would have been rate limited or auto-blocked, but the limits are a
+    /// dry run: passed.
+    WouldLimit = 7,
 }
 
 impl Reason {
     /// Every reason, in discriminant order.
-    pub const ALL: [Reason; 5] = [
+    pub const ALL: [Reason; 8] = [
         Reason::Passed,
         Reason::Allowlisted,
         Reason::Blocked,
         Reason::Malformed,
         Reason::NotIp,
+        Reason::RateLimited,
+        Reason::AutoBlocked,
+        Reason::WouldLimit,
     ];
 
     /// The name used in listings, logs and metrics.
@@ -39,13 +50,19 @@ impl Reason {
             Reason::Blocked => "blocked",
             Reason::Malformed => "malformed",
             Reason::NotIp => "not_ip",
+            Reason::RateLimited => "rate_limited",
+            Reason::AutoBlocked => "auto_blocked",
+            Reason::WouldLimit => "would_limit",
         }
     }
 
     /// Whether frames with this reason are dropped.
     #[must_use]
     pub const fn drops(self) -> bool {
-        matches!(self, Reason::Blocked | Reason::Malformed)
+        matches!(
+            self,
+            Reason::Blocked | Reason::Malformed | Reason::RateLimited | Reason::AutoBlocked
+        )
     }
 
     #[must_use]
@@ -56,6 +73,9 @@ impl Reason {
             2 => Some(Reason::Blocked),
             3 => Some(Reason::Malformed),
             4 => Some(Reason::NotIp),
+            5 => Some(Reason::RateLimited),
+            6 => Some(Reason::AutoBlocked),
+            7 => Some(Reason::WouldLimit),
             _ => None,
         }
     }
@@ -125,6 +145,87 @@ pub struct Config {
     pub reserved: u32,
 }
 
+/// Bits of [`Limits::flags`].
+pub mod limit_flags {
+    /// The per-source limiter runs.
+    pub const ENABLED: u32 = 1 << 0;
+    /// It only counts (`would_limit`): nothing is dropped or auto-blocked.
+    pub const DRY_RUN: u32 = 1 << 1;
+}
+
+/// Token amounts are kept in millionths of a packet or byte, so that a
+/// refill over microseconds needs no division by the rate.
+pub const TOKEN_SCALE: u64 = 1_000_000;
+
+/// The per-source rate limit: the single entry of the `LIMITS` array.
+///
+/// Each source (an IPv4 address; IPv6 aggregated to `v6_prefix_len`) has a
+/// token bucket in the `BUCKETS` LRU map, shared by all CPUs (updates race,
+/// so the limit is approximate under a flood spread over many cores, never
+/// a multiple of it). A zero rate means no limit of that kind.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// [`limit_flags`] bits.
+    pub flags: u32,
+    /// IPv6 sources share a bucket per prefix of this length (default 64).
+    pub v6_prefix_len: u32,
+    /// Packets per second, and the burst allowed above it.
+    pub pps: u64,
+    pub pps_burst: u64,
+    /// Bytes per second, and the burst allowed above it.
+    pub bps: u64,
+    pub bps_burst: u64,
+    /// A source over its limit this long (with no second of calm in
+    /// between) is auto-blocked; 0: never.
+    pub block_after_ns: u64,
+    /// How long an auto-block lasts.
+    pub block_ttl_ns: u64,
+}
+
+/// One source's token bucket, in `BUCKETS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bucket {
+    /// Tokens, in millionths of a packet.
+    pub packets: u64,
+    /// Tokens, in millionths of a byte.
+    pub bytes: u64,
+    /// `bpf_ktime_get_ns` of the last refill.
+    pub last_ns: u64,
+    /// When the source went over its limit, 0 if it is within it.
+    pub over_since_ns: u64,
+    /// When it last went over.
+    pub last_over_ns: u64,
+}
+
+/// An auto-block, in `AUTO_BLOCKED`, keyed like `BUCKETS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AutoBlock {
+    /// `bpf_ktime_get_ns` at which it ends: the program lets the source
+    /// through again by itself, even while no daemon runs.
+    pub until_ns: u64,
+    /// Packets dropped since (approximate: updates from CPUs race).
+    pub hits: u64,
+}
+
+/// Sent through the `EVENTS` ring buffer when a source is auto-blocked.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AutoBlockEvent {
+    /// The bucket key: an IPv4-mapped IPv6 address, or an IPv6 prefix.
+    pub key: [u8; 16],
+    pub until_ns: u64,
+    /// 32 for IPv4, the aggregation length for IPv6.
+    pub prefix_len: u32,
+    /// 1 for IPv6.
+    pub v6: u32,
+}
+
+/// Default size of the `BUCKETS` LRU map.
+pub const DEFAULT_BUCKETS: u32 = 65_536;
+
 /// Names of the maps in the object file, shared so that userspace asks for
 /// exactly what the program declares.
 pub mod map_names {
@@ -135,6 +236,10 @@ pub mod map_names {
     pub const RULES_V4: &str = "RULES_V4";
     pub const RULES_V6_EXACT: &str = "RULES_V6_EXACT";
     pub const RULES_V6: &str = "RULES_V6";
+    pub const LIMITS: &str = "LIMITS";
+    pub const BUCKETS: &str = "BUCKETS";
+    pub const AUTO_BLOCKED: &str = "AUTO_BLOCKED";
+    pub const EVENTS: &str = "EVENTS";
 }
 
 /// Name of the XDP program in the object file.
@@ -149,4 +254,12 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Match {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Limits {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Bucket {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::AutoBlock {}
+    // SAFETY: as above (the key is 16 bytes, the rest 8-byte aligned).
+    unsafe impl aya::Pod for super::AutoBlockEvent {}
 }

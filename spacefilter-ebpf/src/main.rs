@@ -15,6 +15,7 @@
     reason = "BPF-to-BPF calls cost more than inlining, and a call boundary would hide packet bounds from the verifier"
 )]
 
+mod limit;
 mod maps;
 mod parse;
 mod verdict;

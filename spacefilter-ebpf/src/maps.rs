@@ -13,9 +13,12 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
-use spacefilter_common::{Config, Counter, DEFAULT_CAPACITY, Match, STATS_SLOTS};
+use spacefilter_common::{
+    AutoBlock, Bucket, Config, Counter, DEFAULT_BUCKETS, DEFAULT_CAPACITY, Limits, Match,
+    STATS_SLOTS,
+};
 
 #[map]
 pub(crate) static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
@@ -44,3 +47,21 @@ pub(crate) static RULES_V6_EXACT: HashMap<[u8; 16], Match> =
 #[map]
 pub(crate) static RULES_V6: LpmTrie<[u8; 16], Match> =
     LpmTrie::with_max_entries(DEFAULT_CAPACITY, BPF_F_NO_PREALLOC);
+
+/// The per-source rate limit (see [`spacefilter_common::Limits`]).
+#[map]
+pub(crate) static LIMITS: Array<Limits> = Array::with_max_entries(1, 0);
+
+/// One token bucket per source, least recently used evicted first.
+#[map]
+pub(crate) static BUCKETS: LruHashMap<[u8; 16], Bucket> =
+    LruHashMap::with_max_entries(DEFAULT_BUCKETS, 0);
+
+/// Sources the limiter blocked, with when the block ends.
+#[map]
+pub(crate) static AUTO_BLOCKED: LruHashMap<[u8; 16], AutoBlock> =
+    LruHashMap::with_max_entries(DEFAULT_BUCKETS, 0);
+
+/// Auto-block events for the daemon (ring buffers: kernel 5.8).
+#[map]
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);

@@ -11,6 +11,7 @@ use aya_ebpf::{
 use spacefilter_common::{Match, Reason, action, flags};
 
 use crate::{
+    limit,
     maps::{CONFIG, RULE_HITS, RULES_V4, RULES_V4_EXACT, RULES_V6, RULES_V6_EXACT, STATS},
     parse::{self, Frame, Source},
 };
@@ -64,6 +65,9 @@ fn classify(frame: &Frame) -> Result<Reason, Reason> {
         });
     }
     parse::transport(frame, &transport)?;
+    if let Some(reason) = limit::check(&source, frame.len() as u64) {
+        return Ok(reason);
+    }
     Ok(Reason::Passed)
 }
 

@@ -257,6 +257,13 @@ async fn handle(request: Request, core: &Shared, peer: Peer, write: &mut OwnedWr
             .await
         }
         Request::Status => with_core(core, |c| Ok(Response::Status(c.status()))).await,
+        Request::SetLimits { limits } => {
+            with_core(core, move |c| {
+                c.set_limits(limits, peer).map(Response::Limits)
+            })
+            .await
+        }
+        Request::GetLimits => with_core(core, |c| Ok(Response::Limits(c.limits()))).await,
         Request::Watch { .. } => unreachable!("handled by the caller"),
     };
     send(write, &response).await.is_ok()

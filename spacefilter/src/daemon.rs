@@ -3,23 +3,27 @@
 //! change is journaled before the client hears back.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv6Addr,
     path::PathBuf,
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use spacefilter_common::{AutoBlockEvent, Limits, limit_flags};
 use tokio::{signal::unix::SignalKind, sync::watch};
 
 use crate::{
     control,
     filter::{AttachMode, Filter, LoadOptions, error_chain},
     guard, iface,
-    maps::{Counters, List},
+    maps::{Counters, List, limiter_prefix, monotonic_ns},
     prefix::Prefix,
     protocol::{
-        Changed, CounterView, EntryView, ErrorKind, InterfaceView, Origin, StatsView, StatusView,
+        Changed, CounterView, EntryView, ErrorKind, InterfaceView, LimitsView, Origin, StatsView,
+        StatusView,
     },
     state::{Meta, Op, Rule, Rules, StateError, Store, now_ms},
 };
@@ -98,6 +102,7 @@ pub struct Core {
     filter: Filter,
     rules: Rules,
     store: Store,
+    limits: LimitsView,
     ifaces: Vec<String>,
     started: Instant,
     capacity: u32,
@@ -160,6 +165,11 @@ impl Core {
             origin,
             force,
         } = req;
+        if list == List::Auto {
+            return Err(Refusal::bad_input(
+                "auto entries are made by the rate limiter; block or allow the prefix instead",
+            ));
+        }
         let prefixes = parse_all(&prefixes)?;
         if let Some(text) = &comment
             && (text.len() > 256 || text.contains('\n'))
@@ -299,21 +309,28 @@ impl Core {
         peer: Peer,
     ) -> Result<Changed, Refusal> {
         let prefixes = parse_all(prefixes)?;
-        let present: Vec<Prefix> = prefixes
-            .iter()
-            .copied()
-            .filter(|p| self.rules.contains_key(&(list, *p)))
-            .collect();
-        let changed = Changed {
-            removed: present.len() as u64,
-            unchanged: (prefixes.len() - present.len()) as u64,
-            ..Changed::default()
+        // Unblocking also lifts the rate limiter's auto-blocks.
+        let lists: &[List] = match list {
+            List::Block => &[List::Block, List::Auto],
+            other => &[other],
         };
-        if present.is_empty() {
-            return Ok(changed);
+        let mut removed = BTreeSet::new();
+        for &list in lists {
+            let present: Vec<Prefix> = prefixes
+                .iter()
+                .copied()
+                .filter(|p| self.rules.contains_key(&(list, *p)))
+                .collect();
+            if !present.is_empty() {
+                self.delete(list, &present, &format!("asked by {peer}"))?;
+                removed.extend(present);
+            }
         }
-        self.delete(list, &present, &format!("asked by {peer}"))?;
-        Ok(changed)
+        Ok(Changed {
+            removed: removed.len() as u64,
+            unchanged: (prefixes.len() - removed.len()) as u64,
+            ..Changed::default()
+        })
     }
 
     /// Takes `prefixes` (all present) off `list`: journal first, then the
@@ -333,10 +350,19 @@ impl Core {
             }
             return Err(Refusal::failed(error_chain(&err)));
         }
-        self.filter
-            .lists()
-            .remove_many(list, prefixes)
-            .map_err(|err| Refusal::failed(error_chain(&err)))?;
+        if list == List::Auto {
+            for &prefix in prefixes {
+                self.filter
+                    .limiter()
+                    .remove_auto(prefix)
+                    .map_err(|err| Refusal::failed(error_chain(&err)))?;
+            }
+        } else {
+            self.filter
+                .lists()
+                .remove_many(list, prefixes)
+                .map_err(|err| Refusal::failed(error_chain(&err)))?;
+        }
         log::info!("un{} {} {why}", list.name(), describe(prefixes));
         Ok(())
     }
@@ -375,12 +401,15 @@ impl Core {
         entries
             .into_iter()
             .map(|(list, prefix, meta)| {
-                let hits = self
-                    .filter
-                    .lists()
-                    .hits_of(list, prefix)
-                    .map_err(|err| Refusal::failed(error_chain(&err)))?
-                    .unwrap_or(0);
+                let hits = if list == List::Auto {
+                    self.filter.limiter().auto_hits(prefix)
+                } else {
+                    self.filter
+                        .lists()
+                        .hits_of(list, prefix)
+                        .map_err(|err| Refusal::failed(error_chain(&err)))?
+                        .unwrap_or(0)
+                };
                 Ok(EntryView {
                     list,
                     prefix: prefix.to_string(),
@@ -421,6 +450,79 @@ impl Core {
         }
     }
 
+    /// Puts a new rate limit in force and records it.
+    pub fn set_limits(&mut self, limits: LimitsView, peer: Peer) -> Result<LimitsView, Refusal> {
+        if let Some(problem) = limits.problem() {
+            return Err(Refusal::bad_input(problem));
+        }
+        self.filter
+            .limiter()
+            .set(kernel_limits(&limits))
+            .map_err(|err| Refusal::failed(error_chain(&err)))?;
+        if let Err(err) = self.store.append(&Op::Limits { limits }, &self.rules) {
+            let _ = self.filter.limiter().set(kernel_limits(&self.limits));
+            return Err(Refusal::failed(error_chain(&err)));
+        }
+        self.limits = limits;
+        log::info!("limits set to {limits:?} asked by {peer}");
+        Ok(limits)
+    }
+
+    #[must_use]
+    pub fn limits(&self) -> LimitsView {
+        self.limits
+    }
+
+    /// Records an auto-block the program made (from its event, or found in
+    /// its map), so that it is listed, persisted and expired like any rule.
+    pub fn adopt_auto(&mut self, prefix: Prefix, until_ns: u64) {
+        let now_mono = monotonic_ns();
+        if until_ns <= now_mono || self.rules.contains_key(&(List::Auto, prefix)) {
+            return;
+        }
+        let now = now_ms();
+        let meta = Meta {
+            origin: Origin::Auto,
+            comment: Some("over its rate limit".to_owned()),
+            expires_at_ms: Some(now + (until_ns - now_mono) / 1_000_000),
+            added_at_ms: now,
+        };
+        let op = Op::Put {
+            rules: vec![Rule {
+                list: List::Auto,
+                prefix,
+                meta,
+            }],
+        };
+        op.apply(&mut self.rules);
+        if let Err(err) = self.store.append(&op, &self.rules) {
+            log::error!(
+                "recording the auto-block of {prefix}: {}",
+                error_chain(&err)
+            );
+        }
+        log::warn!(
+            "auto-blocked {prefix} for {} (over its rate limit)",
+            humantime::format_duration(Duration::from_secs((until_ns - now_mono) / 1_000_000_000))
+        );
+    }
+
+    /// Adopts auto-blocks in the program's map that no event announced (a
+    /// full ring buffer drops events, never blocks).
+    pub fn reconcile_auto(&mut self) {
+        let v6_prefix_len = u32::from(self.limits.v6_prefix_len);
+        for (key, block) in self.filter.limiter().auto_blocks() {
+            let v6 = Ipv6Addr::from(key).to_ipv4_mapped().is_none();
+            let prefix = limiter_prefix(key, v6_prefix_len, v6);
+            self.adopt_auto(prefix, block.until_ns);
+        }
+    }
+
+    /// The ring buffer of auto-block events, for the reader task.
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.filter.take_events()
+    }
+
     fn detach_all(&mut self) {
         let ifaces: Vec<String> = self.filter.attached().map(|(i, _)| i.to_owned()).collect();
         for iface in ifaces {
@@ -429,6 +531,38 @@ impl Core {
                 Err(err) => log::error!("{}", error_chain(&err)),
             }
         }
+    }
+}
+
+/// The kernel's form of a rate limit.
+fn kernel_limits(view: &LimitsView) -> Limits {
+    let LimitsView {
+        enabled,
+        dry_run,
+        pps,
+        pps_burst,
+        bps,
+        bps_burst,
+        v6_prefix_len,
+        block_after_ms,
+        block_ttl_ms,
+    } = *view;
+    let mut flags = 0;
+    if enabled {
+        flags |= limit_flags::ENABLED;
+    }
+    if dry_run {
+        flags |= limit_flags::DRY_RUN;
+    }
+    Limits {
+        flags,
+        v6_prefix_len: u32::from(v6_prefix_len),
+        pps,
+        pps_burst,
+        bps,
+        bps_burst,
+        block_after_ns: block_after_ms.saturating_mul(1_000_000),
+        block_ttl_ns: block_ttl_ms.saturating_mul(1_000_000),
     }
 }
 
@@ -464,6 +598,48 @@ pub fn stats_view(now: &Counters, earlier: Option<(&Counters, Duration)>) -> Sta
     }
 }
 
+/// Puts the rules and the rate limit from the state directory into the
+/// freshly loaded program; returns the rate limit.
+fn restore(
+    filter: &mut Filter,
+    rules: &Rules,
+    store: &Store,
+    now: u64,
+) -> anyhow::Result<LimitsView> {
+    for list in [List::Allow, List::Block] {
+        let prefixes: Vec<Prefix> = rules
+            .keys()
+            .filter(|(l, _)| *l == list)
+            .map(|&(_, p)| p)
+            .collect();
+        filter
+            .lists()
+            .insert_many(list, &prefixes)
+            .with_context(|| format!("restoring the {}list", list.name()))?;
+    }
+    let limits = store.limits().unwrap_or(LimitsView {
+        v6_prefix_len: 64,
+        ..LimitsView::default()
+    });
+    filter
+        .limiter()
+        .set(kernel_limits(&limits))
+        .context("restoring the rate limit")?;
+    let mono = monotonic_ns();
+    for (&(list, prefix), meta) in rules {
+        if list == List::Auto
+            && let Some(left) = meta.remaining(now)
+        {
+            let left_ns = u64::try_from(left.as_nanos()).unwrap_or(u64::MAX);
+            filter
+                .limiter()
+                .insert_auto(prefix, mono.saturating_add(left_ns))
+                .context("restoring auto-blocks")?;
+        }
+    }
+    Ok(limits)
+}
+
 /// Claims the interfaces, opens the state directory, loads the program,
 /// restores the rules, adds the config file's entries and attaches.
 fn start(settings: Settings) -> anyhow::Result<Core> {
@@ -485,18 +661,12 @@ fn start(settings: Settings) -> anyhow::Result<Core> {
     let now = now_ms();
     rules.retain(|_, meta| meta.expires_at_ms.is_none_or(|at| at > now));
 
-    let mut filter = Filter::load(LoadOptions { capacity }).context("loading the XDP program")?;
-    for list in [List::Allow, List::Block] {
-        let prefixes: Vec<Prefix> = rules
-            .keys()
-            .filter(|(l, _)| *l == list)
-            .map(|&(_, p)| p)
-            .collect();
-        filter
-            .lists()
-            .insert_many(list, &prefixes)
-            .with_context(|| format!("restoring the {}list", list.name()))?;
-    }
+    let mut filter = Filter::load(LoadOptions {
+        capacity,
+        ..LoadOptions::default()
+    })
+    .context("loading the XDP program")?;
+    let limits = restore(&mut filter, &rules, &store, now)?;
     log::info!(
         "restored {} rules from {}",
         rules.len(),
@@ -507,6 +677,7 @@ fn start(settings: Settings) -> anyhow::Result<Core> {
         filter,
         rules,
         store,
+        limits,
         ifaces: ifaces.clone(),
         started: Instant::now(),
         capacity,
@@ -565,6 +736,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let core: Shared = Arc::new(Mutex::new(core));
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn(control::serve(listener, core.clone(), stop_rx.clone()));
+    let events = lock(&core).take_events();
+    let auto =
+        events.map(|ring| tokio::spawn(auto_block_events(ring, core.clone(), stop_rx.clone())));
     let expiry = tokio::spawn(expire_loop(core.clone(), stop_rx));
 
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
@@ -576,6 +750,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = server.await;
     let _ = expiry.await;
+    if let Some(auto) = auto {
+        let _ = auto.await;
+    }
     lock(&core).detach_all();
     if let Err(err) = std::fs::remove_file(&socket) {
         log::warn!("removing {}: {err}", socket.display());
@@ -592,6 +769,52 @@ async fn expire_loop(core: Shared, mut stop: watch::Receiver<bool>) {
             () = tokio::time::sleep(wait) => {}
             _ = stop.changed() => return,
         }
-        lock(&core).expire();
+        let mut core = lock(&core);
+        core.expire();
+        core.reconcile_auto();
+    }
+}
+
+/// Reads auto-block events from the program's ring buffer.
+async fn auto_block_events(ring: RingBuf<MapData>, core: Shared, mut stop: watch::Receiver<bool>) {
+    // SAFETY: the ring buffer owns its map's file descriptor, which stays
+    // open and the same for as long as the AsyncFd holds the ring buffer.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
+    };
+    let mut ring = match registered {
+        Ok(fd) => fd,
+        Err(err) => {
+            log::error!("watching the auto-block events: {err}");
+            return;
+        }
+    };
+    loop {
+        let mut guard = tokio::select! {
+            ready = ring.readable_mut() => match ready {
+                Ok(guard) => guard,
+                Err(err) => {
+                    log::error!("auto-block events: {err}");
+                    return;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let mut events = Vec::new();
+        while let Some(item) = guard.get_inner_mut().next() {
+            if item.len() >= size_of::<AutoBlockEvent>() {
+                // SAFETY: the program writes whole AutoBlockEvents; the read
+                // is unaligned-safe.
+                let event =
+                    unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<AutoBlockEvent>()) };
+                events.push(event);
+            }
+        }
+        guard.clear_ready();
+        let mut core = lock(&core);
+        for event in events {
+            let prefix = limiter_prefix(event.key, event.prefix_len, event.v6 != 0);
+            core.adopt_auto(prefix, event.until_ns);
+        }
     }
 }

@@ -5,12 +5,13 @@ use std::collections::BTreeMap;
 
 use aya::{
     Ebpf, EbpfLoader, TestRunOptions,
+    maps::{MapData, RingBuf},
     programs::{ProgramError, TestRun as _, Xdp, XdpMode, xdp::XdpLinkId},
 };
-use spacefilter_common::{DEFAULT_CAPACITY, PROGRAM_NAME, map_names};
+use spacefilter_common::{DEFAULT_BUCKETS, DEFAULT_CAPACITY, PROGRAM_NAME, map_names};
 
 use crate::{
-    maps::{Counters, Entry, List, ListError, Lists, Stats},
+    maps::{Counters, Entry, Limiter, List, ListError, Lists, Stats},
     prefix::Prefix,
 };
 
@@ -84,12 +85,16 @@ pub struct LoadOptions {
     /// How many entries each list map holds, and how many hit counters
     /// there are in all. Each hit counter costs 8 bytes per CPU.
     pub capacity: u32,
+    /// How many sources the rate limiter tracks (and may auto-block) at
+    /// once; the least recently seen are forgotten first.
+    pub buckets: u32,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             capacity: DEFAULT_CAPACITY,
+            buckets: DEFAULT_BUCKETS,
         }
     }
 }
@@ -99,13 +104,14 @@ pub struct Filter {
     ebpf: Ebpf,
     lists: Lists,
     stats: Stats,
+    limiter: Limiter,
     attached: BTreeMap<String, (AttachMode, XdpLinkId)>,
 }
 
 impl Filter {
     /// Loads the program into the kernel (not yet attached anywhere).
     pub fn load(options: LoadOptions) -> Result<Self, FilterError> {
-        let LoadOptions { capacity } = options;
+        let LoadOptions { capacity, buckets } = options;
         let mut loader = EbpfLoader::new();
         for name in [
             map_names::RULES_V4_EXACT,
@@ -117,6 +123,8 @@ impl Filter {
         }
         // Slot 0 is never handed out.
         loader.map_max_entries(map_names::RULE_HITS, capacity.saturating_add(1));
+        loader.map_max_entries(map_names::BUCKETS, buckets);
+        loader.map_max_entries(map_names::AUTO_BLOCKED, buckets);
         let mut ebpf = loader.load(PROGRAM).map_err(FilterError::Load)?;
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM_NAME)
@@ -126,10 +134,12 @@ impl Filter {
         program.load().map_err(FilterError::Program)?;
         let lists = Lists::take(&mut ebpf, capacity.saturating_add(1))?;
         let stats = Stats::take(&mut ebpf)?;
+        let limiter = Limiter::take(&mut ebpf)?;
         Ok(Self {
             ebpf,
             lists,
             stats,
+            limiter,
             attached: BTreeMap::new(),
         })
     }
@@ -229,6 +239,19 @@ impl Filter {
     /// The lists, for operations beyond the four verbs above.
     pub fn lists(&mut self) -> &mut Lists {
         &mut self.lists
+    }
+
+    /// The rate limiter.
+    pub fn limiter(&mut self) -> &mut Limiter {
+        &mut self.limiter
+    }
+
+    /// The ring buffer of auto-block events; taken once, by whoever reads
+    /// it.
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.ebpf
+            .take_map(map_names::EVENTS)
+            .and_then(|map| RingBuf::try_from(map).ok())
     }
 
     /// Every entry of both lists with its hit count.

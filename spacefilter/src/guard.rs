@@ -90,7 +90,9 @@ fn default_gateways() -> Vec<(String, IpAddr)> {
 pub fn objection(list: List, prefix: Prefix, protected: &[Protected]) -> Option<String> {
     if prefix.len() == 0 {
         let effect = match list {
-            List::Block => "drop every packet of that family, including your own session",
+            List::Block | List::Auto => {
+                "drop every packet of that family, including your own session"
+            }
             List::Allow => "let every packet of that family through, switching the filter off",
         };
         return Some(format!(
@@ -100,7 +102,7 @@ pub fn objection(list: List, prefix: Prefix, protected: &[Protected]) -> Option<
     }
     let hit = protected.iter().find(|p| prefix.contains(p.addr))?;
     let effect = match list {
-        List::Block => "could lock this host out of its own network",
+        List::Block | List::Auto => "could lock this host out of its own network",
         List::Allow => "would let traffic spoofing this host's addresses through",
     };
     Some(format!(

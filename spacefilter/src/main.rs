@@ -20,7 +20,9 @@ use spacefilter::{
     daemon::{self, Settings},
     filter::error_chain,
     iface::IfaceError,
-    protocol::{Changed, EntryView, ErrorKind, Origin, Request, Response, StatsView, StatusView},
+    protocol::{
+        Changed, EntryView, ErrorKind, LimitsView, Origin, Request, Response, StatsView, StatusView,
+    },
 };
 use spacefilter_common::DEFAULT_CAPACITY;
 
@@ -69,6 +71,65 @@ enum Command {
     Stats(StatsArgs),
     /// Show what the daemon is attached to and holds.
     Status(StatusArgs),
+    /// Per-source rate limits: a token bucket per source address (IPv6:
+    /// per prefix, /64 by default) in packets and bytes per second. Frames
+    /// over the limit are dropped (`rate_limited`); a source that stays over
+    /// it for --block-after is blocked for --block-ttl (`auto_blocked`,
+    /// listed with origin auto). The buckets are shared by all CPUs, so a
+    /// source spread over many cores is held to about the limit, not a
+    /// multiple of it. Allowlisted and blocked sources never reach the
+    /// limiter.
+    Limit(LimitArgs),
+}
+
+#[derive(Args)]
+struct LimitArgs {
+    #[command(subcommand)]
+    action: LimitAction,
+}
+
+#[derive(Subcommand)]
+enum LimitAction {
+    /// Put a per-source limit in force (it replaces the one in force, at
+    /// once, without reloading anything).
+    Set(LimitSetArgs),
+    /// Switch the per-source limit off.
+    Off(StatusArgs),
+    /// Show the per-source limit in force.
+    Show(StatusArgs),
+}
+
+#[derive(Args)]
+struct LimitSetArgs {
+    /// Packets per second allowed per source.
+    #[arg(long)]
+    pps: Option<u64>,
+    /// Packets a source may send at once above --pps (default: one
+    /// second's worth).
+    #[arg(long)]
+    burst: Option<u64>,
+    /// Bytes per second allowed per source.
+    #[arg(long)]
+    bps: Option<u64>,
+    /// Bytes a source may send at once above --bps (default: one second's
+    /// worth).
+    #[arg(long)]
+    byte_burst: Option<u64>,
+    /// IPv6 sources share one bucket per prefix of this length.
+    #[arg(long, default_value_t = 64)]
+    v6_prefix: u8,
+    /// Block a source that stays over its limit this long (e.g. 5s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    block_after: Option<Duration>,
+    /// How long an auto-block lasts.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    block_ttl: Duration,
+    /// Count what the limit would drop (`would_limit`) without dropping
+    /// or blocking anything: try a limit during a live event without risk.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(Args)]
@@ -230,6 +291,7 @@ fn main() -> ExitCode {
         Command::List(args) => list(&args),
         Command::Stats(args) => stats(&args),
         Command::Status(args) => status(&args),
+        Command::Limit(args) => limit(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -591,4 +653,111 @@ fn status(args: &StatusArgs) -> Result<(), Failure> {
         "allowlist: {allow_entries} entries; blocklist: {block_entries} entries; capacity {capacity} per list"
     );
     Ok(())
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn limit(args: LimitArgs) -> Result<(), Failure> {
+    let (request, socket, json) = match args.action {
+        LimitAction::Set(LimitSetArgs {
+            pps,
+            burst,
+            bps,
+            byte_burst,
+            v6_prefix,
+            block_after,
+            block_ttl,
+            dry_run,
+            common: Common { socket, json },
+        }) => {
+            let limits = LimitsView {
+                enabled: true,
+                dry_run,
+                pps: pps.unwrap_or(0),
+                pps_burst: burst.or(pps).unwrap_or(0),
+                bps: bps.unwrap_or(0),
+                bps_burst: byte_burst.or(bps).unwrap_or(0),
+                v6_prefix_len: v6_prefix,
+                block_after_ms: block_after.map_or(0, millis),
+                block_ttl_ms: millis(block_ttl),
+            };
+            if let Some(problem) = limits.problem() {
+                return Err(Failure::bad_input(problem));
+            }
+            (Request::SetLimits { limits }, socket, json)
+        }
+        LimitAction::Off(StatusArgs {
+            common: Common { socket, json },
+        }) => (
+            Request::SetLimits {
+                limits: LimitsView {
+                    v6_prefix_len: 64,
+                    ..LimitsView::default()
+                },
+            },
+            socket,
+            json,
+        ),
+        LimitAction::Show(StatusArgs {
+            common: Common { socket, json },
+        }) => (Request::GetLimits, socket, json),
+    };
+    let mut client = Client::connect(&socket)?;
+    match client.call(request, &mut |_, _| {})? {
+        Response::Limits(view) => {
+            if json {
+                print_json(&view);
+            } else {
+                print_limits(&view);
+            }
+            Ok(())
+        }
+        Response::Error { kind, message } => Err(reply_failure(kind, message)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn print_limits(view: &LimitsView) {
+    let LimitsView {
+        enabled,
+        dry_run,
+        pps,
+        pps_burst,
+        bps,
+        bps_burst,
+        v6_prefix_len,
+        block_after_ms,
+        block_ttl_ms,
+    } = *view;
+    if !enabled {
+        println!("per-source limit: off");
+        return;
+    }
+    let mut parts = Vec::new();
+    if pps > 0 {
+        parts.push(format!("{pps} packets/s (burst {pps_burst})"));
+    }
+    if bps > 0 {
+        parts.push(format!("{bps} bytes/s (burst {bps_burst})"));
+    }
+    println!(
+        "per-source limit: {}{}; IPv6 per /{v6_prefix_len}",
+        parts.join(", "),
+        if dry_run {
+            " [dry run: counting only]"
+        } else {
+            ""
+        }
+    );
+    if block_after_ms > 0 {
+        println!(
+            "auto-block after {} over the limit, for {}",
+            humantime::format_duration(Duration::from_millis(block_after_ms)),
+            humantime::format_duration(Duration::from_millis(block_ttl_ms))
+        );
+    } else {
+        println!("no auto-block");
+    }
 }

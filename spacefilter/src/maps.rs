@@ -19,7 +19,8 @@ use aya::{
     util::nr_cpus,
 };
 use spacefilter_common::{
-    Config, Counter, Match, Reason, STATS_SLOTS, Slot, action, flags, map_names,
+    AutoBlock, Bucket, Config, Counter, Limits, Match, Reason, STATS_SLOTS, Slot, action, flags,
+    map_names,
 };
 
 use crate::prefix::Prefix;
@@ -29,6 +30,9 @@ use crate::prefix::Prefix;
 pub enum List {
     Allow,
     Block,
+    /// Sources the rate limiter blocked for staying over their limit. They
+    /// live in the limiter's own map, not in the rule maps.
+    Auto,
 }
 
 impl List {
@@ -37,6 +41,7 @@ impl List {
         match self {
             List::Allow => "allow",
             List::Block => "block",
+            List::Auto => "auto",
         }
     }
 }
@@ -591,5 +596,115 @@ impl Stats {
         }
         debug_assert!(Reason::ALL.len() <= STATS_SLOTS as usize);
         Ok(Counters { by_reason })
+    }
+}
+
+/// The rate limiter's maps: its settings, the per-source buckets and the
+/// auto-blocks (see `spacefilter-ebpf/src/limit.rs`).
+pub struct Limiter {
+    limits: Array<MapData, Limits>,
+    buckets: HashMap<MapData, [u8; 16], Bucket>,
+    auto: HashMap<MapData, [u8; 16], AutoBlock>,
+}
+
+/// The bucket key of a source prefix: IPv4 as an IPv4-mapped IPv6 address
+/// (always /32), IPv6 as the prefix's first address.
+fn limiter_key(prefix: Prefix) -> [u8; 16] {
+    match prefix.addr() {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+/// The prefix that a bucket key with `prefix_len` (IPv6) stands for.
+#[must_use]
+pub fn limiter_prefix(key: [u8; 16], prefix_len: u32, v6: bool) -> Prefix {
+    let addr = Ipv6Addr::from(key);
+    match (v6, addr.to_ipv4_mapped()) {
+        (false, Some(v4)) => Prefix::host(IpAddr::V4(v4)),
+        _ => Prefix::truncating(
+            IpAddr::V6(addr),
+            u8::try_from(prefix_len.min(128)).unwrap_or(128),
+        ),
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
+#[must_use]
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
+            + u64::try_from(t.tv_nsec()).unwrap_or(0)
+    })
+}
+
+impl Limiter {
+    pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self, ListError> {
+        Ok(Self {
+            limits: take(ebpf, map_names::LIMITS)?,
+            buckets: take(ebpf, map_names::BUCKETS)?,
+            auto: take(ebpf, map_names::AUTO_BLOCKED)?,
+        })
+    }
+
+    /// Puts new limits in force at once, without reloading the program.
+    pub fn set(&mut self, limits: Limits) -> Result<(), ListError> {
+        self.limits
+            .set(0, limits, 0)
+            .map_err(|source| ListError::Update {
+                name: map_names::LIMITS,
+                source,
+            })
+    }
+
+    pub fn get(&self) -> Result<Limits, ListError> {
+        self.limits.get(&0, 0).map_err(|source| ListError::Read {
+            name: map_names::LIMITS,
+            source,
+        })
+    }
+
+    /// Blocks `prefix` in the limiter until `until_ns` (monotonic), as the
+    /// program does by itself; used to restore auto-blocks on start.
+    pub fn insert_auto(&mut self, prefix: Prefix, until_ns: u64) -> Result<(), ListError> {
+        self.auto
+            .insert(limiter_key(prefix), AutoBlock { until_ns, hits: 0 }, 0)
+            .map_err(|source| ListError::Update {
+                name: map_names::AUTO_BLOCKED,
+                source,
+            })
+    }
+
+    /// Lifts the auto-block of `prefix`, and forgets its bucket so that it
+    /// starts afresh.
+    pub fn remove_auto(&mut self, prefix: Prefix) -> Result<(), ListError> {
+        let key = limiter_key(prefix);
+        let _ = self.buckets.remove(&key);
+        match self.auto.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(ListError::Update {
+                name: map_names::AUTO_BLOCKED,
+                source,
+            }),
+        }
+    }
+
+    /// Packets dropped under the auto-block of `prefix`.
+    #[must_use]
+    pub fn auto_hits(&self, prefix: Prefix) -> u64 {
+        self.auto
+            .get(&limiter_key(prefix), 0)
+            .map_or(0, |block| block.hits)
+    }
+
+    /// Every auto-block in force, with its bucket key and end.
+    pub fn auto_blocks(&self) -> Vec<([u8; 16], AutoBlock)> {
+        self.auto.iter().filter_map(Result::ok).collect()
+    }
+
+    /// How many sources have a bucket.
+    #[must_use]
+    pub fn tracked_sources(&self) -> usize {
+        self.buckets.keys().flatten().count()
     }
 }

@@ -40,6 +40,8 @@ pub enum Origin {
     File,
     /// Given in the daemon's configuration file.
     Config,
+    /// Made by the rate limiter for a source that stayed over its limit.
+    Auto,
 }
 
 impl Origin {
@@ -49,6 +51,7 @@ impl Origin {
             Origin::Manual => "manual",
             Origin::File => "file",
             Origin::Config => "config",
+            Origin::Auto => "auto",
         }
     }
 }
@@ -64,8 +67,9 @@ impl<'de> Deserialize<'de> for List {
         match String::deserialize(d)?.as_str() {
             "allow" => Ok(List::Allow),
             "block" => Ok(List::Block),
+            "auto" => Ok(List::Auto),
             other => Err(serde::de::Error::custom(format!(
-                "unknown list {other:?}; expected \"allow\" or \"block\""
+                "unknown list {other:?}; expected \"allow\", \"block\" or \"auto\""
             ))),
         }
     }
@@ -111,13 +115,20 @@ pub enum Request {
     Watch { interval_ms: u64 },
     /// What the daemon is attached to and holds.
     Status,
+    /// Replace the per-source rate limit (in force at once).
+    SetLimits { limits: LimitsView },
+    /// The per-source rate limit in force.
+    GetLimits,
 }
 
 impl Request {
     /// Whether the request changes the rules (and so needs a writer).
     #[must_use]
     pub fn writes(&self) -> bool {
-        matches!(self, Request::Add { .. } | Request::Remove { .. })
+        matches!(
+            self,
+            Request::Add { .. } | Request::Remove { .. } | Request::SetLimits { .. }
+        )
     }
 }
 
@@ -143,6 +154,80 @@ pub enum Response {
     Entries { entries: Vec<EntryView> },
     Stats(StatsView),
     Status(StatusView),
+    Limits(LimitsView),
+}
+
+/// The per-source rate limit, as the protocol and the state file carry it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitsView {
+    pub enabled: bool,
+    /// Count what would be dropped (`would_limit`) without dropping.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Packets per second per source (0: no packet limit), and the burst
+    /// above it.
+    #[serde(default)]
+    pub pps: u64,
+    #[serde(default)]
+    pub pps_burst: u64,
+    /// Bytes per second per source (0: no byte limit), and the burst.
+    #[serde(default)]
+    pub bps: u64,
+    #[serde(default)]
+    pub bps_burst: u64,
+    /// IPv6 sources share a bucket per prefix of this length.
+    #[serde(default = "default_v6_prefix_len")]
+    pub v6_prefix_len: u8,
+    /// Auto-block a source over its limit this long (0: never).
+    #[serde(default)]
+    pub block_after_ms: u64,
+    /// How long an auto-block lasts.
+    #[serde(default)]
+    pub block_ttl_ms: u64,
+}
+
+fn default_v6_prefix_len() -> u8 {
+    64
+}
+
+impl LimitsView {
+    /// Why these limits cannot be put in force, if they cannot.
+    #[must_use]
+    pub fn problem(&self) -> Option<String> {
+        let Self {
+            enabled,
+            dry_run: _,
+            pps,
+            pps_burst,
+            bps,
+            bps_burst,
+            v6_prefix_len,
+            block_after_ms,
+            block_ttl_ms,
+        } = *self;
+        if !enabled {
+            return None;
+        }
+        if pps == 0 && bps == 0 {
+            return Some("a limit needs a packet rate (--pps) or a byte rate (--bps)".into());
+        }
+        if pps > 1_000_000_000 || bps > 100_000_000_000 {
+            return Some("rates above 1e9 packets/s or 1e11 bytes/s are not supported".into());
+        }
+        if (pps > 0 && pps_burst == 0) || (bps > 0 && bps_burst == 0) {
+            return Some("a burst must be at least 1".into());
+        }
+        if pps_burst > 1_000_000_000_000 || bps_burst > 1_000_000_000_000 {
+            return Some("bursts above 1e12 are not supported".into());
+        }
+        if v6_prefix_len > 128 {
+            return Some(format!("--v6-prefix {v6_prefix_len} is longer than 128"));
+        }
+        if block_after_ms > 0 && block_ttl_ms == 0 {
+            return Some("auto-blocking (--block-after) needs --block-ttl".into());
+        }
+        None
+    }
 }
 
 /// What an `add` or `remove` did.

@@ -24,7 +24,11 @@ use std::{
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use crate::{maps::List, prefix::Prefix, protocol::Origin};
+use crate::{
+    maps::List,
+    prefix::Prefix,
+    protocol::{LimitsView, Origin},
+};
 
 const SNAPSHOT: &str = "rules.json";
 const JOURNAL: &str = "journal.jsonl";
@@ -73,6 +77,8 @@ pub enum Op {
     Put { rules: Vec<Rule> },
     /// Remove these prefixes from a list.
     Delete { list: List, prefixes: Vec<Prefix> },
+    /// Replace the rate limit.
+    Limits { limits: LimitsView },
 }
 
 impl Op {
@@ -88,6 +94,7 @@ impl Op {
                     rules.remove(&(*list, *prefix));
                 }
             }
+            Op::Limits { .. } => {}
         }
     }
 }
@@ -96,6 +103,8 @@ impl Op {
 struct Snapshot {
     version: u32,
     rules: Vec<Rule>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    limits: Option<LimitsView>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +160,8 @@ pub struct Store {
     dir: PathBuf,
     journal: File,
     journal_ops: usize,
+    /// The rate limit last set, kept here since it is no rule.
+    limits: Option<LimitsView>,
     _lock: Flock<File>,
 }
 
@@ -158,6 +169,7 @@ impl Store {
     /// Opens (creating if needed) the state directory, takes its lock, and
     /// returns the rules it holds.
     pub fn open(dir: &Path) -> Result<(Store, Rules), StateError> {
+        let mut limits = None;
         fs::create_dir_all(dir).map_err(|source| StateError::CreateDir {
             path: dir.to_path_buf(),
             source,
@@ -196,13 +208,14 @@ impl Store {
                 for rule in snapshot.rules {
                     rules.insert((rule.list, rule.prefix), rule.meta);
                 }
+                limits = snapshot.limits;
             }
             Err(err) if err.kind() == io::ErrorKind::NotFound => {}
             Err(err) => return Err(io_err(&snapshot_path, "reading")(err)),
         }
 
         let journal_path = dir.join(JOURNAL);
-        replay(&journal_path, &mut rules)?;
+        replay(&journal_path, &mut rules, &mut limits)?;
 
         let journal = OpenOptions::new()
             .create(true)
@@ -213,10 +226,17 @@ impl Store {
             dir: dir.to_path_buf(),
             journal,
             journal_ops: 0,
+            limits,
             _lock: lock,
         };
         store.compact(&rules)?;
         Ok((store, rules))
+    }
+
+    /// The rate limit last set.
+    #[must_use]
+    pub fn limits(&self) -> Option<LimitsView> {
+        self.limits
     }
 
     /// Appends `op` to the journal and makes it durable.
@@ -229,6 +249,9 @@ impl Store {
             .map_err(io_err(&path, "appending"))?;
         self.journal.sync_data().map_err(io_err(&path, "fsync"))?;
         self.journal_ops += 1;
+        if let Op::Limits { limits } = op {
+            self.limits = Some(*limits);
+        }
         if self.journal_ops >= COMPACT_AFTER_OPS {
             self.compact(rules)?;
         }
@@ -252,6 +275,7 @@ impl Store {
                         meta: meta.clone(),
                     })
                     .collect(),
+                limits: self.limits,
             };
             serde_json::to_writer(&mut out, &snapshot)
                 .map_err(|e| io_err(&tmp, "writing")(io::Error::other(e)))?;
@@ -275,7 +299,11 @@ impl Store {
     }
 }
 
-fn replay(path: &Path, rules: &mut Rules) -> Result<(), StateError> {
+fn replay(
+    path: &Path,
+    rules: &mut Rules,
+    limits: &mut Option<LimitsView>,
+) -> Result<(), StateError> {
     let file = match File::open(path) {
         Ok(file) => file,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -295,6 +323,7 @@ fn replay(path: &Path, rules: &mut Rules) -> Result<(), StateError> {
         number += 1;
         let complete = line.ends_with('\n');
         match serde_json::from_str::<Op>(line.trim_end()) {
+            Ok(Op::Limits { limits: set }) => *limits = Some(set),
             Ok(op) => op.apply(rules),
             // A crash while appending leaves a cut-off last line; the change
             // it carried was never acknowledged.

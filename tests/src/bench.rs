@@ -538,7 +538,10 @@ pub struct Row {
 /// returns the filter, the veth, and how long the entries took to write.
 pub fn load_filter(table: &Table) -> anyhow::Result<(Filter, Parking, Duration)> {
     let capacity = u32::try_from(table.block.len() + table.allow.len() + 1024)?.max(1 << 12);
-    let mut filter = Filter::load(LoadOptions { capacity })?;
+    let mut filter = Filter::load(LoadOptions {
+        capacity,
+        ..LoadOptions::default()
+    })?;
     let start = Instant::now();
     let lists = filter.lists();
     lists.insert_many(spacefilter::List::Allow, &table.allow)?;

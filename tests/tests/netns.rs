@@ -44,8 +44,11 @@ impl Rig {
     fn new(mode: AttachMode) -> Self {
         require_root();
         let lab = Lab::new().expect("building the lab");
-        let mut filter =
-            Filter::load(LoadOptions { capacity: CAPACITY }).expect("loading spacefilter");
+        let mut filter = Filter::load(LoadOptions {
+            capacity: CAPACITY,
+            ..LoadOptions::default()
+        })
+        .expect("loading spacefilter");
         let used = lab
             .attach(&mut filter, mode)
             .unwrap_or_else(|err| panic!("attaching in {} mode: {err:#}", mode.name()));

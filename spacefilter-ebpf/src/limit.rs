@@ -1,0 +1,158 @@
+//! The per-source rate limiter: a token bucket per source in packets and
+//! bytes per second, and auto-blocks for sources that stay over their
+//! limit. It runs after the lists (an allowlisted or blocked source never
+//! reaches it) and costs nothing while the limits are off.
+//!
+//! Kernel: LRU hash maps (4.10), `bpf_ktime_get_ns` (4.1), ring buffers
+//! (5.8).
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use spacefilter_common::{
+    AutoBlock, AutoBlockEvent, Bucket, Limits, Reason, TOKEN_SCALE, limit_flags,
+};
+
+use crate::{
+    maps::{AUTO_BLOCKED, BUCKETS, EVENTS, LIMITS},
+    parse::Source,
+};
+
+/// A refill never credits more than this much idle time: it keeps the
+/// token arithmetic far from overflow, and a full bucket is full anyway.
+const MAX_IDLE_US: u64 = 10_000_000;
+/// A second within its limit ends a source's time over it.
+const CALM_NS: u64 = 1_000_000_000;
+
+/// The bucket key of a source: IPv4 as an IPv4-mapped IPv6 address, IPv6
+/// cut to the aggregation length.
+#[inline(always)]
+fn key_of(source: &Source, v6_prefix_len: u32) -> ([u8; 16], u32, u32) {
+    match source {
+        Source::V4(a) => (
+            [
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+            ],
+            32,
+            0,
+        ),
+        Source::V6(a) => {
+            let len = if v6_prefix_len > 128 {
+                128
+            } else {
+                v6_prefix_len
+            };
+            let mut key = *a;
+            for (i, byte) in key.iter_mut().enumerate() {
+                #[expect(clippy::cast_possible_truncation, reason = "i < 16")]
+                let start = (i as u32) * 8;
+                if len <= start {
+                    *byte = 0;
+                } else if len < start + 8 {
+                    *byte &= 0xffu8 << (8 - (len - start));
+                }
+            }
+            (key, len, 1)
+        }
+    }
+}
+
+/// The limiter's verdict on a frame of `len` bytes from `source`, or `None`
+/// to pass it on.
+#[inline(always)]
+pub(crate) fn check(source: &Source, len: u64) -> Option<Reason> {
+    let limits = LIMITS.get(0)?;
+    if limits.flags & limit_flags::ENABLED == 0 {
+        return None;
+    }
+    let dry_run = limits.flags & limit_flags::DRY_RUN != 0;
+    let (key, prefix_len, v6) = key_of(source, limits.v6_prefix_len);
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+
+    if let Some(block) = AUTO_BLOCKED.get_ptr_mut(key) {
+        // SAFETY: a map value, valid while this program runs; the hit count
+        // may race with other CPUs (it is documented as approximate).
+        unsafe {
+            if (*block).until_ns > now {
+                (*block).hits += 1;
+                return Some(Reason::AutoBlocked);
+            }
+        }
+    }
+
+    let Some(bucket) = BUCKETS.get_ptr_mut(key) else {
+        // A new source starts with a full bucket, less this frame.
+        let fresh = Bucket {
+            packets: (limits.pps_burst * TOKEN_SCALE).saturating_sub(TOKEN_SCALE),
+            bytes: (limits.bps_burst * TOKEN_SCALE).saturating_sub(len * TOKEN_SCALE),
+            last_ns: now,
+            over_since_ns: 0,
+            last_over_ns: 0,
+        };
+        let _ = BUCKETS.insert(key, fresh, 0);
+        return None;
+    };
+    // SAFETY: a map value, valid while this program runs. Updates from
+    // several CPUs to one source's bucket race; the limit stays
+    // approximately right.
+    let bucket = unsafe { &mut *bucket };
+    refill(bucket, limits, now);
+    let cost = len * TOKEN_SCALE;
+    let over = (limits.pps != 0 && bucket.packets < TOKEN_SCALE)
+        || (limits.bps != 0 && bucket.bytes < cost);
+    if !over {
+        bucket.packets = bucket.packets.saturating_sub(TOKEN_SCALE);
+        bucket.bytes = bucket.bytes.saturating_sub(cost);
+        return None;
+    }
+    if bucket.over_since_ns == 0 || now.saturating_sub(bucket.last_over_ns) > CALM_NS {
+        bucket.over_since_ns = now;
+    }
+    bucket.last_over_ns = now;
+    if dry_run {
+        return Some(Reason::WouldLimit);
+    }
+    if limits.block_after_ns != 0 && now - bucket.over_since_ns >= limits.block_after_ns {
+        auto_block(&key, prefix_len, v6, now + limits.block_ttl_ns);
+        bucket.over_since_ns = 0;
+        return Some(Reason::AutoBlocked);
+    }
+    Some(Reason::RateLimited)
+}
+
+#[inline(always)]
+fn refill(bucket: &mut Bucket, limits: &Limits, now: u64) {
+    let elapsed_us = now.saturating_sub(bucket.last_ns) / 1000;
+    let idle_us = if elapsed_us > MAX_IDLE_US {
+        MAX_IDLE_US
+    } else {
+        elapsed_us
+    };
+    if idle_us == 0 {
+        return;
+    }
+    bucket.last_ns = now;
+    let packets = bucket.packets + idle_us * limits.pps;
+    let packets_cap = limits.pps_burst * TOKEN_SCALE;
+    bucket.packets = if packets > packets_cap {
+        packets_cap
+    } else {
+        packets
+    };
+    let bytes = bucket.bytes + idle_us * limits.bps;
+    let bytes_cap = limits.bps_burst * TOKEN_SCALE;
+    bucket.bytes = if bytes > bytes_cap { bytes_cap } else { bytes };
+}
+
+#[inline(always)]
+fn auto_block(key: &[u8; 16], prefix_len: u32, v6: u32, until_ns: u64) {
+    let _ = AUTO_BLOCKED.insert(key, AutoBlock { until_ns, hits: 1 }, 0);
+    let event = AutoBlockEvent {
+        key: *key,
+        until_ns,
+        prefix_len,
+        v6,
+    };
+    // A full ring buffer loses the event, not the block: the daemon finds
+    // the block when it scans the map.
+    let _ = EVENTS.output::<AutoBlockEvent>(&event, 0);
+}

@@ -1,0 +1,208 @@
+//! The per-source rate limiter end to end: a real daemon in the lab's
+//! server namespace, steered with the real CLI, real UDP streams from the
+//! listener and the attacker.
+
+use std::{net::SocketAddr, thread, time::Duration};
+
+use serde_json::Value;
+use spacefilter_tests::{
+    daemon::{DaemonPaths, DaemonProcess, Scratch},
+    netns::{Family, Host, Lab},
+    require_root,
+    traffic::{UdpSink, UdpStream, wait_until},
+};
+
+struct Setup {
+    daemon: DaemonProcess,
+    lab: Lab,
+    _dir: Scratch,
+    sink: UdpSink,
+}
+
+impl Setup {
+    fn new(tag: &str) -> Self {
+        require_root();
+        let lab = Lab::new().expect("building the lab");
+        let dir = Scratch::new(tag).expect("scratch directory");
+        let daemon = DaemonProcess::start(
+            &lab.ns(Host::Server),
+            &DaemonPaths::in_dir(dir.path()),
+            &["--capacity", "1024"],
+        )
+        .unwrap_or_else(|err| panic!("starting the daemon: {err:#}"));
+        let sink = UdpSink::start(&lab, Host::Server).expect("UDP sink");
+        Self {
+            daemon,
+            lab,
+            _dir: dir,
+            sink,
+        }
+    }
+
+    fn stream(&self, from: Host, rate: u64) -> UdpStream {
+        let to = SocketAddr::new(Host::Server.addr(Family::V4), self.sink.port());
+        UdpStream::start(&self.lab, from, to, rate).expect("UDP stream")
+    }
+
+    fn counter(&self, reason: &str) -> u64 {
+        let out = self.daemon.cli(&["stats", "--json"]);
+        let stats: Value = serde_json::from_str(out.ok("stats")).expect("stats JSON");
+        stats["reasons"][reason]["packets"].as_u64().unwrap_or(0)
+    }
+
+    fn entries(&self) -> Vec<Value> {
+        let out = self.daemon.cli(&["list", "--json"]);
+        serde_json::from_str::<Vec<Value>>(out.ok("list")).expect("list JSON")
+    }
+
+    fn received(&self, host: Host) -> u64 {
+        self.sink.received_from(host.addr(Family::V4))
+    }
+}
+
+#[test]
+fn attacker_over_its_limit_is_cut_then_auto_blocked_then_released() {
+    let s = Setup::new("limit");
+    s.daemon
+        .cli(&[
+            "limit",
+            "set",
+            "--pps",
+            "200",
+            "--burst",
+            "50",
+            "--block-after",
+            "2s",
+            "--block-ttl",
+            "3s",
+        ])
+        .ok("limit set");
+    let shown = s.daemon.cli(&["limit", "show", "--json"]);
+    let limits: Value = serde_json::from_str(shown.ok("limit show")).expect("JSON");
+    assert_eq!(limits["pps"], 200);
+
+    // The listener stays well within the limit for the whole test.
+    let listener = s.stream(Host::Listener, 100);
+    let attacker = s.stream(Host::Attacker, 2000);
+
+    // Over its limit: most of the attacker's flood is dropped...
+    assert!(
+        wait_until(Duration::from_secs(5), || s.counter("rate_limited") > 500),
+        "no rate limiting seen: {}",
+        s.daemon.log()
+    );
+    // ... and after two seconds over it, it is blocked outright.
+    assert!(
+        wait_until(Duration::from_secs(6), || s
+            .entries()
+            .iter()
+            .any(|e| e["list"] == "auto" && e["origin"] == "auto")),
+        "no auto-block listed: {:?}\n{}",
+        s.entries(),
+        s.daemon.log()
+    );
+    let entry = s
+        .entries()
+        .into_iter()
+        .find(|e| e["list"] == "auto")
+        .expect("listed");
+    assert_eq!(entry["prefix"], "198.18.2.66/32");
+    assert!(s.counter("auto_blocked") > 0);
+    let during = s.received(Host::Attacker);
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        s.received(Host::Attacker),
+        during,
+        "the auto-blocked attacker still gets through"
+    );
+
+    // The block expires: the entry goes, and the attacker's traffic (now
+    // stopped) would be let through again up to its limit.
+    drop(attacker);
+    assert!(
+        wait_until(Duration::from_secs(8), || !s
+            .entries()
+            .iter()
+            .any(|e| e["list"] == "auto")),
+        "the auto-block did not expire: {:?}",
+        s.entries()
+    );
+    let after = s.received(Host::Attacker);
+    let _gentle = s.stream(Host::Attacker, 50);
+    assert!(
+        wait_until(Duration::from_secs(3), || s.received(Host::Attacker)
+            > after + 20),
+        "the attacker's traffic did not come back after the auto-block expired"
+    );
+
+    // The listener lost nothing: everything it sent arrived.
+    let sent = listener.sent();
+    drop(listener);
+    assert!(
+        wait_until(Duration::from_secs(2), || s.received(Host::Listener)
+            >= sent),
+        "the listener lost packets: sent {sent}, received {}",
+        s.received(Host::Listener)
+    );
+}
+
+#[test]
+fn dry_run_counts_without_dropping() {
+    let s = Setup::new("dryrun");
+    s.daemon
+        .cli(&["limit", "set", "--pps", "100", "--burst", "20", "--dry-run"])
+        .ok("limit set --dry-run");
+    let attacker = s.stream(Host::Attacker, 1000);
+    assert!(
+        wait_until(Duration::from_secs(5), || s.counter("would_limit") > 300),
+        "no would_limit counted"
+    );
+    let sent = attacker.sent();
+    drop(attacker);
+    assert!(
+        wait_until(Duration::from_secs(2), || s.received(Host::Attacker)
+            >= sent),
+        "a dry run dropped packets: sent {sent}, received {}",
+        s.received(Host::Attacker)
+    );
+    assert_eq!(s.counter("rate_limited"), 0);
+    assert_eq!(s.counter("auto_blocked"), 0);
+
+    // Off: nothing counted any more.
+    s.daemon.cli(&["limit", "off"]).ok("limit off");
+    let before = s.counter("would_limit");
+    let _attacker = s.stream(Host::Attacker, 1000);
+    thread::sleep(Duration::from_millis(700));
+    assert_eq!(s.counter("would_limit"), before);
+}
+
+#[test]
+fn bad_limits_are_refused_and_limits_survive_a_restart() {
+    let mut s = Setup::new("limitbad");
+    for (args, what) in [
+        (vec!["limit", "set"], "no rate"),
+        (
+            vec!["limit", "set", "--pps", "10", "--v6-prefix", "129"],
+            "prefix",
+        ),
+        (
+            vec!["limit", "set", "--pps", "0", "--bps", "0"],
+            "zero rates",
+        ),
+    ] {
+        let out = s.daemon.cli(&args);
+        out.expect_code(2, what);
+    }
+    s.daemon
+        .cli(&["limit", "set", "--bps", "100000", "--block-after", "5s"])
+        .ok("limit set");
+    s.daemon.kill().expect("kill -9");
+    let paths = s.daemon.paths().clone();
+    s.daemon = DaemonProcess::start(&s.lab.ns(Host::Server), &paths, &["--capacity", "1024"])
+        .expect("restarting");
+    let shown = s.daemon.cli(&["limit", "show", "--json"]);
+    let limits: Value = serde_json::from_str(shown.ok("limit show")).expect("JSON");
+    assert_eq!(limits["enabled"], true);
+    assert_eq!(limits["bps"], 100_000);
+    assert_eq!(limits["block_after_ms"], 5000);
+}
