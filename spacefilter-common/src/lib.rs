@@ -23,14 +23,19 @@ pub enum Reason {
     /// From a source the rate limiter blocked for staying over its limit:
     /// dropped.
     AutoBlocked = 6,
-    /// Would have been rate limited or auto-blocked, but the limits are a
-    /// dry run: passed.
+    /// Would have been rate limited, auto-blocked, SYN limited or taken for
+    /// reflection, but the limits are a dry run: passed.
     WouldLimit = 7,
+    /// A TCP SYN over its source's SYN budget or the host's: dropped.
+    SynLimited = 8,
+    /// UDP from a well-known reflector port (DNS, NTP, memcached, ...) to
+    /// one of the host's service ports: dropped.
+    Reflection = 9,
 }
 
 impl Reason {
     /// Every reason, in discriminant order.
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 10] = [
         Reason::Passed,
         Reason::Allowlisted,
         Reason::Blocked,
@@ -39,6 +44,8 @@ impl Reason {
         Reason::RateLimited,
         Reason::AutoBlocked,
         Reason::WouldLimit,
+        Reason::SynLimited,
+        Reason::Reflection,
     ];
 
     /// The name used in listings, logs and metrics.
@@ -53,6 +60,8 @@ impl Reason {
             Reason::RateLimited => "rate_limited",
             Reason::AutoBlocked => "auto_blocked",
             Reason::WouldLimit => "would_limit",
+            Reason::SynLimited => "syn_limited",
+            Reason::Reflection => "reflection",
         }
     }
 
@@ -61,7 +70,12 @@ impl Reason {
     pub const fn drops(self) -> bool {
         matches!(
             self,
-            Reason::Blocked | Reason::Malformed | Reason::RateLimited | Reason::AutoBlocked
+            Reason::Blocked
+                | Reason::Malformed
+                | Reason::RateLimited
+                | Reason::AutoBlocked
+                | Reason::SynLimited
+                | Reason::Reflection
         )
     }
 
@@ -76,6 +90,8 @@ impl Reason {
             5 => Some(Reason::RateLimited),
             6 => Some(Reason::AutoBlocked),
             7 => Some(Reason::WouldLimit),
+            8 => Some(Reason::SynLimited),
+            9 => Some(Reason::Reflection),
             _ => None,
         }
     }
@@ -151,6 +167,19 @@ pub mod limit_flags {
     pub const ENABLED: u32 = 1 << 0;
     /// It only counts (`would_limit`): nothing is dropped or auto-blocked.
     pub const DRY_RUN: u32 = 1 << 1;
+    /// The SYN guard runs (per-source and host-wide SYN budgets).
+    pub const SYN: u32 = 1 << 2;
+    /// The reflection guard runs (see `REFLECT_PORTS`).
+    pub const REFLECT: u32 = 1 << 3;
+}
+
+/// Bits of the `REFLECT_PORTS` array, indexed by UDP port.
+pub mod reflect_bits {
+    /// A well-known reflector: UDP from this source port is suspect.
+    pub const SOURCE: u8 = 1 << 0;
+    /// One of the host's service ports: reflected floods aimed here are
+    /// dropped.
+    pub const SERVICE: u8 = 1 << 1;
 }
 
 /// Token amounts are kept in millionths of a packet or byte, so that a
@@ -181,6 +210,12 @@ pub struct Limits {
     pub block_after_ns: u64,
     /// How long an auto-block lasts.
     pub block_ttl_ns: u64,
+    /// TCP SYNs (without ACK) per second per source, and the burst.
+    pub syn_pps: u64,
+    pub syn_burst: u64,
+    /// TCP SYNs per second for the whole host, and the burst.
+    pub syn_global_pps: u64,
+    pub syn_global_burst: u64,
 }
 
 /// One source's token bucket, in `BUCKETS`.
@@ -197,6 +232,8 @@ pub struct Bucket {
     pub over_since_ns: u64,
     /// When it last went over.
     pub last_over_ns: u64,
+    /// SYN tokens, in millionths of a SYN.
+    pub syns: u64,
 }
 
 /// An auto-block, in `AUTO_BLOCKED`, keyed like `BUCKETS`.
@@ -240,6 +277,8 @@ pub mod map_names {
     pub const BUCKETS: &str = "BUCKETS";
     pub const AUTO_BLOCKED: &str = "AUTO_BLOCKED";
     pub const EVENTS: &str = "EVENTS";
+    pub const SYN_GLOBAL: &str = "SYN_GLOBAL";
+    pub const REFLECT_PORTS: &str = "REFLECT_PORTS";
 }
 
 /// Name of the XDP program in the object file.

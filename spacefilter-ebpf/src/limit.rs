@@ -1,19 +1,21 @@
-//! The per-source rate limiter: a token bucket per source in packets and
-//! bytes per second, and auto-blocks for sources that stay over their
-//! limit. It runs after the lists (an allowlisted or blocked source never
-//! reaches it) and costs nothing while the limits are off.
+//! The flood guards: the reflection guard (UDP from reflector ports to
+//! service ports), the SYN guard (per-source and host-wide SYN budgets),
+//! and the per-source rate limiter (a token bucket per source in packets
+//! and bytes per second, and auto-blocks for sources that stay over their
+//! limit). They run after the lists (an allowlisted or blocked source never
+//! reaches them) and cost one array lookup while all are off.
 //!
 //! Kernel: LRU hash maps (4.10), `bpf_ktime_get_ns` (4.1), ring buffers
 //! (5.8).
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use spacefilter_common::{
-    AutoBlock, AutoBlockEvent, Bucket, Limits, Reason, TOKEN_SCALE, limit_flags,
+    AutoBlock, AutoBlockEvent, Bucket, Limits, Reason, TOKEN_SCALE, limit_flags, reflect_bits,
 };
 
 use crate::{
-    maps::{AUTO_BLOCKED, BUCKETS, EVENTS, LIMITS},
-    parse::Source,
+    maps::{AUTO_BLOCKED, BUCKETS, EVENTS, LIMITS, REFLECT_PORTS, SYN_GLOBAL},
+    parse::{L4, Source, TCP_ACK, TCP_SYN},
 };
 
 /// A refill never credits more than this much idle time: it keeps the
@@ -55,15 +57,33 @@ fn key_of(source: &Source, v6_prefix_len: u32) -> ([u8; 16], u32, u32) {
     }
 }
 
-/// The limiter's verdict on a frame of `len` bytes from `source`, or `None`
-/// to pass it on.
+/// The flood guards' verdict on a frame of `len` bytes from `source`, or
+/// `None` to pass it on. In order: an auto-block in force, the reflection
+/// guard, the SYN guard, the per-source rate limit.
 #[inline(always)]
-pub(crate) fn check(source: &Source, len: u64) -> Option<Reason> {
+pub(crate) fn check(source: &Source, l4: L4, len: u64) -> Option<Reason> {
     let limits = LIMITS.get(0)?;
-    if limits.flags & limit_flags::ENABLED == 0 {
+    if limits.flags == 0 {
         return None;
     }
     let dry_run = limits.flags & limit_flags::DRY_RUN != 0;
+    let verdict = guards(limits, source, l4, len)?;
+    Some(if dry_run { Reason::WouldLimit } else { verdict })
+}
+
+#[inline(always)]
+fn guards(limits: &Limits, source: &Source, l4: L4, len: u64) -> Option<Reason> {
+    if limits.flags & limit_flags::REFLECT != 0
+        && let L4::Udp { src_port, dst_port } = l4
+        && reflected(src_port, dst_port)
+    {
+        return Some(Reason::Reflection);
+    }
+    let syn = limits.flags & limit_flags::SYN != 0
+        && matches!(l4, L4::Tcp { flags } if flags & TCP_SYN != 0 && flags & TCP_ACK == 0);
+    if limits.flags & limit_flags::ENABLED == 0 && !syn {
+        return None;
+    }
     let (key, prefix_len, v6) = key_of(source, limits.v6_prefix_len);
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -80,22 +100,42 @@ pub(crate) fn check(source: &Source, len: u64) -> Option<Reason> {
     }
 
     let Some(bucket) = BUCKETS.get_ptr_mut(key) else {
-        // A new source starts with a full bucket, less this frame.
+        // A new source starts with full buckets, less this frame.
         let fresh = Bucket {
             packets: (limits.pps_burst * TOKEN_SCALE).saturating_sub(TOKEN_SCALE),
             bytes: (limits.bps_burst * TOKEN_SCALE).saturating_sub(len * TOKEN_SCALE),
             last_ns: now,
             over_since_ns: 0,
             last_over_ns: 0,
+            syns: (limits.syn_burst * TOKEN_SCALE).saturating_sub(if syn {
+                TOKEN_SCALE
+            } else {
+                0
+            }),
         };
         let _ = BUCKETS.insert(key, fresh, 0);
+        if syn && !global_syn_allowed(limits, now) {
+            return Some(Reason::SynLimited);
+        }
         return None;
     };
     // SAFETY: a map value, valid while this program runs. Updates from
-    // several CPUs to one source's bucket race; the limit stays
+    // several CPUs to one source's bucket race; the limits stay
     // approximately right.
     let bucket = unsafe { &mut *bucket };
     refill(bucket, limits, now);
+    if syn {
+        if limits.syn_pps != 0 && bucket.syns < TOKEN_SCALE {
+            return Some(Reason::SynLimited);
+        }
+        if !global_syn_allowed(limits, now) {
+            return Some(Reason::SynLimited);
+        }
+        bucket.syns = bucket.syns.saturating_sub(TOKEN_SCALE);
+    }
+    if limits.flags & limit_flags::ENABLED == 0 {
+        return None;
+    }
     let cost = len * TOKEN_SCALE;
     let over = (limits.pps != 0 && bucket.packets < TOKEN_SCALE)
         || (limits.bps != 0 && bucket.bytes < cost);
@@ -108,15 +148,57 @@ pub(crate) fn check(source: &Source, len: u64) -> Option<Reason> {
         bucket.over_since_ns = now;
     }
     bucket.last_over_ns = now;
-    if dry_run {
-        return Some(Reason::WouldLimit);
-    }
-    if limits.block_after_ns != 0 && now - bucket.over_since_ns >= limits.block_after_ns {
+    if limits.flags & limit_flags::DRY_RUN == 0
+        && limits.block_after_ns != 0
+        && now - bucket.over_since_ns >= limits.block_after_ns
+    {
         auto_block(&key, prefix_len, v6, now + limits.block_ttl_ns);
         bucket.over_since_ns = 0;
         return Some(Reason::AutoBlocked);
     }
     Some(Reason::RateLimited)
+}
+
+/// UDP from a reflector port to a service port.
+#[inline(always)]
+fn reflected(src_port: u16, dst_port: u16) -> bool {
+    let source = REFLECT_PORTS
+        .get(u32::from(src_port))
+        .is_some_and(|bits| bits & reflect_bits::SOURCE != 0);
+    source
+        && REFLECT_PORTS
+            .get(u32::from(dst_port))
+            .is_some_and(|bits| bits & reflect_bits::SERVICE != 0)
+}
+
+/// Takes one SYN from the host-wide budget; `false` if it is spent.
+#[inline(always)]
+fn global_syn_allowed(limits: &Limits, now: u64) -> bool {
+    if limits.syn_global_pps == 0 {
+        return true;
+    }
+    let Some(bucket) = SYN_GLOBAL.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: the array's only value; CPUs race on it (documented).
+    let bucket = unsafe { &mut *bucket };
+    let elapsed_us = now.saturating_sub(bucket.last_ns) / 1000;
+    if elapsed_us > 0 {
+        let idle_us = if elapsed_us > MAX_IDLE_US {
+            MAX_IDLE_US
+        } else {
+            elapsed_us
+        };
+        bucket.last_ns = now;
+        let syns = bucket.syns + idle_us * limits.syn_global_pps;
+        let cap = limits.syn_global_burst * TOKEN_SCALE;
+        bucket.syns = if syns > cap { cap } else { syns };
+    }
+    if bucket.syns < TOKEN_SCALE {
+        return false;
+    }
+    bucket.syns -= TOKEN_SCALE;
+    true
 }
 
 #[inline(always)]
@@ -141,6 +223,9 @@ fn refill(bucket: &mut Bucket, limits: &Limits, now: u64) {
     let bytes = bucket.bytes + idle_us * limits.bps;
     let bytes_cap = limits.bps_burst * TOKEN_SCALE;
     bucket.bytes = if bytes > bytes_cap { bytes_cap } else { bytes };
+    let syns = bucket.syns + idle_us * limits.syn_pps;
+    let syns_cap = limits.syn_burst * TOKEN_SCALE;
+    bucket.syns = if syns > syns_cap { syns_cap } else { syns };
 }
 
 #[inline(always)]

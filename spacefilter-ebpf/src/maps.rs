@@ -65,3 +65,11 @@ pub(crate) static AUTO_BLOCKED: LruHashMap<[u8; 16], AutoBlock> =
 /// Auto-block events for the daemon (ring buffers: kernel 5.8).
 #[map]
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+
+/// The host-wide SYN budget (one bucket; CPUs race on it).
+#[map]
+pub(crate) static SYN_GLOBAL: Array<Bucket> = Array::with_max_entries(1, 0);
+
+/// [`spacefilter_common::reflect_bits`] per UDP port.
+#[map]
+pub(crate) static REFLECT_PORTS: Array<u8> = Array::with_max_entries(65_536, 0);

@@ -176,11 +176,28 @@ fn ipv6(frame: &Frame, offset: usize) -> Result<(Source, Transport), Reason> {
     ))
 }
 
+/// What the later stages need of the transport header.
+#[derive(Clone, Copy)]
+pub(crate) enum L4 {
+    /// No transport header read: a later fragment, another protocol, ICMP.
+    Other,
+    Tcp {
+        flags: u8,
+    },
+    Udp {
+        src_port: u16,
+        dst_port: u16,
+    },
+}
+
+pub(crate) const TCP_SYN: u8 = 0x02;
+pub(crate) const TCP_ACK: u8 = 0x10;
+
 /// Everything after the fixed IP header: the IPv6 extension chain and the
 /// transport header. `Ok` means the frame is well formed as far as it was
 /// walked.
 #[inline(always)]
-pub(crate) fn transport(frame: &Frame, t: &Transport) -> Result<(), Reason> {
+pub(crate) fn transport(frame: &Frame, t: &Transport) -> Result<L4, Reason> {
     let Transport {
         mut proto,
         mut offset,
@@ -189,7 +206,7 @@ pub(crate) fn transport(frame: &Frame, t: &Transport) -> Result<(), Reason> {
         v6,
     } = *t;
     if later_fragment {
-        return Ok(());
+        return Ok(L4::Other);
     }
     if v6 {
         for _ in 0..MAX_EXT_HEADERS {
@@ -208,7 +225,7 @@ pub(crate) fn transport(frame: &Frame, t: &Transport) -> Result<(), Reason> {
                     let e: [u8; 8] = frame.read_within(offset, ip_end)?;
                     if be16(e[2], e[3]) >> 3 != 0 {
                         // A later fragment: no transport header to check.
-                        return Ok(());
+                        return Ok(L4::Other);
                     }
                     proto = e[0];
                     offset += 8;
@@ -225,7 +242,7 @@ pub(crate) fn transport(frame: &Frame, t: &Transport) -> Result<(), Reason> {
             proto,
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT
         ) {
-            return Ok(());
+            return Ok(L4::Other);
         }
     }
     match proto {
@@ -235,17 +252,23 @@ pub(crate) fn transport(frame: &Frame, t: &Transport) -> Result<(), Reason> {
             if data_offset < 20 || offset + data_offset > ip_end {
                 return Err(Reason::Malformed);
             }
+            Ok(L4::Tcp { flags: h[13] })
         }
         IPPROTO_UDP => {
-            let _: [u8; 8] = frame.read_within(offset, ip_end)?;
+            let h: [u8; 8] = frame.read_within(offset, ip_end)?;
+            Ok(L4::Udp {
+                src_port: be16(h[0], h[1]),
+                dst_port: be16(h[2], h[3]),
+            })
         }
         IPPROTO_ICMP if !v6 => {
             let _: [u8; 8] = frame.read_within(offset, ip_end)?;
+            Ok(L4::Other)
         }
         IPPROTO_ICMPV6 if v6 => {
             let _: [u8; 8] = frame.read_within(offset, ip_end)?;
+            Ok(L4::Other)
         }
-        _ => {}
+        _ => Ok(L4::Other),
     }
-    Ok(())
 }

@@ -64,8 +64,8 @@ fn classify(frame: &Frame) -> Result<Reason, Reason> {
             Reason::Blocked
         });
     }
-    parse::transport(frame, &transport)?;
-    if let Some(reason) = limit::check(&source, frame.len() as u64) {
+    let l4 = parse::transport(frame, &transport)?;
+    if let Some(reason) = limit::check(&source, l4, frame.len() as u64) {
         return Ok(reason);
     }
     Ok(Reason::Passed)

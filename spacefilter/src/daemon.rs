@@ -459,18 +459,29 @@ impl Core {
             .limiter()
             .set(kernel_limits(&limits))
             .map_err(|err| Refusal::failed(error_chain(&err)))?;
-        if let Err(err) = self.store.append(&Op::Limits { limits }, &self.rules) {
+        let op = Op::Limits {
+            limits: limits.clone(),
+        };
+        if let Err(err) = self.store.append(&op, &self.rules) {
             let _ = self.filter.limiter().set(kernel_limits(&self.limits));
             return Err(Refusal::failed(error_chain(&err)));
         }
-        self.limits = limits;
-        log::info!("limits set to {limits:?} asked by {peer}");
+        if limits.reflect_sources != self.limits.reflect_sources
+            || limits.service_ports != self.limits.service_ports
+        {
+            self.filter
+                .limiter()
+                .set_reflect_ports(&limits.reflect_sources, &limits.service_ports)
+                .map_err(|err| Refusal::failed(error_chain(&err)))?;
+        }
+        log::info!("flood guards set to {limits:?} asked by {peer}");
+        self.limits = limits.clone();
         Ok(limits)
     }
 
     #[must_use]
     pub fn limits(&self) -> LimitsView {
-        self.limits
+        self.limits.clone()
     }
 
     /// Records an auto-block the program made (from its event, or found in
@@ -546,12 +557,25 @@ fn kernel_limits(view: &LimitsView) -> Limits {
         v6_prefix_len,
         block_after_ms,
         block_ttl_ms,
+        syn_pps,
+        syn_burst,
+        syn_global_pps,
+        syn_global_burst,
+        reflect,
+        reflect_sources: _,
+        service_ports: _,
     } = *view;
     let mut flags = 0;
     if enabled {
         flags |= limit_flags::ENABLED;
     }
-    if dry_run {
+    if syn_pps > 0 || syn_global_pps > 0 {
+        flags |= limit_flags::SYN;
+    }
+    if reflect {
+        flags |= limit_flags::REFLECT;
+    }
+    if dry_run && flags != 0 {
         flags |= limit_flags::DRY_RUN;
     }
     Limits {
@@ -563,6 +587,10 @@ fn kernel_limits(view: &LimitsView) -> Limits {
         bps_burst,
         block_after_ns: block_after_ms.saturating_mul(1_000_000),
         block_ttl_ns: block_ttl_ms.saturating_mul(1_000_000),
+        syn_pps,
+        syn_burst,
+        syn_global_pps,
+        syn_global_burst,
     }
 }
 
@@ -617,14 +645,15 @@ fn restore(
             .insert_many(list, &prefixes)
             .with_context(|| format!("restoring the {}list", list.name()))?;
     }
-    let limits = store.limits().unwrap_or(LimitsView {
-        v6_prefix_len: 64,
-        ..LimitsView::default()
-    });
+    let limits = store.limits().unwrap_or_default();
+    filter
+        .limiter()
+        .set_reflect_ports(&limits.reflect_sources, &limits.service_ports)
+        .context("setting the reflection guard's ports")?;
     filter
         .limiter()
         .set(kernel_limits(&limits))
-        .context("restoring the rate limit")?;
+        .context("restoring the flood guards")?;
     let mono = monotonic_ns();
     for (&(list, prefix), meta) in rules {
         if list == List::Auto

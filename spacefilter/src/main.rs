@@ -80,6 +80,12 @@ enum Command {
     /// multiple of it. Allowlisted and blocked sources never reach the
     /// limiter.
     Limit(LimitArgs),
+    /// The reflection guard: drops UDP from well-known reflector ports
+    /// (DNS 53, NTP 123, SSDP 1900, memcached 11211, chargen 19, CLDAP 389,
+    /// SNMP 161, WS-Discovery 3702, ...) aimed at the host's service ports
+    /// (by default every port outside the ephemeral range 32768-60999, where
+    /// answers to the host's own queries arrive). On by default.
+    Reflect(ReflectArgs),
 }
 
 #[derive(Args)]
@@ -124,12 +130,69 @@ struct LimitSetArgs {
     /// How long an auto-block lasts.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     block_ttl: Duration,
-    /// Count what the limit would drop (`would_limit`) without dropping
+    /// TCP SYNs (without ACK) per second allowed per source.
+    #[arg(long)]
+    syn_pps: Option<u64>,
+    /// SYNs a source may send at once above --syn-pps (default: one
+    /// second's worth).
+    #[arg(long)]
+    syn_burst: Option<u64>,
+    /// TCP SYNs per second allowed for the whole host, all sources
+    /// together: established connections keep working while a SYN flood
+    /// is cut to this budget.
+    #[arg(long)]
+    syn_global_pps: Option<u64>,
+    /// SYNs the host takes at once above --syn-global-pps.
+    #[arg(long)]
+    syn_global_burst: Option<u64>,
+    /// Count what the guards would drop (`would_limit`) without dropping
     /// or blocking anything: try a limit during a live event without risk.
     #[arg(long)]
     dry_run: bool,
     #[command(flatten)]
     common: Common,
+}
+
+#[derive(Args)]
+struct ReflectArgs {
+    #[command(subcommand)]
+    action: ReflectAction,
+}
+
+#[derive(Subcommand)]
+enum ReflectAction {
+    /// Switch the reflection guard on (it is on by default).
+    On(StatusArgs),
+    /// Switch the reflection guard off.
+    Off(StatusArgs),
+    /// Show the reflection guard's profile.
+    Show(StatusArgs),
+    /// Edit the profile: which UDP source ports are reflectors, and which
+    /// of the host's ports are services.
+    Set(ReflectSetArgs),
+}
+
+#[derive(Args)]
+struct ReflectSetArgs {
+    /// Reflector source ports, e.g. 53,123,11211.
+    #[arg(long, value_delimiter = ',')]
+    sources: Option<Vec<u16>>,
+    /// The host's service ports, as ports and ranges: 443,5000-5100.
+    #[arg(long, value_delimiter = ',', value_parser = parse_port_range)]
+    service_ports: Option<Vec<(u16, u16)>>,
+    #[command(flatten)]
+    common: Common,
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("{s:?} is not a port or a range of ports such as 5000-5100");
+    let (lo, hi) = s.split_once('-').unwrap_or((s, s));
+    let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
+    let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
+    if lo > hi {
+        return Err(format!("{s:?}: the range runs backwards"));
+    }
+    Ok((lo, hi))
 }
 
 #[derive(Args)]
@@ -291,7 +354,8 @@ fn main() -> ExitCode {
         Command::List(args) => list(&args),
         Command::Stats(args) => stats(&args),
         Command::Status(args) => status(&args),
-        Command::Limit(args) => limit(args),
+        Command::Limit(args) => limit(&args),
+        Command::Reflect(args) => reflect(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -659,9 +723,52 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn limit(args: LimitArgs) -> Result<(), Failure> {
-    let (request, socket, json) = match args.action {
-        LimitAction::Set(LimitSetArgs {
+/// The guards' settings in force.
+fn current_limits(client: &mut Client) -> Result<LimitsView, Failure> {
+    match client.call(Request::GetLimits, &mut |_, _| {})? {
+        Response::Limits(view) => Ok(view),
+        Response::Error { kind, message } => Err(reply_failure(kind, message)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// Sends new settings (or none, to show them) and prints what is in force.
+fn apply_limits(
+    client: &mut Client,
+    limits: Option<LimitsView>,
+    json: bool,
+) -> Result<(), Failure> {
+    let view = match limits {
+        None => current_limits(client)?,
+        Some(limits) => {
+            if let Some(problem) = limits.problem() {
+                return Err(Failure::bad_input(problem));
+            }
+            match client.call(Request::SetLimits { limits }, &mut |_, _| {})? {
+                Response::Limits(view) => view,
+                Response::Error { kind, message } => return Err(reply_failure(kind, message)),
+                other => return Err(unexpected(&other)),
+            }
+        }
+    };
+    if json {
+        print_json(&view);
+    } else {
+        print_limits(&view);
+    }
+    Ok(())
+}
+
+fn limit(args: &LimitArgs) -> Result<(), Failure> {
+    let (socket, json) = match &args.action {
+        LimitAction::Set(LimitSetArgs { common, .. })
+        | LimitAction::Off(StatusArgs { common })
+        | LimitAction::Show(StatusArgs { common }) => (common.socket.clone(), common.json),
+    };
+    let mut client = Client::connect(&socket)?;
+    let mut limits = current_limits(&mut client)?;
+    match &args.action {
+        &LimitAction::Set(LimitSetArgs {
             pps,
             burst,
             bps,
@@ -669,54 +776,76 @@ fn limit(args: LimitArgs) -> Result<(), Failure> {
             v6_prefix,
             block_after,
             block_ttl,
+            syn_pps,
+            syn_burst,
+            syn_global_pps,
+            syn_global_burst,
             dry_run,
-            common: Common { socket, json },
+            common: _,
         }) => {
-            let limits = LimitsView {
-                enabled: true,
-                dry_run,
-                pps: pps.unwrap_or(0),
-                pps_burst: burst.or(pps).unwrap_or(0),
-                bps: bps.unwrap_or(0),
-                bps_burst: byte_burst.or(bps).unwrap_or(0),
-                v6_prefix_len: v6_prefix,
-                block_after_ms: block_after.map_or(0, millis),
-                block_ttl_ms: millis(block_ttl),
-            };
-            if let Some(problem) = limits.problem() {
-                return Err(Failure::bad_input(problem));
+            limits.enabled = pps.is_some() || bps.is_some();
+            limits.dry_run = dry_run;
+            limits.pps = pps.unwrap_or(0);
+            limits.pps_burst = burst.or(pps).unwrap_or(0);
+            limits.bps = bps.unwrap_or(0);
+            limits.bps_burst = byte_burst.or(bps).unwrap_or(0);
+            limits.v6_prefix_len = v6_prefix;
+            limits.block_after_ms = block_after.map_or(0, millis);
+            limits.block_ttl_ms = millis(block_ttl);
+            limits.syn_pps = syn_pps.unwrap_or(0);
+            limits.syn_burst = syn_burst.or(syn_pps).unwrap_or(0);
+            limits.syn_global_pps = syn_global_pps.unwrap_or(0);
+            limits.syn_global_burst = syn_global_burst.or(syn_global_pps).unwrap_or(0);
+            if !limits.enabled && limits.syn_pps == 0 && limits.syn_global_pps == 0 {
+                return Err(Failure::bad_input(
+                    "give a rate: --pps, --bps, --syn-pps or --syn-global-pps",
+                ));
             }
-            (Request::SetLimits { limits }, socket, json)
+            apply_limits(&mut client, Some(limits), json)
         }
-        LimitAction::Off(StatusArgs {
-            common: Common { socket, json },
-        }) => (
-            Request::SetLimits {
-                limits: LimitsView {
-                    v6_prefix_len: 64,
-                    ..LimitsView::default()
-                },
-            },
-            socket,
-            json,
-        ),
-        LimitAction::Show(StatusArgs {
-            common: Common { socket, json },
-        }) => (Request::GetLimits, socket, json),
+        LimitAction::Off(_) => {
+            limits.enabled = false;
+            limits.dry_run = false;
+            limits.syn_pps = 0;
+            limits.syn_global_pps = 0;
+            apply_limits(&mut client, Some(limits), json)
+        }
+        LimitAction::Show(_) => apply_limits(&mut client, None, json),
+    }
+}
+
+fn reflect(args: ReflectArgs) -> Result<(), Failure> {
+    let (socket, json) = match &args.action {
+        ReflectAction::Set(ReflectSetArgs { common, .. })
+        | ReflectAction::On(StatusArgs { common })
+        | ReflectAction::Off(StatusArgs { common })
+        | ReflectAction::Show(StatusArgs { common }) => (common.socket.clone(), common.json),
     };
     let mut client = Client::connect(&socket)?;
-    match client.call(request, &mut |_, _| {})? {
-        Response::Limits(view) => {
-            if json {
-                print_json(&view);
-            } else {
-                print_limits(&view);
+    let mut limits = current_limits(&mut client)?;
+    match args.action {
+        ReflectAction::On(_) => limits.reflect = true,
+        ReflectAction::Off(_) => limits.reflect = false,
+        ReflectAction::Show(_) => return apply_limits(&mut client, None, json),
+        ReflectAction::Set(ReflectSetArgs {
+            sources,
+            service_ports,
+            common: _,
+        }) => {
+            if sources.is_none() && service_ports.is_none() {
+                return Err(Failure::bad_input(
+                    "give --sources, --service-ports or both",
+                ));
             }
-            Ok(())
+            if let Some(sources) = sources {
+                limits.reflect_sources = sources;
+            }
+            if let Some(ports) = service_ports {
+                limits.service_ports = ports;
+            }
         }
-        Response::Error { kind, message } => Err(reply_failure(kind, message)),
-        other => Err(unexpected(&other)),
     }
+    apply_limits(&mut client, Some(limits), json)
 }
 
 fn print_limits(view: &LimitsView) {
@@ -730,34 +859,72 @@ fn print_limits(view: &LimitsView) {
         v6_prefix_len,
         block_after_ms,
         block_ttl_ms,
+        syn_pps,
+        syn_burst,
+        syn_global_pps,
+        syn_global_burst,
+        reflect,
+        ref reflect_sources,
+        ref service_ports,
     } = *view;
-    if !enabled {
-        println!("per-source limit: off");
-        return;
+    if dry_run {
+        println!("DRY RUN: the guards count (would_limit) and drop nothing");
     }
-    let mut parts = Vec::new();
-    if pps > 0 {
-        parts.push(format!("{pps} packets/s (burst {pps_burst})"));
-    }
-    if bps > 0 {
-        parts.push(format!("{bps} bytes/s (burst {bps_burst})"));
-    }
-    println!(
-        "per-source limit: {}{}; IPv6 per /{v6_prefix_len}",
-        parts.join(", "),
-        if dry_run {
-            " [dry run: counting only]"
-        } else {
-            ""
+    if enabled {
+        let mut parts = Vec::new();
+        if pps > 0 {
+            parts.push(format!("{pps} packets/s (burst {pps_burst})"));
         }
-    );
-    if block_after_ms > 0 {
+        if bps > 0 {
+            parts.push(format!("{bps} bytes/s (burst {bps_burst})"));
+        }
         println!(
-            "auto-block after {} over the limit, for {}",
-            humantime::format_duration(Duration::from_millis(block_after_ms)),
-            humantime::format_duration(Duration::from_millis(block_ttl_ms))
+            "per-source limit: {}; IPv6 per /{v6_prefix_len}",
+            parts.join(", ")
         );
+        if block_after_ms > 0 {
+            println!(
+                "auto-block after {} over the limit, for {}",
+                humantime::format_duration(Duration::from_millis(block_after_ms)),
+                humantime::format_duration(Duration::from_millis(block_ttl_ms))
+            );
+        } else {
+            println!("no auto-block");
+        }
     } else {
-        println!("no auto-block");
+        println!("per-source limit: off");
     }
+    match (syn_pps, syn_global_pps) {
+        (0, 0) => println!("SYN guard: off"),
+        _ => println!(
+            "SYN guard: {} per source (burst {syn_burst}), {} for the host (burst {syn_global_burst})",
+            if syn_pps > 0 {
+                format!("{syn_pps}/s")
+            } else {
+                "no limit".into()
+            },
+            if syn_global_pps > 0 {
+                format!("{syn_global_pps}/s")
+            } else {
+                "no limit".into()
+            },
+        ),
+    }
+    let ports: Vec<String> = reflect_sources.iter().map(ToString::to_string).collect();
+    let services: Vec<String> = service_ports
+        .iter()
+        .map(|&(lo, hi)| {
+            if lo == hi {
+                lo.to_string()
+            } else {
+                format!("{lo}-{hi}")
+            }
+        })
+        .collect();
+    println!(
+        "reflection guard: {}; UDP from ports {} to service ports {}",
+        if reflect { "on" } else { "off" },
+        ports.join(","),
+        services.join(",")
+    );
 }

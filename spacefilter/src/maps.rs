@@ -20,7 +20,7 @@ use aya::{
 };
 use spacefilter_common::{
     AutoBlock, Bucket, Config, Counter, Limits, Match, Reason, STATS_SLOTS, Slot, action, flags,
-    map_names,
+    map_names, reflect_bits,
 };
 
 use crate::prefix::Prefix;
@@ -603,6 +603,7 @@ impl Stats {
 /// auto-blocks (see `spacefilter-ebpf/src/limit.rs`).
 pub struct Limiter {
     limits: Array<MapData, Limits>,
+    reflect_ports: Array<MapData, u8>,
     buckets: HashMap<MapData, [u8; 16], Bucket>,
     auto: HashMap<MapData, [u8; 16], AutoBlock>,
 }
@@ -642,6 +643,7 @@ impl Limiter {
     pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self, ListError> {
         Ok(Self {
             limits: take(ebpf, map_names::LIMITS)?,
+            reflect_ports: take(ebpf, map_names::REFLECT_PORTS)?,
             buckets: take(ebpf, map_names::BUCKETS)?,
             auto: take(ebpf, map_names::AUTO_BLOCKED)?,
         })
@@ -655,6 +657,31 @@ impl Limiter {
                 name: map_names::LIMITS,
                 source,
             })
+    }
+
+    /// Marks the reflector source ports and the service ports for the
+    /// reflection guard (every UDP port is rewritten: 65536 updates).
+    pub fn set_reflect_ports(
+        &mut self,
+        sources: &[u16],
+        service: &[(u16, u16)],
+    ) -> Result<(), ListError> {
+        for port in 0..=u16::MAX {
+            let mut bits = 0;
+            if sources.contains(&port) {
+                bits |= reflect_bits::SOURCE;
+            }
+            if service.iter().any(|&(lo, hi)| (lo..=hi).contains(&port)) {
+                bits |= reflect_bits::SERVICE;
+            }
+            self.reflect_ports
+                .set(u32::from(port), bits, 0)
+                .map_err(|source| ListError::Update {
+                    name: map_names::REFLECT_PORTS,
+                    source,
+                })?;
+        }
+        Ok(())
     }
 
     pub fn get(&self) -> Result<Limits, ListError> {

@@ -157,9 +157,11 @@ pub enum Response {
     Limits(LimitsView),
 }
 
-/// The per-source rate limit, as the protocol and the state file carry it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The flood guards' settings, as the protocol and the state file carry
+/// them: the per-source rate limit, the SYN guard and the reflection guard.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LimitsView {
+    /// The per-source rate limit runs.
     pub enabled: bool,
     /// Count what would be dropped (`would_limit`) without dropping.
     #[serde(default)]
@@ -184,10 +186,72 @@ pub struct LimitsView {
     /// How long an auto-block lasts.
     #[serde(default)]
     pub block_ttl_ms: u64,
+    /// TCP SYNs (without ACK) per second per source (0: no SYN budget per
+    /// source), and the burst.
+    #[serde(default)]
+    pub syn_pps: u64,
+    #[serde(default)]
+    pub syn_burst: u64,
+    /// TCP SYNs per second for the whole host (0: none), and the burst.
+    #[serde(default)]
+    pub syn_global_pps: u64,
+    #[serde(default)]
+    pub syn_global_burst: u64,
+    /// The reflection guard: UDP from `reflect_sources` to
+    /// `service_ports` is dropped. On by default.
+    #[serde(default = "yes")]
+    pub reflect: bool,
+    #[serde(default = "default_reflectors")]
+    pub reflect_sources: Vec<u16>,
+    /// Inclusive ranges; by default every port outside Linux's default
+    /// ephemeral range (32768-60999), where answers to the host's own
+    /// queries (its DNS lookups, say) arrive.
+    #[serde(default = "default_service_ports")]
+    pub service_ports: Vec<(u16, u16)>,
 }
 
 fn default_v6_prefix_len() -> u8 {
     64
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Well-known UDP reflectors and amplifiers: QOTD, chargen, DNS, portmap,
+/// NTP, `NetBIOS`, SNMP, CLDAP, SSDP, WS-Discovery, memcached.
+#[must_use]
+pub fn default_reflectors() -> Vec<u16> {
+    vec![17, 19, 53, 111, 123, 137, 161, 389, 1900, 3702, 11211]
+}
+
+#[must_use]
+pub fn default_service_ports() -> Vec<(u16, u16)> {
+    vec![(0, 32767), (61000, 65535)]
+}
+
+impl Default for LimitsView {
+    /// Everything off but the reflection guard, with its default profile.
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            dry_run: false,
+            pps: 0,
+            pps_burst: 0,
+            bps: 0,
+            bps_burst: 0,
+            v6_prefix_len: default_v6_prefix_len(),
+            block_after_ms: 0,
+            block_ttl_ms: 0,
+            syn_pps: 0,
+            syn_burst: 0,
+            syn_global_pps: 0,
+            syn_global_burst: 0,
+            reflect: true,
+            reflect_sources: default_reflectors(),
+            service_ports: default_service_ports(),
+        }
+    }
 }
 
 impl LimitsView {
@@ -204,7 +268,26 @@ impl LimitsView {
             v6_prefix_len,
             block_after_ms,
             block_ttl_ms,
+            syn_pps,
+            syn_burst,
+            syn_global_pps,
+            syn_global_burst,
+            reflect: _,
+            reflect_sources: _,
+            ref service_ports,
         } = *self;
+        if service_ports.iter().any(|(lo, hi)| lo > hi) {
+            return Some("a service port range runs backwards".into());
+        }
+        if syn_pps > 1_000_000_000 || syn_global_pps > 1_000_000_000 {
+            return Some("SYN rates above 1e9 per second are not supported".into());
+        }
+        if (syn_pps > 0 && syn_burst == 0) || (syn_global_pps > 0 && syn_global_burst == 0) {
+            return Some("a SYN burst must be at least 1".into());
+        }
+        if syn_burst > 1_000_000_000_000 || syn_global_burst > 1_000_000_000_000 {
+            return Some("bursts above 1e12 are not supported".into());
+        }
         if !enabled {
             return None;
         }

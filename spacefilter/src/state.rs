@@ -236,7 +236,7 @@ impl Store {
     /// The rate limit last set.
     #[must_use]
     pub fn limits(&self) -> Option<LimitsView> {
-        self.limits
+        self.limits.clone()
     }
 
     /// Appends `op` to the journal and makes it durable.
@@ -250,7 +250,7 @@ impl Store {
         self.journal.sync_data().map_err(io_err(&path, "fsync"))?;
         self.journal_ops += 1;
         if let Op::Limits { limits } = op {
-            self.limits = Some(*limits);
+            self.limits = Some(limits.clone());
         }
         if self.journal_ops >= COMPACT_AFTER_OPS {
             self.compact(rules)?;
@@ -275,7 +275,7 @@ impl Store {
                         meta: meta.clone(),
                     })
                     .collect(),
-                limits: self.limits,
+                limits: self.limits.clone(),
             };
             serde_json::to_writer(&mut out, &snapshot)
                 .map_err(|e| io_err(&tmp, "writing")(io::Error::other(e)))?;

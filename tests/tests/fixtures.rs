@@ -81,7 +81,7 @@ impl Case {
         }
         let entries = match list {
             List::Allow => &self.allow,
-            List::Block => &self.block,
+            List::Block | List::Auto => &self.block,
         };
         assert_eq!(
             entries.len(),
@@ -116,7 +116,8 @@ impl Table {
         for entry in self.filter.entries().expect("entries") {
             let removed = match entry.list {
                 List::Allow => self.filter.unallow(entry.prefix),
-                List::Block => self.filter.unblock(entry.prefix),
+                // The filter's lists hold no auto entries (the daemon's do).
+                List::Block | List::Auto => self.filter.unblock(entry.prefix),
             };
             assert!(
                 removed.expect("remove a rule"),

@@ -389,7 +389,8 @@ fn reset(filter: &mut Filter) {
     for entry in filter.entries().expect("entries") {
         match entry.list {
             List::Allow => filter.unallow(entry.prefix),
-            List::Block => filter.unblock(entry.prefix),
+            // The filter's lists hold no auto entries (the daemon's do).
+            List::Block | List::Auto => filter.unblock(entry.prefix),
         }
         .expect("remove a rule");
     }
