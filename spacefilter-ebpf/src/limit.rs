@@ -182,6 +182,12 @@ fn global_syn_allowed(limits: &Limits, now: u64) -> bool {
     };
     // SAFETY: the array's only value; CPUs race on it (documented).
     let bucket = unsafe { &mut *bucket };
+    let cap = limits.syn_global_burst * TOKEN_SCALE;
+    if bucket.last_ns == 0 {
+        // The first SYN ever: the budget starts full.
+        bucket.last_ns = now;
+        bucket.syns = cap;
+    }
     let elapsed_us = now.saturating_sub(bucket.last_ns) / 1000;
     if elapsed_us > 0 {
         let idle_us = if elapsed_us > MAX_IDLE_US {
@@ -191,7 +197,6 @@ fn global_syn_allowed(limits: &Limits, now: u64) -> bool {
         };
         bucket.last_ns = now;
         let syns = bucket.syns + idle_us * limits.syn_global_pps;
-        let cap = limits.syn_global_burst * TOKEN_SCALE;
         bucket.syns = if syns > cap { cap } else { syns };
     }
     if bucket.syns < TOKEN_SCALE {

@@ -206,3 +206,89 @@ fn bad_limits_are_refused_and_limits_survive_a_restart() {
     assert_eq!(limits["bps"], 100_000);
     assert_eq!(limits["block_after_ms"], 5000);
 }
+
+#[test]
+fn reflection_from_ntp_and_memcached_is_dropped_while_clients_pass() {
+    let s = Setup::new("reflect");
+    // The sink listens on an ephemeral port: name it a service port.
+    let port = s.sink.port().to_string();
+    s.daemon
+        .cli(&["reflect", "set", "--service-ports", &port])
+        .ok("reflect set");
+    let shown = s.daemon.cli(&["reflect", "show", "--json"]);
+    let view: Value = serde_json::from_str(shown.ok("reflect show")).expect("JSON");
+    assert_eq!(view["reflect"], true, "the guard is on by default");
+
+    let to = SocketAddr::new(Host::Server.addr(Family::V4), s.sink.port());
+    for reflector in [123_u16, 11211] {
+        let sent = s
+            .lab
+            .run_in(Host::Attacker, move || -> std::io::Result<u64> {
+                let socket = std::net::UdpSocket::bind(("0.0.0.0", reflector))?;
+                for _ in 0..100 {
+                    socket.send_to(b"amplified answer", to)?;
+                }
+                Ok(100)
+            })
+            .expect("in the attacker's namespace")
+            .expect("sending from a reflector port");
+        assert_eq!(sent, 100);
+    }
+    let listener = s.stream(Host::Listener, 200);
+    assert!(
+        wait_until(Duration::from_secs(5), || s.counter("reflection") >= 200),
+        "reflection counted: {}",
+        s.counter("reflection")
+    );
+    assert_eq!(
+        s.received(Host::Attacker),
+        0,
+        "reflected UDP reached the service"
+    );
+    let sent = listener.sent();
+    drop(listener);
+    assert!(
+        wait_until(Duration::from_secs(2), || s.received(Host::Listener)
+            >= sent),
+        "the listener lost packets: sent {sent}, received {}",
+        s.received(Host::Listener)
+    );
+}
+
+#[test]
+fn syn_flood_is_cut_while_the_listener_connects() {
+    use spacefilter_tests::traffic::{TcpEcho, tcp_exchange};
+    let s = Setup::new("synflood");
+    let echo = TcpEcho::start(&s.lab, Host::Server).expect("TCP echo");
+    let to = SocketAddr::new(Host::Server.addr(Family::V4), echo.port());
+    s.daemon
+        .cli(&["limit", "set", "--syn-pps", "5", "--syn-burst", "5"])
+        .ok("limit set --syn-pps");
+    // The attacker opens connections as fast as it can: SYN after SYN.
+    let flood = thread::spawn({
+        let attacker_ns = s.lab.ns(Host::Attacker);
+        move || {
+            spacefilter_tests::netns::run_in_netns(&attacker_ns, move || {
+                for _ in 0..300 {
+                    let _ = std::net::TcpStream::connect_timeout(&to, Duration::from_millis(2));
+                }
+            })
+        }
+    });
+    // Meanwhile the listener's connections all get through.
+    for _ in 0..5 {
+        tcp_exchange(&s.lab, Host::Listener, to, Duration::from_secs(3))
+            .expect("the listener's connection during the SYN flood");
+    }
+    flood.join().expect("flood thread").expect("flood");
+    assert!(
+        s.counter("syn_limited") > 100,
+        "SYNs limited: {}",
+        s.counter("syn_limited")
+    );
+    assert!(
+        echo.accepted_from(Host::Attacker.addr(Family::V4)) <= 10,
+        "the attacker got {} connections through a budget of 5",
+        echo.accepted_from(Host::Attacker.addr(Family::V4))
+    );
+}

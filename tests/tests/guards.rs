@@ -1,0 +1,194 @@
+//! The flood guards through `BPF_PROG_TEST_RUN`: the reflection guard and
+//! the SYN guard on frames built for the purpose, with exact counter
+//! checks. A repeated test run takes microseconds, so token buckets refill
+//! by next to nothing during one: the budgets are exact.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use spacefilter::{Filter, LoadOptions, Reason, protocol::default_reflectors};
+use spacefilter_common::{Limits, limit_flags};
+use spacefilter_tests::{packets::Packet, require_root};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+
+fn load() -> Filter {
+    require_root();
+    let mut filter = Filter::load(LoadOptions {
+        capacity: 1024,
+        ..LoadOptions::default()
+    })
+    .expect("loading spacefilter");
+    filter
+        .limiter()
+        .set_reflect_ports(&default_reflectors(), &[(0, 32767), (61000, 65535)])
+        .expect("reflection ports");
+    filter
+}
+
+fn source(n: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(198, 18, 2, n))
+}
+
+fn udp(src: IpAddr, sport: u16, dport: u16) -> Vec<u8> {
+    Packet::ip(src, IpAddr::V4(SERVER))
+        .udp(sport, dport)
+        .payload_len(32)
+        .build()
+        .into_bytes()
+}
+
+fn syn(src: IpAddr) -> Vec<u8> {
+    Packet::ip(src, IpAddr::V4(SERVER))
+        .tcp(40_000, 443)
+        .build()
+        .into_bytes()
+}
+
+/// Runs `frame` `repeat` times; returns the last action and the change of
+/// every counter.
+fn run(filter: &mut Filter, frame: &[u8], repeat: u32) -> (u32, spacefilter::Counters) {
+    let before = filter.counters().expect("counters");
+    let (action, _) = filter.test_run(frame, repeat).expect("test run");
+    (action, filter.counters().expect("counters").since(&before))
+}
+
+#[test]
+fn reflection_guard_drops_reflector_ports_aimed_at_services() {
+    let mut filter = load();
+    filter
+        .limiter()
+        .set(Limits {
+            flags: limit_flags::REFLECT,
+            ..Limits::default()
+        })
+        .expect("limits");
+    let cases = [
+        (
+            "NTP to a service port",
+            123,
+            443,
+            XDP_DROP,
+            Reason::Reflection,
+        ),
+        (
+            "memcached to a service port",
+            11211,
+            5000,
+            XDP_DROP,
+            Reason::Reflection,
+        ),
+        ("DNS to a low port", 53, 53, XDP_DROP, Reason::Reflection),
+        (
+            "DNS answer to an ephemeral port",
+            53,
+            40_000,
+            XDP_PASS,
+            Reason::Passed,
+        ),
+        (
+            "NTP answer to an ephemeral port",
+            123,
+            60_999,
+            XDP_PASS,
+            Reason::Passed,
+        ),
+        ("not a reflector port", 5353, 443, XDP_PASS, Reason::Passed),
+        (
+            "client traffic to a service",
+            40_000,
+            443,
+            XDP_PASS,
+            Reason::Passed,
+        ),
+    ];
+    for (what, sport, dport, action, reason) in cases {
+        let (got, delta) = run(&mut filter, &udp(source(9), sport, dport), 1);
+        assert_eq!(got, action, "{what}");
+        assert_eq!(delta.get(reason).packets, 1, "{what}: {delta:?}");
+    }
+    // The lists come first: an allowlisted reflector port passes, a
+    // blocked source is counted as blocked.
+    filter.allow("198.18.2.10".parse().unwrap()).unwrap();
+    let (got, delta) = run(&mut filter, &udp(source(10), 123, 443), 1);
+    assert_eq!((got, delta.get(Reason::Allowlisted).packets), (XDP_PASS, 1));
+    filter.block("198.18.2.11".parse().unwrap()).unwrap();
+    let (got, delta) = run(&mut filter, &udp(source(11), 123, 443), 1);
+    assert_eq!((got, delta.get(Reason::Blocked).packets), (XDP_DROP, 1));
+
+    // Off: everything passes.
+    filter.limiter().set(Limits::default()).expect("limits");
+    let (got, delta) = run(&mut filter, &udp(source(9), 123, 443), 1);
+    assert_eq!((got, delta.get(Reason::Passed).packets), (XDP_PASS, 1));
+
+    // Dry run: counted, not dropped.
+    filter
+        .limiter()
+        .set(Limits {
+            flags: limit_flags::REFLECT | limit_flags::DRY_RUN,
+            ..Limits::default()
+        })
+        .expect("limits");
+    let (got, delta) = run(&mut filter, &udp(source(9), 123, 443), 1);
+    assert_eq!((got, delta.get(Reason::WouldLimit).packets), (XDP_PASS, 1));
+}
+
+#[test]
+fn syn_budget_per_source() {
+    let mut filter = load();
+    filter
+        .limiter()
+        .set(Limits {
+            flags: limit_flags::SYN,
+            syn_pps: 1,
+            syn_burst: 5,
+            ..Limits::default()
+        })
+        .expect("limits");
+    let (action, delta) = run(&mut filter, &syn(source(1)), 100);
+    assert_eq!(action, XDP_DROP);
+    assert_eq!(delta.get(Reason::Passed).packets, 5, "{delta:?}");
+    assert_eq!(delta.get(Reason::SynLimited).packets, 95, "{delta:?}");
+    // Another source has its own budget.
+    let (_, delta) = run(&mut filter, &syn(source(2)), 10);
+    assert_eq!(delta.get(Reason::Passed).packets, 5, "{delta:?}");
+    // Established traffic (ACK set) from the SYN-limited source still
+    // passes, and so does its UDP.
+    let ack = {
+        let mut header = etherparse::TcpHeader::new(40_000, 443, 7, 64_240);
+        header.ack = true;
+        Packet::ip(source(1), IpAddr::V4(SERVER))
+            .tcp_header(header)
+            .build()
+            .into_bytes()
+    };
+    let (_, delta) = run(&mut filter, &ack, 50);
+    assert_eq!(delta.get(Reason::Passed).packets, 50, "{delta:?}");
+    let (_, delta) = run(&mut filter, &udp(source(1), 40_000, 443), 50);
+    assert_eq!(delta.get(Reason::Passed).packets, 50, "{delta:?}");
+}
+
+#[test]
+fn syn_budget_for_the_host() {
+    let mut filter = load();
+    filter
+        .limiter()
+        .set(Limits {
+            flags: limit_flags::SYN,
+            syn_global_pps: 1,
+            syn_global_burst: 12,
+            ..Limits::default()
+        })
+        .expect("limits");
+    let mut passed = 0;
+    for n in 1..=5 {
+        let (_, delta) = run(&mut filter, &syn(source(n)), 10);
+        passed += delta.get(Reason::Passed).packets;
+        assert_eq!(
+            delta.get(Reason::Passed).packets + delta.get(Reason::SynLimited).packets,
+            10
+        );
+    }
+    assert_eq!(passed, 12, "the host took more SYNs than its burst");
+}
