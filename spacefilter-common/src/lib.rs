@@ -31,11 +31,15 @@ pub enum Reason {
     /// UDP from a well-known reflector port (DNS, NTP, memcached, ...) to
     /// one of the host's service ports: dropped.
     Reflection = 9,
+    /// From a source never seen before, while new sources arrive too fast
+    /// to be real (a spoofed-source flood), over the aggregate budget of its
+    /// destination port or its source prefix: dropped.
+    SpoofLimited = 10,
 }
 
 impl Reason {
     /// Every reason, in discriminant order.
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::Passed,
         Reason::Allowlisted,
         Reason::Blocked,
@@ -46,6 +50,7 @@ impl Reason {
         Reason::WouldLimit,
         Reason::SynLimited,
         Reason::Reflection,
+        Reason::SpoofLimited,
     ];
 
     /// The name used in listings, logs and metrics.
@@ -62,6 +67,7 @@ impl Reason {
             Reason::WouldLimit => "would_limit",
             Reason::SynLimited => "syn_limited",
             Reason::Reflection => "reflection",
+            Reason::SpoofLimited => "spoof_limited",
         }
     }
 
@@ -76,6 +82,7 @@ impl Reason {
                 | Reason::AutoBlocked
                 | Reason::SynLimited
                 | Reason::Reflection
+                | Reason::SpoofLimited
         )
     }
 
@@ -92,6 +99,7 @@ impl Reason {
             7 => Some(Reason::WouldLimit),
             8 => Some(Reason::SynLimited),
             9 => Some(Reason::Reflection),
+            10 => Some(Reason::SpoofLimited),
             _ => None,
         }
     }
@@ -216,6 +224,33 @@ pub struct Limits {
     /// TCP SYNs per second for the whole host, and the burst.
     pub syn_global_pps: u64,
     pub syn_global_burst: u64,
+    /// New sources per second that mean a spoofed-source flood (0: never
+    /// switch). While it lasts, sources without a bucket get none (so the
+    /// LRU map keeps the real ones) and share aggregate budgets instead.
+    pub spoof_threshold: u64,
+    /// The aggregate budget, per destination port and per source prefix
+    /// (/24, /48), in packets per second, and its burst.
+    pub fallback_pps: u64,
+    pub fallback_burst: u64,
+}
+
+/// How long the spoofed-source fallback lasts after the new-source rate
+/// last went over its threshold.
+pub const FALLBACK_HOLD_NS: u64 = 10_000_000_000;
+
+/// The spoofed-source detector: the single entry of `SPOOF_STATE` (CPUs
+/// race on it; counts are approximate).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpoofState {
+    /// Start of the current one-second window.
+    pub window_ns: u64,
+    /// New sources seen in it.
+    pub new_sources: u64,
+    /// The fallback is on until then.
+    pub active_until_ns: u64,
+    /// Times the fallback was switched on.
+    pub switches: u64,
 }
 
 /// One source's token bucket, in `BUCKETS`.
@@ -279,6 +314,8 @@ pub mod map_names {
     pub const EVENTS: &str = "EVENTS";
     pub const SYN_GLOBAL: &str = "SYN_GLOBAL";
     pub const REFLECT_PORTS: &str = "REFLECT_PORTS";
+    pub const SPOOF_STATE: &str = "SPOOF_STATE";
+    pub const AGG_BUCKETS: &str = "AGG_BUCKETS";
 }
 
 /// Name of the XDP program in the object file.
@@ -299,6 +336,8 @@ mod pod {
     unsafe impl aya::Pod for super::Bucket {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::AutoBlock {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SpoofState {}
     // SAFETY: as above (the key is 16 bytes, the rest 8-byte aligned).
     unsafe impl aya::Pod for super::AutoBlockEvent {}
 }

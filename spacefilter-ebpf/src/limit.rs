@@ -10,11 +10,14 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use spacefilter_common::{
-    AutoBlock, AutoBlockEvent, Bucket, Limits, Reason, TOKEN_SCALE, limit_flags, reflect_bits,
+    AutoBlock, AutoBlockEvent, Bucket, FALLBACK_HOLD_NS, Limits, Reason, TOKEN_SCALE, limit_flags,
+    reflect_bits,
 };
 
 use crate::{
-    maps::{AUTO_BLOCKED, BUCKETS, EVENTS, LIMITS, REFLECT_PORTS, SYN_GLOBAL},
+    maps::{
+        AGG_BUCKETS, AUTO_BLOCKED, BUCKETS, EVENTS, LIMITS, REFLECT_PORTS, SPOOF_STATE, SYN_GLOBAL,
+    },
     parse::{L4, Source, TCP_ACK, TCP_SYN},
 };
 
@@ -80,7 +83,7 @@ fn guards(limits: &Limits, source: &Source, l4: L4, len: u64) -> Option<Reason> 
         return Some(Reason::Reflection);
     }
     let syn = limits.flags & limit_flags::SYN != 0
-        && matches!(l4, L4::Tcp { flags } if flags & TCP_SYN != 0 && flags & TCP_ACK == 0);
+        && matches!(l4, L4::Tcp { flags, .. } if flags & TCP_SYN != 0 && flags & TCP_ACK == 0);
     if limits.flags & limit_flags::ENABLED == 0 && !syn {
         return None;
     }
@@ -100,6 +103,16 @@ fn guards(limits: &Limits, source: &Source, l4: L4, len: u64) -> Option<Reason> 
     }
 
     let Some(bucket) = BUCKETS.get_ptr_mut(key) else {
+        if spoof_fallback(limits, now) {
+            // A spoofed-source flood: no bucket for a new source (it would
+            // push a real one out of the LRU map); the aggregate budgets of
+            // its destination port and its source prefix decide.
+            return if aggregate_allowed(limits, source, l4, now) {
+                None
+            } else {
+                Some(Reason::SpoofLimited)
+            };
+        }
         // A new source starts with full buckets, less this frame.
         let fresh = Bucket {
             packets: (limits.pps_burst * TOKEN_SCALE).saturating_sub(TOKEN_SCALE),
@@ -157,6 +170,84 @@ fn guards(limits: &Limits, source: &Source, l4: L4, len: u64) -> Option<Reason> 
         return Some(Reason::AutoBlocked);
     }
     Some(Reason::RateLimited)
+}
+
+/// Counts a new source and says whether the spoofed-source fallback is on
+/// (switching it on when new sources come faster than the threshold).
+#[inline(always)]
+fn spoof_fallback(limits: &Limits, now: u64) -> bool {
+    if limits.spoof_threshold == 0 || limits.flags & limit_flags::ENABLED == 0 {
+        return false;
+    }
+    let Some(state) = SPOOF_STATE.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: the array's only value; CPUs race on it (approximate counts).
+    let state = unsafe { &mut *state };
+    if now.saturating_sub(state.window_ns) >= 1_000_000_000 {
+        state.window_ns = now;
+        state.new_sources = 0;
+    }
+    state.new_sources += 1;
+    if state.new_sources > limits.spoof_threshold {
+        if state.active_until_ns <= now {
+            state.switches += 1;
+        }
+        state.active_until_ns = now + FALLBACK_HOLD_NS;
+    }
+    state.active_until_ns > now
+}
+
+/// Takes one packet from the aggregate budgets of the frame's destination
+/// port and of its source prefix (/24 for IPv4, /48 for IPv6).
+#[inline(always)]
+fn aggregate_allowed(limits: &Limits, source: &Source, l4: L4, now: u64) -> bool {
+    let dst_port = match l4 {
+        L4::Tcp { dst_port, .. } | L4::Udp { dst_port, .. } => dst_port,
+        L4::Other => 0,
+    };
+    let mut port_key = [0u8; 20];
+    port_key[0] = 1;
+    port_key[2..4].copy_from_slice(&dst_port.to_be_bytes());
+    let mut prefix_key = [0u8; 20];
+    prefix_key[0] = 2;
+    match source {
+        Source::V4(a) => prefix_key[4..7].copy_from_slice(&a[..3]),
+        Source::V6(a) => prefix_key[4..10].copy_from_slice(&a[..6]),
+    }
+    take_aggregate(&port_key, limits, now) && take_aggregate(&prefix_key, limits, now)
+}
+
+#[inline(always)]
+fn take_aggregate(key: &[u8; 20], limits: &Limits, now: u64) -> bool {
+    let cap = limits.fallback_burst * TOKEN_SCALE;
+    let Some(bucket) = AGG_BUCKETS.get_ptr_mut(key) else {
+        let fresh = Bucket {
+            packets: cap.saturating_sub(TOKEN_SCALE),
+            last_ns: now,
+            ..Bucket::default()
+        };
+        let _ = AGG_BUCKETS.insert(key, fresh, 0);
+        return cap >= TOKEN_SCALE;
+    };
+    // SAFETY: a map value; CPUs race on it (approximate budget).
+    let bucket = unsafe { &mut *bucket };
+    let elapsed_us = now.saturating_sub(bucket.last_ns) / 1000;
+    if elapsed_us > 0 {
+        let idle_us = if elapsed_us > MAX_IDLE_US {
+            MAX_IDLE_US
+        } else {
+            elapsed_us
+        };
+        bucket.last_ns = now;
+        let packets = bucket.packets + idle_us * limits.fallback_pps;
+        bucket.packets = if packets > cap { cap } else { packets };
+    }
+    if bucket.packets < TOKEN_SCALE {
+        return false;
+    }
+    bucket.packets -= TOKEN_SCALE;
+    true
 }
 
 /// UDP from a reflector port to a service port.

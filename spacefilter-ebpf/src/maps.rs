@@ -17,7 +17,7 @@ use aya_ebpf::{
 };
 use spacefilter_common::{
     AutoBlock, Bucket, Config, Counter, DEFAULT_BUCKETS, DEFAULT_CAPACITY, Limits, Match,
-    STATS_SLOTS,
+    STATS_SLOTS, SpoofState,
 };
 
 #[map]
@@ -73,3 +73,13 @@ pub(crate) static SYN_GLOBAL: Array<Bucket> = Array::with_max_entries(1, 0);
 /// [`spacefilter_common::reflect_bits`] per UDP port.
 #[map]
 pub(crate) static REFLECT_PORTS: Array<u8> = Array::with_max_entries(65_536, 0);
+
+/// The spoofed-source detector.
+#[map]
+pub(crate) static SPOOF_STATE: Array<SpoofState> = Array::with_max_entries(1, 0);
+
+/// Aggregate budgets during a spoofed-source flood: key byte 0 is the kind
+/// (1: destination port in bytes 2-3; 2: source prefix in bytes 4-19).
+#[map]
+pub(crate) static AGG_BUCKETS: LruHashMap<[u8; 20], Bucket> =
+    LruHashMap::with_max_entries(16_384, 0);

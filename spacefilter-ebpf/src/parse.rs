@@ -183,6 +183,7 @@ pub(crate) enum L4 {
     Other,
     Tcp {
         flags: u8,
+        dst_port: u16,
     },
     Udp {
         src_port: u16,
@@ -252,7 +253,10 @@ pub(crate) fn transport(frame: &Frame, t: &Transport) -> Result<L4, Reason> {
             if data_offset < 20 || offset + data_offset > ip_end {
                 return Err(Reason::Malformed);
             }
-            Ok(L4::Tcp { flags: h[13] })
+            Ok(L4::Tcp {
+                flags: h[13],
+                dst_port: be16(h[2], h[3]),
+            })
         }
         IPPROTO_UDP => {
             let h: [u8; 8] = frame.read_within(offset, ip_end)?;

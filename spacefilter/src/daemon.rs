@@ -103,6 +103,8 @@ pub struct Core {
     rules: Rules,
     store: Store,
     limits: LimitsView,
+    /// Switches to the spoofed-source fallback logged so far.
+    spoof_switches: u64,
     ifaces: Vec<String>,
     started: Instant,
     capacity: u32,
@@ -438,7 +440,12 @@ impl Core {
             })
             .collect();
         let count = |list| self.rules.keys().filter(|(l, _)| *l == list).count() as u64;
+        let spoof = self.filter.limiter().spoof_state().unwrap_or_default();
+        let tracked_sources = self.filter.limiter().tracked_sources() as u64;
         StatusView {
+            tracked_sources,
+            spoof_fallback_active: spoof.active_until_ns > monotonic_ns(),
+            spoof_fallback_switches: spoof.switches,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             protocol: crate::protocol::PROTOCOL_VERSION,
             uptime_secs: self.started.elapsed().as_secs(),
@@ -529,6 +536,24 @@ impl Core {
         }
     }
 
+    /// Logs each switch to the spoofed-source fallback.
+    pub fn report_spoof_fallback(&mut self) {
+        let Ok(state) = self.filter.limiter().spoof_state() else {
+            return;
+        };
+        if state.switches > self.spoof_switches {
+            log::warn!(
+                "spoofed-source flood: new sources arrive faster than {}/s; new sources now share \
+                 aggregate budgets of {}/s per destination port and per source prefix \
+                 (switch {} since start)",
+                self.limits.spoof_threshold,
+                self.limits.fallback_pps,
+                state.switches
+            );
+            self.spoof_switches = state.switches;
+        }
+    }
+
     /// The ring buffer of auto-block events, for the reader task.
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
         self.filter.take_events()
@@ -561,6 +586,9 @@ fn kernel_limits(view: &LimitsView) -> Limits {
         syn_burst,
         syn_global_pps,
         syn_global_burst,
+        spoof_threshold,
+        fallback_pps,
+        fallback_burst,
         reflect,
         reflect_sources: _,
         service_ports: _,
@@ -591,6 +619,9 @@ fn kernel_limits(view: &LimitsView) -> Limits {
         syn_burst,
         syn_global_pps,
         syn_global_burst,
+        spoof_threshold,
+        fallback_pps,
+        fallback_burst,
     }
 }
 
@@ -707,6 +738,7 @@ fn start(settings: Settings) -> anyhow::Result<Core> {
         rules,
         store,
         limits,
+        spoof_switches: 0,
         ifaces: ifaces.clone(),
         started: Instant::now(),
         capacity,
@@ -801,6 +833,7 @@ async fn expire_loop(core: Shared, mut stop: watch::Receiver<bool>) {
         let mut core = lock(&core);
         core.expire();
         core.reconcile_auto();
+        core.report_spoof_fallback();
     }
 }
 

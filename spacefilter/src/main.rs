@@ -98,7 +98,7 @@ struct LimitArgs {
 enum LimitAction {
     /// Put a per-source limit in force (it replaces the one in force, at
     /// once, without reloading anything).
-    Set(LimitSetArgs),
+    Set(Box<LimitSetArgs>),
     /// Switch the per-source limit off.
     Off(StatusArgs),
     /// Show the per-source limit in force.
@@ -145,6 +145,20 @@ struct LimitSetArgs {
     /// SYNs the host takes at once above --syn-global-pps.
     #[arg(long)]
     syn_global_burst: Option<u64>,
+    /// New sources per second that mean a spoofed-source flood, with the
+    /// per-source limit on (0: never). Per-source buckets cannot hold
+    /// random sources (each evicts another from the LRU map), so new
+    /// sources then share aggregate budgets instead, per destination port
+    /// and per source prefix (/24, /48); known sources keep their own.
+    #[arg(long, default_value_t = 5000)]
+    spoof_threshold: u64,
+    /// The aggregate budget in packets per second (default: 10 × --pps, or
+    /// 10000).
+    #[arg(long)]
+    fallback_pps: Option<u64>,
+    /// Its burst (default: one second's worth).
+    #[arg(long)]
+    fallback_burst: Option<u64>,
     /// Count what the guards would drop (`would_limit`) without dropping
     /// or blocking anything: try a limit during a live event without risk.
     #[arg(long)]
@@ -704,6 +718,9 @@ fn status(args: &StatusArgs) -> Result<(), Failure> {
         allow_entries,
         block_entries,
         capacity,
+        tracked_sources,
+        spoof_fallback_active,
+        spoof_fallback_switches,
     } = view;
     println!(
         "spacefilter {version} (protocol {protocol}), up {}",
@@ -715,6 +732,10 @@ fn status(args: &StatusArgs) -> Result<(), Failure> {
     }
     println!(
         "allowlist: {allow_entries} entries; blocklist: {block_entries} entries; capacity {capacity} per list"
+    );
+    println!(
+        "rate limiter: {tracked_sources} sources tracked; spoofed-source fallback {} ({spoof_fallback_switches} switches)",
+        if spoof_fallback_active { "ON" } else { "off" }
     );
     Ok(())
 }
@@ -761,28 +782,33 @@ fn apply_limits(
 
 fn limit(args: &LimitArgs) -> Result<(), Failure> {
     let (socket, json) = match &args.action {
-        LimitAction::Set(LimitSetArgs { common, .. })
-        | LimitAction::Off(StatusArgs { common })
-        | LimitAction::Show(StatusArgs { common }) => (common.socket.clone(), common.json),
+        LimitAction::Set(set) => (set.common.socket.clone(), set.common.json),
+        LimitAction::Off(StatusArgs { common }) | LimitAction::Show(StatusArgs { common }) => {
+            (common.socket.clone(), common.json)
+        }
     };
     let mut client = Client::connect(&socket)?;
     let mut limits = current_limits(&mut client)?;
     match &args.action {
-        &LimitAction::Set(LimitSetArgs {
-            pps,
-            burst,
-            bps,
-            byte_burst,
-            v6_prefix,
-            block_after,
-            block_ttl,
-            syn_pps,
-            syn_burst,
-            syn_global_pps,
-            syn_global_burst,
-            dry_run,
-            common: _,
-        }) => {
+        LimitAction::Set(set) => {
+            let &LimitSetArgs {
+                pps,
+                burst,
+                bps,
+                byte_burst,
+                v6_prefix,
+                block_after,
+                block_ttl,
+                syn_pps,
+                syn_burst,
+                syn_global_pps,
+                syn_global_burst,
+                spoof_threshold,
+                fallback_pps,
+                fallback_burst,
+                dry_run,
+                common: _,
+            } = set.as_ref();
             limits.enabled = pps.is_some() || bps.is_some();
             limits.dry_run = dry_run;
             limits.pps = pps.unwrap_or(0);
@@ -796,6 +822,10 @@ fn limit(args: &LimitArgs) -> Result<(), Failure> {
             limits.syn_burst = syn_burst.or(syn_pps).unwrap_or(0);
             limits.syn_global_pps = syn_global_pps.unwrap_or(0);
             limits.syn_global_burst = syn_global_burst.or(syn_global_pps).unwrap_or(0);
+            limits.spoof_threshold = if limits.enabled { spoof_threshold } else { 0 };
+            let fallback = fallback_pps.unwrap_or_else(|| pps.map_or(10_000, |p| p * 10));
+            limits.fallback_pps = fallback;
+            limits.fallback_burst = fallback_burst.unwrap_or(fallback);
             if !limits.enabled && limits.syn_pps == 0 && limits.syn_global_pps == 0 {
                 return Err(Failure::bad_input(
                     "give a rate: --pps, --bps, --syn-pps or --syn-global-pps",
@@ -863,6 +893,9 @@ fn print_limits(view: &LimitsView) {
         syn_burst,
         syn_global_pps,
         syn_global_burst,
+        spoof_threshold,
+        fallback_pps,
+        fallback_burst,
         reflect,
         ref reflect_sources,
         ref service_ports,
@@ -890,6 +923,11 @@ fn print_limits(view: &LimitsView) {
             );
         } else {
             println!("no auto-block");
+        }
+        if spoof_threshold > 0 {
+            println!(
+                "spoofed-source fallback above {spoof_threshold} new sources/s: {fallback_pps} packets/s (burst {fallback_burst}) per destination port and per source prefix"
+            );
         }
     } else {
         println!("per-source limit: off");

@@ -19,8 +19,8 @@ use aya::{
     util::nr_cpus,
 };
 use spacefilter_common::{
-    AutoBlock, Bucket, Config, Counter, Limits, Match, Reason, STATS_SLOTS, Slot, action, flags,
-    map_names, reflect_bits,
+    AutoBlock, Bucket, Config, Counter, Limits, Match, Reason, STATS_SLOTS, Slot, SpoofState,
+    action, flags, map_names, reflect_bits,
 };
 
 use crate::prefix::Prefix;
@@ -603,6 +603,7 @@ impl Stats {
 /// auto-blocks (see `spacefilter-ebpf/src/limit.rs`).
 pub struct Limiter {
     limits: Array<MapData, Limits>,
+    spoof: Array<MapData, SpoofState>,
     reflect_ports: Array<MapData, u8>,
     buckets: HashMap<MapData, [u8; 16], Bucket>,
     auto: HashMap<MapData, [u8; 16], AutoBlock>,
@@ -643,6 +644,7 @@ impl Limiter {
     pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self, ListError> {
         Ok(Self {
             limits: take(ebpf, map_names::LIMITS)?,
+            spoof: take(ebpf, map_names::SPOOF_STATE)?,
             reflect_ports: take(ebpf, map_names::REFLECT_PORTS)?,
             buckets: take(ebpf, map_names::BUCKETS)?,
             auto: take(ebpf, map_names::AUTO_BLOCKED)?,
@@ -727,6 +729,14 @@ impl Limiter {
     /// Every auto-block in force, with its bucket key and end.
     pub fn auto_blocks(&self) -> Vec<([u8; 16], AutoBlock)> {
         self.auto.iter().filter_map(Result::ok).collect()
+    }
+
+    /// The spoofed-source detector's state.
+    pub fn spoof_state(&self) -> Result<SpoofState, ListError> {
+        self.spoof.get(&0, 0).map_err(|source| ListError::Read {
+            name: map_names::SPOOF_STATE,
+            source,
+        })
     }
 
     /// How many sources have a bucket.

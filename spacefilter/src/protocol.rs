@@ -197,6 +197,15 @@ pub struct LimitsView {
     pub syn_global_pps: u64,
     #[serde(default)]
     pub syn_global_burst: u64,
+    /// New sources per second that mean a spoofed-source flood (0: never
+    /// fall back); then new sources share aggregate budgets per destination
+    /// port and per source prefix of `fallback_pps` (and `fallback_burst`).
+    #[serde(default)]
+    pub spoof_threshold: u64,
+    #[serde(default)]
+    pub fallback_pps: u64,
+    #[serde(default)]
+    pub fallback_burst: u64,
     /// The reflection guard: UDP from `reflect_sources` to
     /// `service_ports` is dropped. On by default.
     #[serde(default = "yes")]
@@ -247,6 +256,9 @@ impl Default for LimitsView {
             syn_burst: 0,
             syn_global_pps: 0,
             syn_global_burst: 0,
+            spoof_threshold: 0,
+            fallback_pps: 0,
+            fallback_burst: 0,
             reflect: true,
             reflect_sources: default_reflectors(),
             service_ports: default_service_ports(),
@@ -272,10 +284,19 @@ impl LimitsView {
             syn_burst,
             syn_global_pps,
             syn_global_burst,
+            spoof_threshold,
+            fallback_pps,
+            fallback_burst,
             reflect: _,
             reflect_sources: _,
             ref service_ports,
         } = *self;
+        if spoof_threshold > 0 && (fallback_pps == 0 || fallback_burst == 0) {
+            return Some("the spoofed-source fallback needs a budget (--fallback-pps)".into());
+        }
+        if fallback_pps > 1_000_000_000 || fallback_burst > 1_000_000_000_000 {
+            return Some("fallback budgets above 1e9/s (burst 1e12) are not supported".into());
+        }
         if service_ports.iter().any(|(lo, hi)| lo > hi) {
             return Some("a service port range runs backwards".into());
         }
@@ -375,4 +396,13 @@ pub struct StatusView {
     pub allow_entries: u64,
     pub block_entries: u64,
     pub capacity: u32,
+    /// Sources the rate limiter tracks.
+    #[serde(default)]
+    pub tracked_sources: u64,
+    /// Whether the spoofed-source fallback is on now, and how often it
+    /// was switched on.
+    #[serde(default)]
+    pub spoof_fallback_active: bool,
+    #[serde(default)]
+    pub spoof_fallback_switches: u64,
 }

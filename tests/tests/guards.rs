@@ -192,3 +192,61 @@ fn syn_budget_for_the_host() {
     }
     assert_eq!(passed, 12, "the host took more SYNs than its burst");
 }
+
+#[test]
+fn spoofed_sources_fall_back_to_aggregate_budgets() {
+    let mut filter = load();
+    // Attached, test runs skip the XDP dispatcher's rebuild: thousands of
+    // single runs stay fast.
+    let parking = spacefilter_tests::bench::Parking::new("g").expect("veth");
+    filter
+        .attach(&parking.name, spacefilter::AttachMode::Native)
+        .expect("attach");
+    filter
+        .limiter()
+        .set(Limits {
+            flags: limit_flags::ENABLED,
+            v6_prefix_len: 64,
+            pps: 1000,
+            pps_burst: 1000,
+            spoof_threshold: 1000,
+            fallback_pps: 1,
+            fallback_burst: 50,
+            ..Limits::default()
+        })
+        .expect("limits");
+    let known = source(1);
+    let (_, delta) = run(&mut filter, &udp(known, 40_000, 5000), 1);
+    assert_eq!(delta.get(Reason::Passed).packets, 1);
+
+    // 1600 sources never seen before, spread over many /24s so that the
+    // per-prefix budgets do not bind: the destination port's does.
+    let mut spoof_limited = 0;
+    let mut passed = 0;
+    for n in 0..1600u32 {
+        let [_, _, c, d] = (n * 7919 + 3).to_be_bytes();
+        let src = IpAddr::V4(Ipv4Addr::new(198, 19, c, d));
+        let (_, delta) = run(&mut filter, &udp(src, 40_000, 5000), 1);
+        spoof_limited += delta.get(Reason::SpoofLimited).packets;
+        passed += delta.get(Reason::Passed).packets;
+    }
+    // The first thousand new sources get buckets; past the threshold the
+    // fallback takes over and the port's budget (a burst of 50) holds.
+    assert!(
+        (1000..=1060).contains(&passed),
+        "passed {passed}, spoof-limited {spoof_limited}"
+    );
+    // The parking veth is a live interface: a stray frame of its own (IPv6
+    // neighbour discovery, say) may be counted too.
+    assert!((1600..1610).contains(&(passed + spoof_limited)));
+    let state = filter.limiter().spoof_state().expect("state");
+    assert_eq!(state.switches, 1);
+    // A source known before the flood keeps its own bucket.
+    let (_, delta) = run(&mut filter, &udp(known, 40_000, 5000), 10);
+    assert!(
+        (10..15).contains(&delta.get(Reason::Passed).packets),
+        "{delta:?}"
+    );
+    assert_eq!(delta.get(Reason::SpoofLimited).packets, 0, "{delta:?}");
+    filter.detach(&parking.name).expect("detach");
+}
