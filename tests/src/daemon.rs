@@ -383,18 +383,28 @@ impl CliOutput {
 /// If the binary cannot be started or hangs.
 #[must_use]
 pub fn cli(socket: &Path, args: &[&str]) -> CliOutput {
+    try_cli(socket, args).unwrap_or_else(|err| panic!("{err:#}"))
+}
+
+/// [`cli`] for callers that clean up after a failure themselves (the
+/// demo): a verb that cannot be started or hangs is an `Err`, not a panic.
+/// A verb that runs and fails is an `Ok` with its exit code.
+///
+/// # Panics
+/// If the binary is missing (see [`binary`]).
+pub fn try_cli(socket: &Path, args: &[&str]) -> anyhow::Result<CliOutput> {
     let mut command = Command::new(binary());
     command.args(args).arg("--socket").arg(socket);
     let started = Instant::now();
-    let child = spawn_piped(&mut command).unwrap_or_else(|err| panic!("{err:#}"));
+    let child = spawn_piped(&mut command)?;
     let (code, stdout, stderr) =
-        finish(child, CLI_TIMEOUT).unwrap_or_else(|err| panic!("{command:?}: {err:#}"));
-    CliOutput {
+        finish(child, CLI_TIMEOUT).with_context(|| format!("{command:?}"))?;
+    Ok(CliOutput {
         code,
         stdout,
         stderr,
         elapsed: started.elapsed(),
-    }
+    })
 }
 
 /// Spawns `command` with its standard output and error piped, stdin

@@ -139,9 +139,12 @@ pub(crate) fn test(args: &[String]) -> Result<()> {
 }
 
 pub(crate) fn demo() -> Result<()> {
-    step("building the demo");
+    step("building the demo and the spacefilter binary it runs");
     let mut cmd = cargo();
     cmd.args(["build", "--package", "spacefilter-tests", "--bin", "demo"]);
+    run_cmd(cmd, "build")?;
+    let mut cmd = cargo();
+    cmd.args(["build", "--package", "spacefilter", "--bin", "spacefilter"]);
     run_cmd(cmd, "build")?;
     let demo = workspace_root().join("target/debug/demo");
     step("running the demo (Ctrl-C stops it and cleans up)");

@@ -1,26 +1,37 @@
-//! `cargo xtask demo`: spacefilter on a virtual network, with real traffic.
+//! `cargo xtask demo`: the spacefilter daemon and its command-line client
+//! on a virtual network, with real traffic.
 //!
 //! Builds a lab of network namespaces (a server, a legitimate client and
-//! an attacker on one bridge), attaches spacefilter to the server's
-//! interface, shows both clients' traffic arriving, blocks the attacker's
-//! subnet and shows its traffic stop at the XDP hook while the legitimate
-//! client's carries on. Then prints the filter's counters and entries and
-//! removes the lab, also on failure and on Ctrl-C (SIGINT) or SIGTERM.
-//! Needs root.
+//! an attacker on one bridge) and starts the real daemon, `spacefilter
+//! run`, in the server's namespace. Then it works the way an administrator
+//! does, with the real client verbs on the daemon's control socket:
+//! `status`, `block`, `stats`, `list`, and a temporary `allow --ttl`. Both
+//! clients send UDP over IPv4 and IPv6 all along; a table shows, second by
+//! second, what reaches the server's socket and what the XDP program
+//! dropped. At the end the daemon is stopped with SIGTERM (it detaches
+//! from the interface) and the lab removed; also on failure and on Ctrl-C
+//! (SIGINT) or SIGTERM.
+//!
+//! Needs root, and the `spacefilter` binary next to this one: `cargo xtask
+//! demo` builds both.
 
 use std::{
+    ffi::c_int,
     io::Write as _,
     net::SocketAddr,
+    os::unix::net::UnixStream,
+    path::Path,
     process::ExitCode,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::atomic::{AtomicBool, AtomicI32, Ordering},
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
-use nix::sys::signal::{SigSet, Signal};
-use spacefilter::{AttachMode, Counters, Filter, LoadOptions, Reason};
+use anyhow::{Context as _, bail, ensure};
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+use spacefilter::{Reason, protocol::StatsView};
 use spacefilter_tests::{
+    daemon::{self, DaemonPaths, DaemonProcess, START_TIMEOUT, STOP_TIMEOUT, Scratch},
     netns::{Family, Host, IFACE, Lab},
     traffic::{self, UdpSink, UdpStream},
 };
@@ -28,14 +39,28 @@ use spacefilter_tests::{
 /// Set once SIGINT or SIGTERM arrives.
 static STOP: AtomicBool = AtomicBool::new(false);
 
-/// Datagrams per second from each client.
+/// Datagrams per second from each client, per address family.
 const LISTENER_RATE: u64 = 200;
 const ATTACKER_RATE: u64 = 2000;
-/// Seconds of traffic before and after the block.
-const BEFORE_SECS: u32 = 5;
-const AFTER_SECS: u32 = 7;
+/// Seconds of traffic before the block, while blocked, and while the
+/// temporary exception lasts and after.
+const BEFORE_SECS: u32 = 4;
+const BLOCKED_SECS: u32 = 5;
+const EXCEPTION_SECS: u32 = 5;
+/// The exception's time to live, as `allow --ttl` takes it.
+const EXCEPTION_TTL: &str = "3s";
 /// Echo requests per ping.
 const PINGS: u32 = 3;
+/// Where the CLI looks for the socket without `--socket`.
+const DEFAULT_SOCKET: &str = "/run/spacefilter/spacefilter.sock";
+
+/// The four UDP streams, as the table's columns show them.
+const SOURCES: [(Host, Family); 4] = [
+    (Host::Listener, Family::V4),
+    (Host::Listener, Family::V6),
+    (Host::Attacker, Family::V4),
+    (Host::Attacker, Family::V6),
+];
 
 /// The demo was stopped by a signal.
 #[derive(Debug)]
@@ -51,7 +76,9 @@ impl std::error::Error for Interrupted {}
 
 fn main() -> ExitCode {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("the demo creates network namespaces and loads an XDP program: run it as root");
+        eprintln!(
+            "the demo creates network namespaces and runs the spacefilter daemon: run it as root"
+        );
         return ExitCode::FAILURE;
     }
     if let Err(err) = catch_signals() {
@@ -71,39 +98,45 @@ fn main() -> ExitCode {
     }
 }
 
-/// Blocks SIGINT and SIGTERM in every thread (threads inherit the mask, so
-/// this comes before any other thread starts) and turns them into
-/// [`STOP`] on a thread of their own. The demo then unwinds normally and
-/// its guards remove the lab. Child processes start with a clear mask.
+/// The signal that set [`STOP`], for the message.
+static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// Set once the stop has been announced.
+static ANNOUNCED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(signal: c_int) {
+    // Only atomics here: they are async-signal-safe.
+    STOP_SIGNAL.store(signal, Ordering::SeqCst);
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Turns SIGINT and SIGTERM into [`STOP`], which the demo checks between
+/// its steps and while it waits; it then unwinds normally and its guards
+/// stop the daemon and remove the lab. Repeats (`timeout` signals both the
+/// process and its group, an impatient user presses Ctrl-C twice) change
+/// nothing: the clean-up is under way.
+///
+/// A handler, not a blocked mask and a thread in `sigwait`: children
+/// inherit the signal mask, and a daemon started with SIGTERM blocked
+/// would never see its stop signal. A handler goes back to the default in
+/// an exec'd child. The children run in process groups of their own, so a
+/// Ctrl-C reaches the demo alone.
 fn catch_signals() -> anyhow::Result<()> {
-    let mut signals = SigSet::empty();
-    signals.add(Signal::SIGINT);
-    signals.add(Signal::SIGTERM);
-    signals
-        .thread_block()
-        .context("blocking SIGINT and SIGTERM")?;
-    thread::Builder::new()
-        .name("signals".to_owned())
-        .spawn(move || {
-            while let Ok(signal) = signals.wait() {
-                // Repeats (`timeout` signals both the process and its group)
-                // change nothing: the clean-up is under way.
-                if !STOP.swap(true, Ordering::SeqCst) {
-                    eprintln!("\n{signal}: stopping, removing the lab");
-                }
-            }
-        })
-        .context("starting the signal thread")?;
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler touches nothing but atomics.
+        unsafe { sigaction(signal, &action) }.with_context(|| format!("catching {signal}"))?;
+    }
     Ok(())
 }
 
-/// Sleeps for `duration`, or less if a signal arrives.
-fn pause(duration: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + duration;
+/// Sleeps until `deadline`, or less if a signal arrives.
+fn pause_until(deadline: Instant) -> anyhow::Result<()> {
     loop {
-        if STOP.load(Ordering::SeqCst) {
-            return Err(Interrupted.into());
-        }
+        check_stop()?;
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Ok(());
@@ -112,13 +145,39 @@ fn pause(duration: Duration) -> anyhow::Result<()> {
     }
 }
 
+/// Fails with [`Interrupted`] once a signal has come, saying so the first
+/// time.
 fn check_stop() -> anyhow::Result<()> {
-    pause(Duration::ZERO)
+    if !STOP.load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    if !ANNOUNCED.swap(true, Ordering::SeqCst) {
+        let signal = Signal::try_from(STOP_SIGNAL.load(Ordering::SeqCst))
+            .map_or_else(|_| "a signal".to_owned(), |s| s.to_string());
+        eprintln!("\n{signal}: stopping the daemon, removing the lab");
+    }
+    Err(Interrupted.into())
+}
+
+fn flush() {
+    // A progress message that does not show is harmless.
+    let _ = std::io::stdout().flush();
 }
 
 fn run() -> anyhow::Result<()> {
-    println!("spacefilter demo: an XDP flood filter on a virtual network");
-    println!("==========================================================");
+    // binary() panics without it; say how to get it instead.
+    let beside = std::env::current_exe()
+        .context("locating the demo executable")?
+        .with_file_name("spacefilter");
+    ensure!(
+        beside.is_file(),
+        "the spacefilter binary is missing at {}: build it with `cargo build -p spacefilter` \
+         (`cargo xtask demo` does)",
+        beside.display()
+    );
+
+    println!("spacefilter demo: the daemon and its CLI on a virtual network");
+    println!("==============================================================");
     println!();
     print!("Building the lab ... ");
     flush();
@@ -130,9 +189,12 @@ fn run() -> anyhow::Result<()> {
         "host", "namespace", "IPv4", "IPv6"
     );
     for (host, role) in [
-        (Host::Server, "runs spacefilter on its eth0"),
+        (Host::Server, "runs the spacefilter daemon on its eth0"),
         (Host::Listener, "legitimate client"),
-        (Host::Attacker, "flood source, alone in 198.18.2.0/24"),
+        (
+            Host::Attacker,
+            "flood source, alone in 198.18.2.0/24 and 2001:2:0:2::/64",
+        ),
     ] {
         println!(
             "  {:<9} {:<13} {:<15} {:<16} {role}",
@@ -145,7 +207,7 @@ fn run() -> anyhow::Result<()> {
     println!("  (switch: namespace {}, bridge br0)", lab.switch_ns());
     println!();
 
-    let result = demo(&lab);
+    let result = Scratch::new("demo").and_then(|dir| demo(&lab, &dir));
 
     let names = lab.namespaces();
     match lab.close() {
@@ -155,132 +217,410 @@ fn run() -> anyhow::Result<()> {
     result
 }
 
-fn demo(lab: &Lab) -> anyhow::Result<()> {
-    check_stop()?;
-    print!("Loading spacefilter ... ");
-    flush();
-    let mut filter = Filter::load(LoadOptions::default()).context("loading spacefilter")?;
-    println!("loaded (program id {}).", filter.program_id()?);
-    check_stop()?;
-    print!("Attaching it to server:{IFACE}, mode auto ... ");
-    flush();
-    let mode = lab.attach(&mut filter, AttachMode::Auto)?;
-    println!(
-        "attached in {} mode{}.",
-        mode.name(),
-        match mode {
-            AttachMode::Native => " (in the driver, before the kernel allocates a socket buffer)",
-            _ => " (generic XDP: the driver has no native support)",
+/// Starts the daemon, runs the demo against it and stops it again, also
+/// when the demo fails or is interrupted.
+fn demo(lab: &Lab, dir: &Scratch) -> anyhow::Result<()> {
+    let paths = DaemonPaths::in_dir(dir.path());
+    let mut daemon = start_daemon(lab, &paths)?;
+    let result = steer(lab, &daemon);
+    match &result {
+        Ok(()) => stop_daemon(lab, &mut daemon)?,
+        Err(err) => {
+            if !err.is::<Interrupted>() {
+                eprintln!(
+                    "--- the daemon's log ({}) ---\n{}--- end of the log ---",
+                    paths.log.display(),
+                    daemon.log()
+                );
+            }
+            abandon(&mut daemon);
         }
-    );
-    println!();
-
-    let sink = UdpSink::start(lab, Host::Server)?;
-    let target = SocketAddr::new(Host::Server.addr(Family::V4), sink.port());
-    let listener = UdpStream::start(lab, Host::Listener, target, LISTENER_RATE)?;
-    let attacker = UdpStream::start(lab, Host::Attacker, target, ATTACKER_RATE)?;
-    let mut monitor = Monitor::new(&filter, &sink)?;
-
-    println!("1. No rules yet. Both clients send UDP to {target}:");
-    println!(
-        "   the listener {LISTENER_RATE} datagrams/s, the attacker {ATTACKER_RATE} datagrams/s."
-    );
-    println!("   Per second: datagrams that reached the server's socket, and XDP verdicts.");
-    println!();
-    Monitor::header();
-    monitor.watch(&filter, BEFORE_SECS)?;
-    pings(lab)?;
-
-    println!();
-    println!("2. Blocking the attacker's subnets:");
-    println!();
-    let before_block = sink.received_from(Host::Attacker.addr(Family::V4));
-    for family in Family::ALL {
-        let prefix = Host::Attacker.subnet(family);
-        println!("   > block {prefix}");
-        filter.block(prefix)?;
     }
-    println!();
-    monitor.rebase(&filter)?;
-    Monitor::header();
-    monitor.watch(&filter, AFTER_SECS)?;
-    pings(lab)?;
+    result
+}
 
+/// Stops the daemon after a failure or a signal, saying so.
+fn abandon(daemon: &mut DaemonProcess) {
+    if !daemon.is_running() {
+        return;
+    }
+    eprint!("Stopping the daemon (SIGTERM) ... ");
+    match daemon.terminate(STOP_TIMEOUT) {
+        Ok(status) => eprintln!("{status}."),
+        // Dropping the guard kills it.
+        Err(err) => eprintln!("{err:#}"),
+    }
+}
+
+/// Starts `spacefilter run` in the server's namespace and waits until it
+/// answers on its socket (or a signal comes).
+fn start_daemon(lab: &Lab, paths: &DaemonPaths) -> anyhow::Result<DaemonProcess> {
+    check_stop()?;
+    let ns = lab.ns(Host::Server);
+    println!("1. Start the daemon on the server, in its namespace, as a service unit would:");
     println!();
-    println!("3. Totals.");
-    summary(&listener, &attacker, &sink, before_block);
-    drop((listener, attacker));
+    println!(
+        "   $ ip netns exec {ns} spacefilter run --iface {IFACE} --state-dir {} --socket {}",
+        paths.state_dir.display(),
+        paths.socket.display()
+    );
+    flush();
+    let started = Instant::now();
+    let mut daemon = DaemonProcess::spawn(&ns, paths, &[])?;
+    loop {
+        if let Err(err) = check_stop() {
+            abandon(&mut daemon);
+            return Err(err);
+        }
+        if let Some(status) = daemon.try_wait()? {
+            bail!(
+                "the daemon exited ({status}) before answering on {}; its log:\n{}",
+                paths.socket.display(),
+                daemon.log()
+            );
+        }
+        if UnixStream::connect(&paths.socket).is_ok() {
+            break;
+        }
+        if started.elapsed() > START_TIMEOUT {
+            bail!(
+                "the daemon did not answer on {} within {START_TIMEOUT:?}; its log:\n{}",
+                paths.socket.display(),
+                daemon.log()
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "   Running as pid {}, logging to {}.",
+        daemon.pid(),
+        paths.log.display()
+    );
+    println!(
+        "   It loaded the XDP program, attached it and answered on its socket after {:.1} s.",
+        started.elapsed().as_secs_f64()
+    );
     println!();
-    print_counters(&filter.counters()?);
+    println!(
+        "   The commands below are {} with `--socket {}` added",
+        daemon::binary().display(),
+        paths.socket.display()
+    );
+    println!("   (without it they use {DEFAULT_SOCKET}). They run in the demo's own namespace:");
+    println!("   the socket is a file, reachable from any.");
     println!();
-    print_entries(&filter)?;
+    sf(&paths.socket, &["status"])?;
+    Ok(daemon)
+}
+
+/// What the administrator does once the daemon runs.
+fn steer(lab: &Lab, daemon: &DaemonProcess) -> anyhow::Result<()> {
+    let socket = daemon.socket();
+    let sink = UdpSink::start(lab, Host::Server)?;
+    let port = sink.port();
+    let _streams = SOURCES
+        .iter()
+        .map(|&(host, family)| {
+            let rate = if host == Host::Attacker {
+                ATTACKER_RATE
+            } else {
+                LISTENER_RATE
+            };
+            let target = SocketAddr::new(Host::Server.addr(family), port);
+            UdpStream::start(lab, host, target, rate)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let monitor = Monitor::new(socket, &sink);
+
+    println!(
+        "2. No rules yet. Both clients send UDP to the server's port {port}, over IPv4 and IPv6:"
+    );
+    println!(
+        "   the listener {LISTENER_RATE} datagrams/s per family, the attacker {ATTACKER_RATE}."
+    );
+    println!(
+        "   Per second: the datagrams that reached the server's socket from each client, and the"
+    );
+    println!("   XDP program's verdicts on server:{IFACE} (read with `spacefilter stats --json`).");
     println!();
-    lab.detach(&mut filter)?;
-    println!("Detached spacefilter from server:{IFACE}.");
+    monitor.table(BEFORE_SECS)?;
+    pings(lab)?;
+    println!();
+
+    let block = [
+        Host::Attacker.subnet(Family::V4).to_string(),
+        Host::Attacker.subnet(Family::V6).to_string(),
+    ];
+    println!("3. Block the attacker's prefixes:");
+    println!();
+    sf(
+        socket,
+        &["block", &block[0], &block[1], "--comment", "flood source"],
+    )?;
+    let blocked = monitor.table(BLOCKED_SECS)?;
+    pings(lab)?;
+    println!();
+    // The first row may hold datagrams that were queued on the socket
+    // when the block came.
+    let late: u64 = blocked
+        .rows
+        .iter()
+        .skip(1)
+        .map(|row| row.received[2] + row.received[3])
+        .sum();
+    let listener: u64 = blocked
+        .rows
+        .iter()
+        .map(|row| row.received[0] + row.received[1])
+        .sum();
+    ensure!(
+        late == 0,
+        "{late} of the attacker's datagrams reached the server while it was blocked"
+    );
+    ensure!(listener > 0, "the listener's traffic stopped too");
+    println!(
+        "   The attacker's flood stops at the XDP hook: {} frames dropped in {BLOCKED_SECS} s,",
+        blocked.dropped
+    );
+    println!(
+        "   none reached the server's socket; the listener's kept arriving ({listener} datagrams)."
+    );
+    println!("   What the daemon counts, and which entry matched how often:");
+    println!();
+    sf(socket, &["stats"])?;
+    sf(socket, &["list"])?;
+
+    println!(
+        "4. An exception: the allowlist always wins over the blocklist, and any entry can expire."
+    );
+    println!(
+        "   Let the attacker's IPv4 address through for {EXCEPTION_TTL}; its IPv6 stays blocked."
+    );
+    println!();
+    let exception = Host::Attacker.host_prefix(Family::V4).to_string();
+    sf(
+        socket,
+        &[
+            "allow",
+            &exception,
+            "--ttl",
+            EXCEPTION_TTL,
+            "--comment",
+            "vetted, for a moment",
+        ],
+    )?;
+    monitor.table(EXCEPTION_SECS)?;
+    println!("   The allow entry expired and is gone; the block holds again:");
+    println!();
+    sf(socket, &["list"])?;
     Ok(())
 }
 
-fn flush() {
-    // A progress message that does not show is harmless.
-    let _ = std::io::stdout().flush();
+/// SIGTERM, as `systemctl stop` sends it; shows that the daemon detached
+/// and removed its socket.
+fn stop_daemon(lab: &Lab, daemon: &mut DaemonProcess) -> anyhow::Result<()> {
+    check_stop()?;
+    println!("5. Stop the daemon, as `systemctl stop` would:");
+    println!();
+    println!("   $ kill -TERM {}", daemon.pid());
+    let started = Instant::now();
+    let status = daemon.terminate(STOP_TIMEOUT)?;
+    println!(
+        "   It detached and exited (status {}) after {:.1} s.",
+        status
+            .code()
+            .map_or_else(|| status.to_string(), |code| code.to_string()),
+        started.elapsed().as_secs_f64()
+    );
+    ensure!(
+        status.success(),
+        "the daemon exited with {status}; its log:\n{}",
+        daemon.log()
+    );
+    println!();
+    println!("   Its log, from start to stop:");
+    println!();
+    for line in daemon.log().lines() {
+        println!("   | {line}");
+    }
+    println!();
+    let left = daemon::xdp_programs(lab)?;
+    ensure!(
+        left.is_empty(),
+        "XDP programs left on server:{IFACE}: {left:?}"
+    );
+    ensure!(
+        !daemon.socket().exists(),
+        "the socket {} is still there",
+        daemon.socket().display()
+    );
+    println!(
+        "   server:{IFACE} has no XDP program any more and the socket is gone (the rules stay in"
+    );
+    println!("   the state directory for the next start). The CLI now finds no daemon:");
+    println!();
+    let out = show(daemon.socket(), &["status"])?;
+    ensure!(
+        out.code == Some(1),
+        "`spacefilter status` after the stop: expected exit status 1, got {:?}",
+        out.code
+    );
+    println!("   (exit status 1)");
+    Ok(())
 }
 
-/// Per-second rows: datagrams received from each client, and the
-/// program's verdicts.
+/// Prints `$ spacefilter <args>`, runs it against the daemon's socket and
+/// prints what it printed, as a terminal would show it.
+fn show(socket: &Path, args: &[&str]) -> anyhow::Result<daemon::CliOutput> {
+    check_stop()?;
+    println!("   $ spacefilter {}", shell_words(args));
+    let out = daemon::try_cli(socket, args)?;
+    for line in out.stdout.lines().chain(out.stderr.lines()) {
+        println!("   {line}");
+    }
+    Ok(out)
+}
+
+/// [`show`], for a command that must succeed; a blank line after it.
+fn sf(socket: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let out = show(socket, args)?;
+    ensure!(
+        out.code == Some(0),
+        "`spacefilter {}` failed (exit status {:?})",
+        shell_words(args),
+        out.code
+    );
+    println!();
+    Ok(())
+}
+
+/// `args` as one would type them in a shell.
+fn shell_words(args: &[&str]) -> String {
+    args.iter()
+        .map(|arg| {
+            let plain = !arg.is_empty()
+                && arg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c));
+            if plain {
+                (*arg).to_owned()
+            } else {
+                let mut quoted = String::from('"');
+                for c in arg.chars() {
+                    if "\"\\$`".contains(c) {
+                        quoted.push('\\');
+                    }
+                    quoted.push(c);
+                }
+                quoted.push('"');
+                quoted
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The daemon's counters, through `spacefilter stats --json`.
+fn stats(socket: &Path) -> anyhow::Result<StatsView> {
+    let out = daemon::try_cli(socket, &["stats", "--json"])?;
+    ensure!(
+        out.code == Some(0),
+        "`spacefilter stats --json` failed ({:?}): {}",
+        out.code,
+        out.stderr.trim()
+    );
+    serde_json::from_str(&out.stdout)
+        .with_context(|| format!("reading `spacefilter stats --json`: {}", out.stdout))
+}
+
+/// Frames the program passed (allowlisted ones too) and dropped, so far.
+fn verdicts(view: &StatsView) -> (u64, u64) {
+    let (mut passed, mut dropped) = (0, 0);
+    for reason in Reason::ALL {
+        let packets = view.reasons.get(reason.name()).map_or(0, |c| c.packets);
+        if reason.drops() {
+            dropped += packets;
+        } else {
+            passed += packets;
+        }
+    }
+    (passed, dropped)
+}
+
+/// One second of the table.
+struct Row {
+    /// Datagrams received from each of [`SOURCES`].
+    received: [u64; 4],
+}
+
+/// What one table showed.
+struct Table {
+    rows: Vec<Row>,
+    /// Frames the program dropped over the whole table.
+    dropped: u64,
+}
+
+/// Per-second rows: the datagrams received from each client and family,
+/// and the program's verdicts.
 struct Monitor<'a> {
+    socket: &'a Path,
     sink: &'a UdpSink,
-    second: u32,
-    counters: Counters,
-    from_listener: u64,
-    from_attacker: u64,
+    /// When the traffic started: the rows' time column counts from it.
+    start: Instant,
 }
 
 impl<'a> Monitor<'a> {
-    fn new(filter: &Filter, sink: &'a UdpSink) -> anyhow::Result<Self> {
-        Ok(Self {
+    fn new(socket: &'a Path, sink: &'a UdpSink) -> Self {
+        Self {
+            socket,
             sink,
-            second: 0,
-            counters: filter.counters()?,
-            from_listener: 0,
-            from_attacker: 0,
-        })
-    }
-
-    fn header() {
-        println!(
-            "   {:>4}   {:>13}  {:>13}   {:>11}  {:>11}",
-            "time", "from listener", "from attacker", "XDP passed", "XDP blocked"
-        );
-    }
-
-    /// Starts the next row's counts from now.
-    fn rebase(&mut self, filter: &Filter) -> anyhow::Result<()> {
-        self.counters = filter.counters()?;
-        self.from_listener = self.sink.received_from(Host::Listener.addr(Family::V4));
-        self.from_attacker = self.sink.received_from(Host::Attacker.addr(Family::V4));
-        Ok(())
-    }
-
-    fn watch(&mut self, filter: &Filter, seconds: u32) -> anyhow::Result<()> {
-        for _ in 0..seconds {
-            pause(Duration::from_secs(1))?;
-            self.second += 1;
-            let counters = filter.counters()?;
-            let delta = counters.since(&self.counters);
-            self.counters = counters;
-            let listener = self.sink.received_from(Host::Listener.addr(Family::V4));
-            let attacker = self.sink.received_from(Host::Attacker.addr(Family::V4));
-            println!(
-                "   {:>3}s   {:>13}  {:>13}   {:>11}  {:>11}",
-                self.second,
-                listener - self.from_listener,
-                attacker - self.from_attacker,
-                delta.get(Reason::Passed).packets,
-                delta.get(Reason::Blocked).packets,
-            );
-            (self.from_listener, self.from_attacker) = (listener, attacker);
+            start: Instant::now(),
         }
-        Ok(())
+    }
+
+    fn received(&self) -> [u64; 4] {
+        SOURCES.map(|(host, family)| self.sink.received_from(host.addr(family)))
+    }
+
+    /// Prints the header and `seconds` rows, one a second from now.
+    fn table(&self, seconds: u32) -> anyhow::Result<Table> {
+        let groups = format!(
+            "   {:>4}   {:^13}   {:^13}   {:^17}",
+            "", "from listener", "from attacker", "XDP verdicts"
+        );
+        println!("{}", groups.trim_end());
+        println!(
+            "   {:>4}   {:>6} {:>6}   {:>6} {:>6}   {:>8} {:>8}",
+            "time", "IPv4", "IPv6", "IPv4", "IPv6", "passed", "dropped"
+        );
+        let mut last_verdicts = verdicts(&stats(self.socket)?);
+        let mut last_received = self.received();
+        let first = last_verdicts.1;
+        let begin = Instant::now();
+        let mut rows = Vec::new();
+        for n in 1..=seconds {
+            pause_until(begin + Duration::from_secs(n.into()))?;
+            let received = self.received();
+            let now = verdicts(&stats(self.socket)?);
+            let delta: [u64; 4] = std::array::from_fn(|i| received[i] - last_received[i]);
+            println!(
+                "   {:>3}s   {:>6} {:>6}   {:>6} {:>6}   {:>8} {:>8}",
+                self.start.elapsed().as_secs_f64().round(),
+                delta[0],
+                delta[1],
+                delta[2],
+                delta[3],
+                now.0 - last_verdicts.0,
+                now.1 - last_verdicts.1,
+            );
+            rows.push(Row { received: delta });
+            (last_received, last_verdicts) = (received, now);
+        }
+        println!();
+        Ok(Table {
+            rows,
+            dropped: last_verdicts.1 - first,
+        })
     }
 }
 
@@ -304,65 +644,12 @@ fn pings(lab: &Lab) -> anyhow::Result<()> {
             })
             .collect::<Vec<_>>()
     });
-    println!();
     for (host, family, replies) in results {
         let replies = replies?;
         println!(
             "   ping {:<15} from {:<8}: {replies}/{PINGS} replies",
             Host::Server.addr(family).to_string(),
             host.name(),
-        );
-    }
-    Ok(())
-}
-
-fn summary(listener: &UdpStream, attacker: &UdpStream, sink: &UdpSink, before_block: u64) {
-    println!();
-    for (host, stream) in [(Host::Listener, listener), (Host::Attacker, attacker)] {
-        let received = sink.received_from(host.addr(Family::V4));
-        print!(
-            "   {:<8} sent {:>6} UDP datagrams, the server received {:>6}",
-            host.name(),
-            stream.sent(),
-            received,
-        );
-        if host == Host::Attacker {
-            print!(", {} of them after the block", received - before_block);
-        }
-        println!();
-    }
-}
-
-fn print_counters(counters: &Counters) {
-    println!("   Filter counters since load (every frame on server:{IFACE}):");
-    println!();
-    println!(
-        "   {:<12} {:>10} {:>12}  verdict",
-        "reason", "packets", "bytes"
-    );
-    for reason in Reason::ALL {
-        let counter = counters.get(reason);
-        println!(
-            "   {:<12} {:>10} {:>12}  {}",
-            reason.name(),
-            counter.packets,
-            counter.bytes,
-            if reason.drops() { "drop" } else { "pass" }
-        );
-    }
-}
-
-fn print_entries(filter: &Filter) -> anyhow::Result<()> {
-    let entries = filter.entries()?;
-    println!("   Entries, with the frames each one matched:");
-    println!();
-    println!("   {:<6} {:<18} {:>10}", "list", "prefix", "hits");
-    for entry in entries {
-        println!(
-            "   {:<6} {:<18} {:>10}",
-            entry.list.name(),
-            entry.prefix.to_string(),
-            entry.hits
         );
     }
     Ok(())
