@@ -626,7 +626,7 @@ fn list(args: &ListArgs) -> Result<(), Failure> {
 
 fn print_stats(view: &StatsView, rates: bool) {
     println!(
-        "{:<12} {:>16} {:>18}{}",
+        "{:<14} {:>16} {:>18}{}",
         "REASON",
         "PACKETS",
         "BYTES",
@@ -639,7 +639,7 @@ fn print_stats(view: &StatsView, rates: bool) {
     for (reason, c) in &view.reasons {
         if rates {
             println!(
-                "{:<12} {:>16} {:>18} {:>12.0} {:>12.0}",
+                "{:<14} {:>16} {:>18} {:>12.0} {:>12.0}",
                 reason,
                 c.packets,
                 c.bytes,
@@ -647,7 +647,7 @@ fn print_stats(view: &StatsView, rates: bool) {
                 c.bytes_per_sec * 8.0
             );
         } else {
-            println!("{:<12} {:>16} {:>18}", reason, c.packets, c.bytes);
+            println!("{:<14} {:>16} {:>18}", reason, c.packets, c.bytes);
         }
     }
 }
