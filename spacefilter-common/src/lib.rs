@@ -35,11 +35,19 @@ pub enum Reason {
     /// to be real (a spoofed-source flood), over the aggregate budget of its
     /// destination port or its source prefix: dropped.
     SpoofLimited = 10,
+    /// Matched a header rule whose action is drop: dropped.
+    RuleDropped = 11,
+    /// Matched a header rule whose action is limit, over its budget:
+    /// dropped.
+    RuleLimited = 12,
+    /// Matched a header rule whose action is pass (or limit, within its
+    /// budget): passed, past the flood guards.
+    RulePassed = 13,
 }
 
 impl Reason {
     /// Every reason, in discriminant order.
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 14] = [
         Reason::Passed,
         Reason::Allowlisted,
         Reason::Blocked,
@@ -51,6 +59,9 @@ impl Reason {
         Reason::SynLimited,
         Reason::Reflection,
         Reason::SpoofLimited,
+        Reason::RuleDropped,
+        Reason::RuleLimited,
+        Reason::RulePassed,
     ];
 
     /// The name used in listings, logs and metrics.
@@ -68,6 +79,9 @@ impl Reason {
             Reason::SynLimited => "syn_limited",
             Reason::Reflection => "reflection",
             Reason::SpoofLimited => "spoof_limited",
+            Reason::RuleDropped => "rule_dropped",
+            Reason::RuleLimited => "rule_limited",
+            Reason::RulePassed => "rule_passed",
         }
     }
 
@@ -83,6 +97,8 @@ impl Reason {
                 | Reason::SynLimited
                 | Reason::Reflection
                 | Reason::SpoofLimited
+                | Reason::RuleDropped
+                | Reason::RuleLimited
         )
     }
 
@@ -100,6 +116,9 @@ impl Reason {
             8 => Some(Reason::SynLimited),
             9 => Some(Reason::Reflection),
             10 => Some(Reason::SpoofLimited),
+            11 => Some(Reason::RuleDropped),
+            12 => Some(Reason::RuleLimited),
+            13 => Some(Reason::RulePassed),
             _ => None,
         }
     }
@@ -107,7 +126,7 @@ impl Reason {
 
 /// Size of the `STATS` array: room for reasons added later without changing
 /// the map's shape.
-pub const STATS_SLOTS: u32 = 16;
+pub const STATS_SLOTS: u32 = 32;
 
 /// Packets and bytes, one per reason per CPU in `STATS`.
 #[repr(C)]
@@ -234,6 +253,54 @@ pub struct Limits {
     pub fallback_burst: u64,
 }
 
+/// Header rules the program holds; it tries them in order, first match
+/// wins.
+pub const MAX_HEADER_RULES: u32 = 32;
+
+/// Values of [`HeaderRule::action`]; 0 marks the end of the rules.
+pub mod rule_action {
+    pub const DROP: u32 = 1;
+    pub const PASS: u32 = 2;
+    pub const LIMIT: u32 = 3;
+}
+
+/// Bits of [`HeaderRule::flags`].
+pub mod rule_flags {
+    /// Count only (`would_limit` for drop and over-limit frames).
+    pub const DRY_RUN: u32 = 1 << 0;
+}
+
+/// A rule on headers, in the `HEADER_RULES` array. Every condition holds
+/// for a match; a zero range (lo = hi = 0 with `hi` 0) means any. Port
+/// conditions never match a frame without ports (another protocol, a
+/// later fragment).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeaderRule {
+    /// [`rule_action`]; 0: no rule (the list ends here).
+    pub action: u32,
+    /// [`rule_flags`].
+    pub flags: u32,
+    /// IP protocol number; 0: any.
+    pub proto: u32,
+    /// TCP flags: `flags & mask == value`; mask 0: any.
+    pub tcp_mask: u32,
+    pub tcp_value: u32,
+    /// Inclusive ranges; `hi` 0: any.
+    pub dport_lo: u32,
+    pub dport_hi: u32,
+    pub sport_lo: u32,
+    pub sport_hi: u32,
+    /// Frame length in bytes, inclusive; `hi` 0: any.
+    pub len_lo: u32,
+    pub len_hi: u32,
+    pub reserved: u32,
+    /// For [`rule_action::LIMIT`]: the rule's own budget (shared by every
+    /// frame it matches), packets per second and burst.
+    pub pps: u64,
+    pub burst: u64,
+}
+
 /// How long the spoofed-source fallback lasts after the new-source rate
 /// last went over its threshold.
 pub const FALLBACK_HOLD_NS: u64 = 10_000_000_000;
@@ -316,6 +383,9 @@ pub mod map_names {
     pub const REFLECT_PORTS: &str = "REFLECT_PORTS";
     pub const SPOOF_STATE: &str = "SPOOF_STATE";
     pub const AGG_BUCKETS: &str = "AGG_BUCKETS";
+    pub const HEADER_RULES: &str = "HEADER_RULES";
+    pub const HEADER_HITS: &str = "HEADER_HITS";
+    pub const HEADER_BUCKETS: &str = "HEADER_BUCKETS";
 }
 
 /// Name of the XDP program in the object file.
@@ -338,6 +408,8 @@ mod pod {
     unsafe impl aya::Pod for super::AutoBlock {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SpoofState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::HeaderRule {}
     // SAFETY: as above (the key is 16 bytes, the rest 8-byte aligned).
     unsafe impl aya::Pod for super::AutoBlockEvent {}
 }

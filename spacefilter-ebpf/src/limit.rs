@@ -18,7 +18,7 @@ use crate::{
     maps::{
         AGG_BUCKETS, AUTO_BLOCKED, BUCKETS, EVENTS, LIMITS, REFLECT_PORTS, SPOOF_STATE, SYN_GLOBAL,
     },
-    parse::{L4, Source, TCP_ACK, TCP_SYN},
+    parse::{IPPROTO_TCP_NUMBER, IPPROTO_UDP_NUMBER, L4, Source, TCP_ACK, TCP_SYN},
 };
 
 /// A refill never credits more than this much idle time: it keeps the
@@ -77,13 +77,17 @@ pub(crate) fn check(source: &Source, l4: L4, len: u64) -> Option<Reason> {
 #[inline(always)]
 fn guards(limits: &Limits, source: &Source, l4: L4, len: u64) -> Option<Reason> {
     if limits.flags & limit_flags::REFLECT != 0
-        && let L4::Udp { src_port, dst_port } = l4
-        && reflected(src_port, dst_port)
+        && l4.proto == IPPROTO_UDP_NUMBER
+        && l4.ports
+        && reflected(l4.src_port, l4.dst_port)
     {
         return Some(Reason::Reflection);
     }
     let syn = limits.flags & limit_flags::SYN != 0
-        && matches!(l4, L4::Tcp { flags, .. } if flags & TCP_SYN != 0 && flags & TCP_ACK == 0);
+        && l4.proto == IPPROTO_TCP_NUMBER
+        && l4.ports
+        && l4.tcp_flags & TCP_SYN != 0
+        && l4.tcp_flags & TCP_ACK == 0;
     if limits.flags & limit_flags::ENABLED == 0 && !syn {
         return None;
     }
@@ -202,10 +206,7 @@ fn spoof_fallback(limits: &Limits, now: u64) -> bool {
 /// port and of its source prefix (/24 for IPv4, /48 for IPv6).
 #[inline(always)]
 fn aggregate_allowed(limits: &Limits, source: &Source, l4: L4, now: u64) -> bool {
-    let dst_port = match l4 {
-        L4::Tcp { dst_port, .. } | L4::Udp { dst_port, .. } => dst_port,
-        L4::Other => 0,
-    };
+    let dst_port = if l4.ports { l4.dst_port } else { 0 };
     let mut port_key = [0u8; 20];
     port_key[0] = 1;
     port_key[2..4].copy_from_slice(&dst_port.to_be_bytes());

@@ -18,6 +18,7 @@
 mod limit;
 mod maps;
 mod parse;
+mod rules;
 mod verdict;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};

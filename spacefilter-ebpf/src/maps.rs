@@ -16,8 +16,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use spacefilter_common::{
-    AutoBlock, Bucket, Config, Counter, DEFAULT_BUCKETS, DEFAULT_CAPACITY, Limits, Match,
-    STATS_SLOTS, SpoofState,
+    AutoBlock, Bucket, Config, Counter, DEFAULT_BUCKETS, DEFAULT_CAPACITY, HeaderRule, Limits,
+    MAX_HEADER_RULES, Match, STATS_SLOTS, SpoofState,
 };
 
 #[map]
@@ -83,3 +83,17 @@ pub(crate) static SPOOF_STATE: Array<SpoofState> = Array::with_max_entries(1, 0)
 #[map]
 pub(crate) static AGG_BUCKETS: LruHashMap<[u8; 20], Bucket> =
     LruHashMap::with_max_entries(16_384, 0);
+
+/// Rules on headers, tried in order (see
+/// [`spacefilter_common::HeaderRule`]).
+#[map]
+pub(crate) static HEADER_RULES: Array<HeaderRule> = Array::with_max_entries(MAX_HEADER_RULES, 0);
+
+/// Packets each header rule matched, per CPU.
+#[map]
+pub(crate) static HEADER_HITS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(MAX_HEADER_RULES, 0);
+
+/// The budget of each limit rule (CPUs race on it).
+#[map]
+pub(crate) static HEADER_BUCKETS: Array<Bucket> = Array::with_max_entries(MAX_HEADER_RULES, 0);

@@ -177,20 +177,33 @@ fn ipv6(frame: &Frame, offset: usize) -> Result<(Source, Transport), Reason> {
 }
 
 /// What the later stages need of the transport header.
-#[derive(Clone, Copy)]
-pub(crate) enum L4 {
-    /// No transport header read: a later fragment, another protocol, ICMP.
-    Other,
-    Tcp {
-        flags: u8,
-        dst_port: u16,
-    },
-    Udp {
-        src_port: u16,
-        dst_port: u16,
-    },
+#[derive(Clone, Copy, Default)]
+pub(crate) struct L4 {
+    /// IPv4 protocol or IPv6 next header after the extension headers; 0
+    /// when the chain was too long to walk.
+    pub(crate) proto: u8,
+    /// Whether the ports below were read (TCP and UDP, first fragments).
+    pub(crate) ports: bool,
+    pub(crate) src_port: u16,
+    pub(crate) dst_port: u16,
+    /// TCP flags, 0 for other protocols.
+    pub(crate) tcp_flags: u8,
 }
 
+impl L4 {
+    const fn other(proto: u8) -> Self {
+        Self {
+            proto,
+            ports: false,
+            src_port: 0,
+            dst_port: 0,
+            tcp_flags: 0,
+        }
+    }
+}
+
+pub(crate) const IPPROTO_TCP_NUMBER: u8 = IPPROTO_TCP;
+pub(crate) const IPPROTO_UDP_NUMBER: u8 = IPPROTO_UDP;
 pub(crate) const TCP_SYN: u8 = 0x02;
 pub(crate) const TCP_ACK: u8 = 0x10;
 
@@ -207,7 +220,7 @@ pub(crate) fn transport(frame: &Frame, t: &Transport) -> Result<L4, Reason> {
         v6,
     } = *t;
     if later_fragment {
-        return Ok(L4::Other);
+        return Ok(L4::other(proto));
     }
     if v6 {
         for _ in 0..MAX_EXT_HEADERS {
@@ -226,7 +239,7 @@ pub(crate) fn transport(frame: &Frame, t: &Transport) -> Result<L4, Reason> {
                     let e: [u8; 8] = frame.read_within(offset, ip_end)?;
                     if be16(e[2], e[3]) >> 3 != 0 {
                         // A later fragment: no transport header to check.
-                        return Ok(L4::Other);
+                        return Ok(L4::other(e[0]));
                     }
                     proto = e[0];
                     offset += 8;
@@ -243,7 +256,7 @@ pub(crate) fn transport(frame: &Frame, t: &Transport) -> Result<L4, Reason> {
             proto,
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT
         ) {
-            return Ok(L4::Other);
+            return Ok(L4::other(0));
         }
     }
     match proto {
@@ -253,26 +266,32 @@ pub(crate) fn transport(frame: &Frame, t: &Transport) -> Result<L4, Reason> {
             if data_offset < 20 || offset + data_offset > ip_end {
                 return Err(Reason::Malformed);
             }
-            Ok(L4::Tcp {
-                flags: h[13],
+            Ok(L4 {
+                proto,
+                ports: true,
+                src_port: be16(h[0], h[1]),
                 dst_port: be16(h[2], h[3]),
+                tcp_flags: h[13],
             })
         }
         IPPROTO_UDP => {
             let h: [u8; 8] = frame.read_within(offset, ip_end)?;
-            Ok(L4::Udp {
+            Ok(L4 {
+                proto,
+                ports: true,
                 src_port: be16(h[0], h[1]),
                 dst_port: be16(h[2], h[3]),
+                tcp_flags: 0,
             })
         }
         IPPROTO_ICMP if !v6 => {
             let _: [u8; 8] = frame.read_within(offset, ip_end)?;
-            Ok(L4::Other)
+            Ok(L4::other(proto))
         }
         IPPROTO_ICMPV6 if v6 => {
             let _: [u8; 8] = frame.read_within(offset, ip_end)?;
-            Ok(L4::Other)
+            Ok(L4::other(proto))
         }
-        _ => Ok(L4::Other),
+        _ => Ok(L4::other(proto)),
     }
 }

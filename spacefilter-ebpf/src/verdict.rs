@@ -14,6 +14,7 @@ use crate::{
     limit,
     maps::{CONFIG, RULE_HITS, RULES_V4, RULES_V4_EXACT, RULES_V6, RULES_V6_EXACT, STATS},
     parse::{self, Frame, Source},
+    rules,
 };
 
 #[inline(always)]
@@ -65,6 +66,9 @@ fn classify(frame: &Frame) -> Result<Reason, Reason> {
         });
     }
     let l4 = parse::transport(frame, &transport)?;
+    if let Some(reason) = rules::check(&l4, frame.len() as u64) {
+        return Ok(reason);
+    }
     if let Some(reason) = limit::check(&source, l4, frame.len() as u64) {
         return Ok(reason);
     }

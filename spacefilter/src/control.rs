@@ -264,6 +264,25 @@ async fn handle(request: Request, core: &Shared, peer: Peer, write: &mut OwnedWr
             .await
         }
         Request::GetLimits => with_core(core, |c| Ok(Response::Limits(c.limits()))).await,
+        Request::RuleAdd { rule, force } => {
+            with_core(core, move |c| {
+                c.add_rule(rule, force, peer)
+                    .map(|rules| Response::Rules { rules })
+            })
+            .await
+        }
+        Request::RuleDel { id } => {
+            with_core(core, move |c| {
+                c.del_rule(id, peer).map(|rules| Response::Rules { rules })
+            })
+            .await
+        }
+        Request::RuleList => {
+            with_core(core, |c| {
+                c.header_rules().map(|rules| Response::Rules { rules })
+            })
+            .await
+        }
         Request::Watch { .. } => unreachable!("handled by the caller"),
     };
     send(write, &response).await.is_ok()

@@ -12,7 +12,9 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use spacefilter_common::{AutoBlockEvent, Limits, limit_flags};
+use spacefilter_common::{
+    AutoBlockEvent, HeaderRule, Limits, MAX_HEADER_RULES, limit_flags, rule_action, rule_flags,
+};
 use tokio::{signal::unix::SignalKind, sync::watch};
 
 use crate::{
@@ -22,8 +24,8 @@ use crate::{
     maps::{Counters, List, limiter_prefix, monotonic_ns},
     prefix::Prefix,
     protocol::{
-        Changed, CounterView, EntryView, ErrorKind, InterfaceView, LimitsView, Origin, StatsView,
-        StatusView,
+        Changed, CounterView, EntryView, ErrorKind, HeaderRuleView, InterfaceView, LimitsView,
+        Origin, RuleAction, StatsView, StatusView,
     },
     state::{Meta, Op, Rule, Rules, StateError, Store, now_ms},
 };
@@ -105,6 +107,8 @@ pub struct Core {
     limits: LimitsView,
     /// Switches to the spoofed-source fallback logged so far.
     spoof_switches: u64,
+    /// The rules on headers, in the order they are tried.
+    header_rules: Vec<HeaderRuleView>,
     ifaces: Vec<String>,
     started: Instant,
     capacity: u32,
@@ -536,6 +540,103 @@ impl Core {
         }
     }
 
+    /// Appends a rule on headers; returns every rule.
+    pub fn add_rule(
+        &mut self,
+        mut rule: HeaderRuleView,
+        force: bool,
+        peer: Peer,
+    ) -> Result<Vec<HeaderRuleView>, Refusal> {
+        if let Some(problem) = rule.problem() {
+            return Err(Refusal::bad_input(problem));
+        }
+        if self.header_rules.len() >= MAX_HEADER_RULES as usize {
+            return Err(Refusal::failed(format!(
+                "there are {MAX_HEADER_RULES} rules already, the most the program holds; delete one first"
+            )));
+        }
+        if !force && rule.action == Some(RuleAction::Drop) && rule.matches_everything() {
+            return Err(Refusal::refused(
+                "refusing a drop rule with no condition: it would drop every frame that is on no list, including your own session; add --force if that is what you want",
+            ));
+        }
+        rule.id = self.header_rules.iter().map(|r| r.id).max().unwrap_or(0) + 1;
+        rule.hits = 0;
+        let mut rules = self.header_rules.clone();
+        rules.push(rule.clone());
+        self.put_rules(rules)?;
+        log::info!("rule {} added: {rule:?} asked by {peer}", rule.id);
+        self.header_rules()
+    }
+
+    /// Deletes the rule `id`; returns every rule left.
+    pub fn del_rule(&mut self, id: u32, peer: Peer) -> Result<Vec<HeaderRuleView>, Refusal> {
+        if !self.header_rules.iter().any(|r| r.id == id) {
+            return Err(Refusal::bad_input(format!(
+                "there is no rule {id}; `spacefilter rule list` shows them"
+            )));
+        }
+        let rules = self
+            .header_rules
+            .iter()
+            .filter(|r| r.id != id)
+            .cloned()
+            .collect();
+        self.put_rules(rules)?;
+        log::info!("rule {id} deleted asked by {peer}");
+        self.header_rules()
+    }
+
+    /// Journals `rules` and puts them in the program, each keeping its
+    /// hit count.
+    fn put_rules(&mut self, rules: Vec<HeaderRuleView>) -> Result<(), Refusal> {
+        let failed = |err: &(dyn std::error::Error + 'static)| Refusal::failed(error_chain(err));
+        let hits = self.filter.header_rules().hits().map_err(|e| failed(&e))?;
+        let hits_of = |id: u32| {
+            self.header_rules
+                .iter()
+                .position(|r| r.id == id)
+                .and_then(|i| hits.get(i).copied())
+                .unwrap_or(0)
+        };
+        let kernel: Vec<_> = rules
+            .iter()
+            .map(|r| (kernel_rule(r), hits_of(r.id)))
+            .collect();
+        self.store
+            .append(
+                &Op::HeaderRules {
+                    rules: rules.clone(),
+                },
+                &self.rules,
+            )
+            .map_err(|e| failed(&e))?;
+        self.filter
+            .header_rules()
+            .set(&kernel)
+            .map_err(|e| failed(&e))?;
+        self.header_rules = rules;
+        Ok(())
+    }
+
+    /// The rules on headers with their hits.
+    pub fn header_rules(&mut self) -> Result<Vec<HeaderRuleView>, Refusal> {
+        let hits = self
+            .filter
+            .header_rules()
+            .hits()
+            .map_err(|err| Refusal::failed(error_chain(&err)))?;
+        Ok(self
+            .header_rules
+            .iter()
+            .zip(hits)
+            .map(|(rule, hits)| HeaderRuleView {
+                hits,
+                ..rule.clone()
+            })
+            .collect())
+    }
+
     /// Logs each switch to the spoofed-source fallback.
     pub fn report_spoof_fallback(&mut self) {
         let Ok(state) = self.filter.limiter().spoof_state() else {
@@ -622,6 +723,38 @@ fn kernel_limits(view: &LimitsView) -> Limits {
         spoof_threshold,
         fallback_pps,
         fallback_burst,
+    }
+}
+
+/// The kernel's form of a header rule.
+fn kernel_rule(view: &HeaderRuleView) -> HeaderRule {
+    let range = |r: Option<(u16, u16)>| r.map_or((0, 0), |(lo, hi)| (u32::from(lo), u32::from(hi)));
+    let (dport_lo, dport_hi) = range(view.dst_ports);
+    let (sport_lo, sport_hi) = range(view.src_ports);
+    let (len_lo, len_hi) = range(view.length);
+    let (tcp_mask, tcp_value) = view
+        .tcp_flags
+        .map_or((0, 0), |(mask, value)| (u32::from(mask), u32::from(value)));
+    HeaderRule {
+        action: match view.action {
+            Some(RuleAction::Drop) => rule_action::DROP,
+            Some(RuleAction::Pass) => rule_action::PASS,
+            Some(RuleAction::Limit) => rule_action::LIMIT,
+            None => 0,
+        },
+        flags: if view.dry_run { rule_flags::DRY_RUN } else { 0 },
+        proto: view.proto.map_or(0, u32::from),
+        tcp_mask,
+        tcp_value,
+        dport_lo,
+        dport_hi,
+        sport_lo,
+        sport_hi,
+        len_lo,
+        len_hi,
+        reserved: 0,
+        pps: view.pps,
+        burst: view.burst,
     }
 }
 
@@ -727,6 +860,16 @@ fn start(settings: Settings) -> anyhow::Result<Core> {
     })
     .context("loading the XDP program")?;
     let limits = restore(&mut filter, &rules, &store, now)?;
+    let header_rules = store.header_rules();
+    filter
+        .header_rules()
+        .set(
+            &header_rules
+                .iter()
+                .map(|r| (kernel_rule(r), 0))
+                .collect::<Vec<_>>(),
+        )
+        .context("restoring the header rules")?;
     log::info!(
         "restored {} rules from {}",
         rules.len(),
@@ -739,6 +882,7 @@ fn start(settings: Settings) -> anyhow::Result<Core> {
         store,
         limits,
         spoof_switches: 0,
+        header_rules,
         ifaces: ifaces.clone(),
         started: Instant::now(),
         capacity,

@@ -11,7 +11,7 @@ use aya::{
 use spacefilter_common::{DEFAULT_BUCKETS, DEFAULT_CAPACITY, PROGRAM_NAME, map_names};
 
 use crate::{
-    maps::{Counters, Entry, Limiter, List, ListError, Lists, Stats},
+    maps::{Counters, Entry, HeaderRules, Limiter, List, ListError, Lists, Stats},
     prefix::Prefix,
 };
 
@@ -105,6 +105,7 @@ pub struct Filter {
     lists: Lists,
     stats: Stats,
     limiter: Limiter,
+    header_rules: HeaderRules,
     attached: BTreeMap<String, (AttachMode, XdpLinkId)>,
 }
 
@@ -135,11 +136,13 @@ impl Filter {
         let lists = Lists::take(&mut ebpf, capacity.saturating_add(1))?;
         let stats = Stats::take(&mut ebpf)?;
         let limiter = Limiter::take(&mut ebpf)?;
+        let header_rules = HeaderRules::take(&mut ebpf)?;
         Ok(Self {
             ebpf,
             lists,
             stats,
             limiter,
+            header_rules,
             attached: BTreeMap::new(),
         })
     }
@@ -244,6 +247,11 @@ impl Filter {
     /// The rate limiter.
     pub fn limiter(&mut self) -> &mut Limiter {
         &mut self.limiter
+    }
+
+    /// The rules on headers.
+    pub fn header_rules(&mut self) -> &mut HeaderRules {
+        &mut self.header_rules
     }
 
     /// The ring buffer of auto-block events; taken once, by whoever reads

@@ -19,8 +19,8 @@ use aya::{
     util::nr_cpus,
 };
 use spacefilter_common::{
-    AutoBlock, Bucket, Config, Counter, Limits, Match, Reason, STATS_SLOTS, Slot, SpoofState,
-    action, flags, map_names, reflect_bits,
+    AutoBlock, Bucket, Config, Counter, HeaderRule, Limits, MAX_HEADER_RULES, Match, Reason,
+    STATS_SLOTS, Slot, SpoofState, action, flags, map_names, reflect_bits,
 };
 
 use crate::prefix::Prefix;
@@ -743,5 +743,64 @@ impl Limiter {
     #[must_use]
     pub fn tracked_sources(&self) -> usize {
         self.buckets.keys().flatten().count()
+    }
+}
+
+/// The header rules in the kernel, with their hit counters and budgets.
+pub struct HeaderRules {
+    rules: Array<MapData, HeaderRule>,
+    hits: PerCpuArray<MapData, u64>,
+    buckets: Array<MapData, Bucket>,
+    cpus: usize,
+}
+
+impl HeaderRules {
+    pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self, ListError> {
+        Ok(Self {
+            rules: take(ebpf, map_names::HEADER_RULES)?,
+            hits: take(ebpf, map_names::HEADER_HITS)?,
+            buckets: take(ebpf, map_names::HEADER_BUCKETS)?,
+            cpus: nr_cpus().map_err(|(_, err)| ListError::Cpus(err))?,
+        })
+    }
+
+    /// Puts `rules` in force, in order, each with the hit count given.
+    /// Slots past the last rule are cleared, which ends the list.
+    pub fn set(&mut self, rules: &[(HeaderRule, u64)]) -> Result<(), ListError> {
+        let update = |name| move |source| ListError::Update { name, source };
+        for index in 0..MAX_HEADER_RULES {
+            let (rule, hits) = rules
+                .get(index as usize)
+                .copied()
+                .unwrap_or((HeaderRule::default(), 0));
+            let mut per_cpu = vec![0u64; self.cpus];
+            per_cpu[0] = hits;
+            let per_cpu = PerCpuValues::try_from(per_cpu).map_err(ListError::Cpus)?;
+            self.hits
+                .set(index, per_cpu, 0)
+                .map_err(update(map_names::HEADER_HITS))?;
+            self.buckets
+                .set(index, Bucket::default(), 0)
+                .map_err(update(map_names::HEADER_BUCKETS))?;
+            self.rules
+                .set(index, rule, 0)
+                .map_err(update(map_names::HEADER_RULES))?;
+        }
+        Ok(())
+    }
+
+    /// The packets each rule slot has matched.
+    pub fn hits(&self) -> Result<Vec<u64>, ListError> {
+        (0..MAX_HEADER_RULES)
+            .map(|index| {
+                self.hits
+                    .get(&index, 0)
+                    .map(|values| values.iter().sum())
+                    .map_err(|source| ListError::Read {
+                        name: map_names::HEADER_HITS,
+                        source,
+                    })
+            })
+            .collect()
     }
 }

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     maps::List,
     prefix::Prefix,
-    protocol::{LimitsView, Origin},
+    protocol::{HeaderRuleView, LimitsView, Origin},
 };
 
 const SNAPSHOT: &str = "rules.json";
@@ -79,6 +79,8 @@ pub enum Op {
     Delete { list: List, prefixes: Vec<Prefix> },
     /// Replace the rate limit.
     Limits { limits: LimitsView },
+    /// Replace the rules on headers.
+    HeaderRules { rules: Vec<HeaderRuleView> },
 }
 
 impl Op {
@@ -94,7 +96,7 @@ impl Op {
                     rules.remove(&(*list, *prefix));
                 }
             }
-            Op::Limits { .. } => {}
+            Op::Limits { .. } | Op::HeaderRules { .. } => {}
         }
     }
 }
@@ -105,6 +107,8 @@ struct Snapshot {
     rules: Vec<Rule>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     limits: Option<LimitsView>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    header_rules: Vec<HeaderRuleView>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +166,8 @@ pub struct Store {
     journal_ops: usize,
     /// The rate limit last set, kept here since it is no rule.
     limits: Option<LimitsView>,
+    /// The rules on headers last set.
+    header_rules: Vec<HeaderRuleView>,
     _lock: Flock<File>,
 }
 
@@ -170,6 +176,7 @@ impl Store {
     /// returns the rules it holds.
     pub fn open(dir: &Path) -> Result<(Store, Rules), StateError> {
         let mut limits = None;
+        let mut header_rules = Vec::new();
         fs::create_dir_all(dir).map_err(|source| StateError::CreateDir {
             path: dir.to_path_buf(),
             source,
@@ -209,13 +216,14 @@ impl Store {
                     rules.insert((rule.list, rule.prefix), rule.meta);
                 }
                 limits = snapshot.limits;
+                header_rules = snapshot.header_rules;
             }
             Err(err) if err.kind() == io::ErrorKind::NotFound => {}
             Err(err) => return Err(io_err(&snapshot_path, "reading")(err)),
         }
 
         let journal_path = dir.join(JOURNAL);
-        replay(&journal_path, &mut rules, &mut limits)?;
+        replay(&journal_path, &mut rules, &mut limits, &mut header_rules)?;
 
         let journal = OpenOptions::new()
             .create(true)
@@ -227,6 +235,7 @@ impl Store {
             journal,
             journal_ops: 0,
             limits,
+            header_rules,
             _lock: lock,
         };
         store.compact(&rules)?;
@@ -239,6 +248,12 @@ impl Store {
         self.limits.clone()
     }
 
+    /// The rules on headers last set.
+    #[must_use]
+    pub fn header_rules(&self) -> Vec<HeaderRuleView> {
+        self.header_rules.clone()
+    }
+
     /// Appends `op` to the journal and makes it durable.
     pub fn append(&mut self, op: &Op, rules: &Rules) -> Result<(), StateError> {
         let path = self.dir.join(JOURNAL);
@@ -249,8 +264,10 @@ impl Store {
             .map_err(io_err(&path, "appending"))?;
         self.journal.sync_data().map_err(io_err(&path, "fsync"))?;
         self.journal_ops += 1;
-        if let Op::Limits { limits } = op {
-            self.limits = Some(limits.clone());
+        match op {
+            Op::Limits { limits } => self.limits = Some(limits.clone()),
+            Op::HeaderRules { rules } => self.header_rules.clone_from(rules),
+            Op::Put { .. } | Op::Delete { .. } => {}
         }
         if self.journal_ops >= COMPACT_AFTER_OPS {
             self.compact(rules)?;
@@ -276,6 +293,7 @@ impl Store {
                     })
                     .collect(),
                 limits: self.limits.clone(),
+                header_rules: self.header_rules.clone(),
             };
             serde_json::to_writer(&mut out, &snapshot)
                 .map_err(|e| io_err(&tmp, "writing")(io::Error::other(e)))?;
@@ -303,6 +321,7 @@ fn replay(
     path: &Path,
     rules: &mut Rules,
     limits: &mut Option<LimitsView>,
+    header_rules: &mut Vec<HeaderRuleView>,
 ) -> Result<(), StateError> {
     let file = match File::open(path) {
         Ok(file) => file,
@@ -324,6 +343,7 @@ fn replay(
         let complete = line.ends_with('\n');
         match serde_json::from_str::<Op>(line.trim_end()) {
             Ok(Op::Limits { limits: set }) => *limits = Some(set),
+            Ok(Op::HeaderRules { rules: set }) => *header_rules = set,
             Ok(op) => op.apply(rules),
             // A crash while appending leaves a cut-off last line; the change
             // it carried was never acknowledged.

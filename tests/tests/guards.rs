@@ -250,3 +250,104 @@ fn spoofed_sources_fall_back_to_aggregate_budgets() {
     assert_eq!(delta.get(Reason::SpoofLimited).packets, 0, "{delta:?}");
     filter.detach(&parking.name).expect("detach");
 }
+
+fn header_rule(action: u32) -> spacefilter_common::HeaderRule {
+    spacefilter_common::HeaderRule {
+        action,
+        ..spacefilter_common::HeaderRule::default()
+    }
+}
+
+#[test]
+fn header_rules_first_match_decides_and_counts() {
+    use spacefilter_common::rule_action::{DROP, LIMIT, PASS};
+    let mut filter = load();
+    let rules = [
+        // 0: drop UDP to port 53.
+        spacefilter_common::HeaderRule {
+            proto: 17,
+            dport_lo: 53,
+            dport_hi: 53,
+            ..header_rule(DROP)
+        },
+        // 1: pass TCP to 22, past the SYN guard.
+        spacefilter_common::HeaderRule {
+            proto: 6,
+            dport_lo: 22,
+            dport_hi: 22,
+            ..header_rule(PASS)
+        },
+        // 2: limit SYN-without-ACK to 443 to a burst of 3.
+        spacefilter_common::HeaderRule {
+            proto: 6,
+            dport_lo: 443,
+            dport_hi: 443,
+            tcp_mask: 0x12,
+            tcp_value: 0x02,
+            pps: 1,
+            burst: 3,
+            ..header_rule(LIMIT)
+        },
+        // 3: dry-run drop of big UDP frames.
+        spacefilter_common::HeaderRule {
+            proto: 17,
+            len_lo: 1000,
+            len_hi: 1514,
+            flags: spacefilter_common::rule_flags::DRY_RUN,
+            ..header_rule(DROP)
+        },
+    ];
+    filter
+        .header_rules()
+        .set(&rules.map(|r| (r, 0)))
+        .expect("rules");
+    // The SYN guard would drop every SYN: rule 1 lets port 22 past it.
+    filter
+        .limiter()
+        .set(Limits {
+            flags: limit_flags::SYN,
+            syn_global_pps: 1,
+            syn_global_burst: 1,
+            ..Limits::default()
+        })
+        .expect("limits");
+
+    let (action, delta) = run(&mut filter, &udp(source(1), 40_000, 53), 7);
+    assert_eq!(
+        (action, delta.get(Reason::RuleDropped).packets),
+        (XDP_DROP, 7)
+    );
+    let ssh = Packet::ip(source(1), IpAddr::V4(SERVER))
+        .tcp(40_000, 22)
+        .build()
+        .into_bytes();
+    let (action, delta) = run(&mut filter, &ssh, 5);
+    assert_eq!(
+        (action, delta.get(Reason::RulePassed).packets),
+        (XDP_PASS, 5)
+    );
+    let (_, delta) = run(&mut filter, &syn(source(2)), 10);
+    assert_eq!(delta.get(Reason::RulePassed).packets, 3, "{delta:?}");
+    assert_eq!(delta.get(Reason::RuleLimited).packets, 7, "{delta:?}");
+    let big = Packet::ip(source(3), IpAddr::V4(SERVER))
+        .udp(40_000, 9000)
+        .payload_len(1200)
+        .build()
+        .into_bytes();
+    let (action, delta) = run(&mut filter, &big, 4);
+    assert_eq!(
+        (action, delta.get(Reason::WouldLimit).packets),
+        (XDP_PASS, 4)
+    );
+    // No rule matches: on to the guards and the verdict of old.
+    let (action, delta) = run(&mut filter, &udp(source(4), 40_000, 9000), 1);
+    assert_eq!((action, delta.get(Reason::Passed).packets), (XDP_PASS, 1));
+
+    let hits = filter.header_rules().hits().expect("hits");
+    assert_eq!(&hits[..5], &[7, 5, 10, 4, 0]);
+    // Rewriting the rules keeps the hit counts given.
+    filter.header_rules().set(&[(rules[1], 5)]).expect("rules");
+    assert_eq!(&filter.header_rules().hits().expect("hits")[..2], &[5, 0]);
+    let (action, _) = run(&mut filter, &udp(source(1), 40_000, 53), 1);
+    assert_eq!(action, XDP_PASS, "the deleted drop rule still drops");
+}

@@ -292,3 +292,94 @@ fn syn_flood_is_cut_while_the_listener_connects() {
         echo.accepted_from(Host::Attacker.addr(Family::V4))
     );
 }
+
+#[test]
+fn header_rules_from_the_cli_drop_count_and_persist() {
+    let mut s = Setup::new("rules");
+    let port = s.sink.port().to_string();
+    let out = s.daemon.cli(&[
+        "rule",
+        "add",
+        "--action",
+        "drop",
+        "--proto",
+        "udp",
+        "--dport",
+        &port,
+        "--comment",
+        "the service is down",
+    ]);
+    out.ok("rule add");
+    // Bad rules are refused and change nothing.
+    for (args, what) in [
+        (
+            vec!["rule", "add", "--action", "limit"],
+            "limit without pps",
+        ),
+        (
+            vec![
+                "rule", "add", "--action", "drop", "--proto", "icmp", "--dport", "53",
+            ],
+            "ports on ICMP",
+        ),
+        (
+            vec!["rule", "add", "--action", "drop", "--tcp-flags", "SYN,!FOO"],
+            "bad flag",
+        ),
+        (vec!["rule", "add", "--action", "drop"], "drop everything"),
+        (vec!["rule", "del", "99"], "no such rule"),
+    ] {
+        s.daemon.cli(&args).expect_code(2, what);
+    }
+    let to = SocketAddr::new(Host::Server.addr(Family::V4), s.sink.port());
+    let sent = spacefilter_tests::traffic::send_udp(
+        &s.lab,
+        Host::Listener,
+        to,
+        50,
+        Duration::from_millis(1),
+    )
+    .expect("sending");
+    let list = |s: &Setup| -> Vec<Value> {
+        let out = s.daemon.cli(&["rule", "list", "--json"]);
+        serde_json::from_str(out.ok("rule list")).expect("JSON")
+    };
+    assert!(
+        wait_until(Duration::from_secs(3), || list(&s)[0]["hits"] == sent),
+        "the rule's hits do not match the {sent} datagrams sent: {:?}",
+        list(&s)
+    );
+    assert_eq!(list(&s).len(), 1);
+    assert_eq!(s.received(Host::Listener), 0);
+    assert_eq!(s.counter("rule_dropped"), sent);
+
+    // The rules survive a restart, hits aside.
+    s.daemon.kill().expect("kill -9");
+    let paths = s.daemon.paths().clone();
+    s.daemon = DaemonProcess::start(&s.lab.ns(Host::Server), &paths, &["--capacity", "1024"])
+        .expect("restarting");
+    let rules = list(&s);
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0]["comment"], "the service is down");
+    let id = rules[0]["id"].as_u64().expect("id").to_string();
+    s.daemon.cli(&["rule", "del", &id]).ok("rule del");
+    assert!(list(&s).is_empty());
+    send_and_expect_arrival(&s, to);
+}
+
+fn send_and_expect_arrival(s: &Setup, to: SocketAddr) {
+    let sent = spacefilter_tests::traffic::send_udp(
+        &s.lab,
+        Host::Listener,
+        to,
+        20,
+        Duration::from_millis(1),
+    )
+    .expect("sending");
+    assert!(
+        wait_until(Duration::from_secs(3), || s.received(Host::Listener)
+            >= sent),
+        "after the rule was deleted, {} of {sent} arrived",
+        s.received(Host::Listener)
+    );
+}

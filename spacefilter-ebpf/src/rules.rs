@@ -1,0 +1,106 @@
+//! Rules on headers: protocol, port ranges, TCP flags and frame length,
+//! with the actions drop, pass, or limit (a budget of the rule's own). They
+//! run after the lists and before the flood guards; the first rule that
+//! matches decides, and a pass rule lets its frames past the guards.
+//!
+//! Kernel: bounded loops (5.3).
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use spacefilter_common::{
+    HeaderRule, MAX_HEADER_RULES, Reason, TOKEN_SCALE, rule_action, rule_flags,
+};
+
+use crate::{
+    maps::{HEADER_BUCKETS, HEADER_HITS, HEADER_RULES},
+    parse::L4,
+};
+
+/// A refill never credits more than ten seconds.
+const MAX_IDLE_US: u64 = 10_000_000;
+
+#[inline(always)]
+fn in_range(value: u32, lo: u32, hi: u32) -> bool {
+    hi == 0 || (value >= lo && value <= hi)
+}
+
+#[inline(always)]
+fn matches(rule: &HeaderRule, l4: &L4, len: u32) -> bool {
+    if rule.proto != 0 && rule.proto != u32::from(l4.proto) {
+        return false;
+    }
+    if (rule.dport_hi != 0 || rule.sport_hi != 0) && !l4.ports {
+        return false;
+    }
+    in_range(u32::from(l4.dst_port), rule.dport_lo, rule.dport_hi)
+        && in_range(u32::from(l4.src_port), rule.sport_lo, rule.sport_hi)
+        && in_range(len, rule.len_lo, rule.len_hi)
+        && (rule.tcp_mask == 0 || (u32::from(l4.tcp_flags) & rule.tcp_mask) == rule.tcp_value)
+}
+
+/// The verdict of the first header rule that matches, if any.
+#[inline(always)]
+pub(crate) fn check(l4: &L4, len: u64) -> Option<Reason> {
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "frames are far below 4 GiB"
+    )]
+    let len32 = len as u32;
+    for index in 0..MAX_HEADER_RULES {
+        let rule = HEADER_RULES.get(index)?;
+        if rule.action == 0 {
+            return None;
+        }
+        if !matches(rule, l4, len32) {
+            continue;
+        }
+        if let Some(hits) = HEADER_HITS.get_ptr_mut(index) {
+            // SAFETY: a per-CPU slot, written only by this CPU.
+            unsafe { *hits += 1 };
+        }
+        let dry_run = rule.flags & rule_flags::DRY_RUN != 0;
+        let verdict = match rule.action {
+            rule_action::DROP => Reason::RuleDropped,
+            rule_action::LIMIT if !within_budget(index, rule) => Reason::RuleLimited,
+            _ => Reason::RulePassed,
+        };
+        return Some(if dry_run && verdict.drops() {
+            Reason::WouldLimit
+        } else {
+            verdict
+        });
+    }
+    None
+}
+
+/// Takes one packet from the budget of limit rule `index`.
+#[inline(always)]
+fn within_budget(index: u32, rule: &HeaderRule) -> bool {
+    let Some(bucket) = HEADER_BUCKETS.get_ptr_mut(index) else {
+        return true;
+    };
+    // SAFETY: an array value; CPUs race on it (the budget is approximate).
+    let bucket = unsafe { &mut *bucket };
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let cap = rule.burst * TOKEN_SCALE;
+    if bucket.last_ns == 0 {
+        bucket.last_ns = now;
+        bucket.packets = cap;
+    }
+    let elapsed_us = now.saturating_sub(bucket.last_ns) / 1000;
+    if elapsed_us > 0 {
+        let idle_us = if elapsed_us > MAX_IDLE_US {
+            MAX_IDLE_US
+        } else {
+            elapsed_us
+        };
+        bucket.last_ns = now;
+        let packets = bucket.packets + idle_us * rule.pps;
+        bucket.packets = if packets > cap { cap } else { packets };
+    }
+    if bucket.packets < TOKEN_SCALE {
+        return false;
+    }
+    bucket.packets -= TOKEN_SCALE;
+    true
+}
