@@ -40,6 +40,8 @@ pub struct Settings {
     pub socket: PathBuf,
     pub force: bool,
     pub capacity: u32,
+    /// Sources the rate limiter tracks at once.
+    pub max_sources: u32,
     /// Entries from the config file, added on start if absent.
     pub allow: Vec<Prefix>,
     pub block: Vec<Prefix>,
@@ -843,6 +845,7 @@ fn start(settings: Settings) -> anyhow::Result<Core> {
         socket: _,
         force,
         capacity,
+        max_sources,
         allow,
         block,
     } = settings;
@@ -856,7 +859,7 @@ fn start(settings: Settings) -> anyhow::Result<Core> {
 
     let mut filter = Filter::load(LoadOptions {
         capacity,
-        ..LoadOptions::default()
+        buckets: max_sources,
     })
     .context("loading the XDP program")?;
     let limits = restore(&mut filter, &rules, &store, now)?;

@@ -25,7 +25,7 @@ use spacefilter::{
         RuleAction, StatsView, StatusView,
     },
 };
-use spacefilter_common::DEFAULT_CAPACITY;
+use spacefilter_common::{DEFAULT_BUCKETS, DEFAULT_CAPACITY};
 
 const DEFAULT_SOCKET: &str = "/run/spacefilter/spacefilter.sock";
 const DEFAULT_STATE_DIR: &str = "/var/lib/spacefilter";
@@ -348,7 +348,8 @@ struct RunArgs {
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
     /// A TOML file with any of: interfaces, mode, state_dir, socket,
-    /// capacity, allow, block. The command line wins where both speak.
+    /// capacity, max_sources, allow, block. The command line wins where
+    /// both speak.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Replace another XDP program found on an interface, and let the
@@ -359,6 +360,10 @@ struct RunArgs {
     /// counter, whether used or not.
     #[arg(long)]
     capacity: Option<u32>,
+    /// Sources the rate limiter tracks at once (its LRU map; the least
+    /// recently seen are forgotten first), and auto-blocks it can hold.
+    #[arg(long)]
+    max_sources: Option<u32>,
 }
 
 #[derive(Args)]
@@ -436,6 +441,7 @@ struct ConfigFile {
     state_dir: Option<PathBuf>,
     socket: Option<PathBuf>,
     capacity: Option<u32>,
+    max_sources: Option<u32>,
     #[serde(default)]
     allow: Vec<Prefix>,
     #[serde(default)]
@@ -503,6 +509,7 @@ fn run(args: RunArgs) -> Result<(), Failure> {
         config,
         force,
         capacity,
+        max_sources,
     } = args;
     let file = match &config {
         Some(path) => {
@@ -529,6 +536,9 @@ fn run(args: RunArgs) -> Result<(), Failure> {
             .unwrap_or_else(|| DEFAULT_SOCKET.into()),
         force,
         capacity: capacity.or(file.capacity).unwrap_or(DEFAULT_CAPACITY),
+        max_sources: max_sources
+            .or(file.max_sources)
+            .unwrap_or(DEFAULT_BUCKETS),
         allow: file.allow,
         block: file.block,
     };
@@ -539,6 +549,9 @@ fn run(args: RunArgs) -> Result<(), Failure> {
     }
     if settings.capacity == 0 {
         return Err(Failure::bad_input("--capacity must be at least 1"));
+    }
+    if settings.max_sources < 16 {
+        return Err(Failure::bad_input("--max-sources must be at least 16"));
     }
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|err| Failure::runtime(format!("starting the runtime: {err}")))?;
