@@ -968,7 +968,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Scans of the auto-block map (for events a full ring buffer lost) happen
+/// this often; each reads the whole map.
+const RECONCILE_EVERY: Duration = Duration::from_secs(10);
+
 async fn expire_loop(core: Shared, mut stop: watch::Receiver<bool>) {
+    let mut last_scan = Instant::now();
     loop {
         let wait = lock(&core)
             .next_expiry()
@@ -979,7 +984,10 @@ async fn expire_loop(core: Shared, mut stop: watch::Receiver<bool>) {
         }
         let mut core = lock(&core);
         core.expire();
-        core.reconcile_auto();
+        if last_scan.elapsed() >= RECONCILE_EVERY {
+            core.reconcile_auto();
+            last_scan = Instant::now();
+        }
         core.report_spoof_fallback();
     }
 }
