@@ -536,9 +536,7 @@ fn run(args: RunArgs) -> Result<(), Failure> {
             .unwrap_or_else(|| DEFAULT_SOCKET.into()),
         force,
         capacity: capacity.or(file.capacity).unwrap_or(DEFAULT_CAPACITY),
-        max_sources: max_sources
-            .or(file.max_sources)
-            .unwrap_or(DEFAULT_BUCKETS),
+        max_sources: max_sources.or(file.max_sources).unwrap_or(DEFAULT_BUCKETS),
         allow: file.allow,
         block: file.block,
     };

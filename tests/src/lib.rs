@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod daemon;
+pub mod flood;
 pub mod netns;
 pub mod packets;
 pub mod reference;

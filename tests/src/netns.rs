@@ -123,6 +123,13 @@ impl Host {
         }
     }
 
+    /// The host's port on the bridge, in the switch's namespace: the peer
+    /// of the host's [`IFACE`].
+    #[must_use]
+    pub const fn switch_port(self) -> &'static str {
+        self.tag()
+    }
+
     /// The host's subnet number: the third IPv4 octet and the fourth IPv6
     /// group.
     const fn net(self) -> u8 {

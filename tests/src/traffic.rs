@@ -217,6 +217,18 @@ impl UdpStream {
     pub fn sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
     }
+
+    /// Stops the stream and returns how many datagrams it sent in all
+    /// (after [`Self::sent`], a burst may still go out before a drop).
+    #[must_use]
+    pub fn stop(self) -> u64 {
+        let Self {
+            sent,
+            _worker: worker,
+        } = self;
+        drop(worker);
+        sent.load(Ordering::Relaxed)
+    }
 }
 
 /// A TCP echo service on a host: every connection gets back the first

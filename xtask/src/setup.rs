@@ -25,6 +25,8 @@ const SYSTEM_TOOLS: &[(&str, &str)] = &[
     ("ethtool", "ethtool"),
     ("bpftool", "bpftool"),
     ("xdp-filter", "xdp-tools"),
+    ("nft", "nftables"),
+    ("iptables", "iptables"),
 ];
 
 fn say(msg: &str) {
@@ -128,7 +130,7 @@ fn system_tools() -> Result<()> {
         .map(|&(_, package)| package)
         .collect();
     if missing.is_empty() {
-        say("system tools present (iproute2, ping, tcpdump, ethtool, bpftool, xdp-tools)");
+        say("system tools present (iproute2, ping, tcpdump, ethtool, bpftool, xdp-tools, nftables, iptables)");
         return Ok(());
     }
     apt_install(&missing)

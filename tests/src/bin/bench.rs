@@ -1,13 +1,17 @@
 //! `cargo xtask bench`: measures spacefilter's per-packet cost against the
 //! bare floors and xdp-filter, prints the table and rewrites BENCHMARKS.md.
 
-use std::{net::IpAddr, path::PathBuf, time::Instant};
+use std::{
+    net::IpAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use spacefilter_tests::{
     bench::{
-        Floors, KINDS, Parking, Rng, Row, Table, XdpFilter, control_plane, load_filter, machine,
-        measure, report, write_report,
+        Floors, KINDS, Parking, Rng, Row, Table, XdpFilter, control_plane, flood_throughput,
+        load_filter, machine, measure, report, write_report,
     },
     require_root,
 };
@@ -15,6 +19,8 @@ use spacefilter_tests::{
 /// Sizes at which xdp-filter is compared: it holds exact addresses in maps
 /// of a fixed size, so it cannot take the larger tables.
 const XDP_FILTER_MAX: usize = 1_000;
+/// The legitimate flow during the floods, datagrams a second.
+const FLOOD_LEGIT_RATE: u64 = 10_000;
 
 fn main() -> anyhow::Result<()> {
     require_root();
@@ -54,9 +60,15 @@ fn main() -> anyhow::Result<()> {
     for (what, value) in &control {
         eprintln!("bench: {what}: {value}");
     }
+    let flood_seconds = if quick { 2 } else { 5 };
+    eprintln!(
+        "bench: flood throughput: {flood_seconds} s floods into the veth harness, one filter at \
+         a time"
+    );
+    let flood = flood_throughput(Duration::from_secs(flood_seconds), FLOOD_LEGIT_RATE)?;
     notes.push(
         "not measured yet: a rate-limited source and a SYN flood budget (flood defences are not \
-         built yet), flood throughput in the veth harness (next to nftables and iptables)"
+         built yet)"
             .to_owned(),
     );
     let date = String::from_utf8(
@@ -66,7 +78,7 @@ fn main() -> anyhow::Result<()> {
             .output()?
             .stdout,
     )?;
-    let text = report(&rows, &control, &machine(), date.trim(), &notes);
+    let text = report(&rows, &control, &flood, &machine(), date.trim(), &notes);
     print!("{text}");
     write_report(&out, &text)?;
     eprintln!("bench: wrote {}", out.display());

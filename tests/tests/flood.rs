@@ -1,0 +1,210 @@
+//! Floods from the in-kernel generator through a [`FloodLab`], counted
+//! where they arrive: the server's interface counters, its sockets, and
+//! spacefilter's own counters.
+//!
+//! The floods share one CPU ([`spacefilter_tests::flood::FLOOD_CPU`]), so
+//! these tests run one at a time.
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
+    sync::{Mutex, MutexGuard, PoisonError},
+    thread,
+    time::Duration,
+};
+
+use spacefilter::{AttachMode, Filter, LoadOptions, Reason};
+use spacefilter_tests::{
+    flood::{Flood, FloodLab, Shape, spoofed_sources},
+    netns::{Family, Host},
+    require_root,
+    traffic::{UdpSink, UdpStream, wait_until},
+};
+
+/// List capacity: these tests hold one entry.
+const CAPACITY: u32 = 1024;
+/// The discard port, with nothing listening on it in the lab.
+const DISCARD: u16 = 9;
+/// The legitimate flow, datagrams a second.
+const LEGIT_RATE: u64 = 5_000;
+/// How long counters and sockets are given to settle after a flood.
+const SETTLE: Duration = Duration::from_secs(2);
+/// Frames of the counted flood.
+const FRAMES: u64 = 200_000;
+/// The paced flood, frames a second.
+const RATE: u64 = 100_000;
+/// Spoofed sources.
+const SOURCES: usize = 256;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Takes the flood CPU for one test.
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn v4(host: Host) -> IpAddr {
+    host.addr(Family::V4)
+}
+
+/// The generator delivers what it is asked for, all of it seen in the
+/// server's counters, and a paced flood keeps its rate.
+#[test]
+fn generator_delivers_to_the_server() {
+    require_root();
+    let _serial = serial();
+    let mut lab = FloodLab::new().expect("building the flood lab");
+    lab.accept_without_filter()
+        .expect("letting the server take redirected frames");
+    let flood = Flood::new(
+        Shape::Udp { port: DISCARD },
+        &[v4(Host::Attacker)],
+        v4(Host::Server),
+    );
+
+    let before = lab.server_stats().unwrap();
+    let sent = lab
+        .flood(&flood.clone().limit(FRAMES), Duration::from_secs(20))
+        .expect("flooding");
+    assert_eq!(sent.frames, FRAMES, "the flood stopped early: {sent:?}");
+    let arrived = || (lab.server_stats().unwrap() - before).rx_packets;
+    wait_until(SETTLE, || arrived() >= FRAMES);
+    let stats = lab.server_stats().unwrap() - before;
+    assert!(
+        stats.rx_packets >= FRAMES * 99 / 100,
+        "{FRAMES} frames sent at {:.2} Mpps, the server received {stats:?}",
+        sent.pps() / 1e6
+    );
+
+    let before = lab.server_stats().unwrap();
+    let sent = lab
+        .flood(&flood.at_rate(RATE), Duration::from_secs(1))
+        .expect("flooding at a rate");
+    thread::sleep(Duration::from_millis(100));
+    let stats = lab.server_stats().unwrap() - before;
+    #[expect(clippy::cast_precision_loss, reason = "rates")]
+    let (rate, wanted) = (
+        stats.rx_packets as f64 / sent.elapsed.as_secs_f64(),
+        RATE as f64,
+    );
+    assert!(
+        (0.9..1.1).contains(&(rate / wanted)),
+        "paced to {RATE} frames a second, the server received {rate:.0} a second ({stats:?})"
+    );
+}
+
+/// A spoofed flood reaches the server from its many sources: one prebuilt
+/// frame per source, cycled through.
+#[test]
+fn spoofed_sources_arrive() {
+    require_root();
+    let _serial = serial();
+    let mut lab = FloodLab::new().expect("building the flood lab");
+    lab.accept_without_filter()
+        .expect("letting the server take redirected frames");
+    let sink = UdpSink::start(&lab, Host::Server).expect("starting the UDP sink");
+    // Off-link sources: the server has no route back, so it never asks
+    // for their neighbours.
+    let sources = spoofed_sources("198.19.0.0/16".parse().unwrap(), SOURCES, 0x5f00f);
+    // Slow enough for the sink's socket buffer: every frame reaches the
+    // server at any rate, but the sink thread reads one datagram at a time.
+    let per_source = 16;
+    let frames = (SOURCES * per_source) as u64;
+    let flood = Flood::new(Shape::Udp { port: sink.port() }, &sources, v4(Host::Server))
+        .with_burst(u32::try_from(per_source).unwrap())
+        .at_rate(10_000)
+        .limit(frames);
+    let sent = lab
+        .flood(&flood, Duration::from_secs(10))
+        .expect("flooding");
+    assert_eq!(sent.frames, frames);
+    let distinct = || {
+        sources
+            .iter()
+            .filter(|&&src| sink.received_from(src) > 0)
+            .count()
+    };
+    wait_until(SETTLE, || distinct() == SOURCES);
+    let seen: BTreeSet<IpAddr> = sources
+        .iter()
+        .copied()
+        .filter(|&src| sink.received_from(src) > 0)
+        .collect();
+    let datagrams: u64 = sources.iter().map(|&src| sink.received_from(src)).sum();
+    assert!(
+        seen.len() >= SOURCES * 95 / 100,
+        "the server heard from {} of {SOURCES} spoofed sources ({datagrams} of {frames} \
+         datagrams)",
+        seen.len()
+    );
+    assert!(
+        datagrams >= frames * 9 / 10,
+        "the server's socket received {datagrams} of {frames} datagrams"
+    );
+}
+
+/// With the attacker's prefix blocked, spacefilter drops a flood from it
+/// at the generator's highest rate (it waits for the receiver, see
+/// `FloodLab`) while a legitimate flow through the same link keeps its
+/// datagrams.
+#[test]
+fn blocked_flood_is_dropped_and_legit_flow_survives() {
+    require_root();
+    let _serial = serial();
+    let lab = FloodLab::new().expect("building the flood lab");
+    let mut filter = Filter::load(LoadOptions {
+        capacity: CAPACITY,
+        ..LoadOptions::default()
+    })
+    .expect("loading spacefilter");
+    lab.attach(&mut filter, AttachMode::Native)
+        .expect("attaching spacefilter");
+    filter.block(Host::Attacker.subnet(Family::V4)).unwrap();
+    let sink = UdpSink::start(&lab, Host::Server).expect("starting the UDP sink");
+    let service = SocketAddr::new(v4(Host::Server), sink.port());
+    // The flood aims at the service the legitimate client uses.
+    let flood = Flood::new(
+        Shape::Udp { port: sink.port() },
+        &[v4(Host::Attacker)],
+        v4(Host::Server),
+    );
+
+    let counters = filter.counters().unwrap();
+    let link = lab.server_stats().unwrap();
+    let stream = UdpStream::start(&lab, Host::Listener, service, LEGIT_RATE)
+        .expect("starting the legitimate flow");
+    thread::sleep(Duration::from_millis(200));
+    let sent = lab.flood(&flood, Duration::from_secs(2)).expect("flooding");
+    thread::sleep(Duration::from_millis(200));
+    let legit_sent = stream.stop();
+    let legit_received = sink.wait_for(v4(Host::Listener), legit_sent, SETTLE);
+    let counters = filter.counters().unwrap().since(&counters);
+    let link = lab.server_stats().unwrap() - link;
+    let blocked = counters.get(Reason::Blocked).packets;
+    let report = format!(
+        "flood: {} frames offered at {:.2} Mpps, {blocked} blocked, {} reached the service; \
+         legitimate: {legit_received} of {legit_sent} arrived; server eth0: {link:?}; \
+         counters: {counters:?}",
+        sent.frames,
+        sent.pps() / 1e6,
+        sink.received_from(v4(Host::Attacker)),
+    );
+    eprintln!("{report}");
+    assert!(
+        blocked >= 500_000,
+        "too small a flood to tell anything: {report}"
+    );
+    assert!(
+        blocked * 100 >= sent.frames * 99,
+        "less than 99 % of the flood was dropped by the filter: {report}"
+    );
+    assert_eq!(
+        sink.received_from(v4(Host::Attacker)),
+        0,
+        "flood datagrams reached the service: {report}"
+    );
+    assert!(
+        legit_received * 100 > legit_sent * 99,
+        "the legitimate flow lost 1 % or more: {report}"
+    );
+}
