@@ -208,3 +208,80 @@ fn blocked_flood_is_dropped_and_legit_flow_survives() {
         "the legitimate flow lost 1 % or more: {report}"
     );
 }
+
+/// A flood from 30 000 spoofed sources, each far below the per-source
+/// limit: per-source buckets cannot stop it (each source is new, and every
+/// new bucket would evict a real one). The fallback engages, at least 99 %
+/// of the flood is dropped, and the listener, known before the flood, keeps
+/// its own bucket and at least 99 % of its packets.
+#[test]
+fn spoofed_flood_engages_the_fallback() {
+    use spacefilter_common::{Limits, limit_flags};
+    require_root();
+    let _serial = serial();
+    let lab = FloodLab::new().expect("building the flood lab");
+    let mut filter = Filter::load(LoadOptions {
+        capacity: CAPACITY,
+        ..LoadOptions::default()
+    })
+    .expect("loading spacefilter");
+    lab.attach(&mut filter, AttachMode::Native)
+        .expect("attaching spacefilter");
+    filter
+        .limiter()
+        .set(Limits {
+            flags: limit_flags::ENABLED,
+            v6_prefix_len: 64,
+            pps: 20_000,
+            pps_burst: 20_000,
+            spoof_threshold: 50,
+            fallback_pps: 200,
+            fallback_burst: 200,
+            ..Limits::default()
+        })
+        .expect("limits");
+    let sink = UdpSink::start(&lab, Host::Server).expect("starting the UDP sink");
+    let service = SocketAddr::new(v4(Host::Server), sink.port());
+    let sources = spoofed_sources("198.19.0.0/16".parse().unwrap(), 30_000, 0x5eed);
+    // A few frames per source at a time, so that the flood really comes
+    // from all of them.
+    let flood =
+        Flood::new(Shape::Udp { port: sink.port() }, &sources, v4(Host::Server)).with_burst(16);
+
+    let stream = UdpStream::start(&lab, Host::Listener, service, LEGIT_RATE)
+        .expect("starting the legitimate flow");
+    // The listener is a known source before the flood starts.
+    assert!(sink.wait_for(v4(Host::Listener), 100, Duration::from_secs(3)) >= 100);
+    let counters = filter.counters().unwrap();
+    let sent = lab.flood(&flood, Duration::from_secs(2)).expect("flooding");
+    thread::sleep(Duration::from_millis(200));
+    let legit_sent = stream.stop();
+    let legit_received = sink.wait_for(v4(Host::Listener), legit_sent, SETTLE);
+    let counters = filter.counters().unwrap().since(&counters);
+    let spoof_limited = counters.get(Reason::SpoofLimited).packets;
+    let flood_received: u64 = sources.iter().map(|&s| sink.received_from(s)).sum();
+    let state = filter.limiter().spoof_state().expect("spoof state");
+    let report = format!(
+        "flood: {} frames at {:.2} Mpps from {} sources, {spoof_limited} spoof-limited, \
+         {flood_received} reached the service; fallback switches {}; legitimate: \
+         {legit_received} of {legit_sent}; counters: {counters:?}",
+        sent.frames,
+        sent.pps() / 1e6,
+        sources.len(),
+        state.switches,
+    );
+    eprintln!("{report}");
+    assert!(state.switches >= 1, "the fallback never engaged: {report}");
+    assert!(
+        spoof_limited >= 200_000,
+        "too small a flood to tell anything: {report}"
+    );
+    assert!(
+        spoof_limited * 100 >= sent.frames * 99,
+        "less than 99 % of the spoofed flood was dropped: {report}"
+    );
+    assert!(
+        legit_received * 100 >= legit_sent * 99,
+        "the legitimate flow lost more than 1 %: {report}"
+    );
+}

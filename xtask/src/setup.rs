@@ -130,7 +130,9 @@ fn system_tools() -> Result<()> {
         .map(|&(_, package)| package)
         .collect();
     if missing.is_empty() {
-        say("system tools present (iproute2, ping, tcpdump, ethtool, bpftool, xdp-tools, nftables, iptables)");
+        say(
+            "system tools present (iproute2, ping, tcpdump, ethtool, bpftool, xdp-tools, nftables, iptables)",
+        );
         return Ok(());
     }
     apt_install(&missing)
