@@ -1230,3 +1230,210 @@ fn flood_targets(rows: &[FloodRow], out: &mut String) {
         }
     }
 }
+
+/// The cost of one flood-guard stage.
+pub struct GuardRow {
+    pub stage: &'static str,
+    pub floor: Measure,
+    pub cost: Measure,
+}
+
+/// Limits whose budgets nothing in a benchmark reaches.
+fn open_limits(flags: u32) -> spacefilter_common::Limits {
+    spacefilter_common::Limits {
+        flags,
+        v6_prefix_len: 64,
+        pps: 1_000_000_000,
+        pps_burst: 1_000_000_000,
+        bps: 100_000_000_000,
+        bps_burst: 1_000_000_000_000,
+        syn_pps: 1_000_000_000,
+        syn_burst: 1_000_000_000,
+        syn_global_pps: 1_000_000_000,
+        syn_global_burst: 1_000_000_000,
+        spoof_threshold: 1_000_000_000,
+        fallback_pps: 1_000,
+        fallback_burst: 1_000,
+        ..spacefilter_common::Limits::default()
+    }
+}
+
+/// One stage of the guard-cost table.
+struct Stage {
+    name: &'static str,
+    limits: spacefilter_common::Limits,
+    rules: bool,
+    syn: bool,
+    expected: u32,
+}
+
+fn stages() -> [Stage; 7] {
+    use spacefilter_common::{Limits, limit_flags as f};
+    let all = f::ENABLED | f::SYN | f::REFLECT;
+    let stage = |name, limits, rules, syn, expected| Stage {
+        name,
+        limits,
+        rules,
+        syn,
+        expected,
+    };
+    [
+        stage(
+            "guards off (lists empty)",
+            Limits::default(),
+            false,
+            false,
+            XDP_PASS,
+        ),
+        stage(
+            "+ reflection guard",
+            open_limits(f::REFLECT),
+            false,
+            false,
+            XDP_PASS,
+        ),
+        stage(
+            "+ per-source rate limit, within it",
+            open_limits(f::REFLECT | f::ENABLED),
+            false,
+            false,
+            XDP_PASS,
+        ),
+        stage(
+            "+ 8 header rules, none matching",
+            open_limits(all),
+            true,
+            false,
+            XDP_PASS,
+        ),
+        stage(
+            "TCP SYN, SYN guard on, within budget",
+            open_limits(all),
+            true,
+            true,
+            XDP_PASS,
+        ),
+        stage(
+            "rate-limited source (over its limit)",
+            Limits {
+                pps: 1,
+                pps_burst: 1,
+                ..open_limits(all)
+            },
+            true,
+            false,
+            XDP_DROP,
+        ),
+        stage(
+            "TCP SYN over its source's SYN budget",
+            Limits {
+                syn_pps: 1,
+                syn_burst: 1,
+                ..open_limits(all)
+            },
+            true,
+            true,
+            XDP_DROP,
+        ),
+    ]
+}
+
+/// The per-packet cost of the flood guards and header rules, on clean
+/// IPv4 frames (and SYNs) from many sources, with empty lists, stage by
+/// stage.
+pub fn guard_costs(
+    floors: &Floors,
+    rng: &mut Rng,
+    (rounds, repeat): (usize, u32),
+) -> anyhow::Result<Vec<GuardRow>> {
+    use spacefilter::protocol::{default_reflectors, default_service_ports};
+    use spacefilter_common::{HeaderRule, rule_action};
+
+    let table = Table::generate(0, rng);
+    let (mut filter, _parking, _) = load_filter(&table)?;
+    filter
+        .limiter()
+        .set_reflect_ports(&default_reflectors(), &default_service_ports())?;
+    let udp = KINDS[0].frames(&table, rng);
+    let syn = KINDS[7].frames(&table, rng);
+    // Rules that look at every frame and match none.
+    let rules: Vec<(HeaderRule, u64)> = (0..8_u32)
+        .map(|i| {
+            let rule = HeaderRule {
+                action: rule_action::DROP,
+                proto: 17,
+                dport_lo: 100 + i,
+                dport_hi: 100 + i,
+                ..HeaderRule::default()
+            };
+            (rule, 0)
+        })
+        .collect();
+    let mut rows = Vec::new();
+    for stage in stages() {
+        let Stage {
+            name,
+            limits,
+            rules: with_rules,
+            syn: is_syn,
+            expected,
+        } = stage;
+        let frames = if is_syn { &syn } else { &udp };
+        filter.limiter().set(limits)?;
+        filter
+            .header_rules()
+            .set(if with_rules { &rules } else { &[] })?;
+        let floor = measure(
+            &mut floors.runner(expected)?,
+            frames,
+            repeat,
+            rounds,
+            expected,
+        )?;
+        let cost = measure(
+            &mut |frame, repeat| Ok(filter.test_run(frame, repeat)?),
+            frames,
+            repeat,
+            rounds,
+            expected,
+        )?;
+        eprintln!(
+            "bench: guards: {name:<40} floor {:6.1} ns  spacefilter {:6.1} ns",
+            floor.median, cost.median
+        );
+        rows.push(GuardRow {
+            stage: name,
+            floor,
+            cost,
+        });
+    }
+    Ok(rows)
+}
+
+/// The guard-cost section of the report.
+#[must_use]
+pub fn guard_report(rows: &[GuardRow]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "\n## Cost of the flood guards and header rules\n");
+    let _ = writeln!(
+        out,
+        "Clean IPv4 UDP (or TCP SYN where said) from {SOURCES} sources, no list entries; each \
+         stage adds to the ones above it (`BPF_PROG_TEST_RUN`, median ns per packet, min-max in \
+         brackets).\n"
+    );
+    let _ = writeln!(out, "| stage | floor | spacefilter | × floor |");
+    let _ = writeln!(out, "|---|---:|---:|---:|");
+    for row in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} | {:.1} [{:.1}-{:.1}] | {:.2} |",
+            row.stage,
+            row.floor.median,
+            row.cost.median,
+            row.cost.min,
+            row.cost.max,
+            row.cost.median / row.floor.median
+        );
+    }
+    out
+}

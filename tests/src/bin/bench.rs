@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use spacefilter_tests::{
     bench::{
         Floors, KINDS, Parking, Rng, Row, Table, XdpFilter, control_plane, flood_throughput,
-        load_filter, machine, measure, report, write_report,
+        guard_costs, guard_report, load_filter, machine, measure, report, write_report,
     },
     require_root,
 };
@@ -66,11 +66,8 @@ fn main() -> anyhow::Result<()> {
          a time"
     );
     let flood = flood_throughput(Duration::from_secs(flood_seconds), FLOOD_LEGIT_RATE)?;
-    notes.push(
-        "not measured yet: a rate-limited source and a SYN flood budget (flood defences are not \
-         built yet)"
-            .to_owned(),
-    );
+    eprintln!("bench: the flood guards, stage by stage");
+    let guards = guard_costs(&floors, &mut rng, (rounds, repeat))?;
     let date = String::from_utf8(
         std::process::Command::new("date")
             .arg("-u")
@@ -78,7 +75,8 @@ fn main() -> anyhow::Result<()> {
             .output()?
             .stdout,
     )?;
-    let text = report(&rows, &control, &flood, &machine(), date.trim(), &notes);
+    let mut text = report(&rows, &control, &flood, &machine(), date.trim(), &notes);
+    text.push_str(&guard_report(&guards));
     print!("{text}");
     write_report(&out, &text)?;
     eprintln!("bench: wrote {}", out.display());
