@@ -233,21 +233,44 @@ fn take_aggregate(key: &[u8; 20], limits: &Limits, now: u64) -> bool {
     };
     // SAFETY: a map value; CPUs race on it (approximate budget).
     let bucket = unsafe { &mut *bucket };
-    let elapsed_us = now.saturating_sub(bucket.last_ns) / 1000;
+    take_packet(
+        &mut bucket.packets,
+        &mut bucket.last_ns,
+        (limits.fallback_pps, limits.fallback_burst),
+        now,
+    )
+}
+
+/// One packet-counting token bucket: refills `tokens` at `rate` a second
+/// up to `burst` packets, then takes one packet; `false` if none is left.
+/// A bucket never used (`last_ns` 0) starts full.
+#[inline(always)]
+pub(crate) fn take_packet(
+    tokens: &mut u64,
+    last_ns: &mut u64,
+    (rate, burst): (u64, u64),
+    now: u64,
+) -> bool {
+    let cap = burst * TOKEN_SCALE;
+    if *last_ns == 0 {
+        *last_ns = now;
+        *tokens = cap;
+    }
+    let elapsed_us = now.saturating_sub(*last_ns) / 1000;
     if elapsed_us > 0 {
         let idle_us = if elapsed_us > MAX_IDLE_US {
             MAX_IDLE_US
         } else {
             elapsed_us
         };
-        bucket.last_ns = now;
-        let packets = bucket.packets + idle_us * limits.fallback_pps;
-        bucket.packets = if packets > cap { cap } else { packets };
+        *last_ns = now;
+        let refilled = *tokens + idle_us * rate;
+        *tokens = if refilled > cap { cap } else { refilled };
     }
-    if bucket.packets < TOKEN_SCALE {
+    if *tokens < TOKEN_SCALE {
         return false;
     }
-    bucket.packets -= TOKEN_SCALE;
+    *tokens -= TOKEN_SCALE;
     true
 }
 
@@ -274,28 +297,12 @@ fn global_syn_allowed(limits: &Limits, now: u64) -> bool {
     };
     // SAFETY: the array's only value; CPUs race on it (documented).
     let bucket = unsafe { &mut *bucket };
-    let cap = limits.syn_global_burst * TOKEN_SCALE;
-    if bucket.last_ns == 0 {
-        // The first SYN ever: the budget starts full.
-        bucket.last_ns = now;
-        bucket.syns = cap;
-    }
-    let elapsed_us = now.saturating_sub(bucket.last_ns) / 1000;
-    if elapsed_us > 0 {
-        let idle_us = if elapsed_us > MAX_IDLE_US {
-            MAX_IDLE_US
-        } else {
-            elapsed_us
-        };
-        bucket.last_ns = now;
-        let syns = bucket.syns + idle_us * limits.syn_global_pps;
-        bucket.syns = if syns > cap { cap } else { syns };
-    }
-    if bucket.syns < TOKEN_SCALE {
-        return false;
-    }
-    bucket.syns -= TOKEN_SCALE;
-    true
+    take_packet(
+        &mut bucket.syns,
+        &mut bucket.last_ns,
+        (limits.syn_global_pps, limits.syn_global_burst),
+        now,
+    )
 }
 
 #[inline(always)]

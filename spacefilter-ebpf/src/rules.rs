@@ -6,17 +6,13 @@
 //! Kernel: bounded loops (5.3).
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use spacefilter_common::{
-    HeaderRule, MAX_HEADER_RULES, Reason, TOKEN_SCALE, rule_action, rule_flags,
-};
+use spacefilter_common::{HeaderRule, MAX_HEADER_RULES, Reason, rule_action, rule_flags};
 
 use crate::{
+    limit::take_packet,
     maps::{HEADER_BUCKETS, HEADER_HITS, HEADER_RULES},
     parse::L4,
 };
-
-/// A refill never credits more than ten seconds.
-const MAX_IDLE_US: u64 = 10_000_000;
 
 #[inline(always)]
 fn in_range(value: u32, lo: u32, hi: u32) -> bool {
@@ -82,25 +78,10 @@ fn within_budget(index: u32, rule: &HeaderRule) -> bool {
     let bucket = unsafe { &mut *bucket };
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let cap = rule.burst * TOKEN_SCALE;
-    if bucket.last_ns == 0 {
-        bucket.last_ns = now;
-        bucket.packets = cap;
-    }
-    let elapsed_us = now.saturating_sub(bucket.last_ns) / 1000;
-    if elapsed_us > 0 {
-        let idle_us = if elapsed_us > MAX_IDLE_US {
-            MAX_IDLE_US
-        } else {
-            elapsed_us
-        };
-        bucket.last_ns = now;
-        let packets = bucket.packets + idle_us * rule.pps;
-        bucket.packets = if packets > cap { cap } else { packets };
-    }
-    if bucket.packets < TOKEN_SCALE {
-        return false;
-    }
-    bucket.packets -= TOKEN_SCALE;
-    true
+    take_packet(
+        &mut bucket.packets,
+        &mut bucket.last_ns,
+        (rule.pps, rule.burst),
+        now,
+    )
 }
