@@ -50,13 +50,11 @@
 use std::{
     net::IpAddr,
     ops::Deref,
-    os::unix::process::CommandExt as _,
-    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, ensure};
+use anyhow::Context as _;
 use aya::{
     Ebpf, TestRunOptions,
     maps::Array,
@@ -430,21 +428,7 @@ impl Generator {
 /// Runs `ip netns exec <ns> <args...>` (a mount namespace of its own with
 /// the namespace's `/sys`) and returns its standard output.
 pub fn netns_exec(ns: &str, args: &[&str]) -> anyhow::Result<String> {
-    let mut command = Command::new("ip");
-    command
-        .args(["netns", "exec", ns])
-        .args(args)
-        .process_group(0);
-    let output = command
-        .output()
-        .with_context(|| format!("running {command:?}"))?;
-    ensure!(
-        output.status.success(),
-        "{command:?} failed ({}): {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    ip(["netns", "exec", ns].iter().chain(args))
 }
 
 /// Interface counters, from `ip -s link` and the veth's `ethtool -S`.
