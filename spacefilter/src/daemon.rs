@@ -42,6 +42,8 @@ pub struct Settings {
     pub capacity: u32,
     /// Sources the rate limiter tracks at once.
     pub max_sources: u32,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
     /// Entries from the config file, added on start if absent.
     pub allow: Vec<Prefix>,
     pub block: Vec<Prefix>,
@@ -114,6 +116,7 @@ pub struct Core {
     ifaces: Vec<String>,
     started: Instant,
     capacity: u32,
+    max_sources: u32,
     program_id: u32,
 }
 
@@ -639,6 +642,33 @@ impl Core {
             .collect())
     }
 
+    /// What a metrics scrape shows; `None` if the maps cannot be read.
+    pub fn metrics(&mut self) -> Option<crate::metrics::Snapshot> {
+        let counters = self.filter.counters().ok()?;
+        let count = |list| self.rules.keys().filter(|(l, _)| *l == list).count() as u64;
+        let entries = [List::Allow, List::Block, List::Auto]
+            .map(|list| (list.name(), count(list)))
+            .to_vec();
+        let hits = self.filter.header_rules().hits().ok()?;
+        let rule_hits = self
+            .header_rules
+            .iter()
+            .zip(hits)
+            .map(|(rule, hits)| (rule.id, hits))
+            .collect();
+        let spoof = self.filter.limiter().spoof_state().ok()?;
+        Some(crate::metrics::Snapshot {
+            counters,
+            entries,
+            rule_hits,
+            tracked_sources: self.filter.limiter().tracked_sources() as u64,
+            max_sources: self.max_sources,
+            spoof_active: spoof.active_until_ns > monotonic_ns(),
+            spoof_switches: spoof.switches,
+            uptime: self.started.elapsed(),
+        })
+    }
+
     /// Logs each switch to the spoofed-source fallback.
     pub fn report_spoof_fallback(&mut self) {
         let Ok(state) = self.filter.limiter().spoof_state() else {
@@ -846,6 +876,7 @@ fn start(settings: Settings) -> anyhow::Result<Core> {
         force,
         capacity,
         max_sources,
+        metrics: _,
         allow,
         block,
     } = settings;
@@ -889,6 +920,7 @@ fn start(settings: Settings) -> anyhow::Result<Core> {
         ifaces: ifaces.clone(),
         started: Instant::now(),
         capacity,
+        max_sources,
         program_id,
     };
     let system = Peer {
@@ -938,12 +970,27 @@ fn start(settings: Settings) -> anyhow::Result<Core> {
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let socket = settings.socket.clone();
+    let metrics_addr = settings.metrics;
     let core = start(settings)?;
     let listener = control::bind(&socket)?;
     log::info!("listening on {}", socket.display());
     let core: Shared = Arc::new(Mutex::new(core));
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn(control::serve(listener, core.clone(), stop_rx.clone()));
+    let metrics = match metrics_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics endpoint {addr}"))?;
+            log::info!("serving Prometheus metrics on http://{addr}/metrics");
+            Some(tokio::spawn(crate::metrics::serve(
+                listener,
+                core.clone(),
+                stop_rx.clone(),
+            )))
+        }
+        None => None,
+    };
     let events = lock(&core).take_events();
     let auto =
         events.map(|ring| tokio::spawn(auto_block_events(ring, core.clone(), stop_rx.clone())));
@@ -960,6 +1007,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let _ = expiry.await;
     if let Some(auto) = auto {
         let _ = auto.await;
+    }
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
     }
     lock(&core).detach_all();
     if let Err(err) = std::fs::remove_file(&socket) {

@@ -8,6 +8,7 @@
 //!   [`state`], expires timed entries, serves the [`control`] socket.
 //! - [`protocol`]: the JSON-lines protocol of the control socket;
 //!   [`client`] is its client side.
+//! - [`metrics`]: the Prometheus endpoint.
 //! - [`guard`]: the lockout guard; [`iface`]: interface checks; [`bulk`]:
 //!   bulk list files.
 
@@ -19,6 +20,7 @@ pub mod filter;
 pub mod guard;
 pub mod iface;
 pub mod maps;
+pub mod metrics;
 pub mod prefix;
 pub mod protocol;
 pub mod state;

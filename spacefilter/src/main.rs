@@ -364,6 +364,13 @@ struct RunArgs {
     /// recently seen are forgotten first), and auto-blocks it can hold.
     #[arg(long)]
     max_sources: Option<u32>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g.
+    /// 127.0.0.1:9977). Off unless given.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
+    /// Let --metrics listen on an address other than loopback.
+    #[arg(long)]
+    metrics_public: bool,
 }
 
 #[derive(Args)]
@@ -442,6 +449,7 @@ struct ConfigFile {
     socket: Option<PathBuf>,
     capacity: Option<u32>,
     max_sources: Option<u32>,
+    metrics: Option<std::net::SocketAddr>,
     #[serde(default)]
     allow: Vec<Prefix>,
     #[serde(default)]
@@ -510,6 +518,8 @@ fn run(args: RunArgs) -> Result<(), Failure> {
         force,
         capacity,
         max_sources,
+        metrics,
+        metrics_public,
     } = args;
     let file = match &config {
         Some(path) => {
@@ -537,6 +547,7 @@ fn run(args: RunArgs) -> Result<(), Failure> {
         force,
         capacity: capacity.or(file.capacity).unwrap_or(DEFAULT_CAPACITY),
         max_sources: max_sources.or(file.max_sources).unwrap_or(DEFAULT_BUCKETS),
+        metrics: metrics.or(file.metrics),
         allow: file.allow,
         block: file.block,
     };
@@ -547,6 +558,15 @@ fn run(args: RunArgs) -> Result<(), Failure> {
     }
     if settings.capacity == 0 {
         return Err(Failure::bad_input("--capacity must be at least 1"));
+    }
+    if let Some(addr) = settings.metrics
+        && !metrics_public
+        && !spacefilter::metrics::is_private(&addr)
+    {
+        return Err(Failure::bad_input(format!(
+            "refusing to serve metrics on {addr}, which is not a loopback address: anyone who \
+             reaches it would see the filter's counters; add --metrics-public if that is meant"
+        )));
     }
     if settings.max_sources < 16 {
         return Err(Failure::bad_input("--max-sources must be at least 16"));

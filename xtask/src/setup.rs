@@ -25,6 +25,7 @@ const SYSTEM_TOOLS: &[(&str, &str)] = &[
     ("ethtool", "ethtool"),
     ("bpftool", "bpftool"),
     ("xdp-filter", "xdp-tools"),
+    ("curl", "curl"),
     ("nft", "nftables"),
     ("iptables", "iptables"),
 ];

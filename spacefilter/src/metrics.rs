@@ -1,0 +1,246 @@
+//! The Prometheus endpoint of `spacefilter run --metrics ADDR`: `GET
+//! /metrics` answers with the counters read from the program's maps at
+//! scrape time, encoded by the prometheus-client crate (`OpenMetrics` text).
+
+use std::{fmt, net::SocketAddr, time::Duration};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _, text::encode},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+use spacefilter_common::Reason;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
+
+use crate::daemon::{Shared, lock};
+
+/// Reads the daemon's state at each scrape.
+struct CoreCollector(Shared);
+
+impl fmt::Debug for CoreCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CoreCollector")
+    }
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: &[(Vec<(&str, String)>, u64)],
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in values {
+        ConstCounter::new(*value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: &[(Vec<(&str, String)>, i64)],
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in values {
+        ConstGauge::new(*value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn signed(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl Collector for CoreCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let snapshot = lock(&self.0).metrics();
+        let Some(m) = snapshot else {
+            // The maps could not be read: say so, and nothing else.
+            return gauge(
+                &mut encoder,
+                "spacefilter_up",
+                "Whether the daemon could read the program's maps.",
+                &[(vec![], 0)],
+            );
+        };
+        let by_reason = |f: fn(&spacefilter_common::Counter) -> u64| {
+            Reason::ALL
+                .iter()
+                .map(|&r| (vec![("reason", r.name().to_owned())], f(&m.counters.get(r))))
+                .collect::<Vec<_>>()
+        };
+        counter(
+            &mut encoder,
+            "spacefilter_packets",
+            "Packets by verdict reason, all attached interfaces together.",
+            &by_reason(|c| c.packets),
+        )?;
+        counter(
+            &mut encoder,
+            "spacefilter_bytes",
+            "Bytes by verdict reason, all attached interfaces together.",
+            &by_reason(|c| c.bytes),
+        )?;
+        gauge(
+            &mut encoder,
+            "spacefilter_entries",
+            "Entries per list (auto: the rate limiter's auto-blocks).",
+            &m.entries
+                .iter()
+                .map(|(list, n)| (vec![("list", (*list).to_owned())], signed(*n)))
+                .collect::<Vec<_>>(),
+        )?;
+        counter(
+            &mut encoder,
+            "spacefilter_rule_hits",
+            "Packets each header rule matched.",
+            &m.rule_hits
+                .iter()
+                .map(|(id, hits)| (vec![("rule", id.to_string())], *hits))
+                .collect::<Vec<_>>(),
+        )?;
+        gauge(
+            &mut encoder,
+            "spacefilter_limiter_sources",
+            "Sources the rate limiter tracks (its LRU map's occupancy).",
+            &[(vec![], signed(m.tracked_sources))],
+        )?;
+        gauge(
+            &mut encoder,
+            "spacefilter_limiter_sources_max",
+            "Sources the rate limiter can track.",
+            &[(vec![], i64::from(m.max_sources))],
+        )?;
+        gauge(
+            &mut encoder,
+            "spacefilter_spoof_fallback_active",
+            "1 while the spoofed-source fallback is on.",
+            &[(vec![], i64::from(m.spoof_active))],
+        )?;
+        counter(
+            &mut encoder,
+            "spacefilter_spoof_fallback_switches",
+            "Times the spoofed-source fallback was switched on.",
+            &[(vec![], m.spoof_switches)],
+        )?;
+        gauge(
+            &mut encoder,
+            "spacefilter_uptime_seconds",
+            "Seconds since the daemon started.",
+            &[(vec![], signed(m.uptime.as_secs()))],
+        )?;
+        gauge(
+            &mut encoder,
+            "spacefilter_up",
+            "Whether the daemon could read the program's maps.",
+            &[(vec![], 1)],
+        )
+    }
+}
+
+/// What one scrape shows.
+pub struct Snapshot {
+    pub counters: crate::maps::Counters,
+    pub entries: Vec<(&'static str, u64)>,
+    pub rule_hits: Vec<(u32, u64)>,
+    pub tracked_sources: u64,
+    pub max_sources: u32,
+    pub spoof_active: bool,
+    pub spoof_switches: u64,
+    pub uptime: Duration,
+}
+
+/// Whether `addr` may serve metrics without `--metrics-public`.
+#[must_use]
+pub fn is_private(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
+/// Serves `GET /metrics` on `listener` until `stop` turns true.
+pub async fn serve(listener: TcpListener, core: Shared, mut stop: watch::Receiver<bool>) {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(CoreCollector(core)));
+    let registry = std::sync::Arc::new(registry);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let registry = registry.clone();
+                    tokio::spawn(async move {
+                        if let Err(err) = answer(stream, &registry).await {
+                            log::debug!("metrics: {err}");
+                        }
+                    });
+                }
+                Err(err) => {
+                    log::warn!("metrics accept: {err}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Reads one request (its head, at most 8 KiB, within 5 s) and answers
+/// it; the connection closes after the answer.
+async fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    if !matches!(read, Ok(Ok(()))) {
+        return Ok(());
+    }
+    let request_line = head
+        .split(|&b| b == b'\r' || b == b'\n')
+        .next()
+        .unwrap_or_default();
+    let mut words = request_line.split(|&b| b == b' ');
+    let (method, path) = (words.next(), words.next());
+    let (status, content_type, body) = match (method, path) {
+        (Some(b"GET"), Some(b"/metrics")) => {
+            let mut body = String::new();
+            match encode(&mut body, registry) {
+                Ok(()) => (
+                    "200 OK",
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    body,
+                ),
+                Err(_) => (
+                    "500 Internal Server Error",
+                    "text/plain",
+                    "encoding failed\n".to_owned(),
+                ),
+            }
+        }
+        (Some(b"GET"), _) => ("404 Not Found", "text/plain", "try /metrics\n".to_owned()),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "only GET /metrics\n".to_owned(),
+        ),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
