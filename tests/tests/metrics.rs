@@ -38,21 +38,41 @@ fn scrape(lab: &Lab) -> Scrape {
     Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text")
 }
 
-/// The value of `metric` with the label `label` = `value` (or none).
-fn value(scrape: &Scrape, metric: &str, label: Option<(&str, &str)>) -> f64 {
-    scrape
+/// The value of `metric` with the label `label` = `value` (or none); every
+/// metric here counts whole things.
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "counts, whole and positive"
+)]
+fn value(scrape: &Scrape, metric: &str, label: Option<(&str, &str)>) -> u64 {
+    let sample = scrape
         .samples
         .iter()
         .find(|s| s.metric == metric && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
-        .map(|s| match s.value {
-            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
-            _ => f64::NAN,
-        })
-        .unwrap_or_else(|| panic!("no sample {metric} {label:?}"))
+        .unwrap_or_else(|| panic!("no sample {metric} {label:?}"));
+    match sample.value {
+        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v.round() as u64,
+        _ => panic!("{metric} is not a number"),
+    }
+}
+
+fn packets(scrape: &Scrape, reason: &str) -> u64 {
+    value(
+        scrape,
+        "spacefilter_packets_total",
+        Some(("reason", reason)),
+    )
+}
+
+/// Sends `count` datagrams from `from` to the server's `port`, a little
+/// apart so that no queue on the way overflows.
+fn send(lab: &Lab, from: Host, port: u16, count: u64) -> u64 {
+    let to = SocketAddr::new(Host::Server.addr(Family::V4), port);
+    send_udp(lab, from, to, count, Duration::from_micros(500)).expect("sending")
 }
 
 #[test]
-#[expect(clippy::cast_precision_loss, reason = "small counts")]
 fn counters_match_the_traffic_sent() {
     require_root();
     let lab = Lab::new().expect("lab");
@@ -64,8 +84,6 @@ fn counters_match_the_traffic_sent() {
     )
     .unwrap_or_else(|err| panic!("starting the daemon: {err:#}"));
     let sink = UdpSink::start(&lab, Host::Server).expect("sink");
-    let drop_port = 7001_u16;
-    let limit_port = 7002_u16;
     daemon.cli(&["block", "198.18.2.0/24"]).ok("block");
     daemon
         .cli(&[
@@ -78,43 +96,12 @@ fn counters_match_the_traffic_sent() {
             "--burst", "10",
         ])
         .ok("limit rule");
-    let server = Host::Server.addr(Family::V4);
-    let before = scrape(&lab);
-    let counter =
-        |s: &Scrape, reason: &str| value(s, "spacefilter_packets_total", Some(("reason", reason)));
 
-    let blocked = send_udp(
-        &lab,
-        Host::Attacker,
-        SocketAddr::new(server, sink.port()),
-        300,
-        Duration::from_micros(500),
-    )
-    .expect("attacker");
-    let dropped = send_udp(
-        &lab,
-        Host::Listener,
-        SocketAddr::new(server, drop_port),
-        120,
-        Duration::from_micros(500),
-    )
-    .expect("to the dropped port");
-    let limited = send_udp(
-        &lab,
-        Host::Listener,
-        SocketAddr::new(server, limit_port),
-        100,
-        Duration::from_micros(500),
-    )
-    .expect("to the limited port");
-    let clean = send_udp(
-        &lab,
-        Host::Listener,
-        SocketAddr::new(server, sink.port()),
-        200,
-        Duration::from_micros(500),
-    )
-    .expect("clean");
+    let before = scrape(&lab);
+    let blocked = send(&lab, Host::Attacker, sink.port(), 300);
+    let dropped = send(&lab, Host::Listener, 7001, 120);
+    let limited = send(&lab, Host::Listener, 7002, 100);
+    let clean = send(&lab, Host::Listener, sink.port(), 200);
     assert!(
         sink.wait_for(
             Host::Listener.addr(Family::V4),
@@ -122,49 +109,32 @@ fn counters_match_the_traffic_sent() {
             Duration::from_secs(3)
         ) >= clean
     );
-
     let mut after = scrape(&lab);
     assert!(wait_until(Duration::from_secs(3), || {
         after = scrape(&lab);
-        counter(&after, "blocked") - counter(&before, "blocked") >= blocked as f64
+        packets(&after, "blocked") - packets(&before, "blocked") >= blocked
     }));
-    let delta = |reason| counter(&after, reason) - counter(&before, reason);
-    assert_eq!(delta("blocked"), blocked as f64);
-    assert_eq!(delta("rule_dropped"), dropped as f64);
-    assert_eq!(
-        value(&after, "spacefilter_rule_hits_total", Some(("rule", "1"))),
-        dropped as f64
-    );
-    assert_eq!(
-        delta("rule_limited") + delta("rule_passed"),
-        limited as f64,
-        "the limit rule's frames"
-    );
-    assert!(delta("rule_limited") >= 85.0, "{}", delta("rule_limited"));
-    assert_eq!(
-        value(&after, "spacefilter_rule_hits_total", Some(("rule", "2"))),
-        limited as f64
-    );
+    let delta = |reason| packets(&after, reason) - packets(&before, reason);
+
+    assert_eq!(delta("blocked"), blocked);
+    assert_eq!(delta("rule_dropped"), dropped);
+    let hits = |rule| value(&after, "spacefilter_rule_hits_total", Some(("rule", rule)));
+    assert_eq!(hits("1"), dropped);
+    assert_eq!(delta("rule_limited") + delta("rule_passed"), limited);
+    assert!(delta("rule_limited") >= 85, "{}", delta("rule_limited"));
+    assert_eq!(hits("2"), limited);
     // The clean datagrams, and whatever else the listener's stack sent
     // (neighbour discovery), passed.
-    assert!(delta("passed") >= clean as f64);
+    assert!(delta("passed") >= clean);
     assert_eq!(
         value(&after, "spacefilter_entries", Some(("list", "block"))),
-        1.0
+        1
     );
-    assert_eq!(value(&after, "spacefilter_up", None), 1.0);
-    assert!(value(&after, "spacefilter_limiter_sources_max", None) > 0.0);
+    assert_eq!(value(&after, "spacefilter_up", None), 1);
+    assert!(value(&after, "spacefilter_limiter_sources_max", None) > 0);
     // Bytes too: every blocked frame is at least a minimal UDP frame.
-    let bytes = value(
-        &after,
-        "spacefilter_bytes_total",
-        Some(("reason", "blocked")),
-    ) - value(
-        &before,
-        "spacefilter_bytes_total",
-        Some(("reason", "blocked")),
-    );
-    assert!(bytes >= blocked as f64 * 42.0, "{bytes}");
+    let bytes = |s| value(s, "spacefilter_bytes_total", Some(("reason", "blocked")));
+    assert!(bytes(&after) - bytes(&before) >= blocked * 42);
 }
 
 #[test]
