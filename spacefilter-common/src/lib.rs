@@ -336,6 +336,12 @@ pub struct Bucket {
     pub last_over_ns: u64,
     /// SYN tokens, in millionths of a SYN.
     pub syns: u64,
+    /// The source is auto-blocked until then: checked here first, so that
+    /// a known source costs one lookup (`AUTO_BLOCKED` keeps the block too,
+    /// for sources whose bucket was evicted, and for the daemon).
+    pub blocked_until_ns: u64,
+    /// Packets dropped under that block, counted here.
+    pub blocked_hits: u64,
 }
 
 /// An auto-block, in `AUTO_BLOCKED`, keyed like `BUCKETS`.

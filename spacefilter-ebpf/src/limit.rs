@@ -95,18 +95,19 @@ fn guards(limits: &Limits, source: &Source, l4: L4, len: u64) -> Option<Reason> 
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
 
-    if let Some(block) = AUTO_BLOCKED.get_ptr_mut(key) {
-        // SAFETY: a map value, valid while this program runs; the hit count
-        // may race with other CPUs (it is documented as approximate).
-        unsafe {
-            if (*block).until_ns > now {
-                (*block).hits += 1;
-                return Some(Reason::AutoBlocked);
+    let Some(bucket) = BUCKETS.get_ptr_mut(key) else {
+        // No bucket: a new source, or one whose bucket was evicted or that
+        // the daemon restored an auto-block for.
+        if let Some(block) = AUTO_BLOCKED.get_ptr_mut(key) {
+            // SAFETY: a map value, valid while this program runs; the hit
+            // count may race with other CPUs (documented as approximate).
+            unsafe {
+                if (*block).until_ns > now {
+                    (*block).hits += 1;
+                    return Some(Reason::AutoBlocked);
+                }
             }
         }
-    }
-
-    let Some(bucket) = BUCKETS.get_ptr_mut(key) else {
         if spoof_fallback(limits, now) {
             // A spoofed-source flood: no bucket for a new source (it would
             // push a real one out of the LRU map); the aggregate budgets of
@@ -129,6 +130,8 @@ fn guards(limits: &Limits, source: &Source, l4: L4, len: u64) -> Option<Reason> 
             } else {
                 0
             }),
+            blocked_until_ns: 0,
+            blocked_hits: 0,
         };
         let _ = BUCKETS.insert(key, fresh, 0);
         if syn && !global_syn_allowed(limits, now) {
@@ -140,6 +143,10 @@ fn guards(limits: &Limits, source: &Source, l4: L4, len: u64) -> Option<Reason> 
     // several CPUs to one source's bucket race; the limits stay
     // approximately right.
     let bucket = unsafe { &mut *bucket };
+    if bucket.blocked_until_ns > now {
+        bucket.blocked_hits += 1;
+        return Some(Reason::AutoBlocked);
+    }
     refill(bucket, limits, now);
     if syn {
         if limits.syn_pps != 0 && bucket.syns < TOKEN_SCALE {
@@ -169,7 +176,9 @@ fn guards(limits: &Limits, source: &Source, l4: L4, len: u64) -> Option<Reason> 
         && limits.block_after_ns != 0
         && now - bucket.over_since_ns >= limits.block_after_ns
     {
-        auto_block(&key, prefix_len, v6, now + limits.block_ttl_ns);
+        bucket.blocked_until_ns = now + limits.block_ttl_ns;
+        bucket.blocked_hits += 1;
+        auto_block(&key, prefix_len, v6, bucket.blocked_until_ns);
         bucket.over_since_ns = 0;
         return Some(Reason::AutoBlocked);
     }
@@ -334,7 +343,7 @@ fn refill(bucket: &mut Bucket, limits: &Limits, now: u64) {
 
 #[inline(always)]
 fn auto_block(key: &[u8; 16], prefix_len: u32, v6: u32, until_ns: u64) {
-    let _ = AUTO_BLOCKED.insert(key, AutoBlock { until_ns, hits: 1 }, 0);
+    let _ = AUTO_BLOCKED.insert(key, AutoBlock { until_ns, hits: 0 }, 0);
     let event = AutoBlockEvent {
         key: *key,
         until_ns,

@@ -718,12 +718,14 @@ impl Limiter {
         }
     }
 
-    /// Packets dropped under the auto-block of `prefix`.
+    /// Packets dropped under the auto-block of `prefix` (counted in its
+    /// bucket while it has one, in the auto-block map otherwise).
     #[must_use]
     pub fn auto_hits(&self, prefix: Prefix) -> u64 {
-        self.auto
-            .get(&limiter_key(prefix), 0)
-            .map_or(0, |block| block.hits)
+        let key = limiter_key(prefix);
+        let in_map = self.auto.get(&key, 0).map_or(0, |block| block.hits);
+        let in_bucket = self.buckets.get(&key, 0).map_or(0, |b| b.blocked_hits);
+        in_map + in_bucket
     }
 
     /// Every auto-block in force, with its bucket key and end.

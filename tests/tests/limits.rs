@@ -115,6 +115,13 @@ fn attacker_over_its_limit_is_cut_then_auto_blocked_then_released() {
         during,
         "the auto-blocked attacker still gets through"
     );
+    let hits = s
+        .entries()
+        .into_iter()
+        .find(|e| e["list"] == "auto")
+        .and_then(|e| e["hits"].as_u64())
+        .unwrap_or(0);
+    assert!(hits > 100, "the auto-block counted {hits} hits");
 
     // The block expires: the entry goes, and the attacker's traffic (now
     // stopped) would be let through again up to its limit.
