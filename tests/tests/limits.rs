@@ -58,6 +58,16 @@ impl Setup {
     fn received(&self, host: Host) -> u64 {
         self.sink.received_from(host.addr(Family::V4))
     }
+
+    /// Stops `stream` from `host` and checks that all it sent arrived.
+    fn assert_all_arrived(&self, host: Host, stream: UdpStream) {
+        let sent = stream.stop();
+        assert!(
+            wait_until(Duration::from_secs(2), || self.received(host) >= sent),
+            "{host} lost packets: sent {sent}, received {}",
+            self.received(host)
+        );
+    }
 }
 
 #[test]
@@ -143,14 +153,7 @@ fn attacker_over_its_limit_is_cut_then_auto_blocked_then_released() {
     );
 
     // The listener lost nothing: everything it sent arrived.
-    let sent = listener.sent();
-    drop(listener);
-    assert!(
-        wait_until(Duration::from_secs(2), || s.received(Host::Listener)
-            >= sent),
-        "the listener lost packets: sent {sent}, received {}",
-        s.received(Host::Listener)
-    );
+    s.assert_all_arrived(Host::Listener, listener);
 }
 
 #[test]
@@ -164,14 +167,7 @@ fn dry_run_counts_without_dropping() {
         wait_until(Duration::from_secs(5), || s.counter("would_limit") > 300),
         "no would_limit counted"
     );
-    let sent = attacker.sent();
-    drop(attacker);
-    assert!(
-        wait_until(Duration::from_secs(2), || s.received(Host::Attacker)
-            >= sent),
-        "a dry run dropped packets: sent {sent}, received {}",
-        s.received(Host::Attacker)
-    );
+    s.assert_all_arrived(Host::Attacker, attacker);
     assert_eq!(s.counter("rate_limited"), 0);
     assert_eq!(s.counter("auto_blocked"), 0);
 
@@ -252,14 +248,7 @@ fn reflection_from_ntp_and_memcached_is_dropped_while_clients_pass() {
         0,
         "reflected UDP reached the service"
     );
-    let sent = listener.sent();
-    drop(listener);
-    assert!(
-        wait_until(Duration::from_secs(2), || s.received(Host::Listener)
-            >= sent),
-        "the listener lost packets: sent {sent}, received {}",
-        s.received(Host::Listener)
-    );
+    s.assert_all_arrived(Host::Listener, listener);
 }
 
 #[test]
