@@ -43,6 +43,18 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// spacefilter, loaded and attached to the server's interface natively.
+fn attached_filter(lab: &FloodLab) -> Filter {
+    let mut filter = Filter::load(LoadOptions {
+        capacity: CAPACITY,
+        ..LoadOptions::default()
+    })
+    .expect("loading spacefilter");
+    lab.attach(&mut filter, AttachMode::Native)
+        .expect("attaching spacefilter");
+    filter
+}
+
 fn v4(host: Host) -> IpAddr {
     host.addr(Family::V4)
 }
@@ -152,13 +164,7 @@ fn blocked_flood_is_dropped_and_legit_flow_survives() {
     require_root();
     let _serial = serial();
     let lab = FloodLab::new().expect("building the flood lab");
-    let mut filter = Filter::load(LoadOptions {
-        capacity: CAPACITY,
-        ..LoadOptions::default()
-    })
-    .expect("loading spacefilter");
-    lab.attach(&mut filter, AttachMode::Native)
-        .expect("attaching spacefilter");
+    let mut filter = attached_filter(&lab);
     filter.block(Host::Attacker.subnet(Family::V4)).unwrap();
     let sink = UdpSink::start(&lab, Host::Server).expect("starting the UDP sink");
     let service = SocketAddr::new(v4(Host::Server), sink.port());
@@ -220,13 +226,7 @@ fn spoofed_flood_engages_the_fallback() {
     require_root();
     let _serial = serial();
     let lab = FloodLab::new().expect("building the flood lab");
-    let mut filter = Filter::load(LoadOptions {
-        capacity: CAPACITY,
-        ..LoadOptions::default()
-    })
-    .expect("loading spacefilter");
-    lab.attach(&mut filter, AttachMode::Native)
-        .expect("attaching spacefilter");
+    let mut filter = attached_filter(&lab);
     filter
         .limiter()
         .set(Limits {
