@@ -4,7 +4,7 @@
 #![no_std]
 
 /// Why a frame got its verdict. The discriminant indexes the `STATS`
-/// per-CPU array.
+/// per-CPU array (within an interface's slot: see [`stats_index`]).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Reason {
@@ -371,6 +371,99 @@ pub struct AutoBlockEvent {
 /// Default size of the `BUCKETS` LRU map.
 pub const DEFAULT_BUCKETS: u32 = 65_536;
 
+/// Interface slots of the `STATS` array: slot 0 counts frames that arrive
+/// on an interface without a slot of its own (or through
+/// `BPF_PROG_TEST_RUN`); attached interfaces get slots 1 and up.
+pub const MAX_IFACE_SLOTS: u32 = 16;
+
+/// Size of the `IFACE_SLOTS` array, which the program indexes with
+/// `ifindex % IFACE_TABLE` (a power of two).
+pub const IFACE_TABLE: u32 = 1024;
+
+/// An entry of `IFACE_SLOTS`: the interface it belongs to (so that another
+/// ifindex landing on the same entry is not mistaken for it) and its slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceSlot {
+    pub ifindex: u32,
+    pub slot: u32,
+}
+
+/// The index in `STATS` of `reason` on interface slot `slot`.
+#[must_use]
+pub const fn stats_index(slot: u32, reason: u32) -> u32 {
+    slot * STATS_SLOTS + reason
+}
+
+/// Bits of [`Observe::flags`].
+pub mod observe_flags {
+    /// Dropped frames are sampled into the `SAMPLES` ring buffer.
+    pub const SAMPLE: u32 = 1 << 0;
+    /// Every verdict is logged through aya-log (`AYA_LOGS`).
+    pub const DEBUG_LOG: u32 = 1 << 1;
+}
+
+/// The single entry of the `OBSERVE` array: drop sampling and debug
+/// logging, switched at runtime.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Observe {
+    /// [`observe_flags`] bits.
+    pub flags: u32,
+    /// A dropped frame is sampled when `bpf_get_prandom_u32()` is at most
+    /// this: `u32::MAX` samples every drop, `2^32 / N - 1` one in N.
+    pub sample_below: u32,
+    /// Samples each CPU may send per second (of `bpf_ktime_get_ns`); the
+    /// daemon sets it to the host-wide cap divided by the CPUs.
+    pub cap_per_cpu: u32,
+    pub reserved: u32,
+}
+
+/// The `log` target of the program's debug log lines (aya-log).
+pub const KERNEL_LOG_TARGET: &str = "spacefilter::kernel";
+
+/// Bytes of each sampled frame copied into its [`DropSample`].
+pub const SAMPLE_BYTES: usize = 128;
+
+/// A dropped frame, sent through the `SAMPLES` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DropSample {
+    /// `bpf_ktime_get_ns` (`CLOCK_MONOTONIC`) when it was dropped.
+    pub ts_ns: u64,
+    /// The interface it arrived on.
+    pub ifindex: u32,
+    /// Its [`Reason`].
+    pub reason: u32,
+    /// What matched: for `blocked` the list entry's hit-counter slot, for
+    /// `rule_dropped` and `rule_limited` the header rule's index + 1; else
+    /// 0.
+    pub detail: u32,
+    /// The frame's length on the wire.
+    pub len: u32,
+    /// How many of its first bytes are in `data`.
+    pub cap_len: u32,
+    pub reserved: u32,
+    pub data: [u8; SAMPLE_BYTES],
+}
+
+/// Per CPU, in `SAMPLE_STATE`: the sampler's budget and what became of
+/// the frames it picked.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SampleState {
+    /// The second (`bpf_ktime_get_ns / 10^9`) the budget is counted in.
+    pub second: u64,
+    /// Samples sent in that second.
+    pub in_second: u64,
+    /// Samples sent, in all.
+    pub sent: u64,
+    /// Frames picked but not sent: the second's budget was spent.
+    pub capped: u64,
+    /// Frames picked but not sent: the ring buffer was full.
+    pub lost: u64,
+}
+
 /// Names of the maps in the object file, shared so that userspace asks for
 /// exactly what the program declares.
 pub mod map_names {
@@ -392,6 +485,10 @@ pub mod map_names {
     pub const HEADER_RULES: &str = "HEADER_RULES";
     pub const HEADER_HITS: &str = "HEADER_HITS";
     pub const HEADER_BUCKETS: &str = "HEADER_BUCKETS";
+    pub const IFACE_SLOTS: &str = "IFACE_SLOTS";
+    pub const OBSERVE: &str = "OBSERVE";
+    pub const SAMPLES: &str = "SAMPLES";
+    pub const SAMPLE_STATE: &str = "SAMPLE_STATE";
 }
 
 /// Name of the XDP program in the object file.
@@ -418,4 +515,10 @@ mod pod {
     unsafe impl aya::Pod for super::HeaderRule {}
     // SAFETY: as above (the key is 16 bytes, the rest 8-byte aligned).
     unsafe impl aya::Pod for super::AutoBlockEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::IfaceSlot {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Observe {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SampleState {}
 }

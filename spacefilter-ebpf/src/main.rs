@@ -2,11 +2,14 @@
 //!
 //! Every frame goes through [`parse`](parse) (Ethernet, up to two VLAN tags,
 //! IPv4/IPv6 with options and extension headers, TCP/UDP/ICMP) and then the
-//! verdict pipeline in [`verdict`]: allowlist → blocklist → pass. Every exit
-//! goes through [`verdict::finish`], which records the per-CPU counters.
+//! verdict pipeline in [`verdict`]: allowlist → blocklist → header rules →
+//! flood guards → pass. Every exit goes through [`verdict::finish`], which
+//! records the per-CPU counters and feeds [`observe`] (drop sampling, debug
+//! log).
 //!
 //! Kernel requirements: XDP with native mode on the driver (veth since 4.19),
-//! LPM tries (4.11), per-CPU arrays (4.6), bounded loops (5.3). The program
+//! LPM tries (4.11), per-CPU arrays (4.6), bounded loops (5.3), ring buffers
+//! (5.8). The program
 //! is written to load on 5.15 and later.
 #![no_std]
 #![no_main]
@@ -17,6 +20,7 @@
 
 mod limit;
 mod maps;
+mod observe;
 mod parse;
 mod rules;
 mod verdict;

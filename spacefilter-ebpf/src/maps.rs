@@ -16,16 +16,37 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use spacefilter_common::{
-    AutoBlock, Bucket, Config, Counter, DEFAULT_BUCKETS, DEFAULT_CAPACITY, HeaderRule, Limits,
-    MAX_HEADER_RULES, Match, STATS_SLOTS, SpoofState,
+    AutoBlock, Bucket, Config, Counter, DEFAULT_BUCKETS, DEFAULT_CAPACITY, HeaderRule, IFACE_TABLE,
+    IfaceSlot, Limits, MAX_HEADER_RULES, MAX_IFACE_SLOTS, Match, Observe, STATS_SLOTS, SampleState,
+    SpoofState,
 };
 
 #[map]
 pub(crate) static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
-/// Packets and bytes per [`spacefilter_common::Reason`], per CPU.
+/// Packets and bytes per interface slot and
+/// [`spacefilter_common::Reason`], per CPU (see
+/// [`spacefilter_common::stats_index`]).
 #[map]
-pub(crate) static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_SLOTS, 0);
+pub(crate) static STATS: PerCpuArray<Counter> =
+    PerCpuArray::with_max_entries(MAX_IFACE_SLOTS * STATS_SLOTS, 0);
+
+/// The `STATS` slot of each attached interface, at `ifindex % IFACE_TABLE`.
+/// An array, so that the lookup is inlined: no hash on the per-packet path.
+#[map]
+pub(crate) static IFACE_SLOTS: Array<IfaceSlot> = Array::with_max_entries(IFACE_TABLE, 0);
+
+/// Drop sampling and debug logging (see [`spacefilter_common::Observe`]).
+#[map]
+pub(crate) static OBSERVE: Array<Observe> = Array::with_max_entries(1, 0);
+
+/// Sampled dropped frames for the daemon (`spacefilter capture`, `top`).
+#[map]
+pub(crate) static SAMPLES: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// The sampler's per-second budget and outcome counters, per CPU.
+#[map]
+pub(crate) static SAMPLE_STATE: PerCpuArray<SampleState> = PerCpuArray::with_max_entries(1, 0);
 
 /// Hit counter of each list entry, per CPU, indexed by the entry's slot.
 #[map]

@@ -68,6 +68,53 @@ impl Frame {
         Some(unsafe { core::ptr::read((self.start + offset) as *const [u8; N]) })
     }
 
+    /// Copies the frame's first bytes, as many as fit (at most 128), into
+    /// `out`; returns how many.
+    ///
+    /// A frame shorter than `out` is copied in chunks of 64, 32, ..., 1
+    /// bytes, each taken if it still fits: every offset then has a bound
+    /// the verifier sees, with no loop and no helper (`bpf_xdp_load_bytes`
+    /// would need 5.18).
+    #[inline(always)]
+    pub(crate) fn copy_head(&self, out: &mut [u8; 128]) -> usize {
+        if let Some(head) = self.read::<128>(0) {
+            *out = head;
+            return 128;
+        }
+        let mut copied = 0;
+        copied = self.copy_chunk::<64>(copied, out);
+        copied = self.copy_chunk::<32>(copied, out);
+        copied = self.copy_chunk::<16>(copied, out);
+        copied = self.copy_chunk::<8>(copied, out);
+        copied = self.copy_chunk::<4>(copied, out);
+        copied = self.copy_chunk::<2>(copied, out);
+        self.copy_chunk::<1>(copied, out)
+    }
+
+    /// Copies the `K` bytes at `offset` into `out` at the same offset if the
+    /// frame holds them; returns the offset after what was copied.
+    #[inline(always)]
+    fn copy_chunk<const K: usize>(&self, offset: usize, out: &mut [u8; 128]) -> usize {
+        // `offset` is at most 128 - 2K here (the chunks before were
+        // larger), which the verifier learns from the mask.
+        let offset = offset & (127 & !(2 * K - 1));
+        // Read through a volatile load so that LLVM cannot fold the bound
+        // check `start + offset + 1 > end` into `start + offset >= end`, a
+        // form from which the verifier learns no packet range.
+        // SAFETY: reading a local constant.
+        let len = unsafe { core::ptr::read_volatile(&K) };
+        if self.start + offset + len > self.end {
+            return offset;
+        }
+        // SAFETY: the K bytes at `offset` lie inside the packet (checked
+        // just above), and offset + K <= 128 - K: inside `out`.
+        unsafe {
+            let chunk = core::ptr::read_unaligned((self.start + offset) as *const [u8; K]);
+            core::ptr::write_unaligned(out.as_mut_ptr().add(offset).cast::<[u8; K]>(), chunk);
+        }
+        offset + K
+    }
+
     /// Copies `N` bytes at `offset` that must lie before `limit` (the end of
     /// the IP packet); a header that does not fit is malformed.
     #[inline(always)]
@@ -80,6 +127,7 @@ impl Frame {
 }
 
 /// The source address that the lists are keyed on.
+#[derive(Clone, Copy)]
 pub(crate) enum Source {
     V4([u8; 4]),
     V6([u8; 16]),

@@ -12,6 +12,7 @@ use crate::{
     limit::take_packet,
     maps::{HEADER_BUCKETS, HEADER_HITS, HEADER_RULES},
     parse::L4,
+    verdict::Verdict,
 };
 
 #[inline(always)]
@@ -33,9 +34,10 @@ fn matches(rule: &HeaderRule, l4: &L4, len: u32) -> bool {
         && (rule.tcp_mask == 0 || (u32::from(l4.tcp_flags) & rule.tcp_mask) == rule.tcp_value)
 }
 
-/// The verdict of the first header rule that matches, if any.
+/// The verdict of the first header rule that matches, if any; its detail
+/// is the rule's index + 1.
 #[inline(always)]
-pub(crate) fn check(l4: &L4, len: u64) -> Option<Reason> {
+pub(crate) fn check(l4: &L4, len: u64) -> Option<Verdict> {
     #[expect(
         clippy::cast_possible_truncation,
         reason = "frames are far below 4 GiB"
@@ -59,10 +61,13 @@ pub(crate) fn check(l4: &L4, len: u64) -> Option<Reason> {
             rule_action::LIMIT if !within_budget(index, rule) => Reason::RuleLimited,
             _ => Reason::RulePassed,
         };
-        return Some(if dry_run && verdict.drops() {
-            Reason::WouldLimit
-        } else {
-            verdict
+        return Some(Verdict {
+            reason: if dry_run && verdict.drops() {
+                Reason::WouldLimit
+            } else {
+                verdict
+            },
+            detail: index + 1,
         });
     }
     None

@@ -4,6 +4,7 @@ use std::{
     io::{self, BufRead as _, BufReader, Write as _},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use crate::protocol::{Envelope, PROTOCOL_VERSION, Request, Response};
@@ -34,6 +35,8 @@ pub struct Client {
     path: PathBuf,
     reader: BufReader<UnixStream>,
     writer: UnixStream,
+    /// The start of a reply line that a timeout cut short.
+    partial: Vec<u8>,
 }
 
 impl Client {
@@ -50,6 +53,7 @@ impl Client {
             path: path.to_path_buf(),
             reader: BufReader::new(stream),
             writer,
+            partial: Vec::new(),
         })
     }
 
@@ -71,12 +75,52 @@ impl Client {
 
     /// The next reply line.
     pub fn recv(&mut self) -> Result<Response, ClientError> {
-        let mut line = String::new();
         let io = self.io();
-        if self.reader.read_line(&mut line).map_err(io)? == 0 {
+        self.reader.get_ref().set_read_timeout(None).map_err(io)?;
+        loop {
+            if let Some(response) = self.recv_within(None)? {
+                return Ok(response);
+            }
+        }
+    }
+
+    /// The next reply line, or `None` if none came within `timeout` (the
+    /// part of a line read by then is kept for the next call).
+    pub fn recv_within(
+        &mut self,
+        timeout: Option<Duration>,
+    ) -> Result<Option<Response>, ClientError> {
+        let io = self.io();
+        self.reader
+            .get_ref()
+            .set_read_timeout(timeout)
+            .map_err(io)?;
+        match self.reader.read_until(b'\n', &mut self.partial) {
+            Ok(0) => return Err(ClientError::Closed),
+            Ok(_) => {}
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(None);
+            }
+            Err(source) => {
+                return Err(ClientError::Io {
+                    path: self.path.clone(),
+                    source,
+                });
+            }
+        }
+        if self.partial.last() != Some(&b'\n') {
+            // The daemon hung up in the middle of a line.
             return Err(ClientError::Closed);
         }
-        serde_json::from_str(&line).map_err(|err| ClientError::Garbled(err.to_string()))
+        let line = std::mem::take(&mut self.partial);
+        serde_json::from_slice(&line)
+            .map(Some)
+            .map_err(|err| ClientError::Garbled(err.to_string()))
     }
 
     /// Sends `request` and returns its final reply, handing `progress`

@@ -15,11 +15,14 @@ use anyhow::Context as _;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream, unix::OwnedWriteHalf},
-    sync::{mpsc, watch},
+    sync::{broadcast, mpsc, watch},
 };
+
+use spacefilter_common::Reason;
 
 use crate::{
     daemon::{AddRequest, Core, Peer, Refusal, Shared, lock, stats_view},
+    maps::Counters,
     protocol::{Envelope, ErrorKind, MAX_REQUEST_BYTES, PROTOCOL_VERSION, Request, Response},
 };
 
@@ -168,7 +171,38 @@ async fn connection(stream: UnixStream, core: Shared, stop: watch::Receiver<bool
         }
         let keep_going = match request {
             Request::Watch { interval_ms } => {
-                watch_stats(&mut read, &mut write, &core, interval_ms, stop.clone()).await;
+                every(
+                    &mut read,
+                    &mut write,
+                    &core,
+                    interval_ms,
+                    stop.clone(),
+                    |_, now, before| Response::Stats(stats_view(now, before)),
+                )
+                .await;
+                false
+            }
+            Request::Top { interval_ms, limit } => {
+                let limit = limit.clamp(1, 1000);
+                every(
+                    &mut read,
+                    &mut write,
+                    &core,
+                    interval_ms,
+                    stop.clone(),
+                    |core, now, before| {
+                        let (rates, elapsed) = match before {
+                            Some((before, elapsed)) => (now.since(before), elapsed),
+                            None => (Counters::default(), Duration::from_secs(1)),
+                        };
+                        Response::Top(lock(core).top(limit, &rates, elapsed))
+                    },
+                )
+                .await;
+                false
+            }
+            Request::Capture { reason } => {
+                capture(&mut read, &mut write, &core, reason, stop.clone()).await;
                 false
             }
             request => handle(request, &core, peer, &mut write).await,
@@ -283,19 +317,41 @@ async fn handle(request: Request, core: &Shared, peer: Peer, write: &mut OwnedWr
             })
             .await
         }
-        Request::Watch { .. } => unreachable!("handled by the caller"),
+        Request::GetObserve => with_core(core, |c| Ok(Response::Observe(c.observe()))).await,
+        Request::SetObserve {
+            sample_every,
+            sample_cap,
+            debug_log,
+        } => {
+            with_core(core, move |c| {
+                c.set_observe((sample_every, sample_cap, debug_log), peer)
+                    .map(Response::Observe)
+            })
+            .await
+        }
+        Request::Watch { .. } | Request::Top { .. } | Request::Capture { .. } => {
+            unreachable!("handled by the caller")
+        }
     };
     send(write, &response).await.is_ok()
 }
 
-/// Streams counters and rates every `interval_ms` until the client hangs
-/// up or the daemon stops.
-async fn watch_stats(
+/// Whether the client hung up (or sent something: a stream takes no more
+/// requests), after `read` returned `n`.
+fn hung_up(n: &std::io::Result<usize>) -> bool {
+    matches!(n, Ok(0) | Err(_))
+}
+
+/// Sends `make(core, counters, previous)` every `interval_ms` until the
+/// client hangs up or the daemon stops; `previous` is the counters of the
+/// last line and the time since.
+async fn every(
     read: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
     write: &mut OwnedWriteHalf,
     core: &Shared,
     interval_ms: u64,
     mut stop: watch::Receiver<bool>,
+    mut make: impl FnMut(&Shared, &Counters, Option<(&Counters, Duration)>) -> Response,
 ) {
     let interval = Duration::from_millis(interval_ms.clamp(100, 3_600_000));
     let mut ticker = tokio::time::interval(interval);
@@ -308,9 +364,7 @@ async fn watch_stats(
         tokio::select! {
             _ = ticker.tick() => {}
             n = read.read(&mut scratch) => {
-                // The client hung up (or sent something; a watch takes no
-                // more requests).
-                if matches!(n, Ok(0) | Err(_)) {
+                if hung_up(&n) {
                     return;
                 }
                 continue;
@@ -327,18 +381,84 @@ async fn watch_stats(
             Err(_) => return,
         };
         let now = Instant::now();
-        let view = stats_view(
+        let response = make(
+            core,
             &counters,
             previous
                 .as_ref()
                 .map(|(c, at): &(_, Instant)| (c, now - *at)),
         );
-        if let Err(err) = send(write, &Response::Stats(view)).await {
+        if let Err(err) = send(write, &response).await {
             if err.kind() != IoErrorKind::BrokenPipe {
-                log::debug!("watch: {err}");
+                log::debug!("stream: {err}");
             }
             return;
         }
         previous = Some((counters, now));
+    }
+}
+
+/// Streams every sampled dropped frame (of `reason`, if given) until the
+/// client hangs up or the daemon stops.
+async fn capture(
+    read: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    write: &mut OwnedWriteHalf,
+    core: &Shared,
+    reason: Option<String>,
+    mut stop: watch::Receiver<bool>,
+) {
+    if let Some(name) = &reason
+        && !Reason::ALL.iter().any(|r| r.drops() && r.name() == name)
+    {
+        let names: Vec<&str> = Reason::ALL
+            .iter()
+            .filter(|r| r.drops())
+            .map(|r| r.name())
+            .collect();
+        let message = format!(
+            "{name:?} is not a reason frames are dropped for; expected one of {}",
+            names.join(", ")
+        );
+        let _ = send(write, &error(ErrorKind::BadInput, message)).await;
+        return;
+    }
+    let (mut feed, every) = {
+        let mut core = lock(core);
+        (core.subscribe_samples(), core.observe().sample_every)
+    };
+    if every == 0 {
+        let message = "drop sampling is off, so there is nothing to capture; turn it on with \
+                       `spacefilter sample set --every N`";
+        let _ = send(write, &error(ErrorKind::Refused, message)).await;
+        return;
+    }
+    let mut scratch = [0u8; 512];
+    loop {
+        let sample = tokio::select! {
+            received = feed.recv() => match received {
+                Ok(sample) => sample,
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    log::warn!("capture client fell behind; {missed} samples skipped");
+                    continue;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            n = read.read(&mut scratch) => {
+                if hung_up(&n) {
+                    return;
+                }
+                continue;
+            }
+            _ = stop.changed() => return,
+        };
+        if reason.as_ref().is_some_and(|r| *r != sample.reason) {
+            continue;
+        }
+        if send(write, &Response::Sample((*sample).clone()))
+            .await
+            .is_err()
+        {
+            return;
+        }
     }
 }

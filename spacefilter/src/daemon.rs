@@ -13,20 +13,23 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use spacefilter_common::{
-    AutoBlockEvent, HeaderRule, Limits, MAX_HEADER_RULES, limit_flags, rule_action, rule_flags,
+    AutoBlockEvent, HeaderRule, Limits, MAX_HEADER_RULES, Reason, limit_flags, rule_action,
+    rule_flags,
 };
 use tokio::{signal::unix::SignalKind, sync::watch};
 
 use crate::{
     control,
-    filter::{AttachMode, Filter, LoadOptions, error_chain},
+    filter::{AttachMode, Filter, KernelLog, LoadOptions, error_chain},
     guard, iface,
     maps::{Counters, List, limiter_prefix, monotonic_ns},
+    observe::{Sample, Sampling},
     prefix::Prefix,
     protocol::{
         Changed, CounterView, EntryView, ErrorKind, HeaderRuleView, InterfaceView, LimitsView,
-        Origin, RuleAction, StatsView, StatusView,
+        ObserveView, Origin, RuleAction, SampleView, StatsView, StatusView, TopView,
     },
+    sampling::{self, Samples},
     state::{Meta, Op, Rule, Rules, StateError, Store, now_ms},
 };
 
@@ -44,6 +47,8 @@ pub struct Settings {
     pub max_sources: u32,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Drop sampling at start (`spacefilter sample` changes it at runtime).
+    pub sampling: Sampling,
     /// Entries from the config file, added on start if absent.
     pub allow: Vec<Prefix>,
     pub block: Vec<Prefix>,
@@ -118,6 +123,7 @@ pub struct Core {
     capacity: u32,
     max_sources: u32,
     program_id: u32,
+    samples: Samples,
 }
 
 pub type Shared = Arc<Mutex<Core>>;
@@ -128,6 +134,10 @@ pub fn lock(core: &Shared) -> MutexGuard<'_, Core> {
     core.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// The highest sample cap accepted: far beyond what a terminal or a pcap
+/// wants, well below what would load the daemon.
+pub const MAX_SAMPLE_CAP: u32 = 100_000;
 
 /// Entries written to the maps between two progress reports.
 const INSERT_CHUNK: usize = 16 * 1024;
@@ -666,6 +676,7 @@ impl Core {
             spoof_active: spoof.active_until_ns > monotonic_ns(),
             spoof_switches: spoof.switches,
             uptime: self.started.elapsed(),
+            samples: self.observe(),
         })
     }
 
@@ -684,6 +695,129 @@ impl Core {
                 state.switches
             );
             self.spoof_switches = state.switches;
+        }
+    }
+
+    /// Drop sampling and the debug log, as set, with the sampler's counts.
+    pub fn observe(&mut self) -> ObserveView {
+        let observer = self.filter.observer();
+        let Sampling { every, cap } = observer.sampling();
+        let counts = observer.counts().unwrap_or_default();
+        ObserveView {
+            sample_every: every,
+            sample_cap: cap,
+            debug_log: observer.debug_log(),
+            samples_sent: counts.sent,
+            samples_capped: counts.capped,
+            samples_lost: counts.lost,
+        }
+    }
+
+    /// Changes drop sampling or the debug log (in force at once; the
+    /// settings of `spacefilter run` come back at the next start).
+    pub fn set_observe(
+        &mut self,
+        (every, cap, debug_log): (Option<u32>, Option<u32>, Option<bool>),
+        peer: Peer,
+    ) -> Result<ObserveView, Refusal> {
+        if cap.is_some_and(|cap| cap == 0 || cap > MAX_SAMPLE_CAP) {
+            return Err(Refusal::bad_input(format!(
+                "a sample cap must be 1 to {MAX_SAMPLE_CAP} a second; to stop sampling, use \
+                 `spacefilter sample off`"
+            )));
+        }
+        let observer = self.filter.observer();
+        let current = observer.sampling();
+        let next = Sampling {
+            every: every.unwrap_or(current.every),
+            cap: cap.unwrap_or(current.cap),
+        };
+        if next != current {
+            observer
+                .set_sampling(next)
+                .map_err(|err| Refusal::failed(error_chain(&err)))?;
+            log::info!(
+                "{peer}: drop sampling {}",
+                if next.every == 0 {
+                    "off".to_owned()
+                } else {
+                    format!("1 in {}, at most {}/s", next.every, observer.sampling().cap)
+                }
+            );
+        }
+        if let Some(on) = debug_log
+            && on != observer.debug_log()
+        {
+            observer
+                .set_debug_log(on)
+                .map_err(|err| Refusal::failed(error_chain(&err)))?;
+            log::info!("{peer}: kernel debug log {}", if on { "on" } else { "off" });
+        }
+        Ok(self.observe())
+    }
+
+    /// Takes in samples from the program's ring buffer.
+    pub fn absorb_samples(&mut self, batch: &[Sample]) {
+        for sample in batch {
+            let filter = &self.filter;
+            let header_rules = &self.header_rules;
+            self.samples
+                .absorb(sample, |ifindex, source, reason, detail| {
+                    let iface = filter
+                        .iface_name(ifindex)
+                        .map_or_else(|| format!("ifindex {ifindex}"), str::to_owned);
+                    let matched = match reason {
+                        Reason::Blocked => source
+                            .and_then(|addr| filter.lists_ref().entry_at(addr, detail))
+                            .map(|(list, prefix)| format!("{} {prefix}", list.name())),
+                        Reason::RuleDropped | Reason::RuleLimited => detail
+                            .checked_sub(1)
+                            .and_then(|index| header_rules.get(index as usize))
+                            .map(|rule| format!("rule {}", rule.id)),
+                        _ => None,
+                    };
+                    (iface, matched)
+                });
+        }
+    }
+
+    /// A feed of described samples, for a capture client.
+    pub fn subscribe_samples(&self) -> tokio::sync::broadcast::Receiver<Arc<SampleView>> {
+        self.samples.subscribe()
+    }
+
+    /// A `top` snapshot: `rates` are the counters' change over `elapsed`.
+    pub fn top(&mut self, limit: usize, rates: &Counters, elapsed: Duration) -> TopView {
+        let secs = elapsed.as_secs_f64().max(1e-3);
+        #[expect(clippy::cast_precision_loss, reason = "rates need no 53-bit precision")]
+        let per_sec = |packets: u64| packets as f64 / secs;
+        let drops_per_sec = Reason::ALL
+            .iter()
+            .filter(|r| r.drops())
+            .map(|&r| (r.name().to_owned(), per_sec(rates.get(r).packets)))
+            .collect();
+        let dropped_per_sec = per_sec(rates.dropped());
+        let passed_per_sec = per_sec(
+            Reason::ALL
+                .iter()
+                .filter(|r| !r.drops())
+                .map(|&r| rates.get(r).packets)
+                .sum(),
+        );
+        let (samples, sources, prefixes) =
+            self.samples
+                .talkers
+                .rank(Instant::now(), limit, dropped_per_sec);
+        TopView {
+            at_ms: now_ms(),
+            drops_per_sec,
+            dropped_per_sec,
+            passed_per_sec,
+            window_secs: crate::talkers::WINDOW.as_secs(),
+            samples,
+            sources,
+            prefixes,
+            observe: self.observe(),
         }
     }
 
@@ -794,31 +928,46 @@ fn kernel_rule(view: &HeaderRuleView) -> HeaderRule {
 /// between, per-second rates too.
 #[must_use]
 pub fn stats_view(now: &Counters, earlier: Option<(&Counters, Duration)>) -> StatsView {
-    let reasons = now
-        .by_reason
-        .iter()
-        .map(|(reason, counter)| {
-            let mut view = CounterView {
-                packets: counter.packets,
-                bytes: counter.bytes,
-                ..CounterView::default()
-            };
-            if let Some((before, elapsed)) = earlier {
-                let secs = elapsed.as_secs_f64().max(1e-3);
-                let before = before.get(*reason);
-                #[expect(clippy::cast_precision_loss, reason = "rates need no 53-bit precision")]
-                {
-                    view.packets_per_sec =
-                        counter.packets.saturating_sub(before.packets) as f64 / secs;
-                    view.bytes_per_sec = counter.bytes.saturating_sub(before.bytes) as f64 / secs;
+    let secs = earlier.map(|(_, elapsed)| elapsed.as_secs_f64().max(1e-3));
+    let views = |counters: &BTreeMap<Reason, spacefilter_common::Counter>,
+                 before: Option<&BTreeMap<Reason, spacefilter_common::Counter>>| {
+        counters
+            .iter()
+            .map(|(reason, counter)| {
+                let mut view = CounterView {
+                    packets: counter.packets,
+                    bytes: counter.bytes,
+                    ..CounterView::default()
+                };
+                if let (Some(secs), Some(before)) = (secs, before) {
+                    let before = before.get(reason).copied().unwrap_or_default();
+                    #[expect(
+                        clippy::cast_precision_loss,
+                        reason = "rates need no 53-bit precision"
+                    )]
+                    {
+                        view.packets_per_sec =
+                            counter.packets.saturating_sub(before.packets) as f64 / secs;
+                        view.bytes_per_sec =
+                            counter.bytes.saturating_sub(before.bytes) as f64 / secs;
+                    }
                 }
-            }
-            (reason.name().to_owned(), view)
-        })
-        .collect();
+                (reason.name().to_owned(), view)
+            })
+            .collect::<BTreeMap<_, _>>()
+    };
+    let empty = BTreeMap::new();
     StatsView {
         at_ms: now_ms(),
-        reasons,
+        reasons: views(&now.by_reason, earlier.map(|(c, _)| &c.by_reason)),
+        interfaces: now
+            .by_iface
+            .iter()
+            .map(|(iface, counters)| {
+                let before = earlier.map(|(c, _)| c.by_iface.get(iface).unwrap_or(&empty));
+                (iface.clone(), views(counters, before))
+            })
+            .collect(),
     }
 }
 
@@ -877,6 +1026,7 @@ fn start(settings: Settings) -> anyhow::Result<Core> {
         capacity,
         max_sources,
         metrics: _,
+        sampling,
         allow,
         block,
     } = settings;
@@ -893,6 +1043,10 @@ fn start(settings: Settings) -> anyhow::Result<Core> {
         buckets: max_sources,
     })
     .context("loading the XDP program")?;
+    filter
+        .observer()
+        .set_sampling(sampling)
+        .context("setting up drop sampling")?;
     let limits = restore(&mut filter, &rules, &store, now)?;
     let header_rules = store.header_rules();
     filter
@@ -922,6 +1076,7 @@ fn start(settings: Settings) -> anyhow::Result<Core> {
         capacity,
         max_sources,
         program_id,
+        samples: Samples::default(),
     };
     let system = Peer {
         uid: nix::unistd::geteuid().as_raw(),
@@ -994,6 +1149,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let events = lock(&core).take_events();
     let auto =
         events.map(|ring| tokio::spawn(auto_block_events(ring, core.clone(), stop_rx.clone())));
+    let samples = lock(&core).filter.take_samples();
+    let samples =
+        samples.map(|ring| tokio::spawn(sampling::read(ring, core.clone(), stop_rx.clone())));
+    let kernel_log = lock(&core).filter.take_kernel_log();
+    let kernel_log =
+        kernel_log.map(|reader| tokio::spawn(drain_kernel_log(reader, stop_rx.clone())));
     let expiry = tokio::spawn(expire_loop(core.clone(), stop_rx));
 
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
@@ -1005,8 +1166,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = server.await;
     let _ = expiry.await;
-    if let Some(auto) = auto {
-        let _ = auto.await;
+    for task in [auto, samples, kernel_log].into_iter().flatten() {
+        let _ = task.await;
     }
     if let Some(metrics) = metrics {
         let _ = metrics.await;
@@ -1016,6 +1177,37 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         log::warn!("removing {}: {err}", socket.display());
     }
     Ok(())
+}
+
+/// Drains the kernel-side debug log into the daemon's log (lines only
+/// come while `spacefilter debug on`).
+async fn drain_kernel_log(reader: KernelLog, mut stop: watch::Receiver<bool>) {
+    // SAFETY: the reader owns its ring buffer's file descriptor, which stays
+    // open and the same for as long as the AsyncFd holds the reader.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(reader, tokio::io::Interest::READABLE)
+    };
+    let mut reader = match registered {
+        Ok(fd) => fd,
+        Err(err) => {
+            log::error!("watching the kernel debug log: {err}");
+            return;
+        }
+    };
+    loop {
+        let mut guard = tokio::select! {
+            ready = reader.readable_mut() => match ready {
+                Ok(guard) => guard,
+                Err(err) => {
+                    log::error!("kernel debug log: {err}");
+                    return;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
 }
 
 /// Scans of the auto-block map (for events a full ring buffer lost) happen

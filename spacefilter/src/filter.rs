@@ -12,8 +12,13 @@ use spacefilter_common::{DEFAULT_BUCKETS, DEFAULT_CAPACITY, PROGRAM_NAME, map_na
 
 use crate::{
     maps::{Counters, Entry, HeaderRules, Limiter, List, ListError, Lists, Stats},
+    observe::Observer,
     prefix::Prefix,
 };
+
+/// The kernel-side debug log's reader (aya-log): kept for as long as the
+/// program lives, and drained by whoever wants the lines.
+pub type KernelLog = aya_log::EbpfLogger<&'static dyn log::Log>;
 
 /// The XDP program, built by `build.rs`.
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/spacefilter"));
@@ -106,7 +111,18 @@ pub struct Filter {
     stats: Stats,
     limiter: Limiter,
     header_rules: HeaderRules,
-    attached: BTreeMap<String, (AttachMode, XdpLinkId)>,
+    observer: Observer,
+    kernel_log: Option<KernelLog>,
+    /// Attached interfaces: the mode that took, the link, the ifindex and
+    /// the counter slot (`None`: counted with the unattributed frames).
+    attached: BTreeMap<String, Attachment>,
+}
+
+struct Attachment {
+    mode: AttachMode,
+    link: XdpLinkId,
+    ifindex: u32,
+    slot: Option<u32>,
 }
 
 impl Filter {
@@ -137,12 +153,22 @@ impl Filter {
         let stats = Stats::take(&mut ebpf)?;
         let limiter = Limiter::take(&mut ebpf)?;
         let header_rules = HeaderRules::take(&mut ebpf)?;
+        let observer = Observer::take(&mut ebpf)?;
+        let kernel_log = match KernelLog::init(&mut ebpf) {
+            Ok(reader) => Some(reader),
+            Err(err) => {
+                log::warn!("the kernel-side debug log is unavailable: {err}");
+                None
+            }
+        };
         Ok(Self {
             ebpf,
             lists,
             stats,
             limiter,
             header_rules,
+            observer,
+            kernel_log,
             attached: BTreeMap::new(),
         })
     }
@@ -183,20 +209,42 @@ impl Filter {
             },
             mode => (mode, attempt(self.program(), mode)?),
         };
-        self.attached.insert(iface.to_owned(), (used, link));
+        let ifindex = nix::net::if_::if_nametoindex(iface).unwrap_or(0);
+        let slot = self.observer.assign(ifindex).unwrap_or_else(|err| {
+            log::warn!("{iface}: no counters of its own: {}", error_chain(&err));
+            None
+        });
+        if slot.is_none() {
+            log::warn!(
+                "{iface}: no counter slot left (or its ifindex {ifindex} shares one); its \
+                 frames are counted with the unattributed ones"
+            );
+        }
+        self.attached.insert(
+            iface.to_owned(),
+            Attachment {
+                mode: used,
+                link,
+                ifindex,
+                slot,
+            },
+        );
         Ok(used)
     }
 
     /// Detaches from `iface`.
     pub fn detach(&mut self, iface: &str) -> Result<(), FilterError> {
-        let (_, link) = self
+        let attachment = self
             .attached
             .remove(iface)
             .ok_or_else(|| FilterError::NotAttached {
                 iface: iface.to_owned(),
             })?;
+        if let Err(err) = self.observer.release(attachment.ifindex) {
+            log::warn!("{iface}: {}", error_chain(&err));
+        }
         self.program()
-            .detach(link)
+            .detach(attachment.link)
             .map_err(|source| FilterError::Detach {
                 iface: iface.to_owned(),
                 source,
@@ -207,7 +255,16 @@ impl Filter {
     pub fn attached(&self) -> impl Iterator<Item = (&str, AttachMode)> {
         self.attached
             .iter()
-            .map(|(iface, (mode, _))| (iface.as_str(), *mode))
+            .map(|(iface, attachment)| (iface.as_str(), attachment.mode))
+    }
+
+    /// The name of the attached interface `ifindex`.
+    #[must_use]
+    pub fn iface_name(&self, ifindex: u32) -> Option<&str> {
+        self.attached
+            .iter()
+            .find(|(_, a)| a.ifindex == ifindex)
+            .map(|(name, _)| name.as_str())
     }
 
     /// The kernel's id of the loaded program.
@@ -239,6 +296,12 @@ impl Filter {
         Ok(self.lists.remove(List::Allow, prefix)?)
     }
 
+    /// The lists, to read.
+    #[must_use]
+    pub fn lists_ref(&self) -> &Lists {
+        &self.lists
+    }
+
     /// The lists, for operations beyond the four verbs above.
     pub fn lists(&mut self) -> &mut Lists {
         &mut self.lists
@@ -254,6 +317,25 @@ impl Filter {
         &mut self.header_rules
     }
 
+    /// Drop sampling, the debug log and the interface counter slots.
+    pub fn observer(&mut self) -> &mut Observer {
+        &mut self.observer
+    }
+
+    /// The reader of the kernel-side debug log; taken once, by whoever
+    /// drains it (it must stay alive as long as the program).
+    pub fn take_kernel_log(&mut self) -> Option<KernelLog> {
+        self.kernel_log.take()
+    }
+
+    /// The ring buffer of sampled dropped frames; taken once, by whoever
+    /// reads it.
+    pub fn take_samples(&mut self) -> Option<RingBuf<MapData>> {
+        self.ebpf
+            .take_map(map_names::SAMPLES)
+            .and_then(|map| RingBuf::try_from(map).ok())
+    }
+
     /// The ring buffer of auto-block events; taken once, by whoever reads
     /// it.
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
@@ -267,9 +349,15 @@ impl Filter {
         Ok(self.lists.entries()?)
     }
 
-    /// The verdict counters, summed over the CPUs.
+    /// The verdict counters, summed over the CPUs, in all and per attached
+    /// interface.
     pub fn counters(&self) -> Result<Counters, FilterError> {
-        Ok(self.stats.read()?)
+        let ifaces: Vec<(String, u32)> = self
+            .attached
+            .iter()
+            .filter_map(|(name, a)| a.slot.map(|slot| (name.clone(), slot)))
+            .collect();
+        Ok(self.stats.read(&ifaces)?)
     }
 
     /// Runs the program on `frame` `repeat` times with `BPF_PROG_TEST_RUN`

@@ -8,11 +8,16 @@
 //!   [`state`], expires timed entries, serves the [`control`] socket.
 //! - [`protocol`]: the JSON-lines protocol of the control socket;
 //!   [`client`] is its client side.
-//! - [`metrics`]: the Prometheus endpoint.
+//! - [`metrics`]: the Prometheus endpoint; [`observe`]: per-interface
+//!   counter slots, drop sampling and the kernel-side debug log;
+//!   [`sampling`]: the daemon's side of the samples, ranked by [`talkers`]
+//!   for `spacefilter top`, drawn by [`top`]; [`capture`] writes samples
+//!   to pcap files.
 //! - [`guard`]: the lockout guard; [`iface`]: interface checks; [`bulk`]:
 //!   bulk list files.
 
 pub mod bulk;
+pub mod capture;
 pub mod client;
 pub mod control;
 pub mod daemon;
@@ -21,9 +26,13 @@ pub mod guard;
 pub mod iface;
 pub mod maps;
 pub mod metrics;
+pub mod observe;
 pub mod prefix;
 pub mod protocol;
+pub mod sampling;
 pub mod state;
+pub mod talkers;
+pub mod top;
 
 pub use filter::{AttachMode, Filter, FilterError, LoadOptions};
 pub use maps::{Counters, Entry, List, ListError};

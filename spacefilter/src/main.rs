@@ -16,16 +16,18 @@ use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 use spacefilter::{
     AttachMode, List, Prefix, bulk,
+    capture::PcapOut,
     client::{Client, ClientError},
     daemon::{self, Settings},
     filter::error_chain,
     iface::IfaceError,
+    observe::{DEFAULT_SAMPLE_CAP, DEFAULT_SAMPLE_EVERY, Sampling},
     protocol::{
-        Changed, EntryView, ErrorKind, HeaderRuleView, LimitsView, Origin, Request, Response,
-        RuleAction, StatsView, StatusView,
+        Changed, EntryView, ErrorKind, HeaderRuleView, LimitsView, ObserveView, Origin, Request,
+        Response, RuleAction, StatsView, StatusView,
     },
 };
-use spacefilter_common::{DEFAULT_BUCKETS, DEFAULT_CAPACITY};
+use spacefilter_common::{DEFAULT_BUCKETS, DEFAULT_CAPACITY, KERNEL_LOG_TARGET};
 
 const DEFAULT_SOCKET: &str = "/run/spacefilter/spacefilter.sock";
 const DEFAULT_STATE_DIR: &str = "/var/lib/spacefilter";
@@ -93,6 +95,104 @@ enum Command {
     /// and before the flood guards; the first that matches decides. Each
     /// counts the packets it matched; --dry-run rules only count.
     Rule(RuleArgs),
+    /// A live view of what is being dropped: drop rates per reason with
+    /// their last minute, and the heaviest dropped sources and prefixes
+    /// (ranked from the drop samples of the last 5 s), refreshed every
+    /// second. q quits. With --json, one snapshot per line instead.
+    Top(TopArgs),
+    /// Write sampled dropped frames to a pcap file (tcpdump -r, Wireshark):
+    /// each frame's first 128 bytes and its length on the wire, as they
+    /// are dropped, until --count frames or Ctrl-C.
+    Capture(CaptureArgs),
+    /// Drop sampling, which feeds `top` and `capture`: one dropped frame in
+    /// N, at most a cap a second host-wide, so that sampling costs little
+    /// however hard the flood.
+    Sample(SampleArgs),
+    /// The kernel-side debug log: one line per frame in the daemon's log
+    /// (source, length, interface, verdict, what matched). Off by default;
+    /// when off it costs the per-packet path nothing but one test. Meant
+    /// for a quiet moment: under a flood most lines are lost.
+    Debug(DebugArgs),
+}
+
+#[derive(Args)]
+struct TopArgs {
+    /// How often to refresh.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    /// Sources and prefixes to show.
+    #[arg(long, default_value_t = 10)]
+    limit: usize,
+    /// With --json: stop after this many snapshots.
+    #[arg(long)]
+    count: Option<u64>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+struct CaptureArgs {
+    /// The pcap file to write (created or truncated).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Stop after this many frames.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Only frames dropped for this reason (blocked, rate_limited,
+    /// auto_blocked, syn_limited, reflection, spoof_limited, rule_dropped,
+    /// rule_limited, malformed).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Stop after this long (e.g. 30s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+struct SampleArgs {
+    #[command(subcommand)]
+    action: SampleCommand,
+}
+
+#[derive(Subcommand)]
+enum SampleCommand {
+    /// Show the sampler's settings and what it sent, capped and lost.
+    Show(StatusArgs),
+    /// Change the sampler (in force at once; `run`'s settings return at the
+    /// next start).
+    Set(SampleSetArgs),
+    /// Stop sampling.
+    Off(StatusArgs),
+}
+
+#[derive(Args)]
+struct SampleSetArgs {
+    /// Sample one dropped frame in N.
+    #[arg(long, value_name = "N")]
+    every: Option<u32>,
+    /// Samples a second at most, host-wide.
+    #[arg(long, value_name = "N")]
+    cap: Option<u32>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+struct DebugArgs {
+    #[command(subcommand)]
+    action: DebugCommand,
+}
+
+#[derive(Subcommand)]
+enum DebugCommand {
+    /// Log every verdict.
+    On(StatusArgs),
+    /// Stop logging.
+    Off(StatusArgs),
+    /// Whether the debug log is on.
+    Show(StatusArgs),
 }
 
 #[derive(Args)]
@@ -348,8 +448,8 @@ struct RunArgs {
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
     /// A TOML file with any of: interfaces, mode, state_dir, socket,
-    /// capacity, max_sources, allow, block. The command line wins where
-    /// both speak.
+    /// capacity, max_sources, metrics, sample_every, sample_cap, allow,
+    /// block. The command line wins where both speak.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Replace another XDP program found on an interface, and let the
@@ -371,6 +471,14 @@ struct RunArgs {
     /// Let --metrics listen on an address other than loopback.
     #[arg(long)]
     metrics_public: bool,
+    /// Sample one dropped frame in N for `spacefilter top` and `capture`
+    /// (0: no sampling). `spacefilter sample` changes it at runtime.
+    #[arg(long, value_name = "N")]
+    sample_every: Option<u32>,
+    /// Samples a second at most, host-wide, whatever the flood (each CPU
+    /// gets an equal share).
+    #[arg(long, value_name = "N")]
+    sample_cap: Option<u32>,
 }
 
 #[derive(Args)]
@@ -450,6 +558,8 @@ struct ConfigFile {
     capacity: Option<u32>,
     max_sources: Option<u32>,
     metrics: Option<std::net::SocketAddr>,
+    sample_every: Option<u32>,
+    sample_cap: Option<u32>,
     #[serde(default)]
     allow: Vec<Prefix>,
     #[serde(default)]
@@ -497,6 +607,10 @@ fn main() -> ExitCode {
         Command::Limit(args) => limit(&args),
         Command::Reflect(args) => reflect(args),
         Command::Rule(args) => rule(args),
+        Command::Top(args) => top(&args),
+        Command::Capture(args) => capture(&args),
+        Command::Sample(args) => sample(args),
+        Command::Debug(args) => debug(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -508,7 +622,12 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> Result<(), Failure> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // The kernel's debug lines come at debug level, and only while
+    // `spacefilter debug on`: let them through by default.
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or(format!("info,{KERNEL_LOG_TARGET}=debug")),
+    )
+    .init();
     let RunArgs {
         ifaces,
         mode,
@@ -520,6 +639,8 @@ fn run(args: RunArgs) -> Result<(), Failure> {
         max_sources,
         metrics,
         metrics_public,
+        sample_every,
+        sample_cap,
     } = args;
     let file = match &config {
         Some(path) => {
@@ -548,6 +669,12 @@ fn run(args: RunArgs) -> Result<(), Failure> {
         capacity: capacity.or(file.capacity).unwrap_or(DEFAULT_CAPACITY),
         max_sources: max_sources.or(file.max_sources).unwrap_or(DEFAULT_BUCKETS),
         metrics: metrics.or(file.metrics),
+        sampling: Sampling {
+            every: sample_every
+                .or(file.sample_every)
+                .unwrap_or(DEFAULT_SAMPLE_EVERY),
+            cap: sample_cap.or(file.sample_cap).unwrap_or(DEFAULT_SAMPLE_CAP),
+        },
         allow: file.allow,
         block: file.block,
     };
@@ -566,6 +693,12 @@ fn run(args: RunArgs) -> Result<(), Failure> {
         return Err(Failure::bad_input(format!(
             "refusing to serve metrics on {addr}, which is not a loopback address: anyone who \
              reaches it would see the filter's counters; add --metrics-public if that is meant"
+        )));
+    }
+    if settings.sampling.cap == 0 || settings.sampling.cap > daemon::MAX_SAMPLE_CAP {
+        return Err(Failure::bad_input(format!(
+            "--sample-cap must be 1 to {}; to sample nothing, use --sample-every 0",
+            daemon::MAX_SAMPLE_CAP
         )));
     }
     if settings.max_sources < 16 {
@@ -768,10 +901,13 @@ fn list(args: &ListArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-fn print_stats(view: &StatsView, rates: bool) {
+fn print_counters(
+    title: &str,
+    counters: &std::collections::BTreeMap<String, spacefilter::protocol::CounterView>,
+    rates: bool,
+) {
     println!(
-        "{:<14} {:>16} {:>18}{}",
-        "REASON",
+        "{title:<14} {:>16} {:>18}{}",
         "PACKETS",
         "BYTES",
         if rates {
@@ -780,7 +916,7 @@ fn print_stats(view: &StatsView, rates: bool) {
             ""
         }
     );
-    for (reason, c) in &view.reasons {
+    for (reason, c) in counters {
         if rates {
             println!(
                 "{:<14} {:>16} {:>18} {:>12.0} {:>12.0}",
@@ -792,6 +928,18 @@ fn print_stats(view: &StatsView, rates: bool) {
             );
         } else {
             println!("{:<14} {:>16} {:>18}", reason, c.packets, c.bytes);
+        }
+    }
+}
+
+/// The counters of all interfaces together; then, with more than one
+/// interface attached, each interface's.
+fn print_stats(view: &StatsView, rates: bool) {
+    print_counters("REASON", &view.reasons, rates);
+    if view.interfaces.len() > 1 {
+        for (iface, counters) in &view.interfaces {
+            println!();
+            print_counters(&format!("[{iface}]"), counters, rates);
         }
     }
 }
@@ -1201,4 +1349,209 @@ fn rule(args: RuleArgs) -> Result<(), Failure> {
         );
     }
     Ok(())
+}
+
+fn top(args: &TopArgs) -> Result<(), Failure> {
+    let TopArgs {
+        interval,
+        limit,
+        count,
+        common: Common { socket, json },
+    } = args;
+    if *limit == 0 {
+        return Err(Failure::bad_input("--limit must be at least 1"));
+    }
+    let mut client = Client::connect(socket)?;
+    let interval_ms = u64::try_from(interval.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(100);
+    client.send(Request::Top {
+        interval_ms,
+        limit: *limit,
+    })?;
+    if !*json {
+        if !std::io::stdout().is_terminal() {
+            return Err(Failure::bad_input(
+                "top draws on a terminal; use --json to print snapshots to a pipe or file",
+            ));
+        }
+        return spacefilter::top::run(&mut client)
+            .map_err(|err| Failure::runtime(error_chain(&err)));
+    }
+    let mut printed = 0;
+    // The first snapshot has no rates yet (they need two readings).
+    let mut first = true;
+    while count.is_none_or(|n| printed < n) {
+        match client.recv()? {
+            Response::Top(view) => {
+                if !first {
+                    print_json(&view);
+                    printed += 1;
+                }
+                first = false;
+            }
+            Response::Error { kind, message } => return Err(reply_failure(kind, message)),
+            other => return Err(unexpected(&other)),
+        }
+    }
+    Ok(())
+}
+
+/// Set by SIGINT and SIGTERM in the verbs that stream until stopped.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: std::ffi::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Makes SIGINT and SIGTERM set [`STOP`] instead of killing the process.
+fn stop_on_signals() -> Result<(), Failure> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let action = SigAction::new(
+        SigHandler::Handler(on_stop_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { sigaction(signal, &action) }
+            .map_err(|err| Failure::runtime(format!("installing a {signal} handler: {err}")))?;
+    }
+    Ok(())
+}
+
+fn capture(args: &CaptureArgs) -> Result<(), Failure> {
+    let CaptureArgs {
+        out,
+        count,
+        reason,
+        duration,
+        common: Common { socket, json },
+    } = args;
+    if *count == Some(0) {
+        return Err(Failure::bad_input("--count must be at least 1"));
+    }
+    let mut client = Client::connect(socket)?;
+    client.send(Request::Capture {
+        reason: reason.clone(),
+    })?;
+    let mut pcap = PcapOut::create(out).map_err(|err| Failure::bad_input(error_chain(&err)))?;
+    stop_on_signals()?;
+    let started = std::time::Instant::now();
+    let tick = Duration::from_millis(200);
+    while count.is_none_or(|n| pcap.written() < n)
+        && duration.is_none_or(|d| started.elapsed() < d)
+        && !STOP.load(std::sync::atomic::Ordering::SeqCst)
+    {
+        match client.recv_within(Some(tick))? {
+            None => {}
+            Some(Response::Sample(sample)) => {
+                pcap.write(&sample)
+                    .map_err(|err| Failure::runtime(error_chain(&err)))?;
+                if *json {
+                    print_json(&sample);
+                }
+            }
+            Some(Response::Error { kind, message }) => {
+                // Nothing was captured: leave no empty file behind.
+                let _ = std::fs::remove_file(out);
+                return Err(reply_failure(kind, message));
+            }
+            Some(other) => return Err(unexpected(&other)),
+        }
+    }
+    if !*json {
+        eprintln!(
+            "wrote {} dropped frames to {}",
+            pcap.written(),
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+fn print_observe(view: &ObserveView, json: bool) {
+    if json {
+        print_json(view);
+        return;
+    }
+    let ObserveView {
+        sample_every,
+        sample_cap,
+        debug_log,
+        samples_sent,
+        samples_capped,
+        samples_lost,
+    } = *view;
+    if sample_every == 0 {
+        println!("drop sampling: off");
+    } else {
+        println!("drop sampling: 1 in {sample_every}, at most {sample_cap}/s");
+    }
+    println!(
+        "samples: {samples_sent} sent, {samples_capped} over the cap, {samples_lost} lost (ring \
+         buffer full)"
+    );
+    println!("kernel debug log: {}", if debug_log { "on" } else { "off" });
+}
+
+fn observe_call(socket: &Path, request: Request, json: bool) -> Result<(), Failure> {
+    let mut client = Client::connect(socket)?;
+    match client.call(request, &mut |_, _| {})? {
+        Response::Observe(view) => {
+            print_observe(&view, json);
+            Ok(())
+        }
+        Response::Error { kind, message } => Err(reply_failure(kind, message)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn set_observe(
+    sample_every: Option<u32>,
+    sample_cap: Option<u32>,
+    debug_log: Option<bool>,
+) -> Request {
+    Request::SetObserve {
+        sample_every,
+        sample_cap,
+        debug_log,
+    }
+}
+
+fn sample(args: SampleArgs) -> Result<(), Failure> {
+    match args.action {
+        SampleCommand::Show(StatusArgs {
+            common: Common { socket, json },
+        }) => observe_call(&socket, Request::GetObserve, json),
+        SampleCommand::Off(StatusArgs {
+            common: Common { socket, json },
+        }) => observe_call(&socket, set_observe(Some(0), None, None), json),
+        SampleCommand::Set(SampleSetArgs {
+            every,
+            cap,
+            common: Common { socket, json },
+        }) => {
+            if every.is_none() && cap.is_none() {
+                return Err(Failure::bad_input(
+                    "nothing to set: give --every N and/or --cap N (or `spacefilter sample off`)",
+                ));
+            }
+            if every == Some(0) {
+                return Err(Failure::bad_input(
+                    "--every must be at least 1; to stop sampling, use `spacefilter sample off`",
+                ));
+            }
+            observe_call(&socket, set_observe(every, cap, None), json)
+        }
+    }
+}
+
+fn debug(args: DebugArgs) -> Result<(), Failure> {
+    let (common, request) = match args.action {
+        DebugCommand::On(StatusArgs { common }) => (common, set_observe(None, None, Some(true))),
+        DebugCommand::Off(StatusArgs { common }) => (common, set_observe(None, None, Some(false))),
+        DebugCommand::Show(StatusArgs { common }) => (common, Request::GetObserve),
+    };
+    observe_call(&common.socket, request, common.json)
 }

@@ -20,7 +20,7 @@ use aya::{
 };
 use spacefilter_common::{
     AutoBlock, Bucket, Config, Counter, HeaderRule, Limits, MAX_HEADER_RULES, Match, Reason,
-    STATS_SLOTS, Slot, SpoofState, action, flags, map_names, reflect_bits,
+    STATS_SLOTS, Slot, SpoofState, action, flags, map_names, reflect_bits, stats_index,
 };
 
 use crate::prefix::Prefix;
@@ -82,7 +82,7 @@ pub enum ListError {
     Cpus(#[source] std::io::Error),
 }
 
-fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ListError>
+pub(crate) fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ListError>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,
 {
@@ -510,6 +510,21 @@ impl Lists {
             })
     }
 
+    /// The entry whose hit counter is `slot` and whose prefix covers
+    /// `addr`: what a frame from `addr` matched (the longest such entry is
+    /// found first).
+    #[must_use]
+    pub fn entry_at(&self, addr: IpAddr, slot: Slot) -> Option<(List, Prefix)> {
+        let full: u8 = if addr.is_ipv4() { 32 } else { 128 };
+        (0..=full).rev().find_map(|len| {
+            let prefix = Prefix::truncating(addr, len);
+            [List::Allow, List::Block]
+                .into_iter()
+                .find(|&list| self.entries.get(&(list, prefix)) == Some(&slot))
+                .map(|list| (list, prefix))
+        })
+    }
+
     /// The distinct prefixes on `list`.
     #[must_use]
     pub fn prefixes(&self, list: List) -> BTreeSet<Prefix> {
@@ -524,7 +539,10 @@ impl Lists {
 /// Packets and bytes per reason, summed over the CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
+    /// All interfaces together.
     pub by_reason: BTreeMap<Reason, Counter>,
+    /// Per attached interface, by name.
+    pub by_iface: BTreeMap<String, BTreeMap<Reason, Counter>>,
 }
 
 impl Counters {
@@ -544,10 +562,11 @@ impl Counters {
             .sum()
     }
 
-    /// The change from `earlier` to `self`.
+    /// The change from `earlier` to `self` (all interfaces together).
     #[must_use]
     pub fn since(&self, earlier: &Counters) -> Counters {
         Counters {
+            by_iface: BTreeMap::new(),
             by_reason: self
                 .by_reason
                 .iter()
@@ -578,12 +597,13 @@ impl Stats {
         })
     }
 
-    pub fn read(&self) -> Result<Counters, ListError> {
+    /// The counters of one interface slot, summed over the CPUs.
+    fn read_slot(&self, slot: u32) -> Result<BTreeMap<Reason, Counter>, ListError> {
         let mut by_reason = BTreeMap::new();
         for reason in Reason::ALL {
             let values = self
                 .map
-                .get(&(reason as u32), 0)
+                .get(&stats_index(slot, reason as u32), 0)
                 .map_err(|source| ListError::Read {
                     name: map_names::STATS,
                     source,
@@ -595,7 +615,28 @@ impl Stats {
             by_reason.insert(reason, total);
         }
         debug_assert!(Reason::ALL.len() <= STATS_SLOTS as usize);
-        Ok(Counters { by_reason })
+        Ok(by_reason)
+    }
+
+    /// The counters: slot 0 (frames from interfaces without a slot, and
+    /// test runs) and every slot in `ifaces` (name and slot), per interface
+    /// and together. Slots of interfaces no longer attached are not read.
+    pub fn read(&self, ifaces: &[(String, u32)]) -> Result<Counters, ListError> {
+        let mut by_reason = self.read_slot(0)?;
+        let mut by_iface = BTreeMap::new();
+        for (name, slot) in ifaces {
+            let counters = self.read_slot(*slot)?;
+            for (reason, counter) in &counters {
+                let total = by_reason.entry(*reason).or_default();
+                total.packets += counter.packets;
+                total.bytes += counter.bytes;
+            }
+            by_iface.insert(name.clone(), counters);
+        }
+        Ok(Counters {
+            by_reason,
+            by_iface,
+        })
     }
 }
 

@@ -11,11 +11,15 @@
 //! {"v":1,"cmd":"stats"}
 //! {"v":1,"cmd":"watch","interval_ms":1000}
 //! {"v":1,"cmd":"status"}
+//! {"v":1,"cmd":"top","interval_ms":1000,"limit":10}
+//! {"v":1,"cmd":"capture","reason":"blocked"}
+//! {"v":1,"cmd":"set_observe","sample_every":100,"sample_cap":1000,"debug_log":false}
 //! ```
 //!
 //! The daemon answers each request with one [`Response`] line; `add` may
-//! send `progress` lines first, and `watch` sends a `stats` line every
-//! interval until the client hangs up. A request the daemon cannot read
+//! send `progress` lines first; `watch` sends a `stats` line and `top` a
+//! `top` line every interval, and `capture` a `sample` line per sampled
+//! dropped frame, until the client hangs up. A request the daemon cannot read
 //! gets an `error` line and the connection stays open for the next one.
 
 use std::collections::BTreeMap;
@@ -130,6 +134,37 @@ pub enum Request {
     RuleDel { id: u32 },
     /// The rules on headers, in the order they are tried, with their hits.
     RuleList,
+    /// The heaviest dropped sources and prefixes and the drop rates by
+    /// reason, every `interval_ms`, until the client hangs up.
+    Top {
+        interval_ms: u64,
+        /// Sources and prefixes in each list.
+        #[serde(default = "default_top_limit")]
+        limit: usize,
+    },
+    /// Every sampled dropped frame (of one reason, if given) as it comes,
+    /// until the client hangs up.
+    Capture {
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// Drop sampling and the kernel-side debug log.
+    GetObserve,
+    /// Change drop sampling or the debug log (what is not given stays).
+    SetObserve {
+        /// One dropped frame in this many is sampled; 0: off.
+        #[serde(default)]
+        sample_every: Option<u32>,
+        /// Samples a second at most, host-wide.
+        #[serde(default)]
+        sample_cap: Option<u32>,
+        #[serde(default)]
+        debug_log: Option<bool>,
+    },
+}
+
+fn default_top_limit() -> usize {
+    10
 }
 
 impl Request {
@@ -143,6 +178,7 @@ impl Request {
                 | Request::SetLimits { .. }
                 | Request::RuleAdd { .. }
                 | Request::RuleDel { .. }
+                | Request::SetObserve { .. }
         )
     }
 }
@@ -171,6 +207,9 @@ pub enum Response {
     Status(StatusView),
     Limits(LimitsView),
     Rules { rules: Vec<HeaderRuleView> },
+    Top(TopView),
+    Sample(SampleView),
+    Observe(ObserveView),
 }
 
 /// What a header rule does with the frames it matches.
@@ -497,8 +536,86 @@ pub struct CounterView {
 pub struct StatsView {
     /// Milliseconds since the Unix epoch when the counters were read.
     pub at_ms: u64,
-    /// By reason name (`passed`, `blocked`, ...).
+    /// By reason name (`passed`, `blocked`, ...), all interfaces together.
     pub reasons: BTreeMap<String, CounterView>,
+    /// The same per attached interface, by interface name.
+    #[serde(default)]
+    pub interfaces: BTreeMap<String, BTreeMap<String, CounterView>>,
+}
+
+/// Drop sampling and the debug log, as set, with what the sampler did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObserveView {
+    /// One dropped frame in this many is sampled; 0: sampling is off.
+    pub sample_every: u32,
+    /// Samples a second at most, host-wide (each CPU gets an equal
+    /// share).
+    pub sample_cap: u32,
+    pub debug_log: bool,
+    /// Samples sent since the program was loaded.
+    pub samples_sent: u64,
+    /// Frames picked but not sent because the second's budget was spent.
+    pub samples_capped: u64,
+    /// Frames picked but not sent because the ring buffer was full.
+    pub samples_lost: u64,
+}
+
+/// A sampled dropped frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SampleView {
+    /// When it was dropped, in microseconds since the Unix epoch.
+    pub at_us: u64,
+    /// The interface it arrived on (its ifindex if not attached).
+    pub iface: String,
+    pub reason: String,
+    /// What it matched: a list entry (`block 198.18.2.0/24`) or a header
+    /// rule (`rule 3`).
+    #[serde(default)]
+    pub matched: Option<String>,
+    /// Its source address, if its headers were captured.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Its length on the wire.
+    pub len: u32,
+    /// Its first bytes, in hex.
+    pub data: String,
+}
+
+/// A source or a prefix among the heaviest dropped.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TalkerView {
+    /// An address, or a prefix (/24 for IPv4, /64 for IPv6).
+    pub key: String,
+    /// Its share of the samples over the window.
+    pub share: f64,
+    /// Its estimated drop rate: its share times the drop rate.
+    pub packets_per_sec: f64,
+    /// The reason most of its samples were dropped for.
+    pub reason: String,
+    /// What its samples matched most often, if anything.
+    #[serde(default)]
+    pub matched: Option<String>,
+}
+
+/// A `top` snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TopView {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// Drops per second by reason over the last interval (dropping reasons
+    /// only).
+    pub drops_per_sec: BTreeMap<String, f64>,
+    /// All drops per second over the last interval.
+    pub dropped_per_sec: f64,
+    /// Packets per second that passed, over the last interval.
+    pub passed_per_sec: f64,
+    /// Seconds of samples the talkers are ranked over.
+    pub window_secs: u64,
+    /// Samples in that window.
+    pub samples: u64,
+    pub sources: Vec<TalkerView>,
+    pub prefixes: Vec<TalkerView>,
+    pub observe: ObserveView,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,128 @@
+//! What the admin sees of the per-packet path, when asked for:
+//! - a sample of dropped frames, 1 in N, through the `SAMPLES` ring buffer,
+//!   with a hard per-CPU budget per second so that sampling cannot become
+//!   the bottleneck under a flood;
+//! - a debug log line per verdict through aya-log.
+//!
+//! Both are switched in the `OBSERVE` array at runtime; with both off,
+//! [`crate::verdict::finish`] skips this module after one test of a word it
+//! has in hand.
+//!
+//! Kernel: ring buffers (5.8), `bpf_get_prandom_u32` and
+//! `bpf_ktime_get_ns` (4.x for XDP), bounded loops (5.3).
+
+use aya_ebpf::{
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    programs::XdpContext,
+};
+use aya_log_ebpf::debug;
+use spacefilter_common::{DropSample, KERNEL_LOG_TARGET, Observe, observe_flags};
+
+use crate::{
+    maps::{SAMPLE_STATE, SAMPLES},
+    parse::{Frame, Source},
+    verdict::Verdict,
+};
+
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// Samples the frame if it is dropped and picked, and logs the verdict if
+/// the debug log is on.
+#[inline(always)]
+pub(crate) fn verdict(
+    ctx: &XdpContext,
+    frame: &Frame,
+    config: &Observe,
+    (verdict, ifindex, drops): (Verdict, u32, bool),
+    source: Option<&Source>,
+) {
+    if drops && config.flags & observe_flags::SAMPLE != 0 {
+        sample(frame, config, verdict, ifindex);
+    }
+    if config.flags & observe_flags::DEBUG_LOG != 0 {
+        log(ctx, frame, verdict, ifindex, source);
+    }
+}
+
+#[inline(always)]
+fn sample(frame: &Frame, config: &Observe, verdict: Verdict, ifindex: u32) {
+    // SAFETY: bpf_get_prandom_u32 has no preconditions.
+    if unsafe { bpf_get_prandom_u32() } > config.sample_below {
+        return;
+    }
+    let Some(state) = SAMPLE_STATE.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a per-CPU value, used only by this CPU.
+    let state = unsafe { &mut *state };
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // Budgets run per second of the clock, not per second since the first
+    // sample: no span of one clock second ever holds more than the cap.
+    let second = now / NS_PER_SEC;
+    if state.second != second {
+        state.second = second;
+        state.in_second = 0;
+    }
+    if state.in_second >= u64::from(config.cap_per_cpu) {
+        state.capped += 1;
+        return;
+    }
+    let Some(mut entry) = SAMPLES.reserve::<DropSample>(0) else {
+        state.lost += 1;
+        return;
+    };
+    let out = entry.as_mut_ptr();
+    // SAFETY: the reservation holds one DropSample, ours until submitted.
+    unsafe {
+        (*out).ts_ns = now;
+        (*out).ifindex = ifindex;
+        (*out).reason = verdict.reason as u32;
+        (*out).detail = verdict.detail;
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "frames are far below 4 GiB"
+        )]
+        {
+            (*out).len = frame.len() as u32;
+            (*out).cap_len = frame.copy_head(&mut (*out).data) as u32;
+        }
+        (*out).reserved = 0;
+    }
+    entry.submit(0);
+    state.in_second += 1;
+    state.sent += 1;
+}
+
+#[inline(always)]
+fn log(ctx: &XdpContext, frame: &Frame, verdict: Verdict, ifindex: u32, source: Option<&Source>) {
+    let reason = verdict.reason.name();
+    let len = frame.len();
+    let detail = verdict.detail;
+    match source {
+        Some(Source::V4(addr)) => debug!(
+            ctx,
+            target: KERNEL_LOG_TARGET,
+            "{:i} len {} ifindex {}: {} (match {})",
+            u32::from_be_bytes(*addr),
+            len,
+            ifindex,
+            reason,
+            detail
+        ),
+        Some(Source::V6(addr)) => debug!(
+            ctx,
+            target: KERNEL_LOG_TARGET,
+            "{:i} len {} ifindex {}: {} (match {})",
+            *addr,
+            len,
+            ifindex,
+            reason,
+            detail
+        ),
+        None => debug!(
+            ctx,
+            target: KERNEL_LOG_TARGET,
+            "frame len {} ifindex {}: {}", len, ifindex, reason),
+    }
+}

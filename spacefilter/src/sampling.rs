@@ -1,0 +1,126 @@
+//! The daemon's side of drop sampling: samples read from the program's
+//! ring buffer are described (interface, what matched, source), fed to the
+//! [`Talkers`] ranking behind `spacefilter top`, and fanned out to every
+//! `spacefilter capture` client.
+
+use std::{
+    net::IpAddr,
+    sync::Arc,
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use aya::maps::{MapData, RingBuf};
+use spacefilter_common::Reason;
+use tokio::sync::{broadcast, watch};
+
+use crate::{
+    daemon::{Shared, lock},
+    maps::monotonic_ns,
+    observe::Sample,
+    protocol::SampleView,
+    talkers::Talkers,
+};
+
+/// Samples a capture client may fall behind by before it misses some.
+const CAPTURE_BACKLOG: usize = 8_192;
+
+/// What the daemon does with samples.
+pub struct Samples {
+    pub talkers: Talkers,
+    captures: broadcast::Sender<Arc<SampleView>>,
+}
+
+impl Default for Samples {
+    fn default() -> Self {
+        Self {
+            talkers: Talkers::default(),
+            captures: broadcast::channel(CAPTURE_BACKLOG).0,
+        }
+    }
+}
+
+/// Microseconds since the Unix epoch of a `CLOCK_MONOTONIC` time, and the
+/// `Instant` it corresponds to.
+fn when(ts_ns: u64) -> (u64, Instant) {
+    let mono_now = monotonic_ns();
+    let age = std::time::Duration::from_nanos(mono_now.saturating_sub(ts_ns));
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .saturating_sub(age);
+    let at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+    (u64::try_from(wall.as_micros()).unwrap_or(u64::MAX), at)
+}
+
+impl Samples {
+    /// A new capture client's feed.
+    #[must_use]
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<SampleView>> {
+        self.captures.subscribe()
+    }
+
+    /// Takes in one sample; `describe` names its interface and what it
+    /// matched, from its ifindex, its source and its detail.
+    pub fn absorb(
+        &mut self,
+        sample: &Sample,
+        describe: impl FnOnce(u32, Option<IpAddr>, Reason, u32) -> (String, Option<String>),
+    ) {
+        let source = sample.source();
+        let (at_us, at) = when(sample.ts_ns);
+        let (iface, matched) = describe(sample.ifindex, source, sample.reason, sample.detail);
+        let matched: Option<Arc<str>> = matched.map(Into::into);
+        if let Some(source) = source {
+            self.talkers
+                .note(at, source, sample.reason, matched.clone());
+        }
+        if self.captures.receiver_count() > 0 {
+            // Nobody listening is no error: the send fails only then.
+            let _ = self.captures.send(Arc::new(SampleView {
+                at_us,
+                iface,
+                reason: sample.reason.name().to_owned(),
+                matched: matched.map(|m| m.to_string()),
+                source: source.map(|s| s.to_string()),
+                len: sample.len,
+                data: hex::encode(&sample.data),
+            }));
+        }
+    }
+}
+
+/// Reads samples from the program's ring buffer until `stop`.
+pub async fn read(ring: RingBuf<MapData>, core: Shared, mut stop: watch::Receiver<bool>) {
+    // SAFETY: the ring buffer owns its map's file descriptor, which stays
+    // open and the same for as long as the AsyncFd holds the ring buffer.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
+    };
+    let mut ring = match registered {
+        Ok(fd) => fd,
+        Err(err) => {
+            log::error!("watching the drop samples: {err}");
+            return;
+        }
+    };
+    loop {
+        let mut guard = tokio::select! {
+            ready = ring.readable_mut() => match ready {
+                Ok(guard) => guard,
+                Err(err) => {
+                    log::error!("drop samples: {err}");
+                    return;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let mut batch = Vec::new();
+        while let Some(item) = guard.get_inner_mut().next() {
+            if let Some(sample) = Sample::decode(&item) {
+                batch.push(sample);
+            }
+        }
+        guard.clear_ready();
+        lock(&core).absorb_samples(&batch);
+    }
+}
