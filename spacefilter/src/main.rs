@@ -623,11 +623,13 @@ fn main() -> ExitCode {
 
 fn run(args: RunArgs) -> Result<(), Failure> {
     // The kernel's debug lines come at debug level, and only while
-    // `spacefilter debug on`: let them through by default.
-    env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or(format!("info,{KERNEL_LOG_TARGET}=debug")),
-    )
-    .init();
+    // `spacefilter debug on`: let them through whatever RUST_LOG says
+    // about the rest (RUST_LOG=spacefilter::kernel=off silences them).
+    env_logger::Builder::new()
+        .filter_level(log::LevelFilter::Info)
+        .filter_module(KERNEL_LOG_TARGET, log::LevelFilter::Debug)
+        .parse_env(env_logger::Env::default())
+        .init();
     let RunArgs {
         ifaces,
         mode,

@@ -565,6 +565,9 @@ pub struct ObserveView {
 pub struct SampleView {
     /// When it was dropped, in microseconds since the Unix epoch.
     pub at_us: u64,
+    /// The same instant on the kernel's clock (`CLOCK_MONOTONIC`, ns), by
+    /// which the sampler counts its budget a second.
+    pub mono_ns: u64,
     /// The interface it arrived on (its ifindex if not attached).
     pub iface: String,
     pub reason: String,

@@ -78,6 +78,7 @@ impl Samples {
             // Nobody listening is no error: the send fails only then.
             let _ = self.captures.send(Arc::new(SampleView {
                 at_us,
+                mono_ns: sample.ts_ns,
                 iface,
                 reason: sample.reason.name().to_owned(),
                 matched: matched.map(|m| m.to_string()),

@@ -8,7 +8,7 @@ use std::{net::SocketAddr, process::Command, time::Duration};
 use prometheus_parse::{Scrape, Value};
 use spacefilter_tests::{
     daemon::{DaemonPaths, DaemonProcess, Scratch},
-    netns::{Family, Host, Lab},
+    netns::{Family, Host, IFACE, Lab},
     require_root,
     traffic::{UdpSink, send_udp, wait_until},
 };
@@ -38,30 +38,36 @@ fn scrape(lab: &Lab) -> Scrape {
     Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text")
 }
 
-/// The value of `metric` with the label `label` = `value` (or none); every
-/// metric here counts whole things.
+/// The value of `metric` with all of `labels`; every metric here counts
+/// whole things.
 #[expect(
     clippy::cast_possible_truncation,
     clippy::cast_sign_loss,
     reason = "counts, whole and positive"
 )]
-fn value(scrape: &Scrape, metric: &str, label: Option<(&str, &str)>) -> u64 {
+fn value_with(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> u64 {
     let sample = scrape
         .samples
         .iter()
-        .find(|s| s.metric == metric && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
-        .unwrap_or_else(|| panic!("no sample {metric} {label:?}"));
+        .find(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+        .unwrap_or_else(|| panic!("no sample {metric} {labels:?}"));
     match sample.value {
         Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v.round() as u64,
         _ => panic!("{metric} is not a number"),
     }
 }
 
+/// The value of `metric` with the label `label` (or the first sample).
+fn value(scrape: &Scrape, metric: &str, label: Option<(&str, &str)>) -> u64 {
+    value_with(scrape, metric, label.as_slice())
+}
+
+/// Packets of `reason` on the server's interface.
 fn packets(scrape: &Scrape, reason: &str) -> u64 {
-    value(
+    value_with(
         scrape,
         "spacefilter_packets_total",
-        Some(("reason", reason)),
+        &[("reason", reason), ("iface", IFACE)],
     )
 }
 
@@ -135,6 +141,53 @@ fn counters_match_the_traffic_sent() {
     // Bytes too: every blocked frame is at least a minimal UDP frame.
     let bytes = |s| value(s, "spacefilter_bytes_total", Some(("reason", "blocked")));
     assert!(bytes(&after) - bytes(&before) >= blocked * 42);
+    // Every frame came in on the one attached interface.
+    assert!(
+        !after.samples.iter().any(
+            |s| s.metric == "spacefilter_packets_total" && s.labels.get("iface") != Some(IFACE)
+        ),
+        "frames counted elsewhere than {IFACE}"
+    );
+    // The sampler (1 in 100 by default) saw some of the drops, and sent
+    // what it picked: nothing here comes near its cap.
+    assert_eq!(value(&after, "spacefilter_sample_every", None), 100);
+    let samples = |outcome| {
+        value(
+            &after,
+            "spacefilter_samples_total",
+            Some(("outcome", outcome)),
+        )
+    };
+    assert_eq!(samples("capped") + samples("lost"), 0);
+    assert!(samples("sent") <= blocked + dropped + limited);
+
+    // The per-source rate limiter: the attacker, unblocked, held to 50
+    // datagrams a second (burst 50) while it sends 300 in about 0.15 s.
+    daemon.cli(&["unblock", "198.18.2.0/24"]).ok("unblock");
+    daemon
+        .cli(&["limit", "set", "--pps", "50", "--burst", "50"])
+        .ok("limit");
+    let before = scrape(&lab);
+    let sent = send(&lab, Host::Attacker, sink.port(), 300);
+    // Never all of them: this waits the whole second, for the last
+    // arrivals.
+    let through = sink.wait_for(
+        Host::Attacker.addr(Family::V4),
+        sent,
+        Duration::from_secs(1),
+    );
+    let mut after = scrape(&lab);
+    assert!(wait_until(Duration::from_secs(3), || {
+        after = scrape(&lab);
+        packets(&after, "rate_limited") - packets(&before, "rate_limited") + through >= sent
+    }));
+    let limited = packets(&after, "rate_limited") - packets(&before, "rate_limited");
+    assert_eq!(
+        limited + through,
+        sent,
+        "every datagram was limited or arrived"
+    );
+    assert!((200..=250).contains(&limited), "{limited} rate-limited");
 }
 
 #[test]
