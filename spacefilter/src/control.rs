@@ -170,39 +170,8 @@ async fn connection(stream: UnixStream, core: Shared, stop: watch::Receiver<bool
             continue;
         }
         let keep_going = match request {
-            Request::Watch { interval_ms } => {
-                every(
-                    &mut read,
-                    &mut write,
-                    &core,
-                    interval_ms,
-                    stop.clone(),
-                    |_, now, before| Response::Stats(stats_view(now, before)),
-                )
-                .await;
-                false
-            }
-            Request::Top { interval_ms, limit } => {
-                let limit = limit.clamp(1, 1000);
-                every(
-                    &mut read,
-                    &mut write,
-                    &core,
-                    interval_ms,
-                    stop.clone(),
-                    |core, now, before| {
-                        let (rates, elapsed) = match before {
-                            Some((before, elapsed)) => (now.since(before), elapsed),
-                            None => (Counters::default(), Duration::from_secs(1)),
-                        };
-                        Response::Top(lock(core).top(limit, &rates, elapsed))
-                    },
-                )
-                .await;
-                false
-            }
-            Request::Capture { reason } => {
-                capture(&mut read, &mut write, &core, reason, stop.clone()).await;
+            Request::Watch { .. } | Request::Top { .. } | Request::Capture { .. } => {
+                serve_stream(request, &mut read, &mut write, &core, stop.clone()).await;
                 false
             }
             request => handle(request, &core, peer, &mut write).await,
@@ -210,6 +179,37 @@ async fn connection(stream: UnixStream, core: Shared, stop: watch::Receiver<bool
         if !keep_going {
             return;
         }
+    }
+}
+
+/// Serves a request that streams until the client hangs up.
+async fn serve_stream(
+    request: Request,
+    read: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    write: &mut OwnedWriteHalf,
+    core: &Shared,
+    stop: watch::Receiver<bool>,
+) {
+    match request {
+        Request::Watch { interval_ms } => {
+            every(read, write, core, interval_ms, stop, |_, now, before| {
+                Response::Stats(stats_view(now, before))
+            })
+            .await;
+        }
+        Request::Top { interval_ms, limit } => {
+            let limit = limit.clamp(1, 1000);
+            every(read, write, core, interval_ms, stop, |core, now, before| {
+                let (rates, elapsed) = match before {
+                    Some((before, elapsed)) => (now.since(before), elapsed),
+                    None => (Counters::default(), Duration::from_secs(1)),
+                };
+                Response::Top(lock(core).top(limit, &rates, elapsed))
+            })
+            .await;
+        }
+        Request::Capture { reason } => capture(read, write, core, reason, stop).await,
+        _ => unreachable!("only streaming requests come here"),
     }
 }
 
@@ -222,6 +222,33 @@ async fn with_core(
     let core = core.clone();
     match tokio::task::spawn_blocking(move || f(&mut lock(&core))).await {
         Ok(Ok(response)) => response,
+        Ok(Err(refusal)) => refusal.into(),
+        Err(err) => error(ErrorKind::Failed, format!("internal error: {err}")),
+    }
+}
+
+/// Adds entries, forwarding the progress of a large import.
+async fn add(req: AddRequest, core: &Shared, peer: Peer, write: &mut OwnedWriteHalf) -> Response {
+    // Large imports take a while: run them off the async threads and
+    // forward their progress.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let core = core.clone();
+    let job = tokio::task::spawn_blocking(move || {
+        let mut last = Instant::now();
+        lock(&core).add(req, peer, &mut |done, total| {
+            if total >= 50_000 && (last.elapsed() >= Duration::from_millis(200) || done == total) {
+                last = Instant::now();
+                let _ = tx.send(Response::Progress { done, total });
+            }
+        })
+    });
+    while let Some(progress) = rx.recv().await {
+        if send(write, &progress).await.is_err() {
+            break;
+        }
+    }
+    match job.await {
+        Ok(Ok(changed)) => Response::Changed(changed),
         Ok(Err(refusal)) => refusal.into(),
         Err(err) => error(ErrorKind::Failed, format!("internal error: {err}")),
     }
@@ -246,31 +273,7 @@ async fn handle(request: Request, core: &Shared, peer: Peer, write: &mut OwnedWr
                 origin,
                 force,
             };
-            // Large imports take a while: run them off the async threads and
-            // forward their progress.
-            let (tx, mut rx) = mpsc::unbounded_channel();
-            let core = core.clone();
-            let job = tokio::task::spawn_blocking(move || {
-                let mut last = Instant::now();
-                lock(&core).add(req, peer, &mut |done, total| {
-                    if total >= 50_000
-                        && (last.elapsed() >= Duration::from_millis(200) || done == total)
-                    {
-                        last = Instant::now();
-                        let _ = tx.send(Response::Progress { done, total });
-                    }
-                })
-            });
-            while let Some(progress) = rx.recv().await {
-                if send(write, &progress).await.is_err() {
-                    break;
-                }
-            }
-            match job.await {
-                Ok(Ok(changed)) => Response::Changed(changed),
-                Ok(Err(refusal)) => refusal.into(),
-                Err(err) => error(ErrorKind::Failed, format!("internal error: {err}")),
-            }
+            add(req, core, peer, write).await
         }
         Request::Remove { list, prefixes } => {
             with_core(core, move |c| {

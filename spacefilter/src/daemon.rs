@@ -782,6 +782,7 @@ impl Core {
     }
 
     /// A feed of described samples, for a capture client.
+    #[must_use]
     pub fn subscribe_samples(&self) -> tokio::sync::broadcast::Receiver<Arc<SampleView>> {
         self.samples.subscribe()
     }
@@ -1014,6 +1015,42 @@ fn restore(
     Ok(limits)
 }
 
+/// Adds the config file's entries that the state does not hold yet.
+fn add_config_entries(
+    core: &mut Core,
+    (allow, block): (Vec<Prefix>, Vec<Prefix>),
+    force: bool,
+) -> anyhow::Result<()> {
+    let system = Peer {
+        uid: nix::unistd::geteuid().as_raw(),
+        pid: Some(std::process::id().cast_signed()),
+    };
+    for (list, prefixes) in [(List::Allow, allow), (List::Block, block)] {
+        let missing: Vec<String> = prefixes
+            .iter()
+            .filter(|p| !core.rules.contains_key(&(list, **p)))
+            .map(ToString::to_string)
+            .collect();
+        if missing.is_empty() {
+            continue;
+        }
+        core.add(
+            AddRequest {
+                list,
+                prefixes: missing,
+                ttl: None,
+                comment: None,
+                origin: Origin::Config,
+                force,
+            },
+            system,
+            &mut |_, _| {},
+        )
+        .map_err(|r| anyhow::anyhow!("config {}list: {}", list.name(), r.message))?;
+    }
+    Ok(())
+}
+
 /// Claims the interfaces, opens the state directory, loads the program,
 /// restores the rules, adds the config file's entries and attaches.
 fn start(settings: Settings) -> anyhow::Result<Core> {
@@ -1078,33 +1115,7 @@ fn start(settings: Settings) -> anyhow::Result<Core> {
         program_id,
         samples: Samples::default(),
     };
-    let system = Peer {
-        uid: nix::unistd::geteuid().as_raw(),
-        pid: Some(std::process::id().cast_signed()),
-    };
-    for (list, prefixes) in [(List::Allow, allow), (List::Block, block)] {
-        let missing: Vec<String> = prefixes
-            .iter()
-            .filter(|p| !core.rules.contains_key(&(list, **p)))
-            .map(ToString::to_string)
-            .collect();
-        if missing.is_empty() {
-            continue;
-        }
-        core.add(
-            AddRequest {
-                list,
-                prefixes: missing,
-                ttl: None,
-                comment: None,
-                origin: Origin::Config,
-                force,
-            },
-            system,
-            &mut |_, _| {},
-        )
-        .map_err(|r| anyhow::anyhow!("config {}list: {}", list.name(), r.message))?;
-    }
+    add_config_entries(&mut core, (allow, block), force)?;
     for iface in &ifaces {
         match core.filter.attach(iface, mode) {
             Ok(used) => {

@@ -70,74 +70,7 @@ impl Collector for CoreCollector {
                 &[(vec![], 0)],
             );
         };
-        let by_iface = |f: fn(&spacefilter_common::Counter) -> u64| {
-            let mut values = Vec::new();
-            for &reason in &Reason::ALL {
-                let mut attributed = 0;
-                for (iface, counters) in &m.counters.by_iface {
-                    let value = counters.get(&reason).map_or(0, f);
-                    attributed += value;
-                    values.push((
-                        vec![
-                            ("reason", reason.name().to_owned()),
-                            ("iface", iface.clone()),
-                        ],
-                        value,
-                    ));
-                }
-                // Frames from interfaces without a counter slot of their
-                // own (more than the program has slots for).
-                let other = f(&m.counters.get(reason)).saturating_sub(attributed);
-                if other > 0 {
-                    values.push((
-                        vec![
-                            ("reason", reason.name().to_owned()),
-                            ("iface", "other".into()),
-                        ],
-                        other,
-                    ));
-                }
-            }
-            values
-        };
-        counter(
-            &mut encoder,
-            "spacefilter_packets",
-            "Packets by verdict reason and interface.",
-            &by_iface(|c| c.packets),
-        )?;
-        counter(
-            &mut encoder,
-            "spacefilter_bytes",
-            "Bytes by verdict reason and interface.",
-            &by_iface(|c| c.bytes),
-        )?;
-        counter(
-            &mut encoder,
-            "spacefilter_samples",
-            "Dropped frames the sampler picked, by outcome: sent to the daemon, over the \
-             per-second cap, or lost to a full ring buffer.",
-            &[
-                (vec![("outcome", "sent".to_owned())], m.samples.samples_sent),
-                (
-                    vec![("outcome", "capped".to_owned())],
-                    m.samples.samples_capped,
-                ),
-                (vec![("outcome", "lost".to_owned())], m.samples.samples_lost),
-            ],
-        )?;
-        gauge(
-            &mut encoder,
-            "spacefilter_sample_every",
-            "One dropped frame in this many is sampled; 0: sampling is off.",
-            &[(vec![], i64::from(m.samples.sample_every))],
-        )?;
-        gauge(
-            &mut encoder,
-            "spacefilter_kernel_debug_log",
-            "1 while the kernel-side debug log is on.",
-            &[(vec![], i64::from(m.samples.debug_log))],
-        )?;
+        encode_traffic(&mut encoder, &m)?;
         gauge(
             &mut encoder,
             "spacefilter_entries",
@@ -193,6 +126,79 @@ impl Collector for CoreCollector {
             &[(vec![], 1)],
         )
     }
+}
+
+/// Packets and bytes by reason and interface, and the sampler.
+fn encode_traffic(encoder: &mut DescriptorEncoder, m: &Snapshot) -> fmt::Result {
+    let by_iface = |f: fn(&spacefilter_common::Counter) -> u64| {
+        let mut values = Vec::new();
+        for &reason in &Reason::ALL {
+            let mut attributed = 0;
+            for (iface, counters) in &m.counters.by_iface {
+                let value = counters.get(&reason).map_or(0, f);
+                attributed += value;
+                values.push((
+                    vec![
+                        ("reason", reason.name().to_owned()),
+                        ("iface", iface.clone()),
+                    ],
+                    value,
+                ));
+            }
+            // Frames from interfaces without a counter slot of their
+            // own (more than the program has slots for).
+            let other = f(&m.counters.get(reason)).saturating_sub(attributed);
+            if other > 0 {
+                values.push((
+                    vec![
+                        ("reason", reason.name().to_owned()),
+                        ("iface", "other".into()),
+                    ],
+                    other,
+                ));
+            }
+        }
+        values
+    };
+    counter(
+        encoder,
+        "spacefilter_packets",
+        "Packets by verdict reason and interface.",
+        &by_iface(|c| c.packets),
+    )?;
+    counter(
+        encoder,
+        "spacefilter_bytes",
+        "Bytes by verdict reason and interface.",
+        &by_iface(|c| c.bytes),
+    )?;
+    counter(
+        encoder,
+        "spacefilter_samples",
+        "Dropped frames the sampler picked, by outcome: sent to the daemon, over the \
+             per-second cap, or lost to a full ring buffer.",
+        &[
+            (vec![("outcome", "sent".to_owned())], m.samples.samples_sent),
+            (
+                vec![("outcome", "capped".to_owned())],
+                m.samples.samples_capped,
+            ),
+            (vec![("outcome", "lost".to_owned())], m.samples.samples_lost),
+        ],
+    )?;
+    gauge(
+        encoder,
+        "spacefilter_sample_every",
+        "One dropped frame in this many is sampled; 0: sampling is off.",
+        &[(vec![], i64::from(m.samples.sample_every))],
+    )?;
+    gauge(
+        encoder,
+        "spacefilter_kernel_debug_log",
+        "1 while the kernel-side debug log is on.",
+        &[(vec![], i64::from(m.samples.debug_log))],
+    )?;
+    Ok(())
 }
 
 /// What one scrape shows.

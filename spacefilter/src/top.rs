@@ -306,7 +306,7 @@ mod tests {
             .buffer()
             .content()
             .iter()
-            .map(|cell| cell.symbol())
+            .map(ratatui::buffer::Cell::symbol)
             .collect();
         for expected in [
             "dropping 3.61M pkt/s",

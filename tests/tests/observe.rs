@@ -28,6 +28,10 @@ use spacefilter_tests::{
 const BLOCKED: &str = "198.18.2.0/24";
 /// The discard port, with nothing listening on it in the lab.
 const DISCARD: u16 = 9;
+/// Frames the flood capture takes.
+const FRAMES: u64 = 2_000;
+/// The sampler's cap a second in the flood test.
+const CAP: u64 = 400;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -85,7 +89,6 @@ fn capture_during_a_flood_writes_a_pcap_that_tcpdump_reads() {
         .with_burst(16)
         .at_rate(200_000);
     let pcap = dir.join("flood.pcap");
-    const FRAMES: u64 = 2_000;
 
     thread::scope(|scope| {
         let capture = scope.spawn(|| {
@@ -133,8 +136,10 @@ fn capture_during_a_flood_writes_a_pcap_that_tcpdump_reads() {
             .split_whitespace()
             .nth(2)
             .and_then(|s| s.rsplit_once('.'))
-            .map(|(addr, _port)| addr.to_owned())
-            .unwrap_or_else(|| panic!("unexpected tcpdump line {line:?}"));
+            .map_or_else(
+                || panic!("unexpected tcpdump line {line:?}"),
+                |(addr, _port)| addr.to_owned(),
+            );
         assert!(flooding.contains(&source), "{source} did not flood: {line}");
         assert!(
             line.contains(&format!("> {}.{DISCARD}:", v4(Host::Server))),
@@ -153,7 +158,6 @@ fn sampling_under_a_flood_never_exceeds_its_cap() {
     let _serial = serial();
     let lab = FloodLab::new().expect("flood lab");
     let dir = Scratch::new("samplecap").expect("scratch");
-    const CAP: u64 = 400;
     let daemon = daemon(
         &lab,
         &dir,
