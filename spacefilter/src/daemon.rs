@@ -124,6 +124,8 @@ pub struct Core {
     max_sources: u32,
     program_id: u32,
     samples: Samples,
+    /// Auto-blocks the daemon learnt of since it started.
+    auto_blocks: u64,
 }
 
 pub type Shared = Arc<Mutex<Core>>;
@@ -532,6 +534,7 @@ impl Core {
             }],
         };
         op.apply(&mut self.rules);
+        self.auto_blocks += 1;
         if let Err(err) = self.store.append(&op, &self.rules) {
             log::error!(
                 "recording the auto-block of {prefix}: {}",
@@ -677,6 +680,7 @@ impl Core {
             spoof_switches: spoof.switches,
             uptime: self.started.elapsed(),
             samples: self.observe(),
+            auto_blocks: self.auto_blocks,
         })
     }
 
@@ -1114,6 +1118,7 @@ fn start(settings: Settings) -> anyhow::Result<Core> {
         max_sources,
         program_id,
         samples: Samples::default(),
+        auto_blocks: 0,
     };
     add_config_entries(&mut core, (allow, block), force)?;
     for iface in &ifaces {

@@ -89,6 +89,12 @@ impl Collector for CoreCollector {
                 .map(|(id, hits)| (vec![("rule", id.to_string())], *hits))
                 .collect::<Vec<_>>(),
         )?;
+        counter(
+            &mut encoder,
+            "spacefilter_auto_blocks",
+            "Sources the rate limiter auto-blocked since the daemon started.",
+            &[(vec![], m.auto_blocks)],
+        )?;
         gauge(
             &mut encoder,
             "spacefilter_limiter_sources",
@@ -212,6 +218,7 @@ pub struct Snapshot {
     pub spoof_switches: u64,
     pub uptime: Duration,
     pub samples: crate::protocol::ObserveView,
+    pub auto_blocks: u64,
 }
 
 /// Whether `addr` may serve metrics without `--metrics-public`.

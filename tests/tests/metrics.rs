@@ -162,10 +162,22 @@ fn counters_match_the_traffic_sent() {
     assert!(samples("sent") <= blocked + dropped + limited);
 
     // The per-source rate limiter: the attacker, unblocked, held to 50
-    // datagrams a second (burst 50) while it sends 300 in about 0.15 s.
+    // datagrams a second (burst 50) while it sends 300 in about 0.15 s,
+    // and auto-blocked once it has stayed over its limit for 50 ms.
     daemon.cli(&["unblock", "198.18.2.0/24"]).ok("unblock");
     daemon
-        .cli(&["limit", "set", "--pps", "50", "--burst", "50"])
+        .cli(&[
+            "limit",
+            "set",
+            "--pps",
+            "50",
+            "--burst",
+            "50",
+            "--block-after",
+            "50ms",
+            "--block-ttl",
+            "1m",
+        ])
         .ok("limit");
     let before = scrape(&lab);
     let sent = send(&lab, Host::Attacker, sink.port(), 300);
@@ -176,18 +188,34 @@ fn counters_match_the_traffic_sent() {
         sent,
         Duration::from_secs(1),
     );
+    let held = |s: &Scrape| {
+        packets(s, "rate_limited") - packets(&before, "rate_limited") + packets(s, "auto_blocked")
+            - packets(&before, "auto_blocked")
+    };
     let mut after = scrape(&lab);
     assert!(wait_until(Duration::from_secs(3), || {
         after = scrape(&lab);
-        packets(&after, "rate_limited") - packets(&before, "rate_limited") + through >= sent
+        held(&after) + through >= sent && value(&after, "spacefilter_auto_blocks_total", None) == 1
     }));
-    let limited = packets(&after, "rate_limited") - packets(&before, "rate_limited");
     assert_eq!(
-        limited + through,
+        held(&after) + through,
         sent,
-        "every datagram was limited or arrived"
+        "every datagram was held or arrived"
     );
-    assert!((200..=250).contains(&limited), "{limited} rate-limited");
+    let limited = packets(&after, "rate_limited") - packets(&before, "rate_limited");
+    let auto_blocked = packets(&after, "auto_blocked") - packets(&before, "auto_blocked");
+    assert!(
+        limited > 0 && auto_blocked > 0,
+        "{limited} limited, {auto_blocked} auto-blocked"
+    );
+    assert!(
+        (200..=250).contains(&(limited + auto_blocked)),
+        "{limited} + {auto_blocked}"
+    );
+    assert_eq!(
+        value(&after, "spacefilter_entries", Some(("list", "auto"))),
+        1
+    );
 }
 
 #[test]
