@@ -160,11 +160,24 @@ fn counters_match_the_traffic_sent() {
     };
     assert_eq!(samples("capped") + samples("lost"), 0);
     assert!(samples("sent") <= blocked + dropped + limited);
+}
 
-    // The per-source rate limiter: the attacker, unblocked, held to 50
+/// The per-source rate limiter's verdicts, and its auto-blocks.
+#[test]
+fn rate_limits_and_auto_blocks_are_counted() {
+    require_root();
+    let lab = Lab::new().expect("lab");
+    let dir = Scratch::new("metricslim").expect("scratch");
+    let daemon = DaemonProcess::start(
+        &lab.ns(Host::Server),
+        &DaemonPaths::in_dir(dir.path()),
+        &["--capacity", "1024", "--metrics", METRICS],
+    )
+    .unwrap_or_else(|err| panic!("starting the daemon: {err:#}"));
+    let sink = UdpSink::start(&lab, Host::Server).expect("sink");
+    // The per-source rate limiter: the attacker held to 50
     // datagrams a second (burst 50) while it sends 300 in about 0.15 s,
     // and auto-blocked once it has stayed over its limit for 50 ms.
-    daemon.cli(&["unblock", "198.18.2.0/24"]).ok("unblock");
     daemon
         .cli(&[
             "limit",
