@@ -389,6 +389,7 @@ fn steer(lab: &Lab, daemon: &DaemonProcess) -> anyhow::Result<()> {
     println!();
     sf(socket, &["stats"])?;
     sf(socket, &["list"])?;
+    show_capture(daemon)?;
 
     println!(
         "4. An exception: the allowlist always wins over the blocklist, and any entry can expire."
@@ -413,6 +414,36 @@ fn steer(lab: &Lab, daemon: &DaemonProcess) -> anyhow::Result<()> {
     println!("   The allow entry expired and is gone; the block holds again:");
     println!();
     sf(socket, &["list"])?;
+    Ok(())
+}
+
+/// Captures a few sampled dropped frames to a pcap file and shows them as
+/// tcpdump reads them.
+fn show_capture(daemon: &DaemonProcess) -> anyhow::Result<()> {
+    let pcap = daemon.paths().state_dir.with_file_name("dropped.pcap");
+    let path = pcap.to_string_lossy().into_owned();
+    println!(
+        "   What is dropped, in a sample of the drops (1 in 100 by default), as tcpdump sees it:"
+    );
+    println!();
+    sf(
+        daemon.socket(),
+        &["capture", "--out", &path, "--count", "5"],
+    )?;
+    println!("   $ tcpdump -nn -r {path}");
+    let out = std::process::Command::new("tcpdump")
+        .args(["-nn", "-r", &path])
+        .output()
+        .context("running tcpdump")?;
+    ensure!(
+        out.status.success(),
+        "tcpdump could not read {path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("   {line}");
+    }
+    println!();
     Ok(())
 }
 
