@@ -318,7 +318,6 @@ fn kernel_debug_log_switches_at_runtime() {
 fn counters_are_kept_per_interface() {
     require_root();
     let lab = Lab::new().expect("lab");
-    lab.ip(Host::Server, "link set lo up").expect("loopback up");
     let dir = Scratch::new("ifacestats").expect("scratch");
     // Generic mode: loopback has no driver hook.
     let daemon = daemon(&lab, &dir, &["--iface", "lo", "--mode", "skb"]);
