@@ -19,6 +19,10 @@ pub enum ClientError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "permission denied on {path}: only root, and members of the daemon's --socket-group, may talk to it"
+    )]
+    NotAllowed { path: PathBuf },
     #[error("talking to the daemon on {path} failed")]
     Io {
         path: PathBuf,
@@ -41,9 +45,17 @@ pub struct Client {
 
 impl Client {
     pub fn connect(path: &Path) -> Result<Self, ClientError> {
-        let stream = UnixStream::connect(path).map_err(|source| ClientError::NotRunning {
-            path: path.to_path_buf(),
-            source,
+        let stream = UnixStream::connect(path).map_err(|source| {
+            if source.kind() == io::ErrorKind::PermissionDenied {
+                ClientError::NotAllowed {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                ClientError::NotRunning {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
         })?;
         let writer = stream.try_clone().map_err(|source| ClientError::Io {
             path: path.to_path_buf(),

@@ -26,10 +26,25 @@ use crate::{
     protocol::{Envelope, ErrorKind, MAX_REQUEST_BYTES, PROTOCOL_VERSION, Request, Response},
 };
 
-/// Creates the socket: its folder if needed, owner root, mode 0660. A
-/// socket file left by a daemon that died is replaced; one a live daemon
-/// answers on is not.
-pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+/// An unknown socket group: the caller's to fix.
+#[derive(Debug, thiserror::Error)]
+#[error("no group named {0:?} (for --socket-group); create it, or name an existing one")]
+pub struct UnknownGroup(pub String);
+
+/// The id of the group `name`.
+pub fn group_id(name: &str) -> anyhow::Result<nix::unistd::Gid> {
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(group)) => Ok(group.gid),
+        Ok(None) => Err(UnknownGroup(name.to_owned()).into()),
+        Err(err) => Err(anyhow::anyhow!("looking up group {name:?}: {err}")),
+    }
+}
+
+/// Creates the socket: its folder if needed, owner root, mode 0660, group
+/// `group` if given (its members may then read: stats, lists, top,
+/// capture; only root changes anything). A socket file left by a daemon
+/// that died is replaced; one a live daemon answers on is not.
+pub fn bind(path: &Path, group: Option<nix::unistd::Gid>) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -46,6 +61,10 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
         UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o660))
         .with_context(|| format!("setting the mode of {}", path.display()))?;
+    if let Some(gid) = group {
+        nix::unistd::chown(path, None, Some(gid))
+            .with_context(|| format!("giving {} to group {gid}", path.display()))?;
+    }
     Ok(listener)
 }
 

@@ -41,6 +41,8 @@ pub struct Settings {
     pub mode: AttachMode,
     pub state_dir: PathBuf,
     pub socket: PathBuf,
+    /// The group that may read over the socket (`None`: root only).
+    pub socket_group: Option<String>,
     pub force: bool,
     pub capacity: u32,
     /// Sources the rate limiter tracks at once.
@@ -1063,6 +1065,7 @@ fn start(settings: Settings) -> anyhow::Result<Core> {
         mode,
         state_dir,
         socket: _,
+        socket_group: _,
         force,
         capacity,
         max_sources,
@@ -1141,9 +1144,14 @@ fn start(settings: Settings) -> anyhow::Result<Core> {
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let socket = settings.socket.clone();
+    let group = settings
+        .socket_group
+        .as_deref()
+        .map(control::group_id)
+        .transpose()?;
     let metrics_addr = settings.metrics;
     let core = start(settings)?;
-    let listener = control::bind(&socket)?;
+    let listener = control::bind(&socket, group)?;
     log::info!("listening on {}", socket.display());
     let core: Shared = Arc::new(Mutex::new(core));
     let (stop_tx, stop_rx) = watch::channel(false);

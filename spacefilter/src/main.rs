@@ -447,8 +447,12 @@ struct RunArgs {
     /// The control socket to create (mode 0660, owned by root).
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// Give the socket to this group: its members may read (stats, list,
+    /// status, top, capture) but not change anything.
+    #[arg(long, value_name = "GROUP")]
+    socket_group: Option<String>,
     /// A TOML file with any of: interfaces, mode, state_dir, socket,
-    /// capacity, max_sources, metrics, sample_every, sample_cap, allow,
+    /// socket_group, capacity, max_sources, metrics, sample_every, sample_cap, allow,
     /// block. The command line wins where both speak.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -555,6 +559,7 @@ struct ConfigFile {
     mode: Option<AttachMode>,
     state_dir: Option<PathBuf>,
     socket: Option<PathBuf>,
+    socket_group: Option<String>,
     capacity: Option<u32>,
     max_sources: Option<u32>,
     metrics: Option<std::net::SocketAddr>,
@@ -635,6 +640,7 @@ fn run(args: RunArgs) -> Result<(), Failure> {
         mode,
         state_dir,
         socket,
+        socket_group,
         config,
         force,
         capacity,
@@ -667,6 +673,7 @@ fn run(args: RunArgs) -> Result<(), Failure> {
         socket: socket
             .or(file.socket)
             .unwrap_or_else(|| DEFAULT_SOCKET.into()),
+        socket_group: socket_group.or(file.socket_group),
         force,
         capacity: capacity.or(file.capacity).unwrap_or(DEFAULT_CAPACITY),
         max_sources: max_sources.or(file.max_sources).unwrap_or(DEFAULT_BUCKETS),
@@ -714,7 +721,9 @@ fn run(args: RunArgs) -> Result<(), Failure> {
         let refused = matches!(
             err.downcast_ref::<IfaceError>(),
             Some(IfaceError::NoSuchInterface { .. } | IfaceError::Occupied { .. })
-        );
+        ) || err
+            .downcast_ref::<spacefilter::control::UnknownGroup>()
+            .is_some();
         let message = format!("{err:#}");
         if refused {
             Failure::bad_input(message)

@@ -1370,3 +1370,87 @@ fn refuses_to_replace_another_program_unless_forced() {
     s.assert_blocked(&sink, Host::Attacker, Family::V4);
     s.assert_reaches(&sink, Host::Listener, Family::V4, "passed");
 }
+
+/// Runs the CLI as `nobody`, in group `nogroup` only.
+fn cli_as_nobody(socket: &Path, args: &[&str]) -> CliOutput {
+    let started = Instant::now();
+    let out = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(daemon::binary())
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .output()
+        .expect("running setpriv");
+    CliOutput {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        elapsed: started.elapsed(),
+    }
+}
+
+/// `--socket-group`: the group's members read (stats, list, status) over
+/// the socket, and are refused any change; others cannot connect at all.
+#[test]
+fn socket_group_members_may_read_but_not_change() {
+    let s = Setup::with_args(
+        "sockgroup",
+        &["--capacity", CAPACITY, "--socket-group", "nogroup"],
+    );
+    s.daemon
+        .cli(&["block", "198.18.2.0/24"])
+        .ok("block as root");
+    let socket = s.daemon.socket();
+    for verb in [&["stats"][..], &["list"], &["status"], &["sample", "show"]] {
+        cli_as_nobody(socket, verb).ok(&format!("{verb:?} as a group member"));
+    }
+    let listed = cli_as_nobody(socket, &["list"]);
+    assert!(listed.stdout.contains("198.18.2.0/24"), "{}", listed.stdout);
+    for verb in [
+        &["block", "198.18.3.0/24"][..],
+        &["unblock", "198.18.2.0/24"],
+        &["debug", "on"],
+    ] {
+        let out = cli_as_nobody(socket, verb);
+        out.expect_code(2, &format!("{verb:?} as a group member"));
+        assert!(
+            out.stderr.contains("may read but not change"),
+            "{}",
+            out.stderr
+        );
+    }
+    let entries = s.daemon.cli(&["list", "--json"]).ok("list").to_owned();
+    assert!(entries.contains("198.18.2.0/24") && !entries.contains("198.18.3.0/24"));
+
+    // Without the group, the socket stays root's.
+    let t = Setup::new("sockroot");
+    let out = cli_as_nobody(t.daemon.socket(), &["stats"]);
+    out.expect_code(1, "stats as nobody without the group");
+    assert!(out.stderr.contains("permission denied"), "{}", out.stderr);
+}
+
+#[test]
+fn an_unknown_socket_group_is_refused() {
+    require_root();
+    let lab = Lab::new().expect("lab");
+    let dir = Scratch::new("badgroup").expect("scratch");
+    let mut daemon = DaemonProcess::spawn(
+        &lab.ns(Host::Server),
+        &DaemonPaths::in_dir(dir.path()),
+        &[
+            "--capacity",
+            CAPACITY,
+            "--socket-group",
+            "no-such-group-here",
+        ],
+    )
+    .expect("spawning");
+    let status = daemon.wait_exit(Duration::from_secs(10)).expect("exit");
+    assert_eq!(status.code(), Some(2), "{}", daemon.log());
+    assert!(
+        daemon.log().contains("no-such-group-here"),
+        "{}",
+        daemon.log()
+    );
+}
