@@ -27,6 +27,8 @@ use spacefilter::{Filter, LoadOptions, Prefix, filter::TOOLS};
 
 use crate::packets::{Ext, Packet};
 
+pub mod observe;
+
 /// XDP actions.
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;

@@ -11,7 +11,9 @@ use anyhow::Context as _;
 use spacefilter_tests::{
     bench::{
         Floors, KINDS, Parking, Rng, Row, Table, XdpFilter, control_plane, flood_throughput,
-        guard_costs, guard_report, load_filter, machine, measure, report, write_report,
+        guard_costs, guard_report, load_filter, machine, measure,
+        observe::{observe_costs, observe_report},
+        report, write_report,
     },
     require_root,
 };
@@ -68,6 +70,8 @@ fn main() -> anyhow::Result<()> {
     let flood = flood_throughput(Duration::from_secs(flood_seconds), FLOOD_LEGIT_RATE)?;
     eprintln!("bench: the flood guards, stage by stage");
     let guards = guard_costs(&floors, &mut rng, (rounds, repeat))?;
+    eprintln!("bench: the cost of drop sampling and the debug log");
+    let watching = observe_costs(&floors, &mut rng, (rounds, repeat))?;
     let date = String::from_utf8(
         std::process::Command::new("date")
             .arg("-u")
@@ -77,6 +81,7 @@ fn main() -> anyhow::Result<()> {
     )?;
     let mut text = report(&rows, &control, &flood, &machine(), date.trim(), &notes);
     text.push_str(&guard_report(&guards));
+    text.push_str(&observe_report(&watching));
     print!("{text}");
     write_report(&out, &text)?;
     eprintln!("bench: wrote {}", out.display());
