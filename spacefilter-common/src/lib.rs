@@ -410,9 +410,9 @@ pub mod observe_flags {
 pub struct Observe {
     /// [`observe_flags`] bits.
     pub flags: u32,
-    /// A dropped frame is sampled when `bpf_get_prandom_u32()` is at most
-    /// this: `u32::MAX` samples every drop, `2^32 / N - 1` one in N.
-    pub sample_below: u32,
+    /// One dropped frame in this many is sampled, on average (at least 1
+    /// while [`observe_flags::SAMPLE`] is set).
+    pub sample_every: u32,
     /// Samples each CPU may send per second (of `bpf_ktime_get_ns`); the
     /// daemon sets it to the host-wide cap divided by the CPUs.
     pub cap_per_cpu: u32,
@@ -447,15 +447,19 @@ pub struct DropSample {
     pub data: [u8; SAMPLE_BYTES],
 }
 
-/// Per CPU, in `SAMPLE_STATE`: the sampler's budget and what became of
-/// the frames it picked.
+/// Per CPU, in `SAMPLE_STATE`: the sampler's countdown and budget, and
+/// what became of the frames it picked.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SampleState {
-    /// The second (`bpf_ktime_get_ns / 10^9`) the budget is counted in.
-    pub second: u64,
+    /// Dropped frames until the next pick (0 or 1: the next one). After a
+    /// pick it is drawn anew, uniformly from 1 to 2N - 1 (N on average),
+    /// so that the picks follow no pattern a flood could fall in step with.
+    pub countdown: u64,
+    /// The end of the clock second the budget is counted in.
+    pub window_end_ns: u64,
     /// Samples sent in that second.
-    pub in_second: u64,
+    pub in_window: u64,
     /// Samples sent, in all.
     pub sent: u64,
     /// Frames picked but not sent: the second's budget was spent.

@@ -1,7 +1,8 @@
 //! What the admin sees of the per-packet path, when asked for:
-//! - a sample of dropped frames, 1 in N, through the `SAMPLES` ring buffer,
-//!   with a hard per-CPU budget per second so that sampling cannot become
-//!   the bottleneck under a flood;
+//! - a sample of dropped frames, 1 in N on average, through the `SAMPLES`
+//!   ring buffer, with a hard per-CPU budget per second so that sampling
+//!   cannot become the bottleneck under a flood: a frame not picked costs a
+//!   per-CPU countdown, no helper call;
 //! - a debug log line per verdict through aya-log.
 //!
 //! Both are switched in the `OBSERVE` array at runtime; with both off,
@@ -46,25 +47,30 @@ pub(crate) fn verdict(
 
 #[inline(always)]
 fn sample(frame: &Frame, config: &Observe, verdict: Verdict, ifindex: u32) {
-    // SAFETY: bpf_get_prandom_u32 has no preconditions.
-    if unsafe { bpf_get_prandom_u32() } > config.sample_below {
-        return;
-    }
     let Some(state) = SAMPLE_STATE.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: a per-CPU value, used only by this CPU.
     let state = unsafe { &mut *state };
+    let every = u64::from(config.sample_every.max(1));
+    // A frame that is not picked costs this countdown and nothing more. A
+    // countdown left from a larger N is cut short.
+    if state.countdown > 1 && state.countdown < 2 * every {
+        state.countdown -= 1;
+        return;
+    }
+    // Picked. The next pick comes after a random gap of N on average.
+    // SAFETY: bpf_get_prandom_u32 has no preconditions.
+    state.countdown = 1 + u64::from(unsafe { bpf_get_prandom_u32() }) % (2 * every - 1);
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     // Budgets run per second of the clock, not per second since the first
-    // sample: no span of one clock second ever holds more than the cap.
-    let second = now / NS_PER_SEC;
-    if state.second != second {
-        state.second = second;
-        state.in_second = 0;
+    // sample: no clock second ever holds more than the cap.
+    if now >= state.window_end_ns {
+        state.window_end_ns = (now / NS_PER_SEC + 1) * NS_PER_SEC;
+        state.in_window = 0;
     }
-    if state.in_second >= u64::from(config.cap_per_cpu) {
+    if state.in_window >= u64::from(config.cap_per_cpu) {
         state.capped += 1;
         return;
     }
@@ -90,7 +96,7 @@ fn sample(frame: &Frame, config: &Observe, verdict: Verdict, ifindex: u32) {
         (*out).reserved = 0;
     }
     entry.submit(0);
-    state.in_second += 1;
+    state.in_window += 1;
     state.sent += 1;
 }
 

@@ -86,14 +86,10 @@ impl Observer {
         let mut next = self.current;
         if every == 0 {
             next.flags &= !observe_flags::SAMPLE;
-            next.sample_below = 0;
         } else {
             next.flags |= observe_flags::SAMPLE;
-            // A draw of bpf_get_prandom_u32 at most this happens once in
-            // `every`.
-            next.sample_below = u32::try_from((1u64 << 32) / u64::from(every) - 1)
-                .expect("2^32 / every - 1 fits in 32 bits for every >= 1");
         }
+        next.sample_every = every;
         next.cap_per_cpu = (cap / self.cpus).max(1);
         self.write(next)
     }
@@ -104,8 +100,7 @@ impl Observer {
         let every = if self.current.flags & observe_flags::SAMPLE == 0 {
             0
         } else {
-            u32::try_from((1u64 << 32) / (u64::from(self.current.sample_below) + 1))
-                .unwrap_or(u32::MAX)
+            self.current.sample_every
         };
         Sampling {
             every,
