@@ -31,7 +31,7 @@ fn settings() -> [Setting; 5] {
     [
         setting("sampling off, debug log off", 0, 1, false, false),
         setting(
-            "sampling 1 in 100, over the cap of 1000/s (the default under a flood)",
+            "sampling 1 in 100, cap 1000/s (the defaults)",
             100,
             1_000,
             false,
