@@ -48,8 +48,9 @@
 //! nor GRO ([`FloodLab::accept_without_filter`]).
 
 use std::{
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr},
     ops::Deref,
+    sync::{Mutex, PoisonError},
     thread,
     time::{Duration, Instant},
 };
@@ -57,7 +58,7 @@ use std::{
 use anyhow::Context as _;
 use aya::{
     Ebpf, TestRunOptions,
-    maps::Array,
+    maps::{Array, MapData},
     programs::{TestRun as _, TestRunAttrs, Xdp, XdpMode},
 };
 use nix::{
@@ -84,8 +85,9 @@ const LIVE_BATCH: u32 = 64;
 const PARKING: [&str; 2] = ["sfgen0", "sfgen1"];
 /// How often a paced flood tops up.
 const SLICE: Duration = Duration::from_millis(2);
-/// `USER_HZ`: the unit of `/proc/stat`, 100 on every Linux ABI.
-const USER_HZ: f64 = 100.0;
+/// `USER_HZ`: the unit of `/proc/stat` and `/proc/PID/stat`, 100 on every
+/// Linux ABI.
+pub const USER_HZ: f64 = 100.0;
 
 /// A MAC address written `02:53:46:00:00:01`, as bytes.
 fn mac_bytes(text: &str) -> [u8; 6] {
@@ -104,24 +106,27 @@ pub enum Shape {
     Udp { port: u16 },
     /// TCP SYNs to `port`, from a source port that varies with the source.
     Syn { port: u16 },
-    /// Answers of the amplifiers that reflection attacks abuse, to high
-    /// ports, each source one service in turn: DNS (from port 53, 512
-    /// bytes of payload), NTP (123, 440 bytes, as a `monlist` answer) and
-    /// memcached (11211, 1400 bytes).
-    Reflection,
+    /// Answers of the amplifiers that reflection attacks abuse, aimed at
+    /// `port` (a service of the victim's, where no answer is expected),
+    /// each source one service in turn: DNS (from port 53, 512 bytes of
+    /// payload), NTP (123, 440 bytes, as a `monlist` answer) and memcached
+    /// (11211, 1400 bytes).
+    Reflection { port: u16 },
 }
 
 /// The reflection services: source port and payload size.
 pub const REFLECTORS: [(u16, usize); 3] = [(53, 512), (123, 440), (11_211, 1_400)];
 
 /// A flood: the frames to cycle through, how many copies of each one call
-/// sends, the pace, and when to stop.
+/// sends, the pace, when to stop, and the sources the generator spreads
+/// the frames over.
 #[derive(Clone, Debug)]
 pub struct Flood {
     frames: Vec<Vec<u8>>,
     burst: u32,
     rate: Option<u64>,
     total: Option<u64>,
+    spread: Option<(Ipv4Addr, u32)>,
 }
 
 impl Flood {
@@ -148,9 +153,9 @@ impl Flood {
                 let packet = match shape {
                     Shape::Udp { port } => packet.udp(40_000 + low, port).payload_len(18),
                     Shape::Syn { port } => packet.tcp(20_000 + low, port),
-                    Shape::Reflection => {
-                        let (port, size) = REFLECTORS[i % REFLECTORS.len()];
-                        packet.udp(port, 32_768 + low).payload_len(size)
+                    Shape::Reflection { port } => {
+                        let (from, size) = REFLECTORS[i % REFLECTORS.len()];
+                        packet.udp(from, port).payload_len(size)
                     }
                 };
                 let mut bytes = packet.build().into_bytes();
@@ -174,7 +179,33 @@ impl Flood {
             burst: Self::BURST,
             rate: None,
             total: None,
+            spread: None,
         }
+    }
+
+    /// Every frame from the next of `count` source addresses from `first`
+    /// on, in turn: the generator rewrites each IPv4 frame's source (and
+    /// mends its checksums) as it sends it, so one call sends a flood from
+    /// thousands of sources. Frames that are not IPv4 leave as built.
+    ///
+    /// # Panics
+    /// If `count` is 0.
+    #[must_use]
+    pub fn spread_over(mut self, first: Ipv4Addr, count: u32) -> Flood {
+        assert!(count > 0, "a spread over no source");
+        self.spread = Some((first, count));
+        self
+    }
+
+    /// The sources the frames are spread over, if they are.
+    #[must_use]
+    pub fn spread_sources(&self) -> Option<Vec<IpAddr>> {
+        let (first, count) = self.spread?;
+        Some(
+            (0..count)
+                .map(|i| IpAddr::V4(Ipv4Addr::from(u32::from(first).wrapping_add(i))))
+                .collect(),
+        )
     }
 
     /// Paced to `pps` frames a second (by default the generator sends as
@@ -297,6 +328,8 @@ fn pin_thread(cpu: usize) -> anyhow::Result<()> {
 /// network namespace.
 pub struct Generator {
     ebpf: Ebpf,
+    /// `GEN_SPREAD`: the sources a flood's frames are spread over.
+    spread: Mutex<Array<MapData, [u32; 2]>>,
     ns: String,
     target: String,
     cpu: Option<usize>,
@@ -319,6 +352,10 @@ impl Generator {
                 .context("the tools have no map GEN_TARGET")?,
         )?;
         targets.set(0, ifindex, 0)?;
+        let spread = Array::try_from(
+            ebpf.take_map("GEN_SPREAD")
+                .context("the tools have no map GEN_SPREAD")?,
+        )?;
         let program: &mut Xdp = ebpf
             .program_mut("generator")
             .context("the tools have no program generator")?
@@ -332,6 +369,7 @@ impl Generator {
             .with_context(|| format!("parking the generator on {park} in {ns}"))?;
         Ok(Generator {
             ebpf,
+            spread: Mutex::new(spread),
             ns: ns.to_owned(),
             target: target.to_owned(),
             cpu: None,
@@ -376,7 +414,16 @@ impl Generator {
     /// Sends `flood` for `duration` (or until its limit), from a thread
     /// inside the generator's namespace; blocks until done.
     pub fn run(&self, flood: &Flood, duration: Duration) -> anyhow::Result<Sent> {
-        run_in_netns(&self.ns, || self.run_here(flood, duration))?
+        let mut spread = self.spread.lock().unwrap_or_else(PoisonError::into_inner);
+        let (first, count) = flood.spread.unwrap_or((Ipv4Addr::UNSPECIFIED, 0));
+        spread
+            .set(0, [u32::from(first), count], 0)
+            .context("setting the generator's sources")?;
+        let sent = run_in_netns(&self.ns, || self.run_here(flood, duration))?;
+        spread
+            .set(0, [0, 0], 0)
+            .context("clearing the generator's sources")?;
+        sent
     }
 
     /// [`Self::run`], once inside the namespace.
@@ -712,12 +759,15 @@ mod tests {
             assert_eq!(tcp.destination_port(), 443);
         }
 
-        let reflection = Flood::new(Shape::Reflection, &sources[..6], dst);
+        let reflection = Flood::new(Shape::Reflection { port: 5000 }, &sources[..6], dst);
         let ports: Vec<(u16, usize)> = reflection
             .frames()
             .iter()
             .map(|frame| match parse(frame).1 {
-                Some(TransportSlice::Udp(udp)) => (udp.source_port(), udp.payload().len()),
+                Some(TransportSlice::Udp(udp)) => {
+                    assert_eq!(udp.destination_port(), 5000);
+                    (udp.source_port(), udp.payload().len())
+                }
                 _ => panic!("not UDP"),
             })
             .collect();

@@ -91,9 +91,15 @@ pub struct UdpSink {
 impl UdpSink {
     /// Binds `[::]:0` in `host`'s namespace and starts counting.
     pub fn start(lab: &Lab, host: Host) -> anyhow::Result<Self> {
+        Self::start_on(lab, host, 0)
+    }
+
+    /// Binds `[::]:port` in `host`'s namespace (0: any free port, which
+    /// the kernel takes from the ephemeral range) and starts counting.
+    pub fn start_on(lab: &Lab, host: Host, port: u16) -> anyhow::Result<Self> {
         let socket = lab
-            .run_in(host, || UdpSocket::bind("[::]:0"))?
-            .context("binding the UDP sink")?;
+            .run_in(host, || UdpSocket::bind(("::", port)))?
+            .with_context(|| format!("binding the UDP sink to port {port}"))?;
         socket.set_read_timeout(Some(POLL))?;
         let port = socket.local_addr()?.port();
         let counts = Tally::default();
@@ -186,6 +192,19 @@ impl UdpStream {
     /// Sends `rate` datagrams a second from `from` to `to`, in bursts every
     /// 10 ms.
     pub fn start(lab: &Lab, from: Host, to: SocketAddr, rate: u64) -> anyhow::Result<Self> {
+        Self::start_every(lab, from, to, rate, Duration::from_millis(10))
+    }
+
+    /// [`Self::start`], topping up every `tick` (a sleep, so at least the
+    /// scheduler's timer slack): a short tick spreads the datagrams out,
+    /// for timing when a stream's frames start being dropped.
+    pub fn start_every(
+        lab: &Lab,
+        from: Host,
+        to: SocketAddr,
+        rate: u64,
+        tick: Duration,
+    ) -> anyhow::Result<Self> {
         let family = if to.is_ipv4() { Family::V4 } else { Family::V6 };
         let socket = client_udp(lab, from, family)?;
         let sent = Arc::new(AtomicU64::new(0));
@@ -194,8 +213,8 @@ impl UdpStream {
             let start = Instant::now();
             let mut seq = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let elapsed_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
-                let due = rate.saturating_mul(elapsed_ms) / 1000;
+                let elapsed_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+                let due = rate.saturating_mul(elapsed_us) / 1_000_000;
                 while seq < due {
                     let payload = format!("spacefilter lab datagram {seq} from {from}");
                     if socket.send_to(payload.as_bytes(), to).is_ok() {
@@ -203,7 +222,7 @@ impl UdpStream {
                     }
                     seq += 1;
                 }
-                thread::sleep(Duration::from_millis(10));
+                thread::sleep(tick);
             }
         })?;
         Ok(Self {

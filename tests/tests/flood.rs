@@ -6,7 +6,6 @@
 //! these tests run one at a time.
 
 use std::{
-    collections::BTreeSet,
     net::{IpAddr, SocketAddr},
     sync::{Mutex, MutexGuard, PoisonError},
     thread,
@@ -43,6 +42,14 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// A flood lab whose server takes every frame, with no filter.
+fn open_lab() -> FloodLab {
+    let mut lab = FloodLab::new().expect("building the flood lab");
+    lab.accept_without_filter()
+        .expect("letting the server take redirected frames");
+    lab
+}
+
 /// spacefilter, loaded and attached to the server's interface natively.
 fn attached_filter(lab: &FloodLab) -> Filter {
     let mut filter = Filter::load(LoadOptions {
@@ -59,15 +66,36 @@ fn v4(host: Host) -> IpAddr {
     host.addr(Family::V4)
 }
 
+/// Sends `flood`, all `frames` of it, and gives the sink time to hear from
+/// every one of `sources`; returns from how many of them it heard, and how
+/// many datagrams it received from them.
+fn flood_to_sink(
+    lab: &FloodLab,
+    flood: &Flood,
+    sink: &UdpSink,
+    sources: &[IpAddr],
+    frames: u64,
+) -> (usize, u64) {
+    let sent = lab.flood(flood, Duration::from_secs(10)).expect("flooding");
+    assert_eq!(sent.frames, frames);
+    let distinct = || {
+        sources
+            .iter()
+            .filter(|&&src| sink.received_from(src) > 0)
+            .count()
+    };
+    wait_until(SETTLE, || distinct() == sources.len());
+    let datagrams = sources.iter().map(|&src| sink.received_from(src)).sum();
+    (distinct(), datagrams)
+}
+
 /// The generator delivers what it is asked for, all of it seen in the
 /// server's counters, and a paced flood keeps its rate.
 #[test]
 fn generator_delivers_to_the_server() {
     require_root();
     let _serial = serial();
-    let mut lab = FloodLab::new().expect("building the flood lab");
-    lab.accept_without_filter()
-        .expect("letting the server take redirected frames");
+    let lab = open_lab();
     let flood = Flood::new(
         Shape::Udp { port: DISCARD },
         &[v4(Host::Attacker)],
@@ -111,9 +139,7 @@ fn generator_delivers_to_the_server() {
 fn spoofed_sources_arrive() {
     require_root();
     let _serial = serial();
-    let mut lab = FloodLab::new().expect("building the flood lab");
-    lab.accept_without_filter()
-        .expect("letting the server take redirected frames");
+    let lab = open_lab();
     let sink = UdpSink::start(&lab, Host::Server).expect("starting the UDP sink");
     // Off-link sources: the server has no route back, so it never asks
     // for their neighbours.
@@ -126,32 +152,57 @@ fn spoofed_sources_arrive() {
         .with_burst(u32::try_from(per_source).unwrap())
         .at_rate(10_000)
         .limit(frames);
-    let sent = lab
-        .flood(&flood, Duration::from_secs(10))
-        .expect("flooding");
-    assert_eq!(sent.frames, frames);
-    let distinct = || {
-        sources
-            .iter()
-            .filter(|&&src| sink.received_from(src) > 0)
-            .count()
-    };
-    wait_until(SETTLE, || distinct() == SOURCES);
-    let seen: BTreeSet<IpAddr> = sources
-        .iter()
-        .copied()
-        .filter(|&src| sink.received_from(src) > 0)
-        .collect();
-    let datagrams: u64 = sources.iter().map(|&src| sink.received_from(src)).sum();
+    let (seen, datagrams) = flood_to_sink(&lab, &flood, &sink, &sources, frames);
     assert!(
-        seen.len() >= SOURCES * 95 / 100,
-        "the server heard from {} of {SOURCES} spoofed sources ({datagrams} of {frames} \
-         datagrams)",
-        seen.len()
+        seen >= SOURCES * 95 / 100,
+        "the server heard from {seen} of {SOURCES} spoofed sources ({datagrams} of {frames} \
+         datagrams)"
     );
     assert!(
         datagrams >= frames * 9 / 10,
         "the server's socket received {datagrams} of {frames} datagrams"
+    );
+}
+
+/// A flood spread over sources by the generator reaches the server's
+/// socket from every one of them: each frame's source is rewritten and
+/// its checksums mended, or the stack would drop it.
+#[test]
+fn spread_flood_arrives_from_every_source() {
+    require_root();
+    let _serial = serial();
+    let lab = open_lab();
+    let sink = UdpSink::start(&lab, Host::Server).expect("starting the UDP sink");
+    let first = std::net::Ipv4Addr::new(198, 19, 7, 0);
+    let count = 1_000_u32;
+    let frames = u64::from(count) * 4;
+    // Slow enough for the sink's socket buffer, as above.
+    let flood = Flood::new(
+        Shape::Udp { port: sink.port() },
+        &[IpAddr::V4(first)],
+        v4(Host::Server),
+    )
+    .spread_over(first, count)
+    .with_burst(64)
+    .at_rate(10_000)
+    .limit(frames);
+    let sources = flood.spread_sources().expect("a spread flood");
+    assert_eq!(sources.len(), 1_000);
+    let (seen, datagrams) = flood_to_sink(&lab, &flood, &sink, &sources, frames);
+    assert_eq!(
+        seen,
+        sources.len(),
+        "the server heard from {seen} of {count} sources ({datagrams} of {frames} datagrams)"
+    );
+    assert!(
+        datagrams >= frames * 9 / 10,
+        "the server's socket received {datagrams} of {frames} datagrams"
+    );
+    assert_eq!(
+        sink.received_from(IpAddr::V4(first)),
+        4,
+        "each source sends its share: the first sent {}",
+        sink.received_from(IpAddr::V4(first))
     );
 }
 

@@ -155,7 +155,9 @@ pub(crate) fn demo() -> Result<()> {
 }
 
 pub(crate) fn bench(quick: bool) -> Result<()> {
-    step("building the benchmark (release)");
+    // The control-plane part runs the daemon: the `spacefilter` binary
+    // next to the benchmark's (see `spacefilter_tests::daemon::binary`).
+    step("building the benchmark and the daemon (release)");
     let mut cmd = cargo();
     cmd.args([
         "build",
@@ -164,9 +166,16 @@ pub(crate) fn bench(quick: bool) -> Result<()> {
         "spacefilter-tests",
         "--bin",
         "bench",
+        "--package",
+        "spacefilter",
+        "--bin",
+        "spacefilter",
     ]);
     run_cmd(cmd, "build")?;
-    step("benchmarking (BPF_PROG_TEST_RUN: spacefilter, bare floors, xdp-filter)");
+    step(
+        "benchmarking (per-packet cost, control plane with the daemon, floods in the veth \
+         harness)",
+    );
     let mut cmd = Command::new(workspace_root().join("target/release/bench"));
     cmd.current_dir(workspace_root())
         .args(["--out", "BENCHMARKS.md"]);

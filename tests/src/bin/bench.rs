@@ -8,10 +8,11 @@ use std::{
 };
 
 use anyhow::Context as _;
+use spacefilter_common::Limits;
 use spacefilter_tests::{
     bench::{
-        Floors, KINDS, Parking, Rng, Row, Table, XdpFilter, control_plane, flood_throughput,
-        guard_costs, guard_report, load_filter, machine, measure,
+        ControlOptions, Floors, KINDS, Parking, Rng, Row, Table, XdpFilter, control_plane,
+        flood_throughput, guard_costs, guard_report, load_filter, machine, measure,
         observe::{observe_costs, observe_report},
         report, write_report,
     },
@@ -24,18 +25,57 @@ const XDP_FILTER_MAX: usize = 1_000;
 /// The legitimate flow during the floods, datagrams a second.
 const FLOOD_LEGIT_RATE: u64 = 10_000;
 
+/// The parts of the benchmark, in the order they run.
+const PARTS: [&str; 5] = ["packets", "control", "floods", "guards", "observe"];
+
+/// The command line.
+struct Args {
+    out: PathBuf,
+    quick: bool,
+    /// The parts to run; all when `None`.
+    only: Option<Vec<String>>,
+}
+
+impl Args {
+    fn parse() -> anyhow::Result<Args> {
+        let mut parsed = Args {
+            out: PathBuf::from("BENCHMARKS.md"),
+            quick: false,
+            only: None,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--out" => parsed.out = args.next().context("--out needs a path")?.into(),
+                "--quick" => parsed.quick = true,
+                "--only" => {
+                    let parts: Vec<String> = args
+                        .next()
+                        .context("--only needs a list of parts")?
+                        .split(',')
+                        .map(str::to_owned)
+                        .collect();
+                    if let Some(bad) = parts.iter().find(|p| !PARTS.contains(&p.as_str())) {
+                        anyhow::bail!("unknown part {bad:?}; the parts are {}", PARTS.join(", "));
+                    }
+                    parsed.only = Some(parts);
+                }
+                other => anyhow::bail!(
+                    "unknown argument {other:?}; expected --out PATH, --quick or --only \
+                     PART,... (of {})",
+                    PARTS.join(", ")
+                ),
+            }
+        }
+        Ok(parsed)
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     require_root();
-    let mut out = PathBuf::from("BENCHMARKS.md");
-    let mut quick = false;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--out" => out = args.next().context("--out needs a path")?.into(),
-            "--quick" => quick = true,
-            other => anyhow::bail!("unknown argument {other:?}; expected --out PATH or --quick"),
-        }
-    }
+    let Args { out, quick, only } = Args::parse()?;
+    // A report of some parts only is for working on them: it says so.
+    let runs = |part: &str| only.as_ref().is_none_or(|o| o.iter().any(|p| p == part));
     let (sizes, rounds, repeat): (&[usize], usize, u32) = if quick {
         (&[0, 1_000], 3, 200_000)
     } else {
@@ -46,32 +86,57 @@ fn main() -> anyhow::Result<()> {
     let mut rng = Rng::new(0x5eed_f00d);
     let mut rows = Vec::new();
     let mut notes = Vec::new();
-    for &size in sizes {
-        measure_size(
-            size,
-            &floors,
-            &mut rng,
-            (rounds, repeat),
-            &mut rows,
-            &mut notes,
-        )?;
+    if let Some(parts) = &only {
+        notes.push(format!("a partial run: {} only", parts.join(", ")));
     }
-    let import_size = if quick { 10_000 } else { 1_000_000 };
-    eprintln!("bench: control plane: importing {import_size} prefixes through the daemon");
-    let control = control_plane(import_size, &mut rng)?;
-    for (what, value) in &control {
-        eprintln!("bench: {what}: {value}");
+    if runs("packets") {
+        for &size in sizes {
+            measure_size(
+                size,
+                &floors,
+                &mut rng,
+                (rounds, repeat),
+                &mut rows,
+                &mut notes,
+            )?;
+        }
     }
-    let flood_seconds = if quick { 2 } else { 5 };
-    eprintln!(
-        "bench: flood throughput: {flood_seconds} s floods into the veth harness, one filter at \
-         a time"
-    );
-    let flood = flood_throughput(Duration::from_secs(flood_seconds), FLOOD_LEGIT_RATE)?;
-    eprintln!("bench: the flood guards, stage by stage");
-    let guards = guard_costs(&floors, &mut rng, (rounds, repeat))?;
-    eprintln!("bench: the cost of drop sampling and the debug log");
-    let watching = observe_costs(&floors, &mut rng, (rounds, repeat))?;
+    let control = if runs("control") {
+        let control_options = ControlOptions {
+            import: if quick { 10_000 } else { 1_000_000 },
+            repeats: 20,
+            interval: Duration::from_secs(if quick { 2 } else { 5 }),
+        };
+        let control = control_plane(control_options, &mut rng)?;
+        for (what, value) in &control.rows {
+            eprintln!("bench: {what}: {value}");
+        }
+        Some(control)
+    } else {
+        None
+    };
+    let flood = if runs("floods") {
+        let flood_seconds = if quick { 2 } else { 5 };
+        eprintln!(
+            "bench: flood throughput: {flood_seconds} s floods into the veth harness, one filter \
+             at a time"
+        );
+        flood_throughput(Duration::from_secs(flood_seconds), FLOOD_LEGIT_RATE)?
+    } else {
+        Vec::new()
+    };
+    let guards = if runs("guards") {
+        eprintln!("bench: the flood guards, stage by stage");
+        guard_costs(&floors, &mut rng, (rounds, repeat))?
+    } else {
+        Vec::new()
+    };
+    let watching = if runs("observe") {
+        eprintln!("bench: the cost of drop sampling and the debug log");
+        Some(observe_costs(&floors, &mut rng, (rounds, repeat))?)
+    } else {
+        None
+    };
     let date = String::from_utf8(
         std::process::Command::new("date")
             .arg("-u")
@@ -79,9 +144,18 @@ fn main() -> anyhow::Result<()> {
             .output()?
             .stdout,
     )?;
-    let mut text = report(&rows, &control, &flood, &machine(), date.trim(), &notes);
+    let mut text = report(
+        &rows,
+        control.as_ref(),
+        &flood,
+        &machine(),
+        date.trim(),
+        &notes,
+    );
     text.push_str(&guard_report(&guards));
-    text.push_str(&observe_report(&watching));
+    if let Some(watching) = &watching {
+        text.push_str(&observe_report(watching));
+    }
     print!("{text}");
     write_report(&out, &text)?;
     eprintln!("bench: wrote {}", out.display());
@@ -145,22 +219,25 @@ fn measure_size(
             rounds,
             expected,
         )?;
+        filter.limiter().set(kind.limits())?;
         let spacefilter = measure(
             &mut |frame, repeat| Ok(filter.test_run(frame, repeat)?),
             &frames,
             repeat,
             rounds,
             expected,
-        )?;
+        );
+        filter.limiter().set(Limits::default())?;
+        let spacefilter = spacefilter?;
         let xdp_filter = match &xdp_filter {
-            Some(xf) => Some(measure(
+            Some(xf) if kind.xdp_filter_equivalent() => Some(measure(
                 &mut xf.runner(),
                 &frames,
                 repeat,
                 rounds,
                 expected,
             )?),
-            None => None,
+            _ => None,
         };
         eprintln!(
             "bench: {:<32} {size:>8}: floor {:6.1} ns  spacefilter {:6.1} ns  xdp-filter {}",
@@ -175,7 +252,7 @@ fn measure_size(
             floor,
             spacefilter,
             xdp_filter,
-            blocked: kind.blocked,
+            floor_target: kind.floor_target(),
         });
     }
     Ok(())
