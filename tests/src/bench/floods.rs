@@ -177,7 +177,11 @@ impl FloodCase {
                  {SOURCE_PPS} --fallback-pps {FALLBACK_PPS}`). nftables and iptables get the \
                  same per-source limit (a dynamic set, `hashlimit`); neither has a fallback for \
                  new sources, and a limit on the service port as a whole would hold the \
-                 legitimate flow to it along with the flood."
+                 legitimate flow to it along with the flood. The second spacefilter row lowers \
+                 the threshold to {SPOOF_THRESHOLD_LOW}: the flood's addresses are few, so the \
+                 sources that got a bucket before the switch come back many times a second and \
+                 pass within their limits, where in a flood from random addresses of the whole \
+                 IPv4 space they would hardly come back."
             ),
             FloodCase::Syn => format!(
                 "TCP SYNs (60-byte frames) to a listening TCP port, {spoofed}. spacefilter's SYN \
