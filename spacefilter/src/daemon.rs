@@ -891,6 +891,7 @@ fn start(settings: Settings) -> anyhow::Result<Core> {
     let mut filter = Filter::load(LoadOptions {
         capacity,
         buckets: max_sources,
+        hash_seed: None,
     })
     .context("loading the XDP program")?;
     let limits = restore(&mut filter, &rules, &store, now)?;
