@@ -440,6 +440,15 @@ impl Lists {
         Ok(())
     }
 
+    /// How many blocks (IPv4 /24s, IPv6 /16s) are crowded: their longer
+    /// keys did not all fit the bucket tables (or, in IPv6, are of more
+    /// lengths than a lookup probes), and frames from them are looked up
+    /// in a trie, at several times the cost.
+    #[must_use]
+    pub fn crowded(&self) -> usize {
+        self.v4.crowded() + self.v6.crowded()
+    }
+
     /// The distinct prefixes on `list`.
     #[must_use]
     pub fn prefixes(&self, list: List) -> BTreeSet<Prefix> {

@@ -363,6 +363,11 @@ impl V4Tables {
         bits
     }
 
+    /// How many /24s are crowded.
+    pub(super) fn crowded(&self) -> usize {
+        self.crowded.len()
+    }
+
     /// The flag of keys of `len` bits in a `V4_T24` word.
     fn length_bit(len: u8) -> u32 {
         1 << (V4_LONG_SHIFT + u32::from(len - V4_LONG_MIN))
@@ -622,6 +627,11 @@ impl V6Tables {
         } else {
             0
         }
+    }
+
+    /// How many /16s are crowded.
+    pub(super) fn crowded(&self) -> usize {
+        self.crowded.len()
     }
 
     /// Takes `addr/len` out of its bucket, or out of the keys waiting for
