@@ -255,6 +255,10 @@ pub struct V6Key {
 /// Every array here is read with lookups that the verifier inlines (no
 /// call), and written by the daemon through a memory mapping
 /// (`BPF_F_MMAPABLE`, kernel 5.5), one aligned word per store.
+#[expect(
+    clippy::inline_always,
+    reason = "the program calls these per frame: a BPF call costs a return through the kernel's return thunk"
+)]
 pub mod lookup {
     /// Bits of a packed match that hold the slot.
     pub const SLOT_BITS: u32 = 22;
@@ -273,9 +277,11 @@ pub mod lookup {
     /// padded to 8 bytes, so one word per entry would double the table.
     pub const ROW: usize = 16;
     /// Rows of `V4_T24`: one word per /24.
-    pub const V4_T24_ROWS: u32 = (1 << 24) / ROW as u32;
+    pub const V4_T24_ROWS: u32 = 1 << 20;
     /// Rows of `V4_T12`: one word per /12.
-    pub const V4_T12_ROWS: u32 = (1 << 12) / ROW as u32;
+    pub const V4_T12_ROWS: u32 = 1 << 8;
+    const _: () = assert!(V4_T24_ROWS as usize * ROW == 1 << 24);
+    const _: () = assert!(V4_T12_ROWS as usize * ROW == 1 << 12);
     /// The shortest IPv4 key held in `V4_T24`; shorter ones go to `V4_T12`.
     pub const V4_T24_MIN: u8 = 13;
     /// The shortest IPv4 key held in `V4_BUCKETS`.
@@ -368,9 +374,9 @@ pub mod lookup {
     /// a program to index with a byte and no bounds check.
     pub const V6_MASKS: [[u64; 2]; 256] = {
         let mut masks = [[u64::MAX; 2]; 256];
-        let mut len = 0;
+        let mut len: u32 = 0;
         while len <= 128 {
-            masks[len] = v6_masks(len as u32);
+            masks[len as usize] = v6_masks(len);
             len += 1;
         }
         masks
@@ -402,7 +408,6 @@ pub mod lookup {
     /// spares reading the key of every other slot in the bucket.
     #[inline(always)]
     #[must_use]
-    #[expect(clippy::cast_possible_truncation, reason = "the top half")]
     pub const fn fingerprint(hash: u64) -> u32 {
         (hash.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32
     }

@@ -69,6 +69,9 @@ static TOP_BIT: [u8; 256] = {
     table
 };
 
+/// `v6_longer` probes this many lengths.
+const _: () = assert!(lookup::V6_PROBES == 7);
+
 /// The masks that cut an IPv6 address to each length.
 static MASKS: [[u64; 2]; 256] = V6_MASKS;
 
@@ -133,7 +136,6 @@ fn take_top_bit(bits: &mut u32) -> Option<u32> {
 /// Takes the lowest byte out of `list`, unless it is 0 (the end).
 #[inline(always)]
 fn take_byte(list: &mut u64) -> Option<u32> {
-    #[expect(clippy::cast_possible_truncation, reason = "one byte")]
     let byte = (*list & 0xff) as u32;
     *list >>= 8;
     (byte != 0).then_some(byte)
@@ -151,7 +153,7 @@ pub(crate) fn v4(addr: u32, tables: Tables) -> u32 {
             v4_longer(addr, word >> V4_LONG_SHIFT, tables)
         } else {
             V4_CROWDED_TRIE
-                .get(&Key::new(32, addr.to_be_bytes()))
+                .get(Key::new(32, addr.to_be_bytes()))
                 .map_or(0, |found| *found & VALUE_MASK)
         };
         if found != 0 {
@@ -234,7 +236,6 @@ pub(crate) fn v6(hi: u64, lo: u64, tables: Tables) -> u32 {
     if tables.flags & flags::V6_KEYS == 0 {
         return 0;
     }
-    #[expect(clippy::cast_possible_truncation, reason = "the top 16 bits")]
     let Some(top) = V6_TOP.get_ptr((hi >> 48) as u32) else {
         return 0;
     };
@@ -252,7 +253,7 @@ pub(crate) fn v6(hi: u64, lo: u64, tables: Tables) -> u32 {
         addr[..8].copy_from_slice(&hi.to_be_bytes());
         addr[8..].copy_from_slice(&lo.to_be_bytes());
         V6_CROWDED_TRIE
-            .get(&Key::new(128, addr))
+            .get(Key::new(128, addr))
             .map_or(0, |found| *found & VALUE_MASK)
     };
     if found != 0 {
@@ -292,7 +293,6 @@ fn v6_longer(hi: u64, lo: u64, lengths: u64, tables: Tables) -> u32 {
     probe!();
     probe!();
     probe!();
-    const _: () = assert!(lookup::V6_PROBES == 7);
     0
 }
 

@@ -176,7 +176,7 @@ impl Lists {
             entries: BTreeMap::new(),
             allow_lens: [BTreeMap::new(), BTreeMap::new()],
         };
-        lists.write_flags()?;
+        lists.write_flags();
         Ok(lists)
     }
 
@@ -206,10 +206,10 @@ impl Lists {
             for prefix in added {
                 let _ = self.remove_one(list, prefix);
             }
-            self.write_flags()?;
+            self.write_flags();
             return Err(err);
         }
-        self.write_flags()?;
+        self.write_flags();
         Ok(added.len())
     }
 
@@ -358,7 +358,7 @@ impl Lists {
                 }
             }
         }
-        self.write_flags()?;
+        self.write_flags();
         result.map(|()| removed)
     }
 
@@ -434,10 +434,9 @@ impl Lists {
 
     /// Stores the config flags, after the tables they announce are
     /// written.
-    fn write_flags(&mut self) -> Result<(), ListError> {
+    fn write_flags(&mut self) {
         let flags = self.v4.flags() | self.v6.flags();
         self.config.word32(0).store(flags, Ordering::Release);
-        Ok(())
     }
 
     /// How many blocks (IPv4 /24s, IPv6 /16s) are crowded: their longer

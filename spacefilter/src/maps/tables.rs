@@ -733,7 +733,6 @@ impl V6Tables {
         [hi & hi_mask, lo & lo_mask, len.into()]
     }
 
-    #[expect(clippy::cast_possible_truncation, reason = "the top 16 bits")]
     fn top_of(addr: u128) -> u16 {
         (addr >> 112) as u16
     }
