@@ -273,7 +273,7 @@ fn v6_longer(hi: u64, lo: u64, lengths: u64, tables: Tables) -> u32 {
                 let [hi_mask, lo_mask] = MASKS[(len & 0xff) as usize];
                 let (hi, lo) = (hi & hi_mask, lo & lo_mask);
                 let hash = lookup::v6_hash(hi, lo, len, tables.seed);
-                let mark = u64::from(lookup::fingerprint(hash));
+                let mark = lookup::fingerprint(hash);
                 let (first, second) = lookup::buckets(hash, tables.v6_mask);
                 let found = v6_bucket(first, mark, [hi, lo], len);
                 if found != 0 {
@@ -299,28 +299,35 @@ fn v6_longer(hi: u64, lo: u64, lengths: u64, tables: Tables) -> u32 {
 /// The match of the key `[hi, lo]/len` (with fingerprint `mark`) if bucket
 /// `bucket` holds it.
 #[inline(always)]
-fn v6_bucket(bucket: u32, mark: u64, [hi, lo]: [u64; 2], len: u32) -> u32 {
+fn v6_bucket(bucket: u32, mark: u32, [hi, lo]: [u64; 2], len: u32) -> u32 {
     let Some(slots) = V6_BUCKETS.get_ptr(bucket) else {
         return 0;
     };
-    let slots = slots.cast::<u64>();
+    // A slot as two words: the key's index (low half), its fingerprint
+    // (high half). Read apart, the two may come from different keys if the
+    // slot is rewritten meanwhile; the index then leads to a key that is
+    // compared in full, and that is not reused before a grace period:
+    // that key, or none, which is the table as it was or as it is.
+    let words = slots.cast::<u32>();
     // The daemon never puts two keys with one fingerprint in a bucket, so
     // at most one slot can hold this key: the last with its fingerprint,
     // else the first slot, which then holds another key or none.
-    // SAFETY: a map value of BUCKET_SLOTS words, each stored whole.
-    let mut candidate = unsafe { read_volatile(slots) };
+    // SAFETY: a map value of BUCKET_SLOTS slots of two words, each slot
+    // stored whole.
+    let (mut found, mut candidate) = unsafe { (read_volatile(words.add(1)), read_volatile(words)) };
     for i in 1..BUCKET_SLOTS {
         // SAFETY: as above.
-        let slot = unsafe { read_volatile(slots.add(i)) };
-        if slot >> 32 == mark {
-            candidate = slot;
+        let slot_mark = unsafe { read_volatile(words.add(2 * i + 1)) };
+        if slot_mark == mark {
+            found = slot_mark;
+            // SAFETY: as above.
+            candidate = unsafe { read_volatile(words.add(2 * i)) };
         }
     }
-    if candidate >> 32 != mark {
+    if found != mark {
         return 0;
     }
-    #[expect(clippy::cast_possible_truncation, reason = "the low half")]
-    let Some(key) = V6_KEYS.get_ptr(candidate as u32) else {
+    let Some(key) = V6_KEYS.get_ptr(candidate) else {
         return 0;
     };
     // SAFETY: a map value. The key fields were written before the slot
