@@ -139,16 +139,18 @@ pub struct Counter {
 /// A hit-counter slot in `RULE_HITS`. Slot 0 is never handed out.
 pub type Slot = u32;
 
-/// What a source address matches: the value of every key in the rule maps.
+/// What a source address matches: a list entry's verdict and the hit
+/// counter it is credited to.
 ///
-/// The allow and block lists share one exact-match map and one LPM trie per
-/// address family, so a frame costs at most two lookups whatever both
-/// lists hold. The allowlist's precedence is settled in userspace when keys
-/// are written: a block key that an allow prefix covers is stored with
-/// [`action::ALLOW`] and the slot of the longest such allow entry. The
-/// longest key matching a source then always carries the right verdict: if
-/// any allow entry covers the source, it also covers every longer key that
-/// does.
+/// The allow and block lists share one set of lookup tables per address
+/// family (see [`lookup`]), so a frame costs one longest-match lookup
+/// whatever both lists hold. The allowlist's precedence is settled in
+/// userspace when keys are written: a block key that an allow prefix covers
+/// is stored with [`action::ALLOW`] and the slot of the longest such allow
+/// entry. The longest key matching a source then always carries the right
+/// verdict: if any allow entry covers the source, it also covers every
+/// longer key that does. In the tables a match is packed into 24 bits
+/// ([`lookup::encode`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Match {
@@ -170,22 +172,245 @@ pub mod action {
 /// this only where the lists really need more.
 pub const DEFAULT_CAPACITY: u32 = 1 << 18;
 
-/// Bits of [`Config::flags`]: which rule maps hold keys. The program skips
-/// the lookups of an empty map.
+/// Bits of [`Config::flags`]: which lookup tables hold keys. The program
+/// skips the tables that hold none.
 pub mod flags {
-    pub const V4_EXACT: u32 = 1 << 0;
-    pub const V4_PREFIX: u32 = 1 << 1;
-    pub const V6_EXACT: u32 = 1 << 2;
-    pub const V6_PREFIX: u32 = 1 << 3;
+    /// IPv4 keys of /13 to /32: the /24 table is read.
+    pub const V4_T24: u32 = 1 << 0;
+    /// IPv4 keys of /0 to /12: the /12 table is read where the /24 table
+    /// has no match.
+    pub const V4_T12: u32 = 1 << 1;
+    /// IPv6 keys of any length: the /16 table is read.
+    pub const V6_KEYS: u32 = 1 << 2;
 }
 
-/// The single entry of the `CONFIG` array, read once per frame.
+/// The single entry of the `CONFIG` array, read once per frame. The daemon
+/// writes it through a memory mapping: `flags` with one atomic store; the
+/// rest is set before the program is attached and never changes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     /// [`flags`] bits.
     pub flags: u32,
+    /// The number of buckets of `V4_BUCKETS`, less one (a power of two
+    /// less one: a mask).
+    pub v4_mask: u32,
+    /// The same for `V6_BUCKETS`.
+    pub v6_mask: u32,
     pub reserved: u32,
+    /// Seed of the bucket hashes, drawn when the program is loaded, so that
+    /// which keys share a bucket cannot be worked out in advance.
+    pub seed: u64,
+}
+
+/// An entry of `V6_TOP`: what the program learns from the top 16 bits of
+/// an IPv6 source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct V6Top {
+    /// The lengths of the keys of /17 to /128 inside this /16, longest
+    /// first, one per byte from the lowest; 0 ends the list. The top byte
+    /// holds flags ([`lookup::V6_CROWDED`]): a /16 with more than
+    /// [`lookup::V6_PROBES`] lengths is crowded, and its list is not used.
+    /// One word, so that the flags and the list change together.
+    pub lengths: u64,
+    /// The packed match ([`lookup::encode`]) of the longest key of /0 to
+    /// /16 covering this /16, 0 if none does.
+    pub value: u32,
+    pub reserved: u32,
+}
+
+/// An IPv6 key of /17 to /128, in `V6_KEYS`: the address with its host
+/// bits cleared, as two big-endian halves read as integers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct V6Key {
+    pub hi: u64,
+    pub lo: u64,
+    pub len: u32,
+    /// The packed match ([`lookup::encode`]).
+    pub value: u32,
+}
+
+/// The lookup tables that hold both lists, shared by the program (which
+/// reads them, `spacefilter-ebpf/src/lookup.rs`) and the daemon (which
+/// writes them, `spacefilter/src/maps/tables.rs`): the packing of a match,
+/// the tables' shapes and the bucket hashes.
+///
+/// IPv4 keys live in three places by length: /0 to /12 in `V4_T12` (one
+/// word per /12), /13 to /24 in `V4_T24` (one word per /24, 64 MiB), each
+/// word holding the longest such key covering its block; /25 to /32 in the
+/// hash table `V4_BUCKETS`, whose lengths inside each /24 are flagged in
+/// the top byte of that /24's word. IPv6 keys of /0 to /16 live in `V6_TOP`
+/// (one entry per /16), longer ones in the hash table `V6_BUCKETS` (which
+/// points into `V6_KEYS`), their lengths listed in the /16's entry. A
+/// lookup probes the hash table once per length, longest first, and falls
+/// back to the direct tables.
+///
+/// A block (/24 or /16) whose longer keys do not all fit that scheme (a
+/// key whose buckets are both full; an IPv6 /16 with more than
+/// [`V6_PROBES`] lengths) is crowded: its longer keys are also kept in an
+/// LPM trie (`V4_CROWDED`, `V6_CROWDED`), which the program asks instead.
+///
+/// Every array here is read with lookups that the verifier inlines (no
+/// call), and written by the daemon through a memory mapping
+/// (`BPF_F_MMAPABLE`, kernel 5.5), one aligned word per store.
+#[expect(
+    clippy::inline_always,
+    reason = "the program calls these per frame: a BPF call costs a return through the kernel's return thunk"
+)]
+pub mod lookup {
+    /// Bits of a packed match that hold the slot.
+    pub const SLOT_BITS: u32 = 22;
+    /// The highest slot a packed match can hold.
+    pub const MAX_SLOT: u32 = (1 << SLOT_BITS) - 1;
+    /// The most list entries the tables can number (slot 0 is never used).
+    pub const MAX_CAPACITY: u32 = MAX_SLOT;
+    /// The bit of a packed match that says allow (clear: block).
+    pub const ALLOW: u32 = 1 << SLOT_BITS;
+    /// The bits of a word that hold a packed match; 0 there means none.
+    pub const VALUE_MASK: u32 = (1 << (SLOT_BITS + 1)) - 1;
+    /// In a `V4_T24` word: the /24 is crowded.
+    pub const V4_CROWDED: u32 = 1 << 23;
+
+    /// `u32` words per row of `V4_T24` and `V4_T12`: array values are
+    /// padded to 8 bytes, so one word per entry would double the table.
+    pub const ROW: usize = 16;
+    /// Rows of `V4_T24`: one word per /24.
+    pub const V4_T24_ROWS: u32 = 1 << 20;
+    /// Rows of `V4_T12`: one word per /12.
+    pub const V4_T12_ROWS: u32 = 1 << 8;
+    const _: () = assert!(V4_T24_ROWS as usize * ROW == 1 << 24);
+    const _: () = assert!(V4_T12_ROWS as usize * ROW == 1 << 12);
+    /// The shortest IPv4 key held in `V4_T24`; shorter ones go to `V4_T12`.
+    pub const V4_T24_MIN: u8 = 13;
+    /// The shortest IPv4 key held in `V4_BUCKETS`.
+    pub const V4_LONG_MIN: u8 = 25;
+    /// In a `V4_T24` word, bit `V4_LONG_SHIFT + i` says that the /24 holds
+    /// keys of length `V4_LONG_MIN + i`.
+    pub const V4_LONG_SHIFT: u32 = 24;
+    /// Entries of `V6_TOP`: one per /16.
+    pub const V6_TOP_ENTRIES: u32 = 1 << 16;
+    /// The shortest IPv6 key held in `V6_BUCKETS`.
+    pub const V6_LONG_MIN: u8 = 17;
+    /// The most key lengths (of /17 to /128) under one /16 that a lookup
+    /// probes one by one; a /16 with more is crowded. Each probe is code
+    /// the verifier walks through, so their number is bounded.
+    pub const V6_PROBES: usize = 7;
+    /// In [`super::V6Top::lengths`]: the /16 is crowded.
+    pub const V6_CROWDED: u64 = 1 << 56;
+    /// Keys per bucket: a bucket is one 64-byte cache line.
+    pub const BUCKET_SLOTS: usize = 8;
+
+    /// Packs a match (action, slot) into the 24 bits the tables hold.
+    #[must_use]
+    pub const fn encode(allow: bool, slot: u32) -> u32 {
+        (slot & MAX_SLOT) | if allow { ALLOW } else { 0 }
+    }
+
+    /// Buckets for `capacity` keys: a power of two, with at least two
+    /// slots per key. A key goes to its first bucket, or to its second if
+    /// the first is full: both are full for a handful of keys in a million
+    /// (whose blocks are then crowded).
+    #[must_use]
+    pub const fn buckets_for(capacity: u32) -> u32 {
+        let slots = (capacity as u64) * 2;
+        let buckets = slots.div_ceil(BUCKET_SLOTS as u64);
+        let buckets = if buckets < 2 { 2 } else { buckets };
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "capacity is at most MAX_CAPACITY: a few million buckets"
+        )]
+        {
+            buckets.next_power_of_two() as u32
+        }
+    }
+
+    /// A 64-bit mixing function (the finaliser of `SplitMix64`): every
+    /// input bit affects every output bit.
+    #[inline(always)]
+    #[must_use]
+    pub const fn mix(mut z: u64) -> u64 {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// The key of an IPv4 prefix of /25 to /32 in `V4_BUCKETS`: the prefix's
+    /// `len` leading bits behind a marker bit, so that every (address,
+    /// length) has its own key in 33 bits.
+    #[inline(always)]
+    #[must_use]
+    pub const fn v4_key(addr: u32, len: u32) -> u64 {
+        (1u64 << len) | (addr as u64 >> (32 - len))
+    }
+
+    /// A `V4_BUCKETS` slot: the key above the packed match; 0 is empty.
+    #[inline(always)]
+    #[must_use]
+    pub const fn v4_slot(key: u64, value: u32) -> u64 {
+        (key << 24) | (value & VALUE_MASK) as u64
+    }
+
+    #[inline(always)]
+    #[must_use]
+    pub const fn v4_hash(key: u64, seed: u64) -> u64 {
+        mix(key ^ seed)
+    }
+
+    /// The masks that cut an IPv6 address (as its halves) to `len` bits.
+    #[must_use]
+    pub const fn v6_masks(len: u32) -> [u64; 2] {
+        if len == 0 {
+            [0, 0]
+        } else if len <= 64 {
+            [u64::MAX << (64 - len), 0]
+        } else {
+            [u64::MAX, u64::MAX << (128 - len)]
+        }
+    }
+
+    /// [`v6_masks`] for every byte (lengths past 128 keep every bit), for
+    /// a program to index with a byte and no bounds check.
+    pub const V6_MASKS: [[u64; 2]; 256] = {
+        let mut masks = [[u64::MAX; 2]; 256];
+        let mut len: u32 = 0;
+        while len <= 128 {
+            masks[len as usize] = v6_masks(len);
+            len += 1;
+        }
+        masks
+    };
+
+    /// The bucket hash of an IPv6 key (the cut address's halves and the
+    /// length): the low half and the length are spread by odd multipliers
+    /// before one mix.
+    #[inline(always)]
+    #[must_use]
+    pub const fn v6_hash(hi: u64, lo: u64, len: u32, seed: u64) -> u64 {
+        mix(hi
+            ^ seed
+            ^ lo.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            ^ (len as u64).wrapping_mul(0xc2b2_ae3d_27d4_eb4f))
+    }
+
+    /// The two candidate buckets of a hash; `mask` is the bucket count
+    /// less one.
+    #[inline(always)]
+    #[must_use]
+    #[expect(clippy::cast_possible_truncation, reason = "halves of the hash")]
+    pub const fn buckets(hash: u64, mask: u32) -> (u32, u32) {
+        (hash as u32 & mask, (hash >> 32) as u32 & mask)
+    }
+
+    /// A `V6_BUCKETS` slot holds a 32-bit fingerprint of the key above the
+    /// key's index in `V6_KEYS` (never 0); 0 is empty. The fingerprint
+    /// spares reading the key of every other slot in the bucket.
+    #[inline(always)]
+    #[must_use]
+    pub const fn fingerprint(hash: u64) -> u32 {
+        (hash.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32
+    }
 }
 
 /// Bits of [`Limits::flags`].
@@ -474,10 +699,14 @@ pub mod map_names {
     pub const CONFIG: &str = "CONFIG";
     pub const STATS: &str = "STATS";
     pub const RULE_HITS: &str = "RULE_HITS";
-    pub const RULES_V4_EXACT: &str = "RULES_V4_EXACT";
-    pub const RULES_V4: &str = "RULES_V4";
-    pub const RULES_V6_EXACT: &str = "RULES_V6_EXACT";
-    pub const RULES_V6: &str = "RULES_V6";
+    pub const V4_T24: &str = "V4_T24";
+    pub const V4_T12: &str = "V4_T12";
+    pub const V4_BUCKETS: &str = "V4_BUCKETS";
+    pub const V4_CROWDED: &str = "V4_CROWDED";
+    pub const V6_TOP: &str = "V6_TOP";
+    pub const V6_BUCKETS: &str = "V6_BUCKETS";
+    pub const V6_KEYS: &str = "V6_KEYS";
+    pub const V6_CROWDED: &str = "V6_CROWDED";
     pub const LIMITS: &str = "LIMITS";
     pub const BUCKETS: &str = "BUCKETS";
     pub const AUTO_BLOCKED: &str = "AUTO_BLOCKED";
@@ -507,6 +736,10 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Match {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::V6Top {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::V6Key {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Limits {}
     // SAFETY: as above.

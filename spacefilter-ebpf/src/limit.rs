@@ -32,20 +32,25 @@ const CALM_NS: u64 = 1_000_000_000;
 #[inline(always)]
 fn key_of(source: &Source, v6_prefix_len: u32) -> ([u8; 16], u32, u32) {
     match source {
-        Source::V4(a) => (
-            [
-                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
-            ],
-            32,
-            0,
-        ),
-        Source::V6(a) => {
+        Source::V4(a) => {
+            let a = a.to_be_bytes();
+            (
+                [
+                    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+                ],
+                32,
+                0,
+            )
+        }
+        Source::V6(hi, lo) => {
             let len = if v6_prefix_len > 128 {
                 128
             } else {
                 v6_prefix_len
             };
-            let mut key = *a;
+            let mut key = [0u8; 16];
+            key[..8].copy_from_slice(&hi.to_be_bytes());
+            key[8..].copy_from_slice(&lo.to_be_bytes());
             for (i, byte) in key.iter_mut().enumerate() {
                 #[expect(clippy::cast_possible_truncation, reason = "i < 16")]
                 let start = (i as u32) * 8;
@@ -222,8 +227,8 @@ fn aggregate_allowed(limits: &Limits, source: &Source, l4: L4, now: u64) -> bool
     let mut prefix_key = [0u8; 20];
     prefix_key[0] = 2;
     match source {
-        Source::V4(a) => prefix_key[4..7].copy_from_slice(&a[..3]),
-        Source::V6(a) => prefix_key[4..10].copy_from_slice(&a[..6]),
+        Source::V4(a) => prefix_key[4..7].copy_from_slice(&a.to_be_bytes()[..3]),
+        Source::V6(hi, _) => prefix_key[4..10].copy_from_slice(&hi.to_be_bytes()[..6]),
     }
     take_aggregate(&port_key, limits, now) && take_aggregate(&prefix_key, limits, now)
 }

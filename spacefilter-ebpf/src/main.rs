@@ -8,9 +8,9 @@
 //! log).
 //!
 //! Kernel requirements: XDP with native mode on the driver (veth since 4.19),
-//! LPM tries (4.11), per-CPU arrays (4.6), bounded loops (5.3), ring buffers
-//! (5.8). The program
-//! is written to load on 5.15 and later.
+//! memory-mappable arrays (`BPF_F_MMAPABLE`, 5.5), per-CPU arrays (4.6),
+//! bounded loops (5.3), ring buffers (5.8). The program is written to load
+//! on 5.15 and later.
 #![no_std]
 #![no_main]
 #![expect(
@@ -19,6 +19,7 @@
 )]
 
 mod limit;
+mod lookup;
 mod maps;
 mod observe;
 mod parse;
@@ -28,8 +29,11 @@ mod verdict;
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 
 /// Entry point: parse, decide, count. Every frame, however malformed, gets
-/// a verdict of its own (pass or drop); the program never aborts.
+/// a verdict of its own (pass or drop); the program never aborts. Inlined
+/// into the section's entry function: a call would cost every frame a
+/// return through the kernel's return thunk.
 #[xdp]
+#[inline(always)]
 #[expect(
     clippy::needless_pass_by_value,
     reason = "the signature #[xdp] requires"

@@ -2,27 +2,30 @@
 //! from `spacefilter-common`; the userspace wrappers live in
 //! `spacefilter::maps`.
 //!
-//! The allow and block lists share the rule maps (see
-//! [`spacefilter_common::Match`] for how the allowlist keeps its
-//! precedence). Full-length keys (/32, /128) live in hash maps in front of
-//! the LPM tries: blocking one address costs one hash lookup, and the tries
-//! stay small. All rule maps are created with `BPF_F_NO_PREALLOC`
-//! (mandatory for LPM tries), so empty ones cost no memory. Userspace
-//! resizes them at load time.
+//! The allow and block lists share the lookup tables below (see
+//! [`spacefilter_common::Match`] for how the allowlist keeps its precedence,
+//! [`spacefilter_common::lookup`] for the tables' shapes and
+//! [`crate::lookup`] for how they are read). The tables are arrays that the
+//! daemon writes through a memory mapping (`BPF_F_MMAPABLE`, kernel 5.5),
+//! so the program reads them with inlined array lookups; userspace sizes
+//! the bucket tables for its capacity at load time. Only the tries of
+//! crowded blocks, empty unless a block outgrows the tables, are kernel
+//! maps that the program calls into.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use spacefilter_common::{
     AutoBlock, Bucket, Config, Counter, DEFAULT_BUCKETS, DEFAULT_CAPACITY, HeaderRule, IFACE_TABLE,
-    IfaceSlot, Limits, MAX_HEADER_RULES, MAX_IFACE_SLOTS, Match, Observe, STATS_SLOTS, SampleState,
-    SpoofState,
+    IfaceSlot, Limits, MAX_HEADER_RULES, MAX_IFACE_SLOTS, Observe, STATS_SLOTS, SampleState,
+    SpoofState, V6Key, V6Top,
+    lookup::{BUCKET_SLOTS, ROW, V4_T12_ROWS, V4_T24_ROWS, V6_TOP_ENTRIES, buckets_for},
 };
 
 #[map]
-pub(crate) static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+pub(crate) static CONFIG: Array<Config> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// Packets and bytes per interface slot and
 /// [`spacefilter_common::Reason`], per CPU (see
@@ -52,21 +55,47 @@ pub(crate) static SAMPLE_STATE: PerCpuArray<SampleState> = PerCpuArray::with_max
 #[map]
 pub(crate) static RULE_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DEFAULT_CAPACITY, 0);
 
-/// Both lists, IPv4: full-length keys (/32) here...
+/// IPv4 keys of /13 to /24: one word per /24 with the longest such key
+/// covering it, and the lengths of /25 to /32 keys inside it (64 MiB).
 #[map]
-pub(crate) static RULES_V4_EXACT: HashMap<[u8; 4], Match> =
-    HashMap::with_max_entries(DEFAULT_CAPACITY, BPF_F_NO_PREALLOC);
-/// ...and shorter prefixes here.
+pub(crate) static V4_T24: Array<[u32; ROW]> = Array::with_max_entries(V4_T24_ROWS, BPF_F_MMAPABLE);
+
+/// IPv4 keys of /0 to /12: one word per /12.
 #[map]
-pub(crate) static RULES_V4: LpmTrie<[u8; 4], Match> =
+pub(crate) static V4_T12: Array<[u32; ROW]> = Array::with_max_entries(V4_T12_ROWS, BPF_F_MMAPABLE);
+
+/// IPv4 keys of /25 to /32: a hash table of buckets of slots.
+#[map]
+pub(crate) static V4_BUCKETS: Array<[u64; BUCKET_SLOTS]> =
+    Array::with_max_entries(buckets_for(DEFAULT_CAPACITY), BPF_F_MMAPABLE);
+
+/// The IPv4 keys of /25 to /32 of crowded /24s (see
+/// [`spacefilter_common::lookup`]), with their packed matches. LPM tries:
+/// kernel 4.11.
+#[map]
+pub(crate) static V4_CROWDED: LpmTrie<[u8; 4], u32> =
     LpmTrie::with_max_entries(DEFAULT_CAPACITY, BPF_F_NO_PREALLOC);
-/// Both lists, IPv6: /128 keys.
+
+/// IPv6: one entry per /16 with the longest key of /0 to /16 covering it
+/// and the lengths of longer keys inside it.
 #[map]
-pub(crate) static RULES_V6_EXACT: HashMap<[u8; 16], Match> =
-    HashMap::with_max_entries(DEFAULT_CAPACITY, BPF_F_NO_PREALLOC);
-/// Both lists, IPv6: shorter prefixes.
+pub(crate) static V6_TOP: Array<V6Top> = Array::with_max_entries(V6_TOP_ENTRIES, BPF_F_MMAPABLE);
+
+/// IPv6 keys of /17 to /128: a hash table of buckets of slots, each
+/// pointing into `V6_KEYS`.
 #[map]
-pub(crate) static RULES_V6: LpmTrie<[u8; 16], Match> =
+pub(crate) static V6_BUCKETS: Array<[u64; BUCKET_SLOTS]> =
+    Array::with_max_entries(buckets_for(DEFAULT_CAPACITY), BPF_F_MMAPABLE);
+
+/// The IPv6 keys that `V6_BUCKETS` points to.
+#[map]
+pub(crate) static V6_KEYS: Array<V6Key> =
+    Array::with_max_entries(DEFAULT_CAPACITY + 1, BPF_F_MMAPABLE);
+
+/// The IPv6 keys of /17 to /128 of crowded /16s, with their packed
+/// matches.
+#[map]
+pub(crate) static V6_CROWDED: LpmTrie<[u8; 16], u32> =
     LpmTrie::with_max_entries(DEFAULT_CAPACITY, BPF_F_NO_PREALLOC);
 
 /// The per-source rate limit (see [`spacefilter_common::Limits`]).

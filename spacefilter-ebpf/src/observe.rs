@@ -110,17 +110,17 @@ fn log(ctx: &XdpContext, frame: &Frame, verdict: Verdict, ifindex: u32, source: 
             ctx,
             target: KERNEL_LOG_TARGET,
             "{:i} len {} ifindex {}: {} (match {})",
-            u32::from_be_bytes(*addr),
+            *addr,
             len,
             ifindex,
             reason,
             detail
         ),
-        Some(Source::V6(addr)) => debug!(
+        Some(Source::V6(hi, lo)) => debug!(
             ctx,
             target: KERNEL_LOG_TARGET,
             "{:i} len {} ifindex {}: {} (match {})",
-            *addr,
+            ((u128::from(*hi) << 64) | u128::from(*lo)).to_be_bytes(),
             len,
             ifindex,
             reason,

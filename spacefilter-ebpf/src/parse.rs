@@ -119,18 +119,24 @@ impl Frame {
     /// the IP packet); a header that does not fit is malformed.
     #[inline(always)]
     fn read_within<const N: usize>(&self, offset: usize, limit: usize) -> Result<[u8; N], Reason> {
+        // The packet bound first: checked after the limit, which the IP
+        // header already held to the frame, the compiler would drop it as
+        // implied, and the verifier needs it.
+        let bytes = self.read(offset).ok_or(Reason::Malformed)?;
         if offset + N > limit {
             return Err(Reason::Malformed);
         }
-        self.read(offset).ok_or(Reason::Malformed)
+        Ok(bytes)
     }
 }
 
-/// The source address that the lists are keyed on.
+/// The source address that the lists are keyed on, as integers read
+/// big-endian (an IPv6 address as its two halves): a register or two rather
+/// than a byte per stack slot.
 #[derive(Clone, Copy)]
 pub(crate) enum Source {
-    V4([u8; 4]),
-    V6([u8; 16]),
+    V4(u32),
+    V6(u64, u64),
 }
 
 /// Where the parse resumes after the list lookups.
@@ -189,7 +195,7 @@ fn ipv4(frame: &Frame, offset: usize) -> Result<(Source, Transport), Reason> {
     }
     let fragment_offset = be16(h[6] & 0x1f, h[7]);
     Ok((
-        Source::V4([h[12], h[13], h[14], h[15]]),
+        Source::V4(u32::from_be_bytes([h[12], h[13], h[14], h[15]])),
         Transport {
             proto: h[9],
             offset: offset + header_len,
@@ -210,10 +216,11 @@ fn ipv6(frame: &Frame, offset: usize) -> Result<(Source, Transport), Reason> {
     if ip_end > frame.len() {
         return Err(Reason::Malformed);
     }
-    let mut src = [0u8; 16];
-    src.copy_from_slice(&h[8..24]);
     Ok((
-        Source::V6(src),
+        Source::V6(
+            u64::from_be_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]),
+            u64::from_be_bytes([h[16], h[17], h[18], h[19], h[20], h[21], h[22], h[23]]),
+        ),
         Transport {
             proto: h[6],
             offset: offset + 40,

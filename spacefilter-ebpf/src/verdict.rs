@@ -1,23 +1,21 @@
-//! The verdict pipeline: parse the network layer, then the rule maps
-//! (allowlist, which wins over everything, and blocklist, in one lookup per
-//! map) → header rules → flood guards → pass. Every frame leaves through
-//! [`finish`], which records the per-CPU counters of its interface and
-//! hands dropped frames to the sampler and, when switched on, every
-//! verdict to the debug log ([`crate::observe`]).
+//! The verdict pipeline: parse the network layer, then the lists
+//! (allowlist, which wins over everything, and blocklist, in one
+//! longest-match lookup, see [`lookup`]) → header rules → flood guards →
+//! pass. Every frame leaves through [`finish`], which records the per-CPU
+//! counters of its interface and hands dropped frames to the sampler and,
+//! when switched on, every verdict to the debug log ([`crate::observe`]).
 
-use aya_ebpf::{
-    bindings::xdp_action,
-    maps::{HashMap, LpmTrie, lpm_trie::Key},
-    programs::XdpContext,
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use spacefilter_common::{IFACE_TABLE, stats_index};
+use spacefilter_common::{
+    Reason,
+    lookup::{ALLOW, MAX_SLOT},
 };
-use spacefilter_common::{IFACE_TABLE, Match, Reason, action, flags, stats_index};
 
 use crate::{
     limit,
-    maps::{
-        CONFIG, IFACE_SLOTS, OBSERVE, RULE_HITS, RULES_V4, RULES_V4_EXACT, RULES_V6,
-        RULES_V6_EXACT, STATS,
-    },
+    lookup::{self, Tables},
+    maps::{IFACE_SLOTS, OBSERVE, RULE_HITS, STATS},
     observe,
     parse::{self, Frame, Source},
     rules,
@@ -54,43 +52,23 @@ pub(crate) fn decide(ctx: &XdpContext) -> u32 {
 fn classify(frame: &Frame, source_out: &mut Option<Source>) -> Result<Verdict, Reason> {
     let (source, transport) = parse::network(frame)?;
     *source_out = Some(source);
-    // A missing config entry cannot happen (arrays always hold their
-    // entries); if it did, looking everything up is the safe default.
-    let flags = CONFIG.get(0).map_or(u32::MAX, |config| config.flags);
+    let tables = Tables::read();
     let matched = match source {
-        Source::V4(addr) => lookup(
-            &addr,
-            flags,
-            (
-                &RULES_V4_EXACT,
-                &RULES_V4,
-                flags::V4_EXACT,
-                flags::V4_PREFIX,
-            ),
-        ),
-        Source::V6(addr) => lookup(
-            &addr,
-            flags,
-            (
-                &RULES_V6_EXACT,
-                &RULES_V6,
-                flags::V6_EXACT,
-                flags::V6_PREFIX,
-            ),
-        ),
+        Source::V4(addr) => lookup::v4(addr, tables),
+        Source::V6(hi, lo) => lookup::v6(hi, lo, tables),
     };
-    if let Some(matched) = matched {
-        if let Some(hits) = RULE_HITS.get_ptr_mut(matched.slot) {
+    if matched != 0 {
+        if let Some(hits) = RULE_HITS.get_ptr_mut(matched & MAX_SLOT) {
             // SAFETY: a per-CPU slot, written only by this CPU.
             unsafe { *hits += 1 };
         }
         return Ok(Verdict {
-            reason: if matched.action == action::ALLOW {
+            reason: if matched & ALLOW != 0 {
                 Reason::Allowlisted
             } else {
                 Reason::Blocked
             },
-            detail: matched.slot,
+            detail: matched & MAX_SLOT,
         });
     }
     let l4 = parse::transport(frame, &transport)?;
@@ -101,33 +79,6 @@ fn classify(frame: &Frame, source_out: &mut Option<Source>) -> Result<Verdict, R
         return Ok(reason.into());
     }
     Ok(Reason::Passed.into())
-}
-
-/// The rule maps of one address family, and their config bits.
-type Rules<const N: usize> = (
-    &'static HashMap<[u8; N], Match>,
-    &'static LpmTrie<[u8; N], Match>,
-    u32,
-    u32,
-);
-
-/// The longest key matching the source: the exact map first (a full-length
-/// key is the longest there can be), then the trie.
-#[inline(always)]
-fn lookup<const N: usize>(addr: &[u8; N], flags: u32, rules: Rules<N>) -> Option<Match> {
-    let (exact, trie, exact_bit, prefix_bit) = rules;
-    if flags & exact_bit != 0 {
-        // SAFETY: the value is copied out at once.
-        if let Some(matched) = unsafe { exact.get(addr) } {
-            return Some(*matched);
-        }
-    }
-    if flags & prefix_bit != 0 {
-        #[expect(clippy::cast_possible_truncation, reason = "N is 4 or 16")]
-        let key = Key::new((N * 8) as u32, *addr);
-        return trie.get(&key).copied();
-    }
-    None
 }
 
 /// The `STATS` slot of the interface the frame arrived on: an array

@@ -1085,6 +1085,7 @@ fn start(settings: Settings) -> anyhow::Result<Core> {
     let mut filter = Filter::load(LoadOptions {
         capacity,
         buckets: max_sources,
+        hash_seed: None,
     })
     .context("loading the XDP program")?;
     filter

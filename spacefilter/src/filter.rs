@@ -8,7 +8,11 @@ use aya::{
     maps::{MapData, RingBuf},
     programs::{ProgramError, TestRun as _, Xdp, XdpMode, xdp::XdpLinkId},
 };
-use spacefilter_common::{DEFAULT_BUCKETS, DEFAULT_CAPACITY, PROGRAM_NAME, map_names};
+use spacefilter_common::{
+    DEFAULT_BUCKETS, DEFAULT_CAPACITY, PROGRAM_NAME,
+    lookup::{MAX_CAPACITY, buckets_for},
+    map_names,
+};
 
 use crate::{
     maps::{Counters, Entry, HeaderRules, Limiter, List, ListError, Lists, Stats},
@@ -82,6 +86,8 @@ pub enum FilterError {
     List(#[from] ListError),
     #[error("test run failed")]
     TestRun(#[source] ProgramError),
+    #[error("a capacity of {capacity} entries is more than the lists can number ({MAX_CAPACITY})")]
+    Capacity { capacity: u32 },
 }
 
 /// Load-time settings.
@@ -93,6 +99,9 @@ pub struct LoadOptions {
     /// How many sources the rate limiter tracks (and may auto-block) at
     /// once; the least recently seen are forgotten first.
     pub buckets: u32,
+    /// Seed of the lookup tables' bucket hashes; `None` draws one. Fixing
+    /// it lets a test choose keys that share buckets.
+    pub hash_seed: Option<u64>,
 }
 
 impl Default for LoadOptions {
@@ -100,8 +109,15 @@ impl Default for LoadOptions {
         Self {
             capacity: DEFAULT_CAPACITY,
             buckets: DEFAULT_BUCKETS,
+            hash_seed: None,
         }
     }
+}
+
+/// A seed nobody outside this process can predict.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher as _, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
 }
 
 /// The XDP program, loaded, with its maps.
@@ -128,18 +144,25 @@ struct Attachment {
 impl Filter {
     /// Loads the program into the kernel (not yet attached anywhere).
     pub fn load(options: LoadOptions) -> Result<Self, FilterError> {
-        let LoadOptions { capacity, buckets } = options;
+        let LoadOptions {
+            capacity,
+            buckets,
+            hash_seed,
+        } = options;
+        if capacity > MAX_CAPACITY {
+            return Err(FilterError::Capacity { capacity });
+        }
         let mut loader = EbpfLoader::new();
-        for name in [
-            map_names::RULES_V4_EXACT,
-            map_names::RULES_V4,
-            map_names::RULES_V6_EXACT,
-            map_names::RULES_V6,
-        ] {
+        // Each family's tables hold up to `capacity` keys.
+        for name in [map_names::V4_BUCKETS, map_names::V6_BUCKETS] {
+            loader.map_max_entries(name, buckets_for(capacity));
+        }
+        for name in [map_names::V4_CROWDED, map_names::V6_CROWDED] {
             loader.map_max_entries(name, capacity);
         }
-        // Slot 0 is never handed out.
-        loader.map_max_entries(map_names::RULE_HITS, capacity.saturating_add(1));
+        // Slot 0 and key index 0 are never handed out.
+        loader.map_max_entries(map_names::V6_KEYS, capacity + 1);
+        loader.map_max_entries(map_names::RULE_HITS, capacity + 1);
         loader.map_max_entries(map_names::BUCKETS, buckets);
         loader.map_max_entries(map_names::AUTO_BLOCKED, buckets);
         let mut ebpf = loader.load(PROGRAM).map_err(FilterError::Load)?;
@@ -149,7 +172,11 @@ impl Filter {
             .try_into()
             .map_err(FilterError::Program)?;
         program.load().map_err(FilterError::Program)?;
-        let lists = Lists::take(&mut ebpf, capacity.saturating_add(1))?;
+        let lists = Lists::take(
+            &mut ebpf,
+            capacity + 1,
+            hash_seed.unwrap_or_else(random_seed),
+        )?;
         let stats = Stats::take(&mut ebpf)?;
         let limiter = Limiter::take(&mut ebpf)?;
         let header_rules = HeaderRules::take(&mut ebpf)?;

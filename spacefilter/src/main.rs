@@ -695,6 +695,12 @@ fn run(args: RunArgs) -> Result<(), Failure> {
     if settings.capacity == 0 {
         return Err(Failure::bad_input("--capacity must be at least 1"));
     }
+    if settings.capacity > spacefilter_common::lookup::MAX_CAPACITY {
+        return Err(Failure::bad_input(format!(
+            "--capacity can be at most {}",
+            spacefilter_common::lookup::MAX_CAPACITY
+        )));
+    }
     if let Some(addr) = settings.metrics
         && !metrics_public
         && !spacefilter::metrics::is_private(&addr)

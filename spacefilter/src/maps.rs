@@ -1,28 +1,37 @@
 //! Typed wrappers over the program's maps. Domain types ([`Prefix`],
 //! [`List`], [`Reason`]) become kernel keys here and nowhere else.
 //!
-//! Both lists share two maps per address family: a hash map for
-//! full-length keys (/32, /128) in front of an LPM trie for shorter
-//! prefixes; [`Lists`] explains how the allowlist keeps its precedence.
+//! Both lists share one set of lookup tables per address family
+//! (`tables.rs`: direct tables for short prefixes, bucket hash tables for
+//! long ones); [`Lists`] explains how the allowlist keeps its precedence.
 //! Every list entry has a per-CPU hit counter in `RULE_HITS`. The `CONFIG`
-//! flags tell the program which maps hold keys, so empty ones cost no
+//! flags tell the program which tables hold keys, so empty ones cost no
 //! lookup.
+
+mod mapped;
+mod tables;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
+use std::sync::atomic::Ordering;
+
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
     util::nr_cpus,
 };
 use spacefilter_common::{
-    AutoBlock, Bucket, Config, Counter, HeaderRule, Limits, MAX_HEADER_RULES, Match, Reason,
-    STATS_SLOTS, Slot, SpoofState, action, flags, map_names, reflect_bits, stats_index,
+    AutoBlock, Bucket, Counter, HeaderRule, Limits, MAX_HEADER_RULES, Match, Reason, STATS_SLOTS,
+    Slot, SpoofState, action, lookup, map_names, reflect_bits, stats_index,
 };
 
+use self::{
+    mapped::Mapped,
+    tables::{V4Tables, V6Tables},
+};
 use crate::prefix::Prefix;
 
 /// The two lists. The allowlist wins over the blocklist.
@@ -80,6 +89,14 @@ pub enum ListError {
     },
     #[error("cannot count the CPUs")]
     Cpus(#[source] std::io::Error),
+    #[error("map {name} is not an array")]
+    NotArray { name: &'static str },
+    #[error("mapping map {name} into memory failed")]
+    Mmap {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub(crate) fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ListError>
@@ -88,93 +105,6 @@ where
 {
     let map = ebpf.take_map(name).ok_or(ListError::MissingMap { name })?;
     T::try_from(map).map_err(|source| ListError::MapType { name, source })
-}
-
-/// The exact-match map and the prefix trie of one address family, with the
-/// number of keys each holds.
-struct Family<const N: usize> {
-    exact_name: &'static str,
-    prefix_name: &'static str,
-    exact: HashMap<MapData, [u8; N], Match>,
-    prefix: LpmTrie<MapData, [u8; N], Match>,
-    exact_flag: u32,
-    prefix_flag: u32,
-    exact_keys: usize,
-    prefix_keys: usize,
-}
-
-impl<const N: usize> Family<N> {
-    fn take(
-        ebpf: &mut Ebpf,
-        (exact_name, exact_flag): (&'static str, u32),
-        (prefix_name, prefix_flag): (&'static str, u32),
-    ) -> Result<Self, ListError> {
-        Ok(Self {
-            exact_name,
-            prefix_name,
-            exact: take(ebpf, exact_name)?,
-            prefix: take(ebpf, prefix_name)?,
-            exact_flag,
-            prefix_flag,
-            exact_keys: 0,
-            prefix_keys: 0,
-        })
-    }
-
-    fn is_exact(len: u8) -> bool {
-        usize::from(len) == N * 8
-    }
-
-    /// Writes (creates or replaces) a key.
-    fn write(&mut self, addr: [u8; N], len: u8, value: Match, new: bool) -> Result<(), ListError> {
-        if Self::is_exact(len) {
-            self.exact
-                .insert(addr, value, 0)
-                .map_err(|source| ListError::Update {
-                    name: self.exact_name,
-                    source,
-                })?;
-            self.exact_keys += usize::from(new);
-        } else {
-            self.prefix
-                .insert(&Key::new(u32::from(len), addr), value, 0)
-                .map_err(|source| ListError::Update {
-                    name: self.prefix_name,
-                    source,
-                })?;
-            self.prefix_keys += usize::from(new);
-        }
-        Ok(())
-    }
-
-    fn delete(&mut self, addr: [u8; N], len: u8) -> Result<(), ListError> {
-        let (name, result) = if Self::is_exact(len) {
-            self.exact_keys -= 1;
-            (self.exact_name, self.exact.remove(&addr))
-        } else {
-            self.prefix_keys -= 1;
-            (
-                self.prefix_name,
-                self.prefix.remove(&Key::new(u32::from(len), addr)),
-            )
-        };
-        match result {
-            // Already gone from the map: what the caller wanted.
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(ListError::Update { name, source }),
-        }
-    }
-
-    fn flags(&self) -> u32 {
-        let mut flags = 0;
-        if self.exact_keys > 0 {
-            flags |= self.exact_flag;
-        }
-        if self.prefix_keys > 0 {
-            flags |= self.prefix_flag;
-        }
-        flags
-    }
 }
 
 /// Hit-counter slots: `next` is the first never handed out (slot 0 is
@@ -200,9 +130,10 @@ struct Slots {
 /// Adding or removing an allow prefix therefore rewrites the block keys it
 /// covers.
 pub struct Lists {
-    v4: Family<4>,
-    v6: Family<16>,
-    config: Array<MapData, Config>,
+    v4: V4Tables,
+    v6: V6Tables,
+    /// `CONFIG`, mapped: its flags are stored in one word.
+    config: Mapped,
     hits: PerCpuArray<MapData, u64>,
     cpus: usize,
     slots: Slots,
@@ -218,24 +149,24 @@ fn family_index(prefix: Prefix) -> usize {
 }
 
 impl Lists {
-    /// Takes the rule maps out of a freshly loaded program; `capacity` is
-    /// the size the hit-counter array was created with.
-    pub(crate) fn take(ebpf: &mut Ebpf, capacity: u32) -> Result<Self, ListError> {
-        use map_names as n;
+    /// Takes the rule maps out of a freshly loaded program, before it is
+    /// attached; `capacity` is the size the hit-counter array was created
+    /// with, `seed` that of the bucket hashes.
+    pub(crate) fn take(ebpf: &mut Ebpf, capacity: u32, seed: u64) -> Result<Self, ListError> {
         let cpus = nr_cpus().map_err(|(_, err)| ListError::Cpus(err))?;
+        let v4 = V4Tables::take(ebpf, seed)?;
+        let v6 = V6Tables::take(ebpf, seed)?;
+        let config = Mapped::take(ebpf, map_names::CONFIG)?;
+        // `Config`: flags, v4_mask, v6_mask, reserved (32-bit words), seed
+        // (the third 64-bit word). Set before the program runs anywhere.
+        config.word32(1).store(v4.mask(), Ordering::Relaxed);
+        config.word32(2).store(v6.mask(), Ordering::Relaxed);
+        config.word64(2).store(seed, Ordering::Relaxed);
         let mut lists = Self {
-            v4: Family::take(
-                ebpf,
-                (n::RULES_V4_EXACT, flags::V4_EXACT),
-                (n::RULES_V4, flags::V4_PREFIX),
-            )?,
-            v6: Family::take(
-                ebpf,
-                (n::RULES_V6_EXACT, flags::V6_EXACT),
-                (n::RULES_V6, flags::V6_PREFIX),
-            )?,
-            config: take(ebpf, n::CONFIG)?,
-            hits: take(ebpf, n::RULE_HITS)?,
+            v4,
+            v6,
+            config,
+            hits: take(ebpf, map_names::RULE_HITS)?,
             cpus,
             slots: Slots {
                 capacity,
@@ -245,7 +176,7 @@ impl Lists {
             entries: BTreeMap::new(),
             allow_lens: [BTreeMap::new(), BTreeMap::new()],
         };
-        lists.write_flags()?;
+        lists.write_flags();
         Ok(lists)
     }
 
@@ -275,10 +206,10 @@ impl Lists {
             for prefix in added {
                 let _ = self.remove_one(list, prefix);
             }
-            self.write_flags()?;
+            self.write_flags();
             return Err(err);
         }
-        self.write_flags()?;
+        self.write_flags();
         Ok(added.len())
     }
 
@@ -370,15 +301,16 @@ impl Lists {
     }
 
     /// Brings the key of `prefix` in line with the lists; `existed` says
-    /// whether the key was in the maps before.
+    /// whether the key was in the tables before.
     fn sync(&mut self, prefix: Prefix, existed: bool) -> Result<(), ListError> {
         let len = prefix.len();
+        let packed = |m: Match| lookup::encode(m.action == action::ALLOW, m.slot);
         match (self.desired(prefix), prefix.addr()) {
-            (Some(value), IpAddr::V4(a)) => self.v4.write(a.octets(), len, value, !existed),
-            (Some(value), IpAddr::V6(a)) => self.v6.write(a.octets(), len, value, !existed),
+            (Some(value), IpAddr::V4(a)) => self.v4.write(a.into(), len, packed(value)),
+            (Some(value), IpAddr::V6(a)) => self.v6.write(a.into(), len, packed(value)),
             (None, _) if !existed => Ok(()),
-            (None, IpAddr::V4(a)) => self.v4.delete(a.octets(), len),
-            (None, IpAddr::V6(a)) => self.v6.delete(a.octets(), len),
+            (None, IpAddr::V4(a)) => self.v4.delete(a.into(), len),
+            (None, IpAddr::V6(a)) => self.v6.delete(a.into(), len),
         }
     }
 
@@ -426,7 +358,7 @@ impl Lists {
                 }
             }
         }
-        self.write_flags()?;
+        self.write_flags();
         result.map(|()| removed)
     }
 
@@ -500,14 +432,20 @@ impl Lists {
         Ok(values.iter().sum())
     }
 
-    fn write_flags(&mut self) -> Result<(), ListError> {
+    /// Stores the config flags, after the tables they announce are
+    /// written.
+    fn write_flags(&mut self) {
         let flags = self.v4.flags() | self.v6.flags();
-        self.config
-            .set(0, Config { flags, reserved: 0 }, 0)
-            .map_err(|source| ListError::Update {
-                name: map_names::CONFIG,
-                source,
-            })
+        self.config.word32(0).store(flags, Ordering::Release);
+    }
+
+    /// How many blocks (IPv4 /24s, IPv6 /16s) are crowded: their longer
+    /// keys did not all fit the bucket tables (or, in IPv6, are of more
+    /// lengths than a lookup probes), and frames from them are looked up
+    /// in a trie, at several times the cost.
+    #[must_use]
+    pub fn crowded(&self) -> usize {
+        self.v4.crowded() + self.v6.crowded()
     }
 
     /// The entry whose hit counter is `slot` and whose prefix covers

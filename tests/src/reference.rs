@@ -86,9 +86,7 @@ pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 
 /// The list entry that counts the hit when `source` matches `list`: the
-/// full-length entry if there is one, else the longest prefix containing
-/// it. (The program keeps full-length entries in a hash map in front of an
-/// LPM trie.)
+/// longest prefix containing it.
 #[must_use]
 pub fn hit_entry(source: IpAddr, prefixes: &[Prefix]) -> Option<Prefix> {
     prefixes

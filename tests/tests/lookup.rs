@@ -1,0 +1,744 @@
+//! The lookup tables behind the lists, through the real XDP program with
+//! `BPF_PROG_TEST_RUN`: where the tables split keys by length (/12, /24 and
+//! /25 for IPv4, /16 and /17 for IPv6), overlapping keys across those
+//! splits, removals that must hand a block back to the covering prefix,
+//! the allowlist inside the blocklist and the other way round, blocks whose
+//! keys do not fit the buckets or are of too many lengths (crowded: their
+//! keys go to a trie), and a large random table checked source by source
+//! against the reference model, before and after half of it is removed.
+//!
+//! Every verdict is checked three ways: the XDP action, the reason counter
+//! that moved, and the list entry that counted the hit.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use spacefilter::{
+    Filter, List, LoadOptions, Prefix, Reason,
+    Reason::{Allowlisted, Blocked, Passed},
+};
+use spacefilter_common::lookup::{buckets, buckets_for, v4_hash, v4_key, v6_hash};
+use spacefilter_tests::{bench::Rng, packets::Packet, reference, require_root};
+
+fn prefix(s: &str) -> Prefix {
+    s.parse().unwrap_or_else(|e| panic!("bad prefix {s}: {e}"))
+}
+
+fn addr(s: &str) -> IpAddr {
+    s.parse().unwrap_or_else(|e| panic!("bad address {s}: {e}"))
+}
+
+/// A UDP frame from `src` to a server of the same family.
+fn frame(src: IpAddr) -> Vec<u8> {
+    let dst: IpAddr = match src {
+        IpAddr::V4(_) => Ipv4Addr::new(198, 18, 0, 1).into(),
+        IpAddr::V6(_) => Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 1).into(),
+    };
+    Packet::ip(src, dst).udp(40_000, 53).build().into_bytes()
+}
+
+/// The program with the lists in force, checked source by source.
+struct Lookup {
+    filter: Filter,
+    allow: Vec<Prefix>,
+    block: Vec<Prefix>,
+    failures: Vec<String>,
+    checked: usize,
+}
+
+impl Lookup {
+    fn load(options: LoadOptions) -> Self {
+        require_root();
+        Self {
+            filter: Filter::load(options).expect("load the XDP program"),
+            allow: Vec::new(),
+            block: Vec::new(),
+            failures: Vec::new(),
+            checked: 0,
+        }
+    }
+
+    fn allow(&mut self, p: Prefix) {
+        assert!(self.filter.allow(p).expect("allow"), "{p} allowed twice");
+        self.allow.push(p);
+    }
+
+    fn block(&mut self, p: Prefix) {
+        assert!(self.filter.block(p).expect("block"), "{p} blocked twice");
+        self.block.push(p);
+    }
+
+    fn unallow(&mut self, p: Prefix) {
+        assert!(self.filter.unallow(p).expect("unallow"), "{p} not allowed");
+        self.allow.retain(|&q| q != p);
+    }
+
+    fn unblock(&mut self, p: Prefix) {
+        assert!(self.filter.unblock(p).expect("unblock"), "{p} not blocked");
+        self.block.retain(|&q| q != p);
+    }
+
+    /// Replaces the lists.
+    fn set(&mut self, allow: &[&str], block: &[&str]) {
+        for p in self.allow.clone() {
+            self.unallow(p);
+        }
+        for p in self.block.clone() {
+            self.unblock(p);
+        }
+        for p in allow {
+            self.allow(prefix(p));
+        }
+        for p in block {
+            self.block(prefix(p));
+        }
+    }
+
+    fn hits(&self) -> BTreeMap<(List, Prefix), u64> {
+        self.filter
+            .entries()
+            .expect("entries")
+            .into_iter()
+            .map(|e| ((e.list, e.prefix), e.hits))
+            .collect()
+    }
+
+    /// Runs a frame from `src` and checks it against the reference model;
+    /// `want`, if given, is what the case itself expects (the model must
+    /// agree with it).
+    fn check(&mut self, what: &str, src: IpAddr, want: Option<(Reason, Option<&str>)>) {
+        self.checked += 1;
+        let frame = frame(src);
+        let reason = reference::decide(&frame, &self.allow, &self.block);
+        let hit = reference::decide_hit(&frame, &self.allow, &self.block);
+        let mut problems = Vec::new();
+        if let Some((want_reason, want_hit)) = want {
+            let want_hit = want_hit.map(|p| {
+                let list = if want_reason == Allowlisted {
+                    List::Allow
+                } else {
+                    List::Block
+                };
+                (list, prefix(p))
+            });
+            if (reason, hit) != (want_reason, want_hit) {
+                problems.push(format!(
+                    "the reference says {reason:?} {hit:?}, the case {want_reason:?} {want_hit:?}"
+                ));
+            }
+        }
+        let before = self.filter.counters().expect("counters");
+        let hits = self.hits();
+        let (action, _) = self.filter.test_run(&frame, 1).expect("test run");
+        let delta = self.filter.counters().expect("counters").since(&before);
+        if action != reference::action(reason) {
+            problems.push(format!("action {action} for {reason:?}"));
+        }
+        if delta.get(reason).packets != 1 {
+            problems.push(format!("the {} counter did not move", reason.name()));
+        }
+        for (key, after) in self.hits() {
+            let moved = after - hits.get(&key).copied().unwrap_or(0);
+            if moved != u64::from(Some(key) == hit) {
+                problems.push(format!(
+                    "{} {} counted {moved} hits (the hit goes to {hit:?})",
+                    key.0.name(),
+                    key.1
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            self.failures.push(format!(
+                "{what}: {src} with allow {:?} block {:?}: {}",
+                self.allow
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>(),
+                self.block
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>(),
+                problems.join("; ")
+            ));
+        }
+    }
+
+    /// Checks a source with the case's own expectation.
+    fn expect(&mut self, what: &str, src: &str, reason: Reason, hit: Option<&str>) {
+        self.check(what, addr(src), Some((reason, hit)));
+    }
+
+    fn finish(mut self, name: &str) {
+        self.set(&[], &[]);
+        println!("lookup/{name}: {} sources checked", self.checked);
+        assert!(
+            self.failures.is_empty(),
+            "{} of {} checks failed:\n{}",
+            self.failures.len(),
+            self.checked,
+            self.failures.join("\n")
+        );
+    }
+}
+
+#[test]
+fn ipv4_table_boundaries() {
+    let mut t = Lookup::load(LoadOptions::default());
+    // Each length around the splits: the block's first and last address
+    // inside, the addresses just outside.
+    for (p, first, last, before, after) in [
+        (
+            "10.1.2.0/24",
+            "10.1.2.0",
+            "10.1.2.255",
+            "10.1.1.255",
+            "10.1.3.0",
+        ),
+        (
+            "10.1.2.128/25",
+            "10.1.2.128",
+            "10.1.2.255",
+            "10.1.2.127",
+            "10.1.3.0",
+        ),
+        (
+            "10.1.2.0/23",
+            "10.1.2.0",
+            "10.1.3.255",
+            "10.1.1.255",
+            "10.1.4.0",
+        ),
+        (
+            "10.8.0.0/13",
+            "10.8.0.0",
+            "10.15.255.255",
+            "10.7.255.255",
+            "10.16.0.0",
+        ),
+        (
+            "10.16.0.0/12",
+            "10.16.0.0",
+            "10.31.255.255",
+            "10.15.255.255",
+            "10.32.0.0",
+        ),
+        (
+            "10.1.2.6/31",
+            "10.1.2.6",
+            "10.1.2.7",
+            "10.1.2.5",
+            "10.1.2.8",
+        ),
+        (
+            "10.1.2.9/32",
+            "10.1.2.9",
+            "10.1.2.9",
+            "10.1.2.8",
+            "10.1.2.10",
+        ),
+        (
+            "0.0.0.0/0",
+            "0.0.0.0",
+            "255.255.255.255",
+            "0.0.0.0",
+            "255.255.255.255",
+        ),
+        (
+            "128.0.0.0/1",
+            "128.0.0.0",
+            "255.255.255.255",
+            "127.255.255.255",
+            "127.255.255.255",
+        ),
+    ] {
+        t.set(&[], &[p]);
+        t.expect(p, first, Blocked, Some(p));
+        t.expect(p, last, Blocked, Some(p));
+        if !p.ends_with("/0") {
+            t.expect(p, before, Passed, None);
+            t.expect(p, after, Passed, None);
+        }
+    }
+    // Every length from /25 to /32 in one /24, each with a host inside and
+    // the next block outside.
+    let base = Ipv4Addr::new(10, 1, 2, 128);
+    for len in 25..=32u8 {
+        let p = format!("{base}/{len}");
+        let size = 1u32 << (32 - len);
+        t.set(&[], &[&p]);
+        t.expect(&p, "10.1.2.128", Blocked, Some(&p));
+        let last = Ipv4Addr::from(u32::from(base) + size - 1);
+        t.expect(&p, &last.to_string(), Blocked, Some(&p));
+        if len > 25 {
+            let next = Ipv4Addr::from(u32::from(base) + size);
+            t.expect(&p, &next.to_string(), Passed, None);
+        }
+        t.expect(&p, "10.1.2.127", Passed, None);
+    }
+    t.finish("ipv4_table_boundaries");
+}
+
+#[test]
+fn ipv4_overlaps_and_removals() {
+    let mut t = Lookup::load(LoadOptions::default());
+    // One key per table, nested: /8 (in the /12 table), /16 and /24 (in
+    // the /24 table), /28 and /32 (in the buckets).
+    let nest = [
+        "10.0.0.0/8",
+        "10.1.0.0/16",
+        "10.1.2.0/24",
+        "10.1.2.16/28",
+        "10.1.2.17/32",
+    ];
+    t.set(&[], &nest);
+    for (src, hit) in [
+        ("10.200.0.1", "10.0.0.0/8"),
+        ("10.1.200.1", "10.1.0.0/16"),
+        ("10.1.2.200", "10.1.2.0/24"),
+        ("10.1.2.18", "10.1.2.16/28"),
+        ("10.1.2.17", "10.1.2.17/32"),
+    ] {
+        t.expect("nested blocks", src, Blocked, Some(hit));
+    }
+    // Taking out each middle key hands its addresses to the next shorter
+    // one, in whichever table that is.
+    t.unblock(prefix("10.1.2.0/24"));
+    t.expect("/24 removed", "10.1.2.200", Blocked, Some("10.1.0.0/16"));
+    t.expect("/24 removed", "10.1.2.18", Blocked, Some("10.1.2.16/28"));
+    t.unblock(prefix("10.1.0.0/16"));
+    t.expect("/16 removed", "10.1.2.200", Blocked, Some("10.0.0.0/8"));
+    t.expect("/16 removed", "10.1.200.1", Blocked, Some("10.0.0.0/8"));
+    t.unblock(prefix("10.1.2.16/28"));
+    t.expect("/28 removed", "10.1.2.18", Blocked, Some("10.0.0.0/8"));
+    t.expect("/28 removed", "10.1.2.17", Blocked, Some("10.1.2.17/32"));
+    t.unblock(prefix("10.0.0.0/8"));
+    t.expect("/8 removed", "10.1.2.18", Passed, None);
+    t.expect("/8 removed", "10.1.2.17", Blocked, Some("10.1.2.17/32"));
+    // Added again in the other order: shortest last.
+    t.set(&[], &[]);
+    for p in nest.iter().rev() {
+        t.block(prefix(p));
+    }
+    t.expect("reversed", "10.1.2.200", Blocked, Some("10.1.2.0/24"));
+    t.expect("reversed", "10.1.2.18", Blocked, Some("10.1.2.16/28"));
+    t.expect("reversed", "10.9.9.9", Blocked, Some("10.0.0.0/8"));
+    // A /24 key inside a /20 key inside a /12 key: the /24 table holds
+    // both, the /12 table the outer one.
+    t.set(&[], &["10.16.0.0/12", "10.17.0.0/20", "10.17.1.0/24"]);
+    t.expect("/12 /20 /24", "10.17.1.1", Blocked, Some("10.17.1.0/24"));
+    t.expect("/12 /20 /24", "10.17.2.1", Blocked, Some("10.17.0.0/20"));
+    t.expect("/12 /20 /24", "10.17.16.1", Blocked, Some("10.16.0.0/12"));
+    t.unblock(prefix("10.17.0.0/20"));
+    t.expect("/20 removed", "10.17.2.1", Blocked, Some("10.16.0.0/12"));
+    t.expect("/20 removed", "10.17.1.1", Blocked, Some("10.17.1.0/24"));
+    t.unblock(prefix("10.16.0.0/12"));
+    t.expect("/12 removed", "10.17.2.1", Passed, None);
+    t.finish("ipv4_overlaps_and_removals");
+}
+
+#[test]
+fn allow_and_block_inside_each_other() {
+    let mut t = Lookup::load(LoadOptions::default());
+    for (allow, block, inside, outside) in [
+        // Allow inside block, in every table.
+        ("10.1.2.0/24", "10.1.0.0/16", "10.1.2.9", "10.1.3.9"),
+        ("10.1.2.16/28", "10.1.2.0/24", "10.1.2.17", "10.1.2.33"),
+        ("10.1.2.17/32", "10.1.2.16/28", "10.1.2.17", "10.1.2.18"),
+        ("10.1.0.0/16", "10.0.0.0/8", "10.1.9.9", "10.2.9.9"),
+        (
+            "2001:2:0:1::/64",
+            "2001:2::/48",
+            "2001:2:0:1::9",
+            "2001:2:0:2::9",
+        ),
+        ("2001:2::/32", "2001::/16", "2001:2::9", "2001:3::9"),
+        ("2001:2::9/128", "2001:2::/120", "2001:2::9", "2001:2::8"),
+    ] {
+        t.set(&[allow], &[block]);
+        t.expect("allow in block", inside, Allowlisted, Some(allow));
+        t.expect("allow in block", outside, Blocked, Some(block));
+        // Block inside allow: the allowlist wins, and its entry counts.
+        t.set(&[block], &[allow]);
+        t.expect("block in allow", inside, Allowlisted, Some(block));
+        t.expect("block in allow", outside, Allowlisted, Some(block));
+        // The allow entry goes: the inner block key is a block again.
+        t.unallow(prefix(block));
+        t.expect("allow removed", inside, Blocked, Some(allow));
+        t.expect("allow removed", outside, Passed, None);
+    }
+    // An allow prefix over several block keys of all tables, then taken
+    // away and put back.
+    t.set(
+        &[],
+        &[
+            "10.1.0.0/16",
+            "10.1.2.0/24",
+            "10.1.2.128/25",
+            "10.1.2.200/32",
+        ],
+    );
+    t.allow(prefix("10.1.2.0/24"));
+    for src in ["10.1.2.1", "10.1.2.130", "10.1.2.200"] {
+        t.expect("allow over blocks", src, Allowlisted, Some("10.1.2.0/24"));
+    }
+    t.expect(
+        "allow over blocks",
+        "10.1.3.1",
+        Blocked,
+        Some("10.1.0.0/16"),
+    );
+    t.unallow(prefix("10.1.2.0/24"));
+    t.expect("allow gone", "10.1.2.1", Blocked, Some("10.1.2.0/24"));
+    t.expect("allow gone", "10.1.2.130", Blocked, Some("10.1.2.128/25"));
+    t.expect("allow gone", "10.1.2.200", Blocked, Some("10.1.2.200/32"));
+    t.finish("allow_and_block_inside_each_other");
+}
+
+#[test]
+fn ipv6_table_boundaries() {
+    let mut t = Lookup::load(LoadOptions::default());
+    for (p, inside, outside) in [
+        ("2001::/16", "2001:ffff::1", "2002::1"),
+        ("2001:8000::/17", "2001:8000::1", "2001:7fff::1"),
+        ("2001:2::/48", "2001:2:0:ffff::1", "2001:2:1::1"),
+        ("2001:2::/64", "2001:2::ffff:1", "2001:2:0:1::1"),
+        ("2001:2::80/121", "2001:2::ff", "2001:2::7f"),
+        ("2001:2::9/128", "2001:2::9", "2001:2::8"),
+        ("::/0", "ffff::1", "ffff::1"),
+        (
+            "8000::/1",
+            "8000::",
+            "7fff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        ),
+        ("2001:2::/65", "2001:2::1", "2001:2::8000:0:0:0"),
+    ] {
+        t.set(&[], &[p]);
+        t.expect(p, inside, Blocked, Some(p));
+        if !p.ends_with("/0") {
+            t.expect(p, outside, Passed, None);
+        }
+    }
+    // Nested across the split, removed from the middle out.
+    t.set(
+        &[],
+        &[
+            "2000::/8",
+            "2001::/16",
+            "2001:2::/32",
+            "2001:2::/64",
+            "2001:2::1/128",
+        ],
+    );
+    t.expect("nested", "2001:2::1", Blocked, Some("2001:2::1/128"));
+    t.expect("nested", "2001:2::2", Blocked, Some("2001:2::/64"));
+    t.expect("nested", "2001:2:1::2", Blocked, Some("2001:2::/32"));
+    t.expect("nested", "2001:3::2", Blocked, Some("2001::/16"));
+    t.expect("nested", "2002::2", Blocked, Some("2000::/8"));
+    t.unblock(prefix("2001:2::/64"));
+    t.expect("/64 removed", "2001:2::2", Blocked, Some("2001:2::/32"));
+    t.unblock(prefix("2001::/16"));
+    t.expect("/16 removed", "2001:3::2", Blocked, Some("2000::/8"));
+    t.unblock(prefix("2001:2::/32"));
+    t.expect("/32 removed", "2001:2::2", Blocked, Some("2000::/8"));
+    t.expect("/32 removed", "2001:2::1", Blocked, Some("2001:2::1/128"));
+    t.finish("ipv6_table_boundaries");
+}
+
+#[test]
+fn ipv6_many_lengths_in_one_16() {
+    let mut t = Lookup::load(LoadOptions::default());
+    // Ten lengths under 2001::/16, more than a lookup probes one by one:
+    // the /16 is crowded and its keys are looked up in the trie.
+    let nest = [
+        "2001:8000::/17",
+        "2001:8000::/20",
+        "2001:8000::/24",
+        "2001:8000::/32",
+        "2001:8000::/40",
+        "2001:8000::/48",
+        "2001:8000::/56",
+        "2001:8000::/64",
+        "2001:8000::/96",
+        "2001:8000::1/128",
+    ];
+    let sources = [
+        ("2001:8000::1", "2001:8000::1/128"),
+        ("2001:8000::2", "2001:8000::/96"),
+        ("2001:8000::1:0:0", "2001:8000::/64"),
+        ("2001:8000:0:1::", "2001:8000::/56"),
+        ("2001:8000:0:100::", "2001:8000::/48"),
+        ("2001:8000:1::", "2001:8000::/40"),
+        ("2001:8000:100::", "2001:8000::/32"),
+        ("2001:8001::", "2001:8000::/24"),
+        ("2001:8100::", "2001:8000::/20"),
+        ("2001:9000::", "2001:8000::/17"),
+    ];
+    t.set(&[], &nest);
+    assert_eq!(t.filter.lists().crowded(), 1, "2001::/16 is crowded");
+    for (src, hit) in sources {
+        t.expect("crowded", src, Blocked, Some(hit));
+    }
+    t.expect("crowded", "2001:7fff::", Passed, None);
+    // An allow entry inside the crowded /16, and a /16 key over it.
+    t.allow(prefix("2001:8000::/64"));
+    t.block(prefix("2001::/16"));
+    t.expect(
+        "crowded, allow",
+        "2001:8000::1",
+        Allowlisted,
+        Some("2001:8000::/64"),
+    );
+    t.expect(
+        "crowded, allow",
+        "2001:8000:0:1::",
+        Blocked,
+        Some("2001:8000::/56"),
+    );
+    t.expect("crowded, /16", "2001:7fff::", Blocked, Some("2001::/16"));
+    t.unallow(prefix("2001:8000::/64"));
+    t.unblock(prefix("2001::/16"));
+    // Down to seven lengths: the /16 is looked up in the buckets again.
+    for p in ["2001:8000::/20", "2001:8000::/40", "2001:8000::/96"] {
+        t.unblock(prefix(p));
+    }
+    assert_eq!(t.filter.lists().crowded(), 0, "2001::/16 is not crowded");
+    for (src, _) in sources {
+        t.check("uncrowded", addr(src), None);
+    }
+    // And up again.
+    t.block(prefix("2001:8000::/40"));
+    t.block(prefix("2001:8000::/96"));
+    for (src, _) in sources {
+        t.check("crowded again", addr(src), None);
+    }
+    t.finish("ipv6_many_lengths_in_one_16");
+}
+
+/// IPv4 /32 keys whose both buckets are one of the first two, under
+/// `seed` in a table for `capacity` entries.
+fn colliding_v4(seed: u64, capacity: u32, count: usize, rng: &mut Rng) -> Vec<Ipv4Addr> {
+    let mask = buckets_for(capacity) - 1;
+    let mut found = Vec::new();
+    while found.len() < count {
+        // Spread over a few /24s, so that several blocks crowd.
+        let a = Ipv4Addr::new(10, 9, u8::try_from(rng.below(4)).expect("small"), 0);
+        let a = Ipv4Addr::from(u32::from(a) | rng.next_u32() & 0xff);
+        let (first, second) = buckets(v4_hash(v4_key(a.into(), 32), seed), mask);
+        if first < 2 && second < 2 && !found.contains(&a) {
+            found.push(a);
+        }
+    }
+    found
+}
+
+#[test]
+fn ipv4_keys_with_full_buckets() {
+    const SEED: u64 = 0x5eed;
+    const CAPACITY: u32 = 64;
+    let mut t = Lookup::load(LoadOptions {
+        capacity: CAPACITY,
+        hash_seed: Some(SEED),
+        ..LoadOptions::default()
+    });
+    let mut rng = Rng::new(7);
+    // Two buckets of 8 slots, 24 keys: at least 8 find no room, and their
+    // /24s are crowded.
+    let keys = colliding_v4(SEED, CAPACITY, 24, &mut rng);
+    t.block(prefix("10.9.0.0/22"));
+    for (i, a) in keys.iter().enumerate() {
+        let p = Prefix::host((*a).into());
+        if i % 3 == 0 {
+            t.allow(p);
+        } else {
+            t.block(p);
+        }
+    }
+    let check_all = |t: &mut Lookup, what: &str| {
+        for a in &keys {
+            t.check(what, (*a).into(), None);
+            let next = Ipv4Addr::from(u32::from(*a) ^ 1);
+            t.check(what, next.into(), None);
+        }
+    };
+    assert!(t.filter.lists().crowded() > 0, "some /24s are crowded");
+    check_all(&mut t, "full buckets");
+    // A /28 over some of them, in a crowded /24.
+    let over = Prefix::truncating(keys[0].into(), 28);
+    t.block(over);
+    check_all(&mut t, "full buckets, /28");
+    // Keys go one by one: the blocks empty and leave the trie.
+    for (i, a) in keys.iter().enumerate() {
+        let p = Prefix::host((*a).into());
+        if i % 3 == 0 {
+            t.unallow(p);
+        } else {
+            t.unblock(p);
+        }
+        t.check("emptying", (*a).into(), None);
+        if i % 5 == 0 {
+            check_all(&mut t, "emptying");
+        }
+    }
+    t.unblock(over);
+    assert_eq!(t.filter.lists().crowded(), 0, "no block is crowded");
+    check_all(&mut t, "emptied");
+    t.finish("ipv4_keys_with_full_buckets");
+}
+
+#[test]
+fn ipv6_keys_with_full_buckets() {
+    const SEED: u64 = 0xbeef;
+    const CAPACITY: u32 = 64;
+    let mut t = Lookup::load(LoadOptions {
+        capacity: CAPACITY,
+        hash_seed: Some(SEED),
+        ..LoadOptions::default()
+    });
+    let mask = buckets_for(CAPACITY) - 1;
+    let mut rng = Rng::new(11);
+    // /64s in two /16s whose both buckets are the first two: some find no
+    // room (or their fingerprint taken), and their /16s are crowded.
+    let mut keys = Vec::new();
+    while keys.len() < 24 {
+        let top = 0x2000 + u128::from(rng.below(2));
+        let hi = (top << 48) | u128::from(rng.next_u64() >> 16);
+        let a = hi << 64;
+        #[expect(clippy::cast_possible_truncation, reason = "the halves")]
+        let hash = v6_hash((a >> 64) as u64, a as u64, 64, SEED);
+        let (first, second) = buckets(hash, mask);
+        if first < 2 && second < 2 {
+            keys.push(Ipv6Addr::from(a));
+        }
+    }
+    t.block(prefix("2000::/15"));
+    for (i, a) in keys.iter().enumerate() {
+        let p = Prefix::truncating((*a).into(), 64);
+        if i % 3 == 0 {
+            t.allow(p);
+        } else {
+            t.block(p);
+        }
+    }
+    let check_all = |t: &mut Lookup, what: &str| {
+        for a in &keys {
+            t.check(what, (*a).into(), None);
+            t.check(what, Ipv6Addr::from(u128::from(*a) | 0xff).into(), None);
+            t.check(
+                what,
+                Ipv6Addr::from(u128::from(*a) ^ (1 << 64)).into(),
+                None,
+            );
+        }
+    };
+    assert!(t.filter.lists().crowded() > 0, "some /16s are crowded");
+    check_all(&mut t, "full buckets");
+    for (i, a) in keys.iter().enumerate() {
+        let p = Prefix::truncating((*a).into(), 64);
+        if i % 3 == 0 {
+            t.unallow(p);
+        } else {
+            t.unblock(p);
+        }
+        if i % 4 == 0 {
+            check_all(&mut t, "emptying");
+        }
+    }
+    assert_eq!(t.filter.lists().crowded(), 0, "no block is crowded");
+    check_all(&mut t, "emptied");
+    t.finish("ipv6_keys_with_full_buckets");
+}
+
+/// A random prefix of the mix the tables see: hosts and networks of every
+/// length, clustered so that they nest.
+fn random_prefix(rng: &mut Rng, v6: bool) -> Prefix {
+    if v6 {
+        let len = match rng.below(10) {
+            0..4 => 128,
+            4..6 => 64,
+            6 => 48,
+            7 => u8::try_from(17 + rng.below(111)).expect("small"),
+            _ => u8::try_from(rng.below(17)).expect("small"),
+        };
+        // A few /16s and /32s, so that keys meet.
+        let top = 0x2001_0000_u128 + u128::from(rng.below(4)) * 0x1_0001;
+        let a =
+            (top << 96) | (u128::from(rng.below(16)) << 80) | (u128::from(rng.next_u64()) & 0xffff);
+        Prefix::truncating(IpAddr::V6(a.into()), len)
+    } else {
+        let len = match rng.below(10) {
+            0..4 => 32,
+            4..6 => 24,
+            6 => u8::try_from(25 + rng.below(7)).expect("small"),
+            7 => u8::try_from(13 + rng.below(11)).expect("small"),
+            _ => u8::try_from(rng.below(13)).expect("small"),
+        };
+        let a = 0x0a00_0000
+            | (u32::try_from(rng.below(4)).expect("small") << 16)
+            | (u32::try_from(rng.below(8)).expect("small") << 8)
+            | (rng.next_u32() & 0xff);
+        Prefix::truncating(IpAddr::V4(a.into()), len)
+    }
+}
+
+/// A source near the keys: inside some, outside others.
+fn random_source(rng: &mut Rng, keys: &[Prefix]) -> IpAddr {
+    let p = keys[usize::try_from(rng.below(keys.len() as u64)).expect("fits")];
+    match p.addr() {
+        IpAddr::V4(a) => {
+            let host = 32 - u32::from(p.len()).max(24);
+            IpAddr::V4((u32::from(a) ^ (rng.next_u32() & ((1 << host) - 1).max(1))).into())
+        }
+        IpAddr::V6(a) => {
+            let flip = u128::from(rng.next_u64()) & 0xffff_ffff;
+            IpAddr::V6((u128::from(a) ^ flip).into())
+        }
+    }
+}
+
+#[test]
+fn random_tables_match_the_reference() {
+    let mut t = Lookup::load(LoadOptions {
+        capacity: 4096,
+        ..LoadOptions::default()
+    });
+    let mut rng = Rng::new(0x10c0_c0de);
+    let mut keys = Vec::new();
+    while keys.len() < 1500 {
+        let v6 = rng.below(3) == 0;
+        let p = random_prefix(&mut rng, v6);
+        if !keys.contains(&p) {
+            keys.push(p);
+        }
+    }
+    for (i, &p) in keys.iter().enumerate() {
+        if i % 7 == 0 {
+            t.allow(p);
+        } else {
+            t.block(p);
+        }
+    }
+    for _ in 0..1500 {
+        let src = random_source(&mut rng, &keys);
+        t.check("random table", src, None);
+    }
+    // Half of the keys go, in random order; the rest must still decide.
+    let mut gone = 0;
+    for &p in &keys {
+        if rng.below(2) == 0 {
+            if t.allow.contains(&p) {
+                t.unallow(p);
+            } else {
+                t.unblock(p);
+            }
+            gone += 1;
+        }
+    }
+    assert!(gone > 500, "half the keys removed");
+    for _ in 0..1500 {
+        let src = random_source(&mut rng, &keys);
+        t.check("half removed", src, None);
+    }
+    t.finish("random_tables_match_the_reference");
+}
