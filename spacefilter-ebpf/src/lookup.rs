@@ -20,8 +20,9 @@
 //! lengths of the /17 to /128 keys inside the /16, probed in `V6_BUCKETS`.
 //! A /16 holding no keys (most of the address space) costs one array read.
 //!
-//! A key lives in the first of its two buckets, or in the second if the
-//! first was full; a bucket is one cache line of 8 slots. An IPv4 slot is
+//! A key lives in one of its two buckets, mostly the first (see
+//! `spacefilter/src/maps/tables.rs`); a bucket is one cache line of 8
+//! slots. An IPv4 slot is
 //! one word: key and match, stored whole by the daemon, so a slot is either
 //! the old key or the new one, never a mix. An IPv6 key does not fit in a
 //! word: its slot holds a fingerprint and the key's index in `V6_KEYS`. The

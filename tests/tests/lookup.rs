@@ -719,6 +719,7 @@ fn random_tables_match_the_reference() {
             t.block(p);
         }
     }
+    assert_eq!(t.filter.lists().crowded(), 0, "the keys fit their buckets");
     for _ in 0..1500 {
         let src = random_source(&mut rng, &keys);
         t.check("random table", src, None);
