@@ -32,7 +32,7 @@
 //! load and a store.
 
 use std::{
-    collections::{BTreeMap, HashMap as StdHashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::atomic::Ordering,
     time::Duration,
 };
@@ -233,11 +233,11 @@ pub(super) struct V4Tables {
     trie: LpmTrie<MapData, [u8; 4], u32>,
     /// Keys of /25 to /32 per /24 and length: a length's flag is cleared
     /// when its last key goes.
-    long: StdHashMap<(u32, u8), u32>,
+    long: HashMap<(u32, u8), u32>,
     long_keys: usize,
     /// The crowded /24s, each with its keys (by [`v4_key`]) that found no
     /// room in their buckets, and their matches.
-    crowded: StdHashMap<u32, StdHashMap<u64, u32>>,
+    crowded: HashMap<u32, HashMap<u64, u32>>,
 }
 
 impl V4Tables {
@@ -260,9 +260,9 @@ impl V4Tables {
             mask,
             seed,
             trie: take(ebpf, map_names::V4_CROWDED)?,
-            long: StdHashMap::new(),
+            long: HashMap::new(),
             long_keys: 0,
-            crowded: StdHashMap::new(),
+            crowded: HashMap::new(),
         })
     }
 
@@ -298,7 +298,7 @@ impl V4Tables {
                 for (addr, len, value) in keys {
                     self.trie_insert(addr, len, value)?;
                 }
-                self.crowded.insert(block, StdHashMap::from([(key, value)]));
+                self.crowded.insert(block, HashMap::from([(key, value)]));
                 self.t24
                     .map
                     .word32(block as usize)
@@ -396,7 +396,7 @@ impl V4Tables {
         let Some(unplaced) = self.crowded.remove(&block) else {
             return Ok(());
         };
-        let left: StdHashMap<u64, u32> = unplaced
+        let left: HashMap<u64, u32> = unplaced
             .into_iter()
             .filter(|&(key, value)| !self.place(key, value))
             .collect();
@@ -520,9 +520,9 @@ pub(super) struct V6Tables {
     /// into its trie and out again from here.
     long: BTreeMap<(u128, u8), u32>,
     /// How many keys of each length each /16 holds.
-    lengths: StdHashMap<u16, BTreeMap<u8, u32>>,
+    lengths: HashMap<u16, BTreeMap<u8, u32>>,
     /// Keys that found no room in their buckets, per /16.
-    unplaced: StdHashMap<u16, HashSet<(u128, u8)>>,
+    unplaced: HashMap<u16, HashSet<(u128, u8)>>,
     /// The crowded /16s.
     crowded: HashSet<u16>,
 }
@@ -561,8 +561,8 @@ impl V6Tables {
             },
             trie: take(ebpf, map_names::V6_CROWDED)?,
             long: BTreeMap::new(),
-            lengths: StdHashMap::new(),
-            unplaced: StdHashMap::new(),
+            lengths: HashMap::new(),
+            unplaced: HashMap::new(),
             crowded: HashSet::new(),
         })
     }
