@@ -309,9 +309,9 @@ pub mod lookup {
     }
 
     /// Buckets for `capacity` keys: a power of two, with at least two
-    /// slots per key. A key goes to its first bucket, or to its second if
-    /// the first is full: both are full for a handful of keys in a million
-    /// (whose blocks are then crowded).
+    /// slots per key. A key goes to one of its two buckets, mostly the
+    /// first; at that load both are full for almost no key (whose block is
+    /// then crowded).
     #[must_use]
     pub const fn buckets_for(capacity: u32) -> u32 {
         let slots = (capacity as u64) * 2;

@@ -20,8 +20,9 @@
 //! lengths of the /17 to /128 keys inside the /16, probed in `V6_BUCKETS`.
 //! A /16 holding no keys (most of the address space) costs one array read.
 //!
-//! A key lives in the first of its two buckets, or in the second if the
-//! first was full; a bucket is one cache line of 8 slots. An IPv4 slot is
+//! A key lives in one of its two buckets, mostly the first (see
+//! `spacefilter/src/maps/tables.rs`); a bucket is one cache line of 8
+//! slots. An IPv4 slot is
 //! one word: key and match, stored whole by the daemon, so a slot is either
 //! the old key or the new one, never a mix. An IPv6 key does not fit in a
 //! word: its slot holds a fingerprint and the key's index in `V6_KEYS`. The
@@ -54,7 +55,8 @@ use crate::maps::{
 };
 
 /// The highest bit set in each byte: which /25 to /32 length of a /24 to
-/// probe next.
+/// probe next. This table and the next are read-only global data
+/// (`.rodata`, kernel 5.2), indexed by a byte: no bounds check, no branch.
 static TOP_BIT: [u8; 256] = {
     let mut table = [0; 256];
     let mut i = 1;
@@ -112,14 +114,14 @@ impl Tables {
     }
 }
 
-/// Word `index` of a table row of [`lookup::ROW`] words.
+/// Word `index % ROW` of a table row of [`lookup::ROW`] words.
 ///
 /// # Safety
 /// `row` must point to a map value of `ROW` words.
 #[inline(always)]
 unsafe fn row_word(row: *const [u32; lookup::ROW], index: u32) -> u32 {
     // SAFETY: the index is below ROW; the daemon stores each word whole.
-    unsafe { read_volatile(row.cast::<u32>().add((index & 15) as usize)) }
+    unsafe { read_volatile(row.cast::<u32>().add(index as usize % lookup::ROW)) }
 }
 
 /// Takes the highest bit set out of the low byte of `bits`.

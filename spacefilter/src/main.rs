@@ -687,6 +687,29 @@ fn run(args: RunArgs) -> Result<(), Failure> {
         allow: file.allow,
         block: file.block,
     };
+    check_settings(&settings, metrics_public)?;
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|err| Failure::runtime(format!("starting the runtime: {err}")))?;
+    runtime.block_on(daemon::run(settings)).map_err(|err| {
+        // An interface that does not exist, or holds another program
+        // without --force, is the caller's to fix.
+        let refused = matches!(
+            err.downcast_ref::<IfaceError>(),
+            Some(IfaceError::NoSuchInterface { .. } | IfaceError::Occupied { .. })
+        ) || err
+            .downcast_ref::<spacefilter::control::UnknownGroup>()
+            .is_some();
+        let message = format!("{err:#}");
+        if refused {
+            Failure::bad_input(message)
+        } else {
+            Failure::runtime(message)
+        }
+    })
+}
+
+/// Refuses settings that cannot work, naming what to change.
+fn check_settings(settings: &Settings, metrics_public: bool) -> Result<(), Failure> {
     if settings.ifaces.is_empty() {
         return Err(Failure::bad_input(
             "no interface to attach to: give --iface IFACE (repeatable) or `interfaces` in --config",
@@ -719,24 +742,7 @@ fn run(args: RunArgs) -> Result<(), Failure> {
     if settings.max_sources < 16 {
         return Err(Failure::bad_input("--max-sources must be at least 16"));
     }
-    let runtime = tokio::runtime::Runtime::new()
-        .map_err(|err| Failure::runtime(format!("starting the runtime: {err}")))?;
-    runtime.block_on(daemon::run(settings)).map_err(|err| {
-        // An interface that does not exist, or holds another program
-        // without --force, is the caller's to fix.
-        let refused = matches!(
-            err.downcast_ref::<IfaceError>(),
-            Some(IfaceError::NoSuchInterface { .. } | IfaceError::Occupied { .. })
-        ) || err
-            .downcast_ref::<spacefilter::control::UnknownGroup>()
-            .is_some();
-        let message = format!("{err:#}");
-        if refused {
-            Failure::bad_input(message)
-        } else {
-            Failure::runtime(message)
-        }
-    })
+    Ok(())
 }
 
 /// The prefixes given on the command line and in `--file`.

@@ -652,13 +652,17 @@ fn ipv6_keys_with_full_buckets() {
 
 /// A random prefix of the mix the tables see: hosts and networks of every
 /// length, clustered so that they nest.
-fn random_prefix(rng: &mut Rng, v6: bool) -> Prefix {
+/// With `any_length`, IPv6 keys take any length, and so many under each of
+/// their /16s that these are crowded; else a few lengths, which the
+/// buckets hold.
+fn random_prefix(rng: &mut Rng, v6: bool, any_length: bool) -> Prefix {
     if v6 {
         let len = match rng.below(10) {
             0..4 => 128,
             4..6 => 64,
             6 => 48,
-            7 => u8::try_from(17 + rng.below(111)).expect("small"),
+            7 if any_length => u8::try_from(17 + rng.below(111)).expect("small"),
+            7 => [32, 40, 56][usize::try_from(rng.below(3)).expect("small")],
             _ => u8::try_from(rng.below(17)).expect("small"),
         };
         // A few /16s and /32s, so that keys meet.
@@ -697,17 +701,18 @@ fn random_source(rng: &mut Rng, keys: &[Prefix]) -> IpAddr {
     }
 }
 
-#[test]
-fn random_tables_match_the_reference() {
+/// Loads a random table of 1500 keys, checks 1500 sources near them, takes
+/// half the keys away in random order and checks again.
+fn random_table(any_length: bool, seed: u64) -> Lookup {
     let mut t = Lookup::load(LoadOptions {
         capacity: 4096,
         ..LoadOptions::default()
     });
-    let mut rng = Rng::new(0x10c0_c0de);
+    let mut rng = Rng::new(seed);
     let mut keys = Vec::new();
     while keys.len() < 1500 {
         let v6 = rng.below(3) == 0;
-        let p = random_prefix(&mut rng, v6);
+        let p = random_prefix(&mut rng, v6, any_length);
         if !keys.contains(&p) {
             keys.push(p);
         }
@@ -719,6 +724,11 @@ fn random_tables_match_the_reference() {
             t.block(p);
         }
     }
+    assert_eq!(
+        t.filter.lists().crowded() > 0,
+        any_length,
+        "crowded blocks with IPv6 keys of any length, and only then"
+    );
     for _ in 0..1500 {
         let src = random_source(&mut rng, &keys);
         t.check("random table", src, None);
@@ -740,5 +750,15 @@ fn random_tables_match_the_reference() {
         let src = random_source(&mut rng, &keys);
         t.check("half removed", src, None);
     }
-    t.finish("random_tables_match_the_reference");
+    t
+}
+
+#[test]
+fn random_tables_match_the_reference() {
+    random_table(false, 0x10c0_c0de).finish("random_tables_match_the_reference");
+}
+
+#[test]
+fn random_crowded_tables_match_the_reference() {
+    random_table(true, 0xc0de_10c0).finish("random_crowded_tables_match_the_reference");
 }

@@ -142,8 +142,11 @@ fn cli_ok(daemon: &DaemonProcess, args: &[&str]) -> anyhow::Result<String> {
     Ok(out.stdout)
 }
 
-/// Resident and peak memory of process `pid`, in MiB, from `/proc`.
-fn memory_mib(pid: u32) -> (f64, f64) {
+/// Memory of process `pid`, in MiB, from `/proc`: resident, peak
+/// resident, and the part of the resident set that is mapped files (for
+/// the daemon, mostly the program's lookup tables, which it maps to write
+/// them: kernel memory, counted once, whichever process maps it).
+fn memory_mib(pid: u32) -> (f64, f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
         status
@@ -153,7 +156,7 @@ fn memory_mib(pid: u32) -> (f64, f64) {
             .and_then(|kb| kb.parse::<f64>().ok())
             .map_or(0.0, |kb| kb / 1024.0)
     };
-    (field("VmRSS:"), field("VmHWM:"))
+    (field("VmRSS:"), field("VmHWM:"), field("RssFile:"))
 }
 
 /// User plus system CPU time of process `pid` (all its threads) so far, in
@@ -190,7 +193,7 @@ impl Usage {
         let started = Instant::now();
         let result = work()?;
         let cpu = cpu_seconds(pid)? - cpu_before;
-        let (rss_mib, _) = memory_mib(pid);
+        let (rss_mib, _, _) = memory_mib(pid);
         let usage = Usage {
             cpu_share: cpu / started.elapsed().as_secs_f64(),
             rss_mib,
@@ -352,7 +355,7 @@ fn import(
         "the import failed: {}",
         import.stderr.trim()
     );
-    let (rss, peak) = memory_mib(daemon.pid());
+    let (rss, peak, mapped) = memory_mib(daemon.pid());
     let one = daemon.cli(&["block", "198.18.200.0/24"]);
     ensure!(one.code == Some(0), "block failed: {}", one.stderr.trim());
     Ok((
@@ -364,7 +367,7 @@ fn import(
             ),
             (
                 format!("daemon memory after the import of {size}"),
-                format!("{rss:.0} MiB resident, {peak:.0} MiB peak"),
+                format!("{rss:.0} MiB resident ({mapped:.0} MiB mapped), {peak:.0} MiB peak"),
             ),
             (
                 format!("one `block` on top of {size} entries (command run to exit)"),
@@ -571,7 +574,7 @@ pub fn control_plane(options: ControlOptions, rng: &mut Rng) -> anyhow::Result<C
     let started = Instant::now();
     let mut daemon = DaemonProcess::start(&lab.ns(Host::Server), &paths, &extra)?;
     let restart = started.elapsed();
-    let (restored_rss, _) = memory_mib(daemon.pid());
+    let (restored_rss, _, restored_mapped) = memory_mib(daemon.pid());
     let status = cli_ok(&daemon, &["status", "--json"])?;
     ensure!(
         status.contains(&format!("\"block_entries\":{}", size + 1)),
@@ -595,7 +598,7 @@ pub fn control_plane(options: ControlOptions, rng: &mut Rng) -> anyhow::Result<C
         ),
         (
             "daemon memory after that restart".to_owned(),
-            format!("{restored_rss:.0} MiB resident"),
+            format!("{restored_rss:.0} MiB resident ({restored_mapped:.0} MiB mapped)"),
         ),
         ("state on disk".to_owned(), format!("{state_mib:.0} MiB")),
     ]);
