@@ -1206,33 +1206,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
 /// Drains the kernel-side debug log into the daemon's log (lines only
 /// come while `spacefilter debug on`).
-async fn drain_kernel_log(reader: KernelLog, mut stop: watch::Receiver<bool>) {
-    // SAFETY: the reader owns its ring buffer's file descriptor, which stays
-    // open and the same for as long as the AsyncFd holds the reader.
-    let registered = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(reader, tokio::io::Interest::READABLE)
-    };
-    let mut reader = match registered {
-        Ok(fd) => fd,
-        Err(err) => {
-            log::error!("watching the kernel debug log: {err}");
-            return;
-        }
-    };
-    loop {
-        let mut guard = tokio::select! {
-            ready = reader.readable_mut() => match ready {
-                Ok(guard) => guard,
-                Err(err) => {
-                    log::error!("kernel debug log: {err}");
-                    return;
-                }
-            },
-            _ = stop.changed() => return,
-        };
-        guard.get_inner_mut().flush();
-        guard.clear_ready();
-    }
+async fn drain_kernel_log(reader: KernelLog, stop: watch::Receiver<bool>) {
+    when_readable(reader, "the kernel debug log", stop, KernelLog::flush).await;
 }
 
 /// Scans of the auto-block map (for events a full ring buffer lost) happen
@@ -1259,33 +1234,47 @@ async fn expire_loop(core: Shared, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Reads auto-block events from the program's ring buffer.
-async fn auto_block_events(ring: RingBuf<MapData>, core: Shared, mut stop: watch::Receiver<bool>) {
-    // SAFETY: the ring buffer owns its map's file descriptor, which stays
-    // open and the same for as long as the AsyncFd holds the ring buffer.
+/// Calls `each` on `source` (a ring buffer, or the reader of one) each
+/// time its file descriptor turns readable, until `stop`.
+pub(crate) async fn when_readable<T: std::os::fd::AsRawFd>(
+    source: T,
+    what: &str,
+    mut stop: watch::Receiver<bool>,
+    mut each: impl FnMut(&mut T),
+) {
+    // SAFETY: the source owns its file descriptor, which stays open and the
+    // same for as long as the AsyncFd holds the source.
     let registered = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
+        tokio::io::unix::AsyncFd::register_with_interest(source, tokio::io::Interest::READABLE)
     };
-    let mut ring = match registered {
+    let mut source = match registered {
         Ok(fd) => fd,
         Err(err) => {
-            log::error!("watching the auto-block events: {err}");
+            log::error!("watching {what}: {err}");
             return;
         }
     };
     loop {
         let mut guard = tokio::select! {
-            ready = ring.readable_mut() => match ready {
+            ready = source.readable_mut() => match ready {
                 Ok(guard) => guard,
                 Err(err) => {
-                    log::error!("auto-block events: {err}");
+                    log::error!("{what}: {err}");
                     return;
                 }
             },
             _ = stop.changed() => return,
         };
+        each(guard.get_inner_mut());
+        guard.clear_ready();
+    }
+}
+
+/// Reads auto-block events from the program's ring buffer.
+async fn auto_block_events(ring: RingBuf<MapData>, core: Shared, stop: watch::Receiver<bool>) {
+    when_readable(ring, "the auto-block events", stop, |ring| {
         let mut events = Vec::new();
-        while let Some(item) = guard.get_inner_mut().next() {
+        while let Some(item) = ring.next() {
             if item.len() >= size_of::<AutoBlockEvent>() {
                 // SAFETY: the program writes whole AutoBlockEvents; the read
                 // is unaligned-safe.
@@ -1294,11 +1283,11 @@ async fn auto_block_events(ring: RingBuf<MapData>, core: Shared, mut stop: watch
                 events.push(event);
             }
         }
-        guard.clear_ready();
         let mut core = lock(&core);
         for event in events {
             let prefix = limiter_prefix(event.key, event.prefix_len, event.v6 != 0);
             core.adopt_auto(prefix, event.until_ns);
         }
-    }
+    })
+    .await;
 }

@@ -14,7 +14,7 @@ use spacefilter_common::Reason;
 use tokio::sync::{broadcast, watch};
 
 use crate::{
-    daemon::{Shared, lock},
+    daemon::{Shared, lock, when_readable},
     maps::monotonic_ns,
     observe::Sample,
     protocol::SampleView,
@@ -91,37 +91,15 @@ impl Samples {
 }
 
 /// Reads samples from the program's ring buffer until `stop`.
-pub async fn read(ring: RingBuf<MapData>, core: Shared, mut stop: watch::Receiver<bool>) {
-    // SAFETY: the ring buffer owns its map's file descriptor, which stays
-    // open and the same for as long as the AsyncFd holds the ring buffer.
-    let registered = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
-    };
-    let mut ring = match registered {
-        Ok(fd) => fd,
-        Err(err) => {
-            log::error!("watching the drop samples: {err}");
-            return;
-        }
-    };
-    loop {
-        let mut guard = tokio::select! {
-            ready = ring.readable_mut() => match ready {
-                Ok(guard) => guard,
-                Err(err) => {
-                    log::error!("drop samples: {err}");
-                    return;
-                }
-            },
-            _ = stop.changed() => return,
-        };
+pub async fn read(ring: RingBuf<MapData>, core: Shared, stop: watch::Receiver<bool>) {
+    when_readable(ring, "the drop samples", stop, |ring| {
         let mut batch = Vec::new();
-        while let Some(item) = guard.get_inner_mut().next() {
+        while let Some(item) = ring.next() {
             if let Some(sample) = Sample::decode(&item) {
                 batch.push(sample);
             }
         }
-        guard.clear_ready();
         lock(&core).absorb_samples(&batch);
-    }
+    })
+    .await;
 }

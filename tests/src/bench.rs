@@ -945,18 +945,29 @@ pub fn guard_costs(
 /// The guard-cost section of the report.
 #[must_use]
 pub fn guard_report(rows: &[GuardRow]) -> String {
+    cost_table(
+        "Cost of the flood guards and header rules",
+        &format!(
+            "Clean IPv4 UDP (or TCP SYN where said) from {SOURCES} sources, no list entries; each \
+             stage adds to the ones above it (`BPF_PROG_TEST_RUN`, median ns per packet, min-max \
+             in brackets)."
+        ),
+        "stage",
+        rows,
+    )
+}
+
+/// A report section of per-packet costs next to their floor, one row per
+/// setting.
+#[must_use]
+pub fn cost_table(title: &str, intro: &str, first_column: &str, rows: &[GuardRow]) -> String {
     let mut out = String::new();
     if rows.is_empty() {
         return out;
     }
-    let _ = writeln!(out, "\n## Cost of the flood guards and header rules\n");
-    let _ = writeln!(
-        out,
-        "Clean IPv4 UDP (or TCP SYN where said) from {SOURCES} sources, no list entries; each \
-         stage adds to the ones above it (`BPF_PROG_TEST_RUN`, median ns per packet, min-max in \
-         brackets).\n"
-    );
-    let _ = writeln!(out, "| stage | floor | spacefilter | × floor |");
+    let _ = writeln!(out, "\n## {title}\n");
+    let _ = writeln!(out, "{intro}\n");
+    let _ = writeln!(out, "| {first_column} | floor | spacefilter | × floor |");
     let _ = writeln!(out, "|---|---:|---:|---:|");
     for row in rows {
         let _ = writeln!(

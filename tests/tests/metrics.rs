@@ -78,11 +78,12 @@ fn send(lab: &Lab, from: Host, port: u16, count: u64) -> u64 {
     send_udp(lab, from, to, count, Duration::from_micros(500)).expect("sending")
 }
 
-#[test]
-fn counters_match_the_traffic_sent() {
+/// A lab, and a daemon serving metrics in its server's namespace, with a
+/// UDP sink there.
+fn start(tag: &str) -> (Lab, Scratch, DaemonProcess, UdpSink) {
     require_root();
     let lab = Lab::new().expect("lab");
-    let dir = Scratch::new("metrics").expect("scratch");
+    let dir = Scratch::new(tag).expect("scratch");
     let daemon = DaemonProcess::start(
         &lab.ns(Host::Server),
         &DaemonPaths::in_dir(dir.path()),
@@ -90,6 +91,12 @@ fn counters_match_the_traffic_sent() {
     )
     .unwrap_or_else(|err| panic!("starting the daemon: {err:#}"));
     let sink = UdpSink::start(&lab, Host::Server).expect("sink");
+    (lab, dir, daemon, sink)
+}
+
+#[test]
+fn counters_match_the_traffic_sent() {
+    let (lab, _dir, daemon, sink) = start("metrics");
     daemon.cli(&["block", "198.18.2.0/24"]).ok("block");
     daemon
         .cli(&[
@@ -165,16 +172,7 @@ fn counters_match_the_traffic_sent() {
 /// The per-source rate limiter's verdicts, and its auto-blocks.
 #[test]
 fn rate_limits_and_auto_blocks_are_counted() {
-    require_root();
-    let lab = Lab::new().expect("lab");
-    let dir = Scratch::new("metricslim").expect("scratch");
-    let daemon = DaemonProcess::start(
-        &lab.ns(Host::Server),
-        &DaemonPaths::in_dir(dir.path()),
-        &["--capacity", "1024", "--metrics", METRICS],
-    )
-    .unwrap_or_else(|err| panic!("starting the daemon: {err:#}"));
-    let sink = UdpSink::start(&lab, Host::Server).expect("sink");
+    let (lab, _dir, daemon, sink) = start("metricslim");
     // The per-source rate limiter: the attacker held to 50
     // datagrams a second (burst 50) while it sends 300 in about 0.15 s,
     // and auto-blocked once it has stayed over its limit for 50 ms.

@@ -123,32 +123,15 @@ pub fn observe_costs(
 /// The observability section of the report.
 #[must_use]
 pub fn observe_report(rows: &[GuardRow]) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "\n## Cost of watching: drop sampling and the debug log\n"
-    );
-    let _ = writeln!(
-        out,
-        "Blocked IPv4 UDP from {} sources, 1000 list entries (`BPF_PROG_TEST_RUN`, median ns per \
-         packet, min-max in brackets). Where every run leaves a record, the ring buffers are \
-         drained between test runs, outside the kernel's timing.\n",
-        super::SOURCES
-    );
-    let _ = writeln!(out, "| setting | floor | spacefilter | × floor |");
-    let _ = writeln!(out, "|---|---:|---:|---:|");
-    for row in rows {
-        let _ = writeln!(
-            out,
-            "| {} | {:.1} | {:.1} [{:.1}-{:.1}] | {:.2} |",
-            row.stage,
-            row.floor.median,
-            row.cost.median,
-            row.cost.min,
-            row.cost.max,
-            row.cost.median / row.floor.median
-        );
-    }
-    out
+    super::cost_table(
+        "Cost of watching: drop sampling and the debug log",
+        &format!(
+            "Blocked IPv4 UDP from {} sources, 1000 list entries (`BPF_PROG_TEST_RUN`, median ns \
+             per packet, min-max in brackets). Where every run leaves a record, the ring buffers \
+             are drained between test runs, outside the kernel's timing.",
+            super::SOURCES
+        ),
+        "setting",
+        rows,
+    )
 }
