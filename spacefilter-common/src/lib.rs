@@ -641,7 +641,19 @@ pub struct Observe {
     /// Samples each CPU may send per second (of `bpf_ktime_get_ns`); the
     /// daemon sets it to the host-wide cap divided by the CPUs.
     pub cap_per_cpu: u32,
-    pub reserved: u32,
+    /// A dropped frame is picked when [`sample_hash`] of its counter's new
+    /// value is at most this: `2^32 / sample_every - 1`.
+    pub sample_below: u32,
+}
+
+/// The sampler's draw for the `n`-th frame a counter counted: the high
+/// half of `n` times 2^64/φ (Fibonacci hashing). Consecutive `n` give an
+/// evenly spread sequence that follows no period, so 1 in N is picked from
+/// every frame of a pattern that repeats, whatever its period; and it costs
+/// a multiplication, not a helper call.
+#[must_use]
+pub const fn sample_hash(n: u64) -> u32 {
+    (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32
 }
 
 /// The `log` target of the program's debug log lines (aya-log).
@@ -672,15 +684,11 @@ pub struct DropSample {
     pub data: [u8; SAMPLE_BYTES],
 }
 
-/// Per CPU, in `SAMPLE_STATE`: the sampler's countdown and budget, and
-/// what became of the frames it picked.
+/// Per CPU, in `SAMPLE_STATE`: the sampler's budget, and what became of
+/// the frames it picked.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SampleState {
-    /// Dropped frames until the next pick (0 or 1: the next one). After a
-    /// pick it is drawn anew, uniformly from 1 to 2N - 1 (N on average),
-    /// so that the picks follow no pattern a flood could fall in step with.
-    pub countdown: u64,
     /// The end of the clock second the budget is counted in.
     pub window_end_ns: u64,
     /// Samples sent in that second.

@@ -1,23 +1,20 @@
 //! What the admin sees of the per-packet path, when asked for:
 //! - a sample of dropped frames, 1 in N on average, through the `SAMPLES`
 //!   ring buffer, with a hard per-CPU budget per second so that sampling
-//!   cannot become the bottleneck under a flood: a frame not picked costs a
-//!   per-CPU countdown, no helper call;
+//!   cannot become the bottleneck under a flood: whether a frame is picked
+//!   is a hash of its counter's value ([`sample_hash`]), so a frame not
+//!   picked costs a multiplication, no map lookup and no helper call;
 //! - a debug log line per verdict through aya-log.
 //!
 //! Both are switched in the `OBSERVE` array at runtime; with both off,
 //! [`crate::verdict::finish`] skips this module after one test of a word it
 //! has in hand.
 //!
-//! Kernel: ring buffers (5.8), `bpf_get_prandom_u32` and
-//! `bpf_ktime_get_ns` (4.x for XDP), bounded loops (5.3).
+//! Kernel: ring buffers (5.8), `bpf_ktime_get_ns` (4.x for XDP).
 
-use aya_ebpf::{
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
-    programs::XdpContext,
-};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
 use aya_log_ebpf::debug;
-use spacefilter_common::{DropSample, KERNEL_LOG_TARGET, Observe, observe_flags};
+use spacefilter_common::{DropSample, KERNEL_LOG_TARGET, Observe, observe_flags, sample_hash};
 
 use crate::{
     maps::{SAMPLE_STATE, SAMPLES},
@@ -34,11 +31,11 @@ pub(crate) fn verdict(
     ctx: &XdpContext,
     frame: &Frame,
     config: &Observe,
-    (verdict, ifindex, drops): (Verdict, u32, bool),
+    (verdict, ifindex, drops, seq): (Verdict, u32, bool, u64),
     source: Option<&Source>,
 ) {
     if drops && config.flags & observe_flags::SAMPLE != 0 {
-        sample(frame, config, verdict, ifindex);
+        sample(frame, config, (verdict, ifindex, seq));
     }
     if config.flags & observe_flags::DEBUG_LOG != 0 {
         log(ctx, frame, verdict, ifindex, source);
@@ -46,22 +43,16 @@ pub(crate) fn verdict(
 }
 
 #[inline(always)]
-fn sample(frame: &Frame, config: &Observe, verdict: Verdict, ifindex: u32) {
+fn sample(frame: &Frame, config: &Observe, (verdict, ifindex, seq): (Verdict, u32, u64)) {
+    // A frame that is not picked costs this draw and nothing more.
+    if sample_hash(seq) > config.sample_below {
+        return;
+    }
     let Some(state) = SAMPLE_STATE.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: a per-CPU value, used only by this CPU.
     let state = unsafe { &mut *state };
-    let every = u64::from(config.sample_every.max(1));
-    // A frame that is not picked costs this countdown and nothing more. A
-    // countdown left from a larger N is cut short.
-    if state.countdown > 1 && state.countdown < 2 * every {
-        state.countdown -= 1;
-        return;
-    }
-    // Picked. The next pick comes after a random gap of N on average.
-    // SAFETY: bpf_get_prandom_u32 has no preconditions.
-    state.countdown = 1 + u64::from(unsafe { bpf_get_prandom_u32() }) % (2 * every - 1);
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     // Budgets run per second of the clock, not per second since the first

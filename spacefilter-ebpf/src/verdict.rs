@@ -98,18 +98,21 @@ fn finish(ctx: &XdpContext, frame: &Frame, verdict: Verdict, source: Option<&Sou
     // SAFETY: `ctx.ctx` is the xdp_md the kernel passed in.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     let reason = verdict.reason;
+    // The counter's new value: the sampler's draw.
+    let mut seq = 0;
     if let Some(counter) = STATS.get_ptr_mut(stats_index(iface_slot(ifindex), reason as u32)) {
         // SAFETY: a per-CPU slot, written only by this CPU.
         unsafe {
             (*counter).packets += 1;
             (*counter).bytes += frame.len() as u64;
+            seq = (*counter).packets;
         }
     }
     let drops = reason.drops();
     if let Some(config) = OBSERVE.get(0)
         && config.flags != 0
     {
-        observe::verdict(ctx, frame, config, (verdict, ifindex, drops), source);
+        observe::verdict(ctx, frame, config, (verdict, ifindex, drops, seq), source);
     }
     if drops {
         xdp_action::XDP_DROP

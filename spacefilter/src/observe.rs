@@ -86,8 +86,13 @@ impl Observer {
         let mut next = self.current;
         if every == 0 {
             next.flags &= !observe_flags::SAMPLE;
+            next.sample_below = 0;
         } else {
             next.flags |= observe_flags::SAMPLE;
+            // `sample_hash` spreads evenly over 32 bits: at most this, once
+            // in `every`.
+            next.sample_below = u32::try_from((1u64 << 32) / u64::from(every) - 1)
+                .expect("2^32 / every - 1 fits in 32 bits for every >= 1");
         }
         next.sample_every = every;
         next.cap_per_cpu = (cap / self.cpus).max(1);
