@@ -1,40 +1,38 @@
 //! spacefilter's userspace: loads the XDP program, attaches it to
-//! interfaces, and steers it through its maps.
+//! interfaces, and steers it through its maps. Each layer talks to the
+//! next one only:
 //!
-//! - [`prefix`]: the IPv4/IPv6 prefixes that the lists hold, parsed strictly.
-//! - [`maps`]: typed wrappers over the program's maps (lists, counters).
-//! - [`filter`]: the loaded program: load, attach, detach, test runs.
-//! - [`daemon`]: `spacefilter run`: owns the program, persists the rules in
-//!   [`state`], expires timed entries, serves the [`control`] socket.
-//! - [`protocol`]: the JSON-lines protocol of the control socket;
-//!   [`client`] is its client side.
-//! - [`metrics`]: the Prometheus endpoint; [`observe`]: per-interface
-//!   counter slots, drop sampling and the kernel-side debug log;
-//!   [`sampling`]: the daemon's side of the samples, ranked by [`talkers`]
-//!   for `spacefilter top`, drawn by [`top`]; [`capture`] writes samples
-//!   to pcap files.
-//! - [`guard`]: the lockout guard; [`iface`]: interface checks; [`bulk`]:
-//!   bulk list files.
+//! ```text
+//! cli ─▶ api (client) ═ socket ═▶ server ─▶ daemon ─▶ store
+//!                                              └────▶ bpf ─▶ kernel
+//! ```
+//!
+//! - [`cli`]: the command line, one file per verb group; [`config`]: the
+//!   daemon's TOML file.
+//! - [`api`]: the wire contract of the control socket and its views, and
+//!   the client the verbs use.
+//! - [`server`]: the control socket, its streams and the metrics endpoint,
+//!   over a [`daemon::Handle`].
+//! - [`daemon`]: `spacefilter run`: start, tasks, signals, shutdown, and
+//!   the core state split by concern (lists, guards, header rules,
+//!   observability).
+//! - [`store`]: the state directory: journal and snapshot, in records of
+//!   its own.
+//! - [`bpf`]: the loaded program and typed wrappers over its maps.
+//! - [`telemetry`]: drop samples described, ranked and written to pcap.
+//! - [`net`]: prefixes and lists, bulk files, the lockout guard,
+//!   interfaces.
 
-pub mod bulk;
-pub mod capture;
-pub mod client;
-pub mod control;
+pub mod api;
+pub mod bpf;
+pub mod cli;
+pub mod config;
 pub mod daemon;
-pub mod filter;
-pub mod guard;
-pub mod iface;
-pub mod maps;
-pub mod metrics;
-pub mod observe;
-pub mod prefix;
-pub mod protocol;
-pub mod sampling;
-pub mod state;
-pub mod talkers;
-pub mod top;
+pub mod net;
+pub mod server;
+pub mod store;
+pub mod telemetry;
 
-pub use filter::{AttachMode, Filter, FilterError, LoadOptions};
-pub use maps::{Counters, Entry, List, ListError};
-pub use prefix::{Prefix, PrefixError};
+pub use bpf::{AttachMode, Counters, Entry, Filter, FilterError, ListError, LoadOptions};
+pub use net::{List, Prefix, PrefixError};
 pub use spacefilter_common::Reason;

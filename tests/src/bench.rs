@@ -23,7 +23,7 @@ use aya::{
     programs::{TestRun as _, Xdp, XdpMode},
 };
 use aya_obj::programs::XdpAttachType;
-use spacefilter::{Filter, LoadOptions, Prefix, filter::TOOLS};
+use spacefilter::{Filter, LoadOptions, Prefix, bpf::TOOLS};
 
 use crate::packets::{Ext, Packet};
 
@@ -878,7 +878,7 @@ pub fn guard_costs(
     rng: &mut Rng,
     (rounds, repeat): (usize, u32),
 ) -> anyhow::Result<Vec<GuardRow>> {
-    use spacefilter::protocol::{default_reflectors, default_service_ports};
+    use spacefilter::api::{default_reflectors, default_service_ports};
     use spacefilter_common::{HeaderRule, rule_action};
 
     let table = Table::generate(0, rng);

@@ -1,7 +1,7 @@
 //! Floods for the namespace lab, made in the kernel.
 //!
 //! A [`Generator`] is the `generator` XDP program of
-//! [`TOOLS`](spacefilter::filter::TOOLS), which redirects every frame to one
+//! [`TOOLS`](spacefilter::bpf::TOOLS), which redirects every frame to one
 //! interface. Run through `BPF_PROG_TEST_RUN` in live-frame mode (kernel
 //! 5.18), one call turns one prebuilt frame into `repeat` real frames
 //! leaving through that interface: millions a second, where a socket or
@@ -65,7 +65,7 @@ use nix::{
     sched::{CpuSet, sched_setaffinity},
     unistd::Pid,
 };
-use spacefilter::{Prefix, filter::TOOLS};
+use spacefilter::{Prefix, bpf::TOOLS};
 
 use crate::{
     bench::Rng,

@@ -24,12 +24,11 @@ use std::{
 
 use serde_json::Value;
 use spacefilter::{
-    client::Client,
-    protocol::{
+    api::{
         Changed, EntryView, MAX_REQUEST_BYTES, Origin, PROTOCOL_VERSION, Request, Response,
-        StatsView, StatusView,
+        StatsView, StatusView, client::Client,
     },
-    state::Store,
+    store::Store,
 };
 use spacefilter_tests::{
     daemon::{

@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use spacefilter::{Filter, LoadOptions, Reason, protocol::default_reflectors};
+use spacefilter::{Filter, LoadOptions, Reason, api::default_reflectors};
 use spacefilter_common::{Limits, limit_flags};
 use spacefilter_tests::{packets::Packet, require_root};
 

@@ -16,7 +16,7 @@ use aya::{
     maps::{Map, MapData, MapInfo, PerCpuArray},
     programs::loaded_programs,
 };
-use spacefilter::{List, Reason, protocol::EntryView};
+use spacefilter::{List, Reason, api::EntryView};
 use spacefilter_common::{Counter, STATS_SLOTS, map_names, stats_index};
 
 use super::{

@@ -12,7 +12,7 @@ use std::{
 use anyhow::Context as _;
 use spacefilter::{
     AttachMode, Filter, LoadOptions,
-    protocol::{default_reflectors, default_service_ports},
+    api::{default_reflectors, default_service_ports},
 };
 use spacefilter_common::{Limits, limit_flags};
 

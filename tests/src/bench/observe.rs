@@ -3,7 +3,7 @@
 //! sources.
 
 use aya::maps::{MapData, RingBuf};
-use spacefilter::{filter::KernelLog, observe::Sampling};
+use spacefilter::bpf::{KernelLog, Sampling};
 
 use super::{Floors, GuardRow, KINDS, Rng, Table, XDP_DROP as DROP, load_filter, measure};
 

@@ -29,7 +29,7 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-use spacefilter::{Reason, protocol::StatsView};
+use spacefilter::{Reason, api::StatsView};
 use spacefilter_tests::{
     daemon::{self, DaemonPaths, DaemonProcess, START_TIMEOUT, STOP_TIMEOUT, Scratch},
     netns::{Family, Host, IFACE, Lab},

@@ -1,0 +1,180 @@
+//! The flood guards' settings, as a client sends them and reads them back.
+
+use serde::{Deserialize, Serialize};
+
+/// The flood guards' settings, as the protocol carries
+/// them: the per-source rate limit, the SYN guard and the reflection guard.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitsView {
+    /// The per-source rate limit runs.
+    pub enabled: bool,
+    /// Count what would be dropped (`would_limit`) without dropping.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Packets per second per source (0: no packet limit), and the burst
+    /// above it.
+    #[serde(default)]
+    pub pps: u64,
+    #[serde(default)]
+    pub pps_burst: u64,
+    /// Bytes per second per source (0: no byte limit), and the burst.
+    #[serde(default)]
+    pub bps: u64,
+    #[serde(default)]
+    pub bps_burst: u64,
+    /// IPv6 sources share a bucket per prefix of this length.
+    #[serde(default = "default_v6_prefix_len")]
+    pub v6_prefix_len: u8,
+    /// Auto-block a source over its limit this long (0: never).
+    #[serde(default)]
+    pub block_after_ms: u64,
+    /// How long an auto-block lasts.
+    #[serde(default)]
+    pub block_ttl_ms: u64,
+    /// TCP SYNs (without ACK) per second per source (0: no SYN budget per
+    /// source), and the burst.
+    #[serde(default)]
+    pub syn_pps: u64,
+    #[serde(default)]
+    pub syn_burst: u64,
+    /// TCP SYNs per second for the whole host (0: none), and the burst.
+    #[serde(default)]
+    pub syn_global_pps: u64,
+    #[serde(default)]
+    pub syn_global_burst: u64,
+    /// New sources per second that mean a spoofed-source flood (0: never
+    /// fall back); then new sources share aggregate budgets per destination
+    /// port and per source prefix of `fallback_pps` (and `fallback_burst`).
+    #[serde(default)]
+    pub spoof_threshold: u64,
+    #[serde(default)]
+    pub fallback_pps: u64,
+    #[serde(default)]
+    pub fallback_burst: u64,
+    /// The reflection guard: UDP from `reflect_sources` to
+    /// `service_ports` is dropped. On by default.
+    #[serde(default = "yes")]
+    pub reflect: bool,
+    #[serde(default = "default_reflectors")]
+    pub reflect_sources: Vec<u16>,
+    /// Inclusive ranges; by default every port outside Linux's default
+    /// ephemeral range (32768-60999), where answers to the host's own
+    /// queries (its DNS lookups, say) arrive.
+    #[serde(default = "default_service_ports")]
+    pub service_ports: Vec<(u16, u16)>,
+}
+
+fn default_v6_prefix_len() -> u8 {
+    64
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Well-known UDP reflectors and amplifiers: QOTD, chargen, DNS, portmap,
+/// NTP, `NetBIOS`, SNMP, CLDAP, SSDP, WS-Discovery, memcached.
+#[must_use]
+pub fn default_reflectors() -> Vec<u16> {
+    vec![17, 19, 53, 111, 123, 137, 161, 389, 1900, 3702, 11211]
+}
+
+#[must_use]
+pub fn default_service_ports() -> Vec<(u16, u16)> {
+    vec![(0, 32767), (61000, 65535)]
+}
+
+impl Default for LimitsView {
+    /// Everything off but the reflection guard, with its default profile.
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            dry_run: false,
+            pps: 0,
+            pps_burst: 0,
+            bps: 0,
+            bps_burst: 0,
+            v6_prefix_len: default_v6_prefix_len(),
+            block_after_ms: 0,
+            block_ttl_ms: 0,
+            syn_pps: 0,
+            syn_burst: 0,
+            syn_global_pps: 0,
+            syn_global_burst: 0,
+            spoof_threshold: 0,
+            fallback_pps: 0,
+            fallback_burst: 0,
+            reflect: true,
+            reflect_sources: default_reflectors(),
+            service_ports: default_service_ports(),
+        }
+    }
+}
+
+impl LimitsView {
+    /// Why these limits cannot be put in force, if they cannot.
+    #[must_use]
+    pub fn problem(&self) -> Option<String> {
+        let Self {
+            enabled,
+            dry_run: _,
+            pps,
+            pps_burst,
+            bps,
+            bps_burst,
+            v6_prefix_len,
+            block_after_ms,
+            block_ttl_ms,
+            syn_pps,
+            syn_burst,
+            syn_global_pps,
+            syn_global_burst,
+            spoof_threshold,
+            fallback_pps,
+            fallback_burst,
+            reflect: _,
+            reflect_sources: _,
+            ref service_ports,
+        } = *self;
+        if spoof_threshold > 0 && (fallback_pps == 0 || fallback_burst == 0) {
+            return Some("the spoofed-source fallback needs a budget (--fallback-pps)".into());
+        }
+        if fallback_pps > 1_000_000_000 || fallback_burst > 1_000_000_000_000 {
+            return Some("fallback budgets above 1e9/s (burst 1e12) are not supported".into());
+        }
+        if service_ports.iter().any(|(lo, hi)| lo > hi) {
+            return Some("a service port range runs backwards".into());
+        }
+        if syn_pps > 1_000_000_000 || syn_global_pps > 1_000_000_000 {
+            return Some("SYN rates above 1e9 per second are not supported".into());
+        }
+        if (syn_pps > 0 && syn_burst == 0) || (syn_global_pps > 0 && syn_global_burst == 0) {
+            return Some("a SYN burst must be at least 1".into());
+        }
+        if syn_burst > 1_000_000_000_000 || syn_global_burst > 1_000_000_000_000 {
+            return Some("bursts above 1e12 are not supported".into());
+        }
+        if !enabled {
+            return None;
+        }
+        if pps == 0 && bps == 0 {
+            return Some("a limit needs a packet rate (--pps) or a byte rate (--bps)".into());
+        }
+        if pps > 1_000_000_000 || bps > 100_000_000_000 {
+            return Some("rates above 1e9 packets/s or 1e11 bytes/s are not supported".into());
+        }
+        if (pps > 0 && pps_burst == 0) || (bps > 0 && bps_burst == 0) {
+            return Some("a burst must be at least 1".into());
+        }
+        if pps_burst > 1_000_000_000_000 || bps_burst > 1_000_000_000_000 {
+            return Some("bursts above 1e12 are not supported".into());
+        }
+        if v6_prefix_len > 128 {
+            return Some(format!("--v6-prefix {v6_prefix_len} is longer than 128"));
+        }
+        if block_after_ms > 0 && block_ttl_ms == 0 {
+            return Some("auto-blocking (--block-after) needs --block-ttl".into());
+        }
+        None
+    }
+}

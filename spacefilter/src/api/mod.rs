@@ -1,0 +1,213 @@
+//! The control protocol between the `spacefilter` client verbs and the
+//! daemon: JSON lines over a Unix stream socket.
+//!
+//! Each request is one JSON object on one line, at most
+//! [`MAX_REQUEST_BYTES`] long, carrying the protocol version `v`:
+//!
+//! ```json
+//! {"v":1,"cmd":"add","list":"block","prefixes":["198.18.2.0/24"],"ttl_secs":600,"comment":"flood","origin":"manual","force":false}
+//! {"v":1,"cmd":"remove","list":"block","prefixes":["198.18.2.0/24"]}
+//! {"v":1,"cmd":"list","list":"block"}
+//! {"v":1,"cmd":"stats"}
+//! {"v":1,"cmd":"watch","interval_ms":1000}
+//! {"v":1,"cmd":"status"}
+//! {"v":1,"cmd":"top","interval_ms":1000,"limit":10}
+//! {"v":1,"cmd":"capture","reason":"blocked"}
+//! {"v":1,"cmd":"set_observe","sample_every":100,"sample_cap":1000,"debug_log":false}
+//! ```
+//!
+//! The daemon answers each request with one [`Response`] line; `add` may
+//! send `progress` lines first; `watch` sends a `stats` line and `top` a
+//! `top` line every interval, and `capture` a `sample` line per sampled
+//! dropped frame, until the client hangs up. A request the daemon cannot read
+//! gets an `error` line and the connection stays open for the next one.
+//!
+//! - [`rules`] and [`limits`]: the settings a client sends and reads back;
+//! - [`views`]: what the daemon shows (entries, counters, status, top,
+//!   samples);
+//! - [`client`]: the client side, used by the CLI verbs.
+//!
+//! This module knows nothing of the program or its maps: a client builds
+//! with it alone.
+
+pub mod client;
+pub mod limits;
+pub mod rules;
+pub mod views;
+
+use serde::{Deserialize, Serialize};
+
+pub use self::{
+    limits::{LimitsView, default_reflectors, default_service_ports},
+    rules::{HeaderRuleView, RuleAction},
+    views::{
+        Changed, CounterView, EntryView, InterfaceView, ObserveView, SampleView, StatsView,
+        StatusView, TalkerView, TopView,
+    },
+};
+use crate::net::List;
+
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The longest request line the daemon reads (a million prefixes fit).
+pub const MAX_REQUEST_BYTES: usize = 64 << 20;
+
+/// Where an entry came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// Given on the command line.
+    #[default]
+    Manual,
+    /// Imported from a file.
+    File,
+    /// Given in the daemon's configuration file.
+    Config,
+    /// Made by the rate limiter for a source that stayed over its limit.
+    Auto,
+}
+
+impl Origin {
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Origin::Manual => "manual",
+            Origin::File => "file",
+            Origin::Config => "config",
+            Origin::Auto => "auto",
+        }
+    }
+}
+
+/// A request with its protocol version.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Envelope {
+    pub v: u32,
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// Add prefixes to a list, or update the TTL and comment of prefixes
+    /// already there. All or nothing.
+    Add {
+        list: List,
+        prefixes: Vec<String>,
+        #[serde(default)]
+        ttl_secs: Option<u64>,
+        #[serde(default)]
+        comment: Option<String>,
+        #[serde(default)]
+        origin: Origin,
+        /// Override the lockout guard.
+        #[serde(default)]
+        force: bool,
+    },
+    /// Remove prefixes from a list. All or nothing.
+    Remove { list: List, prefixes: Vec<String> },
+    /// The entries of one list, or of both.
+    List {
+        #[serde(default)]
+        list: Option<List>,
+    },
+    /// The counters, once.
+    Stats,
+    /// The counters and their per-second rates, every `interval_ms`, until
+    /// the client hangs up.
+    Watch { interval_ms: u64 },
+    /// What the daemon is attached to and holds.
+    Status,
+    /// Replace the per-source rate limit (in force at once).
+    SetLimits { limits: LimitsView },
+    /// The per-source rate limit in force.
+    GetLimits,
+    /// Append a rule on headers (it gets the next id).
+    RuleAdd {
+        rule: HeaderRuleView,
+        /// Allow a drop rule with no condition at all.
+        #[serde(default)]
+        force: bool,
+    },
+    /// Delete the rule with this id.
+    RuleDel { id: u32 },
+    /// The rules on headers, in the order they are tried, with their hits.
+    RuleList,
+    /// The heaviest dropped sources and prefixes and the drop rates by
+    /// reason, every `interval_ms`, until the client hangs up.
+    Top {
+        interval_ms: u64,
+        /// Sources and prefixes in each list.
+        #[serde(default = "default_top_limit")]
+        limit: usize,
+    },
+    /// Every sampled dropped frame (of one reason, if given) as it comes,
+    /// until the client hangs up.
+    Capture {
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// Drop sampling and the kernel-side debug log.
+    GetObserve,
+    /// Change drop sampling or the debug log (what is not given stays).
+    SetObserve {
+        /// One dropped frame in this many is sampled; 0: off.
+        #[serde(default)]
+        sample_every: Option<u32>,
+        /// Samples a second at most, host-wide.
+        #[serde(default)]
+        sample_cap: Option<u32>,
+        #[serde(default)]
+        debug_log: Option<bool>,
+    },
+}
+
+fn default_top_limit() -> usize {
+    10
+}
+
+impl Request {
+    /// Whether the request changes the rules (and so needs a writer).
+    #[must_use]
+    pub fn writes(&self) -> bool {
+        matches!(
+            self,
+            Request::Add { .. }
+                | Request::Remove { .. }
+                | Request::SetLimits { .. }
+                | Request::RuleAdd { .. }
+                | Request::RuleDel { .. }
+                | Request::SetObserve { .. }
+        )
+    }
+}
+
+/// What went wrong, for the client's exit code: `bad_input` and `refused`
+/// are the caller's to fix (exit 2), the rest are failures (exit 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request was not valid: unreadable, unknown, a bad prefix.
+    BadInput,
+    /// Valid, but refused: the lockout guard, or the peer may not write.
+    Refused,
+    /// The daemon could not carry it out (a full map, a failed write).
+    Failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    Error { kind: ErrorKind, message: String },
+    Progress { done: u64, total: u64 },
+    Changed(Changed),
+    Entries { entries: Vec<EntryView> },
+    Stats(StatsView),
+    Status(StatusView),
+    Limits(LimitsView),
+    Rules { rules: Vec<HeaderRuleView> },
+    Top(TopView),
+    Sample(SampleView),
+    Observe(ObserveView),
+}

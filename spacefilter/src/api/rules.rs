@@ -1,0 +1,108 @@
+//! Rules on headers, as a client sends them and the daemon lists them.
+
+use serde::{Deserialize, Serialize};
+
+/// What a header rule does with the frames it matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleAction {
+    /// Drop them (`rule_dropped`).
+    Drop,
+    /// Let them through, past the flood guards (`rule_passed`).
+    Pass,
+    /// Let through --pps a second (with --burst), drop the rest
+    /// (`rule_limited`).
+    Limit,
+}
+
+/// A rule on headers. Every condition given must hold; none given matches
+/// every frame that reaches the rules.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeaderRuleView {
+    /// Given by the daemon.
+    #[serde(default)]
+    pub id: u32,
+    pub action: Option<RuleAction>,
+    /// IP protocol number (6 TCP, 17 UDP, 1 ICMP, 58 `ICMPv6`).
+    #[serde(default)]
+    pub proto: Option<u8>,
+    /// Inclusive port ranges.
+    #[serde(default)]
+    pub dst_ports: Option<(u16, u16)>,
+    #[serde(default)]
+    pub src_ports: Option<(u16, u16)>,
+    /// TCP flags: (mask, value), matching `flags & mask == value`.
+    #[serde(default)]
+    pub tcp_flags: Option<(u8, u8)>,
+    /// Frame length in bytes, inclusive.
+    #[serde(default)]
+    pub length: Option<(u16, u16)>,
+    /// The budget of a limit rule.
+    #[serde(default)]
+    pub pps: u64,
+    #[serde(default)]
+    pub burst: u64,
+    /// Count only: what the rule would drop passes (`would_limit`).
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default)]
+    pub comment: Option<String>,
+    /// Packets matched (in listings).
+    #[serde(default)]
+    pub hits: u64,
+}
+
+impl HeaderRuleView {
+    /// Why the rule cannot be put in force, if it cannot.
+    #[must_use]
+    pub fn problem(&self) -> Option<String> {
+        let Some(action) = self.action else {
+            return Some("a rule needs an action: drop, pass or limit".into());
+        };
+        for (name, range) in [
+            ("destination port", self.dst_ports),
+            ("source port", self.src_ports),
+            ("length", self.length),
+        ] {
+            if let Some((lo, hi)) = range {
+                if lo > hi {
+                    return Some(format!("the {name} range {lo}-{hi} runs backwards"));
+                }
+                if hi == 0 {
+                    return Some(format!("a {name} of 0 cannot be matched"));
+                }
+            }
+        }
+        if action == RuleAction::Limit && (self.pps == 0 || self.burst == 0) {
+            return Some("a limit rule needs --pps (and a burst of at least 1)".into());
+        }
+        if self.pps > 1_000_000_000 || self.burst > 1_000_000_000_000 {
+            return Some("rule budgets above 1e9/s (burst 1e12) are not supported".into());
+        }
+        if (self.dst_ports.is_some() || self.src_ports.is_some())
+            && let Some(proto) = self.proto
+            && proto != 6
+            && proto != 17
+        {
+            return Some("ports only exist for TCP (6) and UDP (17)".into());
+        }
+        if self
+            .comment
+            .as_ref()
+            .is_some_and(|c| c.len() > 256 || c.contains('\n'))
+        {
+            return Some("a comment is one line of at most 256 bytes".into());
+        }
+        None
+    }
+
+    /// Whether the rule has no condition and so matches every frame.
+    #[must_use]
+    pub fn matches_everything(&self) -> bool {
+        self.proto.is_none()
+            && self.dst_ports.is_none()
+            && self.src_ports.is_none()
+            && self.tcp_flags.is_none()
+            && self.length.is_none()
+    }
+}

@@ -1,0 +1,154 @@
+//! The rate limiter's maps: its settings, the per-source buckets, the
+//! spoofed-source detector, the reflection guard's ports and the
+//! auto-blocks (see `spacefilter-ebpf/src/limit.rs`).
+
+use std::net::{IpAddr, Ipv6Addr};
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, MapData, MapError},
+};
+use spacefilter_common::{AutoBlock, Bucket, Limits, SpoofState, map_names, reflect_bits};
+
+use super::{ListError, take};
+use crate::net::Prefix;
+
+/// The rate limiter's maps: its settings, the per-source buckets and the
+/// auto-blocks (see `spacefilter-ebpf/src/limit.rs`).
+pub struct Limiter {
+    limits: Array<MapData, Limits>,
+    spoof: Array<MapData, SpoofState>,
+    reflect_ports: Array<MapData, u8>,
+    buckets: HashMap<MapData, [u8; 16], Bucket>,
+    auto: HashMap<MapData, [u8; 16], AutoBlock>,
+}
+
+/// The bucket key of a source prefix: IPv4 as an IPv4-mapped IPv6 address
+/// (always /32), IPv6 as the prefix's first address.
+fn limiter_key(prefix: Prefix) -> [u8; 16] {
+    match prefix.addr() {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+/// The prefix that a bucket key with `prefix_len` (IPv6) stands for.
+#[must_use]
+pub fn limiter_prefix(key: [u8; 16], prefix_len: u32, v6: bool) -> Prefix {
+    let addr = Ipv6Addr::from(key);
+    match (v6, addr.to_ipv4_mapped()) {
+        (false, Some(v4)) => Prefix::host(IpAddr::V4(v4)),
+        _ => Prefix::truncating(
+            IpAddr::V6(addr),
+            u8::try_from(prefix_len.min(128)).unwrap_or(128),
+        ),
+    }
+}
+
+impl Limiter {
+    pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self, ListError> {
+        Ok(Self {
+            limits: take(ebpf, map_names::LIMITS)?,
+            spoof: take(ebpf, map_names::SPOOF_STATE)?,
+            reflect_ports: take(ebpf, map_names::REFLECT_PORTS)?,
+            buckets: take(ebpf, map_names::BUCKETS)?,
+            auto: take(ebpf, map_names::AUTO_BLOCKED)?,
+        })
+    }
+
+    /// Puts new limits in force at once, without reloading the program.
+    pub fn set(&mut self, limits: Limits) -> Result<(), ListError> {
+        self.limits
+            .set(0, limits, 0)
+            .map_err(|source| ListError::Update {
+                name: map_names::LIMITS,
+                source,
+            })
+    }
+
+    /// Marks the reflector source ports and the service ports for the
+    /// reflection guard (every UDP port is rewritten: 65536 updates).
+    pub fn set_reflect_ports(
+        &mut self,
+        sources: &[u16],
+        service: &[(u16, u16)],
+    ) -> Result<(), ListError> {
+        for port in 0..=u16::MAX {
+            let mut bits = 0;
+            if sources.contains(&port) {
+                bits |= reflect_bits::SOURCE;
+            }
+            if service.iter().any(|&(lo, hi)| (lo..=hi).contains(&port)) {
+                bits |= reflect_bits::SERVICE;
+            }
+            self.reflect_ports
+                .set(u32::from(port), bits, 0)
+                .map_err(|source| ListError::Update {
+                    name: map_names::REFLECT_PORTS,
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    pub fn get(&self) -> Result<Limits, ListError> {
+        self.limits.get(&0, 0).map_err(|source| ListError::Read {
+            name: map_names::LIMITS,
+            source,
+        })
+    }
+
+    /// Blocks `prefix` in the limiter until `until_ns` (monotonic), as the
+    /// program does by itself; used to restore auto-blocks on start.
+    pub fn insert_auto(&mut self, prefix: Prefix, until_ns: u64) -> Result<(), ListError> {
+        self.auto
+            .insert(limiter_key(prefix), AutoBlock { until_ns, hits: 0 }, 0)
+            .map_err(|source| ListError::Update {
+                name: map_names::AUTO_BLOCKED,
+                source,
+            })
+    }
+
+    /// Lifts the auto-block of `prefix`, and forgets its bucket so that it
+    /// starts afresh.
+    pub fn remove_auto(&mut self, prefix: Prefix) -> Result<(), ListError> {
+        let key = limiter_key(prefix);
+        let _ = self.buckets.remove(&key);
+        match self.auto.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(ListError::Update {
+                name: map_names::AUTO_BLOCKED,
+                source,
+            }),
+        }
+    }
+
+    /// Packets dropped under the auto-block of `prefix` (counted in its
+    /// bucket while it has one, in the auto-block map otherwise).
+    #[must_use]
+    pub fn auto_hits(&self, prefix: Prefix) -> u64 {
+        let key = limiter_key(prefix);
+        let in_map = self.auto.get(&key, 0).map_or(0, |block| block.hits);
+        let in_bucket = self.buckets.get(&key, 0).map_or(0, |b| b.blocked_hits);
+        in_map + in_bucket
+    }
+
+    /// Every auto-block in force, with its bucket key and end.
+    pub fn auto_blocks(&self) -> Vec<([u8; 16], AutoBlock)> {
+        self.auto.iter().filter_map(Result::ok).collect()
+    }
+
+    /// The spoofed-source detector's state.
+    pub fn spoof_state(&self) -> Result<SpoofState, ListError> {
+        self.spoof.get(&0, 0).map_err(|source| ListError::Read {
+            name: map_names::SPOOF_STATE,
+            source,
+        })
+    }
+
+    /// How many sources have a bucket.
+    #[must_use]
+    pub fn tracked_sources(&self) -> usize {
+        self.buckets.keys().flatten().count()
+    }
+}

@@ -1,0 +1,402 @@
+//! The allow and block lists in the kernel: both share one set of lookup
+//! tables per address family ([`super::tables`]: direct tables for short
+//! prefixes, bucket hash tables for long ones); [`Lists`] explains how the
+//! allowlist keeps its precedence. Every list entry has a per-CPU hit
+//! counter in `RULE_HITS`. The `CONFIG` flags tell the program which tables
+//! hold keys, so empty ones cost no lookup.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::atomic::Ordering,
+};
+
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuArray, PerCpuValues},
+    util::nr_cpus,
+};
+use spacefilter_common::{Match, Slot, action, lookup, map_names};
+
+use super::{
+    ListError,
+    mapped::Mapped,
+    tables::{V4Tables, V6Tables},
+    take,
+};
+use crate::net::{List, Prefix};
+
+/// One entry of a list, with the packets it has matched.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub list: List,
+    pub prefix: Prefix,
+    pub hits: u64,
+}
+
+/// Hit-counter slots: `next` is the first never handed out (slot 0 is
+/// never used); `free` holds slots given back, whose counters need zeroing
+/// before reuse.
+struct Slots {
+    capacity: u32,
+    next: Slot,
+    free: Vec<Slot>,
+}
+
+/// The allow and block lists in the kernel, with the hit counters of their
+/// entries.
+///
+/// Both lists share the rule maps: a key exists while either list holds its
+/// prefix, and its value says which verdict it gives and which entry's hit
+/// counter it bumps (see [`spacefilter_common::Match`]). The value of a key
+/// `P` is:
+/// - `P` on the allowlist: allow, counted on that entry;
+/// - else, an allow prefix covering `P`: allow, counted on the longest one;
+/// - else: block, counted on the block entry.
+///
+/// Adding or removing an allow prefix therefore rewrites the block keys it
+/// covers.
+pub struct Lists {
+    v4: V4Tables,
+    v6: V6Tables,
+    /// `CONFIG`, mapped: its flags are stored in one word.
+    config: Mapped,
+    hits: PerCpuArray<MapData, u64>,
+    cpus: usize,
+    slots: Slots,
+    /// What the lists hold, by list and prefix, with each entry's slot.
+    entries: BTreeMap<(List, Prefix), Slot>,
+    /// How many allow entries there are of each prefix length, per family
+    /// (IPv4, IPv6): the lengths to probe for an allow prefix covering a key.
+    allow_lens: [BTreeMap<u8, usize>; 2],
+}
+
+fn family_index(prefix: Prefix) -> usize {
+    usize::from(prefix.addr().is_ipv6())
+}
+
+impl Lists {
+    /// Takes the rule maps out of a freshly loaded program, before it is
+    /// attached; `capacity` is the size the hit-counter array was created
+    /// with, `seed` that of the bucket hashes.
+    pub(crate) fn take(ebpf: &mut Ebpf, capacity: u32, seed: u64) -> Result<Self, ListError> {
+        let cpus = nr_cpus().map_err(|(_, err)| ListError::Cpus(err))?;
+        let v4 = V4Tables::take(ebpf, seed)?;
+        let v6 = V6Tables::take(ebpf, seed)?;
+        let config = Mapped::take(ebpf, map_names::CONFIG)?;
+        // `Config`: flags, v4_mask, v6_mask, reserved (32-bit words), seed
+        // (the third 64-bit word). Set before the program runs anywhere.
+        config.word32(1).store(v4.mask(), Ordering::Relaxed);
+        config.word32(2).store(v6.mask(), Ordering::Relaxed);
+        config.word64(2).store(seed, Ordering::Relaxed);
+        let mut lists = Self {
+            v4,
+            v6,
+            config,
+            hits: take(ebpf, map_names::RULE_HITS)?,
+            cpus,
+            slots: Slots {
+                capacity,
+                next: 1,
+                free: Vec::new(),
+            },
+            entries: BTreeMap::new(),
+            allow_lens: [BTreeMap::new(), BTreeMap::new()],
+        };
+        lists.write_flags();
+        Ok(lists)
+    }
+
+    /// Adds `prefix` to `list`. Returns `false` if it was there already (the
+    /// entry and its hit count are left as they are).
+    pub fn insert(&mut self, list: List, prefix: Prefix) -> Result<bool, ListError> {
+        Ok(self.insert_many(list, &[prefix])? == 1)
+    }
+
+    /// Adds every prefix of `prefixes` to `list`, all or nothing: if one
+    /// fails, those added by this call are taken out again. Returns how many
+    /// were new.
+    pub fn insert_many(&mut self, list: List, prefixes: &[Prefix]) -> Result<usize, ListError> {
+        let mut added = Vec::new();
+        let mut result = Ok(());
+        for &prefix in prefixes {
+            if self.entries.contains_key(&(list, prefix)) {
+                continue;
+            }
+            if let Err(err) = self.insert_one(list, prefix) {
+                result = Err(err);
+                break;
+            }
+            added.push(prefix);
+        }
+        if let Err(err) = result {
+            for prefix in added {
+                let _ = self.remove_one(list, prefix);
+            }
+            self.write_flags();
+            return Err(err);
+        }
+        self.write_flags();
+        Ok(added.len())
+    }
+
+    fn insert_one(&mut self, list: List, prefix: Prefix) -> Result<(), ListError> {
+        let (slot, reused) = match self.slots.free.pop() {
+            Some(slot) => (slot, true),
+            None if self.slots.next < self.slots.capacity => {
+                self.slots.next += 1;
+                (self.slots.next - 1, false)
+            }
+            None => {
+                return Err(ListError::Full {
+                    capacity: self.slots.capacity - 1,
+                });
+            }
+        };
+        if reused && let Err(err) = self.zero_hits(slot) {
+            self.slots.free.push(slot);
+            return Err(err);
+        }
+        let existed = self.key_exists(prefix);
+        self.entries.insert((list, prefix), slot);
+        if list == List::Allow {
+            *self.allow_lens[family_index(prefix)]
+                .entry(prefix.len())
+                .or_default() += 1;
+        }
+        let written = self.sync(prefix, existed).and_then(|()| {
+            if list == List::Allow {
+                self.sync_covered(prefix)
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(err) = written {
+            let _ = self.remove_one(list, prefix);
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    fn zero_hits(&mut self, slot: Slot) -> Result<(), ListError> {
+        let zeros = PerCpuValues::try_from(vec![0u64; self.cpus]).map_err(ListError::Cpus)?;
+        self.hits
+            .set(slot, zeros, 0)
+            .map_err(|source| ListError::Update {
+                name: map_names::RULE_HITS,
+                source,
+            })
+    }
+
+    /// Whether either list holds `prefix`, i.e. whether its key exists.
+    fn key_exists(&self, prefix: Prefix) -> bool {
+        self.entries.contains_key(&(List::Allow, prefix))
+            || self.entries.contains_key(&(List::Block, prefix))
+    }
+
+    /// The slot of the longest allow entry strictly shorter than `prefix`
+    /// that covers it.
+    fn covering_allow(&self, prefix: Prefix) -> Option<Slot> {
+        self.allow_lens[family_index(prefix)]
+            .range(..prefix.len())
+            .rev()
+            .find_map(|(&len, _)| {
+                let shorter = Prefix::truncating(prefix.addr(), len);
+                self.entries.get(&(List::Allow, shorter)).copied()
+            })
+    }
+
+    /// What the key of `prefix` should hold, if it should exist.
+    fn desired(&self, prefix: Prefix) -> Option<Match> {
+        if let Some(&slot) = self.entries.get(&(List::Allow, prefix)) {
+            return Some(Match {
+                action: action::ALLOW,
+                slot,
+            });
+        }
+        let &block_slot = self.entries.get(&(List::Block, prefix))?;
+        Some(match self.covering_allow(prefix) {
+            Some(slot) => Match {
+                action: action::ALLOW,
+                slot,
+            },
+            None => Match {
+                action: action::BLOCK,
+                slot: block_slot,
+            },
+        })
+    }
+
+    /// Brings the key of `prefix` in line with the lists; `existed` says
+    /// whether the key was in the tables before.
+    fn sync(&mut self, prefix: Prefix, existed: bool) -> Result<(), ListError> {
+        let len = prefix.len();
+        let packed = |m: Match| lookup::encode(m.action == action::ALLOW, m.slot);
+        match (self.desired(prefix), prefix.addr()) {
+            (Some(value), IpAddr::V4(a)) => self.v4.write(a.into(), len, packed(value)),
+            (Some(value), IpAddr::V6(a)) => self.v6.write(a.into(), len, packed(value)),
+            (None, _) if !existed => Ok(()),
+            (None, IpAddr::V4(a)) => self.v4.delete(a.into(), len),
+            (None, IpAddr::V6(a)) => self.v6.delete(a.into(), len),
+        }
+    }
+
+    /// Rewrites the block keys strictly inside the allow prefix `outer`,
+    /// whose verdict depends on it.
+    fn sync_covered(&mut self, outer: Prefix) -> Result<(), ListError> {
+        let last = match outer.addr() {
+            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(
+                u32::from(a) | (u32::MAX.checked_shr(u32::from(outer.len())).unwrap_or(0)),
+            )),
+            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(
+                u128::from(a) | (u128::MAX.checked_shr(u32::from(outer.len())).unwrap_or(0)),
+            )),
+        };
+        let full = if outer.addr().is_ipv4() { 32 } else { 128 };
+        let inside: Vec<Prefix> = self
+            .entries
+            .range((List::Block, outer)..=(List::Block, Prefix::truncating(last, full)))
+            .map(|(&(_, p), _)| p)
+            .filter(|p| p.len() > outer.len() && outer.contains(p.addr()))
+            .collect();
+        for prefix in inside {
+            self.sync(prefix, true)?;
+        }
+        Ok(())
+    }
+
+    /// Removes `prefix` from `list`. Returns `false` if it was not there.
+    pub fn remove(&mut self, list: List, prefix: Prefix) -> Result<bool, ListError> {
+        Ok(self.remove_many(list, &[prefix])? == 1)
+    }
+
+    /// Removes every prefix of `prefixes` from `list`; returns how many were
+    /// there.
+    pub fn remove_many(&mut self, list: List, prefixes: &[Prefix]) -> Result<usize, ListError> {
+        let mut removed = 0;
+        let mut result = Ok(());
+        for &prefix in prefixes {
+            match self.remove_one(list, prefix) {
+                Ok(true) => removed += 1,
+                Ok(false) => {}
+                Err(err) => {
+                    result = Err(err);
+                    break;
+                }
+            }
+        }
+        self.write_flags();
+        result.map(|()| removed)
+    }
+
+    fn remove_one(&mut self, list: List, prefix: Prefix) -> Result<bool, ListError> {
+        let Some(slot) = self.entries.remove(&(list, prefix)) else {
+            return Ok(false);
+        };
+        self.slots.free.push(slot);
+        if list == List::Allow {
+            let lens = &mut self.allow_lens[family_index(prefix)];
+            if let Some(count) = lens.get_mut(&prefix.len()) {
+                *count -= 1;
+                if *count == 0 {
+                    lens.remove(&prefix.len());
+                }
+            }
+        }
+        self.sync(prefix, true)?;
+        if list == List::Allow {
+            self.sync_covered(prefix)?;
+        }
+        Ok(true)
+    }
+
+    /// Room left for new entries.
+    #[must_use]
+    pub fn free(&self) -> usize {
+        self.slots.free.len() + (self.slots.capacity - self.slots.next) as usize
+    }
+
+    /// The hits of the entry `prefix` on `list`, if it is there.
+    pub fn hits_of(&self, list: List, prefix: Prefix) -> Result<Option<u64>, ListError> {
+        self.entries
+            .get(&(list, prefix))
+            .map(|&slot| self.hits(slot))
+            .transpose()
+    }
+
+    /// Whether `prefix` is on `list`.
+    #[must_use]
+    pub fn contains(&self, list: List, prefix: Prefix) -> bool {
+        self.entries.contains_key(&(list, prefix))
+    }
+
+    /// The number of entries on `list`.
+    #[must_use]
+    pub fn len(&self, list: List) -> usize {
+        self.entries.keys().filter(|(l, _)| *l == list).count()
+    }
+
+    /// Every entry, allowlist first, each list in prefix order, with its
+    /// hit count summed over the CPUs.
+    pub fn entries(&self) -> Result<Vec<Entry>, ListError> {
+        self.entries
+            .iter()
+            .map(|(&(list, prefix), &slot)| {
+                Ok(Entry {
+                    list,
+                    prefix,
+                    hits: self.hits(slot)?,
+                })
+            })
+            .collect()
+    }
+
+    fn hits(&self, slot: Slot) -> Result<u64, ListError> {
+        let values = self.hits.get(&slot, 0).map_err(|source| ListError::Read {
+            name: map_names::RULE_HITS,
+            source,
+        })?;
+        Ok(values.iter().sum())
+    }
+
+    /// Stores the config flags, after the tables they announce are
+    /// written.
+    fn write_flags(&mut self) {
+        let flags = self.v4.flags() | self.v6.flags();
+        self.config.word32(0).store(flags, Ordering::Release);
+    }
+
+    /// How many blocks (IPv4 /24s, IPv6 /16s) are crowded: their longer
+    /// keys did not all fit the bucket tables (or, in IPv6, are of more
+    /// lengths than a lookup probes), and frames from them are looked up
+    /// in a trie, at several times the cost.
+    #[must_use]
+    pub fn crowded(&self) -> usize {
+        self.v4.crowded() + self.v6.crowded()
+    }
+
+    /// The entry whose hit counter is `slot` and whose prefix covers
+    /// `addr`: what a frame from `addr` matched (the longest such entry is
+    /// found first).
+    #[must_use]
+    pub fn entry_at(&self, addr: IpAddr, slot: Slot) -> Option<(List, Prefix)> {
+        let full: u8 = if addr.is_ipv4() { 32 } else { 128 };
+        (0..=full).rev().find_map(|len| {
+            let prefix = Prefix::truncating(addr, len);
+            [List::Allow, List::Block]
+                .into_iter()
+                .find(|&list| self.entries.get(&(list, prefix)) == Some(&slot))
+                .map(|list| (list, prefix))
+        })
+    }
+
+    /// The distinct prefixes on `list`.
+    #[must_use]
+    pub fn prefixes(&self, list: List) -> BTreeSet<Prefix> {
+        self.entries
+            .keys()
+            .filter(|(l, _)| *l == list)
+            .map(|&(_, p)| p)
+            .collect()
+    }
+}

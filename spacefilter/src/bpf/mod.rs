@@ -1,0 +1,85 @@
+//! The loaded program and typed wrappers over its maps. Domain types
+//! ([`Prefix`], [`List`], [`Reason`](spacefilter_common::Reason)) become
+//! kernel keys here and nowhere else.
+//!
+//! - [`program`]: load, attach, detach, test runs ([`Filter`]).
+//! - [`lists`]: the allow and block lists in the lookup tables
+//!   ([`tables`]), with a per-CPU hit counter per entry.
+//! - [`counters`]: the per-CPU verdict counters.
+//! - [`limiter`]: the flood guards' settings, buckets and auto-blocks.
+//! - [`rules`]: the rules on headers.
+//! - [`sampler`]: interface slots, drop sampling, the debug-log switch.
+
+mod mapped;
+mod tables;
+
+pub mod counters;
+pub mod limiter;
+pub mod lists;
+pub mod program;
+pub mod rules;
+pub mod sampler;
+
+use aya::{Ebpf, maps::MapError};
+
+pub use self::{
+    counters::{Counters, Stats},
+    limiter::{Limiter, limiter_prefix},
+    lists::{Entry, Lists},
+    program::{AttachMode, Filter, FilterError, KernelLog, LoadOptions, TOOLS, error_chain},
+    rules::HeaderRules,
+    sampler::{Observer, Sample, Sampling},
+};
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
+#[must_use]
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
+            + u64::try_from(t.tv_nsec()).unwrap_or(0)
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    #[error("map {name} is missing from the program")]
+    MissingMap { name: &'static str },
+    #[error("map {name} has an unexpected type")]
+    MapType {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("the lists are full ({capacity} entries); raise the capacity or remove entries")]
+    Full { capacity: u32 },
+    #[error("updating map {name} failed")]
+    Update {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("reading map {name} failed")]
+    Read {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("cannot count the CPUs")]
+    Cpus(#[source] std::io::Error),
+    #[error("map {name} is not an array")]
+    NotArray { name: &'static str },
+    #[error("mapping map {name} into memory failed")]
+    Mmap {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub(crate) fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ListError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(ListError::MissingMap { name })?;
+    T::try_from(map).map_err(|source| ListError::MapType { name, source })
+}

@@ -1,0 +1,418 @@
+//! The loaded XDP program: load it, attach it to interfaces, steer its
+//! lists and read its counters.
+
+use std::collections::BTreeMap;
+
+use aya::{
+    Ebpf, EbpfLoader, TestRunOptions,
+    maps::{MapData, RingBuf},
+    programs::{ProgramError, TestRun as _, Xdp, XdpMode, xdp::XdpLinkId},
+};
+use spacefilter_common::{
+    DEFAULT_BUCKETS, DEFAULT_CAPACITY, PROGRAM_NAME,
+    lookup::{MAX_CAPACITY, buckets_for},
+    map_names,
+};
+
+use super::{Counters, Entry, HeaderRules, Limiter, ListError, Lists, Observer, Stats};
+use crate::net::{List, Prefix};
+
+/// The kernel-side debug log's reader (aya-log): kept for as long as the
+/// program lives, and drained by whoever wants the lines.
+pub type KernelLog = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+/// The XDP program, built by `build.rs`.
+static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/spacefilter"));
+
+/// The measuring tools (`floor_drop`, `floor_pass`, `generator`; see
+/// `spacefilter-ebpf/src/tools.rs`), for benchmarks and the flood harness.
+pub static TOOLS: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/spacefilter-tools"));
+
+/// How to attach to an interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// Native (driver) mode, falling back to generic (skb) mode where the
+    /// driver has no XDP support.
+    #[default]
+    Auto,
+    /// Native (driver) mode only: frames are filtered before the kernel
+    /// allocates a socket buffer.
+    Native,
+    /// Generic (skb) mode: works on every interface, after the socket
+    /// buffer is allocated.
+    Skb,
+}
+
+impl AttachMode {
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            AttachMode::Auto => "auto",
+            AttachMode::Native => "native",
+            AttachMode::Skb => "skb",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    #[error("loading the XDP program failed (is this root, on a kernel with BPF?)")]
+    Load(#[source] aya::EbpfError),
+    #[error("the object file has no XDP program named {PROGRAM_NAME}")]
+    MissingProgram,
+    #[error("preparing the XDP program failed")]
+    Program(#[source] ProgramError),
+    #[error("attaching to {iface} in {mode} mode failed")]
+    Attach {
+        iface: String,
+        mode: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("{iface} is not attached")]
+    NotAttached { iface: String },
+    #[error("detaching from {iface} failed")]
+    Detach {
+        iface: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error(transparent)]
+    List(#[from] ListError),
+    #[error("test run failed")]
+    TestRun(#[source] ProgramError),
+    #[error("a capacity of {capacity} entries is more than the lists can number ({MAX_CAPACITY})")]
+    Capacity { capacity: u32 },
+}
+
+/// Load-time settings.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// How many entries each list map holds, and how many hit counters
+    /// there are in all. Each hit counter costs 8 bytes per CPU.
+    pub capacity: u32,
+    /// How many sources the rate limiter tracks (and may auto-block) at
+    /// once; the least recently seen are forgotten first.
+    pub buckets: u32,
+    /// Seed of the lookup tables' bucket hashes; `None` draws one. Fixing
+    /// it lets a test choose keys that share buckets.
+    pub hash_seed: Option<u64>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            capacity: DEFAULT_CAPACITY,
+            buckets: DEFAULT_BUCKETS,
+            hash_seed: None,
+        }
+    }
+}
+
+/// A seed nobody outside this process can predict.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher as _, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+/// The XDP program, loaded, with its maps.
+pub struct Filter {
+    ebpf: Ebpf,
+    lists: Lists,
+    stats: Stats,
+    limiter: Limiter,
+    header_rules: HeaderRules,
+    observer: Observer,
+    kernel_log: Option<KernelLog>,
+    /// Attached interfaces: the mode that took, the link, the ifindex and
+    /// the counter slot (`None`: counted with the unattributed frames).
+    attached: BTreeMap<String, Attachment>,
+}
+
+struct Attachment {
+    mode: AttachMode,
+    link: XdpLinkId,
+    ifindex: u32,
+    slot: Option<u32>,
+}
+
+impl Filter {
+    /// Loads the program into the kernel (not yet attached anywhere).
+    pub fn load(options: LoadOptions) -> Result<Self, FilterError> {
+        let LoadOptions {
+            capacity,
+            buckets,
+            hash_seed,
+        } = options;
+        if capacity > MAX_CAPACITY {
+            return Err(FilterError::Capacity { capacity });
+        }
+        let mut loader = EbpfLoader::new();
+        // Each family's tables hold up to `capacity` keys.
+        for name in [map_names::V4_BUCKETS, map_names::V6_BUCKETS] {
+            loader.map_max_entries(name, buckets_for(capacity));
+        }
+        for name in [map_names::V4_CROWDED, map_names::V6_CROWDED] {
+            loader.map_max_entries(name, capacity);
+        }
+        // Slot 0 and key index 0 are never handed out.
+        loader.map_max_entries(map_names::V6_KEYS, capacity + 1);
+        loader.map_max_entries(map_names::RULE_HITS, capacity + 1);
+        loader.map_max_entries(map_names::BUCKETS, buckets);
+        loader.map_max_entries(map_names::AUTO_BLOCKED, buckets);
+        let mut ebpf = loader.load(PROGRAM).map_err(FilterError::Load)?;
+        let program: &mut Xdp = ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or(FilterError::MissingProgram)?
+            .try_into()
+            .map_err(FilterError::Program)?;
+        program.load().map_err(FilterError::Program)?;
+        let lists = Lists::take(
+            &mut ebpf,
+            capacity + 1,
+            hash_seed.unwrap_or_else(random_seed),
+        )?;
+        let stats = Stats::take(&mut ebpf)?;
+        let limiter = Limiter::take(&mut ebpf)?;
+        let header_rules = HeaderRules::take(&mut ebpf)?;
+        let observer = Observer::take(&mut ebpf)?;
+        let kernel_log = match KernelLog::init(&mut ebpf) {
+            Ok(reader) => Some(reader),
+            Err(err) => {
+                log::warn!("the kernel-side debug log is unavailable: {err}");
+                None
+            }
+        };
+        Ok(Self {
+            ebpf,
+            lists,
+            stats,
+            limiter,
+            header_rules,
+            observer,
+            kernel_log,
+            attached: BTreeMap::new(),
+        })
+    }
+
+    fn program(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(PROGRAM_NAME)
+            .and_then(|p| p.try_into().ok())
+            .expect("checked at load")
+    }
+
+    /// Attaches to `iface` and returns the mode that took: with
+    /// [`AttachMode::Auto`], native if the driver allows, else skb.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<AttachMode, FilterError> {
+        let attempt = |program: &mut Xdp, mode: AttachMode| {
+            let xdp_mode = match mode {
+                AttachMode::Auto | AttachMode::Native => XdpMode::Driver,
+                AttachMode::Skb => XdpMode::Skb,
+            };
+            program
+                .attach(iface, xdp_mode)
+                .map_err(|source| FilterError::Attach {
+                    iface: iface.to_owned(),
+                    mode: mode.name(),
+                    source,
+                })
+        };
+        let (used, link) = match mode {
+            AttachMode::Auto => match attempt(self.program(), AttachMode::Native) {
+                Ok(link) => (AttachMode::Native, link),
+                Err(native_err) => {
+                    log::warn!(
+                        "{iface}: native XDP failed ({}), falling back to skb mode",
+                        error_chain(&native_err)
+                    );
+                    (AttachMode::Skb, attempt(self.program(), AttachMode::Skb)?)
+                }
+            },
+            mode => (mode, attempt(self.program(), mode)?),
+        };
+        let ifindex = nix::net::if_::if_nametoindex(iface).unwrap_or(0);
+        let slot = self.observer.assign(ifindex).unwrap_or_else(|err| {
+            log::warn!("{iface}: no counters of its own: {}", error_chain(&err));
+            None
+        });
+        if slot.is_none() {
+            log::warn!(
+                "{iface}: no counter slot left (or its ifindex {ifindex} shares one); its \
+                 frames are counted with the unattributed ones"
+            );
+        }
+        self.attached.insert(
+            iface.to_owned(),
+            Attachment {
+                mode: used,
+                link,
+                ifindex,
+                slot,
+            },
+        );
+        Ok(used)
+    }
+
+    /// Detaches from `iface`.
+    pub fn detach(&mut self, iface: &str) -> Result<(), FilterError> {
+        let attachment = self
+            .attached
+            .remove(iface)
+            .ok_or_else(|| FilterError::NotAttached {
+                iface: iface.to_owned(),
+            })?;
+        if let Err(err) = self.observer.release(attachment.ifindex) {
+            log::warn!("{iface}: {}", error_chain(&err));
+        }
+        self.program()
+            .detach(attachment.link)
+            .map_err(|source| FilterError::Detach {
+                iface: iface.to_owned(),
+                source,
+            })
+    }
+
+    /// The interfaces attached, with the mode each one took.
+    pub fn attached(&self) -> impl Iterator<Item = (&str, AttachMode)> {
+        self.attached
+            .iter()
+            .map(|(iface, attachment)| (iface.as_str(), attachment.mode))
+    }
+
+    /// The name of the attached interface `ifindex`.
+    #[must_use]
+    pub fn iface_name(&self, ifindex: u32) -> Option<&str> {
+        self.attached
+            .iter()
+            .find(|(_, a)| a.ifindex == ifindex)
+            .map(|(name, _)| name.as_str())
+    }
+
+    /// The kernel's id of the loaded program.
+    pub fn program_id(&mut self) -> Result<u32, FilterError> {
+        self.program()
+            .info()
+            .map(|info| info.id())
+            .map_err(FilterError::Program)
+    }
+
+    /// Blocks `prefix`. Returns `false` if it was blocked already.
+    pub fn block(&mut self, prefix: Prefix) -> Result<bool, FilterError> {
+        Ok(self.lists.insert(List::Block, prefix)?)
+    }
+
+    /// Removes `prefix` from the blocklist. Returns `false` if it was not
+    /// there.
+    pub fn unblock(&mut self, prefix: Prefix) -> Result<bool, FilterError> {
+        Ok(self.lists.remove(List::Block, prefix)?)
+    }
+
+    /// Allows `prefix`: its frames pass whatever the blocklist says.
+    pub fn allow(&mut self, prefix: Prefix) -> Result<bool, FilterError> {
+        Ok(self.lists.insert(List::Allow, prefix)?)
+    }
+
+    /// Removes `prefix` from the allowlist.
+    pub fn unallow(&mut self, prefix: Prefix) -> Result<bool, FilterError> {
+        Ok(self.lists.remove(List::Allow, prefix)?)
+    }
+
+    /// The lists, to read.
+    #[must_use]
+    pub fn lists_ref(&self) -> &Lists {
+        &self.lists
+    }
+
+    /// The lists, for operations beyond the four verbs above.
+    pub fn lists(&mut self) -> &mut Lists {
+        &mut self.lists
+    }
+
+    /// The rate limiter.
+    pub fn limiter(&mut self) -> &mut Limiter {
+        &mut self.limiter
+    }
+
+    /// The rules on headers.
+    pub fn header_rules(&mut self) -> &mut HeaderRules {
+        &mut self.header_rules
+    }
+
+    /// Drop sampling, the debug log and the interface counter slots.
+    pub fn observer(&mut self) -> &mut Observer {
+        &mut self.observer
+    }
+
+    /// The reader of the kernel-side debug log; taken once, by whoever
+    /// drains it (it must stay alive as long as the program).
+    pub fn take_kernel_log(&mut self) -> Option<KernelLog> {
+        self.kernel_log.take()
+    }
+
+    /// The ring buffer of sampled dropped frames; taken once, by whoever
+    /// reads it.
+    pub fn take_samples(&mut self) -> Option<RingBuf<MapData>> {
+        self.ebpf
+            .take_map(map_names::SAMPLES)
+            .and_then(|map| RingBuf::try_from(map).ok())
+    }
+
+    /// The ring buffer of auto-block events; taken once, by whoever reads
+    /// it.
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.ebpf
+            .take_map(map_names::EVENTS)
+            .and_then(|map| RingBuf::try_from(map).ok())
+    }
+
+    /// Every entry of both lists with its hit count.
+    pub fn entries(&self) -> Result<Vec<Entry>, FilterError> {
+        Ok(self.lists.entries()?)
+    }
+
+    /// The verdict counters, summed over the CPUs, in all and per attached
+    /// interface.
+    pub fn counters(&self) -> Result<Counters, FilterError> {
+        let ifaces: Vec<(String, u32)> = self
+            .attached
+            .iter()
+            .filter_map(|(name, a)| a.slot.map(|slot| (name.clone(), slot)))
+            .collect();
+        Ok(self.stats.read(&ifaces)?)
+    }
+
+    /// Runs the program on `frame` `repeat` times with `BPF_PROG_TEST_RUN`
+    /// (kernel 4.12; XDP frames of any size since 5.18) and returns the XDP
+    /// action and the mean time per run.
+    pub fn test_run(
+        &mut self,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, std::time::Duration), FilterError> {
+        let result = self
+            .program()
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat,
+                ..Default::default()
+            })
+            .map_err(FilterError::TestRun)?;
+        Ok((result.return_value, result.duration))
+    }
+}
+
+/// An error and its causes on one line: `a: b: c`.
+#[must_use]
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}

@@ -1,0 +1,212 @@
+//! The lookup tables that hold both lists in the kernel. Their shapes are
+//! described in [`spacefilter_common::lookup`], the program's reads in
+//! `spacefilter-ebpf/src/lookup.rs`. [`V4Tables`] and [`V6Tables`] take a
+//! key (a prefix and its packed match, see [`spacefilter_common::Match`])
+//! and put it where its length says, so that a frame looked up while they
+//! do sees each source's longest match either as it was or as it is:
+//!
+//! - A direct table (`V4_T12`, `V4_T24`, `V6_TOP`) holds, for each block of
+//!   addresses, the match of the longest of its keys covering the block.
+//!   Writing key P rewrites P's blocks, except those under a longer key of
+//!   the same table; removing P rewrites the same blocks with the match of
+//!   P's longest covering key in the table, or none. A block's match is one
+//!   word, stored whole.
+//! - A longer key goes into a bucket table, and its length is flagged in
+//!   its block of the direct table: the flag is set after the key is in
+//!   place, and cleared (when the last key of that length in the block
+//!   goes) before the key is taken out. A frame that sees the flag finds the
+//!   key, or, once it is gone, the shorter keys that decide without it.
+//! - An IPv4 bucket slot is one word: key and match, stored whole. An IPv6
+//!   slot holds the index of a key in `V6_KEYS`, written before the slot;
+//!   an index whose slot was cleared is reused only after an RCU grace
+//!   period ([`grace_period`]), so no frame still reading the old slot can
+//!   find a different key behind it.
+//! - A block whose longer keys do not all fit (a key with both buckets
+//!   full; an IPv6 /16 with more lengths than a lookup probes) is crowded:
+//!   all its longer keys are put in the block's LPM trie before its flag is
+//!   set, and taken out after the flag is cleared, which happens once they
+//!   all fit again. The program asks the trie instead of the buckets while
+//!   the flag is set.
+//!
+//! The daemon is the only writer, so a read-modify-write of a word is a
+//! load and a store.
+
+use std::{collections::BTreeMap, sync::atomic::Ordering, time::Duration};
+
+use aya::maps::{LpmTrie, MapData, MapError, lpm_trie::Key};
+use spacefilter_common::lookup::{BUCKET_SLOTS, VALUE_MASK};
+
+mod v4;
+mod v6;
+
+pub(super) use self::{v4::V4Tables, v6::V6Tables};
+use super::{ListError, mapped::Mapped};
+
+/// The bits of a `width`-bit address below a prefix of `len` bits.
+fn host_mask(width: u32, len: u8) -> u128 {
+    let host = width - u32::from(len);
+    if host == 0 {
+        0
+    } else {
+        u128::MAX >> (128 - host)
+    }
+}
+
+/// A direct table: one block per value of the address's `index_bits`
+/// leading bits, holding the match of the longest of the table's keys (of
+/// `min_len` to `index_bits` bits) covering it.
+struct Level {
+    map: Mapped,
+    /// Address bits: 32 or 128.
+    width: u32,
+    index_bits: u32,
+    min_len: u8,
+    /// 32-bit words per block, and which of them holds the match.
+    stride: usize,
+    offset: usize,
+    /// The table's keys, by address and length, with their matches.
+    keys: BTreeMap<(u128, u8), u32>,
+}
+
+impl Level {
+    /// The block an address falls in.
+    fn block(&self, addr: u128) -> u128 {
+        addr >> (self.width - self.index_bits)
+    }
+
+    /// Creates or rewrites the key `addr/len`.
+    fn write(&mut self, addr: u128, len: u8, value: u32) {
+        self.keys.insert((addr, len), value);
+        self.fill(addr, len, value);
+    }
+
+    /// Removes the key `addr/len`: its blocks take the match of the longest
+    /// key of the table covering it.
+    fn remove(&mut self, addr: u128, len: u8) {
+        if self.keys.remove(&(addr, len)).is_none() {
+            return;
+        }
+        let covering = (self.min_len..len)
+            .rev()
+            .find_map(|l| {
+                let outer = addr & !host_mask(self.width, l);
+                self.keys.get(&(outer, l)).copied()
+            })
+            .unwrap_or(0);
+        self.fill(addr, len, covering);
+    }
+
+    /// Stores `value` in the blocks of `addr/len` that no longer key of the
+    /// table covers.
+    fn fill(&self, addr: u128, len: u8, value: u32) {
+        let last = addr | host_mask(self.width, len);
+        let mut next = self.block(addr);
+        let mut covered_to = None;
+        // In (address, length) order, a key comes before those inside it:
+        // the first key seen of each run is the outermost, whose blocks
+        // hold its own match or those of keys inside it.
+        for &(inner, inner_len) in self
+            .keys
+            .range((addr, len + 1)..=(last, u8::MAX))
+            .map(|e| e.0)
+        {
+            if inner_len <= len || covered_to.is_some_and(|end| inner <= end) {
+                continue;
+            }
+            let inner_last = inner | host_mask(self.width, inner_len);
+            self.store(next, self.block(inner), value);
+            next = self.block(inner_last) + 1;
+            covered_to = Some(inner_last);
+        }
+        self.store(next, self.block(last) + 1, value);
+    }
+
+    /// Stores `value` as the match of blocks `from..to`, keeping the other
+    /// bits of their words.
+    fn store(&self, from: u128, to: u128, value: u32) {
+        for block in from..to {
+            let word = self
+                .map
+                .word32(usize::try_from(block).expect("a table block") * self.stride + self.offset);
+            let old = word.load(Ordering::Relaxed);
+            word.store((old & !VALUE_MASK) | value, Ordering::Release);
+        }
+    }
+}
+
+/// Waits for an RCU grace period: when it returns, every program run that
+/// was under way when it was called has ended. XDP programs run inside RCU
+/// read-side critical sections, and `membarrier(MEMBARRIER_CMD_GLOBAL)`
+/// (kernel 4.3) waits for `synchronize_rcu()`. Kernels with `nohz_full`
+/// refuse it; a program run lasts microseconds, so there a pause far longer
+/// than any run stands in. (On a one-CPU machine the kernel returns at once:
+/// XDP on an interface runs in softirq context, which no task preempts, so
+/// nothing is under way then.)
+fn grace_period() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
+    // SAFETY: membarrier takes no pointers.
+    let ret = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if ret != 0 {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Slots of bucket `bucket`, as word indices.
+fn slots(bucket: u32) -> impl Iterator<Item = usize> {
+    let first = bucket as usize * BUCKET_SLOTS;
+    first..first + BUCKET_SLOTS
+}
+
+/// Where a new key goes: the first empty slot of its first bucket, so that
+/// most keys are found in the first bucket read, unless that bucket is
+/// filling up (6 of 8 slots) and the second is emptier. Filling the first
+/// bucket to the brim would leave a few keys in a million with both
+/// buckets full at half load (and their blocks crowded); this keeps that
+/// to none in simulations at the capacity's full load, with 96 % of keys
+/// in their first bucket. Only buckets that `fits` accepts are taken;
+/// `None` if neither has room.
+fn free_slot(
+    table: &Mapped,
+    (first, second): (u32, u32),
+    fits: impl Fn(u32) -> bool,
+) -> Option<usize> {
+    let empty = |bucket| slots(bucket).find(|&i| table.word64(i).load(Ordering::Relaxed) == 0);
+    let used = |bucket| {
+        slots(bucket)
+            .filter(|&i| table.word64(i).load(Ordering::Relaxed) != 0)
+            .count()
+    };
+    let order = if used(first) >= 6 && used(second) < used(first) {
+        [second, first]
+    } else {
+        [first, second]
+    };
+    order
+        .into_iter()
+        .filter(|&bucket| fits(bucket))
+        .find_map(empty)
+}
+
+/// The bucket count of a bucket table, less one.
+fn bucket_mask(table: &Mapped) -> u32 {
+    let buckets = table.len() / (BUCKET_SLOTS * 8);
+    debug_assert!(buckets.is_power_of_two());
+    u32::try_from(buckets - 1).expect("fewer than 2^32 buckets")
+}
+
+fn trie_error(name: &'static str) -> impl FnOnce(MapError) -> ListError {
+    move |source| ListError::Update { name, source }
+}
+
+/// Takes `key` out of a crowded block's trie; a key that is not there is
+/// already where the caller wants it.
+fn trie_remove<const N: usize>(
+    trie: &mut LpmTrie<MapData, [u8; N], u32>,
+    name: &'static str,
+    key: &Key<[u8; N]>,
+) -> Result<(), ListError> {
+    match trie.remove(key) {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(source) => Err(ListError::Update { name, source }),
+    }
+}

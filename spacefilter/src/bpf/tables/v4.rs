@@ -1,0 +1,285 @@
+//! The IPv4 tables: `V4_T12` and `V4_T24`, direct; `V4_LONG`, buckets of
+//! /25-/32 keys; `V4_TRIE` for crowded blocks.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::atomic::Ordering,
+};
+
+use aya::{
+    Ebpf,
+    maps::{LpmTrie, MapData, lpm_trie::Key},
+};
+use spacefilter_common::{
+    flags,
+    lookup::{
+        V4_CROWDED, V4_LONG_MIN, V4_LONG_SHIFT, V4_T24_MIN, VALUE_MASK, buckets, v4_hash, v4_key,
+        v4_slot,
+    },
+    map_names,
+};
+
+use super::{Level, bucket_mask, free_slot, slots, trie_error, trie_remove};
+use crate::bpf::{ListError, mapped::Mapped, take};
+
+/// The IPv4 tables: `V4_T12` (/0 to /12), `V4_T24` (/13 to /24, and the
+/// lengths of longer keys per /24), `V4_BUCKETS` (/25 to /32), and the trie
+/// of crowded /24s.
+pub(in crate::bpf) struct V4Tables {
+    t12: Level,
+    t24: Level,
+    buckets: Mapped,
+    mask: u32,
+    seed: u64,
+    trie: LpmTrie<MapData, [u8; 4], u32>,
+    /// Keys of /25 to /32 per /24 and length: a length's flag is cleared
+    /// when its last key goes.
+    long: HashMap<(u32, u8), u32>,
+    long_keys: usize,
+    /// The crowded /24s, each with its keys (by [`v4_key`]) that found no
+    /// room in their buckets, and their matches.
+    crowded: HashMap<u32, HashMap<u64, u32>>,
+}
+
+impl V4Tables {
+    pub(in crate::bpf) fn take(ebpf: &mut Ebpf, seed: u64) -> Result<Self, ListError> {
+        let level = |map, index_bits, min_len| Level {
+            map,
+            width: 32,
+            index_bits,
+            min_len,
+            stride: 1,
+            offset: 0,
+            keys: BTreeMap::new(),
+        };
+        let buckets = Mapped::take(ebpf, map_names::V4_BUCKETS)?;
+        let mask = bucket_mask(&buckets);
+        Ok(Self {
+            t12: level(Mapped::take(ebpf, map_names::V4_T12)?, 12, 0),
+            t24: level(Mapped::take(ebpf, map_names::V4_T24)?, 24, V4_T24_MIN),
+            buckets,
+            mask,
+            seed,
+            trie: take(ebpf, map_names::V4_CROWDED)?,
+            long: HashMap::new(),
+            long_keys: 0,
+            crowded: HashMap::new(),
+        })
+    }
+
+    /// The bucket count less one, for the config.
+    pub(in crate::bpf) fn mask(&self) -> u32 {
+        self.mask
+    }
+
+    /// Creates or rewrites the key `addr/len` with the packed match `value`.
+    pub(in crate::bpf) fn write(
+        &mut self,
+        addr: u32,
+        len: u8,
+        value: u32,
+    ) -> Result<(), ListError> {
+        if len < V4_T24_MIN {
+            self.t12.write(addr.into(), len, value);
+            return Ok(());
+        }
+        if len < V4_LONG_MIN {
+            self.t24.write(addr.into(), len, value);
+            return Ok(());
+        }
+        let (key, block) = (v4_key(addr, len.into()), addr >> 8);
+        let unplaced = self.crowded.get(&block);
+        let existed = self.find(key).is_some() || unplaced.is_some_and(|u| u.contains_key(&key));
+        if self.crowded.contains_key(&block) {
+            self.trie_insert(addr, len, value)?;
+        }
+        if !self.place(key, value) {
+            if let Some(unplaced) = self.crowded.get_mut(&block) {
+                unplaced.insert(key, value);
+            } else {
+                // Every key of the /24, this one too, goes into the trie
+                // before the flag sends frames there.
+                let mut keys = self.block_keys(block);
+                keys.push((addr, len, value));
+                for (addr, len, value) in keys {
+                    self.trie_insert(addr, len, value)?;
+                }
+                self.crowded.insert(block, HashMap::from([(key, value)]));
+                self.t24
+                    .map
+                    .word32(block as usize)
+                    .fetch_or(V4_CROWDED, Ordering::Release);
+            }
+        } else if let Some(unplaced) = self.crowded.get_mut(&block) {
+            unplaced.remove(&key);
+        }
+        if !existed {
+            *self.long.entry((block, len)).or_default() += 1;
+            self.long_keys += 1;
+        }
+        // After the key is in place.
+        self.t24
+            .map
+            .word32(block as usize)
+            .fetch_or(Self::length_bit(len), Ordering::Release);
+        self.settle(block)
+    }
+
+    /// Removes the key `addr/len`.
+    pub(in crate::bpf) fn delete(&mut self, addr: u32, len: u8) -> Result<(), ListError> {
+        if len < V4_T24_MIN {
+            self.t12.remove(addr.into(), len);
+            return Ok(());
+        }
+        if len < V4_LONG_MIN {
+            self.t24.remove(addr.into(), len);
+            return Ok(());
+        }
+        let (key, block) = (v4_key(addr, len.into()), addr >> 8);
+        let slot = self.find(key);
+        let unplaced = self.crowded.get(&block);
+        if slot.is_none() && !unplaced.is_some_and(|u| u.contains_key(&key)) {
+            return Ok(());
+        }
+        let count = self
+            .long
+            .get_mut(&(block, len))
+            .expect("counted when written");
+        *count -= 1;
+        if *count == 0 {
+            self.long.remove(&(block, len));
+            // Before the key goes.
+            self.t24
+                .map
+                .word32(block as usize)
+                .fetch_and(!Self::length_bit(len), Ordering::Release);
+        }
+        self.long_keys -= 1;
+        if self.crowded.contains_key(&block) {
+            trie_remove(
+                &mut self.trie,
+                map_names::V4_CROWDED,
+                &Key::new(len.into(), addr.to_be_bytes()),
+            )?;
+        }
+        match slot {
+            Some(slot) => self.buckets.word64(slot).store(0, Ordering::Release),
+            None => {
+                if let Some(unplaced) = self.crowded.get_mut(&block) {
+                    unplaced.remove(&key);
+                }
+            }
+        }
+        self.settle(block)
+    }
+
+    /// The [`flags`] of the tables that hold keys.
+    pub(in crate::bpf) fn flags(&self) -> u32 {
+        let mut bits = 0;
+        if !self.t24.keys.is_empty() || self.long_keys > 0 {
+            bits |= flags::V4_T24;
+        }
+        if !self.t12.keys.is_empty() {
+            bits |= flags::V4_T12;
+        }
+        bits
+    }
+
+    /// How many /24s are crowded.
+    pub(in crate::bpf) fn crowded(&self) -> usize {
+        self.crowded.len()
+    }
+
+    /// The flag of keys of `len` bits in a `V4_T24` word.
+    fn length_bit(len: u8) -> u32 {
+        1 << (V4_LONG_SHIFT + u32::from(len - V4_LONG_MIN))
+    }
+
+    /// If the /24 `block` is crowded, moves its keys that now find room
+    /// into their buckets, and once all have, sends frames back to the
+    /// buckets and empties its trie.
+    fn settle(&mut self, block: u32) -> Result<(), ListError> {
+        let Some(unplaced) = self.crowded.remove(&block) else {
+            return Ok(());
+        };
+        let left: HashMap<u64, u32> = unplaced
+            .into_iter()
+            .filter(|&(key, value)| !self.place(key, value))
+            .collect();
+        if !left.is_empty() {
+            self.crowded.insert(block, left);
+            return Ok(());
+        }
+        self.t24
+            .map
+            .word32(block as usize)
+            .fetch_and(!V4_CROWDED, Ordering::Release);
+        for (addr, len, _) in self.block_keys(block) {
+            trie_remove(
+                &mut self.trie,
+                map_names::V4_CROWDED,
+                &Key::new(len.into(), addr.to_be_bytes()),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The keys of /25 to /32 of the /24 `block` that are in the buckets
+    /// or waiting for room, with their matches.
+    fn block_keys(&self, block: u32) -> Vec<(u32, u8, u32)> {
+        let unplaced = self.crowded.get(&block);
+        let mut keys = Vec::new();
+        for len in V4_LONG_MIN..=32 {
+            if !self.long.contains_key(&(block, len)) {
+                continue;
+            }
+            for host in 0..1u32 << (len - 24) {
+                let addr = (block << 8) | (host << (32 - len));
+                let key = v4_key(addr, len.into());
+                let value = match self.find(key) {
+                    #[expect(clippy::cast_possible_truncation, reason = "the low bits")]
+                    Some(slot) => {
+                        Some(self.buckets.word64(slot).load(Ordering::Relaxed) as u32 & VALUE_MASK)
+                    }
+                    None => unplaced.and_then(|u| u.get(&key).copied()),
+                };
+                if let Some(value) = value {
+                    keys.push((addr, len, value));
+                }
+            }
+        }
+        keys
+    }
+
+    fn trie_insert(&mut self, addr: u32, len: u8, value: u32) -> Result<(), ListError> {
+        self.trie
+            .insert(&Key::new(len.into(), addr.to_be_bytes()), value, 0)
+            .map_err(trie_error(map_names::V4_CROWDED))
+    }
+
+    fn candidates(&self, key: u64) -> (u32, u32) {
+        buckets(v4_hash(key, self.seed), self.mask)
+    }
+
+    /// The slot holding `key`.
+    fn find(&self, key: u64) -> Option<usize> {
+        let (first, second) = self.candidates(key);
+        slots(first)
+            .chain(slots(second))
+            .find(|&i| self.buckets.word64(i).load(Ordering::Relaxed) >> 24 == key)
+    }
+
+    /// Stores `key` with `value` in its slot, or in a free one; `false` if
+    /// both its buckets are full.
+    fn place(&mut self, key: u64, value: u32) -> bool {
+        let slot = self
+            .find(key)
+            .or_else(|| free_slot(&self.buckets, self.candidates(key), |_| true));
+        if let Some(slot) = slot {
+            self.buckets
+                .word64(slot)
+                .store(v4_slot(key, value), Ordering::Release);
+        }
+        slot.is_some()
+    }
+}

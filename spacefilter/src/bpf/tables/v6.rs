@@ -1,0 +1,375 @@
+//! The IPv6 tables: `V6_TOP`, direct by /16; `V6_BUCKETS` with the keys in
+//! `V6_KEYS`; `V6_TRIE` for crowded blocks.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::atomic::Ordering,
+};
+
+use aya::{
+    Ebpf,
+    maps::{LpmTrie, MapData, lpm_trie::Key},
+};
+use spacefilter_common::{
+    flags,
+    lookup::{V6_CROWDED, V6_LONG_MIN, V6_PROBES, buckets, fingerprint, v6_hash, v6_masks},
+    map_names,
+};
+
+use super::{Level, bucket_mask, free_slot, grace_period, slots, trie_error, trie_remove};
+use crate::bpf::{ListError, mapped::Mapped, take};
+
+/// Indices into `V6_KEYS`: never used yet (`next` up to `size`), free, or
+/// retired (their slot is cleared, but a program run may still read them).
+struct Records {
+    size: u32,
+    next: u32,
+    free: Vec<u32>,
+    retired: Vec<u32>,
+}
+
+impl Records {
+    fn alloc(&mut self) -> Option<u32> {
+        if let Some(index) = self.free.pop() {
+            return Some(index);
+        }
+        if self.next < self.size {
+            self.next += 1;
+            return Some(self.next - 1);
+        }
+        if self.retired.is_empty() {
+            return None;
+        }
+        grace_period();
+        self.free.append(&mut self.retired);
+        self.free.pop()
+    }
+}
+
+/// The IPv6 tables: `V6_TOP` (/0 to /16, and the lengths of longer keys per
+/// /16), `V6_BUCKETS` and `V6_KEYS` (/17 to /128), and the trie of crowded
+/// /16s.
+pub(in crate::bpf) struct V6Tables {
+    top: Level,
+    buckets: Mapped,
+    mask: u32,
+    seed: u64,
+    keys: Mapped,
+    records: Records,
+    trie: LpmTrie<MapData, [u8; 16], u32>,
+    /// The keys of /17 to /128 with their matches: a /16's keys are moved
+    /// into its trie and out again from here.
+    long: BTreeMap<(u128, u8), u32>,
+    /// How many keys of each length each /16 holds.
+    lengths: HashMap<u16, BTreeMap<u8, u32>>,
+    /// Keys that found no room in their buckets, per /16.
+    unplaced: HashMap<u16, HashSet<(u128, u8)>>,
+    /// The crowded /16s.
+    crowded: HashSet<u16>,
+}
+
+/// Bytes of a `V6Top` and of a `V6Key`.
+const V6_TOP_BYTES: usize = 16;
+const V6_KEY_BYTES: usize = 24;
+
+impl V6Tables {
+    pub(in crate::bpf) fn take(ebpf: &mut Ebpf, seed: u64) -> Result<Self, ListError> {
+        let buckets = Mapped::take(ebpf, map_names::V6_BUCKETS)?;
+        let mask = bucket_mask(&buckets);
+        let keys = Mapped::take(ebpf, map_names::V6_KEYS)?;
+        let size = u32::try_from(keys.len() / V6_KEY_BYTES).expect("a map's entries");
+        Ok(Self {
+            top: Level {
+                map: Mapped::take(ebpf, map_names::V6_TOP)?,
+                width: 128,
+                index_bits: 16,
+                min_len: 0,
+                stride: V6_TOP_BYTES / 4,
+                // `V6Top::value`, after the lengths word.
+                offset: 2,
+                keys: BTreeMap::new(),
+            },
+            buckets,
+            mask,
+            seed,
+            keys,
+            // Index 0 stays unused: a slot is never 0.
+            records: Records {
+                size,
+                next: 1,
+                free: Vec::new(),
+                retired: Vec::new(),
+            },
+            trie: take(ebpf, map_names::V6_CROWDED)?,
+            long: BTreeMap::new(),
+            lengths: HashMap::new(),
+            unplaced: HashMap::new(),
+            crowded: HashSet::new(),
+        })
+    }
+
+    /// The bucket count less one, for the config.
+    pub(in crate::bpf) fn mask(&self) -> u32 {
+        self.mask
+    }
+
+    /// Creates or rewrites the key `addr/len` with the packed match `value`.
+    pub(in crate::bpf) fn write(
+        &mut self,
+        addr: u128,
+        len: u8,
+        value: u32,
+    ) -> Result<(), ListError> {
+        if len < V6_LONG_MIN {
+            self.top.write(addr, len, value);
+            return Ok(());
+        }
+        let top = Self::top_of(addr);
+        let existed = self.long.insert((addr, len), value).is_some();
+        if self.crowded.contains(&top) {
+            self.trie_insert(addr, len, value)?;
+        }
+        let placed = self.place(Self::key(addr, len), value)?;
+        let unplaced = self.unplaced.entry(top).or_default();
+        if placed {
+            unplaced.remove(&(addr, len));
+        } else {
+            unplaced.insert((addr, len));
+        }
+        if unplaced.is_empty() {
+            self.unplaced.remove(&top);
+        }
+        if !existed {
+            *self.lengths.entry(top).or_default().entry(len).or_default() += 1;
+        }
+        // After the key is in place (in its bucket, or in the trie).
+        self.settle(top)
+    }
+
+    /// Removes the key `addr/len`.
+    pub(in crate::bpf) fn delete(&mut self, addr: u128, len: u8) -> Result<(), ListError> {
+        if len < V6_LONG_MIN {
+            self.top.remove(addr, len);
+            return Ok(());
+        }
+        if self.long.remove(&(addr, len)).is_none() {
+            return Ok(());
+        }
+        let top = Self::top_of(addr);
+        let counts = self.lengths.get_mut(&top).expect("counted when written");
+        let count = counts.get_mut(&len).expect("counted when written");
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(&len);
+            if counts.is_empty() {
+                self.lengths.remove(&top);
+            }
+        }
+        if self.crowded.contains(&top) {
+            // Frames look in the trie: the key leaves it first.
+            trie_remove(
+                &mut self.trie,
+                map_names::V6_CROWDED,
+                &Key::new(len.into(), addr.to_be_bytes()),
+            )?;
+            self.take_out(addr, len);
+            self.settle(top)
+        } else {
+            // Frames probe the listed lengths: the list changes first.
+            self.settle(top)?;
+            self.take_out(addr, len);
+            Ok(())
+        }
+    }
+
+    /// The [`flags`] of the tables that hold keys.
+    pub(in crate::bpf) fn flags(&self) -> u32 {
+        if !self.top.keys.is_empty() || !self.long.is_empty() {
+            flags::V6_KEYS
+        } else {
+            0
+        }
+    }
+
+    /// How many /16s are crowded.
+    pub(in crate::bpf) fn crowded(&self) -> usize {
+        self.crowded.len()
+    }
+
+    /// Takes `addr/len` out of its bucket, or out of the keys waiting for
+    /// room.
+    fn take_out(&mut self, addr: u128, len: u8) {
+        let top = Self::top_of(addr);
+        if let Some((slot, index)) = self.find(Self::key(addr, len)) {
+            self.buckets.word64(slot).store(0, Ordering::Release);
+            self.records.retired.push(index);
+        } else if let Some(unplaced) = self.unplaced.get_mut(&top) {
+            unplaced.remove(&(addr, len));
+            if unplaced.is_empty() {
+                self.unplaced.remove(&top);
+            }
+        }
+    }
+
+    /// Brings the /16 `top`'s entry in line with its keys. Keys waiting
+    /// for room are tried again. A /16 whose keys all fit, with few enough
+    /// lengths, has its list of lengths; else it is crowded, with all its
+    /// keys put in the trie before the flag is stored, and taken out after
+    /// it is cleared.
+    fn settle(&mut self, top: u16) -> Result<(), ListError> {
+        if let Some(waiting) = self.unplaced.remove(&top) {
+            let mut left = HashSet::new();
+            for (addr, len) in waiting {
+                let value = self.long[&(addr, len)];
+                if !self.place(Self::key(addr, len), value)? {
+                    left.insert((addr, len));
+                }
+            }
+            if !left.is_empty() {
+                self.unplaced.insert(top, left);
+            }
+        }
+        let lengths: Vec<u8> = self
+            .lengths
+            .get(&top)
+            .map(|counts| counts.keys().rev().copied().collect())
+            .unwrap_or_default();
+        let crowd = lengths.len() > V6_PROBES || self.unplaced.contains_key(&top);
+        let word = usize::from(top) * V6_TOP_BYTES / 8;
+        match (crowd, self.crowded.contains(&top)) {
+            (true, true) => {}
+            (true, false) => {
+                let inside: Vec<_> = self.keys_under(top).collect();
+                for (addr, len, value) in inside {
+                    self.trie_insert(addr, len, value)?;
+                }
+                self.crowded.insert(top);
+                self.top
+                    .map
+                    .word64(word)
+                    .store(V6_CROWDED, Ordering::Release);
+            }
+            (false, was_crowded) => {
+                let list = lengths
+                    .iter()
+                    .rev()
+                    .fold(0u64, |list, &len| (list << 8) | u64::from(len));
+                self.top.map.word64(word).store(list, Ordering::Release);
+                if was_crowded {
+                    self.crowded.remove(&top);
+                    let inside: Vec<_> = self.keys_under(top).collect();
+                    for (addr, len, _) in inside {
+                        trie_remove(
+                            &mut self.trie,
+                            map_names::V6_CROWDED,
+                            &Key::new(len.into(), addr.to_be_bytes()),
+                        )?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The keys of /17 to /128 under the /16 `top`.
+    fn keys_under(&self, top: u16) -> impl Iterator<Item = (u128, u8, u32)> + '_ {
+        let first = u128::from(top) << 112;
+        let last = first | (u128::MAX >> 16);
+        self.long
+            .range((first, 0)..=(last, u8::MAX))
+            .map(|(&(addr, len), &value)| (addr, len, value))
+    }
+
+    fn trie_insert(&mut self, addr: u128, len: u8, value: u32) -> Result<(), ListError> {
+        self.trie
+            .insert(&Key::new(len.into(), addr.to_be_bytes()), value, 0)
+            .map_err(trie_error(map_names::V6_CROWDED))
+    }
+
+    /// The key of `addr/len` as the program computes it: (high half, low
+    /// half, length).
+    fn key(addr: u128, len: u8) -> [u64; 3] {
+        let [hi_mask, lo_mask] = v6_masks(len.into());
+        #[expect(clippy::cast_possible_truncation, reason = "the halves")]
+        let (hi, lo) = ((addr >> 64) as u64, addr as u64);
+        [hi & hi_mask, lo & lo_mask, len.into()]
+    }
+
+    fn top_of(addr: u128) -> u16 {
+        (addr >> 112) as u16
+    }
+
+    fn hash(&self, [hi, lo, len]: [u64; 3]) -> u64 {
+        #[expect(clippy::cast_possible_truncation, reason = "a length")]
+        v6_hash(hi, lo, len as u32, self.seed)
+    }
+
+    /// Whether `V6_KEYS[index]` holds `key`.
+    fn holds(&self, index: u32, [hi, lo, len]: [u64; 3]) -> bool {
+        let base = index as usize * V6_KEY_BYTES;
+        self.keys.word64(base / 8).load(Ordering::Relaxed) == hi
+            && self.keys.word64(base / 8 + 1).load(Ordering::Relaxed) == lo
+            && u64::from(self.keys.word32(base / 4 + 4).load(Ordering::Relaxed)) == len
+    }
+
+    /// The slot holding `key`, and the key's index in `V6_KEYS`.
+    fn find(&self, key: [u64; 3]) -> Option<(usize, u32)> {
+        let hash = self.hash(key);
+        let mark = fingerprint(hash);
+        let (first, second) = buckets(hash, self.mask);
+        slots(first).chain(slots(second)).find_map(|slot| {
+            let word = self.buckets.word64(slot).load(Ordering::Relaxed);
+            #[expect(clippy::cast_possible_truncation, reason = "the halves")]
+            let (found_mark, index) = ((word >> 32) as u32, word as u32);
+            (word != 0 && found_mark == mark && self.holds(index, key)).then_some((slot, index))
+        })
+    }
+
+    /// Whether a slot of `bucket` holds a key with the fingerprint `mark`.
+    fn marked(&self, bucket: u32, mark: u32) -> bool {
+        slots(bucket).any(|slot| {
+            let word = self.buckets.word64(slot).load(Ordering::Relaxed);
+            word != 0 && word >> 32 == u64::from(mark)
+        })
+    }
+
+    /// Stores `key` with `value` in its slot's key, or in a free slot;
+    /// `false` if neither bucket has room for it.
+    fn place(&mut self, key: [u64; 3], value: u32) -> Result<bool, ListError> {
+        if let Some((_, index)) = self.find(key) {
+            self.keys
+                .word32(index as usize * V6_KEY_BYTES / 4 + 5)
+                .store(value, Ordering::Release);
+            return Ok(true);
+        }
+        let hash = self.hash(key);
+        let mark = fingerprint(hash);
+        // The program reads one candidate slot per bucket: a bucket holds
+        // at most one key per fingerprint.
+        let Some(slot) = free_slot(&self.buckets, buckets(hash, self.mask), |bucket| {
+            !self.marked(bucket, mark)
+        }) else {
+            return Ok(false);
+        };
+        let index = self.records.alloc().ok_or(ListError::Full {
+            capacity: self.records.size - 1,
+        })?;
+        let [hi, lo, len] = key;
+        let base = index as usize * V6_KEY_BYTES;
+        self.keys.word64(base / 8).store(hi, Ordering::Relaxed);
+        self.keys.word64(base / 8 + 1).store(lo, Ordering::Relaxed);
+        #[expect(clippy::cast_possible_truncation, reason = "a length")]
+        self.keys
+            .word32(base / 4 + 4)
+            .store(len as u32, Ordering::Relaxed);
+        self.keys
+            .word32(base / 4 + 5)
+            .store(value, Ordering::Relaxed);
+        // Publishes the key: the program reads it through this slot.
+        self.buckets.word64(slot).store(
+            (u64::from(mark) << 32) | u64::from(index),
+            Ordering::Release,
+        );
+        Ok(true)
+    }
+}

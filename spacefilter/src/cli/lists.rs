@@ -1,0 +1,226 @@
+//! `block`, `unblock`, `allow`, `unallow` and `list`.
+
+use std::{
+    io::IsTerminal as _,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use clap::Args;
+
+use super::{Common, Failure, print_json, reply_failure, unexpected};
+use crate::{
+    api::{Changed, EntryView, Origin, Request, Response, client::Client},
+    net::{List, Prefix, bulk},
+};
+
+#[derive(Args)]
+pub(super) struct AddArgs {
+    /// Addresses or CIDR prefixes, e.g. 198.18.0.7 198.18.0.0/15 2001:2::/48.
+    #[arg(value_name = "PREFIX", required_unless_present = "file")]
+    prefixes: Vec<Prefix>,
+    /// Read prefixes from a file: one per line, `#` comments, blank lines
+    /// (FireHOL .netset/.ipset). All or nothing: one bad line rejects the
+    /// file.
+    #[arg(long, value_name = "PATH")]
+    file: Option<PathBuf>,
+    /// Remove the entries again after this long (e.g. 90s, 10m, 2h, 1d).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    ttl: Option<Duration>,
+    /// A note shown in `spacefilter list`.
+    #[arg(long)]
+    comment: Option<String>,
+    /// Go past the lockout guard (a /0, or a prefix covering this host's
+    /// own addresses or its gateway).
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+pub(super) struct RemoveArgs {
+    #[arg(value_name = "PREFIX", required_unless_present = "file")]
+    prefixes: Vec<Prefix>,
+    /// Read the prefixes to remove from a file (same format as `block --file`).
+    #[arg(long, value_name = "PATH")]
+    file: Option<PathBuf>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+pub(super) struct ListArgs {
+    /// Only the blocklist.
+    #[arg(long, conflicts_with = "allowed")]
+    blocked: bool,
+    /// Only the allowlist.
+    #[arg(long)]
+    allowed: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// The prefixes given on the command line and in `--file`.
+fn gather(prefixes: &[Prefix], file: Option<&Path>) -> Result<Vec<String>, Failure> {
+    let mut out: Vec<String> = prefixes.iter().map(ToString::to_string).collect();
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| Failure::bad_input(format!("cannot read {}: {err}", path.display())))?;
+        let listed = bulk::parse(&text).map_err(|err| {
+            Failure::bad_input(format!("{} {err}; nothing was changed", path.display()))
+        })?;
+        if listed.is_empty() && out.is_empty() {
+            return Err(Failure::bad_input(format!(
+                "{} holds no prefixes",
+                path.display()
+            )));
+        }
+        out.extend(listed.iter().map(ToString::to_string));
+    }
+    Ok(out)
+}
+
+fn report_changed(verb: &str, changed: Changed, json: bool) {
+    if json {
+        print_json(&changed);
+        return;
+    }
+    let Changed {
+        added,
+        updated,
+        removed,
+        unchanged,
+    } = changed;
+    let mut parts = Vec::new();
+    if added > 0 {
+        parts.push(format!("{added} added"));
+    }
+    if updated > 0 {
+        parts.push(format!("{updated} updated"));
+    }
+    if removed > 0 {
+        parts.push(format!("{removed} removed"));
+    }
+    if unchanged > 0 {
+        parts.push(format!("{unchanged} not there"));
+    }
+    println!("{verb}: {}", parts.join(", "));
+}
+
+pub(super) fn add(list: List, args: AddArgs) -> Result<(), Failure> {
+    let AddArgs {
+        prefixes,
+        file,
+        ttl,
+        comment,
+        force,
+        common: Common { socket, json },
+    } = args;
+    let origin = if file.is_some() {
+        Origin::File
+    } else {
+        Origin::Manual
+    };
+    let prefixes = gather(&prefixes, file.as_deref())?;
+    if ttl.is_some_and(|t| t.is_zero()) {
+        return Err(Failure::bad_input("--ttl must be longer than zero"));
+    }
+    let mut client = Client::connect(&socket)?;
+    let bar = indicatif::ProgressBar::new(0);
+    if !std::io::stderr().is_terminal() || json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({eta})")
+            .expect("valid template"),
+    );
+    bar.set_message(format!("{}ing", list.name()));
+    let response = client.call(
+        Request::Add {
+            list,
+            prefixes,
+            ttl_secs: ttl.map(|t| t.as_secs().max(1)),
+            comment,
+            origin,
+            force,
+        },
+        &mut |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        },
+    )?;
+    bar.finish_and_clear();
+    match response {
+        Response::Changed(changed) => {
+            report_changed(list.name(), changed, json);
+            Ok(())
+        }
+        Response::Error { kind, message } => Err(reply_failure(kind, message)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+pub(super) fn remove(list: List, args: RemoveArgs) -> Result<(), Failure> {
+    let RemoveArgs {
+        prefixes,
+        file,
+        common: Common { socket, json },
+    } = args;
+    let prefixes = gather(&prefixes, file.as_deref())?;
+    let mut client = Client::connect(&socket)?;
+    match client.call(Request::Remove { list, prefixes }, &mut |_, _| {})? {
+        Response::Changed(changed) => {
+            report_changed(&format!("un{}", list.name()), changed, json);
+            Ok(())
+        }
+        Response::Error { kind, message } => Err(reply_failure(kind, message)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+pub(super) fn format_ttl(secs: Option<u64>) -> String {
+    match secs {
+        None => "-".to_owned(),
+        Some(s) => humantime::format_duration(Duration::from_secs(s)).to_string(),
+    }
+}
+
+pub(super) fn list(args: &ListArgs) -> Result<(), Failure> {
+    let ListArgs {
+        blocked,
+        allowed,
+        common: Common { socket, json },
+    } = args;
+    let only = match (blocked, allowed) {
+        (true, _) => Some(List::Block),
+        (_, true) => Some(List::Allow),
+        _ => None,
+    };
+    let mut client = Client::connect(socket)?;
+    let entries: Vec<EntryView> = match client.call(Request::List { list: only }, &mut |_, _| {})? {
+        Response::Entries { entries } => entries,
+        Response::Error { kind, message } => return Err(reply_failure(kind, message)),
+        other => return Err(unexpected(&other)),
+    };
+    if *json {
+        print_json(&entries);
+        return Ok(());
+    }
+    println!(
+        "{:<43} {:<6} {:<7} {:>12} {:>14}  COMMENT",
+        "PREFIX", "LIST", "ORIGIN", "TTL", "HITS"
+    );
+    for e in &entries {
+        println!(
+            "{:<43} {:<6} {:<7} {:>12} {:>14}  {}",
+            e.prefix,
+            e.list.name(),
+            e.origin.name(),
+            format_ttl(e.expires_in_secs),
+            e.hits,
+            e.comment.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
+}

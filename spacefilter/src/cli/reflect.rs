@@ -1,0 +1,75 @@
+//! `reflect on | off | show | set`: the reflection guard's profile.
+
+use clap::{Args, Subcommand};
+
+use super::{
+    Common, Failure, StatusArgs,
+    limit::{apply_limits, current_limits},
+    parse::parse_port_range,
+};
+use crate::api::client::Client;
+
+#[derive(Args)]
+pub(super) struct ReflectArgs {
+    #[command(subcommand)]
+    action: ReflectAction,
+}
+
+#[derive(Subcommand)]
+enum ReflectAction {
+    /// Switch the reflection guard on (it is on by default).
+    On(StatusArgs),
+    /// Switch the reflection guard off.
+    Off(StatusArgs),
+    /// Show the reflection guard's profile.
+    Show(StatusArgs),
+    /// Edit the profile: which UDP source ports are reflectors, and which
+    /// of the host's ports are services.
+    Set(ReflectSetArgs),
+}
+
+#[derive(Args)]
+struct ReflectSetArgs {
+    /// Reflector source ports, e.g. 53,123,11211.
+    #[arg(long, value_delimiter = ',')]
+    sources: Option<Vec<u16>>,
+    /// The host's service ports, as ports and ranges: 443,5000-5100.
+    #[arg(long, value_delimiter = ',', value_parser = parse_port_range)]
+    service_ports: Option<Vec<(u16, u16)>>,
+    #[command(flatten)]
+    common: Common,
+}
+
+pub(super) fn reflect(args: ReflectArgs) -> Result<(), Failure> {
+    let (socket, json) = match &args.action {
+        ReflectAction::Set(ReflectSetArgs { common, .. })
+        | ReflectAction::On(StatusArgs { common })
+        | ReflectAction::Off(StatusArgs { common })
+        | ReflectAction::Show(StatusArgs { common }) => (common.socket.clone(), common.json),
+    };
+    let mut client = Client::connect(&socket)?;
+    let mut limits = current_limits(&mut client)?;
+    match args.action {
+        ReflectAction::On(_) => limits.reflect = true,
+        ReflectAction::Off(_) => limits.reflect = false,
+        ReflectAction::Show(_) => return apply_limits(&mut client, None, json),
+        ReflectAction::Set(ReflectSetArgs {
+            sources,
+            service_ports,
+            common: _,
+        }) => {
+            if sources.is_none() && service_ports.is_none() {
+                return Err(Failure::bad_input(
+                    "give --sources, --service-ports or both",
+                ));
+            }
+            if let Some(sources) = sources {
+                limits.reflect_sources = sources;
+            }
+            if let Some(ports) = service_ports {
+                limits.service_ports = ports;
+            }
+        }
+    }
+    apply_limits(&mut client, Some(limits), json)
+}

@@ -1,0 +1,172 @@
+//! The settings of `spacefilter run`: its TOML file (`--config`), merged
+//! with the command line, which wins where both speak, and checked before
+//! anything is loaded.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use spacefilter_common::{DEFAULT_BUCKETS, DEFAULT_CAPACITY, lookup::MAX_CAPACITY};
+
+use crate::{
+    bpf::sampler::{DEFAULT_SAMPLE_CAP, DEFAULT_SAMPLE_EVERY},
+    daemon::{self, AttachMode, MAX_SAMPLE_CAP, Sampling},
+    net::Prefix,
+    server::{self, metrics::is_private},
+};
+
+/// Where the daemon keeps its rules unless told otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/spacefilter";
+/// Where the daemon's control socket is unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/spacefilter/spacefilter.sock";
+
+/// Settings that cannot work, naming what to change: the caller's to fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+fn bad(message: impl Into<String>) -> ConfigError {
+    ConfigError(message.into())
+}
+
+/// The config file of `spacefilter run --config`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub interfaces: Vec<String>,
+    pub mode: Option<AttachMode>,
+    pub state_dir: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub socket_group: Option<String>,
+    pub capacity: Option<u32>,
+    pub max_sources: Option<u32>,
+    pub metrics: Option<SocketAddr>,
+    pub sample_every: Option<u32>,
+    pub sample_cap: Option<u32>,
+    #[serde(default)]
+    pub allow: Vec<Prefix>,
+    #[serde(default)]
+    pub block: Vec<Prefix>,
+}
+
+impl ConfigFile {
+    /// Reads and parses the file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| bad(format!("cannot read config {}: {err}", path.display())))?;
+        toml::from_str(&text).map_err(|err| bad(format!("config {}: {err}", path.display())))
+    }
+}
+
+/// What the command line says (`None`, or empty: not given).
+#[derive(Clone, Debug, Default)]
+pub struct CommandLine {
+    pub ifaces: Vec<String>,
+    pub mode: Option<AttachMode>,
+    pub state_dir: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub socket_group: Option<String>,
+    pub force: bool,
+    pub capacity: Option<u32>,
+    pub max_sources: Option<u32>,
+    pub metrics: Option<SocketAddr>,
+    pub metrics_public: bool,
+    pub sample_every: Option<u32>,
+    pub sample_cap: Option<u32>,
+}
+
+/// The merged settings: the daemon's core and its transports.
+#[derive(Clone, Debug)]
+pub struct RunSettings {
+    pub daemon: daemon::Settings,
+    pub server: server::Settings,
+}
+
+/// Merges the command line over the file (defaults where neither speaks),
+/// and refuses settings that cannot work.
+pub fn merge(cli: CommandLine, file: ConfigFile) -> Result<RunSettings, ConfigError> {
+    let CommandLine {
+        ifaces,
+        mode,
+        state_dir,
+        socket,
+        socket_group,
+        force,
+        capacity,
+        max_sources,
+        metrics,
+        metrics_public,
+        sample_every,
+        sample_cap,
+    } = cli;
+    let settings = RunSettings {
+        daemon: daemon::Settings {
+            ifaces: if ifaces.is_empty() {
+                file.interfaces
+            } else {
+                ifaces
+            },
+            mode: mode.or(file.mode).unwrap_or_default(),
+            state_dir: state_dir
+                .or(file.state_dir)
+                .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            force,
+            capacity: capacity.or(file.capacity).unwrap_or(DEFAULT_CAPACITY),
+            max_sources: max_sources.or(file.max_sources).unwrap_or(DEFAULT_BUCKETS),
+            sampling: Sampling {
+                every: sample_every
+                    .or(file.sample_every)
+                    .unwrap_or(DEFAULT_SAMPLE_EVERY),
+                cap: sample_cap.or(file.sample_cap).unwrap_or(DEFAULT_SAMPLE_CAP),
+            },
+            allow: file.allow,
+            block: file.block,
+        },
+        server: server::Settings {
+            socket: socket
+                .or(file.socket)
+                .unwrap_or_else(|| DEFAULT_SOCKET.into()),
+            socket_group: socket_group.or(file.socket_group),
+            metrics: metrics.or(file.metrics),
+        },
+    };
+    check(&settings, metrics_public)?;
+    Ok(settings)
+}
+
+/// Refuses settings that cannot work, naming what to change.
+fn check(settings: &RunSettings, metrics_public: bool) -> Result<(), ConfigError> {
+    let RunSettings { daemon, server } = settings;
+    if daemon.ifaces.is_empty() {
+        return Err(bad(
+            "no interface to attach to: give --iface IFACE (repeatable) or `interfaces` in --config",
+        ));
+    }
+    if daemon.capacity == 0 {
+        return Err(bad("--capacity must be at least 1"));
+    }
+    if daemon.capacity > MAX_CAPACITY {
+        return Err(bad(format!("--capacity can be at most {MAX_CAPACITY}")));
+    }
+    if let Some(addr) = server.metrics
+        && !metrics_public
+        && !is_private(&addr)
+    {
+        return Err(bad(format!(
+            "refusing to serve metrics on {addr}, which is not a loopback address: anyone who \
+             reaches it would see the filter's counters; add --metrics-public if that is meant"
+        )));
+    }
+    if daemon.sampling.cap == 0 || daemon.sampling.cap > MAX_SAMPLE_CAP {
+        return Err(bad(format!(
+            "--sample-cap must be 1 to {MAX_SAMPLE_CAP}; to sample nothing, use --sample-every 0"
+        )));
+    }
+    if daemon.max_sources < 16 {
+        return Err(bad("--max-sources must be at least 16"));
+    }
+    Ok(())
+}

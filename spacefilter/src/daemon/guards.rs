@@ -1,0 +1,267 @@
+//! The flood guards: their settings, the auto-blocks the program makes,
+//! and the spoofed-source fallback's switches.
+
+use std::{net::Ipv6Addr, time::Duration};
+
+use spacefilter_common::{Limits, limit_flags};
+
+use super::{Peer, Refusal, core::Core};
+use crate::{
+    api::{LimitsView, default_reflectors, default_service_ports},
+    bpf::{error_chain, limiter_prefix, monotonic_ns},
+    net::{List, Prefix},
+    store::{self, Meta, Op, Rule, now_ms},
+};
+
+impl Core {
+    /// Puts a new rate limit in force and records it.
+    pub(super) fn set_limits(
+        &mut self,
+        limits: LimitsView,
+        peer: Peer,
+    ) -> Result<LimitsView, Refusal> {
+        if let Some(problem) = limits.problem() {
+            return Err(Refusal::bad_input(problem));
+        }
+        self.filter
+            .limiter()
+            .set(kernel_limits(&limits))
+            .map_err(|err| Refusal::failed(error_chain(&err)))?;
+        let op = Op::Limits {
+            limits: record(&limits),
+        };
+        if let Err(err) = self.store.append(&op, &self.rules) {
+            let _ = self.filter.limiter().set(kernel_limits(&self.limits));
+            return Err(Refusal::failed(error_chain(&err)));
+        }
+        if limits.reflect_sources != self.limits.reflect_sources
+            || limits.service_ports != self.limits.service_ports
+        {
+            self.filter
+                .limiter()
+                .set_reflect_ports(&limits.reflect_sources, &limits.service_ports)
+                .map_err(|err| Refusal::failed(error_chain(&err)))?;
+        }
+        log::info!("flood guards set to {limits:?} asked by {peer}");
+        self.limits = limits.clone();
+        Ok(limits)
+    }
+
+    #[must_use]
+    pub(super) fn limits(&self) -> LimitsView {
+        self.limits.clone()
+    }
+
+    /// Records an auto-block the program made (from its event, or found in
+    /// its map), so that it is listed, persisted and expired like any rule.
+    pub(super) fn adopt_auto(&mut self, prefix: Prefix, until_ns: u64) {
+        let now_mono = monotonic_ns();
+        if until_ns <= now_mono || self.rules.contains_key(&(List::Auto, prefix)) {
+            return;
+        }
+        let now = now_ms();
+        let meta = Meta {
+            origin: store::Origin::Auto,
+            comment: Some("over its rate limit".to_owned()),
+            expires_at_ms: Some(now + (until_ns - now_mono) / 1_000_000),
+            added_at_ms: now,
+        };
+        let op = Op::Put {
+            rules: vec![Rule {
+                list: List::Auto,
+                prefix,
+                meta,
+            }],
+        };
+        op.apply(&mut self.rules);
+        self.auto_blocks += 1;
+        if let Err(err) = self.store.append(&op, &self.rules) {
+            log::error!(
+                "recording the auto-block of {prefix}: {}",
+                error_chain(&err)
+            );
+        }
+        log::warn!(
+            "auto-blocked {prefix} for {} (over its rate limit)",
+            humantime::format_duration(Duration::from_secs((until_ns - now_mono) / 1_000_000_000))
+        );
+    }
+
+    /// Adopts auto-blocks in the program's map that no event announced (a
+    /// full ring buffer drops events, never blocks).
+    pub(super) fn reconcile_auto(&mut self) {
+        let v6_prefix_len = u32::from(self.limits.v6_prefix_len);
+        for (key, block) in self.filter.limiter().auto_blocks() {
+            let v6 = Ipv6Addr::from(key).to_ipv4_mapped().is_none();
+            let prefix = limiter_prefix(key, v6_prefix_len, v6);
+            self.adopt_auto(prefix, block.until_ns);
+        }
+    }
+
+    /// Logs each switch to the spoofed-source fallback.
+    pub(super) fn report_spoof_fallback(&mut self) {
+        let Ok(state) = self.filter.limiter().spoof_state() else {
+            return;
+        };
+        if state.switches > self.spoof_switches {
+            log::warn!(
+                "spoofed-source flood: new sources arrive faster than {}/s; new sources now share \
+                 aggregate budgets of {}/s per destination port and per source prefix \
+                 (switch {} since start)",
+                self.limits.spoof_threshold,
+                self.limits.fallback_pps,
+                state.switches
+            );
+            self.spoof_switches = state.switches;
+        }
+    }
+}
+
+/// The kernel's form of a rate limit.
+pub(super) fn kernel_limits(view: &LimitsView) -> Limits {
+    let LimitsView {
+        enabled,
+        dry_run,
+        pps,
+        pps_burst,
+        bps,
+        bps_burst,
+        v6_prefix_len,
+        block_after_ms,
+        block_ttl_ms,
+        syn_pps,
+        syn_burst,
+        syn_global_pps,
+        syn_global_burst,
+        spoof_threshold,
+        fallback_pps,
+        fallback_burst,
+        reflect,
+        reflect_sources: _,
+        service_ports: _,
+    } = *view;
+    let mut flags = 0;
+    if enabled {
+        flags |= limit_flags::ENABLED;
+    }
+    if syn_pps > 0 || syn_global_pps > 0 {
+        flags |= limit_flags::SYN;
+    }
+    if reflect {
+        flags |= limit_flags::REFLECT;
+    }
+    if dry_run && flags != 0 {
+        flags |= limit_flags::DRY_RUN;
+    }
+    Limits {
+        flags,
+        v6_prefix_len: u32::from(v6_prefix_len),
+        pps,
+        pps_burst,
+        bps,
+        bps_burst,
+        block_after_ns: block_after_ms.saturating_mul(1_000_000),
+        block_ttl_ns: block_ttl_ms.saturating_mul(1_000_000),
+        syn_pps,
+        syn_burst,
+        syn_global_pps,
+        syn_global_burst,
+        spoof_threshold,
+        fallback_pps,
+        fallback_burst,
+    }
+}
+
+/// The guards' settings as the store keeps them.
+fn record(view: &LimitsView) -> store::Guards {
+    let LimitsView {
+        enabled,
+        dry_run,
+        pps,
+        pps_burst,
+        bps,
+        bps_burst,
+        v6_prefix_len,
+        block_after_ms,
+        block_ttl_ms,
+        syn_pps,
+        syn_burst,
+        syn_global_pps,
+        syn_global_burst,
+        spoof_threshold,
+        fallback_pps,
+        fallback_burst,
+        reflect,
+        ref reflect_sources,
+        ref service_ports,
+    } = *view;
+    store::Guards {
+        enabled,
+        dry_run,
+        pps,
+        pps_burst,
+        bps,
+        bps_burst,
+        v6_prefix_len: Some(v6_prefix_len),
+        block_after_ms,
+        block_ttl_ms,
+        syn_pps,
+        syn_burst,
+        syn_global_pps,
+        syn_global_burst,
+        spoof_threshold,
+        fallback_pps,
+        fallback_burst,
+        reflect: Some(reflect),
+        reflect_sources: Some(reflect_sources.clone()),
+        service_ports: Some(service_ports.clone()),
+    }
+}
+
+/// Stored settings as the protocol shows them; what an older file lacks
+/// takes its default.
+pub(super) fn view(stored: store::Guards) -> LimitsView {
+    let store::Guards {
+        enabled,
+        dry_run,
+        pps,
+        pps_burst,
+        bps,
+        bps_burst,
+        v6_prefix_len,
+        block_after_ms,
+        block_ttl_ms,
+        syn_pps,
+        syn_burst,
+        syn_global_pps,
+        syn_global_burst,
+        spoof_threshold,
+        fallback_pps,
+        fallback_burst,
+        reflect,
+        reflect_sources,
+        service_ports,
+    } = stored;
+    let defaults = LimitsView::default();
+    LimitsView {
+        enabled,
+        dry_run,
+        pps,
+        pps_burst,
+        bps,
+        bps_burst,
+        v6_prefix_len: v6_prefix_len.unwrap_or(defaults.v6_prefix_len),
+        block_after_ms,
+        block_ttl_ms,
+        syn_pps,
+        syn_burst,
+        syn_global_pps,
+        syn_global_burst,
+        spoof_threshold,
+        fallback_pps,
+        fallback_burst,
+        reflect: reflect.unwrap_or(defaults.reflect),
+        reflect_sources: reflect_sources.unwrap_or_else(default_reflectors),
+        service_ports: service_ports.unwrap_or_else(default_service_ports),
+    }
+}

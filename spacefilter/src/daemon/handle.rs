@@ -1,0 +1,134 @@
+//! The handle the transports hold: every request a client can make, as a
+//! method. Each takes the core's lock for its own length; the lock is a
+//! plain mutex, so callers on async threads run these through
+//! `spawn_blocking`.
+
+use std::{
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use tokio::sync::broadcast;
+
+use super::{
+    AddRequest, MetricsSnapshot, Peer, Refusal,
+    core::{Core, Shared},
+};
+use crate::{
+    api::{
+        Changed, EntryView, HeaderRuleView, LimitsView, ObserveView, SampleView, StatusView,
+        TopView,
+    },
+    bpf::Counters,
+    net::List,
+};
+
+/// A handle on the running daemon's core.
+#[derive(Clone)]
+pub struct Handle(Shared);
+
+impl Handle {
+    pub(super) fn new(core: Arc<Mutex<Core>>) -> Self {
+        Self(core)
+    }
+
+    /// Locks the core; a panic while it was held leaves the maps and the
+    /// rules as they were at the panic, which is still the best state there
+    /// is.
+    pub(super) fn lock(&self) -> MutexGuard<'_, Core> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds or updates entries, all or nothing; `progress` hears (done,
+    /// total) as kernel entries are written.
+    pub fn add(
+        &self,
+        req: AddRequest,
+        peer: Peer,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Changed, Refusal> {
+        self.lock().add(req, peer, progress)
+    }
+
+    pub fn remove(&self, list: List, prefixes: &[String], peer: Peer) -> Result<Changed, Refusal> {
+        self.lock().remove(list, prefixes, peer)
+    }
+
+    pub fn entries(&self, only: Option<List>) -> Result<Vec<EntryView>, Refusal> {
+        self.lock().entries(only)
+    }
+
+    pub fn counters(&self) -> Result<Counters, Refusal> {
+        self.lock().counters()
+    }
+
+    #[must_use]
+    pub fn status(&self) -> StatusView {
+        self.lock().status()
+    }
+
+    pub fn set_limits(&self, limits: LimitsView, peer: Peer) -> Result<LimitsView, Refusal> {
+        self.lock().set_limits(limits, peer)
+    }
+
+    #[must_use]
+    pub fn limits(&self) -> LimitsView {
+        self.lock().limits()
+    }
+
+    pub fn add_rule(
+        &self,
+        rule: HeaderRuleView,
+        force: bool,
+        peer: Peer,
+    ) -> Result<Vec<HeaderRuleView>, Refusal> {
+        self.lock().add_rule(rule, force, peer)
+    }
+
+    pub fn del_rule(&self, id: u32, peer: Peer) -> Result<Vec<HeaderRuleView>, Refusal> {
+        self.lock().del_rule(id, peer)
+    }
+
+    pub fn header_rules(&self) -> Result<Vec<HeaderRuleView>, Refusal> {
+        self.lock().header_rules()
+    }
+
+    #[must_use]
+    pub fn observe(&self) -> ObserveView {
+        self.lock().observe()
+    }
+
+    pub fn set_observe(
+        &self,
+        change: (Option<u32>, Option<u32>, Option<bool>),
+        peer: Peer,
+    ) -> Result<ObserveView, Refusal> {
+        self.lock().set_observe(change, peer)
+    }
+
+    /// A `top` snapshot: `rates` are the counters' change over `elapsed`.
+    #[must_use]
+    pub fn top(&self, limit: usize, rates: &Counters, elapsed: Duration) -> TopView {
+        self.lock().top(limit, rates, elapsed)
+    }
+
+    /// A feed of described samples, and the sampling rate in force (0:
+    /// sampling is off).
+    #[must_use]
+    pub fn subscribe_samples(&self) -> (broadcast::Receiver<Arc<SampleView>>, u32) {
+        let mut core = self.lock();
+        (core.subscribe_samples(), core.observe().sample_every)
+    }
+
+    /// What a metrics scrape shows; `None` if the maps cannot be read.
+    #[must_use]
+    pub fn metrics(&self) -> Option<MetricsSnapshot> {
+        self.lock().metrics()
+    }
+
+    pub(super) fn detach_all(&self) {
+        self.lock().detach_all();
+    }
+}

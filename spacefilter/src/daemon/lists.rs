@@ -1,0 +1,316 @@
+//! The allow and block lists and the auto-blocks: add, remove, expire,
+//! list. Every accepted change is journaled before the client hears back.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
+
+use super::{
+    AddRequest, Peer, Refusal,
+    core::{Core, describe, parse_all},
+};
+use crate::{
+    api::{Changed, EntryView, Origin},
+    bpf::error_chain,
+    net::{List, Prefix, lockout},
+    store::{self, Meta, Op, Rule, now_ms},
+};
+
+/// Entries written to the maps between two progress reports.
+const INSERT_CHUNK: usize = 16 * 1024;
+
+/// An origin as the store keeps it.
+pub(super) fn stored(origin: Origin) -> store::Origin {
+    match origin {
+        Origin::Manual => store::Origin::Manual,
+        Origin::File => store::Origin::File,
+        Origin::Config => store::Origin::Config,
+        Origin::Auto => store::Origin::Auto,
+    }
+}
+
+/// A stored origin as the protocol shows it.
+fn shown(origin: store::Origin) -> Origin {
+    match origin {
+        store::Origin::Manual => Origin::Manual,
+        store::Origin::File => Origin::File,
+        store::Origin::Config => Origin::Config,
+        store::Origin::Auto => Origin::Auto,
+    }
+}
+
+impl Core {
+    /// Adds or updates entries, all or nothing. `progress` is called with
+    /// (done, total) as kernel entries are written.
+    pub(super) fn add(
+        &mut self,
+        req: AddRequest,
+        peer: Peer,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Changed, Refusal> {
+        let AddRequest {
+            list,
+            prefixes,
+            ttl,
+            comment,
+            origin,
+            force,
+        } = req;
+        if list == List::Auto {
+            return Err(Refusal::bad_input(
+                "auto entries are made by the rate limiter; block or allow the prefix instead",
+            ));
+        }
+        let prefixes = parse_all(&prefixes)?;
+        if let Some(text) = &comment
+            && (text.len() > 256 || text.contains('\n'))
+        {
+            return Err(Refusal::bad_input(
+                "a comment is one line of at most 256 bytes",
+            ));
+        }
+        if !force {
+            let protected = lockout::protected_addresses(&self.ifaces);
+            if let Some(why) = prefixes
+                .iter()
+                .find_map(|&p| lockout::objection(list, p, &protected))
+            {
+                return Err(Refusal::refused(why));
+            }
+        }
+        let now = now_ms();
+        let expires_at_ms =
+            ttl.map(|ttl| now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)));
+        let new: Vec<Prefix> = prefixes
+            .iter()
+            .copied()
+            .filter(|p| !self.rules.contains_key(&(list, *p)))
+            .collect();
+        if new.len() > self.filter.lists().free() {
+            return Err(Refusal::failed(format!(
+                "{} new entries do not fit: room is left for {} (capacity {}); remove entries or restart with a larger --capacity",
+                new.len(),
+                self.filter.lists().free(),
+                self.capacity
+            )));
+        }
+        let total = new.len() as u64;
+        let mut done = 0;
+        for chunk in new.chunks(INSERT_CHUNK) {
+            if let Err(err) = self.filter.lists().insert_many(list, chunk) {
+                let _ = self.filter.lists().remove_many(list, &new[..done]);
+                return Err(Refusal::failed(error_chain(&err)));
+            }
+            done += chunk.len();
+            progress(done as u64, total);
+        }
+        self.commit_put(
+            list,
+            &prefixes,
+            &new,
+            comment.as_ref(),
+            origin,
+            expires_at_ms,
+            now,
+        )?;
+        let changed = Changed {
+            added: total,
+            updated: prefixes.len() as u64 - total,
+            removed: 0,
+            unchanged: 0,
+        };
+        log::info!(
+            "{} {} ({} new, {} updated{}{}, origin {}) asked by {peer}",
+            list.name(),
+            describe(&prefixes),
+            changed.added,
+            changed.updated,
+            ttl.map(|t| format!(", ttl {}", humantime::format_duration(t)))
+                .unwrap_or_default(),
+            comment
+                .as_deref()
+                .map(|c| format!(", comment {c:?}"))
+                .unwrap_or_default(),
+            origin.name(),
+        );
+        Ok(changed)
+    }
+
+    /// Records added or updated rules in memory and on disk; if the disk
+    /// write fails, undoes both that and the kernel entries in `new`, so
+    /// that what the kernel enforces is what the disk says.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site, all parts of one rule"
+    )]
+    fn commit_put(
+        &mut self,
+        list: List,
+        prefixes: &[Prefix],
+        new: &[Prefix],
+        comment: Option<&String>,
+        origin: Origin,
+        expires_at_ms: Option<u64>,
+        now: u64,
+    ) -> Result<(), Refusal> {
+        let put: Vec<Rule> = prefixes
+            .iter()
+            .map(|&prefix| {
+                let existing = self.rules.get(&(list, prefix));
+                Rule {
+                    list,
+                    prefix,
+                    meta: Meta {
+                        origin: stored(origin),
+                        // A repeated add keeps the comment unless it brings one.
+                        comment: comment
+                            .cloned()
+                            .or_else(|| existing.and_then(|m| m.comment.clone())),
+                        expires_at_ms,
+                        added_at_ms: existing.map_or(now, |m| m.added_at_ms),
+                    },
+                }
+            })
+            .collect();
+        let previous: Vec<Option<Meta>> = put
+            .iter()
+            .map(|r| self.rules.get(&(r.list, r.prefix)).cloned())
+            .collect();
+        let op = Op::Put { rules: put };
+        op.apply(&mut self.rules);
+        if let Err(err) = self.store.append(&op, &self.rules) {
+            for (&prefix, before) in prefixes.iter().zip(previous) {
+                match before {
+                    Some(meta) => self.rules.insert((list, prefix), meta),
+                    None => self.rules.remove(&(list, prefix)),
+                };
+            }
+            let _ = self.filter.lists().remove_many(list, new);
+            return Err(Refusal::failed(error_chain(&err)));
+        }
+        Ok(())
+    }
+
+    /// Removes entries; prefixes that are not there are counted as
+    /// unchanged.
+    pub(super) fn remove(
+        &mut self,
+        list: List,
+        prefixes: &[String],
+        peer: Peer,
+    ) -> Result<Changed, Refusal> {
+        let prefixes = parse_all(prefixes)?;
+        // Unblocking also lifts the rate limiter's auto-blocks.
+        let lists: &[List] = match list {
+            List::Block => &[List::Block, List::Auto],
+            other => &[other],
+        };
+        let mut removed = BTreeSet::new();
+        for &list in lists {
+            let present: Vec<Prefix> = prefixes
+                .iter()
+                .copied()
+                .filter(|p| self.rules.contains_key(&(list, *p)))
+                .collect();
+            if !present.is_empty() {
+                self.delete(list, &present, &format!("asked by {peer}"))?;
+                removed.extend(present);
+            }
+        }
+        Ok(Changed {
+            removed: removed.len() as u64,
+            unchanged: (prefixes.len() - removed.len()) as u64,
+            ..Changed::default()
+        })
+    }
+
+    /// Takes `prefixes` (all present) off `list`: journal first, then the
+    /// maps, so that a crash in between re-applies the removal on restart.
+    fn delete(&mut self, list: List, prefixes: &[Prefix], why: &str) -> Result<(), Refusal> {
+        let op = Op::Delete {
+            list,
+            prefixes: prefixes.to_vec(),
+        };
+        let removed: Vec<(Prefix, Meta)> = prefixes
+            .iter()
+            .filter_map(|&p| self.rules.remove(&(list, p)).map(|meta| (p, meta)))
+            .collect();
+        if let Err(err) = self.store.append(&op, &self.rules) {
+            for (prefix, meta) in removed {
+                self.rules.insert((list, prefix), meta);
+            }
+            return Err(Refusal::failed(error_chain(&err)));
+        }
+        if list == List::Auto {
+            for &prefix in prefixes {
+                self.filter
+                    .limiter()
+                    .remove_auto(prefix)
+                    .map_err(|err| Refusal::failed(error_chain(&err)))?;
+            }
+        } else {
+            self.filter
+                .lists()
+                .remove_many(list, prefixes)
+                .map_err(|err| Refusal::failed(error_chain(&err)))?;
+        }
+        log::info!("un{} {} {why}", list.name(), describe(prefixes));
+        Ok(())
+    }
+
+    /// Removes every entry whose TTL has run out.
+    pub(super) fn expire(&mut self) {
+        let now = now_ms();
+        let mut due: BTreeMap<List, Vec<Prefix>> = BTreeMap::new();
+        for (&(list, prefix), meta) in &self.rules {
+            if meta.expires_at_ms.is_some_and(|at| at <= now) {
+                due.entry(list).or_default().push(prefix);
+            }
+        }
+        for (list, prefixes) in due {
+            if let Err(err) = self.delete(list, &prefixes, "(expired)") {
+                log::error!("expiring {} entries failed: {}", list.name(), err.message);
+            }
+        }
+    }
+
+    /// The time until the next entry expires.
+    #[must_use]
+    pub(super) fn next_expiry(&self) -> Option<Duration> {
+        let now = now_ms();
+        self.rules.values().filter_map(|m| m.remaining(now)).min()
+    }
+
+    pub(super) fn entries(&mut self, only: Option<List>) -> Result<Vec<EntryView>, Refusal> {
+        let now = now_ms();
+        let entries = self
+            .rules
+            .iter()
+            .filter(|((list, _), _)| only.is_none_or(|l| l == *list))
+            .map(|(&(list, prefix), meta)| (list, prefix, meta.clone()))
+            .collect::<Vec<_>>();
+        entries
+            .into_iter()
+            .map(|(list, prefix, meta)| {
+                let hits = if list == List::Auto {
+                    self.filter.limiter().auto_hits(prefix)
+                } else {
+                    self.filter
+                        .lists()
+                        .hits_of(list, prefix)
+                        .map_err(|err| Refusal::failed(error_chain(&err)))?
+                        .unwrap_or(0)
+                };
+                Ok(EntryView {
+                    list,
+                    prefix: prefix.to_string(),
+                    origin: shown(meta.origin),
+                    comment: meta.comment.clone(),
+                    expires_in_secs: meta.remaining(now).map(|d| d.as_secs()),
+                    hits,
+                })
+            })
+            .collect()
+    }
+}

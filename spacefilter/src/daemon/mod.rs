@@ -1,0 +1,127 @@
+//! The daemon: owns the program, the maps and the state directory, and
+//! carries out what clients ask. Every accepted change is journaled before
+//! the client hears back.
+//!
+//! [`run`] is the composition root: it starts the core ([`start`]), hands
+//! a [`Handle`] to the transports it is given (the control socket and the
+//! metrics endpoint live in [`crate::server`], which this module does not
+//! know), spawns the background [`tasks`], waits for a signal and shuts
+//! everything down in order. The core's state is split by concern:
+//! [`lists`], [`guards`], [`header_rules`], [`observability`].
+
+mod core;
+mod guards;
+mod handle;
+mod header_rules;
+mod lists;
+mod observability;
+mod start;
+mod tasks;
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use tokio::{signal::unix::SignalKind, sync::watch, task::JoinHandle};
+
+pub use self::{
+    core::{AddRequest, Peer, Refusal},
+    handle::Handle,
+    observability::{MetricsSnapshot, stats_view},
+};
+pub use crate::bpf::{AttachMode, Counters, Sampling};
+use crate::net::Prefix;
+
+/// The highest sample cap accepted: far beyond what a terminal or a pcap
+/// wants, well below what would load the daemon.
+pub const MAX_SAMPLE_CAP: u32 = 100_000;
+
+/// What the core needs to start, after merging the config file and the
+/// command line (the transports have settings of their own).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub ifaces: Vec<String>,
+    pub mode: AttachMode,
+    pub state_dir: PathBuf,
+    pub force: bool,
+    pub capacity: u32,
+    /// Sources the rate limiter tracks at once.
+    pub max_sources: u32,
+    /// Drop sampling at start (`spacefilter sample` changes it at runtime).
+    pub sampling: Sampling,
+    /// Entries from the config file, added on start if absent.
+    pub allow: Vec<Prefix>,
+    pub block: Vec<Prefix>,
+}
+
+/// Turns true when the daemon stops; every task watches it.
+pub type Stop = watch::Receiver<bool>;
+
+/// The transports serving a running daemon.
+pub struct Transports {
+    /// Their tasks, which end once [`Stop`] turns true.
+    pub tasks: Vec<JoinHandle<()>>,
+    /// Runs last, after the program is detached (the control socket's
+    /// file goes then, so that whoever waits for it to go finds the
+    /// interfaces free).
+    pub cleanup: Box<dyn FnOnce() + Send>,
+}
+
+/// Runs the daemon until SIGINT or SIGTERM: starts the core, starts the
+/// transports that `serve` makes from a handle on it, and on a signal
+/// stops them and the background tasks, then detaches.
+pub async fn run(
+    settings: Settings,
+    serve: impl FnOnce(Handle, Stop) -> anyhow::Result<Transports>,
+) -> anyhow::Result<()> {
+    let mut core = start::start(settings)?;
+    let events = core.filter.take_events();
+    let samples = core.filter.take_samples();
+    let kernel_log = core.filter.take_kernel_log();
+    let handle = Handle::new(Arc::new(Mutex::new(core)));
+    let (stop_tx, stop) = watch::channel(false);
+    let transports = match serve(handle.clone(), stop.clone()) {
+        Ok(transports) => transports,
+        Err(err) => {
+            handle.detach_all();
+            return Err(err);
+        }
+    };
+    let mut background = vec![tokio::spawn(tasks::expire_loop(
+        handle.clone(),
+        stop.clone(),
+    ))];
+    if let Some(ring) = events {
+        background.push(tokio::spawn(tasks::auto_block_events(
+            ring,
+            handle.clone(),
+            stop.clone(),
+        )));
+    }
+    if let Some(ring) = samples {
+        background.push(tokio::spawn(tasks::read_samples(
+            ring,
+            handle.clone(),
+            stop.clone(),
+        )));
+    }
+    if let Some(reader) = kernel_log {
+        background.push(tokio::spawn(tasks::drain_kernel_log(reader, stop.clone())));
+    }
+
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => log::info!("SIGTERM: shutting down"),
+        _ = int.recv() => log::info!("SIGINT: shutting down"),
+    }
+    let _ = stop_tx.send(true);
+    let Transports { tasks, cleanup } = transports;
+    for task in tasks.into_iter().chain(background) {
+        let _ = task.await;
+    }
+    handle.detach_all();
+    cleanup();
+    Ok(())
+}

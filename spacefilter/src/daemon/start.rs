@@ -1,0 +1,187 @@
+//! Start: claim the interfaces, open the store, load the program, restore
+//! what the store holds, add the config file's entries, attach.
+
+use std::time::Instant;
+
+use anyhow::Context as _;
+
+use super::{
+    AddRequest, Peer, Settings,
+    core::Core,
+    guards::{self, kernel_limits},
+    header_rules::{self, kernel_rule},
+};
+use crate::{
+    api::{LimitsView, Origin},
+    bpf::{AttachMode, Filter, LoadOptions, error_chain, monotonic_ns},
+    net::{List, Prefix, iface},
+    store::{Rules, StateError, Store, now_ms},
+    telemetry::sampling::Samples,
+};
+
+/// Puts the rules and the rate limit from the state directory into the
+/// freshly loaded program; returns the rate limit.
+fn restore(
+    filter: &mut Filter,
+    rules: &Rules,
+    store: &Store,
+    now: u64,
+) -> anyhow::Result<LimitsView> {
+    for list in [List::Allow, List::Block] {
+        let prefixes: Vec<Prefix> = rules
+            .keys()
+            .filter(|(l, _)| *l == list)
+            .map(|&(_, p)| p)
+            .collect();
+        filter
+            .lists()
+            .insert_many(list, &prefixes)
+            .with_context(|| format!("restoring the {}list", list.name()))?;
+    }
+    let limits = store
+        .limits()
+        .map_or_else(LimitsView::default, guards::view);
+    filter
+        .limiter()
+        .set_reflect_ports(&limits.reflect_sources, &limits.service_ports)
+        .context("setting the reflection guard's ports")?;
+    filter
+        .limiter()
+        .set(kernel_limits(&limits))
+        .context("restoring the flood guards")?;
+    let mono = monotonic_ns();
+    for (&(list, prefix), meta) in rules {
+        if list == List::Auto
+            && let Some(left) = meta.remaining(now)
+        {
+            let left_ns = u64::try_from(left.as_nanos()).unwrap_or(u64::MAX);
+            filter
+                .limiter()
+                .insert_auto(prefix, mono.saturating_add(left_ns))
+                .context("restoring auto-blocks")?;
+        }
+    }
+    Ok(limits)
+}
+
+/// Adds the config file's entries that the state does not hold yet.
+fn add_config_entries(
+    core: &mut Core,
+    (allow, block): (Vec<Prefix>, Vec<Prefix>),
+    force: bool,
+) -> anyhow::Result<()> {
+    let system = Peer {
+        uid: nix::unistd::geteuid().as_raw(),
+        pid: Some(std::process::id().cast_signed()),
+    };
+    for (list, prefixes) in [(List::Allow, allow), (List::Block, block)] {
+        let missing: Vec<String> = prefixes
+            .iter()
+            .filter(|p| !core.rules.contains_key(&(list, **p)))
+            .map(ToString::to_string)
+            .collect();
+        if missing.is_empty() {
+            continue;
+        }
+        core.add(
+            AddRequest {
+                list,
+                prefixes: missing,
+                ttl: None,
+                comment: None,
+                origin: Origin::Config,
+                force,
+            },
+            system,
+            &mut |_, _| {},
+        )
+        .map_err(|r| anyhow::anyhow!("config {}list: {}", list.name(), r.message))?;
+    }
+    Ok(())
+}
+
+/// Claims the interfaces, opens the state directory, loads the program,
+/// restores the rules, adds the config file's entries and attaches.
+pub(super) fn start(settings: Settings) -> anyhow::Result<Core> {
+    let Settings {
+        ifaces,
+        mode,
+        state_dir,
+        force,
+        capacity,
+        max_sources,
+        sampling,
+        allow,
+        block,
+    } = settings;
+    for iface in &ifaces {
+        iface::claim(iface, force)?;
+    }
+    let (store, mut rules) = Store::open(&state_dir)
+        .map_err(|err: StateError| anyhow::anyhow!("{}", error_chain(&err)))?;
+    let now = now_ms();
+    rules.retain(|_, meta| meta.expires_at_ms.is_none_or(|at| at > now));
+
+    let mut filter = Filter::load(LoadOptions {
+        capacity,
+        buckets: max_sources,
+        hash_seed: None,
+    })
+    .context("loading the XDP program")?;
+    filter
+        .observer()
+        .set_sampling(sampling)
+        .context("setting up drop sampling")?;
+    let limits = restore(&mut filter, &rules, &store, now)?;
+    let header_rules: Vec<_> = store
+        .header_rules()
+        .into_iter()
+        .map(header_rules::view)
+        .collect();
+    filter
+        .header_rules()
+        .set(
+            &header_rules
+                .iter()
+                .map(|r| (kernel_rule(r), 0))
+                .collect::<Vec<_>>(),
+        )
+        .context("restoring the header rules")?;
+    log::info!(
+        "restored {} rules from {}",
+        rules.len(),
+        state_dir.display()
+    );
+    let program_id = filter.program_id().unwrap_or(0);
+    let mut core = Core {
+        filter,
+        rules,
+        store,
+        limits,
+        spoof_switches: 0,
+        header_rules,
+        ifaces: ifaces.clone(),
+        started: Instant::now(),
+        capacity,
+        max_sources,
+        program_id,
+        samples: Samples::default(),
+        auto_blocks: 0,
+    };
+    add_config_entries(&mut core, (allow, block), force)?;
+    for iface in &ifaces {
+        match core.filter.attach(iface, mode) {
+            Ok(used) => {
+                if mode == AttachMode::Auto && used == AttachMode::Skb {
+                    log::warn!("{iface}: the driver has no native XDP; attached in skb mode");
+                }
+                log::info!("attached to {iface} in {} mode", used.name());
+            }
+            Err(err) => {
+                core.detach_all();
+                return Err(anyhow::anyhow!("{}", error_chain(&err)));
+            }
+        }
+    }
+    Ok(core)
+}

@@ -1,0 +1,14 @@
+//! The network's terms as the rest of the crate speaks them: prefixes and
+//! the lists they are on, bulk list files, the lockout guard (this host's
+//! own addresses) and the interfaces to attach to.
+
+pub mod bulk;
+pub mod iface;
+pub mod list;
+pub mod lockout;
+pub mod prefix;
+
+pub use self::{
+    list::List,
+    prefix::{Prefix, PrefixError},
+};

@@ -1,0 +1,177 @@
+//! The records the state directory holds, in types of its own: the control
+//! protocol can change without changing what is on disk, and a file
+//! written by an older spacefilter stays readable. A field added later is
+//! optional here, and whoever reads the record fills in its default.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use crate::net::{List, Prefix};
+
+/// Where an entry came from, as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    Manual,
+    File,
+    Config,
+    Auto,
+}
+
+/// What the daemon knows of a rule beyond its prefix.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    pub origin: Origin,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    /// Milliseconds since the Unix epoch; none for a permanent rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+    pub added_at_ms: u64,
+}
+
+impl Meta {
+    /// Time left before the rule expires, or `None` if it never does.
+    #[must_use]
+    pub fn remaining(&self, now_ms: u64) -> Option<Duration> {
+        self.expires_at_ms
+            .map(|at| Duration::from_millis(at.saturating_sub(now_ms)))
+    }
+}
+
+/// One rule as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rule {
+    pub list: List,
+    pub prefix: Prefix,
+    #[serde(flatten)]
+    pub meta: Meta,
+}
+
+/// Every rule, by list and prefix.
+pub type Rules = BTreeMap<(List, Prefix), Meta>;
+
+/// The flood guards' settings as stored. The fields that came after the
+/// first format are optional: absent, they take their defaults.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guards {
+    pub enabled: bool,
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default)]
+    pub pps: u64,
+    #[serde(default)]
+    pub pps_burst: u64,
+    #[serde(default)]
+    pub bps: u64,
+    #[serde(default)]
+    pub bps_burst: u64,
+    #[serde(default)]
+    pub v6_prefix_len: Option<u8>,
+    #[serde(default)]
+    pub block_after_ms: u64,
+    #[serde(default)]
+    pub block_ttl_ms: u64,
+    #[serde(default)]
+    pub syn_pps: u64,
+    #[serde(default)]
+    pub syn_burst: u64,
+    #[serde(default)]
+    pub syn_global_pps: u64,
+    #[serde(default)]
+    pub syn_global_burst: u64,
+    #[serde(default)]
+    pub spoof_threshold: u64,
+    #[serde(default)]
+    pub fallback_pps: u64,
+    #[serde(default)]
+    pub fallback_burst: u64,
+    #[serde(default)]
+    pub reflect: Option<bool>,
+    #[serde(default)]
+    pub reflect_sources: Option<Vec<u16>>,
+    #[serde(default)]
+    pub service_ports: Option<Vec<(u16, u16)>>,
+}
+
+/// What a header rule does, as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Drop,
+    Pass,
+    Limit,
+}
+
+/// A rule on headers as stored (its hit count is the kernel's, and is not
+/// kept).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeaderRule {
+    #[serde(default)]
+    pub id: u32,
+    pub action: Option<Action>,
+    #[serde(default)]
+    pub proto: Option<u8>,
+    #[serde(default)]
+    pub dst_ports: Option<(u16, u16)>,
+    #[serde(default)]
+    pub src_ports: Option<(u16, u16)>,
+    #[serde(default)]
+    pub tcp_flags: Option<(u8, u8)>,
+    #[serde(default)]
+    pub length: Option<(u16, u16)>,
+    #[serde(default)]
+    pub pps: u64,
+    #[serde(default)]
+    pub burst: u64,
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default)]
+    pub comment: Option<String>,
+}
+
+/// One change, as journaled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// Add or replace these rules.
+    Put { rules: Vec<Rule> },
+    /// Remove these prefixes from a list.
+    Delete { list: List, prefixes: Vec<Prefix> },
+    /// Replace the flood guards' settings.
+    Limits { limits: Guards },
+    /// Replace the rules on headers.
+    HeaderRules { rules: Vec<HeaderRule> },
+}
+
+impl Op {
+    /// Applies a `Put` or a `Delete` to `rules` (the other ops hold no
+    /// rules).
+    pub fn apply(&self, rules: &mut Rules) {
+        match self {
+            Op::Put { rules: put } => {
+                for rule in put {
+                    rules.insert((rule.list, rule.prefix), rule.meta.clone());
+                }
+            }
+            Op::Delete { list, prefixes } => {
+                for prefix in prefixes {
+                    rules.remove(&(*list, *prefix));
+                }
+            }
+            Op::Limits { .. } | Op::HeaderRules { .. } => {}
+        }
+    }
+}
+
+/// Every rule, and the last settings, as of one moment.
+#[derive(Serialize, Deserialize)]
+pub(super) struct Snapshot {
+    pub(super) version: u32,
+    pub(super) rules: Vec<Rule>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) limits: Option<Guards>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) header_rules: Vec<HeaderRule>,
+}

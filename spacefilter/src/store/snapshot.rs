@@ -1,0 +1,63 @@
+//! The snapshot: every rule and the last settings, replaced atomically
+//! (write a temporary file, fsync it, rename it over the old one, fsync the
+//! directory).
+
+use std::{
+    fs::{self, File},
+    io::{self, BufReader, BufWriter},
+    path::Path,
+};
+
+use super::{FORMAT_VERSION, Guards, HeaderRule, Rules, StateError, io_err, records::Snapshot};
+
+/// The rules, the guards' settings and the header rules of the snapshot at
+/// `snapshot_path` (nothing, if there is none yet).
+pub(super) fn read(
+    snapshot_path: &Path,
+) -> Result<(Rules, Option<Guards>, Vec<HeaderRule>), StateError> {
+    let mut rules = Rules::new();
+    match File::open(snapshot_path) {
+        Ok(file) => {
+            let snapshot: Snapshot =
+                serde_json::from_reader(BufReader::new(file)).map_err(|err| {
+                    StateError::Corrupt {
+                        path: snapshot_path.to_path_buf(),
+                        line: err.line(),
+                        message: err.to_string(),
+                    }
+                })?;
+            if snapshot.version != FORMAT_VERSION {
+                return Err(StateError::Version {
+                    path: snapshot_path.to_path_buf(),
+                    found: snapshot.version,
+                });
+            }
+            for rule in snapshot.rules {
+                rules.insert((rule.list, rule.prefix), rule.meta);
+            }
+            Ok((rules, snapshot.limits, snapshot.header_rules))
+        }
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok((rules, None, Vec::new())),
+        Err(err) => Err(io_err(snapshot_path, "reading")(err)),
+    }
+}
+
+/// Replaces the snapshot `name` in `dir` with `snapshot`, durably.
+pub(super) fn write(dir: &Path, name: &str, snapshot: &Snapshot) -> Result<(), StateError> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    {
+        let file = File::create(&tmp).map_err(io_err(&tmp, "creating"))?;
+        let mut out = BufWriter::new(file);
+        serde_json::to_writer(&mut out, snapshot)
+            .map_err(|e| io_err(&tmp, "writing")(io::Error::other(e)))?;
+        let file = out
+            .into_inner()
+            .map_err(|e| io_err(&tmp, "writing")(e.into_error()))?;
+        file.sync_all().map_err(io_err(&tmp, "fsync"))?;
+    }
+    fs::rename(&tmp, &path).map_err(io_err(&path, "renaming the new snapshot into place"))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir, "fsync"))
+}
