@@ -1,6 +1,10 @@
 //! The settings of `spacefilter run`: its TOML file (`--config`), merged
 //! with the command line, which wins where both speak, and checked before
 //! anything is loaded.
+#![expect(
+    clippy::doc_markdown,
+    reason = "doc comments on the command line are clap's help text, read in a terminal"
+)]
 
 use std::{
     net::SocketAddr,
@@ -11,8 +15,9 @@ use serde::Deserialize;
 use spacefilter_common::{DEFAULT_BUCKETS, DEFAULT_CAPACITY, lookup::MAX_CAPACITY};
 
 use crate::{
-    bpf::sampler::{DEFAULT_SAMPLE_CAP, DEFAULT_SAMPLE_EVERY},
-    daemon::{self, AttachMode, MAX_SAMPLE_CAP, Sampling},
+    daemon::{
+        self, AttachMode, DEFAULT_SAMPLE_CAP, DEFAULT_SAMPLE_EVERY, MAX_SAMPLE_CAP, Sampling,
+    },
     net::Prefix,
     server::{self, metrics::is_private},
 };
@@ -62,19 +67,52 @@ impl ConfigFile {
 }
 
 /// What the command line says (`None`, or empty: not given).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, clap::Args)]
 pub struct CommandLine {
+    /// Interface to attach to; repeat for several (one program, shared
+    /// lists and counters).
+    #[arg(long = "iface", value_name = "IFACE")]
     pub ifaces: Vec<String>,
+    /// auto: native (driver) mode, falling back to skb mode with a warning;
+    /// native: driver mode or fail; skb: generic mode.
+    #[arg(long, value_enum)]
     pub mode: Option<AttachMode>,
+    /// Where the rules are kept across restarts.
+    #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// The control socket to create (mode 0660, owned by root).
+    #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// Give the socket to this group: its members may read (stats, list,
+    /// status, top, capture) but not change anything.
+    #[arg(long, value_name = "GROUP")]
     pub socket_group: Option<String>,
+    /// Replace another XDP program found on an interface, and let the
+    /// config file's entries past the lockout guard.
+    #[arg(long)]
     pub force: bool,
+    /// Entries each list can hold; each costs 8 bytes per CPU for its hit
+    /// counter, whether used or not.
+    #[arg(long)]
     pub capacity: Option<u32>,
+    /// Sources the rate limiter tracks at once (its LRU map; the least
+    /// recently seen are forgotten first), and auto-blocks it can hold.
+    #[arg(long)]
     pub max_sources: Option<u32>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g.
+    /// 127.0.0.1:9977). Off unless given.
+    #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+    /// Let --metrics listen on an address other than loopback.
+    #[arg(long)]
     pub metrics_public: bool,
+    /// Sample one dropped frame in N for `spacefilter top` and `capture`
+    /// (0: no sampling). `spacefilter sample` changes it at runtime.
+    #[arg(long, value_name = "N")]
     pub sample_every: Option<u32>,
+    /// Samples a second at most, host-wide, whatever the flood (each CPU
+    /// gets an equal share).
+    #[arg(long, value_name = "N")]
     pub sample_cap: Option<u32>,
 }
 

@@ -36,3 +36,16 @@ pub mod telemetry;
 pub use bpf::{AttachMode, Counters, Entry, Filter, FilterError, ListError, LoadOptions};
 pub use net::{List, Prefix, PrefixError};
 pub use spacefilter_common::Reason;
+
+/// An error and its causes on one line: `a: b: c`.
+#[must_use]
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}

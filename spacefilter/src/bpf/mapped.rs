@@ -5,7 +5,7 @@
 //! inlined lookups, and an update is a store, with no system call. Each
 //! word is stored whole (an atomic store), so the program sees a word
 //! either as it was or as it is, never half written; where several words
-//! must agree, the callers order their stores (see `tables.rs`).
+//! must agree, the callers order their stores (see `tables/mod.rs`).
 
 use std::{
     num::NonZeroUsize,

@@ -26,7 +26,7 @@ pub use self::{
     counters::{Counters, Stats},
     limiter::{Limiter, limiter_prefix},
     lists::{Entry, Lists},
-    program::{AttachMode, Filter, FilterError, KernelLog, LoadOptions, TOOLS, error_chain},
+    program::{AttachMode, Filter, FilterError, KernelLog, LoadOptions, TOOLS},
     rules::HeaderRules,
     sampler::{Observer, Sample, Sampling},
 };

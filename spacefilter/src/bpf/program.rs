@@ -15,7 +15,10 @@ use spacefilter_common::{
 };
 
 use super::{Counters, Entry, HeaderRules, Limiter, ListError, Lists, Observer, Stats};
-use crate::net::{List, Prefix};
+use crate::{
+    error_chain,
+    net::{List, Prefix},
+};
 
 /// The kernel-side debug log's reader (aya-log): kept for as long as the
 /// program lives, and drained by whoever wants the lines.
@@ -402,17 +405,4 @@ impl Filter {
             .map_err(FilterError::TestRun)?;
         Ok((result.return_value, result.duration))
     }
-}
-
-/// An error and its causes on one line: `a: b: c`.
-#[must_use]
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }

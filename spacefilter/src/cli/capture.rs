@@ -7,7 +7,7 @@ use clap::Args;
 use super::{Common, Failure, print_json, reply_failure, unexpected};
 use crate::{
     api::{Request, Response, client::Client},
-    bpf::error_chain,
+    error_chain,
     telemetry::pcap::PcapOut,
 };
 

@@ -35,8 +35,8 @@ use self::{
 };
 use crate::{
     api::{ErrorKind, Response, client::ClientError},
-    bpf::error_chain,
     config::DEFAULT_SOCKET,
+    error_chain,
     net::List,
 };
 

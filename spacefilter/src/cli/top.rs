@@ -8,7 +8,7 @@ use clap::Args;
 use super::{Common, Failure, print_json, reply_failure, screen, unexpected};
 use crate::{
     api::{Request, Response, client::Client},
-    bpf::error_chain,
+    error_chain,
 };
 
 #[derive(Args)]

@@ -10,7 +10,8 @@ use std::{
 
 use crate::{
     api::{ErrorKind, HeaderRuleView, LimitsView, Origin},
-    bpf::{Filter, error_chain},
+    bpf::Filter,
+    error_chain,
     net::{List, Prefix},
     store::{Rules, Store},
     telemetry::sampling::Samples,

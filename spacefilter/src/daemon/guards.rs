@@ -8,7 +8,8 @@ use spacefilter_common::{Limits, limit_flags};
 use super::{Peer, Refusal, core::Core};
 use crate::{
     api::{LimitsView, default_reflectors, default_service_ports},
-    bpf::{error_chain, limiter_prefix, monotonic_ns},
+    bpf::{limiter_prefix, monotonic_ns},
+    error_chain,
     net::{List, Prefix},
     store::{self, Meta, Op, Rule, now_ms},
 };

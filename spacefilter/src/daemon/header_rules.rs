@@ -5,7 +5,7 @@ use spacefilter_common::{HeaderRule, MAX_HEADER_RULES, rule_action, rule_flags};
 use super::{Peer, Refusal, core::Core};
 use crate::{
     api::{HeaderRuleView, RuleAction},
-    bpf::error_chain,
+    error_chain,
     store::{self, Op},
 };
 

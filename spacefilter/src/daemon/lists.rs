@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{
     api::{Changed, EntryView, Origin},
-    bpf::error_chain,
+    error_chain,
     net::{List, Prefix, lockout},
     store::{self, Meta, Op, Rule, now_ms},
 };

@@ -30,7 +30,10 @@ pub use self::{
     handle::Handle,
     observability::{MetricsSnapshot, stats_view},
 };
-pub use crate::bpf::{AttachMode, Counters, Sampling};
+pub use crate::bpf::{
+    AttachMode, Counters, Sampling,
+    sampler::{DEFAULT_SAMPLE_CAP, DEFAULT_SAMPLE_EVERY},
+};
 use crate::net::Prefix;
 
 /// The highest sample cap accepted: far beyond what a terminal or a pcap

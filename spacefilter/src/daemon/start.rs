@@ -13,7 +13,8 @@ use super::{
 };
 use crate::{
     api::{LimitsView, Origin},
-    bpf::{AttachMode, Filter, LoadOptions, error_chain, monotonic_ns},
+    bpf::{AttachMode, Filter, LoadOptions, monotonic_ns},
+    error_chain,
     net::{List, Prefix, iface},
     store::{Rules, StateError, Store, now_ms},
     telemetry::sampling::Samples,
