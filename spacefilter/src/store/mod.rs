@@ -260,4 +260,44 @@ mod tests {
         assert_eq!(meta.expires_at_ms, Some(99));
         fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// A state directory written before the store had records of its own
+    /// (settings as the protocol carried them, header rules with their
+    /// hits, a journal line setting limits without the later fields) opens
+    /// with everything in it, and is written back in the same shape.
+    #[test]
+    fn reads_the_first_format() {
+        let dir = std::env::temp_dir().join(format!("sf-state-v1-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join(SNAPSHOT),
+            r#"{"version":1,"rules":[{"list":"auto","prefix":"198.18.0.9/32","origin":"auto","comment":"over its rate limit","expires_at_ms":5,"added_at_ms":1}],"limits":{"enabled":true,"dry_run":false,"pps":100,"pps_burst":100,"bps":0,"bps_burst":0,"v6_prefix_len":56,"block_after_ms":0,"block_ttl_ms":0,"syn_pps":0,"syn_burst":0,"syn_global_pps":0,"syn_global_burst":0,"spoof_threshold":0,"fallback_pps":0,"fallback_burst":0,"reflect":false,"reflect_sources":[53],"service_ports":[[0,1023]]},"header_rules":[{"id":3,"action":"limit","proto":17,"dst_ports":[53,53],"src_ports":null,"tcp_flags":null,"length":null,"pps":10,"burst":10,"dry_run":false,"comment":"dns","hits":42}]}"#,
+        )
+        .unwrap();
+        fs::write(
+            dir.join(JOURNAL),
+            "{\"op\":\"limits\",\"limits\":{\"enabled\":true,\"pps\":7,\"pps_burst\":7}}\n",
+        )
+        .unwrap();
+        {
+            let (store, rules) = Store::open(&dir).unwrap();
+            let meta = &rules[&(List::Auto, "198.18.0.9".parse().unwrap())];
+            assert_eq!(meta.origin, Origin::Auto);
+            let limits = store.limits().unwrap();
+            assert_eq!((limits.pps, limits.v6_prefix_len), (7, None));
+            assert_eq!((limits.reflect, limits.reflect_sources), (None, None));
+            let header = &store.header_rules()[0];
+            assert_eq!(
+                (header.id, header.action, header.dst_ports, header.pps),
+                (3, Some(Action::Limit), Some((53, 53)), 10)
+            );
+        }
+        // The compaction at open wrote the journal's limits into the
+        // snapshot; they read back the same.
+        let (store, _) = Store::open(&dir).unwrap();
+        assert_eq!(store.limits().unwrap().pps, 7);
+        assert_eq!(store.header_rules()[0].comment.as_deref(), Some("dns"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }
