@@ -232,34 +232,88 @@ pub struct V6Key {
     pub value: u32,
 }
 
-/// The lookup tables that hold both lists, shared by the program (which
-/// reads them, `spacefilter-ebpf/src/lookup.rs`) and the daemon (which
-/// writes them, `spacefilter/src/maps/tables.rs`): the packing of a match,
-/// the tables' shapes and the bucket hashes.
-///
-/// IPv4 keys live in three places by length: /0 to /12 in `V4_T12` (one
-/// word per /12), /13 to /24 in `V4_T24` (one word per /24, 64 MiB), each
-/// word holding the longest such key covering its block; /25 to /32 in the
-/// hash table `V4_BUCKETS`, whose lengths inside each /24 are flagged in
-/// the top byte of that /24's word. IPv6 keys of /0 to /16 live in `V6_TOP`
-/// (one entry per /16), longer ones in the hash table `V6_BUCKETS` (which
-/// points into `V6_KEYS`), their lengths listed in the /16's entry. A
-/// lookup probes the hash table once per length, longest first, and falls
-/// back to the direct tables.
-///
-/// A block (/24 or /16) whose longer keys do not all fit that scheme (a
-/// key whose buckets are both full; an IPv6 /16 with more than
-/// [`V6_PROBES`] lengths) is crowded: its longer keys are also kept in an
-/// LPM trie (`V4_CROWDED`, `V6_CROWDED`), which the program asks instead.
-///
-/// Every array here is read with lookups that the verifier inlines (no
-/// call), and written by the daemon through a memory mapping
-/// (`BPF_F_MMAPABLE`, kernel 5.5), one aligned word per store.
 #[expect(
     clippy::inline_always,
     reason = "the program calls these per frame: a BPF call costs a return through the kernel's return thunk"
 )]
 pub mod lookup {
+    //! The lookup tables that hold both lists: their layout, shared by the
+    //! program (which reads them, `spacefilter-ebpf/src/lookup.rs`) and the
+    //! daemon (which writes them, `spacefilter/src/maps/tables.rs`). This is
+    //! the one description of it; those two files say only how each side reads
+    //! or writes.
+    //!
+    //! # Matches
+    //!
+    //! A key is a prefix with its [`super::Match`], packed by [`encode`] into
+    //! the low bits of a word: the hit-counter slot in the low [`SLOT_BITS`],
+    //! [`ALLOW`] above it (clear: block). [`VALUE_MASK`] covers both; 0 there
+    //! means no match.
+    //!
+    //! # Where a key lives, by its length
+    //!
+    //! - IPv4 /0 to /12: `V4_T12`, one word per /12. IPv4 /13 to /24:
+    //!   `V4_T24`, one word per /24 (64 MiB). Each word holds the match of the
+    //!   longest key of its table covering its block. Both arrays are rows of
+    //!   [`ROW`] words ([`V4_T12_ROWS`], [`V4_T24_ROWS`]).
+    //! - IPv4 /25 to /32: the hash table `V4_BUCKETS`. The `V4_T24` word of a
+    //!   /24 flags the lengths of the keys inside it: bit [`V4_LONG_SHIFT`] +
+    //!   `i` for length [`V4_LONG_MIN`] + `i`; bit 23 is [`V4_CROWDED`].
+    //! - IPv6 /0 to /16: `V6_TOP`, one [`super::V6Top`] per /16, whose `value`
+    //!   holds the match of the longest such key covering the /16.
+    //! - IPv6 /17 to /128: the hash table `V6_BUCKETS`, whose slots point into
+    //!   `V6_KEYS` ([`super::V6Key`]: the key in full, and its match). The
+    //!   /16's `V6Top::lengths` lists the lengths of the keys inside it,
+    //!   longest first (a lookup probes up to [`V6_PROBES`] of them).
+    //!
+    //! [`super::Config::flags`] says which tables hold keys at all
+    //! ([`super::flags`]); the program skips the others.
+    //!
+    //! # The hash tables
+    //!
+    //! A power of two buckets ([`buckets_for`]) of [`BUCKET_SLOTS`] slots, one
+    //! 64-byte cache line each. A key's hash ([`v4_hash`], [`v6_hash`], seeded
+    //! with [`super::Config::seed`]) gives it two buckets ([`buckets`]); it
+    //! lives in one of them, mostly the first. A slot is one `u64`, 0 when
+    //! empty:
+    //!
+    //! - IPv4 ([`v4_slot`]): the key ([`v4_key`]: the prefix's bits behind a
+    //!   marker bit) above the packed match, so a slot is a key and its match
+    //!   in one word.
+    //! - IPv6: a key does not fit in a word. The slot holds the key's
+    //!   [`fingerprint`] (high half) above its index in `V6_KEYS` (low half;
+    //!   index 0 is never used). A bucket never holds two keys with one
+    //!   fingerprint, so a lookup reads one candidate per bucket.
+    //!
+    //! # A lookup
+    //!
+    //! The longest key covering a source wins. A lookup probes the hash table
+    //! once per length flagged in the source's /24 or /16, longest first (its
+    //! two buckets each time); the first key found is the longest match.
+    //! Without one, the block's own match holds, and for IPv4 without that,
+    //! the one of the source's /12 in `V4_T12`.
+    //!
+    //! # Crowded blocks
+    //!
+    //! A /24 or /16 whose longer keys do not all fit that scheme (a key whose
+    //! buckets are both full; an IPv6 /16 with more than [`V6_PROBES`]
+    //! lengths) is crowded ([`V4_CROWDED`] in its word, [`V6_CROWDED`] in its
+    //! lengths): its longer keys are also kept in an LPM trie (`V4_CROWDED`,
+    //! `V6_CROWDED`), which the program asks instead of the buckets.
+    //!
+    //! # Reads during writes
+    //!
+    //! The daemon is the only writer, and writes while frames are looked up; a
+    //! lookup sees each source's longest match either as it was or as it is.
+    //! Every array here is read with lookups that the verifier inlines (no
+    //! call), and written by the daemon through a memory mapping
+    //! (`BPF_F_MMAPABLE`, kernel 5.5), one aligned word per store, so that a
+    //! block's word, a slot or a field is either old or new, never a mix. A
+    //! length (or crowded) flag is set only once the keys it sends lookups to
+    //! are in place, and cleared before they go. An IPv6 key is written to
+    //! `V6_KEYS` before the slot that points to it, and an index whose slot
+    //! was cleared is reused only after an RCU grace period.
+
     /// Bits of a packed match that hold the slot.
     pub const SLOT_BITS: u32 = 22;
     /// The highest slot a packed match can hold.

@@ -8,6 +8,8 @@
 //! Kernel: LRU hash maps (4.10), `bpf_ktime_get_ns` (4.1), ring buffers
 //! (5.8).
 
+use core::ops::ControlFlow;
+
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use spacefilter_common::{
     AutoBlock, AutoBlockEvent, Bucket, FALLBACK_HOLD_NS, Limits, Reason, TOKEN_SCALE, limit_flags,
@@ -66,8 +68,9 @@ fn key_of(source: &Source, v6_prefix_len: u32) -> ([u8; 16], u32, u32) {
 }
 
 /// The flood guards' verdict on a frame of `len` bytes from `source`, or
-/// `None` to pass it on. In order: an auto-block in force, the reflection
-/// guard, the SYN guard, the per-source rate limit.
+/// `None` to pass it on. In order: the reflection guard, then an
+/// auto-block in force, the SYN guard and the per-source rate limit (see
+/// [`guards`]).
 #[inline(always)]
 pub(crate) fn check(source: &Source, l4: L4, len: u64) -> Option<Reason> {
     let limits = LIMITS.get(0)?;
@@ -75,95 +78,199 @@ pub(crate) fn check(source: &Source, l4: L4, len: u64) -> Option<Reason> {
         return None;
     }
     let dry_run = limits.flags & limit_flags::DRY_RUN != 0;
-    let verdict = guards(limits, source, l4, len)?;
+    let ControlFlow::Break(Some(verdict)) = guards(limits, source, l4, len) else {
+        return None;
+    };
     Some(if dry_run { Reason::WouldLimit } else { verdict })
 }
 
+/// What a guard step decided, in the manner of Cilium's `bpf/lib` helpers:
+/// a verdict that ends the guards (`Break`: [`limited`] for a reason, or
+/// [`PASS`]), or [`NEXT`] to leave the frame to the next step. [`guards`]
+/// lists the steps, each followed by `?`.
+type Step = ControlFlow<Option<Reason>>;
+
+/// Let the frame through, past the steps after this one.
+const PASS: Step = ControlFlow::Break(None);
+/// No verdict: the next step decides.
+const NEXT: Step = ControlFlow::Continue(());
+
+/// Limit the frame for `reason` (a dry run counts it as `would_limit`).
 #[inline(always)]
-fn guards(limits: &Limits, source: &Source, l4: L4, len: u64) -> Option<Reason> {
-    if limits.flags & limit_flags::REFLECT != 0
-        && l4.proto == IPPROTO_UDP_NUMBER
-        && l4.ports
-        && reflected(l4.src_port, l4.dst_port)
-    {
-        return Some(Reason::Reflection);
-    }
-    let syn = limits.flags & limit_flags::SYN != 0
-        && l4.proto == IPPROTO_TCP_NUMBER
-        && l4.ports
-        && l4.tcp_flags & TCP_SYN != 0
-        && l4.tcp_flags & TCP_ACK == 0;
+const fn limited(reason: Reason) -> Step {
+    ControlFlow::Break(Some(reason))
+}
+
+/// The guards, step by step: the reflection guard; then, for a frame that
+/// the SYN guard or the rate limiter looks at, its source's bucket. A
+/// source without one goes through [`new_source`]; a known source through
+/// its auto-block, a refill, the SYN guard, the rate limit and, over it,
+/// an auto-block that is due.
+#[inline(always)]
+fn guards(limits: &Limits, source: &Source, l4: L4, len: u64) -> Step {
+    reflection(limits, l4)?;
+    let syn = is_syn(limits, l4);
     if limits.flags & limit_flags::ENABLED == 0 && !syn {
-        return None;
+        return PASS;
     }
     let (key, prefix_len, v6) = key_of(source, limits.v6_prefix_len);
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
 
+    // An LRU hash map (kernel 4.10).
     let Some(bucket) = BUCKETS.get_ptr_mut(key) else {
-        // No bucket: a new source, or one whose bucket was evicted or that
-        // the daemon restored an auto-block for.
-        if let Some(block) = AUTO_BLOCKED.get_ptr_mut(key) {
-            // SAFETY: a map value, valid while this program runs; the hit
-            // count may race with other CPUs (documented as approximate).
-            unsafe {
-                if (*block).until_ns > now {
-                    (*block).hits += 1;
-                    return Some(Reason::AutoBlocked);
-                }
-            }
-        }
-        if spoof_fallback(limits, now) {
-            // A spoofed-source flood: no bucket for a new source (it would
-            // push a real one out of the LRU map); the aggregate budgets of
-            // its destination port and its source prefix decide.
-            return if aggregate_allowed(limits, source, l4, now) {
-                None
-            } else {
-                Some(Reason::SpoofLimited)
-            };
-        }
-        // A new source starts with full buckets, less this frame.
-        let fresh = Bucket {
-            packets: (limits.pps_burst * TOKEN_SCALE).saturating_sub(TOKEN_SCALE),
-            bytes: (limits.bps_burst * TOKEN_SCALE).saturating_sub(len * TOKEN_SCALE),
-            last_ns: now,
-            over_since_ns: 0,
-            last_over_ns: 0,
-            syns: (limits.syn_burst * TOKEN_SCALE).saturating_sub(if syn {
-                TOKEN_SCALE
-            } else {
-                0
-            }),
-            blocked_until_ns: 0,
-            blocked_hits: 0,
-        };
-        let _ = BUCKETS.insert(key, fresh, 0);
-        if syn && !global_syn_allowed(limits, now) {
-            return Some(Reason::SynLimited);
-        }
-        return None;
+        return new_source(limits, source, l4, &key, syn, len, now);
     };
     // SAFETY: a map value, valid while this program runs. Updates from
     // several CPUs to one source's bucket race; the limits stay
     // approximately right.
     let bucket = unsafe { &mut *bucket };
-    if bucket.blocked_until_ns > now {
-        bucket.blocked_hits += 1;
-        return Some(Reason::AutoBlocked);
-    }
+    blocked(bucket, now)?;
     refill(bucket, limits, now);
     if syn {
-        if limits.syn_pps != 0 && bucket.syns < TOKEN_SCALE {
-            return Some(Reason::SynLimited);
-        }
-        if !global_syn_allowed(limits, now) {
-            return Some(Reason::SynLimited);
-        }
-        bucket.syns = bucket.syns.saturating_sub(TOKEN_SCALE);
+        syn_budgets(bucket, limits, now)?;
     }
+    within_rate(bucket, limits, len, now)?;
+    auto_block_due(bucket, limits, &key, prefix_len, v6, now)?;
+    limited(Reason::RateLimited)
+}
+
+/// The reflection guard: UDP from a reflector port to a service port.
+#[inline(always)]
+fn reflection(limits: &Limits, l4: L4) -> Step {
+    if limits.flags & limit_flags::REFLECT != 0
+        && l4.proto == IPPROTO_UDP_NUMBER
+        && l4.ports
+        && reflected(l4.src_port, l4.dst_port)
+    {
+        return limited(Reason::Reflection);
+    }
+    NEXT
+}
+
+/// Whether the SYN guard looks at the frame: a TCP SYN without ACK while
+/// it is on.
+#[inline(always)]
+fn is_syn(limits: &Limits, l4: L4) -> bool {
+    limits.flags & limit_flags::SYN != 0
+        && l4.proto == IPPROTO_TCP_NUMBER
+        && l4.ports
+        && l4.tcp_flags & TCP_SYN != 0
+        && l4.tcp_flags & TCP_ACK == 0
+}
+
+/// A source without a bucket: a new one, or one whose bucket was evicted
+/// or that the daemon restored an auto-block for. In order: an auto-block
+/// in `AUTO_BLOCKED`, the spoofed-source fallback, a new bucket, the
+/// host-wide SYN budget. Its own budgets do not hold the frame back: its
+/// bucket starts full, less this frame.
+#[inline(always)]
+fn new_source(
+    limits: &Limits,
+    source: &Source,
+    l4: L4,
+    key: &[u8; 16],
+    syn: bool,
+    len: u64,
+    now: u64,
+) -> Step {
+    restored_block(key, now)?;
+    spoofed(limits, source, l4, now)?;
+    first_bucket(limits, key, syn, len, now);
+    if syn {
+        host_syn_budget(limits, now)?;
+    }
+    PASS
+}
+
+/// An auto-block kept in `AUTO_BLOCKED` for a source without a bucket.
+#[inline(always)]
+fn restored_block(key: &[u8; 16], now: u64) -> Step {
+    if let Some(block) = AUTO_BLOCKED.get_ptr_mut(key) {
+        // SAFETY: a map value, valid while this program runs; the hit
+        // count may race with other CPUs (documented as approximate).
+        unsafe {
+            if (*block).until_ns > now {
+                (*block).hits += 1;
+                return limited(Reason::AutoBlocked);
+            }
+        }
+    }
+    NEXT
+}
+
+/// The spoofed-source fallback, for a source without a bucket. While it is
+/// on (a spoofed-source flood), such a source gets no bucket (it would
+/// push a real one out of the LRU map): the aggregate budgets of its
+/// destination port and its source prefix decide.
+#[inline(always)]
+fn spoofed(limits: &Limits, source: &Source, l4: L4, now: u64) -> Step {
+    if !spoof_fallback(limits, now) {
+        return NEXT;
+    }
+    if aggregate_allowed(limits, source, l4, now) {
+        PASS
+    } else {
+        limited(Reason::SpoofLimited)
+    }
+}
+
+/// A new source's bucket: full, less this frame.
+#[inline(always)]
+fn first_bucket(limits: &Limits, key: &[u8; 16], syn: bool, len: u64, now: u64) {
+    let fresh = Bucket {
+        packets: (limits.pps_burst * TOKEN_SCALE).saturating_sub(TOKEN_SCALE),
+        bytes: (limits.bps_burst * TOKEN_SCALE).saturating_sub(len * TOKEN_SCALE),
+        last_ns: now,
+        over_since_ns: 0,
+        last_over_ns: 0,
+        syns: (limits.syn_burst * TOKEN_SCALE).saturating_sub(if syn { TOKEN_SCALE } else { 0 }),
+        blocked_until_ns: 0,
+        blocked_hits: 0,
+    };
+    let _ = BUCKETS.insert(key, fresh, 0);
+}
+
+/// A known source's auto-block, kept in its bucket.
+#[inline(always)]
+fn blocked(bucket: &mut Bucket, now: u64) -> Step {
+    if bucket.blocked_until_ns > now {
+        bucket.blocked_hits += 1;
+        return limited(Reason::AutoBlocked);
+    }
+    NEXT
+}
+
+/// The SYN guard for a known source: its own SYN budget, then the
+/// host's; the SYN is taken from its own only when both allow it.
+#[inline(always)]
+fn syn_budgets(bucket: &mut Bucket, limits: &Limits, now: u64) -> Step {
+    if limits.syn_pps != 0 && bucket.syns < TOKEN_SCALE {
+        return limited(Reason::SynLimited);
+    }
+    host_syn_budget(limits, now)?;
+    bucket.syns = bucket.syns.saturating_sub(TOKEN_SCALE);
+    NEXT
+}
+
+/// The host-wide SYN budget: takes one SYN from it.
+#[inline(always)]
+fn host_syn_budget(limits: &Limits, now: u64) -> Step {
+    if global_syn_allowed(limits, now) {
+        NEXT
+    } else {
+        limited(Reason::SynLimited)
+    }
+}
+
+/// The per-source rate limit: a frame within it takes its tokens and
+/// passes (as does every frame while the limiter is off); a frame over it
+/// extends the source's time over its limit and goes on to
+/// [`auto_block_due`].
+#[inline(always)]
+fn within_rate(bucket: &mut Bucket, limits: &Limits, len: u64, now: u64) -> Step {
     if limits.flags & limit_flags::ENABLED == 0 {
-        return None;
+        return PASS;
     }
     let cost = len * TOKEN_SCALE;
     let over = (limits.pps != 0 && bucket.packets < TOKEN_SCALE)
@@ -171,23 +278,37 @@ fn guards(limits: &Limits, source: &Source, l4: L4, len: u64) -> Option<Reason> 
     if !over {
         bucket.packets = bucket.packets.saturating_sub(TOKEN_SCALE);
         bucket.bytes = bucket.bytes.saturating_sub(cost);
-        return None;
+        return PASS;
     }
     if bucket.over_since_ns == 0 || now.saturating_sub(bucket.last_over_ns) > CALM_NS {
         bucket.over_since_ns = now;
     }
     bucket.last_over_ns = now;
+    NEXT
+}
+
+/// Auto-blocks a source over its limit for `block_after_ns` (not in a dry
+/// run): in its bucket, in `AUTO_BLOCKED` and through an event.
+#[inline(always)]
+fn auto_block_due(
+    bucket: &mut Bucket,
+    limits: &Limits,
+    key: &[u8; 16],
+    prefix_len: u32,
+    v6: u32,
+    now: u64,
+) -> Step {
     if limits.flags & limit_flags::DRY_RUN == 0
         && limits.block_after_ns != 0
         && now - bucket.over_since_ns >= limits.block_after_ns
     {
         bucket.blocked_until_ns = now + limits.block_ttl_ns;
         bucket.blocked_hits += 1;
-        auto_block(&key, prefix_len, v6, bucket.blocked_until_ns);
+        auto_block(key, prefix_len, v6, bucket.blocked_until_ns);
         bucket.over_since_ns = 0;
-        return Some(Reason::AutoBlocked);
+        return limited(Reason::AutoBlocked);
     }
-    Some(Reason::RateLimited)
+    NEXT
 }
 
 /// Counts a new source and says whether the spoofed-source fallback is on

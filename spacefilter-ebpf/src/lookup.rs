@@ -1,5 +1,7 @@
 //! The list lookup: the packed match ([`lookup::encode`]) of the longest
-//! key covering a source address, or 0.
+//! key covering a source address, or 0. The tables' layout, and what the
+//! daemon keeps true while it writes them, are described once, in
+//! [`spacefilter_common::lookup`]; this is how the program reads them.
 //!
 //! Every table read here is an array lookup, which the verifier inlines
 //! into a bounds check and an address computation: no call, no return
@@ -7,29 +9,14 @@
 //! is a call into the kernel, which on a machine with return-stack
 //! mitigations costs about the floor by itself, and the trie walks about 20
 //! nodes at a million keys. Only the tries of crowded blocks are kernel
-//! maps; they are read only for a source in such a block.
+//! maps; they are read only for a source in such a block. A source in a
+//! /24 with no longer keys costs one or two array reads (`V4_T24`, then
+//! `V4_T12`); one in a /16 holding no keys (most of the IPv6 address
+//! space), one.
 //!
-//! IPv4: the `V4_T24` word of the source's /24 holds the longest key of /13
-//! to /24 covering it, and flags the lengths of the /25 to /32 keys inside
-//! it. Each flagged length is probed in `V4_BUCKETS`, longest first; the
-//! first key found is the longest match. Otherwise the /24's own match
-//! holds, and without one, that of `V4_T12` (/0 to /12). A source in a /24
-//! with no longer keys costs one or two array reads.
-//!
-//! IPv6: the same with `V6_TOP`, per /16, for the keys of /0 to /16, and the
-//! lengths of the /17 to /128 keys inside the /16, probed in `V6_BUCKETS`.
-//! A /16 holding no keys (most of the address space) costs one array read.
-//!
-//! A key lives in one of its two buckets, mostly the first (see
-//! `spacefilter/src/maps/tables.rs`); a bucket is one cache line of 8
-//! slots. An IPv4 slot is
-//! one word: key and match, stored whole by the daemon, so a slot is either
-//! the old key or the new one, never a mix. An IPv6 key does not fit in a
-//! word: its slot holds a fingerprint and the key's index in `V6_KEYS`. The
-//! daemon writes a key there before it publishes the slot, and reuses an
-//! index only after an RCU grace period, when no program run that could
-//! have read the old slot is left; the key is read through the index the
-//! slot gave (an address dependency), so it is never older than the slot.
+//! An IPv6 slot is read as its two halves, and its key through the index
+//! the slot gave (an address dependency), so the key is never older than
+//! the slot.
 //!
 //! The verifier walks every path through this code, so it is written for
 //! it: the probes are unrolled rather than looped (a loop counter differs

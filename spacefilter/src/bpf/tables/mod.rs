@@ -1,32 +1,26 @@
-//! The lookup tables that hold both lists in the kernel. Their shapes are
-//! described in [`spacefilter_common::lookup`], the program's reads in
-//! `spacefilter-ebpf/src/lookup.rs`. [`V4Tables`] and [`V6Tables`] take a
+//! The lookup tables that hold both lists in the kernel, laid out as
+//! [`spacefilter_common::lookup`] describes (the program's reads are in
+//! `spacefilter-ebpf/src/lookup.rs`). [`V4Tables`] and [`V6Tables`] take a
 //! key (a prefix and its packed match, see [`spacefilter_common::Match`])
-//! and put it where its length says, so that a frame looked up while they
-//! do sees each source's longest match either as it was or as it is:
+//! and put it where its length says, storing in an order that lets a frame
+//! looked up meanwhile see each source's longest match either as it was or
+//! as it is:
 //!
-//! - A direct table (`V4_T12`, `V4_T24`, `V6_TOP`) holds, for each block of
-//!   addresses, the match of the longest of its keys covering the block.
-//!   Writing key P rewrites P's blocks, except those under a longer key of
-//!   the same table; removing P rewrites the same blocks with the match of
-//!   P's longest covering key in the table, or none. A block's match is one
-//!   word, stored whole.
-//! - A longer key goes into a bucket table, and its length is flagged in
-//!   its block of the direct table: the flag is set after the key is in
-//!   place, and cleared (when the last key of that length in the block
-//!   goes) before the key is taken out. A frame that sees the flag finds the
-//!   key, or, once it is gone, the shorter keys that decide without it.
-//! - An IPv4 bucket slot is one word: key and match, stored whole. An IPv6
-//!   slot holds the index of a key in `V6_KEYS`, written before the slot;
-//!   an index whose slot was cleared is reused only after an RCU grace
-//!   period ([`grace_period`]), so no frame still reading the old slot can
-//!   find a different key behind it.
-//! - A block whose longer keys do not all fit (a key with both buckets
-//!   full; an IPv6 /16 with more lengths than a lookup probes) is crowded:
-//!   all its longer keys are put in the block's LPM trie before its flag is
-//!   set, and taken out after the flag is cleared, which happens once they
-//!   all fit again. The program asks the trie instead of the buckets while
-//!   the flag is set.
+//! - Direct tables (`V4_T12`, `V4_T24`, `V6_TOP`): writing key P rewrites
+//!   P's blocks, except those under a longer key of the same table;
+//!   removing P rewrites the same blocks with the match of P's longest
+//!   covering key in the table, or none.
+//! - Bucket tables: a length's flag is set after the key is in place, and
+//!   cleared (when the last key of that length in the block goes) before
+//!   the key is taken out. A frame that sees the flag finds the key, or,
+//!   once it is gone, the shorter keys that decide without it.
+//! - IPv6 keys: a key is written to `V6_KEYS` before its slot; an index
+//!   whose slot was cleared is reused only after an RCU grace period
+//!   ([`grace_period`]), so no frame still reading the old slot can find a
+//!   different key behind it.
+//! - Crowded blocks: all the block's longer keys are put in its LPM trie
+//!   before its flag is set, and taken out after the flag is cleared,
+//!   which happens once they all fit again.
 //!
 //! The daemon is the only writer, so a read-modify-write of a word is a
 //! load and a store.
