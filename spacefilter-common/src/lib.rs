@@ -43,11 +43,22 @@ pub enum Reason {
     /// Matched a header rule whose action is pass (or limit, within its
     /// budget): passed, past the flood guards.
     RulePassed = 13,
+    /// A TCP SYN to a shielded port, answered by the program itself with a
+    /// SYN-ACK carrying a SYN cookie (`XDP_TX`): nothing reaches the host
+    /// until the client's ACK proves its address.
+    SynCookie = 14,
+    /// A TCP ACK to a shielded port carrying a valid SYN cookie: passed,
+    /// and the kernel opens the connection from the cookie.
+    CookieVerified = 15,
+    /// A TCP segment to a shielded port that belongs to no connection the
+    /// host knows and carries no valid cookie (ACK, RST, FIN floods):
+    /// dropped.
+    OutOfState = 16,
 }
 
 impl Reason {
     /// Every reason, in discriminant order.
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 17] = [
         Reason::Passed,
         Reason::Allowlisted,
         Reason::Blocked,
@@ -62,6 +73,9 @@ impl Reason {
         Reason::RuleDropped,
         Reason::RuleLimited,
         Reason::RulePassed,
+        Reason::SynCookie,
+        Reason::CookieVerified,
+        Reason::OutOfState,
     ];
 
     /// The name used in listings, logs and metrics.
@@ -82,6 +96,9 @@ impl Reason {
             Reason::RuleDropped => "rule_dropped",
             Reason::RuleLimited => "rule_limited",
             Reason::RulePassed => "rule_passed",
+            Reason::SynCookie => "syn_cookie",
+            Reason::CookieVerified => "cookie_verified",
+            Reason::OutOfState => "out_of_state",
         }
     }
 
@@ -99,6 +116,7 @@ impl Reason {
                 | Reason::SpoofLimited
                 | Reason::RuleDropped
                 | Reason::RuleLimited
+                | Reason::OutOfState
         )
     }
 
@@ -119,6 +137,9 @@ impl Reason {
             11 => Some(Reason::RuleDropped),
             12 => Some(Reason::RuleLimited),
             13 => Some(Reason::RulePassed),
+            14 => Some(Reason::SynCookie),
+            15 => Some(Reason::CookieVerified),
+            16 => Some(Reason::OutOfState),
             _ => None,
         }
     }
@@ -479,13 +500,60 @@ pub mod limit_flags {
     pub const REFLECT: u32 = 1 << 3;
 }
 
-/// Bits of the `REFLECT_PORTS` array, indexed by UDP port.
+/// Bits of the `REFLECT_PORTS` array, indexed by port: the reflection
+/// guard's (UDP) and the shield's (TCP).
 pub mod reflect_bits {
     /// A well-known reflector: UDP from this source port is suspect.
     pub const SOURCE: u8 = 1 << 0;
     /// One of the host's service ports: reflected floods aimed here are
     /// dropped.
     pub const SERVICE: u8 = 1 << 1;
+    /// A shielded TCP port: SYNs get cookies, out-of-state segments are
+    /// dropped (see [`crate::Shield`]).
+    pub const SHIELD_TCP: u8 = 1 << 2;
+}
+
+/// The shield's settings: the single entry of the `SHIELD` array. The
+/// ports it covers are marked in `REFLECT_PORTS`
+/// ([`reflect_bits::SHIELD_TCP`]).
+///
+/// On a shielded TCP port the program answers a SYN with a SYN-ACK whose
+/// sequence number is the kernel's own SYN cookie for it
+/// (`bpf_tcp_gen_syncookie`, kernel 5.3, which also marks the listener as
+/// having sent cookies, so that the kernel accepts the answer), and lets an
+/// ACK through only if it belongs to a connection the host has
+/// (`bpf_skc_lookup_tcp`, 5.2) or carries a valid cookie
+/// (`bpf_tcp_check_syncookie`, 5.2). The kernel opens the connection from
+/// the cookie (`net.ipv4.tcp_syncookies = 2`). The cookie carries the
+/// client's MSS; its window scale and SACK ride in the low bits of the
+/// SYN-ACK's timestamp, as the kernel encodes them, which is why the
+/// timestamps need no random offset (`net.ipv4.tcp_timestamps = 2`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Shield {
+    /// [`shield_flags`].
+    pub flags: u32,
+    /// The MSS the SYN-ACK offers: the interfaces' MTU less the IPv4 and
+    /// TCP headers (IPv6: `mss_v6`).
+    pub mss_v4: u32,
+    pub mss_v6: u32,
+    /// The window scale the SYN-ACK offers: the one the kernel will pick
+    /// for the connection (from `net.ipv4.tcp_rmem` and
+    /// `net.core.rmem_max`).
+    pub wscale: u32,
+}
+
+/// Bits of [`Shield::flags`].
+pub mod shield_flags {
+    /// The shield runs.
+    pub const ON: u32 = 1 << 0;
+    /// The host speaks TCP timestamps: the SYN-ACK may carry them (and with
+    /// them window scaling and SACK).
+    pub const TIMESTAMPS: u32 = 1 << 1;
+    /// The host takes SACK.
+    pub const SACK: u32 = 1 << 2;
+    /// The host scales windows.
+    pub const WSCALE: u32 = 1 << 3;
 }
 
 /// Token amounts are kept in millionths of a packet or byte, so that a
@@ -775,6 +843,7 @@ pub mod map_names {
     pub const EVENTS: &str = "EVENTS";
     pub const SYN_GLOBAL: &str = "SYN_GLOBAL";
     pub const REFLECT_PORTS: &str = "REFLECT_PORTS";
+    pub const SHIELD: &str = "SHIELD";
     pub const SPOOF_STATE: &str = "SPOOF_STATE";
     pub const AGG_BUCKETS: &str = "AGG_BUCKETS";
     pub const HEADER_RULES: &str = "HEADER_RULES";
@@ -820,4 +889,6 @@ mod pod {
     unsafe impl aya::Pod for super::Observe {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SampleState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Shield {}
 }

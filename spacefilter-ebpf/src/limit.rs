@@ -33,38 +33,34 @@ const CALM_NS: u64 = 1_000_000_000;
 /// cut to the aggregation length.
 #[inline(always)]
 fn key_of(source: &Source, v6_prefix_len: u32) -> ([u8; 16], u32, u32) {
-    match source {
-        Source::V4(a) => {
-            let a = a.to_be_bytes();
-            (
-                [
-                    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
-                ],
-                32,
-                0,
-            )
-        }
-        Source::V6(hi, lo) => {
-            let len = if v6_prefix_len > 128 {
-                128
-            } else {
-                v6_prefix_len
-            };
-            let mut key = [0u8; 16];
-            key[..8].copy_from_slice(&hi.to_be_bytes());
-            key[8..].copy_from_slice(&lo.to_be_bytes());
-            for (i, byte) in key.iter_mut().enumerate() {
-                #[expect(clippy::cast_possible_truncation, reason = "i < 16")]
-                let start = (i as u32) * 8;
-                if len <= start {
-                    *byte = 0;
-                } else if len < start + 8 {
-                    *byte &= 0xffu8 << (8 - (len - start));
-                }
-            }
-            (key, len, 1)
+    if !source.v6 {
+        let a = source.v4_addr().to_be_bytes();
+        return (
+            [
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+            ],
+            32,
+            0,
+        );
+    }
+    let len = if v6_prefix_len > 128 {
+        128
+    } else {
+        v6_prefix_len
+    };
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&source.hi.to_be_bytes());
+    key[8..].copy_from_slice(&source.lo.to_be_bytes());
+    for (i, byte) in key.iter_mut().enumerate() {
+        #[expect(clippy::cast_possible_truncation, reason = "i < 16")]
+        let start = (i as u32) * 8;
+        if len <= start {
+            *byte = 0;
+        } else if len < start + 8 {
+            *byte &= 0xffu8 << (8 - (len - start));
         }
     }
+    (key, len, 1)
 }
 
 /// The flood guards' verdict on a frame of `len` bytes from `source`, or
@@ -347,9 +343,10 @@ fn aggregate_allowed(limits: &Limits, source: &Source, l4: L4, now: u64) -> bool
     port_key[2..4].copy_from_slice(&dst_port.to_be_bytes());
     let mut prefix_key = [0u8; 20];
     prefix_key[0] = 2;
-    match source {
-        Source::V4(a) => prefix_key[4..7].copy_from_slice(&a.to_be_bytes()[..3]),
-        Source::V6(hi, _) => prefix_key[4..10].copy_from_slice(&hi.to_be_bytes()[..6]),
+    if source.v6 {
+        prefix_key[4..10].copy_from_slice(&source.hi.to_be_bytes()[..6]);
+    } else {
+        prefix_key[4..7].copy_from_slice(&source.v4_addr().to_be_bytes()[..3]);
     }
     take_aggregate(&port_key, limits, now) && take_aggregate(&prefix_key, limits, now)
 }

@@ -3,7 +3,7 @@
 //! Every frame goes through [`parse`](parse) (Ethernet, up to two VLAN tags,
 //! IPv4/IPv6 with options and extension headers, TCP/UDP/ICMP) and then the
 //! verdict pipeline in [`verdict`]: allowlist → blocklist → header rules →
-//! flood guards → pass. Every exit goes through [`verdict::finish`], which
+//! shield → flood guards → pass. Every exit goes through [`verdict::finish`], which
 //! records the per-CPU counters and feeds [`observe`] (drop sampling, debug
 //! log).
 //!
@@ -24,6 +24,7 @@ mod maps;
 mod observe;
 mod parse;
 mod rules;
+mod shield;
 mod verdict;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};

@@ -20,7 +20,7 @@ use aya_ebpf::{
 use spacefilter_common::{
     AutoBlock, Bucket, Config, Counter, DEFAULT_BUCKETS, DEFAULT_CAPACITY, HeaderRule, IFACE_TABLE,
     IfaceSlot, Limits, MAX_HEADER_RULES, MAX_IFACE_SLOTS, Observe, STATS_SLOTS, SampleState,
-    SpoofState, V6Key, V6Top,
+    Shield, SpoofState, V6Key, V6Top,
     lookup::{BUCKET_SLOTS, ROW, V4_T12_ROWS, V4_T24_ROWS, V6_TOP_ENTRIES, buckets_for},
 };
 
@@ -120,9 +120,18 @@ pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 #[map]
 pub(crate) static SYN_GLOBAL: Array<Bucket> = Array::with_max_entries(1, 0);
 
-/// [`spacefilter_common::reflect_bits`] per UDP port.
+/// [`spacefilter_common::reflect_bits`] per port.
 #[map]
 pub(crate) static REFLECT_PORTS: Array<u8> = Array::with_max_entries(65_536, 0);
+
+/// The shield's settings (see [`spacefilter_common::Shield`]).
+#[map]
+pub(crate) static SHIELD: Array<Shield> = Array::with_max_entries(1, 0);
+
+/// Where the shield builds a SYN-ACK, per CPU (per-CPU arrays: 4.6).
+#[map]
+pub(crate) static SHIELD_SCRATCH: PerCpuArray<crate::shield::Scratch> =
+    PerCpuArray::with_max_entries(1, 0);
 
 /// The spoofed-source detector.
 #[map]

@@ -97,21 +97,21 @@ fn log(ctx: &XdpContext, frame: &Frame, verdict: Verdict, ifindex: u32, source: 
     let len = frame.len();
     let detail = verdict.detail;
     match source {
-        Some(Source::V4(addr)) => debug!(
+        Some(source) if !source.v6 => debug!(
             ctx,
             target: KERNEL_LOG_TARGET,
             "{:i} len {} ifindex {}: {} (match {})",
-            *addr,
+            source.v4_addr(),
             len,
             ifindex,
             reason,
             detail
         ),
-        Some(Source::V6(hi, lo)) => debug!(
+        Some(source) => debug!(
             ctx,
             target: KERNEL_LOG_TARGET,
             "{:i} len {} ifindex {}: {} (match {})",
-            ((u128::from(*hi) << 64) | u128::from(*lo)).to_be_bytes(),
+            ((u128::from(source.hi) << 64) | u128::from(source.lo)).to_be_bytes(),
             len,
             ifindex,
             reason,

@@ -131,12 +131,38 @@ impl Frame {
 }
 
 /// The source address that the lists are keyed on, as integers read
-/// big-endian (an IPv6 address as its two halves): a register or two rather
-/// than a byte per stack slot.
+/// big-endian (an IPv6 address as its two halves, an IPv4 address in `lo`):
+/// a register or two rather than a byte per stack slot. A struct whose
+/// fields are always written, not an enum: LLVM may spill an enum's
+/// payload on a path where it was never written, and the verifier rejects
+/// the read of an uninitialised register.
 #[derive(Clone, Copy)]
-pub(crate) enum Source {
-    V4(u32),
-    V6(u64, u64),
+pub(crate) struct Source {
+    pub(crate) v6: bool,
+    pub(crate) hi: u64,
+    pub(crate) lo: u64,
+}
+
+impl Source {
+    /// An IPv4 source.
+    #[inline(always)]
+    pub(crate) const fn v4(addr: u32) -> Self {
+        Self {
+            v6: false,
+            hi: 0,
+            lo: addr as u64,
+        }
+    }
+
+    /// The IPv4 address of an IPv4 source.
+    #[inline(always)]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "an IPv4 source keeps it in the low half"
+    )]
+    pub(crate) const fn v4_addr(&self) -> u32 {
+        self.lo as u32
+    }
 }
 
 /// Where the parse resumes after the list lookups.
@@ -195,7 +221,7 @@ fn ipv4(frame: &Frame, offset: usize) -> Result<(Source, Transport), Reason> {
     }
     let fragment_offset = be16(h[6] & 0x1f, h[7]);
     Ok((
-        Source::V4(u32::from_be_bytes([h[12], h[13], h[14], h[15]])),
+        Source::v4(u32::from_be_bytes([h[12], h[13], h[14], h[15]])),
         Transport {
             proto: h[9],
             offset: offset + header_len,
@@ -217,10 +243,11 @@ fn ipv6(frame: &Frame, offset: usize) -> Result<(Source, Transport), Reason> {
         return Err(Reason::Malformed);
     }
     Ok((
-        Source::V6(
-            u64::from_be_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]),
-            u64::from_be_bytes([h[16], h[17], h[18], h[19], h[20], h[21], h[22], h[23]]),
-        ),
+        Source {
+            v6: true,
+            hi: u64::from_be_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]),
+            lo: u64::from_be_bytes([h[16], h[17], h[18], h[19], h[20], h[21], h[22], h[23]]),
+        },
         Transport {
             proto: h[6],
             offset: offset + 40,
@@ -260,6 +287,8 @@ impl L4 {
 pub(crate) const IPPROTO_TCP_NUMBER: u8 = IPPROTO_TCP;
 pub(crate) const IPPROTO_UDP_NUMBER: u8 = IPPROTO_UDP;
 pub(crate) const TCP_SYN: u8 = 0x02;
+pub(crate) const ETH_P_IPV4: u16 = ETH_P_IP;
+pub(crate) const VLAN_TPIDS: [u16; 2] = [ETH_P_8021Q, ETH_P_8021AD];
 pub(crate) const TCP_ACK: u8 = 0x10;
 
 /// Everything after the fixed IP header: the IPv6 extension chain and the
@@ -332,11 +361,10 @@ pub(crate) fn transport(frame: &Frame, t: &Transport) -> Result<L4, Reason> {
         IPPROTO_UDP => {
             let h: [u8; 8] = frame.read_within(offset, ip_end)?;
             Ok(L4 {
-                proto,
                 ports: true,
                 src_port: be16(h[0], h[1]),
                 dst_port: be16(h[2], h[3]),
-                tcp_flags: 0,
+                ..L4::other(proto)
             })
         }
         IPPROTO_ICMP if !v6 => {

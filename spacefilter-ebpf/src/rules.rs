@@ -68,6 +68,7 @@ pub(crate) fn check(l4: &L4, len: u64) -> Option<Verdict> {
                 verdict
             },
             detail: index + 1,
+            resized: false,
         });
     }
     None

@@ -1,7 +1,7 @@
 //! The verdict pipeline: parse the network layer, then the lists
 //! (allowlist, which wins over everything, and blocklist, in one
-//! longest-match lookup, see [`lookup`]) → header rules → flood guards →
-//! pass. Every frame leaves through [`finish`], which records the per-CPU
+//! longest-match lookup, see [`lookup`]) → header rules → the shield
+//! (SYN cookies, out-of-state segments) → flood guards → pass. Every frame leaves through [`finish`], which records the per-CPU
 //! counters of its interface and hands dropped frames to the sampler and,
 //! when switched on, every verdict to the debug log ([`crate::observe`]).
 
@@ -18,7 +18,7 @@ use crate::{
     maps::{IFACE_SLOTS, OBSERVE, RULE_HITS, STATS},
     observe,
     parse::{self, Frame, Source},
-    rules,
+    rules, shield,
 };
 
 /// A frame's verdict: why, and what matched (see
@@ -27,12 +27,19 @@ use crate::{
 pub(crate) struct Verdict {
     pub(crate) reason: Reason,
     pub(crate) detail: u32,
+    /// The frame was resized to answer it: the parse's bounds no longer
+    /// hold, so nothing may read it any more.
+    pub(crate) resized: bool,
 }
 
 impl From<Reason> for Verdict {
     #[inline(always)]
     fn from(reason: Reason) -> Self {
-        Self { reason, detail: 0 }
+        Self {
+            reason,
+            detail: 0,
+            resized: false,
+        }
     }
 }
 
@@ -40,7 +47,7 @@ impl From<Reason> for Verdict {
 pub(crate) fn decide(ctx: &XdpContext) -> u32 {
     let frame = Frame::new(ctx);
     let mut source = None;
-    let verdict = match classify(&frame, &mut source) {
+    let verdict = match classify(ctx, &frame, &mut source) {
         Ok(verdict) => verdict,
         Err(reason) => reason.into(),
     };
@@ -49,13 +56,18 @@ pub(crate) fn decide(ctx: &XdpContext) -> u32 {
 
 /// Decides; `source` is set once the network header has been read.
 #[inline(always)]
-fn classify(frame: &Frame, source_out: &mut Option<Source>) -> Result<Verdict, Reason> {
+fn classify(
+    ctx: &XdpContext,
+    frame: &Frame,
+    source_out: &mut Option<Source>,
+) -> Result<Verdict, Reason> {
     let (source, transport) = parse::network(frame)?;
     *source_out = Some(source);
     let tables = Tables::read();
-    let matched = match source {
-        Source::V4(addr) => lookup::v4(addr, tables),
-        Source::V6(hi, lo) => lookup::v6(hi, lo, tables),
+    let matched = if source.v6 {
+        lookup::v6(source.hi, source.lo, tables)
+    } else {
+        lookup::v4(source.v4_addr(), tables)
     };
     if matched != 0 {
         if let Some(hits) = RULE_HITS.get_ptr_mut(matched & MAX_SLOT) {
@@ -69,10 +81,14 @@ fn classify(frame: &Frame, source_out: &mut Option<Source>) -> Result<Verdict, R
                 Reason::Blocked
             },
             detail: matched & MAX_SLOT,
+            resized: false,
         });
     }
     let l4 = parse::transport(frame, &transport)?;
     if let Some(verdict) = rules::check(&l4, frame.len() as u64) {
+        return Ok(verdict);
+    }
+    if let Some(verdict) = shield::check(ctx, &l4) {
         return Ok(verdict);
     }
     if let Some(reason) = limit::check(&source, l4, frame.len() as u64) {
@@ -107,6 +123,16 @@ fn finish(ctx: &XdpContext, frame: &Frame, verdict: Verdict, source: Option<&Sou
             (*counter).bytes += frame.len() as u64;
             seq = (*counter).packets;
         }
+    }
+    if verdict.resized {
+        // The frame was turned into the answer (or spoiled on the way, if
+        // the kernel would not resize it as asked): the old bounds are
+        // gone, so the observers cannot read it.
+        return if reason == Reason::SynCookie {
+            xdp_action::XDP_TX
+        } else {
+            xdp_action::XDP_DROP
+        };
     }
     let drops = reason.drops();
     if let Some(config) = OBSERVE.get(0)

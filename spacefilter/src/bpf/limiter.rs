@@ -8,7 +8,7 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap, MapData, MapError},
 };
-use spacefilter_common::{AutoBlock, Bucket, Limits, SpoofState, map_names, reflect_bits};
+use spacefilter_common::{AutoBlock, Bucket, Limits, Shield, SpoofState, map_names, reflect_bits};
 
 use super::{ListError, take};
 use crate::net::Prefix;
@@ -19,6 +19,7 @@ pub struct Limiter {
     limits: Array<MapData, Limits>,
     spoof: Array<MapData, SpoofState>,
     reflect_ports: Array<MapData, u8>,
+    shield: Array<MapData, Shield>,
     buckets: HashMap<MapData, [u8; 16], Bucket>,
     auto: HashMap<MapData, [u8; 16], AutoBlock>,
 }
@@ -51,6 +52,7 @@ impl Limiter {
             limits: take(ebpf, map_names::LIMITS)?,
             spoof: take(ebpf, map_names::SPOOF_STATE)?,
             reflect_ports: take(ebpf, map_names::REFLECT_PORTS)?,
+            shield: take(ebpf, map_names::SHIELD)?,
             buckets: take(ebpf, map_names::BUCKETS)?,
             auto: take(ebpf, map_names::AUTO_BLOCKED)?,
         })
@@ -67,19 +69,37 @@ impl Limiter {
     }
 
     /// Marks the reflector source ports and the service ports for the
-    /// reflection guard (every UDP port is rewritten: 65536 updates).
+    /// reflection guard, and no shielded port (every port is rewritten:
+    /// 65536 updates).
     pub fn set_reflect_ports(
         &mut self,
         sources: &[u16],
         service: &[(u16, u16)],
     ) -> Result<(), ListError> {
+        self.set_port_bits(sources, service, &[])
+    }
+
+    /// Marks the reflector source ports and the service ports for the
+    /// reflection guard, and the TCP ports the shield covers (every port is
+    /// rewritten: 65536 updates).
+    pub fn set_port_bits(
+        &mut self,
+        sources: &[u16],
+        service: &[(u16, u16)],
+        shielded_tcp: &[(u16, u16)],
+    ) -> Result<(), ListError> {
+        let within =
+            |ranges: &[(u16, u16)], port| ranges.iter().any(|&(lo, hi)| (lo..=hi).contains(&port));
         for port in 0..=u16::MAX {
             let mut bits = 0;
             if sources.contains(&port) {
                 bits |= reflect_bits::SOURCE;
             }
-            if service.iter().any(|&(lo, hi)| (lo..=hi).contains(&port)) {
+            if within(service, port) {
                 bits |= reflect_bits::SERVICE;
+            }
+            if within(shielded_tcp, port) {
+                bits |= reflect_bits::SHIELD_TCP;
             }
             self.reflect_ports
                 .set(u32::from(port), bits, 0)
@@ -89,6 +109,16 @@ impl Limiter {
                 })?;
         }
         Ok(())
+    }
+
+    /// Puts the shield's settings in force (its ports: [`Self::set_port_bits`]).
+    pub fn set_shield(&mut self, shield: Shield) -> Result<(), ListError> {
+        self.shield
+            .set(0, shield, 0)
+            .map_err(|source| ListError::Update {
+                name: map_names::SHIELD,
+                source,
+            })
     }
 
     pub fn get(&self) -> Result<Limits, ListError> {

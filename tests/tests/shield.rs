@@ -1,0 +1,409 @@
+//! The shield on live traffic: SYN cookies answered at the XDP hook, and
+//! the connections the kernel opens from them.
+//!
+//! The program is loaded and attached to the server as in `netns.rs`; the
+//! shield's map and the server namespace's sysctls are set by hand here
+//! (the daemon's own handling of them is tested in `daemon.rs`). Real
+//! clients in the listener's namespace connect, send and read answers; the
+//! counters say which path each handshake took.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    thread,
+    time::Duration,
+};
+
+use aya::{
+    Ebpf,
+    programs::{Xdp, XdpMode},
+};
+use spacefilter::{AttachMode, Counters, Filter, LoadOptions, Reason, bpf::TOOLS};
+use spacefilter_common::{Shield, shield_flags};
+use spacefilter_tests::{
+    netns::{Family, Host, Lab, run_in_netns},
+    packets::{Packet, TPID_8021Q},
+    require_root,
+    traffic::{TcpEcho, tcp_exchange},
+};
+
+const CAPACITY: u32 = 1024;
+/// Connections made through the shield in a row.
+const CONNECTIONS: u64 = 20;
+/// A port nothing listens on in the test's own namespace.
+const PORT: u16 = 9;
+/// What a bulk transfer moves.
+const BYTES: usize = 8 << 20;
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A lab with spacefilter attached to the server and a TCP echo service
+/// there. Fields drop in order: the service, the program, then the lab.
+struct Rig {
+    echo: TcpEcho,
+    filter: Filter,
+    _tools: Ebpf,
+    lab: Lab,
+}
+
+impl Rig {
+    fn new() -> Self {
+        require_root();
+        let lab = Lab::new().expect("building the lab");
+        let mut filter = Filter::load(LoadOptions {
+            capacity: CAPACITY,
+            ..LoadOptions::default()
+        })
+        .expect("loading spacefilter");
+        lab.attach(&mut filter, AttachMode::Native)
+            .expect("attaching in native mode");
+        let echo = TcpEcho::start(&lab, Host::Server).expect("starting the TCP echo service");
+        // A veth takes the frames its peer sends back with XDP_TX only
+        // with an XDP program of its own: a bare XDP_PASS on the switch's
+        // port towards the server.
+        let mut tools = Ebpf::load(TOOLS).expect("loading the measuring tools");
+        let pass: &mut Xdp = tools
+            .program_mut("floor_pass")
+            .expect("the tools have floor_pass")
+            .try_into()
+            .expect("an XDP program");
+        pass.load().expect("loading floor_pass");
+        run_in_netns(&lab.switch_ns(), || pass.attach("srv", XdpMode::Driver))
+            .expect("entering the switch")
+            .expect("attaching XDP_PASS to the switch's port");
+        // The kernel takes the cookies' ACKs (syncookies 2) and decodes
+        // their options from the timestamp (timestamps without offsets).
+        for (key, value) in [("tcp_syncookies", "2"), ("tcp_timestamps", "2")] {
+            lab.run_in(Host::Server, || {
+                std::fs::write(format!("/proc/sys/net/ipv4/{key}"), value)
+            })
+            .expect("entering the server")
+            .unwrap_or_else(|err| panic!("setting {key}: {err}"));
+        }
+        Self {
+            echo,
+            filter,
+            _tools: tools,
+            lab,
+        }
+    }
+
+    fn shield(&mut self, ports: &[(u16, u16)], wscale: u32) {
+        let limiter = self.filter.limiter();
+        limiter
+            .set_port_bits(&[], &[], ports)
+            .expect("marking the shielded ports");
+        limiter
+            .set_shield(Shield {
+                flags: shield_flags::ON
+                    | shield_flags::TIMESTAMPS
+                    | shield_flags::SACK
+                    | shield_flags::WSCALE,
+                mss_v4: 1460,
+                mss_v6: 1440,
+                wscale,
+            })
+            .expect("setting the shield");
+    }
+
+    fn counters(&self) -> Counters {
+        self.filter.counters().expect("reading the counters")
+    }
+
+    fn server(port: u16) -> SocketAddr {
+        SocketAddr::new(Host::Server.addr(Family::V4), port)
+    }
+}
+
+/// The window scale the kernel picks for a connection it opens from a
+/// cookie, with this namespace's sysctls (see `tcp_select_initial_window`).
+fn kernel_wscale(lab: &Lab) -> u32 {
+    let read = |path: &str| {
+        lab.run_in(Host::Server, || std::fs::read_to_string(path))
+            .expect("entering the server")
+            .unwrap_or_else(|err| panic!("reading {path}: {err}"))
+    };
+    let rmem: u64 = read("/proc/sys/net/ipv4/tcp_rmem")
+        .split_whitespace()
+        .nth(2)
+        .and_then(|v| v.parse().ok())
+        .expect("tcp_rmem's third field");
+    let rmem_max: u64 = read("/proc/sys/net/core/rmem_max").trim().parse().unwrap();
+    let space = rmem.max(rmem_max).min(u64::from(u16::MAX) << 14);
+    (space.ilog2().saturating_sub(15)).min(14)
+}
+
+#[test]
+fn handshakes_through_cookies() {
+    let mut rig = Rig::new();
+    let port = rig.echo.port();
+    // Positive control: without the shield, the kernel answers.
+    tcp_exchange(&rig.lab, Host::Listener, Rig::server(port), TIMEOUT)
+        .expect("an exchange without the shield");
+    assert_eq!(rig.counters().get(Reason::SynCookie).packets, 0);
+
+    let wscale = kernel_wscale(&rig.lab);
+    rig.shield(&[(port, port)], wscale);
+    for i in 0..CONNECTIONS {
+        tcp_exchange(&rig.lab, Host::Listener, Rig::server(port), TIMEOUT).unwrap_or_else(|err| {
+            panic!(
+                "exchange {i} through the shield: {err:#}; counters {:?}",
+                rig.counters().by_reason
+            )
+        });
+    }
+    let counters = rig.counters();
+    assert_eq!(
+        counters.get(Reason::SynCookie).packets,
+        CONNECTIONS,
+        "every SYN answered with a cookie: {counters:?}"
+    );
+    assert_eq!(
+        counters.get(Reason::CookieVerified).packets,
+        CONNECTIONS,
+        "every handshake's ACK verified: {counters:?}"
+    );
+}
+
+/// A bulk transfer through a connection opened from a cookie: window
+/// scaling and SACK come out as the kernel decodes them, or the transfer
+/// stalls or corrupts.
+#[test]
+fn bulk_transfer_through_a_cookie() {
+    let mut rig = Rig::new();
+    let listener = rig
+        .lab
+        .run_in(Host::Server, || TcpListener::bind("0.0.0.0:0"))
+        .unwrap()
+        .expect("binding the bulk listener");
+    let port = listener.local_addr().unwrap().port();
+    let wscale = kernel_wscale(&rig.lab);
+    rig.shield(&[(port, port)], wscale);
+    let sender = thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accepting");
+        let info = tcp_info(&stream);
+        let chunk: Vec<u8> = (0..65_536usize).map(pattern).collect();
+        let mut sent = 0;
+        while sent < BYTES {
+            stream.write_all(&chunk).expect("sending");
+            sent += chunk.len();
+        }
+        info
+    });
+    let mut stream = rig
+        .lab
+        .run_in(Host::Listener, || {
+            TcpStream::connect_timeout(&Rig::server(port), TIMEOUT)
+        })
+        .unwrap()
+        .expect("connecting through the shield");
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut received = vec![0u8; BYTES];
+    stream.read_exact(&mut received).expect("receiving it all");
+    let server = sender.join().unwrap();
+    let client = tcp_info(&stream);
+    // What each side believes of the other must agree: the server scales
+    // its window by the factor the SYN-ACK told the client.
+    // TCPI_OPT_TIMESTAMPS, TCPI_OPT_SACK, TCPI_OPT_WSCALE (linux/tcp.h).
+    let all = 0x1 | 0x2 | 0x4;
+    assert_eq!(
+        server.options & all,
+        all,
+        "the server's connection: {server:?}"
+    );
+    assert_eq!(
+        client.options & all,
+        all,
+        "the client's connection: {client:?}"
+    );
+    assert_eq!(
+        (server.rcv_wscale, server.snd_wscale),
+        (client.snd_wscale, client.rcv_wscale),
+        "the window scales agree (server {server:?}, client {client:?})"
+    );
+    assert_eq!(
+        u32::from(server.rcv_wscale),
+        wscale,
+        "the kernel picked the scale offered"
+    );
+    assert!(
+        received
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == pattern(i % 65_536)),
+        "the data came through intact"
+    );
+    let counters = rig.counters();
+    assert_eq!(counters.get(Reason::SynCookie).packets, 1, "{counters:?}");
+    assert_eq!(
+        counters.get(Reason::CookieVerified).packets,
+        1,
+        "{counters:?}"
+    );
+}
+
+/// The byte at `i` of the bulk transfer's repeating pattern.
+fn pattern(i: usize) -> u8 {
+    u8::try_from(i % 251).expect("below 251")
+}
+
+/// What `TCP_INFO` says of a connection's options.
+#[derive(Debug, Clone, Copy)]
+struct Negotiated {
+    options: u8,
+    snd_wscale: u8,
+    rcv_wscale: u8,
+}
+
+fn tcp_info(stream: &TcpStream) -> Negotiated {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: an all-zero tcp_info is valid; getsockopt writes at most its
+    // size, which it is told.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = libc::socklen_t::try_from(size_of::<libc::tcp_info>()).expect("a small struct");
+    // SAFETY: a valid socket and a buffer of the size given.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &raw mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    Negotiated {
+        options: info.tcpi_options,
+        snd_wscale: info.tcpi_snd_rcv_wscale & 0x0f,
+        rcv_wscale: info.tcpi_snd_rcv_wscale >> 4,
+    }
+}
+
+/// Sets the shield on `ports` in `filter`'s maps (as the daemon would,
+/// with the default window scale of 6.1's sysctls).
+fn shield_on(filter: &mut Filter, ports: &[(u16, u16)]) {
+    let limiter = filter.limiter();
+    limiter
+        .set_port_bits(&[], &[], ports)
+        .expect("marking the shielded ports");
+    limiter
+        .set_shield(Shield {
+            flags: shield_flags::ON
+                | shield_flags::TIMESTAMPS
+                | shield_flags::SACK
+                | shield_flags::WSCALE,
+            mss_v4: 1460,
+            mss_v6: 1440,
+            wscale: 7,
+        })
+        .expect("setting the shield");
+}
+
+/// A TCP segment from a client to the server's `port` with these flags.
+fn segment(port: u16, set: impl FnOnce(&mut etherparse::TcpHeader), vlan: bool) -> Vec<u8> {
+    let mut header = etherparse::TcpHeader::new(40_000, port, 0x1234_5678, 64240);
+    set(&mut header);
+    let packet = Packet::ip(
+        Host::Listener.addr(Family::V4),
+        Host::Server.addr(Family::V4),
+    );
+    let packet = if vlan {
+        packet.tag(TPID_8021Q, 7)
+    } else {
+        packet
+    };
+    packet.tcp_header(header).build().into_bytes()
+}
+
+/// Segments that belong to no connection are dropped on a shielded port,
+/// tagged or not, and pass where the shield is off; a SYN with no listener
+/// to answer for is left to the kernel. (`BPF_PROG_TEST_RUN` runs in this
+/// process's namespace, where nothing listens on the ports used.)
+#[test]
+fn out_of_state_segments_are_dropped() {
+    require_root();
+    let mut filter = Filter::load(LoadOptions {
+        capacity: CAPACITY,
+        ..LoadOptions::default()
+    })
+    .expect("loading spacefilter");
+    let ack = |vlan| {
+        segment(
+            PORT,
+            |h| {
+                h.ack = true;
+                h.acknowledgment_number = 0x0bad_c0de;
+            },
+            vlan,
+        )
+    };
+    let run = |filter: &mut Filter, frame: &[u8]| {
+        let before = filter.counters().expect("counters");
+        let (action, _) = filter.test_run(frame, 1).expect("test run");
+        let after = filter.counters().expect("counters").since(&before);
+        let reason = Reason::ALL
+            .into_iter()
+            .find(|r| after.get(*r).packets == 1)
+            .expect("one counter moved");
+        (action, reason)
+    };
+    // Positive control: the shield off, a stray ACK passes.
+    assert_eq!(run(&mut filter, &ack(false)), (XDP_PASS, Reason::Passed));
+
+    shield_on(&mut filter, &[(PORT, PORT)]);
+    for vlan in [false, true] {
+        assert_eq!(
+            run(&mut filter, &ack(vlan)),
+            (XDP_DROP, Reason::OutOfState),
+            "a stray ACK (tagged: {vlan})"
+        );
+        let rst = segment(PORT, |h| h.rst = true, vlan);
+        assert_eq!(
+            run(&mut filter, &rst),
+            (XDP_DROP, Reason::OutOfState),
+            "a stray RST"
+        );
+        let fin = segment(
+            PORT,
+            |h| {
+                h.fin = true;
+                h.ack = true;
+            },
+            vlan,
+        );
+        assert_eq!(
+            run(&mut filter, &fin),
+            (XDP_DROP, Reason::OutOfState),
+            "a stray FIN"
+        );
+        let synack = segment(
+            PORT,
+            |h| {
+                h.syn = true;
+                h.ack = true;
+            },
+            vlan,
+        );
+        assert_eq!(
+            run(&mut filter, &synack),
+            (XDP_DROP, Reason::OutOfState),
+            "a SYN-ACK"
+        );
+        let syn = segment(PORT, |h| h.syn = true, vlan);
+        assert_eq!(
+            run(&mut filter, &syn),
+            (XDP_PASS, Reason::Passed),
+            "a SYN nobody listens for goes to the kernel"
+        );
+    }
+    // Other ports are not the shield's.
+    let other = segment(
+        PORT + 1,
+        |h| {
+            h.ack = true;
+        },
+        false,
+    );
+    assert_eq!(run(&mut filter, &other), (XDP_PASS, Reason::Passed));
+}
