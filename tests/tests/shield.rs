@@ -18,9 +18,14 @@ use aya::{
     Ebpf,
     programs::{Xdp, XdpMode},
 };
-use spacefilter::{AttachMode, Counters, Filter, LoadOptions, Reason, bpf::TOOLS};
+use spacefilter::{
+    AttachMode, Counters, Filter, LoadOptions, Reason,
+    api::{ShieldView, StatsView},
+    bpf::TOOLS,
+};
 use spacefilter_common::{Shield, shield_flags};
 use spacefilter_tests::{
+    daemon::{DaemonPaths, DaemonProcess, STOP_TIMEOUT, Scratch},
     netns::{Family, Host, Lab, run_in_netns},
     packets::{Packet, TPID_8021Q},
     require_root,
@@ -59,19 +64,7 @@ impl Rig {
         lab.attach(&mut filter, AttachMode::Native)
             .expect("attaching in native mode");
         let echo = TcpEcho::start(&lab, Host::Server).expect("starting the TCP echo service");
-        // A veth takes the frames its peer sends back with XDP_TX only
-        // with an XDP program of its own: a bare XDP_PASS on the switch's
-        // port towards the server.
-        let mut tools = Ebpf::load(TOOLS).expect("loading the measuring tools");
-        let pass: &mut Xdp = tools
-            .program_mut("floor_pass")
-            .expect("the tools have floor_pass")
-            .try_into()
-            .expect("an XDP program");
-        pass.load().expect("loading floor_pass");
-        run_in_netns(&lab.switch_ns(), || pass.attach("srv", XdpMode::Driver))
-            .expect("entering the switch")
-            .expect("attaching XDP_PASS to the switch's port");
+        let tools = accept_xdp_tx(&lab);
         // The kernel takes the cookies' ACKs (syncookies 2) and decodes
         // their options from the timestamp (timestamps without offsets).
         for (key, value) in [("tcp_syncookies", "2"), ("tcp_timestamps", "2")] {
@@ -115,6 +108,44 @@ impl Rig {
         SocketAddr::new(Host::Server.addr(Family::V4), port)
     }
 }
+
+/// A veth takes the frames its peer sends back with `XDP_TX` only with an
+/// XDP program of its own (a NIC needs nothing of the kind): a bare
+/// `XDP_PASS` on the switch's port towards the server, kept while the
+/// returned object lives.
+fn accept_xdp_tx(lab: &Lab) -> Ebpf {
+    let mut tools = Ebpf::load(TOOLS).expect("loading the measuring tools");
+    let pass: &mut Xdp = tools
+        .program_mut("floor_pass")
+        .expect("the tools have floor_pass")
+        .try_into()
+        .expect("an XDP program");
+    pass.load().expect("loading floor_pass");
+    run_in_netns(&lab.switch_ns(), || pass.attach("srv", XdpMode::Driver))
+        .expect("entering the switch")
+        .expect("attaching XDP_PASS to the switch's port");
+    tools
+}
+
+/// A sysctl of the server's namespace.
+fn sysctl(lab: &Lab, name: &str) -> String {
+    let path = format!("/proc/sys/{}", name.replace('.', "/"));
+    lab.run_in(Host::Server, || std::fs::read_to_string(&path))
+        .expect("entering the server")
+        .unwrap_or_else(|err| panic!("reading {name}: {err}"))
+        .trim()
+        .to_owned()
+}
+
+fn set_sysctl(lab: &Lab, name: &str, value: &str) {
+    let path = format!("/proc/sys/{}", name.replace('.', "/"));
+    lab.run_in(Host::Server, || std::fs::write(&path, value))
+        .expect("entering the server")
+        .unwrap_or_else(|err| panic!("setting {name}: {err}"));
+}
+
+const SYNCOOKIES: &str = "net.ipv4.tcp_syncookies";
+const TIMESTAMPS: &str = "net.ipv4.tcp_timestamps";
 
 /// The window scale the kernel picks for a connection it opens from a
 /// cookie, with this namespace's sysctls (see `tcp_select_initial_window`).
@@ -406,4 +437,112 @@ fn out_of_state_segments_are_dropped() {
         false,
     );
     assert_eq!(run(&mut filter, &other), (XDP_PASS, Reason::Passed));
+}
+
+/// The daemon's shield as an admin uses it: `shield on` sets the host up
+/// and real clients connect through cookies; bad input changes nothing;
+/// the shield and the host settings' old values survive a restart and a
+/// `kill -9`, and `shield off` and a clean stop put the host back.
+#[test]
+fn daemon_shield_end_to_end() {
+    require_root();
+    let lab = Lab::new().expect("building the lab");
+    let _tools = accept_xdp_tx(&lab);
+    let echo = TcpEcho::start(&lab, Host::Server).expect("starting the TCP echo service");
+    let port = echo.port();
+    // The host as a distribution ships it.
+    set_sysctl(&lab, SYNCOOKIES, "1");
+    set_sysctl(&lab, TIMESTAMPS, "1");
+    let dir = Scratch::new("shield").expect("a scratch directory");
+    let paths = DaemonPaths::in_dir(dir.path());
+    let start = || {
+        DaemonProcess::start(&lab.ns(Host::Server), &paths, &["--capacity", "1024"])
+            .unwrap_or_else(|err| panic!("starting the daemon: {err:#}"))
+    };
+    let mut daemon = start();
+    let show = |daemon: &DaemonProcess| -> ShieldView {
+        let out = daemon.cli(&["shield", "show", "--json"]);
+        serde_json::from_str(out.ok("shield show")).expect("shield show --json")
+    };
+    let exchanges = |what: &str| {
+        for i in 0..CONNECTIONS {
+            tcp_exchange(&lab, Host::Listener, Rig::server(port), TIMEOUT)
+                .unwrap_or_else(|err| panic!("{what}: exchange {i}: {err:#}"));
+        }
+    };
+    let cookies = |daemon: &DaemonProcess| -> (u64, u64) {
+        let out = daemon.cli(&["stats", "--json"]);
+        let stats: StatsView = serde_json::from_str(out.ok("stats")).expect("stats --json");
+        let packets = |reason: &str| stats.reasons.get(reason).map_or(0, |c| c.packets);
+        (packets("syn_cookie"), packets("cookie_verified"))
+    };
+
+    assert!(!show(&daemon).enabled, "off by default");
+    exchanges("before the shield");
+    assert_eq!(cookies(&daemon), (0, 0), "no cookies before the shield");
+
+    let spec = format!("tcp/{port}");
+    daemon
+        .cli(&["shield", "on", "--ports", &spec])
+        .ok("shield on");
+    assert_eq!(sysctl(&lab, SYNCOOKIES), "2");
+    assert_eq!(sysctl(&lab, TIMESTAMPS), "2");
+    let view = show(&daemon);
+    assert!(view.enabled);
+    assert_eq!(view.tcp_ports, [(port, port)]);
+    assert_eq!(view.host_settings.len(), 2, "{view:?}");
+    exchanges("through the shield");
+    assert_eq!(cookies(&daemon), (CONNECTIONS, CONNECTIONS));
+    let status = daemon.cli(&["status"]);
+    assert!(
+        status
+            .ok("status")
+            .contains(&format!("shield: on for tcp/{port}")),
+        "status shows the shield: {}",
+        status.stdout
+    );
+
+    // Bad input: a clear error, exit 2, nothing changed.
+    for bad in [
+        &["shield", "on", "--ports", "udp/53"][..],
+        &["shield", "on", "--ports", "443"],
+        &["shield", "on", "--ports", "tcp/0"],
+    ] {
+        let out = daemon.cli(bad);
+        out.expect_code(2, &format!("{bad:?}"));
+        assert!(
+            out.stderr.contains("tcp") || out.stderr.contains("port"),
+            "{}",
+            out.stderr
+        );
+    }
+    assert_eq!(show(&daemon).tcp_ports, [(port, port)], "unchanged");
+
+    // A clean stop puts the host back; a start takes the shield up again.
+    daemon.terminate(STOP_TIMEOUT).expect("stopping");
+    assert_eq!(sysctl(&lab, SYNCOOKIES), "1", "put back at stop");
+    assert_eq!(sysctl(&lab, TIMESTAMPS), "1", "put back at stop");
+    daemon = start();
+    assert!(show(&daemon).enabled, "the shield survives a restart");
+    assert_eq!(sysctl(&lab, SYNCOOKIES), "2");
+    exchanges("after a restart");
+    assert_eq!(cookies(&daemon), (CONNECTIONS, CONNECTIONS));
+
+    // After a crash the host keeps the shield's settings, and the store
+    // keeps their old values.
+    daemon.kill().expect("kill -9");
+    assert_eq!(sysctl(&lab, SYNCOOKIES), "2", "a crash puts nothing back");
+    daemon = start();
+    daemon.cli(&["shield", "off"]).ok("shield off");
+    assert_eq!(
+        sysctl(&lab, SYNCOOKIES),
+        "1",
+        "the values from before the crash"
+    );
+    assert_eq!(sysctl(&lab, TIMESTAMPS), "1");
+    assert!(!show(&daemon).enabled);
+    exchanges("after the shield");
+    assert_eq!(cookies(&daemon), (0, 0), "no cookies once off");
+    daemon.terminate(STOP_TIMEOUT).expect("stopping");
+    drop(echo);
 }

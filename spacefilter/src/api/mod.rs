@@ -14,6 +14,7 @@
 //! {"v":1,"cmd":"top","interval_ms":1000,"limit":10}
 //! {"v":1,"cmd":"capture","reason":"blocked"}
 //! {"v":1,"cmd":"set_observe","sample_every":100,"sample_cap":1000,"debug_log":false}
+//! {"v":1,"cmd":"set_shield","shield":{"enabled":true,"tcp_ports":[[443,443]]}}
 //! ```
 //!
 //! The daemon answers each request with one [`Response`] line; `add` may
@@ -33,6 +34,7 @@
 pub mod client;
 pub mod limits;
 pub mod rules;
+pub mod shield;
 pub mod views;
 
 use serde::{Deserialize, Serialize};
@@ -40,6 +42,7 @@ use serde::{Deserialize, Serialize};
 pub use self::{
     limits::{LimitsView, default_reflectors, default_service_ports},
     rules::{HeaderRuleView, RuleAction},
+    shield::ShieldView,
     views::{
         Changed, CounterView, EntryView, InterfaceView, ObserveView, SampleView, StatsView,
         StatusView, TalkerView, TopView,
@@ -150,6 +153,10 @@ pub enum Request {
     },
     /// Drop sampling and the kernel-side debug log.
     GetObserve,
+    /// Replace the shield's settings (in force at once).
+    SetShield { shield: ShieldView },
+    /// The shield's settings.
+    GetShield,
     /// Change drop sampling or the debug log (what is not given stays).
     SetObserve {
         /// One dropped frame in this many is sampled; 0: off.
@@ -179,6 +186,7 @@ impl Request {
                 | Request::RuleAdd { .. }
                 | Request::RuleDel { .. }
                 | Request::SetObserve { .. }
+                | Request::SetShield { .. }
         )
     }
 }
@@ -210,4 +218,5 @@ pub enum Response {
     Top(TopView),
     Sample(SampleView),
     Observe(ObserveView),
+    Shield(ShieldView),
 }

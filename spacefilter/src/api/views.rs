@@ -160,4 +160,7 @@ pub struct StatusView {
     pub spoof_fallback_active: bool,
     #[serde(default)]
     pub spoof_fallback_switches: u64,
+    /// The shield, when it is on.
+    #[serde(default)]
+    pub shield: Option<super::ShieldView>,
 }

@@ -15,6 +15,7 @@ mod rule;
 mod run;
 mod sample;
 mod screen;
+mod shield;
 mod stats;
 mod top;
 
@@ -30,6 +31,7 @@ use self::{
     rule::RuleArgs,
     run::RunArgs,
     sample::{DebugArgs, SampleArgs},
+    shield::ShieldArgs,
     stats::StatsArgs,
     top::TopArgs,
 };
@@ -121,6 +123,12 @@ enum Command {
     /// when off it costs the per-packet path nothing but one test. Meant
     /// for a quiet moment: under a flood most lines are lost.
     Debug(DebugArgs),
+    /// The shield, for a live event's TCP ports under a flood from forged
+    /// sources: the program answers SYNs itself with SYN cookies, so that
+    /// nothing from a new source reaches the host before it completes a
+    /// handshake, and drops segments that belong to no connection (ACK,
+    /// RST, FIN floods). Established connections are not touched.
+    Shield(ShieldArgs),
 }
 
 /// What every client verb takes.
@@ -188,6 +196,7 @@ pub fn main() -> ExitCode {
         Command::Capture(args) => capture::capture(&args),
         Command::Sample(args) => sample::sample(args),
         Command::Debug(args) => sample::debug(args),
+        Command::Shield(args) => shield::shield(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -129,6 +129,7 @@ pub(super) fn status(args: &StatusArgs) -> Result<(), Failure> {
         tracked_sources,
         spoof_fallback_active,
         spoof_fallback_switches,
+        shield,
     } = view;
     println!(
         "spacefilter {version} (protocol {protocol}), up {}",
@@ -145,5 +146,6 @@ pub(super) fn status(args: &StatusArgs) -> Result<(), Failure> {
         "rate limiter: {tracked_sources} sources tracked; spoofed-source fallback {} ({spoof_fallback_switches} switches)",
         if spoof_fallback_active { "ON" } else { "off" }
     );
+    super::shield::print_shield(&shield.unwrap_or_default());
     Ok(())
 }

@@ -8,6 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::shield::ShieldState;
 use crate::{
     api::{ErrorKind, HeaderRuleView, LimitsView, Origin},
     bpf::Filter,
@@ -89,6 +90,7 @@ pub(super) struct Core {
     pub(super) samples: Samples,
     /// Auto-blocks the daemon learnt of since it started.
     pub(super) auto_blocks: u64,
+    pub(super) shield: ShieldState,
 }
 
 pub(super) type Shared = Arc<Mutex<Core>>;

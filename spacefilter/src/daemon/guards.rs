@@ -40,7 +40,11 @@ impl Core {
         {
             self.filter
                 .limiter()
-                .set_reflect_ports(&limits.reflect_sources, &limits.service_ports)
+                .set_port_bits(
+                    &limits.reflect_sources,
+                    &limits.service_ports,
+                    self.shield.marked_ports(),
+                )
                 .map_err(|err| Refusal::failed(error_chain(&err)))?;
         }
         log::info!("flood guards set to {limits:?} asked by {peer}");

@@ -16,8 +16,8 @@ use super::{
 };
 use crate::{
     api::{
-        Changed, EntryView, HeaderRuleView, LimitsView, ObserveView, SampleView, StatusView,
-        TopView,
+        Changed, EntryView, HeaderRuleView, LimitsView, ObserveView, SampleView, ShieldView,
+        StatusView, TopView,
     },
     bpf::Counters,
     net::List,
@@ -128,7 +128,19 @@ impl Handle {
         self.lock().metrics()
     }
 
-    pub(super) fn detach_all(&self) {
-        self.lock().detach_all();
+    pub fn set_shield(&self, shield: ShieldView, peer: Peer) -> Result<ShieldView, Refusal> {
+        self.lock().set_shield(shield, peer)
+    }
+
+    #[must_use]
+    pub fn shield(&self) -> ShieldView {
+        self.lock().shield()
+    }
+
+    /// Detaches the program and puts back the host settings it needed.
+    pub(super) fn shut_down(&self) {
+        let mut core = self.lock();
+        core.detach_all();
+        core.release_host();
     }
 }

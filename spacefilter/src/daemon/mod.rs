@@ -7,7 +7,7 @@
 //! metrics endpoint live in [`crate::server`], which this module does not
 //! know), spawns the background [`tasks`], waits for a signal and shuts
 //! everything down in order. The core's state is split by concern:
-//! [`lists`], [`guards`], [`header_rules`], [`observability`].
+//! [`lists`], [`guards`], [`header_rules`], [`shield`], [`observability`].
 
 mod core;
 mod guards;
@@ -15,6 +15,7 @@ mod handle;
 mod header_rules;
 mod lists;
 mod observability;
+mod shield;
 mod start;
 mod tasks;
 
@@ -87,7 +88,7 @@ pub async fn run(
     let transports = match serve(handle.clone(), stop.clone()) {
         Ok(transports) => transports,
         Err(err) => {
-            handle.detach_all();
+            handle.shut_down();
             return Err(err);
         }
     };
@@ -124,7 +125,7 @@ pub async fn run(
     for task in tasks.into_iter().chain(background) {
         let _ = task.await;
     }
-    handle.detach_all();
+    handle.shut_down();
     cleanup();
     Ok(())
 }

@@ -67,6 +67,7 @@ impl Core {
             allow_entries: count(List::Allow),
             block_entries: count(List::Block),
             capacity: self.capacity,
+            shield: self.shield.enabled.then(|| self.shield.view()),
         }
     }
 

@@ -10,6 +10,7 @@ use super::{
     core::Core,
     guards::{self, kernel_limits},
     header_rules::{self, kernel_rule},
+    shield::ShieldState,
 };
 use crate::{
     api::{LimitsView, Origin},
@@ -63,6 +64,34 @@ fn restore(
         }
     }
     Ok(limits)
+}
+
+/// Puts the stored shield back in force. A shield that cannot be set up
+/// (the host refuses a setting) is logged and left off in the program:
+/// the rest of the filter starts all the same.
+fn restore_shield(core: &mut Core) {
+    let Some(record) = core.store.shield() else {
+        return;
+    };
+    let mut state = ShieldState::from_record(record.clone());
+    if !state.enabled && state.saved.is_empty() {
+        return;
+    }
+    match core.apply_shield(&mut state) {
+        Ok(()) => {
+            if state.enabled {
+                log::info!("restored the shield on TCP ports {:?}", state.tcp_ports);
+            }
+            if state.saved != record.saved {
+                // Host settings saved anew: they must survive a crash.
+                core.shield = state;
+                core.journal_shield();
+                return;
+            }
+        }
+        Err(message) => log::error!("the shield stays off: {message}"),
+    }
+    core.shield = state;
 }
 
 /// Adds the config file's entries that the state does not hold yet.
@@ -168,7 +197,9 @@ pub(super) fn start(settings: Settings) -> anyhow::Result<Core> {
         program_id,
         samples: Samples::default(),
         auto_blocks: 0,
+        shield: ShieldState::default(),
     };
+    restore_shield(&mut core);
     add_config_entries(&mut core, (allow, block), force)?;
     for iface in &ifaces {
         match core.filter.attach(iface, mode) {

@@ -7,6 +7,7 @@ pub mod iface;
 pub mod list;
 pub mod lockout;
 pub mod prefix;
+pub mod sysctl;
 
 pub use self::{
     list::List,

@@ -317,6 +317,13 @@ async fn handle(request: Request, daemon: &Handle, peer: Peer, write: &mut Owned
             })
             .await
         }
+        Request::SetShield { shield } => {
+            with_daemon(daemon, move |d| {
+                d.set_shield(shield, peer).map(Response::Shield)
+            })
+            .await
+        }
+        Request::GetShield => with_daemon(daemon, |d| Ok(Response::Shield(d.shield()))).await,
         Request::Watch { .. } | Request::Top { .. } | Request::Capture { .. } => {
             unreachable!("handled by the caller")
         }

@@ -7,14 +7,13 @@ use std::{
     path::Path,
 };
 
-use super::{Guards, HeaderRule, Op, Rules, StateError, io_err};
+use super::{Op, Rules, Settings, StateError, io_err};
 
 /// Applies the journal at `path` to what the snapshot held.
 pub(super) fn replay(
     path: &Path,
     rules: &mut Rules,
-    limits: &mut Option<Guards>,
-    header_rules: &mut Vec<HeaderRule>,
+    settings: &mut Settings,
 ) -> Result<(), StateError> {
     let file = match File::open(path) {
         Ok(file) => file,
@@ -35,9 +34,10 @@ pub(super) fn replay(
         number += 1;
         let complete = line.ends_with('\n');
         match serde_json::from_str::<Op>(line.trim_end()) {
-            Ok(Op::Limits { limits: set }) => *limits = Some(set),
-            Ok(Op::HeaderRules { rules: set }) => *header_rules = set,
-            Ok(op) => op.apply(rules),
+            Ok(op) => {
+                op.apply(rules);
+                settings.apply(&op);
+            }
             // A crash while appending leaves a cut-off last line; the change
             // it carried was never acknowledged.
             Err(_) if !complete => {

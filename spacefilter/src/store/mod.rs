@@ -29,7 +29,9 @@ use std::{
 use nix::fcntl::{Flock, FlockArg};
 
 use self::records::Snapshot;
-pub use self::records::{Action, Guards, HeaderRule, Meta, Op, Origin, Rule, Rules};
+pub use self::records::{
+    Action, Guards, HeaderRule, Meta, Op, Origin, Rule, Rules, Settings, Shield,
+};
 
 const SNAPSHOT: &str = "rules.json";
 const JOURNAL: &str = "journal.jsonl";
@@ -93,10 +95,8 @@ pub struct Store {
     dir: PathBuf,
     journal: File,
     journal_ops: usize,
-    /// The rate limit last set, kept here since it is no rule.
-    limits: Option<Guards>,
-    /// The rules on headers last set.
-    header_rules: Vec<HeaderRule>,
+    /// The settings last set, kept here since they are no rules.
+    settings: Settings,
     _lock: Flock<File>,
 }
 
@@ -121,9 +121,9 @@ impl Store {
             }
         })?;
 
-        let (mut rules, mut limits, mut header_rules) = snapshot::read(&dir.join(SNAPSHOT))?;
+        let (mut rules, mut settings) = snapshot::read(&dir.join(SNAPSHOT))?;
         let journal_path = dir.join(JOURNAL);
-        journal::replay(&journal_path, &mut rules, &mut limits, &mut header_rules)?;
+        journal::replay(&journal_path, &mut rules, &mut settings)?;
 
         let journal = OpenOptions::new()
             .create(true)
@@ -134,8 +134,7 @@ impl Store {
             dir: dir.to_path_buf(),
             journal,
             journal_ops: 0,
-            limits,
-            header_rules,
+            settings,
             _lock: lock,
         };
         store.compact(&rules)?;
@@ -145,13 +144,19 @@ impl Store {
     /// The rate limit last set.
     #[must_use]
     pub fn limits(&self) -> Option<Guards> {
-        self.limits.clone()
+        self.settings.limits.clone()
     }
 
     /// The rules on headers last set.
     #[must_use]
     pub fn header_rules(&self) -> Vec<HeaderRule> {
-        self.header_rules.clone()
+        self.settings.header_rules.clone()
+    }
+
+    /// The shield last set.
+    #[must_use]
+    pub fn shield(&self) -> Option<Shield> {
+        self.settings.shield.clone()
     }
 
     /// Appends `op` to the journal and makes it durable.
@@ -164,11 +169,7 @@ impl Store {
             .map_err(io_err(&path, "appending"))?;
         self.journal.sync_data().map_err(io_err(&path, "fsync"))?;
         self.journal_ops += 1;
-        match op {
-            Op::Limits { limits } => self.limits = Some(limits.clone()),
-            Op::HeaderRules { rules } => self.header_rules.clone_from(rules),
-            Op::Put { .. } | Op::Delete { .. } => {}
-        }
+        self.settings.apply(op);
         if self.journal_ops >= COMPACT_AFTER_OPS {
             self.compact(rules)?;
         }
@@ -190,8 +191,9 @@ impl Store {
                         meta: meta.clone(),
                     })
                     .collect(),
-                limits: self.limits.clone(),
-                header_rules: self.header_rules.clone(),
+                limits: self.settings.limits.clone(),
+                header_rules: self.settings.header_rules.clone(),
+                shield: self.settings.shield.clone(),
             },
         )?;
         self.journal

@@ -131,6 +131,19 @@ pub struct HeaderRule {
     pub comment: Option<String>,
 }
 
+/// The shield as stored.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shield {
+    pub enabled: bool,
+    #[serde(default)]
+    pub tcp_ports: Vec<(u16, u16)>,
+    /// The host settings the shield changed, with their values from before
+    /// (`net.ipv4.tcp_syncookies` and the like), to be put back when it
+    /// is switched off; kept across restarts and crashes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub saved: Vec<(String, String)>,
+}
+
 /// One change, as journaled.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -143,6 +156,8 @@ pub enum Op {
     Limits { limits: Guards },
     /// Replace the rules on headers.
     HeaderRules { rules: Vec<HeaderRule> },
+    /// Replace the shield's settings.
+    Shield { shield: Shield },
 }
 
 impl Op {
@@ -160,7 +175,30 @@ impl Op {
                     rules.remove(&(*list, *prefix));
                 }
             }
-            Op::Limits { .. } | Op::HeaderRules { .. } => {}
+            Op::Limits { .. } | Op::HeaderRules { .. } | Op::Shield { .. } => {}
+        }
+    }
+}
+
+/// What the store holds besides the rules: the settings last set.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// The flood guards' settings.
+    pub limits: Option<Guards>,
+    /// The rules on headers.
+    pub header_rules: Vec<HeaderRule>,
+    /// The shield.
+    pub shield: Option<Shield>,
+}
+
+impl Settings {
+    /// Takes in an op that sets a setting (the others change rules).
+    pub fn apply(&mut self, op: &Op) {
+        match op {
+            Op::Limits { limits } => self.limits = Some(limits.clone()),
+            Op::HeaderRules { rules } => self.header_rules.clone_from(rules),
+            Op::Shield { shield } => self.shield = Some(shield.clone()),
+            Op::Put { .. } | Op::Delete { .. } => {}
         }
     }
 }
@@ -174,4 +212,6 @@ pub(super) struct Snapshot {
     pub(super) limits: Option<Guards>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(super) header_rules: Vec<HeaderRule>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) shield: Option<Shield>,
 }

@@ -8,13 +8,11 @@ use std::{
     path::Path,
 };
 
-use super::{FORMAT_VERSION, Guards, HeaderRule, Rules, StateError, io_err, records::Snapshot};
+use super::{FORMAT_VERSION, Rules, Settings, StateError, io_err, records::Snapshot};
 
-/// The rules, the guards' settings and the header rules of the snapshot at
-/// `snapshot_path` (nothing, if there is none yet).
-pub(super) fn read(
-    snapshot_path: &Path,
-) -> Result<(Rules, Option<Guards>, Vec<HeaderRule>), StateError> {
+/// The rules and the settings of the snapshot at `snapshot_path` (nothing,
+/// if there is none yet).
+pub(super) fn read(snapshot_path: &Path) -> Result<(Rules, Settings), StateError> {
     let mut rules = Rules::new();
     match File::open(snapshot_path) {
         Ok(file) => {
@@ -35,9 +33,16 @@ pub(super) fn read(
             for rule in snapshot.rules {
                 rules.insert((rule.list, rule.prefix), rule.meta);
             }
-            Ok((rules, snapshot.limits, snapshot.header_rules))
+            Ok((
+                rules,
+                Settings {
+                    limits: snapshot.limits,
+                    header_rules: snapshot.header_rules,
+                    shield: snapshot.shield,
+                },
+            ))
         }
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok((rules, None, Vec::new())),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok((rules, Settings::default())),
         Err(err) => Err(io_err(snapshot_path, "reading")(err)),
     }
 }

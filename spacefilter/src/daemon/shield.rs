@@ -1,0 +1,261 @@
+//! The shield: its ports, the program's settings for it (the MSS and the
+//! window scale its SYN-ACKs offer, learnt from the host), and the host
+//! settings it needs while it is on:
+//!
+//! - `net.ipv4.tcp_syncookies = 2`: the cookie helper answers only then
+//!   (at 1, only while the listener's queue overflows), and the kernel
+//!   takes the cookies' ACKs;
+//! - `net.ipv4.tcp_timestamps = 2` where it was 1: a cookie carries the
+//!   client's window scale and SACK in the SYN-ACK's timestamp, which the
+//!   kernel reads back only if it adds no per-connection offset to its
+//!   timestamps (at 1 it adds a secret one).
+//!
+//! The old values are stored with the shield, put back when it is
+//! switched off and when the daemon stops, and taken from the store after a
+//! crash.
+
+use spacefilter_common::{Shield, shield_flags};
+
+use super::{Peer, Refusal, core::Core};
+use crate::{
+    api::ShieldView,
+    error_chain,
+    net::sysctl,
+    store::{self, Op},
+};
+
+const SYNCOOKIES: &str = "net.ipv4.tcp_syncookies";
+const TIMESTAMPS: &str = "net.ipv4.tcp_timestamps";
+
+/// The shield as the daemon holds it.
+#[derive(Clone, Debug, Default)]
+pub(super) struct ShieldState {
+    pub(super) enabled: bool,
+    pub(super) tcp_ports: Vec<(u16, u16)>,
+    /// Host settings changed, with their old values.
+    pub(super) saved: Vec<(String, String)>,
+    /// What the program was given.
+    pub(super) kernel: Shield,
+    /// Limits of the host that cut what SYN-ACKs offer.
+    pub(super) notes: Vec<String>,
+}
+
+impl ShieldState {
+    pub(super) fn from_record(record: store::Shield) -> Self {
+        Self {
+            enabled: record.enabled,
+            tcp_ports: record.tcp_ports,
+            saved: record.saved,
+            ..Self::default()
+        }
+    }
+
+    fn record(&self) -> store::Shield {
+        store::Shield {
+            enabled: self.enabled,
+            tcp_ports: self.tcp_ports.clone(),
+            saved: self.saved.clone(),
+        }
+    }
+
+    /// The ports the program marks as shielded (none while off).
+    pub(super) fn marked_ports(&self) -> &[(u16, u16)] {
+        if self.enabled { &self.tcp_ports } else { &[] }
+    }
+
+    pub(super) fn view(&self) -> ShieldView {
+        ShieldView {
+            enabled: self.enabled,
+            tcp_ports: self.tcp_ports.clone(),
+            mss: u16::try_from(self.kernel.mss_v4).unwrap_or(u16::MAX),
+            wscale: u8::try_from(self.kernel.wscale).unwrap_or(u8::MAX),
+            host_settings: self
+                .saved
+                .iter()
+                .filter_map(|(name, old)| {
+                    let now = sysctl::read(name).ok()?;
+                    Some(format!("{name}={now} (was {old})"))
+                })
+                .collect(),
+            notes: self.notes.clone(),
+        }
+    }
+}
+
+/// Sets the host settings the shield needs; returns those it changed with
+/// their old values, `saved` (from an earlier run) first.
+fn take_host(saved: &[(String, String)]) -> std::io::Result<Vec<(String, String)>> {
+    let mut out = saved.to_vec();
+    for (name, wanted, unless) in [
+        (SYNCOOKIES, "2", &["2"][..]),
+        (TIMESTAMPS, "2", &["0", "2"]),
+    ] {
+        let now = sysctl::read(name)?;
+        if unless.contains(&now.as_str()) {
+            continue;
+        }
+        sysctl::write(name, wanted)?;
+        log::info!("shield: {name} set to {wanted} (was {now})");
+        if !out.iter().any(|(n, _)| n == name) {
+            out.push((name.to_owned(), now));
+        }
+    }
+    Ok(out)
+}
+
+/// Puts back the host settings the shield changed.
+fn give_back(saved: &[(String, String)]) {
+    for (name, old) in saved {
+        match sysctl::write(name, old) {
+            Ok(()) => log::info!("shield: {name} put back to {old}"),
+            Err(err) => log::error!("shield: putting {name} back to {old}: {err}"),
+        }
+    }
+}
+
+/// The program's settings for the shield, from the host's: what the
+/// kernel will do with a connection opened from a cookie.
+fn kernel_settings(enabled: bool, ifaces: &[String]) -> std::io::Result<(Shield, Vec<String>)> {
+    let mut notes = Vec::new();
+    let on = |name| sysctl::read(name).map(|v| v != "0");
+    let mut flags = if enabled { shield_flags::ON } else { 0 };
+    if on(TIMESTAMPS)? {
+        flags |= shield_flags::TIMESTAMPS;
+    } else {
+        notes.push(
+            "net.ipv4.tcp_timestamps is 0: connections opened from a cookie get no window \
+             scaling and no SACK"
+                .to_owned(),
+        );
+    }
+    if on("net.ipv4.tcp_sack")? {
+        flags |= shield_flags::SACK;
+    }
+    if on("net.ipv4.tcp_window_scaling")? {
+        flags |= shield_flags::WSCALE;
+    }
+    // The kernel's window scale for a listener with default buffers
+    // (tcp_select_initial_window): the largest receive space it may grow
+    // to, as a shift above 64 KiB. A listener with SO_RCVBUF, or a route
+    // with a window, may pick less.
+    let space = sysctl::number("net.ipv4.tcp_rmem", 2)?
+        .max(sysctl::number("net.core.rmem_max", 0)?)
+        .min(u64::from(u16::MAX) << 14);
+    let wscale = space.max(1).ilog2().saturating_sub(15).min(14);
+    // The MSS the kernel would offer: the smallest MTU less the headers.
+    let mtu = ifaces
+        .iter()
+        .filter_map(|iface| sysctl::mtu(iface).ok())
+        .min()
+        .unwrap_or(1500);
+    Ok((
+        Shield {
+            flags,
+            mss_v4: mtu.saturating_sub(40).max(536),
+            mss_v6: mtu.saturating_sub(60).max(1220),
+            wscale,
+        },
+        notes,
+    ))
+}
+
+impl Core {
+    /// Puts the shield in force: host settings, the program's settings,
+    /// its ports. Used at start and on a change.
+    pub(super) fn apply_shield(&mut self, state: &mut ShieldState) -> Result<(), String> {
+        if state.enabled {
+            state.saved = take_host(&state.saved).map_err(|err| {
+                format!("setting the host up for SYN cookies (as root, in this namespace): {err}")
+            })?;
+        }
+        let (kernel, notes) = kernel_settings(state.enabled, &self.ifaces)
+            .map_err(|err| format!("reading the host's TCP settings: {err}"))?;
+        state.kernel = kernel;
+        state.notes = notes;
+        self.filter
+            .limiter()
+            .set_port_bits(
+                &self.limits.reflect_sources,
+                &self.limits.service_ports,
+                state.marked_ports(),
+            )
+            .map_err(|err| error_chain(&err))?;
+        self.filter
+            .limiter()
+            .set_shield(kernel)
+            .map_err(|err| error_chain(&err))?;
+        if !state.enabled && !state.saved.is_empty() {
+            give_back(&state.saved);
+            state.saved.clear();
+        }
+        Ok(())
+    }
+
+    /// Changes the shield and records it.
+    pub(super) fn set_shield(
+        &mut self,
+        view: ShieldView,
+        peer: Peer,
+    ) -> Result<ShieldView, Refusal> {
+        if let Some(problem) = view.problem() {
+            return Err(Refusal::bad_input(problem));
+        }
+        let before = self.shield.clone();
+        let mut state = ShieldState {
+            enabled: view.enabled,
+            tcp_ports: if view.enabled {
+                view.tcp_ports
+            } else {
+                before.tcp_ports.clone()
+            },
+            saved: before.saved.clone(),
+            ..ShieldState::default()
+        };
+        if let Err(message) = self.apply_shield(&mut state) {
+            let mut back = before;
+            let _ = self.apply_shield(&mut back);
+            return Err(Refusal::failed(message));
+        }
+        let op = Op::Shield {
+            shield: state.record(),
+        };
+        if let Err(err) = self.store.append(&op, &self.rules) {
+            let mut back = before;
+            let _ = self.apply_shield(&mut back);
+            self.shield = back;
+            return Err(Refusal::failed(error_chain(&err)));
+        }
+        log::info!(
+            "shield {} asked by {peer}",
+            if state.enabled {
+                format!("on for TCP ports {:?}", state.tcp_ports)
+            } else {
+                "off".to_owned()
+            }
+        );
+        self.shield = state;
+        Ok(self.shield.view())
+    }
+
+    #[must_use]
+    pub(super) fn shield(&self) -> ShieldView {
+        self.shield.view()
+    }
+
+    /// Journals the shield as it is (logged if the write fails: the
+    /// settings are in force all the same).
+    pub(super) fn journal_shield(&mut self) {
+        let op = Op::Shield {
+            shield: self.shield.record(),
+        };
+        if let Err(err) = self.store.append(&op, &self.rules) {
+            log::error!("recording the shield: {}", error_chain(&err));
+        }
+    }
+
+    /// Puts back the host settings the shield changed, when the program
+    /// goes (they come back at the next start).
+    pub(super) fn release_host(&mut self) {
+        give_back(&self.shield.saved);
+    }
+}
