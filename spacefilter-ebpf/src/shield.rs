@@ -51,7 +51,9 @@ const SYNACK_TCP_LEN: usize = 40;
 /// the client never sends past it; the kernel's first ACK sets the real
 /// one.
 const SYNACK_WINDOW: u16 = 29_200;
-/// The SYN-ACK's IP packet.
+/// A SYN-ACK without a timestamp: the MSS alone.
+const SHORT_TCP_LEN: usize = 24;
+/// The SYN-ACK's IP packet (at most).
 pub(crate) const SYNACK_LEN: usize = IPV4_LEN + SYNACK_TCP_LEN;
 /// The kernel's cookie timestamp: its low bits carry the options
 /// (`TSBITS` in `net/ipv4/syncookies.c`).
@@ -316,83 +318,42 @@ pub(crate) struct Scratch {
 }
 
 /// Answers a SYN with a cookie, or leaves it to the kernel (no listener,
-/// or a socket of this 4-tuple already).
+/// or a socket of this 4-tuple already, or no cookie to be had).
 ///
 /// The cookie helper wants the whole TCP header, options included, and the
-/// verifier wants the largest header it could be (60 bytes) to lie in the
-/// packet: a shorter frame is first grown to hold one (the new bytes are
-/// zeros), then cut to the SYN-ACK's size once it is written.
+/// verifier wants it to lie in the packet for a length it knows: one
+/// branch per length a header can have ([`cookie_for`]). The frame is
+/// resized only to write the answer, which is never longer than a SYN that
+/// offers what it answers: a SYN from Linux (MSS, SACK, timestamp, window
+/// scale) is answered in a frame of its own size.
 #[inline(always)]
 fn syn_cookie(ctx: &XdpContext, ip_offset: usize, shield: &Shield) -> Option<Verdict> {
-    let (ip, _) = headers(ctx, ip_offset)?;
+    let (ip, th) = headers(ctx, ip_offset)?;
+    let scratch = SHIELD_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU value, used only by this CPU while this program
+    // runs.
+    let scratch = unsafe { &mut *scratch };
+    // SAFETY: the data offset byte lies in the packet (checked by
+    // `headers`).
+    let tcp_len = usize::from(unsafe { *((th + 12) as *const u8) } >> 4) * 4;
     let sk = lookup(ctx, ip);
     if sk.is_null() {
         return None;
     }
     // SAFETY: a socket the lookup returned, readable until released.
-    if unsafe { (*sk).state } != BPF_TCP_LISTEN {
-        // SAFETY: releasing the reference the lookup took.
-        unsafe { bpf_sk_release(sk.cast()) };
-        return None;
-    }
-    let ip_offset = ip_offset & 0x1f;
-    let room = (ip_offset + IPV4_LEN + 60) as i64 - (ctx.data_end() - ctx.data()) as i64;
-    // SAFETY: the context is the program's; every packet pointer is taken
-    // anew below.
-    if room > 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, room as i32) } != 0 {
-        // SAFETY: releasing the reference the lookup took.
-        unsafe { bpf_sk_release(sk.cast()) };
-        // The verifier holds the frame's bounds for gone, even though the
-        // kernel left it as it was.
-        return Some(SPOILED);
-    }
-    let ip = ctx.data() + ip_offset;
-    let th = ip + IPV4_LEN;
-    let cookie = if th + 60 > ctx.data_end() {
-        -1
+    let cookie = if unsafe { (*sk).state } == BPF_TCP_LISTEN {
+        cookie_for(ctx, sk, ip, th, tcp_len, &mut scratch.options)
     } else {
-        // SAFETY: the TCP header's data offset byte lies in the packet.
-        let tcp_len = usize::from(unsafe { *((th + 12) as *const u8) } >> 4) * 4;
-        // Raised to 20 where the header lies about its length (the helper
-        // then refuses it): the verifier must see a length of at least 20.
-        let tcp_len = tcp_len.max(20);
-        // SAFETY: the socket is held; the IPv4 header and 60 bytes of TCP
-        // header lie in the packet.
-        unsafe {
-            bpf_tcp_gen_syncookie(
-                sk.cast(),
-                ip as *mut _,
-                IPV4_LEN as u32,
-                th as *mut tcphdr,
-                tcp_len as u32,
-            )
-        }
+        -1
     };
     // SAFETY: releasing the reference the lookup took.
     unsafe { bpf_sk_release(sk.cast()) };
-    if cookie < 0 || th + 60 > ctx.data_end() {
-        // No cookie (the accept queue is full, say): the frame may have
-        // been grown, so it cannot go on; the client will try again.
-        return Some(SPOILED);
+    if cookie < 0 {
+        return None;
     }
-    // From here on the frame may have been resized: every way out is an
-    // answer or spoiled.
-    let Some(scratch) = SHIELD_SCRATCH.get_ptr_mut(0) else {
-        return Some(SPOILED);
-    };
-    // SAFETY: a per-CPU value, used only by this CPU while this program
-    // runs.
-    let scratch = unsafe { &mut *scratch };
-    // SAFETY: 60 bytes of TCP header lie in the packet, checked above.
-    let (options, tcp_len) = unsafe {
-        (
-            core::ptr::read_unaligned((th + 20) as *const [u8; 40]),
-            usize::from(*((th + 12) as *const u8) >> 4) * 4,
-        )
-    };
-    scratch.options[..40].copy_from_slice(&options);
     let offer = offer(scratch, tcp_len.saturating_sub(20));
-    if synack(
+    let (ip, th) = headers(ctx, ip_offset)?;
+    let long = synack(
         ctx,
         ip,
         th,
@@ -400,12 +361,54 @@ fn syn_cookie(ctx: &XdpContext, ip_offset: usize, shield: &Shield) -> Option<Ver
         offer,
         shield,
         &mut scratch.answer,
-    )
-    .is_none()
-    {
-        return Some(SPOILED);
+    )?;
+    Some(turn_around(ctx, ip_offset & 0x1f, &scratch.answer, long))
+}
+
+/// The kernel's cookie for the SYN at `th` (`tcp_len` bytes of header, as
+/// its data offset says), through the listener `sk`, with the header's
+/// options copied into `options` (zeros after them); negative if there is
+/// none (the helper refused, or the header does not fit the frame).
+#[inline(always)]
+fn cookie_for(
+    ctx: &XdpContext,
+    sk: *mut bpf_sock,
+    ip: usize,
+    th: usize,
+    tcp_len: usize,
+    options: &mut [u8; 64],
+) -> i64 {
+    *options = [0; 64];
+    macro_rules! lengths {
+        ($($n:literal)*) => {
+            match tcp_len {
+                $($n => {
+                    if th + $n > ctx.data_end() {
+                        return -1;
+                    }
+                    // SAFETY: the header's $n bytes lie in the packet,
+                    // checked just above.
+                    let copied = unsafe {
+                        core::ptr::read_unaligned((th + 20) as *const [u8; $n - 20])
+                    };
+                    options[..$n - 20].copy_from_slice(&copied);
+                    // SAFETY: the socket is held; the IPv4 header and the
+                    // $n bytes of TCP header lie in the packet.
+                    unsafe {
+                        bpf_tcp_gen_syncookie(
+                            sk.cast(),
+                            ip as *mut _,
+                            IPV4_LEN as u32,
+                            th as *mut tcphdr,
+                            $n,
+                        )
+                    }
+                })*
+                _ => -1,
+            }
+        };
     }
-    Some(turn_around(ctx, ip_offset, &scratch.answer))
+    lengths!(20 24 28 32 36 40 44 48 52 56 60)
 }
 
 /// The SYN-ACK's IPv4 and TCP headers, with their checksums.
@@ -418,7 +421,7 @@ fn synack(
     offer: Offer,
     shield: &Shield,
     out: &mut [u8; SYNACK_LEN],
-) -> Option<()> {
+) -> Option<bool> {
     if th + 20 > ctx.data_end() {
         return None;
     }
@@ -432,10 +435,14 @@ fn synack(
             u32::from_be(core::ptr::read_unaligned((th + 4) as *const u32)),
         )
     };
+    let timestamps = shield.flags & shield_flags::TIMESTAMPS != 0;
+    // With a timestamp, 20 bytes of options; without, the MSS alone.
+    let long = offer.tsval.is_some() && timestamps;
+    let tcp_len = if long { SYNACK_TCP_LEN } else { SHORT_TCP_LEN };
     out.fill(0);
     // IPv4: no options, DF, TTL 64, the addresses swapped.
     out[0] = 0x45;
-    out[2..4].copy_from_slice(&((IPV4_LEN + SYNACK_TCP_LEN) as u16).to_be_bytes());
+    out[2..4].copy_from_slice(&((IPV4_LEN + tcp_len) as u16).to_be_bytes());
     out[6] = 0x40;
     out[8] = 64;
     out[9] = IPPROTO_TCP_NUMBER;
@@ -449,20 +456,19 @@ fn synack(
     t[2..4].copy_from_slice(&sport);
     t[4..8].copy_from_slice(&cookie.to_be_bytes());
     t[8..12].copy_from_slice(&seq.wrapping_add(1).to_be_bytes());
-    t[12] = ((SYNACK_TCP_LEN / 4) as u8) << 4;
+    t[12] = ((tcp_len / 4) as u8) << 4;
     t[13] = TCP_SYN | TCP_ACK;
     t[14..16].copy_from_slice(&SYNACK_WINDOW.to_be_bytes());
-    // Options, 20 bytes: MSS; SACK-permitted and the timestamp (or NOPs);
-    // the window scale (or NOPs). Without a timestamp to carry them, the
-    // kernel cannot learn of window scaling or SACK from the cookie, so
-    // neither is offered.
+    // Options: MSS; then, with a timestamp, SACK-permitted (or NOPs), the
+    // timestamp, the window scale (or NOPs). Without a timestamp to carry
+    // them, the kernel cannot learn of window scaling or SACK from the
+    // cookie, so neither is offered.
     let o = &mut t[20..];
     o.fill(1);
     o[0] = 2;
     o[1] = 4;
     o[2..4].copy_from_slice(&(shield.mss_v4 as u16).to_be_bytes());
-    let timestamps = shield.flags & shield_flags::TIMESTAMPS != 0;
-    if let (Some(tsecr), true) = (offer.tsval, timestamps) {
+    if let (Some(tsecr), true) = (offer.tsval, long) {
         let sack = offer.sack && shield.flags & shield_flags::SACK != 0;
         let wscale = match offer.wscale {
             Some(w) if shield.flags & shield_flags::WSCALE != 0 => Some(w.min(14)),
@@ -482,11 +488,15 @@ fn synack(
             o[19] = shield.wscale as u8;
         }
     }
-    // The pseudo-header: addresses, protocol, TCP length.
-    let pseudo = sum(&out[12..20]) + u32::from(IPPROTO_TCP_NUMBER) + SYNACK_TCP_LEN as u32;
+    // The pseudo-header: addresses, protocol, TCP length. The bytes past a
+    // short header are zeros, which add nothing.
+    let pseudo = sum(&out[12..20]) + u32::from(IPPROTO_TCP_NUMBER) + tcp_len as u32;
+    if !long {
+        out[IPV4_LEN + SHORT_TCP_LEN..].fill(0);
+    }
     let tcp_sum = fold(pseudo + sum(&out[IPV4_LEN..]));
     out[IPV4_LEN + 16..IPV4_LEN + 18].copy_from_slice(&(!tcp_sum).to_be_bytes());
-    Some(())
+    Some(long)
 }
 
 /// The SYN-ACK's timestamp as the kernel's cookie path makes it
@@ -534,11 +544,21 @@ fn fold(mut sum: u32) -> u16 {
 /// and `answer` after them, writes `answer`, and swaps the MAC addresses:
 /// the frame goes back out where it came in.
 #[inline(always)]
-fn turn_around(ctx: &XdpContext, ip_offset: usize, answer: &[u8; SYNACK_LEN]) -> Verdict {
+fn turn_around(
+    ctx: &XdpContext,
+    ip_offset: usize,
+    answer: &[u8; SYNACK_LEN],
+    long: bool,
+) -> Verdict {
+    let ip_len = if long {
+        SYNACK_LEN
+    } else {
+        IPV4_LEN + SHORT_TCP_LEN
+    };
     // Tags make the IP header start at 14, 18 or 22.
     let ip_offset = ip_offset & 0x1f;
     let len = ctx.data_end() - ctx.data();
-    let wanted = ip_offset + answer.len();
+    let wanted = ip_offset + ip_len;
     let delta = wanted as i64 - len as i64;
     if delta != 0 {
         // SAFETY: the context is the program's; every packet pointer is
@@ -550,17 +570,34 @@ fn turn_around(ctx: &XdpContext, ip_offset: usize, answer: &[u8; SYNACK_LEN]) ->
         }
     }
     let start = ctx.data();
-    if start + ip_offset + answer.len() > ctx.data_end() || start + 12 > ctx.data_end() {
+    let end = ctx.data_end();
+    if start + 12 > end || start + ip_offset + ip_len > end {
         return SPOILED;
     }
-    // SAFETY: both ranges lie in the packet, checked just above.
+    // SAFETY: the MAC addresses lie in the packet, checked just above.
     unsafe {
         let macs = core::ptr::read_unaligned(start as *const [u8; 12]);
         let mut swapped = [0u8; 12];
         swapped[..6].copy_from_slice(&macs[6..]);
         swapped[6..].copy_from_slice(&macs[..6]);
         core::ptr::write_unaligned(start as *mut [u8; 12], swapped);
-        core::ptr::copy_nonoverlapping(answer.as_ptr(), (start + ip_offset) as *mut u8, SYNACK_LEN);
+    }
+    let at = start + ip_offset;
+    if long {
+        if at + SYNACK_LEN > end {
+            return SPOILED;
+        }
+        // SAFETY: the answer's bytes lie in the packet, checked just above.
+        unsafe { core::ptr::write_unaligned(at as *mut [u8; SYNACK_LEN], *answer) };
+    } else {
+        const SHORT: usize = IPV4_LEN + SHORT_TCP_LEN;
+        if at + SHORT > end {
+            return SPOILED;
+        }
+        let mut short = [0u8; SHORT];
+        short.copy_from_slice(&answer[..SHORT]);
+        // SAFETY: the answer's bytes lie in the packet, checked just above.
+        unsafe { core::ptr::write_unaligned(at as *mut [u8; SHORT], short) };
     }
     ANSWERED
 }

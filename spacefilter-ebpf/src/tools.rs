@@ -2,6 +2,7 @@
 //! the daemon:
 //! - `floor_drop`, `floor_pass`: the cheapest possible XDP programs, the
 //!   floor against which the filter's per-packet cost is compared;
+//! - `answer_sink`: drops what is sent to the lab's forged sources;
 //! - `generator`: redirects every frame to the interface in `GEN_TARGET`.
 //!   Run through `BPF_PROG_TEST_RUN` in live-frame mode (kernel 5.18), it
 //!   turns one frame into a flood leaving through that interface. With
@@ -35,6 +36,14 @@ static GEN_SPREAD: Array<[u32; 2]> = Array::with_max_entries(1, 0);
 #[map]
 static GEN_SPREAD_NEXT: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
+/// With its first word not 0, the frame's first bytes as they were sent
+/// (`[1, bytes...]`), written back into every frame before it leaves: in
+/// live-frame mode a frame's page comes back for later frames with
+/// whatever the receiver left in it, and a receiver that answers with
+/// `XDP_TX` rewrites the frame.
+#[map]
+static GEN_HEAD: Array<[u8; 68]> = Array::with_max_entries(1, 0);
+
 const ETH_HLEN: usize = 14;
 const IPV4_HLEN: usize = 20;
 const IPPROTO_TCP: u8 = 6;
@@ -51,6 +60,27 @@ fn floor_drop(_ctx: XdpContext) -> u32 {
 #[xdp]
 fn floor_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// Drops IPv4 frames to 198.19.0.0/16, the lab's forged sources, and
+/// passes the rest: on the link's far end, it stands for the wire that
+/// carries a server's answers to forged sources away, to vanish.
+#[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the signature #[xdp] requires"
+)]
+fn answer_sink(ctx: XdpContext) -> u32 {
+    let (Some(ethertype), Some(dst)) = (at(&ctx, 12, 2), at(&ctx, ETH_HLEN + 16, 2)) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: both pointers come from `at`, which checked their bytes.
+    let forged = unsafe { get16(ethertype) == 0x0800 && *dst == 198 && *dst.add(1) == 19 };
+    if forged {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
 }
 
 /// `bytes` bytes at `offset` of the frame, or `None` if it is shorter.
@@ -158,12 +188,31 @@ fn spread(ctx: &XdpContext) -> Option<()> {
     Some(())
 }
 
+/// Writes [`GEN_HEAD`] back over the frame's first 64 bytes (54, the
+/// headers of a TCP segment, for a shorter frame).
+#[inline(always)]
+fn restore(ctx: &XdpContext) -> Option<()> {
+    let head = GEN_HEAD.get(0)?;
+    if head[0] == 0 {
+        return None;
+    }
+    if let Some(at) = at(ctx, 0, 64) {
+        // SAFETY: the 64 bytes lie in the frame (`at` checked).
+        unsafe { core::ptr::copy_nonoverlapping(head.as_ptr().add(4), at, 64) };
+    } else if let Some(at) = at(ctx, 0, 54) {
+        // SAFETY: as above, 54 bytes.
+        unsafe { core::ptr::copy_nonoverlapping(head.as_ptr().add(4), at, 54) };
+    }
+    Some(())
+}
+
 #[xdp]
 #[expect(
     clippy::needless_pass_by_value,
     reason = "the signature #[xdp] requires"
 )]
 fn generator(ctx: XdpContext) -> u32 {
+    restore(&ctx);
     spread(&ctx);
     match GEN_TARGET.get(0) {
         Some(&ifindex) if ifindex != 0 => {

@@ -27,6 +27,7 @@ use spacefilter::{Filter, LoadOptions, Prefix, bpf::TOOLS};
 
 use crate::packets::{Ext, Packet};
 
+pub mod admission;
 mod control;
 mod floods;
 pub mod observe;

@@ -127,6 +127,9 @@ pub struct Flood {
     rate: Option<u64>,
     total: Option<u64>,
     spread: Option<(Ipv4Addr, u32)>,
+    /// Write each frame's head back before it leaves (see
+    /// [`Flood::restoring`]).
+    restore: bool,
 }
 
 impl Flood {
@@ -180,7 +183,18 @@ impl Flood {
             rate: None,
             total: None,
             spread: None,
+            restore: false,
         }
+    }
+
+    /// Every frame leaves with its first 64 bytes as built, whatever a
+    /// receiver that answers with `XDP_TX` left in its page (in live-frame
+    /// mode pages come back for later frames): for floods at a filter that
+    /// turns frames into answers. It costs the generator a copy a frame.
+    #[must_use]
+    pub fn restoring(mut self) -> Flood {
+        self.restore = true;
+        self
     }
 
     /// Every frame from the next of `count` source addresses from `first`
@@ -330,6 +344,8 @@ pub struct Generator {
     ebpf: Ebpf,
     /// `GEN_SPREAD`: the sources a flood's frames are spread over.
     spread: Mutex<Array<MapData, [u32; 2]>>,
+    /// `GEN_HEAD`: the first bytes to write back into every frame.
+    head: Mutex<Array<MapData, [u8; 68]>>,
     ns: String,
     target: String,
     cpu: Option<usize>,
@@ -356,6 +372,10 @@ impl Generator {
             ebpf.take_map("GEN_SPREAD")
                 .context("the tools have no map GEN_SPREAD")?,
         )?;
+        let head = Array::try_from(
+            ebpf.take_map("GEN_HEAD")
+                .context("the tools have no map GEN_HEAD")?,
+        )?;
         let program: &mut Xdp = ebpf
             .program_mut("generator")
             .context("the tools have no program generator")?
@@ -370,6 +390,7 @@ impl Generator {
         Ok(Generator {
             ebpf,
             spread: Mutex::new(spread),
+            head: Mutex::new(head),
             ns: ns.to_owned(),
             target: target.to_owned(),
             cpu: None,
@@ -397,7 +418,18 @@ impl Generator {
     /// Sends `repeat` copies of `frame`. The calling thread must be in the
     /// generator's namespace: the kernel resolves the target's ifindex
     /// there.
-    fn send(&self, frame: &[u8], repeat: u32) -> anyhow::Result<()> {
+    fn send(&self, frame: &[u8], repeat: u32, restore: bool) -> anyhow::Result<()> {
+        if restore {
+            let mut head = [0u8; 68];
+            head[0] = 1;
+            let n = frame.len().min(64);
+            head[4..4 + n].copy_from_slice(&frame[..n]);
+            self.head
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .set(0, head, 0)
+                .context("setting the generator's frame head")?;
+        }
         // In live-frame mode the kernel reports no verdict (the return
         // value is always 0): what arrives is the only evidence.
         self.program()
@@ -423,6 +455,13 @@ impl Generator {
         spread
             .set(0, [0, 0], 0)
             .context("clearing the generator's sources")?;
+        if flood.restore {
+            self.head
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .set(0, [0; 68], 0)
+                .context("clearing the generator's frame head")?;
+        }
         sent
     }
 
@@ -457,7 +496,7 @@ impl Generator {
             while owed > 0 {
                 let burst =
                     u32::try_from(owed.min(u64::from(flood.burst))).expect("at most a burst");
-                self.send(&flood.frames[next], burst)?;
+                self.send(&flood.frames[next], burst, flood.restore)?;
                 next = (next + 1) % flood.frames.len();
                 sent.frames += u64::from(burst);
                 sent.calls += 1;

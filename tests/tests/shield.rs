@@ -546,3 +546,131 @@ fn daemon_shield_end_to_end() {
     daemon.terminate(STOP_TIMEOUT).expect("stopping");
     drop(echo);
 }
+
+/// The SYN-ACK the program builds, read back from `BPF_PROG_TEST_RUN` in a
+/// namespace with a listener: `XDP_TX`, addresses and ports swapped, the
+/// acknowledgement of the SYN, checksums right, and the options the SYN
+/// asked for: all of them for a SYN from Linux (in a frame of the SYN's
+/// own size), the MSS alone for a SYN without options (as floods send).
+#[test]
+fn synack_fixtures() {
+    require_root();
+    let lab = Lab::new().expect("building the lab");
+    set_sysctl(&lab, SYNCOOKIES, "2");
+    set_sysctl(&lab, TIMESTAMPS, "2");
+    let listener = lab
+        .run_in(Host::Server, || TcpListener::bind("0.0.0.0:0"))
+        .unwrap()
+        .expect("a listener in the server's namespace");
+    let port = listener.local_addr().unwrap().port();
+    let mut filter = Filter::load(LoadOptions {
+        capacity: CAPACITY,
+        ..LoadOptions::default()
+    })
+    .expect("loading spacefilter");
+    shield_on(&mut filter, &[(port, port)]);
+    let client = Host::Listener.addr(Family::V4);
+    let server = Host::Server.addr(Family::V4);
+    let with_options = {
+        let mut h = etherparse::TcpHeader::new(40_001, port, 0x1111_2222, 64240);
+        h.syn = true;
+        h.set_options(&[
+            etherparse::TcpOptionElement::MaximumSegmentSize(1460),
+            etherparse::TcpOptionElement::SelectiveAcknowledgementPermitted,
+            etherparse::TcpOptionElement::Timestamp(0x0102_0304, 0),
+            etherparse::TcpOptionElement::Noop,
+            etherparse::TcpOptionElement::WindowScale(7),
+        ])
+        .expect("options fit");
+        Packet::ip(client, server)
+            .tcp_header(h)
+            .build()
+            .into_bytes()
+    };
+    let bare = {
+        let mut h = etherparse::TcpHeader::new(40_002, port, 0x3333_4444, 64240);
+        h.syn = true;
+        Packet::ip(client, server)
+            .tcp_header(h)
+            .build()
+            .into_bytes()
+    };
+    for (frame, long) in [(&with_options, true), (&bare, false)] {
+        let mut out = vec![0u8; 256];
+        let (action, len) = lab
+            .run_in(Host::Server, || filter.test_run_out(frame, &mut out))
+            .expect("entering the server")
+            .expect("test run");
+        assert_eq!(
+            action,
+            3,
+            "XDP_TX (the answer to a {} SYN)",
+            if long { "full" } else { "bare" }
+        );
+        let answer = etherparse::SlicedPacket::from_ethernet(&out[..len]).expect("a frame");
+        let Some(etherparse::NetSlice::Ipv4(ip)) = &answer.net else {
+            panic!("an IPv4 answer: {answer:?}");
+        };
+        assert_eq!(ip.header().source_addr().to_string(), server.to_string());
+        assert_eq!(
+            ip.header().destination_addr().to_string(),
+            client.to_string()
+        );
+        let Some(etherparse::TransportSlice::Tcp(tcp)) = &answer.transport else {
+            panic!("a TCP answer");
+        };
+        assert!(tcp.syn() && tcp.ack() && !tcp.rst() && !tcp.fin());
+        assert_eq!(tcp.destination_port(), if long { 40_001 } else { 40_002 });
+        assert_eq!(tcp.source_port(), port);
+        let seq = if long { 0x1111_2222u32 } else { 0x3333_4444 };
+        assert_eq!(tcp.acknowledgment_number(), seq + 1);
+        assert_eq!(
+            tcp.calc_checksum_ipv4(ip.header().source(), ip.header().destination())
+                .unwrap(),
+            tcp.checksum(),
+            "the TCP checksum"
+        );
+        let ip_header = ip.header().to_header();
+        assert_eq!(
+            ip_header.header_checksum,
+            ip_header.calc_header_checksum(),
+            "the IP checksum"
+        );
+        let options: Vec<_> = tcp
+            .options_iterator()
+            .map(|o| o.expect("an option"))
+            .collect();
+        check_options(&options, long);
+        if long {
+            assert_eq!(len, frame.len(), "answered in a frame of the SYN's size");
+        }
+    }
+    drop(listener);
+}
+
+/// The options of the SYN-ACK: the MSS; with the client's timestamp, SACK,
+/// the window scale and the timestamp carrying them as the kernel encodes
+/// them.
+fn check_options(options: &[etherparse::TcpOptionElement], long: bool) {
+    use etherparse::TcpOptionElement as O;
+    assert!(options.contains(&O::MaximumSegmentSize(1460)));
+    if !long {
+        assert_eq!(options.len(), 1, "the MSS alone: {options:?}");
+        return;
+    }
+    assert!(options.contains(&O::SelectiveAcknowledgementPermitted));
+    assert!(options.contains(&O::WindowScale(7)));
+    let (tsval, tsecr) = options
+        .iter()
+        .find_map(|o| match o {
+            O::Timestamp(val, ecr) => Some((*val, *ecr)),
+            _ => None,
+        })
+        .expect("a timestamp");
+    assert_eq!(tsecr, 0x0102_0304, "the client's timestamp echoed");
+    assert_eq!(
+        tsval & 0x3f,
+        7 | 0x10,
+        "the client's window scale and SACK, as the kernel encodes them"
+    );
+}

@@ -405,4 +405,23 @@ impl Filter {
             .map_err(FilterError::TestRun)?;
         Ok((result.return_value, result.duration))
     }
+
+    /// Runs the program once on `frame` and copies the frame as it leaves
+    /// (an answer sent back with `XDP_TX`, say) into `out`; returns the
+    /// verdict and the frame's length.
+    pub fn test_run_out(
+        &mut self,
+        frame: &[u8],
+        out: &mut [u8],
+    ) -> Result<(u32, usize), FilterError> {
+        let result = self
+            .program()
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(out),
+                ..Default::default()
+            })
+            .map_err(FilterError::TestRun)?;
+        Ok((result.return_value, result.data_size_out as usize))
+    }
 }

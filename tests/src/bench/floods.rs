@@ -376,7 +376,7 @@ impl FloodCase {
     }
 
     /// spacefilter's flood guards for this flood.
-    fn limits(self) -> Limits {
+    pub(crate) fn limits(self) -> Limits {
         match self {
             FloodCase::Blocked => Limits::default(),
             FloodCase::Spoofed => Limits {

@@ -11,8 +11,9 @@ use anyhow::Context as _;
 use spacefilter_common::Limits;
 use spacefilter_tests::{
     bench::{
-        ControlOptions, Floors, KINDS, Parking, Rng, Row, Table, XdpFilter, control_plane,
-        flood_throughput, guard_costs, guard_report, load_filter, machine, measure,
+        ControlOptions, Floors, KINDS, Parking, Rng, Row, Table, XdpFilter,
+        admission::{admission, admission_report},
+        control_plane, flood_throughput, guard_costs, guard_report, load_filter, machine, measure,
         observe::{observe_costs, observe_report},
         report, write_report,
     },
@@ -26,7 +27,14 @@ const XDP_FILTER_MAX: usize = 1_000;
 const FLOOD_LEGIT_RATE: u64 = 10_000;
 
 /// The parts of the benchmark, in the order they run.
-const PARTS: [&str; 5] = ["packets", "control", "floods", "guards", "observe"];
+const PARTS: [&str; 6] = [
+    "packets",
+    "control",
+    "floods",
+    "admission",
+    "guards",
+    "observe",
+];
 
 /// The command line.
 struct Args {
@@ -125,6 +133,13 @@ fn main() -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
+    let admitted = if runs("admission") {
+        let seconds = if quick { 2 } else { 5 };
+        eprintln!("bench: admission under a spoofed SYN flood, {seconds} s a defence");
+        admission(Duration::from_secs(seconds))?
+    } else {
+        Vec::new()
+    };
     let guards = if runs("guards") {
         eprintln!("bench: the flood guards, stage by stage");
         guard_costs(&floors, &mut rng, (rounds, repeat))?
@@ -152,6 +167,7 @@ fn main() -> anyhow::Result<()> {
         date.trim(),
         &notes,
     );
+    text.push_str(&admission_report(&admitted));
     text.push_str(&guard_report(&guards));
     if let Some(watching) = &watching {
         text.push_str(&observe_report(watching));

@@ -1,0 +1,401 @@
+//! Admission under a spoofed SYN flood: can a real client still connect?
+//!
+//! The harness's SYN flood (TCP SYNs from 65 536 forged sources at its
+//! highest rate) aims at the server's listening port while a client in the
+//! listener's namespace opens connections to it at a steady rate, each a
+//! handshake, a request and its answer (the echo service), given
+//! [`CONNECT_TIMEOUT`] to complete. What counts is what the client sees:
+//! the share of its connections that completed, and how long they took
+//! (a lost SYN costs a retransmit, a second or more).
+//!
+//! The frames the server sends back leave through the switch's port, which
+//! has the tools' `answer_sink`: what goes to a forged source is dropped
+//! there, as a wire would carry it away, and the rest goes on to the
+//! bridge (a veth takes frames sent with `XDP_TX` only with an XDP program
+//! of its own). Every row alike.
+
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use aya::{
+    Ebpf,
+    programs::{Xdp, XdpMode},
+};
+use spacefilter::{
+    AttachMode, Filter, LoadOptions,
+    api::{default_reflectors, default_service_ports},
+    bpf::TOOLS,
+};
+use spacefilter_common::{Shield, shield_flags};
+
+use super::floods::{FloodCase, SYN_GLOBAL_PPS, SYN_PPS};
+use crate::{
+    flood::{CpuTimes, FLOOD_CPU, FloodLab, netns_exec},
+    netns::{Family, Host, run_in_netns},
+    traffic::{TcpEcho, tcp_exchange},
+};
+
+/// The client's connections a second.
+pub const CONNECT_RATE: u64 = 100;
+/// How long a connection may take, handshake, request and answer.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A defence measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// No filter: the kernel's own SYN cookies (`tcp_syncookies=1`).
+    Kernel,
+    /// spacefilter's SYN guard: a budget per source and for the host.
+    SynBudget,
+    /// spacefilter's shield: SYN cookies at the XDP hook.
+    Shield,
+    /// nftables' shared SYN rate limit at netdev ingress.
+    Nftables,
+}
+
+impl Admission {
+    pub const ALL: [Admission; 4] = [
+        Admission::Kernel,
+        Admission::SynBudget,
+        Admission::Shield,
+        Admission::Nftables,
+    ];
+
+    fn filter(self) -> &'static str {
+        match self {
+            Admission::Kernel => "none (the kernel's SYN cookies)",
+            Admission::SynBudget => "spacefilter, SYN guard",
+            Admission::Shield => "spacefilter, shield",
+            Admission::Nftables => "nftables",
+        }
+    }
+
+    fn rule(self, port: u16) -> String {
+        match self {
+            Admission::Kernel => "`net.ipv4.tcp_syncookies=1` (the default)".to_owned(),
+            Admission::SynBudget => format!(
+                "`spacefilter limit set --syn-pps {SYN_PPS} --syn-global-pps {SYN_GLOBAL_PPS}`"
+            ),
+            Admission::Shield => format!("`spacefilter shield on --ports tcp/{port}`"),
+            Admission::Nftables => {
+                format!("`{}`", syn_nft_rule())
+            }
+        }
+    }
+}
+
+fn syn_nft_rule() -> String {
+    format!(
+        "tcp flags & (syn | ack) == syn limit rate over {SYN_GLOBAL_PPS}/second burst \
+         {SYN_GLOBAL_PPS} packets counter drop"
+    )
+}
+
+/// One defence's run.
+#[derive(Clone, Debug)]
+pub struct AdmissionRow {
+    pub admission: Admission,
+    pub rule: String,
+    pub seconds: f64,
+    /// Flood frames the server's link took in, a second.
+    pub arrived_pps: f64,
+    /// The receive CPU's softirq time per frame taken in.
+    pub receive_ns: f64,
+    pub tried: u64,
+    pub completed: u64,
+    /// Milliseconds, over the completed connections.
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// For the shield: SYNs answered with a cookie, and handshakes
+    /// verified.
+    pub cookies: Option<(u64, u64)>,
+}
+
+impl AdmissionRow {
+    #[expect(clippy::cast_precision_loss, reason = "a share")]
+    fn share(&self) -> f64 {
+        self.completed as f64 / (self.tried.max(1)) as f64
+    }
+}
+
+/// The window scale the kernel gives a connection opened from a cookie in
+/// the server's namespace (see `spacefilter/src/daemon/shield.rs`).
+fn wscale(ns: &str) -> anyhow::Result<u32> {
+    let read = |path: &str| -> anyhow::Result<u64> {
+        let text = run_in_netns(ns, || std::fs::read_to_string(path))??;
+        text.split_whitespace()
+            .last()
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("reading {path}"))
+    };
+    let space = read("/proc/sys/net/ipv4/tcp_rmem")?
+        .max(read("/proc/sys/net/core/rmem_max")?)
+        .min(u64::from(u16::MAX) << 14);
+    Ok(space.ilog2().saturating_sub(15).min(14))
+}
+
+/// Sets `admission` up on the server of `lab`; returns spacefilter when it
+/// is the one, to be kept for the run.
+fn setup(lab: &mut FloodLab, admission: Admission, port: u16) -> anyhow::Result<Option<Filter>> {
+    let server = lab.ns(Host::Server);
+    match admission {
+        Admission::Kernel => lab.accept_without_filter()?,
+        Admission::Nftables => {
+            lab.accept_without_filter()?;
+            let rules = format!(
+                "add table netdev sfbench; \
+                 add chain netdev sfbench ingress {{ type filter hook ingress device eth0 \
+                 priority -500; }}; add rule netdev sfbench ingress {}",
+                syn_nft_rule()
+            );
+            netns_exec(&server, &["nft", &rules]).context("adding the nftables rule")?;
+        }
+        Admission::SynBudget | Admission::Shield => {
+            let mut sf = Filter::load(LoadOptions {
+                capacity: 1024,
+                ..LoadOptions::default()
+            })?;
+            lab.attach(&mut sf, AttachMode::Native)?;
+            if admission == Admission::SynBudget {
+                sf.limiter()
+                    .set_reflect_ports(&default_reflectors(), &default_service_ports())?;
+                sf.limiter().set(FloodCase::Syn.limits())?;
+            } else {
+                // As `shield on` does.
+                for (key, value) in [("tcp_syncookies", "2"), ("tcp_timestamps", "2")] {
+                    run_in_netns(&server, || {
+                        std::fs::write(format!("/proc/sys/net/ipv4/{key}"), value)
+                    })??;
+                }
+                sf.limiter().set_port_bits(
+                    &default_reflectors(),
+                    &default_service_ports(),
+                    &[(port, port)],
+                )?;
+                sf.limiter().set_shield(Shield {
+                    flags: shield_flags::ON
+                        | shield_flags::TIMESTAMPS
+                        | shield_flags::SACK
+                        | shield_flags::WSCALE,
+                    mss_v4: 1460,
+                    mss_v6: 1440,
+                    wscale: wscale(&server)?,
+                })?;
+            }
+            return Ok(Some(sf));
+        }
+    }
+    Ok(None)
+}
+
+/// The tools' `answer_sink` on the switch's port towards the server, kept
+/// while the returned object lives (see the module's text).
+fn accept_xdp_tx(lab: &FloodLab) -> anyhow::Result<Ebpf> {
+    let mut tools = Ebpf::load(TOOLS).context("loading the measuring tools")?;
+    let pass: &mut Xdp = tools
+        .program_mut("answer_sink")
+        .context("the tools have no answer_sink")?
+        .try_into()?;
+    pass.load()?;
+    run_in_netns(&lab.switch_ns(), || pass.attach("srv", XdpMode::Driver))?
+        .context("attaching XDP_PASS to the switch's port")?;
+    Ok(tools)
+}
+
+/// Runs one defence: the flood for `duration`, the client throughout.
+pub fn admission_run(admission: Admission, duration: Duration) -> anyhow::Result<AdmissionRow> {
+    let mut lab = FloodLab::new()?;
+    let echo = TcpEcho::start(&lab, Host::Server)?;
+    let port = echo.port();
+    let _tools = accept_xdp_tx(&lab)?;
+    let sf = setup(&mut lab, admission, port)
+        .with_context(|| format!("setting up {}", admission.filter()))?;
+    let flood = FloodCase::Syn.flood(port).restoring();
+    let target = SocketAddr::new(Host::Server.addr(Family::V4), port);
+    let results: Mutex<Vec<Option<Duration>>> = Mutex::default();
+    let stop = AtomicBool::new(false);
+    let lab = &lab;
+    let (sent, cpu, link) = thread::scope(|scope| -> anyhow::Result<_> {
+        scope.spawn(|| {
+            let gap = Duration::from_nanos(1_000_000_000 / CONNECT_RATE);
+            let mut next = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                let results = &results;
+                scope.spawn(move || {
+                    let started = Instant::now();
+                    let ok = tcp_exchange(lab, Host::Listener, target, CONNECT_TIMEOUT).is_ok();
+                    let took = started.elapsed();
+                    results
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(ok.then_some(took));
+                });
+                next += gap;
+                thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+        });
+        let link_before = lab.server_stats()?;
+        let cpu_before = CpuTimes::now()?;
+        let sent = lab.flood(&flood, duration);
+        stop.store(true, Ordering::Relaxed);
+        let sent = sent?;
+        let cpu = CpuTimes::now()?.since(&cpu_before);
+        let link = lab.server_stats()? - link_before;
+        Ok((sent, cpu, link))
+    })?;
+    let results = results.into_inner().unwrap_or_else(PoisonError::into_inner);
+    let mut times: Vec<Duration> = results.iter().filter_map(|r| *r).collect();
+    times.sort_unstable();
+    let quantile = |q: f64| -> f64 {
+        if times.is_empty() {
+            return f64::NAN;
+        }
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss,
+            reason = "an index into a short list"
+        )]
+        let index = ((times.len() as f64 * q).ceil() as usize).clamp(1, times.len()) - 1;
+        times[index].as_secs_f64() * 1e3
+    };
+    let cookies = match &sf {
+        Some(sf) if admission == Admission::Shield => {
+            let counters = sf.counters()?;
+            Some((
+                counters.get(spacefilter::Reason::SynCookie).packets,
+                counters.get(spacefilter::Reason::CookieVerified).packets,
+            ))
+        }
+        _ => None,
+    };
+    let seconds = sent.elapsed.as_secs_f64();
+    #[expect(clippy::cast_precision_loss, reason = "rates")]
+    let row = AdmissionRow {
+        admission,
+        rule: admission.rule(port),
+        seconds,
+        arrived_pps: link.rx_packets as f64 / seconds,
+        receive_ns: cpu.softirq(FLOOD_CPU) * 1e9 / (link.rx_packets.max(1) as f64),
+        tried: results.len() as u64,
+        completed: times.len() as u64,
+        p50_ms: quantile(0.5),
+        p99_ms: quantile(0.99),
+        cookies,
+    };
+    drop(echo);
+    Ok(row)
+}
+
+/// Every defence in turn.
+pub fn admission(duration: Duration) -> anyhow::Result<Vec<AdmissionRow>> {
+    let mut rows = Vec::new();
+    for admission in Admission::ALL {
+        let row = admission_run(admission, duration)
+            .with_context(|| format!("admission with {}", admission.filter()))?;
+        eprintln!(
+            "bench: admission, {:<32} flood {:5.2} Mpps in, {:.0} ns/frame; client {} of {} \
+             ({:.1} %), p50 {:.0} ms, p99 {:.0} ms",
+            admission.filter(),
+            row.arrived_pps / 1e6,
+            row.receive_ns,
+            row.completed,
+            row.tried,
+            row.share() * 100.0,
+            row.p50_ms,
+            row.p99_ms,
+        );
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// The "Admission" section of the report.
+#[must_use]
+pub fn admission_report(rows: &[AdmissionRow]) -> String {
+    let mut out = String::new();
+    if rows.is_empty() {
+        return out;
+    }
+    let _ = writeln!(out, "## Admission under a spoofed SYN flood\n");
+    let _ = writeln!(
+        out,
+        "The harness's SYN flood (TCP SYNs from 65536 forged sources, 198.19.0.0/16, at its \
+         highest rate) at the server's listening port, {:.0} s per row, while a real client \
+         opens {CONNECT_RATE} connections a second to that port, each a handshake, a request \
+         and its answer, given {} s. *Completed* is the share of its connections that got \
+         their answer; the times are over those. *Receive ns/frame* is the receive CPU's \
+         softirq time per flood frame taken in (the shield's includes building and sending \
+         each SYN-ACK). The server's answers to forged sources (the kernel's SYN-ACKs, \
+         or the shield's, sent with `XDP_TX`) are dropped on the far end of its link, as a \
+         wire would carry them away; the rest crosses the bridge. Every row alike.\n",
+        rows[0].seconds,
+        CONNECT_TIMEOUT.as_secs()
+    );
+    let _ = writeln!(
+        out,
+        "| defence | rule | flood in (Mpps) | receive ns/frame | completed | p50 | p99 |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|");
+    for row in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.2} | {:.0} | {:.1} % ({} of {}) | {:.0} ms | {:.0} ms |",
+            row.admission.filter(),
+            row.rule,
+            row.arrived_pps / 1e6,
+            row.receive_ns,
+            row.share() * 100.0,
+            row.completed,
+            row.tried,
+            row.p50_ms,
+            row.p99_ms,
+        );
+    }
+    if let Some((cookies, verified)) = rows.iter().find_map(|r| r.cookies) {
+        let _ = writeln!(
+            out,
+            "\nThe shield answered {cookies} SYNs with cookies and verified {verified} \
+             handshakes (the client's)."
+        );
+    }
+    let shield = rows.iter().find(|r| r.admission == Admission::Shield);
+    let nft = rows.iter().find(|r| r.admission == Admission::Nftables);
+    if let Some(shield) = shield {
+        let _ = writeln!(
+            out,
+            "\nTargets: at least 99 % of the client's connections complete with the shield, \
+             p99 within 1 s: {:.1} %, p99 {:.0} ms, {}.",
+            shield.share() * 100.0,
+            shield.p99_ms,
+            if shield.share() >= 0.99 && shield.p99_ms <= 1000.0 {
+                "met"
+            } else {
+                "not met"
+            }
+        );
+        if let Some(nft) = nft {
+            let _ = writeln!(
+                out,
+                "The shield's receive cost a frame at most 0.5 × nftables': {:.2} ×, {}.",
+                shield.receive_ns / nft.receive_ns,
+                if shield.receive_ns <= 0.5 * nft.receive_ns {
+                    "met"
+                } else {
+                    "not met"
+                }
+            );
+        }
+    }
+    out.push('\n');
+    out
+}
