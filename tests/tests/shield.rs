@@ -369,16 +369,7 @@ fn out_of_state_segments_are_dropped() {
             vlan,
         )
     };
-    let run = |filter: &mut Filter, frame: &[u8]| {
-        let before = filter.counters().expect("counters");
-        let (action, _) = filter.test_run(frame, 1).expect("test run");
-        let after = filter.counters().expect("counters").since(&before);
-        let reason = Reason::ALL
-            .into_iter()
-            .find(|r| after.get(*r).packets == 1)
-            .expect("one counter moved");
-        (action, reason)
-    };
+    let run = run_once;
     // Positive control: the shield off, a stray ACK passes.
     assert_eq!(run(&mut filter, &ack(false)), (XDP_PASS, Reason::Passed));
 
@@ -644,8 +635,59 @@ fn synack_fixtures() {
         if long {
             assert_eq!(len, frame.len(), "answered in a frame of the SYN's size");
         }
+        check_cookie_ack(&lab, &mut filter, (client, server, port), tcp, seq);
     }
     drop(listener);
+}
+
+/// The client's ACK of the SYN-ACK `answer`: with its cookie it passes,
+/// and the kernel's check takes it; with another (its hash bits changed)
+/// it is out of state. The cookie's low bits only pick an MSS out of a
+/// table of four, so a number one off can still pass: the changed bits
+/// are the hash's.
+fn check_cookie_ack(
+    lab: &Lab,
+    filter: &mut Filter,
+    (client, server, port): (std::net::IpAddr, std::net::IpAddr, u16),
+    answer: &etherparse::TcpSlice<'_>,
+    seq: u32,
+) {
+    let cookie = answer.sequence_number();
+    let sport = answer.destination_port();
+    for (ack_number, expected) in [
+        (
+            (cookie ^ 0x0055_5500).wrapping_add(1),
+            (XDP_DROP, Reason::OutOfState),
+        ),
+        (cookie.wrapping_add(1), (XDP_PASS, Reason::CookieVerified)),
+    ] {
+        let mut h = etherparse::TcpHeader::new(sport, port, seq.wrapping_add(1), 64240);
+        h.ack = true;
+        h.acknowledgment_number = ack_number;
+        let ack = Packet::ip(client, server)
+            .tcp_header(h)
+            .build()
+            .into_bytes();
+        let verdict = lab
+            .run_in(Host::Server, || run_once(filter, &ack))
+            .expect("entering the server");
+        assert_eq!(
+            verdict, expected,
+            "an ACK of {ack_number:#x} (cookie {cookie:#x})"
+        );
+    }
+}
+
+/// Runs `frame` once; returns the verdict and the one reason counted.
+fn run_once(filter: &mut Filter, frame: &[u8]) -> (u32, Reason) {
+    let before = filter.counters().expect("counters");
+    let (action, _) = filter.test_run(frame, 1).expect("test run");
+    let after = filter.counters().expect("counters").since(&before);
+    let reason = Reason::ALL
+        .into_iter()
+        .find(|r| after.get(*r).packets == 1)
+        .expect("one counter moved");
+    (action, reason)
 }
 
 /// The options of the SYN-ACK: the MSS; with the client's timestamp, SACK,
