@@ -11,6 +11,7 @@ pub mod flood;
 pub mod netns;
 pub mod packets;
 pub mod reference;
+pub mod shield;
 pub mod traffic;
 
 /// Fails the calling test, loudly, unless it runs as root. The kernel tests

@@ -14,21 +14,17 @@ use std::{
     time::Duration,
 };
 
-use aya::{
-    Ebpf,
-    programs::{Xdp, XdpMode},
-};
+use aya::Ebpf;
 use spacefilter::{
     AttachMode, Counters, Filter, LoadOptions, Reason,
     api::{ShieldView, StatsView},
-    bpf::TOOLS,
 };
 use spacefilter_common::{Shield, shield_flags};
 use spacefilter_tests::{
     daemon::{DaemonPaths, DaemonProcess, STOP_TIMEOUT, Scratch},
-    netns::{Family, Host, Lab, run_in_netns},
+    netns::{Family, Host, Lab},
     packets::{Packet, TPID_8021Q},
-    require_root,
+    require_root, shield,
     traffic::{TcpEcho, tcp_exchange},
 };
 
@@ -109,22 +105,8 @@ impl Rig {
     }
 }
 
-/// A veth takes the frames its peer sends back with `XDP_TX` only with an
-/// XDP program of its own (a NIC needs nothing of the kind): a bare
-/// `XDP_PASS` on the switch's port towards the server, kept while the
-/// returned object lives.
 fn accept_xdp_tx(lab: &Lab) -> Ebpf {
-    let mut tools = Ebpf::load(TOOLS).expect("loading the measuring tools");
-    let pass: &mut Xdp = tools
-        .program_mut("floor_pass")
-        .expect("the tools have floor_pass")
-        .try_into()
-        .expect("an XDP program");
-    pass.load().expect("loading floor_pass");
-    run_in_netns(&lab.switch_ns(), || pass.attach("srv", XdpMode::Driver))
-        .expect("entering the switch")
-        .expect("attaching XDP_PASS to the switch's port");
-    tools
+    shield::accept_xdp_tx(lab, "floor_pass").expect("an XDP program on the switch's port")
 }
 
 /// A sysctl of the server's namespace.
@@ -147,22 +129,8 @@ fn set_sysctl(lab: &Lab, name: &str, value: &str) {
 const SYNCOOKIES: &str = "net.ipv4.tcp_syncookies";
 const TIMESTAMPS: &str = "net.ipv4.tcp_timestamps";
 
-/// The window scale the kernel picks for a connection it opens from a
-/// cookie, with this namespace's sysctls (see `tcp_select_initial_window`).
 fn kernel_wscale(lab: &Lab) -> u32 {
-    let read = |path: &str| {
-        lab.run_in(Host::Server, || std::fs::read_to_string(path))
-            .expect("entering the server")
-            .unwrap_or_else(|err| panic!("reading {path}: {err}"))
-    };
-    let rmem: u64 = read("/proc/sys/net/ipv4/tcp_rmem")
-        .split_whitespace()
-        .nth(2)
-        .and_then(|v| v.parse().ok())
-        .expect("tcp_rmem's third field");
-    let rmem_max: u64 = read("/proc/sys/net/core/rmem_max").trim().parse().unwrap();
-    let space = rmem.max(rmem_max).min(u64::from(u16::MAX) << 14);
-    (space.ilog2().saturating_sub(15)).min(14)
+    shield::cookie_wscale(lab).expect("the server's TCP settings")
 }
 
 #[test]

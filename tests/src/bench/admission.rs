@@ -26,14 +26,9 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::{
-    Ebpf,
-    programs::{Xdp, XdpMode},
-};
 use spacefilter::{
     AttachMode, Filter, LoadOptions,
     api::{default_reflectors, default_service_ports},
-    bpf::TOOLS,
 };
 use spacefilter_common::{Shield, shield_flags};
 
@@ -41,6 +36,7 @@ use super::floods::{FloodCase, SYN_GLOBAL_PPS, SYN_PPS};
 use crate::{
     flood::{CpuTimes, FLOOD_CPU, FloodLab, netns_exec},
     netns::{Family, Host, run_in_netns},
+    shield::{accept_xdp_tx, cookie_wscale},
     traffic::{TcpEcho, tcp_exchange},
 };
 
@@ -127,22 +123,6 @@ impl AdmissionRow {
     }
 }
 
-/// The window scale the kernel gives a connection opened from a cookie in
-/// the server's namespace (see `spacefilter/src/daemon/shield.rs`).
-fn wscale(ns: &str) -> anyhow::Result<u32> {
-    let read = |path: &str| -> anyhow::Result<u64> {
-        let text = run_in_netns(ns, || std::fs::read_to_string(path))??;
-        text.split_whitespace()
-            .last()
-            .and_then(|v| v.parse().ok())
-            .with_context(|| format!("reading {path}"))
-    };
-    let space = read("/proc/sys/net/ipv4/tcp_rmem")?
-        .max(read("/proc/sys/net/core/rmem_max")?)
-        .min(u64::from(u16::MAX) << 14);
-    Ok(space.ilog2().saturating_sub(15).min(14))
-}
-
 /// Sets `admission` up on the server of `lab`; returns spacefilter when it
 /// is the one, to be kept for the run.
 fn setup(lab: &mut FloodLab, admission: Admission, port: u16) -> anyhow::Result<Option<Filter>> {
@@ -188,7 +168,7 @@ fn setup(lab: &mut FloodLab, admission: Admission, port: u16) -> anyhow::Result<
                         | shield_flags::WSCALE,
                     mss_v4: 1460,
                     mss_v6: 1440,
-                    wscale: wscale(&server)?,
+                    wscale: cookie_wscale(lab)?,
                 })?;
             }
             return Ok(Some(sf));
@@ -197,26 +177,12 @@ fn setup(lab: &mut FloodLab, admission: Admission, port: u16) -> anyhow::Result<
     Ok(None)
 }
 
-/// The tools' `answer_sink` on the switch's port towards the server, kept
-/// while the returned object lives (see the module's text).
-fn accept_xdp_tx(lab: &FloodLab) -> anyhow::Result<Ebpf> {
-    let mut tools = Ebpf::load(TOOLS).context("loading the measuring tools")?;
-    let pass: &mut Xdp = tools
-        .program_mut("answer_sink")
-        .context("the tools have no answer_sink")?
-        .try_into()?;
-    pass.load()?;
-    run_in_netns(&lab.switch_ns(), || pass.attach("srv", XdpMode::Driver))?
-        .context("attaching XDP_PASS to the switch's port")?;
-    Ok(tools)
-}
-
 /// Runs one defence: the flood for `duration`, the client throughout.
 pub fn admission_run(admission: Admission, duration: Duration) -> anyhow::Result<AdmissionRow> {
     let mut lab = FloodLab::new()?;
     let echo = TcpEcho::start(&lab, Host::Server)?;
     let port = echo.port();
-    let _tools = accept_xdp_tx(&lab)?;
+    let _tools = accept_xdp_tx(&lab, "answer_sink")?;
     let sf = setup(&mut lab, admission, port)
         .with_context(|| format!("setting up {}", admission.filter()))?;
     let flood = FloodCase::Syn.flood(port).restoring();

@@ -1,0 +1,46 @@
+//! What the tests and the benchmark need around the shield: a way for the
+//! server's answers to leave a veth, and the window scale the kernel picks
+//! for a connection opened from a cookie.
+
+use anyhow::Context as _;
+use aya::{
+    Ebpf,
+    programs::{Xdp, XdpMode},
+};
+use spacefilter::bpf::TOOLS;
+
+use crate::netns::{Host, Lab, run_in_netns};
+
+/// Attaches the tools' program `name` (`floor_pass`, or `answer_sink`,
+/// which drops what goes to the flood lab's forged sources) to the
+/// switch's port towards the server, kept while the returned object lives:
+/// a veth takes the frames its peer sends with `XDP_TX` only with an XDP
+/// program of its own (a NIC needs nothing of the kind).
+pub fn accept_xdp_tx(lab: &Lab, name: &str) -> anyhow::Result<Ebpf> {
+    let mut tools = Ebpf::load(TOOLS).context("loading the measuring tools")?;
+    let program: &mut Xdp = tools
+        .program_mut(name)
+        .with_context(|| format!("the tools have no program {name}"))?
+        .try_into()?;
+    program.load()?;
+    run_in_netns(&lab.switch_ns(), || program.attach("srv", XdpMode::Driver))?
+        .with_context(|| format!("attaching {name} to the switch's port"))?;
+    Ok(tools)
+}
+
+/// The window scale the kernel gives a connection it opens from a cookie
+/// in the server's namespace, with its sysctls (`tcp_select_initial_window`;
+/// the daemon computes it the same way).
+pub fn cookie_wscale(lab: &Lab) -> anyhow::Result<u32> {
+    let read = |path: &str| -> anyhow::Result<u64> {
+        let text = lab.run_in(Host::Server, || std::fs::read_to_string(path))??;
+        text.split_whitespace()
+            .last()
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("reading {path}"))
+    };
+    let space = read("/proc/sys/net/ipv4/tcp_rmem")?
+        .max(read("/proc/sys/net/core/rmem_max")?)
+        .min(u64::from(u16::MAX) << 14);
+    Ok(space.ilog2().saturating_sub(15).min(14))
+}
