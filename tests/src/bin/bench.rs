@@ -12,7 +12,7 @@ use spacefilter_common::Limits;
 use spacefilter_tests::{
     bench::{
         ControlOptions, Floors, KINDS, Parking, Rng, Row, Table, XdpFilter,
-        admission::{admission, admission_report},
+        admission::{admission, admission_report, shield_costs},
         control_plane, flood_throughput, guard_costs, guard_report, load_filter, machine, measure,
         observe::{observe_costs, observe_report},
         report, write_report,
@@ -136,9 +136,13 @@ fn main() -> anyhow::Result<()> {
     let admitted = if runs("admission") {
         let seconds = if quick { 2 } else { 5 };
         eprintln!("bench: admission under a spoofed SYN flood, {seconds} s a defence");
-        admission(Duration::from_secs(seconds))?
+        let costs = shield_costs(if quick { 500 } else { 5000 })?;
+        for (name, ns) in &costs {
+            eprintln!("bench: shield, {name}: {ns:.0} ns");
+        }
+        (admission(Duration::from_secs(seconds))?, costs)
     } else {
-        Vec::new()
+        (Vec::new(), Vec::new())
     };
     let guards = if runs("guards") {
         eprintln!("bench: the flood guards, stage by stage");
@@ -167,7 +171,7 @@ fn main() -> anyhow::Result<()> {
         date.trim(),
         &notes,
     );
-    text.push_str(&admission_report(&admitted));
+    text.push_str(&admission_report(&admitted.0, &admitted.1));
     text.push_str(&guard_report(&guards));
     if let Some(watching) = &watching {
         text.push_str(&observe_report(watching));
