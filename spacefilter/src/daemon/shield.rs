@@ -212,17 +212,14 @@ impl Core {
             ..ShieldState::default()
         };
         if let Err(message) = self.apply_shield(&mut state) {
-            let mut back = before;
-            let _ = self.apply_shield(&mut back);
+            self.roll_back(before, &state);
             return Err(Refusal::failed(message));
         }
         let op = Op::Shield {
             shield: state.record(),
         };
         if let Err(err) = self.store.append(&op, &self.rules) {
-            let mut back = before;
-            let _ = self.apply_shield(&mut back);
-            self.shield = back;
+            self.roll_back(before, &state);
             return Err(Refusal::failed(error_chain(&err)));
         }
         log::info!(
@@ -235,6 +232,18 @@ impl Core {
         );
         self.shield = state;
         Ok(self.shield.view())
+    }
+
+    /// Puts the shield back as it was `before` a change that failed half
+    /// way; `tried` holds the host settings the change took, which go
+    /// back with the rest if the shield was off.
+    fn roll_back(&mut self, before: ShieldState, tried: &ShieldState) {
+        let mut back = before;
+        back.saved = tried.saved.clone();
+        if let Err(message) = self.apply_shield(&mut back) {
+            log::error!("putting the shield back as it was: {message}");
+        }
+        self.shield = back;
     }
 
     #[must_use]

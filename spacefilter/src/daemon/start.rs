@@ -200,7 +200,11 @@ pub(super) fn start(settings: Settings) -> anyhow::Result<Core> {
         shield: ShieldState::default(),
     };
     restore_shield(&mut core);
-    add_config_entries(&mut core, (allow, block), force)?;
+    if let Err(err) = add_config_entries(&mut core, (allow, block), force) {
+        // The daemon does not start: the host gets its settings back.
+        core.release_host();
+        return Err(err);
+    }
     for iface in &ifaces {
         match core.filter.attach(iface, mode) {
             Ok(used) => {
@@ -211,6 +215,7 @@ pub(super) fn start(settings: Settings) -> anyhow::Result<Core> {
             }
             Err(err) => {
                 core.detach_all();
+                core.release_host();
                 return Err(anyhow::anyhow!("{}", error_chain(&err)));
             }
         }
