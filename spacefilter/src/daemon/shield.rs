@@ -239,7 +239,7 @@ impl Core {
     /// back with the rest if the shield was off.
     fn roll_back(&mut self, before: ShieldState, tried: &ShieldState) {
         let mut back = before;
-        back.saved = tried.saved.clone();
+        back.saved.clone_from(&tried.saved);
         if let Err(message) = self.apply_shield(&mut back) {
             log::error!("putting the shield back as it was: {message}");
         }
