@@ -200,10 +200,11 @@ impl Core {
             .map(|&r| (r.name().to_owned(), per_sec(rates.get(r).packets)))
             .collect();
         let dropped_per_sec = per_sec(rates.dropped());
+        // SYNs answered with a cookie went back, not up to the host.
         let passed_per_sec = per_sec(
             Reason::ALL
                 .iter()
-                .filter(|r| !r.drops())
+                .filter(|r| !r.drops() && **r != Reason::SynCookie)
                 .map(|&r| rates.get(r).packets)
                 .sum(),
         );
