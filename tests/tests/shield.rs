@@ -415,8 +415,12 @@ fn daemon_shield_end_to_end() {
     let dir = Scratch::new("shield").expect("a scratch directory");
     let paths = DaemonPaths::in_dir(dir.path());
     let start = || {
-        DaemonProcess::start(&lab.ns(Host::Server), &paths, &["--capacity", "1024"])
-            .unwrap_or_else(|err| panic!("starting the daemon: {err:#}"))
+        DaemonProcess::start(
+            &lab.ns(Host::Server),
+            &paths,
+            &["--capacity", "1024", "--metrics", "127.0.0.1:9978"],
+        )
+        .unwrap_or_else(|err| panic!("starting the daemon: {err:#}"))
     };
     let mut daemon = start();
     let show = |daemon: &DaemonProcess| -> ShieldView {
@@ -452,6 +456,11 @@ fn daemon_shield_end_to_end() {
     assert_eq!(view.host_settings.len(), 2, "{view:?}");
     exchanges("through the shield");
     assert_eq!(cookies(&daemon), (CONNECTIONS, CONNECTIONS));
+    assert_eq!(
+        shielded_ports_metric(&lab),
+        1,
+        "the metrics show the shield"
+    );
     let status = daemon.cli(&["status"]);
     assert!(
         status
@@ -500,6 +509,7 @@ fn daemon_shield_end_to_end() {
     );
     assert_eq!(sysctl(&lab, TIMESTAMPS), "1");
     assert!(!show(&daemon).enabled);
+    assert_eq!(shielded_ports_metric(&lab), 0, "the metrics show it off");
     exchanges("after the shield");
     assert_eq!(cookies(&daemon), (0, 0), "no cookies once off");
     daemon.terminate(STOP_TIMEOUT).expect("stopping");
@@ -683,4 +693,23 @@ fn check_options(options: &[etherparse::TcpOptionElement], long: bool) {
         7 | 0x10,
         "the client's window scale and SACK, as the kernel encodes them"
     );
+}
+
+/// `spacefilter_shield_ports` from the daemon's metrics endpoint.
+fn shielded_ports_metric(lab: &Lab) -> u64 {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.ns(Host::Server)])
+        .args([
+            "curl",
+            "--silent",
+            "--show-error",
+            "http://127.0.0.1:9978/metrics",
+        ])
+        .output()
+        .expect("running curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("spacefilter_shield_ports "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no spacefilter_shield_ports in {text}"))
 }

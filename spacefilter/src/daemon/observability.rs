@@ -30,6 +30,8 @@ pub struct MetricsSnapshot {
     pub tracked_sources: u64,
     pub max_sources: u32,
     pub spoof_active: bool,
+    /// TCP ports the shield covers (none while it is off).
+    pub shielded_ports: u64,
     pub spoof_switches: u64,
     pub uptime: Duration,
     pub samples: ObserveView,
@@ -93,6 +95,12 @@ impl Core {
             tracked_sources: self.filter.limiter().tracked_sources() as u64,
             max_sources: self.max_sources,
             spoof_active: spoof.active_until_ns > monotonic_ns(),
+            shielded_ports: self
+                .shield
+                .marked_ports()
+                .iter()
+                .map(|&(lo, hi)| u64::from(hi - lo) + 1)
+                .sum(),
             spoof_switches: spoof.switches,
             uptime: self.started.elapsed(),
             samples: self.observe(),

@@ -108,6 +108,13 @@ impl Collector for DaemonCollector {
         )?;
         gauge(
             &mut encoder,
+            "spacefilter_shield_ports",
+            "TCP ports the shield covers: SYNs answered with SYN cookies, segments of no \
+             connection dropped (0 while it is off).",
+            &[(vec![], signed(m.shielded_ports))],
+        )?;
+        gauge(
+            &mut encoder,
             "spacefilter_spoof_fallback_active",
             "1 while the spoofed-source fallback is on.",
             &[(vec![], i64::from(m.spoof_active))],
