@@ -7,7 +7,8 @@ use aya::{
     Ebpf,
     programs::{Xdp, XdpMode},
 };
-use spacefilter::bpf::TOOLS;
+use spacefilter::{Filter, bpf::TOOLS};
+use spacefilter_common::{Shield, shield_flags};
 
 use crate::netns::{Host, Lab, run_in_netns};
 
@@ -43,4 +44,34 @@ pub fn cookie_wscale(lab: &Lab) -> anyhow::Result<u32> {
         .max(read("/proc/sys/net/core/rmem_max")?)
         .min(u64::from(u16::MAX) << 14);
     Ok(space.ilog2().saturating_sub(15).min(14))
+}
+
+/// Sets the server's namespace up as `spacefilter shield on` does: the
+/// kernel takes the cookies' ACKs (`tcp_syncookies=2`) and reads their
+/// options from the timestamp (`tcp_timestamps=2`, no offsets).
+pub fn host_for_cookies(lab: &Lab) -> anyhow::Result<()> {
+    for (key, value) in [("tcp_syncookies", "2"), ("tcp_timestamps", "2")] {
+        lab.run_in(Host::Server, || {
+            std::fs::write(format!("/proc/sys/net/ipv4/{key}"), value)
+        })?
+        .with_context(|| format!("setting {key}"))?;
+    }
+    Ok(())
+}
+
+/// Puts the shield on `ports` in `filter`'s maps, as the daemon does for a
+/// host that speaks timestamps, SACK and window scaling, offering `wscale`.
+pub fn shield_ports(filter: &mut Filter, ports: &[(u16, u16)], wscale: u32) -> anyhow::Result<()> {
+    let limiter = filter.limiter();
+    limiter.set_port_bits(&[], &[], ports)?;
+    limiter.set_shield(Shield {
+        flags: shield_flags::ON
+            | shield_flags::TIMESTAMPS
+            | shield_flags::SACK
+            | shield_flags::WSCALE,
+        mss_v4: 1460,
+        mss_v6: 1440,
+        wscale,
+    })?;
+    Ok(())
 }

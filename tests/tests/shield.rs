@@ -19,7 +19,6 @@ use spacefilter::{
     AttachMode, Counters, Filter, LoadOptions, Reason,
     api::{ShieldView, StatsView},
 };
-use spacefilter_common::{Shield, shield_flags};
 use spacefilter_tests::{
     daemon::{DaemonPaths, DaemonProcess, STOP_TIMEOUT, Scratch},
     netns::{Family, Host, Lab},
@@ -61,15 +60,7 @@ impl Rig {
             .expect("attaching in native mode");
         let echo = TcpEcho::start(&lab, Host::Server).expect("starting the TCP echo service");
         let tools = accept_xdp_tx(&lab);
-        // The kernel takes the cookies' ACKs (syncookies 2) and decodes
-        // their options from the timestamp (timestamps without offsets).
-        for (key, value) in [("tcp_syncookies", "2"), ("tcp_timestamps", "2")] {
-            lab.run_in(Host::Server, || {
-                std::fs::write(format!("/proc/sys/net/ipv4/{key}"), value)
-            })
-            .expect("entering the server")
-            .unwrap_or_else(|err| panic!("setting {key}: {err}"));
-        }
+        shield::host_for_cookies(&lab).expect("setting the server up for cookies");
         Self {
             echo,
             filter,
@@ -79,21 +70,7 @@ impl Rig {
     }
 
     fn shield(&mut self, ports: &[(u16, u16)], wscale: u32) {
-        let limiter = self.filter.limiter();
-        limiter
-            .set_port_bits(&[], &[], ports)
-            .expect("marking the shielded ports");
-        limiter
-            .set_shield(Shield {
-                flags: shield_flags::ON
-                    | shield_flags::TIMESTAMPS
-                    | shield_flags::SACK
-                    | shield_flags::WSCALE,
-                mss_v4: 1460,
-                mss_v6: 1440,
-                wscale,
-            })
-            .expect("setting the shield");
+        shield::shield_ports(&mut self.filter, ports, wscale).expect("setting the shield");
     }
 
     fn counters(&self) -> Counters {
@@ -282,22 +259,11 @@ fn tcp_info(stream: &TcpStream) -> Negotiated {
 /// Sets the shield on `ports` in `filter`'s maps (as the daemon would,
 /// with the default window scale of 6.1's sysctls).
 fn shield_on(filter: &mut Filter, ports: &[(u16, u16)]) {
-    let limiter = filter.limiter();
-    limiter
-        .set_port_bits(&[], &[], ports)
-        .expect("marking the shielded ports");
-    limiter
-        .set_shield(Shield {
-            flags: shield_flags::ON
-                | shield_flags::TIMESTAMPS
-                | shield_flags::SACK
-                | shield_flags::WSCALE,
-            mss_v4: 1460,
-            mss_v6: 1440,
-            wscale: 7,
-        })
-        .expect("setting the shield");
+    shield::shield_ports(filter, ports, 7).expect("setting the shield");
 }
+
+/// Sets a segment's flags.
+type SetFlags = fn(&mut etherparse::TcpHeader);
 
 /// A TCP segment from a client to the server's `port` with these flags.
 fn segment(port: u16, set: impl FnOnce(&mut etherparse::TcpHeader), vlan: bool) -> Vec<u8> {
@@ -342,50 +308,48 @@ fn out_of_state_segments_are_dropped() {
     assert_eq!(run(&mut filter, &ack(false)), (XDP_PASS, Reason::Passed));
 
     shield_on(&mut filter, &[(PORT, PORT)]);
-    for vlan in [false, true] {
-        assert_eq!(
-            run(&mut filter, &ack(vlan)),
+    let cases: [(&str, SetFlags, (u32, Reason)); 5] = [
+        (
+            "a stray ACK",
+            |h| h.ack = true,
             (XDP_DROP, Reason::OutOfState),
-            "a stray ACK (tagged: {vlan})"
-        );
-        let rst = segment(PORT, |h| h.rst = true, vlan);
-        assert_eq!(
-            run(&mut filter, &rst),
+        ),
+        (
+            "a stray RST",
+            |h| h.rst = true,
             (XDP_DROP, Reason::OutOfState),
-            "a stray RST"
-        );
-        let fin = segment(
-            PORT,
+        ),
+        (
+            "a stray FIN",
             |h| {
                 h.fin = true;
                 h.ack = true;
             },
-            vlan,
-        );
-        assert_eq!(
-            run(&mut filter, &fin),
             (XDP_DROP, Reason::OutOfState),
-            "a stray FIN"
-        );
-        let synack = segment(
-            PORT,
+        ),
+        (
+            "a SYN-ACK",
             |h| {
                 h.syn = true;
                 h.ack = true;
             },
-            vlan,
-        );
-        assert_eq!(
-            run(&mut filter, &synack),
             (XDP_DROP, Reason::OutOfState),
-            "a SYN-ACK"
-        );
-        let syn = segment(PORT, |h| h.syn = true, vlan);
-        assert_eq!(
-            run(&mut filter, &syn),
+        ),
+        (
+            "a SYN nobody listens for (left to the kernel)",
+            |h| h.syn = true,
             (XDP_PASS, Reason::Passed),
-            "a SYN nobody listens for goes to the kernel"
-        );
+        ),
+    ];
+    for vlan in [false, true] {
+        for (what, set, expected) in cases {
+            let frame = segment(PORT, set, vlan);
+            assert_eq!(
+                run(&mut filter, &frame),
+                expected,
+                "{what} (tagged: {vlan})"
+            );
+        }
     }
     // Other ports are not the shield's.
     let other = segment(
@@ -525,8 +489,7 @@ fn daemon_shield_end_to_end() {
 fn synack_fixtures() {
     require_root();
     let lab = Lab::new().expect("building the lab");
-    set_sysctl(&lab, SYNCOOKIES, "2");
-    set_sysctl(&lab, TIMESTAMPS, "2");
+    shield::host_for_cookies(&lab).expect("setting the server up for cookies");
     let listener = lab
         .run_in(Host::Server, || TcpListener::bind("0.0.0.0:0"))
         .unwrap()

@@ -30,13 +30,12 @@ use spacefilter::{
     AttachMode, Filter, LoadOptions,
     api::{default_reflectors, default_service_ports},
 };
-use spacefilter_common::{Shield, shield_flags};
 
 use super::floods::{FloodCase, SYN_GLOBAL_PPS, SYN_PPS};
 use crate::{
     flood::{CpuTimes, FLOOD_CPU, FloodLab, netns_exec},
-    netns::{Family, Host, run_in_netns},
-    shield::{accept_xdp_tx, cookie_wscale},
+    netns::{Family, Host},
+    shield::{accept_xdp_tx, cookie_wscale, host_for_cookies, shield_ports},
     traffic::{TcpEcho, tcp_exchange},
 };
 
@@ -151,25 +150,8 @@ fn setup(lab: &mut FloodLab, admission: Admission, port: u16) -> anyhow::Result<
                 sf.limiter().set(FloodCase::Syn.limits())?;
             } else {
                 // As `shield on` does.
-                for (key, value) in [("tcp_syncookies", "2"), ("tcp_timestamps", "2")] {
-                    run_in_netns(&server, || {
-                        std::fs::write(format!("/proc/sys/net/ipv4/{key}"), value)
-                    })??;
-                }
-                sf.limiter().set_port_bits(
-                    &default_reflectors(),
-                    &default_service_ports(),
-                    &[(port, port)],
-                )?;
-                sf.limiter().set_shield(Shield {
-                    flags: shield_flags::ON
-                        | shield_flags::TIMESTAMPS
-                        | shield_flags::SACK
-                        | shield_flags::WSCALE,
-                    mss_v4: 1460,
-                    mss_v6: 1440,
-                    wscale: cookie_wscale(lab)?,
-                })?;
+                host_for_cookies(lab)?;
+                shield_ports(&mut sf, &[(port, port)], cookie_wscale(lab)?)?;
             }
             return Ok(Some(sf));
         }
@@ -269,11 +251,7 @@ pub fn admission_run(admission: Admission, duration: Duration) -> anyhow::Result
 pub fn shield_costs(calls: usize) -> anyhow::Result<Vec<(&'static str, f64)>> {
     use crate::packets::Packet;
     let lab = crate::netns::Lab::new()?;
-    for (key, value) in [("tcp_syncookies", "2"), ("tcp_timestamps", "2")] {
-        lab.run_in(Host::Server, || {
-            std::fs::write(format!("/proc/sys/net/ipv4/{key}"), value)
-        })??;
-    }
+    host_for_cookies(&lab)?;
     let listener = lab.run_in(Host::Server, || std::net::TcpListener::bind("0.0.0.0:0"))??;
     let port = listener.local_addr()?.port();
     let mut sf = Filter::load(LoadOptions {
@@ -284,16 +262,7 @@ pub fn shield_costs(calls: usize) -> anyhow::Result<Vec<(&'static str, f64)>> {
     // its dispatcher rebuilt on every run.
     let parking = super::Parking::new("h")?;
     sf.attach(&parking.name, AttachMode::Native)?;
-    sf.limiter().set_port_bits(&[], &[], &[(port, port)])?;
-    sf.limiter().set_shield(Shield {
-        flags: shield_flags::ON
-            | shield_flags::TIMESTAMPS
-            | shield_flags::SACK
-            | shield_flags::WSCALE,
-        mss_v4: 1460,
-        mss_v6: 1440,
-        wscale: cookie_wscale(&lab)?,
-    })?;
+    shield_ports(&mut sf, &[(port, port)], cookie_wscale(&lab)?)?;
     let (client, server) = (
         Host::Listener.addr(Family::V4),
         Host::Server.addr(Family::V4),
