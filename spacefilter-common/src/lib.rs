@@ -54,11 +54,14 @@ pub enum Reason {
     /// host knows and carries no valid cookie (ACK, RST, FIN floods):
     /// dropped.
     OutOfState = 16,
+    /// UDP to a shielded port from a source not verified, over the
+    /// shield's budget for such sources (`--unverified-pps`): dropped.
+    Shielded = 17,
 }
 
 impl Reason {
     /// Every reason, in discriminant order.
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::Passed,
         Reason::Allowlisted,
         Reason::Blocked,
@@ -76,6 +79,7 @@ impl Reason {
         Reason::SynCookie,
         Reason::CookieVerified,
         Reason::OutOfState,
+        Reason::Shielded,
     ];
 
     /// The name used in listings, logs and metrics.
@@ -99,6 +103,7 @@ impl Reason {
             Reason::SynCookie => "syn_cookie",
             Reason::CookieVerified => "cookie_verified",
             Reason::OutOfState => "out_of_state",
+            Reason::Shielded => "shielded",
         }
     }
 
@@ -117,6 +122,7 @@ impl Reason {
                 | Reason::RuleDropped
                 | Reason::RuleLimited
                 | Reason::OutOfState
+                | Reason::Shielded
         )
     }
 
@@ -140,6 +146,7 @@ impl Reason {
             14 => Some(Reason::SynCookie),
             15 => Some(Reason::CookieVerified),
             16 => Some(Reason::OutOfState),
+            17 => Some(Reason::Shielded),
             _ => None,
         }
     }
@@ -511,6 +518,9 @@ pub mod reflect_bits {
     /// A shielded TCP port: SYNs get cookies, out-of-state segments are
     /// dropped (see [`crate::Shield`]).
     pub const SHIELD_TCP: u8 = 1 << 2;
+    /// A shielded UDP port: verified sources pass, others within the
+    /// shield's budget for them (see [`crate::Shield::unverified_pps`]).
+    pub const SHIELD_UDP: u8 = 1 << 3;
 }
 
 /// The shield's settings: the single entry of the `SHIELD` array. The
@@ -541,6 +551,11 @@ pub struct Shield {
     /// for the connection (from `net.ipv4.tcp_rmem` and
     /// `net.core.rmem_max`).
     pub wscale: u32,
+    /// UDP from sources not verified, to the shielded UDP ports together:
+    /// packets a second and the burst (a new QUIC client's first flight
+    /// reaches the host within it; the host's reply verifies the client).
+    pub unverified_pps: u32,
+    pub unverified_burst: u32,
 }
 
 /// Bits of [`Shield::flags`].
@@ -718,6 +733,10 @@ pub struct AutoBlockEvent {
 /// Default size of the `BUCKETS` LRU map.
 pub const DEFAULT_BUCKETS: u32 = 65_536;
 
+/// How many verified sources the program remembers (`VERIFIED`); the least
+/// recently used are forgotten first.
+pub const DEFAULT_VERIFIED: u32 = 131_072;
+
 /// Interface slots of the `STATS` array: slot 0 counts frames that arrive
 /// on an interface without a slot of its own (or through
 /// `BPF_PROG_TEST_RUN`); attached interfaces get slots 1 and up.
@@ -853,6 +872,74 @@ pub mod map_names {
     pub const OBSERVE: &str = "OBSERVE";
     pub const SAMPLES: &str = "SAMPLES";
     pub const SAMPLE_STATE: &str = "SAMPLE_STATE";
+    pub const VERIFIED: &str = "VERIFIED";
+    pub const VERIFY_STATS: &str = "VERIFY_STATS";
+    pub const VERIFY_SETTINGS: &str = "VERIFY_SETTINGS";
+    pub const SHIELD_BUDGET: &str = "SHIELD_BUDGET";
+}
+
+/// Name of the TC egress program that verifies the host's peers.
+pub const EGRESS_PROGRAM_NAME: &str = "spacefilter_egress";
+
+/// A verified source: a value of the `VERIFIED` map, keyed by the source's
+/// address (IPv4 as an IPv4-mapped IPv6 address, IPv6 whole).
+///
+/// A source is verified while `until_ns` (monotonic clock) lies ahead. A
+/// forged source never completes a handshake and never receives the host's
+/// replies, so what verifies a source is proof that it does: the ACK of a
+/// SYN cookie, a TCP segment the host sends it on a connection, a UDP
+/// datagram the host sends it (the TC egress program), or the word of an
+/// application (`spacefilter admit`). Each proof, and each later segment or
+/// datagram the host sends, holds it verified for
+/// [`VerifySettings::idle_ns`]; an admission for as long as it was given.
+/// Verified sources skip the spoofed-source fallback's shared budgets, the
+/// host-wide SYN budget and the shield's budget for unverified UDP; their
+/// own per-source budgets still hold.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Verified {
+    pub until_ns: u64,
+    /// The last proof ([`verified_how`]).
+    pub how: u32,
+    /// Zero (keeps the value free of padding).
+    pub reserved: u32,
+}
+
+/// What verified a source ([`Verified::how`], and the index into
+/// `VERIFY_STATS`, which counts the sources each proof verified anew, per
+/// CPU).
+pub mod verified_how {
+    /// The ACK of a SYN cookie the shield sent.
+    pub const COOKIE: u32 = 1;
+    /// A TCP segment the host sent it on a connection (not a SYN-ACK, not a
+    /// reset: those go to forged sources too).
+    pub const ESTABLISHED: u32 = 2;
+    /// A UDP datagram the host sent it.
+    pub const REPLIED: u32 = 3;
+    /// `spacefilter admit`.
+    pub const ADMITTED: u32 = 4;
+    /// Slots of `VERIFY_STATS`.
+    pub const SLOTS: u32 = 8;
+    /// The names, by value.
+    pub const NAMES: [(u32, &str); 4] = [
+        (COOKIE, "cookie"),
+        (ESTABLISHED, "established"),
+        (REPLIED, "replied"),
+        (ADMITTED, "admitted"),
+    ];
+}
+
+/// How verification works: the single entry of `VERIFY_SETTINGS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VerifySettings {
+    /// Whether the egress program records the host's peers (while
+    /// anything that reads the verified sources is on).
+    pub record: u32,
+    /// Zero (keeps the value free of padding).
+    pub reserved: u32,
+    /// How long a proof holds a source verified.
+    pub idle_ns: u64,
 }
 
 /// Name of the XDP program in the object file.
@@ -863,6 +950,10 @@ mod pod {
     // SAFETY: these types are `#[repr(C)]`, made only of `u32`/`u64`, with no
     // padding, so every bit pattern is a valid value.
     unsafe impl aya::Pod for super::Counter {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Verified {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::VerifySettings {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Config {}
     // SAFETY: as above.

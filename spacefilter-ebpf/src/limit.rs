@@ -3,7 +3,9 @@
 //! and the per-source rate limiter (a token bucket per source in packets
 //! and bytes per second, and auto-blocks for sources that stay over their
 //! limit). They run after the lists (an allowlisted or blocked source never
-//! reaches them) and cost one array lookup while all are off.
+//! reaches them) and cost one array lookup while all are off. Verified
+//! sources ([`crate::verified`]) skip the budgets they share with forged
+//! ones: the spoofed-source fallback's and the host-wide SYN budget.
 //!
 //! Kernel: LRU hash maps (4.10), `bpf_ktime_get_ns` (4.1), ring buffers
 //! (5.8).
@@ -21,6 +23,7 @@ use crate::{
         AGG_BUCKETS, AUTO_BLOCKED, BUCKETS, EVENTS, LIMITS, REFLECT_PORTS, SPOOF_STATE, SYN_GLOBAL,
     },
     parse::{IPPROTO_TCP_NUMBER, IPPROTO_UDP_NUMBER, L4, Source, TCP_ACK, TCP_SYN},
+    verified,
 };
 
 /// A refill never credits more than this much idle time: it keeps the
@@ -124,7 +127,7 @@ fn guards(limits: &Limits, source: &Source, l4: L4, len: u64) -> Step {
     blocked(bucket, now)?;
     refill(bucket, limits, now);
     if syn {
-        syn_budgets(bucket, limits, now)?;
+        syn_budgets(bucket, limits, source, now)?;
     }
     within_rate(bucket, limits, len, now)?;
     auto_block_due(bucket, limits, &key, prefix_len, v6, now)?;
@@ -174,7 +177,7 @@ fn new_source(
     spoofed(limits, source, l4, now)?;
     first_bucket(limits, key, syn, len, now);
     if syn {
-        host_syn_budget(limits, now)?;
+        host_syn_budget(limits, source, now)?;
     }
     PASS
 }
@@ -198,10 +201,11 @@ fn restored_block(key: &[u8; 16], now: u64) -> Step {
 /// The spoofed-source fallback, for a source without a bucket. While it is
 /// on (a spoofed-source flood), such a source gets no bucket (it would
 /// push a real one out of the LRU map): the aggregate budgets of its
-/// destination port and its source prefix decide.
+/// destination port and its source prefix decide. A verified source is
+/// not suspect: it goes on to a bucket of its own.
 #[inline(always)]
 fn spoofed(limits: &Limits, source: &Source, l4: L4, now: u64) -> Step {
-    if !spoof_fallback(limits, now) {
+    if !spoof_fallback(limits, now) || verified::holds(source, now) {
         return NEXT;
     }
     if aggregate_allowed(limits, source, l4, now) {
@@ -240,19 +244,22 @@ fn blocked(bucket: &mut Bucket, now: u64) -> Step {
 /// The SYN guard for a known source: its own SYN budget, then the
 /// host's; the SYN is taken from its own only when both allow it.
 #[inline(always)]
-fn syn_budgets(bucket: &mut Bucket, limits: &Limits, now: u64) -> Step {
+fn syn_budgets(bucket: &mut Bucket, limits: &Limits, source: &Source, now: u64) -> Step {
     if limits.syn_pps != 0 && bucket.syns < TOKEN_SCALE {
         return limited(Reason::SynLimited);
     }
-    host_syn_budget(limits, now)?;
+    host_syn_budget(limits, source, now)?;
     bucket.syns = bucket.syns.saturating_sub(TOKEN_SCALE);
     NEXT
 }
 
-/// The host-wide SYN budget: takes one SYN from it.
+/// The host-wide SYN budget: takes one SYN from it. A verified source's
+/// SYNs are not counted against it: a flood of forged SYNs that spends it
+/// does not shut out a client that has proven itself.
 #[inline(always)]
-fn host_syn_budget(limits: &Limits, now: u64) -> Step {
-    if global_syn_allowed(limits, now) {
+fn host_syn_budget(limits: &Limits, source: &Source, now: u64) -> Step {
+    if limits.syn_global_pps == 0 || verified::holds(source, now) || global_syn_allowed(limits, now)
+    {
         NEXT
     } else {
         limited(Reason::SynLimited)

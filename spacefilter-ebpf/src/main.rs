@@ -3,7 +3,8 @@
 //! Every frame goes through [`parse`](parse) (Ethernet, up to two VLAN tags,
 //! IPv4/IPv6 with options and extension headers, TCP/UDP/ICMP) and then the
 //! verdict pipeline in [`verdict`]: allowlist → blocklist → header rules →
-//! shield → flood guards → pass. Every exit goes through [`verdict::finish`], which
+//! shield → flood guards → pass. Beside it, a TC egress program
+//! ([`egress`]) records the peers the host sends to as verified sources. Every exit goes through [`verdict::finish`], which
 //! records the per-CPU counters and feeds [`observe`] (drop sampling, debug
 //! log).
 //!
@@ -18,6 +19,7 @@
     reason = "BPF-to-BPF calls cost more than inlining, and a call boundary would hide packet bounds from the verifier"
 )]
 
+mod egress;
 mod limit;
 mod lookup;
 mod maps;
@@ -26,8 +28,12 @@ mod parse;
 mod rules;
 mod shield;
 mod verdict;
+mod verified;
 
-use aya_ebpf::{macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 
 /// Entry point: parse, decide, count. Every frame, however malformed, gets
 /// a verdict of its own (pass or drop); the program never aborts. Inlined
@@ -41,6 +47,18 @@ use aya_ebpf::{macros::xdp, programs::XdpContext};
 )]
 pub(crate) fn spacefilter(ctx: XdpContext) -> u32 {
     verdict::decide(&ctx)
+}
+
+/// Return routability: records the peers the host sends to as verified
+/// sources (see [`egress`]). Attached at TC egress beside the XDP program.
+#[classifier]
+#[inline(always)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the signature #[classifier] requires"
+)]
+pub(crate) fn spacefilter_egress(ctx: TcContext) -> i32 {
+    egress::record(&ctx)
 }
 
 #[cfg(not(test))]

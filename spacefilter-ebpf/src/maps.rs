@@ -18,10 +18,11 @@ use aya_ebpf::{
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use spacefilter_common::{
-    AutoBlock, Bucket, Config, Counter, DEFAULT_BUCKETS, DEFAULT_CAPACITY, HeaderRule, IFACE_TABLE,
-    IfaceSlot, Limits, MAX_HEADER_RULES, MAX_IFACE_SLOTS, Observe, STATS_SLOTS, SampleState,
-    Shield, SpoofState, V6Key, V6Top,
+    AutoBlock, Bucket, Config, Counter, DEFAULT_BUCKETS, DEFAULT_CAPACITY, DEFAULT_VERIFIED,
+    HeaderRule, IFACE_TABLE, IfaceSlot, Limits, MAX_HEADER_RULES, MAX_IFACE_SLOTS, Observe,
+    STATS_SLOTS, SampleState, Shield, SpoofState, V6Key, V6Top, Verified, VerifySettings,
     lookup::{BUCKET_SLOTS, ROW, V4_T12_ROWS, V4_T24_ROWS, V6_TOP_ENTRIES, buckets_for},
+    verified_how,
 };
 
 #[map]
@@ -156,3 +157,24 @@ pub(crate) static HEADER_HITS: PerCpuArray<u64> =
 /// The budget of each limit rule (CPUs race on it).
 #[map]
 pub(crate) static HEADER_BUCKETS: Array<Bucket> = Array::with_max_entries(MAX_HEADER_RULES, 0);
+
+/// Verified sources (see [`spacefilter_common::Verified`]), least recently
+/// used forgotten first. Only proofs insert here (a cookie's ACK, the
+/// host's own traffic, the daemon), never a frame from an unproven source,
+/// so a flood of forged sources cannot push real ones out.
+#[map]
+pub(crate) static VERIFIED: LruHashMap<[u8; 16], Verified> =
+    LruHashMap::with_max_entries(DEFAULT_VERIFIED, 0);
+
+/// Sources verified anew, per CPU, by proof ([`verified_how`]).
+#[map]
+pub(crate) static VERIFY_STATS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(verified_how::SLOTS, 0);
+
+/// How long a proof holds (see [`spacefilter_common::VerifySettings`]).
+#[map]
+pub(crate) static VERIFY_SETTINGS: Array<VerifySettings> = Array::with_max_entries(1, 0);
+
+/// The shield's budget for UDP from unverified sources (CPUs race on it).
+#[map]
+pub(crate) static SHIELD_BUDGET: Array<Bucket> = Array::with_max_entries(1, 0);

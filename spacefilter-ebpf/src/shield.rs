@@ -1,13 +1,18 @@
-//! The shield: admission on shielded TCP ports (see
+//! The shield: admission on shielded ports (see
 //! [`spacefilter_common::Shield`]). A forged source never completes a
-//! handshake, so nothing from a new source reaches the host until it has:
+//! handshake and never receives the host's replies, so nothing from a new
+//! source reaches the host until it has proven itself:
 //!
-//! - a SYN is answered here with a SYN-ACK whose sequence number is the
-//!   kernel's own SYN cookie for it ([`syn_cookie`], `XDP_TX`);
+//! - on a TCP port, a SYN is answered here with a SYN-ACK whose sequence
+//!   number is the kernel's own SYN cookie for it ([`syn_cookie`],
+//!   `XDP_TX`);
 //! - a segment without SYN passes if it belongs to a connection the host
 //!   has (a socket other than the listener), or carries a valid cookie
 //!   (`cookie_verified`; the kernel then opens the connection from the
-//!   cookie); anything else is `out_of_state` (ACK, RST, FIN floods).
+//!   cookie, and the source is verified); anything else is `out_of_state`
+//!   (ACK, RST, FIN floods);
+//! - on a UDP port, verified sources pass (see [`crate::verified`]), and
+//!   others only within a small shared budget ([`unverified_udp`]).
 //!
 //! Kernel: `bpf_skc_lookup_tcp` and `bpf_tcp_check_syncookie` (5.2),
 //! `bpf_tcp_gen_syncookie` (5.3), `bpf_xdp_adjust_tail` (4.18), `XDP_TX`.
@@ -32,12 +37,17 @@ use aya_ebpf::{
     },
     programs::XdpContext,
 };
-use spacefilter_common::{Reason, Shield, reflect_bits, shield_flags};
+use spacefilter_common::{Reason, Shield, reflect_bits, shield_flags, verified_how};
 
 use crate::{
-    maps::{REFLECT_PORTS, SHIELD, SHIELD_SCRATCH},
-    parse::{ETH_P_IPV4, IPPROTO_TCP_NUMBER, L4, TCP_ACK, TCP_SYN, VLAN_TPIDS},
+    limit::take_packet,
+    maps::{REFLECT_PORTS, SHIELD, SHIELD_BUDGET, SHIELD_SCRATCH},
+    parse::{
+        ETH_P_IPV4, IPPROTO_TCP_NUMBER, IPPROTO_UDP_NUMBER, L4, Source, TCP_ACK, TCP_SYN,
+        VLAN_TPIDS,
+    },
     verdict::Verdict,
+    verified,
 };
 
 const TCP_FIN: u8 = 0x01;
@@ -75,21 +85,25 @@ const SPOILED: Verdict = Verdict {
     resized: true,
 };
 
-/// The shield's verdict on a TCP segment, or `None` to leave it to the
-/// flood guards.
+/// The shield's verdict on a frame, or `None` to leave it to the flood
+/// guards.
 #[inline(always)]
-pub(crate) fn check(ctx: &XdpContext, l4: &L4) -> Option<Verdict> {
-    if l4.proto != IPPROTO_TCP_NUMBER || !l4.ports {
+pub(crate) fn check(ctx: &XdpContext, source: &Source, l4: &L4) -> Option<Verdict> {
+    if !l4.ports || (l4.proto != IPPROTO_TCP_NUMBER && l4.proto != IPPROTO_UDP_NUMBER) {
         return None;
     }
     let shield = SHIELD.get(0)?;
     if shield.flags & shield_flags::ON == 0 {
         return None;
     }
-    let shielded = REFLECT_PORTS
-        .get(u32::from(l4.dst_port))
-        .is_some_and(|bits| bits & reflect_bits::SHIELD_TCP != 0);
-    if !shielded {
+    let bits = *REFLECT_PORTS.get(u32::from(l4.dst_port))?;
+    if l4.proto == IPPROTO_UDP_NUMBER {
+        if bits & reflect_bits::SHIELD_UDP == 0 {
+            return None;
+        }
+        return unverified_udp(source, shield);
+    }
+    if bits & reflect_bits::SHIELD_TCP == 0 {
         return None;
     }
     let ip_offset = locate(ctx)?;
@@ -101,7 +115,39 @@ pub(crate) fn check(ctx: &XdpContext, l4: &L4) -> Option<Verdict> {
         // A SYN-ACK, or SYN with RST or FIN: never from a client.
         return Some(Reason::OutOfState.into());
     }
-    segment(ctx, ip_offset).map(Verdict::from)
+    let reason = segment(ctx, ip_offset)?;
+    if reason == Reason::CookieVerified {
+        // SAFETY: no preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        verified::prove(&verified::key(source), verified_how::COOKIE, now);
+    }
+    Some(reason.into())
+}
+
+/// UDP to a shielded port: a verified source goes on to the flood guards
+/// (its own budgets); any other within the shield's budget for unverified
+/// sources, which lets a new client reach the host's first reply (and that
+/// reply verifies it); the rest is dropped as `shielded`.
+#[inline(always)]
+fn unverified_udp(source: &Source, shield: &Shield) -> Option<Verdict> {
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if verified::holds(source, now) {
+        return None;
+    }
+    let bucket = SHIELD_BUDGET.get_ptr_mut(0)?;
+    // SAFETY: the array's only value; CPUs race on it (an approximate
+    // budget).
+    let bucket = unsafe { &mut *bucket };
+    let budget = (
+        u64::from(shield.unverified_pps),
+        u64::from(shield.unverified_burst),
+    );
+    if take_packet(&mut bucket.packets, &mut bucket.last_ns, budget, now) {
+        None
+    } else {
+        Some(Reason::Shielded.into())
+    }
 }
 
 /// The socket the kernel would give a segment of this 4-tuple: an

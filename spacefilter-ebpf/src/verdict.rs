@@ -88,7 +88,7 @@ fn classify(
     if let Some(verdict) = rules::check(&l4, frame.len() as u64) {
         return Ok(verdict);
     }
-    if let Some(verdict) = shield::check(ctx, &l4) {
+    if let Some(verdict) = shield::check(ctx, &source, &l4) {
         return Ok(verdict);
     }
     if let Some(reason) = limit::check(&source, l4, frame.len() as u64) {

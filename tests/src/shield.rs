@@ -7,7 +7,10 @@ use aya::{
     Ebpf,
     programs::{Xdp, XdpMode},
 };
-use spacefilter::{Filter, bpf::TOOLS};
+use spacefilter::{
+    Filter,
+    bpf::{Shielded, TOOLS},
+};
 use spacefilter_common::{Shield, shield_flags};
 
 use crate::netns::{Host, Lab, run_in_netns};
@@ -62,6 +65,26 @@ pub fn host_for_cookies(lab: &Lab) -> anyhow::Result<()> {
 /// Puts the shield on `ports` in `filter`'s maps, as the daemon does for a
 /// host that speaks timestamps, SACK and window scaling, offering `wscale`.
 pub fn shield_ports(filter: &mut Filter, ports: &[(u16, u16)], wscale: u32) -> anyhow::Result<()> {
+    shield_with(
+        filter,
+        Shielded {
+            tcp: ports,
+            udp: &[],
+        },
+        wscale,
+        0,
+    )
+}
+
+/// Puts the shield on TCP and UDP ports in `filter`'s maps, as
+/// [`shield_ports`], with a budget of `unverified_pps` for UDP from
+/// unverified sources; proofs hold sources verified for 10 minutes.
+pub fn shield_with(
+    filter: &mut Filter,
+    ports: Shielded<'_>,
+    wscale: u32,
+    unverified_pps: u32,
+) -> anyhow::Result<()> {
     let limiter = filter.limiter();
     limiter.set_port_bits(&[], &[], ports)?;
     limiter.set_shield(Shield {
@@ -72,6 +95,9 @@ pub fn shield_ports(filter: &mut Filter, ports: &[(u16, u16)], wscale: u32) -> a
         mss_v4: 1460,
         mss_v6: 1440,
         wscale,
+        unverified_pps,
+        unverified_burst: unverified_pps,
     })?;
+    filter.verifier().configure(true, 600_000_000_000)?;
     Ok(())
 }

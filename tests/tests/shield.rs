@@ -435,19 +435,7 @@ fn daemon_shield_end_to_end() {
     );
 
     // Bad input: a clear error, exit 2, nothing changed.
-    for bad in [
-        &["shield", "on", "--ports", "udp/53"][..],
-        &["shield", "on", "--ports", "443"],
-        &["shield", "on", "--ports", "tcp/0"],
-    ] {
-        let out = daemon.cli(bad);
-        out.expect_code(2, &format!("{bad:?}"));
-        assert!(
-            out.stderr.contains("tcp") || out.stderr.contains("port"),
-            "{}",
-            out.stderr
-        );
-    }
+    refuses_bad_input(&daemon, port);
     assert_eq!(show(&daemon).tcp_ports, [(port, port)], "unchanged");
 
     // A clean stop puts the host back; a start takes the shield up again.
@@ -659,6 +647,36 @@ fn check_options(options: &[etherparse::TcpOptionElement], long: bool) {
 }
 
 /// `spacefilter_shield_ports` from the daemon's metrics endpoint.
+/// Bad input to `shield on`: exit 2 with a message naming what was wrong.
+fn refuses_bad_input(daemon: &DaemonProcess, port: u16) {
+    let tcp = format!("tcp/{port}");
+    for bad in [
+        &["shield", "on", "--ports", "sctp/53"][..],
+        &["shield", "on", "--ports", "443"],
+        &["shield", "on", "--ports", "tcp/0"],
+        &["shield", "on", "--ports", "udp/9-1"],
+        &["shield", "on", "--ports", &tcp, "--verified-idle", "0s"],
+        &[
+            "shield",
+            "on",
+            "--ports",
+            &tcp,
+            "--unverified-pps",
+            "99999999",
+        ],
+    ] {
+        let out = daemon.cli(bad);
+        out.expect_code(2, &format!("{bad:?}"));
+        assert!(
+            out.stderr.contains("tcp")
+                || out.stderr.contains("port")
+                || out.stderr.contains("verified"),
+            "{}",
+            out.stderr
+        );
+    }
+}
+
 fn shielded_ports_metric(lab: &Lab) -> u64 {
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", &lab.ns(Host::Server)])

@@ -14,7 +14,9 @@
 //! {"v":1,"cmd":"top","interval_ms":1000,"limit":10}
 //! {"v":1,"cmd":"capture","reason":"blocked"}
 //! {"v":1,"cmd":"set_observe","sample_every":100,"sample_cap":1000,"debug_log":false}
-//! {"v":1,"cmd":"set_shield","shield":{"enabled":true,"tcp_ports":[[443,443]]}}
+//! {"v":1,"cmd":"set_shield","shield":{"enabled":true,"tcp_ports":[[443,443]],"udp_ports":[[443,443]],"unverified_pps":2000}}
+//! {"v":1,"cmd":"admit","addr":"198.51.100.7","ttl_secs":3600}
+//! {"v":1,"cmd":"revoke","addr":"198.51.100.7"}
 //! ```
 //!
 //! The daemon answers each request with one [`Response`] line; `add` may
@@ -42,7 +44,7 @@ use serde::{Deserialize, Serialize};
 pub use self::{
     limits::{LimitsView, default_reflectors, default_service_ports},
     rules::{HeaderRuleView, RuleAction},
-    shield::ShieldView,
+    shield::{AdmitView, ShieldView, VerifiedView},
     views::{
         Changed, CounterView, EntryView, InterfaceView, ObserveView, SampleView, StatsView,
         StatusView, TalkerView, TopView,
@@ -157,6 +159,14 @@ pub enum Request {
     SetShield { shield: ShieldView },
     /// The shield's settings.
     GetShield,
+    /// Verify a source on an application's word, for `ttl_secs`.
+    Admit {
+        addr: std::net::IpAddr,
+        #[serde(default = "default_admit_secs")]
+        ttl_secs: u64,
+    },
+    /// Forget a source's verification, however it was proven.
+    Revoke { addr: std::net::IpAddr },
     /// Change drop sampling or the debug log (what is not given stays).
     SetObserve {
         /// One dropped frame in this many is sampled; 0: off.
@@ -174,6 +184,10 @@ fn default_top_limit() -> usize {
     10
 }
 
+fn default_admit_secs() -> u64 {
+    shield::DEFAULT_ADMIT_SECS
+}
+
 impl Request {
     /// Whether the request changes the rules (and so needs a writer).
     #[must_use]
@@ -187,6 +201,8 @@ impl Request {
                 | Request::RuleDel { .. }
                 | Request::SetObserve { .. }
                 | Request::SetShield { .. }
+                | Request::Admit { .. }
+                | Request::Revoke { .. }
         )
     }
 }
@@ -219,4 +235,5 @@ pub enum Response {
     Sample(SampleView),
     Observe(ObserveView),
     Shield(ShieldView),
+    Admitted(AdmitView),
 }

@@ -55,6 +55,10 @@ pub struct StatsView {
     /// The same per attached interface, by interface name.
     #[serde(default)]
     pub interfaces: BTreeMap<String, BTreeMap<String, CounterView>>,
+    /// Sources verified anew since the program was loaded, by proof
+    /// (`cookie`, `established`, `replied`, `admitted`).
+    #[serde(default)]
+    pub verified: BTreeMap<String, u64>,
 }
 
 /// Drop sampling and the debug log, as set, with what the sampler did.
@@ -163,4 +167,7 @@ pub struct StatusView {
     /// The shield, when it is on.
     #[serde(default)]
     pub shield: Option<super::ShieldView>,
+    /// The verified sources.
+    #[serde(default)]
+    pub verified: super::VerifiedView,
 }

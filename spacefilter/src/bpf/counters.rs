@@ -17,6 +17,8 @@ pub struct Counters {
     pub by_reason: BTreeMap<Reason, Counter>,
     /// Per attached interface, by name.
     pub by_iface: BTreeMap<String, BTreeMap<Reason, Counter>>,
+    /// Sources verified anew, by proof (see [`super::Verifier`]).
+    pub verified: BTreeMap<&'static str, u64>,
 }
 
 impl Counters {
@@ -53,6 +55,14 @@ impl Counters {
                             bytes: now.bytes.saturating_sub(before.bytes),
                         },
                     )
+                })
+                .collect(),
+            verified: self
+                .verified
+                .iter()
+                .map(|(&how, &now)| {
+                    let before = earlier.verified.get(how).copied().unwrap_or(0);
+                    (how, now.saturating_sub(before))
                 })
                 .collect(),
         }
@@ -110,6 +120,7 @@ impl Stats {
         Ok(Counters {
             by_reason,
             by_iface,
+            verified: BTreeMap::new(),
         })
     }
 }

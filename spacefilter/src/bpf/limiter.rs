@@ -24,6 +24,13 @@ pub struct Limiter {
     auto: HashMap<MapData, [u8; 16], AutoBlock>,
 }
 
+/// The port ranges the shield covers, by protocol.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Shielded<'a> {
+    pub tcp: &'a [(u16, u16)],
+    pub udp: &'a [(u16, u16)],
+}
+
 /// The bucket key of a source prefix: IPv4 as an IPv4-mapped IPv6 address
 /// (always /32), IPv6 as the prefix's first address.
 fn limiter_key(prefix: Prefix) -> [u8; 16] {
@@ -76,17 +83,17 @@ impl Limiter {
         sources: &[u16],
         service: &[(u16, u16)],
     ) -> Result<(), ListError> {
-        self.set_port_bits(sources, service, &[])
+        self.set_port_bits(sources, service, Shielded::default())
     }
 
     /// Marks the reflector source ports and the service ports for the
-    /// reflection guard, and the TCP ports the shield covers (every port is
-    /// rewritten: 65536 updates).
+    /// reflection guard, and the TCP and UDP ports the shield covers (every
+    /// port is rewritten: 65536 updates).
     pub fn set_port_bits(
         &mut self,
         sources: &[u16],
         service: &[(u16, u16)],
-        shielded_tcp: &[(u16, u16)],
+        shielded: Shielded<'_>,
     ) -> Result<(), ListError> {
         let within =
             |ranges: &[(u16, u16)], port| ranges.iter().any(|&(lo, hi)| (lo..=hi).contains(&port));
@@ -98,8 +105,11 @@ impl Limiter {
             if within(service, port) {
                 bits |= reflect_bits::SERVICE;
             }
-            if within(shielded_tcp, port) {
+            if within(shielded.tcp, port) {
                 bits |= reflect_bits::SHIELD_TCP;
+            }
+            if within(shielded.udp, port) {
+                bits |= reflect_bits::SHIELD_UDP;
             }
             self.reflect_ports
                 .set(u32::from(port), bits, 0)

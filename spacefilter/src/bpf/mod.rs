@@ -2,13 +2,16 @@
 //! ([`Prefix`], [`List`], [`Reason`](spacefilter_common::Reason)) become
 //! kernel keys here and nowhere else.
 //!
-//! - [`program`]: load, attach, detach, test runs ([`Filter`]).
+//! - [`program`]: load, attach, detach, test runs ([`Filter`]); the
+//!   egress program that verifies the host's peers rides along with each
+//!   attachment.
 //! - [`lists`]: the allow and block lists in the lookup tables
 //!   ([`tables`]), with a per-CPU hit counter per entry.
 //! - [`counters`]: the per-CPU verdict counters.
 //! - [`limiter`]: the flood guards' settings, buckets and auto-blocks.
 //! - [`rules`]: the rules on headers.
 //! - [`sampler`]: interface slots, drop sampling, the debug-log switch.
+//! - [`verifier`]: verified sources and the egress program's settings.
 
 mod mapped;
 mod tables;
@@ -19,16 +22,18 @@ pub mod lists;
 pub mod program;
 pub mod rules;
 pub mod sampler;
+pub mod verifier;
 
 use aya::{Ebpf, maps::MapError};
 
 pub use self::{
     counters::{Counters, Stats},
-    limiter::{Limiter, limiter_prefix},
+    limiter::{Limiter, Shielded, limiter_prefix},
     lists::{Entry, Lists},
     program::{AttachMode, Filter, FilterError, KernelLog, LoadOptions, TOOLS},
     rules::HeaderRules,
     sampler::{Observer, Sample, Sampling},
+    verifier::Verifier,
 };
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.

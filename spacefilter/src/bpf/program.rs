@@ -6,15 +6,19 @@ use std::collections::BTreeMap;
 use aya::{
     Ebpf, EbpfLoader, TestRunOptions,
     maps::{MapData, RingBuf},
-    programs::{ProgramError, TestRun as _, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType, TestRun as _, Xdp, XdpMode,
+        tc::{self, SchedClassifierLinkId},
+        xdp::XdpLinkId,
+    },
 };
 use spacefilter_common::{
-    DEFAULT_BUCKETS, DEFAULT_CAPACITY, PROGRAM_NAME,
+    DEFAULT_BUCKETS, DEFAULT_CAPACITY, EGRESS_PROGRAM_NAME, PROGRAM_NAME,
     lookup::{MAX_CAPACITY, buckets_for},
     map_names,
 };
 
-use super::{Counters, Entry, HeaderRules, Limiter, ListError, Lists, Observer, Stats};
+use super::{Counters, Entry, HeaderRules, Limiter, ListError, Lists, Observer, Stats, Verifier};
 use crate::{
     error_chain,
     net::{List, Prefix},
@@ -114,6 +118,16 @@ impl Default for LoadOptions {
     }
 }
 
+/// Loads the egress program (return routability) into the kernel.
+fn load_egress(ebpf: &mut Ebpf) -> Result<(), String> {
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(EGRESS_PROGRAM_NAME)
+        .ok_or_else(|| format!("the object file has no program named {EGRESS_PROGRAM_NAME}"))?
+        .try_into()
+        .map_err(|err: ProgramError| error_chain(&err))?;
+    program.load().map_err(|err| error_chain(&err))
+}
+
 /// A seed nobody outside this process can predict.
 fn random_seed() -> u64 {
     use std::hash::{BuildHasher as _, RandomState};
@@ -128,7 +142,11 @@ pub struct Filter {
     limiter: Limiter,
     header_rules: HeaderRules,
     observer: Observer,
+    verifier: Verifier,
     kernel_log: Option<KernelLog>,
+    /// Why the egress program (return routability) could not be loaded, if
+    /// it could not: the filter runs without it.
+    egress_missing: Option<String>,
     /// Attached interfaces: the mode that took, the link, the ifindex and
     /// the counter slot (`None`: counted with the unattributed frames).
     attached: BTreeMap<String, Attachment>,
@@ -139,6 +157,8 @@ struct Attachment {
     link: XdpLinkId,
     ifindex: u32,
     slot: Option<u32>,
+    /// The egress program's link, if it could be attached.
+    egress: Option<SchedClassifierLinkId>,
 }
 
 impl Filter {
@@ -172,6 +192,13 @@ impl Filter {
             .try_into()
             .map_err(FilterError::Program)?;
         program.load().map_err(FilterError::Program)?;
+        let egress_missing = load_egress(&mut ebpf).err();
+        if let Some(why) = &egress_missing {
+            log::warn!(
+                "the egress program is not loaded ({why}): sources are verified only by \
+                 their cookies and by `spacefilter admit`"
+            );
+        }
         let lists = Lists::take(
             &mut ebpf,
             capacity + 1,
@@ -181,6 +208,7 @@ impl Filter {
         let limiter = Limiter::take(&mut ebpf)?;
         let header_rules = HeaderRules::take(&mut ebpf)?;
         let observer = Observer::take(&mut ebpf)?;
+        let verifier = Verifier::take(&mut ebpf)?;
         let kernel_log = match KernelLog::init(&mut ebpf) {
             Ok(reader) => Some(reader),
             Err(err) => {
@@ -195,8 +223,52 @@ impl Filter {
             limiter,
             header_rules,
             observer,
+            verifier,
             kernel_log,
+            egress_missing,
             attached: BTreeMap::new(),
+        })
+    }
+
+    fn egress(&mut self) -> Option<&mut SchedClassifier> {
+        self.ebpf
+            .program_mut(EGRESS_PROGRAM_NAME)
+            .and_then(|p| p.try_into().ok())
+    }
+
+    /// Attaches the egress program to `iface`, after the programs already
+    /// there (TCX links, kernel 6.6; before it, a `clsact` qdisc's filter).
+    fn attach_egress(&mut self, iface: &str) -> Result<SchedClassifierLinkId, String> {
+        if let Some(why) = &self.egress_missing {
+            return Err(why.clone());
+        }
+        // Needed before 6.6 only; an existing qdisc is fine.
+        let _ = tc::qdisc_add_clsact(iface);
+        let program = self.egress().ok_or("the egress program is missing")?;
+        program
+            .attach(iface, TcAttachType::Egress)
+            .map_err(|err| error_chain(&err))
+    }
+
+    /// Why sources are not verified by the host's own traffic, if they
+    /// are not: the egress program could not be loaded, or attached to
+    /// some interface.
+    #[must_use]
+    pub fn egress_problem(&self) -> Option<String> {
+        if let Some(why) = &self.egress_missing {
+            return Some(format!("the egress program could not be loaded: {why}"));
+        }
+        let missing: Vec<&str> = self
+            .attached
+            .iter()
+            .filter(|(_, a)| a.egress.is_none())
+            .map(|(name, _)| name.as_str())
+            .collect();
+        (!missing.is_empty()).then(|| {
+            format!(
+                "the egress program is not attached to {}",
+                missing.join(", ")
+            )
         })
     }
 
@@ -247,6 +319,16 @@ impl Filter {
                  frames are counted with the unattributed ones"
             );
         }
+        let egress = match self.attach_egress(iface) {
+            Ok(link) => Some(link),
+            Err(why) => {
+                log::warn!(
+                    "{iface}: the egress program is not attached ({why}): the host's peers on \
+                     it are not verified by its traffic"
+                );
+                None
+            }
+        };
         self.attached.insert(
             iface.to_owned(),
             Attachment {
@@ -254,6 +336,7 @@ impl Filter {
                 link,
                 ifindex,
                 slot,
+                egress,
             },
         );
         Ok(used)
@@ -269,6 +352,14 @@ impl Filter {
             })?;
         if let Err(err) = self.observer.release(attachment.ifindex) {
             log::warn!("{iface}: {}", error_chain(&err));
+        }
+        if let (Some(link), Some(program)) = (attachment.egress, self.egress())
+            && let Err(err) = program.detach(link)
+        {
+            log::warn!(
+                "{iface}: detaching the egress program: {}",
+                error_chain(&err)
+            );
         }
         self.program()
             .detach(attachment.link)
@@ -344,6 +435,17 @@ impl Filter {
         &mut self.header_rules
     }
 
+    /// The verified sources.
+    pub fn verifier(&mut self) -> &mut Verifier {
+        &mut self.verifier
+    }
+
+    /// The verified sources, to read.
+    #[must_use]
+    pub fn verifier_ref(&self) -> &Verifier {
+        &self.verifier
+    }
+
     /// Drop sampling, the debug log and the interface counter slots.
     pub fn observer(&mut self) -> &mut Observer {
         &mut self.observer
@@ -384,7 +486,9 @@ impl Filter {
             .iter()
             .filter_map(|(name, a)| a.slot.map(|slot| (name.clone(), slot)))
             .collect();
-        Ok(self.stats.read(&ifaces)?)
+        let mut counters = self.stats.read(&ifaces)?;
+        counters.verified = self.verifier.proven()?;
+        Ok(counters)
     }
 
     /// Runs the program on `frame` `repeat` times with `BPF_PROG_TEST_RUN`

@@ -31,7 +31,7 @@ use self::{
     rule::RuleArgs,
     run::RunArgs,
     sample::{DebugArgs, SampleArgs},
-    shield::ShieldArgs,
+    shield::{AdmitArgs, ShieldArgs},
     stats::StatsArgs,
     top::TopArgs,
 };
@@ -123,12 +123,22 @@ enum Command {
     /// when off it costs the per-packet path nothing but one test. Meant
     /// for a quiet moment: under a flood most lines are lost.
     Debug(DebugArgs),
-    /// The shield, for a live event's TCP ports under a flood from forged
-    /// sources: the program answers SYNs itself with SYN cookies, so that
-    /// nothing from a new source reaches the host before it completes a
-    /// handshake, and drops segments that belong to no connection (ACK,
-    /// RST, FIN floods). Established connections are not touched.
+    /// The shield, for a live event's ports under a flood from forged
+    /// sources. On TCP ports the program answers SYNs itself with SYN
+    /// cookies, so that nothing from a new source reaches the host before
+    /// it completes a handshake, and drops segments that belong to no
+    /// connection (ACK, RST, FIN floods); established connections are not
+    /// touched. On UDP ports verified sources pass (a source the host has
+    /// answered, or that completed a handshake, or was admitted), and
+    /// others share a small budget, enough for a new client's first
+    /// packets.
     Shield(ShieldArgs),
+    /// Verify a source on an application's word (a login service that
+    /// knows its listeners): it skips the budgets shared with forged
+    /// sources (the shield's for unverified UDP, the spoofed-source
+    /// fallback's, the host-wide SYN budget) for --ttl. Its own per-source
+    /// budgets still hold.
+    Admit(AdmitArgs),
 }
 
 /// What every client verb takes.
@@ -197,6 +207,7 @@ pub fn main() -> ExitCode {
         Command::Sample(args) => sample::sample(args),
         Command::Debug(args) => sample::debug(args),
         Command::Shield(args) => shield::shield(args),
+        Command::Admit(args) => shield::admit(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

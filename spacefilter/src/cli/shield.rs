@@ -1,10 +1,19 @@
 //! `shield on | off | show`: SYN cookies and out-of-state drops on a live
-//! event's TCP ports.
+//! event's TCP ports, verified sources first on its UDP ports; and
+//! `admit`, an application's word for a source.
+
+use std::{net::IpAddr, time::Duration};
 
 use clap::{Args, Subcommand};
 
-use super::{Common, Failure, StatusArgs, print_json, reply_failure, unexpected};
-use crate::api::{Request, Response, ShieldView, client::Client};
+use super::{
+    Common, Failure, StatusArgs, lists::format_ttl, print_json, reply_failure, unexpected,
+};
+use crate::api::{
+    AdmitView, Request, Response, ShieldView, VerifiedView,
+    client::Client,
+    shield::{DEFAULT_UNVERIFIED_PPS, admit_problem},
+};
 
 #[derive(Args)]
 pub(super) struct ShieldArgs {
@@ -19,46 +28,80 @@ enum ShieldAction {
     /// Stop shielding, and put back the host settings the shield changed.
     Off(StatusArgs),
     /// Show the shield: its ports, what its SYN-ACKs offer, the host
-    /// settings it changed.
+    /// settings it changed, the verified sources.
     Show(StatusArgs),
 }
 
 #[derive(Args)]
 struct ShieldOnArgs {
     /// The ports, as protocol/port or protocol/first-last, comma-separated:
-    /// tcp/443,tcp/8000-8080.
+    /// tcp/443,udp/443,tcp/8000-8080.
     #[arg(long, value_delimiter = ',', value_parser = parse_shielded_port, required = true)]
-    ports: Vec<(u16, u16)>,
+    ports: Vec<(Proto, u16, u16)>,
+    /// UDP from sources not verified yet, to the shielded UDP ports
+    /// together, packets a second: room for new clients' first packets
+    /// (the host's reply verifies them), far below a flood.
+    #[arg(long, default_value_t = DEFAULT_UNVERIFIED_PPS)]
+    unverified_pps: u32,
+    /// How long a proof (a cookie's ACK, the host's traffic to the source)
+    /// holds a source verified after the last one.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+    verified_idle: Duration,
     #[command(flatten)]
     common: Common,
 }
 
-/// A shielded port or range: `tcp/443`, `tcp/8000-8080`.
-fn parse_shielded_port(s: &str) -> Result<(u16, u16), String> {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// A shielded port or range: `tcp/443`, `udp/443`, `tcp/8000-8080`.
+fn parse_shielded_port(s: &str) -> Result<(Proto, u16, u16), String> {
     let Some((proto, ports)) = s.split_once('/') else {
         return Err(format!(
-            "{s:?}: name the protocol, as in tcp/443 or tcp/8000-8080"
+            "{s:?}: name the protocol, as in tcp/443, udp/443 or tcp/8000-8080"
         ));
     };
-    if !proto.eq_ignore_ascii_case("tcp") {
+    let proto = if proto.eq_ignore_ascii_case("tcp") {
+        Proto::Tcp
+    } else if proto.eq_ignore_ascii_case("udp") {
+        Proto::Udp
+    } else {
         return Err(format!(
-            "{s:?}: the shield covers TCP ports (SYN cookies and connection state); \
-             {proto} is not supported"
+            "{s:?}: the shield covers TCP ports (SYN cookies and connection state) and UDP \
+             ports (verified sources first); {proto} is not supported"
         ));
-    }
+    };
     let range = super::parse::parse_port_range(ports)?;
     if range.1 == 0 {
         return Err(format!("{s:?}: port 0 cannot be shielded"));
     }
-    Ok(range)
+    Ok((proto, range.0, range.1))
 }
 
 pub(super) fn shield(args: ShieldArgs) -> Result<(), Failure> {
     let (request, common) = match args.action {
-        ShieldAction::On(ShieldOnArgs { ports, common }) => {
+        ShieldAction::On(ShieldOnArgs {
+            ports,
+            unverified_pps,
+            verified_idle,
+            common,
+        }) => {
+            let of = |wanted| {
+                ports
+                    .iter()
+                    .filter(|(proto, _, _)| *proto == wanted)
+                    .map(|&(_, lo, hi)| (lo, hi))
+                    .collect()
+            };
             let shield = ShieldView {
                 enabled: true,
-                tcp_ports: ports,
+                tcp_ports: of(Proto::Tcp),
+                udp_ports: of(Proto::Udp),
+                unverified_pps,
+                verified_idle_secs: verified_idle.as_secs(),
                 ..ShieldView::default()
             };
             if let Some(problem) = shield.problem() {
@@ -84,8 +127,19 @@ pub(super) fn shield(args: ShieldArgs) -> Result<(), Failure> {
         print_json(&view);
     } else {
         print_shield(&view);
+        print_verified(&view.verified);
     }
     Ok(())
+}
+
+fn ranges(proto: &str, ports: &[(u16, u16)]) -> impl Iterator<Item = String> {
+    ports.iter().map(move |&(lo, hi)| {
+        if lo == hi {
+            format!("{proto}/{lo}")
+        } else {
+            format!("{proto}/{lo}-{hi}")
+        }
+    })
 }
 
 /// The shield in a few lines.
@@ -94,23 +148,26 @@ pub(super) fn print_shield(view: &ShieldView) {
         println!("shield: off");
         return;
     }
-    let ports: Vec<String> = view
-        .tcp_ports
-        .iter()
-        .map(|&(lo, hi)| {
-            if lo == hi {
-                format!("tcp/{lo}")
-            } else {
-                format!("tcp/{lo}-{hi}")
-            }
-        })
+    let ports: Vec<String> = ranges("tcp", &view.tcp_ports)
+        .chain(ranges("udp", &view.udp_ports))
         .collect();
+    println!("shield: on for {}", ports.join(","));
+    if !view.tcp_ports.is_empty() {
+        println!(
+            "  TCP: SYNs answered with SYN cookies (MSS {}, window scale {}), segments of no \
+             connection dropped",
+            view.mss, view.wscale
+        );
+    }
+    if !view.udp_ports.is_empty() {
+        println!(
+            "  UDP: verified sources pass; others {} packets/s together, the rest dropped",
+            view.unverified_pps
+        );
+    }
     println!(
-        "shield: on for {}: SYNs answered with SYN cookies (MSS {}, window scale {}), \
-         segments of no connection dropped",
-        ports.join(","),
-        view.mss,
-        view.wscale
+        "  a proof holds a source verified for {}",
+        format_ttl(Some(view.verified_idle_secs))
     );
     for setting in &view.host_settings {
         println!("  host setting {setting}");
@@ -118,4 +175,98 @@ pub(super) fn print_shield(view: &ShieldView) {
     for note in &view.notes {
         println!("  note: {note}");
     }
+}
+
+/// The verified sources in a line.
+pub(super) fn print_verified(view: &VerifiedView) {
+    let by = |counts: &std::collections::BTreeMap<String, u64>| {
+        let parts: Vec<String> = counts
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(how, n)| format!("{how} {n}"))
+            .collect();
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", parts.join(", "))
+        }
+    };
+    println!(
+        "verified sources: {} now{}; {} verified since the program was loaded{}",
+        view.now,
+        by(&view.now_by_proof),
+        view.proven.values().sum::<u64>(),
+        by(&view.proven)
+    );
+    if let Some(problem) = &view.egress_problem {
+        println!("  note: {problem}: only cookies and `admit` verify sources");
+    }
+}
+
+#[derive(Args)]
+pub(super) struct AdmitArgs {
+    /// The source address (IPv4 or IPv6) to verify.
+    addr: IpAddr,
+    /// How long it stays verified (unless its traffic keeps it verified
+    /// longer).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1h",
+          conflicts_with = "revoke")]
+    ttl: Duration,
+    /// Forget the address's verification instead, however it was proven.
+    #[arg(long)]
+    revoke: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// `admit ADDR [--ttl D] | admit --revoke ADDR`.
+pub(super) fn admit(args: AdmitArgs) -> Result<(), Failure> {
+    let AdmitArgs {
+        addr,
+        ttl,
+        revoke,
+        common,
+    } = args;
+    if let Some(problem) = admit_problem(addr, if revoke { 1 } else { ttl.as_secs() }) {
+        return Err(Failure::bad_input(problem));
+    }
+    let request = if revoke {
+        Request::Revoke { addr }
+    } else {
+        Request::Admit {
+            addr,
+            ttl_secs: ttl.as_secs(),
+        }
+    };
+    let mut client = Client::connect(&common.socket)?;
+    let view: AdmitView = match client.call(request, &mut |_, _| {})? {
+        Response::Admitted(view) => view,
+        Response::Error { kind, message } => return Err(reply_failure(kind, message)),
+        other => return Err(unexpected(&other)),
+    };
+    if common.json {
+        print_json(&view);
+    } else if revoke {
+        println!(
+            "{}: {}",
+            view.addr,
+            if view.was_verified {
+                "no longer verified"
+            } else {
+                "was not verified"
+            }
+        );
+    } else {
+        println!(
+            "{}: verified for {}{}",
+            view.addr,
+            format_ttl(Some(view.verified_for_secs)),
+            if view.was_verified {
+                " (it was verified already)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
 }

@@ -130,6 +130,7 @@ pub(super) fn status(args: &StatusArgs) -> Result<(), Failure> {
         spoof_fallback_active,
         spoof_fallback_switches,
         shield,
+        verified,
     } = view;
     println!(
         "spacefilter {version} (protocol {protocol}), up {}",
@@ -147,5 +148,6 @@ pub(super) fn status(args: &StatusArgs) -> Result<(), Failure> {
         if spoof_fallback_active { "ON" } else { "off" }
     );
     super::shield::print_shield(&shield.unwrap_or_default());
+    super::shield::print_verified(&verified);
     Ok(())
 }

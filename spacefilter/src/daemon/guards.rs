@@ -49,6 +49,11 @@ impl Core {
         }
         log::info!("flood guards set to {limits:?} asked by {peer}");
         self.limits = limits.clone();
+        if let Err(message) =
+            self.configure_verify(self.shield.enabled, self.shield.verified_idle_secs)
+        {
+            log::error!("verified sources: {message}");
+        }
         Ok(limits)
     }
 

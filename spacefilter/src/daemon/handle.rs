@@ -4,6 +4,7 @@
 //! `spawn_blocking`.
 
 use std::{
+    net::IpAddr,
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
@@ -16,8 +17,8 @@ use super::{
 };
 use crate::{
     api::{
-        Changed, EntryView, HeaderRuleView, LimitsView, ObserveView, SampleView, ShieldView,
-        StatusView, TopView,
+        AdmitView, Changed, EntryView, HeaderRuleView, LimitsView, ObserveView, SampleView,
+        ShieldView, StatusView, TopView,
     },
     bpf::Counters,
     net::List,
@@ -135,6 +136,16 @@ impl Handle {
     #[must_use]
     pub fn shield(&self) -> ShieldView {
         self.lock().shield()
+    }
+
+    /// Verifies `addr` on an application's word for `ttl_secs`.
+    pub fn admit(&self, addr: IpAddr, ttl_secs: u64, peer: Peer) -> Result<AdmitView, Refusal> {
+        self.lock().admit(addr, ttl_secs, peer)
+    }
+
+    /// Forgets `addr`'s verification.
+    pub fn revoke(&self, addr: IpAddr, peer: Peer) -> Result<AdmitView, Refusal> {
+        self.lock().revoke(addr, peer)
     }
 
     /// Detaches the program and puts back the host settings it needed.

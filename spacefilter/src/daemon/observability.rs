@@ -30,8 +30,10 @@ pub struct MetricsSnapshot {
     pub tracked_sources: u64,
     pub max_sources: u32,
     pub spoof_active: bool,
-    /// TCP ports the shield covers (none while it is off).
+    /// TCP and UDP ports the shield covers (none while it is off).
     pub shielded_ports: u64,
+    /// Verified sources now, by their last proof.
+    pub verified_now: BTreeMap<&'static str, u64>,
     pub spoof_switches: u64,
     pub uptime: Duration,
     pub samples: ObserveView,
@@ -69,7 +71,8 @@ impl Core {
             allow_entries: count(List::Allow),
             block_entries: count(List::Block),
             capacity: self.capacity,
-            shield: self.shield.enabled.then(|| self.shield.view()),
+            shield: self.shield.enabled.then(|| self.shield_view()),
+            verified: self.verified_view(),
         }
     }
 
@@ -95,12 +98,16 @@ impl Core {
             tracked_sources: self.filter.limiter().tracked_sources() as u64,
             max_sources: self.max_sources,
             spoof_active: spoof.active_until_ns > monotonic_ns(),
-            shielded_ports: self
-                .shield
-                .marked_ports()
-                .iter()
-                .map(|&(lo, hi)| u64::from(hi - lo) + 1)
-                .sum(),
+            shielded_ports: {
+                let ports = self.shield.marked_ports();
+                ports
+                    .tcp
+                    .iter()
+                    .chain(ports.udp)
+                    .map(|&(lo, hi)| u64::from(hi - lo) + 1)
+                    .sum()
+            },
+            verified_now: self.filter.verifier_ref().now(monotonic_ns()),
             spoof_switches: spoof.switches,
             uptime: self.started.elapsed(),
             samples: self.observe(),
@@ -277,6 +284,11 @@ pub fn stats_view(now: &Counters, earlier: Option<(&Counters, Duration)>) -> Sta
                 let before = earlier.map(|(c, _)| c.by_iface.get(iface).unwrap_or(&empty));
                 (iface.clone(), views(counters, before))
             })
+            .collect(),
+        verified: now
+            .verified
+            .iter()
+            .map(|(&how, &count)| (how.to_owned(), count))
             .collect(),
     }
 }

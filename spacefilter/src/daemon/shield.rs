@@ -14,11 +14,17 @@
 //! switched off and when the daemon stops, and taken from the store after a
 //! crash.
 
+use std::net::IpAddr;
+
 use spacefilter_common::{Shield, shield_flags};
 
 use super::{Peer, Refusal, core::Core};
 use crate::{
-    api::ShieldView,
+    api::{
+        AdmitView, ShieldView, VerifiedView,
+        shield::{DEFAULT_UNVERIFIED_PPS, DEFAULT_VERIFIED_IDLE_SECS, admit_problem},
+    },
+    bpf::{Shielded, monotonic_ns},
     error_chain,
     net::sysctl,
     store::{self, Op},
@@ -28,10 +34,13 @@ const SYNCOOKIES: &str = "net.ipv4.tcp_syncookies";
 const TIMESTAMPS: &str = "net.ipv4.tcp_timestamps";
 
 /// The shield as the daemon holds it.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(super) struct ShieldState {
     pub(super) enabled: bool,
     pub(super) tcp_ports: Vec<(u16, u16)>,
+    pub(super) udp_ports: Vec<(u16, u16)>,
+    pub(super) unverified_pps: u32,
+    pub(super) verified_idle_secs: u64,
     /// Host settings changed, with their old values.
     pub(super) saved: Vec<(String, String)>,
     /// What the program was given.
@@ -40,12 +49,38 @@ pub(super) struct ShieldState {
     pub(super) notes: Vec<String>,
 }
 
+impl Default for ShieldState {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            tcp_ports: Vec::new(),
+            udp_ports: Vec::new(),
+            unverified_pps: DEFAULT_UNVERIFIED_PPS,
+            verified_idle_secs: DEFAULT_VERIFIED_IDLE_SECS,
+            saved: Vec::new(),
+            kernel: Shield::default(),
+            notes: Vec::new(),
+        }
+    }
+}
+
 impl ShieldState {
     pub(super) fn from_record(record: store::Shield) -> Self {
+        let store::Shield {
+            enabled,
+            tcp_ports,
+            udp_ports,
+            unverified_pps,
+            verified_idle_secs,
+            saved,
+        } = record;
         Self {
-            enabled: record.enabled,
-            tcp_ports: record.tcp_ports,
-            saved: record.saved,
+            enabled,
+            tcp_ports,
+            udp_ports,
+            unverified_pps: unverified_pps.unwrap_or(DEFAULT_UNVERIFIED_PPS),
+            verified_idle_secs: verified_idle_secs.unwrap_or(DEFAULT_VERIFIED_IDLE_SECS),
+            saved,
             ..Self::default()
         }
     }
@@ -54,19 +89,34 @@ impl ShieldState {
         store::Shield {
             enabled: self.enabled,
             tcp_ports: self.tcp_ports.clone(),
+            udp_ports: self.udp_ports.clone(),
+            unverified_pps: Some(self.unverified_pps),
+            verified_idle_secs: Some(self.verified_idle_secs),
             saved: self.saved.clone(),
         }
     }
 
-    /// The ports the program marks as shielded (none while off).
-    pub(super) fn marked_ports(&self) -> &[(u16, u16)] {
-        if self.enabled { &self.tcp_ports } else { &[] }
+    /// The TCP and UDP ports the program marks as shielded (none while
+    /// off).
+    pub(super) fn marked_ports(&self) -> Shielded<'_> {
+        if self.enabled {
+            Shielded {
+                tcp: &self.tcp_ports,
+                udp: &self.udp_ports,
+            }
+        } else {
+            Shielded::default()
+        }
     }
 
-    pub(super) fn view(&self) -> ShieldView {
+    fn view(&self) -> ShieldView {
         ShieldView {
             enabled: self.enabled,
             tcp_ports: self.tcp_ports.clone(),
+            udp_ports: self.udp_ports.clone(),
+            unverified_pps: self.unverified_pps,
+            verified_idle_secs: self.verified_idle_secs,
+            verified: VerifiedView::default(),
             mss: u16::try_from(self.kernel.mss_v4).unwrap_or(u16::MAX),
             wscale: u8::try_from(self.kernel.wscale).unwrap_or(u8::MAX),
             host_settings: self
@@ -115,10 +165,13 @@ fn give_back(saved: &[(String, String)]) {
 
 /// The program's settings for the shield, from the host's: what the
 /// kernel will do with a connection opened from a cookie.
-fn kernel_settings(enabled: bool, ifaces: &[String]) -> std::io::Result<(Shield, Vec<String>)> {
+fn kernel_settings(
+    state: &ShieldState,
+    ifaces: &[String],
+) -> std::io::Result<(Shield, Vec<String>)> {
     let mut notes = Vec::new();
     let on = |name| sysctl::read(name).map(|v| v != "0");
-    let mut flags = if enabled { shield_flags::ON } else { 0 };
+    let mut flags = if state.enabled { shield_flags::ON } else { 0 };
     if on(TIMESTAMPS)? {
         flags |= shield_flags::TIMESTAMPS;
     } else {
@@ -154,6 +207,8 @@ fn kernel_settings(enabled: bool, ifaces: &[String]) -> std::io::Result<(Shield,
             mss_v4: mtu.saturating_sub(40).max(536),
             mss_v6: mtu.saturating_sub(60).max(1220),
             wscale,
+            unverified_pps: state.unverified_pps,
+            unverified_burst: state.unverified_pps.max(1),
         },
         notes,
     ))
@@ -163,12 +218,14 @@ impl Core {
     /// Puts the shield in force: host settings, the program's settings,
     /// its ports. Used at start and on a change.
     pub(super) fn apply_shield(&mut self, state: &mut ShieldState) -> Result<(), String> {
-        if state.enabled {
+        // SYN cookies need the host's settings; UDP ports alone do not.
+        let cookies = state.enabled && !state.tcp_ports.is_empty();
+        if cookies {
             state.saved = take_host(&state.saved).map_err(|err| {
                 format!("setting the host up for SYN cookies (as root, in this namespace): {err}")
             })?;
         }
-        let (kernel, notes) = kernel_settings(state.enabled, &self.ifaces)
+        let (kernel, notes) = kernel_settings(state, &self.ifaces)
             .map_err(|err| format!("reading the host's TCP settings: {err}"))?;
         state.kernel = kernel;
         state.notes = notes;
@@ -184,7 +241,8 @@ impl Core {
             .limiter()
             .set_shield(kernel)
             .map_err(|err| error_chain(&err))?;
-        if !state.enabled && !state.saved.is_empty() {
+        self.configure_verify(state.enabled, state.verified_idle_secs)?;
+        if !cookies && !state.saved.is_empty() {
             give_back(&state.saved);
             state.saved.clear();
         }
@@ -201,15 +259,24 @@ impl Core {
             return Err(Refusal::bad_input(problem));
         }
         let before = self.shield.clone();
-        let mut state = ShieldState {
-            enabled: view.enabled,
-            tcp_ports: if view.enabled {
-                view.tcp_ports
-            } else {
-                before.tcp_ports.clone()
-            },
-            saved: before.saved.clone(),
-            ..ShieldState::default()
+        let mut state = if view.enabled {
+            ShieldState {
+                enabled: true,
+                tcp_ports: view.tcp_ports,
+                udp_ports: view.udp_ports,
+                unverified_pps: view.unverified_pps,
+                verified_idle_secs: view.verified_idle_secs,
+                saved: before.saved.clone(),
+                ..ShieldState::default()
+            }
+        } else {
+            // Off keeps the ports and budgets, for `shield show`.
+            ShieldState {
+                enabled: false,
+                kernel: Shield::default(),
+                notes: Vec::new(),
+                ..before.clone()
+            }
         };
         if let Err(message) = self.apply_shield(&mut state) {
             self.roll_back(before, &state);
@@ -225,7 +292,14 @@ impl Core {
         log::info!(
             "shield {} asked by {peer}",
             if state.enabled {
-                format!("on for TCP ports {:?}", state.tcp_ports)
+                format!(
+                    "on for TCP ports {:?} and UDP ports {:?} (unverified UDP {}/s, proofs \
+                     hold {} s)",
+                    state.tcp_ports,
+                    state.udp_ports,
+                    state.unverified_pps,
+                    state.verified_idle_secs
+                )
             } else {
                 "off".to_owned()
             }
@@ -248,7 +322,99 @@ impl Core {
 
     #[must_use]
     pub(super) fn shield(&self) -> ShieldView {
-        self.shield.view()
+        self.shield_view()
+    }
+
+    /// The shield, with the verified sources.
+    pub(super) fn shield_view(&self) -> ShieldView {
+        let mut view = self.shield.view();
+        view.verified = self.verified_view();
+        view
+    }
+
+    /// The verified sources: counts by proof, now and since the program
+    /// was loaded.
+    pub(super) fn verified_view(&self) -> VerifiedView {
+        let verifier = self.filter.verifier_ref();
+        let now_by_proof: std::collections::BTreeMap<String, u64> = verifier
+            .now(monotonic_ns())
+            .into_iter()
+            .map(|(how, count)| (how.to_owned(), count))
+            .collect();
+        VerifiedView {
+            now: now_by_proof.values().sum(),
+            now_by_proof,
+            proven: verifier
+                .proven()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(how, count)| (how.to_owned(), count))
+                .collect(),
+            egress_problem: self.filter.egress_problem(),
+        }
+    }
+
+    /// Whether the egress program records the host's peers (while the
+    /// shield or any flood guard, which read verified sources, is on), and
+    /// how long a proof holds.
+    pub(super) fn configure_verify(
+        &mut self,
+        shield_on: bool,
+        idle_secs: u64,
+    ) -> Result<(), String> {
+        let record = shield_on || super::guards::kernel_limits(&self.limits).flags != 0;
+        self.filter
+            .verifier()
+            .configure(record, idle_secs.saturating_mul(1_000_000_000))
+            .map_err(|err| error_chain(&err))
+    }
+
+    /// Verifies `addr` on an application's word for `ttl_secs`.
+    pub(super) fn admit(
+        &mut self,
+        addr: IpAddr,
+        ttl_secs: u64,
+        peer: Peer,
+    ) -> Result<AdmitView, Refusal> {
+        if let Some(problem) = admit_problem(addr, ttl_secs) {
+            return Err(Refusal::bad_input(problem));
+        }
+        let now = monotonic_ns();
+        let until = now.saturating_add(ttl_secs.saturating_mul(1_000_000_000));
+        let was_verified = self
+            .filter
+            .verifier()
+            .admit(addr, until, now)
+            .map_err(|err| Refusal::failed(error_chain(&err)))?;
+        let until = self
+            .filter
+            .verifier_ref()
+            .lookup(addr, now)
+            .map_or(until, |(until, _)| until);
+        log::info!("{addr} admitted for {ttl_secs} s, asked by {peer}");
+        Ok(AdmitView {
+            addr,
+            verified_for_secs: until.saturating_sub(now) / 1_000_000_000,
+            was_verified,
+        })
+    }
+
+    /// Forgets `addr`'s verification.
+    pub(super) fn revoke(&mut self, addr: IpAddr, peer: Peer) -> Result<AdmitView, Refusal> {
+        if let Some(problem) = admit_problem(addr, 1) {
+            return Err(Refusal::bad_input(problem));
+        }
+        let was_verified = self
+            .filter
+            .verifier()
+            .revoke(addr, monotonic_ns())
+            .map_err(|err| Refusal::failed(error_chain(&err)))?;
+        log::info!("{addr}'s verification revoked, asked by {peer}");
+        Ok(AdmitView {
+            addr,
+            verified_for_secs: 0,
+            was_verified,
+        })
     }
 
     /// Journals the shield as it is (logged if the write fails: the

@@ -70,6 +70,10 @@ fn restore(
 /// (the host refuses a setting) is logged and left off in the program:
 /// the rest of the filter starts all the same.
 fn restore_shield(core: &mut Core) {
+    // The flood guards read verified sources too.
+    if let Err(message) = core.configure_verify(false, core.shield.verified_idle_secs) {
+        log::error!("verified sources: {message}");
+    }
     let Some(record) = core.store.shield() else {
         return;
     };
@@ -80,7 +84,11 @@ fn restore_shield(core: &mut Core) {
     match core.apply_shield(&mut state) {
         Ok(()) => {
             if state.enabled {
-                log::info!("restored the shield on TCP ports {:?}", state.tcp_ports);
+                log::info!(
+                    "restored the shield on TCP ports {:?} and UDP ports {:?}",
+                    state.tcp_ports,
+                    state.udp_ports
+                );
             }
             if state.saved != record.saved {
                 // Host settings saved anew: they must survive a crash.

@@ -239,6 +239,32 @@ async fn add(req: AddRequest, daemon: &Handle, peer: Peer, write: &mut OwnedWrit
     }
 }
 
+/// The shield and the verified sources.
+async fn admission(request: Request, daemon: &Handle, peer: Peer) -> Response {
+    match request {
+        Request::SetShield { shield } => {
+            with_daemon(daemon, move |d| {
+                d.set_shield(shield, peer).map(Response::Shield)
+            })
+            .await
+        }
+        Request::GetShield => with_daemon(daemon, |d| Ok(Response::Shield(d.shield()))).await,
+        Request::Admit { addr, ttl_secs } => {
+            with_daemon(daemon, move |d| {
+                d.admit(addr, ttl_secs, peer).map(Response::Admitted)
+            })
+            .await
+        }
+        Request::Revoke { addr } => {
+            with_daemon(daemon, move |d| {
+                d.revoke(addr, peer).map(Response::Admitted)
+            })
+            .await
+        }
+        _ => unreachable!("routed by the caller"),
+    }
+}
+
 /// Serves one request; returns whether the connection is still usable.
 async fn handle(request: Request, daemon: &Handle, peer: Peer, write: &mut OwnedWriteHalf) -> bool {
     let response = match request {
@@ -317,13 +343,10 @@ async fn handle(request: Request, daemon: &Handle, peer: Peer, write: &mut Owned
             })
             .await
         }
-        Request::SetShield { shield } => {
-            with_daemon(daemon, move |d| {
-                d.set_shield(shield, peer).map(Response::Shield)
-            })
-            .await
-        }
-        Request::GetShield => with_daemon(daemon, |d| Ok(Response::Shield(d.shield()))).await,
+        Request::SetShield { .. }
+        | Request::GetShield
+        | Request::Admit { .. }
+        | Request::Revoke { .. } => admission(request, daemon, peer).await,
         Request::Watch { .. } | Request::Top { .. } | Request::Capture { .. } => {
             unreachable!("handled by the caller")
         }

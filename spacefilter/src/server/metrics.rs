@@ -53,6 +53,13 @@ fn gauge(
     Ok(())
 }
 
+/// The proofs that verify a source, by name.
+fn verified_names() -> impl Iterator<Item = &'static str> {
+    spacefilter_common::verified_how::NAMES
+        .iter()
+        .map(|&(_, name)| name)
+}
+
 fn signed(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -109,10 +116,12 @@ impl Collector for DaemonCollector {
         gauge(
             &mut encoder,
             "spacefilter_shield_ports",
-            "TCP ports the shield covers: SYNs answered with SYN cookies, segments of no \
-             connection dropped (0 while it is off).",
+            "Ports the shield covers, TCP and UDP together: SYNs answered with SYN cookies, \
+             segments of no connection dropped, UDP from unverified sources held to a budget \
+             (0 while it is off).",
             &[(vec![], signed(m.shielded_ports))],
         )?;
+        encode_verified(&mut encoder, &m)?;
         gauge(
             &mut encoder,
             "spacefilter_spoof_fallback_active",
@@ -138,6 +147,33 @@ impl Collector for DaemonCollector {
             &[(vec![], 1)],
         )
     }
+}
+
+/// The verified sources: now, and verified anew.
+fn encode_verified(encoder: &mut DescriptorEncoder, m: &Snapshot) -> fmt::Result {
+    gauge(
+        encoder,
+        "spacefilter_verified_sources",
+        "Sources verified now, by their last proof: a cookie's ACK, a connection or a \
+             reply of the host's, an admission.",
+        &verified_names()
+            .map(|how| {
+                let n = m.verified_now.get(how).copied().unwrap_or(0);
+                (vec![("proof", how.to_owned())], signed(n))
+            })
+            .collect::<Vec<_>>(),
+    )?;
+    counter(
+        encoder,
+        "spacefilter_verifications",
+        "Sources verified anew, by proof, since the program was loaded.",
+        &verified_names()
+            .map(|how| {
+                let n = m.counters.verified.get(how).copied().unwrap_or(0);
+                (vec![("proof", how.to_owned())], n)
+            })
+            .collect::<Vec<_>>(),
+    )
 }
 
 /// Packets and bytes by reason and interface, and the sampler.

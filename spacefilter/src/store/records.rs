@@ -137,6 +137,15 @@ pub struct Shield {
     pub enabled: bool,
     #[serde(default)]
     pub tcp_ports: Vec<(u16, u16)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub udp_ports: Vec<(u16, u16)>,
+    /// UDP from unverified sources to the UDP ports, a second (absent:
+    /// the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unverified_pps: Option<u32>,
+    /// How long a proof holds a source verified (absent: the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_idle_secs: Option<u64>,
     /// The host settings the shield changed, with their values from before
     /// (`net.ipv4.tcp_syncookies` and the like), to be put back when it
     /// is switched off; kept across restarts and crashes.
