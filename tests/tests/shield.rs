@@ -140,6 +140,18 @@ fn handshakes_through_cookies() {
         CONNECTIONS,
         "every handshake's ACK verified: {counters:?}"
     );
+    // The first cookie's ACK verified the client (the rest renewed it).
+    assert_eq!(counters.verified.get("cookie"), Some(&1), "{counters:?}");
+    assert!(
+        rig.filter
+            .verifier_ref()
+            .lookup(
+                Host::Listener.addr(Family::V4),
+                spacefilter::bpf::monotonic_ns()
+            )
+            .is_some(),
+        "the client is verified"
+    );
 }
 
 /// A bulk transfer through a connection opened from a cookie: window

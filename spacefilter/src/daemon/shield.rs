@@ -208,7 +208,7 @@ fn kernel_settings(
             mss_v6: mtu.saturating_sub(60).max(1220),
             wscale,
             unverified_pps: state.unverified_pps,
-            unverified_burst: state.unverified_pps.max(1),
+            unverified_burst: state.unverified_pps,
         },
         notes,
     ))

@@ -1,0 +1,534 @@
+//! Verified sources: the shield's UDP ports and the budgets shared with
+//! forged sources, through `BPF_PROG_TEST_RUN` on crafted frames (IPv4 and
+//! IPv6, tagged and untagged), and live between namespaces: a client the
+//! server answers is verified by the egress program, one it never answered
+//! is held to the budget for unverified sources.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use spacefilter::{
+    AttachMode, Filter, LoadOptions, Reason,
+    api::{ShieldView, StatsView},
+    bpf::{Shielded, monotonic_ns},
+};
+use spacefilter_common::{Limits, limit_flags};
+use spacefilter_tests::{
+    daemon::{DaemonPaths, DaemonProcess, Scratch},
+    netns::{Family, Host, Lab},
+    packets::Packet,
+    require_root,
+    shield::shield_with,
+    traffic::{TcpEcho, tcp_exchange, wait_until},
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const SERVER6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 1);
+const QUIC: u16 = 4433;
+const HOUR_NS: u64 = 3_600_000_000_000;
+
+fn load() -> Filter {
+    require_root();
+    Filter::load(LoadOptions {
+        capacity: 1024,
+        ..LoadOptions::default()
+    })
+    .expect("loading spacefilter")
+}
+
+fn udp(src: IpAddr, dport: u16, vlan: bool) -> Vec<u8> {
+    let dst = match src {
+        IpAddr::V4(_) => IpAddr::V4(SERVER),
+        IpAddr::V6(_) => IpAddr::V6(SERVER6),
+    };
+    let packet = Packet::ip(src, dst).udp(50_000, dport).payload_len(1200);
+    let packet = if vlan { packet.vlan(7) } else { packet };
+    packet.build().into_bytes()
+}
+
+fn syn(src: IpAddr) -> Vec<u8> {
+    Packet::ip(src, IpAddr::V4(SERVER))
+        .tcp(40_000, 443)
+        .build()
+        .into_bytes()
+}
+
+/// Runs `frame` once; returns the action and the change of every counter.
+fn run(filter: &mut Filter, frame: &[u8]) -> (u32, spacefilter::Counters) {
+    let before = filter.counters().expect("counters");
+    let (action, _) = filter.test_run(frame, 1).expect("test run");
+    (action, filter.counters().expect("counters").since(&before))
+}
+
+fn admit(filter: &mut Filter, addr: IpAddr) {
+    let now = monotonic_ns();
+    filter
+        .verifier()
+        .admit(addr, now + HOUR_NS, now)
+        .expect("admitting");
+}
+
+#[test]
+fn shielded_udp_lets_verified_sources_through() {
+    let mut filter = load();
+    // No budget at all for unverified sources: only verified ones pass.
+    shield_with(
+        &mut filter,
+        Shielded {
+            tcp: &[],
+            udp: &[(QUIC, QUIC)],
+        },
+        0,
+        0,
+    )
+    .expect("shield");
+    let v4 = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));
+    let v6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7));
+    for src in [v4, v6] {
+        for vlan in [false, true] {
+            let case = format!("{src}, tagged {vlan}");
+            let (action, delta) = run(&mut filter, &udp(src, QUIC, vlan));
+            assert_eq!(action, XDP_DROP, "{case}: unverified, no budget");
+            assert_eq!(delta.get(Reason::Shielded).packets, 1, "{case}");
+            // Positive control: a port the shield does not cover.
+            let (action, delta) = run(&mut filter, &udp(src, QUIC + 1, vlan));
+            assert_eq!(action, XDP_PASS, "{case}: unshielded port");
+            assert_eq!(delta.get(Reason::Passed).packets, 1, "{case}");
+        }
+        admit(&mut filter, src);
+        for vlan in [false, true] {
+            let (action, delta) = run(&mut filter, &udp(src, QUIC, vlan));
+            assert_eq!(action, XDP_PASS, "{src}: admitted, tagged {vlan}");
+            assert_eq!(delta.get(Reason::Passed).packets, 1);
+        }
+        assert!(
+            filter
+                .verifier()
+                .revoke(src, monotonic_ns())
+                .expect("revoke"),
+            "{src} was verified"
+        );
+        let (action, _) = run(&mut filter, &udp(src, QUIC, false));
+        assert_eq!(action, XDP_DROP, "{src}: revoked");
+    }
+    // A neighbour of a verified address is not verified.
+    admit(&mut filter, v6);
+    let neighbour = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 8));
+    let (action, _) = run(&mut filter, &udp(neighbour, QUIC, false));
+    assert_eq!(action, XDP_DROP, "only the address itself is verified");
+    let proven = filter.verifier().proven().expect("counts");
+    assert_eq!(proven.get("admitted"), Some(&3), "{proven:?}");
+}
+
+#[test]
+fn unverified_budget_is_shared_and_exact() {
+    let mut filter = load();
+    shield_with(
+        &mut filter,
+        Shielded {
+            tcp: &[],
+            udp: &[(QUIC, QUIC)],
+        },
+        0,
+        // One a second, a burst of 5: test runs are microseconds apart.
+        5,
+    )
+    .expect("shield");
+    let _ = filter.limiter();
+    let mut passed = 0;
+    for n in 1..=20u8 {
+        let src = IpAddr::V4(Ipv4Addr::new(198, 19, 0, n));
+        let (_, delta) = run(&mut filter, &udp(src, QUIC, n % 2 == 0));
+        passed += delta.get(Reason::Passed).packets;
+        assert_eq!(
+            delta.get(Reason::Passed).packets + delta.get(Reason::Shielded).packets,
+            1
+        );
+    }
+    assert!(
+        (5..=6).contains(&passed),
+        "twenty new sources shared a burst of 5: {passed} passed"
+    );
+}
+
+#[test]
+fn verified_sources_skip_the_host_syn_budget() {
+    let mut filter = load();
+    filter
+        .limiter()
+        .set(Limits {
+            flags: limit_flags::SYN,
+            syn_global_pps: 1,
+            syn_global_burst: 3,
+            ..Limits::default()
+        })
+        .expect("limits");
+    filter
+        .verifier()
+        .configure(true, HOUR_NS)
+        .expect("verify settings");
+    // Forged sources spend the host's budget.
+    for n in 1..=3u8 {
+        let (action, _) = run(&mut filter, &syn(IpAddr::V4(Ipv4Addr::new(198, 19, 1, n))));
+        assert_eq!(action, XDP_PASS);
+    }
+    let forged = IpAddr::V4(Ipv4Addr::new(198, 19, 1, 4));
+    let (action, delta) = run(&mut filter, &syn(forged));
+    assert_eq!(action, XDP_DROP, "the budget is spent");
+    assert_eq!(delta.get(Reason::SynLimited).packets, 1);
+    // A verified client, new and known alike, is not held to it.
+    let client = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9));
+    admit(&mut filter, client);
+    for _ in 0..3 {
+        let (action, delta) = run(&mut filter, &syn(client));
+        assert_eq!(action, XDP_PASS, "{delta:?}");
+    }
+    // Its own budget still holds.
+    filter
+        .limiter()
+        .set(Limits {
+            flags: limit_flags::SYN,
+            syn_pps: 1,
+            syn_burst: 1,
+            syn_global_pps: 1,
+            syn_global_burst: 3,
+            ..Limits::default()
+        })
+        .expect("limits");
+    let other = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10));
+    admit(&mut filter, other);
+    let (first, _) = run(&mut filter, &syn(other));
+    let (second, delta) = run(&mut filter, &syn(other));
+    assert_eq!((first, second), (XDP_PASS, XDP_DROP), "{delta:?}");
+}
+
+#[test]
+fn verified_sources_skip_the_spoofed_source_fallback() {
+    let mut filter = load();
+    filter
+        .limiter()
+        .set(Limits {
+            flags: limit_flags::ENABLED,
+            v6_prefix_len: 64,
+            pps: 1000,
+            pps_burst: 1000,
+            spoof_threshold: 10,
+            fallback_pps: 1,
+            fallback_burst: 1,
+            ..Limits::default()
+        })
+        .expect("limits");
+    filter
+        .verifier()
+        .configure(true, HOUR_NS)
+        .expect("verify settings");
+    // New sources past the threshold switch the fallback on.
+    let mut limited = 0;
+    for n in 1..=40u8 {
+        let src = IpAddr::V4(Ipv4Addr::new(198, 19, n, 1));
+        let (_, delta) = run(&mut filter, &udp(src, 5000, false));
+        limited += delta.get(Reason::SpoofLimited).packets;
+    }
+    assert!(limited >= 25, "the fallback holds new sources: {limited}");
+    let unverified = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 20));
+    let (action, _) = run(&mut filter, &udp(unverified, 5000, false));
+    assert_eq!(action, XDP_DROP, "a new unverified source is held");
+    let client = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 21));
+    admit(&mut filter, client);
+    for _ in 0..5 {
+        let (action, delta) = run(&mut filter, &udp(client, 5000, false));
+        assert_eq!(action, XDP_PASS, "a verified source is not: {delta:?}");
+    }
+}
+
+/// A UDP service that answers every datagram, in the server's namespace.
+struct Echo {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    worker: Option<thread::JoinHandle<()>>,
+}
+
+impl Echo {
+    fn start(lab: &Lab, port: u16) -> Self {
+        let socket = lab
+            .run_in(Host::Server, || UdpSocket::bind(("::", port)))
+            .expect("netns")
+            .expect("binding the echo service");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let worker = thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok((len, from)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(&buf[..len], from);
+                }
+            }
+        });
+        Self {
+            port,
+            stop,
+            worker: Some(worker),
+        }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// Sends `count` requests from `from` to `to`, one at a time, each waiting
+/// up to 100 ms for its answer; returns the answers received.
+fn exchanges(lab: &Lab, from: Host, to: SocketAddr, count: u32) -> u32 {
+    let family = if to.is_ipv4() { Family::V4 } else { Family::V6 };
+    let socket = lab
+        .run_in(from, || {
+            UdpSocket::bind(SocketAddr::new(family.unspecified(), 0))
+        })
+        .expect("netns")
+        .expect("client socket");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let mut answered = 0;
+    let mut buf = [0u8; 64];
+    for seq in 0..count {
+        let request = format!("request {seq}");
+        socket.send_to(request.as_bytes(), to).expect("send");
+        if socket
+            .recv_from(&mut buf)
+            .is_ok_and(|(len, _)| &buf[..len] == request.as_bytes())
+        {
+            answered += 1;
+        }
+    }
+    answered
+}
+
+#[test]
+fn the_host_s_own_traffic_verifies_its_peers_live() {
+    require_root();
+    let lab = Lab::new().expect("lab");
+    let mut filter = load();
+    lab.attach(&mut filter, AttachMode::Native).expect("attach");
+    assert_eq!(
+        filter.egress_problem(),
+        None,
+        "the egress program is attached"
+    );
+    let echo = Echo::start(&lab, QUIC);
+    let tcp = TcpEcho::start(&lab, Host::Server).expect("tcp echo");
+    // No budget for unverified sources: only proofs let a client in.
+    shield_with(
+        &mut filter,
+        Shielded {
+            tcp: &[],
+            udp: &[(echo.port, echo.port)],
+        },
+        0,
+        0,
+    )
+    .expect("shield");
+    for family in [Family::V4, Family::V6] {
+        let to = SocketAddr::new(Host::Server.addr(family), echo.port);
+        let listener = Host::Listener.addr(family);
+        assert_eq!(
+            exchanges(&lab, Host::Listener, to, 5),
+            0,
+            "{family:?}: an unverified client is held"
+        );
+        // A TCP connection with the host: its segments to the listener
+        // verify it.
+        tcp_exchange(
+            &lab,
+            Host::Listener,
+            SocketAddr::new(Host::Server.addr(family), tcp.port()),
+            Duration::from_secs(3),
+        )
+        .expect("a TCP exchange with the server");
+        let (_, how) = filter
+            .verifier_ref()
+            .lookup(listener, monotonic_ns())
+            .expect("the listener is verified");
+        assert_eq!(how, "established");
+        assert_eq!(
+            exchanges(&lab, Host::Listener, to, 100),
+            100,
+            "{family:?}: a verified client keeps every exchange"
+        );
+        // Control: the attacker, which never talked to the host, is still
+        // held.
+        assert_eq!(
+            exchanges(&lab, Host::Attacker, to, 5),
+            0,
+            "{family:?}: the attacker is not verified"
+        );
+    }
+    // With a budget, a new client's first datagram gets through and the
+    // host's answer verifies it.
+    shield_with(
+        &mut filter,
+        Shielded {
+            tcp: &[],
+            udp: &[(echo.port, echo.port)],
+        },
+        0,
+        1,
+    )
+    .expect("shield");
+    let to = SocketAddr::new(Host::Server.addr(Family::V4), echo.port);
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            exchanges(&lab, Host::Attacker, to, 1) == 1
+        }),
+        "the first exchange gets through on the budget"
+    );
+    let (_, how) = filter
+        .verifier_ref()
+        .lookup(Host::Attacker.addr(Family::V4), monotonic_ns())
+        .expect("answered, so verified");
+    assert_eq!(how, "replied");
+    assert_eq!(exchanges(&lab, Host::Attacker, to, 50), 50);
+    let proven = filter.verifier().proven().expect("counts");
+    assert!(
+        proven.get("established").copied().unwrap_or(0) >= 2
+            && proven.get("replied").copied().unwrap_or(0) >= 1,
+        "{proven:?}"
+    );
+    drop(echo);
+    lab.detach(&mut filter).expect("detach");
+}
+
+fn metric(lab: &Lab, line_prefix: &str) -> u64 {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.ns(Host::Server)])
+        .args([
+            "curl",
+            "--silent",
+            "--show-error",
+            "http://127.0.0.1:9979/metrics",
+        ])
+        .output()
+        .expect("running curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {line_prefix} in {text}"))
+}
+
+/// `admit` and a UDP shield through the daemon, as an admin uses them:
+/// an admitted client's datagrams pass where an unverified one's are
+/// held; `status`, `shield show` and the metrics count it; bad input is
+/// refused with exit 2 and changes nothing; a UDP-only shield leaves the
+/// host's TCP settings alone.
+#[test]
+fn daemon_admit_and_udp_shield() {
+    require_root();
+    let lab = Lab::new().expect("lab");
+    let echo = Echo::start(&lab, QUIC);
+    let dir = Scratch::new("admit").expect("scratch");
+    let paths = DaemonPaths::in_dir(dir.path());
+    let daemon = DaemonProcess::start(
+        &lab.ns(Host::Server),
+        &paths,
+        &["--capacity", "1024", "--metrics", "127.0.0.1:9979"],
+    )
+    .unwrap_or_else(|err| panic!("starting the daemon: {err:#}"));
+    let syncookies = || {
+        lab.run_in(Host::Server, || {
+            std::fs::read_to_string("/proc/sys/net/ipv4/tcp_syncookies")
+        })
+        .expect("netns")
+        .expect("reading tcp_syncookies")
+    };
+    let before = syncookies();
+    let spec = format!("udp/{}", echo.port);
+    daemon
+        .cli(&["shield", "on", "--ports", &spec, "--unverified-pps", "0"])
+        .ok("shield on");
+    assert_eq!(syncookies(), before, "a UDP-only shield needs no cookies");
+    let to = SocketAddr::new(Host::Server.addr(Family::V4), echo.port);
+    let listener = Host::Listener.addr(Family::V4);
+    assert_eq!(
+        exchanges(&lab, Host::Listener, to, 5),
+        0,
+        "unverified: held"
+    );
+
+    for bad in [
+        &["admit", "::ffff:198.18.1.10"][..],
+        &["admit", "198.18.1.10", "--ttl", "0s"],
+        &["admit", "224.0.0.1"],
+        &["admit", "0.0.0.0"],
+        &["admit", "198.18.1.10", "--ttl", "30d"],
+        &["admit", "not-an-address"],
+    ] {
+        let out = daemon.cli(bad);
+        out.expect_code(2, &format!("{bad:?}"));
+        assert!(!out.stderr.is_empty(), "{bad:?}: says why");
+    }
+    assert_eq!(exchanges(&lab, Host::Listener, to, 5), 0, "nothing changed");
+
+    let out = daemon.cli(&["admit", &listener.to_string(), "--ttl", "1h"]);
+    assert!(
+        out.ok("admit").contains("verified for 1h"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(exchanges(&lab, Host::Listener, to, 50), 50, "admitted");
+    assert_eq!(
+        exchanges(&lab, Host::Attacker, to, 5),
+        0,
+        "the attacker is still held"
+    );
+    let status = daemon.cli(&["status"]);
+    assert!(
+        status
+            .ok("status")
+            .contains("verified sources: 1 now (admitted 1)"),
+        "{}",
+        status.stdout
+    );
+    let view: ShieldView =
+        serde_json::from_str(daemon.cli(&["shield", "show", "--json"]).ok("show")).expect("json");
+    assert_eq!(view.udp_ports, [(echo.port, echo.port)]);
+    assert_eq!(view.unverified_pps, 0);
+    assert_eq!(view.verified.now_by_proof.get("admitted"), Some(&1));
+    assert_eq!(
+        metric(&lab, "spacefilter_verified_sources{proof=\"admitted\"} "),
+        1
+    );
+    let counters: StatsView =
+        serde_json::from_str(daemon.cli(&["stats", "--json"]).ok("stats")).expect("json");
+    assert_eq!(counters.verified.get("admitted"), Some(&1), "{counters:?}");
+    assert!(
+        counters
+            .reasons
+            .get("shielded")
+            .is_some_and(|c| c.packets >= 10),
+        "{counters:?}"
+    );
+
+    let out = daemon.cli(&["admit", "--revoke", &listener.to_string()]);
+    assert!(out.ok("revoke").contains("no longer verified"));
+    assert_eq!(exchanges(&lab, Host::Listener, to, 5), 0, "revoked: held");
+    daemon.cli(&["shield", "off"]).ok("shield off");
+    assert_eq!(exchanges(&lab, Host::Listener, to, 5), 5, "shield off");
+}
