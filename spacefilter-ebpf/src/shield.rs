@@ -15,10 +15,12 @@
 //!   others only within a small shared budget ([`unverified_udp`]).
 //!
 //! Kernel: `bpf_skc_lookup_tcp` and `bpf_tcp_check_syncookie` (5.2),
-//! `bpf_tcp_gen_syncookie` (5.3), `bpf_xdp_adjust_tail` (4.18), `XDP_TX`.
-//! IPv4 SYNs with a plain 20-byte IP header are answered here; others to a
-//! shielded port go on to the kernel, which answers them with its own
-//! cookies (`net.ipv4.tcp_syncookies = 2`).
+//! `bpf_tcp_gen_syncookie` (5.3), `bpf_xdp_adjust_tail` (4.18),
+//! `bpf_xdp_load_bytes` (5.18), `bpf_csum_diff` (4.6), `XDP_TX`.
+//! SYNs over IPv4 without options and over IPv6 without extension headers
+//! are answered here; others to a shielded port go on to the kernel, which
+//! answers them with its own cookies (`net.ipv4.tcp_syncookies = 2`, which
+//! covers IPv6 too).
 #![expect(
     clippy::cast_possible_truncation,
     clippy::cast_sign_loss,
@@ -29,11 +31,12 @@
 use aya_ebpf::{
     bindings::{
         BPF_F_CURRENT_NETNS, BPF_TCP_LISTEN, bpf_sock, bpf_sock_tuple,
-        bpf_sock_tuple__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, tcphdr,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
+        tcphdr,
     },
     helpers::{
-        bpf_ktime_get_ns, bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_check_syncookie,
-        bpf_tcp_gen_syncookie, bpf_xdp_adjust_tail,
+        bpf_csum_diff, bpf_ktime_get_ns, bpf_sk_release, bpf_skc_lookup_tcp,
+        bpf_tcp_check_syncookie, bpf_tcp_gen_syncookie, bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
     },
     programs::XdpContext,
 };
@@ -54,6 +57,9 @@ const TCP_FIN: u8 = 0x01;
 const TCP_RST: u8 = 0x04;
 /// The IPv4 header the SYN-ACK carries: no options.
 const IPV4_LEN: usize = 20;
+/// The IPv6 header: no extension headers.
+const IPV6_LEN: usize = 40;
+const ETH_P_IPV6: u16 = 0x86dd;
 /// The SYN-ACK's TCP header: 20 bytes and 20 of options.
 const SYNACK_TCP_LEN: usize = 40;
 /// The SYN-ACK's window (never scaled): below what the kernel gives the
@@ -63,8 +69,11 @@ const SYNACK_TCP_LEN: usize = 40;
 const SYNACK_WINDOW: u16 = 29_200;
 /// A SYN-ACK without a timestamp: the MSS alone.
 const SHORT_TCP_LEN: usize = 24;
-/// The SYN-ACK's IP packet (at most).
-pub(crate) const SYNACK_LEN: usize = IPV4_LEN + SYNACK_TCP_LEN;
+/// Room for a SYN's TCP header: 60 bytes at most, and what a length
+/// computed as the verifier can follow may reach ([`copy_headers`]).
+const HEADER_ROOM: usize = 88;
+/// The SYN-ACK's IP packet (at most: IPv6).
+pub(crate) const SYNACK_LEN: usize = IPV6_LEN + SYNACK_TCP_LEN;
 /// The kernel's cookie timestamp: its low bits carry the options
 /// (`TSBITS` in `net/ipv4/syncookies.c`).
 const TS_BITS: u32 = 6;
@@ -106,16 +115,33 @@ pub(crate) fn check(ctx: &XdpContext, source: &Source, l4: &L4) -> Option<Verdic
     if bits & reflect_bits::SHIELD_TCP == 0 {
         return None;
     }
-    let ip_offset = locate(ctx)?;
-    let flags = l4.tcp_flags;
+    let (ip_offset, v6) = locate(ctx)?;
+    if v6 {
+        tcp::<IPV6_LEN>(ctx, ip_offset, source, l4.tcp_flags, shield)
+    } else {
+        tcp::<IPV4_LEN>(ctx, ip_offset, source, l4.tcp_flags, shield)
+    }
+}
+
+/// A TCP segment to a shielded port, its IP header (`IP` bytes: IPv4
+/// without options, or IPv6 without extension headers) at `ip_offset`: one
+/// copy per family, each with its offsets constant.
+#[inline(always)]
+fn tcp<const IP: usize>(
+    ctx: &XdpContext,
+    ip_offset: usize,
+    source: &Source,
+    flags: u8,
+    shield: &Shield,
+) -> Option<Verdict> {
     if flags & TCP_SYN != 0 && flags & (TCP_ACK | TCP_RST | TCP_FIN) == 0 {
-        return syn_cookie(ctx, ip_offset, shield);
+        return syn_cookie::<IP>(ctx, ip_offset, shield);
     }
     if flags & TCP_SYN != 0 {
         // A SYN-ACK, or SYN with RST or FIN: never from a client.
         return Some(Reason::OutOfState.into());
     }
-    let reason = segment(ctx, ip_offset)?;
+    let reason = segment::<IP>(ctx, ip_offset)?;
     if reason == Reason::CookieVerified {
         // SAFETY: no preconditions.
         let now = unsafe { bpf_ktime_get_ns() };
@@ -154,46 +180,66 @@ fn unverified_udp(source: &Source, shield: &Shield) -> Option<Verdict> {
 /// established one (or one in `TIME_WAIT` or `SYN_RECV`) if there is one, else
 /// the listener; null if neither. A non-null result must be released.
 #[inline(always)]
-fn lookup(ctx: &XdpContext, ip: usize) -> *mut bpf_sock {
-    // SAFETY: the caller checked that the IPv4 header and the ports lie
-    // inside the packet.
-    let (saddr, daddr, ports) = unsafe {
-        (
-            core::ptr::read_unaligned((ip + 12) as *const u32),
-            core::ptr::read_unaligned((ip + 16) as *const u32),
-            core::ptr::read_unaligned((ip + IPV4_LEN) as *const [u16; 2]),
-        )
+fn lookup<const IP: usize>(
+    ctx: &XdpContext,
+    (ip, th): (usize, usize),
+    tuple: &mut bpf_sock_tuple,
+) -> *mut bpf_sock {
+    // SAFETY: the caller checked that the IP header and the ports are
+    // readable (in the packet, or copied into the scratch value).
+    let ports = unsafe { core::ptr::read_unaligned(th as *const [u16; 2]) };
+    let size = if IP == IPV4_LEN {
+        // SAFETY: as above.
+        let (saddr, daddr) = unsafe {
+            (
+                core::ptr::read_unaligned((ip + 12) as *const u32),
+                core::ptr::read_unaligned((ip + 16) as *const u32),
+            )
+        };
+        tuple.__bindgen_anon_1.ipv4 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+            saddr,
+            daddr,
+            sport: ports[0],
+            dport: ports[1],
+        };
+        size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>()
+    } else {
+        // SAFETY: as above.
+        let (saddr, daddr) = unsafe {
+            (
+                core::ptr::read_unaligned((ip + 8) as *const [u32; 4]),
+                core::ptr::read_unaligned((ip + 24) as *const [u32; 4]),
+            )
+        };
+        tuple.__bindgen_anon_1.ipv6 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
+            saddr,
+            daddr,
+            sport: ports[0],
+            dport: ports[1],
+        };
+        size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>()
     };
-    let mut tuple = bpf_sock_tuple {
-        __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
-            ipv4: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
-                saddr,
-                daddr,
-                sport: ports[0],
-                dport: ports[1],
-            },
-        },
-    };
-    // SAFETY: the tuple is a local of the size given; the context is the
-    // program's.
+    // SAFETY: the tuple is in the scratch value, of the size given; the
+    // context is the program's.
     unsafe {
         bpf_skc_lookup_tcp(
             ctx.ctx.cast(),
-            &raw mut tuple,
-            size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32,
+            core::ptr::from_mut(tuple),
+            size as u32,
             BPF_F_CURRENT_NETNS as u64,
             0,
         )
     }
 }
 
-/// Where the IPv4 header of a frame the parse found well formed starts,
-/// if it has no options; `None` for IPv6 and for IPv4 with options, which
-/// the kernel answers itself. Found anew rather than carried from the
-/// parse: offsets carried through the header rules and the guards would
-/// multiply the states the verifier walks there.
+/// Where the IP header of a frame the parse found well formed starts, and
+/// whether it is IPv6: IPv4 without options, or IPv6 with the TCP header
+/// right after its own; `None` for others, which the kernel answers
+/// itself. Found anew rather than carried from the parse: offsets carried
+/// through the header rules and the guards would multiply the states the
+/// verifier walks there.
 #[inline(always)]
-fn locate(ctx: &XdpContext) -> Option<usize> {
+fn locate(ctx: &XdpContext) -> Option<(usize, bool)> {
     let data = ctx.data();
     let end = ctx.data_end();
     let mut offset = 12;
@@ -210,7 +256,15 @@ fn locate(ctx: &XdpContext) -> Option<usize> {
             }
             // SAFETY: checked just above.
             let version_ihl = unsafe { *((data + offset + 2) as *const u8) };
-            return (version_ihl == 0x45).then_some(offset + 2);
+            return (version_ihl == 0x45).then_some((offset + 2, false));
+        }
+        if ethertype == ETH_P_IPV6 {
+            if data + offset + 9 > end {
+                return None;
+            }
+            // SAFETY: checked just above.
+            let next_header = unsafe { *((data + offset + 8) as *const u8) };
+            return (next_header == IPPROTO_TCP_NUMBER).then_some((offset + 2, true));
         }
         if !VLAN_TPIDS.contains(&ethertype) {
             return None;
@@ -221,12 +275,12 @@ fn locate(ctx: &XdpContext) -> Option<usize> {
 }
 
 /// The headers of the segment, checked against the packet again (the
-/// verifier knows nothing of the parse's offsets): the IPv4 header, the
+/// verifier knows nothing of the parse's offsets): the IP header, the
 /// TCP header.
 #[inline(always)]
-fn headers(ctx: &XdpContext, ip_offset: usize) -> Option<(usize, usize)> {
+fn headers<const IP: usize>(ctx: &XdpContext, ip_offset: usize) -> Option<(usize, usize)> {
     let ip = ctx.data() + (ip_offset & 0x1f);
-    let th = ip + IPV4_LEN;
+    let th = ip + IP;
     if th + 20 > ctx.data_end() {
         return None;
     }
@@ -236,9 +290,12 @@ fn headers(ctx: &XdpContext, ip_offset: usize) -> Option<(usize, usize)> {
 /// A segment without SYN: it passes if the host has its connection, or if
 /// it is the ACK of a cookie; else it is out of state.
 #[inline(always)]
-fn segment(ctx: &XdpContext, ip_offset: usize) -> Option<Reason> {
-    let (ip, th) = headers(ctx, ip_offset)?;
-    let sk = lookup(ctx, ip);
+fn segment<const IP: usize>(ctx: &XdpContext, ip_offset: usize) -> Option<Reason> {
+    let (ip, th) = headers::<IP>(ctx, ip_offset)?;
+    let scratch = SHIELD_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU value, used only by this CPU while this program
+    // runs.
+    let sk = lookup::<IP>(ctx, (ip, th), unsafe { &mut (*scratch).tuple });
     if sk.is_null() {
         return Some(Reason::OutOfState);
     }
@@ -250,13 +307,7 @@ fn segment(ctx: &XdpContext, ip_offset: usize) -> Option<Reason> {
         // SAFETY: the socket is held; both headers lie in the packet
         // (checked by `headers`).
         let valid = unsafe {
-            bpf_tcp_check_syncookie(
-                sk.cast(),
-                ip as *mut _,
-                IPV4_LEN as u32,
-                th as *mut tcphdr,
-                20,
-            )
+            bpf_tcp_check_syncookie(sk.cast(), ip as *mut _, IP as u32, th as *mut tcphdr, 20)
         };
         if valid == 0 {
             Some(Reason::CookieVerified)
@@ -305,7 +356,7 @@ fn offer(scratch: &mut Scratch, len: usize) -> Offer {
         if at >= len || at >= 40 {
             break;
         }
-        let byte = |i: usize| scratch.options.get(i & mask).copied().unwrap_or(0);
+        let byte = |i: usize| scratch.header.get((20 + i) & mask).copied().unwrap_or(0);
         let kind = byte(at);
         if kind == 0 {
             break;
@@ -354,41 +405,56 @@ pub(crate) struct Walk {
     tsval: u32,
 }
 
-/// Where a SYN-ACK is built, per CPU: the stack is too small for it beside
-/// the rest of the pipeline.
-#[repr(C)]
+/// Where a SYN-ACK is built and a socket looked up, per CPU: the stack is
+/// too small for them beside the rest of the pipeline. The SYN's headers
+/// are copied here first, so that they are read at known alignments:
+/// read from the packet, LLVM splits every field into bytes and spills
+/// them.
+#[repr(C, align(8))]
 pub(crate) struct Scratch {
     answer: [u8; SYNACK_LEN],
-    options: [u8; 64],
+    /// The SYN's IP header (IPv4: the first 20 bytes).
+    ip: [u8; IPV6_LEN],
+    /// The SYN's TCP header, options included, then zeros.
+    header: [u8; HEADER_ROOM],
     walk: Walk,
+    /// The 4-tuple of a socket lookup.
+    tuple: bpf_sock_tuple,
 }
 
 /// Answers a SYN with a cookie, or leaves it to the kernel (no listener,
 /// or a socket of this 4-tuple already, or no cookie to be had).
 ///
-/// The cookie helper wants the whole TCP header, options included, and the
-/// verifier wants it to lie in the packet for a length it knows: one
-/// branch per length a header can have ([`cookie_for`]). The frame is
-/// resized only to write the answer, which is never longer than a SYN that
-/// offers what it answers: a SYN from Linux (MSS, SACK, timestamp, window
-/// scale) is answered in a frame of its own size.
+/// The frame is resized only to write the answer, which is never longer
+/// than a SYN that offers what it answers: a SYN from Linux (MSS, SACK,
+/// timestamp, window scale) is answered in a frame of its own size.
 #[inline(always)]
-fn syn_cookie(ctx: &XdpContext, ip_offset: usize, shield: &Shield) -> Option<Verdict> {
-    let (ip, th) = headers(ctx, ip_offset)?;
+fn syn_cookie<const IP: usize>(
+    ctx: &XdpContext,
+    ip_offset: usize,
+    shield: &Shield,
+) -> Option<Verdict> {
+    let (_, th) = headers::<IP>(ctx, ip_offset)?;
+    // SAFETY: the data offset byte lies in the packet (checked by
+    // `headers`).
+    let tcp_len = usize::from(unsafe { *((th + 12) as *const u8) } >> 4) * 4;
     let scratch = SHIELD_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: a per-CPU value, used only by this CPU while this program
     // runs.
     let scratch = unsafe { &mut *scratch };
-    // SAFETY: the data offset byte lies in the packet (checked by
-    // `headers`).
-    let tcp_len = usize::from(unsafe { *((th + 12) as *const u8) } >> 4) * 4;
-    let sk = lookup(ctx, ip);
+    let len = copy_headers::<IP>(ctx, ip_offset & 0x1f, tcp_len, scratch)?;
+    let ip = scratch.ip.as_mut_ptr();
+    let th = scratch.header.as_mut_ptr();
+    let sk = lookup::<IP>(ctx, (ip as usize, th as usize), &mut scratch.tuple);
     if sk.is_null() {
         return None;
     }
     // SAFETY: a socket the lookup returned, readable until released.
     let cookie = if unsafe { (*sk).state } == BPF_TCP_LISTEN {
-        cookie_for(ctx, sk, ip, th, tcp_len, &mut scratch.options)
+        // SAFETY: the socket is held; the IP header and `len` bytes of TCP
+        // header lie in the scratch value (the helper reads its memory
+        // wherever it is).
+        unsafe { bpf_tcp_gen_syncookie(sk.cast(), ip.cast(), IP as u32, th.cast(), len) }
     } else {
         -1
     };
@@ -398,108 +464,105 @@ fn syn_cookie(ctx: &XdpContext, ip_offset: usize, shield: &Shield) -> Option<Ver
         return None;
     }
     let offer = offer(scratch, tcp_len.saturating_sub(20));
-    let (ip, th) = headers(ctx, ip_offset)?;
-    let long = synack(
+    let long = synack::<IP>(scratch, cookie as u32, offer, shield);
+    Some(turn_around::<IP>(
         ctx,
-        ip,
-        th,
-        cookie as u32,
-        offer,
-        shield,
-        &mut scratch.answer,
-    )?;
-    Some(turn_around(ctx, ip_offset & 0x1f, &scratch.answer, long))
+        ip_offset & 0x1f,
+        &scratch.answer,
+        long,
+    ))
 }
 
-/// The kernel's cookie for the SYN at `th` (`tcp_len` bytes of header, as
-/// its data offset says), through the listener `sk`, with the header's
-/// options copied into `options` (zeros after them); negative if there is
-/// none (the helper refused, or the header does not fit the frame).
+/// Copies the SYN's IP header and its TCP header (`tcp_len` bytes, as its
+/// data offset says) into the scratch value, with `bpf_xdp_load_bytes`
+/// (kernel 5.18), zeros after the TCP header; returns the TCP header's
+/// length, or `None` if it does not fit the frame. One copy covers every
+/// length a header can have, where in the packet the verifier would want
+/// each length proven on a branch of its own.
 #[inline(always)]
-fn cookie_for(
+fn copy_headers<const IP: usize>(
     ctx: &XdpContext,
-    sk: *mut bpf_sock,
-    ip: usize,
-    th: usize,
+    ip_offset: usize,
     tcp_len: usize,
-    options: &mut [u8; 64],
-) -> i64 {
-    *options = [0; 64];
-    macro_rules! lengths {
-        ($($n:literal)*) => {
-            match tcp_len {
-                $($n => {
-                    if th + $n > ctx.data_end() {
-                        return -1;
-                    }
-                    // SAFETY: the header's $n bytes lie in the packet,
-                    // checked just above.
-                    let copied = unsafe {
-                        core::ptr::read_unaligned((th + 20) as *const [u8; $n - 20])
-                    };
-                    options[..$n - 20].copy_from_slice(&copied);
-                    // SAFETY: the socket is held; the IPv4 header and the
-                    // $n bytes of TCP header lie in the packet.
-                    unsafe {
-                        bpf_tcp_gen_syncookie(
-                            sk.cast(),
-                            ip as *mut _,
-                            IPV4_LEN as u32,
-                            th as *mut tcphdr,
-                            $n,
-                        )
-                    }
-                })*
-                _ => -1,
-            }
-        };
-    }
-    lengths!(20 24 28 32 36 40 44 48 52 56 60)
+    scratch: &mut Scratch,
+) -> Option<u32> {
+    scratch.header = [0; HEADER_ROOM];
+    // 20 and up, as the verifier must see on the register it is given (a
+    // bound checked apart is lost); past 60 only for a data offset below 5,
+    // which the cookie helper refuses.
+    let len = 20 + (tcp_len.wrapping_sub(20) & 0x3f) as u32;
+    // SAFETY: the context is the program's; the buffers hold IP and 83
+    // bytes or more.
+    let loaded = unsafe {
+        bpf_xdp_load_bytes(
+            ctx.ctx,
+            ip_offset as u32,
+            scratch.ip.as_mut_ptr().cast(),
+            IP as u32,
+        ) | bpf_xdp_load_bytes(
+            ctx.ctx,
+            (ip_offset + IP) as u32,
+            scratch.header.as_mut_ptr().cast(),
+            len,
+        )
+    };
+    (loaded == 0).then_some(len)
 }
 
-/// The SYN-ACK's IPv4 and TCP headers, with their checksums.
+/// The SYN-ACK's IP and TCP headers, with their checksums, into the
+/// scratch value's answer (IPv4: 20 bytes of IP header, IPv6: 40), from
+/// the SYN's headers copied there; whether the TCP header is the long one.
 #[inline(always)]
-fn synack(
-    ctx: &XdpContext,
-    ip: usize,
-    th: usize,
+fn synack<const IP: usize>(
+    scratch: &mut Scratch,
     cookie: u32,
     offer: Offer,
     shield: &Shield,
-    out: &mut [u8; SYNACK_LEN],
-) -> Option<bool> {
-    if th + 20 > ctx.data_end() {
-        return None;
-    }
-    // SAFETY: the IPv4 header and the fixed TCP header lie in the packet.
-    let (saddr, daddr, sport, dport, seq) = unsafe {
-        (
-            core::ptr::read_unaligned((ip + 12) as *const [u8; 4]),
-            core::ptr::read_unaligned((ip + 16) as *const [u8; 4]),
-            core::ptr::read_unaligned(th as *const [u8; 2]),
-            core::ptr::read_unaligned((th + 2) as *const [u8; 2]),
-            u32::from_be(core::ptr::read_unaligned((th + 4) as *const u32)),
-        )
-    };
+) -> bool {
+    let Scratch {
+        answer: out,
+        ip,
+        header: syn,
+        ..
+    } = scratch;
     let timestamps = shield.flags & shield_flags::TIMESTAMPS != 0;
     // With a timestamp, 20 bytes of options; without, the MSS alone.
     let long = offer.tsval.is_some() && timestamps;
     let tcp_len = if long { SYNACK_TCP_LEN } else { SHORT_TCP_LEN };
-    out.fill(0);
-    // IPv4: no options, DF, TTL 64, the addresses swapped.
-    out[0] = 0x45;
-    out[2..4].copy_from_slice(&((IPV4_LEN + tcp_len) as u16).to_be_bytes());
-    out[6] = 0x40;
-    out[8] = 64;
-    out[9] = IPPROTO_TCP_NUMBER;
-    out[12..16].copy_from_slice(&daddr);
-    out[16..20].copy_from_slice(&saddr);
-    let ip_sum = fold(sum(&out[..IPV4_LEN]));
-    out[10..12].copy_from_slice(&(!ip_sum).to_be_bytes());
+    *out = [0; SYNACK_LEN];
+    // The IP header, the addresses swapped; and the pseudo-header's sum:
+    // addresses, protocol, TCP length.
+    let (pseudo, mss) = if IP == IPV4_LEN {
+        // No options, DF, TTL 64.
+        out[0] = 0x45;
+        out[2..4].copy_from_slice(&((IPV4_LEN + tcp_len) as u16).to_be_bytes());
+        out[6] = 0x40;
+        out[8] = 64;
+        out[9] = IPPROTO_TCP_NUMBER;
+        out[12..16].copy_from_slice(&ip[16..20]);
+        out[16..20].copy_from_slice(&ip[12..16]);
+        let ip_sum = fold(csum(&mut out[..IPV4_LEN]));
+        out[10..12].copy_from_slice(&(!ip_sum).to_ne_bytes());
+        (csum(&mut out[12..20]), shield.mss_v4)
+    } else {
+        // No flow label, hop limit 64.
+        out[0] = 0x60;
+        out[4..6].copy_from_slice(&(tcp_len as u16).to_be_bytes());
+        out[6] = IPPROTO_TCP_NUMBER;
+        out[7] = 64;
+        out[8..24].copy_from_slice(&ip[24..40]);
+        out[24..40].copy_from_slice(&ip[8..24]);
+        (csum(&mut out[8..40]), shield.mss_v6)
+    };
+    // The protocol and the length, as a word of the sum in memory's byte
+    // order.
+    let proto_len = (u16::from(IPPROTO_TCP_NUMBER) + tcp_len as u16).to_be_bytes();
+    let pseudo = pseudo + u64::from(u16::from_ne_bytes(proto_len));
+    let seq = u32::from_be_bytes([syn[4], syn[5], syn[6], syn[7]]);
     // TCP: the ports swapped, the cookie as sequence number.
-    let t = &mut out[IPV4_LEN..];
-    t[0..2].copy_from_slice(&dport);
-    t[2..4].copy_from_slice(&sport);
+    let t = &mut out[IP..IP + SYNACK_TCP_LEN];
+    t[0..2].copy_from_slice(&syn[2..4]);
+    t[2..4].copy_from_slice(&syn[0..2]);
     t[4..8].copy_from_slice(&cookie.to_be_bytes());
     t[8..12].copy_from_slice(&seq.wrapping_add(1).to_be_bytes());
     t[12] = ((tcp_len / 4) as u8) << 4;
@@ -513,7 +576,7 @@ fn synack(
     o.fill(1);
     o[0] = 2;
     o[1] = 4;
-    o[2..4].copy_from_slice(&(shield.mss_v4 as u16).to_be_bytes());
+    o[2..4].copy_from_slice(&(mss as u16).to_be_bytes());
     if let (Some(tsecr), true) = (offer.tsval, long) {
         let sack = offer.sack && shield.flags & shield_flags::SACK != 0;
         let wscale = match offer.wscale {
@@ -533,16 +596,14 @@ fn synack(
             o[18] = 3;
             o[19] = shield.wscale as u8;
         }
+    } else {
+        // The bytes past a short header are zeros, which add nothing to
+        // the sum.
+        o[SHORT_TCP_LEN - 20..].fill(0);
     }
-    // The pseudo-header: addresses, protocol, TCP length. The bytes past a
-    // short header are zeros, which add nothing.
-    let pseudo = sum(&out[12..20]) + u32::from(IPPROTO_TCP_NUMBER) + tcp_len as u32;
-    if !long {
-        out[IPV4_LEN + SHORT_TCP_LEN..].fill(0);
-    }
-    let tcp_sum = fold(pseudo + sum(&out[IPV4_LEN..]));
-    out[IPV4_LEN + 16..IPV4_LEN + 18].copy_from_slice(&(!tcp_sum).to_be_bytes());
-    Some(long)
+    let tcp_sum = fold(pseudo + csum(t));
+    t[16..18].copy_from_slice(&(!tcp_sum).to_ne_bytes());
+    long
 }
 
 /// The SYN-ACK's timestamp as the kernel's cookie path makes it
@@ -567,40 +628,47 @@ fn timestamp(wscale: Option<u8>, sack: bool) -> u32 {
     }
 }
 
-/// Sums big-endian 16-bit words (the one's-complement sum, unfolded).
+/// The one's-complement sum of `bytes` (a multiple of 4 long), in
+/// memory's byte order, unfolded (`bpf_csum_diff`, kernel 4.6): a helper
+/// call where a sum in the program would take a register or a stack slot
+/// per word.
 #[inline(always)]
-fn sum(bytes: &[u8]) -> u32 {
-    let mut total = 0u32;
-    let mut i = 0;
-    while i + 1 < bytes.len() {
-        total += u32::from(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
-        i += 2;
-    }
-    total
+fn csum(bytes: &mut [u8]) -> u64 {
+    // SAFETY: the helper reads the slice's bytes, a constant length.
+    let sum = unsafe {
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            bytes.as_mut_ptr().cast(),
+            bytes.len() as u32,
+            0,
+        )
+    };
+    u64::from(sum as u32)
 }
 
+/// Folds a sum of words into 16 bits.
 #[inline(always)]
-fn fold(mut sum: u32) -> u16 {
+fn fold(mut sum: u64) -> u16 {
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     sum as u16
 }
 
 /// Resizes the frame to the Ethernet header (and VLAN tags) at its start
-/// and `answer` after them, writes `answer`, and swaps the MAC addresses:
-/// the frame goes back out where it came in.
+/// and the answer after them (`IP` bytes of IP header, then the TCP
+/// header, long or short), writes it, and swaps the MAC addresses: the
+/// frame goes back out where it came in.
 #[inline(always)]
-fn turn_around(
+fn turn_around<const IP: usize>(
     ctx: &XdpContext,
     ip_offset: usize,
     answer: &[u8; SYNACK_LEN],
     long: bool,
 ) -> Verdict {
-    let ip_len = if long {
-        SYNACK_LEN
-    } else {
-        IPV4_LEN + SHORT_TCP_LEN
-    };
+    let ip_len = IP + if long { SYNACK_TCP_LEN } else { SHORT_TCP_LEN };
     // Tags make the IP header start at 14, 18 or 22.
     let ip_offset = ip_offset & 0x1f;
     let len = ctx.data_end() - ctx.data();
@@ -617,7 +685,7 @@ fn turn_around(
     }
     let start = ctx.data();
     let end = ctx.data_end();
-    if start + 12 > end || start + ip_offset + ip_len > end {
+    if start + 12 > end {
         return SPOILED;
     }
     // SAFETY: the MAC addresses lie in the packet, checked just above.
@@ -629,21 +697,25 @@ fn turn_around(
         core::ptr::write_unaligned(start as *mut [u8; 12], swapped);
     }
     let at = start + ip_offset;
-    if long {
-        if at + SYNACK_LEN > end {
-            return SPOILED;
-        }
-        // SAFETY: the answer's bytes lie in the packet, checked just above.
-        unsafe { core::ptr::write_unaligned(at as *mut [u8; SYNACK_LEN], *answer) };
-    } else {
-        const SHORT: usize = IPV4_LEN + SHORT_TCP_LEN;
-        if at + SHORT > end {
-            return SPOILED;
-        }
-        let mut short = [0u8; SHORT];
-        short.copy_from_slice(&answer[..SHORT]);
-        // SAFETY: the answer's bytes lie in the packet, checked just above.
-        unsafe { core::ptr::write_unaligned(at as *mut [u8; SHORT], short) };
+    let written = match (IP == IPV6_LEN, long) {
+        (false, true) => put::<{ IPV4_LEN + SYNACK_TCP_LEN }>(at, end, answer),
+        (false, false) => put::<{ IPV4_LEN + SHORT_TCP_LEN }>(at, end, answer),
+        (true, true) => put::<{ IPV6_LEN + SYNACK_TCP_LEN }>(at, end, answer),
+        (true, false) => put::<{ IPV6_LEN + SHORT_TCP_LEN }>(at, end, answer),
+    };
+    if written { ANSWERED } else { SPOILED }
+}
+
+/// Writes the first `N` bytes of `answer` at `at`, if they fit before
+/// `end`.
+#[inline(always)]
+fn put<const N: usize>(at: usize, end: usize, answer: &[u8; SYNACK_LEN]) -> bool {
+    if at + N > end {
+        return false;
     }
-    ANSWERED
+    // SAFETY: the N bytes lie in the packet, checked just above, and the
+    // answer holds at least N. Copied straight from the scratch value:
+    // through the stack, four answers would not fit in it.
+    unsafe { core::ptr::copy_nonoverlapping(answer.as_ptr(), at as *mut u8, N) };
+    true
 }

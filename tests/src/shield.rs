@@ -101,3 +101,16 @@ pub fn shield_with(
     filter.verifier().configure(true, 600_000_000_000)?;
     Ok(())
 }
+
+/// Runs `frame` once through `filter`; returns the verdict and the one
+/// reason counted.
+pub fn verdict_of(filter: &mut Filter, frame: &[u8]) -> (u32, spacefilter::Reason) {
+    let before = filter.counters().expect("counters");
+    let (action, _) = filter.test_run(frame, 1).expect("test run");
+    let after = filter.counters().expect("counters").since(&before);
+    let reason = spacefilter::Reason::ALL
+        .into_iter()
+        .find(|r| after.get(*r).packets == 1)
+        .expect("one counter moved");
+    (action, reason)
+}

@@ -1,0 +1,223 @@
+//! The SYN-ACK the shield builds, read back from `BPF_PROG_TEST_RUN` in a
+//! namespace with a listener, for IPv4 and IPv6, tagged and untagged:
+//! `XDP_TX`, addresses and ports swapped, the tag kept, the acknowledgement
+//! of the SYN, checksums right, and the options the SYN asked for: all of
+//! them for a SYN from Linux (in a frame of the SYN's own size), the MSS
+//! alone for a SYN without options (as floods send). Then the client's
+//! ACK: with the cookie the kernel's own check takes it, with another it
+//! is out of state.
+
+use std::net::{IpAddr, TcpListener};
+
+use etherparse::{NetSlice, SlicedPacket, TcpOptionElement as O, TcpSlice, TransportSlice};
+use spacefilter::{Filter, LoadOptions, Reason};
+use spacefilter_tests::{
+    netns::{Family, Host, Lab},
+    packets::{Packet, TPID_8021Q},
+    require_root, shield,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+/// The window scale the shield is told the host picks.
+const WSCALE: u32 = 7;
+
+/// A SYN from `client` to `server`'s `port`: with Linux's options, or
+/// bare.
+fn syn(client: IpAddr, server: IpAddr, port: u16, full: bool, vlan: bool) -> (Vec<u8>, u32) {
+    let seq = if full { 0x1111_2222 } else { 0x3333_4444 };
+    let mut h = etherparse::TcpHeader::new(if full { 40_001 } else { 40_002 }, port, seq, 64240);
+    h.syn = true;
+    if full {
+        h.set_options(&[
+            O::MaximumSegmentSize(1460),
+            O::SelectiveAcknowledgementPermitted,
+            O::Timestamp(0x0102_0304, 0),
+            O::Noop,
+            O::WindowScale(7),
+        ])
+        .expect("options fit");
+    }
+    let packet = Packet::ip(client, server);
+    let packet = if vlan {
+        packet.tag(TPID_8021Q, 7)
+    } else {
+        packet
+    };
+    (packet.tcp_header(h).build().into_bytes(), seq)
+}
+
+#[test]
+fn synack_fixtures() {
+    require_root();
+    let lab = Lab::new().expect("building the lab");
+    shield::host_for_cookies(&lab).expect("setting the server up for cookies");
+    let listener = lab
+        .run_in(Host::Server, || TcpListener::bind("[::]:0"))
+        .unwrap()
+        .expect("a listener in the server's namespace, both families");
+    let port = listener.local_addr().unwrap().port();
+    let mut filter = Filter::load(LoadOptions {
+        capacity: 1024,
+        ..LoadOptions::default()
+    })
+    .expect("loading spacefilter");
+    shield::shield_ports(&mut filter, &[(port, port)], WSCALE).expect("setting the shield");
+    for family in [Family::V4, Family::V6] {
+        let client = Host::Listener.addr(family);
+        let server = Host::Server.addr(family);
+        for vlan in [false, true] {
+            for full in [true, false] {
+                let case = format!("{family:?}, tagged {vlan}, full {full}");
+                let (frame, seq) = syn(client, server, port, full, vlan);
+                let mut out = vec![0u8; 256];
+                let (action, len) = lab
+                    .run_in(Host::Server, || filter.test_run_out(&frame, &mut out))
+                    .expect("entering the server")
+                    .expect("test run");
+                assert_eq!(action, XDP_TX, "{case}: answered");
+                let answer = &out[..len];
+                assert_eq!(answer[..6], frame[6..12], "{case}: to the sender's MAC");
+                assert_eq!(answer[6..12], frame[..6], "{case}: from ours");
+                assert_eq!(
+                    answer[12..14] == TPID_8021Q.to_be_bytes(),
+                    vlan,
+                    "{case}: the tag kept"
+                );
+                if full {
+                    assert_eq!(len, frame.len(), "{case}: in a frame of the SYN's size");
+                }
+                let sliced = SlicedPacket::from_ethernet(answer).expect("a frame");
+                let Some(TransportSlice::Tcp(tcp)) = &sliced.transport else {
+                    panic!("{case}: a TCP answer: {sliced:?}");
+                };
+                check_addresses(sliced.net.as_ref(), tcp, (server, client), &case);
+                assert!(tcp.syn() && tcp.ack() && !tcp.rst() && !tcp.fin());
+                assert_eq!(tcp.destination_port(), if full { 40_001 } else { 40_002 });
+                assert_eq!(tcp.source_port(), port);
+                assert_eq!(tcp.acknowledgment_number(), seq + 1, "{case}");
+                let options: Vec<_> = tcp
+                    .options_iterator()
+                    .map(|o| o.expect("an option"))
+                    .collect();
+                let mss = if family == Family::V4 { 1460 } else { 1440 };
+                check_options(&options, full, mss);
+                check_cookie_ack(&lab, &mut filter, (client, server, port), tcp, seq, vlan);
+            }
+        }
+    }
+    drop(listener);
+}
+
+/// The answer's addresses (swapped) and its checksums.
+fn check_addresses(
+    net: Option<&NetSlice<'_>>,
+    tcp: &TcpSlice<'_>,
+    (from, to): (IpAddr, IpAddr),
+    case: &str,
+) {
+    match net {
+        Some(NetSlice::Ipv4(ip)) => {
+            let h = ip.header();
+            assert_eq!(IpAddr::from(h.source_addr()), from, "{case}");
+            assert_eq!(IpAddr::from(h.destination_addr()), to, "{case}");
+            let header = h.to_header();
+            assert_eq!(
+                header.header_checksum,
+                header.calc_header_checksum(),
+                "{case}: the IP checksum"
+            );
+            assert_eq!(
+                tcp.calc_checksum_ipv4(h.source(), h.destination()).unwrap(),
+                tcp.checksum(),
+                "{case}: the TCP checksum"
+            );
+        }
+        Some(NetSlice::Ipv6(ip)) => {
+            let h = ip.header();
+            assert_eq!(IpAddr::from(h.source_addr()), from, "{case}");
+            assert_eq!(IpAddr::from(h.destination_addr()), to, "{case}");
+            assert_eq!(h.hop_limit(), 64, "{case}");
+            assert_eq!(
+                usize::from(h.payload_length()),
+                tcp.slice().len(),
+                "{case}: the payload length"
+            );
+            assert_eq!(
+                tcp.calc_checksum_ipv6(h.source(), h.destination()).unwrap(),
+                tcp.checksum(),
+                "{case}: the TCP checksum"
+            );
+        }
+        other => panic!("{case}: an IP answer: {other:?}"),
+    }
+}
+
+/// The client's ACK of the SYN-ACK `answer`: with its cookie it passes,
+/// and the kernel's check takes it; with another (its hash bits changed)
+/// it is out of state. The cookie's low bits only pick an MSS out of a
+/// table of four, so a number one off can still pass: the changed bits
+/// are the hash's.
+fn check_cookie_ack(
+    lab: &Lab,
+    filter: &mut Filter,
+    (client, server, port): (IpAddr, IpAddr, u16),
+    answer: &TcpSlice<'_>,
+    seq: u32,
+    vlan: bool,
+) {
+    let cookie = answer.sequence_number();
+    let sport = answer.destination_port();
+    for (ack_number, expected) in [
+        (
+            (cookie ^ 0x0055_5500).wrapping_add(1),
+            (XDP_DROP, Reason::OutOfState),
+        ),
+        (cookie.wrapping_add(1), (XDP_PASS, Reason::CookieVerified)),
+    ] {
+        let mut h = etherparse::TcpHeader::new(sport, port, seq.wrapping_add(1), 64240);
+        h.ack = true;
+        h.acknowledgment_number = ack_number;
+        let packet = Packet::ip(client, server);
+        let packet = if vlan {
+            packet.tag(TPID_8021Q, 7)
+        } else {
+            packet
+        };
+        let ack = packet.tcp_header(h).build().into_bytes();
+        let verdict = lab
+            .run_in(Host::Server, || shield::verdict_of(filter, &ack))
+            .expect("entering the server");
+        assert_eq!(
+            verdict, expected,
+            "{client}: an ACK of {ack_number:#x} (cookie {cookie:#x})"
+        );
+    }
+}
+
+/// The options of the SYN-ACK: the MSS; with the client's timestamp, SACK,
+/// the window scale and the timestamp carrying them as the kernel encodes
+/// them.
+fn check_options(options: &[O], long: bool, mss: u16) {
+    assert!(options.contains(&O::MaximumSegmentSize(mss)), "{options:?}");
+    if !long {
+        assert_eq!(options.len(), 1, "the MSS alone: {options:?}");
+        return;
+    }
+    assert!(options.contains(&O::SelectiveAcknowledgementPermitted));
+    assert!(options.contains(&O::WindowScale(7)));
+    let (tsval, tsecr) = options
+        .iter()
+        .find_map(|o| match o {
+            O::Timestamp(val, ecr) => Some((*val, *ecr)),
+            _ => None,
+        })
+        .expect("a timestamp");
+    assert_eq!(tsecr, 0x0102_0304, "the client's timestamp echoed");
+    assert_eq!(
+        tsval & 0x3f,
+        7 | 0x10,
+        "the client's window scale and SACK, as the kernel encodes them"
+    );
+}
