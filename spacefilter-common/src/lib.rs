@@ -569,6 +569,19 @@ pub mod shield_flags {
     pub const SACK: u32 = 1 << 2;
     /// The host scales windows.
     pub const WSCALE: u32 = 1 << 3;
+    /// Count what the shield would answer on its ports (SYNs, UDP from
+    /// unverified sources) in `SHIELD_WATCH`, on or not: `shield auto`
+    /// switches the shield on and off by this rate.
+    pub const WATCH: u32 = 1 << 4;
+}
+
+/// Slots of `SHIELD_WATCH` (per CPU): what `shield auto` watches.
+pub mod shield_watch {
+    /// TCP SYNs to the shield's TCP ports.
+    pub const SYNS: u32 = 0;
+    /// UDP from unverified sources to the shield's UDP ports.
+    pub const UNVERIFIED_UDP: u32 = 1;
+    pub const SLOTS: u32 = 2;
 }
 
 /// Token amounts are kept in millionths of a packet or byte, so that a
@@ -876,6 +889,7 @@ pub mod map_names {
     pub const VERIFY_STATS: &str = "VERIFY_STATS";
     pub const VERIFY_SETTINGS: &str = "VERIFY_SETTINGS";
     pub const SHIELD_BUDGET: &str = "SHIELD_BUDGET";
+    pub const SHIELD_WATCH: &str = "SHIELD_WATCH";
 }
 
 /// Name of the TC egress program that verifies the host's peers.

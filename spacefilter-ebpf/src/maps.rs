@@ -22,7 +22,7 @@ use spacefilter_common::{
     HeaderRule, IFACE_TABLE, IfaceSlot, Limits, MAX_HEADER_RULES, MAX_IFACE_SLOTS, Observe,
     STATS_SLOTS, SampleState, Shield, SpoofState, V6Key, V6Top, Verified, VerifySettings,
     lookup::{BUCKET_SLOTS, ROW, V4_T12_ROWS, V4_T24_ROWS, V6_TOP_ENTRIES, buckets_for},
-    verified_how,
+    shield_watch, verified_how,
 };
 
 #[map]
@@ -174,6 +174,12 @@ pub(crate) static VERIFY_STATS: PerCpuArray<u64> =
 /// How long a proof holds (see [`spacefilter_common::VerifySettings`]).
 #[map]
 pub(crate) static VERIFY_SETTINGS: Array<VerifySettings> = Array::with_max_entries(1, 0);
+
+/// What the shield watches on its ports, per CPU (see
+/// [`spacefilter_common::shield_watch`]).
+#[map]
+pub(crate) static SHIELD_WATCH: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(shield_watch::SLOTS, 0);
 
 /// The shield's budget for UDP from unverified sources (CPUs race on it).
 #[map]

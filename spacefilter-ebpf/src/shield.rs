@@ -40,11 +40,11 @@ use aya_ebpf::{
     },
     programs::XdpContext,
 };
-use spacefilter_common::{Reason, Shield, reflect_bits, shield_flags, verified_how};
+use spacefilter_common::{Reason, Shield, reflect_bits, shield_flags, shield_watch, verified_how};
 
 use crate::{
     limit::take_packet,
-    maps::{REFLECT_PORTS, SHIELD, SHIELD_BUDGET, SHIELD_SCRATCH},
+    maps::{REFLECT_PORTS, SHIELD, SHIELD_BUDGET, SHIELD_SCRATCH, SHIELD_WATCH},
     parse::{
         ETH_P_IPV4, IPPROTO_TCP_NUMBER, IPPROTO_UDP_NUMBER, L4, Source, TCP_ACK, TCP_SYN,
         VLAN_TPIDS,
@@ -102,17 +102,24 @@ pub(crate) fn check(ctx: &XdpContext, source: &Source, l4: &L4) -> Option<Verdic
         return None;
     }
     let shield = SHIELD.get(0)?;
-    if shield.flags & shield_flags::ON == 0 {
+    if shield.flags & (shield_flags::ON | shield_flags::WATCH) == 0 {
         return None;
     }
+    let on = shield.flags & shield_flags::ON != 0;
     let bits = *REFLECT_PORTS.get(u32::from(l4.dst_port))?;
     if l4.proto == IPPROTO_UDP_NUMBER {
         if bits & reflect_bits::SHIELD_UDP == 0 {
             return None;
         }
-        return unverified_udp(source, shield);
+        return unverified_udp(source, shield, on);
     }
     if bits & reflect_bits::SHIELD_TCP == 0 {
+        return None;
+    }
+    if l4.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        watch(shield, shield_watch::SYNS);
+    }
+    if !on {
         return None;
     }
     let (ip_offset, v6) = locate(ctx)?;
@@ -150,15 +157,32 @@ fn tcp<const IP: usize>(
     Some(reason.into())
 }
 
+/// Counts a frame `shield auto` watches for (see
+/// [`spacefilter_common::shield_watch`]), while it does.
+#[inline(always)]
+fn watch(shield: &Shield, slot: u32) {
+    if shield.flags & shield_flags::WATCH == 0 {
+        return;
+    }
+    if let Some(counter) = SHIELD_WATCH.get_ptr_mut(slot) {
+        // SAFETY: a per-CPU slot, written only by this CPU.
+        unsafe { *counter += 1 };
+    }
+}
+
 /// UDP to a shielded port: a verified source goes on to the flood guards
 /// (its own budgets); any other within the shield's budget for unverified
 /// sources, which lets a new client reach the host's first reply (and that
 /// reply verifies it); the rest is dropped as `shielded`.
 #[inline(always)]
-fn unverified_udp(source: &Source, shield: &Shield) -> Option<Verdict> {
+fn unverified_udp(source: &Source, shield: &Shield, on: bool) -> Option<Verdict> {
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if verified::holds(source, now) {
+        return None;
+    }
+    watch(shield, shield_watch::UNVERIFIED_UDP);
+    if !on {
         return None;
     }
     let bucket = SHIELD_BUDGET.get_ptr_mut(0)?;

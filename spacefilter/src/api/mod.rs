@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 pub use self::{
     limits::{LimitsView, default_reflectors, default_service_ports},
     rules::{HeaderRuleView, RuleAction},
-    shield::{AdmitView, ShieldView, VerifiedView},
+    shield::{AdmitView, ShieldAuto, ShieldView, VerifiedView},
     views::{
         Changed, CounterView, EntryView, InterfaceView, ObserveView, SampleView, StatsView,
         StatusView, TalkerView, TopView,

@@ -45,6 +45,20 @@ pub struct ShieldView {
     /// How long a proof holds a source verified.
     #[serde(default = "default_verified_idle_secs")]
     pub verified_idle_secs: u64,
+    /// `shield auto`: the shield is armed, and switches itself on and off
+    /// by the rate of what it would answer on its ports.
+    #[serde(default)]
+    pub auto: Option<ShieldAuto>,
+    /// In replies: whether the shield is in force now (always, while on;
+    /// while the rate says so, in auto), how often auto switched it on,
+    /// and the rate it watches (SYNs and UDP from unverified sources to
+    /// its ports, a second).
+    #[serde(default)]
+    pub active: bool,
+    #[serde(default)]
+    pub auto_switches: u64,
+    #[serde(default)]
+    pub watched_pps: u64,
     /// What the daemon made of it (in replies only): the MSS and window
     /// scale its SYN-ACKs offer, and the host settings it changed, each
     /// as `name=value (was old)`.
@@ -72,6 +86,10 @@ impl Default for ShieldView {
             udp_ports: Vec::new(),
             unverified_pps: DEFAULT_UNVERIFIED_PPS,
             verified_idle_secs: DEFAULT_VERIFIED_IDLE_SECS,
+            auto: None,
+            active: false,
+            auto_switches: 0,
+            watched_pps: 0,
             mss: 0,
             wscale: 0,
             host_settings: Vec::new(),
@@ -108,6 +126,19 @@ impl ShieldView {
                 self.unverified_pps
             ));
         }
+        if let Some(auto) = &self.auto {
+            if auto.above_pps == 0 {
+                return Some(
+                    "--above must be at least 1 (SYNs and unverified datagrams a second)".into(),
+                );
+            }
+            if auto.calm_secs == 0 || auto.calm_secs > 24 * 3600 {
+                return Some(format!(
+                    "--calm must be 1 s to 1 day, not {} s",
+                    auto.calm_secs
+                ));
+            }
+        }
         if self.verified_idle_secs == 0 || self.verified_idle_secs > MAX_VERIFIED_SECS {
             return Some(format!(
                 "--verified-idle must be 1 s to 7 days, not {} s",
@@ -116,6 +147,15 @@ impl ShieldView {
         }
         None
     }
+}
+
+/// When `shield auto` switches the shield: on when what it would answer on
+/// its ports (SYNs, UDP from unverified sources) passes `above_pps`; off
+/// after `calm_secs` below half of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShieldAuto {
+    pub above_pps: u64,
+    pub calm_secs: u64,
 }
 
 /// The verified sources: how many now, by their last proof (`cookie`,

@@ -6,9 +6,11 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, MapError},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
 };
-use spacefilter_common::{AutoBlock, Bucket, Limits, Shield, SpoofState, map_names, reflect_bits};
+use spacefilter_common::{
+    AutoBlock, Bucket, Limits, Shield, SpoofState, map_names, reflect_bits, shield_watch,
+};
 
 use super::{ListError, take};
 use crate::net::Prefix;
@@ -20,6 +22,7 @@ pub struct Limiter {
     spoof: Array<MapData, SpoofState>,
     reflect_ports: Array<MapData, u8>,
     shield: Array<MapData, Shield>,
+    shield_watch: PerCpuArray<MapData, u64>,
     buckets: HashMap<MapData, [u8; 16], Bucket>,
     auto: HashMap<MapData, [u8; 16], AutoBlock>,
 }
@@ -60,6 +63,7 @@ impl Limiter {
             spoof: take(ebpf, map_names::SPOOF_STATE)?,
             reflect_ports: take(ebpf, map_names::REFLECT_PORTS)?,
             shield: take(ebpf, map_names::SHIELD)?,
+            shield_watch: take(ebpf, map_names::SHIELD_WATCH)?,
             buckets: take(ebpf, map_names::BUCKETS)?,
             auto: take(ebpf, map_names::AUTO_BLOCKED)?,
         })
@@ -129,6 +133,24 @@ impl Limiter {
                 name: map_names::SHIELD,
                 source,
             })
+    }
+
+    /// What the shield watched on its ports since the program was loaded:
+    /// SYNs and UDP from unverified sources (see
+    /// [`spacefilter_common::shield_watch`]).
+    pub fn shield_watched(&self) -> Result<u64, ListError> {
+        let mut total = 0;
+        for slot in 0..shield_watch::SLOTS {
+            let values = self
+                .shield_watch
+                .get(&slot, 0)
+                .map_err(|source| ListError::Read {
+                    name: map_names::SHIELD_WATCH,
+                    source,
+                })?;
+            total += values.iter().sum::<u64>();
+        }
+        Ok(total)
     }
 
     pub fn get(&self) -> Result<Limits, ListError> {

@@ -10,7 +10,7 @@ use super::{
     Common, Failure, StatusArgs, lists::format_ttl, print_json, reply_failure, unexpected,
 };
 use crate::api::{
-    AdmitView, Request, Response, ShieldView, VerifiedView,
+    AdmitView, Request, Response, ShieldAuto, ShieldView, VerifiedView,
     client::Client,
     shield::{DEFAULT_UNVERIFIED_PPS, admit_problem},
 };
@@ -25,6 +25,12 @@ pub(super) struct ShieldArgs {
 enum ShieldAction {
     /// Shield these ports (it replaces the ports shielded so far).
     On(ShieldOnArgs),
+    /// Arm the shield on these ports: it switches itself on when SYNs and
+    /// UDP from unverified sources to them come faster than --above a
+    /// second, and off after --calm below half of that. Armed, the host's
+    /// peers are verified already, so that the clients who were there
+    /// before a flood are let through from its first second.
+    Auto(ShieldAutoArgs),
     /// Stop shielding, and put back the host settings the shield changed.
     Off(StatusArgs),
     /// Show the shield: its ports, what its SYN-ACKs offer, the host
@@ -49,6 +55,19 @@ struct ShieldOnArgs {
     verified_idle: Duration,
     #[command(flatten)]
     common: Common,
+}
+
+#[derive(Args)]
+struct ShieldAutoArgs {
+    #[command(flatten)]
+    on: ShieldOnArgs,
+    /// Switch on above this many SYNs and unverified datagrams a second
+    /// to the ports.
+    #[arg(long, default_value_t = 5_000)]
+    above: u64,
+    /// Switch off after this long below half of --above.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    calm: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,34 +100,46 @@ fn parse_shielded_port(s: &str) -> Result<(Proto, u16, u16), String> {
     Ok((proto, range.0, range.1))
 }
 
+/// The shield a `shield on` (or `auto`) asks for.
+fn requested(args: ShieldOnArgs, auto: Option<ShieldAuto>) -> Result<(Request, Common), Failure> {
+    let ShieldOnArgs {
+        ports,
+        unverified_pps,
+        verified_idle,
+        common,
+    } = args;
+    let of = |wanted| {
+        ports
+            .iter()
+            .filter(|(proto, _, _)| *proto == wanted)
+            .map(|&(_, lo, hi)| (lo, hi))
+            .collect()
+    };
+    let shield = ShieldView {
+        enabled: true,
+        tcp_ports: of(Proto::Tcp),
+        udp_ports: of(Proto::Udp),
+        unverified_pps,
+        verified_idle_secs: verified_idle.as_secs(),
+        auto,
+        ..ShieldView::default()
+    };
+    if let Some(problem) = shield.problem() {
+        return Err(Failure::bad_input(problem));
+    }
+    Ok((Request::SetShield { shield }, common))
+}
+
 pub(super) fn shield(args: ShieldArgs) -> Result<(), Failure> {
     let (request, common) = match args.action {
-        ShieldAction::On(ShieldOnArgs {
-            ports,
-            unverified_pps,
-            verified_idle,
-            common,
-        }) => {
-            let of = |wanted| {
-                ports
-                    .iter()
-                    .filter(|(proto, _, _)| *proto == wanted)
-                    .map(|&(_, lo, hi)| (lo, hi))
-                    .collect()
-            };
-            let shield = ShieldView {
-                enabled: true,
-                tcp_ports: of(Proto::Tcp),
-                udp_ports: of(Proto::Udp),
-                unverified_pps,
-                verified_idle_secs: verified_idle.as_secs(),
-                ..ShieldView::default()
-            };
-            if let Some(problem) = shield.problem() {
-                return Err(Failure::bad_input(problem));
-            }
-            (Request::SetShield { shield }, common)
-        }
+        ShieldAction::On(on) => requested(on, None)?,
+        ShieldAction::Auto(ShieldAutoArgs { on, above, calm }) => requested(
+            on,
+            Some(ShieldAuto {
+                above_pps: above,
+                calm_secs: calm.as_secs(),
+            }),
+        )?,
         ShieldAction::Off(StatusArgs { common }) => (
             Request::SetShield {
                 shield: ShieldView::default(),
@@ -151,7 +182,22 @@ pub(super) fn print_shield(view: &ShieldView) {
     let ports: Vec<String> = ranges("tcp", &view.tcp_ports)
         .chain(ranges("udp", &view.udp_ports))
         .collect();
-    println!("shield: on for {}", ports.join(","));
+    match view.auto {
+        None => println!("shield: on for {}", ports.join(",")),
+        Some(auto) => {
+            println!(
+                "shield: auto for {}: {} ({} SYNs and unverified datagrams a second; on above \
+                 {}, off after {} below {}); switched on {} times",
+                ports.join(","),
+                if view.active { "ON" } else { "armed" },
+                view.watched_pps,
+                auto.above_pps,
+                format_ttl(Some(auto.calm_secs)),
+                auto.above_pps / 2,
+                view.auto_switches
+            );
+        }
+    }
     if !view.tcp_ports.is_empty() {
         println!(
             "  TCP: SYNs answered with SYN cookies (MSS {}, window scale {}), segments of no \

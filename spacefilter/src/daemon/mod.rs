@@ -16,6 +16,7 @@ mod header_rules;
 mod lists;
 mod observability;
 mod shield;
+mod shield_auto;
 mod start;
 mod tasks;
 

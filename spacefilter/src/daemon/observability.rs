@@ -34,6 +34,10 @@ pub struct MetricsSnapshot {
     pub shielded_ports: u64,
     /// Verified sources now, by their last proof.
     pub verified_now: BTreeMap<&'static str, u64>,
+    /// Whether the shield is in force, and how often `shield auto`
+    /// switched it on.
+    pub shield_active: bool,
+    pub shield_switches: u64,
     pub spoof_switches: u64,
     pub uptime: Duration,
     pub samples: ObserveView,
@@ -108,6 +112,8 @@ impl Core {
                     .sum()
             },
             verified_now: self.filter.verifier_ref().now(monotonic_ns()),
+            shield_active: self.shield.enabled && self.shield.active,
+            shield_switches: self.shield.watch.switches,
             spoof_switches: spoof.switches,
             uptime: self.started.elapsed(),
             samples: self.observe(),

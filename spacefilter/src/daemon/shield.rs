@@ -21,7 +21,7 @@ use spacefilter_common::{Shield, shield_flags};
 use super::{Peer, Refusal, core::Core};
 use crate::{
     api::{
-        AdmitView, ShieldView, VerifiedView,
+        AdmitView, ShieldAuto, ShieldView, VerifiedView,
         shield::{DEFAULT_UNVERIFIED_PPS, DEFAULT_VERIFIED_IDLE_SECS, admit_problem},
     },
     bpf::{Shielded, monotonic_ns},
@@ -41,6 +41,13 @@ pub(super) struct ShieldState {
     pub(super) udp_ports: Vec<(u16, u16)>,
     pub(super) unverified_pps: u32,
     pub(super) verified_idle_secs: u64,
+    /// `shield auto`'s switching rates (none: plainly on).
+    pub(super) auto: Option<ShieldAuto>,
+    /// In force now: while enabled, always without auto, by the rate
+    /// with it.
+    pub(super) active: bool,
+    /// Auto's state: switches, and the rate it watches.
+    pub(super) watch: super::shield_auto::Watch,
     /// Host settings changed, with their old values.
     pub(super) saved: Vec<(String, String)>,
     /// What the program was given.
@@ -57,6 +64,9 @@ impl Default for ShieldState {
             udp_ports: Vec::new(),
             unverified_pps: DEFAULT_UNVERIFIED_PPS,
             verified_idle_secs: DEFAULT_VERIFIED_IDLE_SECS,
+            auto: None,
+            active: false,
+            watch: super::shield_auto::Watch::default(),
             saved: Vec::new(),
             kernel: Shield::default(),
             notes: Vec::new(),
@@ -72,14 +82,22 @@ impl ShieldState {
             udp_ports,
             unverified_pps,
             verified_idle_secs,
+            auto,
             saved,
         } = record;
+        let auto = auto.map(|a| ShieldAuto {
+            above_pps: a.above_pps,
+            calm_secs: a.calm_secs,
+        });
         Self {
             enabled,
             tcp_ports,
             udp_ports,
             unverified_pps: unverified_pps.unwrap_or(DEFAULT_UNVERIFIED_PPS),
             verified_idle_secs: verified_idle_secs.unwrap_or(DEFAULT_VERIFIED_IDLE_SECS),
+            // Auto starts armed: the rate switches it on.
+            active: enabled && auto.is_none(),
+            auto,
             saved,
             ..Self::default()
         }
@@ -92,12 +110,16 @@ impl ShieldState {
             udp_ports: self.udp_ports.clone(),
             unverified_pps: Some(self.unverified_pps),
             verified_idle_secs: Some(self.verified_idle_secs),
+            auto: self.auto.map(|a| store::ShieldAuto {
+                above_pps: a.above_pps,
+                calm_secs: a.calm_secs,
+            }),
             saved: self.saved.clone(),
         }
     }
 
     /// The TCP and UDP ports the program marks as shielded (none while
-    /// off).
+    /// off; while armed too, so that it can watch them).
     pub(super) fn marked_ports(&self) -> Shielded<'_> {
         if self.enabled {
             Shielded {
@@ -116,6 +138,10 @@ impl ShieldState {
             udp_ports: self.udp_ports.clone(),
             unverified_pps: self.unverified_pps,
             verified_idle_secs: self.verified_idle_secs,
+            auto: self.auto,
+            active: self.active,
+            auto_switches: self.watch.switches,
+            watched_pps: self.watch.rate,
             verified: VerifiedView::default(),
             mss: u16::try_from(self.kernel.mss_v4).unwrap_or(u16::MAX),
             wscale: u8::try_from(self.kernel.wscale).unwrap_or(u8::MAX),
@@ -171,7 +197,14 @@ fn kernel_settings(
 ) -> std::io::Result<(Shield, Vec<String>)> {
     let mut notes = Vec::new();
     let on = |name| sysctl::read(name).map(|v| v != "0");
-    let mut flags = if state.enabled { shield_flags::ON } else { 0 };
+    let mut flags = if state.enabled && state.active {
+        shield_flags::ON
+    } else {
+        0
+    };
+    if state.enabled && state.auto.is_some() {
+        flags |= shield_flags::WATCH;
+    }
     if on(TIMESTAMPS)? {
         flags |= shield_flags::TIMESTAMPS;
     } else {
@@ -218,8 +251,9 @@ impl Core {
     /// Puts the shield in force: host settings, the program's settings,
     /// its ports. Used at start and on a change.
     pub(super) fn apply_shield(&mut self, state: &mut ShieldState) -> Result<(), String> {
-        // SYN cookies need the host's settings; UDP ports alone do not.
-        let cookies = state.enabled && !state.tcp_ports.is_empty();
+        // SYN cookies need the host's settings (while in force); UDP ports
+        // alone do not.
+        let cookies = state.enabled && state.active && !state.tcp_ports.is_empty();
         if cookies {
             state.saved = take_host(&state.saved).map_err(|err| {
                 format!("setting the host up for SYN cookies (as root, in this namespace): {err}")
@@ -241,6 +275,7 @@ impl Core {
             .limiter()
             .set_shield(kernel)
             .map_err(|err| error_chain(&err))?;
+        // Armed, the host's peers are verified already, before a flood.
         self.configure_verify(state.enabled, state.verified_idle_secs)?;
         if !cookies && !state.saved.is_empty() {
             give_back(&state.saved);
@@ -260,12 +295,18 @@ impl Core {
         }
         let before = self.shield.clone();
         let mut state = if view.enabled {
+            // A change of settings keeps auto's state and count.
+            let active =
+                view.auto.is_none() || (before.enabled && before.auto.is_some() && before.active);
             ShieldState {
                 enabled: true,
                 tcp_ports: view.tcp_ports,
                 udp_ports: view.udp_ports,
                 unverified_pps: view.unverified_pps,
                 verified_idle_secs: view.verified_idle_secs,
+                auto: view.auto,
+                active,
+                watch: before.watch.clone(),
                 saved: before.saved.clone(),
                 ..ShieldState::default()
             }
@@ -273,6 +314,7 @@ impl Core {
             // Off keeps the ports and budgets, for `shield show`.
             ShieldState {
                 enabled: false,
+                active: false,
                 kernel: Shield::default(),
                 notes: Vec::new(),
                 ..before.clone()
@@ -293,8 +335,15 @@ impl Core {
             "shield {} asked by {peer}",
             if state.enabled {
                 format!(
-                    "on for TCP ports {:?} and UDP ports {:?} (unverified UDP {}/s, proofs \
+                    "{} for TCP ports {:?} and UDP ports {:?} (unverified UDP {}/s, proofs \
                      hold {} s)",
+                    state.auto.map_or_else(
+                        || "on".to_owned(),
+                        |a| format!(
+                            "auto (on above {}/s, off after {} s calm)",
+                            a.above_pps, a.calm_secs
+                        )
+                    ),
                     state.tcp_ports,
                     state.udp_ports,
                     state.unverified_pps,

@@ -38,6 +38,7 @@ pub(super) async fn expire_loop(handle: Handle, mut stop: Stop) {
             last_scan = Instant::now();
         }
         core.report_spoof_fallback();
+        core.shield_auto_tick();
     }
 }
 

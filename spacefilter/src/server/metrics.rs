@@ -121,6 +121,18 @@ impl Collector for DaemonCollector {
              (0 while it is off).",
             &[(vec![], signed(m.shielded_ports))],
         )?;
+        gauge(
+            &mut encoder,
+            "spacefilter_shield_active",
+            "1 while the shield is in force (on, or switched on by `shield auto`).",
+            &[(vec![], i64::from(m.shield_active))],
+        )?;
+        counter(
+            &mut encoder,
+            "spacefilter_shield_auto_switches",
+            "Times `shield auto` switched the shield on since the daemon started.",
+            &[(vec![], m.shield_switches)],
+        )?;
         encode_verified(&mut encoder, &m)?;
         gauge(
             &mut encoder,

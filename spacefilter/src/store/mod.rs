@@ -30,7 +30,7 @@ use nix::fcntl::{Flock, FlockArg};
 
 use self::records::Snapshot;
 pub use self::records::{
-    Action, Guards, HeaderRule, Meta, Op, Origin, Rule, Rules, Settings, Shield,
+    Action, Guards, HeaderRule, Meta, Op, Origin, Rule, Rules, Settings, Shield, ShieldAuto,
 };
 
 const SNAPSHOT: &str = "rules.json";

@@ -146,11 +146,22 @@ pub struct Shield {
     /// How long a proof holds a source verified (absent: the default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified_idle_secs: Option<u64>,
+    /// `shield auto`: the rate that switches it on (SYNs and unverified
+    /// datagrams a second) and the calm that switches it off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto: Option<ShieldAuto>,
     /// The host settings the shield changed, with their values from before
     /// (`net.ipv4.tcp_syncookies` and the like), to be put back when it
     /// is switched off; kept across restarts and crashes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub saved: Vec<(String, String)>,
+}
+
+/// When `shield auto` switches the shield.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShieldAuto {
+    pub above_pps: u64,
+    pub calm_secs: u64,
 }
 
 /// One change, as journaled.
