@@ -1,0 +1,327 @@
+//! An established connection under a spoofed ACK or RST flood: does a
+//! long transfer keep its pace?
+//!
+//! A flood of segments without SYN gets past every SYN defence; aimed at a
+//! listening port, each one reaches the listener (which answers an ACK
+//! with a RST) unless something drops it first. The shield drops those
+//! that belong to no socket and carry no valid cookie, as `out_of_state`.
+//!
+//! The server runs a sink on a listening port; a client in the listener's
+//! namespace opens one connection to it (through the shield's cookies when
+//! the shield is on) and writes bulk data into it for the whole row, the
+//! server counting what its application reads. The transfer runs
+//! [`Established::quiet`] without a flood first, then as long with the
+//! harness's flood (65 536 forged sources at its highest rate) of bare
+//! ACKs or RSTs at the same port; the connection is up before the flood
+//! starts. The transfer's frames take the same link and the same receive
+//! CPU as the flood (see [`crate::flood`]), as in the SYN table.
+
+use std::{
+    io::{self, Read as _, Write as _},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use spacefilter::Reason;
+
+use super::{Admission, setup};
+use crate::{
+    bench::floods::{SPOOFED_FIRST, SPOOFED_SOURCES},
+    flood::{CpuTimes, FLOOD_CPU, Flood, FloodLab, Shape},
+    netns::{Family, Host},
+    shield::accept_xdp_tx,
+};
+
+/// The segments of a flood.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Segment {
+    Ack,
+    Rst,
+}
+
+impl Segment {
+    pub const ALL: [Segment; 2] = [Segment::Ack, Segment::Rst];
+
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Segment::Ack => "ACK",
+            Segment::Rst => "RST",
+        }
+    }
+
+    fn flood(self, port: u16) -> Flood {
+        let shape = match self {
+            Segment::Ack => Shape::Ack { port },
+            Segment::Rst => Shape::Rst { port },
+        };
+        Flood::new(
+            shape,
+            &[IpAddr::V4(SPOOFED_FIRST)],
+            Host::Server.addr(Family::V4),
+        )
+        .spread_over(SPOOFED_FIRST, SPOOFED_SOURCES)
+    }
+}
+
+/// The defences measured here: none, and the shield.
+pub const DEFENCES: [Admission; 2] = [Admission::Kernel, Admission::Shield];
+
+/// One row: a flood of `segment`s against `admission`, with the transfer.
+#[derive(Clone, Debug)]
+pub struct EstablishedRow {
+    pub segment: Segment,
+    pub admission: Admission,
+    pub rule: String,
+    /// The flood's length.
+    pub seconds: f64,
+    /// Frames the generator sent.
+    pub sent: u64,
+    /// Frames the server's link took in, a second (flood and transfer).
+    pub arrived_pps: f64,
+    /// The receive CPU's softirq time per frame taken in.
+    pub receive_ns: f64,
+    /// For the shield: flood segments dropped as `out_of_state`.
+    pub out_of_state: Option<u64>,
+    /// The transfer, bits a second at the server's application, without
+    /// and with the flood.
+    pub quiet_bps: f64,
+    pub flooded_bps: f64,
+}
+
+impl EstablishedRow {
+    /// The transfer's pace under the flood, against its pace without.
+    #[must_use]
+    pub fn kept(&self) -> f64 {
+        self.flooded_bps / self.quiet_bps
+    }
+
+    /// The share of the frames sent that the shield dropped as out of
+    /// state.
+    #[must_use]
+    pub fn dropped_share(&self) -> Option<f64> {
+        #[expect(clippy::cast_precision_loss, reason = "a share")]
+        self.out_of_state
+            .map(|n| n as f64 / self.sent.max(1) as f64)
+    }
+}
+
+/// How long the transfer runs before it is measured.
+const WARM_UP: Duration = Duration::from_millis(500);
+/// What the client writes at a time.
+const CHUNK: usize = 64 * 1024;
+
+/// Runs one row: the transfer alone for `quiet`, then with the flood for
+/// as long.
+pub fn established_run(
+    segment: Segment,
+    admission: Admission,
+    quiet: Duration,
+) -> anyhow::Result<EstablishedRow> {
+    let mut lab = FloodLab::new()?;
+    let listener = lab
+        .run_in(Host::Server, || TcpListener::bind("0.0.0.0:0"))?
+        .context("binding the transfer's sink")?;
+    let port = listener.local_addr()?.port();
+    let _tools = accept_xdp_tx(&lab, "answer_sink")?;
+    let sf = setup(&mut lab, admission, port)
+        .with_context(|| format!("setting up {}", admission.filter()))?;
+    let target = SocketAddr::new(Host::Server.addr(Family::V4), port);
+    let mut client = lab
+        .run_in(Host::Listener, || {
+            TcpStream::connect_timeout(&target, Duration::from_secs(3))
+        })?
+        .context("opening the transfer")?;
+    let (mut server, _) = listener.accept().context("accepting the transfer")?;
+    drop(listener);
+    // Timeouts, so that both ends look at the stop flag now and then.
+    client.set_write_timeout(Some(Duration::from_millis(100)))?;
+    server.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let received = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let flood = segment.flood(port);
+    let lab = &lab;
+    let measured = thread::scope(|scope| -> anyhow::Result<_> {
+        let writer = scope.spawn(|| -> io::Result<()> {
+            let chunk = vec![0x5a_u8; CHUNK];
+            while !stop.load(Ordering::Relaxed) {
+                match client.write(&chunk) {
+                    Ok(_) => {}
+                    Err(err) if is_timeout(&err) => {}
+                    Err(err) => return Err(err),
+                }
+            }
+            Ok(())
+        });
+        let reader = scope.spawn(|| -> io::Result<()> {
+            let mut buf = vec![0_u8; 4 * CHUNK];
+            while !stop.load(Ordering::Relaxed) {
+                match server.read(&mut buf) {
+                    Ok(0) => return Ok(()),
+                    Ok(n) => {
+                        received.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Err(err) if is_timeout(&err) => {}
+                    Err(err) => return Err(err),
+                }
+            }
+            Ok(())
+        });
+        let measured = (|| -> anyhow::Result<_> {
+            thread::sleep(WARM_UP);
+            let (bytes, started) = (received.load(Ordering::Relaxed), Instant::now());
+            thread::sleep(quiet);
+            let quiet = (
+                received.load(Ordering::Relaxed) - bytes,
+                started.elapsed(),
+            );
+            let link_before = lab.server_stats()?;
+            let cpu_before = CpuTimes::now()?;
+            let dropped_before = out_of_state(sf.as_ref())?;
+            let bytes = received.load(Ordering::Relaxed);
+            let sent = lab.flood(&flood, quiet.1)?;
+            let flooded = received.load(Ordering::Relaxed) - bytes;
+            let cpu = CpuTimes::now()?.since(&cpu_before);
+            let link = lab.server_stats()? - link_before;
+            let dropped = out_of_state(sf.as_ref())?
+                .zip(dropped_before)
+                .map(|(after, before)| after - before);
+            Ok((quiet, (flooded, sent), cpu, link, dropped))
+        })();
+        stop.store(true, Ordering::Relaxed);
+        let wrote = writer.join().expect("the writer does not panic");
+        let read = reader.join().expect("the reader does not panic");
+        let measured = measured?;
+        wrote.context("writing the transfer")?;
+        read.context("reading the transfer")?;
+        Ok(measured)
+    })?;
+    let ((quiet_bytes, quiet_time), (flooded_bytes, sent), cpu, link, out_of_state) = measured;
+    let seconds = sent.elapsed.as_secs_f64();
+    #[expect(clippy::cast_precision_loss, reason = "rates")]
+    Ok(EstablishedRow {
+        segment,
+        admission,
+        rule: admission.rule(port),
+        seconds,
+        sent: sent.frames,
+        arrived_pps: link.rx_packets as f64 / seconds,
+        receive_ns: cpu.softirq(FLOOD_CPU) * 1e9 / (link.rx_packets.max(1) as f64),
+        out_of_state,
+        quiet_bps: quiet_bytes as f64 * 8.0 / quiet_time.as_secs_f64(),
+        flooded_bps: flooded_bytes as f64 * 8.0 / seconds,
+    })
+}
+
+fn is_timeout(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
+}
+
+/// The filter's count of `out_of_state` drops, if spacefilter is loaded.
+fn out_of_state(sf: Option<&spacefilter::Filter>) -> anyhow::Result<Option<u64>> {
+    Ok(match sf {
+        Some(sf) => Some(sf.counters()?.get(Reason::OutOfState).packets),
+        None => None,
+    })
+}
+
+/// Every flood against every defence, `quiet` (and as long flooded) each.
+pub fn established(quiet: Duration) -> anyhow::Result<Vec<EstablishedRow>> {
+    let mut rows = Vec::new();
+    for segment in Segment::ALL {
+        for admission in DEFENCES {
+            let row = established_run(segment, admission, quiet).with_context(|| {
+                format!(
+                    "a transfer under an {} flood with {}",
+                    segment.name(),
+                    admission.filter()
+                )
+            })?;
+            eprintln!(
+                "bench: established, {} flood, {:<32} flood {:5.2} Mpps in, {:.0} ns/frame; \
+                 out of state {}; transfer {:.0} Mbit/s quiet, {:.0} Mbit/s flooded ({:.1} %)",
+                segment.name(),
+                admission.filter(),
+                row.arrived_pps / 1e6,
+                row.receive_ns,
+                row.dropped_share()
+                    .map_or("-".to_owned(), |s| format!("{:.2} %", s * 100.0)),
+                row.quiet_bps / 1e6,
+                row.flooded_bps / 1e6,
+                row.kept() * 100.0,
+            );
+            rows.push(row);
+        }
+    }
+    Ok(rows)
+}
+
+/// The subsection of the admission report.
+#[must_use]
+pub fn established_report(rows: &[EstablishedRow]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    if rows.is_empty() {
+        return out;
+    }
+    let _ = writeln!(out, "### An established transfer under spoofed ACK and RST floods\n");
+    let _ = writeln!(
+        out,
+        "The harness's top rate of bare ACKs, or of RSTs, from 65536 forged sources \
+         (198.19.0.0/16) at a listening port of the server, while one connection from the \
+         client to that port carries bulk data for the whole row (opened before the flood; \
+         through the shield's cookies when it is on). *Transfer* is what the server's \
+         application read, {:.0} s without the flood, then {:.0} s with it, in the same lab. \
+         *Out of state* is the share of the frames the generator sent that the shield dropped \
+         as `out_of_state`. *Receive ns/frame* is as in the SYN table, over every frame taken \
+         in (the transfer's too).\n",
+        rows[0].seconds, rows[0].seconds
+    );
+    let _ = writeln!(
+        out,
+        "| flood | defence | flood in (Mpps) | receive ns/frame | out of state | transfer, \
+         quiet | transfer, flooded | kept |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|");
+    for row in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.2} | {:.0} | {} | {:.0} Mbit/s | {:.0} Mbit/s | {:.1} % |",
+            row.segment.name(),
+            row.admission.filter(),
+            row.arrived_pps / 1e6,
+            row.receive_ns,
+            row.out_of_state.map_or("-".to_owned(), |n| format!(
+                "{:.2} % ({n} of {})",
+                row.dropped_share().unwrap_or(f64::NAN) * 100.0,
+                row.sent
+            )),
+            row.quiet_bps / 1e6,
+            row.flooded_bps / 1e6,
+            row.kept() * 100.0,
+        );
+    }
+    let _ = writeln!(out);
+    for row in rows.iter().filter(|r| r.admission == Admission::Shield) {
+        let share = row.dropped_share().unwrap_or(f64::NAN);
+        let _ = writeln!(
+            out,
+            "Targets, {} flood with the shield: at least 99 % of the flood dropped as \
+             `out_of_state`: {:.2} %, {}; the transfer within 10 % of its pace without the \
+             flood: {:.1} %, {}.",
+            row.segment.name(),
+            share * 100.0,
+            if share >= 0.99 { "met" } else { "not met" },
+            row.kept() * 100.0,
+            if row.kept() >= 0.9 { "met" } else { "not met" },
+        );
+    }
+    out.push('\n');
+    out
+}
