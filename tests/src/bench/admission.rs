@@ -158,6 +158,9 @@ pub struct AdmissionRow {
     /// For the shield: SYNs answered with a cookie, and handshakes
     /// verified.
     pub cookies: Option<(u64, u64)>,
+    /// For SYNPROXY: segments its rule took, and segments the `INVALID`
+    /// rule dropped.
+    pub synproxy: Option<(u64, u64)>,
 }
 
 impl AdmissionRow {
@@ -186,10 +189,7 @@ fn setup(lab: &mut FloodLab, admission: Admission, port: u16) -> anyhow::Result<
         Admission::Synproxy => {
             lab.accept_without_filter()?;
             // SYNPROXY's cookies carry the options in the timestamp.
-            for (key, value) in [
-                ("ipv4/tcp_syncookies", "1"),
-                ("ipv4/tcp_timestamps", "1"),
-            ] {
+            for (key, value) in [("ipv4/tcp_syncookies", "1"), ("ipv4/tcp_timestamps", "1")] {
                 server_sysctl(lab, key, value)?;
             }
             for rule in synproxy_rules(port) {
@@ -221,6 +221,19 @@ fn setup(lab: &mut FloodLab, admission: Admission, port: u16) -> anyhow::Result<
         }
     }
     Ok(None)
+}
+
+/// The packet counts of the SYNPROXY rule and of the `INVALID` rule that
+/// drops.
+fn synproxy_counts(lab: &FloodLab) -> anyhow::Result<(u64, u64)> {
+    let text = netns_exec(&lab.ns(Host::Server), &["iptables", "-nvxL", "INPUT"])?;
+    let count = |target: &str| -> anyhow::Result<u64> {
+        text.lines()
+            .find(|l| l.split_whitespace().nth(2) == Some(target))
+            .and_then(|l| l.split_whitespace().next()?.parse().ok())
+            .with_context(|| format!("no {target} rule in {text}"))
+    };
+    Ok((count("SYNPROXY")?, count("DROP")?))
 }
 
 /// The `q` quantile of `times` (sorted), in milliseconds; NaN for none.
@@ -300,6 +313,11 @@ pub fn admission_run(admission: Admission, duration: Duration) -> anyhow::Result
         }
         _ => None,
     };
+    let synproxy = if admission == Admission::Synproxy {
+        Some(synproxy_counts(lab)?)
+    } else {
+        None
+    };
     let seconds = sent.elapsed.as_secs_f64();
     #[expect(clippy::cast_precision_loss, reason = "rates")]
     let row = AdmissionRow {
@@ -313,6 +331,7 @@ pub fn admission_run(admission: Admission, duration: Duration) -> anyhow::Result
         p50_ms: quantile_ms(&times, 0.5),
         p99_ms: quantile_ms(&times, 0.99),
         cookies,
+        synproxy,
     };
     drop(echo);
     Ok(row)
@@ -489,6 +508,13 @@ pub fn admission_report(admitted: &Admitted, costs: &[(&str, f64)]) -> String {
              handshakes (the client's)."
         );
     }
+    if let Some((taken, dropped)) = rows.iter().find_map(|r| r.synproxy) {
+        let _ = writeln!(
+            out,
+            "\nSYNPROXY's rule took {taken} segments (the SYNs, answered with cookies, and the \
+             client's ACKs); the `INVALID` rule dropped {dropped}."
+        );
+    }
     let shield = rows.iter().find(|r| r.admission == Admission::Shield);
     let nft = rows.iter().find(|r| r.admission == Admission::Nftables);
     if let Some(shield) = shield {
@@ -517,19 +543,27 @@ pub fn admission_report(admitted: &Admitted, costs: &[(&str, f64)]) -> String {
             );
         }
     }
-    if !costs.is_empty() {
-        let _ = writeln!(
-            out,
-            "\nThe shield's program alone, through `BPF_PROG_TEST_RUN` in a namespace with a \
-             listener, one run per call (median; the answer is built but not sent):\n"
-        );
-        let _ = writeln!(out, "| frame | ns |\n|---|---:|");
-        for (name, ns) in costs {
-            let _ = writeln!(out, "| {name} | {ns:.0} |");
-        }
-    }
+    out.push_str(&costs_report(costs));
     out.push('\n');
     out.push_str(&storm_report(storm));
     out.push_str(&established_report(established));
+    out
+}
+
+/// The shield's own costs, as a table.
+fn costs_report(costs: &[(&str, f64)]) -> String {
+    let mut out = String::new();
+    if costs.is_empty() {
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "\nThe shield's program alone, through `BPF_PROG_TEST_RUN` in a namespace with a \
+         listener, one run per call (median; the answer is built but not sent):\n"
+    );
+    let _ = writeln!(out, "| frame | ns |\n|---|---:|");
+    for (name, ns) in costs {
+        let _ = writeln!(out, "| {name} | {ns:.0} |");
+    }
     out
 }

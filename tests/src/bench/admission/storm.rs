@@ -19,6 +19,7 @@
 //! dropped on the far end of its link, as in the SYN table.
 
 use std::{
+    fmt::Write as _,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
     os::fd::{AsRawFd as _, OwnedFd},
@@ -33,8 +34,8 @@ use std::{
 use anyhow::{Context as _, ensure};
 use nix::sys::{
     socket::{
-        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, connect, listen,
-        setsockopt, socket, sockopt,
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, connect, listen, setsockopt,
+        socket, sockopt,
     },
     time::TimeVal,
 };
@@ -104,10 +105,10 @@ pub fn storm_addresses() -> Vec<Ipv4Addr> {
 /// server a route to them via the client.
 fn add_clients(lab: &FloodLab, addresses: &[Ipv4Addr]) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt as _;
-    let batch: String = addresses
-        .iter()
-        .map(|a| format!("addr add {a}/32 dev {IFACE}\n"))
-        .collect();
+    let mut batch = String::new();
+    for a in addresses {
+        let _ = writeln!(batch, "addr add {a}/32 dev {IFACE}");
+    }
     let path = std::env::temp_dir().join(format!("{}-storm.ip", lab.id()));
     std::fs::write(&path, batch).with_context(|| format!("writing {}", path.display()))?;
     let ns = lab.ns(Host::Listener);
@@ -193,11 +194,18 @@ fn join(from: Ipv4Addr, to: SocketAddrV4, timeout: Duration) -> anyhow::Result<(
         SockFlag::SOCK_CLOEXEC,
         None,
     )?;
-    bind(fd.as_raw_fd(), &SockaddrIn::from(SocketAddrV4::new(from, 0)))?;
+    bind(
+        fd.as_raw_fd(),
+        &SockaddrIn::from(SocketAddrV4::new(from, 0)),
+    )?;
     // A blocking connect gives up after the send timeout.
     #[expect(clippy::cast_possible_truncation, reason = "a few seconds")]
     let micros = timeout.as_micros() as i64;
-    setsockopt(&fd, sockopt::SendTimeout, &TimeVal::new(micros / 1_000_000, micros % 1_000_000))?;
+    setsockopt(
+        &fd,
+        sockopt::SendTimeout,
+        &TimeVal::new(micros / 1_000_000, micros % 1_000_000),
+    )?;
     connect(fd.as_raw_fd(), &SockaddrIn::from(to)).context("connecting")?;
     let mut stream = TcpStream::from(fd);
     let left = timeout
@@ -224,10 +232,10 @@ pub fn storm_run(admission: Admission) -> anyhow::Result<StormRow> {
     let _sf = setup(&mut lab, admission, port)
         .with_context(|| format!("setting up {}", admission.filter()))?;
     let flood = FloodCase::Syn.flood(port).restoring();
-    let std::net::IpAddr::V4(server) = Host::Server.addr(Family::V4) else {
+    let std::net::IpAddr::V4(server_addr) = Host::Server.addr(Family::V4) else {
         unreachable!("an IPv4 address")
     };
-    let target = SocketAddrV4::new(server, port);
+    let target = SocketAddrV4::new(server_addr, port);
     let client_ns = lab.ns(Host::Listener);
     let results: Mutex<Vec<Option<Duration>>> = Mutex::default();
     let stop = AtomicBool::new(false);
@@ -274,9 +282,9 @@ pub fn storm_run(admission: Admission) -> anyhow::Result<StormRow> {
         let link = lab.server_stats()? - link_before;
         let stormed = storm.join().expect("the storm does not panic");
         stop.store(true, Ordering::Relaxed);
-        let served = server.join().expect("the server does not panic");
+        let answered = server.join().expect("the server does not panic");
         stormed?;
-        served?;
+        answered?;
         Ok((sent?, cpu, link))
     })?;
     let results = results.into_inner().unwrap_or_else(PoisonError::into_inner);
@@ -323,7 +331,6 @@ pub fn storm() -> anyhow::Result<Vec<StormRow>> {
 /// The subsection of the admission report.
 #[must_use]
 pub fn storm_report(rows: &[StormRow]) -> String {
-    use std::fmt::Write as _;
     let mut out = String::new();
     if rows.is_empty() {
         return out;
