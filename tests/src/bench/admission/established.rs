@@ -172,31 +172,8 @@ pub fn established_run(
     };
     let lab = &lab;
     let measured = thread::scope(|scope| -> anyhow::Result<_> {
-        let writer = scope.spawn(|| -> io::Result<()> {
-            let chunk = vec![0x5a_u8; CHUNK];
-            while !stop.load(Ordering::Relaxed) {
-                match client.write(&chunk) {
-                    Ok(_) => {}
-                    Err(err) if is_timeout(&err) => {}
-                    Err(err) => return Err(err),
-                }
-            }
-            Ok(())
-        });
-        let reader = scope.spawn(|| -> io::Result<()> {
-            let mut buf = vec![0_u8; 4 * CHUNK];
-            while !stop.load(Ordering::Relaxed) {
-                match server.read(&mut buf) {
-                    Ok(0) => return Ok(()),
-                    Ok(n) => {
-                        received.fetch_add(n as u64, Ordering::Relaxed);
-                    }
-                    Err(err) if is_timeout(&err) => {}
-                    Err(err) => return Err(err),
-                }
-            }
-            Ok(())
-        });
+        let writer = scope.spawn(|| write_until(&mut client, &stop));
+        let reader = scope.spawn(|| read_until(&mut server, &stop, &received));
         let measured = (|| -> anyhow::Result<_> {
             // The quiet pace is taken in two halves, before and after the
             // flood, against drift over the row.
@@ -249,6 +226,35 @@ pub fn established_run(
         quiet_bps: quiet_bytes as f64 * 8.0 / quiet_time.as_secs_f64(),
         flooded_bps: flooded_bytes as f64 * 8.0 / seconds,
     })
+}
+
+/// Writes bulk data into `stream` until `stop`.
+fn write_until(stream: &mut TcpStream, stop: &AtomicBool) -> io::Result<()> {
+    let chunk = vec![0x5a_u8; CHUNK];
+    while !stop.load(Ordering::Relaxed) {
+        match stream.write(&chunk) {
+            Ok(_) => {}
+            Err(err) if is_timeout(&err) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+/// Reads `stream` until `stop` (or its end), counting the bytes.
+fn read_until(stream: &mut TcpStream, stop: &AtomicBool, received: &AtomicU64) -> io::Result<()> {
+    let mut buf = vec![0_u8; 4 * CHUNK];
+    while !stop.load(Ordering::Relaxed) {
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => {
+                received.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(err) if is_timeout(&err) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
 }
 
 fn is_timeout(err: &io::Error) -> bool {
