@@ -354,7 +354,9 @@ pub fn established_report(rows: &[EstablishedRow]) -> String {
          flood: at the top rate the generator goes as fast as the receive path lets it, so a \
          cheaper drop makes a faster flood, and the generator's own time comes out of the \
          transfer's share whatever the filter. A wire would not charge the server for making \
-         the flood; the paced rows give both defences the same flood.\n"
+         the flood; the paced rows give both defences the same flood. Where the *CPU* \
+         column gives the generator a few per cent, the receive path took the CPU and the \
+         flood hardly ran: such a row is no measure of the stack under a flood.\n"
     );
     let _ = writeln!(
         out,
