@@ -106,6 +106,13 @@ pub enum Shape {
     Udp { port: u16 },
     /// TCP SYNs to `port`, from a source port that varies with the source.
     Syn { port: u16 },
+    /// Bare TCP ACKs to `port` (no payload, made-up sequence and
+    /// acknowledgement numbers), as a flood aimed past SYN defences sends:
+    /// segments of no connection, from a source port that varies with the
+    /// source.
+    Ack { port: u16 },
+    /// TCP RSTs (without ACK) to `port`, made up the same way.
+    Rst { port: u16 },
     /// Answers of the amplifiers that reflection attacks abuse, aimed at
     /// `port` (a service of the victim's, where no answer is expected),
     /// each source one service in turn: DNS (from port 53, 512 bytes of
@@ -156,6 +163,15 @@ impl Flood {
                 let packet = match shape {
                     Shape::Udp { port } => packet.udp(40_000 + low, port).payload_len(18),
                     Shape::Syn { port } => packet.tcp(20_000 + low, port),
+                    Shape::Ack { port } | Shape::Rst { port } => {
+                        let mut header =
+                            etherparse::TcpHeader::new(20_000 + low, port, 0x5eed_0001, 64240);
+                        let rst = matches!(shape, Shape::Rst { .. });
+                        header.rst = rst;
+                        header.ack = !rst;
+                        header.acknowledgment_number = if rst { 0 } else { 0x0bad_5eed };
+                        packet.tcp_header(header)
+                    }
                     Shape::Reflection { port } => {
                         let (from, size) = REFLECTORS[i % REFLECTORS.len()];
                         packet.udp(from, port).payload_len(size)

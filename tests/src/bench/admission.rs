@@ -31,6 +31,12 @@ use spacefilter::{
     api::{default_reflectors, default_service_ports},
 };
 
+pub mod established;
+pub mod storm;
+
+pub use established::{EstablishedRow, Segment, established, established_report};
+pub use storm::{StormRow, storm, storm_report};
+
 use super::floods::{FloodCase, SYN_GLOBAL_PPS, SYN_PPS};
 use crate::{
     flood::{CpuTimes, FLOOD_CPU, FloodLab, netns_exec},
@@ -55,14 +61,18 @@ pub enum Admission {
     Shield,
     /// nftables' shared SYN rate limit at netdev ingress.
     Nftables,
+    /// iptables' SYNPROXY: SYN cookies in netfilter, before the listener
+    /// (see [`synproxy_rules`]).
+    Synproxy,
 }
 
 impl Admission {
-    pub const ALL: [Admission; 4] = [
+    pub const ALL: [Admission; 5] = [
         Admission::Kernel,
         Admission::SynBudget,
         Admission::Shield,
         Admission::Nftables,
+        Admission::Synproxy,
     ];
 
     fn filter(self) -> &'static str {
@@ -71,6 +81,7 @@ impl Admission {
             Admission::SynBudget => "spacefilter, SYN guard",
             Admission::Shield => "spacefilter, shield",
             Admission::Nftables => "nftables",
+            Admission::Synproxy => "iptables, SYNPROXY",
         }
     }
 
@@ -84,8 +95,42 @@ impl Admission {
             Admission::Nftables => {
                 format!("`{}`", syn_nft_rule())
             }
+            Admission::Synproxy => {
+                let mut rule = String::new();
+                for args in synproxy_rules(port) {
+                    let _ = write!(rule, "`iptables {}`; ", args.join(" "));
+                }
+                rule.push_str("`net.netfilter.nf_conntrack_tcp_loose=0`");
+                rule
+            }
         }
     }
+}
+
+/// SYNPROXY in front of `port`, as its manual page sets it up: SYNs skip
+/// connection tracking (raw table) and get their SYN-ACK with a cookie
+/// from SYNPROXY; the client's ACK, which conntrack finds `INVALID` (with
+/// `nf_conntrack_tcp_loose=0`), is checked against its cookie, and
+/// SYNPROXY opens the connection to the listener on the client's behalf;
+/// what is left `INVALID` is dropped. `--wscale 7` is the manual's value
+/// (SYNPROXY does not rewrite windows; the echo's messages are short
+/// enough not to care).
+fn synproxy_rules(port: u16) -> [Vec<String>; 3] {
+    let port = port.to_string();
+    let words = |line: &str| -> Vec<String> {
+        line.replace("PORT", &port)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    [
+        words("-t raw -A PREROUTING -p tcp --dport PORT --syn -j CT --notrack"),
+        words(
+            "-A INPUT -p tcp --dport PORT -m conntrack --ctstate INVALID,UNTRACKED -j SYNPROXY \
+             --sack-perm --timestamp --wscale 7 --mss 1460",
+        ),
+        words("-A INPUT -p tcp --dport PORT -m conntrack --ctstate INVALID -j DROP"),
+    ]
 }
 
 fn syn_nft_rule() -> String {
@@ -113,6 +158,9 @@ pub struct AdmissionRow {
     /// For the shield: SYNs answered with a cookie, and handshakes
     /// verified.
     pub cookies: Option<(u64, u64)>,
+    /// For SYNPROXY: segments its rule took, and segments the `INVALID`
+    /// rule dropped.
+    pub synproxy: Option<(u64, u64)>,
 }
 
 impl AdmissionRow {
@@ -138,6 +186,22 @@ fn setup(lab: &mut FloodLab, admission: Admission, port: u16) -> anyhow::Result<
             );
             netns_exec(&server, &["nft", &rules]).context("adding the nftables rule")?;
         }
+        Admission::Synproxy => {
+            lab.accept_without_filter()?;
+            // SYNPROXY's cookies carry the options in the timestamp.
+            for (key, value) in [("ipv4/tcp_syncookies", "1"), ("ipv4/tcp_timestamps", "1")] {
+                server_sysctl(lab, key, value)?;
+            }
+            for rule in synproxy_rules(port) {
+                let args: Vec<&str> = std::iter::once("iptables")
+                    .chain(rule.iter().map(String::as_str))
+                    .collect();
+                netns_exec(&server, &args)
+                    .with_context(|| format!("adding `{}`", args.join(" ")))?;
+            }
+            // The rules have loaded conntrack, and with it this setting.
+            server_sysctl(lab, "netfilter/nf_conntrack_tcp_loose", "0")?;
+        }
         Admission::SynBudget | Admission::Shield => {
             let mut sf = Filter::load(LoadOptions {
                 capacity: 1024,
@@ -157,6 +221,42 @@ fn setup(lab: &mut FloodLab, admission: Admission, port: u16) -> anyhow::Result<
         }
     }
     Ok(None)
+}
+
+/// The packet counts of the SYNPROXY rule and of the `INVALID` rule that
+/// drops.
+fn synproxy_counts(lab: &FloodLab) -> anyhow::Result<(u64, u64)> {
+    let text = netns_exec(&lab.ns(Host::Server), &["iptables", "-nvxL", "INPUT"])?;
+    let count = |target: &str| -> anyhow::Result<u64> {
+        text.lines()
+            .find(|l| l.split_whitespace().nth(2) == Some(target))
+            .and_then(|l| l.split_whitespace().next()?.parse().ok())
+            .with_context(|| format!("no {target} rule in {text}"))
+    };
+    Ok((count("SYNPROXY")?, count("DROP")?))
+}
+
+/// The `q` quantile of `times` (sorted), in milliseconds; NaN for none.
+fn quantile_ms(times: &[Duration], q: f64) -> f64 {
+    if times.is_empty() {
+        return f64::NAN;
+    }
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "an index into a short list"
+    )]
+    let index = ((times.len() as f64 * q).ceil() as usize).clamp(1, times.len()) - 1;
+    times[index].as_secs_f64() * 1e3
+}
+
+/// Sets `/proc/sys/net/KEY` in the server's namespace.
+fn server_sysctl(lab: &FloodLab, key: &str, value: &str) -> anyhow::Result<()> {
+    lab.run_in(Host::Server, || {
+        std::fs::write(format!("/proc/sys/net/{key}"), value)
+    })?
+    .with_context(|| format!("setting net.{key} to {value}"))
 }
 
 /// Runs one defence: the flood for `duration`, the client throughout.
@@ -203,19 +303,6 @@ pub fn admission_run(admission: Admission, duration: Duration) -> anyhow::Result
     let results = results.into_inner().unwrap_or_else(PoisonError::into_inner);
     let mut times: Vec<Duration> = results.iter().filter_map(|r| *r).collect();
     times.sort_unstable();
-    let quantile = |q: f64| -> f64 {
-        if times.is_empty() {
-            return f64::NAN;
-        }
-        #[expect(
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss,
-            clippy::cast_precision_loss,
-            reason = "an index into a short list"
-        )]
-        let index = ((times.len() as f64 * q).ceil() as usize).clamp(1, times.len()) - 1;
-        times[index].as_secs_f64() * 1e3
-    };
     let cookies = match &sf {
         Some(sf) if admission == Admission::Shield => {
             let counters = sf.counters()?;
@@ -225,6 +312,11 @@ pub fn admission_run(admission: Admission, duration: Duration) -> anyhow::Result
             ))
         }
         _ => None,
+    };
+    let synproxy = if admission == Admission::Synproxy {
+        Some(synproxy_counts(lab)?)
+    } else {
+        None
     };
     let seconds = sent.elapsed.as_secs_f64();
     #[expect(clippy::cast_precision_loss, reason = "rates")]
@@ -236,9 +328,10 @@ pub fn admission_run(admission: Admission, duration: Duration) -> anyhow::Result
         receive_ns: cpu.softirq(FLOOD_CPU) * 1e9 / (link.rx_packets.max(1) as f64),
         tried: results.len() as u64,
         completed: times.len() as u64,
-        p50_ms: quantile(0.5),
-        p99_ms: quantile(0.99),
+        p50_ms: quantile_ms(&times, 0.5),
+        p99_ms: quantile_ms(&times, 0.99),
         cookies,
+        synproxy,
     };
     drop(echo);
     Ok(row)
@@ -321,8 +414,21 @@ pub fn shield_costs(calls: usize) -> anyhow::Result<Vec<(&'static str, f64)>> {
     Ok(rows)
 }
 
-/// Every defence in turn.
-pub fn admission(duration: Duration) -> anyhow::Result<Vec<AdmissionRow>> {
+/// Everything the admission section measures, from one run.
+#[derive(Clone, Debug, Default)]
+pub struct Admitted {
+    /// The client against the SYN flood, each defence.
+    pub syn: Vec<AdmissionRow>,
+    /// A transfer under ACK and RST floods.
+    pub established: Vec<EstablishedRow>,
+    /// The join storm during the SYN flood.
+    pub storm: Vec<StormRow>,
+}
+
+/// Every defence in turn against the SYN flood, `duration` each; then the
+/// transfer under ACK and RST floods (`duration` quiet, as long flooded),
+/// then the join storm.
+pub fn admission(duration: Duration) -> anyhow::Result<Admitted> {
     let mut rows = Vec::new();
     for admission in Admission::ALL {
         let row = admission_run(admission, duration)
@@ -341,12 +447,21 @@ pub fn admission(duration: Duration) -> anyhow::Result<Vec<AdmissionRow>> {
         );
         rows.push(row);
     }
-    Ok(rows)
+    Ok(Admitted {
+        syn: rows,
+        established: established(duration)?,
+        storm: storm()?,
+    })
 }
 
 /// The "Admission" section of the report, with the shield's own costs.
 #[must_use]
-pub fn admission_report(rows: &[AdmissionRow], costs: &[(&str, f64)]) -> String {
+pub fn admission_report(admitted: &Admitted, costs: &[(&str, f64)]) -> String {
+    let Admitted {
+        syn: rows,
+        established,
+        storm,
+    } = admitted;
     let mut out = String::new();
     if rows.is_empty() {
         return out;
@@ -393,6 +508,13 @@ pub fn admission_report(rows: &[AdmissionRow], costs: &[(&str, f64)]) -> String 
              handshakes (the client's)."
         );
     }
+    if let Some((taken, dropped)) = rows.iter().find_map(|r| r.synproxy) {
+        let _ = writeln!(
+            out,
+            "\nSYNPROXY's rule took {taken} segments (the SYNs, answered with cookies, and the \
+             client's ACKs); the `INVALID` rule dropped {dropped}."
+        );
+    }
     let shield = rows.iter().find(|r| r.admission == Admission::Shield);
     let nft = rows.iter().find(|r| r.admission == Admission::Nftables);
     if let Some(shield) = shield {
@@ -421,17 +543,27 @@ pub fn admission_report(rows: &[AdmissionRow], costs: &[(&str, f64)]) -> String 
             );
         }
     }
-    if !costs.is_empty() {
-        let _ = writeln!(
-            out,
-            "\nThe shield's program alone, through `BPF_PROG_TEST_RUN` in a namespace with a \
-             listener, one run per call (median; the answer is built but not sent):\n"
-        );
-        let _ = writeln!(out, "| frame | ns |\n|---|---:|");
-        for (name, ns) in costs {
-            let _ = writeln!(out, "| {name} | {ns:.0} |");
-        }
-    }
+    out.push_str(&costs_report(costs));
     out.push('\n');
+    out.push_str(&storm_report(storm));
+    out.push_str(&established_report(established));
+    out
+}
+
+/// The shield's own costs, as a table.
+fn costs_report(costs: &[(&str, f64)]) -> String {
+    let mut out = String::new();
+    if costs.is_empty() {
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "\nThe shield's program alone, through `BPF_PROG_TEST_RUN` in a namespace with a \
+         listener, one run per call (median; the answer is built but not sent):\n"
+    );
+    let _ = writeln!(out, "| frame | ns |\n|---|---:|");
+    for (name, ns) in costs {
+        let _ = writeln!(out, "| {name} | {ns:.0} |");
+    }
     out
 }

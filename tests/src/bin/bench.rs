@@ -12,7 +12,7 @@ use spacefilter_common::Limits;
 use spacefilter_tests::{
     bench::{
         ControlOptions, Floors, KINDS, Parking, Rng, Row, Table, XdpFilter,
-        admission::{admission, admission_report, shield_costs},
+        admission::{Admitted, admission, admission_report, shield_costs},
         control_plane, flood_throughput, guard_costs, guard_report, load_filter, machine, measure,
         observe::{observe_costs, observe_report},
         report, write_report,
@@ -142,7 +142,7 @@ fn main() -> anyhow::Result<()> {
         }
         (admission(Duration::from_secs(seconds))?, costs)
     } else {
-        (Vec::new(), Vec::new())
+        (Admitted::default(), Vec::new())
     };
     let guards = if runs("guards") {
         eprintln!("bench: the flood guards, stage by stage");
