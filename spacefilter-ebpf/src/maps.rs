@@ -175,6 +175,11 @@ pub(crate) static VERIFY_STATS: PerCpuArray<u64> =
 #[map]
 pub(crate) static VERIFY_SETTINGS: Array<VerifySettings> = Array::with_max_entries(1, 0);
 
+/// When the shield last found a listener on each port through the
+/// socket path (monotonic ns; see `shield::cookie_for`).
+#[map]
+pub(crate) static SHIELD_LISTENERS: Array<u64> = Array::with_max_entries(65_536, 0);
+
 /// What the shield watches on its ports, per CPU (see
 /// [`spacefilter_common::shield_watch`]).
 #[map]

@@ -15,7 +15,8 @@
 //!   others only within a small shared budget ([`unverified_udp`]).
 //!
 //! Kernel: `bpf_skc_lookup_tcp` and `bpf_tcp_check_syncookie` (5.2),
-//! `bpf_tcp_gen_syncookie` (5.3), `bpf_xdp_adjust_tail` (4.18),
+//! `bpf_tcp_gen_syncookie` (5.3), `bpf_tcp_raw_gen_syncookie_ipv4/6`
+//! (6.0), `bpf_xdp_adjust_tail` (4.18),
 //! `bpf_xdp_load_bytes` (5.18), `bpf_csum_diff` (4.6), `XDP_TX`.
 //! SYNs over IPv4 without options and over IPv6 without extension headers
 //! are answered here; others to a shielded port go on to the kernel, which
@@ -36,7 +37,8 @@ use aya_ebpf::{
     },
     helpers::{
         bpf_csum_diff, bpf_ktime_get_ns, bpf_sk_release, bpf_skc_lookup_tcp,
-        bpf_tcp_check_syncookie, bpf_tcp_gen_syncookie, bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
+        bpf_tcp_check_syncookie, bpf_tcp_gen_syncookie, bpf_tcp_raw_gen_syncookie_ipv4,
+        bpf_tcp_raw_gen_syncookie_ipv6, bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
     },
     programs::XdpContext,
 };
@@ -44,7 +46,7 @@ use spacefilter_common::{Reason, Shield, reflect_bits, shield_flags, shield_watc
 
 use crate::{
     limit::take_packet,
-    maps::{REFLECT_PORTS, SHIELD, SHIELD_BUDGET, SHIELD_SCRATCH, SHIELD_WATCH},
+    maps::{REFLECT_PORTS, SHIELD, SHIELD_BUDGET, SHIELD_LISTENERS, SHIELD_SCRATCH, SHIELD_WATCH},
     parse::{
         ETH_P_IPV4, IPPROTO_TCP_NUMBER, IPPROTO_UDP_NUMBER, L4, Source, TCP_ACK, TCP_SYN,
         VLAN_TPIDS,
@@ -467,23 +469,7 @@ fn syn_cookie<const IP: usize>(
     // runs.
     let scratch = unsafe { &mut *scratch };
     let len = copy_headers::<IP>(ctx, ip_offset & 0x1f, tcp_len, scratch)?;
-    let ip = scratch.ip.as_mut_ptr();
-    let th = scratch.header.as_mut_ptr();
-    let sk = lookup::<IP>(ctx, (ip as usize, th as usize), &mut scratch.tuple);
-    if sk.is_null() {
-        return None;
-    }
-    // SAFETY: a socket the lookup returned, readable until released.
-    let cookie = if unsafe { (*sk).state } == BPF_TCP_LISTEN {
-        // SAFETY: the socket is held; the IP header and `len` bytes of TCP
-        // header lie in the scratch value (the helper reads its memory
-        // wherever it is).
-        unsafe { bpf_tcp_gen_syncookie(sk.cast(), ip.cast(), IP as u32, th.cast(), len) }
-    } else {
-        -1
-    };
-    // SAFETY: releasing the reference the lookup took.
-    unsafe { bpf_sk_release(sk.cast()) };
+    let cookie = cookie_for::<IP>(ctx, scratch, len);
     if cookie < 0 {
         return None;
     }
@@ -495,6 +481,68 @@ fn syn_cookie<const IP: usize>(
         &scratch.answer,
         long,
     ))
+}
+
+/// A listener seen on a port by the socket path stands for this long:
+/// within it, the port's SYNs get their cookies without a socket lookup.
+/// Once a second the socket path runs again, which also keeps the
+/// listener's record of having sent cookies fresh (the kernel takes a
+/// cookie's ACK only within two minutes of one).
+const LISTENER_FRESH_NS: u64 = 1_000_000_000;
+
+/// The kernel's cookie for the SYN whose headers are in the scratch value
+/// (`len` bytes of TCP header); negative if there is none (no listener, a
+/// socket of this 4-tuple already, or the helper refused).
+///
+/// Through the listener (`bpf_skc_lookup_tcp`, `bpf_tcp_gen_syncookie`)
+/// once a second per port; in between, while the port's listener is known,
+/// with `bpf_tcp_raw_gen_syncookie_ipv4/6` (kernel 6.0), which computes the
+/// same cookie (the same secret, the client's MSS) without the lookup. A
+/// port is one key: with listeners on some of the host's addresses and not
+/// others, a SYN to another address may be answered for up to a second,
+/// and its ACK then dropped as out of state where the kernel would reset.
+#[inline(always)]
+fn cookie_for<const IP: usize>(ctx: &XdpContext, scratch: &mut Scratch, len: u32) -> i64 {
+    let port = u32::from(u16::from_be_bytes([scratch.header[2], scratch.header[3]]));
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let ip = scratch.ip.as_mut_ptr();
+    let th = scratch.header.as_mut_ptr();
+    if let Some(seen) = SHIELD_LISTENERS.get(port)
+        && now.wrapping_sub(*seen) < LISTENER_FRESH_NS
+    {
+        // SAFETY: the IP header and `len` bytes of TCP header lie in the
+        // scratch value (the helpers read their memory wherever it is).
+        return unsafe {
+            if IP == IPV4_LEN {
+                bpf_tcp_raw_gen_syncookie_ipv4(ip.cast(), th.cast(), len)
+            } else {
+                bpf_tcp_raw_gen_syncookie_ipv6(ip.cast(), th.cast(), len)
+            }
+        };
+    }
+    let sk = lookup::<IP>(ctx, (ip as usize, th as usize), &mut scratch.tuple);
+    if sk.is_null() {
+        return -1;
+    }
+    // SAFETY: a socket the lookup returned, readable until released.
+    let cookie = if unsafe { (*sk).state } == BPF_TCP_LISTEN {
+        // SAFETY: the socket is held; the headers are in the scratch
+        // value, as above.
+        unsafe { bpf_tcp_gen_syncookie(sk.cast(), ip.cast(), IP as u32, th.cast(), len) }
+    } else {
+        -1
+    };
+    // SAFETY: releasing the reference the lookup took.
+    unsafe { bpf_sk_release(sk.cast()) };
+    if cookie >= 0
+        && let Some(seen) = SHIELD_LISTENERS.get_ptr_mut(port)
+    {
+        // SAFETY: an array value; CPUs race on it, and either's write is
+        // right.
+        unsafe { *seen = now };
+    }
+    cookie
 }
 
 /// Copies the SYN's IP header and its TCP header (`tcp_len` bytes, as its

@@ -5,7 +5,9 @@
 //! them for a SYN from Linux (in a frame of the SYN's own size), the MSS
 //! alone for a SYN without options (as floods send). Then the client's
 //! ACK: with the cookie the kernel's own check takes it, with another it
-//! is out of state.
+//! is out of state. The first SYN to the port is answered through the
+//! listener and the rest, within the second, through the raw cookie
+//! helpers: the kernel takes both paths' cookies.
 
 use std::net::{IpAddr, TcpListener};
 
