@@ -905,7 +905,9 @@ pub const EGRESS_PROGRAM_NAME: &str = "spacefilter_egress";
 /// datagram the host sends it (the TC egress program), or the word of an
 /// application (`spacefilter admit`). Each proof, and each later segment or
 /// datagram the host sends, holds it verified for
-/// [`VerifySettings::idle_ns`]; an admission for as long as it was given.
+/// [`VerifySettings::idle_ns`]; an admission for as long as it was given; a
+/// UDP answer for a probation of seconds at first, and not at all while a
+/// flood of unverified datagrams runs over the shield's budget.
 /// Verified sources skip the spoofed-source fallback's shared budgets, the
 /// host-wide SYN budget and the shield's budget for unverified UDP; their
 /// own per-source budgets still hold.
@@ -915,8 +917,9 @@ pub struct Verified {
     pub until_ns: u64,
     /// The last proof ([`verified_how`]).
     pub how: u32,
-    /// Zero (keeps the value free of padding).
-    pub reserved: u32,
+    /// When the source was verified anew: the monotonic clock in
+    /// milliseconds, wrapping (a UDP answer's probation is timed from it).
+    pub since_ms: u32,
 }
 
 /// What verified a source ([`Verified::how`], and the index into

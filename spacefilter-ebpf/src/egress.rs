@@ -11,7 +11,9 @@
 //! from a cookie needs the peer's ACK of it). A UDP datagram counts: the
 //! host sends it to a peer it chose or answers one that wrote first, which
 //! a forged source can make it do only through the shield's small budget
-//! for unverified sources.
+//! for unverified sources; such a source is on probation at first, and
+//! while unverified datagrams come faster than that budget (a flood), an
+//! answer verifies nobody new ([`verified::prove`]).
 //!
 //! The program only reads: it always lets the frame go (`TC_ACT_UNSPEC`,
 //! which with TCX is `TCX_NEXT`).

@@ -10,8 +10,9 @@
 //!
 //! Kernel requirements: XDP with native mode on the driver (veth since 4.19),
 //! memory-mappable arrays (`BPF_F_MMAPABLE`, 5.5), per-CPU arrays (4.6),
-//! bounded loops (5.3), ring buffers (5.8). The program is written to load
-//! on 5.15 and later.
+//! bounded loops (5.3), ring buffers (5.8); the shield's helpers
+//! `bpf_xdp_load_bytes` (5.18) and `bpf_tcp_raw_gen_syncookie_ipv4/6` (6.0).
+//! The program is written to load on 6.1 (Debian 12) and later.
 #![no_std]
 #![no_main]
 #![expect(

@@ -184,9 +184,6 @@ fn unverified_udp(source: &Source, shield: &Shield, on: bool) -> Option<Verdict>
         return None;
     }
     watch(shield, shield_watch::UNVERIFIED_UDP);
-    if !on {
-        return None;
-    }
     let bucket = SHIELD_BUDGET.get_ptr_mut(0)?;
     // SAFETY: the array's only value; CPUs race on it (an approximate
     // budget).
@@ -196,10 +193,13 @@ fn unverified_udp(source: &Source, shield: &Shield, on: bool) -> Option<Verdict>
         u64::from(shield.unverified_burst),
     );
     if take_packet(&mut bucket.packets, &mut bucket.last_ns, budget, now) {
-        None
-    } else {
-        Some(Reason::Shielded.into())
+        return None;
     }
+    // Over the budget: a flood of unverified datagrams, armed or on. While
+    // it lasts, the host's answers verify nobody new (see
+    // [`crate::verified::prove`]).
+    bucket.last_over_ns = now;
+    on.then(|| Reason::Shielded.into())
 }
 
 /// The socket the kernel would give a segment of this 4-tuple: an

@@ -4,10 +4,10 @@
 //!
 //! Kernel: LRU hash maps (4.10), per-CPU arrays (4.6).
 
-use spacefilter_common::Verified;
+use spacefilter_common::{Verified, shield_flags, verified_how};
 
 use crate::{
-    maps::{VERIFIED, VERIFY_SETTINGS, VERIFY_STATS},
+    maps::{SHIELD, SHIELD_BUDGET, VERIFIED, VERIFY_SETTINGS, VERIFY_STATS},
     parse::Source,
 };
 
@@ -40,37 +40,105 @@ pub(crate) fn holds(source: &Source, now: u64) -> bool {
     unsafe { VERIFIED.get(key(source)) }.is_some_and(|v| v.until_ns > now)
 }
 
+/// How long after the shield's budget for unverified UDP last ran over the
+/// host's answers still verify nobody new.
+const PRESSURE_NS: u64 = 2_000_000_000;
+
+/// Whether UDP from unverified sources to the shield's ports comes faster
+/// than its budget (a flood), now or within [`PRESSURE_NS`]. A service
+/// that answers any datagram would answer the flood's forged sources
+/// within the budget: while the flood lasts, an answer proves nothing, and
+/// only renews sources verified before it.
+#[inline(always)]
+pub(crate) fn under_pressure(now: u64) -> bool {
+    let armed = SHIELD
+        .get(0)
+        .is_some_and(|s| s.flags & (shield_flags::ON | shield_flags::WATCH) != 0);
+    armed
+        && SHIELD_BUDGET
+            .get(0)
+            .is_some_and(|b| b.last_over_ns != 0 && now.wrapping_sub(b.last_over_ns) < PRESSURE_NS)
+}
+
+/// How long a UDP answer alone holds a source verified until it is
+/// settled: answered again after this long (see [`prove`]).
+const PROBATION_MS: u32 = 2_000;
+const PROBATION_NS: u64 = PROBATION_MS as u64 * 1_000_000;
+
 /// Records a proof (a [`spacefilter_common::verified_how`] value) that the
 /// source of `key` is real: it stays verified for the settings' idle time
 /// from `now`, or longer if it already was. Counts the sources verified
 /// anew.
+///
+/// A UDP answer (`REPLIED`) is the weakest proof: a service that answers
+/// any datagram answers forged sources too, within the shield's budget for
+/// them. Such a source is on probation at first: verified for
+/// [`PROBATION_NS`], and for the full idle time once answered again after
+/// that. While unverified datagrams come faster than the budget
+/// ([`under_pressure`]), an answer verifies nobody new and keeps no source
+/// on probation: the sources settled before the flood stay verified, and a
+/// forged source answered as the flood began lapses within seconds.
 #[inline(always)]
 pub(crate) fn prove(key: &[u8; 16], how: u32, now: u64) {
     let Some(settings) = VERIFY_SETTINGS.get(0) else {
         return;
     };
-    let until_ns = now + settings.idle_ns;
+    let full = now + settings.idle_ns;
+    #[expect(clippy::cast_possible_truncation, reason = "milliseconds, wrapping")]
+    let now_ms = (now / 1_000_000) as u32;
+    let replied = how == verified_how::REPLIED;
+    let pressure = replied && under_pressure(now);
     if let Some(entry) = VERIFIED.get_ptr_mut(key) {
         // SAFETY: a map value, valid while this program runs; CPUs race on
         // it, and either's write is right.
         let entry = unsafe { &mut *entry };
-        let lapsed = entry.until_ns <= now;
-        if lapsed || until_ns > entry.until_ns + RENEW_NS {
-            entry.until_ns = until_ns;
-            entry.how = how;
+        if entry.until_ns > now {
+            let settled = !replied
+                || entry.how != verified_how::REPLIED
+                || now_ms.wrapping_sub(entry.since_ms) >= PROBATION_MS;
+            let until_ns = if settled {
+                full
+            } else if pressure {
+                return;
+            } else {
+                now + PROBATION_NS.min(settings.idle_ns)
+            };
+            if until_ns > entry.until_ns + RENEW_NS {
+                entry.until_ns = until_ns;
+                entry.how = how;
+            }
+            return;
         }
-        if lapsed {
-            count(how);
+        if pressure {
+            return;
         }
+        *entry = fresh(how, now, full, settings.idle_ns, now_ms);
+        count(how);
         return;
     }
-    let entry = Verified {
-        until_ns,
-        how,
-        reserved: 0,
-    };
-    if VERIFIED.insert(key, entry, 0).is_ok() {
+    if pressure {
+        return;
+    }
+    if VERIFIED
+        .insert(key, fresh(how, now, full, settings.idle_ns, now_ms), 0)
+        .is_ok()
+    {
         count(how);
+    }
+}
+
+/// A source verified anew at `now`: for the full idle time, or on
+/// probation for a UDP answer.
+#[inline(always)]
+fn fresh(how: u32, now: u64, full: u64, idle_ns: u64, now_ms: u32) -> Verified {
+    Verified {
+        until_ns: if how == verified_how::REPLIED {
+            now + PROBATION_NS.min(idle_ns)
+        } else {
+            full
+        },
+        how,
+        since_ms: now_ms,
     }
 }
 

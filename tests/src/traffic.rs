@@ -97,6 +97,12 @@ impl UdpSink {
     /// Binds `[::]:port` in `host`'s namespace (0: any free port, which
     /// the kernel takes from the ephemeral range) and starts counting.
     pub fn start_on(lab: &Lab, host: Host, port: u16) -> anyhow::Result<Self> {
+        Self::start_with(lab, host, port, false)
+    }
+
+    /// [`Self::start_on`], answering every datagram with a copy of it
+    /// when `echo`: a request/reply service.
+    pub fn start_with(lab: &Lab, host: Host, port: u16, echo: bool) -> anyhow::Result<Self> {
         let socket = lab
             .run_in(host, || UdpSocket::bind(("::", port)))?
             .with_context(|| format!("binding the UDP sink to port {port}"))?;
@@ -108,8 +114,13 @@ impl UdpSink {
             let mut buf = [0u8; 2048];
             while !stop.load(Ordering::Relaxed) {
                 match socket.recv_from(&mut buf) {
-                    Ok((_, from)) => {
+                    Ok((len, from)) => {
                         *lock(&tally).entry(from.ip().to_canonical()).or_default() += 1;
+                        if echo {
+                            // A reply that cannot go (no route, a full
+                            // buffer) is the client's loss, not the sink's.
+                            let _ = socket.send_to(&buf[..len], from);
+                        }
                     }
                     Err(err)
                         if matches!(

@@ -380,39 +380,84 @@ fn the_host_s_own_traffic_verifies_its_peers_live() {
             "{family:?}: the attacker is not verified"
         );
     }
-    // With a budget, a new client's first datagram gets through and the
-    // host's answer verifies it.
+    answers_under_a_flood_verify_nobody(&lab, &mut filter, echo.port);
+    drop(echo);
+    lab.detach(&mut filter).expect("detach");
+}
+
+/// With a budget for unverified sources, a new client's first datagram
+/// gets through and the host's answer verifies it, on probation. While
+/// unverified datagrams come faster than the budget (a flood), answers
+/// verify nobody new, and the clients verified before keep every exchange.
+fn answers_under_a_flood_verify_nobody(lab: &Lab, filter: &mut Filter, port: u16) {
     shield_with(
-        &mut filter,
+        filter,
         Shielded {
             tcp: &[],
-            udp: &[(echo.port, echo.port)],
+            udp: &[(port, port)],
         },
         0,
-        1,
+        1000,
     )
     .expect("shield");
-    let to = SocketAddr::new(Host::Server.addr(Family::V4), echo.port);
+    let to = SocketAddr::new(Host::Server.addr(Family::V4), port);
+    let attacker = Host::Attacker.addr(Family::V4);
+    let verified = |filter: &Filter, addr| {
+        filter
+            .verifier_ref()
+            .lookup(addr, monotonic_ns())
+            .map(|(_, how)| how)
+    };
+    // The held datagrams above ran the budget over: answers verify nobody
+    // until two seconds after the last of them.
     assert!(
-        wait_until(Duration::from_secs(5), || {
-            exchanges(&lab, Host::Attacker, to, 1) == 1
+        wait_until(Duration::from_secs(10), || {
+            exchanges(lab, Host::Attacker, to, 1) == 1 && verified(filter, attacker).is_some()
         }),
-        "the first exchange gets through on the budget"
+        "an exchange within the budget verifies the client once the budget is calm"
     );
-    let (_, how) = filter
-        .verifier_ref()
-        .lookup(Host::Attacker.addr(Family::V4), monotonic_ns())
-        .expect("answered, so verified");
-    assert_eq!(how, "replied");
-    assert_eq!(exchanges(&lab, Host::Attacker, to, 50), 50);
+    assert_eq!(verified(filter, attacker), Some("replied"));
+    assert_eq!(exchanges(lab, Host::Attacker, to, 50), 50);
     let proven = filter.verifier().proven().expect("counts");
     assert!(
         proven.get("established").copied().unwrap_or(0) >= 2
             && proven.get("replied").copied().unwrap_or(0) >= 1,
         "{proven:?}"
     );
-    drop(echo);
-    lab.detach(&mut filter).expect("detach");
+    // A flood of unverified datagrams from forged sources (test runs of
+    // the program, whose answers nobody sends) runs the budget over.
+    let mut held = 0;
+    for n in 0..3000u32 {
+        let [_, _, c, d] = n.to_be_bytes();
+        let forged = IpAddr::V4(Ipv4Addr::new(198, 19, c, d));
+        let frame = Packet::ip(forged, Host::Server.addr(Family::V4))
+            .udp(50_000, port)
+            .payload_len(100)
+            .build()
+            .into_bytes();
+        let (action, _) = filter.test_run(&frame, 1).expect("test run");
+        if action == XDP_DROP {
+            held += 1;
+        }
+    }
+    assert!(held > 1000, "the flood runs over the budget: {held} held");
+    // Meanwhile a new client's request gets through on the budget and is
+    // answered, but the answer verifies nobody during the flood.
+    let newcomer = Host::Attacker.addr(Family::V6);
+    let to6 = SocketAddr::new(Host::Server.addr(Family::V6), port);
+    assert!(
+        wait_until(Duration::from_secs(1), || exchanges(
+            lab,
+            Host::Attacker,
+            to6,
+            1
+        ) == 1),
+        "answered within the budget"
+    );
+    assert_eq!(verified(filter, newcomer), None, "but not verified");
+    // The client verified before the flood keeps every exchange.
+    let settled = SocketAddr::new(Host::Server.addr(Family::V4), port);
+    assert_eq!(exchanges(lab, Host::Listener, settled, 50), 50);
 }
 
 fn metric(lab: &Lab, line_prefix: &str) -> u64 {

@@ -73,7 +73,8 @@ impl Verifier {
                 .filter(|_| held)
                 .map_or(until_ns, |v| v.until_ns.max(until_ns)),
             how: verified_how::ADMITTED,
-            reserved: 0,
+            #[expect(clippy::cast_possible_truncation, reason = "milliseconds, wrapping")]
+            since_ms: (now_ns / 1_000_000) as u32,
         };
         self.verified
             .insert(key, entry, 0)

@@ -12,7 +12,8 @@ use std::{
 use anyhow::Context as _;
 use spacefilter::{
     AttachMode, Filter, LoadOptions,
-    api::{default_reflectors, default_service_ports},
+    api::{default_reflectors, default_service_ports, shield::DEFAULT_UNVERIFIED_PPS},
+    bpf::Shielded,
 };
 use spacefilter_common::{Limits, limit_flags};
 
@@ -113,6 +114,10 @@ pub struct Setup {
     pub rule: String,
     /// spacefilter's flood guards.
     limits: Limits,
+    /// spacefilter's shield on the UDP service's port; the service then
+    /// answers every datagram (a request/reply service, whose answers
+    /// verify its clients), and the server routes the flood's sources.
+    shield: bool,
 }
 
 /// The shapes of flood measured.
@@ -248,6 +253,7 @@ impl FloodCase {
             filter,
             rule,
             limits: self.limits(),
+            shield: false,
         };
         let mut setups = vec![setup(FloodFilter::None, "-".to_owned())];
         match self {
@@ -270,6 +276,16 @@ impl FloodCase {
                         spoof_threshold: SPOOF_THRESHOLD_LOW,
                         ..self.limits()
                     },
+                    shield: false,
+                });
+                setups.push(Setup {
+                    filter: FloodFilter::Spacefilter,
+                    rule: format!(
+                        "{rule}; `spacefilter shield on --ports udp/{SERVICE_PORT}` (the \
+                         service answers every datagram)"
+                    ),
+                    limits: self.limits(),
+                    shield: true,
                 });
             }
             FloodCase::Syn => setups.push(setup(
@@ -520,6 +536,26 @@ fn flood_filter_setup(
             sf.limiter()
                 .set_reflect_ports(&default_reflectors(), &default_service_ports())?;
             sf.limiter().set(setup.limits)?;
+            if setup.shield {
+                crate::shield::shield_with(
+                    &mut sf,
+                    Shielded {
+                        tcp: &[],
+                        udp: &[(SERVICE_PORT, SERVICE_PORT)],
+                    },
+                    0,
+                    DEFAULT_UNVERIFIED_PPS,
+                )?;
+                // The service answers the flood's sources too, as it would
+                // on the Internet: the answers leave through the link.
+                lab.ip(
+                    Host::Server,
+                    &format!(
+                        "route add 198.19.0.0/16 via {}",
+                        Host::Attacker.addr(Family::V4)
+                    ),
+                )?;
+            }
             if case == FloodCase::Blocked {
                 sf.block(Host::Attacker.subnet(Family::V4))?;
             }
@@ -656,7 +692,7 @@ pub fn flood_run(
 ) -> anyhow::Result<FloodRow> {
     let filter = setup.filter;
     let mut lab = FloodLab::new()?;
-    let sink = UdpSink::start_on(&lab, Host::Server, SERVICE_PORT)?;
+    let sink = UdpSink::start_with(&lab, Host::Server, SERVICE_PORT, setup.shield)?;
     // A SYN flood aims at a listening port, where the stack answers each
     // SYN (with a SYN cookie once its queue is full).
     let echo = match case {
