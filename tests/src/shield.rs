@@ -96,7 +96,8 @@ pub fn shield_with(
         mss_v6: 1440,
         wscale,
         unverified_pps,
-        unverified_burst: unverified_pps,
+        // As the daemon sets it: a quarter second's worth.
+        unverified_burst: (unverified_pps / 4).max(unverified_pps.min(1)),
     })?;
     filter.verifier().configure(true, 600_000_000_000)?;
     Ok(())

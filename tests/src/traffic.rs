@@ -351,6 +351,22 @@ pub fn tcp_exchange(
     Ok(())
 }
 
+/// A client's join, from the calling thread's namespace: connects to
+/// `to`, sends a line and reads its echo, all within about `timeout`.
+pub fn tcp_join(to: SocketAddr, timeout: Duration) -> io::Result<()> {
+    let mut stream = TcpStream::connect_timeout(&to, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let message = b"joining\n";
+    stream.write_all(message)?;
+    let mut echo = [0u8; 8];
+    stream.read_exact(&mut echo)?;
+    if &echo != message {
+        return Err(io::Error::other("a wrong echo"));
+    }
+    Ok(())
+}
+
 /// Pings `to` from `from`, `count` echo requests 10 ms apart, waiting at
 /// most a second for each reply, and returns how many replies came back.
 /// Uses the real `ping` through `ip netns exec`.

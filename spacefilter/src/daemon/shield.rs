@@ -241,7 +241,9 @@ fn kernel_settings(
             mss_v6: mtu.saturating_sub(60).max(1220),
             wscale,
             unverified_pps: state.unverified_pps,
-            unverified_burst: state.unverified_pps,
+            // A quarter second's worth: as a flood begins, fewer of its
+            // sources are answered before the budget runs over.
+            unverified_burst: (state.unverified_pps / 4).max(state.unverified_pps.min(1)),
         },
         notes,
     ))
@@ -354,7 +356,7 @@ impl Core {
             }
         );
         self.shield = state;
-        Ok(self.shield.view())
+        Ok(self.shield_view())
     }
 
     /// Puts the shield back as it was `before` a change that failed half

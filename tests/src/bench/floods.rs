@@ -186,7 +186,13 @@ impl FloodCase {
                  the threshold to {SPOOF_THRESHOLD_LOW}: the flood's addresses are few, so the \
                  sources that got a bucket before the switch come back many times a second and \
                  pass within their limits, where in a flood from random addresses of the whole \
-                 IPv4 space they would hardly come back."
+                 IPv4 space they would hardly come back. The third adds the shield on the \
+                 service's port at its defaults, and the service answers every datagram (a \
+                 request/reply service; the server routes the flood's addresses, so its answers \
+                 to them leave as they would on the Internet): the legitimate client, answered \
+                 before the flood, is verified and passes; unverified sources share \
+                 {DEFAULT_UNVERIFIED_PPS} datagrams a second, and while they run over it the \
+                 service's answers verify nobody new."
             ),
             FloodCase::Syn => format!(
                 "TCP SYNs (60-byte frames) to a listening TCP port, {spoofed}. spacefilter's SYN \

@@ -8,7 +8,9 @@
 //! `status`, `block`, `stats`, `list`, and a temporary `allow --ttl`. Both
 //! clients send UDP over IPv4 and IPv6 all along; a table shows, second by
 //! second, what reaches the server's socket and what the XDP program
-//! dropped. At the end the daemon is stopped with SIGTERM (it detaches
+//! dropped. Then a live event: new listeners join a TCP port while a SYN
+//! flood from forged sources hits it, first with the SYN budget and then
+//! with the shield. At the end the daemon is stopped with SIGTERM (it detaches
 //! from the interface) and the lab removed; also on failure and on Ctrl-C
 //! (SIGINT) or SIGTERM.
 //!
@@ -22,7 +24,10 @@ use std::{
     os::unix::net::UnixStream,
     path::Path,
     process::ExitCode,
-    sync::atomic::{AtomicBool, AtomicI32, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -31,9 +36,12 @@ use anyhow::{Context as _, bail, ensure};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 use spacefilter::{Reason, api::StatsView};
 use spacefilter_tests::{
+    bench::FloodCase,
     daemon::{self, DaemonPaths, DaemonProcess, START_TIMEOUT, STOP_TIMEOUT, Scratch},
-    netns::{Family, Host, IFACE, Lab},
-    traffic::{self, UdpSink, UdpStream},
+    flood::Generator,
+    netns::{Family, Host, IFACE, Lab, run_in_netns},
+    shield::accept_xdp_tx,
+    traffic::{self, TcpEcho, UdpSink, UdpStream},
 };
 
 /// Set once SIGINT or SIGTERM arrives.
@@ -414,7 +422,215 @@ fn steer(lab: &Lab, daemon: &DaemonProcess) -> anyhow::Result<()> {
     println!("   The allow entry expired and is gone; the block holds again:");
     println!();
     sf(socket, &["list"])?;
+    live_event(lab, socket)
+}
+
+/// New clients a second during the live event, and how long each may
+/// take (handshake, request, answer).
+const JOINS_PER_SEC: u64 = 50;
+const JOIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// The forged SYN flood's rate, and how long each half of the event runs.
+const SYN_FLOOD_PPS: u64 = 200_000;
+const EVENT_SECS: u32 = 5;
+
+/// Step 5: a live event's TCP port under a SYN flood from 65 536 forged
+/// sources while new listeners join, first with the SYN budget (which
+/// cannot tell them from the flood), then with the shield (which answers
+/// the flood's SYNs itself with SYN cookies and lets in every client that
+/// completes a handshake).
+fn live_event(lab: &Lab, socket: &Path) -> anyhow::Result<()> {
+    check_stop()?;
+    let echo = TcpEcho::start(lab, Host::Server)?;
+    let port = echo.port();
+    let _sink = accept_xdp_tx(lab, "answer_sink")?;
+    let generator = Generator::new(&lab.switch_ns(), Host::Server.switch_port())?;
+    let flood = FloodCase::Syn
+        .flood(port)
+        .restoring()
+        .at_rate(SYN_FLOOD_PPS);
+    println!(
+        "5. A live event: new listeners join the server's TCP port {port} ({JOINS_PER_SEC} a second, each"
+    );
+    println!(
+        "   a handshake, a request and its answer) while a SYN flood of {} kpps from 65 536 forged",
+        SYN_FLOOD_PPS / 1000
+    );
+    println!("   sources hits the same port. First the SYN budget, which cannot tell them apart:");
+    println!();
+    sf(
+        socket,
+        &[
+            "limit",
+            "set",
+            "--syn-pps",
+            "20",
+            "--syn-global-pps",
+            "5000",
+        ],
+    )?;
+    let joins = Joins::start(lab, SocketAddr::new(Host::Server.addr(Family::V4), port));
+    let stop_flood = AtomicBool::new(false);
+    thread::scope(|scope| -> anyhow::Result<()> {
+        let flooding = scope.spawn(|| {
+            while !stop_flood.load(Ordering::Relaxed) {
+                generator.run(&flood, Duration::from_millis(500))?;
+            }
+            anyhow::Ok(())
+        });
+        let result = (|| {
+            joins.table(socket, 0, EVENT_SECS)?;
+            println!("   Then the shield on that port:");
+            println!();
+            sf(socket, &["shield", "on", "--ports", &format!("tcp/{port}")])?;
+            joins.table(socket, 1, EVENT_SECS)
+        })();
+        stop_flood.store(true, Ordering::Relaxed);
+        let flooded = flooding.join().expect("the flood thread panicked");
+        result.and(flooded)
+    })?;
+    let [budget, shield] = joins.stop();
+    ensure!(
+        shield.completed * 100 >= shield.started * 95,
+        "with the shield on, {} of {} joins completed",
+        shield.completed,
+        shield.started
+    );
+    println!(
+        "   Joins started with the SYN budget: {} of {} completed; with the shield: {} of {}.",
+        budget.completed, budget.started, shield.completed, shield.started
+    );
+    println!(
+        "   The program answered the flood's SYNs itself with SYN cookies (`syn_cookie`), and the"
+    );
+    println!(
+        "   clients' ACKs carried their cookies back (`cookie_ok`): each proved its address, and"
+    );
+    println!("   the kernel opened its connection from the cookie.");
+    println!();
+    sf(socket, &["shield", "show"])?;
+    sf(socket, &["shield", "off"])?;
+    sf(socket, &["limit", "off"])?;
     Ok(())
+}
+
+/// Clients joining the live event: one new connection every
+/// 1/[`JOINS_PER_SEC`] s, each on a thread of its own, counted by the
+/// phase of the event it started in, when it starts and when it completes.
+struct Joins {
+    /// Per phase: joins started and joins completed.
+    counts: Arc<[[AtomicU64; 2]; 2]>,
+    /// Joins completed in all, as they complete.
+    completed: Arc<AtomicU64>,
+    phase: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    worker: Option<thread::JoinHandle<Vec<thread::JoinHandle<()>>>>,
+}
+
+/// Joins started in a phase, and how many of them completed.
+struct JoinCount {
+    started: u64,
+    completed: u64,
+}
+
+impl Joins {
+    fn start(lab: &Lab, to: SocketAddr) -> Self {
+        let counts: Arc<[[AtomicU64; 2]; 2]> = Arc::default();
+        let completed = Arc::new(AtomicU64::new(0));
+        let phase = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let ns = lab.ns(Host::Listener);
+        let (counts_, completed_, phase_, halt) = (
+            Arc::clone(&counts),
+            Arc::clone(&completed),
+            Arc::clone(&phase),
+            Arc::clone(&stop),
+        );
+        let worker = thread::spawn(move || {
+            let gap = Duration::from_micros(1_000_000 / JOINS_PER_SEC);
+            let mut next = Instant::now();
+            let mut joins = Vec::new();
+            while !halt.load(Ordering::Relaxed) {
+                next += gap;
+                thread::sleep(next.saturating_duration_since(Instant::now()));
+                let phase = phase_.load(Ordering::Relaxed).min(1);
+                counts_[phase][0].fetch_add(1, Ordering::Relaxed);
+                let (counts, completed, ns) =
+                    (Arc::clone(&counts_), Arc::clone(&completed_), ns.clone());
+                joins.push(thread::spawn(move || {
+                    let joined = run_in_netns(&ns, || traffic::tcp_join(to, JOIN_TIMEOUT));
+                    if matches!(joined, Ok(Ok(()))) {
+                        counts[phase][1].fetch_add(1, Ordering::Relaxed);
+                        completed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }));
+            }
+            joins
+        });
+        Self {
+            counts,
+            completed,
+            phase,
+            stop,
+            worker: Some(worker),
+        }
+    }
+
+    /// Prints `seconds` rows, one a second, for `phase` of the event:
+    /// joins started and completed, and the program's verdicts on the port.
+    fn table(&self, socket: &Path, phase: usize, seconds: u32) -> anyhow::Result<()> {
+        self.phase.store(phase, Ordering::Relaxed);
+        println!(
+            "   {:>4}   {:>7} {:>9}   {:>10} {:>11} {:>11}",
+            "time", "joins", "completed", "syn_cookie", "syn_limited", "cookie_ok"
+        );
+        let counts = |view: &StatsView| {
+            [
+                Reason::SynCookie,
+                Reason::SynLimited,
+                Reason::CookieVerified,
+            ]
+            .map(|r| view.reasons.get(r.name()).map_or(0, |c| c.packets))
+        };
+        let joins = || {
+            (
+                self.counts[phase][0].load(Ordering::Relaxed),
+                self.completed.load(Ordering::Relaxed),
+            )
+        };
+        let mut last = (joins(), counts(&stats(socket)?));
+        let begin = Instant::now();
+        for n in 1..=seconds {
+            pause_until(begin + Duration::from_secs(n.into()))?;
+            let now = (joins(), counts(&stats(socket)?));
+            println!(
+                "   {:>3}s   {:>7} {:>9}   {:>10} {:>11} {:>11}",
+                n,
+                now.0.0 - last.0.0,
+                now.0.1 - last.0.1,
+                now.1[0] - last.1[0],
+                now.1[1] - last.1[1],
+                now.1[2] - last.1[2],
+            );
+            last = now;
+        }
+        println!();
+        Ok(())
+    }
+
+    /// Stops starting joins, waits for those on their way, and returns
+    /// each phase's count.
+    fn stop(mut self) -> [JoinCount; 2] {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(worker) = self.worker.take() {
+            for join in worker.join().expect("the join thread panicked") {
+                let _ = join.join();
+            }
+        }
+        [0, 1].map(|phase| JoinCount {
+            started: self.counts[phase][0].load(Ordering::Relaxed),
+            completed: self.counts[phase][1].load(Ordering::Relaxed),
+        })
+    }
 }
 
 /// Captures a few sampled dropped frames to a pcap file and shows them as
@@ -451,7 +667,7 @@ fn show_capture(daemon: &DaemonProcess) -> anyhow::Result<()> {
 /// and removed its socket.
 fn stop_daemon(lab: &Lab, daemon: &mut DaemonProcess) -> anyhow::Result<()> {
     check_stop()?;
-    println!("5. Stop the daemon, as `systemctl stop` would:");
+    println!("6. Stop the daemon, as `systemctl stop` would:");
     println!();
     println!("   $ kill -TERM {}", daemon.pid());
     let started = Instant::now();
