@@ -21,7 +21,7 @@ use spacefilter::{
 };
 use spacefilter_common::{Limits, limit_flags};
 use spacefilter_tests::{
-    daemon::{DaemonPaths, DaemonProcess, Scratch},
+    daemon::{DaemonPaths, DaemonProcess, STOP_TIMEOUT, Scratch},
     netns::{Family, Host, Lab},
     packets::Packet,
     require_root,
@@ -489,12 +489,15 @@ fn daemon_admit_and_udp_shield() {
     let echo = Echo::start(&lab, QUIC);
     let dir = Scratch::new("admit").expect("scratch");
     let paths = DaemonPaths::in_dir(dir.path());
-    let daemon = DaemonProcess::start(
-        &lab.ns(Host::Server),
-        &paths,
-        &["--capacity", "1024", "--metrics", "127.0.0.1:9979"],
-    )
-    .unwrap_or_else(|err| panic!("starting the daemon: {err:#}"));
+    let start = || {
+        DaemonProcess::start(
+            &lab.ns(Host::Server),
+            &paths,
+            &["--capacity", "1024", "--metrics", "127.0.0.1:9979"],
+        )
+        .unwrap_or_else(|err| panic!("starting the daemon: {err:#}"))
+    };
+    let mut daemon = start();
     let syncookies = || {
         lab.run_in(Host::Server, || {
             std::fs::read_to_string("/proc/sys/net/ipv4/tcp_syncookies")
@@ -570,9 +573,33 @@ fn daemon_admit_and_udp_shield() {
         "{counters:?}"
     );
 
+    // The admission and the shield survive a restart, and a kill -9.
+    daemon.terminate(STOP_TIMEOUT).expect("stopping");
+    daemon = start();
+    assert_eq!(
+        exchanges(&lab, Host::Listener, to, 20),
+        20,
+        "still admitted"
+    );
+    daemon.kill().expect("kill -9");
+    daemon = start();
+    assert_eq!(
+        exchanges(&lab, Host::Listener, to, 20),
+        20,
+        "still admitted"
+    );
+    assert_eq!(exchanges(&lab, Host::Attacker, to, 5), 0, "still held");
+
     let out = daemon.cli(&["admit", "--revoke", &listener.to_string()]);
     assert!(out.ok("revoke").contains("no longer verified"));
     assert_eq!(exchanges(&lab, Host::Listener, to, 5), 0, "revoked: held");
+    daemon.terminate(STOP_TIMEOUT).expect("stopping");
+    daemon = start();
+    assert_eq!(
+        exchanges(&lab, Host::Listener, to, 5),
+        0,
+        "revoked for good"
+    );
     daemon.cli(&["shield", "off"]).ok("shield off");
     assert_eq!(exchanges(&lab, Host::Listener, to, 5), 5, "shield off");
 }

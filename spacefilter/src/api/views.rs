@@ -130,6 +130,12 @@ pub struct TopView {
     pub dropped_per_sec: f64,
     /// Packets per second that passed, over the last interval.
     pub passed_per_sec: f64,
+    /// SYNs the shield answered with SYN cookies a second, and sources
+    /// verified anew a second, over the last interval.
+    #[serde(default)]
+    pub cookies_per_sec: f64,
+    #[serde(default)]
+    pub verified_per_sec: f64,
     /// Seconds of samples the talkers are ranked over.
     pub window_secs: u64,
     /// Samples in that window.

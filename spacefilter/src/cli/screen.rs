@@ -134,9 +134,12 @@ pub(super) fn render(frame: &mut Frame, view: &TopView, history: &History) {
     };
     let header = vec![
         Line::from(format!(
-            "spacefilter top: dropping {} pkt/s, passing {} pkt/s    (q: quit)",
+            "spacefilter top: dropping {} pkt/s, passing {} pkt/s; shield: {} SYNs/s answered \
+             with cookies, {} sources/s verified    (q: quit)",
             human_rate(view.dropped_per_sec),
-            human_rate(view.passed_per_sec)
+            human_rate(view.passed_per_sec),
+            human_rate(view.cookies_per_sec),
+            human_rate(view.verified_per_sec)
         )),
         Line::from(sampling),
     ];

@@ -238,6 +238,8 @@ impl Core {
             drops_per_sec,
             dropped_per_sec,
             passed_per_sec,
+            cookies_per_sec: per_sec(rates.get(Reason::SynCookie).packets),
+            verified_per_sec: per_sec(rates.verified.values().sum()),
             window_secs: talkers::WINDOW.as_secs(),
             samples,
             sources,

@@ -442,12 +442,49 @@ impl Core {
             .verifier_ref()
             .lookup(addr, now)
             .map_or(until, |(until, _)| until);
+        let left_ms = until.saturating_sub(now) / 1_000_000;
+        let op = Op::Admit {
+            addr,
+            until_ms: store::now_ms().saturating_add(left_ms),
+        };
+        if let Err(err) = self.store.append(&op, &self.rules) {
+            if !was_verified {
+                let _ = self.filter.verifier().revoke(addr, now);
+            }
+            return Err(Refusal::failed(error_chain(&err)));
+        }
         log::info!("{addr} admitted for {ttl_secs} s, asked by {peer}");
         Ok(AdmitView {
             addr,
-            verified_for_secs: until.saturating_sub(now) / 1_000_000_000,
+            verified_for_secs: left_ms / 1000,
             was_verified,
         })
+    }
+
+    /// Puts the stored admissions back in force, at start.
+    pub(super) fn restore_admissions(&mut self) {
+        let now_ms = store::now_ms();
+        let now = monotonic_ns();
+        for admission in self.store.admitted() {
+            let left_ns = admission
+                .until_ms
+                .saturating_sub(now_ms)
+                .saturating_mul(1_000_000);
+            if left_ns == 0 {
+                continue;
+            }
+            if let Err(err) =
+                self.filter
+                    .verifier()
+                    .admit(admission.addr, now.saturating_add(left_ns), now)
+            {
+                log::error!(
+                    "restoring the admission of {}: {}",
+                    admission.addr,
+                    error_chain(&err)
+                );
+            }
+        }
     }
 
     /// Forgets `addr`'s verification.
@@ -455,6 +492,10 @@ impl Core {
         if let Some(problem) = admit_problem(addr, 1) {
             return Err(Refusal::bad_input(problem));
         }
+        let op = Op::Admit { addr, until_ms: 0 };
+        self.store
+            .append(&op, &self.rules)
+            .map_err(|err| Refusal::failed(error_chain(&err)))?;
         let was_verified = self
             .filter
             .verifier()

@@ -208,6 +208,7 @@ pub(super) fn start(settings: Settings) -> anyhow::Result<Core> {
         shield: ShieldState::default(),
     };
     restore_shield(&mut core);
+    core.restore_admissions();
     if let Err(err) = add_config_entries(&mut core, (allow, block), force) {
         // The daemon does not start: the host gets its settings back.
         core.release_host();

@@ -30,7 +30,8 @@ use nix::fcntl::{Flock, FlockArg};
 
 use self::records::Snapshot;
 pub use self::records::{
-    Action, Guards, HeaderRule, Meta, Op, Origin, Rule, Rules, Settings, Shield, ShieldAuto,
+    Action, Admission, Guards, HeaderRule, Meta, Op, Origin, Rule, Rules, Settings, Shield,
+    ShieldAuto,
 };
 
 const SNAPSHOT: &str = "rules.json";
@@ -159,6 +160,12 @@ impl Store {
         self.settings.shield.clone()
     }
 
+    /// The sources admitted, with when each admission ends.
+    #[must_use]
+    pub fn admitted(&self) -> Vec<Admission> {
+        self.settings.admitted.clone()
+    }
+
     /// Appends `op` to the journal and makes it durable.
     pub fn append(&mut self, op: &Op, rules: &Rules) -> Result<(), StateError> {
         let path = self.dir.join(JOURNAL);
@@ -194,6 +201,12 @@ impl Store {
                 limits: self.settings.limits.clone(),
                 header_rules: self.settings.header_rules.clone(),
                 shield: self.settings.shield.clone(),
+                admitted: {
+                    let now = now_ms();
+                    let mut admitted = self.settings.admitted.clone();
+                    admitted.retain(|a| a.until_ms > now);
+                    admitted
+                },
             },
         )?;
         self.journal

@@ -178,6 +178,12 @@ pub enum Op {
     HeaderRules { rules: Vec<HeaderRule> },
     /// Replace the shield's settings.
     Shield { shield: Shield },
+    /// Verify a source on an application's word until `until_ms`
+    /// (milliseconds since the Unix epoch); 0 revokes it.
+    Admit {
+        addr: std::net::IpAddr,
+        until_ms: u64,
+    },
 }
 
 impl Op {
@@ -195,9 +201,18 @@ impl Op {
                     rules.remove(&(*list, *prefix));
                 }
             }
-            Op::Limits { .. } | Op::HeaderRules { .. } | Op::Shield { .. } => {}
+            Op::Limits { .. } | Op::HeaderRules { .. } | Op::Shield { .. } | Op::Admit { .. } => {}
         }
     }
+}
+
+/// A source verified on an application's word (`spacefilter admit`), as
+/// stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Admission {
+    pub addr: std::net::IpAddr,
+    /// Milliseconds since the Unix epoch.
+    pub until_ms: u64,
 }
 
 /// What the store holds besides the rules: the settings last set.
@@ -209,15 +224,25 @@ pub struct Settings {
     pub header_rules: Vec<HeaderRule>,
     /// The shield.
     pub shield: Option<Shield>,
+    /// Sources admitted and not yet expired.
+    pub admitted: Vec<Admission>,
 }
 
 impl Settings {
     /// Takes in an op that sets a setting (the others change rules).
+    /// Expired admissions go on the way.
     pub fn apply(&mut self, op: &Op) {
         match op {
             Op::Limits { limits } => self.limits = Some(limits.clone()),
             Op::HeaderRules { rules } => self.header_rules.clone_from(rules),
             Op::Shield { shield } => self.shield = Some(shield.clone()),
+            &Op::Admit { addr, until_ms } => {
+                let now = super::now_ms();
+                self.admitted.retain(|a| a.addr != addr && a.until_ms > now);
+                if until_ms > now {
+                    self.admitted.push(Admission { addr, until_ms });
+                }
+            }
             Op::Put { .. } | Op::Delete { .. } => {}
         }
     }
@@ -234,4 +259,6 @@ pub(super) struct Snapshot {
     pub(super) header_rules: Vec<HeaderRule>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) shield: Option<Shield>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) admitted: Vec<Admission>,
 }

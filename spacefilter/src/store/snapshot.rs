@@ -39,6 +39,7 @@ pub(super) fn read(snapshot_path: &Path) -> Result<(Rules, Settings), StateError
                     limits: snapshot.limits,
                     header_rules: snapshot.header_rules,
                     shield: snapshot.shield,
+                    admitted: snapshot.admitted,
                 },
             ))
         }
