@@ -519,18 +519,7 @@ fn daemon_admit_and_udp_shield() {
         "unverified: held"
     );
 
-    for bad in [
-        &["admit", "::ffff:198.18.1.10"][..],
-        &["admit", "198.18.1.10", "--ttl", "0s"],
-        &["admit", "224.0.0.1"],
-        &["admit", "0.0.0.0"],
-        &["admit", "198.18.1.10", "--ttl", "30d"],
-        &["admit", "not-an-address"],
-    ] {
-        let out = daemon.cli(bad);
-        out.expect_code(2, &format!("{bad:?}"));
-        assert!(!out.stderr.is_empty(), "{bad:?}: says why");
-    }
+    refuses_bad_admissions(&daemon);
     assert_eq!(exchanges(&lab, Host::Listener, to, 5), 0, "nothing changed");
 
     let out = daemon.cli(&["admit", &listener.to_string(), "--ttl", "1h"]);
@@ -602,4 +591,20 @@ fn daemon_admit_and_udp_shield() {
     );
     daemon.cli(&["shield", "off"]).ok("shield off");
     assert_eq!(exchanges(&lab, Host::Listener, to, 5), 5, "shield off");
+}
+
+/// Bad input to `admit`: exit 2 with a message.
+fn refuses_bad_admissions(daemon: &DaemonProcess) {
+    for bad in [
+        &["admit", "::ffff:198.18.1.10"][..],
+        &["admit", "198.18.1.10", "--ttl", "0s"],
+        &["admit", "224.0.0.1"],
+        &["admit", "0.0.0.0"],
+        &["admit", "198.18.1.10", "--ttl", "30d"],
+        &["admit", "not-an-address"],
+    ] {
+        let out = daemon.cli(bad);
+        out.expect_code(2, &format!("{bad:?}"));
+        assert!(!out.stderr.is_empty(), "{bad:?}: says why");
+    }
 }
