@@ -534,33 +534,7 @@ fn daemon_admit_and_udp_shield() {
         0,
         "the attacker is still held"
     );
-    let status = daemon.cli(&["status"]);
-    assert!(
-        status
-            .ok("status")
-            .contains("verified sources: 1 now (admitted 1)"),
-        "{}",
-        status.stdout
-    );
-    let view: ShieldView =
-        serde_json::from_str(daemon.cli(&["shield", "show", "--json"]).ok("show")).expect("json");
-    assert_eq!(view.udp_ports, [(echo.port, echo.port)]);
-    assert_eq!(view.unverified_pps, 0);
-    assert_eq!(view.verified.now_by_proof.get("admitted"), Some(&1));
-    assert_eq!(
-        metric(&lab, "spacefilter_verified_sources{proof=\"admitted\"} "),
-        1
-    );
-    let counters: StatsView =
-        serde_json::from_str(daemon.cli(&["stats", "--json"]).ok("stats")).expect("json");
-    assert_eq!(counters.verified.get("admitted"), Some(&1), "{counters:?}");
-    assert!(
-        counters
-            .reasons
-            .get("shielded")
-            .is_some_and(|c| c.packets >= 10),
-        "{counters:?}"
-    );
+    shows_one_admitted(&daemon, &lab, echo.port);
 
     // The admission and the shield survive a restart, and a kill -9.
     daemon.terminate(STOP_TIMEOUT).expect("stopping");
@@ -607,4 +581,36 @@ fn refuses_bad_admissions(daemon: &DaemonProcess) {
         out.expect_code(2, &format!("{bad:?}"));
         assert!(!out.stderr.is_empty(), "{bad:?}: says why");
     }
+}
+
+/// `status`, `shield show`, the metrics and `stats` count one admitted
+/// source, and the shield on UDP `port` with no budget.
+fn shows_one_admitted(daemon: &DaemonProcess, lab: &Lab, port: u16) {
+    let status = daemon.cli(&["status"]);
+    assert!(
+        status
+            .ok("status")
+            .contains("verified sources: 1 now (admitted 1)"),
+        "{}",
+        status.stdout
+    );
+    let view: ShieldView =
+        serde_json::from_str(daemon.cli(&["shield", "show", "--json"]).ok("show")).expect("json");
+    assert_eq!(view.udp_ports, [(port, port)]);
+    assert_eq!(view.unverified_pps, 0);
+    assert_eq!(view.verified.now_by_proof.get("admitted"), Some(&1));
+    assert_eq!(
+        metric(lab, "spacefilter_verified_sources{proof=\"admitted\"} "),
+        1
+    );
+    let counters: StatsView =
+        serde_json::from_str(daemon.cli(&["stats", "--json"]).ok("stats")).expect("json");
+    assert_eq!(counters.verified.get("admitted"), Some(&1), "{counters:?}");
+    assert!(
+        counters
+            .reasons
+            .get("shielded")
+            .is_some_and(|c| c.packets >= 10),
+        "{counters:?}"
+    );
 }
