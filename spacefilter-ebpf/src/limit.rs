@@ -37,14 +37,7 @@ const CALM_NS: u64 = 1_000_000_000;
 #[inline(always)]
 fn key_of(source: &Source, v6_prefix_len: u32) -> ([u8; 16], u32, u32) {
     if !source.v6 {
-        let a = source.v4_addr().to_be_bytes();
-        return (
-            [
-                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
-            ],
-            32,
-            0,
-        );
+        return (verified::key(source), 32, 0);
     }
     let len = if v6_prefix_len > 128 {
         128

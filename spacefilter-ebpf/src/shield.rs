@@ -368,6 +368,23 @@ struct Offer {
 /// follow where it cannot follow a bound checked in another register.
 #[inline(always)]
 fn offer(scratch: &mut Scratch, len: usize) -> Offer {
+    if len == 0 {
+        return Offer::default();
+    }
+    // Linux's SYN, the common case: MSS, SACK-permitted, timestamp, NOP,
+    // window scale, in that order.
+    let h = &scratch.header;
+    if len == 20
+        && [
+            h[20], h[21], h[24], h[25], h[26], h[27], h[36], h[37], h[38],
+        ] == [2, 4, 4, 2, 8, 10, 1, 3, 3]
+    {
+        return Offer {
+            wscale: Some(h[39]),
+            sack: true,
+            tsval: Some(u32::from_be_bytes([h[28], h[29], h[30], h[31]])),
+        };
+    }
     // SAFETY: reading a local constant.
     let mask = unsafe { core::ptr::read_volatile(&63usize) };
     let walk = &raw mut scratch.walk;
@@ -469,12 +486,14 @@ fn syn_cookie<const IP: usize>(
     // runs.
     let scratch = unsafe { &mut *scratch };
     let len = copy_headers::<IP>(ctx, ip_offset & 0x1f, tcp_len, scratch)?;
-    let cookie = cookie_for::<IP>(ctx, scratch, len);
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let cookie = cookie_for::<IP>(ctx, scratch, len, now);
     if cookie < 0 {
         return None;
     }
     let offer = offer(scratch, tcp_len.saturating_sub(20));
-    let long = synack::<IP>(scratch, cookie as u32, offer, shield);
+    let long = synack::<IP>(scratch, cookie as u32, offer, shield, now);
     Some(turn_around::<IP>(
         ctx,
         ip_offset & 0x1f,
@@ -502,10 +521,8 @@ const LISTENER_FRESH_NS: u64 = 1_000_000_000;
 /// others, a SYN to another address may be answered for up to a second,
 /// and its ACK then dropped as out of state where the kernel would reset.
 #[inline(always)]
-fn cookie_for<const IP: usize>(ctx: &XdpContext, scratch: &mut Scratch, len: u32) -> i64 {
+fn cookie_for<const IP: usize>(ctx: &XdpContext, scratch: &mut Scratch, len: u32, now: u64) -> i64 {
     let port = u32::from(u16::from_be_bytes([scratch.header[2], scratch.header[3]]));
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
     let ip = scratch.ip.as_mut_ptr();
     let th = scratch.header.as_mut_ptr();
     if let Some(seen) = SHIELD_LISTENERS.get(port)
@@ -558,7 +575,8 @@ fn copy_headers<const IP: usize>(
     tcp_len: usize,
     scratch: &mut Scratch,
 ) -> Option<u32> {
-    scratch.header = [0; HEADER_ROOM];
+    // The options walk reads the first 64 bytes: zeros after the header.
+    zero_words::<8>(scratch.header.as_mut_ptr());
     // 20 and up, as the verifier must see on the register it is given (a
     // bound checked apart is lost); past 60 only for a data offset below 5,
     // which the cookie helper refuses.
@@ -590,6 +608,7 @@ fn synack<const IP: usize>(
     cookie: u32,
     offer: Offer,
     shield: &Shield,
+    now: u64,
 ) -> bool {
     let Scratch {
         answer: out,
@@ -601,7 +620,7 @@ fn synack<const IP: usize>(
     // With a timestamp, 20 bytes of options; without, the MSS alone.
     let long = offer.tsval.is_some() && timestamps;
     let tcp_len = if long { SYNACK_TCP_LEN } else { SHORT_TCP_LEN };
-    *out = [0; SYNACK_LEN];
+    zero_words::<{ SYNACK_LEN / 8 }>(out.as_mut_ptr());
     // The IP header, the addresses swapped; and the pseudo-header's sum:
     // addresses, protocol, TCP length.
     let (pseudo, mss) = if IP == IPV4_LEN {
@@ -622,8 +641,8 @@ fn synack<const IP: usize>(
         out[4..6].copy_from_slice(&(tcp_len as u16).to_be_bytes());
         out[6] = IPPROTO_TCP_NUMBER;
         out[7] = 64;
-        out[8..24].copy_from_slice(&ip[24..40]);
-        out[24..40].copy_from_slice(&ip[8..24]);
+        copy_words::<2>(ip[24..].as_ptr(), out[8..].as_mut_ptr());
+        copy_words::<2>(ip[8..].as_ptr(), out[24..].as_mut_ptr());
         (csum(&mut out[8..40]), shield.mss_v6)
     };
     // The protocol and the length, as a word of the sum in memory's byte
@@ -640,42 +659,63 @@ fn synack<const IP: usize>(
     t[12] = ((tcp_len / 4) as u8) << 4;
     t[13] = TCP_SYN | TCP_ACK;
     t[14..16].copy_from_slice(&SYNACK_WINDOW.to_be_bytes());
-    // Options: MSS; then, with a timestamp, SACK-permitted (or NOPs), the
-    // timestamp, the window scale (or NOPs). Without a timestamp to carry
-    // them, the kernel cannot learn of window scaling or SACK from the
-    // cookie, so neither is offered.
-    let o = &mut t[20..];
-    o.fill(1);
-    o[0] = 2;
-    o[1] = 4;
-    o[2..4].copy_from_slice(&(mss as u16).to_be_bytes());
+    // Options, a word at a time: MSS; then, with a timestamp,
+    // SACK-permitted (or NOPs), the timestamp, the window scale (or NOPs).
+    // Without a timestamp to carry them, the kernel cannot learn of window
+    // scaling or SACK from the cookie, so neither is offered (and the
+    // zeros past the short header add nothing to the sum).
+    let mut words = [0x0204_0000 | (mss & 0xffff), 0, 0, 0, 0];
     if let (Some(tsecr), true) = (offer.tsval, long) {
         let sack = offer.sack && shield.flags & shield_flags::SACK != 0;
         let wscale = match offer.wscale {
             Some(w) if shield.flags & shield_flags::WSCALE != 0 => Some(w.min(14)),
             _ => None,
         };
-        if sack {
-            o[4] = 4;
-            o[5] = 2;
-        }
-        o[6] = 8;
-        o[7] = 10;
-        o[8..12].copy_from_slice(&timestamp(wscale, sack).to_be_bytes());
-        o[12..16].copy_from_slice(&tsecr.to_be_bytes());
-        if wscale.is_some() {
-            o[17] = 3;
-            o[18] = 3;
-            o[19] = shield.wscale as u8;
-        }
-    } else {
-        // The bytes past a short header are zeros, which add nothing to
-        // the sum.
-        o[SHORT_TCP_LEN - 20..].fill(0);
+        words[1] = if sack { 0x0402_080a } else { 0x0101_080a };
+        words[2] = timestamp(wscale, sack, now);
+        words[3] = tsecr;
+        words[4] = if wscale.is_some() {
+            0x0103_0300 | (shield.wscale & 0xff)
+        } else {
+            0x0101_0101
+        };
+    }
+    for (i, word) in words.iter().enumerate() {
+        t[20 + 4 * i..24 + 4 * i].copy_from_slice(&word.to_be_bytes());
     }
     let tcp_sum = fold(pseudo + csum(t));
     t[16..18].copy_from_slice(&(!tcp_sum).to_ne_bytes());
     long
+}
+
+/// Zeroes `WORDS` 8-byte words at `at` (8-aligned) with word stores: on
+/// BPF, `[0; N]` and `fill` become calls to compiler-builtins' `memset`,
+/// which stores a byte at a time.
+#[inline(always)]
+#[expect(
+    clippy::cast_ptr_alignment,
+    reason = "the callers' buffers are 8-aligned: offsets of 8 in the 8-aligned scratch value"
+)]
+fn zero_words<const WORDS: usize>(at: *mut u8) {
+    for i in 0..WORDS {
+        // SAFETY: the caller's buffer holds WORDS aligned words at `at`;
+        // volatile, so that LLVM does not make a `memset` of them again.
+        unsafe { core::ptr::write_volatile(at.add(8 * i).cast::<u64>(), 0) };
+    }
+}
+
+/// Copies `WORDS` 8-byte words from `from` to `to` (both 8-aligned), for
+/// the same reason as [`zero_words`].
+#[inline(always)]
+#[expect(clippy::cast_ptr_alignment, reason = "as in `zero_words`")]
+fn copy_words<const WORDS: usize>(from: *const u8, to: *mut u8) {
+    for i in 0..WORDS {
+        // SAFETY: the caller's buffers hold WORDS aligned words.
+        unsafe {
+            let word = core::ptr::read_volatile(from.add(8 * i).cast::<u64>());
+            core::ptr::write_volatile(to.add(8 * i).cast::<u64>(), word);
+        }
+    }
 }
 
 /// The SYN-ACK's timestamp as the kernel's cookie path makes it
@@ -684,9 +724,8 @@ fn synack<const IP: usize>(
 /// low bits replaced by the client's window scale and SACK, and never
 /// ahead of the clock.
 #[inline(always)]
-fn timestamp(wscale: Option<u8>, sack: bool) -> u32 {
-    // SAFETY: no preconditions.
-    let now = (unsafe { bpf_ktime_get_ns() } / 1_000_000) as u32;
+fn timestamp(wscale: Option<u8>, sack: bool, now: u64) -> u32 {
+    let now = (now / 1_000_000) as u32;
     let mut options = wscale.map_or(TS_NO_WSCALE, u32::from);
     if sack {
         options |= TS_SACK;

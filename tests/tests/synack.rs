@@ -25,22 +25,42 @@ const XDP_TX: u32 = 3;
 /// The window scale the shield is told the host picks.
 const WSCALE: u32 = 7;
 
-/// A SYN from `client` to `server`'s `port`: with Linux's options, or
-/// bare.
-fn syn(client: IpAddr, server: IpAddr, port: u16, full: bool, vlan: bool) -> (Vec<u8>, u32) {
-    let seq = if full { 0x1111_2222 } else { 0x3333_4444 };
-    let mut h = etherparse::TcpHeader::new(if full { 40_001 } else { 40_002 }, port, seq, 64240);
+/// The options a SYN carries, as the systems that send them order them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    /// MSS, SACK-permitted, timestamp, NOP, window scale.
+    Linux,
+    /// MSS, NOP, window scale, NOP, NOP, timestamp, SACK-permitted, end.
+    MacOs,
+    /// No options, as floods send.
+    Bare,
+}
+
+/// A SYN from `client` to `server`'s `port` with the options of `layout`.
+fn syn(client: IpAddr, server: IpAddr, port: u16, layout: Layout, vlan: bool) -> (Vec<u8>, u32) {
+    let seq = 0x1111_2222 + layout as u32;
+    let mut h = etherparse::TcpHeader::new(40_001 + layout as u16, port, seq, 64240);
     h.syn = true;
-    if full {
-        h.set_options(&[
+    match layout {
+        Layout::Linux => h.set_options(&[
             O::MaximumSegmentSize(1460),
             O::SelectiveAcknowledgementPermitted,
             O::Timestamp(0x0102_0304, 0),
             O::Noop,
             O::WindowScale(7),
-        ])
-        .expect("options fit");
+        ]),
+        Layout::MacOs => h.set_options(&[
+            O::MaximumSegmentSize(1460),
+            O::Noop,
+            O::WindowScale(7),
+            O::Noop,
+            O::Noop,
+            O::Timestamp(0x0102_0304, 0),
+            O::SelectiveAcknowledgementPermitted,
+        ]),
+        Layout::Bare => Ok(()),
     }
+    .expect("options fit");
     let packet = Packet::ip(client, server);
     let packet = if vlan {
         packet.tag(TPID_8021Q, 7)
@@ -70,9 +90,10 @@ fn synack_fixtures() {
         let client = Host::Listener.addr(family);
         let server = Host::Server.addr(family);
         for vlan in [false, true] {
-            for full in [true, false] {
-                let case = format!("{family:?}, tagged {vlan}, full {full}");
-                let (frame, seq) = syn(client, server, port, full, vlan);
+            for layout in [Layout::Linux, Layout::MacOs, Layout::Bare] {
+                let full = layout != Layout::Bare;
+                let case = format!("{family:?}, tagged {vlan}, {layout:?}");
+                let (frame, seq) = syn(client, server, port, layout, vlan);
                 let mut out = vec![0u8; 256];
                 let (action, len) = lab
                     .run_in(Host::Server, || filter.test_run_out(&frame, &mut out))
@@ -87,7 +108,7 @@ fn synack_fixtures() {
                     vlan,
                     "{case}: the tag kept"
                 );
-                if full {
+                if layout == Layout::Linux {
                     assert_eq!(len, frame.len(), "{case}: in a frame of the SYN's size");
                 }
                 let sliced = SlicedPacket::from_ethernet(answer).expect("a frame");
@@ -96,7 +117,7 @@ fn synack_fixtures() {
                 };
                 check_addresses(sliced.net.as_ref(), tcp, (server, client), &case);
                 assert!(tcp.syn() && tcp.ack() && !tcp.rst() && !tcp.fin());
-                assert_eq!(tcp.destination_port(), if full { 40_001 } else { 40_002 });
+                assert_eq!(tcp.destination_port(), 40_001 + layout as u16);
                 assert_eq!(tcp.source_port(), port);
                 assert_eq!(tcp.acknowledgment_number(), seq + 1, "{case}");
                 let options: Vec<_> = tcp
