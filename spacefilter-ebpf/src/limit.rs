@@ -296,7 +296,7 @@ fn auto_block_due(
 ) -> Step {
     if limits.flags & limit_flags::DRY_RUN == 0
         && limits.block_after_ns != 0
-        && now - bucket.over_since_ns >= limits.block_after_ns
+        && now.saturating_sub(bucket.over_since_ns) >= limits.block_after_ns
     {
         bucket.blocked_until_ns = now + limits.block_ttl_ns;
         bucket.blocked_hits += 1;

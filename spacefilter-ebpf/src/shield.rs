@@ -526,7 +526,7 @@ fn cookie_for<const IP: usize>(ctx: &XdpContext, scratch: &mut Scratch, len: u32
     let ip = scratch.ip.as_mut_ptr();
     let th = scratch.header.as_mut_ptr();
     if let Some(seen) = SHIELD_LISTENERS.get(port)
-        && now.wrapping_sub(*seen) < LISTENER_FRESH_NS
+        && now.saturating_sub(*seen) < LISTENER_FRESH_NS
     {
         // SAFETY: the IP header and `len` bytes of TCP header lie in the
         // scratch value (the helpers read their memory wherever it is).

@@ -55,7 +55,9 @@ pub(crate) fn under_pressure(now: u64) -> bool {
     armed
         && SHIELD_BUDGET
             .get(0)
-            .is_some_and(|b| b.last_over_ns != 0 && now.wrapping_sub(b.last_over_ns) < PRESSURE_NS)
+            // Saturating: another CPU may stamp it with a clock read a
+            // moment after this one's.
+            .is_some_and(|b| b.last_over_ns != 0 && now.saturating_sub(b.last_over_ns) < PRESSURE_NS)
 }
 
 /// How long a UDP answer alone holds a source verified until it is
@@ -91,9 +93,12 @@ pub(crate) fn prove(key: &[u8; 16], how: u32, now: u64) {
         // it, and either's write is right.
         let entry = unsafe { &mut *entry };
         if entry.until_ns > now {
+            // A signed difference: another CPU may have stamped the entry
+            // with a clock read a moment after this one's.
+            #[expect(clippy::cast_possible_wrap, reason = "a wrapping difference, signed")]
             let settled = !replied
                 || entry.how != verified_how::REPLIED
-                || now_ms.wrapping_sub(entry.since_ms) >= PROBATION_MS;
+                || now_ms.wrapping_sub(entry.since_ms) as i32 >= PROBATION_MS as i32;
             let until_ns = if settled {
                 full
             } else if pressure {
