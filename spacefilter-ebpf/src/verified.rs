@@ -57,7 +57,9 @@ pub(crate) fn under_pressure(now: u64) -> bool {
             .get(0)
             // Saturating: another CPU may stamp it with a clock read a
             // moment after this one's.
-            .is_some_and(|b| b.last_over_ns != 0 && now.saturating_sub(b.last_over_ns) < PRESSURE_NS)
+            .is_some_and(|b| {
+                b.last_over_ns != 0 && now.saturating_sub(b.last_over_ns) < PRESSURE_NS
+            })
 }
 
 /// How long a UDP answer alone holds a source verified until it is

@@ -21,12 +21,14 @@ use spacefilter::{
 };
 use spacefilter_common::{Limits, limit_flags};
 use spacefilter_tests::{
+    bench::FloodCase,
     daemon::{DaemonPaths, DaemonProcess, STOP_TIMEOUT, Scratch},
+    flood::FloodLab,
     netns::{Family, Host, Lab},
     packets::Packet,
     require_root,
     shield::shield_with,
-    traffic::{TcpEcho, tcp_exchange, wait_until},
+    traffic::{TcpEcho, UdpSink, UdpStream, tcp_exchange, wait_until},
 };
 
 const XDP_DROP: u32 = 1;
@@ -613,4 +615,105 @@ fn shows_one_admitted(daemon: &DaemonProcess, lab: &Lab, port: u16) {
             .is_some_and(|c| c.packets >= 10),
         "{counters:?}"
     );
+}
+
+/// A spoofed UDP flood (65 536 forged sources at the harness's top rate)
+/// at a shielded port whose service answers every datagram, the answers
+/// leaving as they would on the Internet: the forged sources answered as
+/// the flood begins are on probation and lapse, the budget holds what
+/// reaches the service, and the client verified before the flood keeps
+/// being let through.
+#[test]
+fn a_spoofed_flood_at_a_reply_service_leaves_nobody_verified() {
+    require_root();
+    let mut lab = FloodLab::new().expect("flood lab");
+    let port = 5000;
+    let sink = UdpSink::start_with(&lab, Host::Server, port, true).expect("echo sink");
+    let mut filter = load();
+    lab.attach(&mut filter, AttachMode::Native).expect("attach");
+    let budget = 2000;
+    shield_with(
+        &mut filter,
+        Shielded {
+            tcp: &[],
+            udp: &[(port, port)],
+        },
+        0,
+        budget,
+    )
+    .expect("shield");
+    lab.ip(
+        Host::Server,
+        &format!(
+            "route add 198.19.0.0/16 via {}",
+            Host::Attacker.addr(Family::V4)
+        ),
+    )
+    .expect("a route to the forged sources");
+    let to = SocketAddr::new(Host::Server.addr(Family::V4), port);
+    let listener = Host::Listener.addr(Family::V4);
+    // The client talks to the service before the flood, long enough for
+    // its answers to settle its verification (past the probation).
+    let client = UdpStream::start(&lab, Host::Listener, to, 1000).expect("client");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            filter
+                .verifier_ref()
+                .lookup(listener, monotonic_ns())
+                .is_some_and(|(until, _)| until > monotonic_ns() + 60_000_000_000)
+        }),
+        "the client is verified, settled, before the flood"
+    );
+    let flood = FloodCase::Spoofed.flood(0);
+    let forged = flood.spread_sources().expect("spread sources");
+    let before = filter.counters().expect("counters");
+    let sent = lab.flood(&flood, Duration::from_secs(3)).expect("flood");
+    drop(client);
+    let delta = filter.counters().expect("counters").since(&before);
+    let at_service: u64 = forged.iter().map(|&a| sink.received_from(a)).sum();
+    let seconds = sent.elapsed.as_secs_f64();
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a bound in datagrams"
+    )]
+    let bound = (f64::from(budget) * seconds * 1.5) as u64 + 2000;
+    assert!(
+        sent.frames > 1_000_000,
+        "the flood ran: {} frames",
+        sent.frames
+    );
+    assert!(
+        at_service <= bound,
+        "{at_service} forged datagrams reached the service in {seconds:.1} s (bound {bound}); \
+         counters {:?}, verified anew {:?}",
+        delta.by_reason,
+        delta.verified
+    );
+    let replied = delta.verified.get("replied").copied().unwrap_or(0);
+    assert!(
+        replied <= u64::from(budget),
+        "{replied} forged sources verified: at most the budget's burst as the flood began"
+    );
+    let forged_verified = || {
+        filter
+            .verifier_ref()
+            .sources(monotonic_ns())
+            .iter()
+            .filter(|(addr, _, _)| forged.contains(addr))
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || forged_verified() == 0),
+        "forged sources on probation lapse: {} still verified",
+        forged_verified()
+    );
+    assert!(
+        filter
+            .verifier_ref()
+            .lookup(listener, monotonic_ns())
+            .is_some(),
+        "the client verified before the flood still is"
+    );
+    lab.detach(&mut filter).expect("detach");
 }
