@@ -626,7 +626,7 @@ fn shows_one_admitted(daemon: &DaemonProcess, lab: &Lab, port: u16) {
 #[test]
 fn a_spoofed_flood_at_a_reply_service_leaves_nobody_verified() {
     require_root();
-    let mut lab = FloodLab::new().expect("flood lab");
+    let lab = FloodLab::new().expect("flood lab");
     let port = 5000;
     let sink = UdpSink::start_with(&lab, Host::Server, port, true).expect("echo sink");
     let mut filter = load();
