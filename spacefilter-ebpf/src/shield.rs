@@ -52,7 +52,7 @@ use crate::{
         VLAN_TPIDS,
     },
     verdict::Verdict,
-    verified,
+    verified::{self, PRESSURE_NS},
 };
 
 const TCP_FIN: u8 = 0x01;
@@ -198,6 +198,10 @@ fn unverified_udp(source: &Source, shield: &Shield, on: bool) -> Option<Verdict>
     // Over the budget: a flood of unverified datagrams, armed or on. While
     // it lasts, the host's answers verify nobody new (see
     // [`crate::verified::prove`]).
+    if now.saturating_sub(bucket.last_over_ns) >= PRESSURE_NS {
+        // A new flood: when it began marks who was answered before it.
+        bucket.over_since_ns = now;
+    }
     bucket.last_over_ns = now;
     on.then(|| Reason::Shielded.into())
 }

@@ -40,26 +40,30 @@ pub(crate) fn holds(source: &Source, now: u64) -> bool {
 
 /// How long after the shield's budget for unverified UDP last ran over the
 /// host's answers still verify nobody new.
-const PRESSURE_NS: u64 = 2_000_000_000;
+pub(crate) const PRESSURE_NS: u64 = 2_000_000_000;
 
-/// Whether UDP from unverified sources to the shield's ports comes faster
-/// than its budget (a flood), now or within [`PRESSURE_NS`]. A service
-/// that answers any datagram would answer the flood's forged sources
-/// within the budget: while the flood lasts, an answer proves nothing, and
-/// only renews sources verified before it.
+/// Answers to a source first answered less than this long before a flood
+/// began count as the flood's: the budget's burst is spent within it.
+const FLOOD_EDGE_MS: u32 = 100;
+
+/// When the current flood of unverified datagrams began (monotonic ns), if
+/// UDP from unverified sources to the shield's ports comes faster than its
+/// budget, now or within [`PRESSURE_NS`]. A service that answers any
+/// datagram would answer the flood's forged sources within the budget:
+/// while the flood lasts, an answer verifies nobody new.
 #[inline(always)]
-pub(crate) fn under_pressure(now: u64) -> bool {
+pub(crate) fn under_pressure(now: u64) -> Option<u64> {
     let armed = SHIELD
         .get(0)
         .is_some_and(|s| s.flags & (shield_flags::ON | shield_flags::WATCH) != 0);
-    armed
-        && SHIELD_BUDGET
-            .get(0)
-            // Saturating: another CPU may stamp it with a clock read a
-            // moment after this one's.
-            .is_some_and(|b| {
-                b.last_over_ns != 0 && now.saturating_sub(b.last_over_ns) < PRESSURE_NS
-            })
+    if !armed {
+        return None;
+    }
+    let budget = SHIELD_BUDGET.get(0)?;
+    // Saturating: another CPU may stamp it with a clock read a moment after
+    // this one's.
+    (budget.last_over_ns != 0 && now.saturating_sub(budget.last_over_ns) < PRESSURE_NS)
+        .then_some(budget.over_since_ns)
 }
 
 /// How long a UDP answer alone holds a source verified until it is
@@ -77,9 +81,10 @@ const PROBATION_NS: u64 = PROBATION_MS as u64 * 1_000_000;
 /// them. Such a source is on probation at first: verified for
 /// [`PROBATION_NS`], and for the full idle time once answered again after
 /// that. While unverified datagrams come faster than the budget
-/// ([`under_pressure`]), an answer verifies nobody new and keeps no source
-/// on probation: the sources settled before the flood stay verified, and a
-/// forged source answered as the flood began lapses within seconds.
+/// ([`under_pressure`]), an answer verifies nobody new; the sources
+/// answered before the flood began stay verified (on probation, to be
+/// settled as usual), and a forged source first answered as the flood
+/// began (within [`FLOOD_EDGE_MS`] of it) lapses within seconds.
 #[inline(always)]
 pub(crate) fn prove(key: &[u8; 16], how: u32, now: u64) {
     let Some(settings) = VERIFY_SETTINGS.get(0) else {
@@ -89,21 +94,32 @@ pub(crate) fn prove(key: &[u8; 16], how: u32, now: u64) {
     #[expect(clippy::cast_possible_truncation, reason = "milliseconds, wrapping")]
     let now_ms = (now / 1_000_000) as u32;
     let replied = how == verified_how::REPLIED;
-    let pressure = replied && under_pressure(now);
+    let pressure = if replied { under_pressure(now) } else { None };
     if let Some(entry) = VERIFIED.get_ptr_mut(key) {
         // SAFETY: a map value, valid while this program runs; CPUs race on
         // it, and either's write is right.
         let entry = unsafe { &mut *entry };
         if entry.until_ns > now {
-            // A signed difference: another CPU may have stamped the entry
+            // Signed differences: another CPU may have stamped the entry
             // with a clock read a moment after this one's.
-            #[expect(clippy::cast_possible_wrap, reason = "a wrapping difference, signed")]
+            #[expect(clippy::cast_possible_wrap, reason = "wrapping differences, signed")]
             let settled = !replied
                 || entry.how != verified_how::REPLIED
                 || now_ms.wrapping_sub(entry.since_ms) as i32 >= PROBATION_MS as i32;
+            #[expect(
+                clippy::cast_possible_truncation,
+                clippy::cast_possible_wrap,
+                reason = "milliseconds, wrapping; a signed difference"
+            )]
+            let of_the_flood = pressure.is_some_and(|began| {
+                let before = ((began / 1_000_000) as u32).wrapping_sub(entry.since_ms) as i32;
+                before < FLOOD_EDGE_MS as i32
+            });
             let until_ns = if settled {
                 full
-            } else if pressure {
+            } else if of_the_flood {
+                // First answered as the flood began: no more than the
+                // probation it has.
                 return;
             } else {
                 now + PROBATION_NS.min(settings.idle_ns)
@@ -114,14 +130,14 @@ pub(crate) fn prove(key: &[u8; 16], how: u32, now: u64) {
             }
             return;
         }
-        if pressure {
+        if pressure.is_some() {
             return;
         }
         *entry = fresh(how, now, full, settings.idle_ns, now_ms);
         count(how);
         return;
     }
-    if pressure {
+    if pressure.is_some() {
         return;
     }
     if VERIFIED
