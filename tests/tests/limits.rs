@@ -363,6 +363,62 @@ fn header_rules_from_the_cli_drop_count_and_persist() {
     send_and_expect_arrival(&s, to);
 }
 
+/// A rule on TCP flags is a TCP rule: `--tcp-flags '!ACK' --dport P`
+/// drops TCP segments without ACK to P and leaves UDP to P (QUIC) alone,
+/// whose flags would read as none; with `--proto udp` it is refused.
+#[test]
+fn a_tcp_flags_rule_leaves_udp_alone() {
+    let s = Setup::new("tcpflags");
+    let port = s.sink.port().to_string();
+    s.daemon
+        .cli(&[
+            "rule",
+            "add",
+            "--action",
+            "drop",
+            "--proto",
+            "udp",
+            "--tcp-flags",
+            "!ACK",
+            "--dport",
+            &port,
+        ])
+        .expect_code(2, "TCP flags on UDP");
+    s.daemon
+        .cli(&[
+            "rule",
+            "add",
+            "--action",
+            "drop",
+            "--tcp-flags",
+            "!ACK",
+            "--dport",
+            &port,
+        ])
+        .ok("rule add");
+    let out = s.daemon.cli(&["rule", "list", "--json"]);
+    let rules: Vec<Value> = serde_json::from_str(out.ok("rule list")).expect("JSON");
+    assert_eq!(rules[0]["proto"], 6, "a TCP rule: {rules:?}");
+    // UDP to the port passes.
+    let to = SocketAddr::new(Host::Server.addr(Family::V4), s.sink.port());
+    send_and_expect_arrival(&s, to);
+    assert_eq!(s.counter("rule_dropped"), 0);
+    // A TCP SYN to the port (no ACK) is dropped by the rule (without it,
+    // the kernel would answer with a reset: no listener there).
+    let connect = s
+        .lab
+        .run_in(Host::Listener, || {
+            std::net::TcpStream::connect_timeout(&to, Duration::from_millis(500))
+        })
+        .expect("netns");
+    assert_eq!(
+        connect.map_err(|e| e.kind()).err(),
+        Some(std::io::ErrorKind::TimedOut),
+        "the SYN went unanswered"
+    );
+    assert!(s.counter("rule_dropped") >= 1);
+}
+
 fn send_and_expect_arrival(s: &Setup, to: SocketAddr) {
     let sent = spacefilter_tests::traffic::send_udp(
         &s.lab,

@@ -86,6 +86,15 @@ impl HeaderRuleView {
         {
             return Some("ports only exist for TCP (6) and UDP (17)".into());
         }
+        if self.tcp_flags.is_some()
+            && let Some(proto) = self.proto
+            && proto != 6
+        {
+            return Some(format!(
+                "--tcp-flags can only match TCP, and the rule is for protocol {proto}: use \
+                 --proto tcp, or leave --proto out (a rule on TCP flags is a TCP rule)"
+            ));
+        }
         if self
             .comment
             .as_ref()

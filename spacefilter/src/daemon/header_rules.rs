@@ -20,6 +20,10 @@ impl Core {
         if let Some(problem) = rule.problem() {
             return Err(Refusal::bad_input(problem));
         }
+        // TCP flags exist on TCP alone: a rule on them is a TCP rule.
+        if rule.tcp_flags.is_some() && rule.proto.is_none() {
+            rule.proto = Some(IPPROTO_TCP);
+        }
         if self.header_rules.len() >= MAX_HEADER_RULES as usize {
             return Err(Refusal::failed(format!(
                 "there are {MAX_HEADER_RULES} rules already, the most the program holds; delete one first"
@@ -109,6 +113,9 @@ impl Core {
 }
 
 /// The kernel's form of a header rule.
+/// The protocol number of TCP.
+const IPPROTO_TCP: u8 = 6;
+
 pub(super) fn kernel_rule(view: &HeaderRuleView) -> HeaderRule {
     let range = |r: Option<(u16, u16)>| r.map_or((0, 0), |(lo, hi)| (u32::from(lo), u32::from(hi)));
     let (dport_lo, dport_hi) = range(view.dst_ports);
@@ -125,7 +132,13 @@ pub(super) fn kernel_rule(view: &HeaderRuleView) -> HeaderRule {
             None => 0,
         },
         flags: if view.dry_run { rule_flags::DRY_RUN } else { 0 },
-        proto: view.proto.map_or(0, u32::from),
+        // TCP flags exist on TCP alone (a rule stored before this was said
+        // would otherwise match other protocols, whose flags read as 0).
+        proto: match (view.proto, view.tcp_flags) {
+            (Some(proto), _) => u32::from(proto),
+            (None, Some(_)) => u32::from(IPPROTO_TCP),
+            (None, None) => 0,
+        },
         tcp_mask,
         tcp_value,
         dport_lo,
@@ -208,5 +221,29 @@ pub(super) fn view(stored: store::HeaderRule) -> HeaderRuleView {
         dry_run,
         comment,
         hits: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A rule stored with TCP flags and no protocol (accepted before such
+    /// a rule became a TCP rule) matches TCP alone in the program.
+    #[test]
+    fn a_stored_tcp_flags_rule_is_a_tcp_rule() {
+        let view = HeaderRuleView {
+            action: Some(RuleAction::Drop),
+            tcp_flags: Some((0x10, 0)),
+            dst_ports: Some((443, 443)),
+            ..HeaderRuleView::default()
+        };
+        assert_eq!(kernel_rule(&view).proto, u32::from(IPPROTO_TCP));
+        let udp = HeaderRuleView {
+            proto: Some(17),
+            tcp_flags: None,
+            ..view
+        };
+        assert_eq!(kernel_rule(&udp).proto, 17);
     }
 }
