@@ -21,9 +21,11 @@ const ETH_P_8021AD: u16 = 0x88A8;
 /// `802.1Q` and `802.1ad` (`QinQ`) tags walked. A third tag is malformed: no
 /// standard stacks more than two, and no host decodes it.
 const MAX_VLAN_TAGS: usize = 2;
-/// IPv6 extension headers walked before giving up on finding the
-/// transport header. The source has been checked by then, so a longer chain
-/// can only come from a source on no list; it passes.
+/// IPv6 extension headers walked to find the transport header. A chain
+/// still going after them is malformed: the header rules and the guards
+/// could not see what it carries, while the host would deliver it. The
+/// source has been checked by then, so an allowlisted source's frame
+/// passes and a blocked one's is dropped as blocked.
 const MAX_EXT_HEADERS: usize = 8;
 
 const IPPROTO_HOPOPTS: u8 = 0;
@@ -261,8 +263,7 @@ fn ipv6(frame: &Frame, offset: usize) -> Result<(Source, Transport), Reason> {
 /// What the later stages need of the transport header.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct L4 {
-    /// IPv4 protocol or IPv6 next header after the extension headers; 0
-    /// when the chain was too long to walk.
+    /// IPv4 protocol or IPv6 next header after the extension headers.
     pub(crate) proto: u8,
     /// Whether the ports below were read (TCP and UDP, first fragments).
     pub(crate) ports: bool,
@@ -334,13 +335,13 @@ pub(crate) fn transport(frame: &Frame, t: &Transport) -> Result<L4, Reason> {
                 return Err(Reason::Malformed);
             }
         }
-        // Only a chain still going after MAX_EXT_HEADERS is given up on; the
+        // A chain still going after MAX_EXT_HEADERS is malformed; the
         // transport header after exactly MAX_EXT_HEADERS is checked below.
         if matches!(
             proto,
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT
         ) {
-            return Ok(L4::other(0));
+            return Err(Reason::Malformed);
         }
     }
     match proto {

@@ -14,8 +14,9 @@
 //!    blocklist → blocked. Nothing after the fixed IP header matters then.
 //! 4. Otherwise, within the IP packet: IPv4 later fragments pass; IPv6
 //!    walks up to 8 extension headers (a later fragment passes, a chain
-//!    still going after 8 passes); TCP, UDP, ICMP (in IPv4) and `ICMPv6` (in
-//!    IPv6) headers must fit. Anything that does not fit is malformed.
+//!    still going after 8 is malformed); TCP, UDP, ICMP (in IPv4) and
+//!    `ICMPv6` (in IPv6) headers must fit. Anything that does not fit is
+//!    malformed.
 
 use std::net::IpAddr;
 
@@ -28,7 +29,7 @@ use spacefilter::{List, Prefix, Reason};
 
 /// VLAN tags walked; a third is malformed.
 pub const MAX_VLAN_TAGS: usize = 2;
-/// IPv6 extension headers walked; a longer chain passes.
+/// IPv6 extension headers walked; a longer chain is malformed.
 pub const MAX_EXT_HEADERS: usize = 8;
 
 /// The network layer of an IP frame: its source and what follows the fixed
@@ -238,8 +239,8 @@ fn transport(upper: Upper<'_>) -> Result<(), Reason> {
                 }
             }
             if is_ext(next_header) {
-                // Still going after MAX_EXT_HEADERS: give up, pass.
-                return Ok(());
+                // Still going after MAX_EXT_HEADERS: malformed.
+                return Err(Reason::Malformed);
             }
             l4(next_header, data, true)
         }
@@ -311,12 +312,17 @@ mod tests {
             let frame = frame.truncated_ip(cut);
             assert_eq!(decide(frame.bytes(), &[], &[]), Reason::Malformed, "{n}");
         }
-        let frame = chain(9);
-        let cut = frame.len() - 1;
-        assert_eq!(
-            decide(frame.truncated_ip(cut).bytes(), &[], &[]),
-            Reason::Passed
-        );
+        for n in [9, 12] {
+            // Longer chains are malformed, whole or cut.
+            let frame = chain(n);
+            assert_eq!(decide(frame.bytes(), &[], &[]), Reason::Malformed, "{n}");
+            let cut = frame.len() - 1;
+            assert_eq!(
+                decide(frame.truncated_ip(cut).bytes(), &[], &[]),
+                Reason::Malformed,
+                "{n} cut"
+            );
+        }
     }
 
     #[test]
