@@ -154,7 +154,8 @@ fn is_syn(limits: &Limits, l4: L4) -> bool {
 /// A source without a bucket: a new one, or one whose bucket was evicted
 /// or that the daemon restored an auto-block for. In order: an auto-block
 /// in `AUTO_BLOCKED`, the spoofed-source fallback, a new bucket, the
-/// host-wide SYN budget. Its own budgets do not hold the frame back: its
+/// host-wide SYN budget (which a SYN let through by the fallback's budgets
+/// answers to as well). Its own budgets do not hold the frame back: its
 /// bucket starts full, less this frame.
 #[inline(always)]
 fn new_source(
@@ -167,7 +168,15 @@ fn new_source(
     now: u64,
 ) -> Step {
     restored_block(key, now)?;
-    spoofed(limits, source, l4, now)?;
+    let fallback = spoofed(limits, source, l4, now);
+    if fallback == PASS {
+        // Within the aggregate budgets: a SYN still answers to the host's.
+        if syn {
+            host_syn_budget(limits, source, now)?;
+        }
+        return PASS;
+    }
+    fallback?;
     first_bucket(limits, key, syn, len, now);
     if syn {
         host_syn_budget(limits, source, now)?;

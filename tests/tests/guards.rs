@@ -251,6 +251,54 @@ fn spoofed_sources_fall_back_to_aggregate_budgets() {
     filter.detach(&parking.name).expect("detach");
 }
 
+/// During a spoofed-source flood, the fallback's budgets let a new
+/// source's frame through, but a SYN still answers to the host-wide SYN
+/// budget: a SYN flood from forged sources cannot pass by being new.
+#[test]
+fn the_fallback_keeps_the_host_syn_budget() {
+    let mut filter = load();
+    filter
+        .limiter()
+        .set(Limits {
+            flags: limit_flags::ENABLED | limit_flags::SYN,
+            v6_prefix_len: 64,
+            pps: 1000,
+            pps_burst: 1000,
+            spoof_threshold: 10,
+            fallback_pps: 1,
+            fallback_burst: 100_000,
+            syn_global_pps: 1,
+            syn_global_burst: 5,
+            ..Limits::default()
+        })
+        .expect("limits");
+    let mut passed = 0;
+    let mut syn_limited = 0;
+    for n in 0..200u32 {
+        let [_, _, c, d] = (n * 7919 + 3).to_be_bytes();
+        let src = IpAddr::V4(Ipv4Addr::new(198, 19, c, d));
+        let (_, delta) = run(&mut filter, &syn(src), 1);
+        passed += delta.get(Reason::Passed).packets;
+        syn_limited += delta.get(Reason::SynLimited).packets;
+    }
+    assert!(
+        filter.limiter().spoof_state().expect("state").switches >= 1,
+        "the fallback switched on"
+    );
+    assert_eq!(
+        passed, 5,
+        "the host took its SYN burst and no more ({syn_limited} SYN-limited)"
+    );
+    // Positive control: other frames from new sources pass on the
+    // fallback's budgets.
+    let (action, delta) = run(
+        &mut filter,
+        &udp(IpAddr::V4(Ipv4Addr::new(198, 20, 0, 1)), 40_000, 5000),
+        1,
+    );
+    assert_eq!(action, XDP_PASS, "{delta:?}");
+}
+
 fn header_rule(action: u32) -> spacefilter_common::HeaderRule {
     spacefilter_common::HeaderRule {
         action,
