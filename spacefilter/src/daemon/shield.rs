@@ -16,7 +16,7 @@
 
 use std::net::IpAddr;
 
-use spacefilter_common::{Shield, shield_flags};
+use spacefilter_common::{Shield, limit_flags, shield_flags};
 
 use super::{Peer, Refusal, core::Core};
 use crate::{
@@ -406,14 +406,21 @@ impl Core {
     }
 
     /// Whether the egress program records the host's peers (while the
-    /// shield or any flood guard, which read verified sources, is on), and
-    /// how long a proof holds.
+    /// shield or a flood guard that reads verified sources is on), and how
+    /// long a proof holds.
     pub(super) fn configure_verify(
         &mut self,
         shield_on: bool,
         idle_secs: u64,
     ) -> Result<(), String> {
-        let record = shield_on || super::guards::kernel_limits(&self.limits).flags != 0;
+        // The guards that read verified sources: the spoofed-source
+        // fallback (with the rate limiter) and the host-wide SYN budget. The
+        // reflection guard alone does not, and the egress program then
+        // costs the host's traffic nothing but a test.
+        let limits = super::guards::kernel_limits(&self.limits);
+        let record = shield_on
+            || limits.flags & limit_flags::ENABLED != 0
+            || (limits.flags & limit_flags::SYN != 0 && limits.syn_global_pps != 0);
         self.filter
             .verifier()
             .configure(record, idle_secs.saturating_mul(1_000_000_000))
