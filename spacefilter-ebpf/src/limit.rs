@@ -404,7 +404,7 @@ pub(crate) fn take_packet(
         } else {
             elapsed_us
         };
-        *last_ns = now;
+        *last_ns = credited_until(*last_ns, elapsed_us, now);
         let refilled = *tokens + idle_us * rate;
         *tokens = if refilled > cap { cap } else { refilled };
     }
@@ -413,6 +413,19 @@ pub(crate) fn take_packet(
     }
     *tokens -= TOKEN_SCALE;
     true
+}
+
+/// The moment a refill of `elapsed_us` whole microseconds since `last_ns`
+/// credits up to: the remainder under a microsecond is kept for the next
+/// refill (moving to `now` would lose it, up to half the rate of a bucket
+/// hit every microsecond or two). After an idle time past the cap, `now`.
+#[inline(always)]
+fn credited_until(last_ns: u64, elapsed_us: u64, now: u64) -> u64 {
+    if elapsed_us > MAX_IDLE_US {
+        now
+    } else {
+        last_ns + elapsed_us * 1000
+    }
 }
 
 /// UDP from a reflector port to a service port.
@@ -457,7 +470,7 @@ fn refill(bucket: &mut Bucket, limits: &Limits, now: u64) {
     if idle_us == 0 {
         return;
     }
-    bucket.last_ns = now;
+    bucket.last_ns = credited_until(bucket.last_ns, elapsed_us, now);
     let packets = bucket.packets + idle_us * limits.pps;
     let packets_cap = limits.pps_burst * TOKEN_SCALE;
     bucket.packets = if packets > packets_cap {
