@@ -63,15 +63,22 @@ impl Verifier {
     }
 
     /// Verifies `addr` until `until_ns` (monotonic), or longer if a proof
-    /// already holds it longer. Returns whether it was verified already.
-    pub fn admit(&mut self, addr: IpAddr, until_ns: u64, now_ns: u64) -> Result<bool, ListError> {
+    /// already holds it longer. Returns whether it was verified already,
+    /// and until when it is now.
+    pub fn admit(
+        &mut self,
+        addr: IpAddr,
+        until_ns: u64,
+        now_ns: u64,
+    ) -> Result<(bool, u64), ListError> {
         let key = key_of(addr);
         let current = self.verified.get(&key, 0).ok();
         let held = current.is_some_and(|v| v.until_ns > now_ns);
+        let until_ns = current
+            .filter(|_| held)
+            .map_or(until_ns, |v| v.until_ns.max(until_ns));
         let entry = Verified {
-            until_ns: current
-                .filter(|_| held)
-                .map_or(until_ns, |v| v.until_ns.max(until_ns)),
+            until_ns,
             how: verified_how::ADMITTED,
             #[expect(clippy::cast_possible_truncation, reason = "milliseconds, wrapping")]
             since_ms: (now_ns / 1_000_000) as u32,
@@ -85,7 +92,7 @@ impl Verifier {
         if !held {
             self.count_admission()?;
         }
-        Ok(held)
+        Ok((held, until_ns))
     }
 
     /// Admissions are counted with the program's proofs, in the slot of

@@ -439,16 +439,11 @@ impl Core {
         }
         let now = monotonic_ns();
         let until = now.saturating_add(ttl_secs.saturating_mul(1_000_000_000));
-        let was_verified = self
+        let (was_verified, until) = self
             .filter
             .verifier()
             .admit(addr, until, now)
             .map_err(|err| Refusal::failed(error_chain(&err)))?;
-        let until = self
-            .filter
-            .verifier_ref()
-            .lookup(addr, now)
-            .map_or(until, |(until, _)| until);
         let left_ms = until.saturating_sub(now) / 1_000_000;
         let op = Op::Admit {
             addr,

@@ -35,7 +35,7 @@ pub mod established;
 pub mod storm;
 
 pub use established::{EstablishedRow, Segment, established, established_report};
-pub use storm::{StormRow, storm, storm_report};
+pub use storm::{storm, storm_report};
 
 use super::floods::{FloodCase, SYN_GLOBAL_PPS, SYN_PPS};
 use crate::{
@@ -164,9 +164,29 @@ pub struct AdmissionRow {
 }
 
 impl AdmissionRow {
+    /// The share of the clients' connections that completed.
+    #[must_use]
     #[expect(clippy::cast_precision_loss, reason = "a share")]
-    fn share(&self) -> f64 {
+    pub fn share(&self) -> f64 {
         self.completed as f64 / (self.tried.max(1)) as f64
+    }
+
+    /// The row in a line of the bench's progress: the flood taken in, its
+    /// cost, the clients that completed and their times.
+    #[must_use]
+    pub fn summary(&self) -> String {
+        format!(
+            "{:<32} flood {:5.2} Mpps in, {:.0} ns/frame; {} of {} ({:.1} %), p50 {:.0} ms, \
+             p99 {:.0} ms",
+            self.admission.filter(),
+            self.arrived_pps / 1e6,
+            self.receive_ns,
+            self.completed,
+            self.tried,
+            self.share() * 100.0,
+            self.p50_ms,
+            self.p99_ms,
+        )
     }
 }
 
@@ -422,7 +442,7 @@ pub struct Admitted {
     /// A transfer under ACK and RST floods.
     pub established: Vec<EstablishedRow>,
     /// The join storm during the SYN flood.
-    pub storm: Vec<StormRow>,
+    pub storm: Vec<AdmissionRow>,
 }
 
 /// Every defence in turn against the SYN flood, `duration` each; then the
@@ -433,18 +453,7 @@ pub fn admission(duration: Duration) -> anyhow::Result<Admitted> {
     for admission in Admission::ALL {
         let row = admission_run(admission, duration)
             .with_context(|| format!("admission with {}", admission.filter()))?;
-        eprintln!(
-            "bench: admission, {:<32} flood {:5.2} Mpps in, {:.0} ns/frame; client {} of {} \
-             ({:.1} %), p50 {:.0} ms, p99 {:.0} ms",
-            admission.filter(),
-            row.arrived_pps / 1e6,
-            row.receive_ns,
-            row.completed,
-            row.tried,
-            row.share() * 100.0,
-            row.p50_ms,
-            row.p99_ms,
-        );
+        eprintln!("bench: admission, {}", row.summary());
         rows.push(row);
     }
     Ok(Admitted {

@@ -40,7 +40,7 @@ use nix::sys::{
     time::TimeVal,
 };
 
-use super::{Admission, CONNECT_TIMEOUT, quantile_ms, setup};
+use super::{Admission, AdmissionRow, CONNECT_TIMEOUT, quantile_ms, setup};
 use crate::{
     bench::floods::FloodCase,
     flood::{CpuTimes, FLOOD_CPU, FloodLab},
@@ -65,30 +65,6 @@ const STACK: usize = 64 * 1024;
 
 /// The defences measured here.
 pub const DEFENCES: [Admission; 3] = [Admission::Kernel, Admission::SynBudget, Admission::Shield];
-
-/// One defence's storm.
-#[derive(Clone, Debug)]
-pub struct StormRow {
-    pub admission: Admission,
-    pub rule: String,
-    /// The flood's length.
-    pub seconds: f64,
-    pub arrived_pps: f64,
-    pub receive_ns: f64,
-    pub tried: u64,
-    pub completed: u64,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-}
-
-impl StormRow {
-    #[must_use]
-    pub fn share(&self) -> f64 {
-        #[expect(clippy::cast_precision_loss, reason = "a share")]
-        let share = self.completed as f64 / self.tried.max(1) as f64;
-        share
-    }
-}
 
 /// The clients' addresses.
 #[must_use]
@@ -222,7 +198,7 @@ fn join(from: Ipv4Addr, to: SocketAddrV4, timeout: Duration) -> anyhow::Result<(
 }
 
 /// Runs the storm against `admission`.
-pub fn storm_run(admission: Admission) -> anyhow::Result<StormRow> {
+pub fn storm_run(admission: Admission) -> anyhow::Result<AdmissionRow> {
     let mut lab = FloodLab::new()?;
     let addresses = storm_addresses();
     add_clients(&lab, &addresses)?;
@@ -292,7 +268,7 @@ pub fn storm_run(admission: Admission) -> anyhow::Result<StormRow> {
     times.sort_unstable();
     let seconds = sent.elapsed.as_secs_f64();
     #[expect(clippy::cast_precision_loss, reason = "rates")]
-    Ok(StormRow {
+    Ok(AdmissionRow {
         admission,
         rule: admission.rule(port),
         seconds,
@@ -302,27 +278,18 @@ pub fn storm_run(admission: Admission) -> anyhow::Result<StormRow> {
         completed: times.len() as u64,
         p50_ms: quantile_ms(&times, 0.5),
         p99_ms: quantile_ms(&times, 0.99),
+        cookies: None,
+        synproxy: None,
     })
 }
 
 /// The storm against every defence in turn.
-pub fn storm() -> anyhow::Result<Vec<StormRow>> {
+pub fn storm() -> anyhow::Result<Vec<AdmissionRow>> {
     let mut rows = Vec::new();
     for admission in DEFENCES {
         let row = storm_run(admission)
             .with_context(|| format!("a join storm with {}", admission.filter()))?;
-        eprintln!(
-            "bench: join storm, {:<32} flood {:5.2} Mpps in, {:.0} ns/frame; {} of {} \
-             ({:.1} %), p50 {:.0} ms, p99 {:.0} ms",
-            admission.filter(),
-            row.arrived_pps / 1e6,
-            row.receive_ns,
-            row.completed,
-            row.tried,
-            row.share() * 100.0,
-            row.p50_ms,
-            row.p99_ms,
-        );
+        eprintln!("bench: join storm, {}", row.summary());
         rows.push(row);
     }
     Ok(rows)
@@ -330,7 +297,7 @@ pub fn storm() -> anyhow::Result<Vec<StormRow>> {
 
 /// The subsection of the admission report.
 #[must_use]
-pub fn storm_report(rows: &[StormRow]) -> String {
+pub fn storm_report(rows: &[AdmissionRow]) -> String {
     let mut out = String::new();
     if rows.is_empty() {
         return out;
