@@ -743,6 +743,9 @@ pub struct AutoBlockEvent {
     pub v6: u32,
 }
 
+/// Capacity of the `AUTO_EXEMPT` map: sources never auto-blocked.
+pub const MAX_AUTO_EXEMPT: u32 = 1024;
+
 /// Default size of the `BUCKETS` LRU map.
 pub const DEFAULT_BUCKETS: u32 = 65_536;
 
@@ -872,6 +875,9 @@ pub mod map_names {
     pub const LIMITS: &str = "LIMITS";
     pub const BUCKETS: &str = "BUCKETS";
     pub const AUTO_BLOCKED: &str = "AUTO_BLOCKED";
+    pub const AUTO_ACTIVE: &str = "AUTO_ACTIVE";
+    pub const AUTO_EXEMPT: &str = "AUTO_EXEMPT";
+    pub const SPOOF_SEEN: &str = "SPOOF_SEEN";
     pub const EVENTS: &str = "EVENTS";
     pub const SYN_GLOBAL: &str = "SYN_GLOBAL";
     pub const REFLECT_PORTS: &str = "REFLECT_PORTS";

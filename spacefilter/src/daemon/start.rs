@@ -206,7 +206,9 @@ pub(super) fn start(settings: Settings) -> anyhow::Result<Core> {
         samples: Samples::default(),
         auto_blocks: 0,
         shield: ShieldState::default(),
+        auto_exempt: Vec::new(),
     };
+    core.refresh_auto_exempt();
     restore_shield(&mut core);
     core.restore_admissions();
     if let Err(err) = add_config_entries(&mut core, (allow, block), force) {
