@@ -588,6 +588,117 @@ pub mod shield_watch {
 /// refill over microseconds needs no division by the rate.
 pub const TOKEN_SCALE: u64 = 1_000_000;
 
+/// The token buckets' arithmetic, shared by the program and its host-side
+/// tests: rates are in packets (or bytes) a second, which is tokens a
+/// microsecond at [`TOKEN_SCALE`].
+#[expect(
+    clippy::inline_always,
+    reason = "the program inlines every step: a BPF-to-BPF call costs more"
+)]
+pub mod tokens {
+    use super::TOKEN_SCALE;
+
+    /// A refill never credits more than this much idle time: it keeps the
+    /// token arithmetic far from overflow, and a full bucket is full
+    /// anyway.
+    pub const MAX_IDLE_US: u64 = 10_000_000;
+
+    /// The whole microseconds to credit a bucket last refilled at
+    /// `*last_ns`, moving `*last_ns` to the moment credited up to: the
+    /// remainder under a microsecond is kept for the next refill (moving to
+    /// `now` would lose it, up to half the rate of a bucket hit every
+    /// microsecond or two). After an idle time past [`MAX_IDLE_US`], that
+    /// much, and `*last_ns` moves to `now`.
+    #[inline(always)]
+    pub fn credit_us(last_ns: &mut u64, now: u64) -> u64 {
+        let elapsed_us = now.saturating_sub(*last_ns) / 1000;
+        if elapsed_us > MAX_IDLE_US {
+            *last_ns = now;
+            return MAX_IDLE_US;
+        }
+        *last_ns += elapsed_us * 1000;
+        elapsed_us
+    }
+
+    /// `tokens` plus `idle_us` of `rate`, up to `burst` whole tokens.
+    #[inline(always)]
+    #[must_use]
+    pub fn refilled(tokens: u64, idle_us: u64, rate: u64, burst: u64) -> u64 {
+        let cap = burst * TOKEN_SCALE;
+        let refilled = tokens + idle_us * rate;
+        if refilled > cap { cap } else { refilled }
+    }
+
+    /// One packet-counting token bucket: refills `tokens` at `rate` a
+    /// second up to `burst` packets, then takes one packet; `false` if none
+    /// is left. A bucket never used (`last_ns` 0) starts full.
+    #[inline(always)]
+    pub fn take_packet(
+        tokens: &mut u64,
+        last_ns: &mut u64,
+        (rate, burst): (u64, u64),
+        now: u64,
+    ) -> bool {
+        if *last_ns == 0 {
+            *last_ns = now;
+            *tokens = burst * TOKEN_SCALE;
+        }
+        let idle_us = credit_us(last_ns, now);
+        if idle_us > 0 {
+            *tokens = refilled(*tokens, idle_us, rate, burst);
+        }
+        if *tokens < TOKEN_SCALE {
+            return false;
+        }
+        *tokens -= TOKEN_SCALE;
+        true
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// Hits `hits` times, `gap_ns` apart, at `rate` with a burst of
+        /// four; how many were let through.
+        fn passes(rate: u64, gap_ns: u64, hits: u64) -> u64 {
+            let (mut tokens, mut last_ns) = (0, 0);
+            let start = 1_000_000_000;
+            (0..hits)
+                .filter(|i| take_packet(&mut tokens, &mut last_ns, (rate, 4), start + i * gap_ns))
+                .count() as u64
+        }
+
+        #[test]
+        fn a_bucket_hit_every_microsecond_or_two_gets_its_whole_rate() {
+            // 1.5 µs apart for one second, at 400 000 a second: crediting
+            // whole microseconds and dropping the rest would give a third
+            // less.
+            for (gap_ns, rate) in [(1_500, 400_000), (1_100, 500_000), (700, 900_000)] {
+                let hits = 1_000_000_000 / gap_ns;
+                let got = passes(rate, gap_ns, hits);
+                assert!(
+                    got >= rate - rate / 1000 && got <= rate + 5,
+                    "{gap_ns} ns apart at {rate}/s: {got} let through"
+                );
+            }
+        }
+
+        #[test]
+        fn a_long_idle_time_fills_the_bucket_once() {
+            let (mut tokens, mut last_ns) = (0, 0);
+            let start = 1_000_000_000;
+            assert!(take_packet(&mut tokens, &mut last_ns, (10, 3), start));
+            // A day later: a full burst, no more.
+            let later = start + 86_400_000_000_000;
+            let got = (0..10)
+                .filter(|_| take_packet(&mut tokens, &mut last_ns, (10, 3), later))
+                .count();
+            assert_eq!(got, 3);
+            assert_eq!(last_ns, later);
+        }
+    }
+}
+
 /// The per-source rate limit: the single entry of the `LIMITS` array.
 ///
 /// Each source (an IPv4 address; IPv6 aggregated to `v6_prefix_len`) has a

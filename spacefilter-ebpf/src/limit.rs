@@ -16,6 +16,7 @@ use aya_ebpf::helpers::bpf_ktime_get_ns;
 use spacefilter_common::{
     AutoBlock, AutoBlockEvent, Bucket, FALLBACK_HOLD_NS, Limits, Reason, TOKEN_SCALE, limit_flags,
     reflect_bits,
+    tokens::{credit_us, refilled},
 };
 
 use crate::{
@@ -27,9 +28,6 @@ use crate::{
     verified,
 };
 
-/// A refill never credits more than this much idle time: it keeps the
-/// token arithmetic far from overflow, and a full bucket is full anyway.
-const MAX_IDLE_US: u64 = 10_000_000;
 /// A second within its limit ends a source's time over it.
 const CALM_NS: u64 = 1_000_000_000;
 
@@ -432,51 +430,7 @@ fn take_aggregate(key: &[u8; 20], limits: &Limits, now: u64) -> bool {
     )
 }
 
-/// One packet-counting token bucket: refills `tokens` at `rate` a second
-/// up to `burst` packets, then takes one packet; `false` if none is left.
-/// A bucket never used (`last_ns` 0) starts full.
-#[inline(always)]
-pub(crate) fn take_packet(
-    tokens: &mut u64,
-    last_ns: &mut u64,
-    (rate, burst): (u64, u64),
-    now: u64,
-) -> bool {
-    let cap = burst * TOKEN_SCALE;
-    if *last_ns == 0 {
-        *last_ns = now;
-        *tokens = cap;
-    }
-    let elapsed_us = now.saturating_sub(*last_ns) / 1000;
-    if elapsed_us > 0 {
-        let idle_us = if elapsed_us > MAX_IDLE_US {
-            MAX_IDLE_US
-        } else {
-            elapsed_us
-        };
-        *last_ns = credited_until(*last_ns, elapsed_us, now);
-        let refilled = *tokens + idle_us * rate;
-        *tokens = if refilled > cap { cap } else { refilled };
-    }
-    if *tokens < TOKEN_SCALE {
-        return false;
-    }
-    *tokens -= TOKEN_SCALE;
-    true
-}
-
-/// The moment a refill of `elapsed_us` whole microseconds since `last_ns`
-/// credits up to: the remainder under a microsecond is kept for the next
-/// refill (moving to `now` would lose it, up to half the rate of a bucket
-/// hit every microsecond or two). After an idle time past the cap, `now`.
-#[inline(always)]
-fn credited_until(last_ns: u64, elapsed_us: u64, now: u64) -> u64 {
-    if elapsed_us > MAX_IDLE_US {
-        now
-    } else {
-        last_ns + elapsed_us * 1000
-    }
-}
+pub(crate) use spacefilter_common::tokens::take_packet;
 
 /// UDP from a reflector port to a service port.
 #[inline(always)]
@@ -509,31 +463,17 @@ fn global_syn_allowed(limits: &Limits, now: u64) -> bool {
     )
 }
 
+/// Refills a source's buckets (packets, bytes, SYNs) for the time since
+/// the last refill.
 #[inline(always)]
 fn refill(bucket: &mut Bucket, limits: &Limits, now: u64) {
-    let elapsed_us = now.saturating_sub(bucket.last_ns) / 1000;
-    let idle_us = if elapsed_us > MAX_IDLE_US {
-        MAX_IDLE_US
-    } else {
-        elapsed_us
-    };
+    let idle_us = credit_us(&mut bucket.last_ns, now);
     if idle_us == 0 {
         return;
     }
-    bucket.last_ns = credited_until(bucket.last_ns, elapsed_us, now);
-    let packets = bucket.packets + idle_us * limits.pps;
-    let packets_cap = limits.pps_burst * TOKEN_SCALE;
-    bucket.packets = if packets > packets_cap {
-        packets_cap
-    } else {
-        packets
-    };
-    let bytes = bucket.bytes + idle_us * limits.bps;
-    let bytes_cap = limits.bps_burst * TOKEN_SCALE;
-    bucket.bytes = if bytes > bytes_cap { bytes_cap } else { bytes };
-    let syns = bucket.syns + idle_us * limits.syn_pps;
-    let syns_cap = limits.syn_burst * TOKEN_SCALE;
-    bucket.syns = if syns > syns_cap { syns_cap } else { syns };
+    bucket.packets = refilled(bucket.packets, idle_us, limits.pps, limits.pps_burst);
+    bucket.bytes = refilled(bucket.bytes, idle_us, limits.bps, limits.bps_burst);
+    bucket.syns = refilled(bucket.syns, idle_us, limits.syn_pps, limits.syn_burst);
 }
 
 #[inline(always)]

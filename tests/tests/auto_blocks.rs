@@ -170,7 +170,10 @@ fn an_auto_block_holds_past_rules_and_the_limiter_off_and_spares_the_resolver() 
             "rule", "add", "--action", "pass", "--proto", "udp", "--dport", &port,
         ])
         .ok("rule add");
-    assert!(s.cut_off(Host::Listener), "a pass rule lifts the auto-block");
+    assert!(
+        s.cut_off(Host::Listener),
+        "a pass rule lifts the auto-block"
+    );
     s.daemon.cli(&["limit", "off"]).ok("limit off");
     assert!(s.cut_off(Host::Listener), "limit off lifts the auto-block");
     assert_eq!(s.auto_blocked(), vec![format!("{listener}/32")]);
