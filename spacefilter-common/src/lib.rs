@@ -579,7 +579,9 @@ pub mod shield_flags {
 pub mod shield_watch {
     /// TCP SYNs to the shield's TCP ports.
     pub const SYNS: u32 = 0;
-    /// UDP from unverified sources to the shield's UDP ports.
+    /// UDP from unverified sources to the shield's UDP ports (and, while
+    /// the shield is on, TCP in layouts it does not read: IPv4 options,
+    /// IPv6 extension headers).
     pub const UNVERIFIED_UDP: u32 = 1;
     pub const SLOTS: u32 = 2;
 }
