@@ -228,7 +228,7 @@ pub enum Response {
     Changed(Changed),
     Entries { entries: Vec<EntryView> },
     Stats(StatsView),
-    Status(StatusView),
+    Status(Box<StatusView>),
     Limits(LimitsView),
     Rules { rules: Vec<HeaderRuleView> },
     Top(TopView),
