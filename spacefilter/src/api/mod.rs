@@ -237,3 +237,24 @@ pub enum Response {
     Shield(ShieldView),
     Admitted(AdmitView),
 }
+
+/// Why `name` cannot be a capture's `--reason`, if it cannot: only the
+/// reasons frames are dropped for are sampled.
+#[must_use]
+pub fn capture_reason_problem(name: &str) -> Option<String> {
+    if spacefilter_common::Reason::ALL
+        .iter()
+        .any(|r| r.drops() && r.name() == name)
+    {
+        return None;
+    }
+    let names: Vec<&str> = spacefilter_common::Reason::ALL
+        .iter()
+        .filter(|r| r.drops())
+        .map(|r| r.name())
+        .collect();
+    Some(format!(
+        "{name:?} is not a reason frames are dropped for; expected one of {}",
+        names.join(", ")
+    ))
+}
