@@ -4,17 +4,24 @@
 //! client.
 
 use std::{
-    fs,
-    os::unix::fs::PermissionsExt as _,
+    collections::HashMap,
+    fs::{self, File},
+    os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, OpenOptionsExt as _},
     path::Path,
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
+use nix::{
+    fcntl::{AT_FDCWD, AtFlags, Flock, FlockArg},
+    sys::stat::{Mode, umask},
+    unistd::fchownat,
+};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream, unix::OwnedWriteHalf},
-    sync::mpsc,
+    sync::{Semaphore, mpsc},
 };
 
 use super::streams;
@@ -37,50 +44,179 @@ pub fn group_id(name: &str) -> anyhow::Result<nix::unistd::Gid> {
     }
 }
 
-/// Creates the socket: its folder if needed, owner root, mode 0660, group
-/// `group` if given (its members may then read: stats, lists, top,
-/// capture; only root changes anything). A socket file left by a daemon
-/// that died is replaced; one a live daemon answers on is not.
-pub fn bind(path: &Path, group: Option<nix::unistd::Gid>) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+/// How long a connection may sit without a whole request line before it
+/// is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_mins(1);
+/// Connections open at once from one user other than root, and from all
+/// of them together; root's are not counted, so that no one else can
+/// crowd root out.
+pub const MAX_CONNECTIONS_PER_UID: usize = 32;
+pub const MAX_CONNECTIONS: usize = 512;
+/// The longest request line from a peer that may only read (reads are
+/// short), and the longest any peer sends without a big-request permit.
+pub const SMALL_REQUEST_BYTES: usize = 64 << 10;
+/// Request lines longer than [`SMALL_REQUEST_BYTES`] (bulk adds) read at
+/// once: a bound on the memory that peers sending huge lines can take.
+const BIG_REQUESTS_AT_ONCE: usize = 2;
+
+/// The bound control socket, and the lock that says this daemon owns its
+/// path (`<socket>.lock`, held while the daemon runs).
+pub struct Bound {
+    pub listener: UnixListener,
+    pub lock: Flock<File>,
+}
+
+/// Creates the socket: its folder if needed (mode 0750), owner root, mode
+/// 0660, group `group` if given (its members may then read: stats, lists,
+/// top, capture; only root changes anything). Another daemon on the same
+/// path is refused (its lock is held); a socket file left by a daemon that
+/// died is replaced; anything else at the path is left alone and refused.
+pub fn bind(path: &Path, group: Option<nix::unistd::Gid>) -> anyhow::Result<Bound> {
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+        && !dir.exists()
+    {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
     }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            anyhow::bail!(
-                "another spacefilter daemon is answering on {}; stop it or pick another --socket",
-                path.display()
-            );
+    let lock = lock_for(path)?;
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                anyhow::bail!(
+                    "another spacefilter daemon is answering on {}; stop it or pick another --socket",
+                    path.display()
+                );
+            }
+            fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
         }
-        fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+        Ok(_) => anyhow::bail!(
+            "{} exists and is not a socket; move it away or pick another --socket",
+            path.display()
+        ),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err).with_context(|| format!("looking at {}", path.display())),
     }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o660))
-        .with_context(|| format!("setting the mode of {}", path.display()))?;
+    // Created with mode 0660 by the umask, rather than changed afterwards
+    // through a path that could meanwhile be a symlink.
+    let old = umask(Mode::from_bits_truncate(0o117));
+    let bound = UnixListener::bind(path);
+    umask(old);
+    let listener = bound.with_context(|| format!("binding {}", path.display()))?;
     if let Some(gid) = group {
-        nix::unistd::chown(path, None, Some(gid))
-            .with_context(|| format!("giving {} to group {gid}", path.display()))?;
+        fchownat(
+            AT_FDCWD,
+            path,
+            None,
+            Some(gid),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .with_context(|| format!("giving {} to group {gid}", path.display()))?;
     }
-    Ok(listener)
+    Ok(Bound { listener, lock })
+}
+
+/// Takes the lock of the socket at `path` (`<path>.lock`).
+fn lock_for(path: &Path) -> anyhow::Result<Flock<File>> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = std::path::PathBuf::from(name);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| {
+        anyhow::anyhow!(
+            "another spacefilter daemon holds {} (its socket is {}); stop it or pick another --socket",
+            lock_path.display(),
+            path.display()
+        )
+    })
+}
+
+/// Connections open now, per user other than root.
+#[derive(Clone, Default)]
+struct Open(Arc<Mutex<HashMap<u32, usize>>>);
+
+/// A connection counted in [`Open`], until dropped.
+struct Counted {
+    open: Open,
+    uid: u32,
+}
+
+impl Open {
+    /// Counts a connection from `uid`, or says why it is one too many.
+    fn admit(&self, uid: u32) -> Result<Option<Counted>, String> {
+        if uid == 0 {
+            return Ok(None);
+        }
+        let mut open = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let total: usize = open.values().sum();
+        let mine = open.entry(uid).or_default();
+        if *mine >= MAX_CONNECTIONS_PER_UID {
+            return Err(format!(
+                "uid {uid} has {MAX_CONNECTIONS_PER_UID} connections open already; close some"
+            ));
+        }
+        if total >= MAX_CONNECTIONS {
+            return Err(format!(
+                "{MAX_CONNECTIONS} connections are open already; try again later"
+            ));
+        }
+        *mine += 1;
+        Ok(Some(Counted {
+            open: self.clone(),
+            uid,
+        }))
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut open = self.open.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.uid);
+            }
+        }
+    }
 }
 
 /// Accepts connections until `stop` turns true.
 pub async fn serve(listener: UnixListener, daemon: Handle, mut stop: Stop) {
+    let open = Open::default();
+    let big = Arc::new(Semaphore::new(BIG_REQUESTS_AT_ONCE));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    tokio::spawn(connection(stream, daemon.clone(), stop.clone()));
+                    let limits = Limits { open: open.clone(), big: big.clone() };
+                    tokio::spawn(connection(stream, daemon.clone(), stop.clone(), limits));
                 }
                 Err(err) => {
+                    // Out of file descriptors, say: wait for some to close
+                    // rather than spin.
                     log::warn!("accept: {err}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
             _ = stop.changed() => return,
         }
     }
+}
+
+/// What a connection shares with the others.
+struct Limits {
+    open: Open,
+    big: Arc<Semaphore>,
 }
 
 pub(super) async fn send(out: &mut OwnedWriteHalf, response: &Response) -> std::io::Result<()> {
@@ -102,7 +238,53 @@ impl From<Refusal> for Response {
     }
 }
 
-async fn connection(stream: UnixStream, daemon: Handle, stop: Stop) {
+/// Reads one request line into `line`, within [`IDLE_TIMEOUT`]: `false`
+/// when the peer hung up; `Err` (with the reply) when the line is too long
+/// for the peer or takes too long. A peer that may only read gets
+/// [`SMALL_REQUEST_BYTES`]; one that may write, [`MAX_REQUEST_BYTES`],
+/// past the small size only while it holds one of the few big-request
+/// permits.
+async fn read_request(
+    read: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    line: &mut Vec<u8>,
+    may_write: bool,
+    big: &Semaphore,
+) -> Result<bool, String> {
+    let timed_out = || format!("no whole request within {}s", IDLE_TIMEOUT.as_secs());
+    let deadline = tokio::time::Instant::now() + IDLE_TIMEOUT;
+    let small = (SMALL_REQUEST_BYTES + 1) as u64;
+    let n = tokio::time::timeout_at(deadline, (&mut *read).take(small).read_until(b'\n', line))
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(|err| format!("read: {err}"))?;
+    if n == 0 {
+        return Ok(false);
+    }
+    if line.ends_with(b"\n") {
+        return Ok(true);
+    }
+    let too_long = |max: usize| format!("request longer than {max} bytes; closing the connection");
+    if !may_write {
+        return Err(too_long(SMALL_REQUEST_BYTES));
+    }
+    let _permit = tokio::time::timeout_at(deadline, big.acquire())
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(|_| "the daemon is stopping".to_owned())?;
+    let rest = (MAX_REQUEST_BYTES - line.len() + 1) as u64;
+    let n = tokio::time::timeout_at(deadline, (&mut *read).take(rest).read_until(b'\n', line))
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(|err| format!("read: {err}"))?;
+    if line.len() > MAX_REQUEST_BYTES {
+        return Err(too_long(MAX_REQUEST_BYTES));
+    }
+    // A last line without its newline, at the peer's hang-up, is a request
+    // all the same.
+    Ok(n > 0 || !line.is_empty())
+}
+
+async fn connection(stream: UnixStream, daemon: Handle, stop: Stop, limits: Limits) {
     let peer = match stream.peer_cred() {
         Ok(cred) => Peer {
             uid: cred.uid(),
@@ -115,34 +297,30 @@ async fn connection(stream: UnixStream, daemon: Handle, stop: Stop) {
     };
     let may_write = peer.uid == 0 || peer.uid == nix::unistd::geteuid().as_raw();
     let (read, mut write) = stream.into_split();
+    let _counted = match limits.open.admit(peer.uid) {
+        Ok(counted) => counted,
+        Err(message) => {
+            log::warn!("{peer}: {message}");
+            let _ = send(&mut write, &error(ErrorKind::Refused, message)).await;
+            return;
+        }
+    };
     let mut read = BufReader::new(read);
     let mut line = Vec::new();
     loop {
+        if line.capacity() > SMALL_REQUEST_BYTES {
+            // A bulk request's buffer is not kept for the next one.
+            line = Vec::new();
+        }
         line.clear();
-        let limit = u64::try_from(MAX_REQUEST_BYTES).unwrap_or(u64::MAX) + 1;
-        let n = match (&mut read).take(limit).read_until(b'\n', &mut line).await {
-            Ok(n) => n,
-            Err(err) => {
-                log::debug!("{peer}: read: {err}");
+        match read_request(&mut read, &mut line, may_write, &limits.big).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(message) => {
+                log::warn!("{peer}: {message}; connection closed");
+                let _ = send(&mut write, &error(ErrorKind::BadInput, message)).await;
                 return;
             }
-        };
-        if n == 0 {
-            return;
-        }
-        if line.len() > MAX_REQUEST_BYTES {
-            let _ = send(
-                &mut write,
-                &error(
-                    ErrorKind::BadInput,
-                    format!(
-                        "request longer than {MAX_REQUEST_BYTES} bytes; closing the connection"
-                    ),
-                ),
-            )
-            .await;
-            log::warn!("{peer}: oversized request; connection closed");
-            return;
         }
         let text = line.trim_ascii();
         if text.is_empty() {

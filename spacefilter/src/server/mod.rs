@@ -64,7 +64,8 @@ impl Plan {
                 anyhow::Ok(listener)
             })
             .transpose()?;
-        let listener = control::bind(&socket, self.group)?;
+        raise_fd_limit();
+        let control::Bound { listener, lock } = control::bind(&socket, self.group)?;
         log::info!("listening on {}", socket.display());
         let mut tasks = vec![tokio::spawn(control::serve(
             listener,
@@ -80,7 +81,34 @@ impl Plan {
                 if let Err(err) = std::fs::remove_file(&socket) {
                     log::warn!("removing {}: {err}", socket.display());
                 }
+                // Held until the socket is gone.
+                drop(lock);
             }),
         })
+    }
+}
+
+/// Raises the soft limit on open files to the hard one: each client holds
+/// a descriptor, and the default soft limit (1024) is not much on a busy
+/// host.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) == 0
+            && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) != 0 {
+                log::warn!(
+                    "raising the open-file limit to {}: {}",
+                    limit.rlim_max,
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
     }
 }

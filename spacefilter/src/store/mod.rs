@@ -32,6 +32,7 @@ mod snapshot;
 use std::{
     fs::{self, File, OpenOptions},
     io::{self, Write as _},
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -129,15 +130,22 @@ impl Store {
     /// Opens (creating if needed) the state directory, takes its lock, and
     /// returns the rules it holds.
     pub fn open(dir: &Path) -> Result<(Store, Rules), StateError> {
-        fs::create_dir_all(dir).map_err(|source| StateError::CreateDir {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        // The allowlist and the comments are for root alone.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| StateError::CreateDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        tighten(dir, 0o700);
         let lock_path = dir.join(LOCK);
         let lock_file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&lock_path)
             .map_err(io_err(&lock_path, "opening the lock"))?;
         let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|_| {
@@ -183,8 +191,10 @@ impl Store {
         let journal = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&journal_path)
             .map_err(io_err(&journal_path, "opening"))?;
+        tighten(&journal_path, 0o600);
         let journal_len = journal
             .metadata()
             .map_err(io_err(&journal_path, "reading the size of"))?
@@ -341,6 +351,20 @@ impl Store {
             .map_err(io_err(&self.dir.join(JOURNAL), "fsync"))?;
         self.journal_ops = 0;
         Ok(())
+    }
+}
+
+/// Takes group and other permissions off `path` (a state directory or
+/// journal an older version made readable to all): to `mode`.
+fn tighten(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Ok(meta) = fs::symlink_metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        match fs::set_permissions(path, fs::Permissions::from_mode(mode)) {
+            Ok(()) => log::info!("{}: mode set to {mode:o}", path.display()),
+            Err(err) => log::warn!("{}: setting mode {mode:o}: {err}", path.display()),
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 use std::{
     fs::{self, File},
     io::{self, BufReader, BufWriter},
+    os::unix::fs::OpenOptionsExt as _,
     path::Path,
 };
 
@@ -67,7 +68,13 @@ pub(super) fn write(dir: &Path, name: &str, snapshot: &Snapshot) -> Result<(), S
 /// Writes `snapshot` to `tmp`, durably.
 fn write_tmp(tmp: &Path, snapshot: &Snapshot) -> Result<(), StateError> {
     {
-        let file = File::create(tmp).map_err(io_err(tmp, "creating"))?;
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(tmp)
+            .map_err(io_err(tmp, "creating"))?;
         let mut out = BufWriter::new(file);
         serde_json::to_writer(&mut out, snapshot)
             .map_err(|e| io_err(tmp, "writing")(io::Error::other(e)))?;
