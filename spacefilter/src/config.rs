@@ -162,6 +162,7 @@ pub fn merge(cli: CommandLine, file: ConfigFile) -> Result<RunSettings, ConfigEr
             },
             allow: file.allow,
             block: file.block,
+            reload: None,
         },
         server: server::Settings {
             socket: socket

@@ -1,13 +1,17 @@
 //! The config file's `allow` and `block` entries, end to end with a real
 //! daemon: they are listed with origin `config`, and a line taken out of
-//! the file takes its entry out at the next start, while entries added by
-//! hand stay.
+//! the file takes its entry out at the next start (or at SIGHUP), while
+//! entries added by hand stay.
 
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
 use serde_json::Value;
 use spacefilter_tests::{
     daemon::{DaemonPaths, DaemonProcess, STOP_TIMEOUT, Scratch},
     netns::{Host, Lab},
     require_root,
+    traffic::wait_until,
 };
 
 /// `(list, prefix, origin)` of every entry.
@@ -59,8 +63,9 @@ fn a_line_taken_out_of_the_config_takes_its_entry_out() {
     // One block line and the allow line gone: their entries go, the rest
     // (the file's other block, the one added by hand) stays.
     std::fs::write(&config, "block = [\"198.18.9.0/24\"]\n").expect("rewriting the config");
-    let daemon = DaemonProcess::start(&lab.ns(Host::Server), &paths, &["--config", &config_arg])
-        .expect("restarting the daemon");
+    let mut daemon =
+        DaemonProcess::start(&lab.ns(Host::Server), &paths, &["--config", &config_arg])
+            .expect("restarting the daemon");
     assert_eq!(
         entries(&daemon),
         vec![
@@ -68,4 +73,30 @@ fn a_line_taken_out_of_the_config_takes_its_entry_out() {
             entry("block", "198.18.9.0/24", "config"),
         ]
     );
+
+    // SIGHUP reads the file again: the daemon lives on, with the file's
+    // entries.
+    std::fs::write(&config, "block = [\"198.18.8.0/24\"]\n").expect("rewriting the config");
+    daemon.signal(Signal::SIGHUP).expect("SIGHUP");
+    let expected = vec![
+        entry("block", "198.18.7.7/32", "manual"),
+        entry("block", "198.18.8.0/24", "config"),
+    ];
+    assert!(
+        wait_until(Duration::from_secs(5), || entries(&daemon) == expected),
+        "{:?}\n{}",
+        entries(&daemon),
+        daemon.log()
+    );
+    // A config file that no longer reads changes nothing.
+    std::fs::write(&config, "block = [\"not a prefix\"]\n").expect("rewriting the config");
+    daemon.signal(Signal::SIGHUP).expect("SIGHUP");
+    assert!(
+        wait_until(Duration::from_secs(5), || daemon
+            .log()
+            .contains("reading the config file")),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(entries(&daemon), expected);
 }

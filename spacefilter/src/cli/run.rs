@@ -40,7 +40,13 @@ pub(super) fn run(args: RunArgs) -> Result<(), Failure> {
         Some(path) => config::ConfigFile::load(path).map_err(bad)?,
         None => config::ConfigFile::default(),
     };
-    let config::RunSettings { daemon, server } = config::merge(settings, file).map_err(bad)?;
+    let config::RunSettings { mut daemon, server } = config::merge(settings, file).map_err(bad)?;
+    if let Some(path) = config.clone() {
+        daemon.reload = Some(daemon::Reload(std::sync::Arc::new(move || {
+            let file = config::ConfigFile::load(&path)?;
+            Ok((file.allow, file.block))
+        })));
+    }
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|err| Failure::runtime(format!("starting the runtime: {err}")))?;
     let refusal = |err: anyhow::Error| {

@@ -59,6 +59,22 @@ pub struct Settings {
     /// Entries from the config file, added on start if absent.
     pub allow: Vec<Prefix>,
     pub block: Vec<Prefix>,
+    /// Reads the config file's `allow` and `block` entries again, on
+    /// SIGHUP (`None`: there is no config file).
+    pub reload: Option<Reload>,
+}
+
+/// Reads the config file's `allow` and `block` entries again.
+#[derive(Clone)]
+pub struct Reload(pub Arc<ReadEntries>);
+
+/// What a [`Reload`] calls.
+pub type ReadEntries = dyn Fn() -> anyhow::Result<(Vec<Prefix>, Vec<Prefix>)> + Send + Sync;
+
+impl std::fmt::Debug for Reload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reload(the config file)")
+    }
 }
 
 /// Turns true when the daemon stops; every task watches it.
@@ -74,13 +90,35 @@ pub struct Transports {
     pub cleanup: Box<dyn FnOnce() + Send>,
 }
 
-/// Runs the daemon until SIGINT or SIGTERM: starts the core, starts the
-/// transports that `serve` makes from a handle on it, and on a signal
-/// stops them and the background tasks, then detaches.
+/// SIGHUP: reads the config file again and makes its `allow` and `block`
+/// entries the entries of origin `config`. Everything else in it (the
+/// interfaces, the socket, the sizes) takes a restart.
+fn reload_config(reload: Option<&Reload>, handle: &Handle, force: bool) {
+    let Some(reload) = reload else {
+        log::info!("SIGHUP: no config file to read again (run --config FILE)");
+        return;
+    };
+    match (reload.0)() {
+        Ok(entries) => match start::apply_config_entries(&mut handle.lock(), entries, force) {
+            Ok(()) => log::info!(
+                "SIGHUP: the config file's allow and block entries are in force (its other settings take a restart)"
+            ),
+            Err(err) => log::error!("SIGHUP: {err:#}; the entries stay as they were"),
+        },
+        Err(err) => log::error!("SIGHUP: reading the config file: {err:#}; nothing changed"),
+    }
+}
+
+/// Runs the daemon until SIGINT or SIGTERM (SIGHUP reads the config file
+/// again): starts the core, starts the transports that `serve` makes from
+/// a handle on it, and on a signal stops them and the background tasks,
+/// then detaches.
 pub async fn run(
-    settings: Settings,
+    mut settings: Settings,
     serve: impl FnOnce(Handle, Stop) -> anyhow::Result<Transports>,
 ) -> anyhow::Result<()> {
+    let force = settings.force;
+    let reload = settings.reload.take();
     let mut core = start::start(settings)?;
     let events = core.filter.take_events();
     let samples = core.filter.take_samples();
@@ -118,9 +156,19 @@ pub async fn run(
 
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => log::info!("SIGTERM: shutting down"),
-        _ = int.recv() => log::info!("SIGINT: shutting down"),
+    let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                log::info!("SIGTERM: shutting down");
+                break;
+            }
+            _ = int.recv() => {
+                log::info!("SIGINT: shutting down");
+                break;
+            }
+            _ = hup.recv() => reload_config(reload.as_ref(), &handle, force),
+        }
     }
     let _ = stop_tx.send(true);
     let Transports { tasks, cleanup } = transports;

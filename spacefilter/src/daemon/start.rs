@@ -105,7 +105,7 @@ fn restore_shield(core: &mut Core) {
 /// Makes the config file's `allow` and `block` entries the entries of
 /// origin `config`: adds those missing, takes off those it no longer
 /// lists.
-fn add_config_entries(
+pub(super) fn apply_config_entries(
     core: &mut Core,
     (allow, block): (Vec<Prefix>, Vec<Prefix>),
     force: bool,
@@ -155,6 +155,7 @@ pub(super) fn start(settings: Settings) -> anyhow::Result<Core> {
         sampling,
         allow,
         block,
+        reload: _,
     } = settings;
     for iface in &ifaces {
         iface::claim(iface, force)?;
@@ -215,7 +216,7 @@ pub(super) fn start(settings: Settings) -> anyhow::Result<Core> {
     core.refresh_auto_exempt();
     restore_shield(&mut core);
     core.restore_admissions();
-    if let Err(err) = add_config_entries(&mut core, (allow, block), force) {
+    if let Err(err) = apply_config_entries(&mut core, (allow, block), force) {
         // The daemon does not start: the host gets its settings back.
         core.release_host();
         return Err(err);
