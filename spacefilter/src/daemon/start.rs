@@ -157,11 +157,13 @@ pub(super) fn start(settings: Settings) -> anyhow::Result<Core> {
         block,
         reload: _,
     } = settings;
+    // The state directory first: a second daemon on it stops at its lock,
+    // before `--force` could take the interfaces from the first.
+    let (store, mut rules) = Store::open(&state_dir)
+        .map_err(|err: StateError| anyhow::anyhow!("{}", error_chain(&err)))?;
     for iface in &ifaces {
         iface::claim(iface, force)?;
     }
-    let (store, mut rules) = Store::open(&state_dir)
-        .map_err(|err: StateError| anyhow::anyhow!("{}", error_chain(&err)))?;
     let now = now_ms();
     rules.retain(|_, meta| meta.expires_at_ms.is_none_or(|at| at > now));
 
