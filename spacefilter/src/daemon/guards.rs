@@ -14,6 +14,9 @@ use crate::{
     store::{self, Meta, Op, Rule, now_ms},
 };
 
+/// Auto-blocks logged one by one from one batch; the rest are counted.
+const LOGGED_AUTO_BLOCKS: usize = 10;
+
 impl Core {
     /// Puts a new rate limit in force and records it.
     pub(super) fn set_limits(
@@ -63,39 +66,56 @@ impl Core {
         self.limits.clone()
     }
 
-    /// Records an auto-block the program made (from its event, or found in
-    /// its map), so that it is listed, persisted and expired like any rule.
-    pub(super) fn adopt_auto(&mut self, prefix: Prefix, until_ns: u64) {
+    /// Records auto-blocks the program made (from its events, or found in
+    /// its map), so that they are listed, persisted and expired like any
+    /// rule: `(prefix, end on the monotonic clock)` each, in one journal
+    /// record (one fsync for a whole ring buffer's worth).
+    pub(super) fn adopt_autos(&mut self, blocks: &[(Prefix, u64)]) {
         let now_mono = monotonic_ns();
-        if until_ns <= now_mono || self.rules.contains_key(&(List::Auto, prefix)) {
-            return;
-        }
         let now = now_ms();
-        let meta = Meta {
-            origin: store::Origin::Auto,
-            comment: Some("over its rate limit".to_owned()),
-            expires_at_ms: Some(now + (until_ns - now_mono) / 1_000_000),
-            added_at_ms: now,
-        };
-        let op = Op::Put {
-            rules: vec![Rule {
+        let mut rules = Vec::new();
+        for &(prefix, until_ns) in blocks {
+            if until_ns <= now_mono
+                || self.rules.contains_key(&(List::Auto, prefix))
+                || rules.iter().any(|r: &Rule| r.prefix == prefix)
+            {
+                continue;
+            }
+            if rules.len() < LOGGED_AUTO_BLOCKS {
+                log::warn!(
+                    "auto-blocked {prefix} for {} (over its rate limit)",
+                    humantime::format_duration(Duration::from_secs(
+                        (until_ns - now_mono) / 1_000_000_000
+                    ))
+                );
+            }
+            rules.push(Rule {
                 list: List::Auto,
                 prefix,
-                meta,
-            }],
-        };
-        op.apply(&mut self.rules);
-        self.auto_blocks += 1;
-        if let Err(err) = self.store.append(&op, &self.rules) {
-            log::error!(
-                "recording the auto-block of {prefix}: {}",
-                error_chain(&err)
+                meta: Meta {
+                    origin: store::Origin::Auto,
+                    comment: Some("over its rate limit".to_owned()),
+                    expires_at_ms: Some(now + (until_ns - now_mono) / 1_000_000),
+                    added_at_ms: now,
+                },
+            });
+        }
+        if rules.is_empty() {
+            return;
+        }
+        if rules.len() > LOGGED_AUTO_BLOCKS {
+            log::warn!(
+                "auto-blocked {} more sources (over their rate limit)",
+                rules.len() - LOGGED_AUTO_BLOCKS
             );
         }
-        log::warn!(
-            "auto-blocked {prefix} for {} (over its rate limit)",
-            humantime::format_duration(Duration::from_secs((until_ns - now_mono) / 1_000_000_000))
-        );
+        self.auto_blocks += rules.len() as u64;
+        let op = Op::Put { rules };
+        op.apply(&mut self.rules);
+        if let Err(err) = self.store.append(&op, &self.rules) {
+            // Still in force in the program, which expires them itself.
+            log::error!("recording auto-blocks: {}", error_chain(&err));
+        }
     }
 
     /// Adopts auto-blocks in the program's map that no event announced (a
@@ -104,11 +124,17 @@ impl Core {
     /// auto-blocked.
     pub(super) fn reconcile_auto(&mut self) {
         let v6_prefix_len = u32::from(self.limits.v6_prefix_len);
-        for (key, block) in self.filter.limiter().auto_blocks() {
-            let v6 = Ipv6Addr::from(key).to_ipv4_mapped().is_none();
-            let prefix = limiter_prefix(key, v6_prefix_len, v6);
-            self.adopt_auto(prefix, block.until_ns);
-        }
+        let blocks: Vec<(Prefix, u64)> = self
+            .filter
+            .limiter()
+            .auto_blocks()
+            .into_iter()
+            .map(|(key, block)| {
+                let v6 = Ipv6Addr::from(key).to_ipv4_mapped().is_none();
+                (limiter_prefix(key, v6_prefix_len, v6), block.until_ns)
+            })
+            .collect();
+        self.adopt_autos(&blocks);
         if let Err(err) = self.filter.limiter().forget_ended_auto(monotonic_ns()) {
             log::error!("forgetting ended auto-blocks: {}", error_chain(&err));
         }

@@ -91,11 +91,11 @@ pub(super) async fn auto_block_events(ring: RingBuf<MapData>, handle: Handle, st
                 events.push(event);
             }
         }
-        let mut core = handle.lock();
-        for event in events {
-            let prefix = limiter_prefix(event.key, event.prefix_len, event.v6 != 0);
-            core.adopt_auto(prefix, event.until_ns);
-        }
+        let blocks: Vec<_> = events
+            .iter()
+            .map(|e| (limiter_prefix(e.key, e.prefix_len, e.v6 != 0), e.until_ns))
+            .collect();
+        handle.lock().adopt_autos(&blocks);
     })
     .await;
 }
