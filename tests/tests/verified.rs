@@ -121,6 +121,14 @@ fn shielded_udp_lets_verified_sources_through() {
         );
         let (action, _) = run(&mut filter, &udp(src, QUIC, false));
         assert_eq!(action, XDP_DROP, "{src}: revoked");
+        // Revoked again, it was not verified: no error.
+        assert!(
+            !filter
+                .verifier()
+                .revoke(src, monotonic_ns())
+                .expect("revoking an unverified source"),
+            "{src} was not verified any more"
+        );
     }
     // A neighbour of a verified address is not verified.
     admit(&mut filter, v6);

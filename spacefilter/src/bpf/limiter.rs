@@ -6,14 +6,14 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray},
 };
 use spacefilter_common::{
     AutoBlock, Bucket, Limits, MAX_AUTO_EXEMPT, Shield, SpoofState, map_names, reflect_bits,
     shield_watch,
 };
 
-use super::{ListError, take};
+use super::{ListError, absent, take};
 use crate::net::Prefix;
 
 /// The rate limiter's maps: its settings, the per-source buckets and the
@@ -43,16 +43,6 @@ fn limiter_key(prefix: Prefix) -> [u8; 16] {
     match prefix.addr() {
         IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
         IpAddr::V6(a) => a.octets(),
-    }
-}
-
-/// Whether a map error says the key was not there (aya reports a delete
-/// of a missing key as the syscall's `ENOENT`, a lookup as `KeyNotFound`).
-fn absent(err: &MapError) -> bool {
-    match err {
-        MapError::KeyNotFound => true,
-        MapError::SyscallError(call) => call.io_error.raw_os_error() == Some(libc::ENOENT),
-        _ => false,
     }
 }
 

@@ -81,6 +81,16 @@ pub enum ListError {
     },
 }
 
+/// Whether a map error says the key was not there (aya reports a delete
+/// of a missing key as the syscall's `ENOENT`, a lookup as `KeyNotFound`).
+pub(crate) fn absent(err: &MapError) -> bool {
+    match err {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(call) => call.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
 pub(crate) fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ListError>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,

@@ -125,7 +125,24 @@ fn load_egress(ebpf: &mut Ebpf) -> Result<(), String> {
         .ok_or_else(|| format!("the object file has no program named {EGRESS_PROGRAM_NAME}"))?
         .try_into()
         .map_err(|err: ProgramError| error_chain(&err))?;
-    program.load().map_err(|err| error_chain(&err))
+    load_retrying(|| program.load()).map_err(|err| error_chain(&err))
+}
+
+/// Runs a program load, again if a signal interrupted the verifier
+/// (`EAGAIN`: a long verification on a busy host catches one now and
+/// then), as libbpf does: up to five tries.
+fn load_retrying(mut load: impl FnMut() -> Result<(), ProgramError>) -> Result<(), ProgramError> {
+    let mut tries = 1;
+    loop {
+        match load() {
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && tries < 5 =>
+            {
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// A seed nobody outside this process can predict.
@@ -191,7 +208,7 @@ impl Filter {
             .ok_or(FilterError::MissingProgram)?
             .try_into()
             .map_err(FilterError::Program)?;
-        program.load().map_err(FilterError::Program)?;
+        load_retrying(|| program.load()).map_err(FilterError::Program)?;
         let egress_missing = load_egress(&mut ebpf).err();
         if let Some(why) = &egress_missing {
             log::warn!(

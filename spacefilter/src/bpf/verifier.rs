@@ -12,7 +12,7 @@ use aya::{
 };
 use spacefilter_common::{Verified, VerifySettings, map_names, verified_how};
 
-use super::{ListError, take};
+use super::{ListError, absent, take};
 
 /// The verified sources' maps.
 pub struct Verifier {
@@ -130,7 +130,8 @@ impl Verifier {
             .get(&key, 0)
             .is_ok_and(|v| v.until_ns > now_ns);
         match self.verified.remove(&key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(held),
+            Ok(()) => Ok(held),
+            Err(err) if absent(&err) => Ok(held),
             Err(source) => Err(ListError::Update {
                 name: map_names::VERIFIED,
                 source,
