@@ -75,6 +75,13 @@ fn check_case(
     if !kernel.counts_hold() {
         return Err("a frame was counted under more than one reason".into());
     }
+    let hits = kernel.rule_hits(model.rule_hits().len());
+    if hits != model.rule_hits() {
+        return Err(format!(
+            "header rule hits: expected {:?}, got {hits:?}",
+            model.rule_hits()
+        ));
+    }
     Ok(())
 }
 

@@ -97,6 +97,8 @@ pub struct Pipeline {
     sources: HashMap<[u8; 16], SourceBudget>,
     /// What is left of each limit rule's burst.
     rule_budgets: Vec<u64>,
+    /// Frames each rule matched.
+    rule_hits: Vec<u64>,
     /// What is left of the host's SYN burst.
     host_syns: u64,
 }
@@ -110,14 +112,16 @@ impl Pipeline {
             port_bits: config.port_bits(),
             sources: HashMap::new(),
             rule_budgets: config.rules.iter().map(|r| r.burst).collect(),
+            rule_hits: vec![0; config.rules.len()],
             host_syns: config.limits.syn_global_burst,
             config,
         }
     }
 
+    /// The frames each header rule has matched so far.
     #[must_use]
-    pub fn config(&self) -> &Config {
-        &self.config
+    pub fn rule_hits(&self) -> &[u64] {
+        &self.rule_hits
     }
 
     /// The reason for the next frame, spending its budgets.
@@ -136,15 +140,15 @@ impl Pipeline {
             Ok(l4) => l4,
             Err(reason) => return reason,
         };
-        if let Some(reason) = self.rules(&l4, frame.len()) {
+        if let Some(reason) = self.rules(l4, frame.len()) {
             return reason;
         }
-        self.guards(network.source, &l4, frame.len() as u64)
+        self.guards(network.source, l4, frame.len() as u64)
             .unwrap_or(Reason::Passed)
     }
 
     /// The first header rule that matches decides.
-    fn rules(&mut self, l4: &L4, len: usize) -> Option<Reason> {
+    fn rules(&mut self, l4: L4, len: usize) -> Option<Reason> {
         let len = u32::try_from(len).expect("frames are small");
         let index = self
             .config
@@ -152,6 +156,7 @@ impl Pipeline {
             .iter()
             .position(|rule| rule_matches(rule, l4, len))?;
         let rule = self.config.rules[index];
+        self.rule_hits[index] += 1;
         let reason = match rule.action {
             rule_action::DROP => Reason::RuleDropped,
             rule_action::LIMIT if !take(&mut self.rule_budgets[index]) => Reason::RuleLimited,
@@ -165,7 +170,7 @@ impl Pipeline {
     }
 
     /// The flood guards' verdict, if any.
-    fn guards(&mut self, source: IpAddr, l4: &L4, len: u64) -> Option<Reason> {
+    fn guards(&mut self, source: IpAddr, l4: L4, len: u64) -> Option<Reason> {
         let limits = self.config.limits;
         if limits.flags == 0 {
             return None;
@@ -178,7 +183,7 @@ impl Pipeline {
         })
     }
 
-    fn guard_steps(&mut self, source: IpAddr, l4: &L4, len: u64) -> Option<Reason> {
+    fn guard_steps(&mut self, source: IpAddr, l4: L4, len: u64) -> Option<Reason> {
         let limits = self.config.limits;
         if limits.flags & limit_flags::REFLECT != 0 && self.reflected(l4) {
             return Some(Reason::Reflection);
@@ -234,7 +239,7 @@ impl Pipeline {
     }
 
     /// UDP with ports from a reflector port to a service port.
-    fn reflected(&self, l4: &L4) -> bool {
+    fn reflected(&self, l4: L4) -> bool {
         l4.proto == UDP
             && l4.ports
             && self.port_bits[usize::from(l4.src_port)] & reflect_bits::SOURCE != 0
@@ -258,7 +263,7 @@ fn in_range(value: u32, lo: u32, hi: u32) -> bool {
 
 /// Whether every condition of `rule` holds for a frame of `len` bytes.
 #[must_use]
-pub fn rule_matches(rule: &HeaderRule, l4: &L4, len: u32) -> bool {
+pub fn rule_matches(rule: &HeaderRule, l4: L4, len: u32) -> bool {
     let HeaderRule {
         action: _,
         flags: _,

@@ -27,7 +27,7 @@ use spacefilter_tests::{
 };
 
 /// The addresses frames come from and list entries are built on.
-pub(crate) const POOL: [IpAddr; 8] = [
+pub(crate) const POOL: [IpAddr; 9] = [
     IpAddr::V4(v4(0, 1)),
     IpAddr::V4(v4(0, 2)),
     IpAddr::V4(v4(1, 10)),
@@ -36,6 +36,8 @@ pub(crate) const POOL: [IpAddr; 8] = [
     IpAddr::V6(v6(0, 2)),
     IpAddr::V6(v6(1, 10)),
     IpAddr::V6(v6(0xffff, 0xffff)),
+    // The first IPv4 address, mapped: the rate limiter keys IPv4 sources so.
+    IpAddr::V6(v4(0, 1).to_ipv6_mapped()),
 ];
 
 /// Ports that rules and the reflection profile name, and the edges of the
@@ -380,7 +382,11 @@ fn limits() -> impl Strategy<Value = Limits> {
 /// quarter full-length entries, the rest any length).
 fn lists() -> impl Strategy<Value = (Vec<Prefix>, Vec<Prefix>)> {
     let entry = (any::<bool>(), 0..POOL.len(), any::<u8>());
-    prop::collection::vec(entry, 0..=4).prop_map(|entries| {
+    let entries = prop_oneof![
+        2 => Just(Vec::new()),
+        3 => prop::collection::vec(entry, 1..=4),
+    ];
+    entries.prop_map(|entries| {
         let (mut allow, mut block) = (Vec::new(), Vec::new());
         for (is_allow, addr, len_choice) in entries {
             let addr = POOL[addr];

@@ -199,6 +199,13 @@ impl Kernel {
         Outcome { action, counted }
     }
 
+    /// The frames each of the first `n` header rules matched.
+    pub(crate) fn rule_hits(&mut self, n: usize) -> Vec<u64> {
+        let mut hits = self.filter.header_rules().hits().expect("rule hits");
+        hits.truncate(n);
+        hits
+    }
+
     /// Whether every counter holds what the runs so far counted: no frame
     /// was counted twice.
     pub(crate) fn counts_hold(&self) -> bool {
