@@ -35,7 +35,7 @@ use proptest::{
 use spacefilter::Reason;
 use spacefilter_common::{HeaderRule, Limits, limit_flags, rule_action};
 use spacefilter_tests::{
-    packets::{Packet, v4},
+    packets::{Ext, Packet, v4, v6},
     reference::pipeline::{Config, Pipeline},
     require_root,
 };
@@ -60,10 +60,12 @@ fn check_case(
     model: &mut Pipeline,
     frames: &[Vec<u8>],
     tally: &mut Tally,
-) -> Result<(), String> {
+) -> Result<Vec<Reason>, String> {
     kernel.configure(config);
+    let mut reasons = Vec::with_capacity(frames.len());
     for (i, frame) in frames.iter().enumerate() {
         let reason = model.decide(frame);
+        reasons.push(reason);
         let want = Outcome::expected(reason, frame.len());
         let got = kernel.run(frame, reason);
         if got != want {
@@ -82,7 +84,7 @@ fn check_case(
             model.rule_hits()
         ));
     }
-    Ok(())
+    Ok(reasons)
 }
 
 fn mismatch(index: usize, frame: &[u8], want: Outcome, got: Outcome) -> String {
@@ -142,6 +144,7 @@ fn program_matches_pipeline_reference() {
             &frames,
             &mut tally.borrow_mut(),
         )
+        .map(drop)
         .map_err(TestCaseError::fail)
     });
     let elapsed = started.elapsed();
@@ -267,4 +270,122 @@ fn a_wrong_reference_is_caught() {
     )
     .expect_err("a guard's verdict is caught");
     assert!(err.contains("Reflection"), "{err}");
+}
+
+/// Runs `frames` under `config` on a fresh program; both sides must agree.
+/// Returns the reasons.
+fn agreed(config: &Config, frames: &[Vec<u8>]) -> Vec<Reason> {
+    require_root();
+    let mut kernel = Kernel::load();
+    let mut model = Pipeline::new(config.clone());
+    check_case(
+        &mut kernel,
+        config,
+        &mut model,
+        frames,
+        &mut Tally::default(),
+    )
+    .unwrap_or_else(|err| panic!("{err}"))
+}
+
+/// A port condition never holds for a later fragment, which has no ports.
+#[test]
+fn regression_port_rules_skip_later_fragments() {
+    let config = Config {
+        rules: vec![HeaderRule {
+            proto: 17,
+            sport_hi: 1,
+            ..rule(rule_action::DROP)
+        }],
+        ..Config::default()
+    };
+    let first = Packet::ipv4(v4(0, 1), v4(0, 2)).udp(0, 0);
+    let frames = [first.clone(), first.fragment(1, false)].map(|p| p.build().into_bytes());
+    assert_eq!(
+        agreed(&config, &frames),
+        [Reason::RuleDropped, Reason::Passed]
+    );
+}
+
+/// IPv6 sources share a bucket per `v6_prefix_len`: two /64s of one /48
+/// spend one byte budget.
+#[test]
+fn regression_v6_sources_share_a_bucket_per_prefix() {
+    let config = Config {
+        limits: Limits {
+            flags: limit_flags::ENABLED,
+            v6_prefix_len: 48,
+            bps: 1,
+            bps_burst: 100,
+            ..Limits::default()
+        },
+        ..Config::default()
+    };
+    let frames = [v6(0, 1), v6(1, 10)].map(|src| {
+        Packet::ipv6(src, v6(0, 2))
+            .udp(40_000, 443)
+            .build()
+            .into_bytes()
+    });
+    assert_eq!(
+        agreed(&config, &frames),
+        [Reason::Passed, Reason::RateLimited]
+    );
+}
+
+/// The host's SYN budget holds a new source's SYN (its own budget does
+/// not) and a known source's; SYN is any flags byte with SYN and no ACK.
+#[test]
+fn regression_host_syn_budget_holds_new_and_known_sources() {
+    let config = Config {
+        limits: Limits {
+            flags: limit_flags::SYN,
+            syn_global_pps: 1,
+            syn_global_burst: 1,
+            ..Limits::default()
+        },
+        ..Config::default()
+    };
+    let syn = |flags: u8| {
+        let mut header = etherparse::TcpHeader::new(40_000, 443, 1, 64240);
+        header.syn = true;
+        header.urg = flags & 0x20 != 0;
+        header.cwr = flags & 0x80 != 0;
+        header.ack = flags & 0x10 != 0;
+        Packet::ipv4(v4(0, 1), v4(0, 2))
+            .tcp_header(header)
+            .build()
+            .into_bytes()
+    };
+    let frames = [syn(0xa2), syn(0x02), syn(0x12)];
+    assert_eq!(
+        agreed(&config, &frames),
+        [Reason::Passed, Reason::SynLimited, Reason::Passed]
+    );
+}
+
+/// Eight extension headers are walked to the transport header; a ninth
+/// makes the frame malformed.
+#[test]
+fn regression_ext_chains_longer_than_eight_are_malformed() {
+    let config = Config {
+        rules: vec![HeaderRule {
+            proto: 6,
+            dport_lo: 2222,
+            dport_hi: 2222,
+            ..rule(rule_action::DROP)
+        }],
+        ..Config::default()
+    };
+    let frames = [8, 9].map(|n| {
+        Packet::ipv6(v6(0, 1), v6(0, 2))
+            .exts(std::iter::repeat_n(Ext::DEST_OPTS, n))
+            .tcp(40_000, 2222)
+            .build()
+            .into_bytes()
+    });
+    assert_eq!(
+        agreed(&config, &frames),
+        [Reason::RuleDropped, Reason::Malformed]
+    );
 }
