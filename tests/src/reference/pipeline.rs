@@ -22,7 +22,7 @@
 //!    and is not held back by them (only a SYN by the host's budget). Later
 //!    frames: a SYN first answers to its source's SYN budget (while
 //!    `syn_pps` is set), then to the host's (while `syn_global_pps` is
-//!    set), and takes from its source's only if both allow it (over one:
+//!    set; a verified source's SYNs are not counted there), and takes from its source's only if both allow it (over one:
 //!    `syn_limited`); then, while the limiter is on, every frame to its
 //!    source's packet budget (while `pps` is set) and byte budget (while
 //!    `bps` is set): within both it takes from them, else `rate_limited`.
@@ -33,10 +33,13 @@
 //! 1 a second (a run takes far less than the second that one packet or
 //! byte takes to come back), or bursts of 0 (nothing to refill into) or
 //! beyond anything a run spends. Auto-blocks are never due (`block_after`
-//! 0 or longer than a run), the spoofed-source fallback is off, and no
-//! source is verified.
+//! 0 or longer than a run), the spoofed-source fallback is off, and the
+//! verified sources stay verified through the run.
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
 
 use spacefilter::{Prefix, Reason};
 use spacefilter_common::{HeaderRule, Limits, limit_flags, reflect_bits, rule_action, rule_flags};
@@ -60,6 +63,8 @@ pub struct Config {
     pub reflectors: Vec<u16>,
     /// The service ports, as inclusive ranges.
     pub service: Vec<(u16, u16)>,
+    /// Sources verified (admitted) for the whole run.
+    pub verified: Vec<IpAddr>,
 }
 
 impl Config {
@@ -92,6 +97,8 @@ struct SourceBudget {
 pub struct Pipeline {
     config: Config,
     port_bits: Vec<u8>,
+    /// The verified sources' keys: IPv4 as an IPv4-mapped IPv6 address.
+    verified: HashSet<[u8; 16]>,
     /// By bucket key: IPv4 as an IPv4-mapped IPv6 address, IPv6 cut to
     /// `v6_prefix_len`.
     sources: HashMap<[u8; 16], SourceBudget>,
@@ -110,6 +117,11 @@ impl Pipeline {
     pub fn new(config: Config) -> Self {
         Self {
             port_bits: config.port_bits(),
+            verified: config
+                .verified
+                .iter()
+                .map(|&a| bucket_key(a, 128))
+                .collect(),
             sources: HashMap::new(),
             rule_budgets: config.rules.iter().map(|r| r.burst).collect(),
             rule_hits: vec![0; config.rules.len()],
@@ -197,7 +209,9 @@ impl Pipeline {
             return None;
         }
         let key = bucket_key(source, limits.v6_prefix_len);
-        let Some(budget) = self.sources.get_mut(&key) else {
+        let verified = self.verified.contains(&bucket_key(source, 128));
+        let Some(&budget) = self.sources.get(&key) else {
+            // A new source: its budgets, full less this frame.
             self.sources.insert(
                 key,
                 SourceBudget {
@@ -206,36 +220,45 @@ impl Pipeline {
                     syns: limits.syn_burst.saturating_sub(u64::from(syn)),
                 },
             );
-            return (syn && !self.host_syn()).then_some(Reason::SynLimited);
+            return (syn && !self.host_syn(verified)).then_some(Reason::SynLimited);
         };
+        let (budget, reason) = self.known_source(budget, syn, verified, len);
+        self.sources.insert(key, budget);
+        reason
+    }
+
+    /// A known source's frame: the SYN budgets, then the rate limit.
+    fn known_source(
+        &mut self,
+        mut budget: SourceBudget,
+        syn: bool,
+        verified: bool,
+        len: u64,
+    ) -> (SourceBudget, Option<Reason>) {
+        let limits = self.config.limits;
         if syn {
-            if limits.syn_pps != 0 && budget.syns == 0 {
-                return Some(Reason::SynLimited);
+            // Its own, then the host's; taken from its own only when both
+            // allow it.
+            if (limits.syn_pps != 0 && budget.syns == 0) || !self.host_syn(verified) {
+                return (budget, Some(Reason::SynLimited));
             }
-            let mut budget_copy = *budget;
-            if !self.host_syn() {
-                return Some(Reason::SynLimited);
-            }
-            budget_copy.syns = budget_copy.syns.saturating_sub(1);
-            self.sources.insert(key, budget_copy);
+            budget.syns = budget.syns.saturating_sub(1);
         }
-        if !enabled {
-            return None;
+        if limits.flags & limit_flags::ENABLED == 0 {
+            return (budget, None);
         }
-        let budget = self.sources.get_mut(&key).expect("made above");
-        let over =
-            (limits.pps != 0 && budget.packets == 0) || (limits.bps != 0 && budget.bytes < len);
-        if over {
-            return Some(Reason::RateLimited);
+        if (limits.pps != 0 && budget.packets == 0) || (limits.bps != 0 && budget.bytes < len) {
+            return (budget, Some(Reason::RateLimited));
         }
         budget.packets = budget.packets.saturating_sub(1);
         budget.bytes = budget.bytes.saturating_sub(len);
-        None
+        (budget, None)
     }
 
-    /// The host-wide SYN budget (while set): takes a SYN from it.
-    fn host_syn(&mut self) -> bool {
-        self.config.limits.syn_global_pps == 0 || take(&mut self.host_syns)
+    /// The host-wide SYN budget (while set): takes a SYN from it, unless
+    /// the source is verified.
+    fn host_syn(&mut self, verified: bool) -> bool {
+        self.config.limits.syn_global_pps == 0 || verified || take(&mut self.host_syns)
     }
 
     /// UDP with ports from a reflector port to a service port.

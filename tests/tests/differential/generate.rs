@@ -430,14 +430,19 @@ pub(crate) fn config() -> impl Strategy<Value = Config> {
         4 => prop::collection::vec(header_rule(), 1..=6),
         1 => prop::collection::vec(header_rule(), 7..=32),
     ];
-    (lists(), rules, limits(), ports()).prop_map(
-        |((allow, block), rules, limits, (reflectors, service))| Config {
+    let verified = prop_oneof![
+        3 => Just(Vec::new()),
+        1 => prop::collection::vec(proptest::sample::select(&POOL[..]), 1..=3),
+    ];
+    (lists(), rules, limits(), ports(), verified).prop_map(
+        |((allow, block), rules, limits, (reflectors, service), verified)| Config {
             allow,
             block,
             rules,
             limits,
             reflectors,
             service,
+            verified,
         },
     )
 }

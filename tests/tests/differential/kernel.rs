@@ -8,10 +8,15 @@
 //! frame costs two system calls), the budgets are emptied between cases,
 //! and only the port bits that change are written.
 
+use std::net::IpAddr;
+
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
-use spacefilter::{Filter, LoadOptions, Prefix, Reason};
+use spacefilter::{Filter, LoadOptions, Prefix, Reason, bpf::monotonic_ns};
 use spacefilter_common::{Bucket, Counter, map_names, stats_index};
 use spacefilter_tests::reference::{XDP_DROP, XDP_PASS, pipeline::Config};
+
+/// How long an admitted source stays verified: past any run.
+const VERIFIED_FOR_NS: u64 = 3_600_000_000_000;
 
 /// What the program did with one frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +57,8 @@ pub(crate) struct Kernel {
     port_bits: Vec<u8>,
     /// The list entries in force.
     lists: (Vec<Prefix>, Vec<Prefix>),
+    /// The sources admitted.
+    verified: Vec<IpAddr>,
     /// The counters of slot 0 (test runs), per reason, as last read.
     counts: Vec<Counter>,
 }
@@ -99,6 +106,7 @@ impl Kernel {
             reflect_ports,
             port_bits: vec![0; 1 << 16],
             lists: (Vec::new(), Vec::new()),
+            verified: Vec::new(),
             counts: Vec::new(),
         };
         kernel.counts = kernel.read_counts();
@@ -136,6 +144,21 @@ impl Kernel {
             self.filter.block(p).expect("block");
         }
         self.lists = (config.allow.clone(), config.block.clone());
+        let now = monotonic_ns();
+        for addr in std::mem::take(&mut self.verified) {
+            // An IPv4 source and its IPv4-mapped IPv6 form share one entry:
+            // revoke it once (revoking an absent entry fails).
+            if self.filter.verifier_ref().lookup(addr, now).is_some() {
+                self.filter.verifier().revoke(addr, now).expect("revoke");
+            }
+        }
+        for &addr in &config.verified {
+            self.filter
+                .verifier()
+                .admit(addr, now + VERIFIED_FOR_NS, now)
+                .expect("admit");
+        }
+        self.verified.clone_from(&config.verified);
         let rules: Vec<_> = config.rules.iter().map(|&r| (r, 0)).collect();
         self.filter
             .header_rules()
