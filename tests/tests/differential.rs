@@ -389,3 +389,31 @@ fn regression_ext_chains_longer_than_eight_are_malformed() {
         [Reason::RuleDropped, Reason::Malformed]
     );
 }
+
+/// A verified source's SYNs are not counted against the host's SYN
+/// budget; the IPv4-mapped IPv6 form of a verified IPv4 address is the
+/// same source there.
+#[test]
+fn regression_verified_sources_skip_the_host_syn_budget() {
+    let config = Config {
+        limits: Limits {
+            flags: limit_flags::SYN,
+            syn_global_pps: 1,
+            syn_global_burst: 0,
+            ..Limits::default()
+        },
+        verified: vec![v4(0, 1).into()],
+        ..Config::default()
+    };
+    let syn =
+        |src: std::net::IpAddr, dst| Packet::ip(src, dst).tcp(40_000, 443).build().into_bytes();
+    let frames = [
+        syn(v4(0, 1).into(), v4(0, 2).into()),
+        syn(v4(0, 1).to_ipv6_mapped().into(), v6(0, 2).into()),
+        syn(v4(0, 3).into(), v4(0, 2).into()),
+    ];
+    assert_eq!(
+        agreed(&config, &frames),
+        [Reason::Passed, Reason::Passed, Reason::SynLimited]
+    );
+}
