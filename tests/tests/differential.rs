@@ -9,7 +9,8 @@
 //! budgets the earlier frames spend decide the later frames' fate. One
 //! program is loaded per test; each case rewrites its maps and empties
 //! its budgets. Failures shrink to a minimal configuration and batch and
-//! are kept in `differential.regressions`.
+//! are kept in `differential.regressions`; the `regression_*` tests hold
+//! shrunk cases as fixtures.
 //!
 //! `SPACEFILTER_FUZZ_CASES` sets the number of cases (`cargo xtask fuzz`);
 //! the suite runs [`DEFAULT_CASES`].
@@ -40,8 +41,8 @@ use spacefilter_tests::{
     require_root,
 };
 
-/// Cases in the suite's run: about 40 000 frames.
-const DEFAULT_CASES: u32 = 320;
+/// Cases in the suite's run: about 30 000 frames.
+const DEFAULT_CASES: u32 = 256;
 /// Frames per case, at most.
 const MAX_FRAMES: usize = 256;
 

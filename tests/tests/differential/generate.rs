@@ -15,6 +15,12 @@
 //! consistent, bit-flipped, or given lying length and type fields (IPv4
 //! total length, IHL, IPv6 payload length, extension header lengths, TCP
 //! data offset, ...). A share are random bytes behind a chosen ethertype.
+//!
+//! Three corners of policy stay out of the cases, each in one place:
+//! auto-blocks are never due ([`limits`]: `block_after` 0 or an hour), no
+//! two frames belong to one fragmented datagram ([`with_fragment_id`]),
+//! and NTP from 123 to 123 is never aimed at a service port
+//! ([`BASE_SERVICE`]).
 
 use std::net::IpAddr;
 
