@@ -2,7 +2,8 @@
 //! userspace reference ([`reference::pipeline`]) must agree, frame by
 //! frame, on the XDP action and on the reason each frame is counted
 //! under, for random configurations (lists, header rules, limit flags and
-//! budgets, reflection profiles) and random or mutated frames (see
+//! budgets, reflection profiles, verified sources, the shield on UDP
+//! ports) and random or mutated frames (see
 //! [`generate`]).
 //!
 //! A case is one configuration and a batch of frames, run in order: the

@@ -13,7 +13,11 @@
 //!    pass → `rule_passed` (past the guards), limit → `rule_passed` while
 //!    the rule's budget lasts, then `rule_limited`. A dry-run rule counts
 //!    `would_limit` where it would drop.
-//! 3. The shield is off.
+//! 3. The shield, on UDP only (no TCP port is shielded): UDP with ports
+//!    to a shielded UDP port from a source not verified takes from the
+//!    shield's budget for unverified sources; over it → `shielded` while
+//!    the shield is on (watching only, it goes on). Within it, and from a
+//!    verified source, the frame goes on to the guards.
 //! 4. The guards, while any limit flag is set: the reflection guard (UDP
 //!    with ports from a reflector port to a service port → `reflection`);
 //!    then, for a frame the rate limiter looks at (it is on, or the frame
@@ -42,7 +46,9 @@ use std::{
 };
 
 use spacefilter::{Prefix, Reason};
-use spacefilter_common::{HeaderRule, Limits, limit_flags, reflect_bits, rule_action, rule_flags};
+use spacefilter_common::{
+    HeaderRule, Limits, Shield, limit_flags, reflect_bits, rule_action, rule_flags, shield_flags,
+};
 
 use super::{L4, network};
 
@@ -65,6 +71,9 @@ pub struct Config {
     pub service: Vec<(u16, u16)>,
     /// Sources verified (admitted) for the whole run.
     pub verified: Vec<IpAddr>,
+    pub shield: Shield,
+    /// The shielded UDP ports, as inclusive ranges.
+    pub shield_udp: Vec<(u16, u16)>,
 }
 
 impl Config {
@@ -75,9 +84,14 @@ impl Config {
         for &port in &self.reflectors {
             bits[usize::from(port)] |= reflect_bits::SOURCE;
         }
-        for &(lo, hi) in &self.service {
-            for port in lo..=hi {
-                bits[usize::from(port)] |= reflect_bits::SERVICE;
+        for (ranges, bit) in [
+            (&self.service, reflect_bits::SERVICE),
+            (&self.shield_udp, reflect_bits::SHIELD_UDP),
+        ] {
+            for &(lo, hi) in ranges {
+                for port in lo..=hi {
+                    bits[usize::from(port)] |= bit;
+                }
             }
         }
         bits
@@ -108,6 +122,8 @@ pub struct Pipeline {
     rule_hits: Vec<u64>,
     /// What is left of the host's SYN burst.
     host_syns: u64,
+    /// What is left of the shield's burst for unverified UDP.
+    shield_budget: u64,
 }
 
 impl Pipeline {
@@ -126,6 +142,7 @@ impl Pipeline {
             rule_budgets: config.rules.iter().map(|r| r.burst).collect(),
             rule_hits: vec![0; config.rules.len()],
             host_syns: config.limits.syn_global_burst,
+            shield_budget: u64::from(config.shield.unverified_burst),
             config,
         }
     }
@@ -155,6 +172,9 @@ impl Pipeline {
         if let Some(reason) = self.rules(l4, frame.len()) {
             return reason;
         }
+        if self.shielded(network.source, l4) {
+            return Reason::Shielded;
+        }
         self.guards(network.source, l4, frame.len() as u64)
             .unwrap_or(Reason::Passed)
     }
@@ -179,6 +199,20 @@ impl Pipeline {
         } else {
             reason
         })
+    }
+
+    /// Whether the shield drops the frame.
+    fn shielded(&mut self, source: IpAddr, l4: L4) -> bool {
+        let shield = self.config.shield;
+        if shield.flags & (shield_flags::ON | shield_flags::WATCH) == 0
+            || l4.proto != UDP
+            || !l4.ports
+            || self.port_bits[usize::from(l4.dst_port)] & reflect_bits::SHIELD_UDP == 0
+            || self.verified.contains(&bucket_key(source, 128))
+        {
+            return false;
+        }
+        !take(&mut self.shield_budget) && shield.flags & shield_flags::ON != 0
     }
 
     /// The flood guards' verdict, if any.

@@ -3,8 +3,9 @@
 //! Configurations: list entries of every length over a small pool of
 //! addresses (the frames' sources), header rules on every field and with
 //! every action, the limit flags in every combination with budgets whose
-//! outcome does not depend on time (see [`reference::pipeline`]), and a
-//! reflection profile varied around the default.
+//! outcome does not depend on time (see [`spacefilter_tests::reference::pipeline`]), a
+//! reflection profile varied around the default, verified sources, and
+//! the shield on a few UDP ports.
 //!
 //! Frames start well formed (0-2 VLAN tags, sometimes a third, 802.1Q and
 //! 802.1ad; IPv4 with options and fragments; IPv6 with chains of 0-24
@@ -26,7 +27,9 @@ use std::net::IpAddr;
 
 use proptest::{prelude::*, sample::Index};
 use spacefilter::{Prefix, api::default_reflectors};
-use spacefilter_common::{HeaderRule, Limits, limit_flags, rule_action, rule_flags};
+use spacefilter_common::{
+    HeaderRule, Limits, Shield, limit_flags, rule_action, rule_flags, shield_flags,
+};
 use spacefilter_tests::{
     packets::{Ext, Frame, Layer, Packet, TPID_8021AD, TPID_8021Q, v4, v4_far, v6},
     reference::pipeline::Config,
@@ -430,6 +433,33 @@ fn ports() -> impl Strategy<Value = (Vec<u16>, Vec<(u16, u16)>)> {
     })
 }
 
+/// The shield on UDP ports only: off, watching or on, with a budget for
+/// unverified sources whose outcome does not depend on time.
+fn shield() -> impl Strategy<Value = (Shield, Vec<(u16, u16)>)> {
+    let flags = prop_oneof![
+        2 => Just(0u32),
+        1 => Just(shield_flags::WATCH),
+        2 => Just(shield_flags::ON),
+        1 => Just(shield_flags::ON | shield_flags::WATCH),
+    ];
+    let ports = prop::collection::vec(
+        prop_oneof![
+            2 => port().prop_map(|p| (p, p)),
+            1 => (port(), 0..64u16).prop_map(|(lo, w)| (lo, lo.saturating_add(w))),
+        ],
+        0..=3,
+    );
+    (flags, budget(6), ports).prop_map(|(flags, (pps, burst), ports)| {
+        let shield = Shield {
+            flags,
+            unverified_pps: u32::try_from(pps).expect("small"),
+            unverified_burst: u32::try_from(burst).expect("small"),
+            ..Shield::default()
+        };
+        (shield, ports)
+    })
+}
+
 pub(crate) fn config() -> impl Strategy<Value = Config> {
     let rules = prop_oneof![
         1 => Just(Vec::new()),
@@ -440,15 +470,19 @@ pub(crate) fn config() -> impl Strategy<Value = Config> {
         3 => Just(Vec::new()),
         1 => prop::collection::vec(proptest::sample::select(&POOL[..]), 1..=3),
     ];
-    (lists(), rules, limits(), ports(), verified).prop_map(
-        |((allow, block), rules, limits, (reflectors, service), verified)| Config {
-            allow,
-            block,
-            rules,
-            limits,
-            reflectors,
-            service,
-            verified,
+    (lists(), rules, limits(), ports(), verified, shield()).prop_map(
+        |((allow, block), rules, limits, (reflectors, service), verified, (shield, shield_udp))| {
+            Config {
+                allow,
+                block,
+                rules,
+                limits,
+                reflectors,
+                service,
+                verified,
+                shield,
+                shield_udp,
+            }
         },
     )
 }

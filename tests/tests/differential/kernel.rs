@@ -5,7 +5,7 @@
 //! The maps it does not hand out (the verdict counters, the per-source
 //! buckets, the host's SYN budget, the port bits) are opened by id from
 //! the loaded program: the counters are read one reason at a time (a
-//! frame costs two system calls), the budgets are emptied between cases,
+//! frame costs two system calls), the budgets are refilled between cases,
 //! and only the port bits that change are written.
 
 use std::net::IpAddr;
@@ -52,6 +52,7 @@ pub(crate) struct Kernel {
     stats: PerCpuArray<MapData, Counter>,
     buckets: HashMap<MapData, [u8; 16], Bucket>,
     syn_global: Array<MapData, Bucket>,
+    shield_budget: Array<MapData, Bucket>,
     reflect_ports: Array<MapData, u8>,
     /// What `REFLECT_PORTS` holds.
     port_bits: Vec<u8>,
@@ -96,6 +97,8 @@ impl Kernel {
             HashMap::try_from(Map::LruHashMap(open(&ids, map_names::BUCKETS))).expect("BUCKETS");
         let syn_global =
             Array::try_from(Map::Array(open(&ids, map_names::SYN_GLOBAL))).expect("SYN_GLOBAL");
+        let shield_budget = Array::try_from(Map::Array(open(&ids, map_names::SHIELD_BUDGET)))
+            .expect("SHIELD_BUDGET");
         let reflect_ports = Array::try_from(Map::Array(open(&ids, map_names::REFLECT_PORTS)))
             .expect("REFLECT_PORTS");
         let mut kernel = Self {
@@ -103,6 +106,7 @@ impl Kernel {
             stats,
             buckets,
             syn_global,
+            shield_budget,
             reflect_ports,
             port_bits: vec![0; 1 << 16],
             lists: (Vec::new(), Vec::new()),
@@ -165,6 +169,10 @@ impl Kernel {
             .set(&rules)
             .expect("header rules");
         self.filter.limiter().set(config.limits).expect("limits");
+        self.filter
+            .limiter()
+            .set_shield(config.shield)
+            .expect("shield");
         for (port, bits) in config.port_bits().into_iter().enumerate() {
             if self.port_bits[port] != bits {
                 let index = u32::try_from(port).expect("a port");
@@ -181,6 +189,9 @@ impl Kernel {
         self.syn_global
             .set(0, Bucket::default(), 0)
             .expect("SYN_GLOBAL");
+        self.shield_budget
+            .set(0, Bucket::default(), 0)
+            .expect("SHIELD_BUDGET");
         self.counts = self.read_counts();
     }
 
