@@ -3,9 +3,10 @@
 //! Configurations: list entries of every length over a small pool of
 //! addresses (the frames' sources), header rules on every field and with
 //! every action, the limit flags in every combination with budgets whose
-//! outcome does not depend on time (see [`spacefilter_tests::reference::pipeline`]), a
-//! reflection profile varied around the default, verified sources, and
-//! the shield on a few UDP ports.
+//! outcome does not depend on time (see
+//! [`spacefilter_tests::reference::pipeline`]), a reflection profile
+//! varied around the default, verified sources, and the shield on a few
+//! UDP ports.
 //!
 //! Frames start well formed (0-2 VLAN tags, sometimes a third, 802.1Q and
 //! 802.1ad; IPv4 with options and fragments; IPv6 with chains of 0-24
