@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build | test | demo`.
+//! Project tasks: `cargo xtask setup | build | test | demo | bench | fuzz`.
 
 mod setup;
 mod tasks;
@@ -34,6 +34,15 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Set up, then run the differential fuzzer longer than the suite does
+    /// (release build): the XDP program against the userspace reference on
+    /// random configurations (lists, header rules, guards) and random or
+    /// mutated frames. Prints the frames checked and the time taken.
+    Fuzz {
+        /// Cases to run: each a configuration and up to 256 frames.
+        #[arg(long, default_value_t = 8000)]
+        cases: u32,
+    },
 }
 
 fn main() -> Result<()> {
@@ -54,6 +63,10 @@ fn main() -> Result<()> {
         Task::Bench { quick } => {
             setup::run()?;
             tasks::bench(quick)
+        }
+        Task::Fuzz { cases } => {
+            setup::run()?;
+            tasks::fuzz(cases)
         }
     }
 }

@@ -184,3 +184,24 @@ pub(crate) fn bench(quick: bool) -> Result<()> {
     }
     run_cmd(cmd, "bench")
 }
+
+pub(crate) fn fuzz(cases: u32) -> Result<()> {
+    step(&format!(
+        "differential fuzzing: {cases} cases (configurations with up to 256 frames each), release build"
+    ));
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "--release",
+        "--package",
+        "spacefilter-tests",
+        "--test",
+        "differential",
+        "--",
+        "--exact",
+        "program_matches_pipeline_reference",
+        "--nocapture",
+    ])
+    .env("SPACEFILTER_FUZZ_CASES", cases.to_string());
+    run_cmd(cmd, "differential fuzzing")
+}

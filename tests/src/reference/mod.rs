@@ -17,6 +17,12 @@
 //!    still going after 8 is malformed); TCP, UDP, ICMP (in IPv4) and
 //!    `ICMPv6` (in IPv6) headers must fit. Anything that does not fit is
 //!    malformed.
+//!
+//! [`pipeline`] goes on from there: header rules, the reflection guard and
+//! the SYN guard and rate limiter in the states where they do not depend
+//! on time.
+
+pub mod pipeline;
 
 use std::net::IpAddr;
 
@@ -31,6 +37,30 @@ use spacefilter::{List, Prefix, Reason};
 pub const MAX_VLAN_TAGS: usize = 2;
 /// IPv6 extension headers walked; a longer chain is malformed.
 pub const MAX_EXT_HEADERS: usize = 8;
+
+/// What the stages after the lists see of the transport header.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct L4 {
+    /// IPv4 protocol, or IPv6 next header after the extension headers (of
+    /// a later fragment: the fragment header's next header).
+    pub proto: u8,
+    /// Whether the ports were read: TCP and UDP, not in later fragments.
+    pub ports: bool,
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// The TCP header's flags byte (CWR and ECE included); 0 for other
+    /// protocols.
+    pub tcp_flags: u8,
+}
+
+impl L4 {
+    fn other(proto: IpNumber) -> Self {
+        Self {
+            proto: proto.0,
+            ..Self::default()
+        }
+    }
+}
 
 /// The network layer of an IP frame: its source and what follows the fixed
 /// IP header.
@@ -70,8 +100,8 @@ pub fn decide(frame: &[u8], allow: &[Prefix], block: &[Prefix]) -> Reason {
     if block.iter().any(|p| p.contains(network.source)) {
         return Reason::Blocked;
     }
-    match transport(network.upper) {
-        Ok(()) => Reason::Passed,
+    match network.transport() {
+        Ok(_) => Reason::Passed,
         Err(reason) => reason,
     }
 }
@@ -105,6 +135,14 @@ pub fn decide_hit(frame: &[u8], allow: &[Prefix], block: &[Prefix]) -> Option<(L
         return Some((List::Allow, p));
     }
     hit_entry(source, block).map(|p| (List::Block, p))
+}
+
+impl Network<'_> {
+    /// The IPv6 extension chain and the transport header, for a source on
+    /// no list: what the header rules and the guards see, or malformed.
+    pub fn transport(&self) -> Result<L4, Reason> {
+        transport(self.upper)
+    }
 }
 
 fn is_vlan(ether_type: EtherType) -> bool {
@@ -190,12 +228,13 @@ fn is_ext(number: IpNumber) -> bool {
 /// Everything after the fixed IP header, for a source on no list. Every
 /// slice here ends where the IP packet ends, so a header that runs past it
 /// fails to parse.
-fn transport(upper: Upper<'_>) -> Result<(), Reason> {
+fn transport(upper: Upper<'_>) -> Result<L4, Reason> {
     match upper {
         Upper::V4 {
+            protocol,
             later_fragment: true,
             ..
-        } => Ok(()),
+        } => Ok(L4::other(protocol)),
         Upper::V4 { protocol, data, .. } => l4(protocol, data, false),
         Upper::V6 {
             mut next_header,
@@ -219,7 +258,7 @@ fn transport(upper: Upper<'_>) -> Result<(), Reason> {
                         let frag = Ipv6FragmentHeaderSlice::from_slice(data)
                             .map_err(|_| Reason::Malformed)?;
                         if frag.fragment_offset().value() != 0 {
-                            return Ok(());
+                            return Ok(L4::other(frag.next_header()));
                         }
                         next_header = frag.next_header();
                         data = &data[frag.slice().len()..];
@@ -249,20 +288,37 @@ fn transport(upper: Upper<'_>) -> Result<(), Reason> {
 
 /// The transport header at the start of `data` (which ends with the IP
 /// packet) must fit.
-fn l4(protocol: IpNumber, data: &[u8], v6: bool) -> Result<(), Reason> {
-    let fits = match protocol {
+fn l4(protocol: IpNumber, data: &[u8], v6: bool) -> Result<L4, Reason> {
+    match protocol {
         // 20 bytes, data offset at least 5 and the options within the
         // packet: what etherparse checks.
-        ip_number::TCP => TcpHeaderSlice::from_slice(data).is_ok(),
-        ip_number::UDP => UdpHeaderSlice::from_slice(data).is_ok(),
+        ip_number::TCP => {
+            let tcp = TcpHeaderSlice::from_slice(data).map_err(|_| Reason::Malformed)?;
+            Ok(L4 {
+                proto: protocol.0,
+                ports: true,
+                src_port: tcp.source_port(),
+                dst_port: tcp.destination_port(),
+                tcp_flags: tcp.slice()[13],
+            })
+        }
+        ip_number::UDP => {
+            let udp = UdpHeaderSlice::from_slice(data).map_err(|_| Reason::Malformed)?;
+            Ok(L4 {
+                proto: protocol.0,
+                ports: true,
+                src_port: udp.source_port(),
+                dst_port: udp.destination_port(),
+                tcp_flags: 0,
+            })
+        }
         // Raw lengths: etherparse's ICMP slices also check type-specific
         // lengths (ICMPv4 timestamps) and a maximum (ICMPv6), which the
         // policy does not.
-        ip_number::ICMP if !v6 => data.len() >= Icmpv4Header::MIN_LEN,
-        ip_number::IPV6_ICMP if v6 => data.len() >= Icmpv6Header::MIN_LEN,
-        _ => true,
-    };
-    if fits { Ok(()) } else { Err(Reason::Malformed) }
+        ip_number::ICMP if !v6 && data.len() < Icmpv4Header::MIN_LEN => Err(Reason::Malformed),
+        ip_number::IPV6_ICMP if v6 && data.len() < Icmpv6Header::MIN_LEN => Err(Reason::Malformed),
+        _ => Ok(L4::other(protocol)),
+    }
 }
 
 #[cfg(test)]
