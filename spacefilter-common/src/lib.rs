@@ -991,6 +991,7 @@ pub mod map_names {
     pub const AUTO_ACTIVE: &str = "AUTO_ACTIVE";
     pub const AUTO_EXEMPT: &str = "AUTO_EXEMPT";
     pub const SPOOF_SEEN: &str = "SPOOF_SEEN";
+    pub const DROPPED_FRAGS: &str = "DROPPED_FRAGS";
     pub const EVENTS: &str = "EVENTS";
     pub const SYN_GLOBAL: &str = "SYN_GLOBAL";
     pub const REFLECT_PORTS: &str = "REFLECT_PORTS";

@@ -13,7 +13,7 @@
 use spacefilter_common::Reason;
 
 use crate::{
-    maps::DROPPED_FRAGMENTS,
+    maps::DROPPED_FRAGS,
     parse::{L4, Source, fragment},
     verdict::Verdict,
 };
@@ -55,7 +55,7 @@ pub(crate) fn later(source: &Source, l4: &L4) -> Option<Verdict> {
         return None;
     }
     // SAFETY: the value is copied out at once.
-    let dropped = unsafe { DROPPED_FRAGMENTS.get(datagram(source, l4)) }?;
+    let dropped = unsafe { DROPPED_FRAGS.get(datagram(source, l4)) }?;
     Some(Verdict {
         reason: Reason::from_index(dropped.reason)?,
         detail: dropped.detail,
@@ -73,5 +73,5 @@ pub(crate) fn first(source: &Source, l4: &L4, verdict: &Verdict) {
         reason: verdict.reason as u32,
         detail: verdict.detail,
     };
-    let _ = DROPPED_FRAGMENTS.insert(datagram(source, l4), dropped, 0);
+    let _ = DROPPED_FRAGS.insert(datagram(source, l4), dropped, 0);
 }

@@ -133,10 +133,8 @@ pub(crate) static AUTO_EXEMPT: HashMap<[u8; 16], u8> =
 
 /// Datagrams whose first fragment was dropped (see [`crate::fragments`]).
 #[map]
-pub(crate) static DROPPED_FRAGMENTS: LruHashMap<
-    crate::fragments::Datagram,
-    crate::fragments::Dropped,
-> = LruHashMap::with_max_entries(8_192, 0);
+pub(crate) static DROPPED_FRAGS: LruHashMap<crate::fragments::Datagram, crate::fragments::Dropped> =
+    LruHashMap::with_max_entries(8_192, 0);
 
 /// When each slot of the spoofed-source detector last counted a new
 /// source (see `limit::spoof_fallback`): a source is counted once per

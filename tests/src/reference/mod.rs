@@ -51,6 +51,21 @@ pub struct L4 {
     /// The TCP header's flags byte (CWR and ECE included); 0 for other
     /// protocols.
     pub tcp_flags: u8,
+    /// Which part of a fragmented datagram the packet is.
+    pub fragment: Fragment,
+}
+
+/// Which part of a fragmented datagram a packet is, with the datagram's
+/// identification.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fragment {
+    /// Not a fragment (or an IPv6 atomic fragment: offset 0, no more).
+    #[default]
+    None,
+    /// Offset 0, more to come: it carries the ports.
+    First(u32),
+    /// A non-zero offset.
+    Later(u32),
 }
 
 impl L4 {
@@ -76,6 +91,9 @@ enum Upper<'a> {
         protocol: IpNumber,
         /// A fragment with a non-zero offset.
         later_fragment: bool,
+        /// Offset 0 with more fragments to come.
+        first_fragment: bool,
+        identification: u16,
         /// From the end of the header (options included) to the end of the
         /// IP packet.
         data: &'a [u8],
@@ -194,6 +212,8 @@ fn ipv4(packet: &[u8]) -> Result<Network<'_>, Reason> {
         upper: Upper::V4 {
             protocol: header.protocol(),
             later_fragment: header.fragments_offset().value() != 0,
+            first_fragment: header.fragments_offset().value() == 0 && header.more_fragments(),
+            identification: header.identification(),
             data: &packet[header_len..total_len],
         },
     })
@@ -233,13 +253,30 @@ fn transport(upper: Upper<'_>) -> Result<L4, Reason> {
         Upper::V4 {
             protocol,
             later_fragment: true,
+            identification,
             ..
-        } => Ok(L4::other(protocol)),
-        Upper::V4 { protocol, data, .. } => l4(protocol, data, false),
+        } => Ok(L4 {
+            fragment: Fragment::Later(u32::from(identification)),
+            ..L4::other(protocol)
+        }),
+        Upper::V4 {
+            protocol,
+            data,
+            first_fragment,
+            identification,
+            ..
+        } => {
+            let mut l4 = l4(protocol, data, false)?;
+            if first_fragment {
+                l4.fragment = Fragment::First(u32::from(identification));
+            }
+            Ok(l4)
+        }
         Upper::V6 {
             mut next_header,
             mut data,
         } => {
+            let mut first = None;
             for _ in 0..MAX_EXT_HEADERS {
                 match next_header {
                     ip_number::IPV6_HOP_BY_HOP
@@ -258,7 +295,13 @@ fn transport(upper: Upper<'_>) -> Result<L4, Reason> {
                         let frag = Ipv6FragmentHeaderSlice::from_slice(data)
                             .map_err(|_| Reason::Malformed)?;
                         if frag.fragment_offset().value() != 0 {
-                            return Ok(L4::other(frag.next_header()));
+                            return Ok(L4 {
+                                fragment: Fragment::Later(frag.identification()),
+                                ..L4::other(frag.next_header())
+                            });
+                        }
+                        if frag.more_fragments() {
+                            first = Some(frag.identification());
                         }
                         next_header = frag.next_header();
                         data = &data[frag.slice().len()..];
@@ -281,7 +324,11 @@ fn transport(upper: Upper<'_>) -> Result<L4, Reason> {
                 // Still going after MAX_EXT_HEADERS: malformed.
                 return Err(Reason::Malformed);
             }
-            l4(next_header, data, true)
+            let mut l4 = l4(next_header, data, true)?;
+            if let Some(id) = first {
+                l4.fragment = Fragment::First(id);
+            }
+            Ok(l4)
         }
     }
 }
@@ -300,6 +347,7 @@ fn l4(protocol: IpNumber, data: &[u8], v6: bool) -> Result<L4, Reason> {
                 src_port: tcp.source_port(),
                 dst_port: tcp.destination_port(),
                 tcp_flags: tcp.slice()[13],
+                fragment: Fragment::None,
             })
         }
         ip_number::UDP => {
@@ -310,6 +358,7 @@ fn l4(protocol: IpNumber, data: &[u8], v6: bool) -> Result<L4, Reason> {
                 src_port: udp.source_port(),
                 dst_port: udp.destination_port(),
                 tcp_flags: 0,
+                fragment: Fragment::None,
             })
         }
         // Raw lengths: etherparse's ICMP slices also check type-specific

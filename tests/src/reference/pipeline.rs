@@ -50,7 +50,7 @@ use spacefilter_common::{
     HeaderRule, Limits, Shield, limit_flags, reflect_bits, rule_action, rule_flags, shield_flags,
 };
 
-use super::{L4, network};
+use super::{Fragment, L4, network};
 
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
@@ -124,6 +124,9 @@ pub struct Pipeline {
     host_syns: u64,
     /// What is left of the shield's burst for unverified UDP.
     shield_budget: u64,
+    /// Datagrams whose first fragment was dropped, by source,
+    /// identification and protocol: their later fragments go the same way.
+    dropped_fragments: HashMap<(IpAddr, u32, u8), Reason>,
 }
 
 impl Pipeline {
@@ -143,6 +146,7 @@ impl Pipeline {
             rule_hits: vec![0; config.rules.len()],
             host_syns: config.limits.syn_global_burst,
             shield_budget: u64::from(config.shield.unverified_burst),
+            dropped_fragments: HashMap::new(),
             config,
         }
     }
@@ -169,13 +173,30 @@ impl Pipeline {
             Ok(l4) => l4,
             Err(reason) => return reason,
         };
-        if let Some(reason) = self.rules(l4, frame.len()) {
+        if let Fragment::Later(id) = l4.fragment
+            && let Some(&reason) = self.dropped_fragments.get(&(network.source, id, l4.proto))
+        {
             return reason;
         }
-        if self.shielded(network.source, l4) {
+        let reason = self.on_headers(network.source, l4, frame.len());
+        if let Fragment::First(id) = l4.fragment
+            && reason.drops()
+        {
+            self.dropped_fragments
+                .insert((network.source, id, l4.proto), reason);
+        }
+        reason
+    }
+
+    /// The stages that read the transport header.
+    fn on_headers(&mut self, source: IpAddr, l4: L4, len: usize) -> Reason {
+        if let Some(reason) = self.rules(l4, len) {
+            return reason;
+        }
+        if self.shielded(source, l4) {
             return Reason::Shielded;
         }
-        self.guards(network.source, l4, frame.len() as u64)
+        self.guards(source, l4, len as u64)
             .unwrap_or(Reason::Passed)
     }
 

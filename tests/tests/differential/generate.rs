@@ -18,11 +18,12 @@
 //! total length, IHL, IPv6 payload length, extension header lengths, TCP
 //! data offset, ...). A share are random bytes behind a chosen ethertype.
 //!
-//! Three corners of policy stay out of the cases, each in one place:
-//! auto-blocks are never due ([`limits`]: `block_after` 0 or an hour), no
-//! two frames belong to one fragmented datagram ([`with_fragment_id`]),
-//! and NTP from 123 to 123 is never aimed at a service port
-//! ([`BASE_SERVICE`]).
+//! Two corners of policy stay out of the cases, each in one place:
+//! auto-blocks are never due ([`limits`]: `block_after` 0 or an hour), and
+//! NTP from 123 to 123 is never aimed at a service port
+//! ([`BASE_SERVICE`]). Two frames in a row share a fragment
+//! identification ([`with_fragment_id`]): a later fragment may follow the
+//! first fragment of its datagram.
 
 use std::net::IpAddr;
 
@@ -551,8 +552,8 @@ fn with_transport(packet: Packet, transport: Transport) -> Packet {
 }
 
 /// Gives the frame's fragment identification (IPv4, and IPv6 fragment
-/// headers) the value `id`: no two frames of a run share one, so no frame
-/// is taken for a fragment of another's datagram.
+/// headers) the value `id`: frames given the same one from the same source
+/// and protocol are fragments of one datagram.
 fn with_fragment_id(mut frame: Frame, id: u32) -> Frame {
     if let Some(range) = frame.layer(Layer::Ipv4) {
         let bytes = u16::try_from(id & 0xffff).expect("masked").to_be_bytes();

@@ -54,6 +54,9 @@ pub(crate) struct Kernel {
     syn_global: Array<MapData, Bucket>,
     shield_budget: Array<MapData, Bucket>,
     reflect_ports: Array<MapData, u8>,
+    /// Datagrams whose first fragment was dropped (source, identification,
+    /// protocol), emptied with each case.
+    dropped_frags: HashMap<MapData, [u8; 24], [u8; 8]>,
     /// What `REFLECT_PORTS` holds.
     port_bits: Vec<u8>,
     /// The list entries in force.
@@ -101,6 +104,9 @@ impl Kernel {
             .expect("SHIELD_BUDGET");
         let reflect_ports = Array::try_from(Map::Array(open(&ids, map_names::REFLECT_PORTS)))
             .expect("REFLECT_PORTS");
+        let dropped_frags =
+            HashMap::try_from(Map::LruHashMap(open(&ids, map_names::DROPPED_FRAGS)))
+                .expect("DROPPED_FRAGS");
         let mut kernel = Self {
             filter,
             stats,
@@ -108,6 +114,7 @@ impl Kernel {
             syn_global,
             shield_budget,
             reflect_ports,
+            dropped_frags,
             port_bits: vec![0; 1 << 16],
             lists: (Vec::new(), Vec::new()),
             verified: Vec::new(),
@@ -185,6 +192,12 @@ impl Kernel {
         let keys: Vec<_> = self.buckets.keys().filter_map(Result::ok).collect();
         for key in keys {
             self.buckets.remove(&key).expect("empty BUCKETS");
+        }
+        let keys: Vec<_> = self.dropped_frags.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            self.dropped_frags
+                .remove(&key)
+                .expect("empty DROPPED_FRAGS");
         }
         self.syn_global
             .set(0, Bucket::default(), 0)
