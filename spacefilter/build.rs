@@ -41,8 +41,7 @@ const PANIC_SYMBOL: &[u8] = b"spacefilter_panic_is_reachable";
 /// Fails the build when the optimiser left a panic reachable in `object`
 /// (the kernel would refuse the program with no word of why).
 fn no_reachable_panic(object: &std::path::Path) -> anyhow::Result<()> {
-    let bytes =
-        std::fs::read(object).with_context(|| format!("reading {}", object.display()))?;
+    let bytes = std::fs::read(object).with_context(|| format!("reading {}", object.display()))?;
     if bytes.windows(PANIC_SYMBOL.len()).any(|w| w == PANIC_SYMBOL) {
         return Err(anyhow!(
             "a panic is reachable in the eBPF program {}: its panic handler, which calls the \

@@ -127,12 +127,14 @@ fn guards(limits: &Limits, source: &Source, l4: L4, len: u64) -> Step {
     limited(Reason::RateLimited)
 }
 
-/// The reflection guard: UDP from a reflector port to a service port.
+/// The reflection guard: UDP from a reflector port to a service port. The
+/// frame's own fields are tested first; most frames then cost one array
+/// lookup (their source port is no reflector's).
 #[inline(always)]
 fn reflection(limits: &Limits, l4: L4) -> Step {
-    if limits.flags & limit_flags::REFLECT != 0
-        && l4.proto == IPPROTO_UDP_NUMBER
+    if l4.proto == IPPROTO_UDP_NUMBER
         && l4.ports
+        && limits.flags & limit_flags::REFLECT != 0
         && reflected(l4.src_port, l4.dst_port)
     {
         return limited(Reason::Reflection);
@@ -428,13 +430,18 @@ fn credited_until(last_ns: u64, elapsed_us: u64, now: u64) -> u64 {
     }
 }
 
-/// UDP from a reflector port to a service port.
+/// NTP's port: from it to itself is symmetric NTP (peers polling each
+/// other), not a reflected answer.
+const NTP_PORT: u16 = 123;
+
+/// UDP from a reflector port to a service port, but for symmetric NTP.
 #[inline(always)]
 fn reflected(src_port: u16, dst_port: u16) -> bool {
     let source = REFLECT_PORTS
         .get(u32::from(src_port))
         .is_some_and(|bits| bits & reflect_bits::SOURCE != 0);
     source
+        && !(src_port == NTP_PORT && dst_port == NTP_PORT)
         && REFLECT_PORTS
             .get(u32::from(dst_port))
             .is_some_and(|bits| bits & reflect_bits::SERVICE != 0)
