@@ -205,3 +205,79 @@ fn answers_reach_client_sockets_and_not_listening_services() {
         "{profile}"
     );
 }
+
+/// A listening port inside the default ephemeral range is no service until
+/// the host's range moves below it; `reflect show` reads the range again and
+/// puts the new profile in force. `--service-ports auto` mixed with ports is
+/// refused and changes nothing.
+#[test]
+fn the_ephemeral_range_is_read_again_on_show() {
+    const INSIDE: u16 = 35000;
+    require_root();
+    let lab = Lab::new().expect("building the lab");
+    let dir = Scratch::new("reflect-range").expect("scratch directory");
+    let daemon = DaemonProcess::start(
+        &lab.ns(Host::Server),
+        &DaemonPaths::in_dir(dir.path()),
+        &["--capacity", "1024"],
+    )
+    .unwrap_or_else(|err| panic!("starting the daemon: {err:#}"));
+    let sink = UdpSink::start_on(&lab, Host::Server, INSIDE).expect("a listener");
+    let listener = Host::Listener.addr(Family::V4);
+    daemon.cli(&["reflect", "show"]).ok("reflect show");
+    // Inside the ephemeral range: an answer to a client, perhaps; it passes.
+    send_from(&lab, Host::Listener, DNS, INSIDE, 20);
+    assert_eq!(sink.wait_for(listener, 20, Duration::from_secs(5)), 20);
+
+    lab.run_in(Host::Server, || {
+        std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "40000 60999")
+    })
+    .expect("in the server's namespace")
+    .expect("setting the ephemeral range");
+    let out = daemon.cli(&["reflect", "show"]);
+    let text = out.ok("reflect show");
+    assert!(
+        text.contains("outside the ephemeral range 40000-60999")
+            && text.contains(&format!("listening UDP ports: {INSIDE}"))
+            && text.contains(&format!("to service ports {INSIDE} ")),
+        "{text}"
+    );
+    let before = reflection_count(&daemon);
+    send_from(&lab, Host::Listener, DNS, INSIDE, 20);
+    assert!(
+        wait_until(Duration::from_secs(5), || reflection_count(&daemon)
+            >= before + 20),
+        "reflection counted: {} (was {before})",
+        reflection_count(&daemon)
+    );
+    assert_eq!(sink.received_from(listener), 20, "answers got in");
+
+    // Bad input: exit 2, a reason, nothing changed.
+    let refused = daemon.cli(&["reflect", "set", "--service-ports", "auto,443"]);
+    refused.expect_code(2, "auto with ports");
+    assert!(
+        refused.stderr.contains("either `auto`"),
+        "{}",
+        refused.stderr
+    );
+    let shown = daemon.cli(&["reflect", "show", "--json"]);
+    let view: Value = serde_json::from_str(shown.ok("reflect show")).expect("JSON");
+    assert_eq!(view["service_ports"], serde_json::json!([]), "{view}");
+    // Explicit ports, and back to the host's.
+    daemon
+        .cli(&["reflect", "set", "--service-ports", "443"])
+        .ok("reflect set 443");
+    let text = daemon.cli(&["reflect", "show"]).ok("show").to_owned();
+    assert!(
+        text.contains("--service-ports 443 set explicitly"),
+        "{text}"
+    );
+    daemon
+        .cli(&["reflect", "set", "--service-ports", "auto"])
+        .ok("reflect set auto");
+    let text = daemon.cli(&["reflect", "show"]).ok("show").to_owned();
+    assert!(
+        text.contains(&format!("to service ports {INSIDE} ")),
+        "{text}"
+    );
+}

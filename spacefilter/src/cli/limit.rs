@@ -313,15 +313,15 @@ fn print_reflection(
     let (lo, hi) = profile.ephemeral;
     if explicit.is_empty() {
         println!(
-            "  service ports: the listening UDP ports outside the ephemeral range {lo}-{hi} (net.ipv4.ip_local_port_range): {}",
-            singles(&profile.listening)
+            "  built from: the listening UDP ports outside the ephemeral range {lo}-{hi} (net.ipv4.ip_local_port_range)"
         );
     } else {
         println!(
-            "  service ports: set explicitly to {} (`reflect set --service-ports auto` reads them from the host)",
+            "  built from: --service-ports {} set explicitly (`reflect set --service-ports auto` reads them from the host); ephemeral range {lo}-{hi}",
             port_list(explicit.iter().copied())
         );
     }
+    println!("  listening UDP ports: {}", singles(&profile.listening));
     println!(
         "  client ports exempted (UDP sockets connected to a peer): {}",
         singles(&profile.clients)
