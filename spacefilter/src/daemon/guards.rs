@@ -347,3 +347,27 @@ pub(super) fn reflect_profile(explicit: &[(u16, u16)]) -> ReflectProfile {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Settings stored with the old fixed service ports take the host's
+    /// profile; explicit ones stay; a round trip keeps them.
+    #[test]
+    fn stored_service_ports_of_old_are_read_from_the_host() {
+        let stored = |ports: Vec<(u16, u16)>| store::Guards {
+            service_ports: Some(ports),
+            ..store::Guards::default()
+        };
+        assert!(
+            view(stored(default_service_ports()))
+                .service_ports
+                .is_empty()
+        );
+        assert!(view(store::Guards::default()).service_ports.is_empty());
+        let explicit = view(stored(vec![(443, 443)]));
+        assert_eq!(explicit.service_ports, [(443, 443)]);
+        assert_eq!(view(record(&explicit)).service_ports, [(443, 443)]);
+    }
+}
