@@ -579,7 +579,9 @@ pub mod shield_flags {
 pub mod shield_watch {
     /// TCP SYNs to the shield's TCP ports.
     pub const SYNS: u32 = 0;
-    /// UDP from unverified sources to the shield's UDP ports.
+    /// UDP from unverified sources to the shield's UDP ports (and, while
+    /// the shield is on, TCP in layouts it does not read: IPv4 options,
+    /// IPv6 extension headers).
     pub const UNVERIFIED_UDP: u32 = 1;
     pub const SLOTS: u32 = 2;
 }
@@ -587,6 +589,117 @@ pub mod shield_watch {
 /// Token amounts are kept in millionths of a packet or byte, so that a
 /// refill over microseconds needs no division by the rate.
 pub const TOKEN_SCALE: u64 = 1_000_000;
+
+/// The token buckets' arithmetic, shared by the program and its host-side
+/// tests: rates are in packets (or bytes) a second, which is tokens a
+/// microsecond at [`TOKEN_SCALE`].
+#[expect(
+    clippy::inline_always,
+    reason = "the program inlines every step: a BPF-to-BPF call costs more"
+)]
+pub mod tokens {
+    use super::TOKEN_SCALE;
+
+    /// A refill never credits more than this much idle time: it keeps the
+    /// token arithmetic far from overflow, and a full bucket is full
+    /// anyway.
+    pub const MAX_IDLE_US: u64 = 10_000_000;
+
+    /// The whole microseconds to credit a bucket last refilled at
+    /// `*last_ns`, moving `*last_ns` to the moment credited up to: the
+    /// remainder under a microsecond is kept for the next refill (moving to
+    /// `now` would lose it, up to half the rate of a bucket hit every
+    /// microsecond or two). After an idle time past [`MAX_IDLE_US`], that
+    /// much, and `*last_ns` moves to `now`.
+    #[inline(always)]
+    pub fn credit_us(last_ns: &mut u64, now: u64) -> u64 {
+        let elapsed_us = now.saturating_sub(*last_ns) / 1000;
+        if elapsed_us > MAX_IDLE_US {
+            *last_ns = now;
+            return MAX_IDLE_US;
+        }
+        *last_ns += elapsed_us * 1000;
+        elapsed_us
+    }
+
+    /// `tokens` plus `idle_us` of `rate`, up to `burst` whole tokens.
+    #[inline(always)]
+    #[must_use]
+    pub fn refilled(tokens: u64, idle_us: u64, rate: u64, burst: u64) -> u64 {
+        let cap = burst * TOKEN_SCALE;
+        let refilled = tokens + idle_us * rate;
+        if refilled > cap { cap } else { refilled }
+    }
+
+    /// One packet-counting token bucket: refills `tokens` at `rate` a
+    /// second up to `burst` packets, then takes one packet; `false` if none
+    /// is left. A bucket never used (`last_ns` 0) starts full.
+    #[inline(always)]
+    pub fn take_packet(
+        tokens: &mut u64,
+        last_ns: &mut u64,
+        (rate, burst): (u64, u64),
+        now: u64,
+    ) -> bool {
+        if *last_ns == 0 {
+            *last_ns = now;
+            *tokens = burst * TOKEN_SCALE;
+        }
+        let idle_us = credit_us(last_ns, now);
+        if idle_us > 0 {
+            *tokens = refilled(*tokens, idle_us, rate, burst);
+        }
+        if *tokens < TOKEN_SCALE {
+            return false;
+        }
+        *tokens -= TOKEN_SCALE;
+        true
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// Hits `hits` times, `gap_ns` apart, at `rate` with a burst of
+        /// four; how many were let through.
+        fn passes(rate: u64, gap_ns: u64, hits: u64) -> u64 {
+            let (mut tokens, mut last_ns) = (0, 0);
+            let start = 1_000_000_000;
+            (0..hits)
+                .filter(|i| take_packet(&mut tokens, &mut last_ns, (rate, 4), start + i * gap_ns))
+                .count() as u64
+        }
+
+        #[test]
+        fn a_bucket_hit_every_microsecond_or_two_gets_its_whole_rate() {
+            // 1.5 µs apart for one second, at 400 000 a second: crediting
+            // whole microseconds and dropping the rest would give a third
+            // less.
+            for (gap_ns, rate) in [(1_500, 400_000), (1_100, 500_000), (700, 900_000)] {
+                let hits = 1_000_000_000 / gap_ns;
+                let got = passes(rate, gap_ns, hits);
+                assert!(
+                    got >= rate - rate / 1000 && got <= rate + 5,
+                    "{gap_ns} ns apart at {rate}/s: {got} let through"
+                );
+            }
+        }
+
+        #[test]
+        fn a_long_idle_time_fills_the_bucket_once() {
+            let (mut tokens, mut last_ns) = (0, 0);
+            let start = 1_000_000_000;
+            assert!(take_packet(&mut tokens, &mut last_ns, (10, 3), start));
+            // A day later: a full burst, no more.
+            let later = start + 86_400_000_000_000;
+            let got = (0..10)
+                .filter(|_| take_packet(&mut tokens, &mut last_ns, (10, 3), later))
+                .count();
+            assert_eq!(got, 3);
+            assert_eq!(last_ns, later);
+        }
+    }
+}
 
 /// The per-source rate limit: the single entry of the `LIMITS` array.
 ///
@@ -749,6 +862,9 @@ pub struct AutoBlockEvent {
     pub v6: u32,
 }
 
+/// Capacity of the `AUTO_EXEMPT` map: sources never auto-blocked.
+pub const MAX_AUTO_EXEMPT: u32 = 1024;
+
 /// Default size of the `BUCKETS` LRU map.
 pub const DEFAULT_BUCKETS: u32 = 65_536;
 
@@ -878,6 +994,9 @@ pub mod map_names {
     pub const LIMITS: &str = "LIMITS";
     pub const BUCKETS: &str = "BUCKETS";
     pub const AUTO_BLOCKED: &str = "AUTO_BLOCKED";
+    pub const AUTO_ACTIVE: &str = "AUTO_ACTIVE";
+    pub const AUTO_EXEMPT: &str = "AUTO_EXEMPT";
+    pub const SPOOF_SEEN: &str = "SPOOF_SEEN";
     pub const EVENTS: &str = "EVENTS";
     pub const SYN_GLOBAL: &str = "SYN_GLOBAL";
     pub const REFLECT_PORTS: &str = "REFLECT_PORTS";

@@ -16,19 +16,18 @@ use aya_ebpf::helpers::bpf_ktime_get_ns;
 use spacefilter_common::{
     AutoBlock, AutoBlockEvent, Bucket, FALLBACK_HOLD_NS, Limits, Reason, TOKEN_SCALE, limit_flags,
     reflect_bits,
+    tokens::{credit_us, refilled},
 };
 
 use crate::{
     maps::{
-        AGG_BUCKETS, AUTO_BLOCKED, BUCKETS, EVENTS, LIMITS, REFLECT_PORTS, SPOOF_STATE, SYN_GLOBAL,
+        AGG_BUCKETS, AUTO_ACTIVE, AUTO_BLOCKED, AUTO_EXEMPT, BUCKETS, EVENTS, LIMITS,
+        REFLECT_PORTS, SPOOF_SEEN, SPOOF_SEEN_SLOTS, SPOOF_STATE, SYN_GLOBAL,
     },
     parse::{IPPROTO_TCP_NUMBER, IPPROTO_UDP_NUMBER, L4, Source, TCP_ACK, TCP_SYN},
     verified,
 };
 
-/// A refill never credits more than this much idle time: it keeps the
-/// token arithmetic far from overflow, and a full bucket is full anyway.
-const MAX_IDLE_US: u64 = 10_000_000;
 /// A second within its limit ends a source's time over it.
 const CALM_NS: u64 = 1_000_000_000;
 
@@ -57,6 +56,35 @@ fn key_of(source: &Source, v6_prefix_len: u32) -> ([u8; 16], u32, u32) {
         }
     }
     (key, len, 1)
+}
+
+/// An auto-block in force for `source`. It is checked right after the
+/// lists, before the header rules: an auto-block is a block, listed as
+/// one, and neither a pass rule nor the limiter switched off lets its
+/// source through. In a dry run, the guards count its frames as
+/// `would_limit` instead. One array lookup while no auto-block is in
+/// force.
+#[inline(always)]
+pub(crate) fn auto_blocked(source: &Source) -> Option<Reason> {
+    if AUTO_ACTIVE.get(0).is_none_or(|active| *active == 0) {
+        return None;
+    }
+    let limits = LIMITS.get(0)?;
+    if limits.flags & limit_flags::DRY_RUN != 0 {
+        return None;
+    }
+    let (key, _, _) = key_of(source, limits.v6_prefix_len);
+    let block = AUTO_BLOCKED.get_ptr_mut(key)?;
+    // SAFETY: bpf_ktime_get_ns has no preconditions; `block` is a map
+    // value, valid while this program runs, and its hit count may race
+    // with other CPUs (documented as approximate).
+    unsafe {
+        if (*block).until_ns <= bpf_ktime_get_ns() {
+            return None;
+        }
+        (*block).hits += 1;
+    }
+    Some(Reason::AutoBlocked)
 }
 
 /// The flood guards' verdict on a frame of `len` bytes from `source`, or
@@ -127,14 +155,14 @@ fn guards(limits: &Limits, source: &Source, l4: L4, len: u64) -> Step {
     limited(Reason::RateLimited)
 }
 
-/// The reflection guard: UDP from a reflector port to a service port. The
-/// frame's own fields are tested first; most frames then cost one array
-/// lookup (their source port is no reflector's).
+/// The reflection guard: UDP from a reflector port to a service port.
+/// Most frames cost one array lookup (their source port is no
+/// reflector's).
 #[inline(always)]
 fn reflection(limits: &Limits, l4: L4) -> Step {
-    if l4.proto == IPPROTO_UDP_NUMBER
+    if limits.flags & limit_flags::REFLECT != 0
+        && l4.proto == IPPROTO_UDP_NUMBER
         && l4.ports
-        && limits.flags & limit_flags::REFLECT != 0
         && reflected(l4.src_port, l4.dst_port)
     {
         return limited(Reason::Reflection);
@@ -154,9 +182,9 @@ fn is_syn(limits: &Limits, l4: L4) -> bool {
 }
 
 /// A source without a bucket: a new one, or one whose bucket was evicted
-/// or that the daemon restored an auto-block for. In order: an auto-block
-/// in `AUTO_BLOCKED`, the spoofed-source fallback, a new bucket, the
-/// host-wide SYN budget (which a SYN let through by the fallback's budgets
+/// (an auto-block in `AUTO_BLOCKED` was enforced before, by
+/// [`auto_blocked`]). In order: the spoofed-source fallback, a new bucket,
+/// the host-wide SYN budget (which a SYN let through by the fallback's budgets
 /// answers to as well). Its own budgets do not hold the frame back: its
 /// bucket starts full, less this frame.
 #[inline(always)]
@@ -169,7 +197,6 @@ fn new_source(
     len: u64,
     now: u64,
 ) -> Step {
-    restored_block(key, now)?;
     let fallback = spoofed(limits, source, l4, now);
     if fallback == PASS {
         // Within the aggregate budgets: a SYN still answers to the host's.
@@ -186,22 +213,6 @@ fn new_source(
     PASS
 }
 
-/// An auto-block kept in `AUTO_BLOCKED` for a source without a bucket.
-#[inline(always)]
-fn restored_block(key: &[u8; 16], now: u64) -> Step {
-    if let Some(block) = AUTO_BLOCKED.get_ptr_mut(key) {
-        // SAFETY: a map value, valid while this program runs; the hit
-        // count may race with other CPUs (documented as approximate).
-        unsafe {
-            if (*block).until_ns > now {
-                (*block).hits += 1;
-                return limited(Reason::AutoBlocked);
-            }
-        }
-    }
-    NEXT
-}
-
 /// The spoofed-source fallback, for a source without a bucket. While it is
 /// on (a spoofed-source flood), such a source gets no bucket (it would
 /// push a real one out of the LRU map): the aggregate budgets of its
@@ -209,7 +220,7 @@ fn restored_block(key: &[u8; 16], now: u64) -> Step {
 /// not suspect: it goes on to a bucket of its own.
 #[inline(always)]
 fn spoofed(limits: &Limits, source: &Source, l4: L4, now: u64) -> Step {
-    if !spoof_fallback(limits, now) || verified::holds(source, now) {
+    if !spoof_fallback(limits, source, now) || verified::holds(source, now) {
         return NEXT;
     }
     if aggregate_allowed(limits, source, l4, now) {
@@ -235,7 +246,8 @@ fn first_bucket(limits: &Limits, key: &[u8; 16], syn: bool, len: u64, now: u64) 
     let _ = BUCKETS.insert(key, fresh, 0);
 }
 
-/// A known source's auto-block, kept in its bucket.
+/// A known source's auto-block, kept in its bucket (and enforced by
+/// [`auto_blocked`] while `AUTO_BLOCKED` holds it too).
 #[inline(always)]
 fn blocked(bucket: &mut Bucket, now: u64) -> Step {
     if bucket.blocked_until_ns > now {
@@ -295,7 +307,8 @@ fn within_rate(bucket: &mut Bucket, limits: &Limits, len: u64, now: u64) -> Step
 }
 
 /// Auto-blocks a source over its limit for `block_after_ns` (not in a dry
-/// run): in its bucket, in `AUTO_BLOCKED` and through an event.
+/// run, and never a source in `AUTO_EXEMPT`): in its bucket, in
+/// `AUTO_BLOCKED` and through an event.
 #[inline(always)]
 fn auto_block_due(
     bucket: &mut Bucket,
@@ -308,6 +321,8 @@ fn auto_block_due(
     if limits.flags & limit_flags::DRY_RUN == 0
         && limits.block_after_ns != 0
         && now.saturating_sub(bucket.over_since_ns) >= limits.block_after_ns
+        // SAFETY: only whether the key is present is read.
+        && unsafe { AUTO_EXEMPT.get(key) }.is_none()
     {
         bucket.blocked_until_ns = now + limits.block_ttl_ns;
         bucket.blocked_hits += 1;
@@ -319,9 +334,12 @@ fn auto_block_due(
 }
 
 /// Counts a new source and says whether the spoofed-source fallback is on
-/// (switching it on when new sources come faster than the threshold).
+/// (switching it on when new sources come faster than the threshold). A
+/// source is counted once a window, however many frames it sends while it
+/// has no bucket: otherwise, after a flood, a few ordinary newcomers (who
+/// get no bucket while the fallback is on) would keep it on by themselves.
 #[inline(always)]
-fn spoof_fallback(limits: &Limits, now: u64) -> bool {
+fn spoof_fallback(limits: &Limits, source: &Source, now: u64) -> bool {
     if limits.spoof_threshold == 0 || limits.flags & limit_flags::ENABLED == 0 {
         return false;
     }
@@ -334,7 +352,9 @@ fn spoof_fallback(limits: &Limits, now: u64) -> bool {
         state.window_ns = now;
         state.new_sources = 0;
     }
-    state.new_sources += 1;
+    if first_in_window(source, state.window_ns) {
+        state.new_sources += 1;
+    }
     if state.new_sources > limits.spoof_threshold {
         if state.active_until_ns <= now {
             state.switches += 1;
@@ -342,6 +362,34 @@ fn spoof_fallback(limits: &Limits, now: u64) -> bool {
         state.active_until_ns = now + FALLBACK_HOLD_NS;
     }
     state.active_until_ns > now
+}
+
+/// Whether `source` is the first in its `SPOOF_SEEN` slot in the window
+/// that began at `window_ns`; marks it seen. Sources that share a slot
+/// count once (an undercount of about one in 65 536 per source in the
+/// window).
+#[inline(always)]
+fn first_in_window(source: &Source, window_ns: u64) -> bool {
+    let hash = (source.hi ^ source.lo.rotate_left(32) ^ u64::from(source.v6))
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let slot = (hash >> 32) as u32 & (SPOOF_SEEN_SLOTS - 1);
+    // A window's stamp: its start in µs, never 0 (a slot never used).
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "a stamp, compared for equality"
+    )]
+    let stamp = (window_ns / 1000) as u32 | 1;
+    let Some(seen) = SPOOF_SEEN.get_ptr_mut(slot) else {
+        return true;
+    };
+    // SAFETY: an array value; CPUs race on it (approximate counts).
+    unsafe {
+        if *seen == stamp {
+            return false;
+        }
+        *seen = stamp;
+    }
+    true
 }
 
 /// Takes one packet from the aggregate budgets of the frame's destination
@@ -384,51 +432,7 @@ fn take_aggregate(key: &[u8; 20], limits: &Limits, now: u64) -> bool {
     )
 }
 
-/// One packet-counting token bucket: refills `tokens` at `rate` a second
-/// up to `burst` packets, then takes one packet; `false` if none is left.
-/// A bucket never used (`last_ns` 0) starts full.
-#[inline(always)]
-pub(crate) fn take_packet(
-    tokens: &mut u64,
-    last_ns: &mut u64,
-    (rate, burst): (u64, u64),
-    now: u64,
-) -> bool {
-    let cap = burst * TOKEN_SCALE;
-    if *last_ns == 0 {
-        *last_ns = now;
-        *tokens = cap;
-    }
-    let elapsed_us = now.saturating_sub(*last_ns) / 1000;
-    if elapsed_us > 0 {
-        let idle_us = if elapsed_us > MAX_IDLE_US {
-            MAX_IDLE_US
-        } else {
-            elapsed_us
-        };
-        *last_ns = credited_until(*last_ns, elapsed_us, now);
-        let refilled = *tokens + idle_us * rate;
-        *tokens = if refilled > cap { cap } else { refilled };
-    }
-    if *tokens < TOKEN_SCALE {
-        return false;
-    }
-    *tokens -= TOKEN_SCALE;
-    true
-}
-
-/// The moment a refill of `elapsed_us` whole microseconds since `last_ns`
-/// credits up to: the remainder under a microsecond is kept for the next
-/// refill (moving to `now` would lose it, up to half the rate of a bucket
-/// hit every microsecond or two). After an idle time past the cap, `now`.
-#[inline(always)]
-fn credited_until(last_ns: u64, elapsed_us: u64, now: u64) -> u64 {
-    if elapsed_us > MAX_IDLE_US {
-        now
-    } else {
-        last_ns + elapsed_us * 1000
-    }
-}
+pub(crate) use spacefilter_common::tokens::take_packet;
 
 /// NTP's port: from it to itself is symmetric NTP (peers polling each
 /// other), not a reflected answer.
@@ -466,36 +470,27 @@ fn global_syn_allowed(limits: &Limits, now: u64) -> bool {
     )
 }
 
+/// Refills a source's buckets (packets, bytes, SYNs) for the time since
+/// the last refill.
 #[inline(always)]
 fn refill(bucket: &mut Bucket, limits: &Limits, now: u64) {
-    let elapsed_us = now.saturating_sub(bucket.last_ns) / 1000;
-    let idle_us = if elapsed_us > MAX_IDLE_US {
-        MAX_IDLE_US
-    } else {
-        elapsed_us
-    };
+    let idle_us = credit_us(&mut bucket.last_ns, now);
     if idle_us == 0 {
         return;
     }
-    bucket.last_ns = credited_until(bucket.last_ns, elapsed_us, now);
-    let packets = bucket.packets + idle_us * limits.pps;
-    let packets_cap = limits.pps_burst * TOKEN_SCALE;
-    bucket.packets = if packets > packets_cap {
-        packets_cap
-    } else {
-        packets
-    };
-    let bytes = bucket.bytes + idle_us * limits.bps;
-    let bytes_cap = limits.bps_burst * TOKEN_SCALE;
-    bucket.bytes = if bytes > bytes_cap { bytes_cap } else { bytes };
-    let syns = bucket.syns + idle_us * limits.syn_pps;
-    let syns_cap = limits.syn_burst * TOKEN_SCALE;
-    bucket.syns = if syns > syns_cap { syns_cap } else { syns };
+    bucket.packets = refilled(bucket.packets, idle_us, limits.pps, limits.pps_burst);
+    bucket.bytes = refilled(bucket.bytes, idle_us, limits.bps, limits.bps_burst);
+    bucket.syns = refilled(bucket.syns, idle_us, limits.syn_pps, limits.syn_burst);
 }
 
 #[inline(always)]
 fn auto_block(key: &[u8; 16], prefix_len: u32, v6: u32, until_ns: u64) {
     let _ = AUTO_BLOCKED.insert(key, AutoBlock { until_ns, hits: 0 }, 0);
+    if let Some(active) = AUTO_ACTIVE.get_ptr_mut(0) {
+        // SAFETY: the array's only value; set after the block is in the
+        // map, so the daemon never clears it with a block in force.
+        unsafe { *active = 1 };
+    }
     let event = AutoBlockEvent {
         key: *key,
         until_ns,

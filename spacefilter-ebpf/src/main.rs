@@ -21,6 +21,7 @@
 )]
 
 mod egress;
+mod fragments;
 mod limit;
 mod lookup;
 mod maps;

@@ -15,7 +15,7 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use spacefilter_common::{
     AutoBlock, Bucket, Config, Counter, DEFAULT_BUCKETS, DEFAULT_CAPACITY, DEFAULT_VERIFIED,
@@ -25,6 +25,9 @@ use spacefilter_common::{
     lookup::{BUCKET_SLOTS, ROW, V4_T12_ROWS, V4_T24_ROWS, V6_TOP_ENTRIES, buckets_for},
     shield_watch, verified_how,
 };
+
+/// Slots of [`SPOOF_SEEN`] (a power of two).
+pub(crate) const SPOOF_SEEN_SLOTS: u32 = 65_536;
 
 #[map]
 pub(crate) static CONFIG: Array<Config> = Array::with_max_entries(1, BPF_F_MMAPABLE);
@@ -113,6 +116,34 @@ pub(crate) static BUCKETS: LruHashMap<[u8; 16], Bucket> =
 #[map]
 pub(crate) static AUTO_BLOCKED: LruHashMap<[u8; 16], AutoBlock> =
     LruHashMap::with_max_entries(DEFAULT_BUCKETS, 0);
+
+/// Nonzero while `AUTO_BLOCKED` may hold a block in force: set by the
+/// program when it blocks and by the daemon when it restores a block,
+/// cleared by the daemon when the map is empty. While it is zero, frames
+/// skip the auto-block lookup.
+#[map]
+pub(crate) static AUTO_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Sources never auto-blocked (bucket keys): the host's own addresses, its
+/// gateways and its resolvers, which a flood forged from them would
+/// otherwise cut the host off from. Over their limit, their frames are
+/// still dropped. A hash map (kernel 3.19).
+#[map]
+pub(crate) static AUTO_EXEMPT: HashMap<[u8; 16], u8> =
+    HashMap::with_max_entries(spacefilter_common::MAX_AUTO_EXEMPT, 0);
+
+/// Datagrams whose first fragment was dropped (see [`crate::fragments`]).
+#[map]
+pub(crate) static DROPPED_FRAGMENTS: LruHashMap<
+    crate::fragments::Datagram,
+    crate::fragments::Dropped,
+> = LruHashMap::with_max_entries(8_192, 0);
+
+/// When each slot of the spoofed-source detector last counted a new
+/// source (see `limit::spoof_fallback`): a source is counted once per
+/// window, however many frames it sends without a bucket.
+#[map]
+pub(crate) static SPOOF_SEEN: Array<u32> = Array::with_max_entries(SPOOF_SEEN_SLOTS, 0);
 
 /// Auto-block events for the daemon (ring buffers: kernel 5.8).
 #[map]

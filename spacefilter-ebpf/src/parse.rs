@@ -21,6 +21,8 @@ const ETH_P_8021AD: u16 = 0x88A8;
 /// `802.1Q` and `802.1ad` (`QinQ`) tags walked. A third tag is malformed: no
 /// standard stacks more than two, and no host decodes it.
 const MAX_VLAN_TAGS: usize = 2;
+/// IPv4's "more fragments" flag, in the byte that starts the flags.
+const IP_MF: u8 = 0x20;
 /// IPv6 extension headers walked to find the transport header. A chain
 /// still going after them is malformed: the header rules and the guards
 /// could not see what it carries, while the host would deliver it. The
@@ -178,6 +180,10 @@ pub(crate) struct Transport {
     ip_end: usize,
     /// IPv4 fragment with a non-zero offset: it carries no transport header.
     later_fragment: bool,
+    /// IPv4: the first fragment of several (offset 0, more to come).
+    first_fragment: bool,
+    /// IPv4: the datagram's identification.
+    fragment_id: u32,
     /// IPv6: extension headers may follow.
     v6: bool,
 }
@@ -229,6 +235,8 @@ fn ipv4(frame: &Frame, offset: usize) -> Result<(Source, Transport), Reason> {
             offset: offset + header_len,
             ip_end: offset + total_len,
             later_fragment: fragment_offset != 0,
+            first_fragment: fragment_offset == 0 && h[6] & IP_MF != 0,
+            fragment_id: u32::from(be16(h[4], h[5])),
             v6: false,
         },
     ))
@@ -255,6 +263,8 @@ fn ipv6(frame: &Frame, offset: usize) -> Result<(Source, Transport), Reason> {
             offset: offset + 40,
             ip_end,
             later_fragment: false,
+            first_fragment: false,
+            fragment_id: 0,
             v6: true,
         },
     ))
@@ -271,6 +281,20 @@ pub(crate) struct L4 {
     pub(crate) dst_port: u16,
     /// TCP flags, 0 for other protocols.
     pub(crate) tcp_flags: u8,
+    /// Whether the packet is a fragment ([`fragment`]), and which.
+    pub(crate) fragment: u8,
+    /// The fragmented datagram's identification (IPv4: 16 bits, IPv6: 32).
+    pub(crate) fragment_id: u32,
+}
+
+/// [`L4::fragment`]: which part of a fragmented datagram a packet is.
+pub(crate) mod fragment {
+    /// Not a fragment (or an IPv6 atomic fragment: offset 0, no more).
+    pub(crate) const NONE: u8 = 0;
+    /// The first fragment: offset 0, more to come; it carries the ports.
+    pub(crate) const FIRST: u8 = 1;
+    /// A later fragment: no transport header.
+    pub(crate) const LATER: u8 = 2;
 }
 
 impl L4 {
@@ -281,6 +305,17 @@ impl L4 {
             src_port: 0,
             dst_port: 0,
             tcp_flags: 0,
+            fragment: fragment::NONE,
+            fragment_id: 0,
+        }
+    }
+
+    /// A later fragment of datagram `id`.
+    const fn later_fragment(proto: u8, id: u32) -> Self {
+        Self {
+            fragment: fragment::LATER,
+            fragment_id: id,
+            ..Self::other(proto)
         }
     }
 }
@@ -298,15 +333,36 @@ pub(crate) const TCP_ACK: u8 = 0x10;
 #[inline(always)]
 pub(crate) fn transport(frame: &Frame, t: &Transport) -> Result<L4, Reason> {
     let Transport {
-        mut proto,
-        mut offset,
+        proto,
+        offset,
         ip_end,
         later_fragment,
+        first_fragment,
+        fragment_id,
         v6,
     } = *t;
     if later_fragment {
-        return Ok(L4::other(proto));
+        return Ok(L4::later_fragment(proto, fragment_id));
     }
+    let mut l4 = headers(frame, proto, offset, ip_end, v6)?;
+    if first_fragment {
+        l4.fragment = fragment::FIRST;
+        l4.fragment_id = fragment_id;
+    }
+    Ok(l4)
+}
+
+/// The IPv6 extension chain (if `v6`) and the transport header at
+/// `offset`, named by `proto`.
+#[inline(always)]
+fn headers(
+    frame: &Frame,
+    mut proto: u8,
+    mut offset: usize,
+    ip_end: usize,
+    v6: bool,
+) -> Result<L4, Reason> {
+    let mut first_fragment = None;
     if v6 {
         for _ in 0..MAX_EXT_HEADERS {
             match proto {
@@ -322,9 +378,13 @@ pub(crate) fn transport(frame: &Frame, t: &Transport) -> Result<L4, Reason> {
                 }
                 IPPROTO_FRAGMENT => {
                     let e: [u8; 8] = frame.read_within(offset, ip_end)?;
+                    let id = u32::from_be_bytes([e[4], e[5], e[6], e[7]]);
                     if be16(e[2], e[3]) >> 3 != 0 {
                         // A later fragment: no transport header to check.
-                        return Ok(L4::other(e[0]));
+                        return Ok(L4::later_fragment(e[0], id));
+                    }
+                    if e[3] & 1 != 0 {
+                        first_fragment = Some(id);
                     }
                     proto = e[0];
                     offset += 8;
@@ -344,38 +404,43 @@ pub(crate) fn transport(frame: &Frame, t: &Transport) -> Result<L4, Reason> {
             return Err(Reason::Malformed);
         }
     }
-    match proto {
+    let mut l4 = match proto {
         IPPROTO_TCP => {
             let h: [u8; 20] = frame.read_within(offset, ip_end)?;
             let data_offset = usize::from(h[12] >> 4) * 4;
             if data_offset < 20 || offset + data_offset > ip_end {
                 return Err(Reason::Malformed);
             }
-            Ok(L4 {
-                proto,
+            L4 {
                 ports: true,
                 src_port: be16(h[0], h[1]),
                 dst_port: be16(h[2], h[3]),
                 tcp_flags: h[13],
-            })
+                ..L4::other(proto)
+            }
         }
         IPPROTO_UDP => {
             let h: [u8; 8] = frame.read_within(offset, ip_end)?;
-            Ok(L4 {
+            L4 {
                 ports: true,
                 src_port: be16(h[0], h[1]),
                 dst_port: be16(h[2], h[3]),
                 ..L4::other(proto)
-            })
+            }
         }
         IPPROTO_ICMP if !v6 => {
             let _: [u8; 8] = frame.read_within(offset, ip_end)?;
-            Ok(L4::other(proto))
+            L4::other(proto)
         }
         IPPROTO_ICMPV6 if v6 => {
             let _: [u8; 8] = frame.read_within(offset, ip_end)?;
-            Ok(L4::other(proto))
+            L4::other(proto)
         }
-        _ => Ok(L4::other(proto)),
+        _ => L4::other(proto),
+    };
+    if let Some(id) = first_fragment {
+        l4.fragment = fragment::FIRST;
+        l4.fragment_id = id;
     }
+    Ok(l4)
 }

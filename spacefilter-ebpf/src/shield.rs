@@ -12,16 +12,18 @@
 //!   cookie, and the source is verified); anything else is `out_of_state`
 //!   (ACK, RST, FIN floods);
 //! - on a UDP port, verified sources pass (see [`crate::verified`]), and
-//!   others only within a small shared budget ([`unverified_udp`]).
+//!   others only within a small shared budget ([`unverified`]).
 //!
 //! Kernel: `bpf_skc_lookup_tcp` and `bpf_tcp_check_syncookie` (5.2),
 //! `bpf_tcp_gen_syncookie` (5.3), `bpf_tcp_raw_gen_syncookie_ipv4/6`
 //! (6.0), `bpf_xdp_adjust_tail` (4.18),
 //! `bpf_xdp_load_bytes` (5.18), `bpf_csum_diff` (4.6), `XDP_TX`.
 //! SYNs over IPv4 without options and over IPv6 without extension headers
-//! are answered here; others to a shielded port go on to the kernel, which
-//! answers them with its own cookies (`net.ipv4.tcp_syncookies = 2`, which
-//! covers IPv6 too).
+//! are answered here, and other segments in those layouts checked here;
+//! TCP in other layouts (IPv4 options, IPv6 extension headers) from an
+//! unverified source shares the budget for unverified sources and goes on
+//! to the kernel, which answers SYNs with its own cookies
+//! (`net.ipv4.tcp_syncookies = 2`, which covers IPv6 too).
 #![expect(
     clippy::cast_possible_truncation,
     clippy::cast_sign_loss,
@@ -113,7 +115,7 @@ pub(crate) fn check(ctx: &XdpContext, source: &Source, l4: &L4) -> Option<Verdic
         if bits & reflect_bits::SHIELD_UDP == 0 {
             return None;
         }
-        return unverified_udp(source, shield, on);
+        return unverified(source, shield, on);
     }
     if bits & reflect_bits::SHIELD_TCP == 0 {
         return None;
@@ -124,7 +126,14 @@ pub(crate) fn check(ctx: &XdpContext, source: &Source, l4: &L4) -> Option<Verdic
     if !on {
         return None;
     }
-    let (ip_offset, v6) = locate(ctx)?;
+    let Some((ip_offset, v6)) = locate(ctx) else {
+        // IPv4 with options, IPv6 with extension headers (fragments
+        // included): rare in real connections, and a way around the checks
+        // below for a flood. Treated as UDP is: a verified source passes,
+        // others share the budget for unverified sources, and the kernel
+        // answers what gets through (its own cookies, its own state).
+        return unverified(source, shield, on);
+    };
     if v6 {
         tcp::<IPV6_LEN>(ctx, ip_offset, source, l4.tcp_flags, shield)
     } else {
@@ -172,12 +181,13 @@ fn watch(shield: &Shield, slot: u32) {
     }
 }
 
-/// UDP to a shielded port: a verified source goes on to the flood guards
-/// (its own budgets); any other within the shield's budget for unverified
-/// sources, which lets a new client reach the host's first reply (and that
-/// reply verifies it); the rest is dropped as `shielded`.
+/// UDP to a shielded port (or TCP in a layout the checks here do not
+/// read): a verified source goes on to the flood guards (its own budgets);
+/// any other within the shield's budget for unverified sources, which lets
+/// a new client reach the host's first reply (and that reply verifies it);
+/// the rest is dropped as `shielded`.
 #[inline(always)]
-fn unverified_udp(source: &Source, shield: &Shield, on: bool) -> Option<Verdict> {
+fn unverified(source: &Source, shield: &Shield, on: bool) -> Option<Verdict> {
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if verified::holds(source, now) {

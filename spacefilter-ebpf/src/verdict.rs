@@ -1,7 +1,9 @@
 //! The verdict pipeline: parse the network layer, then the lists
 //! (allowlist, which wins over everything, and blocklist, in one
-//! longest-match lookup, see [`lookup`]) → header rules → the shield
-//! (SYN cookies, out-of-state segments) → flood guards → pass. Every frame leaves through [`finish`], which records the per-CPU
+//! longest-match lookup, see [`lookup`]) → auto-blocks → header rules →
+//! the shield (SYN cookies, out-of-state segments) → flood guards → pass;
+//! the later fragments of a datagram whose first fragment was dropped go
+//! the same way as it ([`fragments`]). Every frame leaves through [`finish`], which records the per-CPU
 //! counters of its interface and hands dropped frames to the sampler and,
 //! when switched on, every verdict to the debug log ([`crate::observe`]).
 
@@ -13,11 +15,11 @@ use spacefilter_common::{
 };
 
 use crate::{
-    limit,
+    fragments, limit,
     lookup::{self, Tables},
     maps::{IFACE_SLOTS, OBSERVE, RULE_HITS, STATS},
     observe,
-    parse::{self, Frame, Source},
+    parse::{self, Frame, L4, Source},
     rules, shield,
 };
 
@@ -84,17 +86,32 @@ fn classify(
             resized: false,
         });
     }
-    let l4 = parse::transport(frame, &transport)?;
-    if let Some(verdict) = rules::check(&l4, frame.len() as u64) {
-        return Ok(verdict);
-    }
-    if let Some(verdict) = shield::check(ctx, &source, &l4) {
-        return Ok(verdict);
-    }
-    if let Some(reason) = limit::check(&source, l4, frame.len() as u64) {
+    if let Some(reason) = limit::auto_blocked(&source) {
         return Ok(reason.into());
     }
-    Ok(Reason::Passed.into())
+    let l4 = parse::transport(frame, &transport)?;
+    if let Some(verdict) = fragments::later(&source, &l4) {
+        return Ok(verdict);
+    }
+    let verdict = on_headers(ctx, frame, &source, &l4);
+    fragments::first(&source, &l4, &verdict);
+    Ok(verdict)
+}
+
+/// The stages that read the transport header: header rules → shield →
+/// flood guards → pass.
+#[inline(always)]
+fn on_headers(ctx: &XdpContext, frame: &Frame, source: &Source, l4: &L4) -> Verdict {
+    if let Some(verdict) = rules::check(l4, frame.len() as u64) {
+        return verdict;
+    }
+    if let Some(verdict) = shield::check(ctx, source, l4) {
+        return verdict;
+    }
+    if let Some(reason) = limit::check(source, *l4, frame.len() as u64) {
+        return reason.into();
+    }
+    Reason::Passed.into()
 }
 
 /// The `STATS` slot of the interface the frame arrived on: an array

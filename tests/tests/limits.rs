@@ -192,9 +192,22 @@ fn bad_limits_are_refused_and_limits_survive_a_restart() {
             vec!["limit", "set", "--pps", "0", "--bps", "0"],
             "zero rates",
         ),
+        (
+            vec!["limit", "set", "--pps", "18446744073709551615"],
+            "a rate past any counter",
+        ),
+        (
+            vec!["limit", "set", "--syn-pps", "18446744073709551615"],
+            "a SYN rate past any counter",
+        ),
     ] {
         let out = s.daemon.cli(&args);
         out.expect_code(2, what);
+        assert!(
+            out.stderr.contains("not supported") || what != "a rate past any counter",
+            "{}",
+            out.stderr
+        );
     }
     s.daemon
         .cli(&["limit", "set", "--bps", "100000", "--block-after", "5s"])

@@ -367,13 +367,23 @@ fn bad_observe_requests_are_refused() {
     let lab = Lab::new().expect("lab");
     let dir = Scratch::new("observebad").expect("scratch");
     let daemon = daemon(&lab, &dir, &[]);
-    let out = daemon.cli(&["capture", "--out", "/tmp/x.pcap", "--reason", "passed"]);
-    out.expect_code(2, "capture of a reason that does not drop");
-    assert!(
-        out.stderr.contains("not a reason frames are dropped for"),
-        "{}",
-        out.stderr
-    );
+    // A file already there is left as it was by a capture refused.
+    let existing = dir.join("existing.pcap");
+    std::fs::write(&existing, b"an earlier capture").expect("writing");
+    let existing_arg = existing.to_str().unwrap();
+    for (reason, what) in [
+        ("passed", "a reason that does not drop"),
+        ("blockd", "a typo"),
+    ] {
+        let out = daemon.cli(&["capture", "--out", existing_arg, "--reason", reason]);
+        out.expect_code(2, what);
+        assert!(
+            out.stderr.contains("not a reason frames are dropped for"),
+            "{}",
+            out.stderr
+        );
+    }
+    assert_eq!(std::fs::read(&existing).unwrap(), b"an earlier capture");
     let out = daemon.cli(&["sample", "set", "--cap", "0"]);
     out.expect_code(2, "a zero cap");
     assert!(out.stderr.contains("sample off"), "{}", out.stderr);
@@ -382,9 +392,14 @@ fn bad_observe_requests_are_refused() {
     out.expect_code(2, "capture with sampling off");
     assert!(out.stderr.contains("sampling is off"), "{}", out.stderr);
     assert!(
-        !dir.join("none.pcap").exists(),
+        !dir.join("none.pcap").exists() && !dir.join("none.pcap.partial").exists(),
         "an empty capture file was left behind"
     );
+    // Refused by the daemon (sampling off), a capture leaves a file
+    // already there as it was too.
+    let out = daemon.cli(&["capture", "--out", existing_arg]);
+    out.expect_code(2, "capture with sampling off over a file");
+    assert_eq!(std::fs::read(&existing).unwrap(), b"an earlier capture");
     let shown = json_lines(
         daemon
             .cli(&["sample", "set", "--every", "7", "--json"])

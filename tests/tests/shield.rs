@@ -18,11 +18,12 @@ use aya::Ebpf;
 use spacefilter::{
     AttachMode, Counters, Filter, LoadOptions, Reason,
     api::{ShieldView, StatsView},
+    bpf::Shielded,
 };
 use spacefilter_tests::{
     daemon::{DaemonPaths, DaemonProcess, STOP_TIMEOUT, Scratch},
     netns::{Family, Host, Lab},
-    packets::{Packet, TPID_8021Q},
+    packets::{Ext, Packet, TPID_8021Q},
     require_root, shield,
     traffic::{TcpEcho, tcp_exchange},
 };
@@ -384,6 +385,77 @@ fn out_of_state_segments_are_dropped() {
             (family, false),
         );
         assert_eq!(run(&mut filter, &other), (XDP_PASS, Reason::Passed));
+    }
+}
+
+/// TCP in a layout the shield's checks do not read (IPv4 options, IPv6
+/// extension headers) is no way around them: from an unverified source it
+/// shares the budget for unverified sources, and past it is dropped as
+/// `shielded`; from a verified source it passes.
+#[test]
+fn odd_layouts_share_the_budget_for_unverified_sources() {
+    require_root();
+    let mut filter = Filter::load(LoadOptions {
+        capacity: CAPACITY,
+        ..LoadOptions::default()
+    })
+    .expect("loading spacefilter");
+    let ack = |family: Family, odd: bool| {
+        let mut header = etherparse::TcpHeader::new(40_000, PORT, 0x1234_5678, 64240);
+        header.ack = true;
+        header.acknowledgment_number = 0x0bad_c0de;
+        let packet = Packet::ip(Host::Listener.addr(family), Host::Server.addr(family));
+        let packet = match (odd, family) {
+            (false, _) => packet,
+            // Record route, empty, and end of options.
+            (true, Family::V4) => packet.ipv4_options(&[7, 3, 4, 0]),
+            (true, Family::V6) => packet.ext(Ext::DEST_OPTS),
+        };
+        packet.tcp_header(header).build().into_bytes()
+    };
+    // A budget of 40 a second: a burst of 10.
+    shield::shield_with(
+        &mut filter,
+        Shielded {
+            tcp: &[(PORT, PORT)],
+            udp: &[],
+        },
+        7,
+        40,
+    )
+    .expect("setting the shield");
+    for family in [Family::V4, Family::V6] {
+        // The positive control: the plain layout is checked and dropped.
+        assert_eq!(
+            shield::verdict_of(&mut filter, &ack(family, false)),
+            (XDP_DROP, Reason::OutOfState),
+            "{family:?}"
+        );
+    }
+    let before = filter.counters().expect("counters");
+    for family in [Family::V4, Family::V6] {
+        filter.test_run(&ack(family, true), 15).expect("test run");
+    }
+    let delta = filter.counters().expect("counters").since(&before);
+    let passed = delta.get(Reason::Passed).packets;
+    assert!((10..=11).contains(&passed), "{delta:?}");
+    assert_eq!(
+        delta.get(Reason::Shielded).packets,
+        30 - passed,
+        "{delta:?}"
+    );
+    // Verified, the client's segments pass whatever their layout.
+    let now = spacefilter::bpf::monotonic_ns();
+    for family in [Family::V4, Family::V6] {
+        filter
+            .verifier()
+            .admit(Host::Listener.addr(family), now + 3_600_000_000_000, now)
+            .expect("admitting the client");
+        assert_eq!(
+            shield::verdict_of(&mut filter, &ack(family, true)),
+            (XDP_PASS, Reason::Passed),
+            "{family:?}"
+        );
     }
 }
 

@@ -228,7 +228,7 @@ pub enum Response {
     Changed(Changed),
     Entries { entries: Vec<EntryView> },
     Stats(StatsView),
-    Status(StatusView),
+    Status(Box<StatusView>),
     Limits(LimitsView),
     Rules { rules: Vec<HeaderRuleView> },
     Top(TopView),
@@ -236,4 +236,25 @@ pub enum Response {
     Observe(ObserveView),
     Shield(ShieldView),
     Admitted(AdmitView),
+}
+
+/// Why `name` cannot be a capture's `--reason`, if it cannot: only the
+/// reasons frames are dropped for are sampled.
+#[must_use]
+pub fn capture_reason_problem(name: &str) -> Option<String> {
+    if spacefilter_common::Reason::ALL
+        .iter()
+        .any(|r| r.drops() && r.name() == name)
+    {
+        return None;
+    }
+    let names: Vec<&str> = spacefilter_common::Reason::ALL
+        .iter()
+        .filter(|r| r.drops())
+        .map(|r| r.name())
+        .collect();
+    Some(format!(
+        "{name:?} is not a reason frames are dropped for; expected one of {}",
+        names.join(", ")
+    ))
 }

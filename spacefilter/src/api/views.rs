@@ -176,4 +176,8 @@ pub struct StatusView {
     /// The verified sources.
     #[serde(default)]
     pub verified: super::VerifiedView,
+    /// Why the state directory takes no more changes, if it does not (the
+    /// filter keeps enforcing what it has).
+    #[serde(default)]
+    pub state_problem: Option<String>,
 }

@@ -9,7 +9,8 @@ use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray},
 };
 use spacefilter_common::{
-    AutoBlock, Bucket, Limits, Shield, SpoofState, map_names, reflect_bits, shield_watch,
+    AutoBlock, Bucket, Limits, MAX_AUTO_EXEMPT, Shield, SpoofState, map_names, reflect_bits,
+    shield_watch,
 };
 
 use super::{ListError, take};
@@ -28,6 +29,8 @@ pub struct Limiter {
     shield_watch: PerCpuArray<MapData, u64>,
     buckets: HashMap<MapData, [u8; 16], Bucket>,
     auto: HashMap<MapData, [u8; 16], AutoBlock>,
+    auto_active: Array<MapData, u32>,
+    exempt: HashMap<MapData, [u8; 16], u8>,
 }
 
 /// A port mark no write makes: the port's mark in the map is not known.
@@ -46,6 +49,26 @@ fn limiter_key(prefix: Prefix) -> [u8; 16] {
     match prefix.addr() {
         IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
         IpAddr::V6(a) => a.octets(),
+    }
+}
+
+/// Whether a map error says the key was not there (aya reports a delete
+/// of a missing key as the syscall's `ENOENT`, a lookup as `KeyNotFound`).
+fn absent(err: &MapError) -> bool {
+    match err {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(call) => call.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
+/// The bucket key of source address `addr` when IPv6 sources are grouped
+/// by `v6_prefix_len`.
+#[must_use]
+pub fn limiter_key_of(addr: IpAddr, v6_prefix_len: u8) -> [u8; 16] {
+    match addr {
+        IpAddr::V4(_) => limiter_key(Prefix::host(addr)),
+        IpAddr::V6(_) => limiter_key(Prefix::truncating(addr, v6_prefix_len.min(128))),
     }
 }
 
@@ -73,6 +96,8 @@ impl Limiter {
             shield_watch: take(ebpf, map_names::SHIELD_WATCH)?,
             buckets: take(ebpf, map_names::BUCKETS)?,
             auto: take(ebpf, map_names::AUTO_BLOCKED)?,
+            auto_active: take(ebpf, map_names::AUTO_ACTIVE)?,
+            exempt: take(ebpf, map_names::AUTO_EXEMPT)?,
         })
     }
 
@@ -182,7 +207,66 @@ impl Limiter {
             .map_err(|source| ListError::Update {
                 name: map_names::AUTO_BLOCKED,
                 source,
+            })?;
+        self.set_auto_active(1)
+    }
+
+    /// Tells the program whether `AUTO_BLOCKED` holds a block (frames skip
+    /// the auto-block lookup while it does not). Cleared first and set
+    /// again if a block is found afterwards: the program sets it after each
+    /// block it adds, so a block added meanwhile is never left unenforced.
+    pub fn settle_auto_active(&mut self) -> Result<(), ListError> {
+        if self.auto.keys().next().is_some() {
+            return self.set_auto_active(1);
+        }
+        self.set_auto_active(0)?;
+        if self.auto.keys().next().is_some() {
+            self.set_auto_active(1)?;
+        }
+        Ok(())
+    }
+
+    fn set_auto_active(&mut self, value: u32) -> Result<(), ListError> {
+        self.auto_active
+            .set(0, value, 0)
+            .map_err(|source| ListError::Update {
+                name: map_names::AUTO_ACTIVE,
+                source,
             })
+    }
+
+    /// Makes `keys` (bucket keys: see [`limiter_key_of`]) the sources never
+    /// auto-blocked, in place of the previous ones; past the map's
+    /// capacity ([`MAX_AUTO_EXEMPT`]), the first ones.
+    pub fn set_exempt(&mut self, keys: &[[u8; 16]]) -> Result<(), ListError> {
+        let keys = &keys[..keys.len().min(MAX_AUTO_EXEMPT as usize)];
+        let stale: Vec<[u8; 16]> = self
+            .exempt
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| !keys.contains(key))
+            .collect();
+        for key in &stale {
+            match self.exempt.remove(key) {
+                Ok(()) => {}
+                Err(err) if absent(&err) => {}
+                Err(source) => {
+                    return Err(ListError::Update {
+                        name: map_names::AUTO_EXEMPT,
+                        source,
+                    });
+                }
+            }
+        }
+        for key in keys {
+            self.exempt
+                .insert(key, 1, 0)
+                .map_err(|source| ListError::Update {
+                    name: map_names::AUTO_EXEMPT,
+                    source,
+                })?;
+        }
+        Ok(())
     }
 
     /// Lifts the auto-block of `prefix`, and forgets its bucket so that it
@@ -191,12 +275,32 @@ impl Limiter {
         let key = limiter_key(prefix);
         let _ = self.buckets.remove(&key);
         match self.auto.remove(&key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(ListError::Update {
-                name: map_names::AUTO_BLOCKED,
-                source,
-            }),
+            Ok(()) => {}
+            Err(err) if absent(&err) => {}
+            Err(source) => {
+                return Err(ListError::Update {
+                    name: map_names::AUTO_BLOCKED,
+                    source,
+                });
+            }
         }
+        self.settle_auto_active()
+    }
+
+    /// Forgets auto-blocks whose time is up at `now_ns` (monotonic) that
+    /// nothing else removes: those the daemon never adopted.
+    pub fn forget_ended_auto(&mut self, now_ns: u64) -> Result<(), ListError> {
+        let ended: Vec<[u8; 16]> = self
+            .auto
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, block)| block.until_ns <= now_ns)
+            .map(|(key, _)| key)
+            .collect();
+        for key in &ended {
+            let _ = self.auto.remove(key);
+        }
+        self.settle_auto_active()
     }
 
     /// Packets dropped under the auto-block of `prefix` (counted in its
@@ -212,6 +316,35 @@ impl Limiter {
     /// Every auto-block in force, with its bucket key and end.
     pub fn auto_blocks(&self) -> Vec<([u8; 16], AutoBlock)> {
         self.auto.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Gives `prefix` (a source, as the limiter groups them) the bucket
+    /// `bucket`, as if the program had left it so: for fixtures that start
+    /// from a given state.
+    pub fn set_bucket(&mut self, prefix: Prefix, bucket: Bucket) -> Result<(), ListError> {
+        self.buckets
+            .insert(limiter_key(prefix), bucket, 0)
+            .map_err(|source| ListError::Update {
+                name: map_names::BUCKETS,
+                source,
+            })
+    }
+
+    /// The bucket of `prefix`, if it has one.
+    #[must_use]
+    pub fn bucket(&self, prefix: Prefix) -> Option<Bucket> {
+        self.buckets.get(&limiter_key(prefix), 0).ok()
+    }
+
+    /// Puts the spoofed-source detector in state `state`: for fixtures
+    /// that start from a given state.
+    pub fn set_spoof_state(&mut self, state: SpoofState) -> Result<(), ListError> {
+        self.spoof
+            .set(0, state, 0)
+            .map_err(|source| ListError::Update {
+                name: map_names::SPOOF_STATE,
+                source,
+            })
     }
 
     /// The spoofed-source detector's state.

@@ -28,7 +28,7 @@ use aya::{Ebpf, maps::MapError};
 
 pub use self::{
     counters::{Counters, Stats},
-    limiter::{Limiter, Shielded, limiter_prefix},
+    limiter::{Limiter, Shielded, limiter_key_of, limiter_prefix},
     lists::{Entry, Lists},
     program::{AttachMode, Filter, FilterError, KernelLog, LoadOptions, TOOLS},
     rules::HeaderRules,

@@ -6,14 +6,14 @@ use clap::Args;
 
 use super::{Common, Failure, print_json, reply_failure, unexpected};
 use crate::{
-    api::{Request, Response, client::Client},
+    api::{Request, Response, capture_reason_problem, client::Client},
     error_chain,
     telemetry::pcap::PcapOut,
 };
 
 #[derive(Args)]
 pub(super) struct CaptureArgs {
-    /// The pcap file to write (created or truncated).
+    /// The pcap file to write (created, or replaced once the capture ends).
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
     /// Stop after this many frames.
@@ -54,6 +54,13 @@ fn stop_on_signals() -> Result<(), Failure> {
     Ok(())
 }
 
+/// `out` with `.partial` added: where a capture is written until it ends.
+fn partial_path(out: &std::path::Path) -> PathBuf {
+    let mut name = out.as_os_str().to_owned();
+    name.push(".partial");
+    PathBuf::from(name)
+}
+
 pub(super) fn capture(args: &CaptureArgs) -> Result<(), Failure> {
     let CaptureArgs {
         out,
@@ -65,11 +72,18 @@ pub(super) fn capture(args: &CaptureArgs) -> Result<(), Failure> {
     if *count == Some(0) {
         return Err(Failure::bad_input("--count must be at least 1"));
     }
+    if let Some(problem) = reason.as_deref().and_then(capture_reason_problem) {
+        return Err(Failure::bad_input(problem));
+    }
     let mut client = Client::connect(socket)?;
     client.send(Request::Capture {
         reason: reason.clone(),
     })?;
-    let mut pcap = PcapOut::create(out).map_err(|err| Failure::bad_input(error_chain(&err)))?;
+    // Written beside `out` and renamed over it at the end: a capture the
+    // daemon refuses leaves a file already there as it was.
+    let partial = partial_path(out);
+    let mut pcap =
+        PcapOut::create(&partial).map_err(|err| Failure::bad_input(error_chain(&err)))?;
     stop_on_signals()?;
     let started = std::time::Instant::now();
     let tick = Duration::from_millis(200);
@@ -87,19 +101,26 @@ pub(super) fn capture(args: &CaptureArgs) -> Result<(), Failure> {
                 }
             }
             Some(Response::Error { kind, message }) => {
-                // Nothing was captured: leave no empty file behind.
-                let _ = std::fs::remove_file(out);
+                // Nothing was captured: leave no file behind.
+                let _ = std::fs::remove_file(&partial);
                 return Err(reply_failure(kind, message));
             }
-            Some(other) => return Err(unexpected(&other)),
+            Some(other) => {
+                let _ = std::fs::remove_file(&partial);
+                return Err(unexpected(&other));
+            }
         }
     }
-    if !*json {
-        eprintln!(
-            "wrote {} dropped frames to {}",
-            pcap.written(),
+    let written = pcap.written();
+    drop(pcap);
+    std::fs::rename(&partial, out).map_err(|err| {
+        Failure::runtime(format!(
+            "moving the capture into place as {}: {err}",
             out.display()
-        );
+        ))
+    })?;
+    if !*json {
+        eprintln!("wrote {written} dropped frames to {}", out.display());
     }
     Ok(())
 }

@@ -170,7 +170,9 @@ pub(super) fn limit(args: &LimitArgs) -> Result<(), Failure> {
             limits.syn_global_pps = syn_global_pps.unwrap_or(0);
             limits.syn_global_burst = syn_global_burst.or(syn_global_pps).unwrap_or(0);
             limits.spoof_threshold = if limits.enabled { spoof_threshold } else { 0 };
-            let fallback = fallback_pps.unwrap_or_else(|| pps.map_or(10_000, |p| p * 10));
+            // Ten times the per-source rate, within what the daemon takes.
+            let fallback = fallback_pps
+                .unwrap_or_else(|| pps.map_or(10_000, |p| p.saturating_mul(10).min(1_000_000_000)));
             limits.fallback_pps = fallback;
             limits.fallback_burst = fallback_burst.unwrap_or(fallback);
             if !limits.enabled && limits.syn_pps == 0 && limits.syn_global_pps == 0 {

@@ -109,7 +109,7 @@ pub(super) fn status(args: &StatusArgs) -> Result<(), Failure> {
     } = args;
     let mut client = Client::connect(socket)?;
     let view: StatusView = match client.call(Request::Status, &mut |_, _| {})? {
-        Response::Status(view) => view,
+        Response::Status(view) => *view,
         Response::Error { kind, message } => return Err(reply_failure(kind, message)),
         other => return Err(unexpected(&other)),
     };
@@ -131,6 +131,7 @@ pub(super) fn status(args: &StatusArgs) -> Result<(), Failure> {
         spoof_fallback_switches,
         shield,
         verified,
+        state_problem,
     } = view;
     println!(
         "spacefilter {version} (protocol {protocol}), up {}",
@@ -149,5 +150,8 @@ pub(super) fn status(args: &StatusArgs) -> Result<(), Failure> {
     );
     super::shield::print_shield(&shield.unwrap_or_default());
     super::shield::print_verified(&verified);
+    if let Some(problem) = state_problem {
+        println!("STATE: changes refused: {problem}");
+    }
     Ok(())
 }

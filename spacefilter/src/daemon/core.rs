@@ -91,6 +91,9 @@ pub(super) struct Core {
     /// Auto-blocks the daemon learnt of since it started.
     pub(super) auto_blocks: u64,
     pub(super) shield: ShieldState,
+    /// The bucket keys of the sources never auto-blocked, as last put in
+    /// the program.
+    pub(super) auto_exempt: Vec<[u8; 16]>,
 }
 
 pub(super) type Shared = Arc<Mutex<Core>>;

@@ -54,6 +54,7 @@ impl Core {
         log::info!("flood guards set to {limits:?} asked by {peer}");
         limits.reflect_profile = Some(profile);
         self.limits = limits.clone();
+        self.refresh_auto_exempt();
         if let Err(message) =
             self.configure_verify(self.shield.enabled, self.shield.verified_idle_secs)
         {
@@ -137,7 +138,9 @@ impl Core {
     }
 
     /// Adopts auto-blocks in the program's map that no event announced (a
-    /// full ring buffer drops events, never blocks).
+    /// full ring buffer drops events, never blocks); forgets ended blocks
+    /// that no rule's expiry removes, and refreshes the sources never
+    /// auto-blocked.
     pub(super) fn reconcile_auto(&mut self) {
         let v6_prefix_len = u32::from(self.limits.v6_prefix_len);
         for (key, block) in self.filter.limiter().auto_blocks() {
@@ -145,6 +148,10 @@ impl Core {
             let prefix = limiter_prefix(key, v6_prefix_len, v6);
             self.adopt_auto(prefix, block.until_ns);
         }
+        if let Err(err) = self.filter.limiter().forget_ended_auto(monotonic_ns()) {
+            log::error!("forgetting ended auto-blocks: {}", error_chain(&err));
+        }
+        self.refresh_auto_exempt();
     }
 
     /// Logs each switch to the spoofed-source fallback.

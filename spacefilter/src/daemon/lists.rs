@@ -259,6 +259,23 @@ impl Core {
         Ok(())
     }
 
+    /// Takes off `list` the entries the config file put there (origin
+    /// `config`) that it no longer lists: `keep`.
+    pub(super) fn drop_stale_config(&mut self, list: List, keep: &[Prefix]) -> Result<(), Refusal> {
+        let stale: Vec<Prefix> = self
+            .rules
+            .iter()
+            .filter(|((l, p), meta)| {
+                *l == list && meta.origin == store::Origin::Config && !keep.contains(p)
+            })
+            .map(|(&(_, p), _)| p)
+            .collect();
+        if stale.is_empty() {
+            return Ok(());
+        }
+        self.delete(list, &stale, "(no longer in the config file)")
+    }
+
     /// Removes every entry whose TTL has run out.
     pub(super) fn expire(&mut self) {
         let now = now_ms();

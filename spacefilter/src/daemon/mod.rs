@@ -10,6 +10,7 @@
 //! [`lists`], [`guards`], [`header_rules`], [`shield`], [`observability`].
 
 mod core;
+mod exempt;
 mod guards;
 mod handle;
 mod header_rules;

@@ -107,7 +107,9 @@ fn restore_shield(core: &mut Core) {
     core.shield = state;
 }
 
-/// Adds the config file's entries that the state does not hold yet.
+/// Makes the config file's `allow` and `block` entries the entries of
+/// origin `config`: adds those missing, takes off those it no longer
+/// lists.
 fn add_config_entries(
     core: &mut Core,
     (allow, block): (Vec<Prefix>, Vec<Prefix>),
@@ -118,6 +120,8 @@ fn add_config_entries(
         pid: Some(std::process::id().cast_signed()),
     };
     for (list, prefixes) in [(List::Allow, allow), (List::Block, block)] {
+        core.drop_stale_config(list, &prefixes)
+            .map_err(|r| anyhow::anyhow!("config {}list: {}", list.name(), r.message))?;
         let missing: Vec<String> = prefixes
             .iter()
             .filter(|p| !core.rules.contains_key(&(list, **p)))
@@ -211,7 +215,9 @@ pub(super) fn start(settings: Settings) -> anyhow::Result<Core> {
         samples: Samples::default(),
         auto_blocks: 0,
         shield: ShieldState::default(),
+        auto_exempt: Vec::new(),
     };
+    core.refresh_auto_exempt();
     restore_shield(&mut core);
     core.restore_admissions();
     if let Err(err) = add_config_entries(&mut core, (allow, block), force) {

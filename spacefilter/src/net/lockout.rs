@@ -53,6 +53,36 @@ pub fn protected_addresses(ifaces: &[String]) -> Vec<Protected> {
     out
 }
 
+/// The sources never auto-blocked: the lockout guard's addresses (this
+/// host's on `ifaces`, its default gateways) and the resolvers in
+/// `resolv_conf` (normally `/etc/resolv.conf`). A flood forged from one of
+/// them must not get it blocked: the host would cut itself off.
+#[must_use]
+pub fn auto_block_exempt(ifaces: &[String], resolv_conf: &str) -> Vec<Protected> {
+    let mut out = protected_addresses(ifaces);
+    out.extend(resolvers(resolv_conf).into_iter().map(|addr| Protected {
+        addr,
+        what: "a resolver in /etc/resolv.conf".to_owned(),
+    }));
+    out
+}
+
+/// The `nameserver` addresses of a resolv.conf text (an IPv6 link-local
+/// address may carry a `%zone`, which is dropped).
+#[must_use]
+pub fn resolvers(resolv_conf: &str) -> Vec<IpAddr> {
+    resolv_conf
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next() == Some("nameserver"))
+                .then(|| words.next())
+                .flatten()
+        })
+        .filter_map(|addr| addr.split('%').next()?.parse().ok())
+        .collect()
+}
+
 /// Default gateways from the kernel's routing tables.
 fn default_gateways() -> Vec<(String, IpAddr)> {
     let mut out = Vec::new();
@@ -137,5 +167,16 @@ mod tests {
         );
         let other = "198.18.2.0/24".parse().unwrap();
         assert_eq!(objection(List::Block, other, &protected), None);
+    }
+
+    #[test]
+    fn resolvers_are_the_nameserver_lines() {
+        let conf = "# comment\nsearch example.org\nnameserver 192.0.2.53\n  nameserver\t2001:db8::53\nnameserver fe80::1%eth0\nnameserver bogus\noptions edns0\n";
+        let expected: Vec<IpAddr> = ["192.0.2.53", "2001:db8::53", "fe80::1"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(resolvers(conf), expected);
+        assert!(resolvers("").is_empty());
     }
 }

@@ -17,6 +17,10 @@ pub enum PrefixError {
     Invalid { input: String },
     #[error("{input} has host bits set; did you mean {suggestion}?")]
     HostBits { input: String, suggestion: Prefix },
+    #[error(
+        "{input} is an IPv4-mapped IPv6 prefix, which no frame matches: IPv4 frames are matched by their IPv4 address; use {suggestion}"
+    )]
+    Mapped { input: String, suggestion: Prefix },
 }
 
 impl Prefix {
@@ -71,10 +75,39 @@ impl Prefix {
     }
 }
 
+/// The IPv4 prefix an IPv4-mapped IPv6 prefix (within `::ffff:0:0/96`)
+/// stands for.
+fn unmapped(net: IpNet) -> Option<Prefix> {
+    let IpNet::V6(v6) = net else {
+        return None;
+    };
+    let v4 = v6.network().to_ipv4_mapped()?;
+    let len = v6.prefix_len().checked_sub(96)?;
+    Some(Prefix::truncating(IpAddr::V4(v4), len))
+}
+
 impl FromStr for Prefix {
     type Err = PrefixError;
 
+    /// Parses a prefix as a user gives it: host bits must be clear, and an
+    /// IPv4-mapped IPv6 prefix is refused (it could never match).
     fn from_str(input: &str) -> Result<Self, Self::Err> {
+        let prefix = Self::parse_stored(input)?;
+        if let Some(suggestion) = unmapped(prefix.0) {
+            return Err(PrefixError::Mapped {
+                input: input.trim().to_owned(),
+                suggestion,
+            });
+        }
+        Ok(prefix)
+    }
+}
+
+impl Prefix {
+    /// Parses a prefix as a state directory holds it: as [`FromStr`], but
+    /// an IPv4-mapped prefix that an older version took is read back (and
+    /// stays inert) rather than failing the whole file.
+    fn parse_stored(input: &str) -> Result<Self, PrefixError> {
         let trimmed = input.trim();
         let invalid = || PrefixError::Invalid {
             input: input.to_owned(),
@@ -114,9 +147,7 @@ impl serde::Serialize for Prefix {
 
 impl<'de> serde::Deserialize<'de> for Prefix {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
+        Prefix::parse_stored(&String::deserialize(d)?).map_err(serde::de::Error::custom)
     }
 }
 
@@ -146,6 +177,32 @@ mod tests {
             err.to_string(),
             "198.18.0.7/24 has host bits set; did you mean 198.18.0.0/24?"
         );
+    }
+
+    #[test]
+    fn refuses_ipv4_mapped_prefixes_with_the_ipv4_one() {
+        for (mapped, ipv4) in [
+            ("::ffff:198.18.0.7", "198.18.0.7/32"),
+            ("::ffff:198.18.0.0/120", "198.18.0.0/24"),
+            ("::ffff:0:0/96", "0.0.0.0/0"),
+        ] {
+            let err = mapped.parse::<Prefix>().unwrap_err();
+            assert_eq!(
+                err,
+                PrefixError::Mapped {
+                    input: mapped.to_owned(),
+                    suggestion: ipv4.parse().unwrap()
+                }
+            );
+            assert!(err.to_string().contains(ipv4), "{err}");
+        }
+        // Around the mapped range: ordinary IPv6 prefixes.
+        for fine in ["::/80", "::fffe:198.18.0.7", "2001:2::ffff:c612:7"] {
+            assert!(fine.parse::<Prefix>().is_ok(), "{fine}");
+        }
+        // A state directory written before keeps reading.
+        let stored: Prefix = serde_json::from_str("\"::ffff:198.18.0.7/128\"").unwrap();
+        assert_eq!(stored.len(), 128);
     }
 
     #[test]

@@ -304,7 +304,9 @@ async fn handle(request: Request, daemon: &Handle, peer: Peer, write: &mut Owned
             })
             .await
         }
-        Request::Status => with_daemon(daemon, |c| Ok(Response::Status(c.status()))).await,
+        Request::Status => {
+            with_daemon(daemon, |c| Ok(Response::Status(Box::new(c.status())))).await
+        }
         Request::SetLimits { limits } => {
             with_daemon(daemon, move |c| {
                 c.set_limits(limits, peer).map(Response::Limits)

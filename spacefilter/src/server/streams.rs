@@ -7,7 +7,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use spacefilter_common::Reason;
 use tokio::{
     io::{AsyncReadExt as _, BufReader},
     net::unix::{OwnedReadHalf, OwnedWriteHalf},
@@ -16,7 +15,7 @@ use tokio::{
 
 use super::control::{error, send};
 use crate::{
-    api::{ErrorKind, Request, Response},
+    api::{ErrorKind, Request, Response, capture_reason_problem},
     daemon::{Counters, Handle, Stop, stats_view},
 };
 
@@ -129,18 +128,7 @@ async fn capture(
     reason: Option<String>,
     mut stop: Stop,
 ) {
-    if let Some(name) = &reason
-        && !Reason::ALL.iter().any(|r| r.drops() && r.name() == name)
-    {
-        let names: Vec<&str> = Reason::ALL
-            .iter()
-            .filter(|r| r.drops())
-            .map(|r| r.name())
-            .collect();
-        let message = format!(
-            "{name:?} is not a reason frames are dropped for; expected one of {}",
-            names.join(", ")
-        );
+    if let Some(message) = reason.as_deref().and_then(capture_reason_problem) {
         let _ = send(write, &error(ErrorKind::BadInput, message)).await;
         return;
     }

@@ -5,13 +5,23 @@
 //! - `rules.json`: a snapshot of every rule, replaced atomically (write a
 //!   temporary file, fsync it, rename it over the old one, fsync the
 //!   directory);
-//! - `journal.jsonl`: the changes since the snapshot, one JSON line each,
-//!   appended and fsynced before the daemon answers the client;
+//! - `journal.jsonl`: the changes since the snapshot, one checksummed
+//!   record a line, appended and fsynced before the daemon answers the
+//!   client (see [`journal`]);
 //! - `lock`: held (flock) by the daemon that owns the directory.
 //!
 //! On open, the snapshot is loaded, the journal replayed, and both folded
-//! into a new snapshot. A last journal line cut short by a crash is
-//! ignored: its change was never acknowledged.
+//! into a new snapshot. Nothing on disk can stop the daemon from starting:
+//! a last journal line cut short by a crash is dropped (its change was
+//! never acknowledged); a damaged record is skipped and the rest applied;
+//! a snapshot that does not read is set aside (`rules.json.damaged-<ms>`)
+//! and the journal applied alone; a compaction that fails (a full disk)
+//! leaves the journal as it is, to be folded in later.
+//!
+//! A failed append is cut back off the journal, so that a change reported
+//! as failed never comes back at the next start and the next record is not
+//! glued onto a torn one; when even that fails, the store refuses every
+//! later change (saying why) while the filter keeps enforcing.
 //!
 //! What is stored is in [`records`], types of the store's own.
 
@@ -40,8 +50,10 @@ const LOCK: &str = "lock";
 /// The snapshot's format; journal records carry none, and are read by
 /// the same version that wrote the snapshot they follow.
 pub(super) const FORMAT_VERSION: u32 = 1;
-/// Fold the journal into the snapshot once it holds this many changes.
+/// Fold the journal into the snapshot once it holds this many changes...
 const COMPACT_AFTER_OPS: usize = 4096;
+/// ... or this many bytes.
+const COMPACT_AFTER_BYTES: u64 = 8 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -72,6 +84,10 @@ pub enum StateError {
     },
     #[error("{path} has format version {found}; this spacefilter reads version {FORMAT_VERSION}")]
     Version { path: PathBuf, found: u32 },
+    #[error(
+        "the state directory {path} takes no more changes: a failed write could not be undone ({reason}); the filter keeps enforcing what it has; free space or fix the disk, then restart the daemon"
+    )]
+    Poisoned { path: PathBuf, reason: String },
 }
 
 pub(super) fn io_err(path: &Path, action: &'static str) -> impl FnOnce(io::Error) -> StateError {
@@ -96,6 +112,14 @@ pub struct Store {
     dir: PathBuf,
     journal: File,
     journal_ops: usize,
+    /// The journal's length up to its last good record.
+    journal_len: u64,
+    /// The journal's length at which it is folded into a snapshot next
+    /// (further out after a compaction failed).
+    compact_at_len: u64,
+    /// Why the store takes no more changes, once a failed append could not
+    /// be cut back off the journal.
+    poisoned: Option<String>,
     /// The settings last set, kept here since they are no rules.
     settings: Settings,
     _lock: Flock<File>,
@@ -122,24 +146,76 @@ impl Store {
             }
         })?;
 
-        let (mut rules, mut settings) = snapshot::read(&dir.join(SNAPSHOT))?;
+        let snapshot_path = dir.join(SNAPSHOT);
+        let (mut rules, mut settings) = match snapshot::read(&snapshot_path) {
+            Err(StateError::Corrupt { message, .. }) => {
+                let aside = set_aside(&snapshot_path)?;
+                log::error!(
+                    "{}: the snapshot does not read ({message}); set aside as {}; starting from the journal alone",
+                    snapshot_path.display(),
+                    aside.display()
+                );
+                (Rules::new(), Settings::default())
+            }
+            other => other?,
+        };
         let journal_path = dir.join(JOURNAL);
-        journal::replay(&journal_path, &mut rules, &mut settings)?;
+        let replayed = journal::replay(&journal_path, &mut rules, &mut settings)?;
+        if !replayed.damaged.is_empty() {
+            let copy = aside_name(&journal_path);
+            match fs::copy(&journal_path, &copy) {
+                Ok(_) => log::error!(
+                    "{}: {} damaged records skipped (lines {:?}); the journal as it was is kept as {}",
+                    journal_path.display(),
+                    replayed.damaged.len(),
+                    replayed.damaged,
+                    copy.display()
+                ),
+                Err(err) => log::error!(
+                    "{}: {} damaged records skipped (lines {:?}); keeping a copy failed: {err}",
+                    journal_path.display(),
+                    replayed.damaged.len(),
+                    replayed.damaged
+                ),
+            }
+        }
 
         let journal = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&journal_path)
             .map_err(io_err(&journal_path, "opening"))?;
+        let journal_len = journal
+            .metadata()
+            .map_err(io_err(&journal_path, "reading the size of"))?
+            .len();
         let mut store = Store {
             dir: dir.to_path_buf(),
             journal,
-            journal_ops: 0,
+            journal_ops: replayed.applied,
+            journal_len,
+            compact_at_len: COMPACT_AFTER_BYTES,
+            poisoned: None,
             settings,
             _lock: lock,
         };
-        store.compact(&rules)?;
+        if replayed.torn_tail {
+            // Cut the torn line off now: the next record must start a line.
+            store.cut_back(journal_len - torn_tail_len(&journal_path)?);
+        }
+        if let Err(err) = store.compact(&rules) {
+            log::warn!(
+                "folding the journal into a new snapshot failed ({}); going on with the journal as it is",
+                crate::error_chain(&err)
+            );
+        }
         Ok((store, rules))
+    }
+
+    /// Why the store takes no more changes, if it does not.
+    #[must_use]
+    pub fn poisoned(&self) -> Option<&str> {
+        self.poisoned.as_deref()
     }
 
     /// The rate limit last set.
@@ -166,21 +242,67 @@ impl Store {
         self.settings.admitted.clone()
     }
 
-    /// Appends `op` to the journal and makes it durable.
+    /// Appends `op` to the journal and makes it durable. On failure the
+    /// record is cut back off, so that the change never comes back; the
+    /// rules after `op` (`rules`) are folded into a new snapshot when the
+    /// journal has grown enough, and a failure there fails nothing: the
+    /// change is in the journal.
     pub fn append(&mut self, op: &Op, rules: &Rules) -> Result<(), StateError> {
         let path = self.dir.join(JOURNAL);
-        let mut line = serde_json::to_vec(op).expect("ops always serialize");
-        line.push(b'\n');
-        self.journal
+        if let Some(reason) = &self.poisoned {
+            return Err(StateError::Poisoned {
+                path: self.dir.clone(),
+                reason: reason.clone(),
+            });
+        }
+        let line = journal::record(op);
+        let written = self
+            .journal
             .write_all(&line)
-            .map_err(io_err(&path, "appending"))?;
-        self.journal.sync_data().map_err(io_err(&path, "fsync"))?;
+            .map_err(io_err(&path, "appending"))
+            .and_then(|()| self.journal.sync_data().map_err(io_err(&path, "fsync")));
+        if let Err(err) = written {
+            self.cut_back(self.journal_len);
+            return Err(err);
+        }
+        self.journal_len += line.len() as u64;
         self.journal_ops += 1;
         self.settings.apply(op);
-        if self.journal_ops >= COMPACT_AFTER_OPS {
-            self.compact(rules)?;
+        if (self.journal_ops >= COMPACT_AFTER_OPS || self.journal_len >= self.compact_at_len)
+            && let Err(err) = self.compact(rules)
+        {
+            // Tried again after as many changes, or bytes, again.
+            self.journal_ops = 0;
+            self.compact_at_len = self.journal_len + COMPACT_AFTER_BYTES;
+            log::warn!(
+                "folding the journal into a new snapshot failed ({}); the change is in the journal",
+                crate::error_chain(&err)
+            );
         }
         Ok(())
+    }
+
+    /// Cuts the journal back to `len` bytes (its last good record) and
+    /// makes that durable; poisons the store if it cannot.
+    fn cut_back(&mut self, len: u64) {
+        let path = self.dir.join(JOURNAL);
+        let cut = self
+            .journal
+            .set_len(len)
+            .and_then(|()| self.journal.sync_data());
+        match cut {
+            Ok(()) => self.journal_len = len,
+            Err(err) => {
+                log::error!(
+                    "{}: cutting a failed record back off failed ({err}); taking no more changes",
+                    path.display()
+                );
+                self.poisoned = Some(format!(
+                    "cutting a failed record off {}: {err}",
+                    path.display()
+                ));
+            }
+        }
     }
 
     /// Writes every rule to a new snapshot and empties the journal.
@@ -212,12 +334,35 @@ impl Store {
         self.journal
             .set_len(0)
             .map_err(io_err(&self.dir.join(JOURNAL), "truncating"))?;
+        self.journal_len = 0;
+        self.compact_at_len = COMPACT_AFTER_BYTES;
         self.journal
             .sync_all()
             .map_err(io_err(&self.dir.join(JOURNAL), "fsync"))?;
         self.journal_ops = 0;
         Ok(())
     }
+}
+
+/// `path` with `.damaged-<ms since the epoch>` added.
+fn aside_name(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".damaged-{}", now_ms()));
+    PathBuf::from(name)
+}
+
+/// Renames `path` aside ([`aside_name`]); returns where it went.
+fn set_aside(path: &Path) -> Result<PathBuf, StateError> {
+    let aside = aside_name(path);
+    fs::rename(path, &aside).map_err(io_err(path, "setting the damaged file aside"))?;
+    Ok(aside)
+}
+
+/// The length of the journal's last line, which has no newline.
+fn torn_tail_len(path: &Path) -> Result<u64, StateError> {
+    let bytes = fs::read(path).map_err(io_err(path, "reading"))?;
+    let start = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    Ok((bytes.len() - start) as u64)
 }
 
 #[cfg(test)]
@@ -273,6 +418,56 @@ mod tests {
         assert_eq!(rules.len(), 1);
         let meta = &rules[&(List::Block, "198.18.0.0/24".parse().unwrap())];
         assert_eq!(meta.expires_at_ms, Some(99));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A damaged record in the middle of the journal (bit rot, or a
+    /// record glued onto a torn one by an older version) is skipped and the
+    /// good ones around it applied; a snapshot that does not read is set
+    /// aside and the journal applied alone. The daemon starts either way.
+    #[test]
+    fn damage_on_disk_never_stops_a_start() {
+        let dir = std::env::temp_dir().join(format!("sf-state-dmg-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let put = |prefix: &str| Op::Put {
+            rules: vec![rule(List::Block, prefix, None)],
+        };
+        let mut journal = Vec::new();
+        journal.extend(journal::record(&put("198.18.0.1")));
+        let mut damaged = journal::record(&put("198.18.0.2"));
+        damaged[12] ^= 0x20;
+        journal.extend(damaged);
+        journal.extend(b"{\"op\":\"put\",\"rul".iter());
+        journal.extend(journal::record(&put("198.18.0.3")));
+        journal.extend(b"0000".iter());
+        fs::write(dir.join(JOURNAL), &journal).unwrap();
+        fs::write(dir.join(SNAPSHOT), b"{\"version\":1,\"rules\":[{\"li").unwrap();
+        {
+            let (mut store, mut rules) = Store::open(&dir).unwrap();
+            let blocked: Vec<String> = rules.keys().map(|(_, p)| p.to_string()).collect();
+            assert_eq!(blocked, ["198.18.0.1/32", "198.18.0.3/32"]);
+            // The damaged files are kept aside for whoever looks into it.
+            let names: Vec<String> = fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            assert!(
+                names.iter().any(|n| n.starts_with("rules.json.damaged-")),
+                "{names:?}"
+            );
+            assert!(
+                names
+                    .iter()
+                    .any(|n| n.starts_with("journal.jsonl.damaged-")),
+                "{names:?}"
+            );
+            let more = put("198.18.0.4");
+            more.apply(&mut rules);
+            store.append(&more, &rules).unwrap();
+        }
+        let (_store, rules) = Store::open(&dir).unwrap();
+        assert_eq!(rules.len(), 3);
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -52,18 +52,29 @@ pub(super) fn read(snapshot_path: &Path) -> Result<(Rules, Settings), StateError
 pub(super) fn write(dir: &Path, name: &str, snapshot: &Snapshot) -> Result<(), StateError> {
     let path = dir.join(name);
     let tmp = dir.join(format!("{name}.tmp"));
-    {
-        let file = File::create(&tmp).map_err(io_err(&tmp, "creating"))?;
-        let mut out = BufWriter::new(file);
-        serde_json::to_writer(&mut out, snapshot)
-            .map_err(|e| io_err(&tmp, "writing")(io::Error::other(e)))?;
-        let file = out
-            .into_inner()
-            .map_err(|e| io_err(&tmp, "writing")(e.into_error()))?;
-        file.sync_all().map_err(io_err(&tmp, "fsync"))?;
+    let written = write_tmp(&tmp, snapshot);
+    if written.is_err() {
+        // A full disk leaves no half-written file behind.
+        let _ = fs::remove_file(&tmp);
     }
+    written?;
     fs::rename(&tmp, &path).map_err(io_err(&path, "renaming the new snapshot into place"))?;
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err(dir, "fsync"))
+}
+
+/// Writes `snapshot` to `tmp`, durably.
+fn write_tmp(tmp: &Path, snapshot: &Snapshot) -> Result<(), StateError> {
+    {
+        let file = File::create(tmp).map_err(io_err(tmp, "creating"))?;
+        let mut out = BufWriter::new(file);
+        serde_json::to_writer(&mut out, snapshot)
+            .map_err(|e| io_err(tmp, "writing")(io::Error::other(e)))?;
+        let file = out
+            .into_inner()
+            .map_err(|e| io_err(tmp, "writing")(e.into_error()))?;
+        file.sync_all().map_err(io_err(tmp, "fsync"))?;
+    }
+    Ok(())
 }
