@@ -26,5 +26,30 @@ fn main() -> anyhow::Result<()> {
         ..Default::default()
     };
     aya_build::build_ebpf([ebpf_package], Toolchain::default())
-        .context("building the XDP program failed; `cargo xtask setup` installs what it needs")
+        .context("building the XDP program failed; `cargo xtask setup` installs what it needs")?;
+    let out_dir = std::env::var("OUT_DIR").context("OUT_DIR")?;
+    for binary in ["spacefilter", "spacefilter-tools"] {
+        no_reachable_panic(&std::path::Path::new(&out_dir).join(binary))?;
+    }
+    Ok(())
+}
+
+/// The symbol the eBPF panic handler calls, defined nowhere: an object that
+/// names it still calls the handler (see `spacefilter-ebpf/src/main.rs`).
+const PANIC_SYMBOL: &[u8] = b"spacefilter_panic_is_reachable";
+
+/// Fails the build when the optimiser left a panic reachable in `object`
+/// (the kernel would refuse the program with no word of why).
+fn no_reachable_panic(object: &std::path::Path) -> anyhow::Result<()> {
+    let bytes = std::fs::read(object).with_context(|| format!("reading {}", object.display()))?;
+    if bytes.windows(PANIC_SYMBOL.len()).any(|w| w == PANIC_SYMBOL) {
+        return Err(anyhow!(
+            "a panic is reachable in the eBPF program {}: its panic handler, which calls the \
+             undefined symbol spacefilter_panic_is_reachable, is still called (an index or an \
+             unwrap the optimiser could not prove safe; `llvm-objdump -t` on the object lists \
+             the core::panicking functions it calls)",
+            object.display()
+        ));
+    }
+    Ok(())
 }

@@ -745,6 +745,12 @@ pub struct Limits {
 /// wins.
 pub const MAX_HEADER_RULES: u32 = 32;
 
+/// Rule sets in `HEADER_RULES`, `HEADER_HITS` and `HEADER_BUCKETS`, each
+/// of [`MAX_HEADER_RULES`] slots: the one in force (`HEADER_ACTIVE`) and
+/// the one the next edit is written into before a single write of
+/// `HEADER_ACTIVE` switches every frame over to it.
+pub const HEADER_RULE_SETS: u32 = 2;
+
 /// Values of [`HeaderRule::action`]; 0 marks the end of the rules.
 pub mod rule_action {
     pub const DROP: u32 = 1;
@@ -1001,6 +1007,7 @@ pub mod map_names {
     pub const HEADER_RULES: &str = "HEADER_RULES";
     pub const HEADER_HITS: &str = "HEADER_HITS";
     pub const HEADER_BUCKETS: &str = "HEADER_BUCKETS";
+    pub const HEADER_ACTIVE: &str = "HEADER_ACTIVE";
     pub const IFACE_SLOTS: &str = "IFACE_SLOTS";
     pub const OBSERVE: &str = "OBSERVE";
     pub const SAMPLES: &str = "SAMPLES";

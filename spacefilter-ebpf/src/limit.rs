@@ -156,6 +156,8 @@ fn guards(limits: &Limits, source: &Source, l4: L4, len: u64) -> Step {
 }
 
 /// The reflection guard: UDP from a reflector port to a service port.
+/// Most frames cost one array lookup (their source port is no
+/// reflector's).
 #[inline(always)]
 fn reflection(limits: &Limits, l4: L4) -> Step {
     if limits.flags & limit_flags::REFLECT != 0
@@ -432,13 +434,18 @@ fn take_aggregate(key: &[u8; 20], limits: &Limits, now: u64) -> bool {
 
 pub(crate) use spacefilter_common::tokens::take_packet;
 
-/// UDP from a reflector port to a service port.
+/// NTP's port: from it to itself is symmetric NTP (peers polling each
+/// other), not a reflected answer.
+const NTP_PORT: u16 = 123;
+
+/// UDP from a reflector port to a service port, but for symmetric NTP.
 #[inline(always)]
 fn reflected(src_port: u16, dst_port: u16) -> bool {
     let source = REFLECT_PORTS
         .get(u32::from(src_port))
         .is_some_and(|bits| bits & reflect_bits::SOURCE != 0);
     source
+        && !(src_port == NTP_PORT && dst_port == NTP_PORT)
         && REFLECT_PORTS
             .get(u32::from(dst_port))
             .is_some_and(|bits| bits & reflect_bits::SERVICE != 0)

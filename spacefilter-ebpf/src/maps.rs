@@ -19,8 +19,9 @@ use aya_ebpf::{
 };
 use spacefilter_common::{
     AutoBlock, Bucket, Config, Counter, DEFAULT_BUCKETS, DEFAULT_CAPACITY, DEFAULT_VERIFIED,
-    HeaderRule, IFACE_TABLE, IfaceSlot, Limits, MAX_HEADER_RULES, MAX_IFACE_SLOTS, Observe,
-    STATS_SLOTS, SampleState, Shield, SpoofState, V6Key, V6Top, Verified, VerifySettings,
+    HEADER_RULE_SETS, HeaderRule, IFACE_TABLE, IfaceSlot, Limits, MAX_HEADER_RULES,
+    MAX_IFACE_SLOTS, Observe, STATS_SLOTS, SampleState, Shield, SpoofState, V6Key, V6Top, Verified,
+    VerifySettings,
     lookup::{BUCKET_SLOTS, ROW, V4_T12_ROWS, V4_T24_ROWS, V6_TOP_ENTRIES, buckets_for},
     shield_watch, verified_how,
 };
@@ -174,18 +175,27 @@ pub(crate) static AGG_BUCKETS: LruHashMap<[u8; 20], Bucket> =
     LruHashMap::with_max_entries(16_384, 0);
 
 /// Rules on headers, tried in order (see
-/// [`spacefilter_common::HeaderRule`]).
+/// [`spacefilter_common::HeaderRule`]): [`HEADER_RULE_SETS`] sets of
+/// [`MAX_HEADER_RULES`] slots, set `n` from slot `n * MAX_HEADER_RULES`.
 #[map]
-pub(crate) static HEADER_RULES: Array<HeaderRule> = Array::with_max_entries(MAX_HEADER_RULES, 0);
+pub(crate) static HEADER_RULES: Array<HeaderRule> =
+    Array::with_max_entries(MAX_HEADER_RULES * HEADER_RULE_SETS, 0);
 
-/// Packets each header rule matched, per CPU.
+/// Packets each header rule matched, per CPU, by slot of `HEADER_RULES`.
 #[map]
 pub(crate) static HEADER_HITS: PerCpuArray<u64> =
-    PerCpuArray::with_max_entries(MAX_HEADER_RULES, 0);
+    PerCpuArray::with_max_entries(MAX_HEADER_RULES * HEADER_RULE_SETS, 0);
 
-/// The budget of each limit rule (CPUs race on it).
+/// The budget of each limit rule (CPUs race on it), by slot of
+/// `HEADER_RULES`.
 #[map]
-pub(crate) static HEADER_BUCKETS: Array<Bucket> = Array::with_max_entries(MAX_HEADER_RULES, 0);
+pub(crate) static HEADER_BUCKETS: Array<Bucket> =
+    Array::with_max_entries(MAX_HEADER_RULES * HEADER_RULE_SETS, 0);
+
+/// The rule set in force (0 or 1): written last, in one update, once the
+/// other set holds a complete new list.
+#[map]
+pub(crate) static HEADER_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Verified sources (see [`spacefilter_common::Verified`]), least recently
 /// used forgotten first. Only proofs insert here (a cookie's ACK, the

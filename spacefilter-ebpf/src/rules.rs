@@ -1,7 +1,9 @@
 //! Rules on headers: protocol, port ranges, TCP flags and frame length,
 //! with the actions drop, pass, or limit (a budget of the rule's own). They
 //! run after the lists and before the flood guards; the first rule that
-//! matches decides, and a pass rule lets its frames past the guards.
+//! matches decides, and a pass rule lets its frames past the guards. An
+//! edit is written into the set of rules not in force and switched in with
+//! one write (see [`spacefilter_common::HEADER_RULE_SETS`]).
 //!
 //! Kernel: bounded loops (5.3).
 
@@ -10,7 +12,7 @@ use spacefilter_common::{HeaderRule, MAX_HEADER_RULES, Reason, rule_action, rule
 
 use crate::{
     limit::take_packet,
-    maps::{HEADER_BUCKETS, HEADER_HITS, HEADER_RULES},
+    maps::{HEADER_ACTIVE, HEADER_BUCKETS, HEADER_HITS, HEADER_RULES},
     parse::L4,
     verdict::Verdict,
 };
@@ -35,7 +37,8 @@ fn matches(rule: &HeaderRule, l4: &L4, len: u32) -> bool {
 }
 
 /// The verdict of the first header rule that matches, if any; its detail
-/// is the rule's index + 1.
+/// is the rule's index + 1. The rules come from the set in force when the
+/// frame arrives: a frame sees one whole list, old or new.
 #[inline(always)]
 pub(crate) fn check(l4: &L4, len: u64) -> Option<Verdict> {
     #[expect(
@@ -43,22 +46,26 @@ pub(crate) fn check(l4: &L4, len: u64) -> Option<Verdict> {
         reason = "frames are far below 4 GiB"
     )]
     let len32 = len as u32;
+    // Without a branch: two paths here would double the verifier's work
+    // on everything after.
+    let base = (HEADER_ACTIVE.get(0).copied().unwrap_or(0) & 1) * MAX_HEADER_RULES;
     for index in 0..MAX_HEADER_RULES {
-        let rule = HEADER_RULES.get(index)?;
+        let slot = base + index;
+        let rule = HEADER_RULES.get(slot)?;
         if rule.action == 0 {
             return None;
         }
         if !matches(rule, l4, len32) {
             continue;
         }
-        if let Some(hits) = HEADER_HITS.get_ptr_mut(index) {
+        if let Some(hits) = HEADER_HITS.get_ptr_mut(slot) {
             // SAFETY: a per-CPU slot, written only by this CPU.
             unsafe { *hits += 1 };
         }
         let dry_run = rule.flags & rule_flags::DRY_RUN != 0;
         let verdict = match rule.action {
             rule_action::DROP => Reason::RuleDropped,
-            rule_action::LIMIT if !within_budget(index, rule) => Reason::RuleLimited,
+            rule_action::LIMIT if !within_budget(slot, rule) => Reason::RuleLimited,
             _ => Reason::RulePassed,
         };
         return Some(Verdict {
@@ -74,10 +81,10 @@ pub(crate) fn check(l4: &L4, len: u64) -> Option<Verdict> {
     None
 }
 
-/// Takes one packet from the budget of limit rule `index`.
+/// Takes one packet from the budget of the limit rule in `slot`.
 #[inline(always)]
-fn within_budget(index: u32, rule: &HeaderRule) -> bool {
-    let Some(bucket) = HEADER_BUCKETS.get_ptr_mut(index) else {
+fn within_budget(slot: u32, rule: &HeaderRule) -> bool {
+    let Some(bucket) = HEADER_BUCKETS.get_ptr_mut(slot) else {
         return true;
     };
     // SAFETY: an array value; CPUs race on it (the budget is approximate).

@@ -57,11 +57,37 @@ pub struct LimitsView {
     pub reflect: bool,
     #[serde(default = "default_reflectors")]
     pub reflect_sources: Vec<u16>,
-    /// Inclusive ranges; by default every port outside Linux's default
-    /// ephemeral range (32768-60999), where answers to the host's own
-    /// queries (its DNS lookups, say) arrive.
-    #[serde(default = "default_service_ports")]
+    /// The service ports given explicitly, as inclusive ranges (ports
+    /// that only clients' sockets hold are spared all the same). Empty,
+    /// the default: the profile is read from the host (see
+    /// [`ReflectProfile`]).
+    #[serde(default)]
     pub service_ports: Vec<(u16, u16)>,
+    /// What the profile in force was built from; the daemon fills it in,
+    /// and ignores it in a request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reflect_profile: Option<ReflectProfile>,
+}
+
+/// The reflection guard's profile as the daemon last read it from the
+/// host. UDP from 123 to 123 (symmetric NTP) is never reflection.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReflectProfile {
+    /// The host's ephemeral range, `net.ipv4.ip_local_port_range`.
+    pub ephemeral: (u16, u16),
+    /// Ports with a listening UDP socket (one without a peer).
+    pub listening: Vec<u16>,
+    /// Ports held only by client sockets (connected to a peer): exempt
+    /// from the explicit service ports, and never listening ones.
+    pub clients: Vec<u16>,
+    /// The service ports in force, as inclusive ranges: the explicit ones
+    /// but the clients', or else the listening ports outside the
+    /// ephemeral range.
+    pub service_ports: Vec<(u16, u16)>,
+    /// Why the host could not be read, if it could not (the profile then
+    /// falls back to every port outside Linux's default ephemeral range).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 fn default_v6_prefix_len() -> u8 {
@@ -79,6 +105,9 @@ pub fn default_reflectors() -> Vec<u16> {
     vec![17, 19, 53, 111, 123, 137, 161, 389, 1900, 3702, 11211]
 }
 
+/// The service ports of a host that cannot be read: every port outside
+/// Linux's default ephemeral range (32768-60999). Profiles stored before
+/// the profile was read from the host hold exactly these.
 #[must_use]
 pub fn default_service_ports() -> Vec<(u16, u16)> {
     vec![(0, 32767), (61000, 65535)]
@@ -106,7 +135,8 @@ impl Default for LimitsView {
             fallback_burst: 0,
             reflect: true,
             reflect_sources: default_reflectors(),
-            service_ports: default_service_ports(),
+            service_ports: Vec::new(),
+            reflect_profile: None,
         }
     }
 }
@@ -135,6 +165,7 @@ impl LimitsView {
             reflect: _,
             reflect_sources: _,
             ref service_ports,
+            reflect_profile: _,
         } = *self;
         if spoof_threshold > 0 && (fallback_pps == 0 || fallback_burst == 0) {
             return Some("the spoofed-source fallback needs a budget (--fallback-pps)".into());

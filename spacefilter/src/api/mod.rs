@@ -42,7 +42,7 @@ pub mod views;
 use serde::{Deserialize, Serialize};
 
 pub use self::{
-    limits::{LimitsView, default_reflectors, default_service_ports},
+    limits::{LimitsView, ReflectProfile, default_reflectors, default_service_ports},
     rules::{HeaderRuleView, RuleAction},
     shield::{AdmitView, ShieldAuto, ShieldView, VerifiedView},
     views::{

@@ -22,6 +22,9 @@ pub struct Limiter {
     limits: Array<MapData, Limits>,
     spoof: Array<MapData, SpoofState>,
     reflect_ports: Array<MapData, u8>,
+    /// The marks last written to `reflect_ports`, one per port
+    /// ([`UNKNOWN`] until written).
+    port_bits: Vec<u8>,
     shield: Array<MapData, Shield>,
     shield_watch: PerCpuArray<MapData, u64>,
     buckets: HashMap<MapData, [u8; 16], Bucket>,
@@ -29,6 +32,9 @@ pub struct Limiter {
     auto_active: Array<MapData, u32>,
     exempt: HashMap<MapData, [u8; 16], u8>,
 }
+
+/// A port mark no write makes: the port's mark in the map is not known.
+const UNKNOWN: u8 = u8::MAX;
 
 /// The port ranges the shield covers, by protocol.
 #[derive(Clone, Copy, Debug, Default)]
@@ -75,6 +81,7 @@ impl Limiter {
             limits: take(ebpf, map_names::LIMITS)?,
             spoof: take(ebpf, map_names::SPOOF_STATE)?,
             reflect_ports: take(ebpf, map_names::REFLECT_PORTS)?,
+            port_bits: vec![UNKNOWN; 1 << 16],
             shield: take(ebpf, map_names::SHIELD)?,
             shield_watch: take(ebpf, map_names::SHIELD_WATCH)?,
             buckets: take(ebpf, map_names::BUCKETS)?,
@@ -95,8 +102,7 @@ impl Limiter {
     }
 
     /// Marks the reflector source ports and the service ports for the
-    /// reflection guard, and no shielded port (every port is rewritten:
-    /// 65536 updates).
+    /// reflection guard, and no shielded port.
     pub fn set_reflect_ports(
         &mut self,
         sources: &[u16],
@@ -106,8 +112,9 @@ impl Limiter {
     }
 
     /// Marks the reflector source ports and the service ports for the
-    /// reflection guard, and the TCP and UDP ports the shield covers (every
-    /// port is rewritten: 65536 updates).
+    /// reflection guard, and the TCP and UDP ports the shield covers. Only
+    /// the ports whose marks change are written (the first time, all
+    /// 65536).
     pub fn set_port_bits(
         &mut self,
         sources: &[u16],
@@ -130,12 +137,19 @@ impl Limiter {
             if within(shielded.udp, port) {
                 bits |= reflect_bits::SHIELD_UDP;
             }
+            let index = usize::from(port);
+            if self.port_bits[index] == bits {
+                continue;
+            }
+            // Unknown until the write succeeds.
+            self.port_bits[index] = UNKNOWN;
             self.reflect_ports
                 .set(u32::from(port), bits, 0)
                 .map_err(|source| ListError::Update {
                     name: map_names::REFLECT_PORTS,
                     source,
                 })?;
+            self.port_bits[index] = bits;
         }
         Ok(())
     }

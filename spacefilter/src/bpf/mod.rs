@@ -71,6 +71,8 @@ pub enum ListError {
     },
     #[error("cannot count the CPUs")]
     Cpus(#[source] std::io::Error),
+    #[error("{0} header rules given; the program holds {max}", max = spacefilter_common::MAX_HEADER_RULES)]
+    TooManyRules(usize),
     #[error("map {name} is not an array")]
     NotArray { name: &'static str },
     #[error("mapping map {name} into memory failed")]

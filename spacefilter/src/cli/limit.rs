@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 
 use super::{Common, Failure, StatusArgs, print_json, reply_failure, unexpected};
-use crate::api::{LimitsView, Request, Response, client::Client};
+use crate::api::{LimitsView, ReflectProfile, Request, Response, client::Client};
 
 #[derive(Args)]
 pub(super) struct LimitArgs {
@@ -214,6 +214,7 @@ fn print_limits(view: &LimitsView) {
         reflect,
         ref reflect_sources,
         ref service_ports,
+        ref reflect_profile,
     } = *view;
     if dry_run {
         println!("DRY RUN: the guards count (would_limit) and drop nothing");
@@ -263,10 +264,19 @@ fn print_limits(view: &LimitsView) {
             },
         ),
     }
-    let ports: Vec<String> = reflect_sources.iter().map(ToString::to_string).collect();
-    let services: Vec<String> = service_ports
-        .iter()
-        .map(|&(lo, hi)| {
+    print_reflection(
+        reflect,
+        reflect_sources,
+        service_ports,
+        reflect_profile.as_ref(),
+    );
+}
+
+/// Ports and inclusive ranges as `53,5000-5100` (`none` for none).
+fn port_list(ranges: impl IntoIterator<Item = (u16, u16)>) -> String {
+    let parts: Vec<String> = ranges
+        .into_iter()
+        .map(|(lo, hi)| {
             if lo == hi {
                 lo.to_string()
             } else {
@@ -274,10 +284,51 @@ fn print_limits(view: &LimitsView) {
             }
         })
         .collect();
-    println!(
-        "reflection guard: {}; UDP from ports {} to service ports {}",
-        if reflect { "on" } else { "off" },
-        ports.join(","),
-        services.join(",")
+    if parts.is_empty() {
+        "none".to_owned()
+    } else {
+        parts.join(",")
+    }
+}
+
+/// The reflection guard's lines: what it drops, and what the profile was
+/// built from.
+fn print_reflection(
+    on: bool,
+    sources: &[u16],
+    explicit: &[(u16, u16)],
+    profile: Option<&ReflectProfile>,
+) {
+    let singles = |ports: &[u16]| port_list(ports.iter().map(|&p| (p, p)));
+    let in_force = profile.map_or_else(
+        || port_list(explicit.iter().copied()),
+        |p| port_list(p.service_ports.iter().copied()),
     );
+    println!(
+        "reflection guard: {}; UDP from ports {} to service ports {in_force} (never 123 to 123, symmetric NTP)",
+        if on { "on" } else { "off" },
+        singles(sources),
+    );
+    let Some(profile) = profile else {
+        return;
+    };
+    let (lo, hi) = profile.ephemeral;
+    if explicit.is_empty() {
+        println!(
+            "  built from: the listening UDP ports outside the ephemeral range {lo}-{hi} (net.ipv4.ip_local_port_range)"
+        );
+    } else {
+        println!(
+            "  built from: --service-ports {} set explicitly (`reflect set --service-ports auto` reads them from the host); ephemeral range {lo}-{hi}",
+            port_list(explicit.iter().copied())
+        );
+    }
+    println!("  listening UDP ports: {}", singles(&profile.listening));
+    println!(
+        "  client ports exempted (UDP sockets connected to a peer): {}",
+        singles(&profile.clients)
+    );
+    if let Some(problem) = &profile.problem {
+        println!("  could not read the host: {problem}; Linux's default ephemeral range assumed");
+    }
 }

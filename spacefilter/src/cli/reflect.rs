@@ -33,9 +33,11 @@ struct ReflectSetArgs {
     /// Reflector source ports, e.g. 53,123,11211.
     #[arg(long, value_delimiter = ',')]
     sources: Option<Vec<u16>>,
-    /// The host's service ports, as ports and ranges: 443,5000-5100.
-    #[arg(long, value_delimiter = ',', value_parser = parse_port_range)]
-    service_ports: Option<Vec<(u16, u16)>>,
+    /// The host's service ports, as ports and ranges: 443,5000-5100; or
+    /// `auto` (the default): the listening UDP ports outside the host's
+    /// ephemeral range, read from the host.
+    #[arg(long, value_delimiter = ',', value_parser = parse_service_ports)]
+    service_ports: Option<Vec<Option<(u16, u16)>>>,
     #[command(flatten)]
     common: Common,
 }
@@ -67,9 +69,28 @@ pub(super) fn reflect(args: ReflectArgs) -> Result<(), Failure> {
                 limits.reflect_sources = sources;
             }
             if let Some(ports) = service_ports {
-                limits.service_ports = ports;
+                limits.service_ports = explicit_ports(&ports)?;
             }
         }
     }
     apply_limits(&mut client, Some(limits), json)
+}
+
+/// A service port or range, or `auto` (`None`).
+fn parse_service_ports(s: &str) -> Result<Option<(u16, u16)>, String> {
+    if s.trim().eq_ignore_ascii_case("auto") {
+        return Ok(None);
+    }
+    parse_port_range(s).map(Some)
+}
+
+/// The explicit service ports of `--service-ports` (none for `auto`).
+fn explicit_ports(ports: &[Option<(u16, u16)>]) -> Result<Vec<(u16, u16)>, Failure> {
+    let explicit: Vec<(u16, u16)> = ports.iter().flatten().copied().collect();
+    if explicit.len() != ports.len() && !explicit.is_empty() {
+        return Err(Failure::bad_input(
+            "--service-ports takes either `auto` or ports and ranges, not both",
+        ));
+    }
+    Ok(explicit)
 }

@@ -7,10 +7,13 @@ use spacefilter_common::{Limits, limit_flags};
 
 use super::{Peer, Refusal, core::Core};
 use crate::{
-    api::{LimitsView, default_reflectors, default_service_ports},
+    api::{LimitsView, ReflectProfile, default_reflectors, default_service_ports},
     bpf::{limiter_prefix, monotonic_ns},
     error_chain,
-    net::{List, Prefix},
+    net::{
+        List, Prefix,
+        host_ports::{DEFAULT_EPHEMERAL, HostPorts},
+    },
     store::{self, Meta, Op, Rule, now_ms},
 };
 
@@ -38,19 +41,21 @@ impl Core {
             let _ = self.filter.limiter().set(kernel_limits(&self.limits));
             return Err(Refusal::failed(error_chain(&err)));
         }
-        if limits.reflect_sources != self.limits.reflect_sources
-            || limits.service_ports != self.limits.service_ports
-        {
-            self.filter
-                .limiter()
-                .set_port_bits(
-                    &limits.reflect_sources,
-                    &limits.service_ports,
-                    self.shield.marked_ports(),
-                )
-                .map_err(|err| Refusal::failed(error_chain(&err)))?;
-        }
+        let mut limits = LimitsView {
+            reflect_profile: None,
+            ..limits
+        };
+        let profile = reflect_profile(&limits.service_ports);
+        self.filter
+            .limiter()
+            .set_port_bits(
+                &limits.reflect_sources,
+                &profile.service_ports,
+                self.shield.marked_ports(),
+            )
+            .map_err(|err| Refusal::failed(error_chain(&err)))?;
         log::info!("flood guards set to {limits:?} asked by {peer}");
+        limits.reflect_profile = Some(profile);
         self.limits = limits.clone();
         self.refresh_auto_exempt();
         if let Err(message) =
@@ -61,9 +66,43 @@ impl Core {
         Ok(limits)
     }
 
-    #[must_use]
-    pub(super) fn limits(&self) -> LimitsView {
+    /// The guards' settings, with the reflection guard's profile read
+    /// from the host again (and put in force if it changed).
+    pub(super) fn limits(&mut self) -> LimitsView {
+        if let Err(message) = self.refresh_reflect_profile() {
+            log::error!("the reflection guard's profile: {message}");
+        }
         self.limits.clone()
+    }
+
+    /// The service ports in force.
+    pub(super) fn service_ports(&self) -> Vec<(u16, u16)> {
+        self.limits
+            .reflect_profile
+            .as_ref()
+            .map_or_else(default_service_ports, |p| p.service_ports.clone())
+    }
+
+    /// Reads the host's ports again; rewrites the ports whose marks change
+    /// (the listening sockets and clients' ports come and go).
+    pub(super) fn refresh_reflect_profile(&mut self) -> Result<(), String> {
+        let profile = reflect_profile(&self.limits.service_ports);
+        if let Some(problem) = &profile.problem {
+            log::warn!("the reflection guard's profile: {problem}");
+        }
+        if self.limits.reflect_profile.as_ref() == Some(&profile) {
+            return Ok(());
+        }
+        self.filter
+            .limiter()
+            .set_port_bits(
+                &self.limits.reflect_sources,
+                &profile.service_ports,
+                self.shield.marked_ports(),
+            )
+            .map_err(|err| error_chain(&err))?;
+        self.limits.reflect_profile = Some(profile);
+        Ok(())
     }
 
     /// Records auto-blocks the program made (from its events, or found in
@@ -182,6 +221,7 @@ pub(super) fn kernel_limits(view: &LimitsView) -> Limits {
         reflect,
         reflect_sources: _,
         service_ports: _,
+        reflect_profile: _,
     } = *view;
     let mut flags = 0;
     if enabled {
@@ -237,6 +277,7 @@ fn record(view: &LimitsView) -> store::Guards {
         reflect,
         ref reflect_sources,
         ref service_ports,
+        reflect_profile: _,
     } = *view;
     store::Guards {
         enabled,
@@ -305,6 +346,61 @@ pub(super) fn view(stored: store::Guards) -> LimitsView {
         fallback_burst,
         reflect: reflect.unwrap_or(defaults.reflect),
         reflect_sources: reflect_sources.unwrap_or_else(default_reflectors),
-        service_ports: service_ports.unwrap_or_else(default_service_ports),
+        // Settings stored before the profile was read from the host hold
+        // the old fixed default: they take the host's profile now.
+        service_ports: service_ports
+            .filter(|ports| *ports != default_service_ports())
+            .unwrap_or_default(),
+        reflect_profile: None,
+    }
+}
+
+/// The reflection guard's profile for `explicit` service ports (none: read
+/// from the host). A host that cannot be read gets Linux's default
+/// ephemeral range, with its problem said.
+pub(super) fn reflect_profile(explicit: &[(u16, u16)]) -> ReflectProfile {
+    match HostPorts::read() {
+        Ok(host) => ReflectProfile {
+            ephemeral: host.ephemeral,
+            listening: host.listening.iter().copied().collect(),
+            clients: host.clients.iter().copied().collect(),
+            service_ports: host.service_ports(explicit),
+            problem: None,
+        },
+        Err(err) => ReflectProfile {
+            ephemeral: DEFAULT_EPHEMERAL,
+            listening: Vec::new(),
+            clients: Vec::new(),
+            service_ports: if explicit.is_empty() {
+                default_service_ports()
+            } else {
+                explicit.to_vec()
+            },
+            problem: Some(format!("reading the host's UDP ports: {err}")),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Settings stored with the old fixed service ports take the host's
+    /// profile; explicit ones stay; a round trip keeps them.
+    #[test]
+    fn stored_service_ports_of_old_are_read_from_the_host() {
+        let stored = |ports: Vec<(u16, u16)>| store::Guards {
+            service_ports: Some(ports),
+            ..store::Guards::default()
+        };
+        assert!(
+            view(stored(default_service_ports()))
+                .service_ports
+                .is_empty()
+        );
+        assert!(view(store::Guards::default()).service_ports.is_empty());
+        let explicit = view(stored(vec![(443, 443)]));
+        assert_eq!(explicit.service_ports, [(443, 443)]);
+        assert_eq!(view(record(&explicit)).service_ports, [(443, 443)]);
     }
 }

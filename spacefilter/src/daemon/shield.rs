@@ -265,11 +265,12 @@ impl Core {
             .map_err(|err| format!("reading the host's TCP settings: {err}"))?;
         state.kernel = kernel;
         state.notes = notes;
+        let service_ports = self.service_ports();
         self.filter
             .limiter()
             .set_port_bits(
                 &self.limits.reflect_sources,
-                &self.limits.service_ports,
+                &service_ports,
                 state.marked_ports(),
             )
             .map_err(|err| error_chain(&err))?;

@@ -40,13 +40,18 @@ fn restore(
             .insert_many(list, &prefixes)
             .with_context(|| format!("restoring the {}list", list.name()))?;
     }
-    let limits = store
+    let mut limits = store
         .limits()
         .map_or_else(LimitsView::default, guards::view);
+    let profile = guards::reflect_profile(&limits.service_ports);
+    if let Some(problem) = &profile.problem {
+        log::warn!("the reflection guard's profile: {problem}");
+    }
     filter
         .limiter()
-        .set_reflect_ports(&limits.reflect_sources, &limits.service_ports)
+        .set_reflect_ports(&limits.reflect_sources, &profile.service_ports)
         .context("setting the reflection guard's ports")?;
+    limits.reflect_profile = Some(profile);
     filter
         .limiter()
         .set(kernel_limits(&limits))

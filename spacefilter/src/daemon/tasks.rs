@@ -17,7 +17,8 @@ pub(super) async fn drain_kernel_log(reader: KernelLog, stop: Stop) {
 }
 
 /// Scans of the auto-block map (for events a full ring buffer lost) happen
-/// this often; each reads the whole map.
+/// this often; each reads the whole map. The reflection guard's profile is
+/// read from the host again as often.
 const RECONCILE_EVERY: Duration = Duration::from_secs(10);
 
 pub(super) async fn expire_loop(handle: Handle, mut stop: Stop) {
@@ -35,6 +36,9 @@ pub(super) async fn expire_loop(handle: Handle, mut stop: Stop) {
         core.expire();
         if last_scan.elapsed() >= RECONCILE_EVERY {
             core.reconcile_auto();
+            if let Err(message) = core.refresh_reflect_profile() {
+                log::error!("the reflection guard's profile: {message}");
+            }
             last_scan = Instant::now();
         }
         core.report_spoof_fallback();

@@ -3,6 +3,7 @@
 //! own addresses) and the interfaces to attach to.
 
 pub mod bulk;
+pub mod host_ports;
 pub mod iface;
 pub mod list;
 pub mod lockout;
