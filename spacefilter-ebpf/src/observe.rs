@@ -10,7 +10,8 @@
 //! [`crate::verdict::finish`] skips this module after one test of a word it
 //! has in hand.
 //!
-//! Kernel: ring buffers (5.8), `bpf_ktime_get_ns` (4.x for XDP).
+//! Kernel: ring buffers (5.8), `bpf_ktime_get_ns` (4.x for XDP),
+//! `bpf_xdp_load_bytes` for a sample's head (5.18).
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
 use aya_log_ebpf::debug;
@@ -35,7 +36,7 @@ pub(crate) fn verdict(
     source: Option<&Source>,
 ) {
     if drops && config.flags & observe_flags::SAMPLE != 0 {
-        sample(frame, config, (verdict, ifindex, seq));
+        sample(ctx, frame, config, (verdict, ifindex, seq));
     }
     if config.flags & observe_flags::DEBUG_LOG != 0 {
         log(ctx, frame, verdict, ifindex, source);
@@ -43,7 +44,12 @@ pub(crate) fn verdict(
 }
 
 #[inline(always)]
-fn sample(frame: &Frame, config: &Observe, (verdict, ifindex, seq): (Verdict, u32, u64)) {
+fn sample(
+    ctx: &XdpContext,
+    frame: &Frame,
+    config: &Observe,
+    (verdict, ifindex, seq): (Verdict, u32, u64),
+) {
     // A frame that is not picked costs this draw and nothing more.
     if sample_hash(seq) > config.sample_below {
         return;
@@ -82,7 +88,7 @@ fn sample(frame: &Frame, config: &Observe, (verdict, ifindex, seq): (Verdict, u3
         )]
         {
             (*out).len = frame.len() as u32;
-            (*out).cap_len = frame.copy_head(&mut (*out).data) as u32;
+            (*out).cap_len = frame.copy_head(ctx, &mut (*out).data) as u32;
         }
         (*out).reserved = 0;
     }
