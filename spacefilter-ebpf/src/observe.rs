@@ -11,9 +11,13 @@
 //! has in hand.
 //!
 //! Kernel: ring buffers (5.8), `bpf_ktime_get_ns` (4.x for XDP),
-//! `bpf_xdp_load_bytes` for a sample's head (5.18).
+//! `bpf_ktime_get_coarse_ns` (5.11), `bpf_xdp_load_bytes` for a sample's
+//! head (5.18).
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    programs::XdpContext,
+};
 use aya_log_ebpf::debug;
 use spacefilter_common::{DropSample, KERNEL_LOG_TARGET, Observe, observe_flags, sample_hash};
 
@@ -59,6 +63,19 @@ fn sample(
     };
     // SAFETY: a per-CPU value, used only by this CPU.
     let state = unsafe { &mut *state };
+    // With the second's budget spent, the coarse clock (the time of the
+    // last tick, no read of the clock source) says whether the second may
+    // be over: it is never ahead of the precise clock, so while it reads a
+    // time inside the second, the second is not over. Under a flood most
+    // frames picked end here; those picked before the first tick of the
+    // next second are counted capped too, never sent over the cap.
+    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
+    if state.in_window >= u64::from(config.cap_per_cpu)
+        && unsafe { bpf_ktime_get_coarse_ns() } < state.window_end_ns
+    {
+        state.capped += 1;
+        return;
+    }
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     // Budgets run per second of the clock, not per second since the first
