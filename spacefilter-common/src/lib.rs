@@ -267,7 +267,7 @@ pub struct V6Key {
 pub mod lookup {
     //! The lookup tables that hold both lists: their layout, shared by the
     //! program (which reads them, `spacefilter-ebpf/src/lookup.rs`) and the
-    //! daemon (which writes them, `spacefilter/src/maps/tables.rs`). This is
+    //! daemon (which writes them, `spacefilter/src/bpf/tables/`). This is
     //! the one description of it; those two files say only how each side reads
     //! or writes.
     //!
@@ -313,11 +313,18 @@ pub mod lookup {
     //!   index 0 is never used). A bucket never holds two keys with one
     //!   fingerprint, so a lookup reads one candidate per bucket.
     //!
+    //! An IPv6 bucket's first slot also carries [`V6_SPILLED`], set while
+    //! some key whose first bucket it is lives in its second. A lookup that
+    //! misses in a key's first bucket reads the second only if that bit is
+    //! set, so a miss costs one cache line for almost every key.
+    //!
     //! # A lookup
     //!
     //! The longest key covering a source wins. A lookup probes the hash table
-    //! once per length flagged in the source's /24 or /16, longest first (its
-    //! two buckets each time); the first key found is the longest match.
+    //! once per length flagged in the source's /24 or /16, longest first (an
+    //! IPv4 key's two buckets each time; an IPv6 key's first bucket, and its
+    //! second where the first's [`V6_SPILLED`] is set); the first key found
+    //! is the longest match.
     //! Without one, the block's own match holds, and for IPv4 without that,
     //! the one of the source's /12 in `V4_T12`.
     //!
@@ -338,7 +345,9 @@ pub mod lookup {
     //! (`BPF_F_MMAPABLE`, kernel 5.5), one aligned word per store, so that a
     //! block's word, a slot or a field is either old or new, never a mix. A
     //! length (or crowded) flag is set only once the keys it sends lookups to
-    //! are in place, and cleared before they go. An IPv6 key is written to
+    //! are in place, and cleared before they go; so is [`V6_SPILLED`],
+    //! before the key that spilled is stored in its second bucket and after
+    //! the last such key leaves it. An IPv6 key is written to
     //! `V6_KEYS` before the slot that points to it, and an index whose slot
     //! was cleared is reused only after an RCU grace period.
 
@@ -383,6 +392,13 @@ pub mod lookup {
     pub const V6_CROWDED: u64 = 1 << 56;
     /// Keys per bucket: a bucket is one 64-byte cache line.
     pub const BUCKET_SLOTS: usize = 8;
+    /// In the first slot of a `V6_BUCKETS` bucket, a bit of the index half
+    /// that no index reaches: some key whose first bucket this is lives in
+    /// its second. The slot's other bits are a slot as any other (0: empty).
+    pub const V6_SPILLED: u64 = V6_INDEX as u64 + 1;
+    /// The bits of a `V6_BUCKETS` slot's low half that hold the index.
+    pub const V6_INDEX: u32 = u32::MAX >> 1;
+    const _: () = assert!(MAX_CAPACITY < V6_INDEX);
 
     /// Packs a match (action, slot) into the 24 bits the tables hold.
     #[must_use]

@@ -31,8 +31,8 @@ use aya_ebpf::maps::lpm_trie::Key;
 use spacefilter_common::{
     flags,
     lookup::{
-        self, BUCKET_SLOTS, V4_CROWDED, V4_LONG_MIN, V4_LONG_SHIFT, V6_CROWDED, V6_MASKS,
-        VALUE_MASK,
+        self, BUCKET_SLOTS, V4_CROWDED, V4_LONG_MIN, V4_LONG_SHIFT, V6_CROWDED, V6_INDEX, V6_MASKS,
+        V6_SPILLED, VALUE_MASK,
     },
 };
 
@@ -264,13 +264,17 @@ fn v6_longer(hi: u64, lo: u64, lengths: u64, tables: Tables) -> u32 {
                 let hash = lookup::v6_hash(hi, lo, len, tables.seed);
                 let mark = lookup::fingerprint(hash);
                 let (first, second) = lookup::buckets(hash, tables.v6_mask);
-                let found = v6_bucket(first, mark, [hi, lo], len);
+                let (found, spilled) = v6_bucket(first, mark, [hi, lo], len);
                 if found != 0 {
                     return found;
                 }
-                let found = v6_bucket(second, mark, [hi, lo], len);
-                if found != 0 {
-                    return found;
+                // Without the first bucket's spilled bit no key of it is in
+                // its second: the miss ends at one cache line.
+                if spilled {
+                    let (found, _) = v6_bucket(second, mark, [hi, lo], len);
+                    if found != 0 {
+                        return found;
+                    }
                 }
             }
         };
@@ -286,11 +290,12 @@ fn v6_longer(hi: u64, lo: u64, lengths: u64, tables: Tables) -> u32 {
 }
 
 /// The match of the key `[hi, lo]/len` (with fingerprint `mark`) if bucket
-/// `bucket` holds it.
+/// `bucket` holds it (else 0), and whether the bucket's [`V6_SPILLED`] bit
+/// is set.
 #[inline(always)]
-fn v6_bucket(bucket: u32, mark: u32, [hi, lo]: [u64; 2], len: u32) -> u32 {
+fn v6_bucket(bucket: u32, mark: u32, [hi, lo]: [u64; 2], len: u32) -> (u32, bool) {
     let Some(slots) = V6_BUCKETS.get_ptr(bucket) else {
-        return 0;
+        return (0, false);
     };
     // A slot as two words: the key's index (low half), its fingerprint
     // (high half). Read apart, the two may come from different keys if the
@@ -304,6 +309,7 @@ fn v6_bucket(bucket: u32, mark: u32, [hi, lo]: [u64; 2], len: u32) -> u32 {
     // SAFETY: a map value of BUCKET_SLOTS slots of two words, each slot
     // stored whole.
     let (mut found, mut candidate) = unsafe { (read_volatile(words.add(1)), read_volatile(words)) };
+    let spilled = u64::from(candidate) & V6_SPILLED != 0;
     for i in 1..BUCKET_SLOTS {
         // SAFETY: as above.
         let slot_mark = unsafe { read_volatile(words.add(2 * i + 1)) };
@@ -314,17 +320,17 @@ fn v6_bucket(bucket: u32, mark: u32, [hi, lo]: [u64; 2], len: u32) -> u32 {
         }
     }
     if found != mark {
-        return 0;
+        return (0, spilled);
     }
-    let Some(key) = V6_KEYS.get_ptr(candidate) else {
-        return 0;
+    let Some(key) = V6_KEYS.get_ptr(candidate & V6_INDEX) else {
+        return (0, spilled);
     };
     // SAFETY: a map value. The key fields were written before the slot
     // that led here, the value is stored whole.
     unsafe {
         if (*key).hi == hi && (*key).lo == lo && (*key).len == len {
-            return read_volatile(&raw const (*key).value) & VALUE_MASK;
+            return (read_volatile(&raw const (*key).value) & VALUE_MASK, spilled);
         }
     }
-    0
+    (0, spilled)
 }

@@ -10,9 +10,14 @@
 //! [`crate::verdict::finish`] skips this module after one test of a word it
 //! has in hand.
 //!
-//! Kernel: ring buffers (5.8), `bpf_ktime_get_ns` (4.x for XDP).
+//! Kernel: ring buffers (5.8), `bpf_ktime_get_ns` (4.x for XDP),
+//! `bpf_ktime_get_coarse_ns` (5.11), `bpf_xdp_load_bytes` for a sample's
+//! head (5.18).
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    programs::XdpContext,
+};
 use aya_log_ebpf::debug;
 use spacefilter_common::{DropSample, KERNEL_LOG_TARGET, Observe, observe_flags, sample_hash};
 
@@ -35,7 +40,7 @@ pub(crate) fn verdict(
     source: Option<&Source>,
 ) {
     if drops && config.flags & observe_flags::SAMPLE != 0 {
-        sample(frame, config, (verdict, ifindex, seq));
+        sample(ctx, frame, config, (verdict, ifindex, seq));
     }
     if config.flags & observe_flags::DEBUG_LOG != 0 {
         log(ctx, frame, verdict, ifindex, source);
@@ -43,7 +48,12 @@ pub(crate) fn verdict(
 }
 
 #[inline(always)]
-fn sample(frame: &Frame, config: &Observe, (verdict, ifindex, seq): (Verdict, u32, u64)) {
+fn sample(
+    ctx: &XdpContext,
+    frame: &Frame,
+    config: &Observe,
+    (verdict, ifindex, seq): (Verdict, u32, u64),
+) {
     // A frame that is not picked costs this draw and nothing more.
     if sample_hash(seq) > config.sample_below {
         return;
@@ -53,6 +63,19 @@ fn sample(frame: &Frame, config: &Observe, (verdict, ifindex, seq): (Verdict, u3
     };
     // SAFETY: a per-CPU value, used only by this CPU.
     let state = unsafe { &mut *state };
+    // With the second's budget spent, the coarse clock (the time of the
+    // last tick, no read of the clock source) says whether the second may
+    // be over: it is never ahead of the precise clock, so while it reads a
+    // time inside the second, the second is not over. Under a flood most
+    // frames picked end here; those picked before the first tick of the
+    // next second are counted capped too, never sent over the cap.
+    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
+    if state.in_window >= u64::from(config.cap_per_cpu)
+        && unsafe { bpf_ktime_get_coarse_ns() } < state.window_end_ns
+    {
+        state.capped += 1;
+        return;
+    }
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     // Budgets run per second of the clock, not per second since the first
@@ -82,7 +105,7 @@ fn sample(frame: &Frame, config: &Observe, (verdict, ifindex, seq): (Verdict, u3
         )]
         {
             (*out).len = frame.len() as u32;
-            (*out).cap_len = frame.copy_head(&mut (*out).data) as u32;
+            (*out).cap_len = frame.copy_head(ctx, &mut (*out).data) as u32;
         }
         (*out).reserved = 0;
     }

@@ -9,7 +9,7 @@
 //! allow and block lists in between, so a blocked source is dropped however
 //! odd the rest of its frame is.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{helpers::bpf_xdp_load_bytes, programs::XdpContext};
 use spacefilter_common::Reason;
 
 const ETH_HLEN: usize = 14;
@@ -75,48 +75,25 @@ impl Frame {
     /// Copies the frame's first bytes, as many as fit (at most 128), into
     /// `out`; returns how many.
     ///
-    /// A frame shorter than `out` is copied in chunks of 64, 32, ..., 1
-    /// bytes, each taken if it still fits: every offset then has a bound
-    /// the verifier sees, with no loop and no helper (`bpf_xdp_load_bytes`
-    /// would need 5.18).
+    /// One `bpf_xdp_load_bytes` (kernel 5.18) copies whatever length the
+    /// verifier sees bounded, with the kernel's `memcpy`. A copy made here
+    /// would go a byte at a time (LLVM knows no alignment of packet data,
+    /// and makes the copy a byte loop), with each length proven against the
+    /// packet's end on a branch of its own.
     #[inline(always)]
-    pub(crate) fn copy_head(&self, out: &mut [u8; 128]) -> usize {
-        if let Some(head) = self.read::<128>(0) {
-            *out = head;
-            return 128;
+    pub(crate) fn copy_head(&self, ctx: &XdpContext, out: &mut [u8; 128]) -> usize {
+        let len = self.len();
+        if len == 0 {
+            return 0;
         }
-        let mut copied = 0;
-        copied = self.copy_chunk::<64>(copied, out);
-        copied = self.copy_chunk::<32>(copied, out);
-        copied = self.copy_chunk::<16>(copied, out);
-        copied = self.copy_chunk::<8>(copied, out);
-        copied = self.copy_chunk::<4>(copied, out);
-        copied = self.copy_chunk::<2>(copied, out);
-        self.copy_chunk::<1>(copied, out)
-    }
-
-    /// Copies the `K` bytes at `offset` into `out` at the same offset if the
-    /// frame holds them; returns the offset after what was copied.
-    #[inline(always)]
-    fn copy_chunk<const K: usize>(&self, offset: usize, out: &mut [u8; 128]) -> usize {
-        // `offset` is at most 128 - 2K here (the chunks before were
-        // larger), which the verifier learns from the mask.
-        let offset = offset & (127 & !(2 * K - 1));
-        // Read through a volatile load so that LLVM cannot fold the bound
-        // check `start + offset + 1 > end` into `start + offset >= end`, a
-        // form from which the verifier learns no packet range.
-        // SAFETY: reading a local constant.
-        let len = unsafe { core::ptr::read_volatile(&K) };
-        if self.start + offset + len > self.end {
-            return offset;
-        }
-        // SAFETY: the K bytes at `offset` lie inside the packet (checked
-        // just above), and offset + K <= 128 - K: inside `out`.
-        unsafe {
-            let chunk = core::ptr::read_unaligned((self.start + offset) as *const [u8; K]);
-            core::ptr::write_unaligned(out.as_mut_ptr().add(offset).cast::<[u8; K]>(), chunk);
-        }
-        offset + K
+        // 1 to 128, as the verifier must see on the register the helper is
+        // given.
+        let len = ((len.min(128) - 1) & 127) + 1;
+        // SAFETY: the context is the program's; `out` holds 128 bytes, and
+        // `len` is at most 128.
+        #[expect(clippy::cast_possible_truncation, reason = "at most 128")]
+        let loaded = unsafe { bpf_xdp_load_bytes(ctx.ctx, 0, out.as_mut_ptr().cast(), len as u32) };
+        if loaded == 0 { len } else { 0 }
     }
 
     /// Copies `N` bytes at `offset` that must lie before `limit` (the end of

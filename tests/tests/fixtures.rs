@@ -13,6 +13,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 use spacefilter::{
     Filter, List, LoadOptions, Prefix, Reason,
     Reason::{Allowlisted, Blocked, Malformed, NotIp, Passed},
+    bpf::{Sample, Sampling},
 };
 use spacefilter_tests::{
     packets::{Ext, Frame, Layer, Packet, TPID_8021AD, v4, v4_far, v6},
@@ -1412,4 +1413,65 @@ fn lists() {
     // Rules come and go between cases: the same frame, rule removed.
     t.run(Case::new("rule gone again", tcp(a), Passed));
     t.finish();
+}
+
+/// A dropped frame that the sampler picks reaches the ring buffer with its
+/// first bytes: all of a frame up to 128 bytes, the first 128 of a longer
+/// one, at every length around the copy's bounds. A frame that passes is
+/// not sampled.
+#[test]
+fn drop_samples_carry_the_frame_head() {
+    require_root();
+    let mut filter = Filter::load(LoadOptions::default()).expect("load");
+    filter
+        .block("198.18.2.0/24".parse().expect("a prefix"))
+        .expect("block");
+    filter
+        .observer()
+        .set_sampling(Sampling {
+            every: 1,
+            cap: u32::MAX,
+        })
+        .expect("sampling on");
+    let mut ring = filter.take_samples().expect("the sample ring buffer");
+    let mut samples = |filter: &mut Filter, frame: &[u8]| {
+        filter.test_run(frame, 1).expect("test run");
+        let mut found = Vec::new();
+        while let Some(record) = ring.next() {
+            found.push(Sample::decode(&record).expect("a whole sample"));
+        }
+        found
+    };
+    let mut checked = 0;
+    // Payload bytes that differ at every offset, so that a byte copied to
+    // the wrong place shows.
+    let payload: Vec<u8> = (0..300u32).map(|i| (i * 7 + 3).to_le_bytes()[0]).collect();
+    for payload_len in [0, 1, 7, 8, 9, 31, 63, 64, 65, 85, 86, 87, 100, 200, 300] {
+        let frame = Packet::ipv4(v4(2, 7), v4(0, 1))
+            .udp(40_000, 9)
+            .payload(&payload[..payload_len])
+            .build()
+            .into_bytes();
+        let taken = samples(&mut filter, &frame);
+        assert_eq!(taken.len(), 1, "one sample of a {}-byte frame", frame.len());
+        let sample = &taken[0];
+        assert_eq!(sample.reason, Blocked, "{}-byte frame", frame.len());
+        assert_eq!(sample.len as usize, frame.len(), "the frame's length");
+        assert_eq!(
+            sample.data,
+            frame[..frame.len().min(128)],
+            "the head of a {}-byte frame",
+            frame.len()
+        );
+        checked += 1;
+    }
+    let clean = Packet::ipv4(v4(3, 7), v4(0, 1))
+        .udp(40_000, 9)
+        .build()
+        .into_bytes();
+    assert!(
+        samples(&mut filter, &clean).is_empty(),
+        "a passed frame is not sampled"
+    );
+    println!("fixtures/drop_samples_carry_the_frame_head: {checked} frames sampled");
 }

@@ -15,11 +15,20 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
+use aya::{
+    maps::{Array, LpmTrie, Map, MapData, MapInfo, lpm_trie::Key},
+    programs::loaded_programs,
+};
 use spacefilter::{
     Filter, List, LoadOptions, Prefix, Reason,
     Reason::{Allowlisted, Blocked, Passed},
 };
-use spacefilter_common::lookup::{buckets, buckets_for, v4_hash, v4_key, v6_hash};
+use spacefilter_common::{
+    lookup::{
+        BUCKET_SLOTS, V6_SPILLED, buckets, buckets_for, fingerprint, v4_hash, v4_key, v6_hash,
+    },
+    map_names,
+};
 use spacefilter_tests::{bench::Rng, packets::Packet, reference, require_root};
 
 fn prefix(s: &str) -> Prefix {
@@ -648,6 +657,225 @@ fn ipv6_keys_with_full_buckets() {
     assert_eq!(t.filter.lists().crowded(), 0, "no block is crowded");
     check_all(&mut t, "emptied");
     t.finish("ipv6_keys_with_full_buckets");
+}
+
+/// The map `name` of the loaded program, opened by its id.
+fn program_map(filter: &mut Filter, name: &str) -> MapData {
+    let id = filter.program_id().expect("program id");
+    let program = loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == id)
+        .expect("the program is loaded");
+    let map = program
+        .map_ids()
+        .expect("map ids")
+        .expect("the kernel lists the program's maps")
+        .into_iter()
+        .find(|&m| MapInfo::from_id(m).is_ok_and(|info| info.name_as_str() == Some(name)))
+        .unwrap_or_else(|| panic!("the program has a map {name}"));
+    MapData::from_id(map).expect("open the map")
+}
+
+/// A /64 under `2003::/16` (its address and bucket hash) whose first bucket
+/// is `bucket` and whose second is another.
+fn v6_key_in(bucket: u32, mask: u32, seed: u64, rng: &mut Rng) -> (Ipv6Addr, u64) {
+    loop {
+        let hi = (0x2003 << 48) | (rng.next_u64() >> 16);
+        let hash = v6_hash(hi, 0, 64, seed);
+        let (first, second) = buckets(hash, mask);
+        if first == bucket && second != bucket {
+            return (Ipv6Addr::from(u128::from(hi) << 64), hash);
+        }
+    }
+}
+
+#[test]
+fn ipv6_spilled_bit() {
+    const SEED: u64 = 0x5eed;
+    const CAPACITY: u32 = 64;
+    const BUCKET: u32 = 5;
+    let mut t = Lookup::load(LoadOptions {
+        capacity: CAPACITY,
+        hash_seed: Some(SEED),
+        ..LoadOptions::default()
+    });
+    let buckets_map: Array<MapData, [u64; BUCKET_SLOTS]> = Array::try_from(Map::Array(
+        program_map(&mut t.filter, map_names::V6_BUCKETS),
+    ))
+    .expect("V6_BUCKETS is an array");
+    let mask = buckets_for(CAPACITY) - 1;
+    let mut rng = Rng::new(5);
+    // Eleven /64s whose first bucket is BUCKET, with distinct fingerprints:
+    // nine to block, two never blocked.
+    let mut keys: Vec<(Ipv6Addr, u64)> = Vec::new();
+    while keys.len() < 11 {
+        let key = v6_key_in(BUCKET, mask, SEED, &mut rng);
+        if keys
+            .iter()
+            .all(|&(_, h)| fingerprint(h) != fingerprint(key.1))
+        {
+            keys.push(key);
+        }
+    }
+    let never = keys.pop().expect("eleven keys");
+    let p64 = |a: Ipv6Addr| Prefix::truncating(a.into(), 64);
+    let slot_words = |bucket: u32| buckets_map.get(&bucket, 0).expect("read a bucket");
+    let spilled = || slot_words(BUCKET)[0] & V6_SPILLED != 0;
+    // Which of `keys` live in their second bucket.
+    let in_second = |keys: &[(Ipv6Addr, u64)]| -> Vec<Ipv6Addr> {
+        keys.iter()
+            .filter(|&&(_, hash)| {
+                let (_, second) = buckets(hash, mask);
+                slot_words(second)
+                    .iter()
+                    .any(|&w| w & !V6_SPILLED != 0 && w >> 32 == u64::from(fingerprint(hash)))
+            })
+            .map(|&(a, _)| a)
+            .collect()
+    };
+    let check_all = |t: &mut Lookup, what: &str, keys: &[(Ipv6Addr, u64)]| {
+        for &(a, _) in keys.iter().chain([&never]) {
+            t.check(what, a.into(), None);
+            t.check(what, Ipv6Addr::from(u128::from(a) | 0xff).into(), None);
+        }
+    };
+
+    // Six keys fill the first bucket to the threshold; none spills.
+    for &(a, _) in &keys[..6] {
+        t.block(p64(a));
+    }
+    assert!(
+        in_second(&keys[..6]).is_empty(),
+        "six keys fit their first bucket"
+    );
+    assert!(!spilled(), "no key spilled: the bit is clear");
+    check_all(&mut t, "first bucket only", &keys[..6]);
+    // Two more go to their second buckets: the bit is set, and they are
+    // found there.
+    for &(a, _) in &keys[6..8] {
+        t.block(p64(a));
+    }
+    let second = in_second(&keys[..8]);
+    assert_eq!(second.len(), 2, "two keys live in their second bucket");
+    assert!(spilled(), "keys spilled: the bit is set");
+    check_all(&mut t, "two keys spilled", &keys[..8]);
+    // A key of the first bucket leaves: its slot is emptied, the bit stays.
+    let stays = keys[..8]
+        .iter()
+        .find(|(a, _)| !second.contains(a))
+        .map(|&(a, _)| a)
+        .expect("a key in the first bucket");
+    t.unblock(p64(stays));
+    assert!(spilled(), "the spilled keys are still there");
+    check_all(&mut t, "a first-bucket key removed", &keys[..8]);
+    // A new key takes the slot freed, the first slot, which keeps the bit,
+    // and is found there.
+    t.block(p64(keys[8].0));
+    assert!(
+        in_second(&keys[8..9]).is_empty(),
+        "the new key is in its first bucket"
+    );
+    assert!(
+        slot_words(BUCKET)[0] & !V6_SPILLED != 0,
+        "the new key is in the first slot"
+    );
+    assert!(spilled(), "the bit survives the slot's rewrite");
+    check_all(&mut t, "first slot reused", &keys[..10]);
+    // One spilled key leaves: the bit stays for the other.
+    t.unblock(p64(second[0]));
+    assert!(spilled(), "one key still spilled");
+    check_all(&mut t, "one spilled key removed", &keys[..10]);
+    // The last leaves: the bit is cleared, and misses end in the first
+    // bucket while every key left is still found.
+    t.unblock(p64(second[1]));
+    let left: Vec<_> = keys[..9]
+        .iter()
+        .copied()
+        .filter(|(a, _)| !second.contains(a) && *a != stays)
+        .collect();
+    assert!(
+        in_second(&left).is_empty(),
+        "no key left in a second bucket"
+    );
+    assert!(!spilled(), "no key spilled: the bit is cleared");
+    check_all(&mut t, "no key spilled", &keys[..10]);
+    t.finish("ipv6_spilled_bit");
+}
+
+#[test]
+fn ipv6_failed_write_changes_nothing() {
+    const CAPACITY: u32 = 64;
+    let mut t = Lookup::load(LoadOptions {
+        capacity: CAPACITY,
+        ..LoadOptions::default()
+    });
+    // Eight lengths under 2004::/16, side by side: the /16 is crowded,
+    // and its keys are in its trie.
+    let keys = [
+        "2004:1::/32",
+        "2004:2::/40",
+        "2004:3::/48",
+        "2004:4::/56",
+        "2004:5::/64",
+        "2004:6::/80",
+        "2004:7::/96",
+        "2004:8::1/128",
+    ];
+    for p in keys {
+        t.block(prefix(p));
+    }
+    assert_eq!(t.filter.lists().crowded(), 1, "2004::/16 is crowded");
+    // The trie is filled to its last entry, with keys of a /16 no list
+    // holds (the program never reads them).
+    let mut trie: LpmTrie<MapData, [u8; 16], u32> = LpmTrie::try_from(Map::LpmTrie(program_map(
+        &mut t.filter,
+        map_names::V6_CROWDED,
+    )))
+    .expect("V6_CROWDED is a trie");
+    let junk = |i: u32| Key::new(128, (0x2005_u128 << 112 | u128::from(i)).to_be_bytes());
+    let mut filled = 0;
+    while trie.insert(&junk(filled), 0, 0).is_ok() {
+        filled += 1;
+        assert!(filled <= CAPACITY, "the trie holds at most {CAPACITY} keys");
+    }
+    assert!(filled > 0, "the trie took keys before it was full");
+    // A key of a new length under the crowded /16 needs a trie entry: the
+    // write fails, and leaves the lists and the tables as they were.
+    let failing = prefix("2004:9::/112");
+    assert!(
+        t.filter.block(failing).is_err(),
+        "a block needing a trie entry fails while the trie is full"
+    );
+    assert!(
+        !t.filter.lists().contains(List::Block, failing),
+        "the failed block is not listed"
+    );
+    t.expect("after a failed write", "2004:9::1", Passed, None);
+    for (src, hit) in [
+        ("2004:1::1", "2004:1::/32"),
+        ("2004:5::1", "2004:5::/64"),
+        ("2004:8::1", "2004:8::1/128"),
+    ] {
+        t.expect("after a failed write", src, Blocked, Some(hit));
+    }
+    // With room in the trie again, the same block succeeds.
+    for i in 0..filled {
+        trie.remove(&junk(i)).expect("remove a junk key");
+    }
+    t.block(failing);
+    t.expect(
+        "after room is made",
+        "2004:9::1",
+        Blocked,
+        Some("2004:9::/112"),
+    );
+    for p in keys {
+        t.unblock(prefix(p));
+    }
+    assert_eq!(t.filter.lists().crowded(), 0, "2004::/16 is not crowded");
+    t.expect("emptied", "2004:9::1", Blocked, Some("2004:9::/112"));
+    t.expect("emptied", "2004:1::1", Passed, None);
+    t.finish("ipv6_failed_write_changes_nothing");
 }
 
 /// A random prefix of the mix the tables see: hosts and networks of every

@@ -158,18 +158,17 @@ fn slots(bucket: u32) -> impl Iterator<Item = usize> {
 /// buckets full at half load (and their blocks crowded); this keeps that
 /// to none in simulations at the capacity's full load, with 96 % of keys
 /// in their first bucket. Only buckets that `fits` accepts are taken;
-/// `None` if neither has room.
+/// `None` if neither has room. `flag` is a bit of a slot that is no part of
+/// its key ([`spacefilter_common::lookup::V6_SPILLED`]), or 0.
 fn free_slot(
     table: &Mapped,
     (first, second): (u32, u32),
+    flag: u64,
     fits: impl Fn(u32) -> bool,
 ) -> Option<usize> {
-    let empty = |bucket| slots(bucket).find(|&i| table.word64(i).load(Ordering::Relaxed) == 0);
-    let used = |bucket| {
-        slots(bucket)
-            .filter(|&i| table.word64(i).load(Ordering::Relaxed) != 0)
-            .count()
-    };
+    let holds = |i| table.word64(i).load(Ordering::Relaxed) & !flag != 0;
+    let empty = |bucket| slots(bucket).find(|&i| !holds(i));
+    let used = |bucket| slots(bucket).filter(|&i| holds(i)).count();
     let order = if used(first) >= 6 && used(second) < used(first) {
         [second, first]
     } else {

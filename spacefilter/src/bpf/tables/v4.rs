@@ -274,7 +274,7 @@ impl V4Tables {
     fn place(&mut self, key: u64, value: u32) -> bool {
         let slot = self
             .find(key)
-            .or_else(|| free_slot(&self.buckets, self.candidates(key), |_| true));
+            .or_else(|| free_slot(&self.buckets, self.candidates(key), 0, |_| true));
         if let Some(slot) = slot {
             self.buckets
                 .word64(slot)

@@ -12,7 +12,10 @@ use aya::{
 };
 use spacefilter_common::{
     flags,
-    lookup::{V6_CROWDED, V6_LONG_MIN, V6_PROBES, buckets, fingerprint, v6_hash, v6_masks},
+    lookup::{
+        BUCKET_SLOTS, V6_CROWDED, V6_INDEX, V6_LONG_MIN, V6_PROBES, V6_SPILLED, buckets,
+        fingerprint, v6_hash, v6_masks,
+    },
     map_names,
 };
 
@@ -29,6 +32,11 @@ struct Records {
 }
 
 impl Records {
+    /// Whether [`Records::alloc`] has an index to give.
+    fn available(&self) -> bool {
+        !self.free.is_empty() || self.next < self.size || !self.retired.is_empty()
+    }
+
     fn alloc(&mut self) -> Option<u32> {
         if let Some(index) = self.free.pop() {
             return Some(index);
@@ -66,6 +74,9 @@ pub(in crate::bpf) struct V6Tables {
     unplaced: HashMap<u16, HashSet<(u128, u8)>>,
     /// The crowded /16s.
     crowded: HashSet<u16>,
+    /// How many keys live in their second bucket, by their first bucket:
+    /// the buckets whose [`V6_SPILLED`] is set.
+    spilled: HashMap<u32, u32>,
 }
 
 /// Bytes of a `V6Top` and of a `V6Key`.
@@ -105,6 +116,7 @@ impl V6Tables {
             lengths: HashMap::new(),
             unplaced: HashMap::new(),
             crowded: HashSet::new(),
+            spilled: HashMap::new(),
         })
     }
 
@@ -114,6 +126,8 @@ impl V6Tables {
     }
 
     /// Creates or rewrites the key `addr/len` with the packed match `value`.
+    /// All or nothing: if a step fails, the key is left as it was (absent,
+    /// or with its old match), in the maps and in the bookkeeping.
     pub(in crate::bpf) fn write(
         &mut self,
         addr: u128,
@@ -124,12 +138,60 @@ impl V6Tables {
             self.top.write(addr, len, value);
             return Ok(());
         }
+        let old = self.long.get(&(addr, len)).copied();
+        let Err(err) = self.write_long(addr, len, value) else {
+            return Ok(());
+        };
+        // `write_long` changes nothing when it fails before its
+        // bookkeeping; past it, the key is taken back to what it was (a
+        // second failure there leaves the bookkeeping consistent with
+        // the maps, and is not the one reported).
+        if self.long.get(&(addr, len)).copied() != old {
+            match old {
+                None => {
+                    let _ = self.delete(addr, len);
+                }
+                Some(old) => {
+                    let _ = self.write_long(addr, len, old);
+                }
+            }
+        }
+        Err(err)
+    }
+
+    /// [`V6Tables::write`] of a key of /17 to /128, without the undo.
+    /// The steps that can fail and change nothing come first: the trie
+    /// insert (for a crowded /16) and the index the key needs.
+    fn write_long(&mut self, addr: u128, len: u8, value: u32) -> Result<(), ListError> {
         let top = Self::top_of(addr);
-        let existed = self.long.insert((addr, len), value).is_some();
-        if self.crowded.contains(&top) {
+        let key = Self::key(addr, len);
+        if self.find(key).is_none() && !self.records.available() {
+            return Err(ListError::Full {
+                capacity: self.records.size - 1,
+            });
+        }
+        let old = self.long.get(&(addr, len)).copied();
+        let crowded = self.crowded.contains(&top);
+        if crowded {
             self.trie_insert(addr, len, value)?;
         }
-        let placed = self.place(Self::key(addr, len), value)?;
+        let placed = match self.place(key, value) {
+            Ok(placed) => placed,
+            Err(err) => {
+                if crowded {
+                    let _ = match old {
+                        Some(old) => self.trie_insert(addr, len, old),
+                        None => trie_remove(
+                            &mut self.trie,
+                            map_names::V6_CROWDED,
+                            &Key::new(len.into(), addr.to_be_bytes()),
+                        ),
+                    };
+                }
+                return Err(err);
+            }
+        };
+        self.long.insert((addr, len), value);
         let unplaced = self.unplaced.entry(top).or_default();
         if placed {
             unplaced.remove(&(addr, len));
@@ -139,46 +201,53 @@ impl V6Tables {
         if unplaced.is_empty() {
             self.unplaced.remove(&top);
         }
-        if !existed {
+        if old.is_none() {
             *self.lengths.entry(top).or_default().entry(len).or_default() += 1;
         }
         // After the key is in place (in its bucket, or in the trie).
         self.settle(top)
     }
 
-    /// Removes the key `addr/len`.
+    /// Removes the key `addr/len`. The one step that can fail before the
+    /// key is gone (taking it out of a crowded /16's trie) comes first.
     pub(in crate::bpf) fn delete(&mut self, addr: u128, len: u8) -> Result<(), ListError> {
         if len < V6_LONG_MIN {
             self.top.remove(addr, len);
             return Ok(());
         }
-        if self.long.remove(&(addr, len)).is_none() {
+        if !self.long.contains_key(&(addr, len)) {
             return Ok(());
         }
         let top = Self::top_of(addr);
-        let counts = self.lengths.get_mut(&top).expect("counted when written");
-        let count = counts.get_mut(&len).expect("counted when written");
-        *count -= 1;
-        if *count == 0 {
-            counts.remove(&len);
-            if counts.is_empty() {
-                self.lengths.remove(&top);
-            }
-        }
-        if self.crowded.contains(&top) {
+        let crowded = self.crowded.contains(&top);
+        if crowded {
             // Frames look in the trie: the key leaves it first.
             trie_remove(
                 &mut self.trie,
                 map_names::V6_CROWDED,
                 &Key::new(len.into(), addr.to_be_bytes()),
             )?;
+        }
+        self.long.remove(&(addr, len));
+        if let Some(counts) = self.lengths.get_mut(&top) {
+            if let Some(count) = counts.get_mut(&len) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(&len);
+                }
+            }
+            if counts.is_empty() {
+                self.lengths.remove(&top);
+            }
+        }
+        if crowded {
             self.take_out(addr, len);
             self.settle(top)
         } else {
             // Frames probe the listed lengths: the list changes first.
-            self.settle(top)?;
+            let settled = self.settle(top);
             self.take_out(addr, len);
-            Ok(())
+            settled
         }
     }
 
@@ -200,9 +269,15 @@ impl V6Tables {
     /// room.
     fn take_out(&mut self, addr: u128, len: u8) {
         let top = Self::top_of(addr);
-        if let Some((slot, index)) = self.find(Self::key(addr, len)) {
-            self.buckets.word64(slot).store(0, Ordering::Release);
+        let key = Self::key(addr, len);
+        if let Some((slot, index)) = self.find(key) {
+            let word = self.buckets.word64(slot);
+            word.store(word.load(Ordering::Relaxed) & V6_SPILLED, Ordering::Release);
             self.records.retired.push(index);
+            let (first, _) = buckets(self.hash(key), self.mask);
+            if slot / BUCKET_SLOTS != first as usize {
+                self.unspill(first);
+            }
         } else if let Some(unplaced) = self.unplaced.get_mut(&top) {
             unplaced.remove(&(addr, len));
             if unplaced.is_empty() {
@@ -219,14 +294,24 @@ impl V6Tables {
     fn settle(&mut self, top: u16) -> Result<(), ListError> {
         if let Some(waiting) = self.unplaced.remove(&top) {
             let mut left = HashSet::new();
+            let mut failed = None;
             for (addr, len) in waiting {
-                let value = self.long[&(addr, len)];
-                if !self.place(Self::key(addr, len), value)? {
-                    left.insert((addr, len));
+                if failed.is_none()
+                    && let Some(&value) = self.long.get(&(addr, len))
+                {
+                    match self.place(Self::key(addr, len), value) {
+                        Ok(true) => continue,
+                        Ok(false) => {}
+                        Err(err) => failed = Some(err),
+                    }
                 }
+                left.insert((addr, len));
             }
             if !left.is_empty() {
                 self.unplaced.insert(top, left);
+            }
+            if let Some(err) = failed {
+                return Err(err);
             }
         }
         let lengths: Vec<u8> = self
@@ -240,8 +325,19 @@ impl V6Tables {
             (true, true) => {}
             (true, false) => {
                 let inside: Vec<_> = self.keys_under(top).collect();
-                for (addr, len, value) in inside {
-                    self.trie_insert(addr, len, value)?;
+                for (i, &(addr, len, value)) in inside.iter().enumerate() {
+                    if let Err(err) = self.trie_insert(addr, len, value) {
+                        // The /16 stays as it was: what went into the trie
+                        // leaves it, lest a later crowding find it there.
+                        for &(addr, len, _) in &inside[..i] {
+                            let _ = trie_remove(
+                                &mut self.trie,
+                                map_names::V6_CROWDED,
+                                &Key::new(len.into(), addr.to_be_bytes()),
+                            );
+                        }
+                        return Err(err);
+                    }
                 }
                 self.crowded.insert(top);
                 self.top
@@ -320,8 +416,9 @@ impl V6Tables {
         slots(first).chain(slots(second)).find_map(|slot| {
             let word = self.buckets.word64(slot).load(Ordering::Relaxed);
             #[expect(clippy::cast_possible_truncation, reason = "the halves")]
-            let (found_mark, index) = ((word >> 32) as u32, word as u32);
-            (word != 0 && found_mark == mark && self.holds(index, key)).then_some((slot, index))
+            let (found_mark, index) = ((word >> 32) as u32, word as u32 & V6_INDEX);
+            (word & !V6_SPILLED != 0 && found_mark == mark && self.holds(index, key))
+                .then_some((slot, index))
         })
     }
 
@@ -329,7 +426,7 @@ impl V6Tables {
     fn marked(&self, bucket: u32, mark: u32) -> bool {
         slots(bucket).any(|slot| {
             let word = self.buckets.word64(slot).load(Ordering::Relaxed);
-            word != 0 && word >> 32 == u64::from(mark)
+            word & !V6_SPILLED != 0 && word >> 32 == u64::from(mark)
         })
     }
 
@@ -344,9 +441,10 @@ impl V6Tables {
         }
         let hash = self.hash(key);
         let mark = fingerprint(hash);
+        let (first, second) = buckets(hash, self.mask);
         // The program reads one candidate slot per bucket: a bucket holds
         // at most one key per fingerprint.
-        let Some(slot) = free_slot(&self.buckets, buckets(hash, self.mask), |bucket| {
+        let Some(slot) = free_slot(&self.buckets, (first, second), V6_SPILLED, |bucket| {
             !self.marked(bucket, mark)
         }) else {
             return Ok(false);
@@ -365,11 +463,47 @@ impl V6Tables {
         self.keys
             .word32(base / 4 + 5)
             .store(value, Ordering::Relaxed);
-        // Publishes the key: the program reads it through this slot.
-        self.buckets.word64(slot).store(
-            (u64::from(mark) << 32) | u64::from(index),
+        if slot / BUCKET_SLOTS != first as usize {
+            // Before the key is in its second bucket, which a lookup reads
+            // only once it sees the bit.
+            self.spill(first);
+        }
+        // Publishes the key: the program reads it through this slot (whose
+        // spilled bit, in a first slot, stays).
+        let word = self.buckets.word64(slot);
+        let spilled = word.load(Ordering::Relaxed) & V6_SPILLED;
+        word.store(
+            spilled | (u64::from(mark) << 32) | u64::from(index),
             Ordering::Release,
         );
         Ok(true)
+    }
+
+    /// Counts a key stored in its second bucket, setting the spilled bit
+    /// of its first bucket `first` for the first such key.
+    fn spill(&mut self, first: u32) {
+        let count = self.spilled.entry(first).or_default();
+        *count += 1;
+        if *count == 1 {
+            let word = self.buckets.word64(first as usize * BUCKET_SLOTS);
+            word.store(word.load(Ordering::Relaxed) | V6_SPILLED, Ordering::Release);
+        }
+    }
+
+    /// Counts a key taken out of its second bucket, clearing the spilled
+    /// bit of its first bucket `first` after the last such key.
+    fn unspill(&mut self, first: u32) {
+        let Some(count) = self.spilled.get_mut(&first) else {
+            return;
+        };
+        *count -= 1;
+        if *count == 0 {
+            self.spilled.remove(&first);
+            let word = self.buckets.word64(first as usize * BUCKET_SLOTS);
+            word.store(
+                word.load(Ordering::Relaxed) & !V6_SPILLED,
+                Ordering::Release,
+            );
+        }
     }
 }
