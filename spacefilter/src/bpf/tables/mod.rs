@@ -199,7 +199,8 @@ fn trie_remove<const N: usize>(
     key: &Key<[u8; N]>,
 ) -> Result<(), ListError> {
     match trie.remove(key) {
-        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Ok(()) => Ok(()),
+        Err(err) if super::absent(&err) => Ok(()),
         Err(source) => Err(ListError::Update { name, source }),
     }
 }
