@@ -170,6 +170,12 @@ impl Kernel {
                 .expect("admit");
         }
         self.verified.clone_from(&config.verified);
+        // Emptied first: a rule equal to one of the previous case's would
+        // carry its budget and hits over (as an admin's edit does).
+        self.filter
+            .header_rules()
+            .set(&[])
+            .expect("no header rules");
         let rules: Vec<_> = config.rules.iter().map(|&r| (r, 0)).collect();
         self.filter
             .header_rules()
