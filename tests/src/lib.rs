@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod daemon;
 pub mod flood;
+pub mod generate;
 pub mod netns;
 pub mod packets;
 pub mod reference;
