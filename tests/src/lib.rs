@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod daemon;
+pub mod fixture;
 pub mod flood;
 pub mod generate;
 pub mod netns;

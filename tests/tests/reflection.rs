@@ -10,18 +10,17 @@ use std::{
 };
 
 use serde_json::Value;
-use spacefilter::{Filter, LoadOptions, Reason, api::default_reflectors};
+use spacefilter::Reason;
 use spacefilter_common::{Limits, limit_flags};
 use spacefilter_tests::{
     daemon::{DaemonPaths, DaemonProcess, Scratch},
+    fixture::{load_reflecting, run},
     netns::{Family, Host, Lab},
     packets::Packet,
+    reference::{XDP_DROP, XDP_PASS},
     require_root,
     traffic::{UdpSink, wait_until},
 };
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
 
 fn udp(sport: u16, dport: u16) -> Vec<u8> {
     Packet::ip(
@@ -39,19 +38,7 @@ fn udp(sport: u16, dport: u16) -> Vec<u8> {
 /// service are still dropped, NTP's own port included.
 #[test]
 fn symmetric_ntp_passes_while_amplification_is_dropped() {
-    require_root();
-    let mut filter = Filter::load(LoadOptions {
-        capacity: 1024,
-        ..LoadOptions::default()
-    })
-    .expect("loading spacefilter");
-    filter
-        .limiter()
-        .set_reflect_ports(
-            &default_reflectors(),
-            &[(123, 123), (443, 443), (27015, 27015)],
-        )
-        .expect("reflection ports");
+    let mut filter = load_reflecting(&[(123, 123), (443, 443), (27015, 27015)]);
     filter
         .limiter()
         .set(Limits {
@@ -86,9 +73,7 @@ fn symmetric_ntp_passes_while_amplification_is_dropped() {
         ),
     ];
     for (what, sport, dport, action, reason) in cases {
-        let before = filter.counters().expect("counters");
-        let (got, _) = filter.test_run(&udp(sport, dport), 1).expect("test run");
-        let delta = filter.counters().expect("counters").since(&before);
+        let (got, delta) = run(&mut filter, &udp(sport, dport), 1);
         assert_eq!(got, action, "{what}");
         assert_eq!(delta.get(reason).packets, 1, "{what}: {delta:?}");
     }
