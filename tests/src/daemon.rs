@@ -725,12 +725,14 @@ impl SinkLab {
     /// Builds a lab and starts the daemon in it, with its files in a
     /// scratch directory named for `tag` and tables of 1024 entries; fails
     /// the test unless it runs as root.
+    #[must_use]
     pub fn new(tag: &str) -> Self {
         crate::require_root();
         Self::in_lab(Lab::new().expect("building the lab"), tag)
     }
 
     /// Starts the daemon in `lab`, as [`Self::new`] does.
+    #[must_use]
     pub fn in_lab(lab: Lab, tag: &str) -> Self {
         let dir = Scratch::new(tag).expect("scratch directory");
         let daemon = DaemonProcess::start(
@@ -749,12 +751,14 @@ impl SinkLab {
     }
 
     /// A stream of `rate` datagrams a second from `from` to the sink.
+    #[must_use]
     pub fn stream(&self, from: Host, rate: u64) -> UdpStream {
         let to = SocketAddr::new(Host::Server.addr(Family::V4), self.sink.port());
         UdpStream::start(&self.lab, from, to, rate).expect("UDP stream")
     }
 
     /// The packets `stats` shows counted under `reason`.
+    #[must_use]
     pub fn counter(&self, reason: &str) -> u64 {
         let out = self.daemon.cli(&["stats", "--json"]);
         let stats: Value = serde_json::from_str(out.ok("stats")).expect("stats JSON");
@@ -762,12 +766,14 @@ impl SinkLab {
     }
 
     /// The entries `list` shows.
+    #[must_use]
     pub fn entries(&self) -> Vec<Value> {
         let out = self.daemon.cli(&["list", "--json"]);
         serde_json::from_str::<Vec<Value>>(out.ok("list")).expect("list JSON")
     }
 
     /// The datagrams the sink has had from `host`.
+    #[must_use]
     pub fn received(&self, host: Host) -> u64 {
         self.sink.received_from(host.addr(Family::V4))
     }
