@@ -3,6 +3,7 @@
 
 use aya::programs::ProgramInfo;
 use spacefilter::{Counters, Filter, LoadOptions, Reason, api::default_reflectors};
+use spacefilter_common::{Limits, limit_flags};
 
 use crate::require_root;
 
@@ -31,6 +32,21 @@ pub fn load_reflecting(service: &[(u16, u16)]) -> Filter {
         .limiter()
         .set_reflect_ports(&default_reflectors(), service)
         .expect("reflection ports");
+    filter
+}
+
+/// Loads the program as [`load_reflecting`] does, with the reflection
+/// guard on and the other limits off.
+#[must_use]
+pub fn load_reflection_guard(service: &[(u16, u16)]) -> Filter {
+    let mut filter = load_reflecting(service);
+    filter
+        .limiter()
+        .set(Limits {
+            flags: limit_flags::REFLECT,
+            ..Limits::default()
+        })
+        .expect("limits");
     filter
 }
 

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use spacefilter::Reason;
 use spacefilter_common::{Limits, limit_flags};
 use spacefilter_tests::{
-    fixture::{SERVICE, load_reflecting, run},
+    fixture::{SERVICE, load_reflecting, load_reflection_guard, run},
     packets::Packet,
     reference::{XDP_DROP, XDP_PASS},
 };
@@ -36,14 +36,7 @@ fn syn(src: IpAddr) -> Vec<u8> {
 
 #[test]
 fn reflection_guard_drops_reflector_ports_aimed_at_services() {
-    let mut filter = load_reflecting(SERVICE);
-    filter
-        .limiter()
-        .set(Limits {
-            flags: limit_flags::REFLECT,
-            ..Limits::default()
-        })
-        .expect("limits");
+    let mut filter = load_reflection_guard(SERVICE);
     let cases = [
         (
             "NTP to a service port",

@@ -11,10 +11,9 @@ use std::{
 
 use serde_json::Value;
 use spacefilter::Reason;
-use spacefilter_common::{Limits, limit_flags};
 use spacefilter_tests::{
     daemon::{DaemonPaths, DaemonProcess, Scratch},
-    fixture::{load_reflecting, run},
+    fixture::{load_reflection_guard, run},
     netns::{Family, Host, Lab},
     packets::Packet,
     reference::{XDP_DROP, XDP_PASS},
@@ -38,14 +37,7 @@ fn udp(sport: u16, dport: u16) -> Vec<u8> {
 /// service are still dropped, NTP's own port included.
 #[test]
 fn symmetric_ntp_passes_while_amplification_is_dropped() {
-    let mut filter = load_reflecting(&[(123, 123), (443, 443), (27015, 27015)]);
-    filter
-        .limiter()
-        .set(Limits {
-            flags: limit_flags::REFLECT,
-            ..Limits::default()
-        })
-        .expect("limits");
+    let mut filter = load_reflection_guard(&[(123, 123), (443, 443), (27015, 27015)]);
     let cases = [
         ("symmetric NTP", 123, 123, XDP_PASS, Reason::Passed),
         (

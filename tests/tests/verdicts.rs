@@ -16,7 +16,7 @@ use spacefilter_common::{
     Bucket, FALLBACK_HOLD_NS, HeaderRule, Limits, SpoofState, TOKEN_SCALE, limit_flags, rule_action,
 };
 use spacefilter_tests::{
-    fixture::{SERVICE, load_reflecting, run, verdict},
+    fixture::{SERVICE, load_reflecting, load_reflection_guard, run, verdict},
     packets::{Ext, Packet},
     reference::{XDP_DROP, XDP_PASS},
 };
@@ -195,14 +195,7 @@ fn fragment(src: IpAddr, (sport, dport): (u16, u16), offset: u16, more: bool, id
 
 #[test]
 fn the_rest_of_a_datagram_whose_first_fragment_was_dropped_is_dropped() {
-    let mut filter = load_reflecting(SERVICE);
-    filter
-        .limiter()
-        .set(Limits {
-            flags: limit_flags::REFLECT,
-            ..Limits::default()
-        })
-        .expect("limits");
+    let mut filter = load_reflection_guard(SERVICE);
     filter
         .header_rules()
         .set(&[(
