@@ -17,6 +17,7 @@ use std::{
     fmt,
     fs::{self, OpenOptions},
     io::{self, Read as _},
+    net::SocketAddr,
     os::unix::{net::UnixStream, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
@@ -31,7 +32,12 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::netns::{IFACE, Lab};
+use serde_json::Value;
+
+use crate::{
+    netns::{Family, Host, IFACE, Lab},
+    traffic::{UdpSink, UdpStream},
+};
 
 /// How long a starting daemon may take to answer on its socket: loading
 /// the program and allocating its maps takes a second or so.
@@ -460,11 +466,8 @@ pub struct XdpProgram {
 
 /// The XDP programs attached to the lab server's [`IFACE`].
 pub fn xdp_programs(lab: &Lab) -> anyhow::Result<Vec<XdpProgram>> {
-    let json = lab.ip(
-        crate::netns::Host::Server,
-        &format!("-j -d link show dev {IFACE}"),
-    )?;
-    let links: serde_json::Value =
+    let json = lab.ip(Host::Server, &format!("-j -d link show dev {IFACE}"))?;
+    let links: Value =
         serde_json::from_str(&json).with_context(|| format!("reading `ip -j link`: {json}"))?;
     let mut out = Vec::new();
     if let Some(xdp) = links.get(0).and_then(|link| link.get("xdp")) {
@@ -473,15 +476,15 @@ pub fn xdp_programs(lab: &Lab) -> anyhow::Result<Vec<XdpProgram>> {
     Ok(out)
 }
 
-fn collect_programs(value: &serde_json::Value, out: &mut Vec<XdpProgram>) {
+fn collect_programs(value: &Value, out: &mut Vec<XdpProgram>) {
     match value {
-        serde_json::Value::Object(map) => {
+        Value::Object(map) => {
             if let Some(prog) = map.get("prog")
-                && let Some(id) = prog.get("id").and_then(serde_json::Value::as_u64)
+                && let Some(id) = prog.get("id").and_then(Value::as_u64)
             {
                 let name = prog
                     .get("name")
-                    .and_then(serde_json::Value::as_str)
+                    .and_then(Value::as_str)
                     .unwrap_or("?")
                     .to_owned();
                 let program = XdpProgram { id, name };
@@ -495,7 +498,7 @@ fn collect_programs(value: &serde_json::Value, out: &mut Vec<XdpProgram>) {
                 }
             }
         }
-        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_programs(v, out)),
+        Value::Array(items) => items.iter().for_each(|v| collect_programs(v, out)),
         _ => {}
     }
 }
@@ -686,7 +689,7 @@ pub fn attach_occupier(lab: &Lab, scratch: &Scratch) -> anyhow::Result<u64> {
     // Not `ip -n`: it remounts /sys in a mount namespace of its own, where
     // the pin is not to be seen. A child of a thread in the server's
     // network namespace is in it too, and keeps the test's mounts.
-    let attached = lab.run_in(crate::netns::Host::Server, || {
+    let attached = lab.run_in(Host::Server, || {
         Command::new("ip")
             .args(["link", "set", "dev", IFACE, "xdpdrv", "pinned"])
             .arg(&pin)
@@ -706,4 +709,72 @@ pub fn attach_occupier(lab: &Lab, scratch: &Scratch) -> anyhow::Result<u64> {
         .find(|p| p.name == OCCUPIER_NAME)
         .map(|p| p.id)
         .with_context(|| format!("{OCCUPIER_NAME} is not on {IFACE} after attaching: {programs:?}"))
+}
+
+/// A daemon in the lab's server namespace, steered with the real CLI, and
+/// a UDP sink beside it for streams from the lab's other hosts. Fields
+/// drop in order: the daemon, the lab, the sink, the daemon's directory.
+pub struct SinkLab {
+    pub daemon: DaemonProcess,
+    pub lab: Lab,
+    pub sink: UdpSink,
+    _dir: Scratch,
+}
+
+impl SinkLab {
+    /// Builds a lab and starts the daemon in it, with its files in a
+    /// scratch directory named for `tag` and tables of 1024 entries; fails
+    /// the test unless it runs as root.
+    #[must_use]
+    pub fn new(tag: &str) -> Self {
+        crate::require_root();
+        Self::in_lab(Lab::new().expect("building the lab"), tag)
+    }
+
+    /// Starts the daemon in `lab`, as [`Self::new`] does.
+    #[must_use]
+    pub fn in_lab(lab: Lab, tag: &str) -> Self {
+        let dir = Scratch::new(tag).expect("scratch directory");
+        let daemon = DaemonProcess::start(
+            &lab.ns(Host::Server),
+            &DaemonPaths::in_dir(dir.path()),
+            &["--capacity", "1024"],
+        )
+        .unwrap_or_else(|err| panic!("starting the daemon: {err:#}"));
+        let sink = UdpSink::start(&lab, Host::Server).expect("UDP sink");
+        Self {
+            daemon,
+            lab,
+            sink,
+            _dir: dir,
+        }
+    }
+
+    /// A stream of `rate` datagrams a second from `from` to the sink.
+    #[must_use]
+    pub fn stream(&self, from: Host, rate: u64) -> UdpStream {
+        let to = SocketAddr::new(Host::Server.addr(Family::V4), self.sink.port());
+        UdpStream::start(&self.lab, from, to, rate).expect("UDP stream")
+    }
+
+    /// The packets `stats` shows counted under `reason`.
+    #[must_use]
+    pub fn counter(&self, reason: &str) -> u64 {
+        let out = self.daemon.cli(&["stats", "--json"]);
+        let stats: Value = serde_json::from_str(out.ok("stats")).expect("stats JSON");
+        stats["reasons"][reason]["packets"].as_u64().unwrap_or(0)
+    }
+
+    /// The entries `list` shows.
+    #[must_use]
+    pub fn entries(&self) -> Vec<Value> {
+        let out = self.daemon.cli(&["list", "--json"]);
+        serde_json::from_str::<Vec<Value>>(out.ok("list")).expect("list JSON")
+    }
+
+    /// The datagrams the sink has had from `host`.
+    #[must_use]
+    pub fn received(&self, host: Host) -> u64 {
+        self.sink.received_from(host.addr(Family::V4))
+    }
 }

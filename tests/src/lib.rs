@@ -7,7 +7,9 @@
 
 pub mod bench;
 pub mod daemon;
+pub mod fixture;
 pub mod flood;
+pub mod generate;
 pub mod netns;
 pub mod packets;
 pub mod reference;

@@ -4,14 +4,13 @@
 //! for as long as `list` shows it; the host's resolvers are never
 //! auto-blocked, however hard a flood forged from them runs.
 
-use std::{fs, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{fs, ops::Deref, path::PathBuf, time::Duration};
 
-use serde_json::Value;
 use spacefilter_tests::{
-    daemon::{DaemonPaths, DaemonProcess, Scratch},
+    daemon::SinkLab,
     netns::{Family, Host, Lab},
     require_root,
-    traffic::{UdpSink, UdpStream, wait_until},
+    traffic::wait_until,
 };
 
 /// `/etc/netns/NS/resolv.conf`, which `ip netns exec NS` shows the
@@ -37,16 +36,21 @@ impl Drop for NetnsResolvConf {
     }
 }
 
+/// The shared lab, with the attacker's address as the server's resolver.
 struct Setup {
-    daemon: DaemonProcess,
-    lab: Lab,
-    sink: UdpSink,
+    lab: SinkLab,
     _resolv: NetnsResolvConf,
-    _dir: Scratch,
+}
+
+impl Deref for Setup {
+    type Target = SinkLab;
+
+    fn deref(&self) -> &SinkLab {
+        &self.lab
+    }
 }
 
 impl Setup {
-    /// The daemon, with the attacker's address as the server's resolver.
     fn new() -> Self {
         require_root();
         let lab = Lab::new().expect("building the lab");
@@ -54,46 +58,18 @@ impl Setup {
             &lab.ns(Host::Server),
             &Host::Attacker.addr(Family::V4).to_string(),
         );
-        let dir = Scratch::new("auto").expect("scratch directory");
-        let daemon = DaemonProcess::start(
-            &lab.ns(Host::Server),
-            &DaemonPaths::in_dir(dir.path()),
-            &["--capacity", "1024"],
-        )
-        .unwrap_or_else(|err| panic!("starting the daemon: {err:#}"));
-        let sink = UdpSink::start(&lab, Host::Server).expect("UDP sink");
         Self {
-            daemon,
-            lab,
-            sink,
+            lab: SinkLab::in_lab(lab, "auto"),
             _resolv: resolv,
-            _dir: dir,
         }
     }
 
-    fn stream(&self, from: Host, rate: u64) -> UdpStream {
-        let to = SocketAddr::new(Host::Server.addr(Family::V4), self.sink.port());
-        UdpStream::start(&self.lab, from, to, rate).expect("UDP stream")
-    }
-
-    fn counter(&self, reason: &str) -> u64 {
-        let out = self.daemon.cli(&["stats", "--json"]);
-        let stats: Value = serde_json::from_str(out.ok("stats")).expect("stats JSON");
-        stats["reasons"][reason]["packets"].as_u64().unwrap_or(0)
-    }
-
     fn auto_blocked(&self) -> Vec<String> {
-        let out = self.daemon.cli(&["list", "--json"]);
-        serde_json::from_str::<Vec<Value>>(out.ok("list"))
-            .expect("list JSON")
+        self.entries()
             .into_iter()
             .filter(|e| e["list"] == "auto")
             .filter_map(|e| e["prefix"].as_str().map(str::to_owned))
             .collect()
-    }
-
-    fn received(&self, host: Host) -> u64 {
-        self.sink.received_from(host.addr(Family::V4))
     }
 
     /// Whether `host`'s stream stays cut off for a while: nothing of it

@@ -4,7 +4,7 @@
 //! under, for random configurations (lists, header rules, limit flags and
 //! budgets, reflection profiles, verified sources, the shield on UDP
 //! ports) and random or mutated frames (see
-//! [`generate`]).
+//! [`configs`]).
 //!
 //! A case is one configuration and a batch of frames, run in order: the
 //! budgets the earlier frames spend decide the later frames' fate. One
@@ -16,8 +16,8 @@
 //! `SPACEFILTER_FUZZ_CASES` sets the number of cases (`cargo xtask fuzz`);
 //! the suite runs [`DEFAULT_CASES`].
 
-#[path = "differential/generate.rs"]
-mod generate;
+#[path = "differential/configs.rs"]
+mod configs;
 #[path = "differential/kernel.rs"]
 mod kernel;
 
@@ -28,7 +28,7 @@ use std::{
     time::Instant,
 };
 
-use generate::{FrameSpec, config, frame_spec, realise};
+use configs::{config, frame_spec};
 use kernel::{Kernel, Outcome};
 use proptest::{
     prelude::*,
@@ -37,6 +37,7 @@ use proptest::{
 use spacefilter::Reason;
 use spacefilter_common::{HeaderRule, Limits, limit_flags, rule_action};
 use spacefilter_tests::{
+    generate::{FrameSpec, realise},
     packets::{Ext, Packet, v4, v6},
     reference::pipeline::{Config, Pipeline},
     require_root,
@@ -113,7 +114,7 @@ fn realise_all(specs: &[FrameSpec], next_id: &Cell<u32>) -> Vec<Vec<u8>> {
         .map(|(i, spec)| {
             realise(
                 spec,
-                base.wrapping_add(u32::try_from(i / 2).expect("small")),
+                Some(base.wrapping_add(u32::try_from(i / 2).expect("small"))),
             )
         })
         .collect()

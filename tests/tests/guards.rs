@@ -5,27 +5,15 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use spacefilter::{Filter, LoadOptions, Reason, api::default_reflectors};
+use spacefilter::Reason;
 use spacefilter_common::{Limits, limit_flags};
-use spacefilter_tests::{packets::Packet, require_root};
+use spacefilter_tests::{
+    fixture::{SERVICE, load_reflecting, load_reflection_guard, run},
+    packets::Packet,
+    reference::{XDP_DROP, XDP_PASS},
+};
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
 const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-
-fn load() -> Filter {
-    require_root();
-    let mut filter = Filter::load(LoadOptions {
-        capacity: 1024,
-        ..LoadOptions::default()
-    })
-    .expect("loading spacefilter");
-    filter
-        .limiter()
-        .set_reflect_ports(&default_reflectors(), &[(0, 32767), (61000, 65535)])
-        .expect("reflection ports");
-    filter
-}
 
 fn source(n: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(198, 18, 2, n))
@@ -46,24 +34,9 @@ fn syn(src: IpAddr) -> Vec<u8> {
         .into_bytes()
 }
 
-/// Runs `frame` `repeat` times; returns the last action and the change of
-/// every counter.
-fn run(filter: &mut Filter, frame: &[u8], repeat: u32) -> (u32, spacefilter::Counters) {
-    let before = filter.counters().expect("counters");
-    let (action, _) = filter.test_run(frame, repeat).expect("test run");
-    (action, filter.counters().expect("counters").since(&before))
-}
-
 #[test]
 fn reflection_guard_drops_reflector_ports_aimed_at_services() {
-    let mut filter = load();
-    filter
-        .limiter()
-        .set(Limits {
-            flags: limit_flags::REFLECT,
-            ..Limits::default()
-        })
-        .expect("limits");
+    let mut filter = load_reflection_guard(SERVICE);
     let cases = [
         (
             "NTP to a service port",
@@ -136,7 +109,7 @@ fn reflection_guard_drops_reflector_ports_aimed_at_services() {
 
 #[test]
 fn syn_budget_per_source() {
-    let mut filter = load();
+    let mut filter = load_reflecting(SERVICE);
     filter
         .limiter()
         .set(Limits {
@@ -171,7 +144,7 @@ fn syn_budget_per_source() {
 
 #[test]
 fn syn_budget_for_the_host() {
-    let mut filter = load();
+    let mut filter = load_reflecting(SERVICE);
     filter
         .limiter()
         .set(Limits {
@@ -195,7 +168,7 @@ fn syn_budget_for_the_host() {
 
 #[test]
 fn spoofed_sources_fall_back_to_aggregate_budgets() {
-    let mut filter = load();
+    let mut filter = load_reflecting(SERVICE);
     // Attached, test runs skip the XDP dispatcher's rebuild: thousands of
     // single runs stay fast.
     let parking = spacefilter_tests::bench::Parking::new("g").expect("veth");
@@ -265,7 +238,7 @@ fn spoofed_sources_fall_back_to_aggregate_budgets() {
 /// budget: a SYN flood from forged sources cannot pass by being new.
 #[test]
 fn the_fallback_keeps_the_host_syn_budget() {
-    let mut filter = load();
+    let mut filter = load_reflecting(SERVICE);
     filter
         .limiter()
         .set(Limits {
@@ -318,7 +291,7 @@ fn header_rule(action: u32) -> spacefilter_common::HeaderRule {
 #[test]
 fn header_rules_first_match_decides_and_counts() {
     use spacefilter_common::rule_action::{DROP, LIMIT, PASS};
-    let mut filter = load();
+    let mut filter = load_reflecting(SERVICE);
     let rules = [
         // 0: drop UDP to port 53.
         spacefilter_common::HeaderRule {

@@ -3,24 +3,16 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use spacefilter::{Filter, LoadOptions, Reason};
+use spacefilter::{Filter, Reason};
 use spacefilter_common::{
     HeaderRule,
     rule_action::{DROP, LIMIT, PASS},
 };
-use spacefilter_tests::{packets::Packet, require_root};
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-
-fn load() -> Filter {
-    require_root();
-    Filter::load(LoadOptions {
-        capacity: 1024,
-        ..LoadOptions::default()
-    })
-    .expect("loading spacefilter")
-}
+use spacefilter_tests::{
+    fixture::load,
+    packets::Packet,
+    reference::{XDP_DROP, XDP_PASS},
+};
 
 fn udp_to(dport: u16) -> Vec<u8> {
     Packet::ip(

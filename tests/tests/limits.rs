@@ -6,73 +6,24 @@ use std::{net::SocketAddr, thread, time::Duration};
 
 use serde_json::Value;
 use spacefilter_tests::{
-    daemon::{DaemonPaths, DaemonProcess, Scratch},
-    netns::{Family, Host, Lab},
-    require_root,
-    traffic::{UdpSink, UdpStream, wait_until},
+    daemon::{DaemonProcess, SinkLab},
+    netns::{Family, Host},
+    traffic::{UdpStream, wait_until},
 };
 
-struct Setup {
-    daemon: DaemonProcess,
-    lab: Lab,
-    _dir: Scratch,
-    sink: UdpSink,
-}
-
-impl Setup {
-    fn new(tag: &str) -> Self {
-        require_root();
-        let lab = Lab::new().expect("building the lab");
-        let dir = Scratch::new(tag).expect("scratch directory");
-        let daemon = DaemonProcess::start(
-            &lab.ns(Host::Server),
-            &DaemonPaths::in_dir(dir.path()),
-            &["--capacity", "1024"],
-        )
-        .unwrap_or_else(|err| panic!("starting the daemon: {err:#}"));
-        let sink = UdpSink::start(&lab, Host::Server).expect("UDP sink");
-        Self {
-            daemon,
-            lab,
-            _dir: dir,
-            sink,
-        }
-    }
-
-    fn stream(&self, from: Host, rate: u64) -> UdpStream {
-        let to = SocketAddr::new(Host::Server.addr(Family::V4), self.sink.port());
-        UdpStream::start(&self.lab, from, to, rate).expect("UDP stream")
-    }
-
-    fn counter(&self, reason: &str) -> u64 {
-        let out = self.daemon.cli(&["stats", "--json"]);
-        let stats: Value = serde_json::from_str(out.ok("stats")).expect("stats JSON");
-        stats["reasons"][reason]["packets"].as_u64().unwrap_or(0)
-    }
-
-    fn entries(&self) -> Vec<Value> {
-        let out = self.daemon.cli(&["list", "--json"]);
-        serde_json::from_str::<Vec<Value>>(out.ok("list")).expect("list JSON")
-    }
-
-    fn received(&self, host: Host) -> u64 {
-        self.sink.received_from(host.addr(Family::V4))
-    }
-
-    /// Stops `stream` from `host` and checks that all it sent arrived.
-    fn assert_all_arrived(&self, host: Host, stream: UdpStream) {
-        let sent = stream.stop();
-        assert!(
-            wait_until(Duration::from_secs(2), || self.received(host) >= sent),
-            "{host} lost packets: sent {sent}, received {}",
-            self.received(host)
-        );
-    }
+/// Stops `stream` from `host` and checks that all it sent arrived.
+fn assert_all_arrived(s: &SinkLab, host: Host, stream: UdpStream) {
+    let sent = stream.stop();
+    assert!(
+        wait_until(Duration::from_secs(2), || s.received(host) >= sent),
+        "{host} lost packets: sent {sent}, received {}",
+        s.received(host)
+    );
 }
 
 #[test]
 fn attacker_over_its_limit_is_cut_then_auto_blocked_then_released() {
-    let s = Setup::new("limit");
+    let s = SinkLab::new("limit");
     s.daemon
         .cli(&[
             "limit",
@@ -153,12 +104,12 @@ fn attacker_over_its_limit_is_cut_then_auto_blocked_then_released() {
     );
 
     // The listener lost nothing: everything it sent arrived.
-    s.assert_all_arrived(Host::Listener, listener);
+    assert_all_arrived(&s, Host::Listener, listener);
 }
 
 #[test]
 fn dry_run_counts_without_dropping() {
-    let s = Setup::new("dryrun");
+    let s = SinkLab::new("dryrun");
     s.daemon
         .cli(&["limit", "set", "--pps", "100", "--burst", "20", "--dry-run"])
         .ok("limit set --dry-run");
@@ -167,7 +118,7 @@ fn dry_run_counts_without_dropping() {
         wait_until(Duration::from_secs(5), || s.counter("would_limit") > 300),
         "no would_limit counted"
     );
-    s.assert_all_arrived(Host::Attacker, attacker);
+    assert_all_arrived(&s, Host::Attacker, attacker);
     assert_eq!(s.counter("rate_limited"), 0);
     assert_eq!(s.counter("auto_blocked"), 0);
 
@@ -181,7 +132,7 @@ fn dry_run_counts_without_dropping() {
 
 #[test]
 fn bad_limits_are_refused_and_limits_survive_a_restart() {
-    let mut s = Setup::new("limitbad");
+    let mut s = SinkLab::new("limitbad");
     for (args, what) in [
         (vec!["limit", "set"], "no rate"),
         (
@@ -225,7 +176,7 @@ fn bad_limits_are_refused_and_limits_survive_a_restart() {
 
 #[test]
 fn reflection_from_ntp_and_memcached_is_dropped_while_clients_pass() {
-    let s = Setup::new("reflect");
+    let s = SinkLab::new("reflect");
     // The sink listens on an ephemeral port: name it a service port.
     let port = s.sink.port().to_string();
     s.daemon
@@ -261,13 +212,13 @@ fn reflection_from_ntp_and_memcached_is_dropped_while_clients_pass() {
         0,
         "reflected UDP reached the service"
     );
-    s.assert_all_arrived(Host::Listener, listener);
+    assert_all_arrived(&s, Host::Listener, listener);
 }
 
 #[test]
 fn syn_flood_is_cut_while_the_listener_connects() {
     use spacefilter_tests::traffic::{TcpEcho, tcp_exchange};
-    let s = Setup::new("synflood");
+    let s = SinkLab::new("synflood");
     let echo = TcpEcho::start(&s.lab, Host::Server).expect("TCP echo");
     let to = SocketAddr::new(Host::Server.addr(Family::V4), echo.port());
     s.daemon
@@ -304,7 +255,7 @@ fn syn_flood_is_cut_while_the_listener_connects() {
 
 #[test]
 fn header_rules_from_the_cli_drop_count_and_persist() {
-    let mut s = Setup::new("rules");
+    let mut s = SinkLab::new("rules");
     let port = s.sink.port().to_string();
     let out = s.daemon.cli(&[
         "rule",
@@ -349,7 +300,7 @@ fn header_rules_from_the_cli_drop_count_and_persist() {
         Duration::from_millis(1),
     )
     .expect("sending");
-    let list = |s: &Setup| -> Vec<Value> {
+    let list = |s: &SinkLab| -> Vec<Value> {
         let out = s.daemon.cli(&["rule", "list", "--json"]);
         serde_json::from_str(out.ok("rule list")).expect("JSON")
     };
@@ -381,7 +332,7 @@ fn header_rules_from_the_cli_drop_count_and_persist() {
 /// whose flags would read as none; with `--proto udp` it is refused.
 #[test]
 fn a_tcp_flags_rule_leaves_udp_alone() {
-    let s = Setup::new("tcpflags");
+    let s = SinkLab::new("tcpflags");
     let port = s.sink.port().to_string();
     s.daemon
         .cli(&[
@@ -432,7 +383,7 @@ fn a_tcp_flags_rule_leaves_udp_alone() {
     assert!(s.counter("rule_dropped") >= 1);
 }
 
-fn send_and_expect_arrival(s: &Setup, to: SocketAddr) {
+fn send_and_expect_arrival(s: &SinkLab, to: SocketAddr) {
     let sent = spacefilter_tests::traffic::send_udp(
         &s.lab,
         Host::Listener,

@@ -10,18 +10,16 @@ use std::{
 };
 
 use serde_json::Value;
-use spacefilter::{Filter, LoadOptions, Reason, api::default_reflectors};
-use spacefilter_common::{Limits, limit_flags};
+use spacefilter::Reason;
 use spacefilter_tests::{
     daemon::{DaemonPaths, DaemonProcess, Scratch},
+    fixture::{load_reflection_guard, run},
     netns::{Family, Host, Lab},
     packets::Packet,
+    reference::{XDP_DROP, XDP_PASS},
     require_root,
     traffic::{UdpSink, wait_until},
 };
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
 
 fn udp(sport: u16, dport: u16) -> Vec<u8> {
     Packet::ip(
@@ -39,26 +37,7 @@ fn udp(sport: u16, dport: u16) -> Vec<u8> {
 /// service are still dropped, NTP's own port included.
 #[test]
 fn symmetric_ntp_passes_while_amplification_is_dropped() {
-    require_root();
-    let mut filter = Filter::load(LoadOptions {
-        capacity: 1024,
-        ..LoadOptions::default()
-    })
-    .expect("loading spacefilter");
-    filter
-        .limiter()
-        .set_reflect_ports(
-            &default_reflectors(),
-            &[(123, 123), (443, 443), (27015, 27015)],
-        )
-        .expect("reflection ports");
-    filter
-        .limiter()
-        .set(Limits {
-            flags: limit_flags::REFLECT,
-            ..Limits::default()
-        })
-        .expect("limits");
+    let mut filter = load_reflection_guard(&[(123, 123), (443, 443), (27015, 27015)]);
     let cases = [
         ("symmetric NTP", 123, 123, XDP_PASS, Reason::Passed),
         (
@@ -86,9 +65,7 @@ fn symmetric_ntp_passes_while_amplification_is_dropped() {
         ),
     ];
     for (what, sport, dport, action, reason) in cases {
-        let before = filter.counters().expect("counters");
-        let (got, _) = filter.test_run(&udp(sport, dport), 1).expect("test run");
-        let delta = filter.counters().expect("counters").since(&before);
+        let (got, delta) = run(&mut filter, &udp(sport, dport), 1);
         assert_eq!(got, action, "{what}");
         assert_eq!(delta.get(reason).packets, 1, "{what}: {delta:?}");
     }

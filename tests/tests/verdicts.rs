@@ -9,37 +9,21 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use spacefilter::{
-    Filter, LoadOptions, Prefix, Reason,
-    api::default_reflectors,
+    Prefix, Reason,
     bpf::{limiter_key_of, monotonic_ns},
 };
 use spacefilter_common::{
     Bucket, FALLBACK_HOLD_NS, HeaderRule, Limits, SpoofState, TOKEN_SCALE, limit_flags, rule_action,
 };
 use spacefilter_tests::{
+    fixture::{SERVICE, load_reflecting, load_reflection_guard, run, verdict},
     packets::{Ext, Packet},
-    require_root,
+    reference::{XDP_DROP, XDP_PASS},
 };
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
 const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const SERVER6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 1);
 const HOUR_NS: u64 = 3_600_000_000_000;
-
-fn load() -> Filter {
-    require_root();
-    let mut filter = Filter::load(LoadOptions {
-        capacity: 1024,
-        ..LoadOptions::default()
-    })
-    .expect("loading spacefilter");
-    filter
-        .limiter()
-        .set_reflect_ports(&default_reflectors(), &[(0, 32767), (61000, 65535)])
-        .expect("reflection ports");
-    filter
-}
 
 fn source(n: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(198, 18, 3, n))
@@ -59,25 +43,6 @@ fn udp(src: IpAddr, sport: u16, dport: u16) -> Vec<u8> {
         .payload_len(32)
         .build()
         .into_bytes()
-}
-
-/// Runs `frame` `repeat` times; returns the last action and the change of
-/// every counter.
-fn run(filter: &mut Filter, frame: &[u8], repeat: u32) -> (u32, spacefilter::Counters) {
-    let before = filter.counters().expect("counters");
-    let (action, _) = filter.test_run(frame, repeat).expect("test run");
-    (action, filter.counters().expect("counters").since(&before))
-}
-
-/// A frame's action and the one reason it was counted under.
-fn verdict(filter: &mut Filter, frame: &[u8]) -> (u32, Reason) {
-    let (action, delta) = run(filter, frame, 1);
-    let reasons: Vec<Reason> = Reason::ALL
-        .into_iter()
-        .filter(|&r| delta.get(r).packets > 0)
-        .collect();
-    assert_eq!(reasons.len(), 1, "one reason per frame: {reasons:?}");
-    (action, reasons[0])
 }
 
 /// One packet a second, a burst of two; a second over it auto-blocks the
@@ -106,7 +71,7 @@ fn pass_rule_for_port(port: u16) -> HeaderRule {
 
 #[test]
 fn an_auto_block_holds_before_the_rules_and_with_the_limiter_off() {
-    let mut filter = load();
+    let mut filter = load_reflecting(SERVICE);
     filter.limiter().set(strict_limits()).expect("limits");
     let blocked = source(1);
     let frame = udp(blocked, 40_000, 5000);
@@ -169,7 +134,7 @@ fn an_auto_block_holds_before_the_rules_and_with_the_limiter_off() {
 
 #[test]
 fn the_host_s_own_sources_are_limited_but_never_auto_blocked() {
-    let mut filter = load();
+    let mut filter = load_reflecting(SERVICE);
     filter.limiter().set(strict_limits()).expect("limits");
     let resolver = source(53);
     let resolver6 = source6(53);
@@ -230,14 +195,7 @@ fn fragment(src: IpAddr, (sport, dport): (u16, u16), offset: u16, more: bool, id
 
 #[test]
 fn the_rest_of_a_datagram_whose_first_fragment_was_dropped_is_dropped() {
-    let mut filter = load();
-    filter
-        .limiter()
-        .set(Limits {
-            flags: limit_flags::REFLECT,
-            ..Limits::default()
-        })
-        .expect("limits");
+    let mut filter = load_reflection_guard(SERVICE);
     filter
         .header_rules()
         .set(&[(
@@ -311,7 +269,7 @@ fn the_rest_of_a_datagram_whose_first_fragment_was_dropped_is_dropped() {
 
 #[test]
 fn the_spoofed_source_detector_counts_a_source_once() {
-    let mut filter = load();
+    let mut filter = load_reflecting(SERVICE);
     let threshold = 10;
     filter
         .limiter()
@@ -357,7 +315,7 @@ fn the_spoofed_source_detector_counts_a_source_once() {
 
 #[test]
 fn a_bucket_stamped_ahead_of_this_cpu_s_clock_does_not_block_at_once() {
-    let mut filter = load();
+    let mut filter = load_reflecting(SERVICE);
     let block_after_ns = 5_000_000_000;
     filter
         .limiter()

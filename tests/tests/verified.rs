@@ -15,7 +15,7 @@ use std::{
 };
 
 use spacefilter::{
-    AttachMode, Filter, LoadOptions, Reason,
+    AttachMode, Filter, Reason,
     api::{ShieldView, StatsView},
     bpf::{Shielded, monotonic_ns},
 };
@@ -23,29 +23,20 @@ use spacefilter_common::{Limits, limit_flags};
 use spacefilter_tests::{
     bench::FloodCase,
     daemon::{DaemonPaths, DaemonProcess, STOP_TIMEOUT, Scratch},
+    fixture::load,
     flood::FloodLab,
     netns::{Family, Host, Lab},
     packets::Packet,
+    reference::{XDP_DROP, XDP_PASS},
     require_root,
     shield::shield_with,
     traffic::{TcpEcho, UdpSink, UdpStream, tcp_exchange, wait_until},
 };
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
 const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const SERVER6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 1);
 const QUIC: u16 = 4433;
 const HOUR_NS: u64 = 3_600_000_000_000;
-
-fn load() -> Filter {
-    require_root();
-    Filter::load(LoadOptions {
-        capacity: 1024,
-        ..LoadOptions::default()
-    })
-    .expect("loading spacefilter")
-}
 
 fn udp(src: IpAddr, dport: u16, vlan: bool) -> Vec<u8> {
     let dst = match src {

@@ -3,8 +3,7 @@
 //! processed, so that a change that brings it near the wall fails here,
 //! with the figure, rather than at a user's load on another kernel.
 
-use spacefilter::{Filter, LoadOptions};
-use spacefilter_tests::require_root;
+use spacefilter_tests::fixture;
 
 /// The kernel refuses a program whose verification processes more.
 const KERNEL_LIMIT: u32 = 1_000_000;
@@ -14,17 +13,8 @@ const BUDGET: u32 = 850_000;
 
 #[test]
 fn the_program_verifies_well_within_the_kernel_s_limit() {
-    require_root();
-    let mut filter = Filter::load(LoadOptions {
-        capacity: 1024,
-        ..LoadOptions::default()
-    })
-    .expect("loading spacefilter");
-    let id = filter.program_id().expect("a program id");
-    let info = aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .find(|p| p.id() == id)
-        .expect("the program is loaded");
+    let mut filter = fixture::load();
+    let info = fixture::program_info(&mut filter);
     let processed = info
         .verified_instruction_count()
         .expect("the kernel reports the instructions it verified (5.16+)");

@@ -11,9 +11,12 @@
 use std::net::IpAddr;
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
-use spacefilter::{Filter, LoadOptions, Prefix, Reason, bpf::monotonic_ns};
+use spacefilter::{Filter, Prefix, Reason, bpf::monotonic_ns};
 use spacefilter_common::{Bucket, Counter, map_names, stats_index};
-use spacefilter_tests::reference::{XDP_DROP, XDP_PASS, pipeline::Config};
+use spacefilter_tests::{
+    fixture,
+    reference::{XDP_DROP, XDP_PASS, pipeline::Config},
+};
 
 /// How long an admitted source stays verified: past any run.
 const VERIFIED_FOR_NS: u64 = 3_600_000_000_000;
@@ -83,16 +86,8 @@ fn open(ids: &[u32], name: &str) -> MapData {
 impl Kernel {
     /// Loads the program with empty maps.
     pub(crate) fn load() -> Self {
-        let mut filter = Filter::load(LoadOptions {
-            capacity: 1024,
-            ..LoadOptions::default()
-        })
-        .expect("load the XDP program");
-        let id = filter.program_id().expect("program id");
-        let info = aya::programs::loaded_programs()
-            .filter_map(Result::ok)
-            .find(|p| p.id() == id)
-            .expect("the program is loaded");
+        let mut filter = fixture::load();
+        let info = fixture::program_info(&mut filter);
         let ids = info.map_ids().expect("map ids").expect("map ids");
         let stats =
             PerCpuArray::try_from(Map::PerCpuArray(open(&ids, map_names::STATS))).expect("STATS");
