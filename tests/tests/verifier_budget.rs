@@ -19,7 +19,16 @@ fn the_program_verifies_well_within_the_kernel_s_limit() {
         capacity: 1024,
         ..LoadOptions::default()
     })
-    .expect("loading spacefilter");
+    .unwrap_or_else(|err| {
+        // The whole chain: the innermost error carries the verifier's log.
+        let mut message = format!("loading spacefilter: {err}");
+        let mut source = std::error::Error::source(&err);
+        while let Some(cause) = source {
+            message.push_str(&format!("\ncaused by: {cause}"));
+            source = cause.source();
+        }
+        panic!("{message}")
+    });
     let id = filter.program_id().expect("a program id");
     let info = aya::programs::loaded_programs()
         .filter_map(Result::ok)
