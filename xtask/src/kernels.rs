@@ -104,11 +104,12 @@ pub(crate) fn run(series: &[Series]) -> Result<()> {
     let initramfs = dir.join("initramfs.cpio");
     step("packing the initramfs (busybox, the test binaries and their libraries)");
     write_initramfs(&initramfs, &binaries)?;
-    let accel = if kvm_usable() {
-        "kvm"
-    } else {
-        println!("kernels: /dev/kvm is not usable; the guests run under plain emulation (slow)");
-        "tcg"
+    let accel = match kvm_usable() {
+        Ok(()) => "kvm",
+        Err(why) => {
+            println!("kernels: {why}; the guests run under plain emulation (TCG, slower)");
+            "tcg"
+        }
     };
     let mut outcomes = Vec::new();
     for &s in series {
@@ -167,12 +168,25 @@ fn json_string(line: &str, key: &str) -> Option<String> {
     Some(line[start..start + len].to_owned())
 }
 
-fn kvm_usable() -> bool {
-    fs::OpenOptions::new()
+/// Whether KVM can run a stock kernel here. The PVM flavour of KVM (the
+/// `kvm_pvm` module, found inside some cloud sandboxes) runs only kernels
+/// built as PVM guests: a distribution kernel stops early in its boot.
+fn kvm_usable() -> Result<(), &'static str> {
+    if fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/kvm")
-        .is_ok()
+        .is_err()
+    {
+        return Err("/dev/kvm is not usable");
+    }
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        return Err(
+            "/dev/kvm is PVM (the kvm_pvm module), which boots only PVM guest kernels, not \
+             Debian's",
+        );
+    }
+    Ok(())
 }
 
 /// The newest package of the series in the apt lists.
@@ -314,11 +328,7 @@ fn write_initramfs(path: &Path, binaries: &[(String, PathBuf)]) -> Result<()> {
     archive.file("init", init_script().as_bytes(), 0o755)?;
     let mut libraries = BTreeSet::new();
     for (name, binary) in binaries {
-        archive.file(
-            &format!("tests/{name}"),
-            &fs::read(binary).with_context(|| format!("reading {}", binary.display()))?,
-            0o755,
-        )?;
+        archive.file(&format!("tests/{name}"), &without_debug_info(binary)?, 0o755)?;
         libraries.extend(shared_libraries(binary)?);
     }
     for library in &libraries {
@@ -331,6 +341,22 @@ fn write_initramfs(path: &Path, binaries: &[(String, PathBuf)]) -> Result<()> {
     }
     let bytes = archive.finish();
     fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The contents of `binary` without its debug sections: a tenth of the
+/// size, so the guest's initramfs unpacks quickly.
+fn without_debug_info(binary: &Path) -> Result<Vec<u8>> {
+    let stripped = std::env::temp_dir().join(format!(
+        "spacefilter-kernels-{}-{}",
+        std::process::id(),
+        binary.file_name().and_then(|n| n.to_str()).unwrap_or("binary")
+    ));
+    let mut cmd = Command::new("strip");
+    cmd.arg("--strip-debug").arg("-o").arg(&stripped).arg(binary);
+    run_cmd(cmd, &format!("strip --strip-debug {}", binary.display()))?;
+    let bytes = fs::read(&stripped).with_context(|| format!("reading {}", stripped.display()))?;
+    let _ = fs::remove_file(&stripped);
+    Ok(bytes)
 }
 
 /// Whether a 64-bit ELF file names a dynamic loader (a `PT_INTERP` program
