@@ -24,7 +24,8 @@ fn the_program_verifies_well_within_the_kernel_s_limit() {
         let mut message = format!("loading spacefilter: {err}");
         let mut source = std::error::Error::source(&err);
         while let Some(cause) = source {
-            message.push_str(&format!("\ncaused by: {cause}"));
+            message.push_str("\ncaused by: ");
+            message.push_str(&cause.to_string());
             source = cause.source();
         }
         panic!("{message}")

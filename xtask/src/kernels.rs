@@ -12,7 +12,8 @@
 
 use std::{
     collections::BTreeSet,
-    fmt, fs,
+    fmt::{self, Write as _},
+    fs,
     io::{BufRead as _, BufReader, Write as _},
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -29,7 +30,7 @@ const LOAD_TEST: &str = "verifier_budget";
 /// The suites that run through `BPF_PROG_TEST_RUN` once the program loads.
 const SUITES: &[&str] = &["fixtures", "guards", "verdicts", "differential"];
 /// How long one guest may run before it is stopped.
-const GUEST_TIMEOUT: Duration = Duration::from_secs(40 * 60);
+const GUEST_TIMEOUT: Duration = Duration::from_mins(40);
 /// Marks the guest prints around each test binary's output.
 const RUN_MARK: &str = "@@kernels run ";
 const EXIT_MARK: &str = "@@kernels exit ";
@@ -56,9 +57,7 @@ impl Choice {
             "6.1" => Ok(Choice(vec![Series::V6_1])),
             "6.12" => Ok(Choice(vec![Series::V6_12])),
             "all" => Ok(Choice(vec![Series::V6_1, Series::V6_12])),
-            other => Err(format!(
-                "unknown kernel {other:?}: choose 6.1, 6.12 or all"
-            )),
+            other => Err(format!("unknown kernel {other:?}: choose 6.1, 6.12 or all")),
         }
     }
 }
@@ -143,7 +142,9 @@ fn build_tests() -> Result<Vec<(String, PathBuf)>> {
         cmd.args(["--test", name]);
     }
     cmd.stdout(Stdio::piped());
-    let out = cmd.output().context("could not start cargo test --no-run")?;
+    let out = cmd
+        .output()
+        .context("could not start cargo test --no-run")?;
     if !out.status.success() {
         bail!("building the test binaries failed ({})", out.status);
     }
@@ -219,7 +220,10 @@ fn fetch_kernel(dir: &Path, series: Series) -> Result<PathBuf> {
     if package.is_none() {
         let mut update = Command::new("apt-get");
         update.args(["update", "-qq"]);
-        run_cmd(update, "apt-get update (is the Debian package mirror reachable?)")?;
+        run_cmd(
+            update,
+            "apt-get update (is the Debian package mirror reachable?)",
+        )?;
         package = newest_package(series)?;
     }
     let package = package.with_context(|| {
@@ -239,7 +243,8 @@ fn fetch_kernel(dir: &Path, series: Series) -> Result<PathBuf> {
     let _ = fs::remove_dir_all(&download);
     fs::create_dir_all(&download)?;
     let mut cmd = Command::new("apt-get");
-    cmd.current_dir(&download).args(["download", "-qq", &package]);
+    cmd.current_dir(&download)
+        .args(["download", "-qq", &package]);
     run_cmd(cmd, &format!("apt-get download {package}"))?;
     let deb = fs::read_dir(&download)?
         .filter_map(Result::ok)
@@ -253,8 +258,7 @@ fn fetch_kernel(dir: &Path, series: Series) -> Result<PathBuf> {
     run_cmd(cmd, &format!("unpacking {}", deb.display()))?;
     fs::rename(&partial, &unpacked)?;
     let _ = fs::remove_dir_all(&download);
-    find_vmlinuz(&unpacked)
-        .with_context(|| format!("{package} has no boot/vmlinuz-*"))
+    find_vmlinuz(&unpacked).with_context(|| format!("{package} has no boot/vmlinuz-*"))
 }
 
 fn find_vmlinuz(unpacked: &Path) -> Option<PathBuf> {
@@ -289,23 +293,25 @@ fn init_script() -> String {
          ip link set lo up\n\
          cd /tmp\n",
     );
-    script.push_str(&format!("echo \"{UNAME_MARK}$(uname -r)\"\n"));
+    let _ = writeln!(script, "echo \"{UNAME_MARK}$(uname -r)\"");
     // The load test's output goes to the console and to a file the script
     // reads to decide whether the suites can run.
-    script.push_str(&format!(
+    let _ = write!(
+        script,
         "echo '{RUN_MARK}{LOAD_TEST}'\n\
          {{ /tests/{LOAD_TEST} --nocapture 2>&1; echo $? > /tmp/load.status; }} | tee /tmp/load.log\n\
          echo \"{EXIT_MARK}{LOAD_TEST} $(cat /tmp/load.status)\"\n"
-    ));
+    );
     script.push_str("if grep -q 'the verifier processed' /tmp/load.log; then\n");
     for suite in SUITES {
-        script.push_str(&format!(
+        let _ = write!(
+            script,
             "  echo '{RUN_MARK}{suite}'\n  /tests/{suite} 2>&1\n  echo \"{EXIT_MARK}{suite} $?\"\n"
-        ));
+        );
     }
     script.push_str("else\n");
     for suite in SUITES {
-        script.push_str(&format!("  echo '{SKIP_MARK}{suite}'\n"));
+        let _ = writeln!(script, "  echo '{SKIP_MARK}{suite}'");
     }
     script.push_str("fi\nsync\nreboot -f\n");
     script
@@ -324,11 +330,15 @@ fn write_initramfs(path: &Path, binaries: &[(String, PathBuf)]) -> Result<()> {
         );
     }
     let mut archive = Cpio::default();
-    archive.file("bin/busybox", &busybox_bytes, 0o755)?;
-    archive.file("init", init_script().as_bytes(), 0o755)?;
+    archive.file("bin/busybox", &busybox_bytes, 0o755);
+    archive.file("init", init_script().as_bytes(), 0o755);
     let mut libraries = BTreeSet::new();
     for (name, binary) in binaries {
-        archive.file(&format!("tests/{name}"), &without_debug_info(binary)?, 0o755)?;
+        archive.file(
+            &format!("tests/{name}"),
+            &without_debug_info(binary)?,
+            0o755,
+        );
         libraries.extend(shared_libraries(binary)?);
     }
     for library in &libraries {
@@ -337,7 +347,7 @@ fn write_initramfs(path: &Path, binaries: &[(String, PathBuf)]) -> Result<()> {
             inside.trim_start_matches('/'),
             &fs::read(library).with_context(|| format!("reading {}", library.display()))?,
             0o755,
-        )?;
+        );
     }
     let bytes = archive.finish();
     fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
@@ -349,10 +359,16 @@ fn without_debug_info(binary: &Path) -> Result<Vec<u8>> {
     let stripped = std::env::temp_dir().join(format!(
         "spacefilter-kernels-{}-{}",
         std::process::id(),
-        binary.file_name().and_then(|n| n.to_str()).unwrap_or("binary")
+        binary
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("binary")
     ));
     let mut cmd = Command::new("strip");
-    cmd.arg("--strip-debug").arg("-o").arg(&stripped).arg(binary);
+    cmd.arg("--strip-debug")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(binary);
     run_cmd(cmd, &format!("strip --strip-debug {}", binary.display()))?;
     let bytes = fs::read(&stripped).with_context(|| format!("reading {}", stripped.display()))?;
     let _ = fs::remove_file(&stripped);
@@ -372,8 +388,7 @@ fn has_interpreter(elf: &[u8]) -> bool {
                 .fold(0u64, |acc, &b| (acc << 8) | u64::from(b)),
         )
     };
-    let (Some(phoff), Some(phentsize), Some(phnum)) =
-        (read(0x20, 8), read(0x36, 2), read(0x38, 2))
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (read(0x20, 8), read(0x36, 2), read(0x38, 2))
     else {
         return true;
     };
@@ -446,7 +461,7 @@ impl Cpio {
     }
 
     fn pad(&mut self) {
-        while self.bytes.len() % 4 != 0 {
+        while !self.bytes.len().is_multiple_of(4) {
             self.bytes.push(0);
         }
     }
@@ -461,14 +476,13 @@ impl Cpio {
         self.header(name, 0o040_755, 0);
     }
 
-    fn file(&mut self, name: &str, contents: &[u8], perm: u32) -> Result<()> {
+    fn file(&mut self, name: &str, contents: &[u8], perm: u32) {
         if let Some((parent, _)) = name.rsplit_once('/') {
             self.dir(parent);
         }
         self.header(name, 0o100_000 | perm, contents.len());
         self.bytes.extend_from_slice(contents);
         self.pad();
-        Ok(())
     }
 
     fn finish(mut self) -> Vec<u8> {
@@ -509,7 +523,9 @@ fn boot(series: Series, kernel: &Path, initramfs: &Path, accel: &str) -> Result<
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).split(b'\n') {
             let Ok(line) = line else { break };
-            let line = String::from_utf8_lossy(&line).trim_end_matches('\r').to_owned();
+            let line = String::from_utf8_lossy(&line)
+                .trim_end_matches('\r')
+                .to_owned();
             if tx.send(line).is_err() {
                 break;
             }
@@ -548,10 +564,17 @@ fn boot(series: Series, kernel: &Path, initramfs: &Path, accel: &str) -> Result<
 }
 
 fn record(outcome: &mut Outcome, line: &str) {
+    // The firmware's terminal escapes can precede a mark on its line.
+    let line = [UNAME_MARK, RUN_MARK, EXIT_MARK, SKIP_MARK]
+        .iter()
+        .find_map(|mark| line.find(mark))
+        .map_or(line, |at| &line[at..]);
     if let Some(release) = line.strip_prefix(UNAME_MARK) {
         outcome.release = Some(release.trim().to_owned());
     } else if let Some(name) = line.strip_prefix(RUN_MARK) {
-        outcome.runs.push((name.trim().to_owned(), None, Vec::new()));
+        outcome
+            .runs
+            .push((name.trim().to_owned(), None, Vec::new()));
     } else if let Some(rest) = line.strip_prefix(EXIT_MARK) {
         let mut words = rest.split_whitespace();
         let name = words.next().unwrap_or_default();
@@ -611,10 +634,7 @@ fn summarise(outcome: &Outcome) -> bool {
                 println!("    {}", count.trim());
             } else {
                 println!("    the program did not load; the last lines of the test's output:");
-                let tail: Vec<&String> = lines
-                    .iter()
-                    .filter(|l| !l.trim().is_empty())
-                    .collect();
+                let tail: Vec<&String> = lines.iter().filter(|l| !l.trim().is_empty()).collect();
                 for line in &tail[tail.len().saturating_sub(40)..] {
                     println!("    | {line}");
                 }

@@ -46,7 +46,7 @@ enum Task {
     },
     /// Set up, then boot Debian's cloud kernels (6.1, 6.12) under qemu and,
     /// inside each, load the XDP program (the verifier's instruction count
-    /// or its refusal) and run the BPF_PROG_TEST_RUN suites when it loads.
+    /// or its refusal) and run the `BPF_PROG_TEST_RUN` suites when it loads.
     Kernels {
         /// Which kernel: 6.1, 6.12 or all.
         #[arg(long, default_value = "all", value_parser = kernels::Choice::parse)]
