@@ -114,7 +114,8 @@ pub(crate) fn run(series: &[Series]) -> Result<()> {
     for &s in series {
         let kernel = fetch_kernel(&dir, s)?;
         step(&format!("booting {} ({accel})", kernel.display()));
-        outcomes.push(boot(s, &kernel, &initramfs, accel)?);
+        let console = dir.join(format!("console-{s}.log"));
+        outcomes.push(boot(s, &kernel, &initramfs, accel, &console)?);
     }
     println!();
     let mut all_good = true;
@@ -492,8 +493,17 @@ impl Cpio {
 }
 
 /// Boots the kernel with the initramfs, passing the serial console through
-/// to this terminal and collecting the guest's reports.
-fn boot(series: Series, kernel: &Path, initramfs: &Path, accel: &str) -> Result<Outcome> {
+/// to this terminal and to the file `console`, and collecting the guest's
+/// reports.
+fn boot(
+    series: Series,
+    kernel: &Path,
+    initramfs: &Path,
+    accel: &str,
+    console: &Path,
+) -> Result<Outcome> {
+    let mut log =
+        fs::File::create(console).with_context(|| format!("creating {}", console.display()))?;
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-machine", &format!("q35,accel={accel}")]);
     if accel == "kvm" {
@@ -545,6 +555,7 @@ fn boot(series: Series, kernel: &Path, initramfs: &Path, accel: &str) -> Result<
         match rx.recv_timeout(left) {
             Ok(line) => {
                 let _ = writeln!(stdout, "[{series}] {line}");
+                let _ = writeln!(log, "{line}");
                 record(&mut outcome, &line);
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -606,7 +617,8 @@ fn summarise(outcome: &Outcome) -> bool {
         finished,
     } = outcome;
     println!(
-        "==== kernel {series} ({}): boot and run took {seconds:.0} s",
+        "==== kernel {series} ({}): boot and run took {seconds:.0} s; console in \
+         target/kernels/console-{series}.log",
         release.as_deref().unwrap_or("did not report its release")
     );
     let mut good = *finished;
