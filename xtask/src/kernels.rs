@@ -142,7 +142,7 @@ fn build_tests() -> Result<Vec<(String, PathBuf)>> {
     for name in std::iter::once(&LOAD_TEST).chain(SUITES) {
         cmd.args(["--test", name]);
     }
-    cmd.stdout(Stdio::piped());
+    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
     let out = cmd
         .output()
         .context("could not start cargo test --no-run")?;
