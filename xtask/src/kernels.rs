@@ -100,9 +100,6 @@ pub(crate) fn run(series: &[Series]) -> Result<()> {
     let binaries = build_tests()?;
     let dir = workspace_root().join("target/kernels");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let initramfs = dir.join("initramfs.cpio");
-    step("packing the initramfs (busybox, the test binaries and their libraries)");
-    write_initramfs(&initramfs, &binaries)?;
     let accel = match kvm_usable() {
         Ok(()) => "kvm",
         Err(why) => {
@@ -113,6 +110,10 @@ pub(crate) fn run(series: &[Series]) -> Result<()> {
     let mut outcomes = Vec::new();
     for &s in series {
         let kernel = fetch_kernel(&dir, s)?;
+        let initramfs = dir.join(format!("initramfs-{s}.cpio"));
+        step("packing the initramfs (busybox, the test binaries, their libraries, veth)");
+        let modules = kernel_modules(&kernel)?;
+        write_initramfs(&initramfs, &binaries, &modules)?;
         step(&format!("booting {} ({accel})", kernel.display()));
         let console = dir.join(format!("console-{s}.log"));
         outcomes.push(boot(s, &kernel, &initramfs, accel, &console)?);
@@ -262,6 +263,56 @@ fn fetch_kernel(dir: &Path, series: Series) -> Result<PathBuf> {
     find_vmlinuz(&unpacked).with_context(|| format!("{package} has no boot/vmlinuz-*"))
 }
 
+/// The modules of the unpacked kernel the tests need that it does not build
+/// in (veth, for the tests that make veth pairs), uncompressed for
+/// busybox's `insmod`, by file name.
+fn kernel_modules(vmlinuz: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let unpacked = vmlinuz
+        .parent()
+        .and_then(Path::parent)
+        .context("the kernel's package tree")?;
+    let release = vmlinuz
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("vmlinuz-"))
+        .context("the kernel's file is not named vmlinuz-RELEASE")?;
+    let config = fs::read_to_string(unpacked.join(format!("boot/config-{release}")))
+        .with_context(|| format!("reading the config of kernel {release}"))?;
+    if config.lines().any(|l| l == "CONFIG_VETH=y") {
+        return Ok(Vec::new());
+    }
+    let base = unpacked.join(format!("lib/modules/{release}/kernel/drivers/net/veth.ko"));
+    let mut modules = Vec::new();
+    for (suffix, decompress) in [("", None), (".xz", Some("xz")), (".zst", Some("zstd"))] {
+        let path = PathBuf::from(format!("{}{suffix}", base.display()));
+        if !path.exists() {
+            continue;
+        }
+        let bytes = match decompress {
+            None => fs::read(&path)?,
+            Some(tool) => {
+                let out = Command::new(tool)
+                    .arg("-dc")
+                    .arg(&path)
+                    .output()
+                    .with_context(|| {
+                        format!("could not run {tool} to unpack {}", path.display())
+                    })?;
+                if !out.status.success() {
+                    bail!("{tool} -dc {} failed", path.display());
+                }
+                out.stdout
+            }
+        };
+        modules.push(("veth.ko".to_owned(), bytes));
+        break;
+    }
+    if modules.is_empty() {
+        println!("kernels: kernel {release} has no veth module; the veth tests will fail");
+    }
+    Ok(modules)
+}
+
 fn find_vmlinuz(unpacked: &Path) -> Option<PathBuf> {
     fs::read_dir(unpacked.join("boot"))
         .ok()?
@@ -291,6 +342,7 @@ fn init_script() -> String {
          mount -t bpf bpf /sys/fs/bpf\n\
          mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null\n\
          mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null\n\
+         for m in /modules/*.ko; do [ -e \"$m\" ] && insmod \"$m\"; done\n\
          ip link set lo up\n\
          cd /tmp\n",
     );
@@ -319,9 +371,14 @@ fn init_script() -> String {
 }
 
 /// Writes the initramfs: a newc cpio archive holding busybox, `/init`, the
-/// test binaries under `/tests` and the shared libraries they load, at the
-/// paths the dynamic loader looks for them.
-fn write_initramfs(path: &Path, binaries: &[(String, PathBuf)]) -> Result<()> {
+/// test binaries under `/tests`, the shared libraries they load (at the
+/// paths the dynamic loader looks for them) and kernel modules under
+/// `/modules`.
+fn write_initramfs(
+    path: &Path,
+    binaries: &[(String, PathBuf)],
+    modules: &[(String, Vec<u8>)],
+) -> Result<()> {
     let busybox = Path::new("/bin/busybox");
     let busybox_bytes = fs::read(busybox).unwrap_or_default();
     if busybox_bytes.is_empty() || has_interpreter(&busybox_bytes) {
@@ -333,6 +390,9 @@ fn write_initramfs(path: &Path, binaries: &[(String, PathBuf)]) -> Result<()> {
     let mut archive = Cpio::default();
     archive.file("bin/busybox", &busybox_bytes, 0o755);
     archive.file("init", init_script().as_bytes(), 0o755);
+    for (name, bytes) in modules {
+        archive.file(&format!("modules/{name}"), bytes, 0o644);
+    }
     let mut libraries = BTreeSet::new();
     for (name, binary) in binaries {
         archive.file(
