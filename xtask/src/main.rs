@@ -1,5 +1,6 @@
-//! Project tasks: `cargo xtask setup | build | test | demo | bench | fuzz`.
+//! Project tasks: `cargo xtask setup | build | test | demo | bench | fuzz | kernels`.
 
+mod kernels;
 mod setup;
 mod tasks;
 
@@ -43,6 +44,14 @@ enum Task {
         #[arg(long, default_value_t = 8000)]
         cases: u32,
     },
+    /// Set up, then boot Debian's cloud kernels (6.1, 6.12) under qemu and,
+    /// inside each, load the XDP program (the verifier's instruction count
+    /// or its refusal) and run the `BPF_PROG_TEST_RUN` suites when it loads.
+    Kernels {
+        /// Which kernel: 6.1, 6.12 or all.
+        #[arg(long, default_value = "all", value_parser = kernels::Choice::parse)]
+        kernel: kernels::Choice,
+    },
 }
 
 fn main() -> Result<()> {
@@ -67,6 +76,10 @@ fn main() -> Result<()> {
         Task::Fuzz { cases } => {
             setup::run()?;
             tasks::fuzz(cases)
+        }
+        Task::Kernels { kernel } => {
+            setup::run()?;
+            kernels::run(&kernel.0)
         }
     }
 }

@@ -28,6 +28,8 @@ const SYSTEM_TOOLS: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("nft", "nftables"),
     ("iptables", "iptables"),
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("busybox", "busybox-static"),
 ];
 
 fn say(msg: &str) {
@@ -132,7 +134,7 @@ fn system_tools() -> Result<()> {
         .collect();
     if missing.is_empty() {
         say(
-            "system tools present (iproute2, ping, tcpdump, ethtool, bpftool, xdp-tools, nftables, iptables)",
+            "system tools present (iproute2, ping, tcpdump, ethtool, bpftool, xdp-tools, nftables, iptables, qemu, busybox)",
         );
         return Ok(());
     }
