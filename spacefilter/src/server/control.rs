@@ -260,7 +260,8 @@ async fn read_request(
     if n == 0 {
         return Ok(false);
     }
-    if line.ends_with(b"\n") {
+    if line.ends_with(b"\n") || line.len() <= SMALL_REQUEST_BYTES {
+        // A whole line, or the peer's last one, cut by its hang-up.
         return Ok(true);
     }
     let too_long = |max: usize| format!("request longer than {max} bytes; closing the connection");
