@@ -220,12 +220,7 @@ fn newest_package(series: Series) -> Result<Option<String>> {
 fn fetch_kernel(dir: &Path, series: Series) -> Result<PathBuf> {
     let mut package = newest_package(series)?;
     if package.is_none() {
-        let mut update = Command::new("apt-get");
-        update.args(["update", "-qq"]);
-        run_cmd(
-            update,
-            "apt-get update (is the Debian package mirror reachable?)",
-        )?;
+        crate::setup::apt_update()?;
         package = newest_package(series)?;
     }
     let package = package.with_context(|| {

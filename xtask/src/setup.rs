@@ -101,17 +101,22 @@ fn have(command: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn apt_install(packages: &[&str]) -> Result<()> {
-    say(&format!(
-        "installing {} from Debian's packages",
-        packages.join(" ")
-    ));
+/// Refreshes the package lists from Debian's mirror.
+pub(crate) fn apt_update() -> Result<()> {
     let mut update = Command::new("apt-get");
     update.args(["update", "-qq"]);
     run_cmd(
         update,
         "apt-get update (is the Debian package mirror reachable?)",
-    )?;
+    )
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    say(&format!(
+        "installing {} from Debian's packages",
+        packages.join(" ")
+    ));
+    apt_update()?;
     let mut install = Command::new("apt-get");
     install
         .args(["install", "-y", "-qq", "--no-install-recommends"])
