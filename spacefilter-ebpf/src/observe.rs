@@ -15,49 +15,72 @@
 //! head (5.18).
 
 use aya_ebpf::{
+    bindings::xdp_md,
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
-use spacefilter_common::{DropSample, KERNEL_LOG_TARGET, Observe, observe_flags, sample_hash};
+use spacefilter_common::{DropSample, KERNEL_LOG_TARGET, Observe, Reason, observe_flags};
 
 use crate::{
-    maps::{SAMPLE_STATE, SAMPLES},
+    maps::{OBSERVE, SAMPLE_STATE, SAMPLES},
     parse::{Frame, Source},
-    verdict::Verdict,
 };
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
+/// What [`spacefilter_observe`] is told of a frame's exit: a global
+/// function takes at most five arguments, and pointers only to sized
+/// memory.
+#[repr(C)]
+pub(crate) struct Exit {
+    pub(crate) reason: u32,
+    pub(crate) detail: u32,
+    pub(crate) ifindex: u32,
+    /// [`exit_flags`].
+    pub(crate) flags: u32,
+    pub(crate) hi: u64,
+    pub(crate) lo: u64,
+}
+
+pub(crate) mod exit_flags {
+    pub(crate) const DROPS: u32 = 1;
+    pub(crate) const HAS_SOURCE: u32 = 2;
+    pub(crate) const V6: u32 = 4;
+}
+
 /// Samples the frame if it is dropped and picked, and logs the verdict if
 /// the debug log is on.
-#[inline(always)]
-pub(crate) fn verdict(
-    ctx: &XdpContext,
-    frame: &Frame,
-    config: &Observe,
-    (verdict, ifindex, drops, seq): (Verdict, u32, bool, u64),
-    source: Option<&Source>,
-) {
-    if drops && config.flags & observe_flags::SAMPLE != 0 {
-        sample(ctx, frame, config, (verdict, ifindex, seq));
+///
+/// A global function (BTF linkage global, kernel 5.6; a pointer argument
+/// to sized memory, 5.12): the verifier checks it once, on its own, with
+/// whatever its arguments may hold, rather than once for every state in
+/// which a frame reaches [`crate::verdict::finish`]. Its return value is
+/// always 0.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub(crate) extern "C" fn spacefilter_observe(ctx: *mut xdp_md, exit: *const Exit) -> u32 {
+    // SAFETY: the caller passes its context and an `Exit` on its stack;
+    // the verifier makes a global function check for null itself.
+    let Some(exit) = (unsafe { exit.as_ref() }) else {
+        return 0;
+    };
+    let Some(config) = OBSERVE.get(0) else {
+        return 0;
+    };
+    let ctx = XdpContext::new(ctx);
+    let frame = Frame::new(&ctx);
+    if exit.flags & exit_flags::DROPS != 0 && config.flags & observe_flags::SAMPLE != 0 {
+        sample(&ctx, &frame, config, exit);
     }
     if config.flags & observe_flags::DEBUG_LOG != 0 {
-        log(ctx, frame, verdict, ifindex, source);
+        log(&ctx, &frame, exit);
     }
+    0
 }
 
 #[inline(always)]
-fn sample(
-    ctx: &XdpContext,
-    frame: &Frame,
-    config: &Observe,
-    (verdict, ifindex, seq): (Verdict, u32, u64),
-) {
-    // A frame that is not picked costs this draw and nothing more.
-    if sample_hash(seq) > config.sample_below {
-        return;
-    }
+fn sample(ctx: &XdpContext, frame: &Frame, config: &Observe, exit: &Exit) {
     let Some(state) = SAMPLE_STATE.get_ptr_mut(0) else {
         return;
     };
@@ -96,9 +119,9 @@ fn sample(
     // SAFETY: the reservation holds one DropSample, ours until submitted.
     unsafe {
         (*out).ts_ns = now;
-        (*out).ifindex = ifindex;
-        (*out).reason = verdict.reason as u32;
-        (*out).detail = verdict.detail;
+        (*out).ifindex = exit.ifindex;
+        (*out).reason = exit.reason;
+        (*out).detail = exit.detail;
         #[expect(
             clippy::cast_possible_truncation,
             reason = "frames are far below 4 GiB"
@@ -114,35 +137,78 @@ fn sample(
     state.sent += 1;
 }
 
+/// The width of a reason's name in the debug log: the longest, padded.
+const NAME_WIDTH: usize = 16;
+
+/// The reasons' names by index, padded with spaces to one width. A name
+/// taken from this table by index is one path for the verifier; a `match`
+/// on the reason would have it walk the log's formatting once per name
+/// (a few hundred thousand instructions more).
+static REASON_NAMES: [[u8; NAME_WIDTH]; 32] = reason_names();
+
+const fn reason_names() -> [[u8; NAME_WIDTH]; 32] {
+    let mut table = [[b' '; NAME_WIDTH]; 32];
+    let mut i = 0;
+    while i < table.len() {
+        #[expect(clippy::cast_possible_truncation, reason = "below 32")]
+        let name = match Reason::from_index(i as u32) {
+            Some(reason) => reason.name().as_bytes(),
+            None => b"unknown",
+        };
+        assert!(
+            name.len() <= NAME_WIDTH,
+            "a reason's name outgrew NAME_WIDTH"
+        );
+        let mut j = 0;
+        while j < name.len() {
+            table[i][j] = name[j];
+            j += 1;
+        }
+        i += 1;
+    }
+    table
+}
+
+/// One line per verdict; the reason comes last, so that its padding is
+/// trailing space.
 #[inline(always)]
-fn log(ctx: &XdpContext, frame: &Frame, verdict: Verdict, ifindex: u32, source: Option<&Source>) {
-    let reason = verdict.reason.name();
+fn log(ctx: &XdpContext, frame: &Frame, exit: &Exit) {
+    let name = &REASON_NAMES[(exit.reason & 31) as usize];
+    // SAFETY: the table holds ASCII names and spaces.
+    let reason = unsafe { core::str::from_utf8_unchecked(name) };
     let len = frame.len();
-    let detail = verdict.detail;
-    match source {
-        Some(source) if !source.v6 => debug!(
+    let (ifindex, detail) = (exit.ifindex, exit.detail);
+    let source = Source {
+        v6: exit.flags & exit_flags::V6 != 0,
+        hi: exit.hi,
+        lo: exit.lo,
+    };
+    if exit.flags & exit_flags::HAS_SOURCE == 0 {
+        debug!(
             ctx,
             target: KERNEL_LOG_TARGET,
-            "{:i} len {} ifindex {}: {} (match {})",
+            "frame len {} ifindex {}: {}", len, ifindex, reason);
+    } else if !source.v6 {
+        debug!(
+            ctx,
+            target: KERNEL_LOG_TARGET,
+            "{:i} len {} ifindex {} (match {}): {}",
             source.v4_addr(),
             len,
             ifindex,
-            reason,
-            detail
-        ),
-        Some(source) => debug!(
+            detail,
+            reason
+        );
+    } else {
+        debug!(
             ctx,
             target: KERNEL_LOG_TARGET,
-            "{:i} len {} ifindex {}: {} (match {})",
+            "{:i} len {} ifindex {} (match {}): {}",
             ((u128::from(source.hi) << 64) | u128::from(source.lo)).to_be_bytes(),
             len,
             ifindex,
-            reason,
-            detail
-        ),
-        None => debug!(
-            ctx,
-            target: KERNEL_LOG_TARGET,
-            "frame len {} ifindex {}: {}", len, ifindex, reason),
+            detail,
+            reason
+        );
     }
 }

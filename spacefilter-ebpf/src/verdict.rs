@@ -8,7 +8,7 @@
 //! when switched on, every verdict to the debug log ([`crate::observe`]).
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use spacefilter_common::{IFACE_TABLE, stats_index};
+use spacefilter_common::{IFACE_TABLE, observe_flags, sample_hash, stats_index};
 use spacefilter_common::{
     Reason,
     lookup::{ALLOW, MAX_SLOT},
@@ -18,7 +18,7 @@ use crate::{
     fragments, limit,
     lookup::{self, Tables},
     maps::{IFACE_SLOTS, OBSERVE, RULE_HITS, STATS},
-    observe,
+    observe::{self, Exit, exit_flags},
     parse::{self, Frame, L4, Source},
     rules, shield,
 };
@@ -154,8 +154,29 @@ fn finish(ctx: &XdpContext, frame: &Frame, verdict: Verdict, source: Option<&Sou
     let drops = reason.drops();
     if let Some(config) = OBSERVE.get(0)
         && config.flags != 0
+        // A dropped frame not picked for a sample costs this draw and
+        // nothing more, unless every verdict is logged.
+        && (config.flags & observe_flags::DEBUG_LOG != 0
+            || (drops && sample_hash(seq) <= config.sample_below))
     {
-        observe::verdict(ctx, frame, config, (verdict, ifindex, drops, seq), source);
+        let mut flags = if drops { exit_flags::DROPS } else { 0 };
+        let (mut hi, mut lo) = (0, 0);
+        if let Some(source) = source {
+            flags |= exit_flags::HAS_SOURCE;
+            if source.v6 {
+                flags |= exit_flags::V6;
+            }
+            (hi, lo) = (source.hi, source.lo);
+        }
+        let exit = Exit {
+            reason: reason as u32,
+            detail: verdict.detail,
+            ifindex,
+            flags,
+            hi,
+            lo,
+        };
+        observe::spacefilter_observe(ctx.ctx, &raw const exit);
     }
     if drops {
         xdp_action::XDP_DROP

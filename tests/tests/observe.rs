@@ -303,7 +303,9 @@ fn kernel_debug_log_switches_at_runtime() {
         .find(|l| l.contains("spacefilter::kernel") && l.contains(&attacker))
         .unwrap()
         .to_owned();
-    assert!(line.contains("blocked"), "{line}");
+    // "<source> len <bytes> ifindex <n> (match <slot>): <reason>"
+    assert!(line.contains(&format!("{attacker} len ")), "{line}");
+    assert!(line.trim_end().ends_with("): blocked"), "{line}");
 
     daemon.cli(&["debug", "off"]).ok("debug off");
     let logged = kernel_lines(&daemon.log());

@@ -29,6 +29,8 @@ use crate::tasks::{cargo, run_cmd, workspace_root};
 const LOAD_TEST: &str = "verifier_budget";
 /// The suites that run through `BPF_PROG_TEST_RUN` once the program loads.
 const SUITES: &[&str] = &["fixtures", "guards", "verdicts", "differential"];
+/// The host's iproute2 `ip`, copied into the guest.
+const IPROUTE2: &str = "/usr/sbin/ip";
 /// How long one guest may run before it is stopped.
 const GUEST_TIMEOUT: Duration = Duration::from_mins(40);
 /// Marks the guest prints around each test binary's output.
@@ -326,7 +328,7 @@ fn init_script() -> String {
     let mut script = String::from(
         "#!/bin/busybox sh\n\
          /bin/busybox --install -s /bin\n\
-         export PATH=/bin LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu\n\
+         export PATH=/usr/sbin:/bin LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu\n\
          export RUST_BACKTRACE=0 HOME=/tmp\n\
          mkdir -p /proc /sys /dev /tmp /run\n\
          mount -t proc proc /proc\n\
@@ -389,6 +391,14 @@ fn write_initramfs(
         archive.file(&format!("modules/{name}"), bytes, 0o644);
     }
     let mut libraries = BTreeSet::new();
+    // iproute2's `ip`: busybox's cannot make veth pairs. It goes first on
+    // the guest's PATH.
+    let ip = Path::new(IPROUTE2);
+    let ip_bytes = fs::read(ip).with_context(|| {
+        format!("reading {IPROUTE2} (iproute2; `cargo xtask setup` installs it)")
+    })?;
+    archive.file("usr/sbin/ip", &ip_bytes, 0o755);
+    libraries.extend(shared_libraries(ip)?);
     for (name, binary) in binaries {
         archive.file(
             &format!("tests/{name}"),
