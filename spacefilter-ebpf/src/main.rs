@@ -17,6 +17,11 @@
 //! processed; 6.12 and later load it (`cargo xtask kernels`).
 #![no_std]
 #![no_main]
+// No calls to memset or memcpy: LLVM would otherwise merge a struct's zero
+// fields into a memset call (a BPF-to-BPF call to compiler_builtins), and
+// before 6.4 the verifier's precision tracking cannot look back across a
+// call, so it marks every scalar precise and prunes far less.
+#![no_builtins]
 #![expect(
     clippy::inline_always,
     reason = "BPF-to-BPF calls cost more than inlining, and a call boundary would hide packet bounds from the verifier"
