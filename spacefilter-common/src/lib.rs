@@ -912,6 +912,31 @@ pub const fn stats_index(slot: u32, reason: u32) -> u32 {
     slot * STATS_SLOTS + reason
 }
 
+/// Kernel features the program uses only when the loader says the kernel
+/// has them: bits of the read-only global `FEATURES`, set at load time.
+/// The verifier knows its value (a frozen read-only map, kernel 5.2) and
+/// never walks the paths of a feature that is off, so a helper the kernel
+/// lacks does not stop the program from loading.
+pub mod features {
+    /// SYN cookies at XDP and the out-of-state check on shielded TCP
+    /// ports: `bpf_skc_lookup_tcp`, `bpf_tcp_check_syncookie` (5.2),
+    /// `bpf_tcp_gen_syncookie` (5.3), `bpf_tcp_raw_gen_syncookie_ipv4/6`
+    /// (6.0), `bpf_xdp_load_bytes` (5.18). Off, the shield treats TCP as
+    /// it treats UDP, and the kernel answers SYNs with its own cookies.
+    pub const TCP_COOKIES: u32 = 1 << 0;
+    /// The first bytes of sampled frames (`bpf_xdp_load_bytes`, 5.18).
+    /// Off, samples carry the verdict and length with no bytes.
+    pub const FRAME_HEADS: u32 = 1 << 1;
+    /// The coarse clock for capped samples (`bpf_ktime_get_coarse_ns`,
+    /// 5.11). Off, the precise clock.
+    pub const COARSE_CLOCK: u32 = 1 << 2;
+    /// Every feature.
+    pub const ALL: u32 = TCP_COOKIES | FRAME_HEADS | COARSE_CLOCK;
+}
+
+/// The name of the program's read-only global holding [`features`] bits.
+pub const FEATURES_GLOBAL: &str = "FEATURES";
+
 /// Bits of [`Observe::flags`].
 pub mod observe_flags {
     /// Dropped frames are sampled into the `SAMPLES` ring buffer.

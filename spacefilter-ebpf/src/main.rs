@@ -28,6 +28,7 @@
 )]
 
 mod egress;
+mod features;
 mod fragments;
 mod limit;
 mod lookup;

@@ -23,6 +23,7 @@ use aya_log_ebpf::debug;
 use spacefilter_common::{DropSample, KERNEL_LOG_TARGET, Observe, Reason, observe_flags};
 
 use crate::{
+    features,
     maps::{OBSERVE, SAMPLE_STATE, SAMPLES},
     parse::{Frame, Source},
 };
@@ -79,6 +80,18 @@ pub(crate) extern "C" fn spacefilter_observe(ctx: *mut xdp_md, exit: *const Exit
     0
 }
 
+/// The coarse clock where the kernel has it (5.11), else the precise one.
+#[inline(always)]
+fn coarse_now() -> u64 {
+    if features::on(features::COARSE_CLOCK) {
+        // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
+        unsafe { bpf_ktime_get_coarse_ns() }
+    } else {
+        // SAFETY: bpf_ktime_get_ns has no preconditions.
+        unsafe { bpf_ktime_get_ns() }
+    }
+}
+
 #[inline(always)]
 fn sample(ctx: &XdpContext, frame: &Frame, config: &Observe, exit: &Exit) {
     let Some(state) = SAMPLE_STATE.get_ptr_mut(0) else {
@@ -92,10 +105,7 @@ fn sample(ctx: &XdpContext, frame: &Frame, config: &Observe, exit: &Exit) {
     // time inside the second, the second is not over. Under a flood most
     // frames picked end here; those picked before the first tick of the
     // next second are counted capped too, never sent over the cap.
-    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
-    if state.in_window >= u64::from(config.cap_per_cpu)
-        && unsafe { bpf_ktime_get_coarse_ns() } < state.window_end_ns
-    {
+    if state.in_window >= u64::from(config.cap_per_cpu) && coarse_now() < state.window_end_ns {
         state.capped += 1;
         return;
     }
@@ -128,7 +138,11 @@ fn sample(ctx: &XdpContext, frame: &Frame, config: &Observe, exit: &Exit) {
         )]
         {
             (*out).len = frame.len() as u32;
-            (*out).cap_len = frame.copy_head(ctx, &mut (*out).data) as u32;
+            (*out).cap_len = if features::on(features::FRAME_HEADS) {
+                frame.copy_head(ctx, &mut (*out).data) as u32
+            } else {
+                0
+            };
         }
         (*out).reserved = 0;
     }

@@ -47,6 +47,7 @@ use aya_ebpf::{
 use spacefilter_common::{Reason, Shield, reflect_bits, shield_flags, shield_watch, verified_how};
 
 use crate::{
+    features,
     limit::take_packet,
     maps::{REFLECT_PORTS, SHIELD, SHIELD_BUDGET, SHIELD_LISTENERS, SHIELD_SCRATCH, SHIELD_WATCH},
     parse::{
@@ -125,6 +126,11 @@ pub(crate) fn check(ctx: &XdpContext, source: &Source, l4: &L4) -> Option<Verdic
     }
     if !on {
         return None;
+    }
+    if !features::on(features::TCP_COOKIES) {
+        // A kernel without the cookie helpers: TCP is treated as UDP is,
+        // and the kernel answers what gets through with its own cookies.
+        return unverified(source, shield, on);
     }
     let Some((ip_offset, v6)) = locate(ctx) else {
         // IPv4 with options, IPv6 with extension headers (fragments

@@ -16,7 +16,8 @@ use spacefilter_common::{DEFAULT_BUCKETS, DEFAULT_CAPACITY, lookup::MAX_CAPACITY
 
 use crate::{
     daemon::{
-        self, AttachMode, DEFAULT_SAMPLE_CAP, DEFAULT_SAMPLE_EVERY, MAX_SAMPLE_CAP, Sampling,
+        self, AttachMode, DEFAULT_SAMPLE_CAP, DEFAULT_SAMPLE_EVERY, Feature, MAX_SAMPLE_CAP,
+        Sampling,
     },
     net::Prefix,
     server::{self, metrics::is_private},
@@ -51,6 +52,9 @@ pub struct ConfigFile {
     pub metrics: Option<SocketAddr>,
     pub sample_every: Option<u32>,
     pub sample_cap: Option<u32>,
+    /// Kernel features to run without, as `run --without` says.
+    #[serde(default)]
+    pub without: Vec<Feature>,
     #[serde(default)]
     pub allow: Vec<Prefix>,
     #[serde(default)]
@@ -114,6 +118,11 @@ pub struct CommandLine {
     /// gets an equal share).
     #[arg(long, value_name = "N")]
     pub sample_cap: Option<u32>,
+    /// Run without a kernel feature although the kernel has it (repeat
+    /// for several); one the kernel lacks is off anyway. `status` lists
+    /// what is off and why.
+    #[arg(long, value_enum, value_name = "FEATURE")]
+    pub without: Vec<Feature>,
 }
 
 /// The merged settings: the daemon's core and its transports.
@@ -139,6 +148,7 @@ pub fn merge(cli: CommandLine, file: ConfigFile) -> Result<RunSettings, ConfigEr
         metrics_public,
         sample_every,
         sample_cap,
+        without,
     } = cli;
     let settings = RunSettings {
         daemon: daemon::Settings {
@@ -159,6 +169,11 @@ pub fn merge(cli: CommandLine, file: ConfigFile) -> Result<RunSettings, ConfigEr
                     .or(file.sample_every)
                     .unwrap_or(DEFAULT_SAMPLE_EVERY),
                 cap: sample_cap.or(file.sample_cap).unwrap_or(DEFAULT_SAMPLE_CAP),
+            },
+            without: if without.is_empty() {
+                file.without
+            } else {
+                without
             },
             allow: file.allow,
             block: file.block,

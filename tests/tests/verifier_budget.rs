@@ -4,6 +4,7 @@
 //! with the figure, rather than at a user's load on another kernel.
 
 use spacefilter::{Filter, LoadOptions};
+use spacefilter_common::features;
 use spacefilter_tests::fixture;
 
 /// The kernel refuses a program whose verification processes more.
@@ -12,11 +13,12 @@ const KERNEL_LIMIT: u32 = 1_000_000;
 /// states than this one's.
 const BUDGET: u32 = 850_000;
 
-#[test]
-fn the_program_verifies_well_within_the_kernel_s_limit() {
-    spacefilter_tests::require_root();
+/// Loads the program with the features in `without` off, and returns the
+/// instructions the verifier processed.
+fn verified_count(without: u32) -> u32 {
     let mut filter = Filter::load(LoadOptions {
         capacity: 1024,
+        without,
         ..LoadOptions::default()
     })
     .unwrap_or_else(|err| {
@@ -31,13 +33,37 @@ fn the_program_verifies_well_within_the_kernel_s_limit() {
         panic!("{message}")
     });
     let info = fixture::program_info(&mut filter);
-    let processed = info
-        .verified_instruction_count()
-        .expect("the kernel reports the instructions it verified (5.16+)");
+    info.verified_instruction_count()
+        .expect("the kernel reports the instructions it verified (5.16+)")
+}
+
+#[test]
+fn the_program_verifies_well_within_the_kernel_s_limit() {
+    spacefilter_tests::require_root();
+    let processed = verified_count(0);
     eprintln!("the verifier processed {processed} instructions (limit {KERNEL_LIMIT})");
     assert!(
         processed <= BUDGET,
         "the verifier processed {processed} instructions, over the budget of {BUDGET} \
          (the kernel's limit is {KERNEL_LIMIT}): simplify the paths it walks"
     );
+}
+
+/// A feature switched off is a path the verifier never walks: the helpers
+/// a kernel lacks are never reached, so the program loads without them.
+#[test]
+fn features_switched_off_are_not_verified() {
+    spacefilter_tests::require_root();
+    let all = verified_count(0);
+    for (name, bit) in [
+        ("tcp-cookies", features::TCP_COOKIES),
+        ("frame-heads", features::FRAME_HEADS),
+    ] {
+        let without = verified_count(bit);
+        eprintln!("without {name}: {without} instructions (all features: {all})");
+        assert!(
+            without < all,
+            "without {name} the verifier walked {without} instructions, with it {all}"
+        );
+    }
 }

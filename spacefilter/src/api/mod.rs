@@ -46,8 +46,8 @@ pub use self::{
     rules::{HeaderRuleView, RuleAction},
     shield::{AdmitView, ShieldAuto, ShieldView, VerifiedView},
     views::{
-        Changed, CounterView, EntryView, InterfaceView, ObserveView, SampleView, StatsView,
-        StatusView, TalkerView, TopView,
+        Changed, CounterView, EntryView, FeatureOffView, InterfaceView, ObserveView, SampleView,
+        StatsView, StatusView, TalkerView, TopView,
     },
 };
 use crate::net::List;

@@ -180,4 +180,18 @@ pub struct StatusView {
     /// filter keeps enforcing what it has).
     #[serde(default)]
     pub state_problem: Option<String>,
+    /// The kernel features the program runs without.
+    #[serde(default)]
+    pub features_off: Vec<FeatureOffView>,
+}
+
+/// A kernel feature the program runs without.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureOffView {
+    /// Its name, as `run --without` takes it.
+    pub feature: String,
+    /// The kernel lacks a helper (named), or `--without` said so.
+    pub why: String,
+    /// What the filter does instead.
+    pub instead: String,
 }

@@ -8,6 +8,7 @@
 //! - [`lists`]: the allow and block lists in the lookup tables
 //!   ([`tables`]), with a per-CPU hit counter per entry.
 //! - [`counters`]: the per-CPU verdict counters.
+//! - [`features`]: the kernel features the program may use, probed at load.
 //! - [`limiter`]: the flood guards' settings, buckets and auto-blocks.
 //! - [`rules`]: the rules on headers.
 //! - [`sampler`]: interface slots, drop sampling, the debug-log switch.
@@ -17,6 +18,7 @@ mod mapped;
 mod tables;
 
 pub mod counters;
+pub mod features;
 pub mod limiter;
 pub mod lists;
 pub mod program;
@@ -28,6 +30,7 @@ use aya::{Ebpf, maps::MapError};
 
 pub use self::{
     counters::{Counters, Stats},
+    features::{Feature, FeatureOff},
     limiter::{Limiter, Shielded, limiter_key_of, limiter_prefix},
     lists::{Entry, Lists},
     program::{AttachMode, Filter, FilterError, KernelLog, LoadOptions, TOOLS},

@@ -13,12 +13,15 @@ use aya::{
     },
 };
 use spacefilter_common::{
-    DEFAULT_BUCKETS, DEFAULT_CAPACITY, EGRESS_PROGRAM_NAME, PROGRAM_NAME,
+    DEFAULT_BUCKETS, DEFAULT_CAPACITY, EGRESS_PROGRAM_NAME, FEATURES_GLOBAL, PROGRAM_NAME,
     lookup::{MAX_CAPACITY, buckets_for},
     map_names,
 };
 
-use super::{Counters, Entry, HeaderRules, Limiter, ListError, Lists, Observer, Stats, Verifier};
+use super::{
+    Counters, Entry, FeatureOff, HeaderRules, Limiter, ListError, Lists, Observer, Stats, Verifier,
+    features,
+};
 use crate::{
     error_chain,
     net::{List, Prefix},
@@ -106,6 +109,9 @@ pub struct LoadOptions {
     /// Seed of the lookup tables' bucket hashes; `None` draws one. Fixing
     /// it lets a test choose keys that share buckets.
     pub hash_seed: Option<u64>,
+    /// Features to switch off although the kernel has them
+    /// ([`spacefilter_common::features`] bits; see [`super::features`]).
+    pub without: u32,
 }
 
 impl Default for LoadOptions {
@@ -114,6 +120,7 @@ impl Default for LoadOptions {
             capacity: DEFAULT_CAPACITY,
             buckets: DEFAULT_BUCKETS,
             hash_seed: None,
+            without: 0,
         }
     }
 }
@@ -164,6 +171,8 @@ pub struct Filter {
     /// Why the egress program (return routability) could not be loaded, if
     /// it could not: the filter runs without it.
     egress_missing: Option<String>,
+    /// The kernel features the program runs without, and why.
+    features_off: Vec<FeatureOff>,
     /// Attached interfaces: the mode that took, the link, the ifindex and
     /// the counter slot (`None`: counted with the unattributed frames).
     attached: BTreeMap<String, Attachment>,
@@ -185,11 +194,22 @@ impl Filter {
             capacity,
             buckets,
             hash_seed,
+            without,
         } = options;
         if capacity > MAX_CAPACITY {
             return Err(FilterError::Capacity { capacity });
         }
+        let (features, features_off) = features::probe(without);
+        for off in &features_off {
+            log::warn!(
+                "kernel feature {} is off: {}; {}",
+                off.feature.name(),
+                off.why,
+                off.instead
+            );
+        }
         let mut loader = EbpfLoader::new();
+        loader.override_global(FEATURES_GLOBAL, &features, true);
         // Each family's tables hold up to `capacity` keys.
         for name in [map_names::V4_BUCKETS, map_names::V6_BUCKETS] {
             loader.map_max_entries(name, buckets_for(capacity));
@@ -243,6 +263,7 @@ impl Filter {
             verifier,
             kernel_log,
             egress_missing,
+            features_off,
             attached: BTreeMap::new(),
         })
     }
@@ -265,6 +286,12 @@ impl Filter {
         program
             .attach(iface, TcAttachType::Egress)
             .map_err(|err| error_chain(&err))
+    }
+
+    /// The kernel features the program runs without, and why.
+    #[must_use]
+    pub fn features_off(&self) -> &[FeatureOff] {
+        &self.features_off
     }
 
     /// Why sources are not verified by the host's own traffic, if they

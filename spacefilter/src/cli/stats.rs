@@ -132,6 +132,7 @@ pub(super) fn status(args: &StatusArgs) -> Result<(), Failure> {
         shield,
         verified,
         state_problem,
+        features_off,
     } = view;
     println!(
         "spacefilter {version} (protocol {protocol}), up {}",
@@ -152,6 +153,9 @@ pub(super) fn status(args: &StatusArgs) -> Result<(), Failure> {
     super::shield::print_verified(&verified);
     if let Some(problem) = state_problem {
         println!("STATE: changes refused: {problem}");
+    }
+    for off in features_off {
+        println!("feature {} off: {}; {}", off.feature, off.why, off.instead);
     }
     Ok(())
 }

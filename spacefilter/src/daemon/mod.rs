@@ -34,7 +34,7 @@ pub use self::{
     observability::{MetricsSnapshot, stats_view},
 };
 pub use crate::bpf::{
-    AttachMode, Counters, Sampling,
+    AttachMode, Counters, Feature, Sampling,
     sampler::{DEFAULT_SAMPLE_CAP, DEFAULT_SAMPLE_EVERY},
 };
 use crate::net::Prefix;
@@ -56,6 +56,8 @@ pub struct Settings {
     pub max_sources: u32,
     /// Drop sampling at start (`spacefilter sample` changes it at runtime).
     pub sampling: Sampling,
+    /// Kernel features to run without although the kernel has them.
+    pub without: Vec<Feature>,
     /// Entries from the config file, added on start if absent.
     pub allow: Vec<Prefix>,
     pub block: Vec<Prefix>,

@@ -12,8 +12,8 @@ use spacefilter_common::{Counter, Reason};
 use super::{MAX_SAMPLE_CAP, Peer, Refusal, core::Core};
 use crate::{
     api::{
-        CounterView, InterfaceView, ObserveView, PROTOCOL_VERSION, SampleView, StatsView,
-        StatusView, TopView,
+        CounterView, FeatureOffView, InterfaceView, ObserveView, PROTOCOL_VERSION, SampleView,
+        StatsView, StatusView, TopView,
     },
     bpf::{Counters, Sample, Sampling, monotonic_ns},
     error_chain,
@@ -78,6 +78,16 @@ impl Core {
             shield: self.shield.enabled.then(|| self.shield_view()),
             verified: self.verified_view(),
             state_problem: self.store.poisoned().map(str::to_owned),
+            features_off: self
+                .filter
+                .features_off()
+                .iter()
+                .map(|off| FeatureOffView {
+                    feature: off.feature.name().to_owned(),
+                    why: off.why.clone(),
+                    instead: off.instead.clone(),
+                })
+                .collect(),
         }
     }
 

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     api::{LimitsView, Origin},
-    bpf::{AttachMode, Filter, LoadOptions, monotonic_ns},
+    bpf::{AttachMode, Filter, LoadOptions, features, monotonic_ns},
     error_chain,
     net::{List, Prefix, iface},
     store::{Rules, StateError, Store, now_ms},
@@ -158,6 +158,7 @@ pub(super) fn start(settings: Settings) -> anyhow::Result<Core> {
         capacity,
         max_sources,
         sampling,
+        without,
         allow,
         block,
         reload: _,
@@ -176,6 +177,7 @@ pub(super) fn start(settings: Settings) -> anyhow::Result<Core> {
         capacity,
         buckets: max_sources,
         hash_seed: None,
+        without: features::bits_of(&without),
     })
     .context("loading the XDP program")?;
     filter

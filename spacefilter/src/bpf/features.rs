@@ -1,0 +1,208 @@
+//! Which kernel features the program may use: each is probed before the
+//! program is loaded (the helpers it calls, through a tiny test program the
+//! verifier accepts or refuses), and the answer is written into the
+//! program's read-only global [`FEATURES_GLOBAL`]. A feature the kernel
+//! lacks, or that the admin switched off (`run --without FEATURE`), is off:
+//! the verifier skips its paths, the filter works without it, and the
+//! daemon says so in its log and in `status`.
+
+use aya::{
+    programs::ProgramType,
+    sys::{BpfHelper, is_helper_supported},
+};
+use serde::{Deserialize, Serialize};
+use spacefilter_common::features;
+
+/// A feature the program can do without.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Feature {
+    /// SYN cookies at XDP and the out-of-state check on shielded TCP ports.
+    TcpCookies,
+    /// The first bytes of sampled frames.
+    FrameHeads,
+    /// The coarse clock for capped samples.
+    CoarseClock,
+}
+
+impl Feature {
+    pub const ALL: [Feature; 3] = [
+        Feature::TcpCookies,
+        Feature::FrameHeads,
+        Feature::CoarseClock,
+    ];
+
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Feature::TcpCookies => "tcp-cookies",
+            Feature::FrameHeads => "frame-heads",
+            Feature::CoarseClock => "coarse-clock",
+        }
+    }
+
+    /// Its bit in the program's `FEATURES`.
+    #[must_use]
+    pub const fn bit(self) -> u32 {
+        match self {
+            Feature::TcpCookies => features::TCP_COOKIES,
+            Feature::FrameHeads => features::FRAME_HEADS,
+            Feature::CoarseClock => features::COARSE_CLOCK,
+        }
+    }
+
+    /// The helpers it calls from XDP, with the kernel that brought each.
+    fn helpers(self) -> &'static [(BpfHelper, &'static str, &'static str)] {
+        match self {
+            Feature::TcpCookies => &[
+                (
+                    BpfHelper::BPF_FUNC_skc_lookup_tcp,
+                    "bpf_skc_lookup_tcp",
+                    "5.2",
+                ),
+                (
+                    BpfHelper::BPF_FUNC_tcp_check_syncookie,
+                    "bpf_tcp_check_syncookie",
+                    "5.2",
+                ),
+                (
+                    BpfHelper::BPF_FUNC_tcp_gen_syncookie,
+                    "bpf_tcp_gen_syncookie",
+                    "5.3",
+                ),
+                (
+                    BpfHelper::BPF_FUNC_xdp_load_bytes,
+                    "bpf_xdp_load_bytes",
+                    "5.18",
+                ),
+                (
+                    BpfHelper::BPF_FUNC_tcp_raw_gen_syncookie_ipv4,
+                    "bpf_tcp_raw_gen_syncookie_ipv4",
+                    "6.0",
+                ),
+                (
+                    BpfHelper::BPF_FUNC_tcp_raw_gen_syncookie_ipv6,
+                    "bpf_tcp_raw_gen_syncookie_ipv6",
+                    "6.0",
+                ),
+            ],
+            Feature::FrameHeads => &[(
+                BpfHelper::BPF_FUNC_xdp_load_bytes,
+                "bpf_xdp_load_bytes",
+                "5.18",
+            )],
+            Feature::CoarseClock => &[(
+                BpfHelper::BPF_FUNC_ktime_get_coarse_ns,
+                "bpf_ktime_get_coarse_ns",
+                "5.11",
+            )],
+        }
+    }
+
+    /// What the filter does instead, while it is off.
+    #[must_use]
+    pub const fn instead(self) -> &'static str {
+        match self {
+            Feature::TcpCookies => {
+                "the shield treats TCP as it treats UDP (verified sources pass, others share \
+                 the budget for unverified sources) and the kernel answers SYNs with its own \
+                 cookies; the SYN budgets hold"
+            }
+            Feature::FrameHeads => "drop samples carry the verdict and length, no bytes",
+            Feature::CoarseClock => "capped samples read the precise clock",
+        }
+    }
+}
+
+/// A feature that is off, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureOff {
+    pub feature: Feature,
+    pub why: String,
+    /// What the filter does instead.
+    pub instead: String,
+}
+
+/// The [`features`] bits of `list`.
+#[must_use]
+pub fn bits_of(list: &[Feature]) -> u32 {
+    list.iter().fold(0, |acc, f| acc | f.bit())
+}
+
+/// Probes the kernel for each feature's helpers, and switches off those
+/// it lacks and those in `without` ([`features`] bits). Returns the
+/// `FEATURES` bits and what is off.
+#[must_use]
+pub fn probe(without: u32) -> (u32, Vec<FeatureOff>) {
+    probe_with(without, &|helper| {
+        is_helper_supported(ProgramType::Xdp, helper).unwrap_or(false)
+    })
+}
+
+fn probe_with(without: u32, has: &dyn Fn(BpfHelper) -> bool) -> (u32, Vec<FeatureOff>) {
+    let mut bits = 0;
+    let mut off = Vec::new();
+    for feature in Feature::ALL {
+        let why = if without & feature.bit() != 0 {
+            Some("switched off by `run --without`".to_owned())
+        } else {
+            feature
+                .helpers()
+                .iter()
+                .find(|(helper, _, _)| !has(*helper))
+                .map(|(_, name, since)| {
+                    format!("the kernel lacks {name} (Linux {since} and later have it)")
+                })
+        };
+        match why {
+            Some(why) => off.push(FeatureOff {
+                feature,
+                why,
+                instead: feature.instead().to_owned(),
+            }),
+            None => bits |= feature.bit(),
+        }
+    }
+    (bits, off)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_feature_has_its_own_bit_and_together_they_are_all() {
+        let bits = Feature::ALL.iter().fold(0, |acc, f| {
+            assert_eq!(acc & f.bit(), 0, "{} shares a bit", f.name());
+            acc | f.bit()
+        });
+        assert_eq!(bits, features::ALL);
+    }
+
+    #[test]
+    fn a_missing_helper_switches_off_only_the_features_that_call_it() {
+        let (bits, off) = probe_with(0, &|helper| {
+            helper != BpfHelper::BPF_FUNC_tcp_raw_gen_syncookie_ipv6
+        });
+        assert_eq!(bits, features::FRAME_HEADS | features::COARSE_CLOCK);
+        assert_eq!(off.len(), 1);
+        assert_eq!(off[0].feature, Feature::TcpCookies);
+        assert!(
+            off[0].why.contains("bpf_tcp_raw_gen_syncookie_ipv6") && off[0].why.contains("6.0"),
+            "{}",
+            off[0].why
+        );
+        // bpf_xdp_load_bytes gone takes both features that use it.
+        let (bits, off) = probe_with(0, &|helper| helper != BpfHelper::BPF_FUNC_xdp_load_bytes);
+        assert_eq!(bits, features::COARSE_CLOCK);
+        assert_eq!(off.len(), 2);
+    }
+
+    #[test]
+    fn without_switches_a_feature_off_on_a_kernel_that_has_it() {
+        let (bits, off) = probe_with(bits_of(&[Feature::CoarseClock]), &|_| true);
+        assert_eq!(bits, features::TCP_COOKIES | features::FRAME_HEADS);
+        assert_eq!(off[0].feature, Feature::CoarseClock);
+        assert!(off[0].why.contains("--without"), "{}", off[0].why);
+    }
+}
