@@ -26,6 +26,21 @@ fn packets(stats: &StatsView, reason: &str) -> u64 {
     stats.reasons.get(reason).map_or(0, |c| c.packets)
 }
 
+/// The daemon's metrics page, from inside the server's namespace.
+fn metrics(lab: &Lab) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.ns(Host::Server)])
+        .args([
+            "curl",
+            "--silent",
+            "--show-error",
+            "http://127.0.0.1:9979/metrics",
+        ])
+        .output()
+        .expect("running curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn status(daemon: &DaemonProcess) -> StatusView {
     serde_json::from_str(daemon.cli(&["status", "--json"]).ok("status")).expect("status --json")
 }
@@ -78,7 +93,14 @@ fn without_tcp_cookies_the_filter_works_and_says_so() {
     let mut daemon = DaemonProcess::start(
         &lab.ns(Host::Server),
         &paths,
-        &["--capacity", "1024", "--without", "tcp-cookies"],
+        &[
+            "--capacity",
+            "1024",
+            "--without",
+            "tcp-cookies",
+            "--metrics",
+            "127.0.0.1:9979",
+        ],
     )
     .unwrap_or_else(|err| panic!("starting the daemon without tcp-cookies: {err:#}"));
     let view = status(&daemon);
@@ -99,6 +121,12 @@ fn without_tcp_cookies_the_filter_works_and_says_so() {
         "the log says so: {}",
         daemon.log()
     );
+
+    let metrics = metrics(&lab);
+    for (feature, on) in [("tcp-cookies", 0), ("frame-heads", 1), ("coarse-clock", 1)] {
+        let line = format!("spacefilter_kernel_feature{{feature=\"{feature}\"}} {on}");
+        assert!(metrics.contains(&line), "{line} in the metrics:\n{metrics}");
+    }
 
     let before = stats(&daemon);
     exchanges("without cookies at XDP");

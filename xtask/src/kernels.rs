@@ -7,8 +7,10 @@
 //!
 //! Inside the guest the `verifier_budget` test loads the program first and
 //! prints how many instructions the verifier processed, or the verifier's
-//! refusal; when the program loads, the `BPF_PROG_TEST_RUN` suites follow
-//! (`fixtures`, `guards`, `verdicts`, `differential`).
+//! refusal; when the program loads, the suites follow: `fixtures`,
+//! `guards`, `verdicts` and a bounded `differential` run through
+//! `BPF_PROG_TEST_RUN`, and `netns` (live traffic through a block and an
+//! unblock on veth pairs in network namespaces).
 
 use std::{
     collections::BTreeSet,
@@ -28,9 +30,11 @@ use crate::tasks::{cargo, run_cmd, workspace_root};
 /// The test that loads the program and reports the verifier's count.
 const LOAD_TEST: &str = "verifier_budget";
 /// The suites that run through `BPF_PROG_TEST_RUN` once the program loads.
-const SUITES: &[&str] = &["fixtures", "guards", "verdicts", "differential"];
-/// The host's iproute2 `ip`, copied into the guest.
-const IPROUTE2: &str = "/usr/sbin/ip";
+const SUITES: &[&str] = &["fixtures", "guards", "verdicts", "netns", "differential"];
+/// The host's iproute2 tools the suites run, copied into the guest.
+const IPROUTE2: &[&str] = &["/usr/sbin/ip", "/usr/sbin/bridge"];
+/// Differential cases in a guest: emulated, each takes about 2 s.
+const GUEST_FUZZ_CASES: u32 = 48;
 /// How long one guest may run before it is stopped.
 const GUEST_TIMEOUT: Duration = Duration::from_mins(40);
 /// Marks the guest prints around each test binary's output.
@@ -343,6 +347,7 @@ fn init_script() -> String {
          ip link set lo up\n\
          cd /tmp\n",
     );
+    let _ = writeln!(script, "export SPACEFILTER_FUZZ_CASES={GUEST_FUZZ_CASES}");
     let _ = writeln!(script, "echo \"{UNAME_MARK}$(uname -r)\"");
     // The load test's output goes to the console and to a file the script
     // reads to decide whether the suites can run.
@@ -391,14 +396,16 @@ fn write_initramfs(
         archive.file(&format!("modules/{name}"), bytes, 0o644);
     }
     let mut libraries = BTreeSet::new();
-    // iproute2's `ip`: busybox's cannot make veth pairs. It goes first on
-    // the guest's PATH.
-    let ip = Path::new(IPROUTE2);
-    let ip_bytes = fs::read(ip).with_context(|| {
-        format!("reading {IPROUTE2} (iproute2; `cargo xtask setup` installs it)")
-    })?;
-    archive.file("usr/sbin/ip", &ip_bytes, 0o755);
-    libraries.extend(shared_libraries(ip)?);
+    // iproute2's tools: busybox's `ip` cannot make veth pairs. They go
+    // first on the guest's PATH.
+    for tool in IPROUTE2 {
+        let path = Path::new(tool);
+        let bytes = fs::read(path).with_context(|| {
+            format!("reading {tool} (iproute2; `cargo xtask setup` installs it)")
+        })?;
+        archive.file(tool.trim_start_matches('/'), &bytes, 0o755);
+        libraries.extend(shared_libraries(path)?);
+    }
     for (name, binary) in binaries {
         archive.file(
             &format!("tests/{name}"),

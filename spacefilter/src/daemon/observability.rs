@@ -15,7 +15,7 @@ use crate::{
         CounterView, FeatureOffView, InterfaceView, ObserveView, PROTOCOL_VERSION, SampleView,
         StatsView, StatusView, TopView,
     },
-    bpf::{Counters, Sample, Sampling, monotonic_ns},
+    bpf::{Counters, Feature, Sample, Sampling, monotonic_ns},
     error_chain,
     net::List,
     store::now_ms,
@@ -42,6 +42,8 @@ pub struct MetricsSnapshot {
     pub uptime: Duration,
     pub samples: ObserveView,
     pub auto_blocks: u64,
+    /// Each kernel feature, and whether the program uses it.
+    pub features: Vec<(&'static str, bool)>,
 }
 
 impl Core {
@@ -129,6 +131,13 @@ impl Core {
             uptime: self.started.elapsed(),
             samples: self.observe(),
             auto_blocks: self.auto_blocks,
+            features: Feature::ALL
+                .iter()
+                .map(|f| {
+                    let off = self.filter.features_off().iter().any(|o| o.feature == *f);
+                    (f.name(), !off)
+                })
+                .collect(),
         })
     }
 

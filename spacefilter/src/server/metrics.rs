@@ -148,6 +148,16 @@ impl Collector for DaemonCollector {
         )?;
         gauge(
             &mut encoder,
+            "spacefilter_kernel_feature",
+            "1 for each kernel feature the program uses, 0 for one it runs without (the \
+             kernel lacks it, or `run --without`; `spacefilter status` says why).",
+            &m.features
+                .iter()
+                .map(|(name, on)| (vec![("feature", (*name).to_owned())], i64::from(*on)))
+                .collect::<Vec<_>>(),
+        )?;
+        gauge(
+            &mut encoder,
             "spacefilter_uptime_seconds",
             "Seconds since the daemon started.",
             &[(vec![], signed(m.uptime.as_secs()))],
