@@ -10,11 +10,12 @@
 //!
 //! Kernel requirements: XDP with native mode on the driver (veth since 4.19),
 //! memory-mappable arrays (`BPF_F_MMAPABLE`, 5.5), per-CPU arrays (4.6),
-//! bounded loops (5.3), ring buffers (5.8); the shield's helpers
-//! `bpf_xdp_load_bytes` (5.18) and `bpf_tcp_raw_gen_syncookie_ipv4/6` (6.0).
-//! Every helper and map type it uses is in 6.1 (Debian 12), but 6.1's
-//! verifier gives up on the program at its limit of a million instructions
-//! processed; 6.12 and later load it (`cargo xtask kernels`).
+//! bounded loops (5.3), ring buffers (5.8), read-only global data the
+//! verifier reads (frozen maps, 5.2), global functions with a pointer
+//! argument (5.12, [`observe`]). The helpers of the features in
+//! [`features`] (the shield's `bpf_xdp_load_bytes`, 5.18, and
+//! `bpf_tcp_raw_gen_syncookie_ipv4/6`, 6.0) are used only where the loader
+//! found them. Debian 12's 6.1 and later load it (`cargo xtask kernels`).
 #![no_std]
 #![no_main]
 // No calls to memset or memcpy: LLVM would otherwise merge a struct's zero

@@ -753,8 +753,22 @@ fn packet_report(rows: &[Row]) -> String {
     out
 }
 
-/// Writes `text` to `path`.
+/// The heading of the per-kernel section `cargo xtask kernels` writes
+/// (see `xtask/src/kernels.rs`): kept when the report is rewritten.
+const KERNELS_SECTION: &str = "\n## Kernels\n";
+
+/// Writes `text` to `path`, followed by the per-kernel section of the file
+/// there, if it has one.
 pub fn write_report(path: &Path, text: &str) -> anyhow::Result<()> {
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    let mut text = text.to_owned();
+    if let Some(at) = old.find(KERNELS_SECTION) {
+        let rest = &old[at + KERNELS_SECTION.len()..];
+        let end = rest
+            .find("\n## ")
+            .map_or(old.len(), |e| at + KERNELS_SECTION.len() + e + 1);
+        text.push_str(&old[at..end]);
+    }
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 

@@ -9,9 +9,14 @@ use spacefilter_tests::fixture;
 
 /// The kernel refuses a program whose verification processes more.
 const KERNEL_LIMIT: u32 = 1_000_000;
-/// What the suite allows: headroom for kernels whose verifier explores more
-/// states than this one's.
-const BUDGET: u32 = 850_000;
+/// What the suite allows on this kernel. Verifiers differ: before 6.4 one
+/// that meets a BPF-to-BPF call while tracking precision marks every
+/// scalar precise and prunes far less (a program at 583,000 here once
+/// passed 1,000,000 on 6.1). With no such call left, 6.1 processes fewer
+/// than 6.18 (375,505 against 423,478). `cargo xtask kernels` is the
+/// proof on each kernel; this budget catches a change that grows the
+/// program's paths by a third.
+const BUDGET: u32 = 560_000;
 
 /// Loads the program with the features in `without` off, and returns the
 /// instructions the verifier processed.

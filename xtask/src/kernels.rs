@@ -129,6 +129,7 @@ pub(crate) fn run(series: &[Series]) -> Result<()> {
     for outcome in &outcomes {
         all_good &= summarise(outcome);
     }
+    record_in_benchmarks(&outcomes, accel)?;
     if !all_good {
         bail!("a kernel did not load the program or a suite failed (see above)");
     }
@@ -729,4 +730,127 @@ fn summarise(outcome: &Outcome) -> bool {
         println!("  {name}: skipped (the program did not load)");
     }
     good && skipped.is_empty()
+}
+
+/// The heading of BENCHMARKS.md's section of per-kernel results; `cargo
+/// xtask bench` keeps the section when it rewrites the file.
+const SECTION: &str = "## Kernels";
+
+/// One table row: the kernel, what the verifier processed, each suite's
+/// result, the guest's time.
+fn table_row(outcome: &Outcome, accel: &str) -> String {
+    let Outcome {
+        series,
+        release,
+        runs,
+        skipped,
+        seconds,
+        ..
+    } = outcome;
+    let mut row = format!(
+        "| {series} | {} | ",
+        release.as_deref().unwrap_or("(no release reported)")
+    );
+    let count = runs
+        .iter()
+        .find(|r| r.0 == LOAD_TEST)
+        .and_then(|r| r.2.iter().find_map(|l| l.split("processed ").nth(1)))
+        .and_then(|rest| rest.split_whitespace().next())
+        .map_or_else(|| "refused".to_owned(), str::to_owned);
+    let _ = write!(row, "{count} |");
+    for suite in SUITES {
+        let cell = if skipped.iter().any(|s| s == suite) {
+            "skipped".to_owned()
+        } else if let Some((_, status, lines)) = runs.iter().find(|r| r.0 == *suite) {
+            let counts = lines
+                .iter()
+                .rev()
+                .find_map(|l| l.strip_prefix("test result: "))
+                .map(|r| {
+                    let r = r.trim_start_matches("ok.").trim_start_matches("FAILED.");
+                    r.split(';')
+                        .take(2)
+                        .map(str::trim)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default();
+            match status {
+                Some(0) => counts,
+                Some(_) => format!("FAILED: {counts}"),
+                None => "did not finish".to_owned(),
+            }
+        } else {
+            "not run".to_owned()
+        };
+        let _ = write!(row, " {cell} |");
+    }
+    let _ = write!(row, " {seconds:.0} s ({accel}) |");
+    row
+}
+
+/// Puts this run's rows into BENCHMARKS.md's per-kernel table, keeping
+/// the rows of kernels not run this time.
+fn record_in_benchmarks(outcomes: &[Outcome], accel: &str) -> Result<()> {
+    let path = workspace_root().join("BENCHMARKS.md");
+    let text = fs::read_to_string(&path).unwrap_or_default();
+    let (before, section, after) = match text.find(&format!("\n{SECTION}\n")) {
+        Some(at) => {
+            let start = at + 1;
+            let end = text[start + SECTION.len()..]
+                .find("\n## ")
+                .map_or(text.len(), |e| start + SECTION.len() + e + 1);
+            (&text[..start], &text[start..end], &text[end..])
+        }
+        None => (text.as_str(), "", ""),
+    };
+    let mut rows: Vec<(String, String)> = section
+        .lines()
+        .filter(|l| l.starts_with("| 6") || l.starts_with("| 5"))
+        .map(|l| {
+            let key = l.split('|').nth(1).unwrap_or_default().trim().to_owned();
+            (key, l.to_owned())
+        })
+        .collect();
+    for outcome in outcomes {
+        let key = outcome.series.to_string();
+        let row = table_row(outcome, accel);
+        match rows.iter_mut().find(|(k, _)| *k == key) {
+            Some(existing) => existing.1 = row,
+            None => rows.push((key, row)),
+        }
+    }
+    let mut out = String::from(before);
+    if !out.is_empty() && !out.ends_with("\n\n") {
+        out.push('\n');
+    }
+    let _ = writeln!(
+        out,
+        "{SECTION}\n\n\
+         `cargo xtask kernels`: Debian's cloud kernels booted under qemu, the \
+         program loaded and the suites run inside (`netns` with live traffic on \
+         veth pairs; `differential` a bounded run of {GUEST_FUZZ_CASES} cases). \
+         The verifier's count is the instructions it processed (the kernel's \
+         limit is 1,000,000); the time is the guest's, boot included.\n"
+    );
+    let mut header = String::from("| kernel | release | verifier |");
+    let mut rule = String::from("|---|---|---:|");
+    for suite in SUITES {
+        let _ = write!(header, " {suite} |");
+        rule.push_str("---|");
+    }
+    header.push_str(" time |");
+    rule.push_str("---:|");
+    let _ = writeln!(out, "{header}\n{rule}");
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    for (_, row) in rows {
+        let _ = writeln!(out, "{row}");
+    }
+    if !after.is_empty() {
+        out.push('\n');
+        out.push_str(after);
+    }
+    fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
+    println!("kernels: the results are in BENCHMARKS.md ({SECTION})");
+    Ok(())
 }
