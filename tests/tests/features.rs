@@ -60,7 +60,6 @@ fn without_tcp_cookies_the_filter_works_and_says_so() {
     let dir = Scratch::new("features").expect("a scratch directory");
     let paths = DaemonPaths::in_dir(dir.path());
     let server = SocketAddr::new(Host::Server.addr(Family::V4), port);
-    let attacker = Host::Attacker.addr(Family::V4).to_string();
     let spec = format!("tcp/{port}");
     let exchanges = |what: &str| {
         for i in 0..CONNECTIONS {
@@ -141,28 +140,33 @@ fn without_tcp_cookies_the_filter_works_and_says_so() {
         "the handshakes went on to the kernel: {after:?}"
     );
 
-    // The lists still work: the attacker's frames are dropped once blocked
-    // (and passed before, the positive control).
+    lists_still_drop(&lab, &daemon);
+    daemon.terminate(STOP_TIMEOUT).expect("stopping");
+    drop(echo);
+}
+
+/// The attacker's frames pass (the positive control), then are dropped
+/// once blocked.
+fn lists_still_drop(lab: &Lab, daemon: &DaemonProcess) {
+    let attacker = Host::Attacker.addr(Family::V4).to_string();
     let to = SocketAddr::new(Host::Server.addr(Family::V4), DISCARD);
-    let before = stats(&daemon);
-    send_udp(&lab, Host::Attacker, to, 20, Duration::from_millis(1)).expect("sending");
+    let before = stats(daemon);
+    send_udp(lab, Host::Attacker, to, 20, Duration::from_millis(1)).expect("sending");
     assert!(
-        wait_until(TIMEOUT, || packets(&stats(&daemon), "passed")
+        wait_until(TIMEOUT, || packets(&stats(daemon), "passed")
             >= packets(&before, "passed") + 20),
         "the attacker's frames pass before the block"
     );
-    let between = stats(&daemon);
+    let between = stats(daemon);
     assert_eq!(packets(&between, "blocked"), packets(&before, "blocked"));
     daemon.cli(&["block", &attacker]).ok("block");
-    send_udp(&lab, Host::Attacker, to, 20, Duration::from_millis(1)).expect("sending");
+    send_udp(lab, Host::Attacker, to, 20, Duration::from_millis(1)).expect("sending");
     assert!(
-        wait_until(TIMEOUT, || packets(&stats(&daemon), "blocked")
+        wait_until(TIMEOUT, || packets(&stats(daemon), "blocked")
             == packets(&between, "blocked") + 20),
         "blocked without the feature: {:?}",
-        stats(&daemon)
+        stats(daemon)
     );
-    daemon.terminate(STOP_TIMEOUT).expect("stopping");
-    drop(echo);
 }
 
 /// An unknown feature is refused at start with exit 2, naming the bad

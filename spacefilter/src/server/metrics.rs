@@ -146,16 +146,7 @@ impl Collector for DaemonCollector {
             "Times the spoofed-source fallback was switched on.",
             &[(vec![], m.spoof_switches)],
         )?;
-        gauge(
-            &mut encoder,
-            "spacefilter_kernel_feature",
-            "1 for each kernel feature the program uses, 0 for one it runs without (the \
-             kernel lacks it, or `run --without`; `spacefilter status` says why).",
-            &m.features
-                .iter()
-                .map(|(name, on)| (vec![("feature", (*name).to_owned())], i64::from(*on)))
-                .collect::<Vec<_>>(),
-        )?;
+        encode_features(&mut encoder, &m)?;
         gauge(
             &mut encoder,
             "spacefilter_uptime_seconds",
@@ -357,4 +348,18 @@ async fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<(
     );
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
+}
+
+/// Each kernel feature: 1 if the program uses it, 0 if it runs without.
+fn encode_features(encoder: &mut DescriptorEncoder, m: &Snapshot) -> fmt::Result {
+    gauge(
+        encoder,
+        "spacefilter_kernel_feature",
+        "1 for each kernel feature the program uses, 0 for one it runs without (the kernel \
+         lacks it, or `run --without`; `spacefilter status` says why).",
+        &m.features
+            .iter()
+            .map(|(name, on)| (vec![("feature", (*name).to_owned())], i64::from(*on)))
+            .collect::<Vec<_>>(),
+    )
 }
