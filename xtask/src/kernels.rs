@@ -1,6 +1,6 @@
 //! `cargo xtask kernels`: runs the XDP program on the kernels distributions
 //! ship, in virtual machines. For each kernel it fetches Debian's cloud
-//! kernel package (cached under `target/kernels/`), packs the test binaries,
+//! kernel package (cached under `~/.cache/spacefilter/kernels/`), packs the test binaries,
 //! the shared libraries they link and a static busybox into an initramfs,
 //! boots the kernel under qemu (KVM when `/dev/kvm` works, plain emulation
 //! otherwise) and reads the results from the serial console.
@@ -106,6 +106,8 @@ pub(crate) fn run(series: &[Series]) -> Result<()> {
     let binaries = build_tests()?;
     let dir = workspace_root().join("target/kernels");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let cache = kernel_cache();
+    fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
     let accel = match kvm_usable() {
         Ok(()) => "kvm",
         Err(why) => {
@@ -115,7 +117,7 @@ pub(crate) fn run(series: &[Series]) -> Result<()> {
     };
     let mut outcomes = Vec::new();
     for &s in series {
-        let kernel = fetch_kernel(&dir, s)?;
+        let kernel = fetch_kernel(&cache, s)?;
         let initramfs = dir.join(format!("initramfs-{s}.cpio"));
         step("packing the initramfs (busybox, the test binaries, their libraries, veth)");
         let modules = kernel_modules(&kernel)?;
@@ -134,6 +136,18 @@ pub(crate) fn run(series: &[Series]) -> Result<()> {
         bail!("a kernel did not load the program or a suite failed (see above)");
     }
     Ok(())
+}
+
+/// Where unpacked kernel packages are kept: outside the work tree, so that
+/// a fresh clone (CI's) boots without downloading them again.
+fn kernel_cache() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map_or_else(
+            || workspace_root().join("target/kernels"),
+            |base| base.join("spacefilter/kernels"),
+        )
 }
 
 /// Builds the test binaries and returns their paths, by name.
@@ -268,23 +282,18 @@ fn fetch_kernel(dir: &Path, series: Series) -> Result<PathBuf> {
 /// The modules of the unpacked kernel the tests need that it does not build
 /// in (veth, for the tests that make veth pairs), uncompressed for
 /// busybox's `insmod`, by file name.
-fn kernel_modules(vmlinuz: &Path) -> Result<Vec<(String, Vec<u8>)>> {
-    let unpacked = vmlinuz
-        .parent()
-        .and_then(Path::parent)
-        .context("the kernel's package tree")?;
-    let release = vmlinuz
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix("vmlinuz-"))
-        .context("the kernel's file is not named vmlinuz-RELEASE")?;
-    let config = fs::read_to_string(unpacked.join(format!("boot/config-{release}")))
-        .with_context(|| format!("reading the config of kernel {release}"))?;
-    if config.lines().any(|l| l == "CONFIG_VETH=y") {
-        return Ok(Vec::new());
-    }
-    let base = unpacked.join(format!("lib/modules/{release}/kernel/drivers/net/veth.ko"));
-    let mut modules = Vec::new();
+/// The modules the suites need where the kernel has them as modules, by
+/// config symbol, in load order: veth pairs, and the lab's bridge.
+const MODULES: &[(&str, &str)] = &[
+    ("VETH", "drivers/net/veth.ko"),
+    ("LLC", "net/llc/llc.ko"),
+    ("STP", "net/802/stp.ko"),
+    ("BRIDGE", "net/bridge/bridge.ko"),
+];
+
+/// The contents of module `base` (`.ko`, or compressed `.ko.xz`,
+/// `.ko.zst`), unpacked; `None` if the kernel has no such file.
+fn module_bytes(base: &Path) -> Result<Option<Vec<u8>>> {
     for (suffix, decompress) in [("", None), (".xz", Some("xz")), (".zst", Some("zstd"))] {
         let path = PathBuf::from(format!("{}{suffix}", base.display()));
         if !path.exists() {
@@ -306,11 +315,41 @@ fn kernel_modules(vmlinuz: &Path) -> Result<Vec<(String, Vec<u8>)>> {
                 out.stdout
             }
         };
-        modules.push(("veth.ko".to_owned(), bytes));
-        break;
+        return Ok(Some(bytes));
     }
-    if modules.is_empty() {
-        println!("kernels: kernel {release} has no veth module; the veth tests will fail");
+    Ok(None)
+}
+
+fn kernel_modules(vmlinuz: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let unpacked = vmlinuz
+        .parent()
+        .and_then(Path::parent)
+        .context("the kernel's package tree")?;
+    let release = vmlinuz
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("vmlinuz-"))
+        .context("the kernel's file is not named vmlinuz-RELEASE")?;
+    let config = fs::read_to_string(unpacked.join(format!("boot/config-{release}")))
+        .with_context(|| format!("reading the config of kernel {release}"))?;
+    let mut modules = Vec::new();
+    for (order, (symbol, path)) in MODULES.iter().enumerate() {
+        if config.lines().any(|l| l == format!("CONFIG_{symbol}=y")) {
+            continue;
+        }
+        let name = Path::new(path)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or(path);
+        let base = unpacked.join(format!("lib/modules/{release}/kernel/{path}"));
+        match module_bytes(&base)? {
+            // Numbered: the guest loads them in this order.
+            Some(bytes) => modules.push((format!("{order}-{name}"), bytes)),
+            None => println!(
+                "kernels: kernel {release} has no {name} (CONFIG_{symbol}); the tests that \
+                 need it will fail"
+            ),
+        }
     }
     Ok(modules)
 }
@@ -335,7 +374,8 @@ fn init_script() -> String {
          /bin/busybox --install -s /bin\n\
          export PATH=/usr/sbin:/bin LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu\n\
          export RUST_BACKTRACE=0 HOME=/tmp\n\
-         mkdir -p /proc /sys /dev /tmp /run\n\
+         mkdir -p /proc /sys /dev /tmp /run /var\n\
+         ln -s /run /var/run\n\
          mount -t proc proc /proc\n\
          mount -t sysfs sys /sys\n\
          mount -t devtmpfs dev /dev\n\
