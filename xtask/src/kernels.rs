@@ -31,8 +31,10 @@ use crate::tasks::{cargo, run_cmd, workspace_root};
 const LOAD_TEST: &str = "verifier_budget";
 /// The suites that run through `BPF_PROG_TEST_RUN` once the program loads.
 const SUITES: &[&str] = &["fixtures", "guards", "verdicts", "netns", "differential"];
-/// The host's iproute2 tools the suites run, copied into the guest.
-const IPROUTE2: &[&str] = &["/usr/sbin/ip", "/usr/sbin/bridge"];
+/// The host's tools the suites run (iproute2's, iputils' ping: busybox's
+/// cannot make veth pairs and prints other statistics), copied into the
+/// guest at the same paths.
+const HOST_TOOLS: &[&str] = &["/usr/sbin/ip", "/usr/sbin/bridge", "/usr/bin/ping"];
 /// Differential cases in a guest: emulated, each takes about 2 s.
 const GUEST_FUZZ_CASES: u32 = 48;
 /// How long one guest may run before it is stopped.
@@ -372,7 +374,7 @@ fn init_script() -> String {
     let mut script = String::from(
         "#!/bin/busybox sh\n\
          /bin/busybox --install -s /bin\n\
-         export PATH=/usr/sbin:/bin LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu\n\
+         export PATH=/usr/sbin:/usr/bin:/bin LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu\n\
          export RUST_BACKTRACE=0 HOME=/tmp\n\
          mkdir -p /proc /sys /dev /tmp /run /var\n\
          ln -s /run /var/run\n\
@@ -437,12 +439,11 @@ fn write_initramfs(
         archive.file(&format!("modules/{name}"), bytes, 0o644);
     }
     let mut libraries = BTreeSet::new();
-    // iproute2's tools: busybox's `ip` cannot make veth pairs. They go
-    // first on the guest's PATH.
-    for tool in IPROUTE2 {
+    // They go first on the guest's PATH.
+    for tool in HOST_TOOLS {
         let path = Path::new(tool);
         let bytes = fs::read(path).with_context(|| {
-            format!("reading {tool} (iproute2; `cargo xtask setup` installs it)")
+            format!("reading {tool} (`cargo xtask setup` installs it)")
         })?;
         archive.file(tool.trim_start_matches('/'), &bytes, 0o755);
         libraries.extend(shared_libraries(path)?);
