@@ -72,3 +72,12 @@ fn features_switched_off_are_not_verified() {
         );
     }
 }
+
+/// The kernel probes at load find everything the program cannot do without
+/// on this kernel (a probe that cannot tell says nothing, so this also
+/// shows the probes answer as root).
+#[test]
+fn this_kernel_meets_the_requirements() {
+    spacefilter_tests::require_root();
+    assert_eq!(spacefilter::bpf::features::require(), Ok(()));
+}

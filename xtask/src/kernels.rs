@@ -442,9 +442,8 @@ fn write_initramfs(
     // They go first on the guest's PATH.
     for tool in HOST_TOOLS {
         let path = Path::new(tool);
-        let bytes = fs::read(path).with_context(|| {
-            format!("reading {tool} (`cargo xtask setup` installs it)")
-        })?;
+        let bytes = fs::read(path)
+            .with_context(|| format!("reading {tool} (`cargo xtask setup` installs it)"))?;
         archive.file(tool.trim_start_matches('/'), &bytes, 0o755);
         libraries.extend(shared_libraries(path)?);
     }

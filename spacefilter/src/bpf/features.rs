@@ -7,8 +7,9 @@
 //! daemon says so in its log and in `status`.
 
 use aya::{
+    maps::MapType,
     programs::ProgramType,
-    sys::{BpfHelper, is_helper_supported},
+    sys::{BpfHelper, is_helper_supported, is_map_supported, is_program_supported},
 };
 use serde::{Deserialize, Serialize};
 use spacefilter_common::features;
@@ -166,9 +167,60 @@ fn probe_with(without: u32, has: &dyn Fn(BpfHelper) -> bool) -> (u32, Vec<Featur
     (bits, off)
 }
 
+/// What the program cannot do without, with the kernel that brought it.
+const REQUIRED: [(Requirement, &str, &str); 4] = [
+    (
+        Requirement::Program(ProgramType::Xdp),
+        "XDP programs",
+        "4.8",
+    ),
+    (Requirement::Map(MapType::LpmTrie), "LPM-trie maps", "4.11"),
+    (Requirement::Map(MapType::LruHash), "LRU hash maps", "4.10"),
+    (Requirement::Map(MapType::RingBuf), "ring buffers", "5.8"),
+];
+
+#[derive(Clone, Copy)]
+enum Requirement {
+    Program(ProgramType),
+    Map(MapType),
+}
+
+/// Checks that the kernel has what the program cannot do without, and
+/// names the first thing it lacks. A probe that cannot tell (not root, a
+/// kernel that refuses probes) says nothing: the load then reports its own
+/// error.
+pub fn require() -> Result<(), String> {
+    require_with(&|requirement| match requirement {
+        Requirement::Program(kind) => is_program_supported(kind).ok(),
+        Requirement::Map(kind) => is_map_supported(kind).ok(),
+    })
+}
+
+fn require_with(has: &dyn Fn(Requirement) -> Option<bool>) -> Result<(), String> {
+    for (requirement, what, since) in REQUIRED {
+        if has(requirement) == Some(false) {
+            return Err(format!(
+                "this kernel has no {what} (Linux {since} and later have them); spacefilter needs \
+                 Linux 5.12 or later with BPF and XDP (Debian 12's 6.1 and 6.12 are tested)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kernel_without_ring_buffers_is_refused_by_name() {
+        let err = require_with(&|r| Some(!matches!(r, Requirement::Map(MapType::RingBuf))))
+            .expect_err("refused");
+        assert!(err.contains("ring buffers") && err.contains("5.8"), "{err}");
+        // A probe that cannot tell refuses nothing.
+        assert_eq!(require_with(&|_| None), Ok(()));
+        assert_eq!(require_with(&|_| Some(true)), Ok(()));
+    }
 
     #[test]
     fn every_feature_has_its_own_bit_and_together_they_are_all() {

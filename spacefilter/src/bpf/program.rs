@@ -70,6 +70,8 @@ impl AttachMode {
 pub enum FilterError {
     #[error("loading the XDP program failed (is this root, on a kernel with BPF?)")]
     Load(#[source] aya::EbpfError),
+    #[error("{0}")]
+    Kernel(String),
     #[error("the object file has no XDP program named {PROGRAM_NAME}")]
     MissingProgram,
     #[error("preparing the XDP program failed")]
@@ -199,6 +201,7 @@ impl Filter {
         if capacity > MAX_CAPACITY {
             return Err(FilterError::Capacity { capacity });
         }
+        features::require().map_err(FilterError::Kernel)?;
         let (features, features_off) = features::probe(without);
         for off in &features_off {
             log::warn!(
