@@ -14,6 +14,8 @@ use std::{
 use serde::Deserialize;
 use spacefilter_common::{DEFAULT_BUCKETS, DEFAULT_CAPACITY, lookup::MAX_CAPACITY};
 
+use crate::bpf::DEFAULT_PIN_DIR;
+
 use crate::{
     daemon::{
         self, AttachMode, DEFAULT_SAMPLE_CAP, DEFAULT_SAMPLE_EVERY, Feature, MAX_SAMPLE_CAP,
@@ -55,6 +57,7 @@ pub struct ConfigFile {
     /// Kernel features to run without, as `run --without` says.
     #[serde(default)]
     pub without: Vec<Feature>,
+    pub pin_dir: Option<PathBuf>,
     #[serde(default)]
     pub allow: Vec<Prefix>,
     #[serde(default)]
@@ -123,6 +126,12 @@ pub struct CommandLine {
     /// what is off and why.
     #[arg(long, value_enum, value_name = "FEATURE")]
     pub without: Vec<Feature>,
+    /// Pin each interface's XDP link in this directory on a BPF filesystem
+    /// (default /sys/fs/bpf/spacefilter): the filter stays on through a
+    /// crash, a stop or an upgrade, and the next daemon takes it over with
+    /// no gap. `spacefilter detach` takes it off.
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
 }
 
 /// The merged settings: the daemon's core and its transports.
@@ -149,6 +158,7 @@ pub fn merge(cli: CommandLine, file: ConfigFile) -> Result<RunSettings, ConfigEr
         sample_every,
         sample_cap,
         without,
+        pin_dir,
     } = cli;
     let settings = RunSettings {
         daemon: daemon::Settings {
@@ -175,6 +185,9 @@ pub fn merge(cli: CommandLine, file: ConfigFile) -> Result<RunSettings, ConfigEr
             } else {
                 without
             },
+            pin_dir: pin_dir
+                .or(file.pin_dir)
+                .unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
             allow: file.allow,
             block: file.block,
             reload: None,

@@ -778,3 +778,40 @@ impl SinkLab {
         self.sink.received_from(host.addr(Family::V4))
     }
 }
+
+/// A BPF filesystem mounted for one test, in the host's mount namespace
+/// (the daemon's `ip netns exec` sees it: only /sys is remounted there),
+/// unmounted when dropped. Pins in it outlive the daemon, as under
+/// /sys/fs/bpf on a real host.
+pub struct BpfFs {
+    path: PathBuf,
+}
+
+impl BpfFs {
+    /// Mounts one at `path` (created).
+    pub fn mount(path: &Path) -> anyhow::Result<Self> {
+        fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+        nix::mount::mount(
+            Some("bpf"),
+            path,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .with_context(|| format!("mounting a BPF filesystem at {}", path.display()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+        })
+    }
+
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for BpfFs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH);
+    }
+}

@@ -149,6 +149,9 @@ pub struct TopView {
 pub struct InterfaceView {
     pub name: String,
     pub mode: String,
+    /// Its XDP link is pinned: the filter stays when the daemon stops.
+    #[serde(default)]
+    pub pinned: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,6 +8,8 @@
 //! - [`lists`]: the allow and block lists in the lookup tables
 //!   ([`tables`]), with a per-CPU hit counter per entry.
 //! - [`counters`]: the per-CPU verdict counters.
+//! - [`pins`]: where the XDP links are pinned, so the filter outlives the
+//!   daemon.
 //! - [`features`]: the kernel features the program may use, probed at load.
 //! - [`limiter`]: the flood guards' settings, buckets and auto-blocks.
 //! - [`rules`]: the rules on headers.
@@ -21,6 +23,7 @@ pub mod counters;
 pub mod features;
 pub mod limiter;
 pub mod lists;
+pub mod pins;
 pub mod program;
 pub mod rules;
 pub mod sampler;
@@ -33,7 +36,8 @@ pub use self::{
     features::{Feature, FeatureOff},
     limiter::{Limiter, Shielded, limiter_key_of, limiter_prefix},
     lists::{Entry, Lists},
-    program::{AttachMode, Filter, FilterError, KernelLog, LoadOptions, TOOLS},
+    pins::{DEFAULT_PIN_DIR, PinDir},
+    program::{AttachMode, Filter, FilterError, KernelLog, LoadOptions, TOOLS, pinned_program},
     rules::HeaderRules,
     sampler::{Observer, Sample, Sampling},
     verifier::Verifier,

@@ -1,15 +1,19 @@
 //! The loaded XDP program: load it, attach it to interfaces, steer its
 //! lists and read its counters.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader, TestRunOptions,
     maps::{MapData, RingBuf},
     programs::{
         ProgramError, SchedClassifier, TcAttachType, TestRun as _, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
         tc::{self, SchedClassifierLinkId},
-        xdp::XdpLinkId,
+        xdp::{XdpLink, XdpLinkId},
     },
 };
 use spacefilter_common::{
@@ -82,6 +86,14 @@ pub enum FilterError {
         mode: &'static str,
         #[source]
         source: ProgramError,
+    },
+    #[error("{iface}: the XDP link could not be pinned or taken over: {why}")]
+    Pin { iface: String, why: String },
+    #[error("{iface}: removing the XDP link's pin failed")]
+    Unpin {
+        iface: String,
+        #[source]
+        source: std::io::Error,
     },
     #[error("{iface} is not attached")]
     NotAttached { iface: String },
@@ -180,9 +192,28 @@ pub struct Filter {
     attached: BTreeMap<String, Attachment>,
 }
 
+/// How the filter holds an interface's XDP link.
+enum Held {
+    /// In the program: the link ends with this process.
+    Program(XdpLinkId),
+    /// Pinned on bpffs: the link outlives this process.
+    Pinned(PinnedLink),
+    /// A predecessor's pinned link, taken over: in the program, and still
+    /// pinned at the path.
+    Adopted(XdpLinkId, PathBuf),
+}
+
+/// Removes the pin of `iface`'s link.
+fn remove_pin(iface: &str, pin: &Path) -> Result<(), FilterError> {
+    std::fs::remove_file(pin).map_err(|source| FilterError::Unpin {
+        iface: iface.to_owned(),
+        source,
+    })
+}
+
 struct Attachment {
     mode: AttachMode,
-    link: XdpLinkId,
+    link: Held,
     ifindex: u32,
     slot: Option<u32>,
     /// The egress program's link, if it could be attached.
@@ -291,6 +322,14 @@ impl Filter {
             .map_err(|err| error_chain(&err))
     }
 
+    /// Whether `iface`'s link is pinned (it outlives this process).
+    #[must_use]
+    pub fn pinned(&self, iface: &str) -> bool {
+        self.attached
+            .get(iface)
+            .is_some_and(|a| !matches!(a.link, Held::Program(_)))
+    }
+
     /// The kernel features the program runs without, and why.
     #[must_use]
     pub fn features_off(&self) -> &[FeatureOff] {
@@ -329,6 +368,17 @@ impl Filter {
     /// Attaches to `iface` and returns the mode that took: with
     /// [`AttachMode::Auto`], native if the driver allows, else skb.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<AttachMode, FilterError> {
+        let (used, link) = self.attach_link(iface, mode)?;
+        self.finish_attach(iface, used, Held::Program(link));
+        Ok(used)
+    }
+
+    /// Attaches the XDP program to `iface` (see [`Self::attach`]).
+    fn attach_link(
+        &mut self,
+        iface: &str,
+        mode: AttachMode,
+    ) -> Result<(AttachMode, XdpLinkId), FilterError> {
         let attempt = |program: &mut Xdp, mode: AttachMode| {
             let xdp_mode = match mode {
                 AttachMode::Auto | AttachMode::Native => XdpMode::Driver,
@@ -355,6 +405,11 @@ impl Filter {
             },
             mode => (mode, attempt(self.program(), mode)?),
         };
+        Ok((used, link))
+    }
+
+    /// Counter slot, egress program and bookkeeping of a new attachment.
+    fn finish_attach(&mut self, iface: &str, used: AttachMode, link: Held) {
         let ifindex = nix::net::if_::if_nametoindex(iface).unwrap_or(0);
         let slot = self.observer.assign(ifindex).unwrap_or_else(|err| {
             log::warn!("{iface}: no counters of its own: {}", error_chain(&err));
@@ -386,7 +441,6 @@ impl Filter {
                 egress,
             },
         );
-        Ok(used)
     }
 
     /// Detaches from `iface`.
@@ -408,12 +462,114 @@ impl Filter {
                 error_chain(&err)
             );
         }
-        self.program()
-            .detach(attachment.link)
-            .map_err(|source| FilterError::Detach {
+        match attachment.link {
+            Held::Program(link) => {
+                self.program()
+                    .detach(link)
+                    .map_err(|source| FilterError::Detach {
+                        iface: iface.to_owned(),
+                        source,
+                    })
+            }
+            Held::Adopted(link, pin) => {
+                remove_pin(iface, &pin)?;
+                self.program()
+                    .detach(link)
+                    .map_err(|source| FilterError::Detach {
+                        iface: iface.to_owned(),
+                        source,
+                    })
+            }
+            // Unpinned, the link's last reference is this one: dropping it
+            // detaches the program.
+            Held::Pinned(pinned) => pinned
+                .unpin()
+                .map(drop)
+                .map_err(|source| FilterError::Unpin {
+                    iface: iface.to_owned(),
+                    source,
+                }),
+        }
+    }
+
+    /// Attaches to `iface` through the XDP link pinned at `pin`, so that
+    /// the program stays attached after this process ends (a crash, a
+    /// stop, an upgrade) until a successor takes the link over or
+    /// [`Self::detach`] unpins it. If a link is pinned there already (a
+    /// predecessor's), this program replaces the one on it in a single
+    /// update (`BPF_LINK_UPDATE`, kernel 5.9): no frame goes unfiltered.
+    /// Returns the mode and whether a link was taken over.
+    pub fn attach_pinned(
+        &mut self,
+        iface: &str,
+        mode: AttachMode,
+        pin: &Path,
+    ) -> Result<(AttachMode, bool), FilterError> {
+        if pin.exists() {
+            match self.take_over(iface, pin) {
+                Ok(used) => return Ok((used, true)),
+                Err(err) => {
+                    log::warn!(
+                        "{iface}: the link pinned at {} could not be taken over ({}); \
+                         attaching anew",
+                        pin.display(),
+                        error_chain(&err)
+                    );
+                    let _ = std::fs::remove_file(pin);
+                }
+            }
+        }
+        let (used, id) = self.attach_link(iface, mode)?;
+        let link = self.program().take_link(id).map_err(FilterError::Program)?;
+        let pinned = FdLink::try_from(link)
+            .map_err(|err| FilterError::Pin {
                 iface: iface.to_owned(),
-                source,
+                why: format!("the link is not a bpf_link (kernel 5.9): {err}"),
             })
+            .and_then(|fd_link| {
+                fd_link.pin(pin).map_err(|err| FilterError::Pin {
+                    iface: iface.to_owned(),
+                    why: error_chain(&err),
+                })
+            });
+        match pinned {
+            Ok(pinned) => self.finish_attach(iface, used, Held::Pinned(pinned)),
+            Err(err) => {
+                // Taken out of the program and not pinned: its last
+                // reference was the dropped value, so the program is off
+                // the interface. Attach again, unpinned.
+                log::warn!(
+                    "{}; the filter lasts as long as this process",
+                    error_chain(&err)
+                );
+                let (used, id) = self.attach_link(iface, mode)?;
+                self.finish_attach(iface, used, Held::Program(id));
+                return Ok((used, false));
+            }
+        }
+        Ok((used, false))
+    }
+
+    /// Puts this program on the link pinned at `pin` in one update.
+    fn take_over(&mut self, iface: &str, pin: &Path) -> Result<AttachMode, FilterError> {
+        let pin_err = |why: String| FilterError::Pin {
+            iface: iface.to_owned(),
+            why,
+        };
+        let pinned = PinnedLink::from_pin(pin).map_err(|err| pin_err(error_chain(&err)))?;
+        let link = XdpLink::try_from(FdLink::from(pinned))
+            .map_err(|err| pin_err(format!("not an XDP link: {}", error_chain(&err))))?;
+        let id = self
+            .program()
+            .attach_to_link(link)
+            .map_err(|err| pin_err(format!("BPF_LINK_UPDATE: {}", error_chain(&err))))?;
+        let used = if crate::net::iface::xdp_generic(iface) == Some(true) {
+            AttachMode::Skb
+        } else {
+            AttachMode::Native
+        };
+        self.finish_attach(iface, used, Held::Adopted(id, pin.to_path_buf()));
+        Ok(used)
     }
 
     /// The interfaces attached, with the mode each one took.
@@ -575,4 +731,11 @@ impl Filter {
             .map_err(FilterError::TestRun)?;
         Ok((result.return_value, result.data_size_out as usize))
     }
+}
+
+/// The id of the program on the XDP link pinned at `pin`, if one is.
+#[must_use]
+pub fn pinned_program(pin: &Path) -> Option<u32> {
+    let link = FdLink::from(PinnedLink::from_pin(pin).ok()?);
+    link.info().ok().map(|info| info.program_id())
 }

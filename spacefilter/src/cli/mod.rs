@@ -7,6 +7,7 @@
 )]
 
 mod capture;
+mod detach;
 mod limit;
 mod lists;
 mod parse;
@@ -62,8 +63,13 @@ struct Cli {
 enum Command {
     /// Run the daemon: load the XDP program, attach it, restore the rules
     /// from the state directory and serve the control socket until SIGINT
-    /// or SIGTERM, which detach it and remove the socket.
+    /// or SIGTERM. Each interface's XDP link is pinned (--pin-dir): the
+    /// filter stays on when the daemon stops or crashes, and the next
+    /// daemon takes it over with no gap.
     Run(RunArgs),
+    /// Take the filter off interfaces where a stopped daemon left it
+    /// pinned.
+    Detach(detach::DetachArgs),
     /// Drop all traffic from these prefixes (IPv4 or IPv6 addresses or
     /// CIDR prefixes). Blocking a prefix that is already blocked sets its
     /// TTL anew (without --ttl it becomes permanent) and its comment, if one
@@ -192,6 +198,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Detach(args) => detach::detach(&args),
         Command::Block(args) => lists::add(List::Block, args),
         Command::Allow(args) => lists::add(List::Allow, args),
         Command::Unblock(args) => lists::remove(List::Block, args),

@@ -18,7 +18,7 @@ use crate::{
 pub(super) struct RunArgs {
     /// A TOML file with any of: interfaces, mode, state_dir, socket,
     /// socket_group, capacity, max_sources, metrics, sample_every, sample_cap, without,
-    /// allow, block. The command line wins where both speak.
+    /// pin_dir, allow, block. The command line wins where both speak.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(flatten)]

@@ -140,7 +140,16 @@ pub(super) fn status(args: &StatusArgs) -> Result<(), Failure> {
     );
     println!("program id {program_id}");
     for iface in interfaces {
-        println!("attached to {} ({} mode)", iface.name, iface.mode);
+        println!(
+            "attached to {} ({} mode{})",
+            iface.name,
+            iface.mode,
+            if iface.pinned {
+                ", pinned: stays when the daemon stops"
+            } else {
+                ""
+            }
+        );
     }
     println!(
         "allowlist: {allow_entries} entries; blocklist: {block_entries} entries; capacity {capacity} per list"

@@ -128,13 +128,25 @@ pub(super) fn describe(prefixes: &[Prefix]) -> String {
 }
 
 impl Core {
-    pub(super) fn detach_all(&mut self) {
+    /// Detaches from the interfaces whose links are not pinned, and leaves
+    /// the others filtered. Returns whether any was left.
+    pub(super) fn leave_pinned(&mut self) -> bool {
         let ifaces: Vec<String> = self.filter.attached().map(|(i, _)| i.to_owned()).collect();
+        let mut left = false;
         for iface in ifaces {
-            match self.filter.detach(&iface) {
-                Ok(()) => log::info!("detached from {iface}"),
-                Err(err) => log::error!("{}", error_chain(&err)),
+            if self.filter.pinned(&iface) {
+                log::info!(
+                    "left the filter on {iface}: its link is pinned; the next `spacefilter run` \
+                     takes it over with no gap, `spacefilter detach` takes it off"
+                );
+                left = true;
+            } else {
+                match self.filter.detach(&iface) {
+                    Ok(()) => log::info!("detached from {iface}"),
+                    Err(err) => log::error!("{}", error_chain(&err)),
+                }
             }
         }
+        left
     }
 }

@@ -148,10 +148,15 @@ impl Handle {
         self.lock().revoke(addr, peer)
     }
 
-    /// Detaches the program and puts back the host settings it needed.
+    /// Leaves the filter on the interfaces whose links are pinned (the
+    /// next daemon takes them over; the host keeps the settings the shield
+    /// needs meanwhile), detaches it from the others, and puts back the
+    /// host settings when none is left filtered.
     pub(super) fn shut_down(&self) {
         let mut core = self.lock();
-        core.detach_all();
+        if core.leave_pinned() {
+            return;
+        }
         core.release_host();
     }
 }

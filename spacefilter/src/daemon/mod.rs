@@ -58,6 +58,9 @@ pub struct Settings {
     pub sampling: Sampling,
     /// Kernel features to run without although the kernel has them.
     pub without: Vec<Feature>,
+    /// Where the XDP links are pinned, so that the filter outlives the
+    /// daemon.
+    pub pin_dir: PathBuf,
     /// Entries from the config file, added on start if absent.
     pub allow: Vec<Prefix>,
     pub block: Vec<Prefix>,

@@ -60,6 +60,7 @@ impl Core {
             .map(|(name, mode)| InterfaceView {
                 name: name.to_owned(),
                 mode: mode.name().to_owned(),
+                pinned: self.filter.pinned(name),
             })
             .collect();
         let count = |list| self.rules.keys().filter(|(l, _)| *l == list).count() as u64;

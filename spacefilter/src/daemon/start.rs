@@ -1,7 +1,7 @@
 //! Start: claim the interfaces, open the store, load the program, restore
 //! what the store holds, add the config file's entries, attach.
 
-use std::time::Instant;
+use std::{path::Path, time::Instant};
 
 use anyhow::Context as _;
 
@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     api::{LimitsView, Origin},
-    bpf::{AttachMode, Filter, LoadOptions, features, monotonic_ns},
+    bpf::{AttachMode, Filter, LoadOptions, PinDir, features, monotonic_ns, pinned_program},
     error_chain,
     net::{List, Prefix, iface},
     store::{Rules, StateError, Store, now_ms},
@@ -159,6 +159,7 @@ pub(super) fn start(settings: Settings) -> anyhow::Result<Core> {
         max_sources,
         sampling,
         without,
+        pin_dir,
         allow,
         block,
         reload: _,
@@ -167,8 +168,12 @@ pub(super) fn start(settings: Settings) -> anyhow::Result<Core> {
     // before `--force` could take the interfaces from the first.
     let (store, mut rules) = Store::open(&state_dir)
         .map_err(|err: StateError| anyhow::anyhow!("{}", error_chain(&err)))?;
+    let pins = open_pins(&pin_dir);
     for iface in &ifaces {
-        iface::claim(iface, force)?;
+        let ours = pins
+            .as_ref()
+            .and_then(|pins| pinned_program(&pins.path(iface)));
+        iface::claim(iface, force, ours)?;
     }
     let now = now_ms();
     rules.retain(|_, meta| meta.expires_at_ms.is_none_or(|at| at > now));
@@ -230,8 +235,56 @@ pub(super) fn start(settings: Settings) -> anyhow::Result<Core> {
         core.release_host();
         return Err(err);
     }
-    for iface in &ifaces {
-        match core.filter.attach(iface, mode) {
+    attach_all(&mut core, &ifaces, mode, pins.as_ref())?;
+    Ok(core)
+}
+
+/// The directory the links are pinned in, if it is on a BPF filesystem.
+fn open_pins(pin_dir: &Path) -> Option<PinDir> {
+    match PinDir::open(pin_dir) {
+        Ok(pins) => Some(pins),
+        Err(why) => {
+            log::warn!(
+                "the XDP links are not pinned ({why}): the filter lasts only as long as the \
+                 daemon"
+            );
+            None
+        }
+    }
+}
+
+/// Attaches to every interface, through a pinned link where `pins` is
+/// given (taking over a predecessor's); on a failure, detaches from those
+/// not pinned, and gives the host its settings back if none is left.
+fn attach_all(
+    core: &mut Core,
+    ifaces: &[String],
+    mode: AttachMode,
+    pins: Option<&PinDir>,
+) -> anyhow::Result<()> {
+    for iface in ifaces {
+        let attached = match pins {
+            Some(pins) => {
+                let pin = pins.path(iface);
+                core.filter
+                    .attach_pinned(iface, mode, &pin)
+                    .map(|(used, took_over)| {
+                        if took_over {
+                            log::info!(
+                                "took over {iface} from the program pinned at {} with no gap \
+                                 ({} mode)",
+                                pin.display(),
+                                used.name()
+                            );
+                        } else if core.filter.pinned(iface) {
+                            log::info!("{iface}: link pinned at {}", pin.display());
+                        }
+                        used
+                    })
+            }
+            None => core.filter.attach(iface, mode),
+        };
+        match attached {
             Ok(used) => {
                 if mode == AttachMode::Auto && used == AttachMode::Skb {
                     log::warn!("{iface}: the driver has no native XDP; attached in skb mode");
@@ -239,11 +292,14 @@ pub(super) fn start(settings: Settings) -> anyhow::Result<Core> {
                 log::info!("attached to {iface} in {} mode", used.name());
             }
             Err(err) => {
-                core.detach_all();
-                core.release_host();
+                // Fail static: an interface already on a pinned link keeps
+                // this program; the rest are detached.
+                if !core.leave_pinned() {
+                    core.release_host();
+                }
                 return Err(anyhow::anyhow!("{}", error_chain(&err)));
             }
         }
     }
-    Ok(core)
+    Ok(())
 }

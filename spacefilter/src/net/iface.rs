@@ -68,11 +68,34 @@ fn collect_programs(value: &Value, out: &mut Vec<String>) {
     }
 }
 
+/// Whether the XDP program attached to `iface` runs in generic (skb) mode
+/// (`Some(false)`: native); `None` if none is, or the mode is another.
+#[must_use]
+pub fn xdp_generic(iface: &str) -> Option<bool> {
+    let out = Command::new("ip")
+        .args(["-j", "-d", "link", "show", "dev", iface])
+        .output()
+        .ok()?;
+    let json = serde_json::from_slice::<Value>(&out.stdout).ok()?;
+    // XDP_ATTACHED_DRV, XDP_ATTACHED_SKB.
+    match json.get(0)?.get("xdp")?.get("mode")?.as_u64()? {
+        1 => Some(false),
+        2 => Some(true),
+        _ => None,
+    }
+}
+
 /// Makes `iface` free for spacefilter: fails if another XDP program is
-/// there, unless `force`, in which case it is detached.
-pub fn claim(iface: &str, force: bool) -> Result<(), IfaceError> {
+/// there, unless `force`, in which case it is detached. `ours` is the id
+/// of spacefilter's own program on a link it pinned, which a successor
+/// takes over rather than refusing.
+pub fn claim(iface: &str, force: bool, ours: Option<u32>) -> Result<(), IfaceError> {
     ensure_exists(iface)?;
-    let programs = attached_programs(iface);
+    let mut programs = attached_programs(iface);
+    if let Some(id) = ours {
+        let mark = format!(" (id {id})");
+        programs.retain(|p| !p.ends_with(&mark));
+    }
     if programs.is_empty() {
         return Ok(());
     }

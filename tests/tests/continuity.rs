@@ -1,0 +1,202 @@
+//! The filter outlives the daemon: each interface's XDP link is pinned, so
+//! a crash or a stop leaves the program filtering, and the next daemon
+//! takes the link over in one update, with no frame let through meanwhile.
+//! `spacefilter detach` takes it off.
+//!
+//! Counted where a user feels it: datagrams from a blocked attacker and
+//! from a legitimate listener, as a UDP service on the server receives
+//! them, while the daemon crashes, restarts and stops.
+
+use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
+
+use spacefilter::api::StatusView;
+use spacefilter_tests::{
+    daemon::{BpfFs, DaemonPaths, DaemonProcess, STOP_TIMEOUT, Scratch, binary},
+    netns::{Family, Host, IFACE, Lab},
+    require_root,
+    traffic::{UdpSink, UdpStream, send_udp, wait_until},
+};
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+/// Datagrams a second from each side while a daemon restarts.
+const RATE: u64 = 2000;
+
+fn start(lab: &Lab, paths: &DaemonPaths, pin_dir: &Path) -> DaemonProcess {
+    let pin_dir = pin_dir.to_str().expect("UTF-8");
+    DaemonProcess::start(
+        &lab.ns(Host::Server),
+        paths,
+        &["--capacity", "1024", "--pin-dir", pin_dir],
+    )
+    .unwrap_or_else(|err| panic!("starting the daemon: {err:#}"))
+}
+
+/// Whether the server's interface has an XDP program attached.
+fn xdp_attached(lab: &Lab) -> bool {
+    let out = Command::new("ip")
+        .args([
+            "-n",
+            &lab.ns(Host::Server),
+            "-j",
+            "-d",
+            "link",
+            "show",
+            "dev",
+            IFACE,
+        ])
+        .output()
+        .expect("running ip");
+    String::from_utf8_lossy(&out.stdout).contains("\"xdp\"")
+}
+
+/// Restarts the daemon (`stop` ends the old one) while the attacker and the
+/// listener each send a stream to the sink; returns the datagrams the sink
+/// received from the attacker meanwhile, once every one the listener sent
+/// has arrived (or the wait gave up).
+fn attacker_frames_across_a_restart(
+    lab: &Lab,
+    sink: &UdpSink,
+    to: SocketAddr,
+    restart: impl FnOnce() -> DaemonProcess,
+) -> (u64, DaemonProcess) {
+    let attacker = Host::Attacker.addr(Family::V4);
+    let listener = Host::Listener.addr(Family::V4);
+    let (from_attacker, from_listener) =
+        (sink.received_from(attacker), sink.received_from(listener));
+    let attack = UdpStream::start(lab, Host::Attacker, to, RATE).expect("attack stream");
+    let legit = UdpStream::start(lab, Host::Listener, to, RATE).expect("legit stream");
+    // Both streams run before the restart begins.
+    assert!(
+        wait_until(TIMEOUT, || sink.received_from(listener)
+            > from_listener + RATE / 10),
+        "the listener's stream arrives"
+    );
+    let daemon = restart();
+    // And run on a moment after it.
+    let now = sink.received_from(listener);
+    assert!(
+        wait_until(TIMEOUT, || sink.received_from(listener) > now + RATE / 10),
+        "the listener's stream arrives after the restart"
+    );
+    let _ = attack.stop();
+    let sent = legit.stop();
+    let _ = sink.wait_for(listener, from_listener + sent, TIMEOUT);
+    (sink.received_from(attacker) - from_attacker, daemon)
+}
+
+#[test]
+fn the_filter_outlives_the_daemon_and_its_successor_takes_over_with_no_gap() {
+    require_root();
+    let lab = Lab::new().expect("building the lab");
+    let dir = Scratch::new("pinned").expect("a scratch directory");
+    let bpffs = BpfFs::mount(&dir.path().join("bpf")).expect("a BPF filesystem");
+    let pin_dir = bpffs.path().join("spacefilter");
+    let paths = DaemonPaths::in_dir(&dir.path().join("state"));
+    let sink = UdpSink::start(&lab, Host::Server).expect("a UDP service on the server");
+    let to = SocketAddr::new(Host::Server.addr(Family::V4), sink.port());
+    let attacker = Host::Attacker.addr(Family::V4);
+    let listener = Host::Listener.addr(Family::V4);
+
+    // Control: where links cannot be pinned (not a BPF filesystem), a
+    // restart leaves the interface open, and the attacker gets through.
+    let unpinned = dir.path().join("not-bpffs");
+    let mut daemon = start(&lab, &paths, &unpinned);
+    assert!(
+        daemon.log().contains("the XDP links are not pinned"),
+        "{}",
+        daemon.log()
+    );
+    daemon.cli(&["block", &attacker.to_string()]).ok("block");
+    let (leaked, mut daemon) = attacker_frames_across_a_restart(&lab, &sink, to, || {
+        daemon.terminate(STOP_TIMEOUT).expect("stopping");
+        start(&lab, &paths, &unpinned)
+    });
+    eprintln!("unpinned restart (control): {leaked} datagrams from the attacker got through");
+    assert!(
+        leaked > 0,
+        "the control lets the attacker through while no daemon runs"
+    );
+    daemon.terminate(STOP_TIMEOUT).expect("stopping");
+    assert!(
+        !xdp_attached(&lab),
+        "an unpinned filter goes with its daemon"
+    );
+
+    // Pinned: the filter is on from the start, the block restored.
+    let mut daemon = start(&lab, &paths, &pin_dir);
+    assert!(daemon.log().contains("link pinned at"), "{}", daemon.log());
+    let status: StatusView = serde_json::from_str(daemon.cli(&["status", "--json"]).ok("status"))
+        .expect("status --json");
+    assert!(status.interfaces[0].pinned, "{status:?}");
+
+    // A crash leaves the program filtering: the attacker is still dropped,
+    // the listener still served.
+    daemon.kill().expect("kill -9");
+    assert!(xdp_attached(&lab), "the filter stays after a crash");
+    let before = (sink.received_from(attacker), sink.received_from(listener));
+    send_udp(&lab, Host::Attacker, to, 50, Duration::ZERO).expect("sending");
+    send_udp(&lab, Host::Listener, to, 50, Duration::ZERO).expect("sending");
+    let _ = sink.wait_for(listener, before.1 + 50, TIMEOUT);
+    assert_eq!(
+        sink.received_from(listener),
+        before.1 + 50,
+        "the listener is served"
+    );
+    assert_eq!(
+        sink.received_from(attacker),
+        before.0,
+        "the attacker is still dropped while no daemon runs"
+    );
+
+    // A successor takes the link over while both streams run: not one
+    // datagram from the attacker gets through.
+    let (leaked, mut daemon) =
+        attacker_frames_across_a_restart(&lab, &sink, to, || start(&lab, &paths, &pin_dir));
+    assert!(daemon.log().contains("took over eth0"), "{}", daemon.log());
+    eprintln!("takeover after a crash: {leaked} datagrams from the attacker got through");
+    assert_eq!(leaked, 0, "the attacker got through during the takeover");
+    // And a clean stop and start, the same.
+    let (leaked, mut daemon) = attacker_frames_across_a_restart(&lab, &sink, to, || {
+        daemon.terminate(STOP_TIMEOUT).expect("stopping");
+        start(&lab, &paths, &pin_dir)
+    });
+    eprintln!("stop and start: {leaked} datagrams from the attacker got through");
+    assert_eq!(leaked, 0, "the attacker got through during a restart");
+    assert!(
+        daemon.log().contains("left the filter on eth0"),
+        "{}",
+        daemon.log()
+    );
+
+    // `detach` takes it off once the daemon has stopped: the attacker's
+    // datagrams arrive again (the positive control of every count above).
+    daemon.terminate(STOP_TIMEOUT).expect("stopping");
+    assert!(xdp_attached(&lab), "the filter stays after a stop");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.ns(Host::Server)])
+        .arg(binary())
+        .args(["detach", "--pin-dir"])
+        .arg(&pin_dir)
+        .arg("--socket")
+        .arg(&paths.socket)
+        .output()
+        .expect("running detach");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("detached from eth0"), "{stdout}");
+    assert!(
+        wait_until(TIMEOUT, || !xdp_attached(&lab)),
+        "detach takes the program off"
+    );
+    let before = sink.received_from(attacker);
+    send_udp(&lab, Host::Attacker, to, 20, Duration::ZERO).expect("sending");
+    assert_eq!(
+        sink.wait_for(attacker, before + 20, TIMEOUT),
+        before + 20,
+        "the attacker's datagrams arrive once the filter is off"
+    );
+}
