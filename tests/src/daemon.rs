@@ -815,3 +815,16 @@ impl Drop for BpfFs {
         let _ = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH);
     }
 }
+
+/// The daemon's metrics page at `127.0.0.1:port`, read from inside the
+/// server's namespace (where the daemon listens).
+#[must_use]
+pub fn metrics_page(lab: &Lab, port: u16) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.ns(Host::Server)])
+        .args(["curl", "--silent", "--show-error"])
+        .arg(format!("http://127.0.0.1:{port}/metrics"))
+        .output()
+        .expect("running curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use spacefilter::api::{StatsView, StatusView};
 use spacefilter_tests::{
-    daemon::{DaemonPaths, DaemonProcess, STOP_TIMEOUT, Scratch},
+    daemon::{DaemonPaths, DaemonProcess, STOP_TIMEOUT, Scratch, metrics_page},
     netns::{Family, Host, Lab},
     require_root, shield,
     traffic::{TcpEcho, send_udp, tcp_exchange, wait_until},
@@ -24,21 +24,6 @@ fn stats(daemon: &DaemonProcess) -> StatsView {
 
 fn packets(stats: &StatsView, reason: &str) -> u64 {
     stats.reasons.get(reason).map_or(0, |c| c.packets)
-}
-
-/// The daemon's metrics page, from inside the server's namespace.
-fn metrics(lab: &Lab) -> String {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.ns(Host::Server)])
-        .args([
-            "curl",
-            "--silent",
-            "--show-error",
-            "http://127.0.0.1:9979/metrics",
-        ])
-        .output()
-        .expect("running curl");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn status(daemon: &DaemonProcess) -> StatusView {
@@ -121,7 +106,7 @@ fn without_tcp_cookies_the_filter_works_and_says_so() {
         daemon.log()
     );
 
-    let metrics = metrics(&lab);
+    let metrics = metrics_page(&lab, 9979);
     for (feature, on) in [("tcp-cookies", 0), ("frame-heads", 1), ("coarse-clock", 1)] {
         let line = format!("spacefilter_kernel_feature{{feature=\"{feature}\"}} {on}");
         assert!(metrics.contains(&line), "{line} in the metrics:\n{metrics}");

@@ -597,17 +597,7 @@ fn refuses_bad_input(daemon: &DaemonProcess, port: u16) {
 
 /// `spacefilter_shield_ports` from the daemon's metrics endpoint.
 fn shielded_ports_metric(lab: &Lab) -> u64 {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.ns(Host::Server)])
-        .args([
-            "curl",
-            "--silent",
-            "--show-error",
-            "http://127.0.0.1:9978/metrics",
-        ])
-        .output()
-        .expect("running curl");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = spacefilter_tests::daemon::metrics_page(lab, 9978);
     text.lines()
         .find_map(|l| l.strip_prefix("spacefilter_shield_ports "))
         .and_then(|v| v.trim().parse().ok())

@@ -461,17 +461,7 @@ fn answers_under_a_flood_verify_nobody(lab: &Lab, filter: &mut Filter, port: u16
 }
 
 fn metric(lab: &Lab, line_prefix: &str) -> u64 {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.ns(Host::Server)])
-        .args([
-            "curl",
-            "--silent",
-            "--show-error",
-            "http://127.0.0.1:9979/metrics",
-        ])
-        .output()
-        .expect("running curl");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = spacefilter_tests::daemon::metrics_page(lab, 9979);
     text.lines()
         .find_map(|l| l.strip_prefix(line_prefix))
         .and_then(|v| v.trim().parse().ok())

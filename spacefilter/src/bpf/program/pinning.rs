@@ -1,0 +1,129 @@
+//! Pinned XDP links: the filter outlives this process, and a successor
+//! takes a predecessor's link over in one update (see
+//! [`crate::bpf::pins`]).
+
+use std::path::{Path, PathBuf};
+
+use aya::programs::{
+    links::{FdLink, PinnedLink},
+    xdp::{XdpLink, XdpLinkId},
+};
+
+use super::{AttachMode, Filter, FilterError};
+use crate::error_chain;
+
+/// How the filter holds an interface's XDP link.
+pub(super) enum Held {
+    /// In the program: the link ends with this process.
+    Program(XdpLinkId),
+    /// Pinned on bpffs: the link outlives this process.
+    Pinned(PinnedLink),
+    /// A predecessor's pinned link, taken over: in the program, and still
+    /// pinned at the path.
+    Adopted(XdpLinkId, PathBuf),
+}
+
+/// Removes the pin of `iface`'s link.
+pub(super) fn remove_pin(iface: &str, pin: &Path) -> Result<(), FilterError> {
+    std::fs::remove_file(pin).map_err(|source| FilterError::Unpin {
+        iface: iface.to_owned(),
+        source,
+    })
+}
+
+impl Filter {
+    /// Whether `iface`'s link is pinned (it outlives this process).
+    #[must_use]
+    pub fn pinned(&self, iface: &str) -> bool {
+        self.attached
+            .get(iface)
+            .is_some_and(|a| !matches!(a.link, Held::Program(_)))
+    }
+
+    /// Attaches to `iface` through the XDP link pinned at `pin`, so that
+    /// the program stays attached after this process ends (a crash, a
+    /// stop, an upgrade) until a successor takes the link over or
+    /// [`Self::detach`] unpins it. If a link is pinned there already (a
+    /// predecessor's), this program replaces the one on it in a single
+    /// update (`BPF_LINK_UPDATE`, kernel 5.9): no frame goes unfiltered.
+    /// Returns the mode and whether a link was taken over.
+    pub fn attach_pinned(
+        &mut self,
+        iface: &str,
+        mode: AttachMode,
+        pin: &Path,
+    ) -> Result<(AttachMode, bool), FilterError> {
+        if pin.exists() {
+            match self.take_over(iface, pin) {
+                Ok(used) => return Ok((used, true)),
+                Err(err) => {
+                    log::warn!(
+                        "{iface}: the link pinned at {} could not be taken over ({}); \
+                         attaching anew",
+                        pin.display(),
+                        error_chain(&err)
+                    );
+                    let _ = std::fs::remove_file(pin);
+                }
+            }
+        }
+        let (used, id) = self.attach_link(iface, mode)?;
+        let link = self.program().take_link(id).map_err(FilterError::Program)?;
+        let pinned = FdLink::try_from(link)
+            .map_err(|err| FilterError::Pin {
+                iface: iface.to_owned(),
+                why: format!("the link is not a bpf_link (kernel 5.9): {err}"),
+            })
+            .and_then(|fd_link| {
+                fd_link.pin(pin).map_err(|err| FilterError::Pin {
+                    iface: iface.to_owned(),
+                    why: error_chain(&err),
+                })
+            });
+        match pinned {
+            Ok(pinned) => self.finish_attach(iface, used, Held::Pinned(pinned)),
+            Err(err) => {
+                // Taken out of the program and not pinned: its last
+                // reference was the dropped value, so the program is off
+                // the interface. Attach again, unpinned.
+                log::warn!(
+                    "{}; the filter lasts as long as this process",
+                    error_chain(&err)
+                );
+                let (used, id) = self.attach_link(iface, mode)?;
+                self.finish_attach(iface, used, Held::Program(id));
+                return Ok((used, false));
+            }
+        }
+        Ok((used, false))
+    }
+
+    /// Puts this program on the link pinned at `pin` in one update.
+    fn take_over(&mut self, iface: &str, pin: &Path) -> Result<AttachMode, FilterError> {
+        let pin_err = |why: String| FilterError::Pin {
+            iface: iface.to_owned(),
+            why,
+        };
+        let pinned = PinnedLink::from_pin(pin).map_err(|err| pin_err(error_chain(&err)))?;
+        let link = XdpLink::try_from(FdLink::from(pinned))
+            .map_err(|err| pin_err(format!("not an XDP link: {}", error_chain(&err))))?;
+        let id = self
+            .program()
+            .attach_to_link(link)
+            .map_err(|err| pin_err(format!("BPF_LINK_UPDATE: {}", error_chain(&err))))?;
+        let used = if crate::net::iface::xdp_generic(iface) == Some(true) {
+            AttachMode::Skb
+        } else {
+            AttachMode::Native
+        };
+        self.finish_attach(iface, used, Held::Adopted(id, pin.to_path_buf()));
+        Ok(used)
+    }
+}
+
+/// The id of the program on the XDP link pinned at `pin`, if one is.
+#[must_use]
+pub fn pinned_program(pin: &Path) -> Option<u32> {
+    let link = FdLink::from(PinnedLink::from_pin(pin).ok()?);
+    link.info().ok().map(|info| info.program_id())
+}
