@@ -14,12 +14,10 @@ use std::{
 use serde::Deserialize;
 use spacefilter_common::{DEFAULT_BUCKETS, DEFAULT_CAPACITY, lookup::MAX_CAPACITY};
 
-use crate::bpf::DEFAULT_PIN_DIR;
-
 use crate::{
     daemon::{
-        self, AttachMode, DEFAULT_SAMPLE_CAP, DEFAULT_SAMPLE_EVERY, Feature, MAX_SAMPLE_CAP,
-        Sampling,
+        self, AttachMode, DEFAULT_PIN_DIR, DEFAULT_SAMPLE_CAP, DEFAULT_SAMPLE_EVERY, Feature,
+        MAX_SAMPLE_CAP, Sampling,
     },
     net::Prefix,
     server::{self, metrics::is_private},

@@ -7,8 +7,8 @@ use clap::Args;
 
 use super::Failure;
 use crate::{
-    bpf::{DEFAULT_PIN_DIR, PinDir},
     config::DEFAULT_SOCKET,
+    daemon::{DEFAULT_PIN_DIR, PinDir},
 };
 
 #[derive(Args)]

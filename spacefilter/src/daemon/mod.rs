@@ -34,7 +34,7 @@ pub use self::{
     observability::{MetricsSnapshot, stats_view},
 };
 pub use crate::bpf::{
-    AttachMode, Counters, Feature, Sampling,
+    AttachMode, Counters, DEFAULT_PIN_DIR, Feature, PinDir, Sampling,
     sampler::{DEFAULT_SAMPLE_CAP, DEFAULT_SAMPLE_EVERY},
 };
 use crate::net::Prefix;
