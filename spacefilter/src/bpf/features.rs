@@ -6,6 +6,8 @@
 //! the verifier skips its paths, the filter works without it, and the
 //! daemon says so in its log and in `status`.
 
+use std::sync::OnceLock;
+
 use aya::{
     maps::MapType,
     programs::ProgramType,
@@ -135,9 +137,21 @@ pub fn bits_of(list: &[Feature]) -> u32 {
 /// `FEATURES` bits and what is off.
 #[must_use]
 pub fn probe(without: u32) -> (u32, Vec<FeatureOff>) {
-    probe_with(without, &|helper| {
-        is_helper_supported(ProgramType::Xdp, helper).unwrap_or(false)
-    })
+    // The kernel's answers do not change while this process runs: each
+    // helper is probed once, however many times the program is loaded.
+    static MISSING: OnceLock<Vec<BpfHelper>> = OnceLock::new();
+    let missing = MISSING.get_or_init(|| {
+        let mut missing = Vec::new();
+        for (helper, _, _) in Feature::ALL.iter().flat_map(|f| f.helpers()) {
+            if !missing.contains(helper)
+                && !is_helper_supported(ProgramType::Xdp, *helper).unwrap_or(false)
+            {
+                missing.push(*helper);
+            }
+        }
+        missing
+    });
+    probe_with(without, &|helper| !missing.contains(&helper))
 }
 
 fn probe_with(without: u32, has: &dyn Fn(BpfHelper) -> bool) -> (u32, Vec<FeatureOff>) {
@@ -190,10 +204,16 @@ enum Requirement {
 /// kernel that refuses probes) says nothing: the load then reports its own
 /// error.
 pub fn require() -> Result<(), String> {
-    require_with(&|requirement| match requirement {
-        Requirement::Program(kind) => is_program_supported(kind).ok(),
-        Requirement::Map(kind) => is_map_supported(kind).ok(),
-    })
+    // Probed once per process, as [`probe`] does.
+    static ANSWER: OnceLock<Result<(), String>> = OnceLock::new();
+    ANSWER
+        .get_or_init(|| {
+            require_with(&|requirement| match requirement {
+                Requirement::Program(kind) => is_program_supported(kind).ok(),
+                Requirement::Map(kind) => is_map_supported(kind).ok(),
+            })
+        })
+        .clone()
 }
 
 fn require_with(has: &dyn Fn(Requirement) -> Option<bool>) -> Result<(), String> {
