@@ -16,6 +16,7 @@
 //! - [`sampler`]: interface slots, drop sampling, the debug-log switch.
 //! - [`verifier`]: verified sources and the egress program's settings.
 
+mod batch;
 mod mapped;
 mod tables;
 
