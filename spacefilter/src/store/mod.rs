@@ -27,6 +27,7 @@
 
 mod journal;
 pub mod records;
+mod rules;
 mod snapshot;
 
 use std::{
@@ -39,10 +40,12 @@ use std::{
 
 use nix::fcntl::{Flock, FlockArg};
 
-use self::records::Snapshot;
-pub use self::records::{
-    Action, Admission, Guards, HeaderRule, Meta, Op, Origin, Rule, Rules, Settings, Shield,
-    ShieldAuto,
+use self::records::SnapshotOut;
+pub use self::{
+    records::{
+        Action, Admission, Guards, HeaderRule, Meta, Op, Origin, Rule, Settings, Shield, ShieldAuto,
+    },
+    rules::Rules,
 };
 
 const SNAPSHOT: &str = "rules.json";
@@ -317,28 +320,24 @@ impl Store {
 
     /// Writes every rule to a new snapshot and empties the journal.
     pub fn compact(&mut self, rules: &Rules) -> Result<(), StateError> {
+        let now = now_ms();
+        let admitted: Vec<Admission> = self
+            .settings
+            .admitted
+            .iter()
+            .filter(|a| a.until_ms > now)
+            .copied()
+            .collect();
         snapshot::write(
             &self.dir,
             SNAPSHOT,
-            &Snapshot {
+            &SnapshotOut {
                 version: FORMAT_VERSION,
-                rules: rules
-                    .iter()
-                    .map(|(&(list, prefix), meta)| Rule {
-                        list,
-                        prefix,
-                        meta: meta.clone(),
-                    })
-                    .collect(),
-                limits: self.settings.limits.clone(),
-                header_rules: self.settings.header_rules.clone(),
-                shield: self.settings.shield.clone(),
-                admitted: {
-                    let now = now_ms();
-                    let mut admitted = self.settings.admitted.clone();
-                    admitted.retain(|a| a.until_ms > now);
-                    admitted
-                },
+                rules,
+                limits: self.settings.limits.as_ref(),
+                header_rules: &self.settings.header_rules,
+                shield: self.settings.shield.as_ref(),
+                admitted: &admitted,
             },
         )?;
         self.journal

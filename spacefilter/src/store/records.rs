@@ -3,14 +3,15 @@
 //! written by an older spacefilter stays readable. A field added later is
 //! optional here, and whoever reads the record fills in its default.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::Rules;
 use crate::net::{List, Prefix};
 
 /// Where an entry came from, as stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Origin {
     Manual,
@@ -19,8 +20,9 @@ pub enum Origin {
     Auto,
 }
 
-/// What the daemon knows of a rule beyond its prefix.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What the daemon knows of a rule beyond its prefix. (Hashed: rules
+/// share equal metas, see [`Rules`].)
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Meta {
     pub origin: Origin,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -48,9 +50,6 @@ pub struct Rule {
     #[serde(flatten)]
     pub meta: Meta,
 }
-
-/// Every rule, by list and prefix.
-pub type Rules = BTreeMap<(List, Prefix), Meta>;
 
 /// The flood guards' settings as stored. The fields that came after the
 /// first format are optional: absent, they take their defaults.
@@ -193,7 +192,7 @@ impl Op {
         match self {
             Op::Put { rules: put } => {
                 for rule in put {
-                    rules.insert((rule.list, rule.prefix), rule.meta.clone());
+                    rules.put((rule.list, rule.prefix), &rule.meta);
                 }
             }
             Op::Delete { list, prefixes } => {
@@ -203,6 +202,7 @@ impl Op {
             }
             Op::Limits { .. } | Op::HeaderRules { .. } | Op::Shield { .. } | Op::Admit { .. } => {}
         }
+        rules.tidy();
     }
 }
 
@@ -248,17 +248,46 @@ impl Settings {
     }
 }
 
-/// Every rule, and the last settings, as of one moment.
-#[derive(Serialize, Deserialize)]
+/// Every rule, and the last settings, as of one moment: a snapshot as
+/// read. The rules go into a [`Rules`] as they are parsed, with no list of
+/// them all in between.
+#[derive(Deserialize)]
 pub(super) struct Snapshot {
     pub(super) version: u32,
-    pub(super) rules: Vec<Rule>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "super::rules::read_seq")]
+    pub(super) rules: Rules,
+    #[serde(default)]
     pub(super) limits: Option<Guards>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub(super) header_rules: Vec<HeaderRule>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub(super) shield: Option<Shield>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub(super) admitted: Vec<Admission>,
+}
+
+/// A snapshot as written: the same record, borrowed from what the store
+/// holds, each rule serialized straight from [`Rules`].
+#[derive(Serialize)]
+pub(super) struct SnapshotOut<'a> {
+    pub(super) version: u32,
+    #[serde(serialize_with = "super::rules::write_seq")]
+    pub(super) rules: &'a Rules,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) limits: Option<&'a Guards>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub(super) header_rules: &'a [HeaderRule],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) shield: Option<&'a Shield>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub(super) admitted: &'a [Admission],
+}
+
+/// A [`Rule`] borrowed, serialized as the rule is.
+#[derive(Serialize)]
+pub(super) struct RuleRef<'a> {
+    pub(super) list: List,
+    pub(super) prefix: Prefix,
+    #[serde(flatten)]
+    pub(super) meta: &'a Meta,
 }
