@@ -39,6 +39,22 @@ pub struct Entry {
     pub hits: u64,
 }
 
+/// The hit counts of the slots handed out, summed over the CPUs (slot `s`
+/// at index `s - 1`: slot 0 is never used).
+pub struct HitSums(Vec<u64>);
+
+impl HitSums {
+    /// The hits counted in `slot`.
+    #[must_use]
+    pub fn of(&self, slot: Slot) -> u64 {
+        (slot as usize)
+            .checked_sub(1)
+            .and_then(|i| self.0.get(i))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
 /// Hit-counter slots: `next` is the first never handed out (slot 0 is
 /// never used); `free` holds slots given back, whose counters need zeroing
 /// before reuse.
@@ -364,23 +380,24 @@ impl Lists {
     /// is made as the iterator is drawn.
     pub fn counted(&self) -> Result<impl Iterator<Item = (List, Prefix, u64)> + '_, ListError> {
         let sums = self.hit_sums()?;
-        Ok(self.entries.iter().map(move |(list, prefix, slot)| {
-            let hits = (slot as usize)
-                .checked_sub(1)
-                .and_then(|i| sums.get(i))
-                .copied()
-                .unwrap_or(0);
-            (list, prefix, hits)
-        }))
+        Ok(self
+            .slots()
+            .map(move |(list, prefix, slot)| (list, prefix, sums.of(slot))))
     }
 
-    /// The hit count of every slot handed out, summed over the CPUs: slot
-    /// `s` at index `s - 1`. Read in batches when the kernel has them.
-    fn hit_sums(&self) -> Result<Vec<u64>, ListError> {
+    /// Every entry with its hit-counter slot, in the order of
+    /// [`Lists::entries`].
+    pub fn slots(&self) -> impl Iterator<Item = (List, Prefix, Slot)> + '_ {
+        self.entries.iter()
+    }
+
+    /// The hit count of every slot handed out, summed over the CPUs. Read
+    /// in batches when the kernel has them.
+    pub fn hit_sums(&self) -> Result<HitSums, ListError> {
         let mut sums = vec![0; self.slots.next as usize - 1];
         if self.batch_reads.load(Ordering::Relaxed) {
             match batch::sum_per_cpu(self.hits_fd.as_fd(), self.cpus, &mut sums) {
-                Ok(()) => return Ok(sums),
+                Ok(()) => return Ok(HitSums(sums)),
                 Err(err) if batch::unsupported(&err) => {
                     log::info!(
                         "the kernel refuses batched map reads ({err}; they need Linux 5.6): \
@@ -402,7 +419,7 @@ impl Lists {
         for (slot, sum) in (1..).zip(&mut sums) {
             *sum = self.hits(slot)?;
         }
-        Ok(sums)
+        Ok(HitSums(sums))
     }
 
     /// Reads the hit counters one entry at a time from now on, as on a

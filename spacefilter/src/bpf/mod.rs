@@ -36,7 +36,7 @@ pub use self::{
     counters::{Counters, Stats},
     features::{Feature, FeatureOff},
     limiter::{Limiter, Shielded, limiter_key_of, limiter_prefix},
-    lists::{Entry, Lists},
+    lists::{Entry, HitSums, Lists},
     pins::{DEFAULT_PIN_DIR, PinDir},
     program::{AttachMode, Filter, FilterError, KernelLog, LoadOptions, TOOLS, pinned_program},
     rules::HeaderRules,

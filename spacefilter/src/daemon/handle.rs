@@ -12,13 +12,13 @@ use std::{
 use tokio::sync::broadcast;
 
 use super::{
-    AddRequest, MetricsSnapshot, Peer, Refusal,
+    AddRequest, Listing, MetricsSnapshot, Peer, Refusal,
     core::{Core, Shared},
 };
 use crate::{
     api::{
-        AdmitView, Changed, EntryView, HeaderRuleView, LimitsView, ObserveView, SampleView,
-        ShieldView, StatusView, TopView,
+        AdmitView, Changed, HeaderRuleView, LimitsView, ObserveView, SampleView, ShieldView,
+        StatusView, TopView,
     },
     bpf::Counters,
     net::List,
@@ -57,8 +57,9 @@ impl Handle {
         self.lock().remove(list, prefixes, peer)
     }
 
-    pub fn entries(&self, only: Option<List>) -> Result<Vec<EntryView>, Refusal> {
-        self.lock().entries(only)
+    /// The entries of one list, or of all, as of now.
+    pub fn entries(&self, only: Option<List>) -> Result<Listing, Refusal> {
+        self.lock().listing(only)
     }
 
     pub fn counters(&self) -> Result<Counters, Refusal> {

@@ -1,5 +1,6 @@
-//! The allow and block lists and the auto-blocks: add, remove, expire,
-//! list. Every accepted change is journaled before the client hears back.
+//! The allow and block lists and the auto-blocks: add, remove, expire
+//! (`list` is [`super::listing`]). Every accepted change is journaled
+//! before the client hears back.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -11,7 +12,7 @@ use super::{
     core::{Core, describe, parse_all},
 };
 use crate::{
-    api::{Changed, EntryView, Origin},
+    api::{Changed, Origin},
     error_chain,
     net::{List, Prefix, lockout},
     store::{self, Meta, Op, Rule, now_ms},
@@ -27,16 +28,6 @@ pub(super) fn stored(origin: Origin) -> store::Origin {
         Origin::File => store::Origin::File,
         Origin::Config => store::Origin::Config,
         Origin::Auto => store::Origin::Auto,
-    }
-}
-
-/// A stored origin as the protocol shows it.
-fn shown(origin: store::Origin) -> Origin {
-    match origin {
-        store::Origin::Manual => Origin::Manual,
-        store::Origin::File => Origin::File,
-        store::Origin::Config => Origin::Config,
-        store::Origin::Auto => Origin::Auto,
     }
 }
 
@@ -297,37 +288,5 @@ impl Core {
     pub(super) fn next_expiry(&self) -> Option<Duration> {
         let now = now_ms();
         self.rules.values().filter_map(|m| m.remaining(now)).min()
-    }
-
-    pub(super) fn entries(&mut self, only: Option<List>) -> Result<Vec<EntryView>, Refusal> {
-        let now = now_ms();
-        let entries = self
-            .rules
-            .iter()
-            .filter(|((list, _), _)| only.is_none_or(|l| l == *list))
-            .map(|(&(list, prefix), meta)| (list, prefix, meta.clone()))
-            .collect::<Vec<_>>();
-        entries
-            .into_iter()
-            .map(|(list, prefix, meta)| {
-                let hits = if list == List::Auto {
-                    self.filter.limiter().auto_hits(prefix)
-                } else {
-                    self.filter
-                        .lists()
-                        .hits_of(list, prefix)
-                        .map_err(|err| Refusal::failed(error_chain(&err)))?
-                        .unwrap_or(0)
-                };
-                Ok(EntryView {
-                    list,
-                    prefix: prefix.to_string(),
-                    origin: shown(meta.origin),
-                    comment: meta.comment.clone(),
-                    expires_in_secs: meta.remaining(now).map(|d| d.as_secs()),
-                    hits,
-                })
-            })
-            .collect()
     }
 }

@@ -7,13 +7,15 @@
 //! metrics endpoint live in [`crate::server`], which this module does not
 //! know), spawns the background [`tasks`], waits for a signal and shuts
 //! everything down in order. The core's state is split by concern:
-//! [`lists`], [`guards`], [`header_rules`], [`shield`], [`observability`].
+//! [`lists`] and [`listing`], [`guards`], [`header_rules`], [`shield`],
+//! [`observability`].
 
 mod core;
 mod exempt;
 mod guards;
 mod handle;
 mod header_rules;
+mod listing;
 mod lists;
 mod observability;
 mod shield;
@@ -31,6 +33,7 @@ use tokio::{signal::unix::SignalKind, sync::watch, task::JoinHandle};
 pub use self::{
     core::{AddRequest, Peer, Refusal},
     handle::Handle,
+    listing::Listing,
     observability::{MetricsSnapshot, stats_view},
 };
 pub use crate::bpf::{

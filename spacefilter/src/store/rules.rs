@@ -55,9 +55,20 @@ impl Metas {
         &self.slots[id as usize].meta
     }
 
-    /// The slot holding `meta`, counted once more; a new one if none does.
+    /// The slot holding `meta`, counted once more; a new one (with a
+    /// copy of it) if none does.
     fn intern(&mut self, meta: &Meta) -> u32 {
         let id = self.find(meta).unwrap_or_else(|| self.add(meta.clone()));
+        self.hold(id)
+    }
+
+    /// [`Metas::intern`], taking `meta` if it is new.
+    fn intern_owned(&mut self, meta: Meta) -> u32 {
+        let id = self.find(&meta).unwrap_or_else(|| self.add(meta));
+        self.hold(id)
+    }
+
+    fn hold(&mut self, id: u32) -> u32 {
         self.slots[id as usize].refs += 1;
         self.last = id;
         id
@@ -80,18 +91,15 @@ impl Metas {
     /// A slot for `meta`, held by no rule yet.
     fn add(&mut self, meta: Meta) -> u32 {
         let hash = hash_of(&meta);
-        let id = match self.free.pop() {
-            Some(id) => {
-                self.slots[id as usize].meta = meta.clone();
-                id
-            }
-            None => {
-                self.slots.push(Shared {
-                    meta: meta.clone(),
-                    refs: 0,
-                });
-                u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 distinct metas")
-            }
+        let id = if let Some(id) = self.free.pop() {
+            self.slots[id as usize].meta = meta.clone();
+            id
+        } else {
+            self.slots.push(Shared {
+                meta: meta.clone(),
+                refs: 0,
+            });
+            u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 distinct metas")
         };
         if let std::collections::hash_map::Entry::Vacant(entry) = self.by_hash.entry(hash) {
             entry.insert(id);
@@ -164,20 +172,23 @@ impl Rules {
 
     /// Sets the rule `key`; returns its meta before, if it was there.
     pub fn insert(&mut self, key: (List, Prefix), meta: Meta) -> Option<Meta> {
-        self.put(key, &meta)
+        let id = self.metas.intern_owned(meta);
+        self.set(key, id)
     }
 
     /// [`Rules::insert`] of a borrowed meta, cloned only if no rule holds
     /// one like it yet.
     pub fn put(&mut self, key: (List, Prefix), meta: &Meta) -> Option<Meta> {
         let id = self.metas.intern(meta);
-        match self.map.insert(key, id) {
-            Some(old) => Some(self.metas.release(old)),
-            None => {
-                self.changed += 1;
-                None
-            }
+        self.set(key, id)
+    }
+
+    fn set(&mut self, key: (List, Prefix), id: u32) -> Option<Meta> {
+        let old = self.map.insert(key, id);
+        if old.is_none() {
+            self.changed += 1;
         }
+        old.map(|old| self.metas.release(old))
     }
 
     /// Takes the rule `key` out; returns its meta, if it was there.
@@ -196,10 +207,12 @@ impl Rules {
         }
     }
 
+    #[must_use = "an iterator does nothing unless drawn"]
     pub fn keys(&self) -> impl DoubleEndedIterator<Item = &(List, Prefix)> + '_ {
         self.map.keys()
     }
 
+    #[must_use = "an iterator does nothing unless drawn"]
     pub fn values(&self) -> impl DoubleEndedIterator<Item = &Meta> + '_ {
         self.map.values().map(|&id| self.metas.get(id))
     }
@@ -287,6 +300,10 @@ impl fmt::Debug for Rules {
 
 /// Serializes `rules` as the list of [`Rule`]s a snapshot holds, one by
 /// one.
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "the signature serde's `serialize_with` calls"
+)]
 pub(super) fn write_seq<S: Serializer>(rules: &&Rules, out: S) -> Result<S::Ok, S::Error> {
     out.collect_seq(
         rules
