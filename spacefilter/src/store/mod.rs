@@ -32,7 +32,7 @@ mod snapshot;
 
 use std::{
     fs::{self, File, OpenOptions},
-    io::{self, Write as _},
+    io::{self, BufWriter, Write as _},
     os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
@@ -45,7 +45,7 @@ pub use self::{
     records::{
         Action, Admission, Guards, HeaderRule, Meta, Op, Origin, Rule, Settings, Shield, ShieldAuto,
     },
-    rules::Rules,
+    rules::{Batch, Rules},
 };
 
 const SNAPSHOT: &str = "rules.json";
@@ -58,6 +58,8 @@ pub(super) const FORMAT_VERSION: u32 = 1;
 const COMPACT_AFTER_OPS: usize = 4096;
 /// ... or this many bytes.
 const COMPACT_AFTER_BYTES: u64 = 8 << 20;
+/// Bytes of a record written to the journal at a time.
+const JOURNAL_BUFFER: usize = 256 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -268,17 +270,34 @@ impl Store {
                 reason: reason.clone(),
             });
         }
-        let line = journal::record(op);
-        let written = self
-            .journal
-            .write_all(&line)
-            .map_err(io_err(&path, "appending"))
-            .and_then(|()| self.journal.sync_data().map_err(io_err(&path, "fsync")));
-        if let Err(err) = written {
-            self.cut_back(self.journal_len);
-            return Err(err);
+        let written = {
+            // Streamed into the file, never held whole (see
+            // `journal::write_record`).
+            let mut out = BufWriter::with_capacity(JOURNAL_BUFFER, &self.journal);
+            let written = journal::write_record(op, &mut out).and_then(|len| {
+                out.flush()?;
+                Ok(len)
+            });
+            // What a failed write left in the buffer is dropped, not
+            // written.
+            let _ = out.into_parts();
+            written
         }
-        self.journal_len += line.len() as u64;
+        .map_err(io_err(&path, "appending"))
+        .and_then(|len| {
+            self.journal
+                .sync_data()
+                .map_err(io_err(&path, "fsync"))
+                .map(|()| len)
+        });
+        let len = match written {
+            Ok(len) => len,
+            Err(err) => {
+                self.cut_back(self.journal_len);
+                return Err(err);
+            }
+        };
+        self.journal_len += len;
         self.journal_ops += 1;
         self.settings.apply(op);
         if (self.journal_ops >= COMPACT_AFTER_OPS || self.journal_len >= self.compact_at_len)

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::Rules;
+use super::{Batch, Rules};
 use crate::net::{List, Prefix};
 
 /// Where an entry came from, as stored.
@@ -169,6 +169,10 @@ pub struct ShieldAuto {
 pub enum Op {
     /// Add or replace these rules.
     Put { rules: Vec<Rule> },
+    /// Add or replace these rules: a bulk `Put`, held compactly. On disk
+    /// it is the `put` of its rules, and reads back as one.
+    #[serde(rename = "put", skip_deserializing)]
+    PutBatch { rules: Batch },
     /// Remove these prefixes from a list.
     Delete { list: List, prefixes: Vec<Prefix> },
     /// Replace the flood guards' settings.
@@ -195,6 +199,7 @@ impl Op {
                     rules.put((rule.list, rule.prefix), &rule.meta);
                 }
             }
+            Op::PutBatch { rules: batch } => rules.put_batch(batch),
             Op::Delete { list, prefixes } => {
                 for prefix in prefixes {
                     rules.remove(&(*list, *prefix));
@@ -243,7 +248,7 @@ impl Settings {
                     self.admitted.push(Admission { addr, until_ms });
                 }
             }
-            Op::Put { .. } | Op::Delete { .. } => {}
+            Op::Put { .. } | Op::PutBatch { .. } | Op::Delete { .. } => {}
         }
     }
 }
