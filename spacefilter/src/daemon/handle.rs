@@ -14,6 +14,7 @@ use tokio::sync::broadcast;
 use super::{
     AddRequest, Listing, MetricsSnapshot, Peer, Refusal,
     core::{Core, Shared},
+    memory,
 };
 use crate::{
     api::{
@@ -50,11 +51,20 @@ impl Handle {
         peer: Peer,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Changed, Refusal> {
-        self.lock().add(req, peer, progress)
+        let bulk = req.prefixes.len() >= memory::BULK;
+        let changed = self.lock().add(req, peer, progress);
+        if bulk {
+            memory::release();
+        }
+        changed
     }
 
     pub fn remove(&self, list: List, prefixes: &[String], peer: Peer) -> Result<Changed, Refusal> {
-        self.lock().remove(list, prefixes, peer)
+        let changed = self.lock().remove(list, prefixes, peer);
+        if prefixes.len() >= memory::BULK {
+            memory::release();
+        }
+        changed
     }
 
     /// The entries of one list, or of all, as of now.

@@ -9,7 +9,7 @@
 
 use std::{collections::HashMap, time::Instant};
 
-use super::{Refusal, core::Core};
+use super::{Refusal, core::Core, memory};
 use crate::{
     api::{EntryView, Origin, listing::EntryRef},
     error_chain,
@@ -70,6 +70,16 @@ impl Listing {
     #[must_use]
     pub fn views(&self) -> Vec<EntryView> {
         self.iter().map(EntryView::from).collect()
+    }
+}
+
+impl Drop for Listing {
+    fn drop(&mut self) {
+        if self.rows.len() >= memory::BULK {
+            self.rows = Vec::new();
+            self.metas = Vec::new();
+            memory::release();
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use crate::{
     api::{Changed, Origin},
     error_chain,
     net::{List, Prefix, lockout},
-    store::{self, Meta, Op, Rule, now_ms},
+    store::{self, Batch, Meta, Op, now_ms},
 };
 
 /// Entries written to the maps between two progress reports.
@@ -53,7 +53,12 @@ impl Core {
                 "auto entries are made by the rate limiter; block or allow the prefix instead",
             ));
         }
-        let prefixes = parse_all(&prefixes)?;
+        let prefixes = {
+            // The request's text goes once it is parsed: for a bulk add, a
+            // string per prefix, tens of MiB.
+            let texts = prefixes;
+            parse_all(&texts)?
+        };
         if let Some(text) = &comment
             && (text.len() > 256 || text.contains('\n'))
         {
@@ -145,38 +150,39 @@ impl Core {
         expires_at_ms: Option<u64>,
         now: u64,
     ) -> Result<(), Refusal> {
-        let put: Vec<Rule> = prefixes
-            .iter()
-            .map(|&prefix| {
-                let existing = self.rules.get(&(list, prefix));
-                Rule {
-                    list,
-                    prefix,
-                    meta: Meta {
-                        origin: stored(origin),
+        let fresh = Meta {
+            origin: stored(origin),
+            comment: comment.cloned(),
+            expires_at_ms,
+            added_at_ms: now,
+        };
+        // Held compactly: the rules share their few distinct metas.
+        let mut put = Batch::with_capacity(prefixes.len());
+        // The rules that were there, as they were.
+        let mut previous = Batch::default();
+        for &prefix in prefixes {
+            let key = (list, prefix);
+            match self.rules.get(&key) {
+                None => put.push(key, &fresh),
+                Some(existing) => {
+                    let meta = Meta {
                         // A repeated add keeps the comment unless it brings one.
-                        comment: comment
-                            .cloned()
-                            .or_else(|| existing.and_then(|m| m.comment.clone())),
-                        expires_at_ms,
-                        added_at_ms: existing.map_or(now, |m| m.added_at_ms),
-                    },
+                        comment: comment.cloned().or_else(|| existing.comment.clone()),
+                        added_at_ms: existing.added_at_ms,
+                        ..fresh.clone()
+                    };
+                    put.push(key, &meta);
+                    previous.push(key, existing);
                 }
-            })
-            .collect();
-        let previous: Vec<Option<Meta>> = put
-            .iter()
-            .map(|r| self.rules.get(&(r.list, r.prefix)).cloned())
-            .collect();
-        let op = Op::Put { rules: put };
+            }
+        }
+        let op = Op::PutBatch { rules: put };
         op.apply(&mut self.rules);
         if let Err(err) = self.store.append(&op, &self.rules) {
-            for (&prefix, before) in prefixes.iter().zip(previous) {
-                match before {
-                    Some(meta) => self.rules.insert((list, prefix), meta),
-                    None => self.rules.remove(&(list, prefix)),
-                };
+            for &prefix in new {
+                self.rules.remove(&(list, prefix));
             }
+            Op::PutBatch { rules: previous }.apply(&mut self.rules);
             let _ = self.filter.lists().remove_many(list, new);
             return Err(Refusal::failed(error_chain(&err)));
         }

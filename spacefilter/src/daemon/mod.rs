@@ -17,6 +17,7 @@ mod handle;
 mod header_rules;
 mod listing;
 mod lists;
+mod memory;
 mod observability;
 mod shield;
 mod shield_auto;
@@ -127,7 +128,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let force = settings.force;
     let reload = settings.reload.take();
+    memory::tune();
     let mut core = start::start(settings)?;
+    // The restore's buffers are gone: their pages go back.
+    memory::release();
     let events = core.filter.take_events();
     let samples = core.filter.take_samples();
     let kernel_log = core.filter.take_kernel_log();
