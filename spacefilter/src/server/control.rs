@@ -30,8 +30,7 @@ use crate::{
         Envelope, ErrorKind, MAX_REQUEST_BYTES, PROTOCOL_VERSION, Request, Response,
         listing::{ENTRIES_HEAD, ENTRIES_SEPARATOR, ENTRIES_TAIL},
     },
-    daemon::{AddRequest, Handle, Peer, Refusal, Stop, stats_view},
-    net::List,
+    daemon::{AddRequest, Handle, Listing, Peer, Refusal, Stop, stats_view},
 };
 
 /// An unknown socket group: the caller's to fix.
@@ -427,13 +426,17 @@ async fn add(req: AddRequest, daemon: &Handle, peer: Peer, write: &mut OwnedWrit
 /// Bytes of entries written to the socket at a time.
 const LISTING_CHUNK: usize = 256 << 10;
 
-/// Sends the entries of `only` (or of every list): one `entries` reply
-/// line, as [`Response::Entries`] would be, but written a chunk of entries
-/// at a time from the listing the daemon took; returns whether the
-/// connection is still usable.
-async fn list_entries(only: Option<List>, daemon: &Handle, write: &mut OwnedWriteHalf) -> bool {
+/// Sends the entries that `take` lists: one `entries` reply line, as
+/// [`Response::Entries`] would be, but written a chunk of entries at a
+/// time from the listing the daemon took; returns whether the connection
+/// is still usable.
+async fn list_entries(
+    daemon: &Handle,
+    write: &mut OwnedWriteHalf,
+    take: impl FnOnce(&Handle) -> Result<Listing, Refusal> + Send + 'static,
+) -> bool {
     let d = daemon.clone();
-    let listing = match tokio::task::spawn_blocking(move || d.entries(only)).await {
+    let listing = match tokio::task::spawn_blocking(move || take(&d)).await {
         Ok(Ok(listing)) => listing,
         Ok(Err(refusal)) => return send(write, &refusal.into()).await.is_ok(),
         Err(err) => {
@@ -512,7 +515,9 @@ async fn handle(request: Request, daemon: &Handle, peer: Peer, write: &mut Owned
             })
             .await
         }
-        Request::List { list } => return list_entries(list, daemon, write).await,
+        Request::List { list } => {
+            return list_entries(daemon, write, move |d| d.entries(list)).await;
+        }
         Request::Stats => {
             with_daemon(daemon, |c| {
                 c.counters().map(|n| Response::Stats(stats_view(&n, None)))
