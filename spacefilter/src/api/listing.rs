@@ -197,8 +197,10 @@ pub struct EntryText<'a> {
     pub hits: u64,
 }
 
-/// A handler of the entries of a listing, one at a time.
-pub type EachEntry<'a> = dyn FnMut(&EntryText<'_>) -> io::Result<()> + 'a;
+/// A handler of the entries of a listing, one at a time: each entry, and
+/// its JSON when that is byte for byte what serde writes for the entry
+/// (the daemon's own form: a client that prints JSON copies it).
+pub type EachEntry<'a> = dyn FnMut(&EntryText<'_>, Option<&[u8]>) -> io::Result<()> + 'a;
 
 /// What a listing reply held.
 #[derive(Debug)]
@@ -246,7 +248,7 @@ pub fn read_streamed(
     loop {
         match reader.next_byte()? {
             b'{' => {
-                let (entry, len) = loop {
+                let (entry, len, canonical) = loop {
                     match parse_entry(reader.rest()) {
                         Ok(Some(parsed)) => break parsed,
                         Ok(None) => reader.more()?,
@@ -255,7 +257,8 @@ pub fn read_streamed(
                         }
                     }
                 };
-                if let Err(err) = each(&entry) {
+                let json = canonical.then(|| &reader.rest()[..len]);
+                if let Err(err) = each(&entry, json) {
                     return Ok(Listed::Stopped(err));
                 }
                 count += 1;
@@ -351,15 +354,16 @@ impl<R: Read> Chunks<'_, R> {
     }
 }
 
-/// The entry at the start of `bytes`, and its length; `None` if it has
-/// not all arrived yet.
-fn parse_entry(bytes: &[u8]) -> serde_json::Result<Option<(EntryText<'_>, usize)>> {
-    if let Some(quick) = quick_entry(bytes) {
-        return Ok(Some(quick));
+/// The entry at the start of `bytes`, its length, and whether it is
+/// written exactly as serde writes it; `None` if it has not all arrived
+/// yet.
+fn parse_entry(bytes: &[u8]) -> serde_json::Result<Option<(EntryText<'_>, usize, bool)>> {
+    if let Some((entry, len)) = quick_entry(bytes) {
+        return Ok(Some((entry, len, true)));
     }
     let mut stream = serde_json::Deserializer::from_slice(bytes).into_iter::<EntryText<'_>>();
     match stream.next() {
-        Some(Ok(entry)) => Ok(Some((entry, stream.byte_offset()))),
+        Some(Ok(entry)) => Ok(Some((entry, stream.byte_offset(), false))),
         Some(Err(err)) if err.is_eof() => Ok(None),
         Some(Err(err)) => Err(err),
         None => Ok(None),
@@ -368,9 +372,11 @@ fn parse_entry(bytes: &[u8]) -> serde_json::Result<Option<(EntryText<'_>, usize)
 
 /// The entry at the start of `bytes` if it is written as the daemon
 /// writes it ([`EntryRef::write_json`]: its fields in order, no escapes in
-/// its strings), read without the general parser, which takes most of a
-/// client's time on a long listing; `None` for anything else (an entry
-/// written otherwise, or cut short), which the general parser reads.
+/// its strings, numbers without leading zeros), read without the general
+/// parser, which takes most of a client's time on a long listing; `None`
+/// for anything else (an entry written otherwise, or cut short), which the
+/// general parser reads. What it reads is thus written exactly as serde
+/// writes the entry back.
 fn quick_entry(bytes: &[u8]) -> Option<(EntryText<'_>, usize)> {
     let mut at = 0;
     let expect = |text: &[u8], at: &mut usize| -> Option<()> {
@@ -544,7 +550,7 @@ impl<'de> Visitor<'de> for Entries<'_, '_, '_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
         let mut n = 0;
         while let Some(entry) = seq.next_element::<EntryText<'de>>()? {
-            if let Err(err) = (self.0.each)(&entry) {
+            if let Err(err) = (self.0.each)(&entry, None) {
                 self.0.failed = Some(err);
                 return Err(de::Error::custom("the listing was stopped"));
             }

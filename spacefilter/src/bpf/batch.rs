@@ -46,16 +46,21 @@ pub(super) fn unsupported(err: &io::Error) -> bool {
     )
 }
 
-/// Reads the entries `1..=out.len()` of the per-CPU `u64` array `map`
-/// (`cpus` possible CPUs, as the kernel lays per-CPU values out) and
-/// stores each entry's sum over the CPUs in `out[entry - 1]`. Entry 0 is
-/// left out: no counter lives there.
-pub(super) fn sum_per_cpu(map: BorrowedFd<'_>, cpus: usize, out: &mut [u64]) -> io::Result<()> {
+/// Reads the entries `first..first + out.len()` (`first` at least 1) of
+/// the per-CPU `u64` array `map` (`cpus` possible CPUs, as the kernel lays
+/// per-CPU values out) and stores each entry's sum over the CPUs in
+/// `out[entry - first]`.
+pub(super) fn sum_per_cpu(
+    map: BorrowedFd<'_>,
+    cpus: usize,
+    first: u32,
+    out: &mut [u64],
+) -> io::Result<()> {
     let chunk = (CHUNK_BYTES / (8 * cpus)).max(1);
     let mut keys = vec![0u32; chunk];
     let mut values = vec![0u64; chunk * cpus];
-    // Entry 0 is where the first call starts after.
-    let mut after: u32 = 0;
+    // The first call starts after the entry before `first`.
+    let mut after: u32 = first - 1;
     let mut next: u32 = 0;
     let mut done = 0;
     while done < out.len() {
@@ -85,7 +90,7 @@ pub(super) fn sum_per_cpu(map: BorrowedFd<'_>, cpus: usize, out: &mut [u64]) -> 
         let err = (ret < 0).then(io::Error::last_os_error);
         let got = attr.count as usize;
         for (i, &key) in keys[..got].iter().enumerate() {
-            let Some(slot) = (key as usize).checked_sub(1).and_then(|k| out.get_mut(k)) else {
+            let Some(slot) = key.checked_sub(first).and_then(|k| out.get_mut(k as usize)) else {
                 continue;
             };
             *slot = values[i * cpus..(i + 1) * cpus].iter().sum();

@@ -219,7 +219,7 @@ pub(super) fn list(args: &ListArgs) -> Result<(), Failure> {
         }
     };
     let mut line = Vec::with_capacity(256);
-    let listed = client.list(only, &mut |e| {
+    let listed = client.list(only, &mut |e, written| {
         if !started {
             start(&mut out)?;
         } else if json {
@@ -227,7 +227,11 @@ pub(super) fn list(args: &ListArgs) -> Result<(), Failure> {
         }
         started = true;
         if json {
-            serde_json::to_writer(&mut out, e)?;
+            match written {
+                // What serde would write for it, already.
+                Some(bytes) => out.write_all(bytes)?,
+                None => serde_json::to_writer(&mut out, e)?,
+            }
         } else {
             text_line(&mut line, e);
             out.write_all(&line)?;

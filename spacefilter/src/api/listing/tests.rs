@@ -125,8 +125,12 @@ fn entries_are_read_as_they_arrive() {
             let listed = read_streamed(
                 &mut Trickle(&reply[split..], step),
                 reply[..split].to_vec(),
-                &mut |e| {
-                    seen.push(serde_json::to_string(e).unwrap());
+                &mut |e, json| {
+                    let written = serde_json::to_string(e).unwrap();
+                    if let Some(json) = json {
+                        assert_eq!(json, written.as_bytes());
+                    }
+                    seen.push(written);
                     Ok(())
                 },
             );
@@ -139,7 +143,7 @@ fn entries_are_read_as_they_arrive() {
     }
     // The whole line, read by the general parser, gives the same.
     let mut seen = Vec::new();
-    let listed = read_reply(&reply, &mut |e| {
+    let listed = read_reply(&reply, &mut |e, _| {
         seen.push(serde_json::to_string(e).unwrap());
         Ok(())
     });
@@ -147,7 +151,7 @@ fn entries_are_read_as_they_arrive() {
     assert_eq!(seen, expected);
     // No entries at all.
     let empty = streamed(&[]);
-    let listed = read_streamed(&mut Trickle(&empty, 2), Vec::new(), &mut |_| {
+    let listed = read_streamed(&mut Trickle(&empty, 2), Vec::new(), &mut |_, _| {
         panic!("no entries")
     });
     assert_eq!(collect(listed, &[]), (0, 0));
@@ -162,7 +166,7 @@ fn another_reply_is_read_whole() {
     let mut line = serde_json::to_vec(&error).unwrap();
     line.push(b'\n');
     for step in [1, 100] {
-        let listed = read_streamed(&mut Trickle(&line, step), Vec::new(), &mut |_| {
+        let listed = read_streamed(&mut Trickle(&line, step), Vec::new(), &mut |_, _| {
             panic!("no entries here")
         });
         assert!(
@@ -170,7 +174,7 @@ fn another_reply_is_read_whole() {
             "{listed:?}"
         );
     }
-    let listed = read_reply(&line, &mut |_| panic!("no entries here")).unwrap();
+    let listed = read_reply(&line, &mut |_, _| panic!("no entries here")).unwrap();
     assert!(matches!(listed, Listed::Other(r) if *r == error));
 }
 
@@ -178,7 +182,7 @@ fn another_reply_is_read_whole() {
 fn a_failing_handler_stops_and_a_cut_reply_fails() {
     let reply = streamed(&sample());
     let mut seen = 0;
-    let mut pipe_closed = |_: &EntryText<'_>| {
+    let mut pipe_closed = |_: &EntryText<'_>, _: Option<&[u8]>| {
         seen += 1;
         Err(io::Error::from(io::ErrorKind::BrokenPipe))
     };
@@ -189,13 +193,15 @@ fn a_failing_handler_stops_and_a_cut_reply_fails() {
     assert_eq!(seen, 2);
     // Cut in the middle of an entry, or after it: the daemon went away.
     for cut in [ENTRIES_HEAD.len() + 10, reply.len() - 3] {
-        let listed = read_streamed(&mut Trickle(&reply[..cut], 5), Vec::new(), &mut |_| Ok(()));
+        let listed = read_streamed(&mut Trickle(&reply[..cut], 5), Vec::new(), &mut |_, _| {
+            Ok(())
+        });
         assert!(matches!(listed, Err(ReadError::Closed)), "{listed:?}");
     }
     // Something else than an entry.
     let mut bad = ENTRIES_HEAD.to_vec();
     bad.extend_from_slice(b"7]}\n");
-    let listed = read_streamed(&mut Trickle(&bad, 100), Vec::new(), &mut |_| Ok(()));
+    let listed = read_streamed(&mut Trickle(&bad, 100), Vec::new(), &mut |_, _| Ok(()));
     assert!(matches!(listed, Err(ReadError::Garbled(_))), "{listed:?}");
 }
 
@@ -220,7 +226,7 @@ fn the_quick_reader_agrees_with_serde_or_stands_aside() {
         }
         // Followed by more of the reply, it reads just the entry.
         json.extend_from_slice(b",{\"list\"");
-        let (_, len) = parse_entry(&json).unwrap().unwrap();
+        let (_, len, _) = parse_entry(&json).unwrap().unwrap();
         assert_eq!(&json[len..], b",{\"list\"");
     }
     assert_eq!(quick_ones, sample().len() - 1);
