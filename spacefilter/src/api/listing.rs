@@ -10,16 +10,15 @@ use std::{
     borrow::Cow,
     fmt,
     io::{self, Read},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use serde::{
-    Deserialize, Serialize, Serializer,
+    Deserialize, Serialize,
     de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor},
 };
 
 use super::{EntryView, Origin, Response};
-use crate::net::{List, Prefix};
+use crate::net::{List, Prefix, prefix::TEXT_MAX};
 
 /// What an `entries` reply starts with, up to its first entry.
 pub const ENTRIES_HEAD: &[u8] = b"{\"type\":\"entries\",\"entries\":[";
@@ -33,16 +32,11 @@ pub const ENTRIES_TAIL: &[u8] = b"]}\n";
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct EntryRef<'a> {
     pub list: List,
-    #[serde(serialize_with = "as_text")]
     pub prefix: Prefix,
     pub origin: Origin,
     pub comment: Option<&'a str>,
     pub expires_in_secs: Option<u64>,
     pub hits: u64,
-}
-
-fn as_text<S: Serializer>(prefix: &Prefix, out: S) -> Result<S::Ok, S::Error> {
-    out.collect_str(prefix)
 }
 
 impl EntryRef<'_> {
@@ -53,7 +47,7 @@ impl EntryRef<'_> {
         out.extend_from_slice(b"{\"list\":\"");
         out.extend_from_slice(self.list.name().as_bytes());
         out.extend_from_slice(b"\",\"prefix\":\"");
-        write_prefix(out, self.prefix);
+        out.extend_from_slice(self.prefix.text(&mut [0; TEXT_MAX]).as_bytes());
         out.extend_from_slice(b"\",\"origin\":\"");
         out.extend_from_slice(self.origin.name().as_bytes());
         out.extend_from_slice(b"\",\"comment\":");
@@ -93,79 +87,6 @@ fn decimal_digits(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
         }
     }
     &digits[at..]
-}
-
-/// Appends `prefix` as its `Display` writes it, by hand: the formatting
-/// machinery costs more than the rest of the entry.
-fn write_prefix(out: &mut Vec<u8>, prefix: Prefix) {
-    match prefix.addr() {
-        IpAddr::V4(addr) => write_v4(out, addr),
-        IpAddr::V6(addr) => write_v6(out, addr),
-    }
-    out.push(b'/');
-    write_decimal(out, prefix.len().into());
-}
-
-fn write_v4(out: &mut Vec<u8>, addr: Ipv4Addr) {
-    for (i, octet) in addr.octets().into_iter().enumerate() {
-        if i > 0 {
-            out.push(b'.');
-        }
-        write_decimal(out, octet.into());
-    }
-}
-
-/// An IPv6 address as `Ipv6Addr`'s `Display` writes it (RFC 5952: hex
-/// groups without leading zeros, the first longest run of two or more
-/// zero groups as `::`; an IPv4-mapped address as `::ffff:a.b.c.d`).
-fn write_v6(out: &mut Vec<u8>, addr: Ipv6Addr) {
-    if let Some(v4) = addr.to_ipv4_mapped() {
-        out.extend_from_slice(b"::ffff:");
-        return write_v4(out, v4);
-    }
-    let groups = addr.segments();
-    let (mut zeros, mut run) = ((0, 0), (0, 0));
-    for (i, &group) in groups.iter().enumerate() {
-        if group == 0 {
-            run = if run.1 == 0 {
-                (i, 1)
-            } else {
-                (run.0, run.1 + 1)
-            };
-            if run.1 > zeros.1 {
-                zeros = run;
-            }
-        } else {
-            run = (0, 0);
-        }
-    }
-    let hex = |out: &mut Vec<u8>, groups: &[u16]| {
-        for (i, &group) in groups.iter().enumerate() {
-            if i > 0 {
-                out.push(b':');
-            }
-            let digits = group.to_be_bytes();
-            let nibbles = [
-                digits[0] >> 4,
-                digits[0] & 15,
-                digits[1] >> 4,
-                digits[1] & 15,
-            ];
-            let first = nibbles.iter().position(|&n| n != 0).unwrap_or(3);
-            out.extend(
-                nibbles[first..]
-                    .iter()
-                    .map(|&n| b"0123456789abcdef"[usize::from(n)]),
-            );
-        }
-    };
-    if zeros.1 > 1 {
-        hex(out, &groups[..zeros.0]);
-        out.extend_from_slice(b"::");
-        hex(out, &groups[zeros.0 + zeros.1..]);
-    } else {
-        hex(out, &groups);
-    }
 }
 
 impl From<EntryRef<'_>> for EntryView {

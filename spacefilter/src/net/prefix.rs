@@ -139,15 +139,141 @@ impl From<IpNet> for Prefix {
     }
 }
 
+/// The longest text of a prefix: an IPv6 address of eight full groups,
+/// and `/128`.
+pub const TEXT_MAX: usize = 43;
+
+impl Prefix {
+    /// The prefix as `Display` writes it, written into `buf` by hand:
+    /// snapshots, journal records and listings write a million of them,
+    /// and the formatting machinery costs more than the rest of each
+    /// record.
+    #[must_use]
+    pub fn text(self, buf: &mut [u8; TEXT_MAX]) -> &str {
+        let mut out = Cursor { buf, len: 0 };
+        match self.addr() {
+            IpAddr::V4(addr) => out.v4(addr),
+            IpAddr::V6(addr) => out.v6(addr),
+        }
+        out.push(b'/');
+        out.decimal(self.len());
+        let len = out.len;
+        std::str::from_utf8(&buf[..len]).expect("ASCII")
+    }
+}
+
+/// Bytes written into a buffer that holds any prefix's text.
+struct Cursor<'b> {
+    buf: &'b mut [u8; TEXT_MAX],
+    len: usize,
+}
+
+impl Cursor<'_> {
+    fn push(&mut self, byte: u8) {
+        self.buf[self.len] = byte;
+        self.len += 1;
+    }
+
+    fn decimal(&mut self, n: u8) {
+        if n >= 100 {
+            self.push(b'0' + n / 100);
+        }
+        if n >= 10 {
+            self.push(b'0' + n / 10 % 10);
+        }
+        self.push(b'0' + n % 10);
+    }
+
+    fn v4(&mut self, addr: std::net::Ipv4Addr) {
+        for (i, octet) in addr.octets().into_iter().enumerate() {
+            if i > 0 {
+                self.push(b'.');
+            }
+            self.decimal(octet);
+        }
+    }
+
+    /// As `Ipv6Addr`'s `Display` writes it (RFC 5952: hex groups without
+    /// leading zeros, the first longest run of two or more zero groups as
+    /// `::`; an IPv4-mapped address as `::ffff:a.b.c.d`).
+    fn v6(&mut self, addr: std::net::Ipv6Addr) {
+        if let Some(v4) = addr.to_ipv4_mapped() {
+            for &b in b"::ffff:" {
+                self.push(b);
+            }
+            return self.v4(v4);
+        }
+        let groups = addr.segments();
+        let (mut zeros, mut run) = ((0, 0), (0, 0));
+        for (i, &group) in groups.iter().enumerate() {
+            if group == 0 {
+                run = if run.1 == 0 {
+                    (i, 1)
+                } else {
+                    (run.0, run.1 + 1)
+                };
+                if run.1 > zeros.1 {
+                    zeros = run;
+                }
+            } else {
+                run = (0, 0);
+            }
+        }
+        if zeros.1 > 1 {
+            self.hex(&groups[..zeros.0]);
+            self.push(b':');
+            self.push(b':');
+            self.hex(&groups[zeros.0 + zeros.1..]);
+        } else {
+            self.hex(&groups);
+        }
+    }
+
+    fn hex(&mut self, groups: &[u16]) {
+        for (i, &group) in groups.iter().enumerate() {
+            if i > 0 {
+                self.push(b':');
+            }
+            let digits = group.to_be_bytes();
+            let nibbles = [
+                digits[0] >> 4,
+                digits[0] & 15,
+                digits[1] >> 4,
+                digits[1] & 15,
+            ];
+            let first = nibbles.iter().position(|&n| n != 0).unwrap_or(3);
+            for &n in &nibbles[first..] {
+                self.push(b"0123456789abcdef"[usize::from(n)]);
+            }
+        }
+    }
+}
+
 impl serde::Serialize for Prefix {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        s.serialize_str(self.text(&mut [0; TEXT_MAX]))
     }
 }
 
 impl<'de> serde::Deserialize<'de> for Prefix {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Prefix::parse_stored(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+        // A visitor rather than a `String`: a snapshot holds a million of
+        // them, and a `&str` needs no allocation.
+        struct Text;
+
+        impl serde::de::Visitor<'_> for Text {
+            type Value = Prefix;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a prefix")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Prefix, E> {
+                Prefix::parse_stored(text).map_err(E::custom)
+            }
+        }
+
+        d.deserialize_str(Text)
     }
 }
 
@@ -203,6 +329,52 @@ mod tests {
         // A state directory written before keeps reading.
         let stored: Prefix = serde_json::from_str("\"::ffff:198.18.0.7/128\"").unwrap();
         assert_eq!(stored.len(), 128);
+    }
+
+    /// Prefixes written by hand are written as `Display` writes them.
+    #[test]
+    fn text_is_what_display_writes() {
+        let mut texts: Vec<String> = [
+            "::/0",
+            "::1/128",
+            "::ffff:198.18.0.7/128",
+            "::198.18.0.7/128",
+            "1::/16",
+            "1:0:0:1::/64",
+            "1::1:0:0:1/128",
+            "0:1:0:1:0:1:0:1/128",
+            "1:0:0:2:0:0:3:4/128",
+            "fe80::abcd:0:0:0/80",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128",
+            "0.0.0.0/0",
+            "255.255.255.255/32",
+            "10.0.0.0/8",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        // Random addresses, with zero groups scattered through some.
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..4000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let groups: [u16; 8] = std::array::from_fn(|i| {
+                let g = u16::try_from((x >> (i * 8)) & 0xffff).unwrap();
+                if (x >> (i + 40)) & 1 == 1 { 0 } else { g }
+            });
+            texts.push(format!("{}/128", std::net::Ipv6Addr::from(groups)));
+            let v4 = u32::try_from(x & 0xffff_ffff).unwrap();
+            texts.push(format!("{}/32", std::net::Ipv4Addr::from(v4)));
+        }
+        for text in texts {
+            let net: IpNet = text.parse().unwrap();
+            let prefix = Prefix::truncating(net.addr(), net.prefix_len());
+            assert_eq!(prefix.text(&mut [0; TEXT_MAX]), prefix.to_string());
+            assert_eq!(
+                serde_json::to_string(&prefix).unwrap(),
+                format!("\"{prefix}\"")
+            );
+        }
     }
 
     #[test]

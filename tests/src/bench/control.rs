@@ -67,6 +67,11 @@ const BLOCK_AFTER: &str = "1s";
 const ADOPT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Runs of `spacefilter list` timed, in each format.
 const LIST_RUNS: usize = 5;
+/// How long a restart with the import may take before the benchmark gives
+/// up: some seconds of CPU (the kernel sizes the maps, the verifier checks
+/// the program, a million rules are restored), longer than the tests'
+/// start timeout on a busy machine.
+const RESTART_TIMEOUT: Duration = Duration::from_mins(1);
 
 /// The verdict counters (`STATS`) of a program that another process
 /// loaded, read straight from the kernel: the daemon's, to see the first
@@ -626,7 +631,8 @@ pub fn control_plane(options: ControlOptions, rng: &mut Rng) -> anyhow::Result<C
 
     daemon.kill()?;
     let started = Instant::now();
-    let mut daemon = DaemonProcess::start(&lab.ns(Host::Server), &paths, &extra)?;
+    let mut daemon = DaemonProcess::spawn(&lab.ns(Host::Server), &paths, &extra)?;
+    daemon.wait_ready(RESTART_TIMEOUT)?;
     let restart = started.elapsed();
     let (restored_rss, restored_peak, restored_mapped) = memory_mib(daemon.pid());
     let status = cli_ok(&daemon, &["status", "--json"])?;
