@@ -52,7 +52,17 @@ impl Handle {
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Changed, Refusal> {
         let bulk = req.prefixes.len() >= memory::BULK;
-        let changed = self.lock().add(req, peer, progress);
+        // The request's text is parsed and let go before the first entries
+        // are written: at the first progress report its pages go back (a
+        // string per prefix, tens of MiB, which the maps' nodes would not
+        // reuse), and the rest's at the end.
+        let mut parsed = bulk;
+        let changed = self.lock().add(req, peer, &mut |done, total| {
+            if std::mem::take(&mut parsed) {
+                memory::release();
+            }
+            progress(done, total);
+        });
         if bulk {
             memory::release();
         }

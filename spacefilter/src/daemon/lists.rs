@@ -3,6 +3,7 @@
 //! before the client hears back.
 
 use std::{
+    borrow::Cow,
     collections::{BTreeMap, BTreeSet},
     time::Duration,
 };
@@ -78,11 +79,14 @@ impl Core {
         let now = now_ms();
         let expires_at_ms =
             ttl.map(|ttl| now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)));
-        let new: Vec<Prefix> = prefixes
-            .iter()
-            .copied()
-            .filter(|p| !self.rules.contains_key(&(list, *p)))
-            .collect();
+        let is_new = |p: &Prefix| !self.rules.contains_key(&(list, *p));
+        // An import of prefixes all new (the usual bulk add) needs no second
+        // list of them.
+        let new: Cow<'_, [Prefix]> = if prefixes.iter().all(is_new) {
+            Cow::Borrowed(&prefixes)
+        } else {
+            Cow::Owned(prefixes.iter().copied().filter(is_new).collect())
+        };
         if new.len() > self.filter.lists().free() {
             return Err(Refusal::failed(format!(
                 "{} new entries do not fit: room is left for {} (capacity {}); remove entries or restart with a larger --capacity",

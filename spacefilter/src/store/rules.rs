@@ -368,12 +368,17 @@ impl Serialize for Batch {
     }
 }
 
+/// Rules of a batch built into a map of their own at a time.
+const BATCH_PART: usize = 64 * 1024;
+
 impl Rules {
     /// Puts every rule of `batch`, a later one of a key over an earlier.
-    /// A batch that is large against the map is built into a dense map of
-    /// its own and merged in ([`BTreeMap::append`] builds the merge with
-    /// full nodes), rather than inserted rule by rule into nodes left
-    /// half full.
+    /// A batch that is large against the map goes in a part at a time,
+    /// each built into a dense map of its own and merged in
+    /// ([`BTreeMap::append`] builds the merge with full nodes, freeing the
+    /// old ones as it goes), rather than inserted rule by rule into nodes
+    /// left half full; a part at a time, so that what it takes besides the
+    /// map is one part.
     pub fn put_batch(&mut self, batch: &Batch) {
         if batch.len() < TIDY_MIN || batch.len() * 4 < self.map.len() {
             for (key, meta) in batch.iter() {
@@ -381,25 +386,32 @@ impl Rules {
             }
             return;
         }
-        // By key, the last of each kept.
-        let mut fresh: BTreeMap<(List, Prefix), u32> = batch.keys.iter().copied().collect();
         let Self {
             map,
             metas,
             changed,
         } = self;
-        let mut old = map.iter().peekable();
-        for (key, at) in &mut fresh {
-            *at = metas.intern(&batch.metas[*at as usize]);
-            while old.next_if(|(k, _)| *k < key).is_some() {}
-            match old.next_if(|(k, _)| *k == key) {
-                Some((_, &replaced)) => {
-                    metas.release(replaced);
+        for part in batch.keys.chunks(BATCH_PART) {
+            // By key, the last of each kept.
+            let mut fresh: BTreeMap<(List, Prefix), u32> = part.iter().copied().collect();
+            let (Some((&first, _)), Some((&last, _))) =
+                (fresh.first_key_value(), fresh.last_key_value())
+            else {
+                continue;
+            };
+            let mut old = map.range(first..=last).peekable();
+            for (key, at) in &mut fresh {
+                *at = metas.intern(&batch.metas[*at as usize]);
+                while old.next_if(|(k, _)| *k < key).is_some() {}
+                match old.next_if(|(k, _)| *k == key) {
+                    Some((_, &replaced)) => {
+                        metas.release(replaced);
+                    }
+                    None => *changed += 1,
                 }
-                None => *changed += 1,
             }
+            map.append(&mut fresh);
         }
-        map.append(&mut fresh);
     }
 }
 
@@ -544,7 +556,12 @@ mod tests {
         use crate::store::{Op, Rule};
 
         let shared = meta(None, 5);
-        for (size, before) in [(3, 0), (TIDY_MIN * 2, 100), (TIDY_MIN * 2, TIDY_MIN * 4)] {
+        for (size, before) in [
+            (3, 0),
+            (TIDY_MIN * 2, 100),
+            (TIDY_MIN * 2, TIDY_MIN * 4),
+            (BATCH_PART * 2 + 10, BATCH_PART),
+        ] {
             let mut batch = Batch::with_capacity(size);
             let mut rules = Vec::new();
             for n in 0..size {
