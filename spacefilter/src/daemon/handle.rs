@@ -42,6 +42,36 @@ impl Handle {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Runs `change` on the core, then waits, with the lock released, until
+    /// what it journaled is on disk: the client hears back once the change
+    /// is durable, and other requests go on meanwhile (their records share
+    /// the flush).
+    pub(super) fn changing<T>(
+        &self,
+        change: impl FnOnce(&mut Core) -> Result<T, Refusal>,
+    ) -> Result<T, Refusal> {
+        let (result, wait) = {
+            let mut core = self.lock();
+            let before = core.store.last_written();
+            let result = change(&mut core);
+            let after = core.store.last_written();
+            (
+                result,
+                (after > before).then(|| (core.store.durable(), after)),
+            )
+        };
+        if let Some((durable, seq)) = wait {
+            durable.wait(seq).map_err(|why| {
+                Refusal::failed(format!(
+                    "the change could not be made durable ({why}): it is in force until the daemon \
+                     restarts, and lost then; the state directory takes no more changes: fix the \
+                     disk, then restart the daemon"
+                ))
+            })?;
+        }
+        result
+    }
+
     /// Adds or updates entries, all or nothing; `progress` hears (done,
     /// total) as kernel entries are written.
     pub fn add(
@@ -50,11 +80,11 @@ impl Handle {
         peer: Peer,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Changed, Refusal> {
-        self.lock().add(req, peer, progress)
+        self.changing(|core| core.add(req, peer, progress))
     }
 
     pub fn remove(&self, list: List, prefixes: &[String], peer: Peer) -> Result<Changed, Refusal> {
-        self.lock().remove(list, prefixes, peer)
+        self.changing(|core| core.remove(list, prefixes, peer))
     }
 
     pub fn entries(&self, only: Option<List>) -> Result<Vec<EntryView>, Refusal> {
@@ -71,7 +101,7 @@ impl Handle {
     }
 
     pub fn set_limits(&self, limits: LimitsView, peer: Peer) -> Result<LimitsView, Refusal> {
-        self.lock().set_limits(limits, peer)
+        self.changing(|core| core.set_limits(limits, peer))
     }
 
     #[must_use]
@@ -85,11 +115,11 @@ impl Handle {
         force: bool,
         peer: Peer,
     ) -> Result<Vec<HeaderRuleView>, Refusal> {
-        self.lock().add_rule(rule, force, peer)
+        self.changing(|core| core.add_rule(rule, force, peer))
     }
 
     pub fn del_rule(&self, id: u32, peer: Peer) -> Result<Vec<HeaderRuleView>, Refusal> {
-        self.lock().del_rule(id, peer)
+        self.changing(|core| core.del_rule(id, peer))
     }
 
     pub fn header_rules(&self) -> Result<Vec<HeaderRuleView>, Refusal> {
@@ -130,7 +160,7 @@ impl Handle {
     }
 
     pub fn set_shield(&self, shield: ShieldView, peer: Peer) -> Result<ShieldView, Refusal> {
-        self.lock().set_shield(shield, peer)
+        self.changing(|core| core.set_shield(shield, peer))
     }
 
     #[must_use]
@@ -140,12 +170,12 @@ impl Handle {
 
     /// Verifies `addr` on an application's word for `ttl_secs`.
     pub fn admit(&self, addr: IpAddr, ttl_secs: u64, peer: Peer) -> Result<AdmitView, Refusal> {
-        self.lock().admit(addr, ttl_secs, peer)
+        self.changing(|core| core.admit(addr, ttl_secs, peer))
     }
 
     /// Forgets `addr`'s verification.
     pub fn revoke(&self, addr: IpAddr, peer: Peer) -> Result<AdmitView, Refusal> {
-        self.lock().revoke(addr, peer)
+        self.changing(|core| core.revoke(addr, peer))
     }
 
     /// Leaves the filter on the interfaces whose links are pinned (the

@@ -1,5 +1,6 @@
 //! The allow and block lists and the auto-blocks: add, remove, expire,
-//! list. Every accepted change is journaled before the client hears back.
+//! list. Every accepted change is journaled before it is put in the maps,
+//! and durable before the client hears back.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -96,24 +97,26 @@ impl Core {
             )));
         }
         let total = new.len() as u64;
-        let mut done = 0;
-        for chunk in new.chunks(INSERT_CHUNK) {
-            if let Err(err) = self.filter.lists().insert_many(list, chunk) {
-                let _ = self.filter.lists().remove_many(list, &new[..done]);
-                return Err(Refusal::failed(error_chain(&err)));
-            }
-            done += chunk.len();
-            progress(done as u64, total);
-        }
-        self.commit_put(
+        // Journal first, then the kernel: a crash in between is put right by
+        // the next start, which loads the maps from the journal.
+        let previous = self.commit_put(
             list,
             &prefixes,
-            &new,
             comment.as_ref(),
             origin,
             expires_at_ms,
             now,
         )?;
+        let mut done = 0;
+        for chunk in new.chunks(INSERT_CHUNK) {
+            if let Err(err) = self.filter.lists().insert_many(list, chunk) {
+                let _ = self.filter.lists().remove_many(list, &new[..done]);
+                self.undo_put(list, &prefixes, previous);
+                return Err(Refusal::failed(error_chain(&err)));
+            }
+            done += chunk.len();
+            progress(done as u64, total);
+        }
         let changed = Changed {
             added: total,
             updated: prefixes.len() as u64 - total,
@@ -137,23 +140,18 @@ impl Core {
         Ok(changed)
     }
 
-    /// Records added or updated rules in memory and on disk; if the disk
-    /// write fails, undoes both that and the kernel entries in `new`, so
-    /// that what the kernel enforces is what the disk says.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one call site, all parts of one rule"
-    )]
+    /// Records added or updated rules in memory and in the journal;
+    /// returns what each prefix had before (for [`Self::undo_put`]). If the
+    /// journal write fails, memory is left as it was.
     fn commit_put(
         &mut self,
         list: List,
         prefixes: &[Prefix],
-        new: &[Prefix],
         comment: Option<&String>,
         origin: Origin,
         expires_at_ms: Option<u64>,
         now: u64,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Vec<Option<Meta>>, Refusal> {
         let put: Vec<Rule> = prefixes
             .iter()
             .map(|&prefix| {
@@ -180,16 +178,64 @@ impl Core {
         let op = Op::Put { rules: put };
         op.apply(&mut self.rules);
         if let Err(err) = self.store.append(&op, &self.rules) {
-            for (&prefix, before) in prefixes.iter().zip(previous) {
-                match before {
-                    Some(meta) => self.rules.insert((list, prefix), meta),
-                    None => self.rules.remove(&(list, prefix)),
-                };
-            }
-            let _ = self.filter.lists().remove_many(list, new);
+            self.restore(list, prefixes, previous);
             return Err(Refusal::failed(error_chain(&err)));
         }
-        Ok(())
+        for &prefix in prefixes {
+            self.expiry.put(list, prefix, expires_at_ms);
+        }
+        Ok(previous)
+    }
+
+    /// Puts `prefixes` back as they were before a journaled put whose
+    /// kernel write failed: in memory, and in the journal (a record that
+    /// undoes it, so that the next start does not bring the put back).
+    fn undo_put(&mut self, list: List, prefixes: &[Prefix], previous: Vec<Option<Meta>>) {
+        let mut deleted = Vec::new();
+        let mut put = Vec::new();
+        for (&prefix, before) in prefixes.iter().zip(&previous) {
+            match before {
+                Some(meta) => put.push(Rule {
+                    list,
+                    prefix,
+                    meta: meta.clone(),
+                }),
+                None => deleted.push(prefix),
+            }
+        }
+        self.restore(list, prefixes, previous);
+        let undo = [
+            Op::Delete {
+                list,
+                prefixes: deleted,
+            },
+            Op::Put { rules: put },
+        ];
+        for op in undo {
+            let empty = matches!(&op, Op::Delete { prefixes, .. } if prefixes.is_empty())
+                || matches!(&op, Op::Put { rules } if rules.is_empty());
+            if !empty && let Err(err) = self.store.append(&op, &self.rules) {
+                log::error!(
+                    "journaling the undoing of a failed {} write: {}; the next start may bring \
+                     the failed entries back",
+                    list.name(),
+                    error_chain(&err)
+                );
+            }
+        }
+    }
+
+    /// Puts `prefixes`' rules in memory back to `previous`.
+    fn restore(&mut self, list: List, prefixes: &[Prefix], previous: Vec<Option<Meta>>) {
+        for (&prefix, before) in prefixes.iter().zip(previous) {
+            match before {
+                Some(meta) => {
+                    self.expiry.put(list, prefix, meta.expires_at_ms);
+                    self.rules.insert((list, prefix), meta)
+                }
+                None => self.rules.remove(&(list, prefix)),
+            };
+        }
     }
 
     /// Removes entries; prefixes that are not there are counted as
@@ -238,6 +284,7 @@ impl Core {
             .collect();
         if let Err(err) = self.store.append(&op, &self.rules) {
             for (prefix, meta) in removed {
+                self.expiry.put(list, prefix, meta.expires_at_ms);
                 self.rules.insert((list, prefix), meta);
             }
             return Err(Refusal::failed(error_chain(&err)));
@@ -278,16 +325,21 @@ impl Core {
 
     /// Removes every entry whose TTL has run out.
     pub(super) fn expire(&mut self) {
-        let now = now_ms();
         let mut due: BTreeMap<List, Vec<Prefix>> = BTreeMap::new();
-        for (&(list, prefix), meta) in &self.rules {
-            if meta.expires_at_ms.is_some_and(|at| at <= now) {
-                due.entry(list).or_default().push(prefix);
-            }
+        for (list, prefix) in self.expiry.due(&self.rules, now_ms()) {
+            due.entry(list).or_default().push(prefix);
         }
         for (list, prefixes) in due {
             if let Err(err) = self.delete(list, &prefixes, "(expired)") {
                 log::error!("expiring {} entries failed: {}", list.name(), err.message);
+                // Tried again at the next tick.
+                for prefix in prefixes {
+                    let at = self
+                        .rules
+                        .get(&(list, prefix))
+                        .and_then(|m| m.expires_at_ms);
+                    self.expiry.put(list, prefix, at);
+                }
             }
         }
     }
@@ -295,8 +347,9 @@ impl Core {
     /// The time until the next entry expires.
     #[must_use]
     pub(super) fn next_expiry(&self) -> Option<Duration> {
-        let now = now_ms();
-        self.rules.values().filter_map(|m| m.remaining(now)).min()
+        self.expiry
+            .next()
+            .map(|at| Duration::from_millis(at.saturating_sub(now_ms())))
     }
 
     pub(super) fn entries(&mut self, only: Option<List>) -> Result<Vec<EntryView>, Refusal> {

@@ -11,6 +11,7 @@
 
 mod core;
 mod exempt;
+mod expiry;
 mod guards;
 mod handle;
 mod header_rules;
@@ -104,11 +105,14 @@ fn reload_config(reload: Option<&Reload>, handle: &Handle, force: bool) {
         return;
     };
     match (reload.0)() {
-        Ok(entries) => match start::apply_config_entries(&mut handle.lock(), entries, force) {
+        Ok(entries) => match handle.changing(|core| {
+            start::apply_config_entries(core, entries, force)
+                .map_err(|err| Refusal::failed(format!("{err:#}")))
+        }) {
             Ok(()) => log::info!(
                 "SIGHUP: the config file's allow and block entries are in force (its other settings take a restart)"
             ),
-            Err(err) => log::error!("SIGHUP: {err:#}; the entries stay as they were"),
+            Err(err) => log::error!("SIGHUP: {}; the entries stay as they were", err.message),
         },
         Err(err) => log::error!("SIGHUP: reading the config file: {err:#}; nothing changed"),
     }
@@ -128,7 +132,13 @@ pub async fn run(
     let events = core.filter.take_events();
     let samples = core.filter.take_samples();
     let kernel_log = core.filter.take_kernel_log();
+    // What the start journaled (the config file's entries) is on disk
+    // before anyone is told the daemon is up.
+    let (durable, seq) = (core.store.durable(), core.store.last_written());
     let handle = Handle::new(Arc::new(Mutex::new(core)));
+    if let Ok(Err(why)) = tokio::task::spawn_blocking(move || durable.wait(seq)).await {
+        log::error!("the start's changes could not be made durable: {why}");
+    }
     let (stop_tx, stop) = watch::channel(false);
     let transports = match serve(handle.clone(), stop.clone()) {
         Ok(transports) => transports,
@@ -172,7 +182,13 @@ pub async fn run(
                 log::info!("SIGINT: shutting down");
                 break;
             }
-            _ = hup.recv() => reload_config(reload.as_ref(), &handle, force),
+            _ = hup.recv() => {
+                let (reload, handle) = (reload.clone(), handle.clone());
+                let _ = tokio::task::spawn_blocking(move || {
+                    reload_config(reload.as_ref(), &handle, force);
+                })
+                .await;
+            }
         }
     }
     let _ = stop_tx.send(true);

@@ -296,7 +296,7 @@ pub async fn serve(listener: TcpListener, daemon: Handle, mut stop: Stop) {
 
 /// Reads one request (its head, at most 8 KiB, within 5 s) and answers
 /// it; the connection closes after the answer.
-async fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
+async fn answer(mut stream: TcpStream, registry: &std::sync::Arc<Registry>) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
     let read = tokio::time::timeout(Duration::from_secs(5), async {
@@ -321,14 +321,21 @@ async fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<(
     let (method, path) = (words.next(), words.next());
     let (status, content_type, body) = match (method, path) {
         (Some(b"GET"), Some(b"/metrics")) => {
-            let mut body = String::new();
-            match encode(&mut body, registry) {
-                Ok(()) => (
+            // The collector takes the daemon's lock: off the runtime's
+            // worker.
+            let registry = std::sync::Arc::clone(registry);
+            let encoded = tokio::task::spawn_blocking(move || {
+                let mut body = String::new();
+                encode(&mut body, &registry).map(|()| body)
+            })
+            .await;
+            match encoded {
+                Ok(Ok(body)) => (
                     "200 OK",
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     body,
                 ),
-                Err(_) => (
+                Ok(Err(_)) | Err(_) => (
                     "500 Internal Server Error",
                     "text/plain",
                     "encoding failed\n".to_owned(),

@@ -252,6 +252,11 @@ impl Settings {
 #[derive(Serialize, Deserialize)]
 pub(super) struct Snapshot {
     pub(super) version: u32,
+    /// The journal segments this snapshot holds: every one numbered up to
+    /// this (0: none but the live journal, which a snapshot without the
+    /// field folded too).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(super) folded: u64,
     pub(super) rules: Vec<Rule>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) limits: Option<Guards>,
@@ -261,4 +266,9 @@ pub(super) struct Snapshot {
     pub(super) shield: Option<Shield>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(super) admitted: Vec<Admission>,
+}
+
+#[expect(clippy::trivially_copy_pass_by_ref, reason = "serde's signature")]
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

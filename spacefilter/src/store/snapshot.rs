@@ -12,8 +12,8 @@ use std::{
 use super::{FORMAT_VERSION, Rules, Settings, StateError, io_err, records::Snapshot};
 
 /// The rules and the settings of the snapshot at `snapshot_path` (nothing,
-/// if there is none yet).
-pub(super) fn read(snapshot_path: &Path) -> Result<(Rules, Settings), StateError> {
+/// if there is none yet), and the last journal segment it folds.
+pub(super) fn read(snapshot_path: &Path) -> Result<(Rules, Settings, u64), StateError> {
     let mut rules = Rules::new();
     match File::open(snapshot_path) {
         Ok(file) => {
@@ -42,9 +42,10 @@ pub(super) fn read(snapshot_path: &Path) -> Result<(Rules, Settings), StateError
                     shield: snapshot.shield,
                     admitted: snapshot.admitted,
                 },
+                snapshot.folded,
             ))
         }
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok((rules, Settings::default())),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok((rules, Settings::default(), 0)),
         Err(err) => Err(io_err(snapshot_path, "reading")(err)),
     }
 }
