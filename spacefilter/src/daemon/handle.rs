@@ -20,17 +20,28 @@ use crate::{
         AdmitView, Changed, EntryView, HeaderRuleView, LimitsView, ObserveView, SampleView,
         ShieldView, StatusView, TopView,
     },
-    bpf::Counters,
+    bpf::{CounterReader, Counters},
     net::List,
 };
 
-/// A handle on the running daemon's core.
+/// A handle on the running daemon's core, and a reader of its counters
+/// that needs no lock (`stats` and `watch` never wait behind an import).
 #[derive(Clone)]
-pub struct Handle(Shared);
+pub struct Handle(Shared, Option<Arc<CounterReader>>);
 
 impl Handle {
-    pub(super) fn new(core: Arc<Mutex<Core>>) -> Self {
-        Self(core)
+    pub(super) fn new(core: Core) -> Self {
+        let counters = match core.filter.counter_reader() {
+            Ok(reader) => Some(Arc::new(reader)),
+            Err(err) => {
+                log::warn!(
+                    "reading the counters on their own: {}; they are read under the core's lock",
+                    crate::error_chain(&err)
+                );
+                None
+            }
+        };
+        Self(Arc::new(Mutex::new(core)), counters)
     }
 
     /// Locks the core; a panic while it was held leaves the maps and the
@@ -92,7 +103,12 @@ impl Handle {
     }
 
     pub fn counters(&self) -> Result<Counters, Refusal> {
-        self.lock().counters()
+        match &self.1 {
+            Some(reader) => reader
+                .read()
+                .map_err(|err| Refusal::failed(crate::error_chain(&err))),
+            None => self.lock().counters(),
+        }
     }
 
     #[must_use]

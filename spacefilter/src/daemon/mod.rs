@@ -22,10 +22,7 @@ mod shield_auto;
 mod start;
 mod tasks;
 
-use std::{
-    path::PathBuf,
-    sync::{Arc, Mutex},
-};
+use std::{path::PathBuf, sync::Arc};
 
 use tokio::{signal::unix::SignalKind, sync::watch, task::JoinHandle};
 
@@ -135,7 +132,7 @@ pub async fn run(
     // What the start journaled (the config file's entries) is on disk
     // before anyone is told the daemon is up.
     let (durable, seq) = (core.store.durable(), core.store.last_written());
-    let handle = Handle::new(Arc::new(Mutex::new(core)));
+    let handle = Handle::new(core);
     if let Ok(Err(why)) = tokio::task::spawn_blocking(move || durable.wait(seq)).await {
         log::error!("the start's changes could not be made durable: {why}");
     }
