@@ -5,8 +5,9 @@
 //! [`run`] is the composition root: it starts the core ([`start`]), hands
 //! a [`Handle`] to the transports it is given (the control socket and the
 //! metrics endpoint live in [`crate::server`], which this module does not
-//! know), spawns the background [`tasks`], waits for a signal and shuts
-//! everything down in order. The core's state is split by concern:
+//! know), spawns the background [`tasks`], tells a service manager it is
+//! ready ([`notify`]), waits for a signal and shuts everything down in
+//! order. The core's state is split by concern:
 //! [`lists`], [`guards`], [`header_rules`], [`shield`], [`observability`].
 
 mod core;
@@ -15,6 +16,7 @@ mod guards;
 mod handle;
 mod header_rules;
 mod lists;
+mod notify;
 mod observability;
 mod shield;
 mod shield_auto;
@@ -162,6 +164,17 @@ pub async fn run(
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
+    // The program filters with the restored rules and the transports
+    // accept clients: only now may a service manager call the start done
+    // (and watch over the daemon from then on).
+    notify::ready(&handle.status());
+    if let Some(every) = notify::watchdog_interval() {
+        background.push(tokio::spawn(notify::watchdog(
+            handle.clone(),
+            every,
+            stop.clone(),
+        )));
+    }
     loop {
         tokio::select! {
             _ = term.recv() => {
@@ -172,9 +185,14 @@ pub async fn run(
                 log::info!("SIGINT: shutting down");
                 break;
             }
-            _ = hup.recv() => reload_config(reload.as_ref(), &handle, force),
+            _ = hup.recv() => {
+                notify::reloading();
+                reload_config(reload.as_ref(), &handle, force);
+                notify::ready(&handle.status());
+            }
         }
     }
+    notify::stopping(&handle.status());
     let _ = stop_tx.send(true);
     let Transports { tasks, cleanup } = transports;
     for task in tasks.into_iter().chain(background) {
