@@ -1,8 +1,9 @@
 //! The daemon as the systemd unit runs it, end to end in a lab: what it
 //! tells the service manager (`READY=1` once it answers on its control
 //! socket with the rules in force, `RELOADING=1`/`READY=1` around SIGHUP,
-//! `WATCHDOG=1` at half the watchdog's timeout, `STOPPING=1`), and its
-//! log lines with their journald priorities.
+//! `WATCHDOG=1` at half the watchdog's timeout, `STOPPING=1`), its log
+//! lines with their journald priorities, and its life with the unit's
+//! capabilities and no others.
 //!
 //! The service manager's side is a datagram socket the test binds and
 //! names in `NOTIFY_SOCKET`, as systemd does.
@@ -18,9 +19,10 @@ use std::{
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use spacefilter_tests::{
-    daemon::{DaemonPaths, DaemonProcess, Launch, START_TIMEOUT, STOP_TIMEOUT, Scratch},
-    netns::{Host, IFACE, Lab},
+    daemon::{BpfFs, DaemonPaths, DaemonProcess, Launch, START_TIMEOUT, STOP_TIMEOUT, Scratch},
+    netns::{Family, Host, IFACE, Lab},
     require_root,
+    traffic::{UdpSink, send_udp},
 };
 
 /// The service manager's end of `NOTIFY_SOCKET`.
@@ -269,4 +271,147 @@ fn without_a_watchdog_or_journald_it_sends_no_pings_and_logs_as_ever() {
         text.lines().count() > 3 && text.lines().all(|l| l.starts_with("[20")),
         "the log:\n{text}"
     );
+}
+
+/// The unit's `CapabilityBoundingSet=`, as `setpriv --bounding-set` names
+/// the capabilities (`bpf`, `net_admin`, ...).
+fn unit_capabilities() -> Vec<String> {
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/spacefilter.service");
+    let text = fs::read_to_string(&unit).expect("the unit");
+    let caps: Vec<String> = text
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("a CapabilityBoundingSet= line")
+        .split_whitespace()
+        .map(|c| c.strip_prefix("CAP_").expect("CAP_ names").to_lowercase())
+        .collect();
+    assert!(!caps.is_empty());
+    caps
+}
+
+/// `setpriv` running the daemon with only `caps` (root keeps its uid; its
+/// bounding set is all the capabilities it gets at exec).
+fn with_only(caps: &[String]) -> Launch {
+    let set: Vec<String> = caps.iter().map(|c| format!("+{c}")).collect();
+    Launch {
+        env: Vec::new(),
+        wrapper: vec![
+            "setpriv".into(),
+            format!("--bounding-set=-all,{}", set.join(",")).into(),
+            "--inh-caps=-all".into(),
+            "--".into(),
+        ],
+    }
+}
+
+#[test]
+fn the_daemon_runs_with_the_units_capabilities_and_needs_each() {
+    require_root();
+    let caps = unit_capabilities();
+    eprintln!("the unit's capabilities: {caps:?}");
+    let lab = Lab::new().expect("building the lab");
+    let dir = Scratch::new("capabilities").expect("a scratch directory");
+    let bpffs = BpfFs::mount(&dir.join("bpf")).expect("a BPF filesystem");
+    let pin_dir = bpffs.path().join("spacefilter");
+    let pin_arg = pin_dir.to_str().expect("UTF-8").to_owned();
+    // A group root is not a member of: giving the socket to it takes
+    // CAP_CHOWN.
+    let args = [
+        "--capacity",
+        "1024",
+        "--pin-dir",
+        &pin_arg,
+        "--socket-group",
+        "nogroup",
+    ];
+    let paths = DaemonPaths::in_dir(&dir.join("daemon"));
+    let start = |launch: &Launch| -> DaemonProcess {
+        let mut daemon = DaemonProcess::spawn_with(&lab.ns(Host::Server), &paths, &args, launch)
+            .expect("starting the daemon");
+        daemon
+            .wait_ready(START_TIMEOUT)
+            .unwrap_or_else(|err| panic!("{err:#}"));
+        daemon
+    };
+
+    let mut daemon = start(&with_only(&caps));
+    let caps_line = fs::read_to_string(format!("/proc/{}/status", daemon.pid()))
+        .expect("the daemon's status")
+        .lines()
+        .find(|l| l.starts_with("CapEff:"))
+        .expect("CapEff")
+        .to_owned();
+    eprintln!("the daemon's {caps_line}");
+    assert_eq!(
+        fs::metadata(daemon.socket()).expect("the socket").gid(),
+        65534,
+        "the socket's group"
+    );
+    // It filters: a blocked source's datagrams are dropped and counted.
+    let sink = UdpSink::start(&lab, Host::Server).expect("a UDP service");
+    let to = std::net::SocketAddr::new(Host::Server.addr(Family::V4), sink.port());
+    let attacker = Host::Attacker.addr(Family::V4);
+    daemon.cli(&["block", &attacker.to_string()]).ok("block");
+    send_udp(&lab, Host::Attacker, to, 20, Duration::ZERO).expect("sending");
+    send_udp(&lab, Host::Listener, to, 20, Duration::ZERO).expect("sending");
+    assert_eq!(
+        sink.wait_for(Host::Listener.addr(Family::V4), 20, STOP_TIMEOUT),
+        20
+    );
+    assert_eq!(
+        sink.received_from(attacker),
+        0,
+        "the blocked source got through"
+    );
+    // The shield sets its host settings (/proc/sys/net) and puts them back.
+    daemon
+        .cli(&["shield", "on", "--ports", "tcp/443"])
+        .ok("shield on");
+    daemon.cli(&["shield", "off"]).ok("shield off");
+    // A restart takes the pinned link over.
+    daemon.terminate(STOP_TIMEOUT).expect("stopping");
+    let mut daemon = start(&with_only(&caps));
+    assert!(
+        daemon.log().contains("took over"),
+        "no takeover:\n{}",
+        daemon.log()
+    );
+    daemon.terminate(STOP_TIMEOUT).expect("stopping");
+    assert!(
+        !daemon.log().contains("ERROR"),
+        "errors with the unit's capabilities:\n{}",
+        daemon.log()
+    );
+
+    // Each is needed: without it the daemon does not start.
+    for missing in &caps {
+        let fewer: Vec<String> = caps.iter().filter(|c| *c != missing).cloned().collect();
+        let logged = fs::metadata(&paths.log).map_or(0, |m| m.len());
+        let mut daemon =
+            DaemonProcess::spawn_with(&lab.ns(Host::Server), &paths, &args, &with_only(&fewer))
+                .expect("starting the daemon");
+        let status = daemon
+            .wait_exit(START_TIMEOUT)
+            .unwrap_or_else(|err| panic!("without {missing}: {err:#}"));
+        assert!(!status.success(), "the daemon ran without {missing}");
+        // Refused where the capability is used, not anywhere else.
+        let log = daemon.log();
+        let log = log
+            .get(usize::try_from(logged).expect("a log size")..)
+            .unwrap_or_default();
+        let why = log
+            .lines()
+            .find(|l| l.starts_with("spacefilter: "))
+            .unwrap_or_else(|| panic!("without {missing}, no reason given:\n{log}"));
+        eprintln!(
+            "without {missing}: {}",
+            why.chars().take(200).collect::<String>()
+        );
+        let expected = if missing == "chown" {
+            "to group"
+        } else {
+            "loading the XDP program"
+        };
+        assert!(why.contains(expected), "without {missing}: {why}");
+    }
 }
