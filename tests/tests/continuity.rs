@@ -9,6 +9,7 @@
 
 use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
 
+use nix::sys::signal::Signal;
 use spacefilter::api::StatusView;
 use spacefilter_tests::{
     daemon::{BpfFs, DaemonPaths, DaemonProcess, STOP_TIMEOUT, Scratch, binary},
@@ -167,6 +168,19 @@ fn the_filter_outlives_the_daemon_and_its_successor_takes_over_with_no_gap() {
         "{}",
         daemon.log()
     );
+    // SIGHUP reads the config again and keeps the daemon, and the block.
+    let (leaked, mut daemon) = attacker_frames_across_a_restart(&lab, &sink, to, || {
+        daemon.signal(Signal::SIGHUP).expect("SIGHUP");
+        assert!(
+            wait_until(TIMEOUT, || daemon.log().contains("SIGHUP")),
+            "{}",
+            daemon.log()
+        );
+        daemon
+    });
+    eprintln!("SIGHUP: {leaked} datagrams from the attacker got through");
+    assert_eq!(leaked, 0, "the attacker got through at a SIGHUP");
+    assert!(daemon.is_running(), "SIGHUP ended the daemon");
 
     // `detach` takes it off once the daemon has stopped: the attacker's
     // datagrams arrive again (the positive control of every count above).
