@@ -85,6 +85,29 @@ fn attacker_frames_across_a_restart(
     (sink.received_from(attacker) - from_attacker, daemon)
 }
 
+/// SIGHUP reads the config again and keeps the daemon, and the block:
+/// not one datagram from the attacker gets through meanwhile.
+fn sighup_under_a_flood(
+    lab: &Lab,
+    sink: &UdpSink,
+    to: SocketAddr,
+    mut daemon: DaemonProcess,
+) -> DaemonProcess {
+    let (leaked, mut daemon) = attacker_frames_across_a_restart(lab, sink, to, || {
+        daemon.signal(Signal::SIGHUP).expect("SIGHUP");
+        assert!(
+            wait_until(TIMEOUT, || daemon.log().contains("SIGHUP")),
+            "{}",
+            daemon.log()
+        );
+        daemon
+    });
+    eprintln!("SIGHUP: {leaked} datagrams from the attacker got through");
+    assert_eq!(leaked, 0, "the attacker got through at a SIGHUP");
+    assert!(daemon.is_running(), "SIGHUP ended the daemon");
+    daemon
+}
+
 #[test]
 fn the_filter_outlives_the_daemon_and_its_successor_takes_over_with_no_gap() {
     require_root();
@@ -157,7 +180,7 @@ fn the_filter_outlives_the_daemon_and_its_successor_takes_over_with_no_gap() {
     eprintln!("takeover after a crash: {leaked} datagrams from the attacker got through");
     assert_eq!(leaked, 0, "the attacker got through during the takeover");
     // And a clean stop and start, the same.
-    let (leaked, mut daemon) = attacker_frames_across_a_restart(&lab, &sink, to, || {
+    let (leaked, daemon) = attacker_frames_across_a_restart(&lab, &sink, to, || {
         daemon.terminate(STOP_TIMEOUT).expect("stopping");
         start(&lab, &paths, &pin_dir)
     });
@@ -168,19 +191,7 @@ fn the_filter_outlives_the_daemon_and_its_successor_takes_over_with_no_gap() {
         "{}",
         daemon.log()
     );
-    // SIGHUP reads the config again and keeps the daemon, and the block.
-    let (leaked, mut daemon) = attacker_frames_across_a_restart(&lab, &sink, to, || {
-        daemon.signal(Signal::SIGHUP).expect("SIGHUP");
-        assert!(
-            wait_until(TIMEOUT, || daemon.log().contains("SIGHUP")),
-            "{}",
-            daemon.log()
-        );
-        daemon
-    });
-    eprintln!("SIGHUP: {leaked} datagrams from the attacker got through");
-    assert_eq!(leaked, 0, "the attacker got through at a SIGHUP");
-    assert!(daemon.is_running(), "SIGHUP ended the daemon");
+    let mut daemon = sighup_under_a_flood(&lab, &sink, to, daemon);
 
     // `detach` takes it off once the daemon has stopped: the attacker's
     // datagrams arrive again (the positive control of every count above).
