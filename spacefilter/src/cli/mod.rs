@@ -9,6 +9,7 @@
 mod capture;
 mod detach;
 mod limit;
+mod links;
 mod lists;
 mod parse;
 mod reflect;

@@ -23,6 +23,8 @@ pub(super) struct RunArgs {
     config: Option<PathBuf>,
     #[command(flatten)]
     settings: config::CommandLine,
+    #[command(flatten)]
+    links: super::links::LinkArgs,
 }
 
 pub(super) fn run(args: RunArgs) -> Result<(), Failure> {
@@ -34,7 +36,12 @@ pub(super) fn run(args: RunArgs) -> Result<(), Failure> {
         .filter_module(KERNEL_LOG_TARGET, log::LevelFilter::Debug)
         .parse_env(env_logger::Env::default())
         .init();
-    let RunArgs { config, settings } = args;
+    let RunArgs {
+        config,
+        settings,
+        links,
+    } = args;
+    let links = links.check()?;
     let bad = |err: config::ConfigError| Failure::bad_input(err.to_string());
     let file = match &config {
         Some(path) => config::ConfigFile::load(path).map_err(bad)?,
@@ -66,6 +73,10 @@ pub(super) fn run(args: RunArgs) -> Result<(), Failure> {
     };
     let plan = server::Plan::new(server).map_err(refusal)?;
     runtime
-        .block_on(daemon::run(daemon, |handle, stop| plan.start(handle, stop)))
+        .block_on(daemon::run(daemon, |handle, stop| {
+            let mut transports = plan.start(handle.clone(), stop.clone())?;
+            links.start(&handle, &stop, &mut transports);
+            Ok(transports)
+        }))
         .map_err(refusal)
 }

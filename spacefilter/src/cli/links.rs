@@ -1,0 +1,57 @@
+//! `run`'s options for the outside sources of rules it follows.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::Args;
+
+use super::Failure;
+use crate::{
+    daemon::{Handle, Stop, Transports},
+    fleet::crowdsec,
+};
+
+#[derive(Args)]
+pub(super) struct LinkArgs {
+    /// Run as a CrowdSec bouncer: block what the local API at this URL bans
+    /// (IPs and ranges, for the decision's duration, origin crowdsec).
+    #[arg(long, value_name = "URL", requires = "crowdsec_key_file")]
+    crowdsec: Option<String>,
+    /// A file holding the bouncer's key (`cscli bouncers add NAME`).
+    #[arg(long, value_name = "PATH", requires = "crowdsec")]
+    crowdsec_key_file: Option<PathBuf>,
+    /// Between two polls of the decision stream.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    crowdsec_interval: Duration,
+}
+
+/// The links to start beside the transports, checked before the daemon
+/// loads anything.
+pub(super) struct Links {
+    crowdsec: Option<crowdsec::Settings>,
+}
+
+impl LinkArgs {
+    pub(super) fn check(self) -> Result<Links, Failure> {
+        let crowdsec = match (self.crowdsec, self.crowdsec_key_file) {
+            (Some(url), Some(key_file)) => Some(
+                crowdsec::Settings::new(&url, &key_file, self.crowdsec_interval)
+                    .map_err(Failure::bad_input)?,
+            ),
+            _ => None,
+        };
+        Ok(Links { crowdsec })
+    }
+}
+
+impl Links {
+    /// Starts the links' tasks among the transports'.
+    pub(super) fn start(self, handle: &Handle, stop: &Stop, transports: &mut Transports) {
+        if let Some(settings) = self.crowdsec {
+            transports.tasks.push(tokio::spawn(crowdsec::follow(
+                settings,
+                handle.clone(),
+                stop.clone(),
+            )));
+        }
+    }
+}
