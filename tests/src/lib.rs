@@ -6,6 +6,7 @@
 //! need root; [`require_root`] makes a test fail (never skip) without it.
 
 pub mod bench;
+pub mod crowdsec;
 pub mod daemon;
 pub mod fixture;
 pub mod flood;

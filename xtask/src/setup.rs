@@ -41,6 +41,7 @@ pub(crate) fn run() -> Result<()> {
     check_kernel()?;
     put_cargo_bin_on_path();
     system_tools()?;
+    crowdsec()?;
     rust_toolchains()?;
     bpf_linker()?;
     mount_bpffs()?;
@@ -144,6 +145,36 @@ fn system_tools() -> Result<()> {
         return Ok(());
     }
     apt_install(&missing)
+}
+
+/// CrowdSec, for the bouncer's tests: they run a local API of their own
+/// (own configuration, database and port, in a lab namespace), so the
+/// host's service is switched off. Debian's package registers with
+/// CrowdSec's central API on install unless its credentials file already
+/// has something in it (README.Debian): a placeholder keeps the install
+/// offline.
+fn crowdsec() -> Result<()> {
+    if have("cscli") && have("crowdsec") {
+        say("crowdsec present");
+        return Ok(());
+    }
+    let capi = Path::new("/etc/crowdsec/online_api_credentials.yaml");
+    if fs::metadata(capi).map_or(true, |m| m.len() == 0) {
+        fs::create_dir_all("/etc/crowdsec")?;
+        fs::write(
+            capi,
+            "# Central API registration skipped: this host runs CrowdSec for spacefilter's tests
+",
+        )
+        .with_context(|| format!("writing {}", capi.display()))?;
+    }
+    apt_install(&["crowdsec"])?;
+    if Path::new("/run/systemd/system").is_dir() {
+        let mut disable = Command::new("systemctl");
+        disable.args(["disable", "--now", "crowdsec.service"]);
+        run_cmd(disable, "systemctl disable --now crowdsec.service")?;
+    }
+    Ok(())
 }
 
 fn output(cmd: &mut Command) -> Option<String> {

@@ -1,0 +1,320 @@
+//! The daemon as a CrowdSec bouncer, against a real local API (Debian's
+//! `crowdsec`) in the lab's server namespace: decisions made with `cscli`
+//! become blocks of origin `crowdsec` that drop the attacker's datagrams at
+//! XDP, a deleted decision lets them through again, a decision covering
+//! the host's own address is refused, an administrator's block of the same
+//! prefix stays theirs, and the blocks stay while the API is down.
+
+use std::{net::SocketAddr, time::Duration};
+
+use serde_json::Value;
+use spacefilter_tests::{
+    crowdsec::Lapi,
+    daemon::{DaemonPaths, DaemonProcess, Scratch, cli},
+    netns::{Family, Host, Lab},
+    require_root,
+    traffic::{UdpSink, send_udp, wait_until},
+};
+
+/// Between two polls of the decision stream.
+const INTERVAL: &str = "200ms";
+/// How long a decision may take to reach the maps: a few polls.
+const TIMEOUT: Duration = Duration::from_secs(5);
+/// Datagrams sent from each host by one probe.
+const PROBE: u64 = 20;
+
+/// The entry `list` shows for `prefix`, if any.
+fn entry(daemon: &DaemonProcess, prefix: &str) -> Option<Value> {
+    let out = daemon.cli(&["list", "--json"]);
+    serde_json::from_str::<Vec<Value>>(out.ok("list"))
+        .expect("list JSON")
+        .into_iter()
+        .find(|e| e["prefix"] == prefix)
+}
+
+fn wait_for_entry(daemon: &DaemonProcess, prefix: &str, origin: &str) -> Value {
+    let mut found = None;
+    wait_until(TIMEOUT, || {
+        found = entry(daemon, prefix).filter(|e| e["origin"] == origin);
+        found.is_some()
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "{prefix} never listed with origin {origin}: {:?}",
+            entry(daemon, prefix)
+        )
+    })
+}
+
+/// Sends [`PROBE`] datagrams from the attacker, then as many from the
+/// listener, and waits for all of the listener's (the positive control:
+/// the path works, and the attacker's, sent first, have had their
+/// chance); returns how many of the attacker's arrived.
+fn attacker_gets_through(lab: &Lab, sink: &UdpSink) -> u64 {
+    let to = SocketAddr::new(Host::Server.addr(Family::V4), sink.port());
+    let (attacker, listener) = (
+        Host::Attacker.addr(Family::V4),
+        Host::Listener.addr(Family::V4),
+    );
+    let (a0, l0) = (sink.received_from(attacker), sink.received_from(listener));
+    send_udp(lab, Host::Attacker, to, PROBE, Duration::from_millis(1)).expect("attacker sends");
+    send_udp(lab, Host::Listener, to, PROBE, Duration::from_millis(1)).expect("listener sends");
+    let got = sink.wait_for(listener, l0 + PROBE, TIMEOUT) - l0;
+    assert_eq!(
+        got, PROBE,
+        "the listener's datagrams arrive (positive control)"
+    );
+    sink.received_from(attacker) - a0
+}
+
+fn link(daemon: &DaemonProcess) -> Value {
+    let out = daemon.cli(&["status", "--json"]);
+    let status: Value = serde_json::from_str(out.ok("status")).expect("status JSON");
+    status["links"]
+        .as_array()
+        .and_then(|links| links.iter().find(|l| l["kind"] == "crowdsec").cloned())
+        .unwrap_or(Value::Null)
+}
+
+/// A daemon following a local API in the lab's server namespace, and a
+/// sink beside it. Fields drop in order: the daemon, the API, the sink,
+/// the lab, the directory.
+struct Bouncer {
+    daemon: DaemonProcess,
+    lapi: Lapi,
+    sink: UdpSink,
+    lab: Lab,
+    _dir: Scratch,
+}
+
+impl Bouncer {
+    fn start() -> Self {
+        require_root();
+        let lab = Lab::new().expect("building the lab");
+        let dir = Scratch::new("crowdsec").expect("scratch directory");
+        let lapi_dir = dir.join("lapi");
+        std::fs::create_dir_all(&lapi_dir).expect("LAPI directory");
+        let lapi = Lapi::start(&lab.ns(Host::Server), &lapi_dir).expect("starting the local API");
+        let key_file = dir.join("bouncer.key");
+        lapi.add_bouncer("spacefilter", &key_file)
+            .expect("adding the bouncer");
+        let sink = UdpSink::start(&lab, Host::Server).expect("UDP sink");
+        let url = lapi.url();
+        let daemon = DaemonProcess::start(
+            &lab.ns(Host::Server),
+            &DaemonPaths::in_dir(&dir.join("daemon")),
+            &[
+                "--capacity",
+                "1024",
+                "--crowdsec",
+                &url,
+                "--crowdsec-key-file",
+                key_file.to_str().expect("UTF-8"),
+                "--crowdsec-interval",
+                INTERVAL,
+            ],
+        )
+        .unwrap_or_else(|err| panic!("starting the daemon: {err:#}"));
+        assert!(
+            wait_until(TIMEOUT, || link(&daemon)["up"] == true),
+            "the link to the local API comes up: {}",
+            link(&daemon)
+        );
+        Self {
+            daemon,
+            lapi,
+            sink,
+            lab,
+            _dir: dir,
+        }
+    }
+
+    fn attacker_gets_through(&self) -> u64 {
+        attacker_gets_through(&self.lab, &self.sink)
+    }
+
+    fn cscli(&self, args: &[&str]) {
+        self.lapi
+            .cscli(args)
+            .unwrap_or_else(|err| panic!("{err:#}"));
+    }
+}
+
+#[test]
+fn crowdsec_decisions_are_enforced_at_xdp() {
+    let bouncer = Bouncer::start();
+    bans_come_and_go(&bouncer);
+    the_guard_and_the_admin_come_first(&bouncer);
+    the_blocks_stay_while_the_api_is_down(bouncer);
+}
+
+/// A ban on an address, deleted; a ban on a range.
+fn bans_come_and_go(b: &Bouncer) {
+    let daemon = &b.daemon;
+    // No decision yet: the attacker gets through.
+    assert_eq!(b.attacker_gets_through(), PROBE, "before any decision");
+
+    b.cscli(&[
+        "decisions",
+        "add",
+        "--ip",
+        "198.18.2.66",
+        "--duration",
+        "1m",
+    ]);
+    let banned = wait_for_entry(daemon, "198.18.2.66/32", "crowdsec");
+    let left = banned["expires_in_secs"].as_u64().expect("a timed entry");
+    assert!(
+        (1..=60).contains(&left),
+        "the block lasts as long as the decision: {banned}"
+    );
+    assert_eq!(b.attacker_gets_through(), 0, "banned");
+
+    // Deleted: through again.
+    b.cscli(&["decisions", "delete", "--ip", "198.18.2.66"]);
+    assert!(
+        wait_until(TIMEOUT, || entry(daemon, "198.18.2.66/32").is_none()),
+        "the deleted decision's block goes"
+    );
+    assert_eq!(b.attacker_gets_through(), PROBE, "after the delete");
+
+    b.cscli(&[
+        "decisions",
+        "add",
+        "--range",
+        "198.18.2.0/24",
+        "--duration",
+        "2h",
+    ]);
+    wait_for_entry(daemon, "198.18.2.0/24", "crowdsec");
+    assert_eq!(b.attacker_gets_through(), 0, "range banned");
+}
+
+/// A ban on the host's own address is refused by the lockout guard (a ban
+/// beside it goes through); an administrator's block of a prefix CrowdSec
+/// then bans stays theirs, and stays when the decision goes.
+fn the_guard_and_the_admin_come_first(b: &Bouncer) {
+    let daemon = &b.daemon;
+    b.cscli(&["decisions", "add", "--ip", "198.18.0.1", "--duration", "1m"]);
+    b.cscli(&[
+        "decisions",
+        "add",
+        "--ip",
+        "203.0.113.9",
+        "--duration",
+        "1m",
+    ]);
+    wait_for_entry(daemon, "203.0.113.9/32", "crowdsec");
+    assert!(
+        wait_until(TIMEOUT, || daemon
+            .log()
+            .contains("CrowdSec ban on 198.18.0.1/32 refused")),
+        "the refusal is logged"
+    );
+    assert!(
+        entry(daemon, "198.18.0.1/32").is_none(),
+        "the host's own address is not blocked"
+    );
+
+    daemon
+        .cli(&["block", "203.0.113.50/32", "--comment", "by hand"])
+        .ok("manual block");
+    b.cscli(&[
+        "decisions",
+        "add",
+        "--ip",
+        "203.0.113.50",
+        "--duration",
+        "1m",
+    ]);
+    b.cscli(&[
+        "decisions",
+        "add",
+        "--ip",
+        "203.0.113.51",
+        "--duration",
+        "1m",
+    ]);
+    wait_for_entry(daemon, "203.0.113.51/32", "crowdsec");
+    assert_eq!(
+        entry(daemon, "203.0.113.50/32").expect("still listed")["origin"],
+        "manual"
+    );
+    b.cscli(&["decisions", "delete", "--ip", "203.0.113.50"]);
+    b.cscli(&["decisions", "delete", "--ip", "203.0.113.51"]);
+    assert!(
+        wait_until(TIMEOUT, || entry(daemon, "203.0.113.51/32").is_none()),
+        "the decision deleted after it is lifted"
+    );
+    assert_eq!(
+        entry(daemon, "203.0.113.50/32").expect("the manual block stays")["origin"],
+        "manual"
+    );
+}
+
+/// The API goes down: the blocks stay, and status says so.
+fn the_blocks_stay_while_the_api_is_down(mut b: Bouncer) {
+    b.lapi.stop();
+    let daemon = &b.daemon;
+    assert!(
+        wait_until(TIMEOUT, || link(daemon)["up"] == false),
+        "the link goes down: {}",
+        link(daemon)
+    );
+    let down = link(daemon);
+    assert!(down["last_error"].is_string(), "the error is shown: {down}");
+    assert!(
+        cli(daemon.socket(), &["status"])
+            .ok("status")
+            .contains("link crowdsec http://127.0.0.1:8080: DOWN"),
+        "status prints the link"
+    );
+    wait_for_entry(daemon, "198.18.2.0/24", "crowdsec");
+    assert_eq!(
+        b.attacker_gets_through(),
+        0,
+        "still banned while the API is down"
+    );
+}
+
+#[test]
+fn a_missing_key_file_is_bad_input() {
+    let dir = Scratch::new("crowdsec-bad").expect("scratch directory");
+    let missing = dir.join("no-such.key");
+    let out = cli(
+        &dir.join("sock"),
+        &[
+            "run",
+            "--iface",
+            "eth0",
+            "--crowdsec",
+            "http://127.0.0.1:8080",
+            "--crowdsec-key-file",
+            missing.to_str().expect("UTF-8"),
+        ],
+    );
+    out.expect_code(2, "run with a missing key file");
+    assert!(
+        out.stderr.contains("--crowdsec-key-file"),
+        "the error names the option: {}",
+        out.stderr
+    );
+    let out = cli(
+        &dir.join("sock"),
+        &[
+            "run",
+            "--iface",
+            "eth0",
+            "--crowdsec",
+            "127.0.0.1:8080",
+            "--crowdsec-key-file",
+            "/dev/null",
+        ],
+    );
+    out.expect_code(2, "run with a URL without a scheme");
+    assert!(
+        out.stderr.contains("http://"),
+        "the error says what to give: {}",
+        out.stderr
+    );
+}
