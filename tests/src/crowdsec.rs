@@ -113,6 +113,13 @@ prometheus:
         Ok(lapi)
     }
 
+    /// Starts the local API again after [`Self::stop`], on the same
+    /// database.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.spawn()
+    }
+
     fn spawn(&mut self) -> anyhow::Result<()> {
         let log = File::options()
             .create(true)

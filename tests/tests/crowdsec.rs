@@ -10,7 +10,7 @@ use std::{net::SocketAddr, time::Duration};
 use serde_json::Value;
 use spacefilter_tests::{
     crowdsec::Lapi,
-    daemon::{DaemonPaths, DaemonProcess, Scratch, cli},
+    daemon::{DaemonPaths, DaemonProcess, STOP_TIMEOUT, Scratch, cli},
     netns::{Family, Host, Lab},
     require_root,
     traffic::{UdpSink, send_udp, wait_until},
@@ -81,6 +81,9 @@ fn link(daemon: &DaemonProcess) -> Value {
 /// the lab, the directory.
 struct Bouncer {
     daemon: DaemonProcess,
+    /// The daemon's paths and arguments, to start it again.
+    paths: DaemonPaths,
+    args: Vec<String>,
     lapi: Lapi,
     sink: UdpSink,
     lab: Lab,
@@ -99,34 +102,38 @@ impl Bouncer {
         lapi.add_bouncer("spacefilter", &key_file)
             .expect("adding the bouncer");
         let sink = UdpSink::start(&lab, Host::Server).expect("UDP sink");
-        let url = lapi.url();
-        let daemon = DaemonProcess::start(
-            &lab.ns(Host::Server),
-            &DaemonPaths::in_dir(&dir.join("daemon")),
-            &[
-                "--capacity",
-                "1024",
-                "--crowdsec",
-                &url,
-                "--crowdsec-key-file",
-                key_file.to_str().expect("UTF-8"),
-                "--crowdsec-interval",
-                INTERVAL,
-            ],
-        )
-        .unwrap_or_else(|err| panic!("starting the daemon: {err:#}"));
-        assert!(
-            wait_until(TIMEOUT, || link(&daemon)["up"] == true),
-            "the link to the local API comes up: {}",
-            link(&daemon)
-        );
+        let args: Vec<String> = [
+            "--capacity",
+            "1024",
+            "--crowdsec",
+            &lapi.url(),
+            "--crowdsec-key-file",
+            key_file.to_str().expect("UTF-8"),
+            "--crowdsec-interval",
+            INTERVAL,
+        ]
+        .map(str::to_owned)
+        .into();
+        let paths = DaemonPaths::in_dir(&dir.join("daemon"));
+        let daemon = start_daemon(&lab, &paths, &args);
         Self {
             daemon,
+            paths,
+            args,
             lapi,
             sink,
             lab,
             _dir: dir,
         }
+    }
+
+    /// Stops the daemon, runs `meanwhile`, and starts it again.
+    fn restart_daemon(&mut self, meanwhile: impl FnOnce(&mut Self)) {
+        self.daemon
+            .terminate(STOP_TIMEOUT)
+            .expect("stopping the daemon");
+        meanwhile(self);
+        self.daemon = start_daemon(&self.lab, &self.paths, &self.args);
     }
 
     fn attacker_gets_through(&self) -> u64 {
@@ -140,12 +147,26 @@ impl Bouncer {
     }
 }
 
+/// Starts the daemon and waits until its link to the local API is up.
+fn start_daemon(lab: &Lab, paths: &DaemonPaths, args: &[String]) -> DaemonProcess {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let daemon = DaemonProcess::start(&lab.ns(Host::Server), paths, &args)
+        .unwrap_or_else(|err| panic!("starting the daemon: {err:#}"));
+    assert!(
+        wait_until(TIMEOUT, || link(&daemon)["up"] == true),
+        "the link to the local API comes up: {}",
+        link(&daemon)
+    );
+    daemon
+}
+
 #[test]
 fn crowdsec_decisions_are_enforced_at_xdp() {
     let bouncer = Bouncer::start();
     bans_come_and_go(&bouncer);
     the_guard_and_the_admin_come_first(&bouncer);
-    the_blocks_stay_while_the_api_is_down(bouncer);
+    let bouncer = the_blocks_stay_while_the_api_is_down(bouncer);
+    a_start_catches_up(bouncer);
 }
 
 /// A ban on an address, deleted; a ban on a range.
@@ -253,7 +274,7 @@ fn the_guard_and_the_admin_come_first(b: &Bouncer) {
 }
 
 /// The API goes down: the blocks stay, and status says so.
-fn the_blocks_stay_while_the_api_is_down(mut b: Bouncer) {
+fn the_blocks_stay_while_the_api_is_down(mut b: Bouncer) -> Bouncer {
     b.lapi.stop();
     let daemon = &b.daemon;
     assert!(
@@ -274,6 +295,41 @@ fn the_blocks_stay_while_the_api_is_down(mut b: Bouncer) {
         b.attacker_gets_through(),
         0,
         "still banned while the API is down"
+    );
+    b
+}
+
+/// Decisions deleted and added while the daemon was stopped: its first
+/// poll lifts the deleted ones' blocks (kept by its state directory) and
+/// applies the new ones; an administrator's block is left alone.
+fn a_start_catches_up(mut b: Bouncer) {
+    b.lapi.restart().expect("starting the local API again");
+    b.restart_daemon(|b| {
+        b.cscli(&["decisions", "delete", "--range", "198.18.2.0/24"]);
+        b.cscli(&[
+            "decisions",
+            "add",
+            "--ip",
+            "203.0.113.77",
+            "--duration",
+            "1m",
+        ]);
+    });
+    let daemon = &b.daemon;
+    wait_for_entry(daemon, "203.0.113.77/32", "crowdsec");
+    assert!(
+        wait_until(TIMEOUT, || entry(daemon, "198.18.2.0/24").is_none()),
+        "the range deleted meanwhile is lifted: {:?}",
+        entry(daemon, "198.18.2.0/24")
+    );
+    assert_eq!(
+        b.attacker_gets_through(),
+        PROBE,
+        "through after the catch-up"
+    );
+    assert_eq!(
+        entry(daemon, "203.0.113.50/32").expect("the manual block stays")["origin"],
+        "manual"
     );
 }
 
