@@ -10,7 +10,7 @@ use std::{net::SocketAddr, time::Duration};
 use serde_json::Value;
 use spacefilter_tests::{
     crowdsec::Lapi,
-    daemon::{DaemonPaths, DaemonProcess, STOP_TIMEOUT, Scratch, cli},
+    daemon::{DaemonPaths, DaemonProcess, STOP_TIMEOUT, Scratch, cli, metrics_page},
     netns::{Family, Host, Lab},
     require_root,
     traffic::{UdpSink, send_udp, wait_until},
@@ -20,6 +20,8 @@ use spacefilter_tests::{
 const INTERVAL: &str = "200ms";
 /// How long a decision may take to reach the maps: a few polls.
 const TIMEOUT: Duration = Duration::from_secs(5);
+/// Where the daemon serves metrics, in the server's namespace.
+const METRICS_PORT: u16 = 9977;
 /// Datagrams sent from each host by one probe.
 const PROBE: u64 = 20;
 
@@ -111,6 +113,8 @@ impl Bouncer {
             key_file.to_str().expect("UTF-8"),
             "--crowdsec-interval",
             INTERVAL,
+            "--metrics",
+            &format!("127.0.0.1:{METRICS_PORT}"),
         ]
         .map(str::to_owned)
         .into();
@@ -163,6 +167,11 @@ fn start_daemon(lab: &Lab, paths: &DaemonPaths, args: &[String]) -> DaemonProces
 #[test]
 fn crowdsec_decisions_are_enforced_at_xdp() {
     let bouncer = Bouncer::start();
+    assert!(
+        metrics_page(&bouncer.lab, METRICS_PORT)
+            .contains("spacefilter_link_up{kind=\"crowdsec\"} 1"),
+        "the metrics show the link up"
+    );
     bans_come_and_go(&bouncer);
     the_guard_and_the_admin_come_first(&bouncer);
     let bouncer = the_blocks_stay_while_the_api_is_down(bouncer);
@@ -289,6 +298,11 @@ fn the_blocks_stay_while_the_api_is_down(mut b: Bouncer) -> Bouncer {
             .ok("status")
             .contains("link crowdsec http://127.0.0.1:8080: DOWN"),
         "status prints the link"
+    );
+    let page = metrics_page(&b.lab, METRICS_PORT);
+    assert!(
+        page.contains("spacefilter_link_up{kind=\"crowdsec\"} 0"),
+        "the metrics show the link down: {page}"
     );
     wait_for_entry(daemon, "198.18.2.0/24", "crowdsec");
     assert_eq!(
