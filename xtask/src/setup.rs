@@ -30,6 +30,9 @@ const SYSTEM_TOOLS: &[(&str, &str)] = &[
     ("iptables", "iptables"),
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("busybox", "busybox-static"),
+    // The fleet's tests run an etcd cluster of their own.
+    ("etcd", "etcd-server"),
+    ("etcdctl", "etcd-client"),
 ];
 
 fn say(msg: &str) {
@@ -140,7 +143,7 @@ fn system_tools() -> Result<()> {
         .collect();
     if missing.is_empty() {
         say(
-            "system tools present (iproute2, ping, tcpdump, ethtool, bpftool, xdp-tools, nftables, iptables, qemu, busybox)",
+            "system tools present (iproute2, ping, tcpdump, ethtool, bpftool, xdp-tools, nftables, iptables, qemu, busybox, etcd)",
         );
         return Ok(());
     }
@@ -156,7 +159,7 @@ fn system_tools() -> Result<()> {
 fn crowdsec() -> Result<()> {
     if have("cscli") && have("crowdsec") {
         say("crowdsec present");
-        return Ok(());
+        return host_services_off();
     }
     let capi = Path::new("/etc/crowdsec/online_api_credentials.yaml");
     if fs::metadata(capi).map_or(true, |m| m.len() == 0) {
@@ -169,10 +172,25 @@ fn crowdsec() -> Result<()> {
         .with_context(|| format!("writing {}", capi.display()))?;
     }
     apt_install(&["crowdsec"])?;
-    if Path::new("/run/systemd/system").is_dir() {
-        let mut disable = Command::new("systemctl");
-        disable.args(["disable", "--now", "crowdsec.service"]);
-        run_cmd(disable, "systemctl disable --now crowdsec.service")?;
+    host_services_off()
+}
+
+/// The services Debian's crowdsec and etcd-server packages start: the tests
+/// run instances of their own, so the host's are switched off.
+fn host_services_off() -> Result<()> {
+    if !Path::new("/run/systemd/system").is_dir() {
+        return Ok(());
+    }
+    for service in ["crowdsec.service", "etcd.service"] {
+        let enabled = Command::new("systemctl")
+            .args(["is-enabled", "--quiet", service])
+            .status()
+            .is_ok_and(|s| s.success());
+        if enabled {
+            let mut disable = Command::new("systemctl");
+            disable.args(["disable", "--now", service]);
+            run_cmd(disable, &format!("systemctl disable --now {service}"))?;
+        }
     }
     Ok(())
 }

@@ -24,7 +24,7 @@ pub(super) struct RunArgs {
     #[command(flatten)]
     settings: config::CommandLine,
     #[command(flatten)]
-    links: super::links::LinkArgs,
+    links: Box<super::links::LinkArgs>,
 }
 
 pub(super) fn run(args: RunArgs) -> Result<(), Failure> {
@@ -41,13 +41,13 @@ pub(super) fn run(args: RunArgs) -> Result<(), Failure> {
         settings,
         links,
     } = args;
-    let links = links.check()?;
     let bad = |err: config::ConfigError| Failure::bad_input(err.to_string());
     let file = match &config {
         Some(path) => config::ConfigFile::load(path).map_err(bad)?,
         None => config::ConfigFile::default(),
     };
     let config::RunSettings { mut daemon, server } = config::merge(settings, file).map_err(bad)?;
+    let links = (*links).check(&daemon.state_dir)?;
     if let Some(path) = config.clone() {
         daemon.reload = Some(daemon::Reload(std::sync::Arc::new(move || {
             let file = config::ConfigFile::load(&path)?;

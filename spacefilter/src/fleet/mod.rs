@@ -9,6 +9,7 @@
 
 pub mod crowdsec;
 mod decisions;
+pub mod etcd;
 
 use std::time::Duration;
 
