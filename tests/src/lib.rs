@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod crowdsec;
 pub mod daemon;
+pub mod etcd;
 pub mod fixture;
 pub mod flood;
 pub mod generate;

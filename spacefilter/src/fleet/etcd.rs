@@ -37,12 +37,15 @@ use crate::{
     net::{List, Prefix},
 };
 
-/// How long a connection or a read may take (a watch stays open: etcd
-/// sends progress while it is idle only when asked, so reads time out and
-/// the watch is resumed).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// The longest pause between two tries while etcd cannot be reached.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a connection may take to open: a member that does not answer
+/// by then is passed over for the next.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a read may take (an idle watch times out, and is opened again
+/// from where it was: a link that died silently is found out this way).
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest pause between two tries while etcd cannot be reached: a
+/// member cut off catches up within about this long of coming back.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Where the fleet is and which it is.
 #[derive(Clone, Debug)]
@@ -167,8 +170,8 @@ pub async fn follow(settings: Settings, handle: Handle, mut stop: Stop) {
 /// read.
 fn run(settings: &Settings, handle: &Handle, quit: &AtomicBool) {
     let agent = ureq::AgentBuilder::new()
-        .timeout_connect(REQUEST_TIMEOUT)
-        .timeout_read(REQUEST_TIMEOUT)
+        .timeout_connect(CONNECT_TIMEOUT)
+        .timeout_read(READ_TIMEOUT)
         .build();
     let mut link = LinkView {
         kind: "fleet".to_owned(),
