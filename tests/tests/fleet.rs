@@ -15,7 +15,7 @@ use std::{
 
 use serde_json::Value;
 use spacefilter_tests::{
-    daemon::{DaemonPaths, DaemonProcess, Scratch},
+    daemon::{DaemonPaths, DaemonProcess, Scratch, binary},
     etcd::Cluster,
     netns::{Family, Host, Lab},
     require_root,
@@ -76,6 +76,30 @@ impl Member {
             lab,
             _dir: dir,
         }
+    }
+
+    /// Runs a verb on the member's host: in the server's namespace, where
+    /// etcd is reached as the daemon reaches it.
+    fn verb(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.lab.ns(Host::Server)])
+            .arg(binary())
+            .args(args)
+            .arg("--socket")
+            .arg(self.daemon.socket())
+            .output()
+            .expect("running spacefilter");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn verb_ok(&self, args: &[&str]) -> String {
+        let (code, stdout, stderr) = self.verb(args);
+        assert_eq!(code, 0, "spacefilter {args:?}: {stdout}{stderr}");
+        stdout
     }
 
     fn etcdctl(&self, args: &[&str]) -> String {
@@ -177,6 +201,7 @@ fn key(list: &str, prefix: &str) -> String {
 fn a_fleet_member_follows_etcd() {
     let mut m = Member::start();
     rules_come_and_go(&m);
+    the_verbs_write_to_the_fleet(&m);
     the_leader_can_go(&mut m);
     cut_off_and_back(&m);
 }
@@ -228,6 +253,59 @@ fn rules_come_and_go(m: &Member) {
         m.fleet_entries()
     );
     assert_eq!(m.attacker_gets_through(), PROBE, "through once it expired");
+    // etcd drops the lease's key on its own clock.
+    m.wait_in_step("the lease ran out in etcd too");
+}
+
+/// `block` and `unblock` on a member go through etcd; `--local` does not.
+fn the_verbs_write_to_the_fleet(m: &Member) {
+    m.verb_ok(&["block", "198.18.2.66", "--comment", "typed here"]);
+    assert!(
+        m.fleet_keys().contains("block/198.18.2.66/32"),
+        "the block is in etcd once the verb returns: {:?}",
+        m.fleet_keys()
+    );
+    assert!(
+        m.fleet_entries().contains("block/198.18.2.66/32"),
+        "and in force here, with origin fleet, once the verb returns"
+    );
+    assert_eq!(m.attacker_gets_through(), 0, "blocked through the fleet");
+    m.verb_ok(&["unblock", "198.18.2.66"]);
+    assert!(
+        m.fleet_keys().is_empty(),
+        "the key is gone from etcd: {:?}",
+        m.fleet_keys()
+    );
+    assert!(
+        m.fleet_entries().is_empty(),
+        "and the entry from this host: {:?}",
+        m.fleet_entries()
+    );
+    assert_eq!(m.attacker_gets_through(), PROBE, "through after unblock");
+
+    m.verb_ok(&["block", "--local", "203.0.113.60"]);
+    assert!(
+        m.fleet_keys().is_empty(),
+        "--local writes nothing to etcd: {:?}",
+        m.fleet_keys()
+    );
+    let out = m.daemon.cli(&["list", "--json"]);
+    assert!(
+        out.ok("list")
+            .contains(r#""prefix":"203.0.113.60/32","origin":"manual""#),
+        "the local block is this host's: {}",
+        out.stdout
+    );
+    m.verb_ok(&["unblock", "--local", "203.0.113.60"]);
+    let (code, _, stderr) = m.verb(&["block", "--force", "203.0.113.61"]);
+    assert_eq!(
+        code, 2,
+        "--force on a fleet member without --local: {stderr}"
+    );
+    assert!(
+        stderr.contains("--local"),
+        "the error says what to do: {stderr}"
+    );
 }
 
 /// The leader is killed: rules keep coming.

@@ -197,6 +197,9 @@ pub struct StatusView {
 pub struct LinkView {
     /// What it is: `crowdsec` or `fleet`.
     pub kind: String,
+    /// The fleet's name, for a fleet.
+    #[serde(default)]
+    pub name: String,
     /// Where it is (the URL, or the etcd endpoints).
     pub url: String,
     /// Whether the last exchange worked.

@@ -8,6 +8,7 @@
 
 mod capture;
 mod detach;
+mod fleet_write;
 mod limit;
 mod links;
 mod lists;

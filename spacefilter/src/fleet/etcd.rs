@@ -94,7 +94,7 @@ impl Settings {
         })
     }
 
-    fn prefix(&self) -> String {
+    pub(super) fn prefix(&self) -> String {
         format!("/spacefilter/{}/", self.fleet)
     }
 }
@@ -175,9 +175,13 @@ fn run(settings: &Settings, handle: &Handle, quit: &AtomicBool) {
         .build();
     let mut link = LinkView {
         kind: "fleet".to_owned(),
+        name: settings.fleet.clone(),
         url: settings.endpoints.join(","),
         ..LinkView::default()
     };
+    // Known from the start, so that the verbs write to the fleet even
+    // before the first answer.
+    handle.report_link(link.clone());
     let mut last_ok: Option<Instant> = None;
     let mut revision = fs::read_to_string(&settings.revision_file)
         .ok()
@@ -499,13 +503,13 @@ fn peer() -> Peer {
     }
 }
 
-fn json_of(response: ureq::Response) -> Result<Value, String> {
+pub(super) fn json_of(response: ureq::Response) -> Result<Value, String> {
     let text = response.into_string().map_err(|err| err.to_string())?;
     serde_json::from_str(&text).map_err(|err| err.to_string())
 }
 
 /// etcd's gateway writes 64-bit numbers as strings.
-fn int(value: &Value) -> i64 {
+pub(super) fn int(value: &Value) -> i64 {
     match value {
         Value::String(s) => s.parse().unwrap_or(0),
         Value::Number(n) => n.as_i64().unwrap_or(0),
@@ -515,7 +519,7 @@ fn int(value: &Value) -> i64 {
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-fn b64_encode(bytes: &[u8]) -> String {
+pub(super) fn b64_encode(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
         let n = (u32::from(chunk[0]) << 16)

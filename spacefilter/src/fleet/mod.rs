@@ -10,6 +10,7 @@
 pub mod crowdsec;
 mod decisions;
 pub mod etcd;
+pub mod publish;
 
 use std::time::Duration;
 
