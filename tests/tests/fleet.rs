@@ -14,10 +14,15 @@ use std::{
 };
 
 use serde_json::Value;
+use spacefilter::{
+    api::{Request, Response, client::Client},
+    fleet::publish::Publisher,
+    net::{List, Prefix},
+};
 use spacefilter_tests::{
     daemon::{DaemonPaths, DaemonProcess, Scratch, binary},
     etcd::Cluster,
-    netns::{Family, Host, Lab},
+    netns::{Family, Host, Lab, run_in_netns},
     require_root,
     traffic::{UdpSink, send_udp, wait_until},
 };
@@ -386,4 +391,50 @@ fn cut_off_and_back(m: &Member) {
         m.daemon.log().contains("compacted"),
         "the member read the whole fleet again after the compaction"
     );
+}
+
+/// From a write's return to the rule being in this member's maps (the
+/// daemon lists an entry once its map write is done), over 100 blocks
+/// written one after the other from another host of the lab.
+#[test]
+fn a_block_reaches_a_member_within_a_second() {
+    let m = Member::start();
+    let publisher =
+        Publisher::new(&m.cluster.endpoints(), FLEET).expect("a publisher for the fleet");
+    let mut client = Client::connect(m.daemon.socket()).expect("the control socket");
+    let mut took = Vec::new();
+    for i in 0..100u8 {
+        let prefix: Prefix = format!("203.0.113.{i}").parse().expect("a prefix");
+        run_in_netns(&m.lab.ns(Host::Listener), || {
+            publisher.put(List::Block, &[prefix], None, None)
+        })
+        .expect("entering the listener's namespace")
+        .expect("writing to the fleet");
+        let written = Instant::now();
+        let wanted = prefix.to_string();
+        let arrived = wait_until(TIMEOUT, || {
+            match client
+                .call(
+                    Request::List {
+                        list: Some(List::Block),
+                    },
+                    &mut |_, _| {},
+                )
+                .expect("list")
+            {
+                Response::Entries { entries } => entries.iter().any(|e| e.prefix == wanted),
+                other => panic!("unexpected answer {other:?}"),
+            }
+        });
+        assert!(arrived, "{prefix} never reached the member");
+        took.push(written.elapsed());
+    }
+    took.sort();
+    let (p50, p99) = (took[took.len() / 2], took[took.len() * 99 / 100]);
+    eprintln!(
+        "propagation over {} blocks: p50 {p50:?}, p99 {p99:?}, max {:?}",
+        took.len(),
+        took[took.len() - 1]
+    );
+    assert!(p99 < Duration::from_secs(1), "p99 {p99:?} is over a second");
 }
