@@ -9,7 +9,9 @@
 mod capture;
 mod completions;
 mod detach;
+mod fleet_write;
 mod limit;
+mod links;
 mod lists;
 mod manpage;
 mod parse;

@@ -23,17 +23,24 @@ pub(super) struct RunArgs {
     config: Option<PathBuf>,
     #[command(flatten)]
     settings: config::CommandLine,
+    #[command(flatten)]
+    links: Box<super::links::LinkArgs>,
 }
 
 pub(super) fn run(args: RunArgs) -> Result<(), Failure> {
     init_logger();
-    let RunArgs { config, settings } = args;
+    let RunArgs {
+        config,
+        settings,
+        links,
+    } = args;
     let bad = |err: config::ConfigError| Failure::bad_input(err.to_string());
     let file = match &config {
         Some(path) => config::ConfigFile::load(path).map_err(bad)?,
         None => config::ConfigFile::default(),
     };
     let config::RunSettings { mut daemon, server } = config::merge(settings, file).map_err(bad)?;
+    let links = (*links).check(&daemon.state_dir)?;
     if let Some(path) = config.clone() {
         daemon.reload = Some(daemon::Reload(std::sync::Arc::new(move || {
             let file = config::ConfigFile::load(&path)?;
@@ -59,7 +66,11 @@ pub(super) fn run(args: RunArgs) -> Result<(), Failure> {
     };
     let plan = server::Plan::new(server).map_err(refusal)?;
     runtime
-        .block_on(daemon::run(daemon, |handle, stop| plan.start(handle, stop)))
+        .block_on(daemon::run(daemon, |handle, stop| {
+            let mut transports = plan.start(handle.clone(), stop.clone())?;
+            links.start(&handle, &stop, &mut transports);
+            Ok(transports)
+        }))
         .map_err(refusal)
 }
 

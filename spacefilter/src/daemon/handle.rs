@@ -4,6 +4,7 @@
 //! `spawn_blocking`.
 
 use std::{
+    collections::BTreeMap,
     net::IpAddr,
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
@@ -17,17 +18,23 @@ use super::{
 };
 use crate::{
     api::{
-        AdmitView, Changed, EntryView, HeaderRuleView, LimitsView, ObserveView, SampleView,
-        ShieldView, StatusView, TopView,
+        AdmitView, Changed, EntryView, HeaderRuleView, LimitsView, LinkView, ObserveView,
+        SampleView, ShieldView, StatusView, TopView,
     },
     bpf::{CounterReader, Counters},
     net::List,
 };
 
-/// A handle on the running daemon's core, and a reader of its counters
-/// that needs no lock (`stats` and `watch` never wait behind an import).
+/// A handle on the running daemon's core, a reader of its counters that
+/// needs no lock (`stats` and `watch` never wait behind an import), and the
+/// last report of each link to an outside source of rules (kept apart from
+/// the core: a link reports while an import holds the core's lock).
 #[derive(Clone)]
-pub struct Handle(Shared, Option<Arc<CounterReader>>);
+pub struct Handle(
+    Shared,
+    Option<Arc<CounterReader>>,
+    Arc<Mutex<BTreeMap<String, LinkView>>>,
+);
 
 impl Handle {
     pub(super) fn new(core: Core) -> Self {
@@ -41,7 +48,7 @@ impl Handle {
                 None
             }
         };
-        Self(Arc::new(Mutex::new(core)), counters)
+        Self(Arc::new(Mutex::new(core)), counters, Arc::default())
     }
 
     /// Locks the core; a panic while it was held leaves the maps and the
@@ -113,7 +120,29 @@ impl Handle {
 
     #[must_use]
     pub fn status(&self) -> StatusView {
-        self.lock().status()
+        let mut view = self.lock().status();
+        view.links = self.links();
+        view
+    }
+
+    /// Records the state of a link to an outside source of rules, under
+    /// its kind (one link of each kind).
+    pub fn report_link(&self, link: LinkView) {
+        self.2
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(link.kind.clone(), link);
+    }
+
+    /// The links' last reports.
+    #[must_use]
+    pub fn links(&self) -> Vec<LinkView> {
+        self.2
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub fn set_limits(&self, limits: LimitsView, peer: Peer) -> Result<LimitsView, Refusal> {

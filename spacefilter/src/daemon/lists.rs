@@ -28,6 +28,8 @@ pub(super) fn stored(origin: Origin) -> store::Origin {
         Origin::File => store::Origin::File,
         Origin::Config => store::Origin::Config,
         Origin::Auto => store::Origin::Auto,
+        Origin::Fleet => store::Origin::Fleet,
+        Origin::Crowdsec => store::Origin::Crowdsec,
     }
 }
 
@@ -38,6 +40,8 @@ fn shown(origin: store::Origin) -> Origin {
         store::Origin::File => Origin::File,
         store::Origin::Config => Origin::Config,
         store::Origin::Auto => Origin::Auto,
+        store::Origin::Fleet => Origin::Fleet,
+        store::Origin::Crowdsec => Origin::Crowdsec,
     }
 }
 

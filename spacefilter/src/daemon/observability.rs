@@ -91,6 +91,8 @@ impl Core {
                     instead: off.instead.clone(),
                 })
                 .collect(),
+            // Filled in by the handle, which holds the links' reports.
+            links: Vec::new(),
         }
     }
 

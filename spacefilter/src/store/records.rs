@@ -17,6 +17,8 @@ pub enum Origin {
     File,
     Config,
     Auto,
+    Fleet,
+    Crowdsec,
 }
 
 /// What the daemon knows of a rule beyond its prefix.
