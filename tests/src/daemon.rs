@@ -365,6 +365,25 @@ impl fmt::Debug for DaemonProcess {
     }
 }
 
+/// Memory of process `pid`, in MiB, from `/proc`: resident, peak
+/// resident, and the part of the resident set that is mapped files (for
+/// the daemon, mostly the program's lookup tables, which it maps to write
+/// them: kernel memory, counted once, whichever process maps it). Zeros
+/// for a process that is gone.
+#[must_use]
+pub fn memory_mib(pid: u32) -> (f64, f64, f64) {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"), field("RssFile:"))
+}
+
 /// What a client verb did.
 #[derive(Clone, Debug)]
 pub struct CliOutput {

@@ -7,7 +7,11 @@ use std::{
     time::Duration,
 };
 
-use super::{Envelope, PROTOCOL_VERSION, Request, Response};
+use super::{
+    Envelope, PROTOCOL_VERSION, Request, Response,
+    listing::{self, EachEntry, Listed, ReadError},
+};
+use crate::net::List;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -102,6 +106,38 @@ impl Client {
         &mut self,
         timeout: Option<Duration>,
     ) -> Result<Option<Response>, ClientError> {
+        let Some(line) = self.read_line(timeout)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&line)
+            .map(Some)
+            .map_err(|err| ClientError::Garbled(err.to_string()))
+    }
+
+    /// Asks for the entries (of one list, or of all), and hands each to
+    /// `each` as soon as it arrives: a listing of any length is printed
+    /// while the daemon still sends it, and never held whole.
+    pub fn list(
+        &mut self,
+        only: Option<List>,
+        each: &mut EachEntry<'_>,
+    ) -> Result<Listed, ClientError> {
+        self.send(Request::List { list: only })?;
+        let io = self.io();
+        self.reader.get_ref().set_read_timeout(None).map_err(io)?;
+        let pending = std::mem::take(&mut self.partial);
+        listing::read_streamed(&mut self.reader, pending, each).map_err(|err| match err {
+            ReadError::Io(source) => ClientError::Io {
+                path: self.path.clone(),
+                source,
+            },
+            ReadError::Closed => ClientError::Closed,
+            ReadError::Garbled(message) => ClientError::Garbled(message),
+        })
+    }
+
+    /// The next reply line, or `None` if none came within `timeout`.
+    fn read_line(&mut self, timeout: Option<Duration>) -> Result<Option<Vec<u8>>, ClientError> {
         let io = self.io();
         self.reader
             .get_ref()
@@ -129,10 +165,7 @@ impl Client {
             // The daemon hung up in the middle of a line.
             return Err(ClientError::Closed);
         }
-        let line = std::mem::take(&mut self.partial);
-        serde_json::from_slice(&line)
-            .map(Some)
-            .map_err(|err| ClientError::Garbled(err.to_string()))
+        Ok(Some(std::mem::take(&mut self.partial)))
     }
 
     /// Sends `request` and returns its final reply, handing `progress`

@@ -16,6 +16,7 @@
 //! - [`sampler`]: interface slots, drop sampling, the debug-log switch.
 //! - [`verifier`]: verified sources and the egress program's settings.
 
+mod batch;
 mod mapped;
 mod tables;
 
@@ -35,7 +36,7 @@ pub use self::{
     counters::{CounterReader, Counters, Stats},
     features::{Feature, FeatureOff},
     limiter::{Limiter, Shielded, limiter_key_of, limiter_prefix},
-    lists::{Entry, Lists},
+    lists::{Entry, HitSums, Lists},
     pins::{DEFAULT_PIN_DIR, PinDir},
     program::{AttachMode, Filter, FilterError, KernelLog, LoadOptions, TOOLS, pinned_program},
     rules::HeaderRules,

@@ -526,6 +526,12 @@ impl Filter {
         &mut self.limiter
     }
 
+    /// The rate limiter, to read.
+    #[must_use]
+    pub fn limiter_ref(&self) -> &Limiter {
+        &self.limiter
+    }
+
     /// The rules on headers.
     pub fn header_rules(&mut self) -> &mut HeaderRules {
         &mut self.header_rules

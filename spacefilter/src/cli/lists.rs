@@ -1,7 +1,7 @@
 //! `block`, `unblock`, `allow`, `unallow` and `list`.
 
 use std::{
-    io::IsTerminal as _,
+    io::{self, BufWriter, IsTerminal as _, Write as _},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -10,7 +10,11 @@ use clap::Args;
 
 use super::{Common, Failure, print_json, reply_failure, unexpected};
 use crate::{
-    api::{Changed, EntryView, Origin, Request, Response, client::Client},
+    api::{
+        Changed, Origin, Request, Response,
+        client::Client,
+        listing::{EntryText, Listed, decimal},
+    },
     net::{List, Prefix, bulk},
 };
 
@@ -152,7 +156,7 @@ pub(super) fn add(list: List, args: AddArgs) -> Result<(), Failure> {
         );
     }
     let bar = indicatif::ProgressBar::new(0);
-    if !std::io::stderr().is_terminal() || json {
+    if !io::stderr().is_terminal() || json {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     bar.set_style(
@@ -225,30 +229,149 @@ pub(super) fn list(args: &ListArgs) -> Result<(), Failure> {
         (_, true) => Some(List::Allow),
         _ => None,
     };
+    let json = *json;
     let mut client = Client::connect(socket)?;
-    let entries: Vec<EntryView> = match client.call(Request::List { list: only }, &mut |_, _| {})? {
-        Response::Entries { entries } => entries,
-        Response::Error { kind, message } => return Err(reply_failure(kind, message)),
-        other => return Err(unexpected(&other)),
+    // Entries are printed as they arrive, through one buffer: a million
+    // of them are neither held nor written a line per system call.
+    let mut out = BufWriter::with_capacity(64 << 10, io::stdout().lock());
+    let mut started = false;
+    let start = |out: &mut BufWriter<_>| -> io::Result<()> {
+        if json {
+            out.write_all(b"[")
+        } else {
+            writeln!(
+                out,
+                "{:<43} {:<6} {:<7} {:>12} {:>14}  COMMENT",
+                "PREFIX", "LIST", "ORIGIN", "TTL", "HITS"
+            )
+        }
     };
-    if *json {
-        print_json(&entries);
-        return Ok(());
+    let mut line = Vec::with_capacity(256);
+    let listed = client.list(only, &mut |e, written| {
+        if !started {
+            start(&mut out)?;
+        } else if json {
+            out.write_all(b",")?;
+        }
+        started = true;
+        if json {
+            match written {
+                // What serde would write for it, already.
+                Some(bytes) => out.write_all(bytes)?,
+                None => serde_json::to_writer(&mut out, e)?,
+            }
+        } else {
+            text_line(&mut line, e);
+            out.write_all(&line)?;
+        }
+        Ok(())
+    })?;
+    let written = match listed {
+        Listed::Entries(_) => (|| {
+            if !started {
+                start(&mut out)?;
+            }
+            if json {
+                out.write_all(b"]\n")?;
+            }
+            out.flush()
+        })(),
+        Listed::Stopped(err) => Err(err),
+        Listed::Other(reply) => {
+            return Err(match *reply {
+                Response::Error { kind, message } => reply_failure(kind, message),
+                other => unexpected(&other),
+            });
+        }
+    };
+    match written {
+        // Whoever reads the listing (`| head`) has had enough.
+        Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        Err(err) => Err(Failure::runtime(format!("writing the listing: {err}"))),
+        Ok(()) => Ok(()),
     }
-    println!(
-        "{:<43} {:<6} {:<7} {:>12} {:>14}  COMMENT",
-        "PREFIX", "LIST", "ORIGIN", "TTL", "HITS"
-    );
-    for e in &entries {
-        println!(
-            "{:<43} {:<6} {:<7} {:>12} {:>14}  {}",
-            e.prefix,
-            e.list.name(),
-            e.origin.name(),
-            format_ttl(e.expires_in_secs),
-            e.hits,
-            e.comment.as_deref().unwrap_or("")
-        );
+}
+
+/// The table line of `e` into `line`: what
+/// `"{:<43} {:<6} {:<7} {:>12} {:>14}  {}"` prints, without the
+/// formatting machinery (which pads a character at a time).
+fn text_line(line: &mut Vec<u8>, e: &EntryText<'_>) {
+    fn padded(line: &mut Vec<u8>, text: &str, width: usize, right: bool) {
+        let chars = if text.is_ascii() {
+            text.len()
+        } else {
+            text.chars().count()
+        };
+        let pad = width.saturating_sub(chars);
+        if right {
+            line.resize(line.len() + pad, b' ');
+        }
+        line.extend_from_slice(text.as_bytes());
+        if !right {
+            line.resize(line.len() + pad, b' ');
+        }
     }
-    Ok(())
+    line.clear();
+    padded(line, &e.prefix, 43, false);
+    line.push(b' ');
+    padded(line, e.list.name(), 6, false);
+    line.push(b' ');
+    padded(line, e.origin.name(), 7, false);
+    line.push(b' ');
+    match e.expires_in_secs {
+        None => padded(line, "-", 12, true),
+        secs => padded(line, &format_ttl(secs), 12, true),
+    }
+    line.push(b' ');
+    padded(line, decimal(e.hits, &mut [0; 20]), 14, true);
+    line.extend_from_slice(b"  ");
+    line.extend_from_slice(e.comment.as_deref().unwrap_or("").as_bytes());
+    line.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::*;
+
+    #[test]
+    fn a_table_line_is_what_the_format_string_prints() {
+        for (prefix, comment, ttl, hits) in [
+            ("198.18.0.0/24", None, None, 0),
+            (
+                "2001:db8:1234:5678:9abc:def0:1234:5678/128",
+                Some("é note"),
+                Some(90),
+                17,
+            ),
+            (
+                "a-prefix-longer-than-the-column-of-forty-three",
+                Some(""),
+                Some(0),
+                u64::MAX,
+            ),
+        ] {
+            let e = EntryText {
+                list: List::Block,
+                prefix: Cow::Borrowed(prefix),
+                origin: Origin::File,
+                comment: comment.map(Cow::Borrowed),
+                expires_in_secs: ttl,
+                hits,
+            };
+            let mut line = Vec::new();
+            text_line(&mut line, &e);
+            let expected = format!(
+                "{:<43} {:<6} {:<7} {:>12} {:>14}  {}\n",
+                prefix,
+                "block",
+                "file",
+                format_ttl(ttl),
+                hits,
+                comment.unwrap_or("")
+            );
+            assert_eq!(String::from_utf8(line).unwrap(), expected);
+        }
+    }
 }

@@ -13,13 +13,14 @@ use std::{
 use tokio::sync::broadcast;
 
 use super::{
-    AddRequest, MetricsSnapshot, Peer, Refusal,
+    AddRequest, Listing, MetricsSnapshot, Peer, Refusal,
     core::{Core, Shared},
+    memory,
 };
 use crate::{
     api::{
-        AdmitView, Changed, EntryView, HeaderRuleView, LimitsView, LinkView, ObserveView,
-        SampleView, ShieldView, StatusView, TopView,
+        AdmitView, Changed, HeaderRuleView, LimitsView, LinkView, ObserveView, SampleView,
+        ShieldView, StatusView, TopView,
     },
     bpf::{CounterReader, Counters},
     net::List,
@@ -98,15 +99,25 @@ impl Handle {
         peer: Peer,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Changed, Refusal> {
-        self.changing(|core| core.add(req, peer, progress))
+        let bulk = req.prefixes.len() >= memory::BULK;
+        let changed = self.changing(|core| core.add(req, peer, progress));
+        if bulk {
+            memory::release();
+        }
+        changed
     }
 
     pub fn remove(&self, list: List, prefixes: &[String], peer: Peer) -> Result<Changed, Refusal> {
-        self.changing(|core| core.remove(list, prefixes, peer))
+        let changed = self.changing(|core| core.remove(list, prefixes, peer));
+        if prefixes.len() >= memory::BULK {
+            memory::release();
+        }
+        changed
     }
 
-    pub fn entries(&self, only: Option<List>) -> Result<Vec<EntryView>, Refusal> {
-        self.lock().entries(only)
+    /// The entries of one list, or of all, as of now.
+    pub fn entries(&self, only: Option<List>) -> Result<Listing, Refusal> {
+        self.lock().listing(only)
     }
 
     pub fn counters(&self) -> Result<Counters, Refusal> {

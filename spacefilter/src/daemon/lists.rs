@@ -1,6 +1,6 @@
-//! The allow and block lists and the auto-blocks: add, remove, expire,
-//! list. Every accepted change is journaled before it is put in the maps,
-//! and durable before the client hears back.
+//! The allow and block lists and the auto-blocks: add, remove, expire
+//! (`list` is [`super::listing`]). Every accepted change is journaled
+//! before it is put in the maps, and durable before the client hears back.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -12,10 +12,10 @@ use super::{
     core::{Core, describe, parse_all},
 };
 use crate::{
-    api::{Changed, EntryView, Origin},
+    api::{Changed, Origin},
     error_chain,
     net::{List, Prefix, lockout},
-    store::{self, Meta, Op, Rule, now_ms},
+    store::{self, Batch, Meta, Op, now_ms},
 };
 
 /// Entries written to the maps between two progress reports.
@@ -30,18 +30,6 @@ pub(super) fn stored(origin: Origin) -> store::Origin {
         Origin::Auto => store::Origin::Auto,
         Origin::Fleet => store::Origin::Fleet,
         Origin::Crowdsec => store::Origin::Crowdsec,
-    }
-}
-
-/// A stored origin as the protocol shows it.
-fn shown(origin: store::Origin) -> Origin {
-    match origin {
-        store::Origin::Manual => Origin::Manual,
-        store::Origin::File => Origin::File,
-        store::Origin::Config => Origin::Config,
-        store::Origin::Auto => Origin::Auto,
-        store::Origin::Fleet => Origin::Fleet,
-        store::Origin::Crowdsec => Origin::Crowdsec,
     }
 }
 
@@ -67,7 +55,12 @@ impl Core {
                 "auto entries are made by the rate limiter; block or allow the prefix instead",
             ));
         }
-        let prefixes = parse_all(&prefixes)?;
+        let prefixes = {
+            // The request's text goes once it is parsed: for a bulk add, a
+            // string per prefix, tens of MiB.
+            let texts = prefixes;
+            parse_all(&texts)?
+        };
         if let Some(text) = &comment
             && (text.len() > 256 || text.contains('\n'))
         {
@@ -106,6 +99,7 @@ impl Core {
         let previous = self.commit_put(
             list,
             &prefixes,
+            &new,
             comment.as_ref(),
             origin,
             expires_at_ms,
@@ -115,7 +109,7 @@ impl Core {
         for chunk in new.chunks(INSERT_CHUNK) {
             if let Err(err) = self.filter.lists().insert_many(list, chunk) {
                 let _ = self.filter.lists().remove_many(list, &new[..done]);
-                self.undo_put(list, &prefixes, previous);
+                self.undo_put(list, &new, previous);
                 return Err(Refusal::failed(error_chain(&err)));
             }
             done += chunk.len();
@@ -144,45 +138,57 @@ impl Core {
         Ok(changed)
     }
 
-    /// Records added or updated rules in memory and in the journal;
-    /// returns what each prefix had before (for [`Self::undo_put`]). If the
-    /// journal write fails, memory is left as it was.
+    /// Records added or updated rules (`new` among them were not there) in
+    /// memory and in the journal; returns the others as they were (for
+    /// [`Self::undo_put`]). If the journal write fails, memory is left as it
+    /// was.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site, all parts of one rule"
+    )]
     fn commit_put(
         &mut self,
         list: List,
         prefixes: &[Prefix],
+        new: &[Prefix],
         comment: Option<&String>,
         origin: Origin,
         expires_at_ms: Option<u64>,
         now: u64,
-    ) -> Result<Vec<Option<Meta>>, Refusal> {
-        let put: Vec<Rule> = prefixes
-            .iter()
-            .map(|&prefix| {
-                let existing = self.rules.get(&(list, prefix));
-                Rule {
-                    list,
-                    prefix,
-                    meta: Meta {
-                        origin: stored(origin),
+    ) -> Result<Batch, Refusal> {
+        let fresh = Meta {
+            origin: stored(origin),
+            comment: comment.cloned(),
+            expires_at_ms,
+            added_at_ms: now,
+        };
+        // Held compactly: the rules share their few distinct metas.
+        let mut put = Batch::with_capacity(prefixes.len());
+        // The rules that were there, as they were.
+        let mut previous = Batch::default();
+        for &prefix in prefixes {
+            let key = (list, prefix);
+            match self.rules.get(&key) {
+                None => put.push(key, &fresh),
+                Some(existing) => {
+                    let meta = Meta {
                         // A repeated add keeps the comment unless it brings one.
-                        comment: comment
-                            .cloned()
-                            .or_else(|| existing.and_then(|m| m.comment.clone())),
-                        expires_at_ms,
-                        added_at_ms: existing.map_or(now, |m| m.added_at_ms),
-                    },
+                        comment: comment.cloned().or_else(|| existing.comment.clone()),
+                        added_at_ms: existing.added_at_ms,
+                        ..fresh.clone()
+                    };
+                    put.push(key, &meta);
+                    previous.push(key, existing);
                 }
-            })
-            .collect();
-        let previous: Vec<Option<Meta>> = put
-            .iter()
-            .map(|r| self.rules.get(&(r.list, r.prefix)).cloned())
-            .collect();
-        let op = Op::Put { rules: put };
+            }
+        }
+        let op = Op::PutBatch { rules: put };
         op.apply(&mut self.rules);
         if let Err(err) = self.store.append(&op, &self.rules) {
-            self.restore(list, prefixes, previous);
+            for &prefix in new {
+                self.rules.remove(&(list, prefix));
+            }
+            Op::PutBatch { rules: previous }.apply(&mut self.rules);
             return Err(Refusal::failed(error_chain(&err)));
         }
         for &prefix in prefixes {
@@ -191,34 +197,30 @@ impl Core {
         Ok(previous)
     }
 
-    /// Puts `prefixes` back as they were before a journaled put whose
-    /// kernel write failed: in memory, and in the journal (a record that
-    /// undoes it, so that the next start does not bring the put back).
-    fn undo_put(&mut self, list: List, prefixes: &[Prefix], previous: Vec<Option<Meta>>) {
-        let mut deleted = Vec::new();
-        let mut put = Vec::new();
-        for (&prefix, before) in prefixes.iter().zip(&previous) {
-            match before {
-                Some(meta) => put.push(Rule {
-                    list,
-                    prefix,
-                    meta: meta.clone(),
-                }),
-                None => deleted.push(prefix),
-            }
+    /// Puts the rules of a journaled put whose kernel write failed back as
+    /// they were (`new` were not there, `previous` were): in memory, and in
+    /// the journal (records that undo it, so that the next start does not
+    /// bring the put back).
+    fn undo_put(&mut self, list: List, new: &[Prefix], previous: Batch) {
+        for &prefix in new {
+            self.rules.remove(&(list, prefix));
         }
-        self.restore(list, prefixes, previous);
-        let undo = [
-            Op::Delete {
+        for ((list, prefix), meta) in previous.iter() {
+            self.expiry.put(list, prefix, meta.expires_at_ms);
+        }
+        let mut undo = Vec::new();
+        if !new.is_empty() {
+            undo.push(Op::Delete {
                 list,
-                prefixes: deleted,
-            },
-            Op::Put { rules: put },
-        ];
+                prefixes: new.to_vec(),
+            });
+        }
+        if !previous.is_empty() {
+            undo.push(Op::PutBatch { rules: previous });
+        }
         for op in undo {
-            let empty = matches!(&op, Op::Delete { prefixes, .. } if prefixes.is_empty())
-                || matches!(&op, Op::Put { rules } if rules.is_empty());
-            if !empty && let Err(err) = self.store.append(&op, &self.rules) {
+            op.apply(&mut self.rules);
+            if let Err(err) = self.store.append(&op, &self.rules) {
                 log::error!(
                     "journaling the undoing of a failed {} write: {}; the next start may bring \
                      the failed entries back",
@@ -226,19 +228,6 @@ impl Core {
                     error_chain(&err)
                 );
             }
-        }
-    }
-
-    /// Puts `prefixes`' rules in memory back to `previous`.
-    fn restore(&mut self, list: List, prefixes: &[Prefix], previous: Vec<Option<Meta>>) {
-        for (&prefix, before) in prefixes.iter().zip(previous) {
-            match before {
-                Some(meta) => {
-                    self.expiry.put(list, prefix, meta.expires_at_ms);
-                    self.rules.insert((list, prefix), meta)
-                }
-                None => self.rules.remove(&(list, prefix)),
-            };
         }
     }
 
@@ -354,37 +343,5 @@ impl Core {
         self.expiry
             .next()
             .map(|at| Duration::from_millis(at.saturating_sub(now_ms())))
-    }
-
-    pub(super) fn entries(&mut self, only: Option<List>) -> Result<Vec<EntryView>, Refusal> {
-        let now = now_ms();
-        let entries = self
-            .rules
-            .iter()
-            .filter(|((list, _), _)| only.is_none_or(|l| l == *list))
-            .map(|(&(list, prefix), meta)| (list, prefix, meta.clone()))
-            .collect::<Vec<_>>();
-        entries
-            .into_iter()
-            .map(|(list, prefix, meta)| {
-                let hits = if list == List::Auto {
-                    self.filter.limiter().auto_hits(prefix)
-                } else {
-                    self.filter
-                        .lists()
-                        .hits_of(list, prefix)
-                        .map_err(|err| Refusal::failed(error_chain(&err)))?
-                        .unwrap_or(0)
-                };
-                Ok(EntryView {
-                    list,
-                    prefix: prefix.to_string(),
-                    origin: shown(meta.origin),
-                    comment: meta.comment.clone(),
-                    expires_in_secs: meta.remaining(now).map(|d| d.as_secs()),
-                    hits,
-                })
-            })
-            .collect()
     }
 }

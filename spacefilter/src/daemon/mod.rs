@@ -7,8 +7,8 @@
 //! metrics endpoint live in [`crate::server`], which this module does not
 //! know), spawns the background [`tasks`], tells a service manager it is
 //! ready ([`notify`]), waits for a signal and shuts everything down in
-//! order. The core's state is split by concern:
-//! [`lists`], [`guards`], [`header_rules`], [`shield`], [`observability`].
+//! order. The core's state is split by concern: [`lists`] and
+//! [`listing`], [`guards`], [`header_rules`], [`shield`], [`observability`].
 
 mod core;
 mod exempt;
@@ -16,7 +16,9 @@ mod expiry;
 mod guards;
 mod handle;
 mod header_rules;
+mod listing;
 mod lists;
+mod memory;
 mod notify;
 mod observability;
 mod shield;
@@ -31,6 +33,7 @@ use tokio::{signal::unix::SignalKind, sync::watch, task::JoinHandle};
 pub use self::{
     core::{AddRequest, Peer, Refusal},
     handle::Handle,
+    listing::Listing,
     observability::{MetricsSnapshot, stats_view},
 };
 pub use crate::bpf::{
@@ -127,7 +130,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let force = settings.force;
     let reload = settings.reload.take();
+    memory::tune();
     let mut core = start::start(settings)?;
+    // The restore's buffers are gone: their pages go back.
+    memory::release();
     let events = core.filter.take_events();
     let samples = core.filter.take_samples();
     let kernel_log = core.filter.take_kernel_log();

@@ -32,13 +32,29 @@ impl Serialize for List {
 
 impl<'de> Deserialize<'de> for List {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match String::deserialize(d)?.as_str() {
-            "allow" => Ok(List::Allow),
-            "block" => Ok(List::Block),
-            "auto" => Ok(List::Auto),
-            other => Err(serde::de::Error::custom(format!(
-                "unknown list {other:?}; expected \"allow\", \"block\" or \"auto\""
-            ))),
+        // A visitor rather than a `String`: a listing reads a million of
+        // them, and a `&str` needs no allocation.
+        struct Name;
+
+        impl serde::de::Visitor<'_> for Name {
+            type Value = List;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list name")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<List, E> {
+                match name {
+                    "allow" => Ok(List::Allow),
+                    "block" => Ok(List::Block),
+                    "auto" => Ok(List::Auto),
+                    other => Err(E::custom(format!(
+                        "unknown list {other:?}; expected \"allow\", \"block\" or \"auto\""
+                    ))),
+                }
+            }
         }
+
+        d.deserialize_str(Name)
     }
 }

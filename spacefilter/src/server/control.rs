@@ -26,8 +26,11 @@ use tokio::{
 
 use super::streams;
 use crate::{
-    api::{Envelope, ErrorKind, MAX_REQUEST_BYTES, PROTOCOL_VERSION, Request, Response},
-    daemon::{AddRequest, Handle, Peer, Refusal, Stop, stats_view},
+    api::{
+        Envelope, ErrorKind, MAX_REQUEST_BYTES, PROTOCOL_VERSION, Request, Response,
+        listing::{ENTRIES_HEAD, ENTRIES_SEPARATOR, ENTRIES_TAIL},
+    },
+    daemon::{AddRequest, Handle, Listing, Peer, Refusal, Stop, stats_view},
 };
 
 /// An unknown socket group: the caller's to fix.
@@ -309,10 +312,6 @@ async fn connection(stream: UnixStream, daemon: Handle, stop: Stop, limits: Limi
     let mut read = BufReader::new(read);
     let mut line = Vec::new();
     loop {
-        if line.capacity() > SMALL_REQUEST_BYTES {
-            // A bulk request's buffer is not kept for the next one.
-            line = Vec::new();
-        }
         line.clear();
         match read_request(&mut read, &mut line, may_write, &limits.big).await {
             Ok(true) => {}
@@ -327,7 +326,13 @@ async fn connection(stream: UnixStream, daemon: Handle, stop: Stop, limits: Limi
         if text.is_empty() {
             continue;
         }
-        let request = match serde_json::from_slice::<Envelope>(text) {
+        let parsed = Envelope::parse(text);
+        if line.capacity() > SMALL_REQUEST_BYTES {
+            // A bulk request's buffer goes once it is parsed, rather than
+            // stay while the request is carried out, or for the next.
+            line = Vec::new();
+        }
+        let request = match parsed {
             Ok(Envelope { v, request }) if v == PROTOCOL_VERSION => request,
             Ok(Envelope { v, .. }) => {
                 let reply = error(
@@ -418,6 +423,45 @@ async fn add(req: AddRequest, daemon: &Handle, peer: Peer, write: &mut OwnedWrit
     }
 }
 
+/// Bytes of entries written to the socket at a time.
+const LISTING_CHUNK: usize = 256 << 10;
+
+/// Sends the entries that `take` lists: one `entries` reply line, as
+/// [`Response::Entries`] would be, but written a chunk of entries at a
+/// time from the listing the daemon took; returns whether the connection
+/// is still usable.
+async fn list_entries(
+    daemon: &Handle,
+    write: &mut OwnedWriteHalf,
+    take: impl FnOnce(&Handle) -> Result<Listing, Refusal> + Send + 'static,
+) -> bool {
+    let d = daemon.clone();
+    let listing = match tokio::task::spawn_blocking(move || take(&d)).await {
+        Ok(Ok(listing)) => listing,
+        Ok(Err(refusal)) => return send(write, &refusal.into()).await.is_ok(),
+        Err(err) => {
+            let reply = error(ErrorKind::Failed, format!("internal error: {err}"));
+            return send(write, &reply).await.is_ok();
+        }
+    };
+    let mut chunk = Vec::with_capacity(LISTING_CHUNK + 1024);
+    chunk.extend_from_slice(ENTRIES_HEAD);
+    for (i, entry) in listing.iter().enumerate() {
+        if i > 0 {
+            chunk.push(ENTRIES_SEPARATOR);
+        }
+        entry.write_json(&mut chunk);
+        if chunk.len() >= LISTING_CHUNK {
+            if write.write_all(&chunk).await.is_err() {
+                return false;
+            }
+            chunk.clear();
+        }
+    }
+    chunk.extend_from_slice(ENTRIES_TAIL);
+    write.write_all(&chunk).await.is_ok()
+}
+
 /// The shield and the verified sources.
 async fn admission(request: Request, daemon: &Handle, peer: Peer) -> Response {
     match request {
@@ -472,10 +516,7 @@ async fn handle(request: Request, daemon: &Handle, peer: Peer, write: &mut Owned
             .await
         }
         Request::List { list } => {
-            with_daemon(daemon, move |c| {
-                c.entries(list).map(|entries| Response::Entries { entries })
-            })
-            .await
+            return list_entries(daemon, write, move |d| d.entries(list)).await;
         }
         Request::Stats => {
             with_daemon(daemon, |c| {

@@ -17,7 +17,9 @@ use std::{
     thread::JoinHandle,
 };
 
-use super::{SNAPSHOT, StateError, io_err, records::Snapshot, snapshot};
+use super::{
+    FORMAT_VERSION, Rules, SNAPSHOT, Settings, StateError, io_err, records::SnapshotOut, snapshot,
+};
 
 const PREFIX: &str = "journal.";
 const SUFFIX: &str = ".jsonl";
@@ -63,24 +65,32 @@ pub(super) struct Fold {
 }
 
 impl Fold {
-    /// Writes `snapshot` (which folds every segment up to its `folded`) in
-    /// `dir`, then deletes the segments it folds. A failure is logged: the
-    /// segments stay, to be folded by the next fold.
-    pub(super) fn start(dir: &Path, snapshot: Snapshot) -> Self {
+    /// Writes `rules` and `settings` as the snapshot in `dir` that folds
+    /// every segment up to `folded`, then deletes those segments. A failure
+    /// is logged: the segments stay, to be folded by the next fold.
+    pub(super) fn start(dir: &Path, folded: u64, rules: Rules, settings: Settings) -> Self {
         let dir = dir.to_path_buf();
         let thread = std::thread::Builder::new()
             .name("journal-fold".into())
             .spawn(move || {
-                let folded = snapshot.folded;
-                let rules = snapshot.rules.len();
+                let count = rules.len();
                 let began = std::time::Instant::now();
+                let snapshot = SnapshotOut {
+                    version: FORMAT_VERSION,
+                    folded,
+                    rules: &rules,
+                    limits: settings.limits.as_ref(),
+                    header_rules: &settings.header_rules,
+                    shield: settings.shield.as_ref(),
+                    admitted: &settings.admitted,
+                };
                 let done = snapshot::write(&dir, SNAPSHOT, &snapshot).and_then(|()| {
-                    drop(snapshot);
+                    drop(rules);
                     remove_folded(&dir, folded)
                 });
                 match done {
                     Ok(()) => log::debug!(
-                        "journal folded into a new snapshot ({rules} rules) in {:.2?}",
+                        "journal folded into a new snapshot ({count} rules) in {:.2?}",
                         began.elapsed()
                     ),
                     Err(err) => log::warn!(

@@ -14,19 +14,53 @@
 
 use std::{
     fs::File,
-    io::{self, BufRead as _, BufReader},
+    io::{self, BufRead as _, BufReader, Write},
     path::Path,
 };
 
 use super::{Op, Rules, Settings, StateError, io_err};
 
 /// A record: checksum, space, JSON, newline.
+#[cfg(test)]
 pub(super) fn record(op: &Op) -> Vec<u8> {
-    let json = serde_json::to_vec(op).expect("ops always serialize");
-    let mut line = format!("{:08x} ", crc32fast::hash(&json)).into_bytes();
-    line.extend_from_slice(&json);
-    line.push(b'\n');
+    let mut line = Vec::new();
+    write_record(op, &mut line).expect("a Vec takes every write");
     line
+}
+
+/// Writes the record of `op` to `out`; returns its length. The JSON is
+/// serialized twice, once into the checksum and once into `out`, rather
+/// than held whole: a bulk add's record is some 100 bytes a rule, a
+/// hundred MiB for a million.
+pub(super) fn write_record(op: &Op, out: &mut impl Write) -> io::Result<u64> {
+    let mut summed = Checksummed {
+        crc: crc32fast::Hasher::new(),
+        len: 0,
+    };
+    serde_json::to_writer(&mut summed, op).expect("ops always serialize");
+    write!(out, "{:08x} ", summed.crc.finalize())?;
+    serde_json::to_writer(&mut *out, op)?;
+    out.write_all(b"\n")?;
+    Ok(summed.len + 10)
+}
+
+/// A writer that keeps only the checksum and the length of what it is
+/// given.
+struct Checksummed {
+    crc: crc32fast::Hasher,
+    len: u64,
+}
+
+impl Write for Checksummed {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.crc.update(bytes);
+        self.len += bytes.len() as u64;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The op a record line carries, or why it is damaged.

@@ -36,11 +36,12 @@ mod compaction;
 mod durable;
 mod journal;
 pub mod records;
+mod rules;
 mod snapshot;
 
 use std::{
     fs::{self, File, OpenOptions},
-    io::{self, Write as _},
+    io::{self, BufWriter, Write as _},
     os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
@@ -48,13 +49,13 @@ use std::{
 
 use nix::fcntl::{Flock, FlockArg};
 
-use self::{compaction::Fold, durable::Flusher, records::Snapshot};
+use self::{compaction::Fold, durable::Flusher};
 pub use self::{
     durable::Durable,
     records::{
-        Action, Admission, Guards, HeaderRule, Meta, Op, Origin, Rule, Rules, Settings, Shield,
-        ShieldAuto,
+        Action, Admission, Guards, HeaderRule, Meta, Op, Origin, Rule, Settings, Shield, ShieldAuto,
     },
+    rules::{Batch, Rules},
 };
 
 const SNAPSHOT: &str = "rules.json";
@@ -69,6 +70,8 @@ pub(super) const FORMAT_VERSION: u32 = 1;
 const COMPACT_AFTER_OPS: usize = 4096;
 /// ... or this many bytes.
 const COMPACT_AFTER_BYTES: u64 = 8 << 20;
+/// Bytes of a record written to the journal at a time.
+const JOURNAL_BUFFER: usize = 256 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -311,11 +314,22 @@ impl Store {
                 reason,
             });
         }
-        let line = journal::record(op);
-        let (journal, len) = (&mut self.journal, self.journal_len);
-        let written = self
-            .flusher
-            .written(|| journal.write_all(&line).map(|()| len + line.len() as u64));
+        let (journal, len) = (&self.journal, self.journal_len);
+        let mut new_len = len;
+        let written = self.flusher.written(|| {
+            // Streamed into the file, never held whole (see
+            // `journal::write_record`).
+            let mut out = BufWriter::with_capacity(JOURNAL_BUFFER, journal);
+            let written = journal::write_record(op, &mut out).and_then(|n| {
+                out.flush()?;
+                Ok(n)
+            });
+            // What a failed write left in the buffer is dropped, not
+            // written.
+            let _ = out.into_parts();
+            new_len = len + written?;
+            Ok::<_, io::Error>(new_len)
+        });
         let seq = match written {
             Ok(seq) => seq,
             Err(err) => {
@@ -323,7 +337,7 @@ impl Store {
                 return Err(io_err(&path, "appending")(err));
             }
         };
-        self.journal_len += line.len() as u64;
+        self.journal_len = new_len;
         self.journal_ops += 1;
         self.settings.apply(op);
         if self.journal_ops >= COMPACT_AFTER_OPS || self.journal_len >= self.compact_at_len {
@@ -378,28 +392,15 @@ impl Store {
             );
             return;
         }
-        let snapshot = Snapshot {
-            version: FORMAT_VERSION,
-            folded: self.next_segment - 1,
-            rules: rules
-                .iter()
-                .map(|(&(list, prefix), meta)| Rule {
-                    list,
-                    prefix,
-                    meta: meta.clone(),
-                })
-                .collect(),
-            limits: self.settings.limits.clone(),
-            header_rules: self.settings.header_rules.clone(),
-            shield: self.settings.shield.clone(),
-            admitted: {
-                let now = now_ms();
-                let mut admitted = self.settings.admitted.clone();
-                admitted.retain(|a| a.until_ms > now);
-                admitted
-            },
-        };
-        self.folding = Some(Fold::start(&self.dir, snapshot));
+        let now = now_ms();
+        let mut settings = self.settings.clone();
+        settings.admitted.retain(|a| a.until_ms > now);
+        self.folding = Some(Fold::start(
+            &self.dir,
+            self.next_segment - 1,
+            rules.clone(),
+            settings,
+        ));
     }
 
     /// Renames the live journal to the next segment's name and starts a new

@@ -3,14 +3,15 @@
 //! written by an older spacefilter stays readable. A field added later is
 //! optional here, and whoever reads the record fills in its default.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::{Batch, Rules};
 use crate::net::{List, Prefix};
 
 /// Where an entry came from, as stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Origin {
     Manual,
@@ -21,8 +22,9 @@ pub enum Origin {
     Crowdsec,
 }
 
-/// What the daemon knows of a rule beyond its prefix.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What the daemon knows of a rule beyond its prefix. (Hashed: rules
+/// share equal metas, see [`Rules`].)
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Meta {
     pub origin: Origin,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -50,9 +52,6 @@ pub struct Rule {
     #[serde(flatten)]
     pub meta: Meta,
 }
-
-/// Every rule, by list and prefix.
-pub type Rules = BTreeMap<(List, Prefix), Meta>;
 
 /// The flood guards' settings as stored. The fields that came after the
 /// first format are optional: absent, they take their defaults.
@@ -172,6 +171,10 @@ pub struct ShieldAuto {
 pub enum Op {
     /// Add or replace these rules.
     Put { rules: Vec<Rule> },
+    /// Add or replace these rules: a bulk `Put`, held compactly. On disk
+    /// it is the `put` of its rules, and reads back as one.
+    #[serde(rename = "put", skip_deserializing)]
+    PutBatch { rules: Batch },
     /// Remove these prefixes from a list.
     Delete { list: List, prefixes: Vec<Prefix> },
     /// Replace the flood guards' settings.
@@ -195,9 +198,10 @@ impl Op {
         match self {
             Op::Put { rules: put } => {
                 for rule in put {
-                    rules.insert((rule.list, rule.prefix), rule.meta.clone());
+                    rules.put((rule.list, rule.prefix), &rule.meta);
                 }
             }
+            Op::PutBatch { rules: batch } => rules.put_batch(batch),
             Op::Delete { list, prefixes } => {
                 for prefix in prefixes {
                     rules.remove(&(*list, *prefix));
@@ -205,6 +209,7 @@ impl Op {
             }
             Op::Limits { .. } | Op::HeaderRules { .. } | Op::Shield { .. } | Op::Admit { .. } => {}
         }
+        rules.tidy();
     }
 }
 
@@ -245,29 +250,61 @@ impl Settings {
                     self.admitted.push(Admission { addr, until_ms });
                 }
             }
-            Op::Put { .. } | Op::Delete { .. } => {}
+            Op::Put { .. } | Op::PutBatch { .. } | Op::Delete { .. } => {}
         }
     }
 }
 
-/// Every rule, and the last settings, as of one moment.
-#[derive(Serialize, Deserialize)]
+/// Every rule, and the last settings, as of one moment: a snapshot as
+/// read. The rules go into a [`Rules`] as they are parsed, with no list of
+/// them all in between.
+#[derive(Deserialize)]
 pub(super) struct Snapshot {
     pub(super) version: u32,
     /// The journal segments this snapshot holds: every one numbered up to
     /// this (0: none but the live journal, which a snapshot without the
     /// field folded too).
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default)]
     pub(super) folded: u64,
-    pub(super) rules: Vec<Rule>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "super::rules::read_seq")]
+    pub(super) rules: Rules,
+    #[serde(default)]
     pub(super) limits: Option<Guards>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub(super) header_rules: Vec<HeaderRule>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub(super) shield: Option<Shield>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub(super) admitted: Vec<Admission>,
+}
+
+/// A snapshot as written: the same record, borrowed from what the store
+/// holds, each rule serialized straight from [`Rules`].
+#[derive(Serialize)]
+pub(super) struct SnapshotOut<'a> {
+    pub(super) version: u32,
+    /// See [`Snapshot::folded`].
+    #[serde(skip_serializing_if = "is_zero")]
+    pub(super) folded: u64,
+    #[serde(serialize_with = "super::rules::write_seq")]
+    pub(super) rules: &'a Rules,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) limits: Option<&'a Guards>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub(super) header_rules: &'a [HeaderRule],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) shield: Option<&'a Shield>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub(super) admitted: &'a [Admission],
+}
+
+/// A [`Rule`] borrowed, serialized as the rule is.
+#[derive(Serialize)]
+pub(super) struct RuleRef<'a> {
+    pub(super) list: List,
+    pub(super) prefix: Prefix,
+    #[serde(flatten)]
+    pub(super) meta: &'a Meta,
 }
 
 #[expect(clippy::trivially_copy_pass_by_ref, reason = "serde's signature")]

@@ -9,12 +9,14 @@ use std::{
     path::Path,
 };
 
-use super::{FORMAT_VERSION, Rules, Settings, StateError, io_err, records::Snapshot};
+use super::{
+    FORMAT_VERSION, Rules, Settings, StateError, io_err,
+    records::{Snapshot, SnapshotOut},
+};
 
 /// The rules and the settings of the snapshot at `snapshot_path` (nothing,
 /// if there is none yet), and the last journal segment it folds.
 pub(super) fn read(snapshot_path: &Path) -> Result<(Rules, Settings, u64), StateError> {
-    let mut rules = Rules::new();
     match File::open(snapshot_path) {
         Ok(file) => {
             let snapshot: Snapshot =
@@ -31,11 +33,8 @@ pub(super) fn read(snapshot_path: &Path) -> Result<(Rules, Settings, u64), State
                     found: snapshot.version,
                 });
             }
-            for rule in snapshot.rules {
-                rules.insert((rule.list, rule.prefix), rule.meta);
-            }
             Ok((
-                rules,
+                snapshot.rules,
                 Settings {
                     limits: snapshot.limits,
                     header_rules: snapshot.header_rules,
@@ -45,13 +44,15 @@ pub(super) fn read(snapshot_path: &Path) -> Result<(Rules, Settings, u64), State
                 snapshot.folded,
             ))
         }
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok((rules, Settings::default(), 0)),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            Ok((Rules::new(), Settings::default(), 0))
+        }
         Err(err) => Err(io_err(snapshot_path, "reading")(err)),
     }
 }
 
 /// Replaces the snapshot `name` in `dir` with `snapshot`, durably.
-pub(super) fn write(dir: &Path, name: &str, snapshot: &Snapshot) -> Result<(), StateError> {
+pub(super) fn write(dir: &Path, name: &str, snapshot: &SnapshotOut<'_>) -> Result<(), StateError> {
     let path = dir.join(name);
     let tmp = dir.join(format!("{name}.tmp"));
     let written = write_tmp(&tmp, snapshot);
@@ -67,7 +68,7 @@ pub(super) fn write(dir: &Path, name: &str, snapshot: &Snapshot) -> Result<(), S
 }
 
 /// Writes `snapshot` to `tmp`, durably.
-fn write_tmp(tmp: &Path, snapshot: &Snapshot) -> Result<(), StateError> {
+fn write_tmp(tmp: &Path, snapshot: &SnapshotOut<'_>) -> Result<(), StateError> {
     {
         let file = fs::OpenOptions::new()
             .write(true)

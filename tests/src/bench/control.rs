@@ -1,7 +1,8 @@
 //! The control plane, measured on a real daemon (`spacefilter run`) in a
 //! [`FloodLab`]: how soon `spacefilter block` stops a stream that is
-//! already flowing, a bulk import and a restart with its rules, and the
-//! daemon's own memory and CPU at idle and while the program drops floods.
+//! already flowing, a bulk import, listing it, and a restart with its
+//! rules, and the daemon's own memory and CPU at idle and while the
+//! program drops floods.
 
 use std::{
     fmt::Write as _,
@@ -24,7 +25,7 @@ use super::{
     floods::{FALLBACK_PPS, FloodCase, SERVICE_PORT, SOURCE_PPS, SPOOFED_SOURCES},
 };
 use crate::{
-    daemon::{DaemonPaths, DaemonProcess, Scratch, binary},
+    daemon::{DaemonPaths, DaemonProcess, Scratch, binary, memory_mib},
     flood::{Flood, FloodLab, Shape, USER_HZ},
     netns::{Family, Host},
     traffic::{UdpSink, UdpStream, wait_until},
@@ -64,6 +65,8 @@ const LIMITED_PPS: u64 = 10;
 const BLOCK_AFTER: &str = "1s";
 /// How long the daemon is given to list every auto-block of that flood.
 const ADOPT_TIMEOUT: Duration = Duration::from_secs(20);
+/// Runs of `spacefilter list` timed, in each format.
+const LIST_RUNS: usize = 5;
 
 /// The verdict counters (`STATS`) of a program that another process
 /// loaded, read straight from the kernel: the daemon's, to see the first
@@ -140,23 +143,6 @@ fn cli_ok(daemon: &DaemonProcess, args: &[&str]) -> anyhow::Result<String> {
         out.stderr.trim()
     );
     Ok(out.stdout)
-}
-
-/// Memory of process `pid`, in MiB, from `/proc`: resident, peak
-/// resident, and the part of the resident set that is mapped files (for
-/// the daemon, mostly the program's lookup tables, which it maps to write
-/// them: kernel memory, counted once, whichever process maps it).
-fn memory_mib(pid: u32) -> (f64, f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<f64>().ok())
-            .map_or(0.0, |kb| kb / 1024.0)
-    };
-    (field("VmRSS:"), field("VmHWM:"), field("RssFile:"))
 }
 
 /// User plus system CPU time of process `pid` (all its threads) so far, in
@@ -377,6 +363,70 @@ fn import(
     ))
 }
 
+/// Median times of `spacefilter list`: text, JSON.
+type ListTimes = (Duration, Duration);
+
+/// Runs `spacefilter list` (text, then `--json`) [`LIST_RUNS`] times each
+/// with its output to a file, as `spacefilter list > file` would, and
+/// times each run to its exit; checks that every entry is listed. Returns
+/// the median times (text, JSON) and the rows.
+fn list_timings(
+    daemon: &DaemonProcess,
+    scratch: &Scratch,
+    entries: usize,
+) -> anyhow::Result<(ListTimes, Vec<(String, String)>)> {
+    let out = scratch.join("listing");
+    let mut medians = Vec::new();
+    let mut rows = Vec::new();
+    for (format, extra) in [("text", None), ("--json", Some("--json"))] {
+        let mut ms = Vec::new();
+        for _ in 0..LIST_RUNS {
+            let file = std::fs::File::create(&out)?;
+            let started = Instant::now();
+            let status = Command::new(binary())
+                .arg("list")
+                .args(extra)
+                .arg("--socket")
+                .arg(daemon.socket())
+                .stdin(Stdio::null())
+                .stdout(file)
+                .status()
+                .context("running spacefilter list")?;
+            let took = started.elapsed();
+            ensure!(status.success(), "spacefilter list failed: {status}");
+            // A header line and a line an entry; one JSON line of them.
+            let listed = std::fs::read(&out)?;
+            let count = if extra.is_some() {
+                serde_json::from_slice::<Vec<serde_json::Value>>(&listed)?.len()
+            } else {
+                String::from_utf8(listed)?.lines().count() - 1
+            };
+            ensure!(
+                count == entries,
+                "list {format} gave {count} of {entries} entries"
+            );
+            ms.push(took.as_secs_f64() * 1e3);
+        }
+        let mut sorted = ms.clone();
+        sorted.sort_by(f64::total_cmp);
+        medians.push(Duration::from_secs_f64(sorted[sorted.len() / 2] / 1e3));
+        rows.push((
+            format!(
+                "`spacefilter list{}` with {entries} entries, to a file (run to exit; median \
+                 [range] of {LIST_RUNS})",
+                extra.map_or(String::new(), |e| format!(" {e}"))
+            ),
+            spread(ms),
+        ));
+    }
+    let (rss, peak, mapped) = memory_mib(daemon.pid());
+    rows.push((
+        "daemon memory after those listings".to_owned(),
+        format!("{rss:.0} MiB resident ({mapped:.0} MiB mapped), {peak:.0} MiB peak"),
+    ));
+    Ok(((medians[0], medians[1]), rows))
+}
+
 /// A daemon in a flood lab, with what it takes to measure it under a
 /// flood.
 struct FloodedDaemon<'a> {
@@ -566,15 +616,19 @@ pub fn control_plane(options: ControlOptions, rng: &mut Rng) -> anyhow::Result<C
     eprintln!("bench: control plane: importing {size} prefixes through the daemon");
     let (import_time, import_rows) = import(&daemon, &scratch, size, rng)?;
     rows.extend(import_rows);
+    let after_import = memory_mib(daemon.pid());
     eprintln!("bench: control plane: timing `block` on top of {size} entries");
     let table = format!("on top of {} entries", size + 1);
     rows.extend(block_timings(&lab, &daemon, repeats)?.rows(&table, repeats));
+    eprintln!("bench: control plane: listing {} entries", size + 1);
+    let (list, list_rows) = list_timings(&daemon, &scratch, size + 1)?;
+    rows.extend(list_rows);
 
     daemon.kill()?;
     let started = Instant::now();
     let mut daemon = DaemonProcess::start(&lab.ns(Host::Server), &paths, &extra)?;
     let restart = started.elapsed();
-    let (restored_rss, _, restored_mapped) = memory_mib(daemon.pid());
+    let (restored_rss, restored_peak, restored_mapped) = memory_mib(daemon.pid());
     let status = cli_ok(&daemon, &["status", "--json"])?;
     ensure!(
         status.contains(&format!("\"block_entries\":{}", size + 1)),
@@ -597,8 +651,11 @@ pub fn control_plane(options: ControlOptions, rng: &mut Rng) -> anyhow::Result<C
             format!("{:.2} s", restart.as_secs_f64()),
         ),
         (
-            "daemon memory after that restart".to_owned(),
-            format!("{restored_rss:.0} MiB resident ({restored_mapped:.0} MiB mapped)"),
+            "daemon memory after that restart (peak: of the restart)".to_owned(),
+            format!(
+                "{restored_rss:.0} MiB resident ({restored_mapped:.0} MiB mapped), \
+                 {restored_peak:.0} MiB peak"
+            ),
         ),
         ("state on disk".to_owned(), format!("{state_mib:.0} MiB")),
     ]);
@@ -611,6 +668,11 @@ pub fn control_plane(options: ControlOptions, rng: &mut Rng) -> anyhow::Result<C
     Ok(ControlPlane {
         rows,
         import: (size, import_time),
+        list,
+        memory: [
+            (after_import.0, after_import.1),
+            (restored_rss, restored_peak),
+        ],
     })
 }
 
@@ -620,10 +682,21 @@ pub struct ControlPlane {
     pub rows: Vec<(String, String)>,
     /// The bulk import: how many prefixes, and how long it took.
     pub import: (usize, Duration),
+    /// Median times of `spacefilter list` of the import.
+    pub list: ListTimes,
+    /// The daemon's memory (resident, peak; MiB) after the import and
+    /// after the restart.
+    pub memory: [(f64, f64); 2],
 }
 
 /// The import target: a million prefixes in under this long.
 const IMPORT_TARGET: Duration = Duration::from_secs(10);
+/// The listing target: a million entries listed in under this long.
+const LIST_TARGET: Duration = Duration::from_secs(1);
+/// The memory targets with a million entries: resident (the lookup
+/// tables' mapping included) and peak, MiB.
+const RESIDENT_TARGET: f64 = 200.0;
+const PEAK_TARGET: f64 = 300.0;
 
 /// The control-plane section of the report.
 #[must_use]
@@ -631,6 +704,8 @@ pub fn control_report(control: &ControlPlane) -> String {
     let ControlPlane {
         rows,
         import: (size, took),
+        list,
+        memory,
     } = control;
     let mut out = String::new();
     let _ = writeln!(
@@ -663,6 +738,29 @@ pub fn control_report(control: &ControlPlane) -> String {
         out,
         "\nTarget: a 1M-prefix import in under {} s: {verdict}.",
         IMPORT_TARGET.as_secs()
+    );
+    let met = |ok: bool| if ok { "met" } else { "MISSED" };
+    let verdict = if *size < 1_000_000 {
+        format!("not measured: this run imported {size} prefixes")
+    } else {
+        let slowest = list.0.max(list.1);
+        let [(rss, peak), (restored_rss, restored_peak)] = *memory;
+        format!(
+            "listing {:.2} s (text), {:.2} s (JSON), {}; after the import {rss:.0} MiB \
+             resident, {peak:.0} MiB peak; after the restart {restored_rss:.0} MiB resident, \
+             {restored_peak:.0} MiB peak: {}",
+            list.0.as_secs_f64(),
+            list.1.as_secs_f64(),
+            met(slowest < LIST_TARGET),
+            met(rss.max(restored_rss) <= RESIDENT_TARGET && peak.max(restored_peak) < PEAK_TARGET),
+        )
+    };
+    let _ = writeln!(
+        out,
+        "\nTargets at 1M entries: `spacefilter list` in under {} s; the daemon at most \
+         {RESIDENT_TARGET:.0} MiB resident (the tables' mapping included), under \
+         {PEAK_TARGET:.0} MiB at its peak: {verdict}.",
+        LIST_TARGET.as_secs()
     );
     out
 }

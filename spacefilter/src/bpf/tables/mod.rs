@@ -25,7 +25,7 @@
 //! The daemon is the only writer, so a read-modify-write of a word is a
 //! load and a store.
 
-use std::{collections::BTreeMap, sync::atomic::Ordering, time::Duration};
+use std::{sync::atomic::Ordering, time::Duration};
 
 use aya::maps::{LpmTrie, MapData, MapError, lpm_trie::Key};
 use spacefilter_common::lookup::{BUCKET_SLOTS, VALUE_MASK};
@@ -35,6 +35,7 @@ mod v6;
 
 pub(super) use self::{v4::V4Tables, v6::V6Tables};
 use super::{ListError, mapped::Mapped};
+use crate::net::packed::Packed;
 
 /// The bits of a `width`-bit address below a prefix of `len` bits.
 fn host_mask(width: u32, len: u8) -> u128 {
@@ -58,8 +59,9 @@ struct Level {
     /// 32-bit words per block, and which of them holds the match.
     stride: usize,
     offset: usize,
-    /// The table's keys, by address and length, with their matches.
-    keys: BTreeMap<(u128, u8), u32>,
+    /// The table's keys, by address and length ([`Level::key`]), with
+    /// their matches.
+    keys: Packed<u64, u32>,
 }
 
 impl Level {
@@ -68,23 +70,39 @@ impl Level {
         addr >> (self.width - self.index_bits)
     }
 
+    /// `addr/len` as a key of [`Level::keys`]: its block, then its length.
+    /// A key is no longer than the index, so its block is its whole
+    /// address, and keys sort by (address, length) as the prefixes do,
+    /// in 8 bytes rather than the 32 of a `(u128, u8)`.
+    fn key(&self, addr: u128, len: u8) -> u64 {
+        let block = u64::try_from(self.block(addr)).expect("an index of at most 24 bits");
+        (block << 8) | u64::from(len)
+    }
+
+    /// The address and length of a key of [`Level::keys`].
+    fn prefix(&self, key: u64) -> (u128, u8) {
+        #[expect(clippy::cast_possible_truncation, reason = "the low byte")]
+        let len = key as u8;
+        (u128::from(key >> 8) << (self.width - self.index_bits), len)
+    }
+
     /// Creates or rewrites the key `addr/len`.
     fn write(&mut self, addr: u128, len: u8, value: u32) {
-        self.keys.insert((addr, len), value);
+        self.keys.insert(self.key(addr, len), value);
         self.fill(addr, len, value);
     }
 
     /// Removes the key `addr/len`: its blocks take the match of the longest
     /// key of the table covering it.
     fn remove(&mut self, addr: u128, len: u8) {
-        if self.keys.remove(&(addr, len)).is_none() {
+        if self.keys.remove(&self.key(addr, len)).is_none() {
             return;
         }
         let covering = (self.min_len..len)
             .rev()
             .find_map(|l| {
                 let outer = addr & !host_mask(self.width, l);
-                self.keys.get(&(outer, l)).copied()
+                self.keys.get(&self.key(outer, l)).copied()
             })
             .unwrap_or(0);
         self.fill(addr, len, covering);
@@ -99,10 +117,10 @@ impl Level {
         // In (address, length) order, a key comes before those inside it:
         // the first key seen of each run is the outermost, whose blocks
         // hold its own match or those of keys inside it.
-        for &(inner, inner_len) in self
+        for (inner, inner_len) in self
             .keys
-            .range((addr, len + 1)..=(last, u8::MAX))
-            .map(|e| e.0)
+            .range(self.key(addr, len + 1)..=self.key(last, u8::MAX))
+            .map(|e| self.prefix(*e.0))
         {
             if inner_len <= len || covered_to.is_some_and(|end| inner <= end) {
                 continue;

@@ -1,10 +1,7 @@
 //! The IPv4 tables: `V4_T12` and `V4_T24`, direct; `V4_LONG`, buckets of
 //! /25-/32 keys; `V4_TRIE` for crowded blocks.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::atomic::Ordering,
-};
+use std::{collections::HashMap, sync::atomic::Ordering};
 
 use aya::{
     Ebpf,
@@ -20,7 +17,10 @@ use spacefilter_common::{
 };
 
 use super::{Level, bucket_mask, free_slot, slots, trie_error, trie_remove};
-use crate::bpf::{ListError, mapped::Mapped, take};
+use crate::{
+    bpf::{ListError, mapped::Mapped, take},
+    net::packed::Packed,
+};
 
 /// The IPv4 tables: `V4_T12` (/0 to /12), `V4_T24` (/13 to /24, and the
 /// lengths of longer keys per /24), `V4_BUCKETS` (/25 to /32), and the trie
@@ -32,9 +32,10 @@ pub(in crate::bpf) struct V4Tables {
     mask: u32,
     seed: u64,
     trie: LpmTrie<MapData, [u8; 4], u32>,
-    /// Keys of /25 to /32 per /24 and length: a length's flag is cleared
-    /// when its last key goes.
-    long: HashMap<(u32, u8), u32>,
+    /// Keys of /25 to /32 per /24 and length ([`V4Tables::long_key`]): a
+    /// length's flag is cleared when its last key goes. (A /24 holds at
+    /// most 256 keys of a length.)
+    long: Packed<u32, u16>,
     long_keys: usize,
     /// The crowded /24s, each with its keys (by [`v4_key`]) that found no
     /// room in their buckets, and their matches.
@@ -50,7 +51,7 @@ impl V4Tables {
             min_len,
             stride: 1,
             offset: 0,
-            keys: BTreeMap::new(),
+            keys: Packed::new(),
         };
         let buckets = Mapped::take(ebpf, map_names::V4_BUCKETS)?;
         let mask = bucket_mask(&buckets);
@@ -61,7 +62,7 @@ impl V4Tables {
             mask,
             seed,
             trie: take(ebpf, map_names::V4_CROWDED)?,
-            long: HashMap::new(),
+            long: Packed::new(),
             long_keys: 0,
             crowded: HashMap::new(),
         })
@@ -114,7 +115,13 @@ impl V4Tables {
             unplaced.remove(&key);
         }
         if !existed {
-            *self.long.entry((block, len)).or_default() += 1;
+            let key = Self::long_key(block, len);
+            match self.long.get_mut(&key) {
+                Some(count) => *count += 1,
+                None => {
+                    self.long.insert(key, 1);
+                }
+            }
             self.long_keys += 1;
         }
         // After the key is in place.
@@ -143,11 +150,11 @@ impl V4Tables {
         }
         let count = self
             .long
-            .get_mut(&(block, len))
+            .get_mut(&Self::long_key(block, len))
             .expect("counted when written");
         *count -= 1;
         if *count == 0 {
-            self.long.remove(&(block, len));
+            self.long.remove(&Self::long_key(block, len));
             // Before the key goes.
             self.t24
                 .map
@@ -190,6 +197,12 @@ impl V4Tables {
         self.crowded.len()
     }
 
+    /// The /24 `block` and a length of /25 to /32 as a key of
+    /// [`V4Tables::long`]: 24 and 3 bits, sorted as the pairs are.
+    fn long_key(block: u32, len: u8) -> u32 {
+        (block << 3) | u32::from(len - V4_LONG_MIN)
+    }
+
     /// The flag of keys of `len` bits in a `V4_T24` word.
     fn length_bit(len: u8) -> u32 {
         1 << (V4_LONG_SHIFT + u32::from(len - V4_LONG_MIN))
@@ -230,7 +243,7 @@ impl V4Tables {
         let unplaced = self.crowded.get(&block);
         let mut keys = Vec::new();
         for len in V4_LONG_MIN..=32 {
-            if !self.long.contains_key(&(block, len)) {
+            if !self.long.contains_key(&Self::long_key(block, len)) {
                 continue;
             }
             for host in 0..1u32 << (len - 24) {

@@ -20,7 +20,10 @@ use spacefilter_common::{
 };
 
 use super::{Level, bucket_mask, free_slot, grace_period, slots, trie_error, trie_remove};
-use crate::bpf::{ListError, mapped::Mapped, take};
+use crate::{
+    bpf::{ListError, mapped::Mapped, take},
+    net::packed::Packed,
+};
 
 /// Indices into `V6_KEYS`: never used yet (`next` up to `size`), free, or
 /// retired (their slot is cleared, but a program run may still read them).
@@ -65,9 +68,9 @@ pub(in crate::bpf) struct V6Tables {
     keys: Mapped,
     records: Records,
     trie: LpmTrie<MapData, [u8; 16], u32>,
-    /// The keys of /17 to /128 with their matches: a /16's keys are moved
-    /// into its trie and out again from here.
-    long: BTreeMap<(u128, u8), u32>,
+    /// The keys of /17 to /128 with their matches, by [`long_key`]: a
+    /// /16's keys are moved into its trie and out again from here.
+    long: Packed<LongKey, u32>,
     /// How many keys of each length each /16 holds.
     lengths: HashMap<u16, BTreeMap<u8, u32>>,
     /// Keys that found no room in their buckets, per /16.
@@ -77,6 +80,15 @@ pub(in crate::bpf) struct V6Tables {
     /// How many keys live in their second bucket, by their first bucket:
     /// the buckets whose [`V6_SPILLED`] is set.
     spilled: HashMap<u32, u32>,
+}
+
+/// A key of /17 to /128 in [`V6Tables::long`]: its address's bytes
+/// (big-endian, so that keys sort as the addresses do) and its length; 17
+/// bytes where a `(u128, u8)` takes 32.
+type LongKey = ([u8; 16], u8);
+
+fn long_key(addr: u128, len: u8) -> LongKey {
+    (addr.to_be_bytes(), len)
 }
 
 /// Bytes of a `V6Top` and of a `V6Key`.
@@ -98,7 +110,7 @@ impl V6Tables {
                 stride: V6_TOP_BYTES / 4,
                 // `V6Top::value`, after the lengths word.
                 offset: 2,
-                keys: BTreeMap::new(),
+                keys: Packed::new(),
             },
             buckets,
             mask,
@@ -112,7 +124,7 @@ impl V6Tables {
                 retired: Vec::new(),
             },
             trie: take(ebpf, map_names::V6_CROWDED)?,
-            long: BTreeMap::new(),
+            long: Packed::new(),
             lengths: HashMap::new(),
             unplaced: HashMap::new(),
             crowded: HashSet::new(),
@@ -138,7 +150,7 @@ impl V6Tables {
             self.top.write(addr, len, value);
             return Ok(());
         }
-        let old = self.long.get(&(addr, len)).copied();
+        let old = self.long.get(&long_key(addr, len)).copied();
         let Err(err) = self.write_long(addr, len, value) else {
             return Ok(());
         };
@@ -146,7 +158,7 @@ impl V6Tables {
         // bookkeeping; past it, the key is taken back to what it was (a
         // second failure there leaves the bookkeeping consistent with
         // the maps, and is not the one reported).
-        if self.long.get(&(addr, len)).copied() != old {
+        if self.long.get(&long_key(addr, len)).copied() != old {
             match old {
                 None => {
                     let _ = self.delete(addr, len);
@@ -170,7 +182,7 @@ impl V6Tables {
                 capacity: self.records.size - 1,
             });
         }
-        let old = self.long.get(&(addr, len)).copied();
+        let old = self.long.get(&long_key(addr, len)).copied();
         let crowded = self.crowded.contains(&top);
         if crowded {
             self.trie_insert(addr, len, value)?;
@@ -191,7 +203,7 @@ impl V6Tables {
                 return Err(err);
             }
         };
-        self.long.insert((addr, len), value);
+        self.long.insert(long_key(addr, len), value);
         let unplaced = self.unplaced.entry(top).or_default();
         if placed {
             unplaced.remove(&(addr, len));
@@ -215,7 +227,7 @@ impl V6Tables {
             self.top.remove(addr, len);
             return Ok(());
         }
-        if !self.long.contains_key(&(addr, len)) {
+        if !self.long.contains_key(&long_key(addr, len)) {
             return Ok(());
         }
         let top = Self::top_of(addr);
@@ -228,7 +240,7 @@ impl V6Tables {
                 &Key::new(len.into(), addr.to_be_bytes()),
             )?;
         }
-        self.long.remove(&(addr, len));
+        self.long.remove(&long_key(addr, len));
         if let Some(counts) = self.lengths.get_mut(&top) {
             if let Some(count) = counts.get_mut(&len) {
                 *count -= 1;
@@ -297,7 +309,7 @@ impl V6Tables {
             let mut failed = None;
             for (addr, len) in waiting {
                 if failed.is_none()
-                    && let Some(&value) = self.long.get(&(addr, len))
+                    && let Some(&value) = self.long.get(&long_key(addr, len))
                 {
                     match self.place(Self::key(addr, len), value) {
                         Ok(true) => continue,
@@ -372,8 +384,8 @@ impl V6Tables {
         let first = u128::from(top) << 112;
         let last = first | (u128::MAX >> 16);
         self.long
-            .range((first, 0)..=(last, u8::MAX))
-            .map(|(&(addr, len), &value)| (addr, len, value))
+            .range(long_key(first, 0)..=long_key(last, u8::MAX))
+            .map(|(&(addr, len), &value)| (u128::from_be_bytes(addr), len, value))
     }
 
     fn trie_insert(&mut self, addr: u128, len: u8, value: u32) -> Result<(), ListError> {

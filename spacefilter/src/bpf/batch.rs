@@ -1,0 +1,108 @@
+//! Batched reads of a per-CPU array of `u64` counters:
+//! `BPF_MAP_LOOKUP_BATCH` (kernel 5.6; aya does not wrap it) copies
+//! thousands of entries, every CPU's value of each, in one system call,
+//! where a lookup per entry costs a system call each (a million entries:
+//! seconds). Kernels without it refuse the command, and the caller falls
+//! back to lookups one by one.
+
+use std::{
+    io,
+    os::fd::{AsRawFd as _, BorrowedFd},
+};
+
+/// `BPF_MAP_LOOKUP_BATCH` in `enum bpf_cmd` (kernel 5.6).
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// The `batch` member of `union bpf_attr`, as the kernel lays it out.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    /// Where the previous call stopped (0: from the start).
+    in_batch: u64,
+    /// Where this call stopped, for the next.
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    /// Entries wanted; on return, entries copied.
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Bytes of values copied per call at most: small enough to stay in
+/// cache, large enough that the calls are few (65536 entries on 2 CPUs).
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// Whether `err` says the kernel does not do batch lookups (an unknown
+/// command, or a map type without them), rather than that this one failed.
+#[must_use]
+pub(super) fn unsupported(err: &io::Error) -> bool {
+    // `ENOTSUPP` (524) is the kernel's internal code, which leaks out of
+    // the bpf system call for map types without batch operations.
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EINVAL | libc::EOPNOTSUPP | 524)
+    )
+}
+
+/// Reads the entries `first..first + out.len()` (`first` at least 1) of
+/// the per-CPU `u64` array `map` (`cpus` possible CPUs, as the kernel lays
+/// per-CPU values out) and stores each entry's sum over the CPUs in
+/// `out[entry - first]`.
+pub(super) fn sum_per_cpu(
+    map: BorrowedFd<'_>,
+    cpus: usize,
+    first: u32,
+    out: &mut [u64],
+) -> io::Result<()> {
+    let chunk = (CHUNK_BYTES / (8 * cpus)).max(1);
+    let mut keys = vec![0u32; chunk];
+    let mut values = vec![0u64; chunk * cpus];
+    // The first call starts after the entry before `first`.
+    let mut after: u32 = first - 1;
+    let mut next: u32 = 0;
+    let mut done = 0;
+    while done < out.len() {
+        let want = chunk.min(out.len() - done);
+        let mut attr = BatchAttr {
+            in_batch: (&raw const after) as u64,
+            out_batch: (&raw mut next) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: u32::try_from(want).expect("a chunk fits a u32"),
+            map_fd: u32::try_from(map.as_raw_fd()).expect("a descriptor is not negative"),
+            ..BatchAttr::default()
+        };
+        // SAFETY: `attr` is a valid `bpf_attr` prefix, passed with its
+        // size (the kernel zero-fills the rest); `keys` and `values` hold
+        // `count` keys and `count` per-CPU values (8 bytes per possible
+        // CPU each), and `after` and `next` one key each, all alive for
+        // the call.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &raw mut attr,
+                size_of::<BatchAttr>(),
+            )
+        };
+        let err = (ret < 0).then(io::Error::last_os_error);
+        let got = attr.count as usize;
+        for (i, &key) in keys[..got].iter().enumerate() {
+            let Some(slot) = key.checked_sub(first).and_then(|k| out.get_mut(k as usize)) else {
+                continue;
+            };
+            *slot = values[i * cpus..(i + 1) * cpus].iter().sum();
+        }
+        done += got;
+        match err {
+            // The end of the map: what is left was never there.
+            Some(err) if err.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            Some(err) => return Err(err),
+            None if got == 0 => return Ok(()),
+            None => after = next,
+        }
+    }
+    Ok(())
+}

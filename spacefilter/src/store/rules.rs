@@ -1,0 +1,595 @@
+//! Every rule in memory, in little of it: by list and prefix, each with
+//! its [`Meta`], which rules added together share. A bulk import gives a
+//! million rules one `Meta` (origin, comment, expiry, time added): each
+//! rule then costs its key and a 4-byte reference, about 25 bytes in a
+//! map kept dense ([`repack`]), where a `Meta` of its own took some 75
+//! more.
+//!
+//! [`Rules`] reads and writes like the `BTreeMap<(List, Prefix), Meta>` it
+//! replaces: `get`, `insert`, `remove`, `iter` and the like, with the
+//! metadata shared behind them.
+
+use std::{
+    collections::{BTreeMap, HashMap, btree_map, hash_map::DefaultHasher},
+    fmt,
+    hash::{Hash as _, Hasher as _},
+    ops::Index,
+};
+
+use serde::{Deserializer, Serialize, Serializer, de};
+
+use super::records::{Meta, Rule, RuleRef};
+use crate::net::{List, Prefix, packed::repack};
+
+/// A `Meta` held by one or more rules.
+#[derive(Clone)]
+struct Shared {
+    meta: Meta,
+    /// How many rules hold it; 0: the slot is free.
+    refs: u32,
+}
+
+/// The metadata the rules share, each held once with a count of the rules
+/// that hold it; an entry whose last rule goes is freed.
+#[derive(Clone, Default)]
+struct Metas {
+    slots: Vec<Shared>,
+    /// The slot of each meta, by its hash (64 bits: a second meta with the
+    /// same hash, next to never seen, goes to `collided`).
+    by_hash: HashMap<u64, u32>,
+    collided: HashMap<Meta, u32>,
+    free: Vec<u32>,
+    /// The slot interned last: a bulk add interns the same meta again and
+    /// again, and finds it here without hashing it.
+    last: u32,
+}
+
+fn hash_of(meta: &Meta) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    meta.hash(&mut hasher);
+    hasher.finish()
+}
+
+impl Metas {
+    fn get(&self, id: u32) -> &Meta {
+        &self.slots[id as usize].meta
+    }
+
+    /// The slot holding `meta`, counted once more; a new one (with a
+    /// copy of it) if none does.
+    fn intern(&mut self, meta: &Meta) -> u32 {
+        let id = self.find(meta).unwrap_or_else(|| self.add(meta.clone()));
+        self.hold(id)
+    }
+
+    /// [`Metas::intern`], taking `meta` if it is new.
+    fn intern_owned(&mut self, meta: Meta) -> u32 {
+        let id = self.find(&meta).unwrap_or_else(|| self.add(meta));
+        self.hold(id)
+    }
+
+    fn hold(&mut self, id: u32) -> u32 {
+        self.slots[id as usize].refs += 1;
+        self.last = id;
+        id
+    }
+
+    fn find(&self, meta: &Meta) -> Option<u32> {
+        if let Some(last) = self.slots.get(self.last as usize)
+            && last.refs > 0
+            && last.meta == *meta
+        {
+            return Some(self.last);
+        }
+        match self.by_hash.get(&hash_of(meta)) {
+            Some(&id) if self.get(id) == meta => Some(id),
+            Some(_) => self.collided.get(meta).copied(),
+            None => None,
+        }
+    }
+
+    /// A slot for `meta`, held by no rule yet.
+    fn add(&mut self, meta: Meta) -> u32 {
+        let hash = hash_of(&meta);
+        let id = if let Some(id) = self.free.pop() {
+            self.slots[id as usize].meta = meta.clone();
+            id
+        } else {
+            self.slots.push(Shared {
+                meta: meta.clone(),
+                refs: 0,
+            });
+            u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 distinct metas")
+        };
+        if let std::collections::hash_map::Entry::Vacant(entry) = self.by_hash.entry(hash) {
+            entry.insert(id);
+        } else {
+            self.collided.insert(meta, id);
+        }
+        id
+    }
+
+    /// Counts one rule less on slot `id`, freeing it after the last; the
+    /// meta is returned (taken, from its last rule).
+    fn release(&mut self, id: u32) -> Meta {
+        let slot = &mut self.slots[id as usize];
+        slot.refs -= 1;
+        if slot.refs > 0 {
+            return slot.meta.clone();
+        }
+        let meta = Meta {
+            comment: slot.meta.comment.take(),
+            ..slot.meta.clone()
+        };
+        let hash = hash_of(&meta);
+        if self.by_hash.get(&hash) == Some(&id) {
+            self.by_hash.remove(&hash);
+        } else {
+            self.collided.remove(&meta);
+        }
+        self.free.push(id);
+        meta
+    }
+}
+
+/// Keys added or removed before the map is repacked, at the least.
+const TIDY_MIN: usize = 4096;
+
+/// Every rule, by list and prefix.
+#[derive(Clone, Default)]
+pub struct Rules {
+    map: BTreeMap<(List, Prefix), u32>,
+    metas: Metas,
+    /// Keys added or removed since the map was last repacked.
+    changed: usize,
+}
+
+impl Rules {
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    #[must_use]
+    pub fn get(&self, key: &(List, Prefix)) -> Option<&Meta> {
+        self.map.get(key).map(|&id| self.metas.get(id))
+    }
+
+    #[must_use]
+    pub fn contains_key(&self, key: &(List, Prefix)) -> bool {
+        self.map.contains_key(key)
+    }
+
+    /// Sets the rule `key`; returns its meta before, if it was there.
+    pub fn insert(&mut self, key: (List, Prefix), meta: Meta) -> Option<Meta> {
+        let id = self.metas.intern_owned(meta);
+        self.set(key, id)
+    }
+
+    /// [`Rules::insert`] of a borrowed meta, cloned only if no rule holds
+    /// one like it yet.
+    pub fn put(&mut self, key: (List, Prefix), meta: &Meta) -> Option<Meta> {
+        let id = self.metas.intern(meta);
+        self.set(key, id)
+    }
+
+    fn set(&mut self, key: (List, Prefix), id: u32) -> Option<Meta> {
+        let old = self.map.insert(key, id);
+        if old.is_none() {
+            self.changed += 1;
+        }
+        old.map(|old| self.metas.release(old))
+    }
+
+    /// Takes the rule `key` out; returns its meta, if it was there.
+    pub fn remove(&mut self, key: &(List, Prefix)) -> Option<Meta> {
+        let id = self.map.remove(key)?;
+        self.changed += 1;
+        Some(self.metas.release(id))
+    }
+
+    /// Every rule, in (list, prefix) order.
+    #[must_use]
+    pub fn iter(&self) -> Iter<'_> {
+        Iter {
+            inner: self.map.iter(),
+            metas: &self.metas,
+        }
+    }
+
+    #[must_use = "an iterator does nothing unless drawn"]
+    pub fn keys(&self) -> impl DoubleEndedIterator<Item = &(List, Prefix)> + '_ {
+        self.map.keys()
+    }
+
+    #[must_use = "an iterator does nothing unless drawn"]
+    pub fn values(&self) -> impl DoubleEndedIterator<Item = &Meta> + '_ {
+        self.map.values().map(|&id| self.metas.get(id))
+    }
+
+    /// Keeps the rules `keep` says to.
+    pub fn retain(&mut self, mut keep: impl FnMut(&(List, Prefix), &Meta) -> bool) {
+        let Self {
+            map,
+            metas,
+            changed,
+        } = self;
+        map.retain(|key, &mut id| {
+            let kept = keep(key, metas.get(id));
+            if !kept {
+                metas.release(id);
+                *changed += 1;
+            }
+            kept
+        });
+        self.tidy();
+    }
+
+    /// Repacks the map once a quarter of it has changed since it last
+    /// was: after a bulk change, which leaves its nodes about half full.
+    pub fn tidy(&mut self) {
+        if self.changed >= TIDY_MIN && self.changed * 4 >= self.map.len() {
+            repack(&mut self.map);
+            self.changed = 0;
+        }
+    }
+}
+
+/// The rules in (list, prefix) order, with their metas.
+pub struct Iter<'a> {
+    inner: btree_map::Iter<'a, (List, Prefix), u32>,
+    metas: &'a Metas,
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = (&'a (List, Prefix), &'a Meta);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.inner
+            .next()
+            .map(|(key, &id)| (key, self.metas.get(id)))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.inner.size_hint()
+    }
+}
+
+impl ExactSizeIterator for Iter<'_> {}
+
+impl<'a> IntoIterator for &'a Rules {
+    type Item = (&'a (List, Prefix), &'a Meta);
+    type IntoIter = Iter<'a>;
+
+    fn into_iter(self) -> Iter<'a> {
+        self.iter()
+    }
+}
+
+impl Index<&(List, Prefix)> for Rules {
+    type Output = Meta;
+
+    fn index(&self, key: &(List, Prefix)) -> &Meta {
+        self.get(key).expect("no rule with this key")
+    }
+}
+
+impl PartialEq for Rules {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Rules {}
+
+impl fmt::Debug for Rules {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+/// Rules put together (a bulk add), held compactly: each key with the
+/// index of its meta among the few distinct ones, where a `Vec<Rule>`
+/// holds a `Meta` per rule (24 bytes a rule against 80). Serialized as the
+/// list of [`Rule`]s it stands for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    keys: Vec<((List, Prefix), u32)>,
+    metas: Vec<Meta>,
+    index: HashMap<Meta, u32>,
+}
+
+impl Batch {
+    #[must_use]
+    pub fn with_capacity(rules: usize) -> Self {
+        Self {
+            keys: Vec::with_capacity(rules),
+            ..Self::default()
+        }
+    }
+
+    /// Adds the rule `key` with `meta` (copied if the batch holds no
+    /// meta like it yet).
+    pub fn push(&mut self, key: (List, Prefix), meta: &Meta) {
+        let last = self.metas.len().checked_sub(1);
+        let at = match last {
+            Some(i) if self.metas[i] == *meta => i,
+            _ => {
+                if let Some(&at) = self.index.get(meta) {
+                    at as usize
+                } else {
+                    self.metas.push(meta.clone());
+                    let at = self.metas.len() - 1;
+                    let id = u32::try_from(at).expect("fewer than 2^32 metas");
+                    self.index.insert(meta.clone(), id);
+                    at
+                }
+            }
+        };
+        self.keys
+            .push((key, u32::try_from(at).expect("fewer than 2^32 metas")));
+    }
+
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The rules, in the order they were pushed.
+    #[must_use = "an iterator does nothing unless drawn"]
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = ((List, Prefix), &Meta)> + '_ {
+        self.keys
+            .iter()
+            .map(|&(key, at)| (key, &self.metas[at as usize]))
+    }
+}
+
+impl Serialize for Batch {
+    fn serialize<S: Serializer>(&self, out: S) -> Result<S::Ok, S::Error> {
+        out.collect_seq(
+            self.iter()
+                .map(|((list, prefix), meta)| RuleRef { list, prefix, meta }),
+        )
+    }
+}
+
+impl Rules {
+    /// Puts every rule of `batch`, a later one of a key over an earlier.
+    /// A batch that is large against the map is built into a dense map of
+    /// its own and merged in ([`BTreeMap::append`] builds the merge with
+    /// full nodes), rather than inserted rule by rule into nodes left
+    /// half full.
+    pub fn put_batch(&mut self, batch: &Batch) {
+        if batch.len() < TIDY_MIN || batch.len() * 4 < self.map.len() {
+            for (key, meta) in batch.iter() {
+                self.put(key, meta);
+            }
+            return;
+        }
+        // By key, the last of each kept.
+        let mut fresh: BTreeMap<(List, Prefix), u32> = batch.keys.iter().copied().collect();
+        let Self {
+            map,
+            metas,
+            changed,
+        } = self;
+        let mut old = map.iter().peekable();
+        for (key, at) in &mut fresh {
+            *at = metas.intern(&batch.metas[*at as usize]);
+            while old.next_if(|(k, _)| *k < key).is_some() {}
+            match old.next_if(|(k, _)| *k == key) {
+                Some((_, &replaced)) => {
+                    metas.release(replaced);
+                }
+                None => *changed += 1,
+            }
+        }
+        map.append(&mut fresh);
+    }
+}
+
+/// Serializes `rules` as the list of [`Rule`]s a snapshot holds, one by
+/// one.
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "the signature serde's `serialize_with` calls"
+)]
+pub(super) fn write_seq<S: Serializer>(rules: &&Rules, out: S) -> Result<S::Ok, S::Error> {
+    out.collect_seq(
+        rules
+            .iter()
+            .map(|(&(list, prefix), meta)| RuleRef { list, prefix, meta }),
+    )
+}
+
+/// Reads a snapshot's list of [`Rule`]s into [`Rules`], one by one.
+pub(super) fn read_seq<'de, D: Deserializer<'de>>(input: D) -> Result<Rules, D::Error> {
+    struct Visitor;
+
+    impl<'de> de::Visitor<'de> for Visitor {
+        type Value = Rules;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list of rules")
+        }
+
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Rules, A::Error> {
+            let mut rules = Rules::new();
+            while let Some(rule) = seq.next_element::<Rule>()? {
+                rules.insert((rule.list, rule.prefix), rule.meta);
+            }
+            rules.tidy();
+            Ok(rules)
+        }
+    }
+
+    input.deserialize_seq(Visitor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Origin;
+
+    fn meta(comment: Option<&str>, added_at_ms: u64) -> Meta {
+        Meta {
+            origin: Origin::File,
+            comment: comment.map(str::to_owned),
+            expires_at_ms: None,
+            added_at_ms,
+        }
+    }
+
+    fn key(n: u32) -> (List, Prefix) {
+        (
+            List::Block,
+            Prefix::host(std::net::Ipv4Addr::from(n).into()),
+        )
+    }
+
+    #[test]
+    fn rules_added_together_share_their_meta() {
+        let mut rules = Rules::new();
+        let shared = meta(Some("bulk"), 1);
+        for n in 0..10_000 {
+            assert_eq!(rules.put(key(n), &shared), None);
+        }
+        assert_eq!(rules.metas.slots.len(), 1);
+        assert_eq!(rules.metas.slots[0].refs, 10_000);
+        // One rule given a meta of its own, then the old one back.
+        let own = meta(None, 2);
+        assert_eq!(rules.insert(key(7), own.clone()), Some(shared.clone()));
+        assert_eq!(rules[&key(7)], own);
+        assert_eq!(rules.metas.slots.len(), 2);
+        assert_eq!(rules.remove(&key(7)), Some(own));
+        // Its slot is free, and taken again by the next new meta.
+        assert_eq!(rules.metas.free, [1]);
+        rules.insert(key(7), meta(None, 3));
+        assert_eq!(rules.metas.slots.len(), 2);
+        assert_eq!(rules.get(&key(7)).map(|m| m.added_at_ms), Some(3));
+        assert_eq!(rules.get(&key(8)), Some(&shared));
+        assert!(rules.get(&(List::Allow, key(8).1)).is_none());
+        // Taking every rule out frees every meta.
+        rules.retain(|_, _| false);
+        assert!(rules.is_empty());
+        assert_eq!(rules.metas.free.len(), 2);
+        assert!(rules.metas.by_hash.is_empty());
+    }
+
+    #[test]
+    fn rules_compare_and_iterate_as_a_map_does() {
+        let mut rules = Rules::new();
+        let mut map = BTreeMap::new();
+        for n in (0..5000).rev() {
+            let m = meta(None, u64::from(n % 3));
+            rules.insert(key(n * 7), m.clone());
+            map.insert(key(n * 7), m);
+        }
+        rules.tidy();
+        assert!(rules.iter().eq(map.iter()));
+        assert!(rules.keys().eq(map.keys()));
+        assert!(rules.values().eq(map.values()));
+        let copy = rules.clone();
+        assert_eq!(copy, rules);
+        rules.remove(&key(7));
+        assert_ne!(copy, rules);
+        assert_eq!(format!("{:?}", Rules::new()), "{}");
+    }
+
+    /// The snapshot's rules, written from [`Rules`] and read back into
+    /// them, are the list of [`Rule`]s they always were.
+    #[test]
+    fn rules_serialize_as_a_list_of_rules() {
+        let mut rules = Rules::new();
+        let mut list = Vec::new();
+        for (n, comment) in [(3, Some("a \"quoted\" note")), (1, None), (2, None)] {
+            let m = Meta {
+                expires_at_ms: Some(n * 1000),
+                ..meta(comment, n)
+            };
+            rules.insert(key(u32::try_from(n).unwrap()), m.clone());
+            list.push(Rule {
+                list: List::Block,
+                prefix: key(u32::try_from(n).unwrap()).1,
+                meta: m,
+            });
+        }
+        list.sort_by_key(|r| (r.list, r.prefix));
+        let mut written = Vec::new();
+        write_seq(&&rules, &mut serde_json::Serializer::new(&mut written)).unwrap();
+        assert_eq!(written, serde_json::to_vec(&list).unwrap());
+        let read = read_seq(&mut serde_json::Deserializer::from_slice(&written)).unwrap();
+        assert_eq!(read, rules);
+    }
+
+    /// A batch is journaled as the `put` of its rules, reads back as one,
+    /// and puts into [`Rules`] what that `put` does, in bulk or not.
+    #[test]
+    fn a_batch_is_the_put_of_its_rules() {
+        use crate::store::{Op, Rule};
+
+        let shared = meta(None, 5);
+        for (size, before) in [(3, 0), (TIDY_MIN * 2, 100), (TIDY_MIN * 2, TIDY_MIN * 4)] {
+            let mut batch = Batch::with_capacity(size);
+            let mut rules = Vec::new();
+            for n in 0..size {
+                let n = u32::try_from(n).unwrap();
+                // Every tenth rule has a meta of its own; the last key
+                // comes twice, the second time with another meta.
+                let m = if n % 10 == 0 {
+                    meta(None, n.into())
+                } else {
+                    shared.clone()
+                };
+                batch.push(key(n * 3), &m);
+                rules.push(Rule {
+                    list: List::Block,
+                    prefix: key(n * 3).1,
+                    meta: m,
+                });
+            }
+            let last = u32::try_from(size - 1).unwrap() * 3;
+            batch.push(key(last), &meta(Some("again"), 9));
+            rules.push(Rule {
+                list: List::Block,
+                prefix: key(last).1,
+                meta: meta(Some("again"), 9),
+            });
+            let batched = Op::PutBatch { rules: batch };
+            let plain = Op::Put { rules };
+            let json = serde_json::to_string(&batched).unwrap();
+            assert_eq!(json, serde_json::to_string(&plain).unwrap());
+            assert_eq!(serde_json::from_str::<Op>(&json).unwrap(), plain);
+            // On top of rules that are there already, some of them put
+            // again.
+            let mut one = Rules::new();
+            for n in 0..before {
+                one.put(key(u32::try_from(n).unwrap() * 2), &meta(Some("old"), 1));
+            }
+            let mut other = one.clone();
+            batched.apply(&mut one);
+            plain.apply(&mut other);
+            assert_eq!(one, other, "{size} on {before}");
+            // Each meta is counted once per rule that holds it.
+            let held: u32 = one.metas.slots.iter().map(|s| s.refs).sum();
+            assert_eq!(held as usize, one.len());
+            one.retain(|_, _| false);
+            assert!(one.metas.slots.iter().all(|s| s.refs == 0));
+        }
+    }
+}
