@@ -216,8 +216,8 @@ fn take_in(
     let held: BTreeMap<Prefix, Origin> = handle
         .entries(Some(List::Block))
         .map_err(|r| format!("reading the blocklist: {}", r.message))?
-        .into_iter()
-        .filter_map(|e| Some((e.prefix.parse().ok()?, e.origin)))
+        .iter()
+        .map(|e| (e.prefix, e.origin))
         .collect();
     if startup {
         let dropping: BTreeSet<Prefix> = plan.drop.iter().copied().collect();

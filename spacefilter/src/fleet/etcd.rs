@@ -321,10 +321,8 @@ impl Follower<'_> {
             .entries(None)
             .map_err(|r| format!("reading the lists: {}", r.message))?;
         for entry in held.iter().filter(|e| e.origin == Origin::Fleet) {
-            if let Ok(p) = entry.prefix.parse::<Prefix>()
-                && !keep.contains(&(entry.list, p))
-            {
-                self.delete(entry.list, p);
+            if !keep.contains(&(entry.list, entry.prefix)) {
+                self.delete(entry.list, entry.prefix);
             }
         }
         log::info!(
@@ -438,9 +436,9 @@ impl Follower<'_> {
         }
         // A rule someone else made on this host stays theirs.
         if let Ok(entries) = self.handle.entries(Some(rule.list))
-            && entries.iter().any(|e| {
-                e.origin != Origin::Fleet && e.prefix.parse::<Prefix>().ok() == Some(rule.prefix)
-            })
+            && entries
+                .iter()
+                .any(|e| e.origin != Origin::Fleet && e.prefix == rule.prefix)
         {
             return;
         }
@@ -468,9 +466,9 @@ impl Follower<'_> {
 
     fn delete(&self, list: List, prefix: Prefix) {
         let ours = self.handle.entries(Some(list)).is_ok_and(|entries| {
-            entries.iter().any(|e| {
-                e.origin == Origin::Fleet && e.prefix.parse::<Prefix>().ok() == Some(prefix)
-            })
+            entries
+                .iter()
+                .any(|e| e.origin == Origin::Fleet && e.prefix == prefix)
         });
         if !ours {
             return;
