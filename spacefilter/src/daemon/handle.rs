@@ -18,11 +18,11 @@ use super::{
 };
 use crate::{
     api::{
-        AdmitView, Changed, EntryView, HeaderRuleView, LimitsView, LinkView, ObserveView,
+        AdmitView, Changed, EntryView, HeaderRuleView, LimitsView, LinkView, ObserveView, Origin,
         SampleView, ShieldView, StatusView, TopView,
     },
     bpf::{CounterReader, Counters},
-    net::List,
+    net::{List, Prefix},
 };
 
 /// A handle on the running daemon's core, a reader of its counters that
@@ -103,6 +103,17 @@ impl Handle {
 
     pub fn remove(&self, list: List, prefixes: &[String], peer: Peer) -> Result<Changed, Refusal> {
         self.changing(|core| core.remove(list, prefixes, peer))
+    }
+
+    /// Whether `prefix` is on `list`: `None` if it is not, `Some(true)` if
+    /// with `origin`, `Some(false)` with another (a source of rules leaves
+    /// alone what someone else made, without listing every entry).
+    #[must_use]
+    pub fn held_as(&self, list: List, prefix: Prefix, origin: Origin) -> Option<bool> {
+        self.lock()
+            .rules
+            .get(&(list, prefix))
+            .map(|meta| meta.origin == super::lists::stored(origin))
     }
 
     pub fn entries(&self, only: Option<List>) -> Result<Vec<EntryView>, Refusal> {
