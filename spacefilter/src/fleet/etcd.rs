@@ -227,7 +227,16 @@ fn run(settings: &Settings, handle: &Handle, quit: &AtomicBool) {
             handle.report_link(link.clone());
         };
         match follower.session(since, &mut |rev| progressed(rev, &mut link)) {
-            Ok(()) => backoff = Duration::from_millis(100),
+            Ok(()) => {
+                // A watch that went quiet and is opened again: the link is
+                // well, and says so.
+                backoff = Duration::from_millis(100);
+                last_ok = Some(Instant::now());
+                link.up = true;
+                link.last_error = None;
+                link.lag_secs = Some(0);
+                handle.report_link(link.clone());
+            }
             Err(why) => {
                 if link.up || link.last_error.is_none() {
                     log::warn!("fleet: {endpoint}: {why}; the rules stay as they are");
