@@ -30,6 +30,11 @@ const SYSTEM_TOOLS: &[(&str, &str)] = &[
     ("iptables", "iptables"),
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("busybox", "busybox-static"),
+    // The service's tests: the unit checked, the daemon run with the
+    // unit's capabilities only, the manual pages rendered.
+    ("systemd-analyze", "systemd"),
+    ("setpriv", "util-linux"),
+    ("man", "man-db"),
     // The fleet's tests run an etcd cluster of their own.
     ("etcd", "etcd-server"),
     ("etcdctl", "etcd-client"),
@@ -136,14 +141,17 @@ fn apt_install(packages: &[&str]) -> Result<()> {
 }
 
 fn system_tools() -> Result<()> {
-    let missing: Vec<&str> = SYSTEM_TOOLS
+    // And what `cargo xtask package` runs.
+    let mut missing: Vec<&str> = SYSTEM_TOOLS
         .iter()
+        .chain(&xtask::package::TOOLS)
         .filter(|(command, _)| !have(command))
         .map(|&(_, package)| package)
         .collect();
+    missing.dedup();
     if missing.is_empty() {
         say(
-            "system tools present (iproute2, ping, tcpdump, ethtool, bpftool, xdp-tools, nftables, iptables, qemu, busybox, etcd)",
+            "system tools present (iproute2, ping, tcpdump, ethtool, bpftool, xdp-tools, nftables, iptables, qemu, busybox, systemd, man-db, dpkg-dev, etcd)",
         );
         return Ok(());
     }

@@ -46,6 +46,11 @@ impl Verifier {
         })
     }
 
+    /// The verified sources' map, for a successor to carry them over.
+    pub(super) fn carried(&mut self) -> &mut HashMap<MapData, [u8; 16], Verified> {
+        &mut self.verified
+    }
+
     /// Whether the egress program records the host's peers, and how long a
     /// proof holds.
     pub fn configure(&mut self, record: bool, idle_ns: u64) -> Result<(), ListError> {

@@ -5,8 +5,9 @@
 //! [`run`] is the composition root: it starts the core ([`start`]), hands
 //! a [`Handle`] to the transports it is given (the control socket and the
 //! metrics endpoint live in [`crate::server`], which this module does not
-//! know), spawns the background [`tasks`], waits for a signal and shuts
-//! everything down in order. The core's state is split by concern:
+//! know), spawns the background [`tasks`], tells a service manager it is
+//! ready ([`notify`]), waits for a signal and shuts everything down in
+//! order. The core's state is split by concern:
 //! [`lists`], [`guards`], [`header_rules`], [`shield`], [`observability`].
 
 mod core;
@@ -16,6 +17,7 @@ mod guards;
 mod handle;
 mod header_rules;
 mod lists;
+mod notify;
 mod observability;
 mod shield;
 mod shield_auto;
@@ -169,6 +171,17 @@ pub async fn run(
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
+    // The program filters with the restored rules and the transports
+    // accept clients: only now may a service manager call the start done
+    // (and watch over the daemon from then on).
+    notify::ready(&tokio::task::block_in_place(|| handle.status()));
+    if let Some(every) = notify::watchdog_interval() {
+        background.push(tokio::spawn(notify::watchdog(
+            handle.clone(),
+            every,
+            stop.clone(),
+        )));
+    }
     loop {
         tokio::select! {
             _ = term.recv() => {
@@ -180,14 +193,20 @@ pub async fn run(
                 break;
             }
             _ = hup.recv() => {
-                let (reload, handle) = (reload.clone(), handle.clone());
+                notify::reloading();
+                let (reload, for_reload) = (reload.clone(), handle.clone());
                 let _ = tokio::task::spawn_blocking(move || {
-                    reload_config(reload.as_ref(), &handle, force);
+                    reload_config(reload.as_ref(), &for_reload, force);
                 })
                 .await;
+                let for_status = handle.clone();
+                if let Ok(status) = tokio::task::spawn_blocking(move || for_status.status()).await {
+                    notify::ready(&status);
+                }
             }
         }
     }
+    notify::stopping(&tokio::task::block_in_place(|| handle.status()));
     let _ = stop_tx.send(true);
     let Transports { tasks, cleanup } = transports;
     for task in tasks.into_iter().chain(background) {

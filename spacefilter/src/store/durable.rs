@@ -191,7 +191,10 @@ fn flush_loop(shared: &Shared) {
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
             }
             if state.failed.is_some()
-                || (state.stop && state.written == state.synced && state.retired.is_empty())
+                || (state.stop
+                    && state.written == state.synced
+                    && state.retired.is_empty()
+                    && !state.dir_dirty)
             {
                 return;
             }

@@ -189,9 +189,16 @@ impl Store {
         // Segments the snapshot folds were left by a crash before the fold
         // deleted them; a new live journal by a crash before it took the
         // name.
-        compaction::remove_folded(dir, folded)?;
+        if let Err(err) = compaction::remove_folded(dir, folded) {
+            log::warn!(
+                "removing journal segments the snapshot holds: {}; they are skipped",
+                crate::error_chain(&err)
+            );
+        }
         let _ = fs::remove_file(dir.join(JOURNAL_NEXT));
-        let retired = compaction::retired(dir)?;
+        let (folded_segments, retired): (Vec<_>, Vec<_>) = compaction::retired(dir)?
+            .into_iter()
+            .partition(|&(n, _)| n <= folded);
         let mut applied = 0;
         for (_, path) in &retired {
             applied += replay(path, &mut rules, &mut settings)?.applied;
@@ -230,7 +237,14 @@ impl Store {
             compact_at_len: COMPACT_AFTER_BYTES,
             poisoned: None,
             settings,
-            next_segment: retired.last().map_or(folded, |&(n, _)| n).max(folded) + 1,
+            next_segment: retired
+                .iter()
+                .chain(&folded_segments)
+                .map(|&(n, _)| n)
+                .max()
+                .unwrap_or(0)
+                .max(folded)
+                + 1,
             folding: None,
             flusher: Flusher::start(dir, live, journal_len),
             _lock: lock,
