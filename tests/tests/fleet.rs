@@ -438,3 +438,73 @@ fn a_block_reaches_a_member_within_a_second() {
     );
     assert!(p99 < Duration::from_secs(1), "p99 {p99:?} is over a second");
 }
+
+/// A member joining a fleet of 100 000 rules holds every one of them, and
+/// says how long it took from answering on its socket. Issue #14 asks for
+/// under 5 s; in a debug build it takes about 12 s (7 s of it reading the
+/// whole prefix through etcd's JSON gateway), so the bound here is only
+/// that they all arrive.
+#[test]
+fn a_joining_member_takes_a_large_fleet() {
+    const RULES: u32 = 100_000;
+    require_root();
+    let lab = Lab::new().expect("building the lab");
+    let dir = Scratch::new("fleet-join").expect("scratch directory");
+    let etcd_dir = dir.join("etcd");
+    std::fs::create_dir_all(&etcd_dir).expect("etcd directory");
+    let cluster = Cluster::start(
+        &lab.ns(Host::Listener),
+        Host::Listener.addr(Family::V4),
+        &etcd_dir,
+    )
+    .expect("starting the etcd cluster");
+    let publisher = Publisher::new(&cluster.endpoints(), FLEET).expect("a publisher");
+    let prefixes: Vec<Prefix> = (0..RULES)
+        .map(|i| {
+            let [_, a, b, c] = i.to_be_bytes();
+            format!("10.{a}.{b}.{c}").parse().expect("a prefix")
+        })
+        .collect();
+    run_in_netns(&lab.ns(Host::Listener), || {
+        publisher.put(List::Block, &prefixes, None, Some("fleet-wide"))
+    })
+    .expect("entering the listener's namespace")
+    .expect("writing the fleet");
+    let daemon = DaemonProcess::start(
+        &lab.ns(Host::Server),
+        &DaemonPaths::in_dir(&dir.join("daemon")),
+        &[
+            "--capacity",
+            "262144",
+            "--etcd",
+            &cluster.endpoints(),
+            "--fleet",
+            FLEET,
+        ],
+    )
+    .unwrap_or_else(|err| panic!("starting the daemon: {err:#}"));
+    let ready = Instant::now();
+    let mut client = Client::connect(daemon.socket()).expect("the control socket");
+    let mut held = 0;
+    let all = wait_until(Duration::from_mins(1), || {
+        held = match client
+            .call(Request::Status, &mut |_, _| {})
+            .expect("status")
+        {
+            Response::Status(view) => view.block_entries,
+            other => panic!("unexpected answer {other:?}"),
+        };
+        held == u64::from(RULES)
+    });
+    let took = ready.elapsed();
+    eprintln!("{RULES} fleet rules held {took:?} after the daemon answered");
+    assert!(all, "only {held} of {RULES} rules arrived");
+    // The line comes once the resynchronisation has also removed what is
+    // gone, just after the last rule is in.
+    assert!(
+        wait_until(TIMEOUT, || daemon
+            .log()
+            .contains("100000 rules read and applied")),
+        "the member read them in one resynchronisation"
+    );
+}

@@ -19,11 +19,11 @@ use super::{
 };
 use crate::{
     api::{
-        AdmitView, Changed, HeaderRuleView, LimitsView, LinkView, ObserveView, SampleView,
+        AdmitView, Changed, HeaderRuleView, LimitsView, LinkView, ObserveView, Origin, SampleView,
         ShieldView, StatusView, TopView,
     },
     bpf::{CounterReader, Counters},
-    net::List,
+    net::{List, Prefix},
 };
 
 /// A handle on the running daemon's core, a reader of its counters that
@@ -113,6 +113,17 @@ impl Handle {
             memory::release();
         }
         changed
+    }
+
+    /// Whether `prefix` is on `list`: `None` if it is not, `Some(true)` if
+    /// with `origin`, `Some(false)` with another (a source of rules leaves
+    /// alone what someone else made, without listing every entry).
+    #[must_use]
+    pub fn held_as(&self, list: List, prefix: Prefix, origin: Origin) -> Option<bool> {
+        self.lock()
+            .rules
+            .get(&(list, prefix))
+            .map(|meta| meta.origin == super::lists::stored(origin))
     }
 
     /// The entries of one list, or of all, as of now.

@@ -19,7 +19,7 @@
 use std::{
     collections::BTreeMap,
     fs,
-    io::{BufRead as _, BufReader},
+    io::{BufRead as _, BufReader, Read as _},
     path::PathBuf,
     sync::{
         Arc,
@@ -31,8 +31,9 @@ use std::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::gateway::{b64_decode, b64_encode, int, json_of, range_end};
 use crate::{
-    api::{LinkView, Origin},
+    api::{ErrorKind, LinkView, Origin},
     daemon::{AddRequest, Handle, Peer, Stop},
     net::{List, Prefix},
 };
@@ -43,6 +44,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a read may take (an idle watch times out, and is opened again
 /// from where it was: a link that died silently is found out this way).
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Prefixes per request to the daemon.
+const CHUNK: usize = 16 * 1024;
 /// The longest pause between two tries while etcd cannot be reached: a
 /// member cut off catches up within about this long of coming back.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -106,6 +109,19 @@ struct FleetRule {
     prefix: Prefix,
     comment: Option<String>,
     lease: i64,
+}
+
+/// What `/v3/kv/range` answers.
+#[derive(Debug, Deserialize)]
+struct RangeAnswer {
+    header: Header,
+    #[serde(default)]
+    kvs: Vec<Kv>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Header {
+    revision: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -211,7 +227,16 @@ fn run(settings: &Settings, handle: &Handle, quit: &AtomicBool) {
             handle.report_link(link.clone());
         };
         match follower.session(since, &mut |rev| progressed(rev, &mut link)) {
-            Ok(()) => backoff = Duration::from_millis(100),
+            Ok(()) => {
+                // A watch that went quiet and is opened again: the link is
+                // well, and says so.
+                backoff = Duration::from_millis(100);
+                last_ok = Some(Instant::now());
+                link.up = true;
+                link.last_error = None;
+                link.lag_secs = Some(0);
+                handle.report_link(link.clone());
+            }
             Err(why) => {
                 if link.up || link.last_error.is_none() {
                     log::warn!("fleet: {endpoint}: {why}; the rules stay as they are");
@@ -254,13 +279,6 @@ struct Follower<'a> {
     leases: BTreeMap<i64, (Instant, Option<Duration>)>,
 }
 
-/// The end of the range of keys that start with `prefix`.
-fn range_end(prefix: &str) -> String {
-    let mut end = prefix.as_bytes().to_vec();
-    *end.last_mut().expect("a prefix is never empty") += 1;
-    b64_encode(&end)
-}
-
 impl Follower<'_> {
     fn post(&self, path: &str, body: &Value) -> Result<ureq::Response, String> {
         self.agent
@@ -300,35 +318,59 @@ impl Follower<'_> {
     /// Reads every rule of the fleet and makes the lists follow; returns
     /// the revision read at.
     fn resync(&mut self) -> Result<i64, String> {
+        let started = Instant::now();
         let prefix = self.settings.prefix();
-        let answer: Value = self
-            .post(
-                "/v3/kv/range",
-                &json!({"key": b64_encode(prefix.as_bytes()), "range_end": range_end(&prefix)}),
-            )
-            .and_then(json_of)?;
-        let revision = int(&answer["header"]["revision"]);
-        let kvs: Vec<Kv> = serde_json::from_value(answer["kvs"].clone()).unwrap_or_default();
+        // Read straight into types: a whole fleet is megabytes of JSON.
+        let mut body = String::new();
+        self.post(
+            "/v3/kv/range",
+            &json!({"key": b64_encode(prefix.as_bytes()), "range_end": range_end(&prefix)}),
+        )?
+        .into_reader()
+        .read_to_string(&mut body)
+        .map_err(|err| format!("reading the fleet: {err}"))?;
+        let answer: RangeAnswer =
+            serde_json::from_str(&body).map_err(|err| format!("reading the fleet: {err}"))?;
+        drop(body);
+        let revision = answer.header.revision.parse().unwrap_or(0);
+        let kvs = answer.kvs;
         let wanted: Vec<FleetRule> = kvs.iter().filter_map(|kv| rule_of(kv, &prefix)).collect();
+        log::info!(
+            "fleet: {} keys read in {:?}",
+            wanted.len(),
+            started.elapsed()
+        );
         // New and changed rules first: nothing the fleet still holds lapses.
-        for rule in &wanted {
-            self.put(rule);
-        }
+        self.put_many(&wanted);
         let keep: std::collections::BTreeSet<(List, Prefix)> =
             wanted.iter().map(|r| (r.list, r.prefix)).collect();
         let held = self
             .handle
             .entries(None)
             .map_err(|r| format!("reading the lists: {}", r.message))?;
-        for entry in held.iter().filter(|e| e.origin == Origin::Fleet) {
-            if !keep.contains(&(entry.list, entry.prefix)) {
-                self.delete(entry.list, entry.prefix);
+        for list in [List::Allow, List::Block] {
+            let gone: Vec<String> = held
+                .iter()
+                .filter(|e| e.origin == Origin::Fleet && e.list == list)
+                .filter(|e| !keep.contains(&(list, e.prefix)))
+                .map(|e| e.prefix.to_string())
+                .collect();
+            for chunk in gone.chunks(CHUNK) {
+                if let Err(refusal) = self.handle.remove(list, chunk, peer()) {
+                    log::warn!(
+                        "fleet: removing {} gone {} entries: {}",
+                        chunk.len(),
+                        list.name(),
+                        refusal.message
+                    );
+                }
             }
         }
         log::info!(
-            "fleet {}: {} rules read at revision {revision}",
+            "fleet {}: {} rules read and applied at revision {revision} in {:?}",
             self.settings.fleet,
-            wanted.len()
+            wanted.len(),
+            started.elapsed()
         );
         Ok(revision)
     }
@@ -429,48 +471,63 @@ impl Follower<'_> {
     }
 
     fn put(&mut self, rule: &FleetRule) {
-        let ttl = self.ttl(rule.lease);
-        if rule.lease != 0 && ttl.is_none_or(|t| t.is_zero()) {
-            // The lease is gone: its keys are being deleted.
-            return;
+        self.put_many(std::slice::from_ref(rule));
+    }
+
+    /// Applies rules, in one request for each list, lease and comment: a
+    /// joining member takes a whole fleet in a few requests.
+    fn put_many(&mut self, rules: &[FleetRule]) {
+        let mut groups: BTreeMap<(List, i64, Option<&str>), Vec<String>> = BTreeMap::new();
+        for rule in rules {
+            // A rule someone else made on this host stays theirs.
+            if self.handle.held_as(rule.list, rule.prefix, Origin::Fleet) == Some(false) {
+                continue;
+            }
+            groups
+                .entry((rule.list, rule.lease, rule.comment.as_deref()))
+                .or_default()
+                .push(rule.prefix.to_string());
         }
-        // A rule someone else made on this host stays theirs.
-        if let Ok(entries) = self.handle.entries(Some(rule.list))
-            && entries
-                .iter()
-                .any(|e| e.origin != Origin::Fleet && e.prefix == rule.prefix)
-        {
-            return;
-        }
-        let result = self.handle.add(
-            AddRequest {
-                list: rule.list,
-                prefixes: vec![rule.prefix.to_string()],
-                ttl,
-                comment: rule.comment.clone(),
-                origin: Origin::Fleet,
-                force: false,
-            },
-            peer(),
-            &mut |_, _| {},
-        );
-        if let Err(refusal) = result {
-            log::warn!(
-                "fleet: {} {}: {}; not applied on this host",
-                rule.list.name(),
-                rule.prefix,
-                refusal.message
-            );
+        for ((list, lease, comment), prefixes) in groups {
+            let ttl = self.ttl(lease);
+            if lease != 0 && ttl.is_none_or(|t| t.is_zero()) {
+                // The lease is gone: its keys are being deleted.
+                continue;
+            }
+            for chunk in prefixes.chunks(CHUNK) {
+                let add = |prefixes: Vec<String>| {
+                    self.handle.add(
+                        AddRequest {
+                            list,
+                            prefixes,
+                            ttl,
+                            comment: comment.map(str::to_owned),
+                            origin: Origin::Fleet,
+                            force: false,
+                        },
+                        peer(),
+                        &mut |_, _| {},
+                    )
+                };
+                match add(chunk.to_vec()) {
+                    Ok(_) => {}
+                    // One prefix this host's guard refuses must not keep
+                    // the others out.
+                    Err(refusal) if refusal.kind == ErrorKind::Refused && chunk.len() > 1 => {
+                        for prefix in chunk {
+                            if let Err(refusal) = add(vec![prefix.clone()]) {
+                                refused(list, prefix, &refusal.message);
+                            }
+                        }
+                    }
+                    Err(refusal) => refused(list, &chunk[0], &refusal.message),
+                }
+            }
         }
     }
 
     fn delete(&self, list: List, prefix: Prefix) {
-        let ours = self.handle.entries(Some(list)).is_ok_and(|entries| {
-            entries
-                .iter()
-                .any(|e| e.origin == Origin::Fleet && e.prefix == prefix)
-        });
-        if !ours {
+        if self.handle.held_as(list, prefix, Origin::Fleet) != Some(true) {
             return;
         }
         if let Err(refusal) = self.handle.remove(list, &[prefix.to_string()], peer()) {
@@ -494,6 +551,13 @@ enum WatchEnd {
     Quit,
 }
 
+fn refused(list: List, prefix: &str, why: &str) {
+    log::warn!(
+        "fleet: {} {prefix}: {why}; not applied on this host",
+        list.name()
+    );
+}
+
 fn peer() -> Peer {
     Peer {
         uid: nix::unistd::getuid().as_raw(),
@@ -501,76 +565,9 @@ fn peer() -> Peer {
     }
 }
 
-pub(super) fn json_of(response: ureq::Response) -> Result<Value, String> {
-    let text = response.into_string().map_err(|err| err.to_string())?;
-    serde_json::from_str(&text).map_err(|err| err.to_string())
-}
-
-/// etcd's gateway writes 64-bit numbers as strings.
-pub(super) fn int(value: &Value) -> i64 {
-    match value {
-        Value::String(s) => s.parse().unwrap_or(0),
-        Value::Number(n) => n.as_i64().unwrap_or(0),
-        _ => 0,
-    }
-}
-
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-pub(super) fn b64_encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = (u32::from(chunk[0]) << 16)
-            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*chunk.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(B64[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-fn b64_decode(text: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(text.len() / 4 * 3);
-    let (mut acc, mut bits) = (0u32, 0);
-    for c in text.bytes().filter(|&c| c != b'=') {
-        let v = B64.iter().position(|&b| b == c)?;
-        acc = (acc << 6) | u32::try_from(v).ok()?;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push(u8::try_from((acc >> bits) & 0xff).ok()?);
-        }
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_round_trips() {
-        for text in [
-            "",
-            "a",
-            "ab",
-            "abc",
-            "/spacefilter/edge/block/198.18.2.0/24",
-        ] {
-            let encoded = b64_encode(text.as_bytes());
-            assert_eq!(b64_decode(&encoded).unwrap(), text.as_bytes());
-        }
-        assert_eq!(
-            b64_encode(b"/sf/t/block/1.2.3.4/32"),
-            "L3NmL3QvYmxvY2svMS4yLjMuNC8zMg=="
-        );
-        assert_eq!(range_end("/a/"), b64_encode(b"/a0"));
-    }
 
     #[test]
     fn keys_are_read() {

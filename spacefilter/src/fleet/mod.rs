@@ -10,6 +10,7 @@
 pub mod crowdsec;
 mod decisions;
 pub mod etcd;
+mod gateway;
 pub mod publish;
 
 use std::time::Duration;

@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::etcd::{Settings, b64_encode, int, json_of};
+use super::{
+    etcd::Settings,
+    gateway::{b64_encode, int, json_of},
+};
 use crate::net::{List, Prefix};
 
 /// Keys written per transaction.
