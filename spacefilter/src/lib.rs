@@ -28,6 +28,7 @@ pub mod bpf;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod fleet;
 pub mod net;
 pub mod server;
 pub mod store;

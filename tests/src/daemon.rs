@@ -137,6 +137,16 @@ impl DaemonPaths {
     }
 }
 
+/// What a daemon is started with beyond its arguments.
+#[derive(Clone, Debug, Default)]
+pub struct Launch {
+    /// Variables set in its environment (`NOTIFY_SOCKET`, ...).
+    pub env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    /// A command that runs the binary (`setpriv ... --`), inside the
+    /// namespace.
+    pub wrapper: Vec<std::ffi::OsString>,
+}
+
 /// A `spacefilter run` process in a lab's server namespace, attached to
 /// its [`IFACE`]. Dropping it stops the daemon (SIGTERM, then SIGKILL);
 /// if the test is failing, the daemon's log is printed first.
@@ -160,6 +170,17 @@ impl DaemonProcess {
     /// Starts the daemon and returns at once, ready or not: for a daemon
     /// that is expected to refuse to start (see [`Self::wait_exit`]).
     pub fn spawn(ns: &str, paths: &DaemonPaths, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::spawn_with(ns, paths, extra, &Launch::default())
+    }
+
+    /// [`Self::spawn`], with what `launch` adds: variables in the
+    /// daemon's environment, a command that runs it.
+    pub fn spawn_with(
+        ns: &str,
+        paths: &DaemonPaths,
+        extra: &[&str],
+        launch: &Launch,
+    ) -> anyhow::Result<Self> {
         if let Some(dir) = paths.log.parent() {
             fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -173,6 +194,7 @@ impl DaemonProcess {
         let mut command = Command::new("ip");
         command
             .args(["netns", "exec", ns])
+            .args(&launch.wrapper)
             .arg(binary())
             .args(["run", "--iface", IFACE, "--state-dir"])
             .arg(&paths.state_dir)
@@ -180,6 +202,7 @@ impl DaemonProcess {
             .arg(&paths.socket)
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(launch.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err_log)

@@ -6,7 +6,9 @@
 //! need root; [`require_root`] makes a test fail (never skip) without it.
 
 pub mod bench;
+pub mod crowdsec;
 pub mod daemon;
+pub mod etcd;
 pub mod fixture;
 pub mod flood;
 pub mod generate;

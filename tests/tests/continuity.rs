@@ -9,6 +9,7 @@
 
 use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
 
+use nix::sys::signal::Signal;
 use spacefilter::api::StatusView;
 use spacefilter_tests::{
     daemon::{BpfFs, DaemonPaths, DaemonProcess, STOP_TIMEOUT, Scratch, binary},
@@ -84,6 +85,29 @@ fn attacker_frames_across_a_restart(
     (sink.received_from(attacker) - from_attacker, daemon)
 }
 
+/// SIGHUP reads the config again and keeps the daemon, and the block:
+/// not one datagram from the attacker gets through meanwhile.
+fn sighup_under_a_flood(
+    lab: &Lab,
+    sink: &UdpSink,
+    to: SocketAddr,
+    mut daemon: DaemonProcess,
+) -> DaemonProcess {
+    let (leaked, mut daemon) = attacker_frames_across_a_restart(lab, sink, to, || {
+        daemon.signal(Signal::SIGHUP).expect("SIGHUP");
+        assert!(
+            wait_until(TIMEOUT, || daemon.log().contains("SIGHUP")),
+            "{}",
+            daemon.log()
+        );
+        daemon
+    });
+    eprintln!("SIGHUP: {leaked} datagrams from the attacker got through");
+    assert_eq!(leaked, 0, "the attacker got through at a SIGHUP");
+    assert!(daemon.is_running(), "SIGHUP ended the daemon");
+    daemon
+}
+
 #[test]
 fn the_filter_outlives_the_daemon_and_its_successor_takes_over_with_no_gap() {
     require_root();
@@ -156,7 +180,7 @@ fn the_filter_outlives_the_daemon_and_its_successor_takes_over_with_no_gap() {
     eprintln!("takeover after a crash: {leaked} datagrams from the attacker got through");
     assert_eq!(leaked, 0, "the attacker got through during the takeover");
     // And a clean stop and start, the same.
-    let (leaked, mut daemon) = attacker_frames_across_a_restart(&lab, &sink, to, || {
+    let (leaked, daemon) = attacker_frames_across_a_restart(&lab, &sink, to, || {
         daemon.terminate(STOP_TIMEOUT).expect("stopping");
         start(&lab, &paths, &pin_dir)
     });
@@ -167,6 +191,7 @@ fn the_filter_outlives_the_daemon_and_its_successor_takes_over_with_no_gap() {
         "{}",
         daemon.log()
     );
+    let mut daemon = sighup_under_a_flood(&lab, &sink, to, daemon);
 
     // `detach` takes it off once the daemon has stopped: the attacker's
     // datagrams arrive again (the positive control of every count above).
@@ -198,5 +223,95 @@ fn the_filter_outlives_the_daemon_and_its_successor_takes_over_with_no_gap() {
         sink.wait_for(attacker, before + 20, TIMEOUT),
         before + 20,
         "the attacker's datagrams arrive once the filter is off"
+    );
+}
+
+/// Whether the attacker's datagrams have stopped arriving: none for
+/// half a second.
+fn attacker_held_off(sink: &UdpSink, attacker: std::net::IpAddr) -> bool {
+    let mut last = (sink.received_from(attacker), std::time::Instant::now());
+    wait_until(Duration::from_secs(10), || {
+        let now = sink.received_from(attacker);
+        if now != last.0 {
+            last = (now, std::time::Instant::now());
+        }
+        last.1.elapsed() >= Duration::from_millis(500)
+    })
+}
+
+/// A successor carries over what its predecessor's program learnt while
+/// no daemon ran: a source the old program auto-blocked stays blocked
+/// through the takeover (a fresh bucket would let its burst through
+/// again), and the new daemon lists the block once it reconciles.
+#[test]
+fn a_takeover_keeps_what_the_flood_taught() {
+    require_root();
+    let lab = Lab::new().expect("building the lab");
+    let dir = Scratch::new("carry").expect("a scratch directory");
+    let bpffs = BpfFs::mount(&dir.path().join("bpf")).expect("a BPF filesystem");
+    let pin_dir = bpffs.path().join("spacefilter");
+    let paths = DaemonPaths::in_dir(&dir.path().join("state"));
+    let sink = UdpSink::start(&lab, Host::Server).expect("a UDP service on the server");
+    let to = SocketAddr::new(Host::Server.addr(Family::V4), sink.port());
+    let attacker = Host::Attacker.addr(Family::V4);
+
+    let mut daemon = start(&lab, &paths, &pin_dir);
+    daemon
+        .cli(&[
+            "limit",
+            "set",
+            "--pps",
+            "200",
+            "--burst",
+            "200",
+            "--block-after",
+            "1s",
+            "--block-ttl",
+            "10m",
+        ])
+        .ok("limit set");
+    daemon.kill().expect("kill -9");
+
+    // While no daemon runs, the attacker floods: its burst gets through
+    // (the positive control: a fresh bucket lets it in), then the old
+    // program auto-blocks it.
+    let attack = UdpStream::start(&lab, Host::Attacker, to, RATE).expect("attack stream");
+    assert!(
+        wait_until(TIMEOUT, || sink.received_from(attacker) >= 200),
+        "the attacker's burst arrives"
+    );
+    assert!(
+        attacker_held_off(&sink, attacker),
+        "the old program never held the attacker off"
+    );
+    let before = sink.received_from(attacker);
+
+    // The successor takes over while the flood goes on: not one more
+    // datagram gets through.
+    let daemon = start(&lab, &paths, &pin_dir);
+    assert!(daemon.log().contains("took over eth0"), "{}", daemon.log());
+    // Long enough for a fresh bucket's burst and a second over the limit.
+    let listed = wait_until(Duration::from_secs(15), || {
+        daemon
+            .cli(&["list", "--json"])
+            .ok("list")
+            .contains(&format!("\"{attacker}/32\""))
+    });
+    let _ = attack.stop();
+    let leaked = sink.received_from(attacker) - before;
+    eprintln!(
+        "takeover during a flood: {leaked} datagrams from an auto-blocked source got through"
+    );
+    assert_eq!(
+        leaked, 0,
+        "the auto-blocked source got through the takeover"
+    );
+    assert!(listed, "the carried auto-block was never listed");
+    assert!(
+        daemon
+            .log()
+            .contains("carried over from the predecessor's program"),
+        "{}",
+        daemon.log()
     );
 }

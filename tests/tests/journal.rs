@@ -1,8 +1,8 @@
 //! The state directory on a full disk: a tmpfs of a few dozen KiB, filled
 //! by the store's own appends. A change that could not be written is
 //! reported as failed and never comes back; every acknowledged change
-//! does; a compaction that cannot be written fails alone and leaves
-//! nothing behind; the store opens again, full disk or not.
+//! does; a fold into a snapshot that cannot be written fails alone and
+//! leaves nothing behind; the store opens again, full disk or not.
 
 use std::{
     fs,
@@ -82,7 +82,7 @@ fn fill(store: &mut Store, mut rules: Rules, first: &mut u32, failures: u32) -> 
         let mut after = rules.clone();
         op.apply(&mut after);
         match store.append(&op, &after) {
-            Ok(()) => rules = after,
+            Ok(_) => rules = after,
             Err(StateError::Io { .. }) => failed += 1,
             Err(other) => panic!("an append failed otherwise: {other}"),
         }
@@ -102,15 +102,6 @@ fn a_full_disk_loses_no_acknowledged_change_and_keeps_no_failed_one() {
         let (mut store, rules) = Store::open(&dir).expect("opening the store");
         let mut rules = fill(&mut store, rules, &mut next, 3);
         assert!(rules.len() >= 64, "nothing fitted: {}", rules.len());
-        // A compaction on the full disk fails alone and leaves no
-        // half-written snapshot.
-        assert!(store.compact(&rules).is_err(), "a snapshot fitted");
-        let leftovers: Vec<_> = fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .filter(|n| n.to_string_lossy().ends_with(".tmp"))
-            .collect();
-        assert!(leftovers.is_empty(), "{leftovers:?}");
         // With room again, the next change lands on a clean journal, not
         // glued onto what a failed one left.
         disk.resize("4m");
@@ -128,11 +119,44 @@ fn a_full_disk_loses_no_acknowledged_change_and_keeps_no_failed_one() {
         .filter(|n| n.to_string_lossy().contains("damaged"))
         .collect();
     assert!(damaged.is_empty(), "{damaged:?}");
-    // Full again: the store still opens (its compaction fails and is left
-    // for later) with exactly the acknowledged changes.
+    // Full again: the store still opens (its fold into a snapshot fails
+    // and is left for later, with no half-written file) with exactly the
+    // acknowledged changes, twice over.
     disk.resize("384k");
     let expected = fill(&mut store, rules, &mut next, 2);
     drop(store);
-    let (_store, rules) = Store::open(&dir).expect("opening on a full disk");
+    for _ in 0..2 {
+        let (store, rules) = Store::open(&dir).expect("opening on a full disk");
+        assert_eq!(rules, expected);
+        drop(store);
+        let names = names(&dir);
+        assert!(!names.iter().any(|n| n.contains(".tmp")), "{names:?}");
+        assert!(
+            names
+                .iter()
+                .any(|n| n.starts_with("journal.") && n != "journal.jsonl"),
+            "the fold was expected to fail on the full disk, leaving a segment: {names:?}"
+        );
+    }
+    // With room, the next open folds every segment away.
+    disk.resize("4m");
+    let (store, rules) = Store::open(&dir).expect("opening with room");
     assert_eq!(rules, expected);
+    drop(store);
+    let names = names(&dir);
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.starts_with("journal.") && n != "journal.jsonl"),
+        "{names:?}"
+    );
+    let (_store, rules) = Store::open(&dir).expect("opening after the fold");
+    assert_eq!(rules, expected);
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
 }

@@ -18,7 +18,9 @@ use std::{
 /// The top-level modules of the crate and the ones each may use. This is
 /// the architecture: `cli → api (client) ═ socket ═ server → daemon →
 /// store, bpf → kernel`, with `net` (prefixes, lists) and `telemetry` (what
-/// samples become) below the daemon.
+/// samples become) below the daemon. `fleet` (the outside sources of rules:
+/// CrowdSec, etcd) sits beside `server`: another way in to the daemon's
+/// handle, started by the command line.
 const ALLOWED: &[(&str, &[&str])] = &[
     (
         "cli",
@@ -27,6 +29,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "config",
             "daemon",
             "server",
+            "fleet",
             "net",
             "telemetry",
             "bpf",
@@ -34,6 +37,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     ("config", &["daemon", "server", "net", "bpf"]),
     ("server", &["api", "daemon"]),
+    ("fleet", &["api", "daemon", "net"]),
     ("daemon", &["api", "bpf", "net", "store", "telemetry"]),
     ("telemetry", &["api", "bpf", "net"]),
     ("store", &["net"]),

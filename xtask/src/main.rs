@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build | test | demo | bench | fuzz | kernels`.
+//! Project tasks: `cargo xtask setup | build | test | demo | bench | fuzz | kernels | package`.
 
 mod kernels;
 mod setup;
@@ -52,6 +52,11 @@ enum Task {
         #[arg(long, default_value = "all", value_parser = kernels::Choice::parse)]
         kernel: kernels::Choice,
     },
+    /// Set up, then build the release binary and the Debian package:
+    /// the binary, the systemd unit, the sample config, the manual pages
+    /// and shell completions generated from the command line. Prints the
+    /// package's path (`target/debian/spacefilter_VERSION_ARCH.deb`).
+    Package,
 }
 
 fn main() -> Result<()> {
@@ -80,6 +85,10 @@ fn main() -> Result<()> {
         Task::Kernels { kernel } => {
             setup::run()?;
             kernels::run(&kernel.0)
+        }
+        Task::Package => {
+            setup::run()?;
+            tasks::package()
         }
     }
 }

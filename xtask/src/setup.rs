@@ -30,6 +30,14 @@ const SYSTEM_TOOLS: &[(&str, &str)] = &[
     ("iptables", "iptables"),
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("busybox", "busybox-static"),
+    // The service's tests: the unit checked, the daemon run with the
+    // unit's capabilities only, the manual pages rendered.
+    ("systemd-analyze", "systemd"),
+    ("setpriv", "util-linux"),
+    ("man", "man-db"),
+    // The fleet's tests run an etcd cluster of their own.
+    ("etcd", "etcd-server"),
+    ("etcdctl", "etcd-client"),
 ];
 
 fn say(msg: &str) {
@@ -41,6 +49,7 @@ pub(crate) fn run() -> Result<()> {
     check_kernel()?;
     put_cargo_bin_on_path();
     system_tools()?;
+    crowdsec()?;
     rust_toolchains()?;
     bpf_linker()?;
     mount_bpffs()?;
@@ -132,18 +141,66 @@ fn apt_install(packages: &[&str]) -> Result<()> {
 }
 
 fn system_tools() -> Result<()> {
-    let missing: Vec<&str> = SYSTEM_TOOLS
+    // And what `cargo xtask package` runs.
+    let mut missing: Vec<&str> = SYSTEM_TOOLS
         .iter()
+        .chain(&xtask::package::TOOLS)
         .filter(|(command, _)| !have(command))
         .map(|&(_, package)| package)
         .collect();
+    missing.dedup();
     if missing.is_empty() {
         say(
-            "system tools present (iproute2, ping, tcpdump, ethtool, bpftool, xdp-tools, nftables, iptables, qemu, busybox)",
+            "system tools present (iproute2, ping, tcpdump, ethtool, bpftool, xdp-tools, nftables, iptables, qemu, busybox, systemd, man-db, dpkg-dev, etcd)",
         );
         return Ok(());
     }
     apt_install(&missing)
+}
+
+/// CrowdSec, for the bouncer's tests: they run a local API of their own
+/// (own configuration, database and port, in a lab namespace), so the
+/// host's service is switched off. Debian's package registers with
+/// CrowdSec's central API on install unless its credentials file already
+/// has something in it (README.Debian): a placeholder keeps the install
+/// offline.
+fn crowdsec() -> Result<()> {
+    if have("cscli") && have("crowdsec") {
+        say("crowdsec present");
+        return host_services_off();
+    }
+    let capi = Path::new("/etc/crowdsec/online_api_credentials.yaml");
+    if fs::metadata(capi).map_or(true, |m| m.len() == 0) {
+        fs::create_dir_all("/etc/crowdsec")?;
+        fs::write(
+            capi,
+            "# Central API registration skipped: this host runs CrowdSec for spacefilter's tests
+",
+        )
+        .with_context(|| format!("writing {}", capi.display()))?;
+    }
+    apt_install(&["crowdsec"])?;
+    host_services_off()
+}
+
+/// The services Debian's crowdsec and etcd-server packages start: the tests
+/// run instances of their own, so the host's are switched off.
+fn host_services_off() -> Result<()> {
+    if !Path::new("/run/systemd/system").is_dir() {
+        return Ok(());
+    }
+    for service in ["crowdsec.service", "etcd.service"] {
+        let enabled = Command::new("systemctl")
+            .args(["is-enabled", "--quiet", service])
+            .status()
+            .is_ok_and(|s| s.success());
+        if enabled {
+            let mut disable = Command::new("systemctl");
+            disable.args(["disable", "--now", service]);
+            run_cmd(disable, &format!("systemctl disable --now {service}"))?;
+        }
+    }
+    Ok(())
 }
 
 fn output(cmd: &mut Command) -> Option<String> {

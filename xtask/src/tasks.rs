@@ -205,3 +205,28 @@ pub(crate) fn fuzz(cases: u32) -> Result<()> {
     .env("SPACEFILTER_FUZZ_CASES", cases.to_string());
     run_cmd(cmd, "differential fuzzing")
 }
+
+pub(crate) fn package() -> Result<()> {
+    step("cargo build --release (the binary the package ships)");
+    let mut cmd = cargo();
+    cmd.args([
+        "build",
+        "--release",
+        "--package",
+        "spacefilter",
+        "--bin",
+        "spacefilter",
+    ]);
+    run_cmd(cmd, "build")?;
+    step("the Debian package");
+    let root = workspace_root();
+    let out_dir = root.join("target/debian");
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let package = xtask::package::build_deb(&xtask::package::Inputs {
+        binary: &root.join("target/release/spacefilter"),
+        root: &root,
+        out_dir: &out_dir,
+    })?;
+    println!("{}", package.deb.display());
+    Ok(())
+}

@@ -47,8 +47,8 @@ pub use self::{
     rules::{HeaderRuleView, RuleAction},
     shield::{AdmitView, ShieldAuto, ShieldView, VerifiedView},
     views::{
-        Changed, CounterView, EntryView, FeatureOffView, InterfaceView, ObserveView, SampleView,
-        StatsView, StatusView, TalkerView, TopView,
+        Changed, CounterView, EntryView, FeatureOffView, InterfaceView, LinkView, ObserveView,
+        SampleView, StatsView, StatusView, TalkerView, TopView,
     },
 };
 use crate::net::List;
@@ -71,6 +71,10 @@ pub enum Origin {
     Config,
     /// Made by the rate limiter for a source that stayed over its limit.
     Auto,
+    /// Written by a member of the etcd fleet this host belongs to.
+    Fleet,
+    /// A ban decision of the CrowdSec local API this host is a bouncer of.
+    Crowdsec,
 }
 
 impl Origin {
@@ -81,6 +85,8 @@ impl Origin {
             Origin::File => "file",
             Origin::Config => "config",
             Origin::Auto => "auto",
+            Origin::Fleet => "fleet",
+            Origin::Crowdsec => "crowdsec",
         }
     }
 }

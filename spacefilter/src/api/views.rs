@@ -186,6 +186,37 @@ pub struct StatusView {
     /// The kernel features the program runs without.
     #[serde(default)]
     pub features_off: Vec<FeatureOffView>,
+    /// The outside sources of rules this daemon follows (a CrowdSec local
+    /// API, an etcd fleet), each with the state of its link.
+    #[serde(default)]
+    pub links: Vec<LinkView>,
+}
+
+/// The state of a link to an outside source of rules.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkView {
+    /// What it is: `crowdsec` or `fleet`.
+    pub kind: String,
+    /// The fleet's name, for a fleet.
+    #[serde(default)]
+    pub name: String,
+    /// Where it is (the URL, or the etcd endpoints).
+    pub url: String,
+    /// Whether the last exchange worked.
+    pub up: bool,
+    /// Seconds since the last exchange that worked; none if none has.
+    #[serde(default)]
+    pub lag_secs: Option<u64>,
+    /// How far the source's history has been applied (the etcd revision,
+    /// or the count of CrowdSec polls that worked).
+    #[serde(default)]
+    pub revision: u64,
+    /// Entries this daemon holds from the source.
+    #[serde(default)]
+    pub entries: u64,
+    /// Why the last exchange failed, while it does.
+    #[serde(default)]
+    pub last_error: Option<String>,
 }
 
 /// A kernel feature the program runs without.

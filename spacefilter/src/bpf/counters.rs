@@ -1,6 +1,6 @@
 //! The per-CPU verdict counters, per reason and per interface slot.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use aya::{
     Ebpf,
@@ -122,5 +122,23 @@ impl Stats {
             by_iface,
             verified: BTreeMap::new(),
         })
+    }
+}
+
+/// Reads the counters without the daemon's lock: handles on the counter
+/// maps, and the interface slots as attached when it was made.
+pub struct CounterReader {
+    pub(super) stats: Arc<Stats>,
+    pub(super) proofs: PerCpuArray<MapData, u64>,
+    pub(super) ifaces: Vec<(String, u32)>,
+}
+
+impl CounterReader {
+    /// The verdict counters, summed over the CPUs, in all and per attached
+    /// interface, with the proofs' counts.
+    pub fn read(&self) -> Result<Counters, ListError> {
+        let mut counters = self.stats.read(&self.ifaces)?;
+        counters.verified = super::verifier::proven(&self.proofs)?;
+        Ok(counters)
     }
 }

@@ -142,11 +142,17 @@ pub fn probe(without: u32) -> (u32, Vec<FeatureOff>) {
     static MISSING: OnceLock<Vec<BpfHelper>> = OnceLock::new();
     let missing = MISSING.get_or_init(|| {
         let mut missing = Vec::new();
-        for (helper, _, _) in Feature::ALL.iter().flat_map(|f| f.helpers()) {
-            if !missing.contains(helper)
-                && !is_helper_supported(ProgramType::Xdp, *helper).unwrap_or(false)
-            {
-                missing.push(*helper);
+        for (helper, name, _) in Feature::ALL.iter().flat_map(|f| f.helpers()) {
+            if missing.contains(helper) {
+                continue;
+            }
+            match is_helper_supported(ProgramType::Xdp, *helper) {
+                Ok(true) => {}
+                Ok(false) => missing.push(*helper),
+                // A probe refused before the verifier saw it (no
+                // CAP_NET_ADMIN or CAP_BPF) says nothing of the kernel:
+                // the program's own load reports what is wrong.
+                Err(err) => log::debug!("probing {name}: {err}; taken as present"),
             }
         }
         missing

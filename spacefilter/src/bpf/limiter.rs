@@ -33,6 +33,9 @@ pub struct Limiter {
     exempt: HashMap<MapData, [u8; 16], u8>,
 }
 
+/// A map keyed by source (see [`limiter_key`]).
+pub(super) type SourceMap<V> = HashMap<MapData, [u8; 16], V>;
+
 /// A port mark no write makes: the port's mark in the map is not known.
 const UNKNOWN: u8 = u8::MAX;
 
@@ -89,6 +92,13 @@ impl Limiter {
             auto_active: take(ebpf, map_names::AUTO_ACTIVE)?,
             exempt: take(ebpf, map_names::AUTO_EXEMPT)?,
         })
+    }
+
+    /// The maps a successor carries over from its predecessor's program
+    /// (see [`super::Filter::attach_pinned`]): the sources' token buckets
+    /// and the auto-blocks.
+    pub(super) fn carried(&mut self) -> (&mut SourceMap<Bucket>, &mut SourceMap<AutoBlock>) {
+        (&mut self.buckets, &mut self.auto)
     }
 
     /// Puts new limits in force at once, without reloading the program.

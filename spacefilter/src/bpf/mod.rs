@@ -33,7 +33,7 @@ pub mod verifier;
 use aya::{Ebpf, maps::MapError};
 
 pub use self::{
-    counters::{Counters, Stats},
+    counters::{CounterReader, Counters, Stats},
     features::{Feature, FeatureOff},
     limiter::{Limiter, Shielded, limiter_key_of, limiter_prefix},
     lists::{Entry, HitSums, Lists},

@@ -1,7 +1,7 @@
 //! The loaded XDP program: load it, attach it to interfaces, steer its
 //! lists and read its counters.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use aya::{
     Ebpf, EbpfLoader, TestRunOptions,
@@ -23,8 +23,8 @@ mod pinning;
 pub use self::pinning::pinned_program;
 use self::pinning::{Held, remove_pin};
 use super::{
-    Counters, Entry, FeatureOff, HeaderRules, Limiter, ListError, Lists, Observer, Stats, Verifier,
-    features,
+    CounterReader, Counters, Entry, FeatureOff, HeaderRules, Limiter, ListError, Lists, Observer,
+    Stats, Verifier, features,
 };
 use crate::{
     error_chain,
@@ -176,7 +176,7 @@ fn random_seed() -> u64 {
 pub struct Filter {
     ebpf: Ebpf,
     lists: Lists,
-    stats: Stats,
+    stats: Arc<Stats>,
     limiter: Limiter,
     header_rules: HeaderRules,
     observer: Observer,
@@ -271,7 +271,7 @@ impl Filter {
         Ok(Self {
             ebpf,
             lists,
-            stats,
+            stats: Arc::new(stats),
             limiter,
             header_rules,
             observer,
@@ -583,14 +583,27 @@ impl Filter {
     /// The verdict counters, summed over the CPUs, in all and per attached
     /// interface.
     pub fn counters(&self) -> Result<Counters, FilterError> {
-        let ifaces: Vec<(String, u32)> = self
-            .attached
-            .iter()
-            .filter_map(|(name, a)| a.slot.map(|slot| (name.clone(), slot)))
-            .collect();
-        let mut counters = self.stats.read(&ifaces)?;
+        let mut counters = self.stats.read(&self.counter_slots())?;
         counters.verified = self.verifier.proven()?;
         Ok(counters)
+    }
+
+    /// A reader of the counters that needs no access to the filter, for
+    /// the interfaces attached now.
+    pub fn counter_reader(&self) -> Result<CounterReader, FilterError> {
+        Ok(CounterReader {
+            stats: Arc::clone(&self.stats),
+            proofs: self.verifier.proofs()?,
+            ifaces: self.counter_slots(),
+        })
+    }
+
+    /// The attached interfaces' counter slots.
+    fn counter_slots(&self) -> Vec<(String, u32)> {
+        self.attached
+            .iter()
+            .filter_map(|(name, a)| a.slot.map(|slot| (name.clone(), slot)))
+            .collect()
     }
 
     /// Runs the program on `frame` `repeat` times with `BPF_PROG_TEST_RUN`

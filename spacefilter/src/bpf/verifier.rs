@@ -46,6 +46,11 @@ impl Verifier {
         })
     }
 
+    /// The verified sources' map, for a successor to carry them over.
+    pub(super) fn carried(&mut self) -> &mut HashMap<MapData, [u8; 16], Verified> {
+        &mut self.verified
+    }
+
     /// Whether the egress program records the host's peers, and how long a
     /// proof holds.
     pub fn configure(&mut self, record: bool, idle_ns: u64) -> Result<(), ListError> {
@@ -175,14 +180,42 @@ impl Verifier {
 
     /// Sources verified anew by each proof since the program was loaded.
     pub fn proven(&self) -> Result<BTreeMap<&'static str, u64>, ListError> {
-        let mut proven = BTreeMap::new();
-        for (how, name) in verified_how::NAMES {
-            let values = self.stats.get(&how, 0).map_err(|source| ListError::Read {
-                name: map_names::VERIFY_STATS,
-                source,
-            })?;
-            proven.insert(name, values.iter().sum());
-        }
-        Ok(proven)
+        proven(&self.stats)
     }
+
+    /// A handle of its own on the map of proofs' counts, for a reader
+    /// that does not go through the verifier.
+    pub(super) fn proofs(&self) -> Result<PerCpuArray<MapData, u64>, ListError> {
+        use std::os::fd::AsFd as _;
+
+        use aya::maps::{IterableMap as _, Map};
+        let read = |source| ListError::Read {
+            name: map_names::VERIFY_STATS,
+            source,
+        };
+        let fd = self
+            .stats
+            .map()
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|err| read(MapError::IoError(err)))?;
+        let data = MapData::from_fd(fd).map_err(read)?;
+        PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(read)
+    }
+}
+
+/// Sources verified anew by each proof, from the proofs' counts `stats`.
+pub(super) fn proven(
+    stats: &PerCpuArray<MapData, u64>,
+) -> Result<BTreeMap<&'static str, u64>, ListError> {
+    let mut proven = BTreeMap::new();
+    for (how, name) in verified_how::NAMES {
+        let values = stats.get(&how, 0).map_err(|source| ListError::Read {
+            name: map_names::VERIFY_STATS,
+            source,
+        })?;
+        proven.insert(name, values.iter().sum());
+    }
+    Ok(proven)
 }

@@ -38,6 +38,10 @@ pub(super) struct AddArgs {
     /// own addresses or its gateway).
     #[arg(long)]
     force: bool,
+    /// On a member of a fleet: change this host only (without it, the
+    /// change goes to every member through etcd).
+    #[arg(long)]
+    local: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -49,6 +53,9 @@ pub(super) struct RemoveArgs {
     /// Read the prefixes to remove from a file (same format as `block --file`).
     #[arg(long, value_name = "PATH")]
     file: Option<PathBuf>,
+    /// On a member of a fleet: change this host only.
+    #[arg(long)]
+    local: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -119,6 +126,7 @@ pub(super) fn add(list: List, args: AddArgs) -> Result<(), Failure> {
         ttl,
         comment,
         force,
+        local,
         common: Common { socket, json },
     } = args;
     let origin = if file.is_some() {
@@ -131,6 +139,22 @@ pub(super) fn add(list: List, args: AddArgs) -> Result<(), Failure> {
         return Err(Failure::bad_input("--ttl must be longer than zero"));
     }
     let mut client = Client::connect(&socket)?;
+    if !local && let Some(fleet) = super::fleet_write::fleet_of(&mut client)? {
+        if force {
+            return Err(Failure::bad_input(
+                "--force overrides this host's lockout guard only: add --local, or leave --force out",
+            ));
+        }
+        return super::fleet_write::add(
+            &mut client,
+            &fleet,
+            list,
+            &prefixes,
+            ttl,
+            comment.as_deref(),
+            json,
+        );
+    }
     let bar = indicatif::ProgressBar::new(0);
     if !io::stderr().is_terminal() || json {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -169,10 +193,14 @@ pub(super) fn remove(list: List, args: RemoveArgs) -> Result<(), Failure> {
     let RemoveArgs {
         prefixes,
         file,
+        local,
         common: Common { socket, json },
     } = args;
     let prefixes = gather(&prefixes, file.as_deref())?;
     let mut client = Client::connect(&socket)?;
+    if !local && let Some(fleet) = super::fleet_write::fleet_of(&mut client)? {
+        return super::fleet_write::remove(&mut client, &fleet, list, &prefixes, json);
+    }
     match client.call(Request::Remove { list, prefixes }, &mut |_, _| {})? {
         Response::Changed(changed) => {
             report_changed(&format!("un{}", list.name()), changed, json);

@@ -7,9 +7,13 @@
 )]
 
 mod capture;
+mod completions;
 mod detach;
+mod fleet_write;
 mod limit;
+mod links;
 mod lists;
+mod manpage;
 mod parse;
 mod reflect;
 mod rule;
@@ -145,6 +149,15 @@ enum Command {
     /// fallback's, the host-wide SYN budget) for --ttl. Its own per-source
     /// budgets still hold.
     Admit(AdmitArgs),
+    /// Print a completion script for a shell, generated from these
+    /// commands: e.g. `spacefilter completions bash >
+    /// /etc/bash_completion.d/spacefilter` (the Debian package installs
+    /// them for bash, zsh and fish).
+    Completions(completions::CompletionsArgs),
+    /// Write the manual pages into a directory: spacefilter.8 and one
+    /// page per command (the Debian package installs them).
+    #[command(hide = true)]
+    Manpage(manpage::ManpageArgs),
 }
 
 /// What every client verb takes.
@@ -215,6 +228,8 @@ pub fn main() -> ExitCode {
         Command::Debug(args) => sample::debug(args),
         Command::Shield(args) => shield::shield(args),
         Command::Admit(args) => shield::admit(args),
+        Command::Completions(args) => completions::completions(&args),
+        Command::Manpage(args) => manpage::manpage(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -133,6 +133,7 @@ pub(super) fn status(args: &StatusArgs) -> Result<(), Failure> {
         verified,
         state_problem,
         features_off,
+        links,
     } = view;
     println!(
         "spacefilter {version} (protocol {protocol}), up {}",
@@ -166,5 +167,28 @@ pub(super) fn status(args: &StatusArgs) -> Result<(), Failure> {
     for off in features_off {
         println!("feature {} off: {}; {}", off.feature, off.why, off.instead);
     }
+    for link in links {
+        print_link(&link);
+    }
     Ok(())
+}
+
+/// One line for a link to an outside source of rules.
+fn print_link(link: &crate::api::LinkView) {
+    let lag = link.lag_secs.map_or_else(
+        || "never reached".to_owned(),
+        |s| format!("last reached {s}s ago"),
+    );
+    println!(
+        "link {} {}: {}, revision {}, {} entries, {lag}{}",
+        link.kind,
+        link.url,
+        if link.up { "up" } else { "DOWN" },
+        link.revision,
+        link.entries,
+        link.last_error
+            .as_deref()
+            .map(|e| format!("; last error: {e}"))
+            .unwrap_or_default()
+    );
 }

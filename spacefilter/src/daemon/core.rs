@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::shield::ShieldState;
+use super::{expiry::Expiry, shield::ShieldState};
 use crate::{
     api::{ErrorKind, HeaderRuleView, LimitsView, Origin},
     bpf::Filter,
@@ -76,6 +76,8 @@ pub struct AddRequest {
 pub(super) struct Core {
     pub(super) filter: Filter,
     pub(super) rules: Rules,
+    /// When the rules with a TTL expire.
+    pub(super) expiry: Expiry,
     pub(super) store: Store,
     pub(super) limits: LimitsView,
     /// Switches to the spoofed-source fallback logged so far.

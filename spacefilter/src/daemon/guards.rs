@@ -30,15 +30,25 @@ impl Core {
         if let Some(problem) = limits.problem() {
             return Err(Refusal::bad_input(problem));
         }
-        self.filter
-            .limiter()
-            .set(kernel_limits(&limits))
-            .map_err(|err| Refusal::failed(error_chain(&err)))?;
+        // Journal first, then the kernel; a kernel write that fails is
+        // undone in the journal too.
         let op = Op::Limits {
             limits: record(&limits),
         };
-        if let Err(err) = self.store.append(&op, &self.rules) {
+        self.store
+            .append(&op, &self.rules)
+            .map_err(|err| Refusal::failed(error_chain(&err)))?;
+        if let Err(err) = self.filter.limiter().set(kernel_limits(&limits)) {
             let _ = self.filter.limiter().set(kernel_limits(&self.limits));
+            let undo = Op::Limits {
+                limits: record(&self.limits),
+            };
+            if let Err(undo_err) = self.store.append(&undo, &self.rules) {
+                log::error!(
+                    "journaling the undoing of a failed limit change: {}",
+                    error_chain(&undo_err)
+                );
+            }
             return Err(Refusal::failed(error_chain(&err)));
         }
         let mut limits = LimitsView {
@@ -149,6 +159,10 @@ impl Core {
             );
         }
         self.auto_blocks += rules.len() as u64;
+        for rule in &rules {
+            self.expiry
+                .put(rule.list, rule.prefix, rule.meta.expires_at_ms);
+        }
         let op = Op::Put { rules };
         op.apply(&mut self.rules);
         if let Err(err) = self.store.append(&op, &self.rules) {

@@ -4,6 +4,7 @@
 //! `spawn_blocking`.
 
 use std::{
+    collections::BTreeMap,
     net::IpAddr,
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
@@ -18,20 +19,37 @@ use super::{
 };
 use crate::{
     api::{
-        AdmitView, Changed, HeaderRuleView, LimitsView, ObserveView, SampleView, ShieldView,
-        StatusView, TopView,
+        AdmitView, Changed, HeaderRuleView, LimitsView, LinkView, ObserveView, Origin, SampleView,
+        ShieldView, StatusView, TopView,
     },
-    bpf::Counters,
-    net::List,
+    bpf::{CounterReader, Counters},
+    net::{List, Prefix},
 };
 
-/// A handle on the running daemon's core.
+/// A handle on the running daemon's core, a reader of its counters that
+/// needs no lock (`stats` and `watch` never wait behind an import), and the
+/// last report of each link to an outside source of rules (kept apart from
+/// the core: a link reports while an import holds the core's lock).
 #[derive(Clone)]
-pub struct Handle(Shared);
+pub struct Handle(
+    Shared,
+    Option<Arc<CounterReader>>,
+    Arc<Mutex<BTreeMap<String, LinkView>>>,
+);
 
 impl Handle {
-    pub(super) fn new(core: Arc<Mutex<Core>>) -> Self {
-        Self(core)
+    pub(super) fn new(core: Core) -> Self {
+        let counters = match core.filter.counter_reader() {
+            Ok(reader) => Some(Arc::new(reader)),
+            Err(err) => {
+                log::warn!(
+                    "reading the counters on their own: {}; they are read under the core's lock",
+                    crate::error_chain(&err)
+                );
+                None
+            }
+        };
+        Self(Arc::new(Mutex::new(core)), counters, Arc::default())
     }
 
     /// Locks the core; a panic while it was held leaves the maps and the
@@ -41,6 +59,36 @@ impl Handle {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `change` on the core, then waits, with the lock released, until
+    /// what it journaled is on disk: the client hears back once the change
+    /// is durable, and other requests go on meanwhile (their records share
+    /// the flush).
+    pub(super) fn changing<T>(
+        &self,
+        change: impl FnOnce(&mut Core) -> Result<T, Refusal>,
+    ) -> Result<T, Refusal> {
+        let (result, wait) = {
+            let mut core = self.lock();
+            let before = core.store.last_written();
+            let result = change(&mut core);
+            let after = core.store.last_written();
+            (
+                result,
+                (after > before).then(|| (core.store.durable(), after)),
+            )
+        };
+        if let Some((durable, seq)) = wait {
+            durable.wait(seq).map_err(|why| {
+                Refusal::failed(format!(
+                    "the change could not be made durable ({why}): it is in force until the daemon \
+                     restarts, and lost then; the state directory takes no more changes: fix the \
+                     disk, then restart the daemon"
+                ))
+            })?;
+        }
+        result
     }
 
     /// Adds or updates entries, all or nothing; `progress` hears (done,
@@ -57,11 +105,13 @@ impl Handle {
         // string per prefix, tens of MiB, which the maps' nodes would not
         // reuse), and the rest's at the end.
         let mut parsed = bulk;
-        let changed = self.lock().add(req, peer, &mut |done, total| {
-            if std::mem::take(&mut parsed) {
-                memory::release();
-            }
-            progress(done, total);
+        let changed = self.changing(|core| {
+            core.add(req, peer, &mut |done, total| {
+                if std::mem::take(&mut parsed) {
+                    memory::release();
+                }
+                progress(done, total);
+            })
         });
         if bulk {
             memory::release();
@@ -70,11 +120,22 @@ impl Handle {
     }
 
     pub fn remove(&self, list: List, prefixes: &[String], peer: Peer) -> Result<Changed, Refusal> {
-        let changed = self.lock().remove(list, prefixes, peer);
+        let changed = self.changing(|core| core.remove(list, prefixes, peer));
         if prefixes.len() >= memory::BULK {
             memory::release();
         }
         changed
+    }
+
+    /// Whether `prefix` is on `list`: `None` if it is not, `Some(true)` if
+    /// with `origin`, `Some(false)` with another (a source of rules leaves
+    /// alone what someone else made, without listing every entry).
+    #[must_use]
+    pub fn held_as(&self, list: List, prefix: Prefix, origin: Origin) -> Option<bool> {
+        self.lock()
+            .rules
+            .get(&(list, prefix))
+            .map(|meta| meta.origin == super::lists::stored(origin))
     }
 
     /// The entries of one list, or of all, as of now.
@@ -83,16 +144,43 @@ impl Handle {
     }
 
     pub fn counters(&self) -> Result<Counters, Refusal> {
-        self.lock().counters()
+        match &self.1 {
+            Some(reader) => reader
+                .read()
+                .map_err(|err| Refusal::failed(crate::error_chain(&err))),
+            None => self.lock().counters(),
+        }
     }
 
     #[must_use]
     pub fn status(&self) -> StatusView {
-        self.lock().status()
+        let mut view = self.lock().status();
+        view.links = self.links();
+        view
+    }
+
+    /// Records the state of a link to an outside source of rules, under
+    /// its kind (one link of each kind).
+    pub fn report_link(&self, link: LinkView) {
+        self.2
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(link.kind.clone(), link);
+    }
+
+    /// The links' last reports.
+    #[must_use]
+    pub fn links(&self) -> Vec<LinkView> {
+        self.2
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub fn set_limits(&self, limits: LimitsView, peer: Peer) -> Result<LimitsView, Refusal> {
-        self.lock().set_limits(limits, peer)
+        self.changing(|core| core.set_limits(limits, peer))
     }
 
     #[must_use]
@@ -106,11 +194,11 @@ impl Handle {
         force: bool,
         peer: Peer,
     ) -> Result<Vec<HeaderRuleView>, Refusal> {
-        self.lock().add_rule(rule, force, peer)
+        self.changing(|core| core.add_rule(rule, force, peer))
     }
 
     pub fn del_rule(&self, id: u32, peer: Peer) -> Result<Vec<HeaderRuleView>, Refusal> {
-        self.lock().del_rule(id, peer)
+        self.changing(|core| core.del_rule(id, peer))
     }
 
     pub fn header_rules(&self) -> Result<Vec<HeaderRuleView>, Refusal> {
@@ -151,7 +239,7 @@ impl Handle {
     }
 
     pub fn set_shield(&self, shield: ShieldView, peer: Peer) -> Result<ShieldView, Refusal> {
-        self.lock().set_shield(shield, peer)
+        self.changing(|core| core.set_shield(shield, peer))
     }
 
     #[must_use]
@@ -161,12 +249,12 @@ impl Handle {
 
     /// Verifies `addr` on an application's word for `ttl_secs`.
     pub fn admit(&self, addr: IpAddr, ttl_secs: u64, peer: Peer) -> Result<AdmitView, Refusal> {
-        self.lock().admit(addr, ttl_secs, peer)
+        self.changing(|core| core.admit(addr, ttl_secs, peer))
     }
 
     /// Forgets `addr`'s verification.
     pub fn revoke(&self, addr: IpAddr, peer: Peer) -> Result<AdmitView, Refusal> {
-        self.lock().revoke(addr, peer)
+        self.changing(|core| core.revoke(addr, peer))
     }
 
     /// Leaves the filter on the interfaces whose links are pinned (the

@@ -90,6 +90,8 @@ fn shown(origin: crate::store::Origin) -> Origin {
         crate::store::Origin::File => Origin::File,
         crate::store::Origin::Config => Origin::Config,
         crate::store::Origin::Auto => Origin::Auto,
+        crate::store::Origin::Fleet => Origin::Fleet,
+        crate::store::Origin::Crowdsec => Origin::Crowdsec,
     }
 }
 

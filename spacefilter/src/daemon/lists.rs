@@ -1,6 +1,6 @@
 //! The allow and block lists and the auto-blocks: add, remove, expire
 //! (`list` is [`super::listing`]). Every accepted change is journaled
-//! before the client hears back.
+//! before it is put in the maps, and durable before the client hears back.
 
 use std::{
     borrow::Cow,
@@ -29,6 +29,8 @@ pub(super) fn stored(origin: Origin) -> store::Origin {
         Origin::File => store::Origin::File,
         Origin::Config => store::Origin::Config,
         Origin::Auto => store::Origin::Auto,
+        Origin::Fleet => store::Origin::Fleet,
+        Origin::Crowdsec => store::Origin::Crowdsec,
     }
 }
 
@@ -96,16 +98,9 @@ impl Core {
             )));
         }
         let total = new.len() as u64;
-        let mut done = 0;
-        for chunk in new.chunks(INSERT_CHUNK) {
-            if let Err(err) = self.filter.lists().insert_many(list, chunk) {
-                let _ = self.filter.lists().remove_many(list, &new[..done]);
-                return Err(Refusal::failed(error_chain(&err)));
-            }
-            done += chunk.len();
-            progress(done as u64, total);
-        }
-        self.commit_put(
+        // Journal first, then the kernel: a crash in between is put right by
+        // the next start, which loads the maps from the journal.
+        let previous = self.commit_put(
             list,
             &prefixes,
             &new,
@@ -114,6 +109,16 @@ impl Core {
             expires_at_ms,
             now,
         )?;
+        let mut done = 0;
+        for chunk in new.chunks(INSERT_CHUNK) {
+            if let Err(err) = self.filter.lists().insert_many(list, chunk) {
+                let _ = self.filter.lists().remove_many(list, &new[..done]);
+                self.undo_put(list, &new, previous);
+                return Err(Refusal::failed(error_chain(&err)));
+            }
+            done += chunk.len();
+            progress(done as u64, total);
+        }
         let changed = Changed {
             added: total,
             updated: prefixes.len() as u64 - total,
@@ -137,9 +142,10 @@ impl Core {
         Ok(changed)
     }
 
-    /// Records added or updated rules in memory and on disk; if the disk
-    /// write fails, undoes both that and the kernel entries in `new`, so
-    /// that what the kernel enforces is what the disk says.
+    /// Records added or updated rules (`new` among them were not there) in
+    /// memory and in the journal; returns the others as they were (for
+    /// [`Self::undo_put`]). If the journal write fails, memory is left as it
+    /// was.
     #[expect(
         clippy::too_many_arguments,
         reason = "one call site, all parts of one rule"
@@ -153,7 +159,7 @@ impl Core {
         origin: Origin,
         expires_at_ms: Option<u64>,
         now: u64,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Batch, Refusal> {
         let fresh = Meta {
             origin: stored(origin),
             comment: comment.cloned(),
@@ -187,10 +193,46 @@ impl Core {
                 self.rules.remove(&(list, prefix));
             }
             Op::PutBatch { rules: previous }.apply(&mut self.rules);
-            let _ = self.filter.lists().remove_many(list, new);
             return Err(Refusal::failed(error_chain(&err)));
         }
-        Ok(())
+        for &prefix in prefixes {
+            self.expiry.put(list, prefix, expires_at_ms);
+        }
+        Ok(previous)
+    }
+
+    /// Puts the rules of a journaled put whose kernel write failed back as
+    /// they were (`new` were not there, `previous` were): in memory, and in
+    /// the journal (records that undo it, so that the next start does not
+    /// bring the put back).
+    fn undo_put(&mut self, list: List, new: &[Prefix], previous: Batch) {
+        for &prefix in new {
+            self.rules.remove(&(list, prefix));
+        }
+        for ((list, prefix), meta) in previous.iter() {
+            self.expiry.put(list, prefix, meta.expires_at_ms);
+        }
+        let mut undo = Vec::new();
+        if !new.is_empty() {
+            undo.push(Op::Delete {
+                list,
+                prefixes: new.to_vec(),
+            });
+        }
+        if !previous.is_empty() {
+            undo.push(Op::PutBatch { rules: previous });
+        }
+        for op in undo {
+            op.apply(&mut self.rules);
+            if let Err(err) = self.store.append(&op, &self.rules) {
+                log::error!(
+                    "journaling the undoing of a failed {} write: {}; the next start may bring \
+                     the failed entries back",
+                    list.name(),
+                    error_chain(&err)
+                );
+            }
+        }
     }
 
     /// Removes entries; prefixes that are not there are counted as
@@ -239,6 +281,7 @@ impl Core {
             .collect();
         if let Err(err) = self.store.append(&op, &self.rules) {
             for (prefix, meta) in removed {
+                self.expiry.put(list, prefix, meta.expires_at_ms);
                 self.rules.insert((list, prefix), meta);
             }
             return Err(Refusal::failed(error_chain(&err)));
@@ -279,16 +322,21 @@ impl Core {
 
     /// Removes every entry whose TTL has run out.
     pub(super) fn expire(&mut self) {
-        let now = now_ms();
         let mut due: BTreeMap<List, Vec<Prefix>> = BTreeMap::new();
-        for (&(list, prefix), meta) in &self.rules {
-            if meta.expires_at_ms.is_some_and(|at| at <= now) {
-                due.entry(list).or_default().push(prefix);
-            }
+        for (list, prefix) in self.expiry.due(&self.rules, now_ms()) {
+            due.entry(list).or_default().push(prefix);
         }
         for (list, prefixes) in due {
             if let Err(err) = self.delete(list, &prefixes, "(expired)") {
                 log::error!("expiring {} entries failed: {}", list.name(), err.message);
+                // Tried again at the next tick.
+                for prefix in prefixes {
+                    let at = self
+                        .rules
+                        .get(&(list, prefix))
+                        .and_then(|m| m.expires_at_ms);
+                    self.expiry.put(list, prefix, at);
+                }
             }
         }
     }
@@ -296,7 +344,8 @@ impl Core {
     /// The time until the next entry expires.
     #[must_use]
     pub(super) fn next_expiry(&self) -> Option<Duration> {
-        let now = now_ms();
-        self.rules.values().filter_map(|m| m.remaining(now)).min()
+        self.expiry
+            .next()
+            .map(|at| Duration::from_millis(at.saturating_sub(now_ms())))
     }
 }

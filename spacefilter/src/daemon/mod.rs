@@ -5,29 +5,28 @@
 //! [`run`] is the composition root: it starts the core ([`start`]), hands
 //! a [`Handle`] to the transports it is given (the control socket and the
 //! metrics endpoint live in [`crate::server`], which this module does not
-//! know), spawns the background [`tasks`], waits for a signal and shuts
-//! everything down in order. The core's state is split by concern:
-//! [`lists`] and [`listing`], [`guards`], [`header_rules`], [`shield`],
-//! [`observability`].
+//! know), spawns the background [`tasks`], tells a service manager it is
+//! ready ([`notify`]), waits for a signal and shuts everything down in
+//! order. The core's state is split by concern: [`lists`] and
+//! [`listing`], [`guards`], [`header_rules`], [`shield`], [`observability`].
 
 mod core;
 mod exempt;
+mod expiry;
 mod guards;
 mod handle;
 mod header_rules;
 mod listing;
 mod lists;
 mod memory;
+mod notify;
 mod observability;
 mod shield;
 mod shield_auto;
 mod start;
 mod tasks;
 
-use std::{
-    path::PathBuf,
-    sync::{Arc, Mutex},
-};
+use std::{path::PathBuf, sync::Arc};
 
 use tokio::{signal::unix::SignalKind, sync::watch, task::JoinHandle};
 
@@ -108,11 +107,14 @@ fn reload_config(reload: Option<&Reload>, handle: &Handle, force: bool) {
         return;
     };
     match (reload.0)() {
-        Ok(entries) => match start::apply_config_entries(&mut handle.lock(), entries, force) {
+        Ok(entries) => match handle.changing(|core| {
+            start::apply_config_entries(core, entries, force)
+                .map_err(|err| Refusal::failed(format!("{err:#}")))
+        }) {
             Ok(()) => log::info!(
                 "SIGHUP: the config file's allow and block entries are in force (its other settings take a restart)"
             ),
-            Err(err) => log::error!("SIGHUP: {err:#}; the entries stay as they were"),
+            Err(err) => log::error!("SIGHUP: {}; the entries stay as they were", err.message),
         },
         Err(err) => log::error!("SIGHUP: reading the config file: {err:#}; nothing changed"),
     }
@@ -135,7 +137,13 @@ pub async fn run(
     let events = core.filter.take_events();
     let samples = core.filter.take_samples();
     let kernel_log = core.filter.take_kernel_log();
-    let handle = Handle::new(Arc::new(Mutex::new(core)));
+    // What the start journaled (the config file's entries) is on disk
+    // before anyone is told the daemon is up.
+    let (durable, seq) = (core.store.durable(), core.store.last_written());
+    let handle = Handle::new(core);
+    if let Ok(Err(why)) = tokio::task::spawn_blocking(move || durable.wait(seq)).await {
+        log::error!("the start's changes could not be made durable: {why}");
+    }
     let (stop_tx, stop) = watch::channel(false);
     let transports = match serve(handle.clone(), stop.clone()) {
         Ok(transports) => transports,
@@ -169,6 +177,17 @@ pub async fn run(
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
+    // The program filters with the restored rules and the transports
+    // accept clients: only now may a service manager call the start done
+    // (and watch over the daemon from then on).
+    notify::ready(&tokio::task::block_in_place(|| handle.status()));
+    if let Some(every) = notify::watchdog_interval() {
+        background.push(tokio::spawn(notify::watchdog(
+            handle.clone(),
+            every,
+            stop.clone(),
+        )));
+    }
     loop {
         tokio::select! {
             _ = term.recv() => {
@@ -179,9 +198,21 @@ pub async fn run(
                 log::info!("SIGINT: shutting down");
                 break;
             }
-            _ = hup.recv() => reload_config(reload.as_ref(), &handle, force),
+            _ = hup.recv() => {
+                notify::reloading();
+                let (reload, for_reload) = (reload.clone(), handle.clone());
+                let _ = tokio::task::spawn_blocking(move || {
+                    reload_config(reload.as_ref(), &for_reload, force);
+                })
+                .await;
+                let for_status = handle.clone();
+                if let Ok(status) = tokio::task::spawn_blocking(move || for_status.status()).await {
+                    notify::ready(&status);
+                }
+            }
         }
     }
+    notify::stopping(&tokio::task::block_in_place(|| handle.status()));
     let _ = stop_tx.send(true);
     let Transports { tasks, cleanup } = transports;
     for task in tasks.into_iter().chain(background) {

@@ -80,7 +80,7 @@ impl Core {
             capacity: self.capacity,
             shield: self.shield.enabled.then(|| self.shield_view()),
             verified: self.verified_view(),
-            state_problem: self.store.poisoned().map(str::to_owned),
+            state_problem: self.store.poisoned(),
             features_off: self
                 .filter
                 .features_off()
@@ -91,6 +91,8 @@ impl Core {
                     instead: off.instead.clone(),
                 })
                 .collect(),
+            // Filled in by the handle, which holds the links' reports.
+            links: Vec::new(),
         }
     }
 

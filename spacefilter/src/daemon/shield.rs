@@ -439,23 +439,47 @@ impl Core {
             return Err(Refusal::bad_input(problem));
         }
         let now = monotonic_ns();
-        let until = now.saturating_add(ttl_secs.saturating_mul(1_000_000_000));
-        let (was_verified, until) = self
-            .filter
-            .verifier()
-            .admit(addr, until, now)
-            .map_err(|err| Refusal::failed(error_chain(&err)))?;
+        // A longer verification in force is kept.
+        let until = now
+            .saturating_add(ttl_secs.saturating_mul(1_000_000_000))
+            .max(
+                self.filter
+                    .verifier_ref()
+                    .lookup(addr, now)
+                    .map_or(0, |(until, _)| until),
+            );
         let left_ms = until.saturating_sub(now) / 1_000_000;
+        // Journal first, then the kernel.
+        let stored_before = self
+            .store
+            .admitted()
+            .into_iter()
+            .find(|a| a.addr == addr)
+            .map_or(0, |a| a.until_ms);
         let op = Op::Admit {
             addr,
             until_ms: store::now_ms().saturating_add(left_ms),
         };
-        if let Err(err) = self.store.append(&op, &self.rules) {
-            if !was_verified {
-                let _ = self.filter.verifier().revoke(addr, now);
+        self.store
+            .append(&op, &self.rules)
+            .map_err(|err| Refusal::failed(error_chain(&err)))?;
+        let (was_verified, until) = match self.filter.verifier().admit(addr, until, now) {
+            Ok(admitted) => admitted,
+            Err(err) => {
+                let undo = Op::Admit {
+                    addr,
+                    until_ms: stored_before,
+                };
+                if let Err(undo_err) = self.store.append(&undo, &self.rules) {
+                    log::error!(
+                        "journaling the undoing of a failed admission: {}",
+                        error_chain(&undo_err)
+                    );
+                }
+                return Err(Refusal::failed(error_chain(&err)));
             }
-            return Err(Refusal::failed(error_chain(&err)));
-        }
+        };
+        let left_ms = until.saturating_sub(now) / 1_000_000;
         log::info!("{addr} admitted for {ttl_secs} s, asked by {peer}");
         Ok(AdmitView {
             addr,

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use super::{
     AddRequest, Peer, Settings,
     core::Core,
+    expiry::Expiry,
     guards::{self, kernel_limits},
     header_rules::{self, kernel_rule},
     shield::ShieldState,
@@ -212,6 +213,7 @@ pub(super) fn start(settings: Settings) -> anyhow::Result<Core> {
     let program_id = filter.program_id().unwrap_or(0);
     let mut core = Core {
         filter,
+        expiry: Expiry::of(&rules),
         rules,
         store,
         limits,

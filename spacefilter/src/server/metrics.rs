@@ -16,7 +16,10 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use crate::daemon::{Handle, MetricsSnapshot as Snapshot, Stop};
+use crate::{
+    api::LinkView,
+    daemon::{Handle, MetricsSnapshot as Snapshot, Stop},
+};
 
 /// Reads the daemon's state at each scrape.
 struct DaemonCollector(Handle);
@@ -147,6 +150,7 @@ impl Collector for DaemonCollector {
             &[(vec![], m.spoof_switches)],
         )?;
         encode_features(&mut encoder, &m)?;
+        encode_links(&mut encoder, &self.0.links())?;
         gauge(
             &mut encoder,
             "spacefilter_uptime_seconds",
@@ -296,7 +300,7 @@ pub async fn serve(listener: TcpListener, daemon: Handle, mut stop: Stop) {
 
 /// Reads one request (its head, at most 8 KiB, within 5 s) and answers
 /// it; the connection closes after the answer.
-async fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
+async fn answer(mut stream: TcpStream, registry: &std::sync::Arc<Registry>) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
     let read = tokio::time::timeout(Duration::from_secs(5), async {
@@ -321,14 +325,21 @@ async fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<(
     let (method, path) = (words.next(), words.next());
     let (status, content_type, body) = match (method, path) {
         (Some(b"GET"), Some(b"/metrics")) => {
-            let mut body = String::new();
-            match encode(&mut body, registry) {
-                Ok(()) => (
+            // The collector takes the daemon's lock: off the runtime's
+            // worker.
+            let registry = std::sync::Arc::clone(registry);
+            let encoded = tokio::task::spawn_blocking(move || {
+                let mut body = String::new();
+                encode(&mut body, &registry).map(|()| body)
+            })
+            .await;
+            match encoded {
+                Ok(Ok(body)) => (
                     "200 OK",
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     body,
                 ),
-                Err(_) => (
+                Ok(Err(_)) | Err(_) => (
                     "500 Internal Server Error",
                     "text/plain",
                     "encoding failed\n".to_owned(),
@@ -361,5 +372,41 @@ fn encode_features(encoder: &mut DescriptorEncoder, m: &Snapshot) -> fmt::Result
             .iter()
             .map(|(name, on)| (vec![("feature", (*name).to_owned())], i64::from(*on)))
             .collect::<Vec<_>>(),
+    )
+}
+
+/// The links to outside sources of rules (CrowdSec, the fleet), by kind.
+fn encode_links(encoder: &mut DescriptorEncoder, links: &[LinkView]) -> fmt::Result {
+    let by_kind = |f: fn(&LinkView) -> Option<i64>| {
+        links
+            .iter()
+            .filter_map(|l| Some((vec![("kind", l.kind.clone())], f(l)?)))
+            .collect::<Vec<_>>()
+    };
+    gauge(
+        encoder,
+        "spacefilter_link_up",
+        "1 while the last exchange with an outside source of rules worked; 0 while it fails \
+         (the rules from it stay in force).",
+        &by_kind(|l| Some(i64::from(l.up))),
+    )?;
+    gauge(
+        encoder,
+        "spacefilter_link_lag_seconds",
+        "Seconds since the last exchange with an outside source of rules that worked.",
+        &by_kind(|l| l.lag_secs.map(signed)),
+    )?;
+    gauge(
+        encoder,
+        "spacefilter_link_revision",
+        "How far the source's history has been applied: the etcd revision, or CrowdSec polls \
+         that worked.",
+        &by_kind(|l| Some(signed(l.revision))),
+    )?;
+    gauge(
+        encoder,
+        "spacefilter_link_entries",
+        "Entries held from an outside source of rules.",
+        &by_kind(|l| Some(signed(l.entries))),
     )
 }

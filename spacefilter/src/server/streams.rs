@@ -102,13 +102,16 @@ async fn every(
             Err(_) => return,
         };
         let now = Instant::now();
-        let response = make(
-            daemon,
-            &counters,
-            previous
-                .as_ref()
-                .map(|(c, at): &(_, Instant)| (c, now - *at)),
-        );
+        // `make` may take the daemon's lock: off the runtime's worker.
+        let response = tokio::task::block_in_place(|| {
+            make(
+                daemon,
+                &counters,
+                previous
+                    .as_ref()
+                    .map(|(c, at): &(_, Instant)| (c, now - *at)),
+            )
+        });
         if let Err(err) = send(write, &response).await {
             if err.kind() != IoErrorKind::BrokenPipe {
                 log::debug!("stream: {err}");
@@ -132,7 +135,7 @@ async fn capture(
         let _ = send(write, &error(ErrorKind::BadInput, message)).await;
         return;
     }
-    let (mut feed, every) = daemon.subscribe_samples();
+    let (mut feed, every) = tokio::task::block_in_place(|| daemon.subscribe_samples());
     if every == 0 {
         let message = "drop sampling is off, so there is nothing to capture; turn it on with \
                        `spacefilter sample set --every N`";

@@ -6,25 +6,34 @@
 //!   temporary file, fsync it, rename it over the old one, fsync the
 //!   directory);
 //! - `journal.jsonl`: the changes since the snapshot, one checksummed
-//!   record a line, appended and fsynced before the daemon answers the
-//!   client (see [`journal`]);
+//!   record a line (see [`journal`]), made durable before the daemon answers
+//!   the client; and `journal.N.jsonl`, older segments a fold into the
+//!   snapshot has not finished with (see [`compaction`]);
 //! - `lock`: held (flock) by the daemon that owns the directory.
 //!
-//! On open, the snapshot is loaded, the journal replayed, and both folded
-//! into a new snapshot. Nothing on disk can stop the daemon from starting:
-//! a last journal line cut short by a crash is dropped (its change was
-//! never acknowledged); a damaged record is skipped and the rest applied;
-//! a snapshot that does not read is set aside (`rules.json.damaged-<ms>`)
-//! and the journal applied alone; a compaction that fails (a full disk)
-//! leaves the journal as it is, to be folded in later.
+//! Every change is journaled before it is put in the kernel's maps. A
+//! record is written under the daemon's lock, and made durable by the
+//! journal's flusher with every other record written meanwhile (one
+//! `fdatasync` a batch, see [`durable`]); the client hears back once it is.
+//!
+//! On open, the snapshot is loaded and the journal replayed; the journal is
+//! folded into a new snapshot in the background. Nothing on disk can stop
+//! the daemon from starting: a last journal line cut short by a crash is
+//! dropped (its change was never acknowledged); a damaged record is skipped
+//! and the rest applied; a snapshot that does not read is set aside
+//! (`rules.json.damaged-<ms>`) and the journal applied alone; a fold that
+//! fails (a full disk) leaves the journal as it is, to be folded later.
 //!
 //! A failed append is cut back off the journal, so that a change reported
 //! as failed never comes back at the next start and the next record is not
-//! glued onto a torn one; when even that fails, the store refuses every
-//! later change (saying why) while the filter keeps enforcing.
+//! glued onto a torn one; when even that fails, or a flush fails, the store
+//! refuses every later change (saying why) while the filter keeps
+//! enforcing.
 //!
 //! What is stored is in [`records`], types of the store's own.
 
+mod compaction;
+mod durable;
 mod journal;
 pub mod records;
 mod rules;
@@ -40,8 +49,9 @@ use std::{
 
 use nix::fcntl::{Flock, FlockArg};
 
-use self::records::SnapshotOut;
+use self::{compaction::Fold, durable::Flusher};
 pub use self::{
+    durable::Durable,
     records::{
         Action, Admission, Guards, HeaderRule, Meta, Op, Origin, Rule, Settings, Shield, ShieldAuto,
     },
@@ -50,6 +60,8 @@ pub use self::{
 
 const SNAPSHOT: &str = "rules.json";
 const JOURNAL: &str = "journal.jsonl";
+/// The new live journal while it is made, before it takes the name.
+const JOURNAL_NEXT: &str = "journal.jsonl.next";
 const LOCK: &str = "lock";
 /// The snapshot's format; journal records carry none, and are read by
 /// the same version that wrote the snapshot they follow.
@@ -128,6 +140,11 @@ pub struct Store {
     poisoned: Option<String>,
     /// The settings last set, kept here since they are no rules.
     settings: Settings,
+    /// The number the live journal gets when it is retired.
+    next_segment: u64,
+    /// The fold into a snapshot under way, if one is.
+    folding: Option<Fold>,
+    flusher: Flusher,
     _lock: Flock<File>,
 }
 
@@ -160,7 +177,7 @@ impl Store {
         })?;
 
         let snapshot_path = dir.join(SNAPSHOT);
-        let (mut rules, mut settings) = match snapshot::read(&snapshot_path) {
+        let (mut rules, mut settings, folded) = match snapshot::read(&snapshot_path) {
             Err(StateError::Corrupt { message, .. }) => {
                 let aside = set_aside(&snapshot_path)?;
                 log::error!(
@@ -168,30 +185,30 @@ impl Store {
                     snapshot_path.display(),
                     aside.display()
                 );
-                (Rules::new(), Settings::default())
+                (Rules::new(), Settings::default(), 0)
             }
             other => other?,
         };
-        let journal_path = dir.join(JOURNAL);
-        let replayed = journal::replay(&journal_path, &mut rules, &mut settings)?;
-        if !replayed.damaged.is_empty() {
-            let copy = aside_name(&journal_path);
-            match fs::copy(&journal_path, &copy) {
-                Ok(_) => log::error!(
-                    "{}: {} damaged records skipped (lines {:?}); the journal as it was is kept as {}",
-                    journal_path.display(),
-                    replayed.damaged.len(),
-                    replayed.damaged,
-                    copy.display()
-                ),
-                Err(err) => log::error!(
-                    "{}: {} damaged records skipped (lines {:?}); keeping a copy failed: {err}",
-                    journal_path.display(),
-                    replayed.damaged.len(),
-                    replayed.damaged
-                ),
-            }
+        // Segments the snapshot folds were left by a crash before the fold
+        // deleted them; a new live journal by a crash before it took the
+        // name.
+        if let Err(err) = compaction::remove_folded(dir, folded) {
+            log::warn!(
+                "removing journal segments the snapshot holds: {}; they are skipped",
+                crate::error_chain(&err)
+            );
         }
+        let _ = fs::remove_file(dir.join(JOURNAL_NEXT));
+        let (folded_segments, retired): (Vec<_>, Vec<_>) = compaction::retired(dir)?
+            .into_iter()
+            .partition(|&(n, _)| n <= folded);
+        let mut applied = 0;
+        for (_, path) in &retired {
+            applied += replay(path, &mut rules, &mut settings)?.applied;
+        }
+        let journal_path = dir.join(JOURNAL);
+        let replayed = replay(&journal_path, &mut rules, &mut settings)?;
+        applied += replayed.applied;
 
         let journal = OpenOptions::new()
             .create(true)
@@ -200,10 +217,21 @@ impl Store {
             .open(&journal_path)
             .map_err(io_err(&journal_path, "opening"))?;
         tighten(&journal_path, 0o600);
-        let journal_len = journal
+        let mut journal_len = journal
             .metadata()
             .map_err(io_err(&journal_path, "reading the size of"))?
             .len();
+        if replayed.torn_tail {
+            // Cut the torn line off now: the next record must start a line.
+            journal_len -= torn_tail_len(&journal_path)?;
+            journal
+                .set_len(journal_len)
+                .and_then(|()| journal.sync_data())
+                .map_err(io_err(&journal_path, "cutting the torn record off"))?;
+        }
+        let live = journal
+            .try_clone()
+            .map_err(io_err(&journal_path, "opening"))?;
         let mut store = Store {
             dir: dir.to_path_buf(),
             journal,
@@ -212,25 +240,28 @@ impl Store {
             compact_at_len: COMPACT_AFTER_BYTES,
             poisoned: None,
             settings,
+            next_segment: retired
+                .iter()
+                .chain(&folded_segments)
+                .map(|&(n, _)| n)
+                .max()
+                .unwrap_or(0)
+                .max(folded)
+                + 1,
+            folding: None,
+            flusher: Flusher::start(dir, live, journal_len),
             _lock: lock,
         };
-        if replayed.torn_tail {
-            // Cut the torn line off now: the next record must start a line.
-            store.cut_back(journal_len - torn_tail_len(&journal_path)?);
-        }
-        if let Err(err) = store.compact(&rules) {
-            log::warn!(
-                "folding the journal into a new snapshot failed ({}); going on with the journal as it is",
-                crate::error_chain(&err)
-            );
+        if applied > 0 || !retired.is_empty() {
+            store.fold(&rules);
         }
         Ok((store, rules))
     }
 
     /// Why the store takes no more changes, if it does not.
     #[must_use]
-    pub fn poisoned(&self) -> Option<&str> {
-        self.poisoned.as_deref()
+    pub fn poisoned(&self) -> Option<String> {
+        self.poisoned.clone().or_else(|| self.flusher.failed())
     }
 
     /// The rate limit last set.
@@ -257,61 +288,62 @@ impl Store {
         self.settings.admitted.clone()
     }
 
-    /// Appends `op` to the journal and makes it durable. On failure the
-    /// record is cut back off, so that the change never comes back; the
-    /// rules after `op` (`rules`) are folded into a new snapshot when the
-    /// journal has grown enough, and a failure there fails nothing: the
-    /// change is in the journal.
-    pub fn append(&mut self, op: &Op, rules: &Rules) -> Result<(), StateError> {
+    /// The number of the last record written: [`Durable::wait`] on it
+    /// returns once every change so far is on disk.
+    #[must_use]
+    pub fn last_written(&self) -> u64 {
+        self.flusher.last_written()
+    }
+
+    /// A wait for records to be durable, to hold without the daemon's lock.
+    #[must_use]
+    pub fn durable(&self) -> Durable {
+        self.flusher.durable()
+    }
+
+    /// Appends `op` to the journal, for the flusher to make durable;
+    /// returns its number. On failure the record is cut back off, so that
+    /// the change never comes back. The rules after `op` (`rules`) are
+    /// folded into a new snapshot, in the background, when the journal has
+    /// grown enough.
+    pub fn append(&mut self, op: &Op, rules: &Rules) -> Result<u64, StateError> {
         let path = self.dir.join(JOURNAL);
-        if let Some(reason) = &self.poisoned {
+        if let Some(reason) = self.poisoned() {
             return Err(StateError::Poisoned {
                 path: self.dir.clone(),
-                reason: reason.clone(),
+                reason,
             });
         }
-        let written = {
+        let (journal, len) = (&self.journal, self.journal_len);
+        let mut new_len = len;
+        let written = self.flusher.written(|| {
             // Streamed into the file, never held whole (see
             // `journal::write_record`).
-            let mut out = BufWriter::with_capacity(JOURNAL_BUFFER, &self.journal);
-            let written = journal::write_record(op, &mut out).and_then(|len| {
+            let mut out = BufWriter::with_capacity(JOURNAL_BUFFER, journal);
+            let written = journal::write_record(op, &mut out).and_then(|n| {
                 out.flush()?;
-                Ok(len)
+                Ok(n)
             });
             // What a failed write left in the buffer is dropped, not
             // written.
             let _ = out.into_parts();
-            written
-        }
-        .map_err(io_err(&path, "appending"))
-        .and_then(|len| {
-            self.journal
-                .sync_data()
-                .map_err(io_err(&path, "fsync"))
-                .map(|()| len)
+            new_len = len + written?;
+            Ok::<_, io::Error>(new_len)
         });
-        let len = match written {
-            Ok(len) => len,
+        let seq = match written {
+            Ok(seq) => seq,
             Err(err) => {
                 self.cut_back(self.journal_len);
-                return Err(err);
+                return Err(io_err(&path, "appending")(err));
             }
         };
-        self.journal_len += len;
+        self.journal_len = new_len;
         self.journal_ops += 1;
         self.settings.apply(op);
-        if (self.journal_ops >= COMPACT_AFTER_OPS || self.journal_len >= self.compact_at_len)
-            && let Err(err) = self.compact(rules)
-        {
-            // Tried again after as many changes, or bytes, again.
-            self.journal_ops = 0;
-            self.compact_at_len = self.journal_len + COMPACT_AFTER_BYTES;
-            log::warn!(
-                "folding the journal into a new snapshot failed ({}); the change is in the journal",
-                crate::error_chain(&err)
-            );
+        if self.journal_ops >= COMPACT_AFTER_OPS || self.journal_len >= self.compact_at_len {
+            self.fold(rules);
         }
-        Ok(())
+        Ok(seq)
     }
 
     /// Cuts the journal back to `len` bytes (its last good record) and
@@ -323,7 +355,10 @@ impl Store {
             .set_len(len)
             .and_then(|()| self.journal.sync_data());
         match cut {
-            Ok(()) => self.journal_len = len,
+            Ok(()) => {
+                self.journal_len = len;
+                self.flusher.cut_back(len);
+            }
             Err(err) => {
                 log::error!(
                     "{}: cutting a failed record back off failed ({err}); taking no more changes",
@@ -337,39 +372,120 @@ impl Store {
         }
     }
 
-    /// Writes every rule to a new snapshot and empties the journal.
-    pub fn compact(&mut self, rules: &Rules) -> Result<(), StateError> {
+    /// Retires the live journal and folds everything up to it (`rules`,
+    /// and the settings) into a new snapshot, in the background; does
+    /// nothing while a fold is under way (the next change tries again).
+    fn fold(&mut self, rules: &Rules) {
+        if self.folding.as_ref().is_some_and(|f| !f.is_finished()) {
+            return;
+        }
+        if let Some(done) = self.folding.take() {
+            done.join();
+        }
+        if let Err(err) = self.retire() {
+            // Tried again after as many changes, or bytes, again.
+            self.journal_ops = 0;
+            self.compact_at_len = self.journal_len + COMPACT_AFTER_BYTES;
+            log::warn!(
+                "starting a new journal segment failed ({}); going on with the journal as it is",
+                crate::error_chain(&err)
+            );
+            return;
+        }
         let now = now_ms();
-        let admitted: Vec<Admission> = self
-            .settings
-            .admitted
-            .iter()
-            .filter(|a| a.until_ms > now)
-            .copied()
-            .collect();
-        snapshot::write(
+        let mut settings = self.settings.clone();
+        settings.admitted.retain(|a| a.until_ms > now);
+        self.folding = Some(Fold::start(
             &self.dir,
-            SNAPSHOT,
-            &SnapshotOut {
-                version: FORMAT_VERSION,
-                rules,
-                limits: self.settings.limits.as_ref(),
-                header_rules: &self.settings.header_rules,
-                shield: self.settings.shield.as_ref(),
-                admitted: &admitted,
-            },
-        )?;
-        self.journal
-            .set_len(0)
-            .map_err(io_err(&self.dir.join(JOURNAL), "truncating"))?;
+            self.next_segment - 1,
+            rules.clone(),
+            settings,
+        ));
+    }
+
+    /// Renames the live journal to the next segment's name and starts a new
+    /// one.
+    fn retire(&mut self) -> Result<(), StateError> {
+        let live = self.dir.join(JOURNAL);
+        let retired = self.dir.join(compaction::segment_name(self.next_segment));
+        let fresh = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .mode(0o600)
+            .open(self.dir.join(JOURNAL_NEXT))
+            .map_err(io_err(&self.dir.join(JOURNAL_NEXT), "creating"))?;
+        let flushed = fresh
+            .try_clone()
+            .map_err(io_err(&self.dir.join(JOURNAL_NEXT), "opening"));
+        let renamed = flushed.and_then(|flushed| {
+            fs::rename(&live, &retired).map_err(io_err(&live, "retiring"))?;
+            Ok(flushed)
+        });
+        let flushed = match renamed {
+            Ok(flushed) => flushed,
+            Err(err) => {
+                let _ = fs::remove_file(self.dir.join(JOURNAL_NEXT));
+                return Err(err);
+            }
+        };
+        if let Err(err) = fs::rename(self.dir.join(JOURNAL_NEXT), &live) {
+            // The old journal goes back: the records keep a live journal.
+            if let Err(back) = fs::rename(&retired, &live) {
+                self.poisoned = Some(format!(
+                    "{} could not be put back after a failed rotation: {back}",
+                    live.display()
+                ));
+            }
+            let _ = fs::remove_file(self.dir.join(JOURNAL_NEXT));
+            return Err(io_err(&live, "starting a new journal")(err));
+        }
+        let old = std::mem::replace(&mut self.journal, fresh);
+        self.flusher.rotated(old, flushed);
+        self.next_segment += 1;
         self.journal_len = 0;
-        self.compact_at_len = COMPACT_AFTER_BYTES;
-        self.journal
-            .sync_all()
-            .map_err(io_err(&self.dir.join(JOURNAL), "fsync"))?;
         self.journal_ops = 0;
+        self.compact_at_len = COMPACT_AFTER_BYTES;
         Ok(())
     }
+}
+
+impl Drop for Store {
+    /// Lets a fold under way finish; the flusher then flushes what is
+    /// written.
+    fn drop(&mut self) {
+        if let Some(fold) = self.folding.take() {
+            fold.join();
+        }
+    }
+}
+
+/// Replays the journal segment at `path`, keeping a copy of it aside when
+/// it has damaged records.
+fn replay(
+    path: &Path,
+    rules: &mut Rules,
+    settings: &mut Settings,
+) -> Result<journal::Replayed, StateError> {
+    let replayed = journal::replay(path, rules, settings)?;
+    if !replayed.damaged.is_empty() {
+        let copy = aside_name(path);
+        match fs::copy(path, &copy) {
+            Ok(_) => log::error!(
+                "{}: {} damaged records skipped (lines {:?}); the journal as it was is kept as {}",
+                path.display(),
+                replayed.damaged.len(),
+                replayed.damaged,
+                copy.display()
+            ),
+            Err(err) => log::error!(
+                "{}: {} damaged records skipped (lines {:?}); keeping a copy failed: {err}",
+                path.display(),
+                replayed.damaged.len(),
+                replayed.damaged
+            ),
+        }
+    }
+    Ok(replayed)
 }
 
 /// Takes group and other permissions off `path` (a state directory or
@@ -408,148 +524,4 @@ fn torn_tail_len(path: &Path) -> Result<u64, StateError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::net::List;
-
-    fn rule(list: List, prefix: &str, expires_at_ms: Option<u64>) -> Rule {
-        Rule {
-            list,
-            prefix: prefix.parse().unwrap(),
-            meta: Meta {
-                origin: Origin::Manual,
-                comment: Some("c".into()),
-                expires_at_ms,
-                added_at_ms: 1,
-            },
-        }
-    }
-
-    #[test]
-    fn survives_reopen_and_torn_journal() {
-        let dir = std::env::temp_dir().join(format!("sf-state-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        {
-            let (mut store, mut rules) = Store::open(&dir).unwrap();
-            assert!(rules.is_empty());
-            let put = Op::Put {
-                rules: vec![
-                    rule(List::Block, "198.18.0.0/24", Some(99)),
-                    rule(List::Allow, "2001:2::1", None),
-                ],
-            };
-            put.apply(&mut rules);
-            store.append(&put, &rules).unwrap();
-            let del = Op::Delete {
-                list: List::Allow,
-                prefixes: vec!["2001:2::1".parse().unwrap()],
-            };
-            del.apply(&mut rules);
-            store.append(&del, &rules).unwrap();
-            // A second daemon on the same directory is refused.
-            assert!(matches!(Store::open(&dir), Err(StateError::Locked { .. })));
-        }
-        // A torn record at the end, as a crash would leave it.
-        let mut journal = OpenOptions::new()
-            .append(true)
-            .open(dir.join(JOURNAL))
-            .unwrap();
-        journal.write_all(b"{\"op\":\"put\",\"rul").unwrap();
-        drop(journal);
-        let (_store, rules) = Store::open(&dir).unwrap();
-        assert_eq!(rules.len(), 1);
-        let meta = &rules[&(List::Block, "198.18.0.0/24".parse().unwrap())];
-        assert_eq!(meta.expires_at_ms, Some(99));
-        fs::remove_dir_all(&dir).unwrap();
-    }
-
-    /// A damaged record in the middle of the journal (bit rot, or a
-    /// record glued onto a torn one by an older version) is skipped and the
-    /// good ones around it applied; a snapshot that does not read is set
-    /// aside and the journal applied alone. The daemon starts either way.
-    #[test]
-    fn damage_on_disk_never_stops_a_start() {
-        let dir = std::env::temp_dir().join(format!("sf-state-dmg-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        let put = |prefix: &str| Op::Put {
-            rules: vec![rule(List::Block, prefix, None)],
-        };
-        let mut journal = Vec::new();
-        journal.extend(journal::record(&put("198.18.0.1")));
-        let mut damaged = journal::record(&put("198.18.0.2"));
-        damaged[12] ^= 0x20;
-        journal.extend(damaged);
-        journal.extend(b"{\"op\":\"put\",\"rul".iter());
-        journal.extend(journal::record(&put("198.18.0.3")));
-        journal.extend(b"0000".iter());
-        fs::write(dir.join(JOURNAL), &journal).unwrap();
-        fs::write(dir.join(SNAPSHOT), b"{\"version\":1,\"rules\":[{\"li").unwrap();
-        {
-            let (mut store, mut rules) = Store::open(&dir).unwrap();
-            let blocked: Vec<String> = rules.keys().map(|(_, p)| p.to_string()).collect();
-            assert_eq!(blocked, ["198.18.0.1/32", "198.18.0.3/32"]);
-            // The damaged files are kept aside for whoever looks into it.
-            let names: Vec<String> = fs::read_dir(&dir)
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect();
-            assert!(
-                names.iter().any(|n| n.starts_with("rules.json.damaged-")),
-                "{names:?}"
-            );
-            assert!(
-                names
-                    .iter()
-                    .any(|n| n.starts_with("journal.jsonl.damaged-")),
-                "{names:?}"
-            );
-            let more = put("198.18.0.4");
-            more.apply(&mut rules);
-            store.append(&more, &rules).unwrap();
-        }
-        let (_store, rules) = Store::open(&dir).unwrap();
-        assert_eq!(rules.len(), 3);
-        fs::remove_dir_all(&dir).unwrap();
-    }
-
-    /// A state directory written before the store had records of its own
-    /// (settings as the protocol carried them, header rules with their
-    /// hits, a journal line setting limits without the later fields) opens
-    /// with everything in it, and is written back in the same shape.
-    #[test]
-    fn reads_the_first_format() {
-        let dir = std::env::temp_dir().join(format!("sf-state-v1-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        fs::write(
-            dir.join(SNAPSHOT),
-            r#"{"version":1,"rules":[{"list":"auto","prefix":"198.18.0.9/32","origin":"auto","comment":"over its rate limit","expires_at_ms":5,"added_at_ms":1}],"limits":{"enabled":true,"dry_run":false,"pps":100,"pps_burst":100,"bps":0,"bps_burst":0,"v6_prefix_len":56,"block_after_ms":0,"block_ttl_ms":0,"syn_pps":0,"syn_burst":0,"syn_global_pps":0,"syn_global_burst":0,"spoof_threshold":0,"fallback_pps":0,"fallback_burst":0,"reflect":false,"reflect_sources":[53],"service_ports":[[0,1023]]},"header_rules":[{"id":3,"action":"limit","proto":17,"dst_ports":[53,53],"src_ports":null,"tcp_flags":null,"length":null,"pps":10,"burst":10,"dry_run":false,"comment":"dns","hits":42}]}"#,
-        )
-        .unwrap();
-        fs::write(
-            dir.join(JOURNAL),
-            "{\"op\":\"limits\",\"limits\":{\"enabled\":true,\"pps\":7,\"pps_burst\":7}}\n",
-        )
-        .unwrap();
-        {
-            let (store, rules) = Store::open(&dir).unwrap();
-            let meta = &rules[&(List::Auto, "198.18.0.9".parse().unwrap())];
-            assert_eq!(meta.origin, Origin::Auto);
-            let limits = store.limits().unwrap();
-            assert_eq!((limits.pps, limits.v6_prefix_len), (7, None));
-            assert_eq!((limits.reflect, limits.reflect_sources), (None, None));
-            let header = &store.header_rules()[0];
-            assert_eq!(
-                (header.id, header.action, header.dst_ports, header.pps),
-                (3, Some(Action::Limit), Some((53, 53)), 10)
-            );
-        }
-        // The compaction at open wrote the journal's limits into the
-        // snapshot; they read back the same.
-        let (store, _) = Store::open(&dir).unwrap();
-        assert_eq!(store.limits().unwrap().pps, 7);
-        assert_eq!(store.header_rules()[0].comment.as_deref(), Some("dns"));
-        fs::remove_dir_all(&dir).unwrap();
-    }
-}
+mod tests;

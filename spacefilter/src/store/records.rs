@@ -18,6 +18,8 @@ pub enum Origin {
     File,
     Config,
     Auto,
+    Fleet,
+    Crowdsec,
 }
 
 /// What the daemon knows of a rule beyond its prefix. (Hashed: rules
@@ -259,6 +261,11 @@ impl Settings {
 #[derive(Deserialize)]
 pub(super) struct Snapshot {
     pub(super) version: u32,
+    /// The journal segments this snapshot holds: every one numbered up to
+    /// this (0: none but the live journal, which a snapshot without the
+    /// field folded too).
+    #[serde(default)]
+    pub(super) folded: u64,
     #[serde(deserialize_with = "super::rules::read_seq")]
     pub(super) rules: Rules,
     #[serde(default)]
@@ -276,6 +283,9 @@ pub(super) struct Snapshot {
 #[derive(Serialize)]
 pub(super) struct SnapshotOut<'a> {
     pub(super) version: u32,
+    /// See [`Snapshot::folded`].
+    #[serde(skip_serializing_if = "is_zero")]
+    pub(super) folded: u64,
     #[serde(serialize_with = "super::rules::write_seq")]
     pub(super) rules: &'a Rules,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -295,4 +305,9 @@ pub(super) struct RuleRef<'a> {
     pub(super) prefix: Prefix,
     #[serde(flatten)]
     pub(super) meta: &'a Meta,
+}
+
+#[expect(clippy::trivially_copy_pass_by_ref, reason = "serde's signature")]
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

@@ -15,8 +15,8 @@ use super::{
 };
 
 /// The rules and the settings of the snapshot at `snapshot_path` (nothing,
-/// if there is none yet).
-pub(super) fn read(snapshot_path: &Path) -> Result<(Rules, Settings), StateError> {
+/// if there is none yet), and the last journal segment it folds.
+pub(super) fn read(snapshot_path: &Path) -> Result<(Rules, Settings, u64), StateError> {
     match File::open(snapshot_path) {
         Ok(file) => {
             let snapshot: Snapshot =
@@ -41,10 +41,11 @@ pub(super) fn read(snapshot_path: &Path) -> Result<(Rules, Settings), StateError
                     shield: snapshot.shield,
                     admitted: snapshot.admitted,
                 },
+                snapshot.folded,
             ))
         }
         Err(err) if err.kind() == io::ErrorKind::NotFound => {
-            Ok((Rules::new(), Settings::default()))
+            Ok((Rules::new(), Settings::default(), 0))
         }
         Err(err) => Err(io_err(snapshot_path, "reading")(err)),
     }

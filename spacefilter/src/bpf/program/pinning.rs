@@ -4,10 +4,15 @@
 
 use std::path::{Path, PathBuf};
 
-use aya::programs::{
-    links::{FdLink, PinnedLink},
-    xdp::{XdpLink, XdpLinkId},
+use aya::{
+    Pod,
+    maps::{HashMap, Map, MapData, MapInfo},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
+use spacefilter_common::map_names;
 
 use super::{AttachMode, Filter, FilterError};
 use crate::error_chain;
@@ -105,7 +110,16 @@ impl Filter {
             why,
         };
         let pinned = PinnedLink::from_pin(pin).map_err(|err| pin_err(error_chain(&err)))?;
-        let link = XdpLink::try_from(FdLink::from(pinned))
+        let link = FdLink::from(pinned);
+        match link.info() {
+            Ok(info) => self.carry_over(iface, info.program_id()),
+            Err(err) => log::warn!(
+                "{iface}: the pinned link's program is unknown ({}); its buckets, auto-blocks \
+                 and verified sources start afresh",
+                error_chain(&err)
+            ),
+        }
+        let link = XdpLink::try_from(link)
             .map_err(|err| pin_err(format!("not an XDP link: {}", error_chain(&err))))?;
         let id = self
             .program()
@@ -119,6 +133,100 @@ impl Filter {
         self.finish_attach(iface, used, Held::Adopted(id, pin.to_path_buf()));
         Ok(used)
     }
+}
+
+impl Filter {
+    /// Copies what the predecessor's program (`old`, still filtering)
+    /// learnt into this program's maps before the swap, so that a takeover
+    /// forgets nothing a flood taught: the sources' token buckets (a source
+    /// over its limit stays over it), the auto-blocks (journaled by the next
+    /// reconciliation), and the verified sources (real clients stay
+    /// admitted). Entries the old program writes between the copy and the
+    /// swap are lost; a map whose layout differs (another version) is not
+    /// copied.
+    fn carry_over(&mut self, iface: &str, old: u32) {
+        let maps = match old_maps(old) {
+            Ok(maps) => maps,
+            Err(why) => {
+                log::warn!("{iface}: reading the predecessor's maps: {why}; starting afresh");
+                return;
+            }
+        };
+        let (buckets, auto) = self.limiter.carried();
+        let copied = [
+            copy(&maps, map_names::BUCKETS, buckets),
+            copy(&maps, map_names::AUTO_BLOCKED, auto),
+        ];
+        let verified = copy(&maps, map_names::VERIFIED, self.verifier.carried());
+        if copied[1] > 0 {
+            // The program reads the auto-blocks only while one is in force.
+            if let Err(err) = self.limiter.settle_auto_active() {
+                log::warn!("{}", error_chain(&err));
+            }
+        }
+        log::info!(
+            "{iface}: carried over from the predecessor's program: {} sources' buckets, {} \
+             auto-blocks, {verified} verified sources",
+            copied[0],
+            copied[1]
+        );
+    }
+}
+
+/// The maps of program `id`, by name, with their layouts.
+fn old_maps(id: u32) -> Result<Vec<(String, MapInfo)>, String> {
+    let program = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == id)
+        .ok_or_else(|| format!("program {id} is gone"))?;
+    let ids = program
+        .map_ids()
+        .map_err(|err| error_chain(&err))?
+        .ok_or("the kernel does not list a program's maps")?;
+    Ok(ids
+        .into_iter()
+        .filter_map(|id| MapInfo::from_id(id).ok())
+        .filter_map(|info| Some((info.name_as_str()?.to_owned(), info)))
+        .collect())
+}
+
+/// Copies every entry of the old map `name` (among `maps`) into `to`, if
+/// its key and value are laid out as `to`'s; returns how many.
+fn copy<V: Pod>(
+    maps: &[(String, MapInfo)],
+    name: &str,
+    to: &mut HashMap<MapData, [u8; 16], V>,
+) -> usize {
+    let Some((_, info)) = maps.iter().find(|(n, _)| n == name) else {
+        return 0;
+    };
+    let fits = info.key_size() as usize == size_of::<[u8; 16]>()
+        && info.value_size() as usize == size_of::<V>()
+        && info.max_entries() > 0;
+    if !fits {
+        log::warn!("the predecessor's {name} is laid out otherwise: not carried over");
+        return 0;
+    }
+    let from = MapData::from_id(info.id())
+        .map_err(|err| error_chain(&err))
+        .and_then(|data| Map::from_map_data(data).map_err(|err| error_chain(&err)))
+        .and_then(|map| {
+            HashMap::<MapData, [u8; 16], V>::try_from(map).map_err(|err| error_chain(&err))
+        });
+    let from = match from {
+        Ok(from) => from,
+        Err(why) => {
+            log::warn!("opening the predecessor's {name}: {why}");
+            return 0;
+        }
+    };
+    let mut copied = 0;
+    for (key, value) in from.iter().filter_map(Result::ok) {
+        if to.insert(key, value, 0).is_ok() {
+            copied += 1;
+        }
+    }
+    copied
 }
 
 /// The id of the program on the XDP link pinned at `pin`, if one is.
