@@ -239,6 +239,7 @@ fn spoofed_sources_fall_back_to_aggregate_budgets() {
 #[test]
 fn the_fallback_keeps_the_host_syn_budget() {
     let mut filter = load_reflecting(SERVICE);
+    let started = std::time::Instant::now();
     filter
         .limiter()
         .set(Limits {
@@ -267,10 +268,15 @@ fn the_fallback_keeps_the_host_syn_budget() {
         filter.limiter().spoof_state().expect("state").switches >= 1,
         "the fallback switched on"
     );
-    assert_eq!(
-        passed, 5,
-        "the host took its SYN burst and no more ({syn_limited} SYN-limited)"
+    // The host's budget is a burst of 5 and one more a second: a slow
+    // machine (an emulated guest) may earn a token or two during the loop.
+    let earned = started.elapsed().as_secs() + 1;
+    assert!(
+        (5..=5 + earned).contains(&passed),
+        "the host took its SYN burst and no more: {passed} passed in {:?}, {syn_limited} SYN-limited",
+        started.elapsed()
     );
+    assert_eq!(passed + syn_limited, 200, "every SYN was counted once");
     // Positive control: other frames from new sources pass on the
     // fallback's budgets.
     let (action, delta) = run(
