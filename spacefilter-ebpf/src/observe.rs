@@ -14,11 +14,7 @@
 //! `bpf_ktime_get_coarse_ns` (5.11), `bpf_xdp_load_bytes` for a sample's
 //! head (5.18).
 
-use aya_ebpf::{
-    bindings::xdp_md,
-    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
-    programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_md, helpers::bpf_ktime_get_ns, programs::XdpContext};
 use aya_log_ebpf::debug;
 use spacefilter_common::{DropSample, KERNEL_LOG_TARGET, Observe, Reason, observe_flags};
 
@@ -80,18 +76,6 @@ pub(crate) extern "C" fn spacefilter_observe(ctx: *mut xdp_md, exit: *const Exit
     0
 }
 
-/// The coarse clock where the kernel has it (5.11), else the precise one.
-#[inline(always)]
-fn coarse_now() -> u64 {
-    if features::on(features::COARSE_CLOCK) {
-        // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
-        unsafe { bpf_ktime_get_coarse_ns() }
-    } else {
-        // SAFETY: bpf_ktime_get_ns has no preconditions.
-        unsafe { bpf_ktime_get_ns() }
-    }
-}
-
 #[inline(always)]
 fn sample(ctx: &XdpContext, frame: &Frame, config: &Observe, exit: &Exit) {
     let Some(state) = SAMPLE_STATE.get_ptr_mut(0) else {
@@ -105,7 +89,9 @@ fn sample(ctx: &XdpContext, frame: &Frame, config: &Observe, exit: &Exit) {
     // time inside the second, the second is not over. Under a flood most
     // frames picked end here; those picked before the first tick of the
     // next second are counted capped too, never sent over the cap.
-    if state.in_window >= u64::from(config.cap_per_cpu) && coarse_now() < state.window_end_ns {
+    if state.in_window >= u64::from(config.cap_per_cpu)
+        && features::coarse_now() < state.window_end_ns
+    {
         state.capped += 1;
         return;
     }

@@ -17,7 +17,8 @@
 //! Kernel: `bpf_skc_lookup_tcp` and `bpf_tcp_check_syncookie` (5.2),
 //! `bpf_tcp_gen_syncookie` (5.3), `bpf_tcp_raw_gen_syncookie_ipv4/6`
 //! (6.0), `bpf_xdp_adjust_tail` (4.18),
-//! `bpf_xdp_load_bytes` (5.18), `bpf_csum_diff` (4.6), `XDP_TX`.
+//! `bpf_xdp_load_bytes` (5.18), `bpf_ktime_get_coarse_ns` (5.11, where
+//! the kernel has it), `XDP_TX`.
 //! SYNs over IPv4 without options and over IPv6 without extension headers
 //! are answered here, and other segments in those layouts checked here;
 //! TCP in other layouts (IPv4 options, IPv6 extension headers) from an
@@ -38,9 +39,9 @@ use aya_ebpf::{
         tcphdr,
     },
     helpers::{
-        bpf_csum_diff, bpf_ktime_get_ns, bpf_sk_release, bpf_skc_lookup_tcp,
-        bpf_tcp_check_syncookie, bpf_tcp_gen_syncookie, bpf_tcp_raw_gen_syncookie_ipv4,
-        bpf_tcp_raw_gen_syncookie_ipv6, bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
+        bpf_ktime_get_ns, bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_check_syncookie,
+        bpf_tcp_gen_syncookie, bpf_tcp_raw_gen_syncookie_ipv4, bpf_tcp_raw_gen_syncookie_ipv6,
+        bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
     },
     programs::XdpContext,
 };
@@ -506,8 +507,9 @@ fn syn_cookie<const IP: usize>(
     // runs.
     let scratch = unsafe { &mut *scratch };
     let len = copy_headers::<IP>(ctx, ip_offset & 0x1f, tcp_len, scratch)?;
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // The coarse clock: a listener's freshness is a matter of a second,
+    // and the answer's timestamp keeps 64 ms steps (see [`timestamp`]).
+    let now = features::coarse_now();
     let cookie = cookie_for::<IP>(ctx, scratch, len, now);
     if cookie < 0 {
         return None;
@@ -622,7 +624,16 @@ fn copy_headers<const IP: usize>(
 /// The SYN-ACK's IP and TCP headers, with their checksums, into the
 /// scratch value's answer (IPv4: 20 bytes of IP header, IPv6: 40), from
 /// the SYN's headers copied there; whether the TCP header is the long one.
+///
+/// Built a 32-bit word at a time, each word in memory's byte order, and
+/// summed for the checksums as it is made: bytes written one by one and
+/// read back as words would make every read wait for the writes under it
+/// to reach the cache (a store that cannot be forwarded to the load).
 #[inline(always)]
+#[expect(
+    clippy::cast_ptr_alignment,
+    reason = "the answer, the IP header and the TCP header are 8-aligned in the scratch value"
+)]
 fn synack<const IP: usize>(
     scratch: &mut Scratch,
     cookie: u32,
@@ -630,82 +641,139 @@ fn synack<const IP: usize>(
     shield: &Shield,
     now: u64,
 ) -> bool {
-    let Scratch {
-        answer: out,
-        ip,
-        header: syn,
-        ..
-    } = scratch;
     let timestamps = shield.flags & shield_flags::TIMESTAMPS != 0;
     // With a timestamp, 20 bytes of options; without, the MSS alone.
     let long = offer.tsval.is_some() && timestamps;
     let tcp_len = if long { SYNACK_TCP_LEN } else { SHORT_TCP_LEN };
-    zero_words::<{ SYNACK_LEN / 8 }>(out.as_mut_ptr());
-    // The IP header, the addresses swapped; and the pseudo-header's sum:
-    // addresses, protocol, TCP length.
+    let ip = Words(scratch.ip.as_ptr().cast());
+    let syn = Words(scratch.header.as_ptr().cast());
+    let out = scratch.answer.as_mut_ptr().cast::<u32>();
+    // The IP header, the addresses swapped; and the pseudo-header's sum of
+    // the addresses.
     let (pseudo, mss) = if IP == IPV4_LEN {
-        // No options, DF, TTL 64.
-        out[0] = 0x45;
-        out[2..4].copy_from_slice(&((IPV4_LEN + tcp_len) as u16).to_be_bytes());
-        out[6] = 0x40;
-        out[8] = 64;
-        out[9] = IPPROTO_TCP_NUMBER;
-        out[12..16].copy_from_slice(&ip[16..20]);
-        out[16..20].copy_from_slice(&ip[12..16]);
-        let ip_sum = fold(csum(&mut out[..IPV4_LEN]));
-        out[10..12].copy_from_slice(&(!ip_sum).to_ne_bytes());
-        (csum(&mut out[12..20]), shield.mss_v4)
+        let [len_hi, len_lo] = ((IPV4_LEN + tcp_len) as u16).to_be_bytes();
+        // No options, DF, TTL 64; the SYN's destination, then its source.
+        let mut header = [
+            word([0x45, 0, len_hi, len_lo]),
+            word([0, 0, 0x40, 0]),
+            word([64, IPPROTO_TCP_NUMBER, 0, 0]),
+            ip.get(4),
+            ip.get(3),
+        ];
+        let [sum_a, sum_b] = (!fold(sum(&header))).to_ne_bytes();
+        header[2] = word([64, IPPROTO_TCP_NUMBER, sum_a, sum_b]);
+        put_words(out, &header);
+        (u64::from(header[3]) + u64::from(header[4]), shield.mss_v4)
     } else {
-        // No flow label, hop limit 64.
-        out[0] = 0x60;
-        out[4..6].copy_from_slice(&(tcp_len as u16).to_be_bytes());
-        out[6] = IPPROTO_TCP_NUMBER;
-        out[7] = 64;
-        copy_words::<2>(ip[24..].as_ptr(), out[8..].as_mut_ptr());
-        copy_words::<2>(ip[8..].as_ptr(), out[24..].as_mut_ptr());
-        (csum(&mut out[8..40]), shield.mss_v6)
+        let [len_hi, len_lo] = (tcp_len as u16).to_be_bytes();
+        // No flow label, hop limit 64; the SYN's destination, then its
+        // source.
+        let header = [
+            word([0x60, 0, 0, 0]),
+            word([len_hi, len_lo, IPPROTO_TCP_NUMBER, 64]),
+            ip.get(6),
+            ip.get(7),
+            ip.get(8),
+            ip.get(9),
+            ip.get(2),
+            ip.get(3),
+            ip.get(4),
+            ip.get(5),
+        ];
+        put_words(out, &header);
+        (sum(&header[2..]), shield.mss_v6)
     };
     // The protocol and the length, as a word of the sum in memory's byte
     // order.
     let proto_len = (u16::from(IPPROTO_TCP_NUMBER) + tcp_len as u16).to_be_bytes();
     let pseudo = pseudo + u64::from(u16::from_ne_bytes(proto_len));
-    let seq = u32::from_be_bytes([syn[4], syn[5], syn[6], syn[7]]);
-    // TCP: the ports swapped, the cookie as sequence number.
-    let t = &mut out[IP..IP + SYNACK_TCP_LEN];
-    t[0..2].copy_from_slice(&syn[2..4]);
-    t[2..4].copy_from_slice(&syn[0..2]);
-    t[4..8].copy_from_slice(&cookie.to_be_bytes());
-    t[8..12].copy_from_slice(&seq.wrapping_add(1).to_be_bytes());
-    t[12] = ((tcp_len / 4) as u8) << 4;
-    t[13] = TCP_SYN | TCP_ACK;
-    t[14..16].copy_from_slice(&SYNACK_WINDOW.to_be_bytes());
-    // Options, a word at a time: MSS; then, with a timestamp,
+    let seq = u32::from_be(syn.get(1));
+    let [window_hi, window_lo] = SYNACK_WINDOW.to_be_bytes();
+    // TCP: the ports swapped (the halves of the SYN's first word), the
+    // cookie as sequence number. Options: MSS; then, with a timestamp,
     // SACK-permitted (or NOPs), the timestamp, the window scale (or NOPs).
     // Without a timestamp to carry them, the kernel cannot learn of window
     // scaling or SACK from the cookie, so neither is offered (and the
     // zeros past the short header add nothing to the sum).
-    let mut words = [0x0204_0000 | (mss & 0xffff), 0, 0, 0, 0];
+    let mut tcp = [
+        syn.get(0).rotate_left(16),
+        cookie.to_be(),
+        seq.wrapping_add(1).to_be(),
+        word([
+            ((tcp_len / 4) as u8) << 4,
+            TCP_SYN | TCP_ACK,
+            window_hi,
+            window_lo,
+        ]),
+        0,
+        (0x0204_0000 | (mss & 0xffff)).to_be(),
+        0,
+        0,
+        0,
+        0,
+    ];
     if let (Some(tsecr), true) = (offer.tsval, long) {
         let sack = offer.sack && shield.flags & shield_flags::SACK != 0;
         let wscale = match offer.wscale {
             Some(w) if shield.flags & shield_flags::WSCALE != 0 => Some(w.min(14)),
             _ => None,
         };
-        words[1] = if sack { 0x0402_080a } else { 0x0101_080a };
-        words[2] = timestamp(wscale, sack, now);
-        words[3] = tsecr;
-        words[4] = if wscale.is_some() {
+        tcp[6] = (if sack { 0x0402_080a_u32 } else { 0x0101_080a }).to_be();
+        tcp[7] = timestamp(wscale, sack, now).to_be();
+        tcp[8] = tsecr.to_be();
+        tcp[9] = (if wscale.is_some() {
             0x0103_0300 | (shield.wscale & 0xff)
         } else {
             0x0101_0101
-        };
+        })
+        .to_be();
     }
-    for (i, word) in words.iter().enumerate() {
-        t[20 + 4 * i..24 + 4 * i].copy_from_slice(&word.to_be_bytes());
-    }
-    let tcp_sum = fold(pseudo + csum(t));
-    t[16..18].copy_from_slice(&(!tcp_sum).to_ne_bytes());
+    let [sum_a, sum_b] = (!fold(pseudo + sum(&tcp))).to_ne_bytes();
+    tcp[4] = word([sum_a, sum_b, 0, 0]);
+    // SAFETY: the answer holds IP bytes of IP header and then 40 of TCP
+    // header; IP is a multiple of 4.
+    put_words(unsafe { out.add(IP / 4) }, &tcp);
     long
+}
+
+/// 32-bit words of the scratch value, read at 4-aligned offsets.
+#[derive(Clone, Copy)]
+struct Words(*const u32);
+
+impl Words {
+    /// Word `i`, as its bytes lie in memory.
+    #[inline(always)]
+    fn get(self, i: usize) -> u32 {
+        // SAFETY: the callers read words of the buffers they made this
+        // from (`ip`: 10 words, `header`: 22), 4-aligned in the 8-aligned
+        // scratch value. Volatile, so that LLVM reads a word and does not
+        // split it into bytes.
+        unsafe { core::ptr::read_volatile(self.0.add(i)) }
+    }
+}
+
+/// The word whose bytes in memory are `bytes`.
+#[inline(always)]
+fn word(bytes: [u8; 4]) -> u32 {
+    u32::from_ne_bytes(bytes)
+}
+
+/// Writes `words` at `to`, a word at a time.
+#[inline(always)]
+fn put_words<const N: usize>(to: *mut u32, words: &[u32; N]) {
+    for (i, w) in words.iter().enumerate() {
+        // SAFETY: the callers' buffers hold N words at `to`, 4-aligned in
+        // the scratch value.
+        unsafe { core::ptr::write_volatile(to.add(i), *w) };
+    }
+}
+
+/// The one's-complement sum of `words` (each as its bytes lie in memory),
+/// unfolded. Summed here: `bpf_csum_diff` (4.6) would cost a helper call
+/// and a `csum_partial` for a few words.
+#[inline(always)]
+fn sum(words: &[u32]) -> u64 {
+    words.iter().map(|w| u64::from(*w)).sum()
 }
 
 /// Zeroes `WORDS` 8-byte words at `at` (8-aligned) with word stores: on
@@ -724,25 +792,11 @@ fn zero_words<const WORDS: usize>(at: *mut u8) {
     }
 }
 
-/// Copies `WORDS` 8-byte words from `from` to `to` (both 8-aligned), for
-/// the same reason as [`zero_words`].
-#[inline(always)]
-#[expect(clippy::cast_ptr_alignment, reason = "as in `zero_words`")]
-fn copy_words<const WORDS: usize>(from: *const u8, to: *mut u8) {
-    for i in 0..WORDS {
-        // SAFETY: the caller's buffers hold WORDS aligned words.
-        unsafe {
-            let word = core::ptr::read_volatile(from.add(8 * i).cast::<u64>());
-            core::ptr::write_volatile(to.add(8 * i).cast::<u64>(), word);
-        }
-    }
-}
-
 /// The SYN-ACK's timestamp as the kernel's cookie path makes it
 /// (`cookie_init_timestamp`): its clock in milliseconds (the monotonic
-/// clock of `bpf_ktime_get_ns`, which the kernel's TCP clock reads), the
-/// low bits replaced by the client's window scale and SACK, and never
-/// ahead of the clock.
+/// clock, which the kernel's TCP clock reads; `now` may come from the
+/// coarse clock, which is never ahead of it), the low bits replaced by the
+/// client's window scale and SACK, and never ahead of the clock.
 #[inline(always)]
 fn timestamp(wscale: Option<u8>, sack: bool, now: u64) -> u32 {
     let now = (now / 1_000_000) as u32;
@@ -757,25 +811,6 @@ fn timestamp(wscale: Option<u8>, sack: bool, now: u64) -> u32 {
     } else {
         ts
     }
-}
-
-/// The one's-complement sum of `bytes` (a multiple of 4 long), in
-/// memory's byte order, unfolded (`bpf_csum_diff`, kernel 4.6): a helper
-/// call where a sum in the program would take a register or a stack slot
-/// per word.
-#[inline(always)]
-fn csum(bytes: &mut [u8]) -> u64 {
-    // SAFETY: the helper reads the slice's bytes, a constant length.
-    let sum = unsafe {
-        bpf_csum_diff(
-            core::ptr::null_mut(),
-            0,
-            bytes.as_mut_ptr().cast(),
-            bytes.len() as u32,
-            0,
-        )
-    };
-    u64::from(sum as u32)
 }
 
 /// Folds a sum of words into 16 bits.
@@ -837,16 +872,31 @@ fn turn_around<const IP: usize>(
     if written { ANSWERED } else { SPOILED }
 }
 
-/// Writes the first `N` bytes of `answer` at `at`, if they fit before
-/// `end`.
+/// Writes the first `N` bytes (a multiple of 4) of `answer` at `at`, if
+/// they fit before `end`: a 32-bit word at a time, where a copy of bytes
+/// the compiler cannot prove aligned takes a load and a store per byte.
+///
+/// `at` is the IP header, 4-aligned as the kernel lays packets out (the
+/// Ethernet header and its tags start `NET_IP_ALIGN`, 2 bytes, into a
+/// word, and the verifier checks packet accesses on that assumption where
+/// alignment is strict); where a driver's frames start elsewhere the
+/// stores are unaligned, which the architectures with eBPF JITs take.
 #[inline(always)]
+#[expect(
+    clippy::cast_ptr_alignment,
+    reason = "the answer is 8-aligned in the scratch value; the packet's IP header, above"
+)]
 fn put<const N: usize>(at: usize, end: usize, answer: &[u8; SYNACK_LEN]) -> bool {
     if at + N > end {
         return false;
     }
-    // SAFETY: the N bytes lie in the packet, checked just above, and the
-    // answer holds at least N. Copied straight from the scratch value:
-    // through the stack, four answers would not fit in it.
-    unsafe { core::ptr::copy_nonoverlapping(answer.as_ptr(), at as *mut u8, N) };
+    let from = answer.as_ptr().cast::<u32>();
+    let to = at as *mut u32;
+    for i in 0..N / 4 {
+        // SAFETY: the N bytes lie in the packet, checked just above, and
+        // the answer holds at least N. Copied straight from the scratch
+        // value: through the stack, four answers would not fit in it.
+        unsafe { core::ptr::write_volatile(to.add(i), core::ptr::read_volatile(from.add(i))) };
+    }
     true
 }

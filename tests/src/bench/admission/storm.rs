@@ -280,6 +280,7 @@ pub fn storm_run(admission: Admission) -> anyhow::Result<AdmissionRow> {
         p99_ms: quantile_ms(&times, 0.99),
         cookies: None,
         synproxy: None,
+        split: None,
     })
 }
 
