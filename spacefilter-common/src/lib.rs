@@ -927,8 +927,8 @@ pub mod features {
     /// The first bytes of sampled frames (`bpf_xdp_load_bytes`, 5.18).
     /// Off, samples carry the verdict and length with no bytes.
     pub const FRAME_HEADS: u32 = 1 << 1;
-    /// The coarse clock for capped samples (`bpf_ktime_get_coarse_ns`,
-    /// 5.11). Off, the precise clock.
+    /// The coarse clock for capped samples and the shield's SYN-ACKs
+    /// (`bpf_ktime_get_coarse_ns`, 5.11). Off, the precise clock.
     pub const COARSE_CLOCK: u32 = 1 << 2;
     /// Every feature.
     pub const ALL: u32 = TCP_COOKIES | FRAME_HEADS | COARSE_CLOCK;

@@ -662,7 +662,7 @@ pub fn admission_report(admitted: &Admitted, costs: &[(&str, f64)]) -> String {
         }
     }
     if let Some(row) = profiled {
-        out.push_str(&split_report(row, nft));
+        out.push_str(&split_report(row));
     }
     out.push_str(&costs_report(costs));
     out.push('\n');
@@ -671,44 +671,35 @@ pub fn admission_report(admitted: &Admitted, costs: &[(&str, f64)]) -> String {
     out
 }
 
-/// Where the shield's receive time went, from its profiled run.
-fn split_report(row: &AdmissionRow, nft: Option<&AdmissionRow>) -> String {
+/// Where the shield's receive time went, from its profiled run: shares,
+/// since a run of its own on a shared machine differs from the table's.
+fn split_report(row: &AdmissionRow) -> String {
     let Some(split) = row.split else {
         return String::new();
     };
     let program = split.program_ns * split.program_runs;
     let sink = split.sink_ns * split.sink_runs;
     let rest = row.receive_ns - program - sink;
-    let mut out = format!(
+    let share = |ns: f64| ns / row.receive_ns.max(1e-9) * 100.0;
+    format!(
         "\nWhere the shield's receive time goes, from a run of its own with the kernel's BPF \
-         run-time statistics on (`BPF_ENABLE_STATS`; they add two clock reads to every program \
-         run, so this run's figures are a little above the table's): {:.2} Mpps in, {:.0} ns \
-         of receive CPU a frame, of which spacefilter's program {:.0} ns ({:.2} runs a frame, \
-         {:.0} ns a run), the far end's sink that takes the SYN-ACKs {:.0} ns ({:.2} runs a \
-         frame, {:.0} ns a run), and the rest, {:.0} ns, veth's receive and transmit of the \
-         frame and its answer. On a NIC the answer goes to the transmit ring of the port it \
-         came in on, and the far end's part is another machine's.",
+         run-time statistics on (`BPF_ENABLE_STATS`, which adds two clock reads to every \
+         program run): {:.2} Mpps in, {:.0} ns of receive CPU a frame. spacefilter's program \
+         took {:.0} % of it ({:.0} ns a run, {:.2} runs a frame); the far end's sink that \
+         takes the SYN-ACKs {:.0} % ({:.0} ns a run, {:.2} runs a frame); the rest, {:.0} %, \
+         is veth's receive of the SYN and its transmit of the answer. On a NIC the answer goes \
+         to the transmit ring of the port it came in on, and the far end's part is another \
+         machine's.\n",
         row.arrived_pps / 1e6,
         row.receive_ns,
-        program,
-        split.program_runs,
+        share(program),
         split.program_ns,
-        sink,
-        split.sink_runs,
+        split.program_runs,
+        share(sink),
         split.sink_ns,
-        rest,
-    );
-    if let Some(nft) = nft {
-        let _ = write!(
-            out,
-            " Without the far end's part, {:.0} ns: {:.2} × nftables' {:.0} ns.",
-            row.receive_ns - sink,
-            (row.receive_ns - sink) / nft.receive_ns,
-            nft.receive_ns,
-        );
-    }
-    out.push('\n');
-    out
+        split.sink_runs,
+        share(rest),
+    )
 }
 
 /// The shield's own costs, as a table.
