@@ -879,8 +879,8 @@ fn turn_around<const IP: usize>(
 /// `at` is the IP header, 4-aligned as the kernel lays packets out (the
 /// Ethernet header and its tags start `NET_IP_ALIGN`, 2 bytes, into a
 /// word, and the verifier checks packet accesses on that assumption where
-/// alignment is strict); where a driver's frames start elsewhere the
-/// stores are unaligned, which the architectures with eBPF JITs take.
+/// alignment is strict); where a driver's frames start elsewhere, the
+/// stores are unaligned, which x86-64 and arm64 take as they are.
 #[inline(always)]
 #[expect(
     clippy::cast_ptr_alignment,
