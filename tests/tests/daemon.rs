@@ -1429,6 +1429,55 @@ fn socket_group_members_may_read_but_not_change() {
     assert!(out.stderr.contains("permission denied"), "{}", out.stderr);
 }
 
+/// A socket folder the daemon makes (outside systemd, `/run/spacefilter`
+/// does not exist before the first start) is given to `--socket-group`
+/// as the socket is, folders above it included: a folder of root's alone
+/// would keep the group's members from a socket they may use. Without the
+/// group, the folders stay root's.
+#[test]
+fn socket_folders_the_daemon_makes_let_its_group_in() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    require_root();
+    let lab = Lab::new().expect("building the lab");
+    let dir = Scratch::new("sockdir").expect("scratch directory");
+    // Let nobody through the scratch folder itself.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let start = |name: &str, args: &[&str]| {
+        std::fs::create_dir_all(dir.join(name)).unwrap();
+        let mut paths = DaemonPaths::in_dir(&dir.join(name));
+        paths.socket = dir.join(name).join("run/spacefilter/sock");
+        let daemon = DaemonProcess::start(&lab.ns(Host::Server), &paths, args)
+            .unwrap_or_else(|err| panic!("starting the daemon: {err:#}"));
+        (daemon, paths.socket)
+    };
+
+    let (grouped, socket) = start("grouped", &["--socket-group", "nogroup"]);
+    cli_as_nobody(&socket, &["status"]).ok("status as a group member");
+    let group = std::fs::metadata(&socket).unwrap().gid();
+    for folder in [
+        socket.parent().unwrap(),
+        socket.parent().unwrap().parent().unwrap(),
+    ] {
+        let meta = std::fs::metadata(folder).unwrap();
+        assert_eq!(
+            (meta.mode() & 0o777, meta.gid()),
+            (0o750, group),
+            "{}",
+            folder.display()
+        );
+    }
+    drop(grouped);
+
+    let (_root, socket) = start("root", &[]);
+    let out = cli_as_nobody(&socket, &["status"]);
+    out.expect_code(1, "status as nobody without the group");
+    assert!(out.stderr.contains("permission denied"), "{}", out.stderr);
+    assert_eq!(
+        std::fs::metadata(socket.parent().unwrap()).unwrap().gid(),
+        0
+    );
+}
+
 #[test]
 fn an_unknown_socket_group_is_refused() {
     require_root();

@@ -69,21 +69,39 @@ pub struct Bound {
     pub lock: Flock<File>,
 }
 
-/// Creates the socket: its folder if needed (mode 0750), owner root, mode
-/// 0660, group `group` if given (its members may then read: stats, lists,
-/// top, capture; only root changes anything). Another daemon on the same
-/// path is refused (its lock is held); a socket file left by a daemon that
-/// died is replaced; anything else at the path is left alone and refused.
+/// Creates the socket: owner root, mode 0660, group `group` if given (its
+/// members may then read: stats, lists, top, capture; only root changes
+/// anything). Its folder, and any folder above it, that does not exist yet
+/// is made with mode 0750, and given to `group` too, so that its members
+/// can reach the socket. Another daemon on the same path is refused (its
+/// lock is held); a socket file left by a daemon that died is replaced;
+/// anything else at the path is left alone and refused.
 pub fn bind(path: &Path, group: Option<nix::unistd::Gid>) -> anyhow::Result<Bound> {
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
         && !dir.exists()
     {
+        let made: Vec<&Path> = dir
+            .ancestors()
+            .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+            .collect();
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o750)
             .create(dir)
             .with_context(|| format!("creating {}", dir.display()))?;
+        if let Some(gid) = group {
+            for folder in made {
+                fchownat(
+                    AT_FDCWD,
+                    folder,
+                    None,
+                    Some(gid),
+                    AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .with_context(|| format!("giving {} to group {gid}", folder.display()))?;
+            }
+        }
     }
     let lock = lock_for(path)?;
     match fs::symlink_metadata(path) {
