@@ -193,19 +193,55 @@ fn the_filter_outlives_the_daemon_and_its_successor_takes_over_with_no_gap() {
     );
     let mut daemon = sighup_under_a_flood(&lab, &sink, to, daemon);
 
-    // `detach` takes it off once the daemon has stopped: the attacker's
-    // datagrams arrive again (the positive control of every count above).
     daemon.terminate(STOP_TIMEOUT).expect("stopping");
     assert!(xdp_attached(&lab), "the filter stays after a stop");
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.ns(Host::Server)])
-        .arg(binary())
-        .args(["detach", "--pin-dir"])
-        .arg(&pin_dir)
-        .arg("--socket")
-        .arg(&paths.socket)
-        .output()
-        .expect("running detach");
+    detach_takes_the_filter_off(&lab, &paths, &pin_dir, &sink, to);
+}
+
+/// `detach` takes the filter off once the daemon has stopped: the
+/// attacker's datagrams arrive again (the positive control of every count
+/// before it).
+fn detach_takes_the_filter_off(
+    lab: &Lab,
+    paths: &DaemonPaths,
+    pin_dir: &Path,
+    sink: &UdpSink,
+    to: SocketAddr,
+) {
+    let attacker = Host::Attacker.addr(Family::V4);
+    // It reads where the links are pinned from the daemon's config file,
+    // as the package's removal script has it do; a config file it cannot
+    // read changes nothing.
+    let detach = |config: &Path| {
+        Command::new("ip")
+            .args(["netns", "exec", &lab.ns(Host::Server)])
+            .arg(binary())
+            .args(["detach", "--config"])
+            .arg(config)
+            .output()
+            .expect("running detach")
+    };
+    let config = paths.state_dir.with_file_name("detach.toml");
+    let out = detach(&config);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot read config"),
+        "{out:?}"
+    );
+    assert!(
+        xdp_attached(lab),
+        "a config file it cannot read changes nothing"
+    );
+    std::fs::write(
+        &config,
+        format!(
+            "pin_dir = {:?}\nsocket = {:?}\n",
+            pin_dir.display().to_string(),
+            paths.socket.display().to_string()
+        ),
+    )
+    .expect("writing the config file");
+    let out = detach(&config);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -214,11 +250,11 @@ fn the_filter_outlives_the_daemon_and_its_successor_takes_over_with_no_gap() {
     );
     assert!(stdout.contains("detached from eth0"), "{stdout}");
     assert!(
-        wait_until(TIMEOUT, || !xdp_attached(&lab)),
+        wait_until(TIMEOUT, || !xdp_attached(lab)),
         "detach takes the program off"
     );
     let before = sink.received_from(attacker);
-    send_udp(&lab, Host::Attacker, to, 20, Duration::ZERO).expect("sending");
+    send_udp(lab, Host::Attacker, to, 20, Duration::ZERO).expect("sending");
     assert_eq!(
         sink.wait_for(attacker, before + 20, TIMEOUT),
         before + 20,

@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::Failure;
 use crate::{
-    config::DEFAULT_SOCKET,
+    config::{ConfigFile, DEFAULT_SOCKET},
     daemon::{DEFAULT_PIN_DIR, PinDir},
 };
 
@@ -17,13 +17,19 @@ pub(super) struct DetachArgs {
     /// network namespace's when none is given.
     #[arg(long = "iface", value_name = "IFACE")]
     ifaces: Vec<String>,
-    /// The directory the daemon pinned its links in (`run --pin-dir`).
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
-    pin_dir: PathBuf,
+    /// The directory the daemon pinned its links in (`run --pin-dir`;
+    /// default /sys/fs/bpf/spacefilter, or the config file's `pin_dir`).
+    #[arg(long, value_name = "DIR")]
+    pin_dir: Option<PathBuf>,
     /// The daemon's control socket: a daemon answering there keeps the
-    /// program on until it stops.
-    #[arg(long, env = "SPACEFILTER_SOCKET", default_value = DEFAULT_SOCKET)]
-    socket: PathBuf,
+    /// program on until it stops (default /run/spacefilter/spacefilter.sock,
+    /// or the config file's `socket`).
+    #[arg(long, env = "SPACEFILTER_SOCKET")]
+    socket: Option<PathBuf>,
+    /// The daemon's config file (`run --config`): its `pin_dir` and
+    /// `socket`, where the command line does not name them.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 pub(super) fn detach(args: &DetachArgs) -> Result<(), Failure> {
@@ -31,8 +37,22 @@ pub(super) fn detach(args: &DetachArgs) -> Result<(), Failure> {
         ifaces,
         pin_dir,
         socket,
+        config,
     } = args;
-    let pins = PinDir::open(pin_dir)
+    let file = match config {
+        Some(path) => ConfigFile::load(path)
+            .map_err(|why| Failure::bad_input(format!("{why}; nothing was changed")))?,
+        None => ConfigFile::default(),
+    };
+    let pin_dir = pin_dir
+        .clone()
+        .or(file.pin_dir)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR));
+    let socket = socket
+        .clone()
+        .or(file.socket)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+    let pins = PinDir::open(&pin_dir)
         .map_err(|why| Failure::bad_input(format!("no pinned filter to take off: {why}")))?;
     let pinned = pins.pinned();
     let chosen: Vec<&(String, PathBuf)> =
@@ -59,7 +79,7 @@ pub(super) fn detach(args: &DetachArgs) -> Result<(), Failure> {
         );
         return Ok(());
     }
-    let daemon_runs = UnixStream::connect(socket).is_ok();
+    let daemon_runs = UnixStream::connect(&socket).is_ok();
     for (iface, pin) in chosen {
         std::fs::remove_file(pin).map_err(|err| {
             Failure::runtime(format!("{iface}: removing {}: {err}", pin.display()))
