@@ -17,7 +17,9 @@ use std::{
 };
 
 use spacefilter_tests::daemon::{Scratch, binary};
-use xtask::package::{self, BINARY, COMPLETIONS, CONFIG, COPYRIGHT, Inputs, MAN_DIR, UNIT};
+use xtask::package::{
+    self, BINARY, CHANGELOG, COMPLETIONS, CONFIG, COPYRIGHT, Inputs, MAN_DIR, UNIT,
+};
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -147,7 +149,7 @@ fn the_package_ships_the_binary_the_unit_the_config_the_pages_and_the_completion
     let (mode, owner, size) = entry(BINARY);
     assert_eq!((mode.as_str(), owner.as_str()), ("-rwxr-xr-x", "root/root"));
     assert!(size > 1 << 20, "the binary is {size} bytes");
-    for path in [UNIT, CONFIG, COPYRIGHT] {
+    for path in [UNIT, CONFIG, COPYRIGHT, CHANGELOG] {
         let (mode, owner, size) = entry(path);
         assert_eq!(
             (mode.as_str(), owner.as_str()),
@@ -156,6 +158,12 @@ fn the_package_ships_the_binary_the_unit_the_config_the_pages_and_the_completion
         );
         assert!(size > 0, "{path} is empty");
     }
+    // The changelog's newest entry is of this version.
+    let changelog = ok(Command::new("zcat").arg(built.tree.join(CHANGELOG)));
+    assert!(
+        changelog.starts_with(&format!("spacefilter ({}) ", built.version)),
+        "{changelog}"
+    );
     for (_, path) in COMPLETIONS {
         assert!(entry(path).2 > 1000, "{path} is nearly empty");
     }

@@ -41,6 +41,7 @@ pub const UNIT: &str = "lib/systemd/system/spacefilter.service";
 pub const CONFIG: &str = "etc/spacefilter/spacefilter.toml";
 pub const MAN_DIR: &str = "usr/share/man/man8";
 pub const COPYRIGHT: &str = "usr/share/doc/spacefilter/copyright";
+pub const CHANGELOG: &str = "usr/share/doc/spacefilter/changelog.Debian.gz";
 /// The completion scripts: shell, and where the shell looks for them.
 pub const COMPLETIONS: [(&str, &str); 3] = [
     ("bash", "usr/share/bash-completion/completions/spacefilter"),
@@ -102,6 +103,7 @@ pub fn build_deb(inputs: &Inputs<'_>) -> Result<Package> {
     copy("spacefilter.service", UNIT, 0o644)?;
     copy("spacefilter.toml", CONFIG, 0o644)?;
     copy("debian/copyright", COPYRIGHT, 0o644)?;
+    changelog(&packaging.join("debian/changelog"), &version, &tree)?;
     manual_pages(&shipped, &tree, out_dir, source_date(root).as_deref())?;
     for (shell, to) in COMPLETIONS {
         let script = output(
@@ -198,6 +200,26 @@ fn binary_version(binary: &Path) -> Result<String> {
         "`spacefilter --version` printed {line:?}, whose version is no Debian version"
     );
     Ok(version.to_owned())
+}
+
+/// The Debian changelog, compressed as Debian ships it; its newest entry
+/// must be of the version packaged (the crate's), or the package is not
+/// built: `apt changelog` and lintian read it.
+fn changelog(path: &Path, version: &str, tree: &Path) -> Result<()> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let newest = text.lines().next().unwrap_or_default();
+    ensure!(
+        newest.starts_with(&format!("spacefilter ({version}) ")),
+        "{}: the newest entry is {newest:?}, but the package is version {version}; add an \
+         entry for it at the top",
+        path.display()
+    );
+    let gz = output(
+        Command::new("gzip").args(["-9n", "--stdout"]).arg(path),
+        "gzip",
+    )?
+    .stdout;
+    place(tree, CHANGELOG, 0o644, &gz).map(drop)
 }
 
 /// The pages `spacefilter manpage` writes, compressed as Debian ships
