@@ -37,7 +37,7 @@ pub struct Package {
 
 /// Where each file goes in the package, with its mode.
 pub const BINARY: &str = "usr/sbin/spacefilter";
-pub const UNIT: &str = "lib/systemd/system/spacefilter.service";
+pub const UNIT: &str = "usr/lib/systemd/system/spacefilter.service";
 pub const CONFIG: &str = "etc/spacefilter/spacefilter.toml";
 pub const MAN_DIR: &str = "usr/share/man/man8";
 pub const COPYRIGHT: &str = "usr/share/doc/spacefilter/copyright";

@@ -122,7 +122,7 @@ fn files(roff: &mut Roff) {
              spacefilter detach takes it off.",
         ),
         (
-            "/lib/systemd/system/spacefilter.service",
+            "/usr/lib/systemd/system/spacefilter.service",
             "The systemd unit that runs the daemon.",
         ),
     ];
