@@ -7,7 +7,12 @@
 //! from a legitimate listener, as a UDP service on the server receives
 //! them, while the daemon crashes, restarts and stops.
 
-use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 use nix::sys::signal::Signal;
 use spacefilter::api::StatusView;
@@ -21,6 +26,42 @@ use spacefilter_tests::{
 const TIMEOUT: Duration = Duration::from_secs(5);
 /// Datagrams a second from each side while a daemon restarts.
 const RATE: u64 = 2000;
+
+/// A lab whose server pins its links on a BPF filesystem of its own, with
+/// a UDP service there that counts what arrives from whom. Dropped in
+/// this order: the service, the filesystem, the scratch folder, the lab.
+struct Pinned {
+    sink: UdpSink,
+    /// The service's address.
+    to: SocketAddr,
+    paths: DaemonPaths,
+    pin_dir: PathBuf,
+    _bpffs: BpfFs,
+    dir: Scratch,
+    lab: Lab,
+}
+
+impl Pinned {
+    fn new(name: &str) -> Pinned {
+        require_root();
+        let lab = Lab::new().expect("building the lab");
+        let dir = Scratch::new(name).expect("a scratch directory");
+        let bpffs = BpfFs::mount(&dir.path().join("bpf")).expect("a BPF filesystem");
+        let pin_dir = bpffs.path().join("spacefilter");
+        let paths = DaemonPaths::in_dir(&dir.path().join("state"));
+        let sink = UdpSink::start(&lab, Host::Server).expect("a UDP service on the server");
+        let to = SocketAddr::new(Host::Server.addr(Family::V4), sink.port());
+        Pinned {
+            sink,
+            to,
+            paths,
+            pin_dir,
+            _bpffs: bpffs,
+            dir,
+            lab,
+        }
+    }
+}
 
 fn start(lab: &Lab, paths: &DaemonPaths, pin_dir: &Path) -> DaemonProcess {
     let pin_dir = pin_dir.to_str().expect("UTF-8");
@@ -110,30 +151,32 @@ fn sighup_under_a_flood(
 
 #[test]
 fn the_filter_outlives_the_daemon_and_its_successor_takes_over_with_no_gap() {
-    require_root();
-    let lab = Lab::new().expect("building the lab");
-    let dir = Scratch::new("pinned").expect("a scratch directory");
-    let bpffs = BpfFs::mount(&dir.path().join("bpf")).expect("a BPF filesystem");
-    let pin_dir = bpffs.path().join("spacefilter");
-    let paths = DaemonPaths::in_dir(&dir.path().join("state"));
-    let sink = UdpSink::start(&lab, Host::Server).expect("a UDP service on the server");
-    let to = SocketAddr::new(Host::Server.addr(Family::V4), sink.port());
+    let pinned = Pinned::new("pinned");
+    let Pinned {
+        lab,
+        dir,
+        pin_dir,
+        paths,
+        sink,
+        ..
+    } = &pinned;
+    let to = pinned.to;
     let attacker = Host::Attacker.addr(Family::V4);
     let listener = Host::Listener.addr(Family::V4);
 
     // Control: where links cannot be pinned (not a BPF filesystem), a
     // restart leaves the interface open, and the attacker gets through.
     let unpinned = dir.path().join("not-bpffs");
-    let mut daemon = start(&lab, &paths, &unpinned);
+    let mut daemon = start(lab, paths, &unpinned);
     assert!(
         daemon.log().contains("the XDP links are not pinned"),
         "{}",
         daemon.log()
     );
     daemon.cli(&["block", &attacker.to_string()]).ok("block");
-    let (leaked, mut daemon) = attacker_frames_across_a_restart(&lab, &sink, to, || {
+    let (leaked, mut daemon) = attacker_frames_across_a_restart(lab, sink, to, || {
         daemon.terminate(STOP_TIMEOUT).expect("stopping");
-        start(&lab, &paths, &unpinned)
+        start(lab, paths, &unpinned)
     });
     eprintln!("unpinned restart (control): {leaked} datagrams from the attacker got through");
     assert!(
@@ -142,12 +185,12 @@ fn the_filter_outlives_the_daemon_and_its_successor_takes_over_with_no_gap() {
     );
     daemon.terminate(STOP_TIMEOUT).expect("stopping");
     assert!(
-        !xdp_attached(&lab),
+        !xdp_attached(lab),
         "an unpinned filter goes with its daemon"
     );
 
     // Pinned: the filter is on from the start, the block restored.
-    let mut daemon = start(&lab, &paths, &pin_dir);
+    let mut daemon = start(lab, paths, pin_dir);
     assert!(daemon.log().contains("link pinned at"), "{}", daemon.log());
     let status: StatusView = serde_json::from_str(daemon.cli(&["status", "--json"]).ok("status"))
         .expect("status --json");
@@ -156,10 +199,10 @@ fn the_filter_outlives_the_daemon_and_its_successor_takes_over_with_no_gap() {
     // A crash leaves the program filtering: the attacker is still dropped,
     // the listener still served.
     daemon.kill().expect("kill -9");
-    assert!(xdp_attached(&lab), "the filter stays after a crash");
+    assert!(xdp_attached(lab), "the filter stays after a crash");
     let before = (sink.received_from(attacker), sink.received_from(listener));
-    send_udp(&lab, Host::Attacker, to, 50, Duration::ZERO).expect("sending");
-    send_udp(&lab, Host::Listener, to, 50, Duration::ZERO).expect("sending");
+    send_udp(lab, Host::Attacker, to, 50, Duration::ZERO).expect("sending");
+    send_udp(lab, Host::Listener, to, 50, Duration::ZERO).expect("sending");
     let _ = sink.wait_for(listener, before.1 + 50, TIMEOUT);
     assert_eq!(
         sink.received_from(listener),
@@ -175,14 +218,14 @@ fn the_filter_outlives_the_daemon_and_its_successor_takes_over_with_no_gap() {
     // A successor takes the link over while both streams run: not one
     // datagram from the attacker gets through.
     let (leaked, mut daemon) =
-        attacker_frames_across_a_restart(&lab, &sink, to, || start(&lab, &paths, &pin_dir));
+        attacker_frames_across_a_restart(lab, sink, to, || start(lab, paths, pin_dir));
     assert!(daemon.log().contains("took over eth0"), "{}", daemon.log());
     eprintln!("takeover after a crash: {leaked} datagrams from the attacker got through");
     assert_eq!(leaked, 0, "the attacker got through during the takeover");
     // And a clean stop and start, the same.
-    let (leaked, daemon) = attacker_frames_across_a_restart(&lab, &sink, to, || {
+    let (leaked, daemon) = attacker_frames_across_a_restart(lab, sink, to, || {
         daemon.terminate(STOP_TIMEOUT).expect("stopping");
-        start(&lab, &paths, &pin_dir)
+        start(lab, paths, pin_dir)
     });
     eprintln!("stop and start: {leaked} datagrams from the attacker got through");
     assert_eq!(leaked, 0, "the attacker got through during a restart");
@@ -191,23 +234,26 @@ fn the_filter_outlives_the_daemon_and_its_successor_takes_over_with_no_gap() {
         "{}",
         daemon.log()
     );
-    let mut daemon = sighup_under_a_flood(&lab, &sink, to, daemon);
+    let mut daemon = sighup_under_a_flood(lab, sink, to, daemon);
 
     daemon.terminate(STOP_TIMEOUT).expect("stopping");
-    assert!(xdp_attached(&lab), "the filter stays after a stop");
-    detach_takes_the_filter_off(&lab, &paths, &pin_dir, &sink, to);
+    assert!(xdp_attached(lab), "the filter stays after a stop");
+    detach_takes_the_filter_off(&pinned);
 }
 
 /// `detach` takes the filter off once the daemon has stopped: the
 /// attacker's datagrams arrive again (the positive control of every count
 /// before it).
-fn detach_takes_the_filter_off(
-    lab: &Lab,
-    paths: &DaemonPaths,
-    pin_dir: &Path,
-    sink: &UdpSink,
-    to: SocketAddr,
-) {
+fn detach_takes_the_filter_off(pinned: &Pinned) {
+    let Pinned {
+        lab,
+        paths,
+        pin_dir,
+        sink,
+        to,
+        ..
+    } = pinned;
+    let to = *to;
     let attacker = Host::Attacker.addr(Family::V4);
     // It reads where the links are pinned from the daemon's config file,
     // as the package's removal script has it do; a config file it cannot
@@ -281,17 +327,18 @@ fn attacker_held_off(sink: &UdpSink, attacker: std::net::IpAddr) -> bool {
 /// again), and the new daemon lists the block once it reconciles.
 #[test]
 fn a_takeover_keeps_what_the_flood_taught() {
-    require_root();
-    let lab = Lab::new().expect("building the lab");
-    let dir = Scratch::new("carry").expect("a scratch directory");
-    let bpffs = BpfFs::mount(&dir.path().join("bpf")).expect("a BPF filesystem");
-    let pin_dir = bpffs.path().join("spacefilter");
-    let paths = DaemonPaths::in_dir(&dir.path().join("state"));
-    let sink = UdpSink::start(&lab, Host::Server).expect("a UDP service on the server");
-    let to = SocketAddr::new(Host::Server.addr(Family::V4), sink.port());
+    let pinned = Pinned::new("carry");
+    let Pinned {
+        lab,
+        pin_dir,
+        paths,
+        sink,
+        ..
+    } = &pinned;
+    let to = pinned.to;
     let attacker = Host::Attacker.addr(Family::V4);
 
-    let mut daemon = start(&lab, &paths, &pin_dir);
+    let mut daemon = start(lab, paths, pin_dir);
     daemon
         .cli(&[
             "limit",
@@ -311,20 +358,20 @@ fn a_takeover_keeps_what_the_flood_taught() {
     // While no daemon runs, the attacker floods: its burst gets through
     // (the positive control: a fresh bucket lets it in), then the old
     // program auto-blocks it.
-    let attack = UdpStream::start(&lab, Host::Attacker, to, RATE).expect("attack stream");
+    let attack = UdpStream::start(lab, Host::Attacker, to, RATE).expect("attack stream");
     assert!(
         wait_until(TIMEOUT, || sink.received_from(attacker) >= 200),
         "the attacker's burst arrives"
     );
     assert!(
-        attacker_held_off(&sink, attacker),
+        attacker_held_off(sink, attacker),
         "the old program never held the attacker off"
     );
     let before = sink.received_from(attacker);
 
     // The successor takes over while the flood goes on: not one more
     // datagram gets through.
-    let daemon = start(&lab, &paths, &pin_dir);
+    let daemon = start(lab, paths, pin_dir);
     assert!(daemon.log().contains("took over eth0"), "{}", daemon.log());
     // Long enough for a fresh bucket's burst and a second over the limit.
     let listed = wait_until(Duration::from_secs(15), || {
