@@ -66,6 +66,7 @@ impl Member {
                 &cluster.endpoints(),
                 "--fleet",
                 FLEET,
+                "--share-auto-blocks",
             ],
         )
         .unwrap_or_else(|err| panic!("starting the daemon: {err:#}"));
@@ -172,7 +173,26 @@ impl Member {
             .expect("reading the keys")
             .into_iter()
             .filter_map(|k| k.strip_prefix(PREFIX).map(str::to_owned))
+            .filter(|k| !k.starts_with("settings/"))
             .collect()
+    }
+
+    /// One of the fleet's settings as etcd holds it.
+    fn setting(&self, name: &str) -> Value {
+        let out = self.etcdctl(&[
+            "get",
+            &format!("{PREFIX}settings/{name}"),
+            "--print-value-only",
+        ]);
+        serde_json::from_str(out.trim()).unwrap_or(Value::Null)
+    }
+
+    /// What `spacefilter VERB show --json` (or `rule list`) says here.
+    fn shown(&self, args: &[&str]) -> Value {
+        let mut args = args.to_vec();
+        args.push("--json");
+        let out = self.daemon.cli(&args);
+        serde_json::from_str(out.ok("show")).expect("JSON")
     }
 
     fn wait_in_step(&self, what: &str) {
@@ -207,8 +227,133 @@ fn a_fleet_member_follows_etcd() {
     let mut m = Member::start();
     rules_come_and_go(&m);
     the_verbs_write_to_the_fleet(&m);
+    settings_are_shared(&m);
     the_leader_can_go(&mut m);
     cut_off_and_back(&m);
+    auto_blocks_are_shared(&m);
+}
+
+/// The limits, the rules on headers and the shield set on a member go to
+/// the fleet; what the fleet holds is put in force; `--local` stays here.
+fn settings_are_shared(m: &Member) {
+    m.verb_ok(&["limit", "set", "--pps", "1000"]);
+    assert_eq!(m.setting("limits")["pps"], 1000, "the limits are in etcd");
+    assert_eq!(
+        m.shown(&["limit", "show"])["pps"],
+        1000,
+        "and in force here"
+    );
+    let mut limits = m.setting("limits");
+    limits["pps"] = 2000.into();
+    m.etcdctl(&[
+        "put",
+        &format!("{PREFIX}settings/limits"),
+        &limits.to_string(),
+    ]);
+    assert!(
+        wait_until(TIMEOUT, || m.shown(&["limit", "show"])["pps"] == 2000),
+        "the fleet's limits are put in force: {}",
+        m.shown(&["limit", "show"])
+    );
+    m.verb_ok(&["limit", "set", "--local", "--pps", "500"]);
+    assert_eq!(m.shown(&["limit", "show"])["pps"], 500, "--local here");
+    assert_eq!(
+        m.setting("limits")["pps"],
+        2000,
+        "--local leaves the fleet's"
+    );
+    m.verb_ok(&["limit", "off"]);
+    assert_eq!(m.setting("limits")["enabled"], false);
+    assert_eq!(m.shown(&["limit", "show"])["enabled"], false);
+
+    // Rules: appended and deleted in the fleet's list, ids kept.
+    m.verb_ok(&[
+        "rule", "add", "--action", "drop", "--proto", "udp", "--dport", "9",
+    ]);
+    m.verb_ok(&[
+        "rule", "add", "--action", "drop", "--proto", "tcp", "--dport", "9",
+    ]);
+    let ids = |rules: &Value| -> Vec<u64> {
+        rules
+            .as_array()
+            .map(|r| r.iter().filter_map(|r| r["id"].as_u64()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(ids(&m.setting("rules")), [1, 2], "{}", m.setting("rules"));
+    m.verb_ok(&["rule", "del", "1"]);
+    assert_eq!(ids(&m.setting("rules")), [2], "{}", m.setting("rules"));
+    assert_eq!(ids(&m.shown(&["rule", "list"])), [2], "in force here");
+    let (code, _, stderr) = m.verb(&["rule", "del", "7"]);
+    assert_eq!(code, 2, "a rule the fleet lacks: {stderr}");
+    assert_eq!(ids(&m.setting("rules")), [2], "nothing changed");
+    m.etcdctl(&["put", &format!("{PREFIX}settings/rules"), "[]"]);
+    assert!(
+        wait_until(TIMEOUT, || ids(&m.shown(&["rule", "list"])).is_empty()),
+        "the fleet's empty list is put in force"
+    );
+    // Bad input never reaches the fleet.
+    let (code, _, stderr) = m.verb(&[
+        "rule",
+        "add",
+        "--action",
+        "drop",
+        "--proto",
+        "udp",
+        "--tcp-flags",
+        "SYN",
+    ]);
+    assert_eq!(code, 2, "a TCP-flags rule on UDP: {stderr}");
+    assert_eq!(
+        m.setting("rules"),
+        serde_json::json!([]),
+        "nothing was written"
+    );
+
+    // The shield, on and off.
+    m.verb_ok(&["shield", "on", "--ports", "tcp/8443"]);
+    assert_eq!(m.setting("shield")["enabled"], true);
+    assert_eq!(m.shown(&["shield", "show"])["enabled"], true);
+    m.verb_ok(&["shield", "off"]);
+    assert_eq!(m.setting("shield")["enabled"], false);
+    assert_eq!(m.shown(&["shield", "show"])["enabled"], false);
+}
+
+/// With `--share-auto-blocks`, an auto-block goes to the fleet as a timed
+/// block that the other members apply; this host keeps it as its own.
+fn auto_blocks_are_shared(m: &Member) {
+    m.etcdctl(&["del", "--prefix", &format!("{PREFIX}block/")]);
+    m.wait_in_step("the fleet's blocks deleted");
+    assert_eq!(m.attacker_gets_through(), PROBE, "before the flood");
+    m.verb_ok(&[
+        "limit",
+        "set",
+        "--pps",
+        "200",
+        "--burst",
+        "50",
+        "--block-after",
+        "1s",
+        "--block-ttl",
+        "30s",
+    ]);
+    let to = SocketAddr::new(Host::Server.addr(Family::V4), m.sink.port());
+    send_udp(&m.lab, Host::Attacker, to, 4000, Duration::from_micros(500)).expect("attacker sends");
+    let attacker = format!("block/{}/32", Host::Attacker.addr(Family::V4));
+    assert!(
+        wait_until(TIMEOUT, || m.fleet_keys().contains(&attacker)),
+        "the auto-block is shared: {:?}",
+        m.fleet_keys()
+    );
+    let value = m.etcdctl(&["get", &format!("{PREFIX}{attacker}"), "--print-value-only"]);
+    assert!(value.contains(r#""auto":true"#), "{value}");
+    let lease = m.etcdctl(&["get", &format!("{PREFIX}{attacker}"), "-w", "json"]);
+    assert!(lease.contains("\"lease\""), "a timed block: {lease}");
+    assert!(
+        !m.fleet_entries().contains(&attacker),
+        "this host holds it as its own auto-block, not again as the fleet's: {:?}",
+        m.fleet_entries()
+    );
+    m.verb_ok(&["limit", "off"]);
 }
 
 /// A block, deleted; a leased block, expired.

@@ -229,6 +229,11 @@ pub enum Request {
     },
     /// Forget a source's verification, however it was proven.
     Revoke { addr: std::net::IpAddr },
+    /// Make a change fleet-wide: on a member of a fleet, `change` (an add
+    /// or remove, the limits, a header rule, the shield) is written to the
+    /// fleet and the reply comes once this host has applied it from
+    /// there; elsewhere it is a change of this host.
+    Fleet { change: Box<Request> },
     /// Change drop sampling or the debug log (what is not given stays).
     SetObserve {
         /// One dropped frame in this many is sampled; 0: off.
@@ -265,7 +270,7 @@ impl Request {
                 | Request::SetShield { .. }
                 | Request::Admit { .. }
                 | Request::Revoke { .. }
-        )
+        ) || matches!(self, Request::Fleet { change } if change.writes())
     }
 }
 
@@ -285,19 +290,35 @@ pub enum ErrorKind {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Response {
-    Error { kind: ErrorKind, message: String },
-    Progress { done: u64, total: u64 },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
+    Progress {
+        done: u64,
+        total: u64,
+    },
     Changed(Changed),
-    Entries { entries: Vec<EntryView> },
+    Entries {
+        entries: Vec<EntryView>,
+    },
     Stats(StatsView),
     Status(Box<StatusView>),
     Limits(LimitsView),
-    Rules { rules: Vec<HeaderRuleView> },
+    Rules {
+        rules: Vec<HeaderRuleView>,
+    },
     Top(TopView),
     Sample(SampleView),
     Observe(ObserveView),
     Shield(ShieldView),
     Admitted(AdmitView),
+    /// A fleet-wide change of lists: written to the fleet at `revision`,
+    /// `count` prefixes, and in force on this host.
+    Fleet {
+        revision: i64,
+        count: u64,
+    },
 }
 
 /// Why `name` cannot be a capture's `--reason`, if it cannot: only the

@@ -100,6 +100,21 @@ impl Default for ShieldView {
 }
 
 impl ShieldView {
+    /// The settings alone, without what replies add (the state, the
+    /// counts, what the host made of them).
+    #[must_use]
+    pub fn settings(&self) -> Self {
+        Self {
+            enabled: self.enabled,
+            tcp_ports: self.tcp_ports.clone(),
+            udp_ports: self.udp_ports.clone(),
+            unverified_pps: self.unverified_pps,
+            verified_idle_secs: self.verified_idle_secs,
+            auto: self.auto,
+            ..Self::default()
+        }
+    }
+
     /// Why these settings cannot be put in force, if they cannot.
     #[must_use]
     pub fn problem(&self) -> Option<String> {

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use super::{Common, Failure, StatusArgs, print_json, reply_failure, unexpected};
+use super::{
+    ChangeArgs, Common, Failure, Scope, StatusArgs, print_json, reply_failure, unexpected,
+};
 use crate::api::{LimitsView, ReflectProfile, Request, Response, client::Client};
 
 #[derive(Args)]
@@ -20,7 +22,7 @@ enum LimitAction {
     /// once, without reloading anything).
     Set(Box<LimitSetArgs>),
     /// Switch the per-source limit off.
-    Off(StatusArgs),
+    Off(ChangeArgs),
     /// Show the per-source limit in force.
     Show(StatusArgs),
 }
@@ -84,6 +86,8 @@ struct LimitSetArgs {
     #[arg(long)]
     dry_run: bool,
     #[command(flatten)]
+    scope: Scope,
+    #[command(flatten)]
     common: Common,
 }
 
@@ -104,6 +108,7 @@ pub(super) fn current_limits(client: &mut Client) -> Result<LimitsView, Failure>
 pub(super) fn apply_limits(
     client: &mut Client,
     limits: Option<LimitsView>,
+    scope: Scope,
     json: bool,
 ) -> Result<(), Failure> {
     let view = match limits {
@@ -112,7 +117,7 @@ pub(super) fn apply_limits(
             if let Some(problem) = limits.problem() {
                 return Err(Failure::bad_input(problem));
             }
-            match client.call(Request::SetLimits { limits }, &mut |_, _| {})? {
+            match client.call(scope.request(Request::SetLimits { limits }), &mut |_, _| {})? {
                 Response::Limits(view) => view,
                 Response::Error { kind, message } => return Err(reply_failure(kind, message)),
                 other => return Err(unexpected(&other)),
@@ -130,7 +135,7 @@ pub(super) fn apply_limits(
 pub(super) fn limit(args: &LimitArgs) -> Result<(), Failure> {
     let (socket, json) = match &args.action {
         LimitAction::Set(set) => (set.common.socket.clone(), set.common.json),
-        LimitAction::Off(StatusArgs { common }) | LimitAction::Show(StatusArgs { common }) => {
+        LimitAction::Off(ChangeArgs { common, .. }) | LimitAction::Show(StatusArgs { common }) => {
             (common.socket.clone(), common.json)
         }
     };
@@ -154,6 +159,7 @@ pub(super) fn limit(args: &LimitArgs) -> Result<(), Failure> {
                 fallback_pps,
                 fallback_burst,
                 dry_run,
+                scope,
                 common: _,
             } = set.as_ref();
             limits.enabled = pps.is_some() || bps.is_some();
@@ -180,16 +186,16 @@ pub(super) fn limit(args: &LimitArgs) -> Result<(), Failure> {
                     "give a rate: --pps, --bps, --syn-pps or --syn-global-pps",
                 ));
             }
-            apply_limits(&mut client, Some(limits), json)
+            apply_limits(&mut client, Some(limits), scope, json)
         }
-        LimitAction::Off(_) => {
+        LimitAction::Off(ChangeArgs { scope, .. }) => {
             limits.enabled = false;
             limits.dry_run = false;
             limits.syn_pps = 0;
             limits.syn_global_pps = 0;
-            apply_limits(&mut client, Some(limits), json)
+            apply_limits(&mut client, Some(limits), *scope, json)
         }
-        LimitAction::Show(_) => apply_limits(&mut client, None, json),
+        LimitAction::Show(_) => apply_limits(&mut client, None, Scope { local: true }, json),
     }
 }
 

@@ -37,6 +37,10 @@ pub(super) struct LinkArgs {
         requires = "etcd"
     )]
     fleet: String,
+    /// Write this host's auto-blocks to the fleet, as timed blocks every
+    /// member applies (without it, they stay on this host).
+    #[arg(long, requires = "etcd")]
+    share_auto_blocks: bool,
 }
 
 /// The links to start beside the transports, checked before the daemon
@@ -60,7 +64,11 @@ impl LinkArgs {
             .etcd
             .map(|endpoints| etcd::Settings::new(&endpoints, &self.fleet, state_dir))
             .transpose()
-            .map_err(Failure::bad_input)?;
+            .map_err(Failure::bad_input)?
+            .map(|settings| etcd::Settings {
+                share_auto_blocks: self.share_auto_blocks,
+                ..settings
+            });
         Ok(Links { crowdsec, etcd })
     }
 }

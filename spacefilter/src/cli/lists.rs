@@ -8,7 +8,7 @@ use std::{
 
 use clap::Args;
 
-use super::{Common, Failure, print_json, reply_failure, unexpected};
+use super::{Common, Failure, Scope, print_json, reply_failure, unexpected};
 use crate::{
     api::{
         Changed, Origin, Request, Response,
@@ -139,22 +139,6 @@ pub(super) fn add(list: List, args: AddArgs) -> Result<(), Failure> {
         return Err(Failure::bad_input("--ttl must be longer than zero"));
     }
     let mut client = Client::connect(&socket)?;
-    if !local && let Some(fleet) = super::fleet_write::fleet_of(&mut client)? {
-        if force {
-            return Err(Failure::bad_input(
-                "--force overrides this host's lockout guard only: add --local, or leave --force out",
-            ));
-        }
-        return super::fleet_write::add(
-            &mut client,
-            &fleet,
-            list,
-            &prefixes,
-            ttl,
-            comment.as_deref(),
-            json,
-        );
-    }
     let bar = indicatif::ProgressBar::new(0);
     if !io::stderr().is_terminal() || json {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -165,14 +149,14 @@ pub(super) fn add(list: List, args: AddArgs) -> Result<(), Failure> {
     );
     bar.set_message(format!("{}ing", list.name()));
     let response = client.call(
-        Request::Add {
+        Scope { local }.request(Request::Add {
             list,
             prefixes,
             ttl_secs: ttl.map(|t| t.as_secs().max(1)),
             comment,
             origin,
             force,
-        },
+        }),
         &mut |done, total| {
             bar.set_length(total);
             bar.set_position(done);
@@ -184,8 +168,23 @@ pub(super) fn add(list: List, args: AddArgs) -> Result<(), Failure> {
             report_changed(list.name(), changed, json);
             Ok(())
         }
+        Response::Fleet { revision, count } => {
+            report_fleet(list.name(), count, revision, json);
+            Ok(())
+        }
         Response::Error { kind, message } => Err(reply_failure(kind, message)),
         other => Err(unexpected(&other)),
+    }
+}
+
+/// What a change written to the fleet did.
+fn report_fleet(verb: &str, count: u64, revision: i64, json: bool) {
+    if json {
+        print_json(&serde_json::json!({"fleet": count, "revision": revision}));
+    } else {
+        println!(
+            "{verb}: {count} written to the fleet (etcd revision {revision}) and in force here"
+        );
     }
 }
 
@@ -198,12 +197,14 @@ pub(super) fn remove(list: List, args: RemoveArgs) -> Result<(), Failure> {
     } = args;
     let prefixes = gather(&prefixes, file.as_deref())?;
     let mut client = Client::connect(&socket)?;
-    if !local && let Some(fleet) = super::fleet_write::fleet_of(&mut client)? {
-        return super::fleet_write::remove(&mut client, &fleet, list, &prefixes, json);
-    }
-    match client.call(Request::Remove { list, prefixes }, &mut |_, _| {})? {
+    let request = Scope { local }.request(Request::Remove { list, prefixes });
+    match client.call(request, &mut |_, _| {})? {
         Response::Changed(changed) => {
             report_changed(&format!("un{}", list.name()), changed, json);
+            Ok(())
+        }
+        Response::Fleet { revision, count } => {
+            report_fleet(&format!("un{}", list.name()), count, revision, json);
             Ok(())
         }
         Response::Error { kind, message } => Err(reply_failure(kind, message)),

@@ -9,7 +9,6 @@
 mod capture;
 mod completions;
 mod detach;
-mod fleet_write;
 mod limit;
 mod links;
 mod lists;
@@ -169,6 +168,38 @@ pub(super) struct Common {
     /// Print machine-readable JSON instead of text.
     #[arg(long)]
     pub(super) json: bool,
+}
+
+/// Where a change goes.
+#[derive(Args, Clone, Copy)]
+pub(super) struct Scope {
+    /// On a member of a fleet: change this host only (without it, the
+    /// change goes to every member through etcd).
+    #[arg(long)]
+    pub(super) local: bool,
+}
+
+impl Scope {
+    /// `change`, made fleet-wide unless `--local` (on a host in no fleet,
+    /// the daemon makes it on this host either way).
+    pub(super) fn request(self, change: crate::api::Request) -> crate::api::Request {
+        if self.local {
+            change
+        } else {
+            crate::api::Request::Fleet {
+                change: Box::new(change),
+            }
+        }
+    }
+}
+
+/// The arguments of a verb that changes something and takes nothing else.
+#[derive(Args)]
+pub(super) struct ChangeArgs {
+    #[command(flatten)]
+    pub(super) scope: Scope,
+    #[command(flatten)]
+    pub(super) common: Common,
 }
 
 /// The arguments of a verb that takes nothing but the common ones.

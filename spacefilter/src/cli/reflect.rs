@@ -3,7 +3,7 @@
 use clap::{Args, Subcommand};
 
 use super::{
-    Common, Failure, StatusArgs,
+    ChangeArgs, Common, Failure, Scope, StatusArgs,
     limit::{apply_limits, current_limits},
     parse::parse_port_range,
 };
@@ -18,9 +18,9 @@ pub(super) struct ReflectArgs {
 #[derive(Subcommand)]
 enum ReflectAction {
     /// Switch the reflection guard on (it is on by default).
-    On(StatusArgs),
+    On(ChangeArgs),
     /// Switch the reflection guard off.
-    Off(StatusArgs),
+    Off(ChangeArgs),
     /// Show the reflection guard's profile.
     Show(StatusArgs),
     /// Edit the profile: which UDP source ports are reflectors, and which
@@ -39,25 +39,36 @@ struct ReflectSetArgs {
     #[arg(long, value_delimiter = ',', value_parser = parse_service_ports)]
     service_ports: Option<Vec<Option<(u16, u16)>>>,
     #[command(flatten)]
+    scope: Scope,
+    #[command(flatten)]
     common: Common,
 }
 
 pub(super) fn reflect(args: ReflectArgs) -> Result<(), Failure> {
     let (socket, json) = match &args.action {
         ReflectAction::Set(ReflectSetArgs { common, .. })
-        | ReflectAction::On(StatusArgs { common })
-        | ReflectAction::Off(StatusArgs { common })
+        | ReflectAction::On(ChangeArgs { common, .. })
+        | ReflectAction::Off(ChangeArgs { common, .. })
         | ReflectAction::Show(StatusArgs { common }) => (common.socket.clone(), common.json),
     };
     let mut client = Client::connect(&socket)?;
     let mut limits = current_limits(&mut client)?;
-    match args.action {
-        ReflectAction::On(_) => limits.reflect = true,
-        ReflectAction::Off(_) => limits.reflect = false,
-        ReflectAction::Show(_) => return apply_limits(&mut client, None, json),
+    let scope = match args.action {
+        ReflectAction::On(ChangeArgs { scope, .. }) => {
+            limits.reflect = true;
+            scope
+        }
+        ReflectAction::Off(ChangeArgs { scope, .. }) => {
+            limits.reflect = false;
+            scope
+        }
+        ReflectAction::Show(_) => {
+            return apply_limits(&mut client, None, Scope { local: true }, json);
+        }
         ReflectAction::Set(ReflectSetArgs {
             sources,
             service_ports,
+            scope,
             common: _,
         }) => {
             if sources.is_none() && service_ports.is_none() {
@@ -71,9 +82,10 @@ pub(super) fn reflect(args: ReflectArgs) -> Result<(), Failure> {
             if let Some(ports) = service_ports {
                 limits.service_ports = explicit_ports(&ports)?;
             }
+            scope
         }
-    }
-    apply_limits(&mut client, Some(limits), json)
+    };
+    apply_limits(&mut client, Some(limits), scope, json)
 }
 
 /// A service port or range, or `auto` (`None`).

@@ -3,7 +3,7 @@
 use clap::{Args, Subcommand};
 
 use super::{
-    Common, Failure, StatusArgs,
+    Common, Failure, Scope, StatusArgs,
     parse::{parse_port_range, parse_proto, parse_tcp_flags},
     print_json, reply_failure, unexpected,
 };
@@ -83,6 +83,8 @@ struct RuleAddArgs {
     #[arg(long)]
     force: bool,
     #[command(flatten)]
+    scope: Scope,
+    #[command(flatten)]
     common: Common,
 }
 
@@ -90,6 +92,8 @@ struct RuleAddArgs {
 struct RuleDelArgs {
     /// The rule's id, from `spacefilter rule list`.
     id: u32,
+    #[command(flatten)]
+    scope: Scope,
     #[command(flatten)]
     common: Common,
 }
@@ -109,6 +113,7 @@ pub(super) fn rule(args: RuleArgs) -> Result<(), Failure> {
                 dry_run,
                 comment,
                 force,
+                scope,
                 common,
             } = *add;
             let rule = HeaderRuleView {
@@ -127,9 +132,11 @@ pub(super) fn rule(args: RuleArgs) -> Result<(), Failure> {
             if let Some(problem) = rule.problem() {
                 return Err(Failure::bad_input(problem));
             }
-            (Request::RuleAdd { rule, force }, common)
+            (scope.request(Request::RuleAdd { rule, force }), common)
         }
-        RuleCommand::Del(RuleDelArgs { id, common }) => (Request::RuleDel { id }, common),
+        RuleCommand::Del(RuleDelArgs { id, scope, common }) => {
+            (scope.request(Request::RuleDel { id }), common)
+        }
         RuleCommand::List(StatusArgs { common }) => (Request::RuleList, common),
     };
     let mut client = Client::connect(&common.socket)?;

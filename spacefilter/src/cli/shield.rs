@@ -7,7 +7,8 @@ use std::{net::IpAddr, time::Duration};
 use clap::{Args, Subcommand};
 
 use super::{
-    Common, Failure, StatusArgs, lists::format_ttl, print_json, reply_failure, unexpected,
+    ChangeArgs, Common, Failure, Scope, StatusArgs, lists::format_ttl, print_json, reply_failure,
+    unexpected,
 };
 use crate::api::{
     AdmitView, Request, Response, ShieldAuto, ShieldView, VerifiedView,
@@ -32,7 +33,7 @@ enum ShieldAction {
     /// before a flood are let through from its first second.
     Auto(ShieldAutoArgs),
     /// Stop shielding, and put back the host settings the shield changed.
-    Off(StatusArgs),
+    Off(ChangeArgs),
     /// Show the shield: its ports, what its SYN-ACKs offer, the host
     /// settings it changed, the verified sources.
     Show(StatusArgs),
@@ -53,6 +54,8 @@ struct ShieldOnArgs {
     /// holds a source verified after the last one.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
     verified_idle: Duration,
+    #[command(flatten)]
+    scope: Scope,
     #[command(flatten)]
     common: Common,
 }
@@ -106,6 +109,7 @@ fn requested(args: ShieldOnArgs, auto: Option<ShieldAuto>) -> Result<(Request, C
         ports,
         unverified_pps,
         verified_idle,
+        scope,
         common,
     } = args;
     let of = |wanted| {
@@ -127,7 +131,7 @@ fn requested(args: ShieldOnArgs, auto: Option<ShieldAuto>) -> Result<(Request, C
     if let Some(problem) = shield.problem() {
         return Err(Failure::bad_input(problem));
     }
-    Ok((Request::SetShield { shield }, common))
+    Ok((scope.request(Request::SetShield { shield }), common))
 }
 
 pub(super) fn shield(args: ShieldArgs) -> Result<(), Failure> {
@@ -140,10 +144,10 @@ pub(super) fn shield(args: ShieldArgs) -> Result<(), Failure> {
                 calm_secs: calm.as_secs(),
             }),
         )?,
-        ShieldAction::Off(StatusArgs { common }) => (
-            Request::SetShield {
+        ShieldAction::Off(ChangeArgs { scope, common }) => (
+            scope.request(Request::SetShield {
                 shield: ShieldView::default(),
-            },
+            }),
             common,
         ),
         ShieldAction::Show(StatusArgs { common }) => (Request::GetShield, common),

@@ -96,6 +96,9 @@ pub(super) struct Core {
     /// The bucket keys of the sources never auto-blocked, as last put in
     /// the program.
     pub(super) auto_exempt: Vec<[u8; 16]>,
+    /// Where new auto-blocks are told, (prefix, time left) each, if
+    /// anyone listens (a fleet they are shared with).
+    pub(super) auto_sink: Option<std::sync::mpsc::Sender<Vec<(Prefix, Duration)>>>,
 }
 
 pub(super) type Shared = Arc<Mutex<Core>>;

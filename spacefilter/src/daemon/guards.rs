@@ -159,6 +159,18 @@ impl Core {
             );
         }
         self.auto_blocks += rules.len() as u64;
+        if let Some(sink) = &self.auto_sink {
+            let told = rules
+                .iter()
+                .map(|r| {
+                    let left = r.meta.expires_at_ms.unwrap_or(now).saturating_sub(now);
+                    (r.prefix, Duration::from_millis(left))
+                })
+                .collect();
+            if sink.send(told).is_err() {
+                self.auto_sink = None;
+            }
+        }
         for rule in &rules {
             self.expiry
                 .put(rule.list, rule.prefix, rule.meta.expires_at_ms);

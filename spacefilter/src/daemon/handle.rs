@@ -6,14 +6,14 @@
 use std::{
     collections::BTreeMap,
     net::IpAddr,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard, OnceLock},
     time::Duration,
 };
 
 use tokio::sync::broadcast;
 
 use super::{
-    AddRequest, Listing, MetricsSnapshot, Peer, Refusal,
+    AddRequest, FleetPort, Listing, MetricsSnapshot, Peer, Refusal,
     core::{Core, Shared},
     memory,
 };
@@ -35,6 +35,7 @@ pub struct Handle(
     Shared,
     Option<Arc<CounterReader>>,
     Arc<Mutex<BTreeMap<String, LinkView>>>,
+    pub(super) Arc<OnceLock<Arc<dyn FleetPort>>>,
 );
 
 impl Handle {
@@ -49,7 +50,12 @@ impl Handle {
                 None
             }
         };
-        Self(Arc::new(Mutex::new(core)), counters, Arc::default())
+        Self(
+            Arc::new(Mutex::new(core)),
+            counters,
+            Arc::default(),
+            Arc::default(),
+        )
     }
 
     /// Locks the core; a panic while it was held leaves the maps and the
@@ -195,6 +201,21 @@ impl Handle {
         peer: Peer,
     ) -> Result<Vec<HeaderRuleView>, Refusal> {
         self.changing(|core| core.add_rule(rule, force, peer))
+    }
+
+    /// Makes the rules on headers `rules`, ids kept (a fleet's list);
+    /// returns whether they changed.
+    pub fn replace_rules(&self, rules: Vec<HeaderRuleView>, peer: Peer) -> Result<bool, Refusal> {
+        self.changing(|core| core.replace_rules(rules, peer))
+    }
+
+    /// Hears of every auto-block from now on: (prefix, time left), a batch
+    /// at a time.
+    #[must_use]
+    pub fn auto_blocks(&self) -> std::sync::mpsc::Receiver<Vec<(Prefix, Duration)>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.lock().auto_sink = Some(tx);
+        rx
     }
 
     pub fn del_rule(&self, id: u32, peer: Peer) -> Result<Vec<HeaderRuleView>, Refusal> {

@@ -61,6 +61,54 @@ impl Core {
         self.header_rules()
     }
 
+    /// Makes the rules on headers the fleet's `rules`, each keeping its
+    /// id; returns whether they changed (the same list is left alone,
+    /// with its budgets).
+    pub(super) fn replace_rules(
+        &mut self,
+        rules: Vec<HeaderRuleView>,
+        peer: Peer,
+    ) -> Result<bool, Refusal> {
+        if rules.len() > MAX_HEADER_RULES as usize {
+            return Err(Refusal::bad_input(format!(
+                "{} rules, more than the {MAX_HEADER_RULES} the program holds",
+                rules.len()
+            )));
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        let mut rules = rules;
+        for rule in &mut rules {
+            if let Some(problem) = rule.problem() {
+                return Err(Refusal::bad_input(format!("rule {}: {problem}", rule.id)));
+            }
+            if rule.id == 0 || !ids.insert(rule.id) {
+                return Err(Refusal::bad_input(format!(
+                    "rule id {} is missing or given twice",
+                    rule.id
+                )));
+            }
+            if rule.tcp_flags.is_some() && rule.proto.is_none() {
+                rule.proto = Some(IPPROTO_TCP);
+            }
+            rule.hits = 0;
+        }
+        let held: Vec<HeaderRuleView> = self
+            .header_rules
+            .iter()
+            .map(|r| HeaderRuleView {
+                hits: 0,
+                ..r.clone()
+            })
+            .collect();
+        if held == rules {
+            return Ok(false);
+        }
+        let count = rules.len();
+        self.put_rules(rules)?;
+        log::info!("rules on headers replaced by {count} rules, asked by {peer}");
+        Ok(true)
+    }
+
     /// Journals `rules` and puts them in the program, each keeping its
     /// hit count.
     fn put_rules(&mut self, rules: Vec<HeaderRuleView>) -> Result<(), Refusal> {
@@ -114,7 +162,7 @@ impl Core {
 
 /// The kernel's form of a header rule.
 /// The protocol number of TCP.
-const IPPROTO_TCP: u8 = 6;
+pub(super) const IPPROTO_TCP: u8 = 6;
 
 pub(super) fn kernel_rule(view: &HeaderRuleView) -> HeaderRule {
     let range = |r: Option<(u16, u16)>| r.map_or((0, 0), |(lo, hi)| (u32::from(lo), u32::from(hi)));

@@ -13,6 +13,7 @@
 mod core;
 mod exempt;
 mod expiry;
+mod fleet;
 mod guards;
 mod handle;
 mod header_rules;
@@ -32,6 +33,7 @@ use tokio::{signal::unix::SignalKind, sync::watch, task::JoinHandle};
 
 pub use self::{
     core::{AddRequest, Peer, Refusal},
+    fleet::{FleetChange, FleetPort, PublishError},
     handle::Handle,
     listing::Listing,
     observability::{MetricsSnapshot, stats_view},

@@ -228,6 +228,7 @@ pub(super) fn start(settings: Settings) -> anyhow::Result<Core> {
         auto_blocks: 0,
         shield: ShieldState::default(),
         auto_exempt: Vec::new(),
+        auto_sink: None,
     };
     core.refresh_auto_exempt();
     restore_shield(&mut core);

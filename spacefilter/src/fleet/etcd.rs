@@ -31,9 +31,13 @@ use std::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::gateway::{b64_decode, b64_encode, int, json_of, range_end};
+use super::{
+    gateway::{b64_decode, b64_encode, int, json_of, range_end},
+    member::Member,
+    publish::{Publisher, SETTINGS},
+};
 use crate::{
-    api::{ErrorKind, LinkView, Origin},
+    api::{ErrorKind, HeaderRuleView, LimitsView, LinkView, Origin, ShieldView},
     daemon::{AddRequest, Handle, Peer, Stop},
     net::{List, Prefix},
 };
@@ -59,6 +63,8 @@ pub struct Settings {
     pub fleet: String,
     /// Where the last revision applied is kept.
     pub revision_file: PathBuf,
+    /// Whether this host's auto-blocks are written to the fleet.
+    pub share_auto_blocks: bool,
 }
 
 impl Settings {
@@ -94,6 +100,7 @@ impl Settings {
             endpoints,
             fleet: fleet.to_owned(),
             revision_file: state_dir.join("fleet-revision"),
+            share_auto_blocks: false,
         })
     }
 
@@ -109,6 +116,8 @@ struct FleetRule {
     prefix: Prefix,
     comment: Option<String>,
     lease: i64,
+    /// The member that wrote it for itself (a shared auto-block).
+    member: Option<String>,
 }
 
 /// What `/v3/kv/range` answers.
@@ -162,7 +171,23 @@ fn rule_of(kv: &Kv, prefix: &str) -> Option<FleetRule> {
             .as_deref()
             .and_then(|l| l.parse().ok())
             .unwrap_or(0),
+        member: value["member"].as_str().map(str::to_owned),
     })
+}
+
+/// Reads one of the fleet's settings: its name, and its value (`None`
+/// when it is unreadable, which is logged).
+fn setting_of(kv: &Kv, prefix: &str) -> Option<(String, Option<Value>)> {
+    let key = String::from_utf8(b64_decode(&kv.key)?).ok()?;
+    let name = key
+        .strip_prefix(prefix)?
+        .strip_prefix(SETTINGS)?
+        .strip_prefix('/')?;
+    let value = b64_decode(&kv.value).and_then(|v| serde_json::from_slice(&v).ok());
+    if value.is_none() && !kv.value.is_empty() {
+        log::warn!("fleet: the fleet's {name} at {key:?} are not JSON; left as they are");
+    }
+    Some((name.to_owned(), value))
 }
 
 /// Follows the fleet until `stop`.
@@ -173,9 +198,20 @@ pub async fn follow(settings: Settings, handle: Handle, mut stop: Stop) {
         settings.endpoints.join(",")
     );
     let quit = Arc::new(AtomicBool::new(false));
+    let member = Arc::new(Member::new(
+        Publisher::from_settings(settings.clone()),
+        handle.clone(),
+        member_id(&settings),
+    ));
+    handle.join_fleet(member.clone());
+    if settings.share_auto_blocks {
+        let blocks = handle.auto_blocks();
+        let member = member.clone();
+        std::thread::spawn(move || member.share_auto_blocks(&blocks));
+    }
     let worker = {
         let (settings, handle, quit) = (settings.clone(), handle.clone(), quit.clone());
-        tokio::task::spawn_blocking(move || run(&settings, &handle, &quit))
+        tokio::task::spawn_blocking(move || run(&settings, &handle, &member, &quit))
     };
     let _ = stop.wait_for(|stopped| *stopped).await;
     quit.store(true, Ordering::Relaxed);
@@ -184,7 +220,7 @@ pub async fn follow(settings: Settings, handle: Handle, mut stop: Stop) {
 
 /// The follower's loop, on a thread of its own: the watch is a blocking
 /// read.
-fn run(settings: &Settings, handle: &Handle, quit: &AtomicBool) {
+fn run(settings: &Settings, handle: &Handle, member: &Member, quit: &AtomicBool) {
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(CONNECT_TIMEOUT)
         .timeout_read(READ_TIMEOUT)
@@ -212,6 +248,7 @@ fn run(settings: &Settings, handle: &Handle, quit: &AtomicBool) {
             endpoint,
             settings,
             handle,
+            member,
             quit,
             leases: BTreeMap::new(),
         };
@@ -225,6 +262,7 @@ fn run(settings: &Settings, handle: &Handle, quit: &AtomicBool) {
             link.lag_secs = Some(0);
             link.entries = fleet_entries(handle);
             handle.report_link(link.clone());
+            member.progressed(rev);
         };
         match follower.session(since, &mut |rev| progressed(rev, &mut link)) {
             Ok(()) => {
@@ -253,6 +291,32 @@ fn run(settings: &Settings, handle: &Handle, quit: &AtomicBool) {
     }
 }
 
+/// The name this host goes by in its fleet: its hostname and a random
+/// tag, kept in the state directory (hosts of a lab share a hostname).
+fn member_id(settings: &Settings) -> String {
+    let path = settings.revision_file.with_file_name("fleet-member");
+    if let Ok(id) = fs::read_to_string(&path)
+        && !id.trim().is_empty()
+    {
+        return id.trim().to_owned();
+    }
+    let host = fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    let mut tag = [0u8; 4];
+    if let Err(err) = fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut tag)) {
+        log::warn!("fleet: reading /dev/urandom: {err}");
+    }
+    let id = format!("{host}-{}", u32::from_le_bytes(tag));
+    if let Err(err) = fs::write(&path, format!("{id}\n")) {
+        log::warn!(
+            "fleet: keeping this member's name in {}: {err}",
+            path.display()
+        );
+    }
+    id
+}
+
 fn fleet_entries(handle: &Handle) -> u64 {
     handle.entries(None).map_or(0, |entries| {
         entries.iter().filter(|e| e.origin == Origin::Fleet).count() as u64
@@ -274,6 +338,7 @@ struct Follower<'a> {
     endpoint: &'a str,
     settings: &'a Settings,
     handle: &'a Handle,
+    member: &'a Member,
     quit: &'a AtomicBool,
     /// The TTL each lease had when first asked, and when, by id.
     leases: BTreeMap<i64, (Instant, Option<Duration>)>,
@@ -334,7 +399,16 @@ impl Follower<'_> {
         drop(body);
         let revision = answer.header.revision.parse().unwrap_or(0);
         let kvs = answer.kvs;
-        let wanted: Vec<FleetRule> = kvs.iter().filter_map(|kv| rule_of(kv, &prefix)).collect();
+        for kv in &kvs {
+            if let Some((name, value)) = setting_of(kv, &prefix) {
+                self.set(&name, value);
+            }
+        }
+        let wanted: Vec<FleetRule> = kvs
+            .iter()
+            .filter_map(|kv| rule_of(kv, &prefix))
+            .filter(|rule| !self.own(rule))
+            .collect();
         log::info!(
             "fleet: {} keys read in {:?}",
             wanted.len(),
@@ -433,22 +507,94 @@ impl Follower<'_> {
                 0
             };
             for event in &events {
+                last = last.max(int(&event["kv"]["mod_revision"]));
                 let kv: Kv = serde_json::from_value(event["kv"].clone()).unwrap_or_default();
+                let deleted = event["type"] == "DELETE";
+                if let Some((name, value)) = setting_of(&kv, &prefix) {
+                    // A setting deleted from the fleet stays as it is here.
+                    if !deleted {
+                        self.set(&name, value);
+                    }
+                    continue;
+                }
                 let Some(rule) = rule_of(&kv, &prefix) else {
                     continue;
                 };
-                if event["type"] == "DELETE" {
+                if deleted {
                     self.delete(rule.list, rule.prefix);
-                } else {
+                } else if !self.own(&rule) {
                     self.put(&rule);
                 }
-                last = last.max(int(&event["kv"]["mod_revision"]));
             }
             if last > 0 {
                 progressed(last);
             }
         }
         Err("the watch stream ended".to_owned())
+    }
+
+    /// Whether this host wrote `rule` for itself (its shared auto-block,
+    /// which it holds as an auto-block already).
+    fn own(&self, rule: &FleetRule) -> bool {
+        rule.member.as_deref() == Some(self.member.id.as_str())
+    }
+
+    /// Puts one of the fleet's settings in force here, if it differs from
+    /// what this host holds.
+    fn set(&self, name: &str, value: Option<Value>) {
+        let Some(value) = value else {
+            return;
+        };
+        let result = match name {
+            "limits" => serde_json::from_value::<LimitsView>(value)
+                .map_err(|err| err.to_string())
+                .and_then(|limits| {
+                    let held = LimitsView {
+                        reflect_profile: None,
+                        ..self.handle.limits()
+                    };
+                    if held == limits {
+                        return Ok(false);
+                    }
+                    self.handle
+                        .set_limits(limits, peer())
+                        .map(|_| true)
+                        .map_err(|r| r.message)
+                }),
+            "shield" => serde_json::from_value::<ShieldView>(value)
+                .map_err(|err| err.to_string())
+                .and_then(|shield| {
+                    let shield = shield.settings();
+                    let held = self.handle.shield().settings();
+                    // Off is off, whatever ports it kept.
+                    if held == shield || !(held.enabled || shield.enabled) {
+                        return Ok(false);
+                    }
+                    self.handle
+                        .set_shield(shield, peer())
+                        .map(|_| true)
+                        .map_err(|r| r.message)
+                }),
+            "rules" => serde_json::from_value::<Vec<HeaderRuleView>>(value)
+                .map_err(|err| err.to_string())
+                .and_then(|rules| {
+                    self.handle
+                        .replace_rules(rules, peer())
+                        .map_err(|r| r.message)
+                }),
+            other => {
+                log::warn!("fleet: unknown setting {other:?}; ignored");
+                return;
+            }
+        };
+        match result {
+            Ok(true) => log::info!(
+                "fleet {}: the fleet's {name} put in force here",
+                self.settings.fleet
+            ),
+            Ok(false) => {}
+            Err(why) => log::warn!("fleet: the fleet's {name}: {why}; this host keeps its own"),
+        }
     }
 
     /// The time a lease has left, asked once per lease.

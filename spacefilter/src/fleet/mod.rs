@@ -11,6 +11,7 @@ pub mod crowdsec;
 mod decisions;
 pub mod etcd;
 mod gateway;
+mod member;
 pub mod publish;
 
 use std::time::Duration;

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::{
     etcd::Settings,
-    gateway::{b64_encode, int, json_of},
+    gateway::{b64_decode, b64_encode, int, json_of},
 };
 use crate::net::{List, Prefix};
 
@@ -35,6 +35,14 @@ impl Publisher {
             .timeout(Duration::from_secs(5))
             .build();
         Ok(Self { agent, settings })
+    }
+
+    /// For the fleet `settings` name.
+    pub(super) fn from_settings(settings: Settings) -> Self {
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(5))
+            .build();
+        Self { agent, settings }
     }
 
     /// Posts to the first member that answers.
@@ -66,6 +74,26 @@ impl Publisher {
         ttl: Option<Duration>,
         comment: Option<&str>,
     ) -> Result<i64, String> {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_default();
+        self.put_valued(
+            list,
+            prefixes,
+            ttl,
+            &json!({"comment": comment, "host": host}),
+        )
+    }
+
+    /// Writes rules, each with `value`; returns the revision they were
+    /// written at.
+    pub(super) fn put_valued(
+        &self,
+        list: List,
+        prefixes: &[Prefix],
+        ttl: Option<Duration>,
+        value: &Value,
+    ) -> Result<i64, String> {
         let lease = match ttl {
             Some(ttl) => {
                 let granted = self.post(
@@ -76,11 +104,7 @@ impl Publisher {
             }
             None => 0,
         };
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_default();
-        let value = json!({"comment": comment, "host": host}).to_string();
-        let value = b64_encode(value.as_bytes());
+        let value = b64_encode(value.to_string().as_bytes());
         let mut revision = 0;
         for chunk in prefixes.chunks(TXN_OPS) {
             let ops: Vec<Value> = chunk
@@ -116,4 +140,70 @@ impl Publisher {
         }
         Ok(revision)
     }
+
+    /// The key of one of the fleet's settings.
+    pub(super) fn setting_key(&self, name: &str) -> String {
+        format!("{}{SETTINGS}/{name}", self.settings.prefix())
+    }
+
+    /// Writes one of the fleet's settings; returns the revision.
+    pub(super) fn put_setting(&self, name: &str, value: &Value) -> Result<i64, String> {
+        let answer = self.post(
+            "/v3/kv/put",
+            &json!({
+                "key": b64_encode(self.setting_key(name).as_bytes()),
+                "value": b64_encode(value.to_string().as_bytes()),
+            }),
+        )?;
+        Ok(int(&answer["header"]["revision"]))
+    }
+
+    /// One of the fleet's settings and the revision it was last changed
+    /// at (0 and `None` if the fleet has none).
+    pub(super) fn setting(&self, name: &str) -> Result<(i64, Option<Value>), String> {
+        let answer = self.post(
+            "/v3/kv/range",
+            &json!({"key": b64_encode(self.setting_key(name).as_bytes())}),
+        )?;
+        let Some(kv) = answer["kvs"].as_array().and_then(|kvs| kvs.first()) else {
+            return Ok((0, None));
+        };
+        let value = kv["value"]
+            .as_str()
+            .and_then(b64_decode)
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .ok_or_else(|| format!("the fleet's {name} are not JSON"))?;
+        Ok((int(&kv["mod_revision"]), Some(value)))
+    }
+
+    /// Writes one of the fleet's settings if it is still as it was at
+    /// `seen` (its revision, 0 for none); `None` if it changed meanwhile.
+    pub(super) fn swap_setting(
+        &self,
+        name: &str,
+        seen: i64,
+        value: &Value,
+    ) -> Result<Option<i64>, String> {
+        let key = b64_encode(self.setting_key(name).as_bytes());
+        let answer = self.post(
+            "/v3/kv/txn",
+            &json!({
+                "compare": [{
+                    "key": key,
+                    "result": "EQUAL",
+                    "target": "MOD",
+                    "mod_revision": seen.to_string(),
+                }],
+                "success": [{"request_put": {
+                    "key": key,
+                    "value": b64_encode(value.to_string().as_bytes()),
+                }}],
+            }),
+        )?;
+        Ok((answer["succeeded"] == true).then(|| int(&answer["header"]["revision"])))
+    }
 }
+
+/// Where the fleet's settings are, under its prefix: `limits`, `rules`
+/// and `shield`, each a JSON value.
+pub(super) const SETTINGS: &str = "settings";

@@ -400,6 +400,25 @@ async fn connection(stream: UnixStream, daemon: Handle, stop: Stop, limits: Limi
     }
 }
 
+/// Makes `change` fleet-wide; gives it back when this host is in no fleet
+/// or it is not a change a fleet shares (it is then served as it is).
+async fn fleet_wide(change: Request, daemon: &Handle, peer: Peer) -> Result<Response, Request> {
+    if !change.writes() || matches!(change, Request::Fleet { .. }) {
+        return Ok(error(
+            ErrorKind::BadInput,
+            "a fleet-wide request holds one change (an add, a remove, limits, a rule, the shield)",
+        ));
+    }
+    let d = daemon.clone();
+    let asked = change.clone();
+    match tokio::task::spawn_blocking(move || d.share(&asked, peer)).await {
+        Ok(Some(Ok(response))) => Ok(response),
+        Ok(Some(Err(refusal))) => Ok(refusal.into()),
+        Ok(None) => Err(change),
+        Err(err) => Ok(error(ErrorKind::Failed, format!("internal error: {err}"))),
+    }
+}
+
 /// Runs `f` on the daemon off the async threads: a large import holds the
 /// core for a while, and must not stall the connections that wait for it.
 async fn with_daemon(
@@ -587,6 +606,10 @@ async fn handle(request: Request, daemon: &Handle, peer: Peer, write: &mut Owned
         | Request::GetShield
         | Request::Admit { .. }
         | Request::Revoke { .. } => admission(request, daemon, peer).await,
+        Request::Fleet { change } => match fleet_wide(*change, daemon, peer).await {
+            Ok(response) => response,
+            Err(local) => return Box::pin(handle(local, daemon, peer, write)).await,
+        },
         Request::Watch { .. } | Request::Top { .. } | Request::Capture { .. } => {
             unreachable!("handled by the caller")
         }
