@@ -91,6 +91,28 @@ fn xdp_attached(lab: &Lab) -> bool {
     String::from_utf8_lossy(&out.stdout).contains("\"xdp\"")
 }
 
+/// Whether the egress program's TCX link (kernel 6.6) is pinned in
+/// `pin_dir` and alive: the program that verifies the host's peers by its
+/// traffic, on the server's interface.
+fn egress_pinned(pin_dir: &Path) -> bool {
+    let Some(pin) = std::fs::read_dir(pin_dir).ok().and_then(|entries| {
+        entries.filter_map(Result::ok).map(|e| e.path()).find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("tcx-"))
+        })
+    }) else {
+        return false;
+    };
+    let out = Command::new("bpftool")
+        .args(["-j", "link", "show", "pinned"])
+        .arg(&pin)
+        .output()
+        .expect("running bpftool");
+    let link: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    // bpftool before 7.3 names the link type by its number (11: TCX).
+    link["type"] == "tcx" || link["type"] == 11
+}
+
 /// Restarts the daemon (`stop` ends the old one) while the attacker and the
 /// listener each send a stream to the sink; returns the datagrams the sink
 /// received from the attacker meanwhile, once every one the listener sent
@@ -200,6 +222,10 @@ fn the_filter_outlives_the_daemon_and_its_successor_takes_over_with_no_gap() {
     // the listener still served.
     daemon.kill().expect("kill -9");
     assert!(xdp_attached(lab), "the filter stays after a crash");
+    assert!(
+        egress_pinned(pin_dir),
+        "the egress program stays too: the host's traffic keeps verifying its peers"
+    );
     let before = (sink.received_from(attacker), sink.received_from(listener));
     send_udp(lab, Host::Attacker, to, 50, Duration::ZERO).expect("sending");
     send_udp(lab, Host::Listener, to, 50, Duration::ZERO).expect("sending");
@@ -299,6 +325,7 @@ fn detach_takes_the_filter_off(pinned: &Pinned) {
         wait_until(TIMEOUT, || !xdp_attached(lab)),
         "detach takes the program off"
     );
+    assert!(!egress_pinned(pin_dir), "and the egress program");
     let before = sink.received_from(attacker);
     send_udp(lab, Host::Attacker, to, 20, Duration::ZERO).expect("sending");
     assert_eq!(

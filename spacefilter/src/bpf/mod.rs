@@ -37,7 +37,7 @@ pub use self::{
     features::{Feature, FeatureOff},
     limiter::{Limiter, Shielded, limiter_key_of, limiter_prefix},
     lists::{Entry, HitSums, Lists},
-    pins::{DEFAULT_PIN_DIR, PinDir},
+    pins::{DEFAULT_PIN_DIR, PinDir, egress_pin},
     program::{AttachMode, Filter, FilterError, KernelLog, LoadOptions, TOOLS, pinned_program},
     rules::HeaderRules,
     sampler::{Observer, Sample, Sampling},

@@ -4,7 +4,8 @@
 //! update (see [`super::Filter::attach_pinned`]). `spacefilter detach`
 //! removes the pins, which takes the program off.
 //!
-//! A link is pinned at `DIR/xdp-<netns>-<iface>`: the network namespace's
+//! A link is pinned at `DIR/xdp-<netns>-<iface>`, and the egress
+//! program's (a TCX link) beside it at `DIR/tcx-<netns>-<iface>`: the network namespace's
 //! inode number keeps apart the interfaces of one name in several
 //! namespaces (bpffs is shared by the whole host).
 
@@ -14,6 +15,17 @@ use std::{
 };
 
 use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
+
+/// Where the egress link of the interface whose XDP link is pinned at
+/// `xdp_pin` is pinned: beside it, `tcx-<netns>-<iface>`.
+#[must_use]
+pub fn egress_pin(xdp_pin: &Path) -> PathBuf {
+    let name = xdp_pin
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    xdp_pin.with_file_name(format!("tcx-{}", name.strip_prefix("xdp-").unwrap_or(name)))
+}
 
 /// Where links are pinned unless told otherwise.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/spacefilter";

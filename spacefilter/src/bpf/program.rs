@@ -1,7 +1,7 @@
 //! The loaded XDP program: load it, attach it to interfaces, steer its
 //! lists and read its counters.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 use aya::{
     Ebpf, EbpfLoader, TestRunOptions,
@@ -21,7 +21,7 @@ use spacefilter_common::{
 mod pinning;
 
 pub use self::pinning::pinned_program;
-use self::pinning::{Held, remove_pin};
+use self::pinning::{Egress, Held, remove_pin};
 use super::{
     CounterReader, Counters, Entry, FeatureOff, HeaderRules, Limiter, ListError, Lists, Observer,
     Stats, Verifier, features,
@@ -198,7 +198,7 @@ struct Attachment {
     ifindex: u32,
     slot: Option<u32>,
     /// The egress program's link, if it could be attached.
-    egress: Option<SchedClassifierLinkId>,
+    egress: Option<Egress>,
 }
 
 impl Filter {
@@ -342,7 +342,7 @@ impl Filter {
     /// [`AttachMode::Auto`], native if the driver allows, else skb.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<AttachMode, FilterError> {
         let (used, link) = self.attach_link(iface, mode)?;
-        self.finish_attach(iface, used, Held::Program(link));
+        self.finish_attach(iface, used, Held::Program(link), None);
         Ok(used)
     }
 
@@ -382,7 +382,13 @@ impl Filter {
     }
 
     /// Counter slot, egress program and bookkeeping of a new attachment.
-    fn finish_attach(&mut self, iface: &str, used: AttachMode, link: Held) {
+    fn finish_attach(
+        &mut self,
+        iface: &str,
+        used: AttachMode,
+        link: Held,
+        egress_pin: Option<&Path>,
+    ) {
         let ifindex = nix::net::if_::if_nametoindex(iface).unwrap_or(0);
         let slot = self.observer.assign(ifindex).unwrap_or_else(|err| {
             log::warn!("{iface}: no counters of its own: {}", error_chain(&err));
@@ -394,7 +400,7 @@ impl Filter {
                  frames are counted with the unattributed ones"
             );
         }
-        let egress = match self.attach_egress(iface) {
+        let egress = match self.attach_egress_held(iface, egress_pin) {
             Ok(link) => Some(link),
             Err(why) => {
                 log::warn!(
@@ -427,13 +433,8 @@ impl Filter {
         if let Err(err) = self.observer.release(attachment.ifindex) {
             log::warn!("{iface}: {}", error_chain(&err));
         }
-        if let (Some(link), Some(program)) = (attachment.egress, self.egress())
-            && let Err(err) = program.detach(link)
-        {
-            log::warn!(
-                "{iface}: detaching the egress program: {}",
-                error_chain(&err)
-            );
+        if let Some(egress) = attachment.egress {
+            self.detach_egress(iface, egress);
         }
         match attachment.link {
             Held::Program(link) => {

@@ -84,6 +84,15 @@ pub(super) fn detach(args: &DetachArgs) -> Result<(), Failure> {
         std::fs::remove_file(pin).map_err(|err| {
             Failure::runtime(format!("{iface}: removing {}: {err}", pin.display()))
         })?;
+        let egress = crate::bpf::egress_pin(pin);
+        if let Err(err) = std::fs::remove_file(&egress)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(Failure::runtime(format!(
+                "{iface}: removing {}: {err}",
+                egress.display()
+            )));
+        }
         if daemon_runs {
             println!("{iface}: unpinned; the running daemon keeps the filter on until it stops");
         } else {

@@ -33,11 +33,12 @@ use serde_json::{Value, json};
 
 use super::{
     gateway::{b64_decode, b64_encode, int, json_of, range_end},
-    member::Member,
-    publish::{Publisher, SETTINGS},
+    member::{Member, member_id},
+    publish::Publisher,
+    settings,
 };
 use crate::{
-    api::{ErrorKind, HeaderRuleView, LimitsView, LinkView, Origin, ShieldView},
+    api::{ErrorKind, LinkView, Origin},
     daemon::{AddRequest, Handle, Peer, Stop},
     net::{List, Prefix},
 };
@@ -134,11 +135,11 @@ struct Header {
 }
 
 #[derive(Debug, Default, Deserialize)]
-struct Kv {
+pub(super) struct Kv {
     #[serde(default)]
-    key: String,
+    pub(super) key: String,
     #[serde(default)]
-    value: String,
+    pub(super) value: String,
     #[serde(default)]
     lease: Option<String>,
 }
@@ -173,21 +174,6 @@ fn rule_of(kv: &Kv, prefix: &str) -> Option<FleetRule> {
             .unwrap_or(0),
         member: value["member"].as_str().map(str::to_owned),
     })
-}
-
-/// Reads one of the fleet's settings: its name, and its value (`None`
-/// when it is unreadable, which is logged).
-fn setting_of(kv: &Kv, prefix: &str) -> Option<(String, Option<Value>)> {
-    let key = String::from_utf8(b64_decode(&kv.key)?).ok()?;
-    let name = key
-        .strip_prefix(prefix)?
-        .strip_prefix(SETTINGS)?
-        .strip_prefix('/')?;
-    let value = b64_decode(&kv.value).and_then(|v| serde_json::from_slice(&v).ok());
-    if value.is_none() && !kv.value.is_empty() {
-        log::warn!("fleet: the fleet's {name} at {key:?} are not JSON; left as they are");
-    }
-    Some((name.to_owned(), value))
 }
 
 /// Follows the fleet until `stop`.
@@ -291,32 +277,6 @@ fn run(settings: &Settings, handle: &Handle, member: &Member, quit: &AtomicBool)
     }
 }
 
-/// The name this host goes by in its fleet: its hostname and a random
-/// tag, kept in the state directory (hosts of a lab share a hostname).
-fn member_id(settings: &Settings) -> String {
-    let path = settings.revision_file.with_file_name("fleet-member");
-    if let Ok(id) = fs::read_to_string(&path)
-        && !id.trim().is_empty()
-    {
-        return id.trim().to_owned();
-    }
-    let host = fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default();
-    let mut tag = [0u8; 4];
-    if let Err(err) = fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut tag)) {
-        log::warn!("fleet: reading /dev/urandom: {err}");
-    }
-    let id = format!("{host}-{}", u32::from_le_bytes(tag));
-    if let Err(err) = fs::write(&path, format!("{id}\n")) {
-        log::warn!(
-            "fleet: keeping this member's name in {}: {err}",
-            path.display()
-        );
-    }
-    id
-}
-
 fn fleet_entries(handle: &Handle) -> u64 {
     handle.entries(None).map_or(0, |entries| {
         entries.iter().filter(|e| e.origin == Origin::Fleet).count() as u64
@@ -400,8 +360,8 @@ impl Follower<'_> {
         let revision = answer.header.revision.parse().unwrap_or(0);
         let kvs = answer.kvs;
         for kv in &kvs {
-            if let Some((name, value)) = setting_of(kv, &prefix) {
-                self.set(&name, value);
+            if let Some((name, value)) = settings::read(kv, &prefix) {
+                settings::apply(self.handle, &self.settings.fleet, &name, value);
             }
         }
         let wanted: Vec<FleetRule> = kvs
@@ -510,10 +470,10 @@ impl Follower<'_> {
                 last = last.max(int(&event["kv"]["mod_revision"]));
                 let kv: Kv = serde_json::from_value(event["kv"].clone()).unwrap_or_default();
                 let deleted = event["type"] == "DELETE";
-                if let Some((name, value)) = setting_of(&kv, &prefix) {
+                if let Some((name, value)) = settings::read(&kv, &prefix) {
                     // A setting deleted from the fleet stays as it is here.
                     if !deleted {
-                        self.set(&name, value);
+                        settings::apply(self.handle, &self.settings.fleet, &name, value);
                     }
                     continue;
                 }
@@ -537,64 +497,6 @@ impl Follower<'_> {
     /// which it holds as an auto-block already).
     fn own(&self, rule: &FleetRule) -> bool {
         rule.member.as_deref() == Some(self.member.id.as_str())
-    }
-
-    /// Puts one of the fleet's settings in force here, if it differs from
-    /// what this host holds.
-    fn set(&self, name: &str, value: Option<Value>) {
-        let Some(value) = value else {
-            return;
-        };
-        let result = match name {
-            "limits" => serde_json::from_value::<LimitsView>(value)
-                .map_err(|err| err.to_string())
-                .and_then(|limits| {
-                    let held = LimitsView {
-                        reflect_profile: None,
-                        ..self.handle.limits()
-                    };
-                    if held == limits {
-                        return Ok(false);
-                    }
-                    self.handle
-                        .set_limits(limits, peer())
-                        .map(|_| true)
-                        .map_err(|r| r.message)
-                }),
-            "shield" => serde_json::from_value::<ShieldView>(value)
-                .map_err(|err| err.to_string())
-                .and_then(|shield| {
-                    let shield = shield.settings();
-                    let held = self.handle.shield().settings();
-                    // Off is off, whatever ports it kept.
-                    if held == shield || !(held.enabled || shield.enabled) {
-                        return Ok(false);
-                    }
-                    self.handle
-                        .set_shield(shield, peer())
-                        .map(|_| true)
-                        .map_err(|r| r.message)
-                }),
-            "rules" => serde_json::from_value::<Vec<HeaderRuleView>>(value)
-                .map_err(|err| err.to_string())
-                .and_then(|rules| {
-                    self.handle
-                        .replace_rules(rules, peer())
-                        .map_err(|r| r.message)
-                }),
-            other => {
-                log::warn!("fleet: unknown setting {other:?}; ignored");
-                return;
-            }
-        };
-        match result {
-            Ok(true) => log::info!(
-                "fleet {}: the fleet's {name} put in force here",
-                self.settings.fleet
-            ),
-            Ok(false) => {}
-            Err(why) => log::warn!("fleet: the fleet's {name}: {why}; this host keeps its own"),
-        }
     }
 
     /// The time a lease has left, asked once per lease.
@@ -704,7 +606,7 @@ fn refused(list: List, prefix: &str, why: &str) {
     );
 }
 
-fn peer() -> Peer {
+pub(super) fn peer() -> Peer {
     Peer {
         uid: nix::unistd::getuid().as_raw(),
         pid: i32::try_from(std::process::id()).ok(),

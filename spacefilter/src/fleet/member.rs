@@ -5,13 +5,15 @@
 
 use std::{
     collections::BTreeMap,
+    fs,
+    io::Read as _,
     sync::{Condvar, Mutex, mpsc},
     time::{Duration, Instant},
 };
 
 use serde_json::{Value, json};
 
-use super::publish::Publisher;
+use super::{etcd::Settings, publish::Publisher};
 use crate::{
     api::HeaderRuleView,
     daemon::{FleetChange, FleetPort, Handle, PublishError},
@@ -193,4 +195,30 @@ impl FleetPort for Member {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         *applied >= revision
     }
+}
+
+/// The name this host goes by in its fleet: its hostname and a random
+/// tag, kept in the state directory (hosts of a lab share a hostname).
+pub(super) fn member_id(settings: &Settings) -> String {
+    let path = settings.revision_file.with_file_name("fleet-member");
+    if let Ok(id) = fs::read_to_string(&path)
+        && !id.trim().is_empty()
+    {
+        return id.trim().to_owned();
+    }
+    let host = fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    let mut tag = [0u8; 4];
+    if let Err(err) = fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut tag)) {
+        log::warn!("fleet: reading /dev/urandom: {err}");
+    }
+    let id = format!("{host}-{}", u32::from_le_bytes(tag));
+    if let Err(err) = fs::write(&path, format!("{id}\n")) {
+        log::warn!(
+            "fleet: keeping this member's name in {}: {err}",
+            path.display()
+        );
+    }
+    id
 }

@@ -13,6 +13,7 @@ pub mod etcd;
 mod gateway;
 mod member;
 pub mod publish;
+mod settings;
 
 use std::time::Duration;
 

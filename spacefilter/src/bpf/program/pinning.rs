@@ -9,12 +9,14 @@ use aya::{
     maps::{HashMap, Map, MapData, MapInfo},
     programs::{
         links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, SchedClassifierLinkId},
         xdp::{XdpLink, XdpLinkId},
     },
 };
 use spacefilter_common::map_names;
 
 use super::{AttachMode, Filter, FilterError};
+use crate::bpf::pins::egress_pin;
 use crate::error_chain;
 
 /// How the filter holds an interface's XDP link.
@@ -26,6 +28,15 @@ pub(super) enum Held {
     /// A predecessor's pinned link, taken over: in the program, and still
     /// pinned at the path.
     Adopted(XdpLinkId, PathBuf),
+}
+
+/// How the filter holds an interface's egress link (a TCX link, kernel
+/// 6.6, can be pinned like the XDP link; a `clsact` filter before it
+/// cannot, and ends with this process).
+pub(super) enum Egress {
+    Program(SchedClassifierLinkId),
+    Pinned(PinnedLink),
+    Adopted(SchedClassifierLinkId, PathBuf),
 }
 
 /// Removes the pin of `iface`'s link.
@@ -86,7 +97,9 @@ impl Filter {
                 })
             });
         match pinned {
-            Ok(pinned) => self.finish_attach(iface, used, Held::Pinned(pinned)),
+            Ok(pinned) => {
+                self.finish_attach(iface, used, Held::Pinned(pinned), Some(&egress_pin(pin)));
+            }
             Err(err) => {
                 // Taken out of the program and not pinned: its last
                 // reference was the dropped value, so the program is off
@@ -96,7 +109,7 @@ impl Filter {
                     error_chain(&err)
                 );
                 let (used, id) = self.attach_link(iface, mode)?;
-                self.finish_attach(iface, used, Held::Program(id));
+                self.finish_attach(iface, used, Held::Program(id), None);
                 return Ok((used, false));
             }
         }
@@ -130,12 +143,86 @@ impl Filter {
         } else {
             AttachMode::Native
         };
-        self.finish_attach(iface, used, Held::Adopted(id, pin.to_path_buf()));
+        self.finish_attach(
+            iface,
+            used,
+            Held::Adopted(id, pin.to_path_buf()),
+            Some(&egress_pin(pin)),
+        );
         Ok(used)
     }
 }
 
 impl Filter {
+    /// Attaches the egress program to `iface`; with `pin`, through the
+    /// link pinned there (taken over in one update if a predecessor's is),
+    /// so that the host's traffic keeps verifying its peers while no
+    /// daemon runs.
+    pub(super) fn attach_egress_held(
+        &mut self,
+        iface: &str,
+        pin: Option<&Path>,
+    ) -> Result<Egress, String> {
+        let Some(pin) = pin else {
+            return self.attach_egress(iface).map(Egress::Program);
+        };
+        if pin.exists() {
+            let taken = PinnedLink::from_pin(pin)
+                .map_err(|err| error_chain(&err))
+                .and_then(|pinned| {
+                    SchedClassifierLink::try_from(FdLink::from(pinned))
+                        .map_err(|err| error_chain(&err))
+                })
+                .and_then(|link| {
+                    self.egress()
+                        .ok_or_else(|| "the egress program is missing".to_owned())?
+                        .attach_to_link(link)
+                        .map_err(|err| error_chain(&err))
+                });
+            match taken {
+                Ok(id) => return Ok(Egress::Adopted(id, pin.to_path_buf())),
+                Err(why) => {
+                    log::warn!(
+                        "{iface}: the egress link pinned at {} could not be taken over ({why}); \
+                         attaching anew",
+                        pin.display()
+                    );
+                    let _ = std::fs::remove_file(pin);
+                }
+            }
+        }
+        let id = self.attach_egress(iface)?;
+        let program = self.egress().ok_or("the egress program is missing")?;
+        let link = program.take_link(id).map_err(|err| error_chain(&err))?;
+        match FdLink::try_from(link) {
+            Ok(fd_link) => fd_link
+                .pin(pin)
+                .map(Egress::Pinned)
+                .map_err(|err| format!("pinning the egress link: {}", error_chain(&err))),
+            // A `clsact` filter (before 6.6): dropped with the value taken,
+            // so attached again, for as long as this process runs.
+            Err(_) => self.attach_egress(iface).map(Egress::Program),
+        }
+    }
+
+    /// Takes the egress program off `iface`, unpinning its link.
+    pub(super) fn detach_egress(&mut self, iface: &str, egress: Egress) {
+        let result = match egress {
+            Egress::Program(id) => self
+                .egress()
+                .map(|p| p.detach(id).map_err(|e| error_chain(&e))),
+            Egress::Pinned(pinned) => Some(pinned.unpin().map(drop).map_err(|e| error_chain(&e))),
+            Egress::Adopted(id, pin) => {
+                let _ = std::fs::remove_file(&pin);
+                self.egress()
+                    .map(|p| p.detach(id).map_err(|e| error_chain(&e)))
+            }
+        };
+        if let Some(Err(why)) = result {
+            log::warn!("{iface}: detaching the egress program: {why}");
+        }
+    }
+
     /// Copies what the predecessor's program (`old`, still filtering)
     /// learnt into this program's maps before the swap, so that a takeover
     /// forgets nothing a flood taught: the sources' token buckets (a source
