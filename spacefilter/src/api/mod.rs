@@ -100,10 +100,11 @@ pub struct Envelope {
 }
 
 /// An `add` request's line, read field by field: what [`Envelope::parse`]
-/// tries first.
+/// tries first (`v` is the envelope's, not read in a fleet-wide change).
 #[derive(Deserialize)]
 struct AddLine {
-    v: u32,
+    #[serde(default)]
+    v: Option<u32>,
     cmd: String,
     list: List,
     prefixes: Vec<String>,
@@ -117,38 +118,54 @@ struct AddLine {
     force: bool,
 }
 
+impl AddLine {
+    fn request(self) -> Option<Request> {
+        (self.cmd == "add").then_some(Request::Add {
+            list: self.list,
+            prefixes: self.prefixes,
+            ttl_secs: self.ttl_secs,
+            comment: self.comment,
+            origin: self.origin,
+            force: self.force,
+        })
+    }
+}
+
+/// A fleet-wide `add`'s line, read field by field.
+#[derive(Deserialize)]
+struct FleetAddLine {
+    v: u32,
+    cmd: String,
+    change: AddLine,
+}
+
 impl Envelope {
     /// Reads a request line. An envelope's flattened, tagged request is
     /// read through a buffered copy of the whole line's values, which for
-    /// a bulk `add` is a second copy of every prefix: an `add` is read
-    /// straight into its fields instead (any other line, or an `add` that
-    /// does not read so, goes the general way, which also words the
-    /// errors).
+    /// a bulk `add` is a second copy of every prefix: an `add`, fleet-wide
+    /// or not, is read straight into its fields instead (any other line,
+    /// or an `add` that does not read so, goes the general way, which also
+    /// words the errors).
     pub fn parse(line: &[u8]) -> serde_json::Result<Envelope> {
-        if let Ok(add) = serde_json::from_slice::<AddLine>(line)
-            && add.cmd == "add"
+        let head = &line[..line.len().min(64)];
+        let fleet_wide = head.windows(14).any(|w| w == br#""cmd":"fleet""#);
+        if fleet_wide {
+            if let Ok(line) = serde_json::from_slice::<FleetAddLine>(line)
+                && line.cmd == "fleet"
+                && let Some(change) = line.change.request()
+            {
+                return Ok(Envelope {
+                    v: line.v,
+                    request: Request::Fleet {
+                        change: Box::new(change),
+                    },
+                });
+            }
+        } else if let Ok(add) = serde_json::from_slice::<AddLine>(line)
+            && let Some(v) = add.v
+            && let Some(request) = add.request()
         {
-            let AddLine {
-                v,
-                cmd: _,
-                list,
-                prefixes,
-                ttl_secs,
-                comment,
-                origin,
-                force,
-            } = add;
-            return Ok(Envelope {
-                v,
-                request: Request::Add {
-                    list,
-                    prefixes,
-                    ttl_secs,
-                    comment,
-                    origin,
-                    force,
-                },
-            });
+            return Ok(Envelope { v, request });
         }
         serde_json::from_slice(line)
     }
@@ -356,6 +373,9 @@ mod tests {
             r#"{"v":2,"cmd":"add","list":"block","prefixes":[]}"#,
             r#"{"v":1,"cmd":"list","list":"block"}"#,
             r#"{"v":1,"cmd":"remove","list":"block","prefixes":["198.18.2.0/24"]}"#,
+            r#"{"v":1,"cmd":"fleet","change":{"cmd":"add","list":"block","prefixes":["198.18.2.0/24"],"ttl_secs":60}}"#,
+            r#"{"v":1,"cmd":"fleet","change":{"cmd":"remove","list":"block","prefixes":["198.18.2.0/24"]}}"#,
+            r#"{"v":1,"cmd":"fleet","change":{"cmd":"set_limits","limits":{"enabled":false}}}"#,
         ];
         for line in lines {
             let parsed = Envelope::parse(line.as_bytes()).unwrap();
@@ -370,6 +390,7 @@ mod tests {
             r#"{"v":1,"cmd":"add","list":"block"}"#,
             r#"{"v":1,"cmd":"add","list":"nope","prefixes":[]}"#,
             r#"{"cmd":"add","list":"block","prefixes":[]}"#,
+            r#"{"v":1,"cmd":"fleet","change":{"cmd":"add","list":"block"}}"#,
         ] {
             let parsed = Envelope::parse(line.as_bytes()).unwrap_err().to_string();
             let general = serde_json::from_str::<Envelope>(line)
