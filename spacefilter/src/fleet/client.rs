@@ -304,10 +304,7 @@ impl Client {
         match request.send_string(&body.to_string()) {
             Ok(response) => Ok(response),
             Err(ureq::Error::Status(code, response)) => {
-                // etcd's gateway says why in its body:
-                // {"error": "...", "message": "...", "code": N}.
-                let answer: Value = json_of(response).unwrap_or(Value::Null);
-                let said = answer["message"].as_str().unwrap_or("").to_owned();
+                let said = refusal(response);
                 Err(Failure {
                     token: code == 401 || token_refused(&said),
                     message: if said.is_empty() {
@@ -317,9 +314,33 @@ impl Client {
                     },
                 })
             }
-            Err(err) => Err(Failure::from(transport(&err.to_string()))),
+            Err(err) => {
+                // Said as `{url}: {kind}: ...`: the endpoint is said by the
+                // caller.
+                let text = err.to_string();
+                let text = text.strip_prefix(endpoint).unwrap_or(&text);
+                Err(Failure::from(transport(text)))
+            }
         }
     }
+}
+
+/// What etcd's gateway says in the body of a refusal: `{"error": "...",
+/// "message": "...", "code": N}`, followed by a trailer the body's reader
+/// may fail on, so only the first JSON value read counts.
+fn refusal(response: ureq::Response) -> String {
+    let mut body = Vec::new();
+    let mut reader = response.into_reader().take(64 * 1024);
+    let mut chunk = [0; 4096];
+    while let Ok(n @ 1..) = reader.read(&mut chunk) {
+        body.extend_from_slice(&chunk[..n]);
+    }
+    serde_json::Deserializer::from_slice(&body)
+        .into_iter::<Value>()
+        .next()
+        .and_then(Result::ok)
+        .and_then(|answer| answer["message"].as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// A transport error, with what to do when TLS says why.
