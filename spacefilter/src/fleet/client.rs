@@ -237,6 +237,10 @@ impl Client {
             format!(
                 "{message}: grant {user} a role with readwrite on /spacefilter/ (`etcdctl role grant-permission ROLE --prefix=true readwrite /spacefilter/`)"
             )
+        } else if message.contains("connection closed (HTTP 503)") {
+            format!(
+                "{message}: etcd's JSON gateway could not reach the member's own gRPC server; with --client-cert-auth, the member's certificate (--cert-file) must allow client authentication too (extendedKeyUsage serverAuth, clientAuth)"
+            )
         } else {
             message
         }
