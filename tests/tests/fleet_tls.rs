@@ -137,6 +137,18 @@ impl Fleet {
         sink.received_from(attacker) - a0
     }
 
+    /// `spacefilter block ADDR` on the member: the daemon writes it to
+    /// etcd with its own TLS and login, and answers once it holds it.
+    fn verb_writes_to_etcd(&self, daemon: &DaemonProcess, addr: &str) {
+        daemon
+            .cli(&["block", addr, "--comment", "typed here"])
+            .ok("block through the fleet");
+        let keys = self.cluster.keys(PREFIX).expect("reading the keys");
+        let written = key("block", &format!("{addr}/32"));
+        assert!(keys.contains(&written), "{written} is in etcd: {keys:?}");
+        assert!(holds(daemon, &format!("{addr}/32")), "and in force here");
+    }
+
     /// Writes a block to the fleet from the listener's host, as
     /// `settings` say (TLS, login), through the library's [`Publisher`].
     fn publish(&self, settings: Settings, prefix: &str) {
@@ -225,6 +237,7 @@ fn a_member_follows_etcd_over_tls() {
         wait_until(TIMEOUT, || holds(&daemon, "203.0.113.9/32")),
         "a block the Publisher wrote over TLS reaches the member"
     );
+    fleet.verb_writes_to_etcd(&daemon, "203.0.113.10");
     daemon.terminate(STOP_TIMEOUT).expect("stopping the daemon");
 
     // The CA alone: etcd wants a client certificate and refuses the
@@ -427,6 +440,7 @@ fn a_member_logs_in_to_etcd() {
         wait_until(TIMEOUT, || holds(&daemon, "203.0.113.8/32")),
         "a block the Publisher wrote logged in reaches the member"
     );
+    fleet.verb_writes_to_etcd(&daemon, "203.0.113.10");
     daemon.terminate(STOP_TIMEOUT).expect("stopping the daemon");
 
     std::fs::write(&password, "not the password\n").expect("writing the password file");
