@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context as _, ensure};
 
-use crate::{netns::run_in_netns, traffic::wait_until};
+use crate::{netns::run_in_netns, pki::Pki, traffic::wait_until};
 
 /// Where the local API listens, inside its namespace.
 pub const LAPI_PORT: u16 = 8080;
@@ -28,6 +28,8 @@ pub struct Lapi {
     ns: String,
     dir: PathBuf,
     child: Option<Child>,
+    /// Whether it serves https.
+    tls: bool,
 }
 
 /// Fails the test unless the CrowdSec commands are installed.
@@ -54,6 +56,12 @@ impl Lapi {
     /// network namespace `ns`, listening on `127.0.0.1:`[`LAPI_PORT`];
     /// returns once it accepts connections.
     pub fn start(ns: &str, dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(ns, dir, None)
+    }
+
+    /// [`Self::start`], serving https with the server certificate of
+    /// `tls` (made for 127.0.0.1) if given.
+    pub fn start_with(ns: &str, dir: &Path, tls: Option<&Pki>) -> anyhow::Result<Self> {
         require_crowdsec();
         let data = dir.join("data");
         fs::create_dir_all(&data)?;
@@ -80,11 +88,16 @@ api:
   server:
     listen_uri: 127.0.0.1:{LAPI_PORT}
     profiles_path: {dir}/profiles.yaml
-prometheus:
+{tls}prometheus:
   enabled: false
 ",
             dir = dir.display(),
-            data = data.display()
+            data = data.display(),
+            tls = tls.map_or_else(String::new, |pki| format!(
+                "    tls:\n      cert_file: {}\n      key_file: {}\n",
+                pki.server_cert.display(),
+                pki.server_key.display()
+            )),
         );
         fs::write(dir.join("config.yaml"), config)?;
         fs::write(dir.join("simulation.yaml"), "simulation: false\n")?;
@@ -98,6 +111,7 @@ prometheus:
             ns: ns.to_owned(),
             dir: dir.to_owned(),
             child: None,
+            tls: tls.is_some(),
         };
         // The machine cscli logs in as to add and delete decisions.
         lapi.cscli(&[
@@ -153,7 +167,8 @@ prometheus:
     /// The URL a bouncer in the same namespace reaches it at.
     #[must_use]
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{LAPI_PORT}")
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{LAPI_PORT}")
     }
 
     /// Runs `cscli` against this local API; returns its standard output.

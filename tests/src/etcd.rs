@@ -1,7 +1,9 @@
-//! A real three-member etcd cluster (Debian's `etcd-server`) in a lab
-//! namespace, each member with its own data directory under a scratch
-//! directory and its own ports on the namespace's address; `etcdctl` runs
-//! against it in the same namespace. Nothing of the host's etcd is used.
+//! A real etcd cluster (Debian's `etcd-server`), of three members unless
+//! told otherwise, in a lab namespace, each member with its own data
+//! directory under a scratch directory and its own ports on the namespace's
+//! address; `etcdctl` runs against it in the same namespace. Nothing of the
+//! host's etcd is used. The members may serve `https://` and ask for
+//! client certificates ([`Options::tls`]).
 
 use std::{
     fs::{self, File},
@@ -16,13 +18,36 @@ use std::{
 use anyhow::{Context as _, ensure};
 use serde_json::Value;
 
-use crate::traffic::wait_until;
+use crate::{pki::Pki, traffic::wait_until};
 
 /// How long the cluster may take to elect a leader and answer.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One member's client and peer ports.
 const PORTS: [(u16, u16); 3] = [(2379, 2380), (12379, 12380), (22379, 22380)];
+
+/// How the cluster is made.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// How many members (at most three).
+    pub members: usize,
+    /// Serve the clients over TLS with the server certificate of this
+    /// PKI, and take only clients with a certificate its CA signed
+    /// (`--client-cert-auth`); `etcdctl` uses its client certificate.
+    pub tls: Option<Pki>,
+    /// More arguments for every member (`--auth-token-ttl=2`, ...).
+    pub args: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            members: PORTS.len(),
+            tls: None,
+            args: Vec::new(),
+        }
+    }
+}
 
 /// A running cluster; its members are killed when dropped (their logs
 /// printed first if the test is failing).
@@ -31,12 +56,25 @@ pub struct Cluster {
     addr: IpAddr,
     dir: PathBuf,
     members: Vec<Option<Child>>,
+    tls: Option<Pki>,
+    /// `etcdctl --user`, once authentication is on.
+    user: Option<String>,
 }
 
 impl Cluster {
     /// Starts three members in network namespace `ns`, on `addr`, with
     /// their data under `dir`; returns once every one answers.
     pub fn start(ns: &str, addr: IpAddr, dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(ns, addr, dir, &Options::default())
+    }
+
+    /// Starts the members `options` says, as [`Self::start`] does.
+    pub fn start_with(
+        ns: &str,
+        addr: IpAddr,
+        dir: &Path,
+        options: &Options,
+    ) -> anyhow::Result<Self> {
         for command in ["etcd", "etcdctl"] {
             assert!(
                 Command::new("sh")
@@ -53,23 +91,37 @@ impl Cluster {
             addr,
             dir: dir.to_owned(),
             members: Vec::new(),
+            tls: options.tls.clone(),
+            user: None,
         };
-        let initial: Vec<String> = PORTS
+        let ports = &PORTS[..options.members];
+        let scheme = cluster.scheme();
+        let initial: Vec<String> = ports
             .iter()
             .enumerate()
             .map(|(i, (_, peer))| format!("m{i}=http://{addr}:{peer}"))
             .collect();
-        for (i, (client, peer)) in PORTS.iter().enumerate() {
+        for (i, (client, peer)) in ports.iter().enumerate() {
             let log = File::create(dir.join(format!("m{i}.log")))?;
-            let child = Command::new("ip")
-                .args(["netns", "exec", ns, "etcd"])
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", ns, "etcd"]);
+            if let Some(pki) = &options.tls {
+                command
+                    .arg(format!("--cert-file={}", pki.server_cert.display()))
+                    .arg(format!("--key-file={}", pki.server_key.display()))
+                    .arg(format!("--trusted-ca-file={}", pki.ca.display()))
+                    .arg("--client-cert-auth");
+            }
+            let child = command
                 .arg(format!("--name=m{i}"))
                 .arg(format!(
                     "--data-dir={}",
                     dir.join(format!("m{i}")).display()
                 ))
-                .arg(format!("--listen-client-urls=http://{addr}:{client}"))
-                .arg(format!("--advertise-client-urls=http://{addr}:{client}"))
+                .arg(format!("--listen-client-urls={scheme}://{addr}:{client}"))
+                .arg(format!(
+                    "--advertise-client-urls={scheme}://{addr}:{client}"
+                ))
                 .arg(format!("--listen-peer-urls=http://{addr}:{peer}"))
                 .arg(format!(
                     "--initial-advertise-peer-urls=http://{addr}:{peer}"
@@ -82,6 +134,7 @@ impl Cluster {
                     "--heartbeat-interval=50",
                     "--election-timeout=500",
                 ])
+                .args(&options.args)
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log)
@@ -104,13 +157,17 @@ impl Cluster {
     /// The members' client URLs, comma-separated, as `--etcd` takes them.
     #[must_use]
     pub fn endpoints(&self) -> String {
-        self.endpoints_of(&[0, 1, 2])
+        self.endpoints_of(&(0..self.members.len()).collect::<Vec<_>>())
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 
     fn endpoints_of(&self, members: &[usize]) -> String {
         members
             .iter()
-            .map(|&i| format!("http://{}:{}", self.addr, PORTS[i].0))
+            .map(|&i| format!("{}://{}:{}", self.scheme(), self.addr, PORTS[i].0))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -122,12 +179,29 @@ impl Cluster {
             .collect()
     }
 
+    /// Runs `etcdctl` as `user` (`NAME:PASSWORD`) from now on: once
+    /// authentication is on, etcd answers no one else.
+    pub fn log_in(&mut self, user: &str) {
+        self.user = Some(user.to_owned());
+    }
+
     /// Runs `etcdctl` against the running members; its standard output.
     pub fn etcdctl(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new("ip")
+        let mut command = Command::new("ip");
+        command
             .args(["netns", "exec", &self.ns, "etcdctl"])
             .arg(format!("--endpoints={}", self.endpoints_of(&self.alive())))
-            .args(["--command-timeout=5s"])
+            .args(["--command-timeout=5s"]);
+        if let Some(pki) = &self.tls {
+            command
+                .arg(format!("--cacert={}", pki.ca.display()))
+                .arg(format!("--cert={}", pki.client_cert.display()))
+                .arg(format!("--key={}", pki.client_key.display()));
+        }
+        if let Some(user) = &self.user {
+            command.arg(format!("--user={user}"));
+        }
+        let out = command
             .args(args)
             .env("ETCDCTL_API", "3")
             .stdin(Stdio::null())
@@ -186,7 +260,7 @@ impl Cluster {
 
     fn logs(&self) -> String {
         let mut out = String::new();
-        for i in 0..PORTS.len() {
+        for i in 0..self.members.len() {
             out.push_str("--- etcd m");
             out.push_str(&i.to_string());
             out.push_str(" ---\n");

@@ -14,6 +14,7 @@ pub mod flood;
 pub mod generate;
 pub mod netns;
 pub mod packets;
+pub mod pki;
 pub mod reference;
 pub mod shield;
 pub mod traffic;

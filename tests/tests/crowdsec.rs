@@ -5,13 +5,14 @@
 //! the host's own address is refused, an administrator's block of the same
 //! prefix stays theirs, and the blocks stay while the API is down.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::Path, time::Duration};
 
 use serde_json::Value;
 use spacefilter_tests::{
     crowdsec::Lapi,
     daemon::{DaemonPaths, DaemonProcess, STOP_TIMEOUT, Scratch, cli, metrics_page},
     netns::{Family, Host, Lab},
+    pki::Pki,
     require_root,
     traffic::{UdpSink, send_udp, wait_until},
 };
@@ -387,4 +388,61 @@ fn a_missing_key_file_is_bad_input() {
         "the error says what to give: {}",
         out.stderr
     );
+}
+
+/// A local API served over https with a certificate of a private CA: the
+/// daemon polls it with `--crowdsec-cacert`, and without it says in
+/// `status` that no CA it trusts signed the certificate.
+#[test]
+fn an_https_local_api_is_trusted_with_its_ca() {
+    require_root();
+    let lab = Lab::new().expect("building the lab");
+    let dir = Scratch::new("crowdsec-tls").expect("scratch directory");
+    let pki = Pki::generate(&dir.join("pki"), "127.0.0.1".parse().expect("an address"))
+        .expect("making the certificates");
+    let lapi_dir = dir.join("lapi");
+    std::fs::create_dir_all(&lapi_dir).expect("LAPI directory");
+    let lapi = Lapi::start_with(&lab.ns(Host::Server), &lapi_dir, Some(&pki))
+        .expect("starting the local API");
+    assert!(lapi.url().starts_with("https://"), "{}", lapi.url());
+    let key_file = dir.join("bouncer.key");
+    lapi.add_bouncer("spacefilter", &key_file)
+        .expect("adding the bouncer");
+    let path = |p: &Path| p.to_str().expect("UTF-8").to_owned();
+    let args = |cacert: Option<&Path>| {
+        let mut args: Vec<String> = [
+            "--capacity",
+            "1024",
+            "--crowdsec",
+            &lapi.url(),
+            "--crowdsec-key-file",
+            &path(&key_file),
+            "--crowdsec-interval",
+            INTERVAL,
+        ]
+        .map(str::to_owned)
+        .into();
+        if let Some(cacert) = cacert {
+            args.extend(["--crowdsec-cacert".to_owned(), path(cacert)]);
+        }
+        args
+    };
+    let paths = DaemonPaths::in_dir(&dir.join("daemon"));
+    let mut daemon = start_daemon(&lab, &paths, &args(Some(&pki.ca)));
+    daemon.terminate(STOP_TIMEOUT).expect("stopping the daemon");
+    let args = args(None);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let daemon = DaemonProcess::start(&lab.ns(Host::Server), &paths, &args)
+        .unwrap_or_else(|err| panic!("starting the daemon: {err:#}"));
+    let mut last = Value::Null;
+    assert!(
+        wait_until(TIMEOUT, || {
+            last = link(&daemon);
+            last["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("UnknownIssuer"))
+        }),
+        "without the CA, the link says the certificate is not trusted: {last}"
+    );
+    assert_eq!(last["up"], false, "{last}");
 }

@@ -10,7 +10,7 @@ use clap::Args;
 use super::Failure;
 use crate::{
     daemon::{Handle, Stop, Transports},
-    fleet::{crowdsec, etcd},
+    fleet::{Login, crowdsec, etcd, tls::TlsFiles},
 };
 
 #[derive(Args)]
@@ -25,6 +25,10 @@ pub(super) struct LinkArgs {
     /// Between two polls of the decision stream.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     crowdsec_interval: Duration,
+    /// PEM CA certificates that vouch for an https:// local API (else the
+    /// webpki roots).
+    #[arg(long, value_name = "FILE", requires = "crowdsec")]
+    crowdsec_cacert: Option<PathBuf>,
     /// Join a fleet: follow the rules kept in this etcd cluster (its
     /// members' client URLs, comma-separated) as entries of origin fleet.
     #[arg(long, value_name = "URL[,URL...]")]
@@ -41,6 +45,23 @@ pub(super) struct LinkArgs {
     /// member applies (without it, they stay on this host).
     #[arg(long, requires = "etcd")]
     share_auto_blocks: bool,
+    /// PEM CA certificates that vouch for the https:// members (etcd's
+    /// --trusted-ca-file; else the webpki roots).
+    #[arg(long, value_name = "FILE", requires = "etcd")]
+    etcd_cacert: Option<PathBuf>,
+    /// A PEM client certificate for members that ask for one (etcd's
+    /// --client-cert-auth).
+    #[arg(long, value_name = "FILE", requires_all = ["etcd", "etcd_key"])]
+    etcd_cert: Option<PathBuf>,
+    /// The PEM private key of --etcd-cert.
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
+    /// Log in to etcd as this user (when etcd has authentication on).
+    #[arg(long, value_name = "NAME", requires_all = ["etcd", "etcd_password_file"])]
+    etcd_user: Option<String>,
+    /// A file whose first line is the password of --etcd-user.
+    #[arg(long, value_name = "FILE", requires = "etcd_user")]
+    etcd_password_file: Option<PathBuf>,
 }
 
 /// The links to start beside the transports, checked before the daemon
@@ -53,20 +74,50 @@ pub(super) struct Links {
 impl LinkArgs {
     /// Checks the options; `state_dir` keeps the fleet's last revision.
     pub(super) fn check(self, state_dir: &Path) -> Result<Links, Failure> {
-        let crowdsec = match (self.crowdsec, self.crowdsec_key_file) {
-            (Some(url), Some(key_file)) => Some(
-                crowdsec::Settings::new(&url, &key_file, self.crowdsec_interval)
-                    .map_err(Failure::bad_input)?,
-            ),
+        let Self {
+            crowdsec,
+            crowdsec_key_file,
+            crowdsec_interval,
+            crowdsec_cacert,
+            etcd,
+            fleet,
+            share_auto_blocks,
+            etcd_cacert,
+            etcd_cert,
+            etcd_key,
+            etcd_user,
+            etcd_password_file,
+        } = self;
+        let crowdsec = match (crowdsec, crowdsec_key_file) {
+            (Some(url), Some(key_file)) => {
+                let settings = crowdsec::Settings::new(&url, &key_file, crowdsec_interval);
+                Some(match &crowdsec_cacert {
+                    Some(cacert) => settings.and_then(|s| s.with_cacert(cacert)),
+                    None => settings,
+                })
+            }
             _ => None,
+        }
+        .transpose()
+        .map_err(Failure::bad_input)?;
+        let tls = TlsFiles {
+            cacert: etcd_cacert,
+            cert: etcd_cert,
+            key: etcd_key,
         };
-        let etcd = self
-            .etcd
-            .map(|endpoints| etcd::Settings::new(&endpoints, &self.fleet, state_dir))
+        let etcd = etcd
+            .map(|endpoints| {
+                let settings =
+                    etcd::Settings::new(&endpoints, &fleet, state_dir)?.with_tls(&tls)?;
+                Ok::<_, String>(match (etcd_user, etcd_password_file) {
+                    (Some(user), Some(file)) => settings.with_login(Login::read(&user, &file)?),
+                    _ => settings,
+                })
+            })
             .transpose()
             .map_err(Failure::bad_input)?
             .map(|settings| etcd::Settings {
-                share_auto_blocks: self.share_auto_blocks,
+                share_auto_blocks,
                 ..settings
             });
         Ok(Links { crowdsec, etcd })

@@ -13,12 +13,14 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::Path,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use super::{
     decisions::{self, Plan, Tracker},
     pause,
+    tls::{self, TlsFiles},
 };
 use crate::{
     api::{ErrorKind, LinkView, Origin},
@@ -38,6 +40,8 @@ pub struct Settings {
     pub key: String,
     /// Between two polls.
     pub interval: Duration,
+    /// TLS with the CA of `--crowdsec-cacert` (`None`: the webpki roots).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Settings {
@@ -71,7 +75,20 @@ impl Settings {
             url: url.trim_end_matches('/').to_owned(),
             key,
             interval,
+            tls: None,
         })
+    }
+
+    /// Trusts the CA certificates of `cacert` (`--crowdsec-cacert`) for an
+    /// `https://` local API; the error says what to fix.
+    pub fn with_cacert(mut self, cacert: &Path) -> Result<Self, String> {
+        let files = TlsFiles {
+            cacert: Some(cacert.to_owned()),
+            ..TlsFiles::default()
+        };
+        tls::check_scheme("--crowdsec", std::slice::from_ref(&self.url), &files)?;
+        self.tls = tls::client_config("--crowdsec", &files)?;
+        Ok(self)
     }
 }
 
@@ -84,8 +101,12 @@ pub async fn follow(settings: Settings, handle: Handle, mut stop: Stop) {
     );
     let agent = ureq::AgentBuilder::new()
         .timeout(REQUEST_TIMEOUT)
-        .user_agent(concat!("spacefilter-bouncer/", env!("CARGO_PKG_VERSION")))
-        .build();
+        .user_agent(concat!("spacefilter-bouncer/", env!("CARGO_PKG_VERSION")));
+    let agent = match &settings.tls {
+        Some(config) => agent.tls_config(config.clone()),
+        None => agent,
+    }
+    .build();
     let mut link = Link {
         view: LinkView {
             kind: "crowdsec".to_owned(),

@@ -19,7 +19,7 @@
 use std::{
     collections::BTreeMap,
     fs,
-    io::{BufRead as _, BufReader, Read as _},
+    io::{BufRead as _, Read as _},
     path::PathBuf,
     sync::{
         Arc,
@@ -32,6 +32,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
+    client::{Client, Login},
     gateway::{b64_decode, b64_encode, int, json_of, range_end},
     member::{Member, member_id},
     publish::Publisher,
@@ -66,6 +67,11 @@ pub struct Settings {
     pub revision_file: PathBuf,
     /// Whether this host's auto-blocks are written to the fleet.
     pub share_auto_blocks: bool,
+    /// TLS for `https://` members, from `--etcd-cacert`, `--etcd-cert`
+    /// and `--etcd-key` (`None`: the webpki roots, no client certificate).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The user to log in as, when etcd has authentication on.
+    pub login: Option<Login>,
 }
 
 impl Settings {
@@ -102,6 +108,8 @@ impl Settings {
             fleet: fleet.to_owned(),
             revision_file: state_dir.join("fleet-revision"),
             share_auto_blocks: false,
+            tls: None,
+            login: None,
         })
     }
 
@@ -207,10 +215,12 @@ pub async fn follow(settings: Settings, handle: Handle, mut stop: Stop) {
 /// The follower's loop, on a thread of its own: the watch is a blocking
 /// read.
 fn run(settings: &Settings, handle: &Handle, member: &Member, quit: &AtomicBool) {
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(CONNECT_TIMEOUT)
-        .timeout_read(READ_TIMEOUT)
-        .build();
+    let client = Client::new(
+        settings,
+        ureq::AgentBuilder::new()
+            .timeout_connect(CONNECT_TIMEOUT)
+            .timeout_read(READ_TIMEOUT),
+    );
     let mut link = LinkView {
         kind: "fleet".to_owned(),
         name: settings.fleet.clone(),
@@ -230,7 +240,7 @@ fn run(settings: &Settings, handle: &Handle, member: &Member, quit: &AtomicBool)
         let endpoint = &settings.endpoints[at % settings.endpoints.len()];
         let since = revision;
         let mut follower = Follower {
-            agent: &agent,
+            client: &client,
             endpoint,
             settings,
             handle,
@@ -294,7 +304,7 @@ fn save_revision(path: &std::path::Path, revision: i64) {
 }
 
 struct Follower<'a> {
-    agent: &'a ureq::Agent,
+    client: &'a Client,
     endpoint: &'a str,
     settings: &'a Settings,
     handle: &'a Handle,
@@ -306,11 +316,7 @@ struct Follower<'a> {
 
 impl Follower<'_> {
     fn post(&self, path: &str, body: &Value) -> Result<ureq::Response, String> {
-        self.agent
-            .post(&format!("{}{path}", self.endpoint))
-            .set("Content-Type", "application/json")
-            .send_string(&body.to_string())
-            .map_err(|err| err.to_string())
+        self.client.post_to(self.endpoint, path, body)
     }
 
     /// Reads the whole prefix, applies it, then watches from after it;
@@ -416,8 +422,8 @@ impl Follower<'_> {
         progressed: &mut dyn FnMut(i64),
     ) -> Result<WatchEnd, String> {
         let prefix = self.settings.prefix();
-        let response = self.post(
-            "/v3/watch",
+        let reader = self.client.watch(
+            self.endpoint,
             &json!({"create_request": {
                 "key": b64_encode(prefix.as_bytes()),
                 "range_end": range_end(&prefix),
@@ -425,7 +431,6 @@ impl Follower<'_> {
                 "progress_notify": true,
             }}),
         )?;
-        let reader = BufReader::new(response.into_reader());
         for line in reader.lines() {
             if self.quit.load(Ordering::Relaxed) {
                 return Ok(WatchEnd::Quit);

@@ -1,5 +1,8 @@
 //! Outside sources of rules the daemon follows: a CrowdSec local API
-//! ([`crowdsec`]), whose ban decisions become blocks of origin `crowdsec`.
+//! ([`crowdsec`]), whose ban decisions become blocks of origin `crowdsec`,
+//! and the fleet's etcd cluster ([`etcd`]), whose keys become entries of
+//! origin `fleet`. Both speak HTTP, over TLS when their URLs are
+//! `https://` ([`tls`]).
 //!
 //! Like the transports in [`crate::server`], this layer reaches the daemon
 //! through its [`crate::daemon::Handle`] only, so that what a source brings
@@ -7,6 +10,7 @@
 //! the lockout guard, journaled, counted and listed with its origin. Each
 //! link reports its state to the handle, and `status` shows it.
 
+mod client;
 pub mod crowdsec;
 mod decisions;
 pub mod etcd;
@@ -14,6 +18,9 @@ mod gateway;
 mod member;
 pub mod publish;
 mod settings;
+pub mod tls;
+
+pub use client::Login;
 
 use std::time::Duration;
 

@@ -12,54 +12,48 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::{
+    client::Client,
     etcd::Settings,
-    gateway::{b64_decode, b64_encode, int, json_of},
+    gateway::{b64_decode, b64_encode, int},
 };
 use crate::net::{List, Prefix};
 
 /// Keys written per transaction.
 const TXN_OPS: usize = 128;
 
+/// How long one request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A client of the fleet's etcd cluster.
 pub struct Publisher {
-    agent: ureq::Agent,
+    client: Client,
     settings: Settings,
 }
 
 impl Publisher {
     /// For the fleet `name` at `endpoints` (comma-separated), as the
-    /// daemon's `status` shows its link.
+    /// daemon's `status` shows its link: no TLS options, no login.
     pub fn new(endpoints: &str, name: &str) -> Result<Self, String> {
-        let settings = Settings::new(endpoints, name, std::path::Path::new("/"))?;
-        let agent = ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(5))
-            .build();
-        Ok(Self { agent, settings })
+        Ok(Self::from_settings(Settings::new(
+            endpoints,
+            name,
+            std::path::Path::new("/"),
+        )?))
     }
 
-    /// For the fleet `settings` name.
-    pub(super) fn from_settings(settings: Settings) -> Self {
-        let agent = ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(5))
-            .build();
-        Self { agent, settings }
+    /// For the fleet of `settings`, with its TLS and login.
+    #[must_use]
+    pub fn from_settings(settings: Settings) -> Self {
+        let client = Client::new(
+            &settings,
+            ureq::AgentBuilder::new().timeout(REQUEST_TIMEOUT),
+        );
+        Self { client, settings }
     }
 
     /// Posts to the first member that answers.
     fn post(&self, path: &str, body: &Value) -> Result<Value, String> {
-        let mut last = String::new();
-        for endpoint in &self.settings.endpoints {
-            match self
-                .agent
-                .post(&format!("{endpoint}{path}"))
-                .set("Content-Type", "application/json")
-                .send_string(&body.to_string())
-            {
-                Ok(response) => return json_of(response),
-                Err(err) => last = format!("{endpoint}: {err}"),
-            }
-        }
-        Err(last)
+        self.client.post(path, body)
     }
 
     fn key(&self, list: List, prefix: Prefix) -> String {
