@@ -82,6 +82,7 @@ cscli:
 db_config:
   type: sqlite
   db_path: {data}/crowdsec.db
+  use_wal: true
 api:
   client:
     credentials_path: {dir}/local_api_credentials.yaml
@@ -172,14 +173,27 @@ api:
     }
 
     /// Runs `cscli` against this local API; returns its standard output.
+    /// A write that meets the local API's database busy (`SQLite`'s "database
+    /// is locked", while the API writes a bouncer's pull) is tried again.
     pub fn cscli(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns, "cscli", "-c"])
-            .arg(self.dir.join("config.yaml"))
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .context("running cscli")?;
+        let run = || {
+            Command::new("ip")
+                .args(["netns", "exec", &self.ns, "cscli", "-c"])
+                .arg(self.dir.join("config.yaml"))
+                .args(args)
+                .stdin(Stdio::null())
+                .output()
+                .context("running cscli")
+        };
+        let mut out = run()?;
+        for _ in 0..5 {
+            if out.status.success()
+                || !String::from_utf8_lossy(&out.stderr).contains("database is locked")
+            {
+                break;
+            }
+            out = run()?;
+        }
         ensure!(
             out.status.success(),
             "cscli {args:?} failed ({}): {}{}",

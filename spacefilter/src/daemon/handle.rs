@@ -144,6 +144,18 @@ impl Handle {
             .map(|meta| meta.origin == super::lists::stored(origin))
     }
 
+    /// How many entries have `origin` (a link's count, without listing
+    /// every entry).
+    #[must_use]
+    pub fn count_of(&self, origin: Origin) -> u64 {
+        let origin = super::lists::stored(origin);
+        self.lock()
+            .rules
+            .values()
+            .filter(|meta| meta.origin == origin)
+            .count() as u64
+    }
+
     /// The entries of one list, or of all, as of now.
     pub fn entries(&self, only: Option<List>) -> Result<Listing, Refusal> {
         self.lock().listing(only)

@@ -177,16 +177,9 @@ impl Link {
     async fn report(&mut self, handle: &Handle) {
         self.view.lag_secs = self.last_ok.map(|at| at.elapsed().as_secs());
         let handle2 = handle.clone();
-        self.view.entries = tokio::task::spawn_blocking(move || {
-            handle2.entries(Some(List::Block)).map_or(0, |entries| {
-                entries
-                    .iter()
-                    .filter(|e| e.origin == Origin::Crowdsec)
-                    .count() as u64
-            })
-        })
-        .await
-        .unwrap_or(0);
+        self.view.entries = tokio::task::spawn_blocking(move || handle2.count_of(Origin::Crowdsec))
+            .await
+            .unwrap_or(0);
         handle.report_link(self.view.clone());
     }
 }

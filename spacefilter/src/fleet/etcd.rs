@@ -256,7 +256,7 @@ fn run(settings: &Settings, handle: &Handle, member: &Member, quit: &AtomicBool)
             link.last_error = None;
             link.revision = u64::try_from(rev).unwrap_or(0);
             link.lag_secs = Some(0);
-            link.entries = fleet_entries(handle);
+            link.entries = handle.count_of(Origin::Fleet);
             handle.report_link(link.clone());
             member.progressed(rev);
         };
@@ -285,12 +285,6 @@ fn run(settings: &Settings, handle: &Handle, member: &Member, quit: &AtomicBool)
             }
         }
     }
-}
-
-fn fleet_entries(handle: &Handle) -> u64 {
-    handle.entries(None).map_or(0, |entries| {
-        entries.iter().filter(|e| e.origin == Origin::Fleet).count() as u64
-    })
 }
 
 /// Writes the revision beside the journal, atomically (a crash leaves the
