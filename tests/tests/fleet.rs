@@ -432,6 +432,8 @@ fn the_verbs_write_to_the_fleet(m: &Member) {
         m.fleet_entries()
     );
     assert_eq!(m.attacker_gets_through(), PROBE, "through after unblock");
+    let out = m.verb_ok(&["unblock", "198.18.2.99"]);
+    assert!(out.contains("unblock"), "a prefix the fleet lacks: {out}");
 
     m.verb_ok(&["block", "--local", "203.0.113.60"]);
     assert!(

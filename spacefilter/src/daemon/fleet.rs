@@ -18,8 +18,10 @@ use crate::{
     net::{List, Prefix, lockout},
 };
 
-/// How long this host may take to apply what it wrote to the fleet.
+/// How long this host may take to apply what it wrote to the fleet, and
+/// how much longer for each [`APPLY_BATCH`] prefixes.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+const APPLY_BATCH: usize = 10_000;
 
 /// A change written to the fleet, checked.
 #[derive(Clone, Debug)]
@@ -40,6 +42,24 @@ pub enum FleetChange {
     /// Deletes a rule of the fleet's by its id.
     RuleDel(u32),
     Shield(ShieldView),
+}
+
+impl FleetChange {
+    /// The change, for the log (a bulk change by its count).
+    fn describe(&self) -> String {
+        match self {
+            FleetChange::Add { list, prefixes, .. } => {
+                format!("{} {}", list.name(), super::core::describe(prefixes))
+            }
+            FleetChange::Remove { list, prefixes } => {
+                format!("un{} {}", list.name(), super::core::describe(prefixes))
+            }
+            FleetChange::Limits(limits) => format!("limits {limits:?}"),
+            FleetChange::RuleAdd(rule) => format!("rule {rule:?}"),
+            FleetChange::RuleDel(id) => format!("the deletion of rule {id}"),
+            FleetChange::Shield(shield) => format!("shield {shield:?}"),
+        }
+    }
 }
 
 /// Why a change did not reach the fleet.
@@ -87,11 +107,21 @@ impl Handle {
                 ))));
             }
         };
-        log::info!("{change:?} written to the fleet at revision {revision}, asked by {peer}");
-        if !port.wait_applied(revision, APPLY_TIMEOUT) {
+        log::info!(
+            "{} written to the fleet at revision {revision}, asked by {peer}",
+            change.describe()
+        );
+        let prefixes = match &change {
+            FleetChange::Add { prefixes, .. } | FleetChange::Remove { prefixes, .. } => {
+                prefixes.len()
+            }
+            _ => 0,
+        };
+        let timeout = APPLY_TIMEOUT + Duration::from_secs((prefixes / APPLY_BATCH) as u64);
+        if !port.wait_applied(revision, timeout) {
             return Some(Err(Refusal::failed(format!(
                 "written to the fleet (revision {revision}), but this host has not applied it \
-                 within {APPLY_TIMEOUT:?}: see the fleet link in `spacefilter status` and the \
+                 within {timeout:?}: see the fleet link in `spacefilter status` and the \
                  daemon's log"
             ))));
         }

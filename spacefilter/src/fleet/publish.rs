@@ -118,6 +118,8 @@ impl Publisher {
     }
 
     /// Deletes rules; returns the revision they were deleted at.
+    /// 0 if none of them was there: etcd then writes nothing, and its
+    /// revision may have moved on by keys of others.
     pub fn delete(&self, list: List, prefixes: &[Prefix]) -> Result<i64, String> {
         let mut revision = 0;
         for chunk in prefixes.chunks(TXN_OPS) {
@@ -130,7 +132,14 @@ impl Publisher {
                 })
                 .collect();
             let answer = self.post("/v3/kv/txn", &json!({"success": ops}))?;
-            revision = int(&answer["header"]["revision"]);
+            let deleted = answer["responses"].as_array().is_some_and(|responses| {
+                responses
+                    .iter()
+                    .any(|r| int(&r["response_delete_range"]["deleted"]) > 0)
+            });
+            if deleted {
+                revision = int(&answer["header"]["revision"]);
+            }
         }
         Ok(revision)
     }
