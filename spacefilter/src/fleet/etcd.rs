@@ -215,11 +215,15 @@ pub async fn follow(settings: Settings, handle: Handle, mut stop: Stop) {
 /// The follower's loop, on a thread of its own: the watch is a blocking
 /// read.
 fn run(settings: &Settings, handle: &Handle, member: &Member, quit: &AtomicBool) {
+    // No connection is kept for another request: a pooled one comes back
+    // without its read timeout, and a watch opened on it while the member
+    // is cut off would wait for its answer for ever.
     let client = Client::new(
         settings,
         ureq::AgentBuilder::new()
             .timeout_connect(CONNECT_TIMEOUT)
-            .timeout_read(READ_TIMEOUT),
+            .timeout_read(READ_TIMEOUT)
+            .max_idle_connections(0),
     );
     let mut link = LinkView {
         kind: "fleet".to_owned(),
@@ -465,6 +469,9 @@ impl Follower<'_> {
             } else {
                 0
             };
+            // Puts in a row are applied together (one journal flush for
+            // a transaction's keys), in order with the rest.
+            let mut puts: Vec<FleetRule> = Vec::new();
             for event in &events {
                 last = last.max(int(&event["kv"]["mod_revision"]));
                 let kv: Kv = serde_json::from_value(event["kv"].clone()).unwrap_or_default();
@@ -472,6 +479,7 @@ impl Follower<'_> {
                 if let Some((name, value)) = settings::read(&kv, &prefix) {
                     // A setting deleted from the fleet stays as it is here.
                     if !deleted {
+                        self.put_many(&std::mem::take(&mut puts));
                         settings::apply(self.handle, &self.settings.fleet, &name, value);
                     }
                     continue;
@@ -480,11 +488,13 @@ impl Follower<'_> {
                     continue;
                 };
                 if deleted {
+                    self.put_many(&std::mem::take(&mut puts));
                     self.delete(rule.list, rule.prefix);
                 } else if !self.own(&rule) {
-                    self.put(&rule);
+                    puts.push(rule);
                 }
             }
+            self.put_many(&puts);
             if last > 0 {
                 progressed(last);
             }
@@ -515,10 +525,6 @@ impl Follower<'_> {
             .map(Duration::from_secs);
         self.leases.insert(lease, (Instant::now(), ttl));
         ttl
-    }
-
-    fn put(&mut self, rule: &FleetRule) {
-        self.put_many(std::slice::from_ref(rule));
     }
 
     /// Applies rules, in one request for each list, lease and comment: a
