@@ -17,13 +17,14 @@
 //! tries again with a growing pause, and its link shows the outage.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs,
     io::{BufRead as _, BufReader, Read as _},
     path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
+        mpsc::SyncSender,
     },
     time::{Duration, Instant},
 };
@@ -46,6 +47,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Prefixes per request to the daemon.
 const CHUNK: usize = 16 * 1024;
+/// Keys per page when the whole fleet is read.
+const PAGE: usize = 10_000;
+/// Pages read ahead of the one being applied.
+const PAGES_AHEAD: usize = 2;
 /// The longest pause between two tries while etcd cannot be reached: a
 /// member cut off catches up within about this long of coming back.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -117,6 +122,9 @@ struct RangeAnswer {
     header: Header,
     #[serde(default)]
     kvs: Vec<Kv>,
+    /// Whether keys past the limit are left.
+    #[serde(default)]
+    more: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -316,34 +324,33 @@ impl Follower<'_> {
     }
 
     /// Reads every rule of the fleet and makes the lists follow; returns
-    /// the revision read at.
+    /// the revision read at. The keys come in pages, all read at the
+    /// revision of the first, and each page is applied while the next is
+    /// read: etcd's gateway takes most of the time, writing the JSON.
     fn resync(&mut self) -> Result<i64, String> {
         let started = Instant::now();
         let prefix = self.settings.prefix();
-        // Read straight into types: a whole fleet is megabytes of JSON.
-        let mut body = String::new();
-        self.post(
-            "/v3/kv/range",
-            &json!({"key": b64_encode(prefix.as_bytes()), "range_end": range_end(&prefix)}),
-        )?
-        .into_reader()
-        .read_to_string(&mut body)
-        .map_err(|err| format!("reading the fleet: {err}"))?;
-        let answer: RangeAnswer =
-            serde_json::from_str(&body).map_err(|err| format!("reading the fleet: {err}"))?;
-        drop(body);
-        let revision = answer.header.revision.parse().unwrap_or(0);
-        let kvs = answer.kvs;
-        let wanted: Vec<FleetRule> = kvs.iter().filter_map(|kv| rule_of(kv, &prefix)).collect();
-        log::info!(
-            "fleet: {} keys read in {:?}",
-            wanted.len(),
-            started.elapsed()
-        );
-        // New and changed rules first: nothing the fleet still holds lapses.
-        self.put_many(&wanted);
-        let keep: std::collections::BTreeSet<(List, Prefix)> =
-            wanted.iter().map(|r| (r.list, r.prefix)).collect();
+        let reader = Follower {
+            leases: BTreeMap::new(),
+            ..*self
+        };
+        let (sender, pages) = std::sync::mpsc::sync_channel(PAGES_AHEAD);
+        let mut wanted = BTreeSet::new();
+        let read = std::thread::scope(|scope| {
+            let reading = scope.spawn(move || reader.read_pages(&sender));
+            // New and changed rules first: nothing the fleet still holds
+            // lapses.
+            for kvs in pages {
+                let rules: Vec<FleetRule> =
+                    kvs.iter().filter_map(|kv| rule_of(kv, &prefix)).collect();
+                self.put_many(&rules);
+                wanted.extend(rules.iter().map(|r| (r.list, r.prefix)));
+            }
+            reading
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        });
+        let (revision, read) = read?;
         let held = self
             .handle
             .entries(None)
@@ -352,7 +359,7 @@ impl Follower<'_> {
             let gone: Vec<String> = held
                 .iter()
                 .filter(|e| e.origin == Origin::Fleet && e.list == list)
-                .filter(|e| !keep.contains(&(list, e.prefix)))
+                .filter(|e| !wanted.contains(&(list, e.prefix)))
                 .map(|e| e.prefix.to_string())
                 .collect();
             for chunk in gone.chunks(CHUNK) {
@@ -367,12 +374,58 @@ impl Follower<'_> {
             }
         }
         log::info!(
-            "fleet {}: {} rules read and applied at revision {revision} in {:?}",
+            "fleet {}: {} rules read and applied at revision {revision} in {:?} ({read} keys)",
             self.settings.fleet,
             wanted.len(),
             started.elapsed()
         );
         Ok(revision)
+    }
+
+    /// Reads the fleet's keys [`PAGE`] at a time, every page at the
+    /// revision of the first (a consistent view), and sends each on as it
+    /// comes; returns that revision and the keys read.
+    fn read_pages(&self, pages: &SyncSender<Vec<Kv>>) -> Result<(i64, usize), String> {
+        let prefix = self.settings.prefix();
+        let mut request = json!({
+            "key": b64_encode(prefix.as_bytes()),
+            "range_end": range_end(&prefix),
+            "limit": PAGE.to_string(),
+        });
+        let (mut revision, mut read) = (0, 0);
+        loop {
+            if self.quit.load(Ordering::Relaxed) {
+                return Err("stopping".to_owned());
+            }
+            let mut body = Vec::new();
+            self.post("/v3/kv/range", &request)?
+                .into_reader()
+                .read_to_end(&mut body)
+                .map_err(|err| format!("reading the fleet: {err}"))?;
+            let answer: RangeAnswer =
+                serde_json::from_slice(&body).map_err(|err| format!("reading the fleet: {err}"))?;
+            if revision == 0 {
+                revision = answer.header.revision.parse().unwrap_or(0);
+                request["revision"] = revision.to_string().into();
+            }
+            read += answer.kvs.len();
+            // The next page starts just after this one's last key.
+            let next = answer
+                .kvs
+                .last()
+                .and_then(|kv| b64_decode(&kv.key))
+                .map(|mut key| {
+                    key.push(0);
+                    b64_encode(&key)
+                });
+            if pages.send(answer.kvs).is_err() {
+                return Err("stopping".to_owned());
+            }
+            match next {
+                Some(next) if answer.more => request["key"] = next.into(),
+                _ => return Ok((revision, read)),
+            }
+        }
     }
 
     /// Watches from after `revision` until the watch ends.
