@@ -7,12 +7,7 @@
 //!
 //! [`IFACE`]: crate::netns::IFACE
 
-use std::{
-    collections::BTreeSet,
-    net::SocketAddr,
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
 use anyhow::{Context as _, ensure};
 use serde_json::Value;
@@ -152,12 +147,6 @@ impl Fleet {
             .unwrap_or_else(|| panic!("no member on {host}"))
     }
 
-    /// The members, in the order they joined.
-    #[must_use]
-    pub fn members(&self) -> &[Member] {
-        &self.members
-    }
-
     /// Runs `spacefilter args...` on `host` against its daemon's socket,
     /// in its namespace: a verb typed there, which reaches etcd as the
     /// daemon does.
@@ -257,30 +246,5 @@ impl Fleet {
     pub fn clear(&self) -> anyhow::Result<()> {
         self.cluster.etcdctl(&["del", "--prefix", PREFIX])?;
         Ok(())
-    }
-
-    /// The directory the fleet's files are in.
-    #[must_use]
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-/// Polls `done` every `every` until it holds or `timeout` passes; returns
-/// when it held, measured from `from`.
-pub fn time_until(
-    from: Instant,
-    every: Duration,
-    timeout: Duration,
-    mut done: impl FnMut() -> bool,
-) -> Option<Duration> {
-    loop {
-        if done() {
-            return Some(from.elapsed());
-        }
-        if from.elapsed() > timeout {
-            return None;
-        }
-        std::thread::sleep(every);
     }
 }
