@@ -19,12 +19,11 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
-    io::{BufRead as _, BufReader, Read as _},
+    io::{BufRead as _, BufReader},
     path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
-        mpsc::SyncSender,
     },
     time::{Duration, Instant},
 };
@@ -32,7 +31,10 @@ use std::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::gateway::{b64_decode, b64_encode, int, json_of, range_end};
+use super::{
+    gateway::{b64_decode, b64_encode, int, json_of, range_end},
+    pages,
+};
 use crate::{
     api::{ErrorKind, LinkView, Origin},
     daemon::{AddRequest, Handle, Peer, Stop},
@@ -47,8 +49,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Prefixes per request to the daemon.
 const CHUNK: usize = 16 * 1024;
-/// Keys per page when the whole fleet is read.
-const PAGE: usize = 10_000;
 /// Pages read ahead of the one being applied.
 const PAGES_AHEAD: usize = 2;
 /// The longest pause between two tries while etcd cannot be reached: a
@@ -116,26 +116,11 @@ struct FleetRule {
     lease: i64,
 }
 
-/// What `/v3/kv/range` answers.
-#[derive(Debug, Deserialize)]
-struct RangeAnswer {
-    header: Header,
-    #[serde(default)]
-    kvs: Vec<Kv>,
-    /// Whether keys past the limit are left.
-    #[serde(default)]
-    more: bool,
-}
-
-#[derive(Debug, Deserialize)]
-struct Header {
-    revision: String,
-}
-
+/// A key as the gateway writes it (base64), with its value and lease.
 #[derive(Debug, Default, Deserialize)]
-struct Kv {
+pub(super) struct Kv {
     #[serde(default)]
-    key: String,
+    pub(super) key: String,
     #[serde(default)]
     value: String,
     #[serde(default)]
@@ -337,7 +322,10 @@ impl Follower<'_> {
         let (sender, pages) = std::sync::mpsc::sync_channel(PAGES_AHEAD);
         let mut wanted = BTreeSet::new();
         let read = std::thread::scope(|scope| {
-            let reading = scope.spawn(move || reader.read_pages(&sender));
+            let reading = scope.spawn(move || {
+                let post = |body: &Value| reader.post("/v3/kv/range", body);
+                pages::read(&post, &reader.settings.prefix(), reader.quit, &sender)
+            });
             // New and changed rules first: nothing the fleet still holds
             // lapses.
             for kvs in pages {
@@ -380,52 +368,6 @@ impl Follower<'_> {
             started.elapsed()
         );
         Ok(revision)
-    }
-
-    /// Reads the fleet's keys [`PAGE`] at a time, every page at the
-    /// revision of the first (a consistent view), and sends each on as it
-    /// comes; returns that revision and the keys read.
-    fn read_pages(&self, pages: &SyncSender<Vec<Kv>>) -> Result<(i64, usize), String> {
-        let prefix = self.settings.prefix();
-        let mut request = json!({
-            "key": b64_encode(prefix.as_bytes()),
-            "range_end": range_end(&prefix),
-            "limit": PAGE.to_string(),
-        });
-        let (mut revision, mut read) = (0, 0);
-        loop {
-            if self.quit.load(Ordering::Relaxed) {
-                return Err("stopping".to_owned());
-            }
-            let mut body = Vec::new();
-            self.post("/v3/kv/range", &request)?
-                .into_reader()
-                .read_to_end(&mut body)
-                .map_err(|err| format!("reading the fleet: {err}"))?;
-            let answer: RangeAnswer =
-                serde_json::from_slice(&body).map_err(|err| format!("reading the fleet: {err}"))?;
-            if revision == 0 {
-                revision = answer.header.revision.parse().unwrap_or(0);
-                request["revision"] = revision.to_string().into();
-            }
-            read += answer.kvs.len();
-            // The next page starts just after this one's last key.
-            let next = answer
-                .kvs
-                .last()
-                .and_then(|kv| b64_decode(&kv.key))
-                .map(|mut key| {
-                    key.push(0);
-                    b64_encode(&key)
-                });
-            if pages.send(answer.kvs).is_err() {
-                return Err("stopping".to_owned());
-            }
-            match next {
-                Some(next) if answer.more => request["key"] = next.into(),
-                _ => return Ok((revision, read)),
-            }
-        }
     }
 
     /// Watches from after `revision` until the watch ends.

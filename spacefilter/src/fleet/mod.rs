@@ -11,6 +11,7 @@ pub mod crowdsec;
 mod decisions;
 pub mod etcd;
 mod gateway;
+mod pages;
 pub mod publish;
 
 use std::time::Duration;
