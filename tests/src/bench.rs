@@ -29,10 +29,12 @@ use crate::packets::{Ext, Packet};
 
 pub mod admission;
 mod control;
+mod fleet;
 mod floods;
 pub mod observe;
 
 pub use control::{ControlOptions, ControlPlane, control_plane, control_report};
+pub use fleet::{FleetOptions, FleetRun, fleet_report, fleet_run};
 pub use floods::{FloodCase, FloodFilter, FloodRow, flood_report, flood_run, flood_throughput};
 
 /// XDP actions.

@@ -443,6 +443,28 @@ pub fn cli(socket: &Path, args: &[&str]) -> CliOutput {
 pub fn try_cli(socket: &Path, args: &[&str]) -> anyhow::Result<CliOutput> {
     let mut command = Command::new(binary());
     command.args(args).arg("--socket").arg(socket);
+    run_cli(command)
+}
+
+/// [`cli`] run in network namespace `ns` (through `ip netns exec`): for
+/// the verbs that reach more than the daemon, such as a fleet member's
+/// `block`, which writes to etcd from the host it is typed on.
+///
+/// # Panics
+/// If the binary cannot be started or hangs.
+#[must_use]
+pub fn cli_in(ns: &str, socket: &Path, args: &[&str]) -> CliOutput {
+    let mut command = Command::new("ip");
+    command
+        .args(["netns", "exec", ns])
+        .arg(binary())
+        .args(args)
+        .arg("--socket")
+        .arg(socket);
+    run_cli(command).unwrap_or_else(|err| panic!("{err:#}"))
+}
+
+fn run_cli(mut command: Command) -> anyhow::Result<CliOutput> {
     let started = Instant::now();
     let child = spawn_piped(&mut command)?;
     let (code, stdout, stderr) =

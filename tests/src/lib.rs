@@ -10,6 +10,7 @@ pub mod crowdsec;
 pub mod daemon;
 pub mod etcd;
 pub mod fixture;
+pub mod fleet;
 pub mod flood;
 pub mod generate;
 pub mod netns;

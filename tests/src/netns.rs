@@ -12,13 +12,19 @@
 //!                          lis
 //! ```
 //!
+//! A fleet lab ([`Lab::fleet`]) has two more server hosts on the same
+//! bridge, `server2` (`198.18.3.2`, `2001:2:0:3::2`) and `server3`
+//! (`198.18.4.3`, `2001:2:0:4::3`), each with its own `eth0` for a daemon
+//! of its own, and an `etcd` host (`198.18.5.20`, `2001:2:0:5::20`) for
+//! the cluster they share.
+//!
 //! Every host sits on one on-link subnet per family, so no routing is
 //! involved; the attacker alone is in `198.18.2.0/24` and
 //! `2001:2:0:2::/64` ([`Host::subnet`]). The addresses come from the
 //! benchmarking ranges (RFC 2544, RFC 5180) and exist only inside the lab's
 //! namespaces.
 //!
-//! The attacker has permanent neighbour entries for the server, as a flood
+//! The attacker has permanent neighbour entries for the servers, as a flood
 //! source would: it never needs the server's answers to neighbour
 //! discovery, so while it is blocked its frames keep reaching the server's
 //! XDP hook (an IPv6 attacker would otherwise go silent as soon as its
@@ -90,7 +96,8 @@ impl fmt::Display for Family {
     }
 }
 
-/// The three hosts of the lab.
+/// The hosts of a lab: the first three in every lab, the others in a
+/// fleet lab.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Host {
     /// Runs spacefilter on [`IFACE`] and the services the clients reach.
@@ -99,10 +106,28 @@ pub enum Host {
     Listener,
     /// The client to block.
     Attacker,
+    /// A second server, in a fleet lab.
+    Server2,
+    /// A third server, in a fleet lab.
+    Server3,
+    /// Runs the fleet's etcd cluster, in a fleet lab.
+    Etcd,
 }
 
 impl Host {
+    /// The hosts of every lab.
     pub const ALL: [Host; 3] = [Host::Server, Host::Listener, Host::Attacker];
+    /// The hosts of a fleet lab.
+    pub const FLEET: [Host; 6] = [
+        Host::Server,
+        Host::Listener,
+        Host::Attacker,
+        Host::Server2,
+        Host::Server3,
+        Host::Etcd,
+    ];
+    /// The server hosts of a fleet lab, each with an [`IFACE`] of its own.
+    pub const SERVERS: [Host; 3] = [Host::Server, Host::Server2, Host::Server3];
 
     #[must_use]
     pub const fn name(self) -> &'static str {
@@ -110,7 +135,16 @@ impl Host {
             Host::Server => "server",
             Host::Listener => "listener",
             Host::Attacker => "attacker",
+            Host::Server2 => "server2",
+            Host::Server3 => "server3",
+            Host::Etcd => "etcd",
         }
+    }
+
+    /// Whether spacefilter runs on this host (in the tests that start it).
+    #[must_use]
+    pub const fn is_server(self) -> bool {
+        matches!(self, Host::Server | Host::Server2 | Host::Server3)
     }
 
     /// The short tag used in namespace names and as the name of the
@@ -120,6 +154,9 @@ impl Host {
             Host::Server => "srv",
             Host::Listener => "lis",
             Host::Attacker => "atk",
+            Host::Server2 => "srv2",
+            Host::Server3 => "srv3",
+            Host::Etcd => "etcd",
         }
     }
 
@@ -137,28 +174,35 @@ impl Host {
             Host::Server => 0,
             Host::Listener => 1,
             Host::Attacker => 2,
+            Host::Server2 => 3,
+            Host::Server3 => 4,
+            Host::Etcd => 5,
         }
     }
 
+    /// The last IPv6 group (and MAC byte), whose hex digits read as decimal
+    /// make the last IPv4 octet.
     const fn host_part(self) -> u8 {
         match self {
             Host::Server => 0x01,
             Host::Listener => 0x10,
             Host::Attacker => 0x66,
+            Host::Server2 => 0x02,
+            Host::Server3 => 0x03,
+            Host::Etcd => 0x20,
         }
     }
 
     /// The host's address: `198.18.0.1`, `198.18.1.10`, `198.18.2.66`, or
-    /// `2001:2::1`, `2001:2:0:1::10`, `2001:2:0:2::66`.
+    /// `2001:2::1`, `2001:2:0:1::10`, `2001:2:0:2::66` (and in a fleet lab
+    /// `198.18.3.2`, `198.18.4.3`, `198.18.5.20`, or `2001:2:0:3::2`,
+    /// `2001:2:0:4::3`, `2001:2:0:5::20`).
     #[must_use]
     pub fn addr(self, family: Family) -> IpAddr {
         match family {
             Family::V4 => {
-                let host = match self {
-                    Host::Server => 1,
-                    Host::Listener => 10,
-                    Host::Attacker => 66,
-                };
+                let part = self.host_part();
+                let host = (part >> 4) * 10 + (part & 0xf);
                 IpAddr::V4(Ipv4Addr::new(198, 18, self.net(), host))
             }
             Family::V6 => IpAddr::V6(Ipv6Addr::new(
@@ -175,7 +219,7 @@ impl Host {
     }
 
     /// The address with the on-link prefix length configured on
-    /// [`IFACE`]: `/16` or `/48`, shared by all three hosts.
+    /// [`IFACE`]: `/16` or `/48`, shared by all the hosts.
     fn addr_with_len(self, family: Family) -> String {
         let len = match family {
             Family::V4 => 16,
@@ -286,15 +330,27 @@ static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 /// The network namespaces of one lab, deleted when dropped.
 pub struct Lab {
     id: String,
+    /// The hosts on the bridge.
+    hosts: Vec<Host>,
     /// The namespaces made so far, in order of creation.
     namespaces: Vec<String>,
 }
 
 impl Lab {
-    /// Builds the lab: four namespaces, the bridge, the veths, the
-    /// addresses; returns once every interface is up and every address
-    /// usable.
+    /// Builds the lab: four namespaces (the switch and [`Host::ALL`]), the
+    /// bridge, the veths, the addresses; returns once every interface is
+    /// up and every address usable.
     pub fn new() -> anyhow::Result<Self> {
+        Self::with_hosts(&Host::ALL)
+    }
+
+    /// Builds a fleet lab: the hosts of [`Host::FLEET`], three servers
+    /// among them, on one bridge.
+    pub fn fleet() -> anyhow::Result<Self> {
+        Self::with_hosts(&Host::FLEET)
+    }
+
+    fn with_hosts(hosts: &[Host]) -> anyhow::Result<Self> {
         remove_stale_labs();
         let id = format!(
             "{NAME_PREFIX}{:x}-{:x}",
@@ -306,6 +362,7 @@ impl Lab {
         ensure!(id.len() + 4 <= 15, "lab id {id} is too long");
         let mut lab = Self {
             id,
+            hosts: hosts.to_vec(),
             namespaces: Vec::new(),
         };
         lab.build()
@@ -326,7 +383,7 @@ impl Lab {
         )))?;
         ip(words(&format!("-n {switch} link set {BRIDGE} up")))?;
 
-        for host in Host::ALL {
+        for host in self.hosts.clone() {
             let ns = self.add_namespace(host.tag())?;
             // Addresses are usable at once: no duplicate address detection,
             // also for the link-local ones. Dual-stack sockets bound to
@@ -357,15 +414,17 @@ impl Lab {
             ip(words(&format!("-n {ns} link set {IFACE} up")))?;
         }
 
-        // The attacker floods whatever the server answers: see the module
+        // The attacker floods whatever the servers answer: see the module
         // documentation.
         let attacker = self.ns(Host::Attacker);
-        for family in Family::ALL {
-            ip(words(&format!(
-                "-n {attacker} neigh replace {} lladdr {} dev {IFACE} nud permanent",
-                Host::Server.addr(family),
-                Host::Server.mac()
-            )))?;
+        for server in self.hosts.iter().filter(|h| h.is_server()) {
+            for family in Family::ALL {
+                ip(words(&format!(
+                    "-n {attacker} neigh replace {} lladdr {} dev {IFACE} nud permanent",
+                    server.addr(family),
+                    server.mac()
+                )))?;
+            }
         }
         self.wait_ready(Duration::from_secs(10))
     }
@@ -389,7 +448,7 @@ impl Lab {
         let deadline = Instant::now() + timeout;
         loop {
             let mut waiting = Vec::new();
-            for host in Host::ALL {
+            for &host in &self.hosts {
                 let ns = self.ns(host);
                 let link = ip(words(&format!("-n {ns} -o link show dev {IFACE}")))?;
                 if !link.contains("state UP") {
@@ -403,7 +462,7 @@ impl Lab {
                 }
             }
             let ports = bridge_ports(&self.switch_ns())?;
-            for host in Host::ALL {
+            for &host in &self.hosts {
                 if !ports
                     .lines()
                     .any(|l| l.contains(&format!(" {}@", host.tag())) && l.contains("forwarding"))
@@ -425,6 +484,12 @@ impl Lab {
     #[must_use]
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The hosts on the lab's bridge.
+    #[must_use]
+    pub fn hosts(&self) -> &[Host] {
+        &self.hosts
     }
 
     /// The name of `host`'s network namespace.
@@ -482,7 +547,7 @@ impl Lab {
     /// clients, so that the next packets must resolve them again. The
     /// attacker's permanent entries stay.
     pub fn flush_neighbours(&self) -> anyhow::Result<()> {
-        for host in Host::ALL {
+        for &host in &self.hosts {
             self.ip(host, &format!("neigh flush dev {IFACE}"))?;
         }
         Ok(())
@@ -535,6 +600,7 @@ impl fmt::Debug for Lab {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Lab")
             .field("id", &self.id)
+            .field("hosts", &self.hosts)
             .field("namespaces", &self.namespaces)
             .finish()
     }
@@ -591,7 +657,7 @@ fn lab_owner(name: &str) -> Option<u32> {
     let mut parts = rest.split('-');
     let (pid, n, tag) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some()
-        || !["sw", "srv", "lis", "atk"].contains(&tag)
+        || !(tag == "sw" || Host::FLEET.iter().any(|h| h.tag() == tag))
         || u32::from_str_radix(n, 16).is_err()
     {
         return None;
@@ -601,6 +667,8 @@ fn lab_owner(name: &str) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     #[test]
@@ -625,18 +693,30 @@ mod tests {
             Host::Attacker.subnet(Family::V6).to_string(),
             "2001:2:0:2::/64"
         );
+        assert_eq!(Host::Server2.addr(Family::V4).to_string(), "198.18.3.2");
+        assert_eq!(Host::Server3.addr(Family::V6).to_string(), "2001:2:0:4::3");
+        assert_eq!(Host::Etcd.addr(Family::V4).to_string(), "198.18.5.20");
+        assert_eq!(Host::Etcd.addr(Family::V6).to_string(), "2001:2:0:5::20");
         for family in Family::ALL {
             let attacker = Host::Attacker.subnet(family);
-            assert!(attacker.contains(Host::Attacker.addr(family)));
-            assert!(!attacker.contains(Host::Listener.addr(family)));
-            assert!(!attacker.contains(Host::Server.addr(family)));
+            for host in Host::FLEET {
+                assert_eq!(
+                    attacker.contains(host.addr(family)),
+                    host == Host::Attacker,
+                    "{host}"
+                );
+            }
         }
+        let macs: BTreeSet<String> = Host::FLEET.iter().map(|h| h.mac()).collect();
+        assert_eq!(macs.len(), Host::FLEET.len(), "one MAC address each");
     }
 
     #[test]
     fn stale_lab_names() {
         assert_eq!(lab_owner("sf1f40-0-srv"), Some(0x1f40));
         assert_eq!(lab_owner("sf1f40-a-sw"), Some(0x1f40));
+        assert_eq!(lab_owner("sf1f40-a-srv3"), Some(0x1f40));
+        assert_eq!(lab_owner("sf1f40-a-etcd"), Some(0x1f40));
         assert_eq!(lab_owner("sf1f40-a-other"), None);
         assert_eq!(lab_owner("sfx-0-srv"), None);
         assert_eq!(lab_owner("server"), None);

@@ -174,7 +174,7 @@ pub(crate) fn bench(quick: bool) -> Result<()> {
     run_cmd(cmd, "build")?;
     step(
         "benchmarking (per-packet cost, control plane with the daemon, floods in the veth \
-         harness)",
+         harness, the fleet on three hosts)",
     );
     let mut cmd = Command::new(workspace_root().join("target/release/bench"));
     cmd.current_dir(workspace_root())

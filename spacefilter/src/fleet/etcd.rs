@@ -17,9 +17,9 @@
 //! tries again with a growing pause, and its link shows the outage.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs,
-    io::{BufRead as _, Read as _},
+    io::BufRead as _,
     path::PathBuf,
     sync::{
         Arc,
@@ -35,6 +35,7 @@ use super::{
     client::{Client, Login},
     gateway::{b64_decode, b64_encode, int, json_of, range_end},
     member::{Member, member_id},
+    pages,
     publish::Publisher,
     settings,
 };
@@ -52,6 +53,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Prefixes per request to the daemon.
 const CHUNK: usize = 16 * 1024;
+/// Pages read ahead of the one being applied.
+const PAGES_AHEAD: usize = 2;
 /// The longest pause between two tries while etcd cannot be reached: a
 /// member cut off catches up within about this long of coming back.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -129,19 +132,7 @@ struct FleetRule {
     member: Option<String>,
 }
 
-/// What `/v3/kv/range` answers.
-#[derive(Debug, Deserialize)]
-struct RangeAnswer {
-    header: Header,
-    #[serde(default)]
-    kvs: Vec<Kv>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Header {
-    revision: String,
-}
-
+/// A key as the gateway writes it (base64), with its value and lease.
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct Kv {
     #[serde(default)]
@@ -345,43 +336,44 @@ impl Follower<'_> {
     }
 
     /// Reads every rule of the fleet and makes the lists follow; returns
-    /// the revision read at.
+    /// the revision read at. The keys come in pages, all read at the
+    /// revision of the first, and each page is applied while the next is
+    /// read: etcd's gateway takes most of the time, writing the JSON.
     fn resync(&mut self) -> Result<i64, String> {
         let started = Instant::now();
         let prefix = self.settings.prefix();
-        // Read straight into types: a whole fleet is megabytes of JSON.
-        let mut body = String::new();
-        self.post(
-            "/v3/kv/range",
-            &json!({"key": b64_encode(prefix.as_bytes()), "range_end": range_end(&prefix)}),
-        )?
-        .into_reader()
-        .read_to_string(&mut body)
-        .map_err(|err| format!("reading the fleet: {err}"))?;
-        let answer: RangeAnswer =
-            serde_json::from_str(&body).map_err(|err| format!("reading the fleet: {err}"))?;
-        drop(body);
-        let revision = answer.header.revision.parse().unwrap_or(0);
-        let kvs = answer.kvs;
-        for kv in &kvs {
-            if let Some((name, value)) = settings::read(kv, &prefix) {
-                settings::apply(self.handle, &self.settings.fleet, &name, value);
+        let reader = Follower {
+            leases: BTreeMap::new(),
+            ..*self
+        };
+        let (sender, pages) = std::sync::mpsc::sync_channel(PAGES_AHEAD);
+        let mut wanted = BTreeSet::new();
+        let read = std::thread::scope(|scope| {
+            let reading = scope.spawn(move || {
+                let post = |body: &Value| reader.post("/v3/kv/range", body);
+                pages::read(&post, &reader.settings.prefix(), reader.quit, &sender)
+            });
+            // New and changed rules first: nothing the fleet still holds
+            // lapses.
+            for kvs in pages {
+                for kv in &kvs {
+                    if let Some((name, value)) = settings::read(kv, &prefix) {
+                        settings::apply(self.handle, &self.settings.fleet, &name, value);
+                    }
+                }
+                let rules: Vec<FleetRule> = kvs
+                    .iter()
+                    .filter_map(|kv| rule_of(kv, &prefix))
+                    .filter(|rule| !self.own(rule))
+                    .collect();
+                self.put_many(&rules);
+                wanted.extend(rules.iter().map(|r| (r.list, r.prefix)));
             }
-        }
-        let wanted: Vec<FleetRule> = kvs
-            .iter()
-            .filter_map(|kv| rule_of(kv, &prefix))
-            .filter(|rule| !self.own(rule))
-            .collect();
-        log::info!(
-            "fleet: {} keys read in {:?}",
-            wanted.len(),
-            started.elapsed()
-        );
-        // New and changed rules first: nothing the fleet still holds lapses.
-        self.put_many(&wanted);
-        let keep: std::collections::BTreeSet<(List, Prefix)> =
-            wanted.iter().map(|r| (r.list, r.prefix)).collect();
+            reading
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        });
+        let (revision, read) = read?;
         let held = self
             .handle
             .entries(None)
@@ -390,7 +382,7 @@ impl Follower<'_> {
             let gone: Vec<String> = held
                 .iter()
                 .filter(|e| e.origin == Origin::Fleet && e.list == list)
-                .filter(|e| !keep.contains(&(list, e.prefix)))
+                .filter(|e| !wanted.contains(&(list, e.prefix)))
                 .map(|e| e.prefix.to_string())
                 .collect();
             for chunk in gone.chunks(CHUNK) {
@@ -405,7 +397,7 @@ impl Follower<'_> {
             }
         }
         log::info!(
-            "fleet {}: {} rules read and applied at revision {revision} in {:?}",
+            "fleet {}: {} rules read and applied at revision {revision} in {:?} ({read} keys)",
             self.settings.fleet,
             wanted.len(),
             started.elapsed()

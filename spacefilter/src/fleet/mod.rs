@@ -16,6 +16,7 @@ mod decisions;
 pub mod etcd;
 mod gateway;
 mod member;
+mod pages;
 pub mod publish;
 mod settings;
 pub mod tls;

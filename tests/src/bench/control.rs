@@ -76,13 +76,13 @@ const RESTART_TIMEOUT: Duration = Duration::from_mins(1);
 /// The verdict counters (`STATS`) of a program that another process
 /// loaded, read straight from the kernel: the daemon's, to see the first
 /// drop the moment it is counted, without asking the daemon.
-struct ProgramStats {
+pub(super) struct ProgramStats {
     map: PerCpuArray<MapData, Counter>,
 }
 
 impl ProgramStats {
     /// The counters of the program with id `program_id`.
-    fn of_program(program_id: u32) -> anyhow::Result<ProgramStats> {
+    pub(super) fn of_program(program_id: u32) -> anyhow::Result<ProgramStats> {
         let program = loaded_programs()
             .filter_map(Result::ok)
             .find(|p| p.id() == program_id)
@@ -101,7 +101,7 @@ impl ProgramStats {
 
     /// Packets counted, over all CPUs and every interface slot, for the
     /// reasons that `pick` takes.
-    fn packets(&self, pick: impl Fn(Reason) -> bool) -> anyhow::Result<u64> {
+    pub(super) fn packets(&self, pick: impl Fn(Reason) -> bool) -> anyhow::Result<u64> {
         let slots = self.map.len() / STATS_SLOTS;
         let mut total = 0;
         for reason in Reason::ALL.into_iter().filter(|&r| pick(r)) {
@@ -123,7 +123,7 @@ impl ProgramStats {
 }
 
 /// The program id of the daemon, from `status --json`.
-fn program_id(daemon: &DaemonProcess) -> anyhow::Result<u32> {
+pub(super) fn program_id(daemon: &DaemonProcess) -> anyhow::Result<u32> {
     let status = daemon.cli(&["status", "--json"]);
     ensure!(
         status.code == Some(0),
@@ -202,7 +202,7 @@ impl Usage {
 }
 
 /// Median and range of a few timings, in ms.
-fn spread(mut ms: Vec<f64>) -> String {
+pub(super) fn spread(mut ms: Vec<f64>) -> String {
     ms.sort_by(f64::total_cmp);
     match (ms.first(), ms.last()) {
         (Some(min), Some(max)) => format!("{:.2} ms [{min:.2} to {max:.2}]", ms[ms.len() / 2]),

@@ -11,9 +11,10 @@ use anyhow::Context as _;
 use spacefilter_common::Limits;
 use spacefilter_tests::{
     bench::{
-        ControlOptions, Floors, KINDS, Parking, Rng, Row, Table, XdpFilter,
+        ControlOptions, FleetOptions, FleetRun, Floors, KINDS, Parking, Rng, Row, Table, XdpFilter,
         admission::{Admitted, admission, admission_report, shield_costs},
-        control_plane, flood_throughput, guard_costs, guard_report, load_filter, machine, measure,
+        control_plane, fleet_report, fleet_run, flood_throughput, guard_costs, guard_report,
+        load_filter, machine, measure,
         observe::{observe_costs, observe_report},
         report, write_report,
     },
@@ -27,13 +28,14 @@ const XDP_FILTER_MAX: usize = 1_000;
 const FLOOD_LEGIT_RATE: u64 = 10_000;
 
 /// The parts of the benchmark, in the order they run.
-const PARTS: [&str; 6] = [
+const PARTS: [&str; 7] = [
     "packets",
     "control",
     "floods",
     "admission",
     "guards",
     "observe",
+    "fleet",
 ];
 
 /// The command line.
@@ -156,30 +158,40 @@ fn main() -> anyhow::Result<()> {
     } else {
         None
     };
-    let date = String::from_utf8(
-        std::process::Command::new("date")
-            .arg("-u")
-            .arg("+%Y-%m-%d")
-            .output()?
-            .stdout,
-    )?;
-    let mut text = report(
-        &rows,
-        control.as_ref(),
-        &flood,
-        &machine(),
-        date.trim(),
-        &notes,
-    );
+    let fleet = runs("fleet").then(|| fleet_part(quick)).transpose()?;
+    let date = today()?;
+    let mut text = report(&rows, control.as_ref(), &flood, &machine(), &date, &notes);
     text.push_str(&admission_report(&admitted.0, &admitted.1));
     text.push_str(&guard_report(&guards));
     if let Some(watching) = &watching {
         text.push_str(&observe_report(watching));
     }
+    if let Some(fleet) = &fleet {
+        text.push_str(&fleet_report(fleet, &machine(), &date));
+    }
     print!("{text}");
     write_report(&out, &text)?;
     eprintln!("bench: wrote {}", out.display());
     Ok(())
+}
+
+/// The day, as `date -u +%Y-%m-%d` says it.
+fn today() -> anyhow::Result<String> {
+    let out = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()?;
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+/// The fleet on three hosts: blocks typed on one, timed to the others,
+/// and a host joining a large fleet.
+fn fleet_part(quick: bool) -> anyhow::Result<FleetRun> {
+    eprintln!("bench: the fleet, on three hosts and a real etcd cluster");
+    fleet_run(FleetOptions {
+        blocks: if quick { 20 } else { 100 },
+        join_rules: if quick { 10_000 } else { 100_000 },
+        joins: 3,
+    })
 }
 
 /// Measures every frame kind with a table of `size` block entries.
