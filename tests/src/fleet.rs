@@ -188,6 +188,13 @@ impl Fleet {
         Ok(sink.received_from(attacker) - a0)
     }
 
+    /// Sends `count` datagrams from the attacker to `host`'s sink, `gap`
+    /// apart (a stream over a rate limit).
+    pub fn attacker_sends(&self, host: Host, count: u64, gap: Duration) -> anyhow::Result<u64> {
+        let to = SocketAddr::new(host.addr(Family::V4), self.member(host).sink.port());
+        send_udp(&self.lab, Host::Attacker, to, count, gap)
+    }
+
     /// The fleet's rules in etcd, as `list/prefix`.
     pub fn fleet_keys(&self) -> anyhow::Result<BTreeSet<String>> {
         Ok(self

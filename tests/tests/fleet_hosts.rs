@@ -15,19 +15,26 @@ use spacefilter_tests::{
     traffic::wait_until,
 };
 
-/// The three members, their links up, the attacker through at each.
-fn three_hosts() -> Fleet {
+/// The three members, their links up, the attacker through at each; each
+/// daemon also gets `extra`.
+fn three_hosts_with(extra: &[&str]) -> Fleet {
     require_root();
     let mut fleet = Fleet::new("fleet-hosts").expect("the fleet lab and its cluster");
+    let mut args = vec!["--capacity", "1024"];
+    args.extend_from_slice(extra);
     for host in Host::SERVERS {
         fleet
-            .join(host, &["--capacity", "1024"])
+            .join(host, &args)
             .unwrap_or_else(|err| panic!("{err:#}"));
     }
     for host in Host::SERVERS {
         assert_eq!(through(&fleet, host), PROBE, "{host}: before any rule");
     }
     fleet
+}
+
+fn three_hosts() -> Fleet {
+    three_hosts_with(&[])
 }
 
 fn through(fleet: &Fleet, host: Host) -> u64 {
@@ -141,4 +148,86 @@ fn a_timed_block_expires_on_every_host() {
     fleet
         .wait_in_step("the lease ran out in etcd too")
         .unwrap_or_else(|err| panic!("{err:#}"));
+}
+
+/// What `spacefilter ARGS --json` prints on `host`.
+fn shown(fleet: &Fleet, host: Host, args: &[&str]) -> Value {
+    let mut args = args.to_vec();
+    args.push("--json");
+    let out = fleet.member(host).daemon.cli(&args);
+    serde_json::from_str(out.ok("show")).expect("JSON")
+}
+
+/// The limits set on host 1 and a rule added on host 2 are in force on
+/// every host; an auto-block made on host 2 (`--share-auto-blocks`) drops
+/// the attacker at hosts 1 and 3 too, while host 2 keeps it as its own.
+#[test]
+fn settings_and_auto_blocks_reach_every_host() {
+    let fleet = three_hosts_with(&["--share-auto-blocks"]);
+    fleet.verb_ok(
+        Host::Server,
+        &[
+            "limit",
+            "set",
+            "--pps",
+            "200",
+            "--burst",
+            "50",
+            "--block-after",
+            "1s",
+            "--block-ttl",
+            "60s",
+        ],
+    );
+    for host in Host::SERVERS {
+        assert!(
+            wait_until(TIMEOUT, || shown(&fleet, host, &["limit", "show"])["pps"]
+                == 200),
+            "{host}: the fleet's limits: {}",
+            shown(&fleet, host, &["limit", "show"])
+        );
+    }
+    fleet.verb_ok(
+        Host::Server2,
+        &[
+            "rule", "add", "--action", "drop", "--proto", "udp", "--dport", "9",
+        ],
+    );
+    for host in Host::SERVERS {
+        assert!(
+            wait_until(
+                TIMEOUT,
+                || shown(&fleet, host, &["rule", "list"])[0]["dst_ports"]
+                    == serde_json::json!([9, 9])
+            ),
+            "{host}: the fleet's rule: {}",
+            shown(&fleet, host, &["rule", "list"])
+        );
+    }
+
+    // The attacker runs over its limit at host 2 alone.
+    fleet
+        .attacker_sends(Host::Server2, 4000, Duration::from_micros(500))
+        .unwrap_or_else(|err| panic!("{err:#}"));
+    for host in [Host::Server, Host::Server3] {
+        wait_held(&fleet, host, true, TIMEOUT);
+        assert_eq!(
+            through(&fleet, host),
+            0,
+            "{host}: blocked by host 2's auto-block"
+        );
+    }
+    let own = entry(&fleet, Host::Server2);
+    assert_eq!(
+        own["origin"], "auto",
+        "host 2 keeps its own auto-block: {own}"
+    );
+    assert!(
+        !fleet
+            .member(Host::Server2)
+            .fleet_entries()
+            .iter()
+            .any(|e| e.ends_with(&Host::Attacker.host_prefix(Family::V4).to_string())),
+        "and not again as the fleet's"
+    );
 }
