@@ -55,19 +55,7 @@ impl Member {
     /// Its entries of origin fleet, as `list/prefix`.
     #[must_use]
     pub fn fleet_entries(&self) -> BTreeSet<String> {
-        let out = self.daemon.cli(&["list", "--json"]);
-        serde_json::from_str::<Vec<Value>>(out.ok("list"))
-            .expect("list JSON")
-            .into_iter()
-            .filter(|e| e["origin"] == "fleet")
-            .map(|e| {
-                format!(
-                    "{}/{}",
-                    e["list"].as_str().unwrap_or("?"),
-                    e["prefix"].as_str().unwrap_or("?")
-                )
-            })
-            .collect()
+        fleet_entries(&self.daemon)
     }
 }
 
@@ -254,4 +242,22 @@ impl Fleet {
         self.cluster.etcdctl(&["del", "--prefix", PREFIX])?;
         Ok(())
     }
+}
+
+/// `daemon`'s entries of origin fleet, as `list/prefix`.
+#[must_use]
+pub fn fleet_entries(daemon: &DaemonProcess) -> BTreeSet<String> {
+    let out = daemon.cli(&["list", "--json"]);
+    serde_json::from_str::<Vec<Value>>(out.ok("list"))
+        .expect("list JSON")
+        .into_iter()
+        .filter(|e| e["origin"] == "fleet")
+        .map(|e| {
+            format!(
+                "{}/{}",
+                e["list"].as_str().unwrap_or("?"),
+                e["prefix"].as_str().unwrap_or("?")
+            )
+        })
+        .collect()
 }

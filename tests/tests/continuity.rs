@@ -264,6 +264,7 @@ fn the_filter_outlives_the_daemon_and_its_successor_takes_over_with_no_gap() {
 
     daemon.terminate(STOP_TIMEOUT).expect("stopping");
     assert!(xdp_attached(lab), "the filter stays after a stop");
+    assert!(egress_pinned(pin_dir), "and so does the egress program");
     detach_takes_the_filter_off(&pinned);
 }
 

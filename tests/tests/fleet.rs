@@ -22,6 +22,7 @@ use spacefilter::{
 use spacefilter_tests::{
     daemon::{DaemonPaths, DaemonProcess, STOP_TIMEOUT, Scratch, binary},
     etcd::Cluster,
+    fleet::fleet_entries,
     netns::{Family, Host, Lab, run_in_netns},
     require_root,
     traffic::{UdpSink, send_udp, wait_until},
@@ -672,21 +673,4 @@ fn a_joining_member_takes_a_large_fleet() {
             .contains(r#""prefix":"203.0.113.9/32","origin":"manual""#),
         "the host's own rule stays"
     );
-}
-
-/// `daemon`'s entries of origin fleet, as `list/prefix`.
-fn fleet_entries(daemon: &DaemonProcess) -> BTreeSet<String> {
-    let out = daemon.cli(&["list", "--json"]);
-    serde_json::from_str::<Vec<Value>>(out.ok("list"))
-        .expect("list JSON")
-        .into_iter()
-        .filter(|e| e["origin"] == "fleet")
-        .map(|e| {
-            format!(
-                "{}/{}",
-                e["list"].as_str().unwrap_or("?"),
-                e["prefix"].as_str().unwrap_or("?")
-            )
-        })
-        .collect()
 }

@@ -103,7 +103,7 @@ impl Handle {
             Err(PublishError::BadInput(why)) => return Some(Err(Refusal::bad_input(why))),
             Err(PublishError::Failed(why)) => {
                 return Some(Err(Refusal::failed(format!(
-                    "writing to the fleet: {why}; nothing was changed (`--local` changes this host alone)"
+                    "writing to the fleet failed: {why} (`--local` changes this host alone)"
                 ))));
             }
         };
