@@ -20,7 +20,7 @@ use crate::{
     daemon::{CliOutput, DaemonPaths, DaemonProcess, Scratch, cli_in},
     etcd::Cluster,
     netns::{Family, Host, Lab},
-    traffic::{UdpSink, send_udp, wait_until},
+    traffic::{self, UdpSink, send_udp, wait_until},
 };
 
 /// The fleet's name.
@@ -158,22 +158,7 @@ impl Fleet {
     /// as many from the listener, and waits for all of the listener's (the
     /// positive control); returns how many of the attacker's arrived.
     pub fn attacker_gets_through(&self, host: Host) -> anyhow::Result<u64> {
-        let sink = &self.member(host).sink;
-        let to = SocketAddr::new(host.addr(Family::V4), sink.port());
-        let (attacker, listener) = (
-            Host::Attacker.addr(Family::V4),
-            Host::Listener.addr(Family::V4),
-        );
-        let (a0, l0) = (sink.received_from(attacker), sink.received_from(listener));
-        let gap = Duration::from_millis(1);
-        send_udp(&self.lab, Host::Attacker, to, PROBE, gap)?;
-        send_udp(&self.lab, Host::Listener, to, PROBE, gap)?;
-        let got = sink.wait_for(listener, l0 + PROBE, TIMEOUT) - l0;
-        ensure!(
-            got == PROBE,
-            "{host}: {got} of the listener's {PROBE} datagrams arrived (the positive control)"
-        );
-        Ok(sink.received_from(attacker) - a0)
+        traffic::attacker_gets_through(&self.lab, host, &self.member(host).sink, PROBE, TIMEOUT)
     }
 
     /// Sends `count` datagrams from the attacker to `host`'s sink, `gap`

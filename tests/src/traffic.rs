@@ -407,6 +407,34 @@ fn parse_received(summary: &str) -> Option<u32> {
     })
 }
 
+/// Sends `probe` datagrams from the attacker to `sink` on `server`, then as
+/// many from the listener, and waits up to `timeout` for all of the
+/// listener's (the positive control); returns how many of the attacker's
+/// arrived.
+pub fn attacker_gets_through(
+    lab: &Lab,
+    server: Host,
+    sink: &UdpSink,
+    probe: u64,
+    timeout: Duration,
+) -> anyhow::Result<u64> {
+    let to = SocketAddr::new(server.addr(Family::V4), sink.port());
+    let (attacker, listener) = (
+        Host::Attacker.addr(Family::V4),
+        Host::Listener.addr(Family::V4),
+    );
+    let (a0, l0) = (sink.received_from(attacker), sink.received_from(listener));
+    let gap = Duration::from_millis(1);
+    send_udp(lab, Host::Attacker, to, probe, gap).context("the attacker sends")?;
+    send_udp(lab, Host::Listener, to, probe, gap).context("the listener sends")?;
+    let got = sink.wait_for(listener, l0 + probe, timeout) - l0;
+    anyhow::ensure!(
+        got == probe,
+        "{server}: {got} of the listener's {probe} datagrams arrived (the positive control)"
+    );
+    Ok(sink.received_from(attacker) - a0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

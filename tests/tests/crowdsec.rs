@@ -5,16 +5,16 @@
 //! the host's own address is refused, an administrator's block of the same
 //! prefix stays theirs, and the blocks stay while the API is down.
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{path::Path, time::Duration};
 
 use serde_json::Value;
 use spacefilter_tests::{
     crowdsec::Lapi,
     daemon::{DaemonPaths, DaemonProcess, STOP_TIMEOUT, Scratch, cli, metrics_page},
-    netns::{Family, Host, Lab},
+    netns::{Host, Lab},
     pki::Pki,
     require_root,
-    traffic::{UdpSink, send_udp, wait_until},
+    traffic::{self, UdpSink, wait_until},
 };
 
 /// Between two polls of the decision stream.
@@ -49,25 +49,9 @@ fn wait_for_entry(daemon: &DaemonProcess, prefix: &str, origin: &str) -> Value {
     })
 }
 
-/// Sends [`PROBE`] datagrams from the attacker, then as many from the
-/// listener, and waits for all of the listener's (the positive control:
-/// the path works, and the attacker's, sent first, have had their
-/// chance); returns how many of the attacker's arrived.
 fn attacker_gets_through(lab: &Lab, sink: &UdpSink) -> u64 {
-    let to = SocketAddr::new(Host::Server.addr(Family::V4), sink.port());
-    let (attacker, listener) = (
-        Host::Attacker.addr(Family::V4),
-        Host::Listener.addr(Family::V4),
-    );
-    let (a0, l0) = (sink.received_from(attacker), sink.received_from(listener));
-    send_udp(lab, Host::Attacker, to, PROBE, Duration::from_millis(1)).expect("attacker sends");
-    send_udp(lab, Host::Listener, to, PROBE, Duration::from_millis(1)).expect("listener sends");
-    let got = sink.wait_for(listener, l0 + PROBE, TIMEOUT) - l0;
-    assert_eq!(
-        got, PROBE,
-        "the listener's datagrams arrive (positive control)"
-    );
-    sink.received_from(attacker) - a0
+    traffic::attacker_gets_through(lab, Host::Server, sink, PROBE, TIMEOUT)
+        .unwrap_or_else(|err| panic!("{err:#}"))
 }
 
 fn link(daemon: &DaemonProcess) -> Value {

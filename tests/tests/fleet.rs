@@ -25,7 +25,7 @@ use spacefilter_tests::{
     fleet::fleet_entries,
     netns::{Family, Host, Lab, run_in_netns},
     require_root,
-    traffic::{UdpSink, send_udp, wait_until},
+    traffic::{UdpSink, attacker_gets_through, send_udp, wait_until},
 };
 
 const FLEET: &str = "lab";
@@ -115,39 +115,11 @@ impl Member {
             .unwrap_or_else(|err| panic!("{err:#}"))
     }
 
-    /// Sends [`PROBE`] datagrams from the attacker, then as many from the
-    /// listener, and waits for all of the listener's (the positive
-    /// control); returns how many of the attacker's arrived.
+    /// [`PROBE`] datagrams from the attacker and the listener each: how
+    /// many of the attacker's arrived, once all of the listener's did.
     fn attacker_gets_through(&self) -> u64 {
-        let sink = &self.sink;
-        let to = SocketAddr::new(Host::Server.addr(Family::V4), sink.port());
-        let (attacker, listener) = (
-            Host::Attacker.addr(Family::V4),
-            Host::Listener.addr(Family::V4),
-        );
-        let (a0, l0) = (sink.received_from(attacker), sink.received_from(listener));
-        send_udp(
-            &self.lab,
-            Host::Attacker,
-            to,
-            PROBE,
-            Duration::from_millis(1),
-        )
-        .expect("attacker sends");
-        send_udp(
-            &self.lab,
-            Host::Listener,
-            to,
-            PROBE,
-            Duration::from_millis(1),
-        )
-        .expect("listener sends");
-        let got = sink.wait_for(listener, l0 + PROBE, TIMEOUT) - l0;
-        assert_eq!(
-            got, PROBE,
-            "the listener's datagrams arrive (positive control)"
-        );
-        sink.received_from(attacker) - a0
+        attacker_gets_through(&self.lab, Host::Server, &self.sink, PROBE, TIMEOUT)
+            .unwrap_or_else(|err| panic!("{err:#}"))
     }
 
     /// The entries of origin fleet, as `list/prefix`.

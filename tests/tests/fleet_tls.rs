@@ -8,7 +8,6 @@
 //! cannot work stop `run` before anything starts.
 
 use std::{
-    net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -24,7 +23,7 @@ use spacefilter_tests::{
     netns::{Family, Host, Lab, run_in_netns},
     pki::Pki,
     require_root,
-    traffic::{UdpSink, send_udp, wait_until},
+    traffic::{UdpSink, attacker_gets_through, wait_until},
 };
 
 const FLEET: &str = "lab";
@@ -115,26 +114,11 @@ impl Fleet {
             .unwrap_or_else(|err| panic!("{err:#}"))
     }
 
-    /// Sends [`PROBE`] datagrams from the attacker, then as many from the
-    /// listener, and waits for all of the listener's (the positive
-    /// control); returns how many of the attacker's arrived.
+    /// [`PROBE`] datagrams from the attacker and the listener each: how
+    /// many of the attacker's arrived, once all of the listener's did.
     fn attacker_gets_through(&self) -> u64 {
-        let sink = &self.sink;
-        let to = SocketAddr::new(Host::Server.addr(Family::V4), sink.port());
-        let (attacker, listener) = (
-            Host::Attacker.addr(Family::V4),
-            Host::Listener.addr(Family::V4),
-        );
-        let (a0, l0) = (sink.received_from(attacker), sink.received_from(listener));
-        let gap = Duration::from_millis(1);
-        send_udp(&self.lab, Host::Attacker, to, PROBE, gap).expect("attacker sends");
-        send_udp(&self.lab, Host::Listener, to, PROBE, gap).expect("listener sends");
-        let got = sink.wait_for(listener, l0 + PROBE, TIMEOUT) - l0;
-        assert_eq!(
-            got, PROBE,
-            "the listener's datagrams arrive (positive control)"
-        );
-        sink.received_from(attacker) - a0
+        attacker_gets_through(&self.lab, Host::Server, &self.sink, PROBE, TIMEOUT)
+            .unwrap_or_else(|err| panic!("{err:#}"))
     }
 
     /// `spacefilter block ADDR` on the member: the daemon writes it to
