@@ -4,7 +4,8 @@
 //! with all of them; its memory stays bounded throughout. How fast, and
 //! the figures at a million entries, are the benchmark's (BENCHMARKS.md,
 //! "Control plane"): this checks what the listing holds, and that memory
-//! is bounded at all.
+//! is bounded at all. While the import holds the daemon's lock, `stats`
+//! still answers.
 //!
 //! Needs the daemon binary built (`cargo build -p spacefilter`) and root.
 
@@ -41,6 +42,17 @@ fn blocked(socket: &std::path::Path) -> u64 {
         }
         other => panic!("stats: {other:?}"),
     }
+}
+
+/// Writes `table`'s blocked prefixes to a bulk file in `dir`.
+fn write_import(dir: &Scratch, table: &Table) -> std::path::PathBuf {
+    let file = dir.join("import.netset");
+    let mut text = String::from("# a large import\n");
+    for prefix in &table.block {
+        let _ = writeln!(text, "{prefix}");
+    }
+    std::fs::write(&file, text).expect("writing the import");
+    file
 }
 
 /// The table line the CLI prints for `e`, an entry without a TTL.
@@ -137,12 +149,7 @@ fn a_large_list_is_listed_whole_and_survives_a_restart() {
     let (idle_rss, _, _) = memory_mib(daemon.pid());
 
     let table = Table::generate(ENTRIES, &mut Rng::new(0x00b0_1c0f));
-    let file = dir.join("import.netset");
-    let mut text = String::from("# a large import\n");
-    for prefix in &table.block {
-        let _ = writeln!(text, "{prefix}");
-    }
-    std::fs::write(&file, text).expect("writing the import");
+    let file = write_import(&dir, &table);
     daemon
         .cli(&["block", "--file", &file.display().to_string()])
         .ok("block --file");
@@ -217,5 +224,79 @@ fn a_large_list_is_listed_whole_and_survives_a_restart() {
     assert!(
         keys(&restored) == keys(&listed),
         "the restart lost or changed entries"
+    );
+}
+
+/// `stats` reads the counters without the daemon's lock: while a large
+/// import holds it, `stats` answers again and again, while a `status`
+/// asked meanwhile (which takes the lock: the positive control) waits for
+/// the import to finish.
+#[test]
+fn stats_answers_while_an_import_holds_the_lock() {
+    /// Answers that must come while a `status` waits behind the import:
+    /// hundreds do (the import holds the lock for seconds), and only a
+    /// few could while a `status` thread has yet to send its request.
+    const ANSWERS: usize = 100;
+
+    require_root();
+    let lab = Lab::new().expect("building the lab");
+    let dir = Scratch::new("bulk-stats").expect("creating a scratch directory");
+    let paths = DaemonPaths::in_dir(dir.path());
+    let capacity = (ENTRIES + 4096).to_string();
+    let args = ["--capacity", capacity.as_str()];
+    let daemon = DaemonProcess::start(&lab.ns(Host::Server), &paths, &args)
+        .unwrap_or_else(|err| panic!("starting the daemon: {err:#}"));
+    let file = write_import(&dir, &Table::generate(ENTRIES, &mut Rng::new(0x05_7a75)));
+
+    let mut command = std::process::Command::new(spacefilter_tests::daemon::binary());
+    command
+        .args(["block", "--file", &file.display().to_string(), "--socket"])
+        .arg(daemon.socket());
+    let mut import = spacefilter_tests::daemon::spawn_piped(&mut command).expect("starting");
+    let socket = daemon.socket().to_path_buf();
+    let mut most = 0;
+    let mut waiters = 0;
+    while most < ANSWERS && import.try_wait().expect("checking the import").is_none() {
+        // A `status` on a connection of its own, already open, so that it
+        // is asked as soon as the thread says so.
+        let mut client = Client::connect(&socket).expect("connecting to the daemon");
+        let (asked_tx, asked) = std::sync::mpsc::channel();
+        let status = std::thread::spawn(move || {
+            asked_tx.send(()).expect("telling the test");
+            client.call(Request::Status, &mut |_, _| {}).map(drop)
+        });
+        asked.recv().expect("the status thread");
+        waiters += 1;
+        let mut answered = 0;
+        loop {
+            blocked(daemon.socket());
+            if status.is_finished() || import.try_wait().expect("checking").is_some() {
+                break;
+            }
+            answered += 1;
+        }
+        most = most.max(answered);
+        status
+            .join()
+            .expect("the status thread")
+            .expect("status answers");
+    }
+    let done = import.wait_with_output().expect("waiting for the import");
+    assert!(
+        done.status.success(),
+        "the import failed: {}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(
+        most >= ANSWERS,
+        "stats answered at most {most} times while a status waited for the import ({waiters} \
+         status calls)"
+    );
+    let out = daemon.cli(&["status", "--json"]);
+    assert!(
+        out.ok("status")
+            .contains(&format!("\"block_entries\":{ENTRIES}")),
+        "after the import: {}",
+        out.ok("status")
     );
 }

@@ -1,7 +1,10 @@
 //! Start: claim the interfaces, open the store, load the program, restore
 //! what the store holds, add the config file's entries, attach.
 
-use std::{path::Path, time::Instant};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 
@@ -15,10 +18,13 @@ use super::{
 };
 use crate::{
     api::{LimitsView, Origin},
-    bpf::{AttachMode, Filter, LoadOptions, PinDir, features, monotonic_ns, pinned_program},
+    bpf::{
+        AttachMode, Filter, FilterError, LoadOptions, PinDir, features, monotonic_ns,
+        pinned_program,
+    },
     error_chain,
     net::{List, Prefix, iface},
-    store::{Rules, StateError, Store, now_ms},
+    store::{Rules, Store, now_ms},
     telemetry::sampling::Samples,
 };
 
@@ -70,6 +76,53 @@ fn restore(
         }
     }
     Ok(limits)
+}
+
+/// Puts the stored rules on headers into the program; returns them.
+fn restore_header_rules(
+    filter: &mut Filter,
+    store: &Store,
+) -> anyhow::Result<Vec<crate::api::HeaderRuleView>> {
+    let header_rules: Vec<_> = store
+        .header_rules()
+        .into_iter()
+        .map(header_rules::view)
+        .collect();
+    filter
+        .header_rules()
+        .set(
+            &header_rules
+                .iter()
+                .map(|r| (kernel_rule(r), 0))
+                .collect::<Vec<_>>(),
+        )
+        .context("restoring the header rules")?;
+    Ok(header_rules)
+}
+
+/// The program's load, on a thread of its own: the program is verified
+/// and its maps created while the state is read, which takes about as
+/// long, and the two share nothing.
+struct Loading(std::thread::JoinHandle<(Result<Filter, FilterError>, Duration)>);
+
+impl Loading {
+    /// Starts loading; `began` is when the start began, for the log.
+    fn start(options: LoadOptions, began: Instant) -> anyhow::Result<Self> {
+        std::thread::Builder::new()
+            .name("load".to_owned())
+            .spawn(move || (Filter::load(options), began.elapsed()))
+            .map(Self)
+            .context("starting the program's load")
+    }
+
+    /// The loaded program, and when it was ready.
+    fn finish(self) -> anyhow::Result<(Filter, Duration)> {
+        let (filter, by) = self
+            .0
+            .join()
+            .map_err(|_| anyhow::anyhow!("loading the XDP program panicked"))?;
+        Ok((filter.context("loading the XDP program")?, by))
+    }
 }
 
 /// Puts the stored shield back in force. A shield that cannot be set up
@@ -167,8 +220,25 @@ pub(super) fn start(settings: Settings) -> anyhow::Result<Core> {
     } = settings;
     // The state directory first: a second daemon on it stops at its lock,
     // before `--force` could take the interfaces from the first.
-    let (store, mut rules) = Store::open(&state_dir)
-        .map_err(|err: StateError| anyhow::anyhow!("{}", error_chain(&err)))?;
+    let began = Instant::now();
+    let loading = Loading::start(
+        LoadOptions {
+            capacity,
+            buckets: max_sources,
+            hash_seed: None,
+            without: features::bits_of(&without),
+        },
+        began,
+    )?;
+    let opened = Store::open(&state_dir);
+    let opened_by = began.elapsed();
+    let (store, mut rules) = match opened {
+        Ok(opened) => opened,
+        Err(err) => {
+            drop(loading.finish());
+            return Err(anyhow::anyhow!("{}", error_chain(&err)));
+        }
+    };
     let pins = open_pins(&pin_dir);
     for iface in &ifaces {
         let ours = pins
@@ -179,32 +249,14 @@ pub(super) fn start(settings: Settings) -> anyhow::Result<Core> {
     let now = now_ms();
     rules.retain(|_, meta| meta.expires_at_ms.is_none_or(|at| at > now));
 
-    let mut filter = Filter::load(LoadOptions {
-        capacity,
-        buckets: max_sources,
-        hash_seed: None,
-        without: features::bits_of(&without),
-    })
-    .context("loading the XDP program")?;
+    let (mut filter, loaded_by) = loading.finish()?;
     filter
         .observer()
         .set_sampling(sampling)
         .context("setting up drop sampling")?;
     let limits = restore(&mut filter, &rules, &store, now)?;
-    let header_rules: Vec<_> = store
-        .header_rules()
-        .into_iter()
-        .map(header_rules::view)
-        .collect();
-    filter
-        .header_rules()
-        .set(
-            &header_rules
-                .iter()
-                .map(|r| (kernel_rule(r), 0))
-                .collect::<Vec<_>>(),
-        )
-        .context("restoring the header rules")?;
+    let restored = began.elapsed();
+    let header_rules = restore_header_rules(&mut filter, &store)?;
     log::info!(
         "restored {} rules from {}",
         rules.len(),
@@ -238,7 +290,17 @@ pub(super) fn start(settings: Settings) -> anyhow::Result<Core> {
         core.release_host();
         return Err(err);
     }
+    let configured = began.elapsed();
     attach_all(&mut core, &ifaces, mode, pins.as_ref())?;
+    log::info!(
+        "started in {:.2} s: state read in {:.2} s while the program loaded in {:.2} s; \
+         tables filled by {:.2} s, settings by {:.2} s",
+        began.elapsed().as_secs_f64(),
+        opened_by.as_secs_f64(),
+        loaded_by.as_secs_f64(),
+        restored.as_secs_f64(),
+        configured.as_secs_f64()
+    );
     Ok(core)
 }
 

@@ -441,11 +441,23 @@ pub(super) fn read_seq<'de, D: Deserializer<'de>>(input: D) -> Result<Rules, D::
         }
 
         fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Rules, A::Error> {
+            // A snapshot is written in key order: its rules are gathered,
+            // then built into the map in one pass, rather than each
+            // inserted by a search from the root.
             let mut rules = Rules::new();
+            let mut keyed = Vec::with_capacity(seq.size_hint().unwrap_or(0));
             while let Some(rule) = seq.next_element::<Rule>()? {
-                rules.insert((rule.list, rule.prefix), rule.meta);
+                let id = rules.metas.intern_owned(rule.meta);
+                keyed.push(((rule.list, rule.prefix), id));
             }
-            rules.tidy();
+            if keyed.is_sorted_by(|a, b| a.0 < b.0) {
+                rules.map = keyed.into_iter().collect();
+            } else {
+                for (key, id) in keyed {
+                    rules.set(key, id);
+                }
+                rules.tidy();
+            }
             Ok(rules)
         }
     }
@@ -454,159 +466,4 @@ pub(super) fn read_seq<'de, D: Deserializer<'de>>(input: D) -> Result<Rules, D::
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::Origin;
-
-    fn meta(comment: Option<&str>, added_at_ms: u64) -> Meta {
-        Meta {
-            origin: Origin::File,
-            comment: comment.map(str::to_owned),
-            expires_at_ms: None,
-            added_at_ms,
-        }
-    }
-
-    fn key(n: u32) -> (List, Prefix) {
-        (
-            List::Block,
-            Prefix::host(std::net::Ipv4Addr::from(n).into()),
-        )
-    }
-
-    #[test]
-    fn rules_added_together_share_their_meta() {
-        let mut rules = Rules::new();
-        let shared = meta(Some("bulk"), 1);
-        for n in 0..10_000 {
-            assert_eq!(rules.put(key(n), &shared), None);
-        }
-        assert_eq!(rules.metas.slots.len(), 1);
-        assert_eq!(rules.metas.slots[0].refs, 10_000);
-        // One rule given a meta of its own, then the old one back.
-        let own = meta(None, 2);
-        assert_eq!(rules.insert(key(7), own.clone()), Some(shared.clone()));
-        assert_eq!(rules[&key(7)], own);
-        assert_eq!(rules.metas.slots.len(), 2);
-        assert_eq!(rules.remove(&key(7)), Some(own));
-        // Its slot is free, and taken again by the next new meta.
-        assert_eq!(rules.metas.free, [1]);
-        rules.insert(key(7), meta(None, 3));
-        assert_eq!(rules.metas.slots.len(), 2);
-        assert_eq!(rules.get(&key(7)).map(|m| m.added_at_ms), Some(3));
-        assert_eq!(rules.get(&key(8)), Some(&shared));
-        assert!(rules.get(&(List::Allow, key(8).1)).is_none());
-        // Taking every rule out frees every meta.
-        rules.retain(|_, _| false);
-        assert!(rules.is_empty());
-        assert_eq!(rules.metas.free.len(), 2);
-        assert!(rules.metas.by_hash.is_empty());
-    }
-
-    #[test]
-    fn rules_compare_and_iterate_as_a_map_does() {
-        let mut rules = Rules::new();
-        let mut map = BTreeMap::new();
-        for n in (0..5000).rev() {
-            let m = meta(None, u64::from(n % 3));
-            rules.insert(key(n * 7), m.clone());
-            map.insert(key(n * 7), m);
-        }
-        rules.tidy();
-        assert!(rules.iter().eq(map.iter()));
-        assert!(rules.keys().eq(map.keys()));
-        assert!(rules.values().eq(map.values()));
-        let copy = rules.clone();
-        assert_eq!(copy, rules);
-        rules.remove(&key(7));
-        assert_ne!(copy, rules);
-        assert_eq!(format!("{:?}", Rules::new()), "{}");
-    }
-
-    /// The snapshot's rules, written from [`Rules`] and read back into
-    /// them, are the list of [`Rule`]s they always were.
-    #[test]
-    fn rules_serialize_as_a_list_of_rules() {
-        let mut rules = Rules::new();
-        let mut list = Vec::new();
-        for (n, comment) in [(3, Some("a \"quoted\" note")), (1, None), (2, None)] {
-            let m = Meta {
-                expires_at_ms: Some(n * 1000),
-                ..meta(comment, n)
-            };
-            rules.insert(key(u32::try_from(n).unwrap()), m.clone());
-            list.push(Rule {
-                list: List::Block,
-                prefix: key(u32::try_from(n).unwrap()).1,
-                meta: m,
-            });
-        }
-        list.sort_by_key(|r| (r.list, r.prefix));
-        let mut written = Vec::new();
-        write_seq(&&rules, &mut serde_json::Serializer::new(&mut written)).unwrap();
-        assert_eq!(written, serde_json::to_vec(&list).unwrap());
-        let read = read_seq(&mut serde_json::Deserializer::from_slice(&written)).unwrap();
-        assert_eq!(read, rules);
-    }
-
-    /// A batch is journaled as the `put` of its rules, reads back as one,
-    /// and puts into [`Rules`] what that `put` does, in bulk or not.
-    #[test]
-    fn a_batch_is_the_put_of_its_rules() {
-        use crate::store::{Op, Rule};
-
-        let shared = meta(None, 5);
-        for (size, before) in [
-            (3, 0),
-            (TIDY_MIN * 2, 100),
-            (TIDY_MIN * 2, TIDY_MIN * 4),
-            (BATCH_PART * 2 + 10, BATCH_PART),
-        ] {
-            let mut batch = Batch::with_capacity(size);
-            let mut rules = Vec::new();
-            for n in 0..size {
-                let n = u32::try_from(n).unwrap();
-                // Every tenth rule has a meta of its own; the last key
-                // comes twice, the second time with another meta.
-                let m = if n % 10 == 0 {
-                    meta(None, n.into())
-                } else {
-                    shared.clone()
-                };
-                batch.push(key(n * 3), &m);
-                rules.push(Rule {
-                    list: List::Block,
-                    prefix: key(n * 3).1,
-                    meta: m,
-                });
-            }
-            let last = u32::try_from(size - 1).unwrap() * 3;
-            batch.push(key(last), &meta(Some("again"), 9));
-            rules.push(Rule {
-                list: List::Block,
-                prefix: key(last).1,
-                meta: meta(Some("again"), 9),
-            });
-            let batched = Op::PutBatch { rules: batch };
-            let plain = Op::Put { rules };
-            let json = serde_json::to_string(&batched).unwrap();
-            assert_eq!(json, serde_json::to_string(&plain).unwrap());
-            assert_eq!(serde_json::from_str::<Op>(&json).unwrap(), plain);
-            // On top of rules that are there already, some of them put
-            // again.
-            let mut one = Rules::new();
-            for n in 0..before {
-                one.put(key(u32::try_from(n).unwrap() * 2), &meta(Some("old"), 1));
-            }
-            let mut other = one.clone();
-            batched.apply(&mut one);
-            plain.apply(&mut other);
-            assert_eq!(one, other, "{size} on {before}");
-            // Each meta is counted once per rule that holds it.
-            let held: u32 = one.metas.slots.iter().map(|s| s.refs).sum();
-            assert_eq!(held as usize, one.len());
-            one.retain(|_, _| false);
-            assert!(one.metas.slots.iter().all(|s| s.refs == 0));
-        }
-    }
-}
+mod tests;
