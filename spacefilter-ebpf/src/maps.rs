@@ -19,9 +19,9 @@ use aya_ebpf::{
 };
 use spacefilter_common::{
     AutoBlock, Bucket, Config, Counter, DEFAULT_BUCKETS, DEFAULT_CAPACITY, DEFAULT_VERIFIED,
-    HEADER_RULE_SETS, HeaderRule, IFACE_TABLE, IfaceSlot, Limits, MAX_HEADER_RULES,
+    HEADER_RULE_SETS, HIT_LANES, HeaderRule, IFACE_TABLE, IfaceSlot, Limits, MAX_HEADER_RULES,
     MAX_IFACE_SLOTS, Observe, STATS_SLOTS, SampleState, Shield, SpoofState, V6Key, V6Top, Verified,
-    VerifySettings,
+    VerifySettings, hit_values,
     lookup::{BUCKET_SLOTS, ROW, V4_T12_ROWS, V4_T24_ROWS, V6_TOP_ENTRIES, buckets_for},
     shield_watch, verified_how,
 };
@@ -56,9 +56,11 @@ pub(crate) static SAMPLES: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 #[map]
 pub(crate) static SAMPLE_STATE: PerCpuArray<SampleState> = PerCpuArray::with_max_entries(1, 0);
 
-/// Hit counter of each list entry, per CPU, indexed by the entry's slot.
+/// Hit counter of each list entry, per CPU: slot `s` is lane
+/// `s % HIT_LANES` of value `s / HIT_LANES`.
 #[map]
-pub(crate) static RULE_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DEFAULT_CAPACITY, 0);
+pub(crate) static RULE_HITS: PerCpuArray<[u64; HIT_LANES as usize]> =
+    PerCpuArray::with_max_entries(hit_values(DEFAULT_CAPACITY), 0);
 
 /// IPv4 keys of /13 to /24: one word per /24 with the longest such key
 /// covering it, and the lengths of /25 to /32 keys inside it (64 MiB).

@@ -8,7 +8,7 @@
 //! when switched on, every verdict to the debug log ([`crate::observe`]).
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use spacefilter_common::{IFACE_TABLE, observe_flags, sample_hash, stats_index};
+use spacefilter_common::{HIT_LANES, IFACE_TABLE, observe_flags, sample_hash, stats_index};
 use spacefilter_common::{
     Reason,
     lookup::{ALLOW, MAX_SLOT},
@@ -72,9 +72,11 @@ fn classify(
         lookup::v4(source.v4_addr(), tables)
     };
     if matched != 0 {
-        if let Some(hits) = RULE_HITS.get_ptr_mut(matched & MAX_SLOT) {
-            // SAFETY: a per-CPU slot, written only by this CPU.
-            unsafe { *hits += 1 };
+        let slot = matched & MAX_SLOT;
+        if let Some(hits) = RULE_HITS.get_ptr_mut(slot / HIT_LANES) {
+            // SAFETY: a per-CPU value, written only by this CPU; the lane
+            // is below `HIT_LANES`.
+            unsafe { (*hits)[(slot % HIT_LANES) as usize] += 1 };
         }
         return Ok(Verdict {
             reason: if matched & ALLOW != 0 {

@@ -1001,3 +1001,55 @@ fn random_tables_match_the_reference() {
 fn random_crowded_tables_match_the_reference() {
     random_table(true, 0xc0de_10c0).finish("random_crowded_tables_match_the_reference");
 }
+
+/// A hit counter handed to a new entry starts from 0, and the counters
+/// that share its per-CPU value with it (eight slots to a value) keep
+/// theirs, read in batches or one by one.
+#[test]
+fn a_slot_handed_out_again_starts_from_zero_and_its_neighbours_keep_counting() {
+    require_root();
+    let mut filter = Filter::load(LoadOptions::default()).expect("load the XDP program");
+    let (a, b, c) = (addr("198.18.1.1"), addr("198.18.1.2"), addr("198.18.1.3"));
+    let hosts = |ip: IpAddr| Prefix::truncating(ip, 32);
+    let hit = |filter: &mut Filter, ip: IpAddr, times: u32| {
+        let (action, _) = filter.test_run(&frame(ip), times).expect("test run");
+        assert_eq!(action, reference::action(Blocked), "{ip}");
+    };
+    let hits = |filter: &Filter| -> BTreeMap<Prefix, u64> {
+        filter
+            .entries()
+            .expect("entries")
+            .into_iter()
+            .map(|e| (e.prefix, e.hits))
+            .collect()
+    };
+    assert!(filter.block(hosts(a)).expect("block a"));
+    assert!(filter.block(hosts(b)).expect("block b"));
+    hit(&mut filter, a, 3);
+    hit(&mut filter, b, 2);
+    assert_eq!(
+        hits(&filter),
+        BTreeMap::from([(hosts(a), 3), (hosts(b), 2)])
+    );
+
+    // `c` takes `a`'s slot: none of `a`'s hits show on it.
+    assert!(filter.unblock(hosts(a)).expect("unblock a"));
+    assert!(filter.block(hosts(c)).expect("block c"));
+    assert_eq!(
+        hits(&filter),
+        BTreeMap::from([(hosts(b), 2), (hosts(c), 0)])
+    );
+    hit(&mut filter, c, 1);
+    hit(&mut filter, b, 4);
+    let expected = BTreeMap::from([(hosts(b), 6), (hosts(c), 1)]);
+    assert_eq!(hits(&filter), expected);
+    assert_eq!(
+        filter
+            .lists_ref()
+            .hits_of(List::Block, hosts(c))
+            .expect("hits"),
+        Some(1)
+    );
+    filter.lists_ref().read_hits_one_by_one();
+    assert_eq!(hits(&filter), expected);
+}

@@ -1,4 +1,4 @@
-//! Batched reads of a per-CPU array of `u64` counters:
+//! Batched reads of a per-CPU array of `u64` counters (a few per value):
 //! `BPF_MAP_LOOKUP_BATCH` (kernel 5.6; aya does not wrap it) copies
 //! thousands of entries, every CPU's value of each, in one system call,
 //! where a lookup per entry costs a system call each (a million entries:
@@ -46,27 +46,37 @@ pub(super) fn unsupported(err: &io::Error) -> bool {
     )
 }
 
-/// Reads the entries `first..first + out.len()` (`first` at least 1) of
-/// the per-CPU `u64` array `map` (`cpus` possible CPUs, as the kernel lays
-/// per-CPU values out) and stores each entry's sum over the CPUs in
-/// `out[entry - first]`.
+/// Reads the values `first..` of the per-CPU array `map`, each value
+/// `lanes` `u64` counters (`cpus` possible CPUs, as the kernel lays
+/// per-CPU values out), and stores each counter's sum over the CPUs in
+/// `out`: lane `l` of value `first + v` at `out[v * lanes + l]`, as many
+/// values as `out` has room for.
 pub(super) fn sum_per_cpu(
     map: BorrowedFd<'_>,
     cpus: usize,
+    lanes: usize,
     first: u32,
     out: &mut [u64],
 ) -> io::Result<()> {
-    let chunk = (CHUNK_BYTES / (8 * cpus)).max(1);
+    let stride = cpus * lanes;
+    let chunk = (CHUNK_BYTES / (8 * stride)).max(1);
+    let wanted = out.len().div_ceil(lanes);
     let mut keys = vec![0u32; chunk];
-    let mut values = vec![0u64; chunk * cpus];
-    // The first call starts after the entry before `first`.
-    let mut after: u32 = first - 1;
+    let mut values = vec![0u64; chunk * stride];
+    // Each call after the first starts after the value the one before
+    // stopped at; the first, after the value before `first` (or at the
+    // start: `in_batch` 0).
+    let mut after: u32 = first.saturating_sub(1);
     let mut next: u32 = 0;
     let mut done = 0;
-    while done < out.len() {
-        let want = chunk.min(out.len() - done);
+    while done < wanted {
+        let want = chunk.min(wanted - done);
         let mut attr = BatchAttr {
-            in_batch: (&raw const after) as u64,
+            in_batch: if done == 0 && first == 0 {
+                0
+            } else {
+                (&raw const after) as u64
+            },
             out_batch: (&raw mut next) as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
@@ -76,9 +86,9 @@ pub(super) fn sum_per_cpu(
         };
         // SAFETY: `attr` is a valid `bpf_attr` prefix, passed with its
         // size (the kernel zero-fills the rest); `keys` and `values` hold
-        // `count` keys and `count` per-CPU values (8 bytes per possible
-        // CPU each), and `after` and `next` one key each, all alive for
-        // the call.
+        // `count` keys and `count` per-CPU values (`lanes` counters of 8
+        // bytes per possible CPU each), and `after` and `next` one key
+        // each, all alive for the call.
         let ret = unsafe {
             libc::syscall(
                 libc::SYS_bpf,
@@ -90,10 +100,13 @@ pub(super) fn sum_per_cpu(
         let err = (ret < 0).then(io::Error::last_os_error);
         let got = attr.count as usize;
         for (i, &key) in keys[..got].iter().enumerate() {
-            let Some(slot) = key.checked_sub(first).and_then(|k| out.get_mut(k as usize)) else {
+            let Some(base) = key.checked_sub(first).map(|v| v as usize * lanes) else {
                 continue;
             };
-            *slot = values[i * cpus..(i + 1) * cpus].iter().sum();
+            let per_cpu = &values[i * stride..(i + 1) * stride];
+            for (lane, sum) in out.iter_mut().skip(base).take(lanes).enumerate() {
+                *sum = per_cpu.iter().skip(lane).step_by(lanes).sum();
+            }
         }
         done += got;
         match err {

@@ -9,7 +9,7 @@
 mod entries;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
     os::fd::{AsFd as _, OwnedFd},
     sync::atomic::{AtomicBool, Ordering},
@@ -17,11 +17,11 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{Map, MapData, MapError, PerCpuArray},
     sys::SyscallError,
     util::nr_cpus,
 };
-use spacefilter_common::{Match, Slot, action, lookup, map_names};
+use spacefilter_common::{HIT_LANES, Match, Slot, action, hit_values, lookup, map_names};
 
 use self::entries::Entries;
 use super::{
@@ -39,29 +39,39 @@ pub struct Entry {
     pub hits: u64,
 }
 
-/// The hit counts of the slots handed out, summed over the CPUs (slot `s`
-/// at index `s - 1`: slot 0 is never used).
+/// The hit counts of the slots handed out, summed over the CPUs, by slot
+/// (slot 0 is never used).
 pub struct HitSums(Vec<u64>);
 
 impl HitSums {
     /// The hits counted in `slot`.
     #[must_use]
     pub fn of(&self, slot: Slot) -> u64 {
-        (slot as usize)
-            .checked_sub(1)
-            .and_then(|i| self.0.get(i))
-            .copied()
-            .unwrap_or(0)
+        self.0.get(slot as usize).copied().unwrap_or(0)
     }
 }
 
 /// Hit-counter slots: `next` is the first never handed out (slot 0 is
-/// never used); `free` holds slots given back, whose counters need zeroing
-/// before reuse.
+/// never used); `free` holds slots given back.
+///
+/// A slot handed out again keeps its counter, which shares its per-CPU
+/// value with seven others that the program may be bumping: rather than
+/// write the value back with one lane zeroed (and lose a neighbour's
+/// hits counted meanwhile), the count it had is kept in `bases` and
+/// taken off every reading.
 struct Slots {
     capacity: u32,
     next: Slot,
     free: Vec<Slot>,
+    /// What each slot handed out again had counted before, where not 0.
+    bases: HashMap<Slot, u64>,
+}
+
+impl Slots {
+    /// The hits of `slot` since it was handed out, from its counter's sum.
+    fn since_handed_out(&self, slot: Slot, sum: u64) -> u64 {
+        sum.saturating_sub(self.bases.get(&slot).copied().unwrap_or(0))
+    }
 }
 
 /// The allow and block lists in the kernel, with the hit counters of their
@@ -82,7 +92,7 @@ pub struct Lists {
     v6: V6Tables,
     /// `CONFIG`, mapped: its flags are stored in one word.
     config: Mapped,
-    hits: PerCpuArray<MapData, u64>,
+    hits: PerCpuArray<MapData, [u64; HIT_LANES as usize]>,
     /// `RULE_HITS` again, for the batched reads aya does not wrap.
     hits_fd: OwnedFd,
     /// Whether the kernel takes batched reads (cleared the first time it
@@ -145,6 +155,7 @@ impl Lists {
                 capacity,
                 next: 1,
                 free: Vec::new(),
+                bases: HashMap::new(),
             },
             entries: Entries::default(),
             allow_lens: [BTreeMap::new(), BTreeMap::new()],
@@ -199,18 +210,55 @@ impl Lists {
                 });
             }
         };
-        if reused && let Err(err) = self.zero_hits(slot) {
-            self.slots.free.push(slot);
-            return Err(err);
+        if reused {
+            match self.counter(slot) {
+                Ok(0) => {
+                    self.slots.bases.remove(&slot);
+                }
+                Ok(base) => {
+                    self.slots.bases.insert(slot, base);
+                }
+                Err(err) => {
+                    self.slots.free.push(slot);
+                    return Err(err);
+                }
+            }
         }
-        let existed = self.key_exists(prefix);
+        // The other list's entry of the same prefix, if any (an allow
+        // entry decides the key's match): the one lookup needed besides
+        // the covering allow entries.
+        let other = match list {
+            List::Allow => self.entries.get(List::Block, prefix),
+            _ => self.entries.get(List::Allow, prefix),
+        };
         self.entries.insert(list, prefix, slot);
-        if list == List::Allow {
-            *self.allow_lens[family_index(prefix)]
-                .entry(prefix.len())
-                .or_default() += 1;
-        }
-        let written = self.sync(prefix, existed).and_then(|()| {
+        let value = match (list, other) {
+            (List::Allow, _) => {
+                *self.allow_lens[family_index(prefix)]
+                    .entry(prefix.len())
+                    .or_default() += 1;
+                Match {
+                    action: action::ALLOW,
+                    slot,
+                }
+            }
+            (_, Some(allowed)) => Match {
+                action: action::ALLOW,
+                slot: allowed,
+            },
+            (_, None) => match self.covering_allow(prefix) {
+                Some(allowed) => Match {
+                    action: action::ALLOW,
+                    slot: allowed,
+                },
+                None => Match {
+                    action: action::BLOCK,
+                    slot,
+                },
+            },
+        };
+        debug_assert_eq!(Some(value), self.desired(prefix));
+        let written = self.write_key(prefix, value).and_then(|()| {
             if list == List::Allow {
                 self.sync_covered(prefix)
             } else {
@@ -222,21 +270,6 @@ impl Lists {
             return Err(err);
         }
         Ok(())
-    }
-
-    fn zero_hits(&mut self, slot: Slot) -> Result<(), ListError> {
-        let zeros = PerCpuValues::try_from(vec![0u64; self.cpus]).map_err(ListError::Cpus)?;
-        self.hits
-            .set(slot, zeros, 0)
-            .map_err(|source| ListError::Update {
-                name: map_names::RULE_HITS,
-                source,
-            })
-    }
-
-    /// Whether either list holds `prefix`, i.e. whether its key exists.
-    fn key_exists(&self, prefix: Prefix) -> bool {
-        self.entries.contains(List::Allow, prefix) || self.entries.contains(List::Block, prefix)
     }
 
     /// The slot of the longest allow entry strictly shorter than `prefix`
@@ -276,13 +309,20 @@ impl Lists {
     /// whether the key was in the tables before.
     fn sync(&mut self, prefix: Prefix, existed: bool) -> Result<(), ListError> {
         let len = prefix.len();
-        let packed = |m: Match| lookup::encode(m.action == action::ALLOW, m.slot);
         match (self.desired(prefix), prefix.addr()) {
-            (Some(value), IpAddr::V4(a)) => self.v4.write(a.into(), len, packed(value)),
-            (Some(value), IpAddr::V6(a)) => self.v6.write(a.into(), len, packed(value)),
+            (Some(value), _) => self.write_key(prefix, value),
             (None, _) if !existed => Ok(()),
             (None, IpAddr::V4(a)) => self.v4.delete(a.into(), len),
             (None, IpAddr::V6(a)) => self.v6.delete(a.into(), len),
+        }
+    }
+
+    /// Creates or rewrites the key of `prefix` with `value`.
+    fn write_key(&mut self, prefix: Prefix, value: Match) -> Result<(), ListError> {
+        let packed = lookup::encode(value.action == action::ALLOW, value.slot);
+        match prefix.addr() {
+            IpAddr::V4(a) => self.v4.write(a.into(), prefix.len(), packed),
+            IpAddr::V6(a) => self.v6.write(a.into(), prefix.len(), packed),
         }
     }
 
@@ -394,10 +434,14 @@ impl Lists {
     /// The hit count of every slot handed out, summed over the CPUs. Read
     /// in batches when the kernel has them.
     pub fn hit_sums(&self) -> Result<HitSums, ListError> {
-        let mut sums = vec![0; self.slots.next as usize - 1];
+        // Whole values, from value 0 (slot 0's, never handed out) to the
+        // last slot handed out's.
+        let lanes = HIT_LANES as usize;
+        let mut sums = vec![0; hit_values(self.slots.next) as usize * lanes];
+        let mut read = false;
         if self.batch_reads.load(Ordering::Relaxed) {
             match self.read_in_parts(&mut sums) {
-                Ok(()) => return Ok(HitSums(sums)),
+                Ok(()) => read = true,
                 Err(err) if batch::unsupported(&err) => {
                     log::info!(
                         "the kernel refuses batched map reads ({err}; they need Linux 5.6): \
@@ -416,30 +460,40 @@ impl Lists {
                 }
             }
         }
-        for (slot, sum) in (1..).zip(&mut sums) {
-            *sum = self.hits(slot)?;
+        if !read {
+            for (value, part) in (0..).zip(sums.chunks_mut(lanes)) {
+                part.copy_from_slice(&self.value_sums(value)?);
+            }
         }
+        for (&slot, &base) in &self.slots.bases {
+            if let Some(sum) = sums.get_mut(slot as usize) {
+                *sum = sum.saturating_sub(base);
+            }
+        }
+        sums.truncate(self.slots.next as usize);
         Ok(HitSums(sums))
     }
 
-    /// Reads `sums` (slot `s` at `s - 1`) in batches, a part per CPU at
-    /// once: the kernel copies each entry's values for a few hundred
-    /// nanoseconds, a third of a second for a million.
+    /// Reads `sums` (lane `l` of value `v` at `v * HIT_LANES + l`) in
+    /// batches, a part per CPU at once: the kernel copies each value's
+    /// per-CPU copies for a few hundred nanoseconds.
     fn read_in_parts(&self, sums: &mut [u64]) -> std::io::Result<()> {
-        const PART_MIN: usize = 32 * 1024;
+        const PART_MIN: usize = 4 * 1024;
+        let lanes = HIT_LANES as usize;
+        let values = sums.len() / lanes;
         let parts = std::thread::available_parallelism()
             .map_or(1, std::num::NonZero::get)
-            .min(sums.len() / PART_MIN)
+            .min(values / PART_MIN)
             .max(1);
-        let per_part = sums.len().div_ceil(parts);
+        let per_part = values.div_ceil(parts).max(1);
         let fd = self.hits_fd.as_fd();
         std::thread::scope(|scope| {
             let reads: Vec<_> = sums
-                .chunks_mut(per_part.max(1))
+                .chunks_mut(per_part * lanes)
                 .enumerate()
                 .map(|(i, part)| {
-                    let first = u32::try_from(1 + i * per_part).expect("a slot");
-                    scope.spawn(move || batch::sum_per_cpu(fd, self.cpus, first, part))
+                    let first = u32::try_from(i * per_part).expect("a value index");
+                    scope.spawn(move || batch::sum_per_cpu(fd, self.cpus, lanes, first, part))
                 })
                 .collect();
             reads
@@ -454,12 +508,30 @@ impl Lists {
         self.batch_reads.store(false, Ordering::Relaxed);
     }
 
+    /// The hits of the entry holding `slot`.
     fn hits(&self, slot: Slot) -> Result<u64, ListError> {
-        let values = self.hits.get(&slot, 0).map_err(|source| ListError::Read {
+        Ok(self.slots.since_handed_out(slot, self.counter(slot)?))
+    }
+
+    /// What the counter of `slot` holds, summed over the CPUs.
+    fn counter(&self, slot: Slot) -> Result<u64, ListError> {
+        Ok(self.value_sums(slot / HIT_LANES)?[(slot % HIT_LANES) as usize])
+    }
+
+    /// The counters of `RULE_HITS` value `value`, each summed over the
+    /// CPUs.
+    fn value_sums(&self, value: u32) -> Result<[u64; HIT_LANES as usize], ListError> {
+        let per_cpu = self.hits.get(&value, 0).map_err(|source| ListError::Read {
             name: map_names::RULE_HITS,
             source,
         })?;
-        Ok(values.iter().sum())
+        let mut sums = [0; HIT_LANES as usize];
+        for lanes in per_cpu.iter() {
+            for (sum, count) in sums.iter_mut().zip(lanes) {
+                *sum += count;
+            }
+        }
+        Ok(sums)
     }
 
     /// Stores the config flags, after the tables they announce are

@@ -14,6 +14,7 @@ use aya::{
 };
 use spacefilter_common::{
     DEFAULT_BUCKETS, DEFAULT_CAPACITY, EGRESS_PROGRAM_NAME, FEATURES_GLOBAL, PROGRAM_NAME,
+    hit_values,
     lookup::{MAX_CAPACITY, buckets_for},
     map_names,
 };
@@ -234,7 +235,7 @@ impl Filter {
         }
         // Slot 0 and key index 0 are never handed out.
         loader.map_max_entries(map_names::V6_KEYS, capacity + 1);
-        loader.map_max_entries(map_names::RULE_HITS, capacity + 1);
+        loader.map_max_entries(map_names::RULE_HITS, hit_values(capacity + 1));
         loader.map_max_entries(map_names::BUCKETS, buckets);
         loader.map_max_entries(map_names::AUTO_BLOCKED, buckets);
         let mut ebpf = loader.load(PROGRAM).map_err(FilterError::Load)?;

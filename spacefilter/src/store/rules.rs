@@ -441,23 +441,37 @@ pub(super) fn read_seq<'de, D: Deserializer<'de>>(input: D) -> Result<Rules, D::
         }
 
         fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Rules, A::Error> {
-            // A snapshot is written in key order: its rules are gathered,
-            // then built into the map in one pass, rather than each
-            // inserted by a search from the root.
+            // A snapshot is written in key order: its rules are built into
+            // the map a part at a time ([`BTreeMap::append`] merges a part
+            // in one pass, in full nodes), rather than each inserted by a
+            // search from the root. Rules out of order (a hand-edited
+            // file) are put one by one from the first such.
+            const PART: usize = 64 * 1024;
             let mut rules = Rules::new();
-            let mut keyed = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+            let mut part = Vec::with_capacity(PART);
+            let mut in_order = true;
             while let Some(rule) = seq.next_element::<Rule>()? {
+                let key = (rule.list, rule.prefix);
                 let id = rules.metas.intern_owned(rule.meta);
-                keyed.push(((rule.list, rule.prefix), id));
-            }
-            if keyed.is_sorted_by(|a, b| a.0 < b.0) {
-                rules.map = keyed.into_iter().collect();
-            } else {
-                for (key, id) in keyed {
-                    rules.set(key, id);
+                if in_order {
+                    let last = part
+                        .last()
+                        .map(|(k, _)| k)
+                        .or_else(|| rules.map.last_key_value().map(|e| e.0));
+                    if last.is_none_or(|last| *last < key) {
+                        part.push((key, id));
+                        if part.len() == PART {
+                            rules.map.append(&mut part.drain(..).collect());
+                        }
+                        continue;
+                    }
+                    rules.map.append(&mut part.drain(..).collect());
+                    in_order = false;
                 }
-                rules.tidy();
+                rules.set(key, id);
             }
+            rules.map.append(&mut part.into_iter().collect());
+            rules.tidy();
             Ok(rules)
         }
     }

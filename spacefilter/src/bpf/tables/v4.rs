@@ -89,12 +89,13 @@ impl V4Tables {
             return Ok(());
         }
         let (key, block) = (v4_key(addr, len.into()), addr >> 8);
+        let found = self.find(key);
         let unplaced = self.crowded.get(&block);
-        let existed = self.find(key).is_some() || unplaced.is_some_and(|u| u.contains_key(&key));
-        if self.crowded.contains_key(&block) {
+        let existed = found.is_some() || unplaced.is_some_and(|u| u.contains_key(&key));
+        if unplaced.is_some() {
             self.trie_insert(addr, len, value)?;
         }
-        if !self.place(key, value) {
+        if !self.place_found(key, value, found) {
             if let Some(unplaced) = self.crowded.get_mut(&block) {
                 unplaced.insert(key, value);
             } else {
@@ -285,9 +286,12 @@ impl V4Tables {
     /// Stores `key` with `value` in its slot, or in a free one; `false` if
     /// both its buckets are full.
     fn place(&mut self, key: u64, value: u32) -> bool {
-        let slot = self
-            .find(key)
-            .or_else(|| free_slot(&self.buckets, self.candidates(key), 0, |_| true));
+        self.place_found(key, value, self.find(key))
+    }
+
+    /// [`V4Tables::place`] of a key `find` gave `found` for.
+    fn place_found(&mut self, key: u64, value: u32, found: Option<usize>) -> bool {
+        let slot = found.or_else(|| free_slot(&self.buckets, self.candidates(key), 0, |_| true));
         if let Some(slot) = slot {
             self.buckets
                 .word64(slot)

@@ -177,7 +177,8 @@ impl V6Tables {
     fn write_long(&mut self, addr: u128, len: u8, value: u32) -> Result<(), ListError> {
         let top = Self::top_of(addr);
         let key = Self::key(addr, len);
-        if self.find(key).is_none() && !self.records.available() {
+        let found = self.find(key);
+        if found.is_none() && !self.records.available() {
             return Err(ListError::Full {
                 capacity: self.records.size - 1,
             });
@@ -187,7 +188,7 @@ impl V6Tables {
         if crowded {
             self.trie_insert(addr, len, value)?;
         }
-        let placed = match self.place(key, value) {
+        let placed = match self.place_found(key, value, found) {
             Ok(placed) => placed,
             Err(err) => {
                 if crowded {
@@ -204,14 +205,13 @@ impl V6Tables {
             }
         };
         self.long.insert(long_key(addr, len), value);
-        let unplaced = self.unplaced.entry(top).or_default();
-        if placed {
+        if !placed {
+            self.unplaced.entry(top).or_default().insert((addr, len));
+        } else if let Some(unplaced) = self.unplaced.get_mut(&top) {
             unplaced.remove(&(addr, len));
-        } else {
-            unplaced.insert((addr, len));
-        }
-        if unplaced.is_empty() {
-            self.unplaced.remove(&top);
+            if unplaced.is_empty() {
+                self.unplaced.remove(&top);
+            }
         }
         if old.is_none() {
             *self.lengths.entry(top).or_default().entry(len).or_default() += 1;
@@ -326,12 +326,9 @@ impl V6Tables {
                 return Err(err);
             }
         }
-        let lengths: Vec<u8> = self
-            .lengths
-            .get(&top)
-            .map(|counts| counts.keys().rev().copied().collect())
-            .unwrap_or_default();
-        let crowd = lengths.len() > V6_PROBES || self.unplaced.contains_key(&top);
+        let lengths = self.lengths.get(&top);
+        let crowd = lengths.is_some_and(|counts| counts.len() > V6_PROBES)
+            || self.unplaced.contains_key(&top);
         let word = usize::from(top) * V6_TOP_BYTES / 8;
         match (crowd, self.crowded.contains(&top)) {
             (true, true) => {}
@@ -358,10 +355,12 @@ impl V6Tables {
                     .store(V6_CROWDED, Ordering::Release);
             }
             (false, was_crowded) => {
-                let list = lengths
-                    .iter()
-                    .rev()
-                    .fold(0u64, |list, &len| (list << 8) | u64::from(len));
+                // The longest length in the lowest byte.
+                let list = lengths.map_or(0, |counts| {
+                    counts
+                        .keys()
+                        .fold(0u64, |list, &len| (list << 8) | u64::from(len))
+                });
                 self.top.map.word64(word).store(list, Ordering::Release);
                 if was_crowded {
                     self.crowded.remove(&top);
@@ -445,7 +444,17 @@ impl V6Tables {
     /// Stores `key` with `value` in its slot's key, or in a free slot;
     /// `false` if neither bucket has room for it.
     fn place(&mut self, key: [u64; 3], value: u32) -> Result<bool, ListError> {
-        if let Some((_, index)) = self.find(key) {
+        self.place_found(key, value, self.find(key))
+    }
+
+    /// [`V6Tables::place`] of a key `find` gave `found` for.
+    fn place_found(
+        &mut self,
+        key: [u64; 3],
+        value: u32,
+        found: Option<(usize, u32)>,
+    ) -> Result<bool, ListError> {
+        if let Some((_, index)) = found {
             self.keys
                 .word32(index as usize * V6_KEY_BYTES / 4 + 5)
                 .store(value, Ordering::Release);
