@@ -174,6 +174,15 @@ impl Lists {
     /// fails, those added by this call are taken out again. Returns how many
     /// were new.
     pub fn insert_many(&mut self, list: List, prefixes: &[Prefix]) -> Result<usize, ListError> {
+        // An allow entry's key is written from the allow entries recorded
+        // (the longest covering each block key inside it), so allow
+        // entries are filled in only while no block entry needs that.
+        if self.entries.len(list) == 0
+            && (list != List::Allow || self.entries.len(List::Block) == 0)
+            && prefixes.is_sorted_by(|a, b| a < b)
+        {
+            return self.fill(list, prefixes);
+        }
         let mut added = Vec::new();
         let mut result = Ok(());
         for &prefix in prefixes {
@@ -197,7 +206,50 @@ impl Lists {
         Ok(added.len())
     }
 
+    /// [`Lists::insert_many`] into an empty `list` of distinct prefixes in
+    /// order (a start restoring the lists): the keys are written one by
+    /// one, and the list's entries then recorded in one pass rather than
+    /// each looked up and inserted. No key written meanwhile depends on
+    /// the entries of `list` (see the caller).
+    fn fill(&mut self, list: List, prefixes: &[Prefix]) -> Result<usize, ListError> {
+        let mut slots = Vec::with_capacity(prefixes.len());
+        let mut result = Ok(());
+        for &prefix in prefixes {
+            let written = self.take_slot().and_then(|slot| {
+                slots.push(slot);
+                self.write_entry(list, prefix, slot)
+            });
+            if let Err(err) = written {
+                result = Err(err);
+                break;
+            }
+        }
+        self.entries
+            .fill(list, prefixes.iter().copied().zip(slots.iter().copied()));
+        if let Err(err) = result {
+            // Every entry recorded, the failed one too, comes out again.
+            for &prefix in &prefixes[..slots.len()] {
+                let _ = self.remove_one(list, prefix);
+            }
+            self.write_flags();
+            return Err(err);
+        }
+        self.write_flags();
+        Ok(prefixes.len())
+    }
+
     fn insert_one(&mut self, list: List, prefix: Prefix) -> Result<(), ListError> {
+        let slot = self.take_slot()?;
+        self.entries.insert(list, prefix, slot);
+        if let Err(err) = self.write_entry(list, prefix, slot) {
+            let _ = self.remove_one(list, prefix);
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// A hit-counter slot for a new entry.
+    fn take_slot(&mut self) -> Result<Slot, ListError> {
         let (slot, reused) = match self.slots.free.pop() {
             Some(slot) => (slot, true),
             None if self.slots.next < self.slots.capacity => {
@@ -224,6 +276,13 @@ impl Lists {
                 }
             }
         }
+        Ok(slot)
+    }
+
+    /// Writes the key of the new entry `prefix` on `list`, counted in
+    /// `slot` (whether or not the entry is recorded yet), and for an allow
+    /// entry the block keys inside it.
+    fn write_entry(&mut self, list: List, prefix: Prefix, slot: Slot) -> Result<(), ListError> {
         // The other list's entry of the same prefix, if any (an allow
         // entry decides the key's match): the one lookup needed besides
         // the covering allow entries.
@@ -231,7 +290,6 @@ impl Lists {
             List::Allow => self.entries.get(List::Block, prefix),
             _ => self.entries.get(List::Allow, prefix),
         };
-        self.entries.insert(list, prefix, slot);
         let value = match (list, other) {
             (List::Allow, _) => {
                 *self.allow_lens[family_index(prefix)]
@@ -257,17 +315,9 @@ impl Lists {
                 },
             },
         };
-        debug_assert_eq!(Some(value), self.desired(prefix));
-        let written = self.write_key(prefix, value).and_then(|()| {
-            if list == List::Allow {
-                self.sync_covered(prefix)
-            } else {
-                Ok(())
-            }
-        });
-        if let Err(err) = written {
-            let _ = self.remove_one(list, prefix);
-            return Err(err);
+        self.write_key(prefix, value)?;
+        if list == List::Allow {
+            self.sync_covered(prefix)?;
         }
         Ok(())
     }

@@ -52,6 +52,17 @@ impl<K: Ord, V> Packed<K, V> {
         Self::default()
     }
 
+    /// The map of `entries`, in key order with no key twice, built in one
+    /// pass with full nodes.
+    #[must_use]
+    pub fn from_sorted(entries: Vec<(K, V)>) -> Self {
+        debug_assert!(entries.is_sorted_by(|a, b| a.0 < b.0));
+        Self {
+            map: entries.into_iter().collect(),
+            grown: 0,
+        }
+    }
+
     /// Inserts `value` under `key`, returning the value it replaces.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
         let old = self.map.insert(key, value);

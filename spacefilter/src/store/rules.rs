@@ -460,7 +460,9 @@ pub(super) fn read_seq<'de, D: Deserializer<'de>>(input: D) -> Result<Rules, D::
                         .or_else(|| rules.map.last_key_value().map(|e| e.0));
                     if last.is_none_or(|last| *last < key) {
                         part.push((key, id));
-                        if part.len() == PART {
+                        // Parts of at least half the map: each rule is
+                        // moved a few times in all.
+                        if part.len() >= PART.max(rules.map.len() / 2) {
                             rules.map.append(&mut part.drain(..).collect());
                         }
                         continue;

@@ -68,6 +68,22 @@ impl Entries {
         };
     }
 
+    /// Records the entries of `list`, which holds none yet, with their
+    /// slots: distinct prefixes, in order.
+    pub(super) fn fill(&mut self, list: List, entries: impl Iterator<Item = (Prefix, Slot)>) {
+        let i = index(list).expect("auto-blocks are not list entries");
+        debug_assert!(self.v4[i].is_empty() && self.v6[i].is_empty());
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
+        for (prefix, slot) in entries {
+            match prefix.addr() {
+                IpAddr::V4(a) => v4.push((v4_key(a, prefix.len()), slot)),
+                IpAddr::V6(a) => v6.push(((a.octets(), prefix.len()), slot)),
+            }
+        }
+        self.v4[i] = Packed::from_sorted(v4);
+        self.v6[i] = Packed::from_sorted(v6);
+    }
+
     pub(super) fn remove(&mut self, list: List, prefix: Prefix) -> Option<Slot> {
         let i = index(list)?;
         match prefix.addr() {

@@ -105,10 +105,17 @@ fn rules_read_in_any_order_as_put_one_by_one() {
         prefix: key(n).1,
         meta: meta(None, at),
     };
+    // Enough in order for several parts, then one out of order, then a
+    // prefix listed twice.
+    let mut long: Vec<Rule> = (0..200_000)
+        .map(|n| rule(n * 2 + 10, u64::from(n % 3)))
+        .collect();
+    long.extend([rule(5, 1), rule(7, 2), rule(7, 3), rule(1_000_000, 1)]);
     for listed in [
         vec![rule(1, 1), rule(2, 1), rule(3, 2)],
         vec![rule(3, 2), rule(1, 1), rule(2, 1)],
         vec![rule(1, 1), rule(2, 1), rule(2, 7), rule(3, 2)],
+        long,
     ] {
         let mut one_by_one = Rules::new();
         for r in &listed {
