@@ -60,6 +60,66 @@ pub struct ConfigFile {
     pub allow: Vec<Prefix>,
     #[serde(default)]
     pub block: Vec<Prefix>,
+    /// The fleet to join (`run --etcd` and the options after it).
+    pub fleet: Option<FleetFile>,
+    /// The CrowdSec local API to follow (`run --crowdsec` and its options).
+    pub crowdsec: Option<CrowdsecFile>,
+}
+
+/// The `[fleet]` table: `run --etcd`'s options, named without the
+/// `etcd-` in front.
+#[derive(Clone, Debug, Deserialize, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FleetFile {
+    /// The etcd members' client URLs, comma-separated (`--etcd`).
+    pub etcd: String,
+    /// The fleet's name (`--fleet`, default `default`).
+    pub name: Option<String>,
+    #[serde(default)]
+    pub share_auto_blocks: bool,
+    pub cacert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password_file: Option<PathBuf>,
+}
+
+/// The `[crowdsec]` table: `run --crowdsec`'s options.
+#[derive(Clone, Debug, Deserialize, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CrowdsecFile {
+    /// The local API's URL (`--crowdsec`).
+    pub url: String,
+    /// The bouncer's key file (`--crowdsec-key-file`).
+    pub key_file: PathBuf,
+    /// Between two polls, as `--crowdsec-interval` takes it ("10s").
+    pub interval: Option<String>,
+    pub cacert: Option<PathBuf>,
+}
+
+impl FleetFile {
+    /// Refuses a table whose options need one another, as the command
+    /// line's do.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let needs = [
+            (self.cert.is_some(), self.key.is_none(), "cert needs key"),
+            (self.key.is_some(), self.cert.is_none(), "key needs cert"),
+            (
+                self.user.is_some(),
+                self.password_file.is_none(),
+                "user needs password_file",
+            ),
+            (
+                self.password_file.is_some(),
+                self.user.is_none(),
+                "password_file needs user",
+            ),
+        ];
+        match needs.iter().find(|(given, missing, _)| *given && *missing) {
+            Some((_, _, what)) => Err(bad(format!("config [fleet]: {what}"))),
+            None => Ok(()),
+        }
+    }
 }
 
 impl ConfigFile {

@@ -89,15 +89,24 @@ impl Bouncer {
         lapi.add_bouncer("spacefilter", &key_file)
             .expect("adding the bouncer");
         let sink = UdpSink::start(&lab, Host::Server).expect("UDP sink");
+        // The bouncer's link comes from the config file's `[crowdsec]`
+        // table, as in the packaged service (the other CrowdSec tests
+        // give it as flags).
+        let config = dir.join("spacefilter.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[crowdsec]\nurl = \"{}\"\nkey_file = \"{}\"\ninterval = \"{INTERVAL}\"\n",
+                lapi.url(),
+                key_file.display()
+            ),
+        )
+        .expect("writing the config file");
         let args: Vec<String> = [
             "--capacity",
             "1024",
-            "--crowdsec",
-            &lapi.url(),
-            "--crowdsec-key-file",
-            key_file.to_str().expect("UTF-8"),
-            "--crowdsec-interval",
-            INTERVAL,
+            "--config",
+            config.to_str().expect("UTF-8"),
             "--metrics",
             &format!("127.0.0.1:{METRICS_PORT}"),
         ]

@@ -57,18 +57,23 @@ impl Member {
         )
         .expect("starting the etcd cluster");
         let sink = UdpSink::start(&lab, Host::Server).expect("UDP sink");
+        // The member joins through its config file's `[fleet]` table, as
+        // the packaged service would (the other fleet tests give the same
+        // settings as flags).
+        let config = dir.join("spacefilter.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "capacity = 1024\n\n[fleet]\netcd = \"{}\"\nname = \"{FLEET}\"\n\
+                 share_auto_blocks = true\n",
+                cluster.endpoints()
+            ),
+        )
+        .expect("writing the config file");
         let daemon = DaemonProcess::start(
             &lab.ns(Host::Server),
             &DaemonPaths::in_dir(&dir.join("daemon")),
-            &[
-                "--capacity",
-                "1024",
-                "--etcd",
-                &cluster.endpoints(),
-                "--fleet",
-                FLEET,
-                "--share-auto-blocks",
-            ],
+            &["--config", &config.display().to_string()],
         )
         .unwrap_or_else(|err| panic!("starting the daemon: {err:#}"));
         assert!(

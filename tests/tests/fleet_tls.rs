@@ -454,3 +454,55 @@ fn a_member_logs_in_to_etcd() {
         "the error says what to give: {error}"
     );
 }
+
+/// The same settings from the config file's `[fleet]` and `[crowdsec]`
+/// tables: refused as the flags are.
+#[test]
+fn link_tables_that_cannot_work_are_refused() {
+    let dir = Scratch::new("fleet-tls-tables").expect("scratch directory");
+    let pki = Pki::generate(&dir.join("pki"), "127.0.0.1".parse().expect("an address"))
+        .expect("making the certificates");
+    let cert = path(&pki.client_cert);
+    let missing: PathBuf = dir.join("no-such.pem");
+    let bouncer_key = dir.join("bouncer.key");
+    std::fs::write(&bouncer_key, "0123456789abcdef\n").expect("writing a bouncer key");
+    let bouncer_key = path(&bouncer_key);
+    let https = "https://127.0.0.1:2379";
+    let config = dir.join("spacefilter.toml");
+    let tables: &[(String, &str)] = &[
+        (
+            format!("[fleet]\netcd = \"{https}\"\ncert = \"{cert}\"\n"),
+            "[fleet]: cert needs key",
+        ),
+        (
+            format!("[fleet]\netcd = \"{https}\"\nuser = \"sf\"\n"),
+            "[fleet]: user needs password_file",
+        ),
+        (
+            format!(
+                "[fleet]\netcd = \"{https}\"\ncacert = \"{}\"\n",
+                path(&missing)
+            ),
+            "--etcd-cacert",
+        ),
+        (
+            format!("[fleet]\netcd = \"{https}\"\nshare_auto_block = true\n"),
+            "unknown field `share_auto_block`",
+        ),
+        (
+            format!(
+                "[crowdsec]\nurl = \"http://127.0.0.1:8080\"\nkey_file = \"{bouncer_key}\"\n\
+                 interval = \"soon\"\n"
+            ),
+            "[crowdsec]: interval \"soon\"",
+        ),
+        (
+            "[crowdsec]\nurl = \"http://127.0.0.1:8080\"\n".to_owned(),
+            "missing field `key_file`",
+        ),
+    ];
+    for (text, says) in tables {
+        std::fs::write(&config, text).expect("writing the config file");
+        refused(&dir, &["--config", path(&config)], says);
+    }
+}

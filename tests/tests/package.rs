@@ -517,17 +517,44 @@ fn the_sample_config_reads_and_the_daemon_asks_for_an_interface() {
     let text = fs::read_to_string(&config).expect("the sample config");
     spacefilter::config::ConfigFile::load(&config)
         .unwrap_or_else(|err| panic!("the sample config: {err}"));
-    // Each example in its comments, taken in, reads too.
+    // Each example in its comments, taken in, reads too: a top-level
+    // setting alone, a table's settings (below its `# [table]` line)
+    // together.
     let dir = Scratch::new("sample-config").expect("a scratch directory");
-    let examples: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("# "))
-        .filter(|l| {
-            l.split_once(" = ")
-                .is_some_and(|(key, _)| key.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
-        })
-        .collect();
+    let mut examples: Vec<String> = Vec::new();
+    let mut table: Option<String> = None;
+    for line in text.lines() {
+        let Some(line) = line.strip_prefix("# ") else {
+            table = None;
+            continue;
+        };
+        if line.starts_with('[') && line.ends_with(']') {
+            examples.push(format!("{line}\n"));
+            table = Some(line.to_owned());
+            continue;
+        }
+        let setting = line
+            .split_once(" = ")
+            .is_some_and(|(key, _)| key.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+        match (&table, setting) {
+            (Some(_), true) => {
+                let last = examples.last_mut().expect("the table's header");
+                last.push_str(line);
+                last.push('\n');
+            }
+            (None, true) => examples.push(line.to_owned()),
+            _ => {}
+        }
+    }
     assert!(examples.len() >= 8, "examples found: {examples:?}");
+    for table in ["[fleet]", "[crowdsec]"] {
+        assert!(
+            examples
+                .iter()
+                .any(|e| e.starts_with(table) && e.lines().count() > 2),
+            "an example of {table}: {examples:?}"
+        );
+    }
     for example in &examples {
         let path = dir.join("example.toml");
         fs::write(&path, example).expect("writing");

@@ -9,6 +9,7 @@ use clap::Args;
 
 use super::Failure;
 use crate::{
+    config::{CrowdsecFile, FleetFile},
     daemon::{Handle, Stop, Transports},
     fleet::{Login, crowdsec, etcd, tls::TlsFiles},
 };
@@ -22,9 +23,9 @@ pub(super) struct LinkArgs {
     /// A file holding the bouncer's key (`cscli bouncers add NAME`).
     #[arg(long, value_name = "PATH", requires = "crowdsec")]
     crowdsec_key_file: Option<PathBuf>,
-    /// Between two polls of the decision stream.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    crowdsec_interval: Duration,
+    /// Between two polls of the decision stream [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration, requires = "crowdsec")]
+    crowdsec_interval: Option<Duration>,
     /// PEM CA certificates that vouch for an https:// local API (else the
     /// webpki roots).
     #[arg(long, value_name = "FILE", requires = "crowdsec")]
@@ -33,14 +34,10 @@ pub(super) struct LinkArgs {
     /// members' client URLs, comma-separated) as entries of origin fleet.
     #[arg(long, value_name = "URL[,URL...]")]
     etcd: Option<String>,
-    /// The fleet's name: its rules are the keys under /spacefilter/NAME/.
-    #[arg(
-        long,
-        value_name = "NAME",
-        default_value = "default",
-        requires = "etcd"
-    )]
-    fleet: String,
+    /// The fleet's name: its rules are the keys under /spacefilter/NAME/
+    /// [default: default].
+    #[arg(long, value_name = "NAME", requires = "etcd")]
+    fleet: Option<String>,
     /// Write this host's auto-blocks to the fleet, as timed blocks every
     /// member applies (without it, they stay on this host).
     #[arg(long, requires = "etcd")]
@@ -71,7 +68,57 @@ pub(super) struct Links {
     etcd: Option<etcd::Settings>,
 }
 
+/// Between two polls of CrowdSec's decision stream, unless told.
+const CROWDSEC_INTERVAL: Duration = Duration::from_secs(10);
+
 impl LinkArgs {
+    /// Takes the config file's `[fleet]` and `[crowdsec]` tables for the
+    /// links the command line does not name. A link named on the command
+    /// line takes all its options from there: the file's table for it is
+    /// not read (and a line in the log says so).
+    pub(super) fn with_file(
+        mut self,
+        fleet_file: Option<FleetFile>,
+        crowdsec_file: Option<CrowdsecFile>,
+    ) -> Result<Self, Failure> {
+        if let Some(file) = fleet_file {
+            if self.etcd.is_some() {
+                log::info!("--etcd is given: the config's [fleet] table is not read");
+            } else {
+                file.check()
+                    .map_err(|err| Failure::bad_input(err.to_string()))?;
+                self.etcd = Some(file.etcd);
+                self.fleet = file.name;
+                self.share_auto_blocks = file.share_auto_blocks;
+                self.etcd_cacert = file.cacert;
+                self.etcd_cert = file.cert;
+                self.etcd_key = file.key;
+                self.etcd_user = file.user;
+                self.etcd_password_file = file.password_file;
+            }
+        }
+        if let Some(file) = crowdsec_file {
+            if self.crowdsec.is_some() {
+                log::info!("--crowdsec is given: the config's [crowdsec] table is not read");
+            } else {
+                self.crowdsec_interval = file
+                    .interval
+                    .map(|text| {
+                        humantime::parse_duration(&text).map_err(|err| {
+                            Failure::bad_input(format!(
+                                "config [crowdsec]: interval {text:?}: {err} (e.g. \"10s\")"
+                            ))
+                        })
+                    })
+                    .transpose()?;
+                self.crowdsec = Some(file.url);
+                self.crowdsec_key_file = Some(file.key_file);
+                self.crowdsec_cacert = file.cacert;
+            }
+        }
+        Ok(self)
+    }
+
     /// Checks the options; `state_dir` keeps the fleet's last revision.
     pub(super) fn check(self, state_dir: &Path) -> Result<Links, Failure> {
         let Self {
@@ -90,7 +137,11 @@ impl LinkArgs {
         } = self;
         let crowdsec = match (crowdsec, crowdsec_key_file) {
             (Some(url), Some(key_file)) => {
-                let settings = crowdsec::Settings::new(&url, &key_file, crowdsec_interval);
+                let settings = crowdsec::Settings::new(
+                    &url,
+                    &key_file,
+                    crowdsec_interval.unwrap_or(CROWDSEC_INTERVAL),
+                );
                 Some(match &crowdsec_cacert {
                     Some(cacert) => settings.and_then(|s| s.with_cacert(cacert)),
                     None => settings,
@@ -107,8 +158,8 @@ impl LinkArgs {
         };
         let etcd = etcd
             .map(|endpoints| {
-                let settings =
-                    etcd::Settings::new(&endpoints, &fleet, state_dir)?.with_tls(&tls)?;
+                let fleet = fleet.as_deref().unwrap_or("default");
+                let settings = etcd::Settings::new(&endpoints, fleet, state_dir)?.with_tls(&tls)?;
                 Ok::<_, String>(match (etcd_user, etcd_password_file) {
                     (Some(user), Some(file)) => settings.with_login(Login::read(&user, &file)?),
                     _ => settings,

@@ -18,7 +18,11 @@ use crate::{
 pub(super) struct RunArgs {
     /// A TOML file with any of: interfaces, mode, state_dir, socket,
     /// socket_group, capacity, max_sources, metrics, sample_every, sample_cap, without,
-    /// pin_dir, allow, block. The command line wins where both speak.
+    /// pin_dir, allow, block; and the tables [fleet] (etcd, name,
+    /// share_auto_blocks, cacert, cert, key, user, password_file) and
+    /// [crowdsec] (url, key_file, interval, cacert). The command line wins
+    /// where both speak; a link it names (--etcd, --crowdsec) takes none of
+    /// its options from the file.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(flatten)]
@@ -35,12 +39,13 @@ pub(super) fn run(args: RunArgs) -> Result<(), Failure> {
         links,
     } = args;
     let bad = |err: config::ConfigError| Failure::bad_input(err.to_string());
-    let file = match &config {
+    let mut file = match &config {
         Some(path) => config::ConfigFile::load(path).map_err(bad)?,
         None => config::ConfigFile::default(),
     };
+    let links = (*links).with_file(file.fleet.take(), file.crowdsec.take())?;
     let config::RunSettings { mut daemon, server } = config::merge(settings, file).map_err(bad)?;
-    let links = (*links).check(&daemon.state_dir)?;
+    let links = links.check(&daemon.state_dir)?;
     if let Some(path) = config.clone() {
         daemon.reload = Some(daemon::Reload(std::sync::Arc::new(move || {
             let file = config::ConfigFile::load(&path)?;
