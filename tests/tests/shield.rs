@@ -433,12 +433,24 @@ fn odd_layouts_share_the_budget_for_unverified_sources() {
         );
     }
     let before = filter.counters().expect("counters");
+    let started = std::time::Instant::now();
     for family in [Family::V4, Family::V6] {
         filter.test_run(&ack(family, true), 15).expect("test run");
     }
+    // The budget refills at 40 a second while the runs go on: on a busy
+    // machine, where they take tens of milliseconds, a token or two more.
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a few tokens"
+    )]
+    let refilled = (started.elapsed().as_secs_f64() * 40.0).ceil() as u64;
     let delta = filter.counters().expect("counters").since(&before);
     let passed = delta.get(Reason::Passed).packets;
-    assert!((10..=11).contains(&passed), "{delta:?}");
+    assert!(
+        (10..=11 + refilled).contains(&passed),
+        "{refilled} tokens refilled meanwhile: {delta:?}"
+    );
     assert_eq!(
         delta.get(Reason::Shielded).packets,
         30 - passed,
