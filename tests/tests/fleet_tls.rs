@@ -275,17 +275,28 @@ fn refused(dir: &Scratch, args: &[&str], says: &str) {
     );
 }
 
-#[test]
-fn tls_and_login_options_that_cannot_work_are_refused() {
-    let dir = Scratch::new("fleet-tls-bad").expect("scratch directory");
+/// An etcd member's URL nothing listens on: refusals come before any
+/// connection.
+const HTTPS: &str = "https://127.0.0.1:2379";
+
+/// What the refusal tests name: a scratch directory, certificates made in
+/// it, a path to no file, and a bouncer key file.
+fn refusal_files(name: &str) -> (Scratch, Pki, PathBuf, PathBuf) {
+    let dir = Scratch::new(name).expect("scratch directory");
     let pki = Pki::generate(&dir.join("pki"), "127.0.0.1".parse().expect("an address"))
         .expect("making the certificates");
-    let (ca, cert, key) = (path(&pki.ca), path(&pki.client_cert), path(&pki.client_key));
-    let missing: PathBuf = dir.join("no-such.pem");
+    let missing = dir.join("no-such.pem");
     let bouncer_key = dir.join("bouncer.key");
     std::fs::write(&bouncer_key, "0123456789abcdef\n").expect("writing a bouncer key");
+    (dir, pki, missing, bouncer_key)
+}
+
+#[test]
+fn tls_and_login_options_that_cannot_work_are_refused() {
+    let (dir, pki, missing, bouncer_key) = refusal_files("fleet-tls-bad");
+    let (ca, cert, key) = (path(&pki.ca), path(&pki.client_cert), path(&pki.client_key));
     let bouncer_key = path(&bouncer_key);
-    let https = "https://127.0.0.1:2379";
+    let https = HTTPS;
     let cases: &[(&[&str], &str)] = &[
         (
             &["--etcd", https, "--etcd-cacert", path(&missing)],
@@ -459,15 +470,10 @@ fn a_member_logs_in_to_etcd() {
 /// tables: refused as the flags are.
 #[test]
 fn link_tables_that_cannot_work_are_refused() {
-    let dir = Scratch::new("fleet-tls-tables").expect("scratch directory");
-    let pki = Pki::generate(&dir.join("pki"), "127.0.0.1".parse().expect("an address"))
-        .expect("making the certificates");
+    let (dir, pki, missing, bouncer_key) = refusal_files("fleet-tls-tables");
     let cert = path(&pki.client_cert);
-    let missing: PathBuf = dir.join("no-such.pem");
-    let bouncer_key = dir.join("bouncer.key");
-    std::fs::write(&bouncer_key, "0123456789abcdef\n").expect("writing a bouncer key");
     let bouncer_key = path(&bouncer_key);
-    let https = "https://127.0.0.1:2379";
+    let https = HTTPS;
     let config = dir.join("spacefilter.toml");
     let tables: &[(String, &str)] = &[
         (
