@@ -489,7 +489,7 @@ fn link_tables_that_cannot_work_are_refused() {
                 "[fleet]\netcd = \"{https}\"\ncacert = \"{}\"\n",
                 path(&missing)
             ),
-            "--etcd-cacert",
+            "config [fleet]: cacert ",
         ),
         (
             format!("[fleet]\netcd = \"{https}\"\nshare_auto_block = true\n"),
@@ -505,6 +505,13 @@ fn link_tables_that_cannot_work_are_refused() {
         (
             "[crowdsec]\nurl = \"http://127.0.0.1:8080\"\n".to_owned(),
             "missing field `key_file`",
+        ),
+        (
+            format!(
+                "[crowdsec]\nurl = \"http://127.0.0.1:8080\"\nkey_file = \"{}\"\n",
+                path(&missing)
+            ),
+            "config [crowdsec]: key_file ",
         ),
     ];
     for (text, says) in tables {

@@ -59,6 +59,47 @@ pub(super) struct LinkArgs {
     /// A file whose first line is the password of --etcd-user.
     #[arg(long, value_name = "FILE", requires = "etcd_user")]
     etcd_password_file: Option<PathBuf>,
+    /// Whether the fleet's options came from the config's `[fleet]` table
+    /// (its errors then name the table's keys, not the flags).
+    #[arg(skip)]
+    fleet_from_file: bool,
+    /// Whether CrowdSec's options came from the config's `[crowdsec]` table.
+    #[arg(skip)]
+    crowdsec_from_file: bool,
+}
+
+/// The flags of the fleet's link, longest first, with the `[fleet]` keys
+/// that stand for them.
+const FLEET_KEYS: &[(&str, &str)] = &[
+    ("--etcd-password-file", "password_file"),
+    ("--share-auto-blocks", "share_auto_blocks"),
+    ("--etcd-cacert", "cacert"),
+    ("--etcd-cert", "cert"),
+    ("--etcd-key", "key"),
+    ("--etcd-user", "user"),
+    ("--fleet", "name"),
+    ("--etcd", "etcd"),
+];
+
+/// The flags of the CrowdSec link, longest first, with their `[crowdsec]`
+/// keys.
+const CROWDSEC_KEYS: &[(&str, &str)] = &[
+    ("--crowdsec-interval", "interval"),
+    ("--crowdsec-key-file", "key_file"),
+    ("--crowdsec-cacert", "cacert"),
+    ("--crowdsec", "url"),
+];
+
+/// An error about a link's options, in the words the admin wrote them in:
+/// the flags' names, or the config table's keys.
+fn in_their_terms(message: String, from_file: bool, table: &str, keys: &[(&str, &str)]) -> String {
+    if !from_file {
+        return message;
+    }
+    let message = keys
+        .iter()
+        .fold(message, |text, (flag, key)| text.replace(flag, key));
+    format!("config [{table}]: {message}")
 }
 
 /// The links to start beside the transports, checked before the daemon
@@ -95,6 +136,7 @@ impl LinkArgs {
                 self.etcd_key = file.key;
                 self.etcd_user = file.user;
                 self.etcd_password_file = file.password_file;
+                self.fleet_from_file = true;
             }
         }
         if let Some(file) = crowdsec_file {
@@ -114,6 +156,7 @@ impl LinkArgs {
                 self.crowdsec = Some(file.url);
                 self.crowdsec_key_file = Some(file.key_file);
                 self.crowdsec_cacert = file.cacert;
+                self.crowdsec_from_file = true;
             }
         }
         Ok(self)
@@ -134,6 +177,8 @@ impl LinkArgs {
             etcd_key,
             etcd_user,
             etcd_password_file,
+            fleet_from_file,
+            crowdsec_from_file,
         } = self;
         let crowdsec = match (crowdsec, crowdsec_key_file) {
             (Some(url), Some(key_file)) => {
@@ -150,7 +195,14 @@ impl LinkArgs {
             _ => None,
         }
         .transpose()
-        .map_err(Failure::bad_input)?;
+        .map_err(|err| {
+            Failure::bad_input(in_their_terms(
+                err,
+                crowdsec_from_file,
+                "crowdsec",
+                CROWDSEC_KEYS,
+            ))
+        })?;
         let tls = TlsFiles {
             cacert: etcd_cacert,
             cert: etcd_cert,
@@ -166,7 +218,9 @@ impl LinkArgs {
                 })
             })
             .transpose()
-            .map_err(Failure::bad_input)?
+            .map_err(|err| {
+                Failure::bad_input(in_their_terms(err, fleet_from_file, "fleet", FLEET_KEYS))
+            })?
             .map(|settings| etcd::Settings {
                 share_auto_blocks,
                 ..settings

@@ -230,7 +230,7 @@ impl Client {
         let Failure { message, token } = failure;
         if token && self.login.is_none() {
             format!(
-                "{message}: etcd has authentication on; give --etcd-user and --etcd-password-file"
+                "{message}: etcd has authentication on; give --etcd-user and --etcd-password-file (user and password_file in the config's [fleet])"
             )
         } else if message.contains("permission denied") {
             let user = self.login.as_ref().map_or("the user", Login::user);
@@ -283,7 +283,7 @@ impl Client {
             }
             Err(Failure { message, .. }) if message.contains("authentication failed") => {
                 Err(format!(
-                    "logging in as {}: {message}: check --etcd-user and --etcd-password-file",
+                    "logging in as {}: {message}: check --etcd-user and --etcd-password-file (user and password_file in [fleet])",
                     login.user
                 ))
             }
@@ -351,11 +351,11 @@ fn refusal(response: ureq::Response) -> String {
 fn transport(message: &str) -> String {
     if message.contains("CertificateRequired") || message.contains("BadCertificate") {
         format!(
-            "{message}: the server wants a client certificate it trusts; give --etcd-cert and --etcd-key"
+            "{message}: the server wants a client certificate it trusts; give --etcd-cert and --etcd-key (cert and key in [fleet])"
         )
     } else if message.contains("UnknownIssuer") {
         format!(
-            "{message}: the server's certificate is not signed by a CA this host trusts; give its CA with --etcd-cacert"
+            "{message}: the server's certificate is not signed by a CA this host trusts; give its CA with --etcd-cacert (cacert in [fleet])"
         )
     } else {
         message.to_owned()

@@ -192,7 +192,7 @@ fn fetch(agent: &ureq::Agent, settings: &Settings, startup: bool) -> Result<Stri
             .into_string()
             .map_err(|err| format!("reading {url}: {err}")),
         Err(ureq::Error::Status(403, _)) => Err(format!(
-            "{url}: the key was refused (403): check --crowdsec-key-file against `cscli bouncers list`"
+            "{url}: the key was refused (403): check --crowdsec-key-file (key_file in [crowdsec]) against `cscli bouncers list`"
         )),
         Err(ureq::Error::Status(code, response)) => {
             Err(format!("{url}: HTTP {code} {}", response.status_text()))

@@ -722,11 +722,14 @@ pub fn control_report(control: &ControlPlane) -> String {
          server; `spacefilter block` (its address) is run as a command, and one loop polls \
          the program's own drop counter (read from the kernel, not through the daemon) and \
          the command, about every 0.1 ms, then `unblock` lets the stream back in. The daemon \
-         writes the entry into the program's map before it journals it (fsync) and answers, \
-         so the first drop comes before the command returns. Daemon CPU is its user and \
-         system time (`/proc/PID/stat`, all threads) over the interval, as a share of one \
-         CPU; the floods are the harness's generator at its highest rate, dropped by the \
-         daemon's program.\n"
+         journals the entry, writes it into the program's map, and answers once the \
+         journal's flusher has it on disk (fdatasync), so the first drop comes before the \
+         command returns. Daemon CPU is its user and system time (`/proc/PID/stat`, all \
+         threads) over the interval, as a share of one CPU; the floods are the harness's \
+         generator at its highest rate, dropped by the daemon's program. `spacefilter list` \
+         is run with its output to a file, to its exit, five times in each format; daemon \
+         memory is `/proc/PID/status` (VmRSS, VmHWM for the peak since the daemon started; \
+         mapped: RssFile, the lookup tables the daemon maps, kernel memory counted once).\n"
     );
     let _ = writeln!(out, "| what | measured |");
     let _ = writeln!(out, "|---|---:|");
