@@ -1,5 +1,7 @@
 //! The flood guards' settings, as a client sends them and reads them back.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 /// The flood guards' settings, as the protocol carries
@@ -142,6 +144,80 @@ impl Default for LimitsView {
 }
 
 impl LimitsView {
+    /// The per-source limit, its auto-block, the spoofed-source fallback
+    /// and the SYN guard, one line each, as `limit show` prints them (the
+    /// reflection guard's lines are its own).
+    #[must_use]
+    pub fn guard_lines(&self) -> Vec<String> {
+        let Self {
+            enabled,
+            dry_run,
+            pps,
+            pps_burst,
+            bps,
+            bps_burst,
+            v6_prefix_len,
+            block_after_ms,
+            block_ttl_ms,
+            syn_pps,
+            syn_burst,
+            syn_global_pps,
+            syn_global_burst,
+            spoof_threshold,
+            fallback_pps,
+            fallback_burst,
+            ..
+        } = *self;
+        let mut lines = Vec::new();
+        if dry_run {
+            lines.push("DRY RUN: the guards count (would_limit) and drop nothing".to_owned());
+        }
+        if enabled {
+            let mut parts = Vec::new();
+            if pps > 0 {
+                parts.push(format!("{pps} packets/s (burst {pps_burst})"));
+            }
+            if bps > 0 {
+                parts.push(format!("{bps} bytes/s (burst {bps_burst})"));
+            }
+            lines.push(format!(
+                "per-source limit: {}; IPv6 per /{v6_prefix_len}",
+                parts.join(", ")
+            ));
+            lines.push(if block_after_ms > 0 {
+                format!(
+                    "auto-block after {} over the limit, for {}",
+                    humantime::format_duration(Duration::from_millis(block_after_ms)),
+                    humantime::format_duration(Duration::from_millis(block_ttl_ms))
+                )
+            } else {
+                "no auto-block".to_owned()
+            });
+            if spoof_threshold > 0 {
+                lines.push(format!(
+                    "spoofed-source fallback above {spoof_threshold} new sources/s: {fallback_pps} packets/s (burst {fallback_burst}) per destination port and per source prefix"
+                ));
+            }
+        } else {
+            lines.push("per-source limit: off".to_owned());
+        }
+        let rate = |pps: u64| {
+            if pps > 0 {
+                format!("{pps}/s")
+            } else {
+                "no limit".to_owned()
+            }
+        };
+        lines.push(match (syn_pps, syn_global_pps) {
+            (0, 0) => "SYN guard: off".to_owned(),
+            _ => format!(
+                "SYN guard: {} per source (burst {syn_burst}), {} for the host (burst {syn_global_burst})",
+                rate(syn_pps),
+                rate(syn_global_pps),
+            ),
+        });
+        lines
+    }
     /// Why these limits cannot be put in force, if they cannot.
     #[must_use]
     pub fn problem(&self) -> Option<String> {

@@ -200,81 +200,14 @@ pub(super) fn limit(args: &LimitArgs) -> Result<(), Failure> {
 }
 
 fn print_limits(view: &LimitsView) {
-    let LimitsView {
-        enabled,
-        dry_run,
-        pps,
-        pps_burst,
-        bps,
-        bps_burst,
-        v6_prefix_len,
-        block_after_ms,
-        block_ttl_ms,
-        syn_pps,
-        syn_burst,
-        syn_global_pps,
-        syn_global_burst,
-        spoof_threshold,
-        fallback_pps,
-        fallback_burst,
-        reflect,
-        ref reflect_sources,
-        ref service_ports,
-        ref reflect_profile,
-    } = *view;
-    if dry_run {
-        println!("DRY RUN: the guards count (would_limit) and drop nothing");
-    }
-    if enabled {
-        let mut parts = Vec::new();
-        if pps > 0 {
-            parts.push(format!("{pps} packets/s (burst {pps_burst})"));
-        }
-        if bps > 0 {
-            parts.push(format!("{bps} bytes/s (burst {bps_burst})"));
-        }
-        println!(
-            "per-source limit: {}; IPv6 per /{v6_prefix_len}",
-            parts.join(", ")
-        );
-        if block_after_ms > 0 {
-            println!(
-                "auto-block after {} over the limit, for {}",
-                humantime::format_duration(Duration::from_millis(block_after_ms)),
-                humantime::format_duration(Duration::from_millis(block_ttl_ms))
-            );
-        } else {
-            println!("no auto-block");
-        }
-        if spoof_threshold > 0 {
-            println!(
-                "spoofed-source fallback above {spoof_threshold} new sources/s: {fallback_pps} packets/s (burst {fallback_burst}) per destination port and per source prefix"
-            );
-        }
-    } else {
-        println!("per-source limit: off");
-    }
-    match (syn_pps, syn_global_pps) {
-        (0, 0) => println!("SYN guard: off"),
-        _ => println!(
-            "SYN guard: {} per source (burst {syn_burst}), {} for the host (burst {syn_global_burst})",
-            if syn_pps > 0 {
-                format!("{syn_pps}/s")
-            } else {
-                "no limit".into()
-            },
-            if syn_global_pps > 0 {
-                format!("{syn_global_pps}/s")
-            } else {
-                "no limit".into()
-            },
-        ),
+    for line in view.guard_lines() {
+        println!("{line}");
     }
     print_reflection(
-        reflect,
-        reflect_sources,
-        service_ports,
-        reflect_profile.as_ref(),
+        view.reflect,
+        &view.reflect_sources,
+        &view.service_ports,
+        view.reflect_profile.as_ref(),
     );
 }
 

@@ -64,7 +64,11 @@ impl Core {
                 self.shield.marked_ports(),
             )
             .map_err(|err| Refusal::failed(error_chain(&err)))?;
-        log::info!("flood guards set to {limits:?} asked by {peer}");
+        log::info!(
+            "flood guards set: {}; reflection guard {}; asked by {peer}",
+            limits.guard_lines().join("; "),
+            if limits.reflect { "on" } else { "off" }
+        );
         limits.reflect_profile = Some(profile);
         self.limits = limits.clone();
         self.refresh_auto_exempt();

@@ -10,9 +10,10 @@
 //! second, what reaches the server's socket and what the XDP program
 //! dropped. Then a live event: new listeners join a TCP port while a SYN
 //! flood from forged sources hits it, first with the SYN budget and then
-//! with the shield. At the end the daemon is stopped with SIGTERM (it detaches
-//! from the interface) and the lab removed; also on failure and on Ctrl-C
-//! (SIGINT) or SIGTERM.
+//! with the shield. At the end the filter outlives the daemon: stopped with
+//! SIGTERM, the daemon leaves its pinned program enforcing; started again,
+//! it takes the program over; `spacefilter detach` takes it off. The lab is
+//! removed at the end, also on failure and on Ctrl-C (SIGINT) or SIGTERM.
 //!
 //! Needs root, and the `spacefilter` binary next to this one: `cargo xtask
 //! demo` builds both.
@@ -32,12 +33,15 @@ use std::{
     time::{Duration, Instant},
 };
 
+#[path = "demo/outlive.rs"]
+mod outlive;
+
 use anyhow::{Context as _, bail, ensure};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 use spacefilter::{Reason, api::StatsView};
 use spacefilter_tests::{
     bench::FloodCase,
-    daemon::{self, DaemonPaths, DaemonProcess, START_TIMEOUT, STOP_TIMEOUT, Scratch},
+    daemon::{self, BpfFs, DaemonPaths, DaemonProcess, START_TIMEOUT, STOP_TIMEOUT, Scratch},
     flood::Generator,
     netns::{Family, Host, IFACE, Lab, run_in_netns},
     shield::accept_xdp_tx,
@@ -229,10 +233,14 @@ fn run() -> anyhow::Result<()> {
 /// when the demo fails or is interrupted.
 fn demo(lab: &Lab, dir: &Scratch) -> anyhow::Result<()> {
     let paths = DaemonPaths::in_dir(dir.path());
-    let mut daemon = start_daemon(lab, &paths)?;
-    let result = steer(lab, &daemon);
+    // Dropped last: unmounting it releases whatever is still pinned.
+    let bpffs = BpfFs::mount(&dir.path().join("bpf"))?;
+    let pin_dir = bpffs.path().join("spacefilter");
+    let mut daemon = start_daemon(lab, &paths, &pin_dir)?;
+    let result =
+        steer(lab, &daemon).and_then(|()| outlive::outlive(lab, &mut daemon, &paths, &pin_dir));
     match &result {
-        Ok(()) => stop_daemon(lab, &mut daemon)?,
+        Ok(()) => {}
         Err(err) => {
             if !err.is::<Interrupted>() {
                 eprintln!(
@@ -262,19 +270,59 @@ fn abandon(daemon: &mut DaemonProcess) {
 
 /// Starts `spacefilter run` in the server's namespace and waits until it
 /// answers on its socket (or a signal comes).
-fn start_daemon(lab: &Lab, paths: &DaemonPaths) -> anyhow::Result<DaemonProcess> {
+fn start_daemon(lab: &Lab, paths: &DaemonPaths, pin_dir: &Path) -> anyhow::Result<DaemonProcess> {
     check_stop()?;
-    let ns = lab.ns(Host::Server);
     println!("1. Start the daemon on the server, in its namespace, as a service unit would:");
     println!();
+    let (daemon, took) = launch(lab, paths, pin_dir)?;
     println!(
-        "   $ ip netns exec {ns} spacefilter run --iface {IFACE} --state-dir {} --socket {}",
+        "   Running as pid {}, logging to {}.",
+        daemon.pid(),
+        paths.log.display()
+    );
+    println!(
+        "   It loaded the XDP program, attached it and answered on its socket after {:.1} s.",
+        took.as_secs_f64()
+    );
+    println!(
+        "   Its link to eth0 is pinned in {} (a BPF filesystem the demo mounted:",
+        pin_dir.display()
+    );
+    println!("   `ip netns exec` hides the host's /sys/fs/bpf, the default --pin-dir).");
+    println!();
+    println!(
+        "   The commands below are {} with `--socket {}` added",
+        daemon::binary().display(),
+        paths.socket.display()
+    );
+    println!("   (without it they use {DEFAULT_SOCKET}). They run in the demo's own namespace:");
+    println!("   the socket is a file, reachable from any.");
+    println!();
+    sf(&paths.socket, &["status"])?;
+    Ok(daemon)
+}
+
+/// Prints the command line, starts `spacefilter run` in the server's
+/// namespace and waits until it answers on its socket (or a signal
+/// comes); returns it with the time it took.
+fn launch(
+    lab: &Lab,
+    paths: &DaemonPaths,
+    pin_dir: &Path,
+) -> anyhow::Result<(DaemonProcess, Duration)> {
+    let ns = lab.ns(Host::Server);
+    let pin_dir = pin_dir
+        .to_str()
+        .context("the pin folder's path is not UTF-8")?;
+    println!(
+        "   $ ip netns exec {ns} spacefilter run --iface {IFACE} --state-dir {} --socket {} \\",
         paths.state_dir.display(),
         paths.socket.display()
     );
+    println!("       --pin-dir {pin_dir}");
     flush();
     let started = Instant::now();
-    let mut daemon = DaemonProcess::spawn(&ns, paths, &[])?;
+    let mut daemon = DaemonProcess::spawn(&ns, paths, &["--pin-dir", pin_dir])?;
     loop {
         if let Err(err) = check_stop() {
             abandon(&mut daemon);
@@ -299,26 +347,7 @@ fn start_daemon(lab: &Lab, paths: &DaemonPaths) -> anyhow::Result<DaemonProcess>
         }
         thread::sleep(Duration::from_millis(20));
     }
-    println!(
-        "   Running as pid {}, logging to {}.",
-        daemon.pid(),
-        paths.log.display()
-    );
-    println!(
-        "   It loaded the XDP program, attached it and answered on its socket after {:.1} s.",
-        started.elapsed().as_secs_f64()
-    );
-    println!();
-    println!(
-        "   The commands below are {} with `--socket {}` added",
-        daemon::binary().display(),
-        paths.socket.display()
-    );
-    println!("   (without it they use {DEFAULT_SOCKET}). They run in the demo's own namespace:");
-    println!("   the socket is a file, reachable from any.");
-    println!();
-    sf(&paths.socket, &["status"])?;
-    Ok(daemon)
+    Ok((daemon, started.elapsed()))
 }
 
 /// What the administrator does once the daemon runs.
@@ -660,59 +689,6 @@ fn show_capture(daemon: &DaemonProcess) -> anyhow::Result<()> {
         println!("   {line}");
     }
     println!();
-    Ok(())
-}
-
-/// SIGTERM, as `systemctl stop` sends it; shows that the daemon detached
-/// and removed its socket.
-fn stop_daemon(lab: &Lab, daemon: &mut DaemonProcess) -> anyhow::Result<()> {
-    check_stop()?;
-    println!("6. Stop the daemon, as `systemctl stop` would:");
-    println!();
-    println!("   $ kill -TERM {}", daemon.pid());
-    let started = Instant::now();
-    let status = daemon.terminate(STOP_TIMEOUT)?;
-    println!(
-        "   It detached and exited (status {}) after {:.1} s.",
-        status
-            .code()
-            .map_or_else(|| status.to_string(), |code| code.to_string()),
-        started.elapsed().as_secs_f64()
-    );
-    ensure!(
-        status.success(),
-        "the daemon exited with {status}; its log:\n{}",
-        daemon.log()
-    );
-    println!();
-    println!("   Its log, from start to stop:");
-    println!();
-    for line in daemon.log().lines() {
-        println!("   | {line}");
-    }
-    println!();
-    let left = daemon::xdp_programs(lab)?;
-    ensure!(
-        left.is_empty(),
-        "XDP programs left on server:{IFACE}: {left:?}"
-    );
-    ensure!(
-        !daemon.socket().exists(),
-        "the socket {} is still there",
-        daemon.socket().display()
-    );
-    println!(
-        "   server:{IFACE} has no XDP program any more and the socket is gone (the rules stay in"
-    );
-    println!("   the state directory for the next start). The CLI now finds no daemon:");
-    println!();
-    let out = show(daemon.socket(), &["status"])?;
-    ensure!(
-        out.code == Some(1),
-        "`spacefilter status` after the stop: expected exit status 1, got {:?}",
-        out.code
-    );
-    println!("   (exit status 1)");
     Ok(())
 }
 
