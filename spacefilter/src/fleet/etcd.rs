@@ -51,6 +51,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a read may take (an idle watch times out, and is opened again
 /// from where it was: a link that died silently is found out this way).
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a stop waits for the follower to notice it.
+const QUIT_GRACE: Duration = Duration::from_secs(1);
 /// Prefixes per request to the daemon.
 const CHUNK: usize = 16 * 1024;
 /// Pages read ahead of the one being applied.
@@ -194,13 +196,34 @@ pub async fn follow(settings: Settings, handle: Handle, mut stop: Stop) {
         let member = member.clone();
         std::thread::spawn(move || member.share_auto_blocks(&blocks));
     }
-    let worker = {
-        let (settings, handle, quit) = (settings.clone(), handle.clone(), quit.clone());
-        tokio::task::spawn_blocking(move || run(&settings, &handle, &member, &quit))
-    };
+    // A thread of its own, not the blocking pool: the runtime's end waits
+    // for the pool's tasks, and a watch waiting for news would hold the
+    // daemon's stop for up to READ_TIMEOUT.
+    let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    {
+        let (own, handle, quit) = (settings.clone(), handle.clone(), quit.clone());
+        let spawned = std::thread::Builder::new()
+            .name("fleet".to_owned())
+            .spawn(move || {
+                run(&own, &handle, &member, &quit);
+                let _ = done.send(());
+            });
+        if let Err(err) = spawned {
+            log::error!("fleet {}: the follower cannot start: {err}", settings.fleet);
+            return;
+        }
+    }
     let _ = stop.wait_for(|stopped| *stopped).await;
     quit.store(true, Ordering::Relaxed);
-    let _ = worker.await;
+    // A change being applied finishes; a watch waiting for news is left to
+    // the process's exit (the revision is saved only after a change is
+    // applied, so nothing is lost either way).
+    if tokio::time::timeout(QUIT_GRACE, finished).await.is_err() {
+        log::info!(
+            "fleet {}: not waiting for the watch to time out",
+            settings.fleet
+        );
+    }
 }
 
 /// The follower's loop, on a thread of its own: the watch is a blocking
