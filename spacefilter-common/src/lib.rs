@@ -942,8 +942,13 @@ pub mod features {
     /// The coarse clock for capped samples and the shield's SYN-ACKs
     /// (`bpf_ktime_get_coarse_ns`, 5.11). Off, the precise clock.
     pub const COARSE_CLOCK: u32 = 1 << 2;
+    /// The egress program on a TCX link (kernel 6.6), pinned like the XDP
+    /// link. Read by the daemon only: off, the egress program is a
+    /// `clsact` filter, left in place when the daemon stops and replaced
+    /// at its next start.
+    pub const TCX_LINKS: u32 = 1 << 3;
     /// Every feature.
-    pub const ALL: u32 = TCP_COOKIES | FRAME_HEADS | COARSE_CLOCK;
+    pub const ALL: u32 = TCP_COOKIES | FRAME_HEADS | COARSE_CLOCK | TCX_LINKS;
 }
 
 /// The name of the program's read-only global holding [`features`] bits.

@@ -64,13 +64,15 @@ impl Pinned {
 }
 
 fn start(lab: &Lab, paths: &DaemonPaths, pin_dir: &Path) -> DaemonProcess {
+    start_with(lab, paths, pin_dir, &[])
+}
+
+fn start_with(lab: &Lab, paths: &DaemonPaths, pin_dir: &Path, extra: &[&str]) -> DaemonProcess {
     let pin_dir = pin_dir.to_str().expect("UTF-8");
-    DaemonProcess::start(
-        &lab.ns(Host::Server),
-        paths,
-        &["--capacity", "1024", "--pin-dir", pin_dir],
-    )
-    .unwrap_or_else(|err| panic!("starting the daemon: {err:#}"))
+    let mut args = vec!["--capacity", "1024", "--pin-dir", pin_dir];
+    args.extend_from_slice(extra);
+    DaemonProcess::start(&lab.ns(Host::Server), paths, &args)
+        .unwrap_or_else(|err| panic!("starting the daemon: {err:#}"))
 }
 
 /// Whether the server's interface has an XDP program attached.
@@ -111,6 +113,35 @@ fn egress_pinned(pin_dir: &Path) -> bool {
     let link: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     // bpftool before 7.3 names the link type by its number (11: TCX).
     link["type"] == "tcx" || link["type"] == 11
+}
+
+/// The programs of the server interface's egress `clsact` filters that
+/// run this project's egress program (by program id, as `tc` lists them).
+fn egress_filters(lab: &Lab) -> Vec<u64> {
+    let out = Command::new("tc")
+        .args([
+            "-n",
+            &lab.ns(Host::Server),
+            "-j",
+            "filter",
+            "show",
+            "dev",
+            IFACE,
+            "egress",
+        ])
+        .output()
+        .expect("running tc (`cargo xtask setup` installs iproute2)");
+    // No clsact qdisc: no filter, and tc says so on stderr.
+    let filters: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    filters
+        .iter()
+        .filter(|f| {
+            f["options"]["bpf_name"]
+                .as_str()
+                .is_some_and(|name| name.starts_with("spacefilter_egress"))
+        })
+        .filter_map(|f| f["options"]["prog"]["id"].as_u64())
+        .collect()
 }
 
 /// Restarts the daemon (`stop` ends the old one) while the attacker and the
@@ -424,5 +455,85 @@ fn a_takeover_keeps_what_the_flood_taught() {
             .contains("carried over from the predecessor's program"),
         "{}",
         daemon.log()
+    );
+}
+
+/// Without TCX links (a kernel before 6.6; here `--without tcx-links`), the
+/// egress program is a `clsact` filter, which cannot be pinned: a crash
+/// or a stop leaves it on (the host's traffic goes on verifying its
+/// peers), the next start replaces it instead of adding a second one
+/// (which would keep the old program and its maps alive for good), and
+/// `detach` takes it off.
+#[test]
+fn a_clsact_egress_filter_is_left_on_and_replaced_never_doubled() {
+    let pinned = Pinned::new("clsact");
+    let Pinned {
+        lab,
+        paths,
+        pin_dir,
+        ..
+    } = &pinned;
+    let without = ["--without", "tcx-links"];
+    let mut daemon = start_with(lab, paths, pin_dir, &without);
+    // With the rate limiter on, the egress program records the peers.
+    daemon
+        .cli(&["limit", "set", "--pps", "1000000"])
+        .ok("limit set");
+    let first = egress_filters(lab);
+    assert_eq!(first.len(), 1, "one egress filter: {first:?}");
+    assert!(!egress_pinned(pin_dir), "and no TCX link");
+    assert!(
+        daemon.log().contains("kernel feature tcx-links is off"),
+        "{}",
+        daemon.log()
+    );
+
+    daemon.kill().expect("kill -9");
+    assert_eq!(egress_filters(lab), first, "a crash leaves the filter on");
+    let mut daemon = start_with(lab, paths, pin_dir, &without);
+    let second = egress_filters(lab);
+    assert_eq!(second.len(), 1, "replaced, not added: {second:?}");
+    assert_ne!(second, first, "the new program's filter");
+    assert!(
+        daemon
+            .log()
+            .contains("replaced the egress filter a predecessor left"),
+        "{}",
+        daemon.log()
+    );
+    // The new filter verifies the peers the host sends to.
+    let replied = |daemon: &DaemonProcess| {
+        let stats: serde_json::Value =
+            serde_json::from_str(daemon.cli(&["stats", "--json"]).ok("stats")).expect("JSON");
+        stats["verified"]["replied"].as_u64().unwrap_or(0)
+    };
+    let before = replied(&daemon);
+    let peer = SocketAddr::new(Host::Listener.addr(Family::V4), 9);
+    send_udp(lab, Host::Server, peer, 3, Duration::ZERO).expect("sending from the server");
+    assert!(
+        wait_until(TIMEOUT, || replied(&daemon) > before),
+        "the host's datagram to its peer verified it"
+    );
+
+    daemon.terminate(STOP_TIMEOUT).expect("stopping");
+    assert_eq!(egress_filters(lab), second, "a stop leaves the filter on");
+    assert!(
+        daemon.log().contains("left the egress program on eth0"),
+        "{}",
+        daemon.log()
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.ns(Host::Server)])
+        .arg(binary())
+        .args(["detach", "--pin-dir"])
+        .arg(pin_dir)
+        .output()
+        .expect("running detach");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        wait_until(TIMEOUT, || egress_filters(lab).is_empty()
+            && !xdp_attached(lab)),
+        "detach takes the XDP program and the egress filter off: {:?}",
+        egress_filters(lab)
     );
 }

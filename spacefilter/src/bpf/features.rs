@@ -12,6 +12,7 @@ use aya::{
     maps::MapType,
     programs::ProgramType,
     sys::{BpfHelper, is_helper_supported, is_map_supported, is_program_supported},
+    util::KernelVersion,
 };
 use serde::{Deserialize, Serialize};
 use spacefilter_common::features;
@@ -26,13 +27,19 @@ pub enum Feature {
     FrameHeads,
     /// The coarse clock for capped samples.
     CoarseClock,
+    /// The egress program on a pinned TCX link.
+    TcxLinks,
 }
 
+/// The kernel that brought TCX links (`BPF_LINK_TYPE_TCX`).
+const TCX_SINCE: (u8, u8) = (6, 6);
+
 impl Feature {
-    pub const ALL: [Feature; 3] = [
+    pub const ALL: [Feature; 4] = [
         Feature::TcpCookies,
         Feature::FrameHeads,
         Feature::CoarseClock,
+        Feature::TcxLinks,
     ];
 
     #[must_use]
@@ -41,6 +48,7 @@ impl Feature {
             Feature::TcpCookies => "tcp-cookies",
             Feature::FrameHeads => "frame-heads",
             Feature::CoarseClock => "coarse-clock",
+            Feature::TcxLinks => "tcx-links",
         }
     }
 
@@ -51,6 +59,7 @@ impl Feature {
             Feature::TcpCookies => features::TCP_COOKIES,
             Feature::FrameHeads => features::FRAME_HEADS,
             Feature::CoarseClock => features::COARSE_CLOCK,
+            Feature::TcxLinks => features::TCX_LINKS,
         }
     }
 
@@ -99,6 +108,8 @@ impl Feature {
                 "bpf_ktime_get_coarse_ns",
                 "5.11",
             )],
+            // Not a helper: the kernel's version says (see `probe`).
+            Feature::TcxLinks => &[],
         }
     }
 
@@ -113,6 +124,10 @@ impl Feature {
             }
             Feature::FrameHeads => "drop samples carry the verdict and length, no bytes",
             Feature::CoarseClock => "capped samples read the precise clock",
+            Feature::TcxLinks => {
+                "the egress program is a clsact filter, which cannot be pinned: it is left \
+                 on the interface when the daemon stops, and the next start replaces it"
+            }
         }
     }
 }
@@ -157,15 +172,25 @@ pub fn probe(without: u32) -> (u32, Vec<FeatureOff>) {
         }
         missing
     });
-    probe_with(without, &|helper| !missing.contains(&helper))
+    // A kernel whose version cannot be read is taken to have TCX links: an
+    // attach that fails then says why.
+    let tcx = KernelVersion::current().map_or(true, |version| {
+        version >= KernelVersion::new(TCX_SINCE.0, TCX_SINCE.1, 0)
+    });
+    probe_with(without, &|helper| !missing.contains(&helper), tcx)
 }
 
-fn probe_with(without: u32, has: &dyn Fn(BpfHelper) -> bool) -> (u32, Vec<FeatureOff>) {
+fn probe_with(without: u32, has: &dyn Fn(BpfHelper) -> bool, tcx: bool) -> (u32, Vec<FeatureOff>) {
     let mut bits = 0;
     let mut off = Vec::new();
     for feature in Feature::ALL {
         let why = if without & feature.bit() != 0 {
             Some("switched off by `run --without`".to_owned())
+        } else if feature == Feature::TcxLinks && !tcx {
+            Some(format!(
+                "the kernel lacks TCX links (Linux {}.{} and later have them)",
+                TCX_SINCE.0, TCX_SINCE.1
+            ))
         } else {
             feature
                 .helpers()
@@ -259,10 +284,15 @@ mod tests {
 
     #[test]
     fn a_missing_helper_switches_off_only_the_features_that_call_it() {
-        let (bits, off) = probe_with(0, &|helper| {
-            helper != BpfHelper::BPF_FUNC_tcp_raw_gen_syncookie_ipv6
-        });
-        assert_eq!(bits, features::FRAME_HEADS | features::COARSE_CLOCK);
+        let (bits, off) = probe_with(
+            0,
+            &|helper| helper != BpfHelper::BPF_FUNC_tcp_raw_gen_syncookie_ipv6,
+            true,
+        );
+        assert_eq!(
+            bits,
+            features::FRAME_HEADS | features::COARSE_CLOCK | features::TCX_LINKS
+        );
         assert_eq!(off.len(), 1);
         assert_eq!(off[0].feature, Feature::TcpCookies);
         assert!(
@@ -271,15 +301,31 @@ mod tests {
             off[0].why
         );
         // bpf_xdp_load_bytes gone takes both features that use it.
-        let (bits, off) = probe_with(0, &|helper| helper != BpfHelper::BPF_FUNC_xdp_load_bytes);
-        assert_eq!(bits, features::COARSE_CLOCK);
+        let (bits, off) = probe_with(
+            0,
+            &|helper| helper != BpfHelper::BPF_FUNC_xdp_load_bytes,
+            true,
+        );
+        assert_eq!(bits, features::COARSE_CLOCK | features::TCX_LINKS);
         assert_eq!(off.len(), 2);
     }
 
     #[test]
+    fn a_kernel_before_6_6_has_no_tcx_links() {
+        let (bits, off) = probe_with(0, &|_| true, false);
+        assert_eq!(bits, features::ALL & !features::TCX_LINKS);
+        assert_eq!(off.len(), 1);
+        assert_eq!(off[0].feature, Feature::TcxLinks);
+        assert!(off[0].why.contains("6.6"), "{}", off[0].why);
+    }
+
+    #[test]
     fn without_switches_a_feature_off_on_a_kernel_that_has_it() {
-        let (bits, off) = probe_with(bits_of(&[Feature::CoarseClock]), &|_| true);
-        assert_eq!(bits, features::TCP_COOKIES | features::FRAME_HEADS);
+        let (bits, off) = probe_with(bits_of(&[Feature::CoarseClock]), &|_| true, true);
+        assert_eq!(
+            bits,
+            features::TCP_COOKIES | features::FRAME_HEADS | features::TCX_LINKS
+        );
         assert_eq!(off[0].feature, Feature::CoarseClock);
         assert!(off[0].why.contains("--without"), "{}", off[0].why);
     }

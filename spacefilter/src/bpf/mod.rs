@@ -38,7 +38,10 @@ pub use self::{
     limiter::{Limiter, Shielded, limiter_key_of, limiter_prefix},
     lists::{Entry, HitSums, Lists},
     pins::{DEFAULT_PIN_DIR, PinDir, egress_pin},
-    program::{AttachMode, Filter, FilterError, KernelLog, LoadOptions, TOOLS, pinned_program},
+    program::{
+        AttachMode, Filter, FilterError, KernelLog, LoadOptions, TOOLS, pinned_program,
+        remove_left_egress,
+    },
     rules::HeaderRules,
     sampler::{Observer, Sample, Sampling},
     verifier::Verifier,

@@ -7,8 +7,8 @@ use aya::{
     Ebpf, EbpfLoader, TestRunOptions,
     maps::{MapData, RingBuf},
     programs::{
-        ProgramError, SchedClassifier, TcAttachType, TestRun as _, Xdp, XdpMode,
-        tc::{self, SchedClassifierLinkId},
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, TestRun as _, Xdp, XdpMode,
+        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
         xdp::XdpLinkId,
     },
 };
@@ -167,6 +167,20 @@ fn load_retrying(mut load: impl FnMut() -> Result<(), ProgramError>) -> Result<(
     }
 }
 
+/// Takes off `iface`'s egress `clsact` filters that run this project's
+/// egress program (`tcx-links` off: a stopped or crashed daemon leaves its
+/// filter on, since it cannot be pinned); returns whether there were any.
+pub fn remove_left_egress(iface: &str) -> Result<bool, String> {
+    match tc::qdisc_detach_program(iface, TcAttachType::Egress, EGRESS_PROGRAM_NAME) {
+        Ok(()) => Ok(true),
+        Err(tc::TcError::IoError(err)) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(err) => Err(format!(
+            "taking off the egress filters left on {iface}: {}",
+            error_chain(&err)
+        )),
+    }
+}
+
 /// A seed nobody outside this process can predict.
 fn random_seed() -> u64 {
     use std::hash::{BuildHasher as _, RandomState};
@@ -188,6 +202,9 @@ pub struct Filter {
     egress_missing: Option<String>,
     /// The kernel features the program runs without, and why.
     features_off: Vec<FeatureOff>,
+    /// Whether the egress program is attached on TCX links (kernel 6.6),
+    /// else as `clsact` filters.
+    tcx_links: bool,
     /// Attached interfaces: the mode that took, the link, the ifindex and
     /// the counter slot (`None`: counted with the unattributed frames).
     attached: BTreeMap<String, Attachment>,
@@ -280,6 +297,7 @@ impl Filter {
             kernel_log,
             egress_missing,
             features_off,
+            tcx_links: features & spacefilter_common::features::TCX_LINKS != 0,
             attached: BTreeMap::new(),
         })
     }
@@ -291,16 +309,29 @@ impl Filter {
     }
 
     /// Attaches the egress program to `iface`, after the programs already
-    /// there (TCX links, kernel 6.6; before it, a `clsact` qdisc's filter).
+    /// there: on a TCX link (kernel 6.6), else as a `clsact` qdisc's
+    /// filter, in place of any a predecessor left (see
+    /// [`remove_left_egress`]).
     fn attach_egress(&mut self, iface: &str) -> Result<SchedClassifierLinkId, String> {
         if let Some(why) = &self.egress_missing {
             return Err(why.clone());
         }
-        // Needed before 6.6 only; an existing qdisc is fine.
-        let _ = tc::qdisc_add_clsact(iface);
+        // A predecessor without TCX links left its filter on.
+        match remove_left_egress(iface) {
+            Ok(false) => {}
+            Ok(true) => log::info!("{iface}: replaced the egress filter a predecessor left"),
+            Err(why) => log::warn!("{iface}: {why}"),
+        }
+        let options = if self.tcx_links {
+            TcAttachOptions::TcxOrder(LinkOrder::default())
+        } else {
+            // An existing qdisc is fine.
+            let _ = tc::qdisc_add_clsact(iface);
+            TcAttachOptions::Netlink(NlOptions::default())
+        };
         let program = self.egress().ok_or("the egress program is missing")?;
         program
-            .attach(iface, TcAttachType::Egress)
+            .attach_with_options(iface, TcAttachType::Egress, options)
             .map_err(|err| error_chain(&err))
     }
 

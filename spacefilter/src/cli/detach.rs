@@ -96,6 +96,10 @@ pub(super) fn detach(args: &DetachArgs) -> Result<(), Failure> {
         if daemon_runs {
             println!("{iface}: unpinned; the running daemon keeps the filter on until it stops");
         } else {
+            // Without TCX links (before 6.6) the egress program is a
+            // clsact filter, left on by the stopped daemon.
+            crate::bpf::remove_left_egress(iface)
+                .map_err(|why| Failure::runtime(format!("{iface}: {why}")))?;
             println!("detached from {iface}");
         }
     }

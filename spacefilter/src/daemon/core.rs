@@ -144,6 +144,13 @@ impl Core {
                     "left the filter on {iface}: its link is pinned; the next `spacefilter run` \
                      takes it over with no gap, `spacefilter detach` takes it off"
                 );
+                if self.filter.leave_egress(&iface) {
+                    log::info!(
+                        "left the egress program on {iface} as a clsact filter (no TCX links): \
+                         the host's traffic goes on verifying its peers; the next start \
+                         replaces it"
+                    );
+                }
                 left = true;
             } else {
                 match self.filter.detach(&iface) {

@@ -163,7 +163,12 @@ impl Filter {
         iface: &str,
         pin: Option<&Path>,
     ) -> Result<Egress, String> {
-        let Some(pin) = pin else {
+        // A `clsact` filter (no TCX links, before 6.6) cannot be pinned.
+        let Some(pin) = pin.filter(|_| self.tcx_links) else {
+            if let Some(pin) = pin {
+                // A TCX link a predecessor pinned goes with its pin.
+                let _ = std::fs::remove_file(pin);
+            }
             return self.attach_egress(iface).map(Egress::Program);
         };
         if pin.exists() {
@@ -194,14 +199,39 @@ impl Filter {
         let id = self.attach_egress(iface)?;
         let program = self.egress().ok_or("the egress program is missing")?;
         let link = program.take_link(id).map_err(|err| error_chain(&err))?;
-        match FdLink::try_from(link) {
-            Ok(fd_link) => fd_link
-                .pin(pin)
-                .map(Egress::Pinned)
-                .map_err(|err| format!("pinning the egress link: {}", error_chain(&err))),
-            // A `clsact` filter (before 6.6): dropped with the value taken,
-            // so attached again, for as long as this process runs.
-            Err(_) => self.attach_egress(iface).map(Egress::Program),
+        FdLink::try_from(link)
+            .map_err(|err| format!("the egress link has no file descriptor to pin: {err}"))?
+            .pin(pin)
+            .map(Egress::Pinned)
+            .map_err(|err| format!("pinning the egress link: {}", error_chain(&err)))
+    }
+
+    /// Lets go of `iface`'s egress `clsact` filter (no TCX links: it
+    /// cannot be pinned) as this process leaves the interface filtered, so
+    /// that the host's traffic goes on verifying its peers: the filter
+    /// stays in the kernel with the program, and the next start replaces
+    /// it. Returns whether there was one.
+    pub fn leave_egress(&mut self, iface: &str) -> bool {
+        if self.tcx_links {
+            return false;
+        }
+        let Some(attachment) = self.attached.get_mut(iface) else {
+            return false;
+        };
+        let Some(Egress::Program(id)) = attachment.egress.take() else {
+            return false;
+        };
+        match self.egress().map(|program| program.take_link(id)) {
+            Some(Ok(link)) => {
+                // Dropped, the link would take the filter off.
+                std::mem::forget(link);
+                true
+            }
+            Some(Err(err)) => {
+                log::warn!("{iface}: the egress filter: {}", error_chain(&err));
+                false
+            }
+            None => false,
         }
     }
 
