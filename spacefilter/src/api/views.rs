@@ -76,6 +76,9 @@ pub struct ObserveView {
     pub samples_capped: u64,
     /// Frames picked but not sent because the ring buffer was full.
     pub samples_lost: u64,
+    /// `spacefilter capture` clients reading the samples now.
+    #[serde(default)]
+    pub capture_clients: u64,
 }
 
 /// A sampled dropped frame.

@@ -65,6 +65,7 @@ fn print_observe(view: &ObserveView, json: bool) {
         samples_sent,
         samples_capped,
         samples_lost,
+        capture_clients,
     } = *view;
     if sample_every == 0 {
         println!("drop sampling: off");
@@ -75,6 +76,7 @@ fn print_observe(view: &ObserveView, json: bool) {
         "samples: {samples_sent} sent, {samples_capped} over the cap, {samples_lost} lost (ring \
          buffer full)"
     );
+    println!("capture clients reading them: {capture_clients}");
     println!("kernel debug log: {}", if debug_log { "on" } else { "off" });
 }
 

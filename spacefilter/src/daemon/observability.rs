@@ -156,6 +156,7 @@ impl Core {
             samples_sent: counts.sent,
             samples_capped: counts.capped,
             samples_lost: counts.lost,
+            capture_clients: u64::try_from(self.samples.capture_clients()).unwrap_or(u64::MAX),
         }
     }
 

@@ -57,6 +57,12 @@ impl Samples {
         self.captures.subscribe()
     }
 
+    /// How many capture clients are reading samples now.
+    #[must_use]
+    pub fn capture_clients(&self) -> usize {
+        self.captures.receiver_count()
+    }
+
     /// Takes in one sample; `describe` names its interface and what it
     /// matched, from its ifindex, its source and its detail.
     pub fn absorb(
