@@ -6,23 +6,22 @@ use std::{collections::BTreeMap, path::Path, sync::Arc};
 use aya::{
     Ebpf, EbpfLoader, TestRunOptions,
     maps::{MapData, RingBuf},
-    programs::{
-        LinkOrder, ProgramError, SchedClassifier, TcAttachType, TestRun as _, Xdp, XdpMode,
-        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
-        xdp::XdpLinkId,
-    },
+    programs::{ProgramError, TestRun as _, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use spacefilter_common::{
-    DEFAULT_BUCKETS, DEFAULT_CAPACITY, EGRESS_PROGRAM_NAME, FEATURES_GLOBAL, PROGRAM_NAME,
-    hit_values,
+    DEFAULT_BUCKETS, DEFAULT_CAPACITY, FEATURES_GLOBAL, PROGRAM_NAME, hit_values,
     lookup::{MAX_CAPACITY, buckets_for},
     map_names,
 };
 
+mod egress;
 mod pinning;
 
-pub use self::pinning::pinned_program;
-use self::pinning::{Egress, Held, remove_pin};
+use self::{
+    egress::load_egress,
+    pinning::{Egress, Held, remove_pin},
+};
+pub use self::{egress::remove_left_egress, pinning::pinned_program};
 use super::{
     CounterReader, Counters, Entry, FeatureOff, HeaderRules, Limiter, ListError, Lists, Observer,
     Stats, Verifier, features,
@@ -140,16 +139,6 @@ impl Default for LoadOptions {
     }
 }
 
-/// Loads the egress program (return routability) into the kernel.
-fn load_egress(ebpf: &mut Ebpf) -> Result<(), String> {
-    let program: &mut SchedClassifier = ebpf
-        .program_mut(EGRESS_PROGRAM_NAME)
-        .ok_or_else(|| format!("the object file has no program named {EGRESS_PROGRAM_NAME}"))?
-        .try_into()
-        .map_err(|err: ProgramError| error_chain(&err))?;
-    load_retrying(|| program.load()).map_err(|err| error_chain(&err))
-}
-
 /// Runs a program load, again if a signal interrupted the verifier
 /// (`EAGAIN`: a long verification on a busy host catches one now and
 /// then), as libbpf does: up to five tries.
@@ -164,20 +153,6 @@ fn load_retrying(mut load: impl FnMut() -> Result<(), ProgramError>) -> Result<(
             }
             other => return other,
         }
-    }
-}
-
-/// Takes off `iface`'s egress `clsact` filters that run this project's
-/// egress program (`tcx-links` off: a stopped or crashed daemon leaves its
-/// filter on, since it cannot be pinned); returns whether there were any.
-pub fn remove_left_egress(iface: &str) -> Result<bool, String> {
-    match tc::qdisc_detach_program(iface, TcAttachType::Egress, EGRESS_PROGRAM_NAME) {
-        Ok(()) => Ok(true),
-        Err(tc::TcError::IoError(err)) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(err) => Err(format!(
-            "taking off the egress filters left on {iface}: {}",
-            error_chain(&err)
-        )),
     }
 }
 
@@ -302,65 +277,10 @@ impl Filter {
         })
     }
 
-    fn egress(&mut self) -> Option<&mut SchedClassifier> {
-        self.ebpf
-            .program_mut(EGRESS_PROGRAM_NAME)
-            .and_then(|p| p.try_into().ok())
-    }
-
-    /// Attaches the egress program to `iface`, after the programs already
-    /// there: on a TCX link (kernel 6.6), else as a `clsact` qdisc's
-    /// filter, in place of any a predecessor left (see
-    /// [`remove_left_egress`]).
-    fn attach_egress(&mut self, iface: &str) -> Result<SchedClassifierLinkId, String> {
-        if let Some(why) = &self.egress_missing {
-            return Err(why.clone());
-        }
-        // A predecessor without TCX links left its filter on.
-        match remove_left_egress(iface) {
-            Ok(false) => {}
-            Ok(true) => log::info!("{iface}: replaced the egress filter a predecessor left"),
-            Err(why) => log::warn!("{iface}: {why}"),
-        }
-        let options = if self.tcx_links {
-            TcAttachOptions::TcxOrder(LinkOrder::default())
-        } else {
-            // An existing qdisc is fine.
-            let _ = tc::qdisc_add_clsact(iface);
-            TcAttachOptions::Netlink(NlOptions::default())
-        };
-        let program = self.egress().ok_or("the egress program is missing")?;
-        program
-            .attach_with_options(iface, TcAttachType::Egress, options)
-            .map_err(|err| error_chain(&err))
-    }
-
     /// The kernel features the program runs without, and why.
     #[must_use]
     pub fn features_off(&self) -> &[FeatureOff] {
         &self.features_off
-    }
-
-    /// Why sources are not verified by the host's own traffic, if they
-    /// are not: the egress program could not be loaded, or attached to
-    /// some interface.
-    #[must_use]
-    pub fn egress_problem(&self) -> Option<String> {
-        if let Some(why) = &self.egress_missing {
-            return Some(format!("the egress program could not be loaded: {why}"));
-        }
-        let missing: Vec<&str> = self
-            .attached
-            .iter()
-            .filter(|(_, a)| a.egress.is_none())
-            .map(|(name, _)| name.as_str())
-            .collect();
-        (!missing.is_empty()).then(|| {
-            format!(
-                "the egress program is not attached to {}",
-                missing.join(", ")
-            )
-        })
     }
 
     fn program(&mut self) -> &mut Xdp {

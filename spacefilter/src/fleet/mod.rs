@@ -15,6 +15,7 @@ pub mod crowdsec;
 mod decisions;
 pub mod etcd;
 mod gateway;
+mod keys;
 mod member;
 mod pages;
 pub mod publish;

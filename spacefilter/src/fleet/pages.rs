@@ -15,8 +15,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    etcd::Kv,
     gateway::{b64_decode, b64_encode, range_end},
+    keys::Kv,
 };
 
 /// Keys per page: a page costs etcd a walk of its index over the rest of

@@ -6,11 +6,7 @@
 
 use serde_json::Value;
 
-use super::{
-    etcd::{Kv, peer},
-    gateway::b64_decode,
-    publish::SETTINGS,
-};
+use super::{etcd::peer, gateway::b64_decode, keys::Kv, publish::SETTINGS};
 use crate::{
     api::{HeaderRuleView, LimitsView, ShieldView},
     daemon::Handle,

@@ -18,7 +18,7 @@ use std::{
     path::Path,
 };
 
-use super::{Op, Rules, Settings, StateError, io_err};
+use super::{Op, Rule, Rules, Settings, StateError, io_err};
 
 /// A record: checksum, space, JSON, newline.
 #[cfg(test)]
@@ -68,6 +68,11 @@ fn parse(line: &str) -> Result<Op, String> {
     if line.starts_with('{') {
         return serde_json::from_str(line).map_err(|err| err.to_string());
     }
+    serde_json::from_str(checked(line)?).map_err(|err| err.to_string())
+}
+
+/// The JSON of a checksummed record line, once its checksum holds.
+fn checked(line: &str) -> Result<&str, String> {
     let (sum, json) = line
         .split_once(' ')
         .ok_or_else(|| "no checksum".to_owned())?;
@@ -75,7 +80,85 @@ fn parse(line: &str) -> Result<Op, String> {
     if sum != crc32fast::hash(json.as_bytes()) {
         return Err("checksum mismatch".to_owned());
     }
-    serde_json::from_str(json).map_err(|err| err.to_string())
+    Ok(json)
+}
+
+/// Reads a record line. A checksummed `put` is applied to `rules` as it
+/// is read ([`apply_put`]) and gives `None`; any other record gives its op,
+/// to apply.
+fn read_record(line: &str, rules: &mut Rules) -> Result<Option<Op>, String> {
+    if line.starts_with('{') {
+        return parse(line).map(Some);
+    }
+    let json = checked(line)?;
+    match apply_put(json, rules) {
+        Some(applied) => applied.map(|()| None),
+        None => serde_json::from_str(json)
+            .map(Some)
+            .map_err(|err| err.to_string()),
+    }
+}
+
+/// How the journal's writer begins and ends a `put` record's JSON.
+const PUT_HEAD: &str = r#"{"op":"put","rules":"#;
+const PUT_TAIL: &str = "}";
+
+/// Applies the `put` record `json` to `rules` rule by rule, without
+/// holding its rules: read as an [`Op`] (an internally tagged enum), the
+/// record would go through serde's buffered `Content` whole, and a bulk
+/// add of a million rules (a line of some 100 MiB, left unfolded by a
+/// crash right after the add) then took several hundred MiB more at the
+/// next start. The rules are read twice, once to check that every one
+/// reads and once to apply them, so that a record that does not read whole
+/// changes nothing. `None`: not a put as the writer lays it out.
+fn apply_put(json: &str, rules: &mut Rules) -> Option<Result<(), String>> {
+    let array = json.strip_prefix(PUT_HEAD)?.strip_suffix(PUT_TAIL)?;
+    Some(each_rule(array, |_| {}).and_then(|_| {
+        each_rule(array, |rule| {
+            rules.put((rule.list, rule.prefix), &rule.meta);
+        })
+        .map(drop)
+    }))
+}
+
+/// Calls `apply` with each rule of the JSON array `array`, read one at a
+/// time; returns how many there were.
+fn each_rule(array: &str, apply: impl FnMut(Rule)) -> Result<usize, String> {
+    use serde::de::DeserializeSeed as _;
+    let mut reader = serde_json::Deserializer::from_str(array);
+    let count = EachRule(apply)
+        .deserialize(&mut reader)
+        .map_err(|err| err.to_string())?;
+    reader.end().map_err(|err| err.to_string())?;
+    Ok(count)
+}
+
+/// A sequence of rules, each handed to the function as it is read.
+struct EachRule<F>(F);
+
+impl<'de, F: FnMut(Rule)> serde::de::DeserializeSeed<'de> for EachRule<F> {
+    type Value = usize;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, from: D) -> Result<usize, D::Error> {
+        from.deserialize_seq(self)
+    }
+}
+
+impl<'de, F: FnMut(Rule)> serde::de::Visitor<'de> for EachRule<F> {
+    type Value = usize;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a list of rules")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<usize, A::Error> {
+        let mut count = 0;
+        while let Some(rule) = seq.next_element::<Rule>()? {
+            (self.0)(rule);
+            count += 1;
+        }
+        Ok(count)
+    }
 }
 
 /// The record a damaged line ends with, if a whole one follows the
@@ -134,10 +217,12 @@ pub(super) fn replay(
         number += 1;
         let complete = line.ends_with(b"\n");
         let text = String::from_utf8_lossy(&line);
-        match parse(text.trim_end()) {
+        match read_record(text.trim_end(), rules) {
             Ok(op) => {
-                op.apply(rules);
-                settings.apply(&op);
+                if let Some(op) = op {
+                    op.apply(rules);
+                    settings.apply(&op);
+                }
                 replayed.applied += 1;
             }
             // A crash while appending leaves a cut-off last line; the change
@@ -205,6 +290,55 @@ mod tests {
         let legacy = serde_json::to_string(&put("198.18.0.2")).unwrap();
         assert!(parse(&legacy).is_ok());
         assert!(parse("zz {}").is_err());
+    }
+
+    #[test]
+    fn a_put_is_applied_as_it_is_read_and_only_whole() {
+        let rule = |prefix: &str, comment: Option<&str>| Rule {
+            list: List::Block,
+            prefix: prefix.parse().unwrap(),
+            meta: Meta {
+                origin: Origin::File,
+                comment: comment.map(str::to_owned),
+                expires_at_ms: Some(7),
+                added_at_ms: 1,
+            },
+        };
+        let op = Op::Put {
+            rules: (0..300u16)
+                .map(|i| {
+                    rule(
+                        &format!("10.0.{}.{}", i / 256, i % 256),
+                        (i % 2 == 0).then_some("x"),
+                    )
+                })
+                .collect(),
+        };
+        let line = String::from_utf8(record(&op)).unwrap();
+        let (mut streamed, mut whole) = (Rules::default(), Rules::default());
+        assert_eq!(read_record(line.trim_end(), &mut streamed), Ok(None));
+        op.apply(&mut whole);
+        assert_eq!(streamed, whole);
+        assert_eq!(streamed.len(), 300);
+
+        // A rule that does not read (a record no writer of ours makes, with
+        // a checksum that holds): nothing of the record is applied.
+        let json = serde_json::to_string(&op)
+            .unwrap()
+            .replacen("\"10.0.1.7", "\"10.0.1.777", 1);
+        assert!(json.contains("10.0.1.777"));
+        let bad = format!("{:08x} {json}", crc32fast::hash(json.as_bytes()));
+        let mut rules = Rules::default();
+        assert!(read_record(&bad, &mut rules).is_err());
+        assert_eq!(rules.len(), 0);
+
+        // Other records read as ops.
+        let limits = Op::Admit {
+            addr: "198.18.0.9".parse().unwrap(),
+            until_ms: 5,
+        };
+        let line = String::from_utf8(record(&limits)).unwrap();
+        assert_eq!(read_record(line.trim_end(), &mut rules), Ok(Some(limits)));
     }
 
     #[test]
