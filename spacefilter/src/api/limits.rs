@@ -149,53 +149,37 @@ impl LimitsView {
     /// reflection guard's lines are its own).
     #[must_use]
     pub fn guard_lines(&self) -> Vec<String> {
-        let Self {
-            enabled,
-            dry_run,
-            pps,
-            pps_burst,
-            bps,
-            bps_burst,
-            v6_prefix_len,
-            block_after_ms,
-            block_ttl_ms,
-            syn_pps,
-            syn_burst,
-            syn_global_pps,
-            syn_global_burst,
-            spoof_threshold,
-            fallback_pps,
-            fallback_burst,
-            ..
-        } = *self;
         let mut lines = Vec::new();
-        if dry_run {
+        if self.dry_run {
             lines.push("DRY RUN: the guards count (would_limit) and drop nothing".to_owned());
         }
-        if enabled {
+        if self.enabled {
             let mut parts = Vec::new();
-            if pps > 0 {
-                parts.push(format!("{pps} packets/s (burst {pps_burst})"));
+            if self.pps > 0 {
+                parts.push(format!("{} packets/s (burst {})", self.pps, self.pps_burst));
             }
-            if bps > 0 {
-                parts.push(format!("{bps} bytes/s (burst {bps_burst})"));
+            if self.bps > 0 {
+                parts.push(format!("{} bytes/s (burst {})", self.bps, self.bps_burst));
             }
             lines.push(format!(
-                "per-source limit: {}; IPv6 per /{v6_prefix_len}",
-                parts.join(", ")
+                "per-source limit: {}; IPv6 per /{}",
+                parts.join(", "),
+                self.v6_prefix_len
             ));
-            lines.push(if block_after_ms > 0 {
+            let span = |ms: u64| humantime::format_duration(Duration::from_millis(ms));
+            lines.push(if self.block_after_ms > 0 {
                 format!(
                     "auto-block after {} over the limit, for {}",
-                    humantime::format_duration(Duration::from_millis(block_after_ms)),
-                    humantime::format_duration(Duration::from_millis(block_ttl_ms))
+                    span(self.block_after_ms),
+                    span(self.block_ttl_ms)
                 )
             } else {
                 "no auto-block".to_owned()
             });
-            if spoof_threshold > 0 {
+            if self.spoof_threshold > 0 {
                 lines.push(format!(
-                    "spoofed-source fallback above {spoof_threshold} new sources/s: {fallback_pps} packets/s (burst {fallback_burst}) per destination port and per source prefix"
+                    "spoofed-source fallback above {} new sources/s: {} packets/s (burst {}) per destination port and per source prefix",
+                    self.spoof_threshold, self.fallback_pps, self.fallback_burst
                 ));
             }
         } else {
@@ -208,16 +192,19 @@ impl LimitsView {
                 "no limit".to_owned()
             }
         };
-        lines.push(match (syn_pps, syn_global_pps) {
+        lines.push(match (self.syn_pps, self.syn_global_pps) {
             (0, 0) => "SYN guard: off".to_owned(),
-            _ => format!(
-                "SYN guard: {} per source (burst {syn_burst}), {} for the host (burst {syn_global_burst})",
-                rate(syn_pps),
-                rate(syn_global_pps),
+            (per_source, host) => format!(
+                "SYN guard: {} per source (burst {}), {} for the host (burst {})",
+                rate(per_source),
+                self.syn_burst,
+                rate(host),
+                self.syn_global_burst,
             ),
         });
         lines
     }
+
     /// Why these limits cannot be put in force, if they cannot.
     #[must_use]
     pub fn problem(&self) -> Option<String> {
