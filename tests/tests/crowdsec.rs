@@ -3,7 +3,8 @@
 //! become blocks of origin `crowdsec` that drop the attacker's datagrams at
 //! XDP, a deleted decision lets them through again, a decision covering
 //! the host's own address is refused, an administrator's block of the same
-//! prefix stays theirs, and the blocks stay while the API is down.
+//! prefix stays theirs (and the ban applies if they lift it), and the
+//! blocks stay while the API is down.
 
 use std::{path::Path, time::Duration};
 
@@ -216,7 +217,8 @@ fn bans_come_and_go(b: &Bouncer) {
 
 /// A ban on the host's own address is refused by the lockout guard (a ban
 /// beside it goes through); an administrator's block of a prefix CrowdSec
-/// then bans stays theirs, and stays when the decision goes.
+/// then bans stays theirs, and stays when the decision goes; if they lift
+/// it while the ban holds, the ban applies.
 fn the_guard_and_the_admin_come_first(b: &Bouncer) {
     let daemon = &b.daemon;
     b.cscli(&["decisions", "add", "--ip", "198.18.0.1", "--duration", "1m"]);
@@ -240,36 +242,49 @@ fn the_guard_and_the_admin_come_first(b: &Bouncer) {
         "the host's own address is not blocked"
     );
 
-    daemon
-        .cli(&["block", "203.0.113.50/32", "--comment", "by hand"])
-        .ok("manual block");
-    b.cscli(&[
-        "decisions",
-        "add",
-        "--ip",
-        "203.0.113.50",
-        "--duration",
-        "1m",
-    ]);
-    b.cscli(&[
-        "decisions",
-        "add",
-        "--ip",
-        "203.0.113.51",
-        "--duration",
-        "1m",
-    ]);
+    for held in ["203.0.113.50/32", "203.0.113.52/32"] {
+        daemon
+            .cli(&["block", held, "--comment", "by hand"])
+            .ok("manual block");
+    }
+    // The bans on the administrator's prefixes come before the one on
+    // 203.0.113.51: once that one is listed, the others have been read.
+    for ip in ["203.0.113.50", "203.0.113.52", "203.0.113.51"] {
+        b.cscli(&["decisions", "add", "--ip", ip, "--duration", "1m"]);
+    }
     wait_for_entry(daemon, "203.0.113.51/32", "crowdsec");
-    assert_eq!(
-        entry(daemon, "203.0.113.50/32").expect("still listed")["origin"],
-        "manual"
-    );
-    b.cscli(&["decisions", "delete", "--ip", "203.0.113.50"]);
-    b.cscli(&["decisions", "delete", "--ip", "203.0.113.51"]);
+    for held in ["203.0.113.50/32", "203.0.113.52/32"] {
+        assert_eq!(
+            entry(daemon, held).expect("still listed")["origin"],
+            "manual"
+        );
+    }
+    // The administrator lifts their block of 203.0.113.52 while CrowdSec's
+    // ban on it holds: the ban applies, for the time left on it.
+    daemon
+        .cli(&["unblock", "203.0.113.52/32"])
+        .ok("manual unblock");
+    let resumed = wait_for_entry(daemon, "203.0.113.52/32", "crowdsec");
+    let left = resumed["expires_in_secs"].as_u64().expect("a timed entry");
     assert!(
-        wait_until(TIMEOUT, || entry(daemon, "203.0.113.51/32").is_none()),
-        "the decision deleted after it is lifted"
+        (1..=60).contains(&left),
+        "the block lasts as long as the decision: {resumed}"
     );
+    assert!(
+        daemon
+            .log()
+            .contains("CrowdSec bans 203.0.113.52/32, whose block by someone else is gone"),
+        "the ban's return is logged"
+    );
+    for ip in ["203.0.113.50", "203.0.113.51", "203.0.113.52"] {
+        b.cscli(&["decisions", "delete", "--ip", ip]);
+    }
+    for lifted in ["203.0.113.51/32", "203.0.113.52/32"] {
+        assert!(
+            wait_until(TIMEOUT, || entry(daemon, lifted).is_none()),
+            "{lifted}: the decision deleted after it is lifted"
+        );
+    }
     assert_eq!(
         entry(daemon, "203.0.113.50/32").expect("the manual block stays")["origin"],
         "manual"

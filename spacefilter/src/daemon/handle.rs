@@ -144,6 +144,33 @@ impl Handle {
             .map(|meta| meta.origin == super::lists::stored(origin))
     }
 
+    /// Who holds those of `prefixes` that are on `list`: each one's
+    /// origin (a source of rules finds out what is whose without listing
+    /// every entry).
+    #[must_use]
+    pub fn origins(&self, list: List, prefixes: &[Prefix]) -> BTreeMap<Prefix, Origin> {
+        let core = self.lock();
+        prefixes
+            .iter()
+            .filter_map(|&prefix| {
+                let meta = core.rules.get(&(list, prefix))?;
+                Some((prefix, super::listing::shown(meta.origin)))
+            })
+            .collect()
+    }
+
+    /// The prefixes on `list` with `origin`.
+    #[must_use]
+    pub fn prefixes_of(&self, list: List, origin: Origin) -> Vec<Prefix> {
+        let origin = super::lists::stored(origin);
+        self.lock()
+            .rules
+            .iter()
+            .filter(|(key, meta)| key.0 == list && meta.origin == origin)
+            .map(|(key, _)| key.1)
+            .collect()
+    }
+
     /// How many entries have `origin` (a link's count, without listing
     /// every entry).
     #[must_use]

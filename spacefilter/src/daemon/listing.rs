@@ -84,7 +84,7 @@ impl Drop for Listing {
 }
 
 /// A stored origin as the protocol shows it.
-fn shown(origin: crate::store::Origin) -> Origin {
+pub(super) fn shown(origin: crate::store::Origin) -> Origin {
     match origin {
         crate::store::Origin::Manual => Origin::Manual,
         crate::store::Origin::File => Origin::File,

@@ -4,7 +4,8 @@
 //! The first poll asks for every decision in force (`startup=true`), the
 //! next ones for what changed since. A prefix an administrator (or a file,
 //! the config, the fleet) already blocks stays theirs: a ban on it changes
-//! nothing, and lifting the ban leaves their block in place. Every ban goes
+//! nothing, lifting the ban leaves their block in place, and if their
+//! block goes while the ban holds, the ban applies from the next poll. Every ban goes
 //! through the lockout guard: one that covers the host's own addresses is
 //! refused and logged, never forced. While the API cannot be reached the
 //! blocks stay as they are (they expire on their own), and the link's state
@@ -226,19 +227,32 @@ fn take_in(
     if startup {
         tracker.clear();
     }
-    let mut plan = tracker.apply(&delta, Instant::now());
-    let held: BTreeMap<Prefix, Origin> = handle
-        .entries(Some(List::Block))
-        .map_err(|r| format!("reading the blocklist: {}", r.message))?
-        .iter()
-        .map(|e| (e.prefix, e.origin))
-        .collect();
+    let now = Instant::now();
+    let mut plan = tracker.apply(&delta, now);
     if startup {
         let dropping: BTreeSet<Prefix> = plan.drop.iter().copied().collect();
-        plan.drop.extend(held.iter().filter_map(|(prefix, origin)| {
-            (*origin == Origin::Crowdsec && !tracker.holds(prefix) && !dropping.contains(prefix))
-                .then_some(*prefix)
-        }));
+        let stale: Vec<Prefix> = handle
+            .prefixes_of(List::Block, Origin::Crowdsec)
+            .into_iter()
+            .filter(|prefix| !tracker.holds(prefix) && !dropping.contains(prefix))
+            .collect();
+        plan.drop.extend(stale);
+    }
+    // Who holds the prefixes this poll touches, and those whose ban waits
+    // on someone else's block: looked up, not listed.
+    let touched: Vec<Prefix> = plan
+        .put
+        .iter()
+        .map(|(prefix, _, _)| *prefix)
+        .chain(plan.drop.iter().copied())
+        .chain(tracker.deferred().copied())
+        .collect();
+    let held = handle.origins(List::Block, &touched);
+    let theirs = |prefix: &Prefix| held.get(prefix).is_some_and(|o| *o != Origin::Crowdsec);
+    for prefix in tracker.settle(&mut plan, theirs, now) {
+        log::info!(
+            "CrowdSec bans {prefix}, whose block by someone else is gone: the ban applies now"
+        );
     }
     enforce(handle, &plan, &held)
 }
@@ -258,7 +272,8 @@ fn enforce(handle: &Handle, plan: &Plan, held: &BTreeMap<Prefix, Origin>) -> Res
                 .push(*prefix);
         } else {
             log::info!(
-                "CrowdSec bans {prefix}, which is already blocked (origin {}): left as it is",
+                "CrowdSec bans {prefix}, which is already blocked (origin {}): left as it is, \
+                 and applied if that block goes while the ban holds",
                 held[prefix].name()
             );
         }

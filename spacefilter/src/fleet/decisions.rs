@@ -188,10 +188,13 @@ pub(super) struct Plan {
     pub drop: Vec<Prefix>,
 }
 
-/// The decisions in force, by prefix.
+/// The decisions in force, by prefix; and the prefixes whose ban is left
+/// to a block someone else made (an administrator's, the fleet's), to be
+/// applied once that block is gone while a decision still holds.
 #[derive(Debug, Default)]
 pub(super) struct Tracker {
     held: BTreeMap<Prefix, BTreeMap<i64, (Instant, String)>>,
+    deferred: BTreeSet<Prefix>,
 }
 
 impl Tracker {
@@ -199,6 +202,67 @@ impl Tracker {
     /// the decisions in force).
     pub(super) fn clear(&mut self) {
         self.held.clear();
+        self.deferred.clear();
+    }
+
+    /// The prefixes whose ban waits on someone else's block.
+    pub(super) fn deferred(&self) -> impl Iterator<Item = &Prefix> + '_ {
+        self.deferred.iter()
+    }
+
+    /// Settles `plan` against the blocks others hold (`theirs`): a ban
+    /// that waited on a block now gone joins the plan with the time left
+    /// on its longest decision (returned, to be logged), and a ban of the
+    /// plan on a prefix someone else holds waits from now on.
+    pub(super) fn settle(
+        &mut self,
+        plan: &mut Plan,
+        theirs: impl Fn(&Prefix) -> bool,
+        now: Instant,
+    ) -> Vec<Prefix> {
+        let planned: BTreeSet<Prefix> = plan
+            .put
+            .iter()
+            .map(|(prefix, _, _)| *prefix)
+            .chain(plan.drop.iter().copied())
+            .collect();
+        let mut resumed = Vec::new();
+        for prefix in std::mem::take(&mut self.deferred) {
+            if planned.contains(&prefix) {
+                continue;
+            }
+            if theirs(&prefix) {
+                self.deferred.insert(prefix);
+                continue;
+            }
+            match self.longest(&prefix, now) {
+                Some((left, comment)) => {
+                    plan.put.push((prefix, left, comment));
+                    resumed.push(prefix);
+                }
+                // Its decisions ran out meanwhile: nothing to apply.
+                None => {
+                    self.held.remove(&prefix);
+                }
+            }
+        }
+        for (prefix, _, _) in &plan.put {
+            if theirs(prefix) {
+                self.deferred.insert(*prefix);
+            }
+        }
+        resumed
+    }
+
+    /// The time left on `prefix`'s longest decision in force, and its
+    /// comment.
+    fn longest(&self, prefix: &Prefix, now: Instant) -> Option<(Duration, String)> {
+        self.held
+            .get(prefix)?
+            .values()
+            .filter(|(until, _)| *until > now)
+            .max_by_key(|(until, _)| *until)
+            .map(|(until, comment)| (*until - now, comment.clone()))
     }
 
     #[must_use]
@@ -236,6 +300,7 @@ impl Tracker {
                 plan.put.push((prefix, *until - now, comment.clone()));
             } else {
                 self.held.remove(&prefix);
+                self.deferred.remove(&prefix);
                 plan.drop.push(prefix);
             }
         }
@@ -343,5 +408,73 @@ mod tests {
         );
         assert_eq!(plan.drop, vec![p("198.18.2.7")]);
         assert!(!tracker.holds(&p("198.18.2.7")));
+    }
+
+    #[test]
+    fn a_ban_left_to_another_block_applies_once_that_block_is_gone() {
+        let now = Instant::now();
+        let ban = |id, prefix: &str, ttl| Ban {
+            id,
+            prefix: p(prefix),
+            ttl: Duration::from_secs(ttl),
+            comment: format!("d{id}"),
+        };
+        let mut tracker = Tracker::default();
+        let mut plan = tracker.apply(
+            &Delta {
+                bans: vec![ban(1, "198.18.2.7", 60), ban(2, "198.18.2.8", 60)],
+                ..Delta::default()
+            },
+            now,
+        );
+        // 198.18.2.7 is an administrator's.
+        let admin = p("198.18.2.7");
+        assert!(tracker.settle(&mut plan, |x| *x == admin, now).is_empty());
+        assert_eq!(tracker.deferred().copied().collect::<Vec<_>>(), vec![admin]);
+        // Still theirs at the next poll: nothing to do.
+        let mut plan = Plan::default();
+        let later = now + Duration::from_secs(10);
+        assert!(tracker.settle(&mut plan, |x| *x == admin, later).is_empty());
+        assert_eq!(plan, Plan::default());
+        // Their block is gone: the ban applies, with the time left on it.
+        let mut plan = Plan::default();
+        assert_eq!(tracker.settle(&mut plan, |_| false, later), vec![admin]);
+        assert_eq!(
+            plan.put,
+            vec![(admin, Duration::from_secs(50), "d1".into())]
+        );
+        assert_eq!(tracker.deferred().count(), 0);
+        // A deferred ban whose decision ran out is forgotten.
+        let mut plan = tracker.apply(
+            &Delta {
+                bans: vec![ban(3, "198.18.2.9", 5)],
+                ..Delta::default()
+            },
+            now,
+        );
+        tracker.settle(&mut plan, |_| true, now);
+        let mut plan = Plan::default();
+        assert!(tracker.settle(&mut plan, |_| false, later).is_empty());
+        assert_eq!(plan, Plan::default());
+        assert!(!tracker.holds(&p("198.18.2.9")));
+        // A deferred ban whose decision is deleted is no longer deferred.
+        let mut plan = tracker.apply(
+            &Delta {
+                bans: vec![ban(4, "198.18.2.10", 60)],
+                ..Delta::default()
+            },
+            now,
+        );
+        tracker.settle(&mut plan, |_| true, now);
+        let mut plan = tracker.apply(
+            &Delta {
+                lifted: vec![(4, p("198.18.2.10"))],
+                ..Delta::default()
+            },
+            now,
+        );
+        assert_eq!(plan.drop, vec![p("198.18.2.10")]);
+        assert!(tracker.settle(&mut plan, |_| false, now).is_empty());
+        assert_eq!(tracker.deferred().count(), 0);
     }
 }
