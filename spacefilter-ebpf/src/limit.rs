@@ -7,7 +7,8 @@
 //! sources ([`crate::verified`]) skip the budgets they share with forged
 //! ones: the spoofed-source fallback's and the host-wide SYN budget.
 //!
-//! Kernel: LRU hash maps (4.10), `bpf_ktime_get_ns` (4.1), ring buffers
+//! Kernel: LRU hash maps (4.10), `bpf_ktime_get_ns` (4.1),
+//! `bpf_ktime_get_coarse_ns` (5.11, where the kernel has it), ring buffers
 //! (5.8).
 
 use core::ops::ControlFlow;
@@ -20,6 +21,7 @@ use spacefilter_common::{
 };
 
 use crate::{
+    features,
     maps::{
         AGG_BUCKETS, AUTO_ACTIVE, AUTO_BLOCKED, AUTO_EXEMPT, BUCKETS, EVENTS, LIMITS,
         REFLECT_PORTS, SPOOF_SEEN, SPOOF_SEEN_SLOTS, SPOOF_STATE, SYN_GLOBAL,
@@ -134,8 +136,15 @@ fn guards(limits: &Limits, source: &Source, l4: L4, len: u64) -> Step {
         return PASS;
     }
     let (key, prefix_len, v6) = key_of(source, limits.v6_prefix_len);
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = if limits.flags & limit_flags::COARSE_CLOCK != 0 {
+        // A tick's precision, which every budget's burst covers (set by
+        // the loader), and about 40 ns less than the precise clock on a
+        // virtual machine.
+        features::coarse_now()
+    } else {
+        // SAFETY: bpf_ktime_get_ns has no preconditions.
+        unsafe { bpf_ktime_get_ns() }
+    };
 
     // An LRU hash map (kernel 4.10).
     let Some(bucket) = BUCKETS.get_ptr_mut(key) else {

@@ -107,6 +107,54 @@ fn reflection_guard_drops_reflector_ports_aimed_at_services() {
     assert_eq!((got, delta.get(Reason::WouldLimit).packets), (XDP_PASS, 1));
 }
 
+/// The guards read the coarse clock only while every budget's burst holds
+/// a tick of its rate; what was set reads back as it was given.
+#[test]
+fn the_guards_take_the_coarse_clock_only_where_it_keeps_every_rate() {
+    let mut filter = load_reflecting(SERVICE);
+    let fits = Limits {
+        flags: limit_flags::ENABLED | limit_flags::SYN,
+        pps: 20_000,
+        pps_burst: 20_000,
+        syn_pps: 20,
+        syn_burst: 20,
+        ..Limits::default()
+    };
+    let short = Limits {
+        pps: 100_000,
+        pps_burst: 100,
+        ..fits
+    };
+    for (limits, coarse) in [(fits, true), (short, false), (Limits::default(), false)] {
+        filter.limiter().set(limits).expect("limits");
+        assert_eq!(
+            filter.limiter().coarse_clock().expect("read"),
+            coarse,
+            "{limits:?}"
+        );
+        assert_eq!(filter.limiter().get().expect("read"), limits);
+    }
+    // On the coarse clock, a budget holds as exactly as on the precise one.
+    filter
+        .limiter()
+        .set(Limits {
+            pps: 1,
+            pps_burst: 5,
+            ..fits
+        })
+        .expect("limits");
+    assert!(filter.limiter().coarse_clock().expect("read"));
+    let (_, delta) = run(&mut filter, &udp(source(40), 40_000, 5000), 20);
+    assert_eq!(
+        (
+            delta.get(Reason::Passed).packets,
+            delta.get(Reason::RateLimited).packets
+        ),
+        (5, 15),
+        "{delta:?}"
+    );
+}
+
 #[test]
 fn syn_budget_per_source() {
     let mut filter = load_reflecting(SERVICE);

@@ -9,8 +9,8 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray},
 };
 use spacefilter_common::{
-    AutoBlock, Bucket, Limits, MAX_AUTO_EXEMPT, Shield, SpoofState, map_names, reflect_bits,
-    shield_watch,
+    AutoBlock, Bucket, Limits, MAX_AUTO_EXEMPT, Shield, SpoofState, limit_flags, map_names,
+    reflect_bits, shield_watch,
 };
 
 use super::{ListError, absent, take};
@@ -102,7 +102,13 @@ impl Limiter {
     }
 
     /// Puts new limits in force at once, without reloading the program.
-    pub fn set(&mut self, limits: Limits) -> Result<(), ListError> {
+    /// Writes the guards' settings; with the coarse clock where every
+    /// budget fits it (see [`limit_flags::COARSE_CLOCK`]).
+    pub fn set(&mut self, mut limits: Limits) -> Result<(), ListError> {
+        limits.flags &= !limit_flags::COARSE_CLOCK;
+        if limits.flags != 0 && limits.fits_coarse_clock() {
+            limits.flags |= limit_flags::COARSE_CLOCK;
+        }
         self.limits
             .set(0, limits, 0)
             .map_err(|source| ListError::Update {
@@ -192,11 +198,24 @@ impl Limiter {
         Ok(total)
     }
 
+    /// The guards' settings, as [`Self::set`] was given them.
     pub fn get(&self) -> Result<Limits, ListError> {
-        self.limits.get(&0, 0).map_err(|source| ListError::Read {
+        let mut limits = self.limits.get(&0, 0).map_err(|source| ListError::Read {
             name: map_names::LIMITS,
             source,
-        })
+        })?;
+        limits.flags &= !limit_flags::COARSE_CLOCK;
+        Ok(limits)
+    }
+
+    /// Whether the guards read the coarse clock (see
+    /// [`limit_flags::COARSE_CLOCK`]).
+    pub fn coarse_clock(&self) -> Result<bool, ListError> {
+        let limits = self.limits.get(&0, 0).map_err(|source| ListError::Read {
+            name: map_names::LIMITS,
+            source,
+        })?;
+        Ok(limits.flags & limit_flags::COARSE_CLOCK != 0)
     }
 
     /// Blocks `prefix` in the limiter until `until_ns` (monotonic), as the
