@@ -70,6 +70,11 @@ pub struct AddRequest {
     pub comment: Option<String>,
     pub origin: Origin,
     pub force: bool,
+    /// Entries someone else holds (another origin) stay theirs: left out,
+    /// and counted as unchanged. Checked under the lock that the add takes,
+    /// so an administrator's change cannot land between the check and
+    /// the add (a source of rules: the fleet, CrowdSec).
+    pub keep_others: bool,
 }
 
 /// The daemon's state, behind one lock.

@@ -125,6 +125,18 @@ impl Handle {
         changed
     }
 
+    /// Removes those of `prefixes` that are on `list` with `origin`, in one
+    /// locked step (see [`super::AddRequest::keep_others`]).
+    pub fn remove_own(
+        &self,
+        list: List,
+        prefixes: &[Prefix],
+        origin: Origin,
+        peer: Peer,
+    ) -> Result<Changed, Refusal> {
+        self.changing(|core| core.remove_own(list, prefixes, origin, peer))
+    }
+
     pub fn remove(&self, list: List, prefixes: &[String], peer: Peer) -> Result<Changed, Refusal> {
         let changed = self.changing(|core| core.remove(list, prefixes, peer));
         if prefixes.len() >= memory::BULK {

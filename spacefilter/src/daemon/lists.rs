@@ -50,6 +50,7 @@ impl Core {
             comment,
             origin,
             force,
+            keep_others,
         } = req;
         if list == List::Auto {
             return Err(Refusal::bad_input(
@@ -62,6 +63,25 @@ impl Core {
             let texts = prefixes;
             parse_all(&texts)?
         };
+        let asked = prefixes.len();
+        let prefixes = if keep_others {
+            let mine = stored(origin);
+            let theirs = |p: &Prefix| {
+                self.rules
+                    .get(&(list, *p))
+                    .is_some_and(|meta| meta.origin != mine)
+            };
+            prefixes.into_iter().filter(|p| !theirs(p)).collect()
+        } else {
+            prefixes
+        };
+        let kept = (asked - prefixes.len()) as u64;
+        if prefixes.is_empty() {
+            return Ok(Changed {
+                unchanged: kept,
+                ..Changed::default()
+            });
+        }
         if let Some(text) = &comment
             && (text.len() > 256 || text.contains('\n'))
         {
@@ -123,7 +143,7 @@ impl Core {
             added: total,
             updated: prefixes.len() as u64 - total,
             removed: 0,
-            unchanged: 0,
+            unchanged: kept,
         };
         log::info!(
             "{} {} ({} new, {} updated{}{}, origin {}) asked by {peer}",
@@ -264,6 +284,37 @@ impl Core {
         Ok(Changed {
             removed: removed.len() as u64,
             unchanged: (prefixes.len() - removed.len()) as u64,
+            ..Changed::default()
+        })
+    }
+
+    /// Removes those of `prefixes` that are on `list` with `origin` (and
+    /// only from `list`); others are counted as unchanged. A source of
+    /// rules lifts what it made and nothing someone else holds, checked
+    /// under the same lock.
+    pub(super) fn remove_own(
+        &mut self,
+        list: List,
+        prefixes: &[Prefix],
+        origin: Origin,
+        peer: Peer,
+    ) -> Result<Changed, Refusal> {
+        let mine = stored(origin);
+        let present: Vec<Prefix> = prefixes
+            .iter()
+            .copied()
+            .filter(|p| {
+                self.rules
+                    .get(&(list, *p))
+                    .is_some_and(|meta| meta.origin == mine)
+            })
+            .collect();
+        if !present.is_empty() {
+            self.delete(list, &present, &format!("asked by {peer}"))?;
+        }
+        Ok(Changed {
+            removed: present.len() as u64,
+            unchanged: (prefixes.len() - present.len()) as u64,
             ..Changed::default()
         })
     }

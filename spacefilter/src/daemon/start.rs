@@ -192,6 +192,7 @@ pub(super) fn apply_config_entries(
                 comment: None,
                 origin: Origin::Config,
                 force,
+                keep_others: false,
             },
             system,
             &mut |_, _| {},

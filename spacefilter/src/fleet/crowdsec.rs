@@ -254,13 +254,22 @@ fn take_in(
             "CrowdSec bans {prefix}, whose block by someone else is gone: the ban applies now"
         );
     }
-    enforce(handle, &plan, &held)
+    let recheck = enforce(handle, &plan, &held)?;
+    tracker.defer(recheck);
+    Ok(())
 }
 
-/// Carries out a plan on entries that are the bouncer's own (or nobody's).
-fn enforce(handle: &Handle, plan: &Plan, held: &BTreeMap<Prefix, Origin>) -> Result<(), String> {
+/// Carries out a plan on entries that are the bouncer's own (or nobody's);
+/// returns the prefixes of the adds that left some entry to someone who
+/// blocked it since the look-up, to be looked at again at the next poll.
+fn enforce(
+    handle: &Handle,
+    plan: &Plan,
+    held: &BTreeMap<Prefix, Origin>,
+) -> Result<Vec<Prefix>, String> {
     let ours = |prefix: &Prefix| held.get(prefix).is_none_or(|o| *o == Origin::Crowdsec);
     let mut failed = None;
+    let mut recheck = Vec::new();
     // Prefixes with the same time left (to the second) go in one request:
     // a startup with many decisions is a few requests, not one per ban.
     let mut groups: BTreeMap<(u64, &str), Vec<Prefix>> = BTreeMap::new();
@@ -288,13 +297,20 @@ fn enforce(handle: &Handle, plan: &Plan, held: &BTreeMap<Prefix, Origin>) -> Res
                     comment: Some(comment.to_owned()),
                     origin: Origin::Crowdsec,
                     force: false,
+                    // An administrator's block made since the look-up
+                    // stays theirs.
+                    keep_others: true,
                 },
                 peer(),
                 &mut |_, _| {},
             )
         };
         match add(prefixes.iter().map(ToString::to_string).collect()) {
-            Ok(_) => {}
+            Ok(changed) => {
+                if changed.unchanged > 0 {
+                    recheck.extend(prefixes);
+                }
+            }
             // One prefix the guard refuses must not keep the others out:
             // try them one by one.
             Err(Refusal {
@@ -310,18 +326,18 @@ fn enforce(handle: &Handle, plan: &Plan, held: &BTreeMap<Prefix, Origin>) -> Res
             Err(refusal) => note_refusal(prefixes[0], &refusal, &mut failed),
         }
     }
-    let drop: Vec<String> = plan
+    let drop: Vec<Prefix> = plan
         .drop
         .iter()
         .filter(|p| held.get(p) == Some(&Origin::Crowdsec))
-        .map(ToString::to_string)
+        .copied()
         .collect();
     if !drop.is_empty()
-        && let Err(refusal) = handle.remove(List::Block, &drop, peer())
+        && let Err(refusal) = handle.remove_own(List::Block, &drop, Origin::Crowdsec, peer())
     {
         failed = Some(format!("lifting {} bans: {}", drop.len(), refusal.message));
     }
-    failed.map_or(Ok(()), Err)
+    failed.map_or(Ok(recheck), Err)
 }
 
 fn note_refusal(prefix: Prefix, refusal: &Refusal, failed: &mut Option<String>) {

@@ -205,6 +205,13 @@ impl Tracker {
         self.deferred.clear();
     }
 
+    /// Marks `prefixes` as maybe held by someone else (an add left them):
+    /// the next [`Self::settle`] looks at them again.
+    pub(super) fn defer(&mut self, prefixes: impl IntoIterator<Item = Prefix>) {
+        self.deferred
+            .extend(prefixes.into_iter().filter(|p| self.held.contains_key(p)));
+    }
+
     /// The prefixes whose ban waits on someone else's block.
     pub(super) fn deferred(&self) -> impl Iterator<Item = &Prefix> + '_ {
         self.deferred.iter()

@@ -493,10 +493,6 @@ impl Follower<'_> {
     fn put_many(&mut self, rules: &[FleetRule]) {
         let mut groups: BTreeMap<(List, i64, Option<&str>), Vec<String>> = BTreeMap::new();
         for rule in rules {
-            // A rule someone else made on this host stays theirs.
-            if self.handle.held_as(rule.list, rule.prefix, Origin::Fleet) == Some(false) {
-                continue;
-            }
             groups
                 .entry((rule.list, rule.lease, rule.comment.as_deref()))
                 .or_default()
@@ -518,6 +514,9 @@ impl Follower<'_> {
                             comment: comment.map(str::to_owned),
                             origin: Origin::Fleet,
                             force: false,
+                            // A rule someone else made on this host stays
+                            // theirs.
+                            keep_others: true,
                         },
                         peer(),
                         &mut |_, _| {},
@@ -541,10 +540,11 @@ impl Follower<'_> {
     }
 
     fn delete(&self, list: List, prefix: Prefix) {
-        if self.handle.held_as(list, prefix, Origin::Fleet) != Some(true) {
-            return;
-        }
-        if let Err(refusal) = self.handle.remove(list, &[prefix.to_string()], peer()) {
+        // Only the fleet's own entry: one someone else made stays theirs.
+        if let Err(refusal) = self
+            .handle
+            .remove_own(list, &[prefix], Origin::Fleet, peer())
+        {
             log::warn!(
                 "fleet: removing {} {prefix}: {}",
                 list.name(),

@@ -543,6 +543,7 @@ async fn handle(request: Request, daemon: &Handle, peer: Peer, write: &mut Owned
                 comment,
                 origin,
                 force,
+                keep_others: false,
             };
             add(req, daemon, peer, write).await
         }
