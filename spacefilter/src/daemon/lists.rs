@@ -34,6 +34,24 @@ pub(super) fn stored(origin: Origin) -> store::Origin {
     }
 }
 
+/// Refuses an add to the auto-blocks, or with a comment that is not one
+/// short line.
+fn bad_add(list: List, comment: Option<&str>) -> Result<(), Refusal> {
+    if list == List::Auto {
+        return Err(Refusal::bad_input(
+            "auto entries are made by the rate limiter; block or allow the prefix instead",
+        ));
+    }
+    if let Some(text) = comment
+        && (text.len() > 256 || text.contains('\n'))
+    {
+        return Err(Refusal::bad_input(
+            "a comment is one line of at most 256 bytes",
+        ));
+    }
+    Ok(())
+}
+
 impl Core {
     /// Adds or updates entries, all or nothing. `progress` is called with
     /// (done, total) as kernel entries are written.
@@ -52,11 +70,7 @@ impl Core {
             force,
             keep_others,
         } = req;
-        if list == List::Auto {
-            return Err(Refusal::bad_input(
-                "auto entries are made by the rate limiter; block or allow the prefix instead",
-            ));
-        }
+        bad_add(list, comment.as_deref())?;
         let prefixes = {
             // The request's text goes once it is parsed: for a bulk add, a
             // string per prefix, tens of MiB.
@@ -65,13 +79,7 @@ impl Core {
         };
         let asked = prefixes.len();
         let prefixes = if keep_others {
-            let mine = stored(origin);
-            let theirs = |p: &Prefix| {
-                self.rules
-                    .get(&(list, *p))
-                    .is_some_and(|meta| meta.origin != mine)
-            };
-            prefixes.into_iter().filter(|p| !theirs(p)).collect()
+            self.not_others(list, prefixes, origin)
         } else {
             prefixes
         };
@@ -81,13 +89,6 @@ impl Core {
                 unchanged: kept,
                 ..Changed::default()
             });
-        }
-        if let Some(text) = &comment
-            && (text.len() > 256 || text.contains('\n'))
-        {
-            return Err(Refusal::bad_input(
-                "a comment is one line of at most 256 bytes",
-            ));
         }
         if !force {
             let protected = lockout::protected_addresses(&self.ifaces);
@@ -286,6 +287,20 @@ impl Core {
             unchanged: (prefixes.len() - removed.len()) as u64,
             ..Changed::default()
         })
+    }
+
+    /// Those of `prefixes` that are not on `list` with another origin than
+    /// `origin` (see [`AddRequest::keep_others`]).
+    fn not_others(&self, list: List, prefixes: Vec<Prefix>, origin: Origin) -> Vec<Prefix> {
+        let mine = stored(origin);
+        prefixes
+            .into_iter()
+            .filter(|p| {
+                self.rules
+                    .get(&(list, *p))
+                    .is_none_or(|meta| meta.origin == mine)
+            })
+            .collect()
     }
 
     /// Removes those of `prefixes` that are on `list` with `origin` (and
