@@ -132,6 +132,41 @@ fn an_auto_block_holds_before_the_rules_and_with_the_limiter_off() {
     );
 }
 
+/// In a dry run, a restored auto-block (its source has no bucket) counts
+/// its frames as `would_limit` and lets them through, as an auto-block the
+/// limiter made does; another source passes.
+#[test]
+fn a_restored_auto_block_counts_as_would_limit_in_a_dry_run() {
+    let mut filter = load_reflecting(SERVICE);
+    filter
+        .limiter()
+        .set(Limits {
+            flags: limit_flags::ENABLED | limit_flags::DRY_RUN,
+            ..strict_limits()
+        })
+        .expect("limits");
+    let restored = source(20);
+    filter
+        .limiter()
+        .insert_auto(Prefix::host(restored), monotonic_ns() + HOUR_NS)
+        .expect("restoring a block");
+    let frame = udp(restored, 40_000, 5000);
+    assert_eq!(verdict(&mut filter, &frame), (XDP_PASS, Reason::WouldLimit));
+    assert_eq!(
+        verdict(&mut filter, &udp(source(21), 40_000, 5000)),
+        (XDP_PASS, Reason::Passed)
+    );
+    // Its frames go on counting so, not as a new source's.
+    let (_, delta) = run(&mut filter, &frame, 10);
+    assert_eq!(delta.get(Reason::WouldLimit).packets, 10, "{delta:?}");
+    // The dry run over: the block drops.
+    filter.limiter().set(strict_limits()).expect("limits");
+    assert_eq!(
+        verdict(&mut filter, &frame),
+        (XDP_DROP, Reason::AutoBlocked)
+    );
+}
+
 #[test]
 fn the_host_s_own_sources_are_limited_but_never_auto_blocked() {
     let mut filter = load_reflecting(SERVICE);

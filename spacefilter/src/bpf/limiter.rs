@@ -9,8 +9,8 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray},
 };
 use spacefilter_common::{
-    AutoBlock, Bucket, Limits, MAX_AUTO_EXEMPT, Shield, SpoofState, limit_flags, map_names,
-    reflect_bits, shield_watch,
+    AutoBlock, Bucket, Limits, MAX_AUTO_EXEMPT, Shield, SpoofState, TOKEN_SCALE, limit_flags,
+    map_names, reflect_bits, shield_watch,
 };
 
 use super::{ListError, absent, take};
@@ -219,15 +219,39 @@ impl Limiter {
     }
 
     /// Blocks `prefix` in the limiter until `until_ns` (monotonic), as the
-    /// program does by itself; used to restore auto-blocks on start.
+    /// program does by itself; used to restore auto-blocks on start. The
+    /// block goes into the source's bucket too (a full one, if it has
+    /// none), as the program puts it: the guards then find it where they
+    /// look first, and in a dry run count its frames as `would_limit`.
     pub fn insert_auto(&mut self, prefix: Prefix, until_ns: u64) -> Result<(), ListError> {
+        let key = limiter_key(prefix);
         self.auto
-            .insert(limiter_key(prefix), AutoBlock { until_ns, hits: 0 }, 0)
+            .insert(key, AutoBlock { until_ns, hits: 0 }, 0)
             .map_err(|source| ListError::Update {
                 name: map_names::AUTO_BLOCKED,
                 source,
             })?;
-        self.set_auto_active(1)
+        self.set_auto_active(1)?;
+        let bucket = if let Ok(mut bucket) = self.buckets.get(&key, 0) {
+            bucket.blocked_until_ns = until_ns;
+            bucket
+        } else {
+            let limits = self.limits.get(&0, 0).unwrap_or_default();
+            Bucket {
+                packets: limits.pps_burst.saturating_mul(TOKEN_SCALE),
+                bytes: limits.bps_burst.saturating_mul(TOKEN_SCALE),
+                syns: limits.syn_burst.saturating_mul(TOKEN_SCALE),
+                last_ns: super::monotonic_ns(),
+                blocked_until_ns: until_ns,
+                ..Bucket::default()
+            }
+        };
+        self.buckets
+            .insert(key, bucket, 0)
+            .map_err(|source| ListError::Update {
+                name: map_names::BUCKETS,
+                source,
+            })
     }
 
     /// Tells the program whether `AUTO_BLOCKED` holds a block (frames skip
