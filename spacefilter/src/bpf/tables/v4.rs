@@ -103,8 +103,20 @@ impl V4Tables {
                 // before the flag sends frames there.
                 let mut keys = self.block_keys(block);
                 keys.push((addr, len, value));
-                for (addr, len, value) in keys {
-                    self.trie_insert(addr, len, value)?;
+                for (done, &(addr, len, value)) in keys.iter().enumerate() {
+                    if let Err(err) = self.trie_insert(addr, len, value) {
+                        // Nothing of a /24 that is not crowded stays in the
+                        // trie: a key deleted meanwhile would match there
+                        // once it is.
+                        for &(addr, len, _) in &keys[..done] {
+                            let _ = trie_remove(
+                                &mut self.trie,
+                                map_names::V4_CROWDED,
+                                &Key::new(len.into(), addr.to_be_bytes()),
+                            );
+                        }
+                        return Err(err);
+                    }
                 }
                 self.crowded.insert(block, HashMap::from([(key, value)]));
                 self.t24
