@@ -19,12 +19,14 @@
 //! which with TCX is `TCX_NEXT`).
 //!
 //! Kernel: `BPF_PROG_TYPE_SCHED_CLS` with direct action on a `clsact`
-//! qdisc (4.5), or TCX links (6.6); `bpf_ktime_get_ns` (4.1).
+//! qdisc (4.5), or TCX links (6.6); `bpf_ktime_get_coarse_ns` (5.11, where
+//! the kernel has it; else `bpf_ktime_get_ns`, 4.1).
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use spacefilter_common::verified_how;
 
 use crate::{
+    features,
     maps::VERIFY_SETTINGS,
     parse::{ETH_P_IPV4, IPPROTO_TCP_NUMBER, IPPROTO_UDP_NUMBER, Source, VLAN_TPIDS},
     verified,
@@ -41,9 +43,9 @@ pub(crate) fn record(ctx: &TcContext) -> i32 {
     if VERIFY_SETTINGS.get(0).is_some_and(|s| s.record != 0)
         && let Some((peer, how)) = peer(ctx)
     {
-        // SAFETY: no preconditions.
-        let now = unsafe { bpf_ktime_get_ns() };
-        verified::prove(&verified::key(&peer), how, now);
+        // The coarse clock: every frame the host sends reads it, and a
+        // proof of seconds may start a tick early.
+        verified::prove(&verified::key(&peer), how, features::coarse_now());
     }
     TC_ACT_UNSPEC
 }

@@ -77,11 +77,12 @@ pub(crate) fn auto_blocked(source: &Source) -> Option<Reason> {
     }
     let (key, _, _) = key_of(source, limits.v6_prefix_len);
     let block = AUTO_BLOCKED.get_ptr_mut(key)?;
-    // SAFETY: bpf_ktime_get_ns has no preconditions; `block` is a map
-    // value, valid while this program runs, and its hit count may race
-    // with other CPUs (documented as approximate).
+    // SAFETY: `block` is a map value, valid while this program runs, and
+    // its hit count may race with other CPUs (documented as approximate).
+    // The coarse clock: every frame of a flood with auto-blocks in force
+    // reads it, and a block of seconds may end a tick late.
     unsafe {
-        if (*block).until_ns <= bpf_ktime_get_ns() {
+        if (*block).until_ns <= features::coarse_now() {
             return None;
         }
         (*block).hits += 1;

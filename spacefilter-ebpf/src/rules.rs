@@ -5,12 +5,14 @@
 //! edit is written into the set of rules not in force and switched in with
 //! one write (see [`spacefilter_common::HEADER_RULE_SETS`]).
 //!
-//! Kernel: bounded loops (5.3).
+//! Kernel: bounded loops (5.3); `bpf_ktime_get_coarse_ns` (5.11, where the
+//! kernel has it).
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use spacefilter_common::{HeaderRule, MAX_HEADER_RULES, Reason, rule_action, rule_flags};
 
 use crate::{
+    features,
     limit::take_packet,
     maps::{HEADER_ACTIVE, HEADER_BUCKETS, HEADER_HITS, HEADER_RULES},
     parse::L4,
@@ -89,8 +91,15 @@ fn within_budget(slot: u32, rule: &HeaderRule) -> bool {
     };
     // SAFETY: an array value; CPUs race on it (the budget is approximate).
     let bucket = unsafe { &mut *bucket };
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // The coarse clock where the burst holds a tick (10 ms at most) of the
+    // rate, as the flood guards take it (see `limit_flags::COARSE_CLOCK`):
+    // a flood a limit rule holds runs through here.
+    let now = if rule.pps / 100 <= rule.burst {
+        features::coarse_now()
+    } else {
+        // SAFETY: bpf_ktime_get_ns has no preconditions.
+        unsafe { bpf_ktime_get_ns() }
+    };
     take_packet(
         &mut bucket.packets,
         &mut bucket.last_ns,

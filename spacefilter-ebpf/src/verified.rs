@@ -101,11 +101,17 @@ pub(crate) fn prove(key: &[u8; 16], how: u32, now: u64) {
         let entry = unsafe { &mut *entry };
         if entry.until_ns > now {
             // Signed differences: another CPU may have stamped the entry
-            // with a clock read a moment after this one's.
+            // with a clock read a moment after this one's. Past the
+            // probation by a whole millisecond: an entry never renewed has
+            // ended by then (in nanoseconds), so only a source answered
+            // again and again through its probation settles. (Answers in
+            // one tick of the coarse clock share a time: at `>=`, a tick
+            // read in the probation's last millisecond would settle every
+            // source first answered in the same tick, a flood's too.)
             #[expect(clippy::cast_possible_wrap, reason = "wrapping differences, signed")]
             let settled = !replied
                 || entry.how != verified_how::REPLIED
-                || now_ms.wrapping_sub(entry.since_ms) as i32 >= PROBATION_MS as i32;
+                || now_ms.wrapping_sub(entry.since_ms) as i32 > PROBATION_MS as i32;
             #[expect(
                 clippy::cast_possible_truncation,
                 clippy::cast_possible_wrap,
