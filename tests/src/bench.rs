@@ -760,9 +760,15 @@ fn packet_report(rows: &[Row]) -> String {
 const KERNELS_SECTION: &str = "\n## Kernels\n";
 
 /// Writes `text` to `path`, followed by the per-kernel section of the file
-/// there, if it has one.
-pub fn write_report(path: &Path, text: &str) -> anyhow::Result<()> {
+/// there, if it has one. With `merge` (a run of some parts), the file keeps
+/// its preamble and every section the run did not write (or wrote empty),
+/// in its order; the run's sections replace theirs.
+pub fn write_report(path: &Path, text: &str, merge: bool) -> anyhow::Result<()> {
     let old = std::fs::read_to_string(path).unwrap_or_default();
+    if merge && !old.is_empty() {
+        let merged = merge_sections(&old, text);
+        return std::fs::write(path, merged).with_context(|| format!("writing {}", path.display()));
+    }
     let mut text = text.to_owned();
     if let Some(at) = old.find(KERNELS_SECTION) {
         let rest = &old[at + KERNELS_SECTION.len()..];
@@ -772,6 +778,53 @@ pub fn write_report(path: &Path, text: &str) -> anyhow::Result<()> {
         text.push_str(&old[at..end]);
     }
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// A report cut at its `## ` headings: the preamble, then each section
+/// (its heading line, and the text up to the next heading).
+fn sections(text: &str) -> (&str, Vec<(&str, &str)>) {
+    let mut starts: Vec<usize> = text.match_indices("\n## ").map(|(i, _)| i + 1).collect();
+    if text.starts_with("## ") {
+        starts.insert(0, 0);
+    }
+    let preamble = &text[..starts.first().copied().unwrap_or(text.len())];
+    let mut out = Vec::new();
+    for (n, &start) in starts.iter().enumerate() {
+        let end = starts.get(n + 1).copied().unwrap_or(text.len());
+        let section = &text[start..end];
+        let heading = section.lines().next().unwrap_or_default();
+        out.push((heading, section));
+    }
+    (preamble, out)
+}
+
+/// `old` with the sections of `new` that hold more than their heading in
+/// place of its own (new ones at the end).
+fn merge_sections(old: &str, new: &str) -> String {
+    let (preamble, old) = sections(old);
+    let (_, new) = sections(new);
+    let written: Vec<(&str, &str)> = new
+        .into_iter()
+        .filter(|(heading, section)| !section[heading.len()..].trim().is_empty())
+        .collect();
+    let mut out = preamble.to_owned();
+    for (heading, section) in &old {
+        let replaced = written.iter().find(|(h, _)| h == heading);
+        let section = replaced.map_or(*section, |(_, s)| s);
+        out.push_str(section);
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    for (heading, section) in &written {
+        if !old.iter().any(|(h, _)| h == heading) {
+            if !out.ends_with("\n\n") {
+                out.push('\n');
+            }
+            out.push_str(section);
+        }
+    }
+    out
 }
 
 /// The cost of one flood-guard stage.
@@ -999,4 +1052,19 @@ pub fn cost_table(title: &str, intro: &str, first_column: &str, rows: &[GuardRow
         );
     }
     out
+}
+
+#[cfg(test)]
+mod report_tests {
+    use super::merge_sections;
+
+    #[test]
+    fn a_run_of_some_parts_replaces_only_their_sections() {
+        let old = "# B\n\nfull run\n\n## One\n\nold one\n\n## Notes\n\nold notes\n\n## Two\n\nold two\n\n## Kernels\n\nk\n";
+        let new = "# B\n\npartial run\n\n## Notes\n\n## Two\n\nnew two\n\n## Three\n\nnew three\n";
+        assert_eq!(
+            merge_sections(old, new),
+            "# B\n\nfull run\n\n## One\n\nold one\n\n## Notes\n\nold notes\n\n## Two\n\nnew two\n\n## Kernels\n\nk\n\n## Three\n\nnew three\n"
+        );
+    }
 }

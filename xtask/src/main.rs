@@ -34,6 +34,11 @@ enum Task {
         /// Small tables and few rounds: a check that the benchmark works.
         #[arg(long)]
         quick: bool,
+        /// Only these parts, comma-separated (packets, control, floods,
+        /// admission, guards, observe, fleet): their sections of
+        /// BENCHMARKS.md are rewritten, the others kept.
+        #[arg(long, value_name = "PARTS")]
+        only: Option<String>,
     },
     /// Set up, then run the differential fuzzer longer than the suite does
     /// (release build): the XDP program against the userspace reference on
@@ -74,9 +79,9 @@ fn main() -> Result<()> {
             setup::run()?;
             tasks::demo()
         }
-        Task::Bench { quick } => {
+        Task::Bench { quick, only } => {
             setup::run()?;
-            tasks::bench(quick)
+            tasks::bench(quick, only.as_deref())
         }
         Task::Fuzz { cases } => {
             setup::run()?;

@@ -154,7 +154,7 @@ pub(crate) fn demo() -> Result<()> {
     Err(err).with_context(|| format!("could not start {}", demo.display()))
 }
 
-pub(crate) fn bench(quick: bool) -> Result<()> {
+pub(crate) fn bench(quick: bool, only: Option<&str>) -> Result<()> {
     // The control-plane part runs the daemon: the `spacefilter` binary
     // next to the benchmark's (see `spacefilter_tests::daemon::binary`).
     step("building the benchmark and the daemon (release)");
@@ -181,6 +181,9 @@ pub(crate) fn bench(quick: bool) -> Result<()> {
         .args(["--out", "BENCHMARKS.md"]);
     if quick {
         cmd.arg("--quick");
+    }
+    if let Some(parts) = only {
+        cmd.args(["--only", parts]);
     }
     run_cmd(cmd, "bench")
 }

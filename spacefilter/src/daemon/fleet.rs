@@ -175,18 +175,7 @@ impl Handle {
                         "--force overrides this host's lockout guard only: add --local, or leave --force out",
                     ));
                 }
-                if *list == List::Auto {
-                    return Err(Refusal::bad_input(
-                        "auto entries are made by the rate limiter; block or allow the prefix instead",
-                    ));
-                }
-                if let Some(text) = comment
-                    && (text.len() > 256 || text.contains('\n'))
-                {
-                    return Err(Refusal::bad_input(
-                        "a comment is one line of at most 256 bytes",
-                    ));
-                }
+                super::lists::bad_add(*list, comment.as_deref())?;
                 let prefixes = parse_all(prefixes)?;
                 let protected = lockout::protected_addresses(&self.lock().ifaces);
                 if let Some(why) = prefixes

@@ -36,7 +36,7 @@ pub(super) fn stored(origin: Origin) -> store::Origin {
 
 /// Refuses an add to the auto-blocks, or with a comment that is not one
 /// short line.
-fn bad_add(list: List, comment: Option<&str>) -> Result<(), Refusal> {
+pub(super) fn bad_add(list: List, comment: Option<&str>) -> Result<(), Refusal> {
     if list == List::Auto {
         return Err(Refusal::bad_input(
             "auto entries are made by the rate limiter; block or allow the prefix instead",

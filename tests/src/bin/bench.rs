@@ -84,6 +84,7 @@ impl Args {
 fn main() -> anyhow::Result<()> {
     require_root();
     let Args { out, quick, only } = Args::parse()?;
+    let some_parts = only.is_some();
     // A report of some parts only is for working on them: it says so.
     let runs = |part: &str| only.as_ref().is_none_or(|o| o.iter().any(|p| p == part));
     let (sizes, rounds, repeat): (&[usize], usize, u32) = if quick {
@@ -170,7 +171,7 @@ fn main() -> anyhow::Result<()> {
         text.push_str(&fleet_report(fleet, &machine(), &date));
     }
     print!("{text}");
-    write_report(&out, &text)?;
+    write_report(&out, &text, some_parts)?;
     eprintln!("bench: wrote {}", out.display());
     Ok(())
 }
