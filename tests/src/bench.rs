@@ -801,6 +801,11 @@ fn sections(text: &str) -> (&str, Vec<(&str, &str)>) {
 /// `old` with the sections of `new` that hold more than their heading in
 /// place of its own (new ones at the end).
 fn merge_sections(old: &str, new: &str) -> String {
+    // A heading marked by hand (`†`: re-measured apart) is the same one.
+    let same = |a: &str, b: &str| {
+        let bare = |h: &str| h.trim_end_matches([' ', '†', '‡']).to_owned();
+        bare(a) == bare(b)
+    };
     let (preamble, old) = sections(old);
     let (_, new) = sections(new);
     let written: Vec<(&str, &str)> = new
@@ -809,7 +814,7 @@ fn merge_sections(old: &str, new: &str) -> String {
         .collect();
     let mut out = preamble.to_owned();
     for (heading, section) in &old {
-        let replaced = written.iter().find(|(h, _)| h == heading);
+        let replaced = written.iter().find(|(h, _)| same(h, heading));
         let section = replaced.map_or(*section, |(_, s)| s);
         out.push_str(section);
         if !out.ends_with('\n') {
@@ -817,7 +822,7 @@ fn merge_sections(old: &str, new: &str) -> String {
         }
     }
     for (heading, section) in &written {
-        if !old.iter().any(|(h, _)| h == heading) {
+        if !old.iter().any(|(h, _)| same(h, heading)) {
             if !out.ends_with("\n\n") {
                 out.push('\n');
             }
@@ -1060,7 +1065,7 @@ mod report_tests {
 
     #[test]
     fn a_run_of_some_parts_replaces_only_their_sections() {
-        let old = "# B\n\nfull run\n\n## One\n\nold one\n\n## Notes\n\nold notes\n\n## Two\n\nold two\n\n## Kernels\n\nk\n";
+        let old = "# B\n\nfull run\n\n## One\n\nold one\n\n## Notes\n\nold notes\n\n## Two †\n\nold two\n\n## Kernels\n\nk\n";
         let new = "# B\n\npartial run\n\n## Notes\n\n## Two\n\nnew two\n\n## Three\n\nnew three\n";
         assert_eq!(
             merge_sections(old, new),
