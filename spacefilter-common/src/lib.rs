@@ -1090,7 +1090,8 @@ pub const SAMPLE_BYTES: usize = 128;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DropSample {
-    /// `bpf_ktime_get_ns` (`CLOCK_MONOTONIC`) when it was dropped.
+    /// When it was dropped (`CLOCK_MONOTONIC`), to the kernel's tick: the
+    /// coarse clock where the kernel has it.
     pub ts_ns: u64,
     /// The interface it arrived on.
     pub ifindex: u32,
