@@ -188,11 +188,7 @@ impl Handle {
     #[must_use]
     pub fn count_of(&self, origin: Origin) -> u64 {
         let origin = super::lists::stored(origin);
-        self.lock()
-            .rules
-            .values()
-            .filter(|meta| meta.origin == origin)
-            .count() as u64
+        self.lock().rules.count_held(|meta| meta.origin == origin) as u64
     }
 
     /// The entries of one list, or of all, as of now.

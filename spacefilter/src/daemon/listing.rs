@@ -145,7 +145,7 @@ impl Core {
         let lists = self.filter.lists_ref();
         let mut slots = lists.slots();
         let mut next = slots.next();
-        let mut rows = Vec::with_capacity(self.rules.keys().filter(|(l, _)| wanted(*l)).count());
+        let mut rows = Vec::with_capacity(only.map_or(self.rules.len(), |l| self.rules.count(l)));
         let mut metas = Vec::new();
         // Rules that share a meta share the one `Meta` value: its address
         // finds the index it was given.

@@ -63,7 +63,7 @@ impl Core {
                 pinned: self.filter.pinned(name),
             })
             .collect();
-        let count = |list| self.rules.keys().filter(|(l, _)| *l == list).count() as u64;
+        let count = |list| self.rules.count(list) as u64;
         let spoof = self.filter.limiter().spoof_state().unwrap_or_default();
         let tracked_sources = self.filter.limiter().tracked_sources() as u64;
         StatusView {
@@ -99,7 +99,7 @@ impl Core {
     /// What a metrics scrape shows; `None` if the maps cannot be read.
     pub(super) fn metrics(&mut self) -> Option<MetricsSnapshot> {
         let counters = self.filter.counters().ok()?;
-        let count = |list| self.rules.keys().filter(|(l, _)| *l == list).count() as u64;
+        let count = |list| self.rules.count(list) as u64;
         let entries = [List::Allow, List::Block, List::Auto]
             .map(|list| (list.name(), count(list)))
             .to_vec();

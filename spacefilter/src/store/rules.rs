@@ -142,6 +142,18 @@ pub struct Rules {
     metas: Metas,
     /// Keys added or removed since the map was last repacked.
     changed: usize,
+    /// The rules of each list (by [`list_index`]): `status` and a metrics
+    /// scrape read them without walking a million keys under the lock.
+    per_list: [usize; 3],
+}
+
+/// A list's place in [`Rules::per_list`].
+fn list_index(list: List) -> usize {
+    match list {
+        List::Allow => 0,
+        List::Block => 1,
+        List::Auto => 2,
+    }
 }
 
 impl Rules {
@@ -158,6 +170,24 @@ impl Rules {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
+    }
+
+    /// How many rules have a meta `pick` takes: a look at each distinct
+    /// meta, not at each rule (a million rules of one import share one).
+    #[must_use]
+    pub fn count_held(&self, pick: impl Fn(&Meta) -> bool) -> usize {
+        self.metas
+            .slots
+            .iter()
+            .filter(|slot| slot.refs > 0 && pick(&slot.meta))
+            .map(|slot| slot.refs as usize)
+            .sum()
+    }
+
+    /// How many rules `list` holds.
+    #[must_use]
+    pub fn count(&self, list: List) -> usize {
+        self.per_list[list_index(list)]
     }
 
     #[must_use]
@@ -187,6 +217,7 @@ impl Rules {
         let old = self.map.insert(key, id);
         if old.is_none() {
             self.changed += 1;
+            self.per_list[list_index(key.0)] += 1;
         }
         old.map(|old| self.metas.release(old))
     }
@@ -195,6 +226,7 @@ impl Rules {
     pub fn remove(&mut self, key: &(List, Prefix)) -> Option<Meta> {
         let id = self.map.remove(key)?;
         self.changed += 1;
+        self.per_list[list_index(key.0)] -= 1;
         Some(self.metas.release(id))
     }
 
@@ -223,12 +255,14 @@ impl Rules {
             map,
             metas,
             changed,
+            per_list,
         } = self;
         map.retain(|key, &mut id| {
             let kept = keep(key, metas.get(id));
             if !kept {
                 metas.release(id);
                 *changed += 1;
+                per_list[list_index(key.0)] -= 1;
             }
             kept
         });
@@ -390,6 +424,7 @@ impl Rules {
             map,
             metas,
             changed,
+            per_list,
         } = self;
         for part in batch.keys.chunks(BATCH_PART) {
             // By key, the last of each kept.
@@ -403,11 +438,11 @@ impl Rules {
             for (key, at) in &mut fresh {
                 *at = metas.intern(&batch.metas[*at as usize]);
                 while old.next_if(|(k, _)| *k < key).is_some() {}
-                match old.next_if(|(k, _)| *k == key) {
-                    Some((_, &replaced)) => {
-                        metas.release(replaced);
-                    }
-                    None => *changed += 1,
+                if let Some((_, &replaced)) = old.next_if(|(k, _)| *k == key) {
+                    metas.release(replaced);
+                } else {
+                    *changed += 1;
+                    per_list[list_index(key.0)] += 1;
                 }
             }
             map.append(&mut fresh);
@@ -459,6 +494,7 @@ pub(super) fn read_seq<'de, D: Deserializer<'de>>(input: D) -> Result<Rules, D::
                         .map(|(k, _)| k)
                         .or_else(|| rules.map.last_key_value().map(|e| e.0));
                     if last.is_none_or(|last| *last < key) {
+                        rules.per_list[list_index(key.0)] += 1;
                         part.push((key, id));
                         // Parts of at least half the map: each rule is
                         // moved a few times in all.

@@ -19,6 +19,60 @@ fn key(n: u32) -> (List, Prefix) {
     )
 }
 
+/// Each list's count, and the count of rules with a comment, are what a
+/// walk of the rules finds.
+fn counts_hold(rules: &Rules) {
+    for list in [List::Allow, List::Block, List::Auto] {
+        let walked = rules.keys().filter(|(l, _)| *l == list).count();
+        assert_eq!(rules.count(list), walked, "{}", list.name());
+    }
+    let commented = rules.values().filter(|m| m.comment.is_some()).count();
+    assert_eq!(rules.count_held(|m| m.comment.is_some()), commented);
+}
+
+/// The lists' counts follow every way rules come and go: put, insert,
+/// put again, remove, a batch, a read snapshot, retain.
+#[test]
+fn each_list_is_counted_through_every_change() {
+    let at = |list, n: u32| (list, key(n).1);
+    let mut rules = Rules::new();
+    for n in 0..300 {
+        let list = [List::Allow, List::Block, List::Auto][(n % 3) as usize];
+        rules.put(at(list, n), &meta(None, 1));
+        rules.insert(at(list, n), meta(Some("again"), 2));
+    }
+    counts_hold(&rules);
+    assert_eq!(rules.count(List::Auto), 100);
+    for n in (0..300).step_by(2) {
+        let list = [List::Allow, List::Block, List::Auto][(n % 3) as usize];
+        assert!(rules.remove(&at(list, n)).is_some());
+        assert!(rules.remove(&at(list, n)).is_none());
+    }
+    counts_hold(&rules);
+    let mut batch = Batch::with_capacity(BATCH_PART * 2);
+    for n in 0..u32::try_from(BATCH_PART * 2).unwrap() {
+        batch.push(at(List::Allow, n * 2), &meta(None, 3));
+    }
+    rules.put_batch(&batch);
+    counts_hold(&rules);
+    let text = serde_json::to_vec(&RulesRef(&rules)).unwrap();
+    let read = read_seq(&mut serde_json::Deserializer::from_slice(&text)).unwrap();
+    counts_hold(&read);
+    assert_eq!(read.count(List::Allow), rules.count(List::Allow));
+    rules.retain(|(list, _), _| *list != List::Block);
+    counts_hold(&rules);
+    assert_eq!(rules.count(List::Block), 0);
+}
+
+/// `rules` serialized as a snapshot writes them.
+struct RulesRef<'a>(&'a Rules);
+
+impl Serialize for RulesRef<'_> {
+    fn serialize<S: Serializer>(&self, out: S) -> Result<S::Ok, S::Error> {
+        write_seq(&self.0, out)
+    }
+}
+
 #[test]
 fn rules_added_together_share_their_meta() {
     let mut rules = Rules::new();
@@ -125,6 +179,7 @@ fn rules_read_in_any_order_as_put_one_by_one() {
         let read = read_seq(&mut serde_json::Deserializer::from_slice(&text)).unwrap();
         assert_eq!(read, one_by_one);
         assert!(read.iter().eq(one_by_one.iter()));
+        counts_hold(&read);
         // Every meta held as often as rules hold it.
         let held: u32 = read.metas.slots.iter().map(|s| s.refs).sum();
         assert_eq!(held as usize, read.len());
@@ -184,6 +239,8 @@ fn a_batch_is_the_put_of_its_rules() {
         batched.apply(&mut one);
         plain.apply(&mut other);
         assert_eq!(one, other, "{size} on {before}");
+        counts_hold(&one);
+        counts_hold(&other);
         // Each meta is counted once per rule that holds it.
         let held: u32 = one.metas.slots.iter().map(|s| s.refs).sum();
         assert_eq!(held as usize, one.len());
