@@ -155,6 +155,31 @@ fn the_guards_take_the_coarse_clock_only_where_it_keeps_every_rate() {
     );
 }
 
+/// The sources the limiter tracks (one bucket each) are counted whole: in
+/// batches where the kernel reads them so, across several batches here.
+#[test]
+fn every_tracked_source_is_counted() {
+    let mut filter = load_reflecting(SERVICE);
+    filter
+        .limiter()
+        .set(Limits {
+            flags: limit_flags::ENABLED,
+            v6_prefix_len: 64,
+            pps: 100,
+            pps_burst: 100,
+            ..Limits::default()
+        })
+        .expect("limits");
+    assert_eq!(filter.limiter().tracked_sources(), 0);
+    let sources = 10_000u32;
+    for n in 0..sources {
+        let src = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n));
+        let (_, delta) = run(&mut filter, &udp(src, 40_000, 5000), 1);
+        assert_eq!(delta.get(Reason::Passed).packets, 1, "{src}");
+    }
+    assert_eq!(filter.limiter().tracked_sources(), sources as usize);
+}
+
 #[test]
 fn syn_budget_per_source() {
     let mut filter = load_reflecting(SERVICE);

@@ -46,6 +46,60 @@ pub(super) fn unsupported(err: &io::Error) -> bool {
     )
 }
 
+/// Counts the entries of the hash map `map` (keys of `key_size` bytes,
+/// values of `value_size`) with `BPF_MAP_LOOKUP_BATCH` (hash maps: 5.6):
+/// a call per few thousand entries, where walking the keys costs a call
+/// each.
+pub(super) fn count_hash(
+    map: BorrowedFd<'_>,
+    key_size: usize,
+    value_size: usize,
+) -> io::Result<usize> {
+    const CHUNK: u32 = 4096;
+    let mut keys = vec![0u8; CHUNK as usize * key_size];
+    let mut values = vec![0u8; CHUNK as usize * value_size];
+    // A hash map's cursor is a bucket index (4 bytes); room for 8.
+    let mut after: u64 = 0;
+    let mut next: u64 = 0;
+    let mut total = 0;
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { (&raw const after) as u64 },
+            out_batch: (&raw mut next) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: CHUNK,
+            map_fd: u32::try_from(map.as_raw_fd()).expect("a descriptor is not negative"),
+            ..BatchAttr::default()
+        };
+        // SAFETY: `attr` is a valid `bpf_attr` prefix, passed with its
+        // size; `keys` and `values` hold `count` keys and values of the
+        // map's sizes, and `after` and `next` a cursor each, all alive for
+        // the call.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &raw mut attr,
+                size_of::<BatchAttr>(),
+            )
+        };
+        total += attr.count as usize;
+        if ret < 0 {
+            let err = io::Error::last_os_error();
+            // The end of the map.
+            return if err.raw_os_error() == Some(libc::ENOENT) {
+                Ok(total)
+            } else {
+                Err(err)
+            };
+        }
+        after = next;
+        first = false;
+    }
+}
+
 /// Reads the values `first..` of the per-CPU array `map`, each value
 /// `lanes` `u64` counters (`cpus` possible CPUs, as the kernel lays
 /// per-CPU values out), and stores each counter's sum over the CPUs in

@@ -2,11 +2,14 @@
 //! spoofed-source detector, the reflection guard's ports and the
 //! auto-blocks (see `spacefilter-ebpf/src/limit.rs`).
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::{
+    net::{IpAddr, Ipv6Addr},
+    os::fd::AsFd as _,
+};
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, IterableMap as _, MapData, PerCpuArray},
 };
 use spacefilter_common::{
     AutoBlock, Bucket, Limits, MAX_AUTO_EXEMPT, Shield, SpoofState, TOKEN_SCALE, limit_flags,
@@ -398,9 +401,19 @@ impl Limiter {
         })
     }
 
-    /// How many sources have a bucket.
+    /// How many sources have a bucket: read in batches where the kernel
+    /// can (`status` during a flood from many sources), else key by key.
     #[must_use]
     pub fn tracked_sources(&self) -> usize {
-        self.buckets.keys().flatten().count()
+        let fd = self.buckets.map().fd().as_fd();
+        match super::batch::count_hash(fd, 16, size_of::<Bucket>()) {
+            Ok(count) => count,
+            Err(err) => {
+                if !super::batch::unsupported(&err) {
+                    log::debug!("counting the sources' buckets in batches: {err}");
+                }
+                self.buckets.keys().flatten().count()
+            }
+        }
     }
 }
