@@ -46,6 +46,50 @@ pub(super) fn unsupported(err: &io::Error) -> bool {
     )
 }
 
+/// One `BPF_MAP_LOOKUP_BATCH` call: at most `count` entries of `map` into
+/// `keys` and `values`, from after the cursor at `after` (`None`: from the
+/// start), the cursor to go on from written at `next`. Returns the entries
+/// copied, and the call's error (`ENOENT`: the map's end).
+///
+/// # Safety
+///
+/// `keys` and `values` must hold `count` keys and values of the map's
+/// sizes (a per-CPU value: one per possible CPU), and `after` and `next` a
+/// cursor each (a key for an array, 4 bytes for a hash map).
+unsafe fn lookup_batch(
+    map: BorrowedFd<'_>,
+    after: Option<*const u8>,
+    next: *mut u8,
+    keys: *mut u8,
+    values: *mut u8,
+    count: u32,
+) -> (usize, Option<io::Error>) {
+    let mut attr = BatchAttr {
+        in_batch: after.map_or(0, |at| at as u64),
+        out_batch: next as u64,
+        keys: keys as u64,
+        values: values as u64,
+        count,
+        map_fd: u32::try_from(map.as_raw_fd()).expect("a descriptor is not negative"),
+        ..BatchAttr::default()
+    };
+    // SAFETY: `attr` is a valid `bpf_attr` prefix, passed with its size
+    // (the kernel zero-fills the rest); the buffers it points to are as
+    // the caller promised, alive for the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_BATCH,
+            &raw mut attr,
+            size_of::<BatchAttr>(),
+        )
+    };
+    (
+        attr.count as usize,
+        (ret < 0).then(io::Error::last_os_error),
+    )
+}
+
 /// Counts the entries of the hash map `map` (keys of `key_size` bytes,
 /// values of `value_size`) with `BPF_MAP_LOOKUP_BATCH` (hash maps: 5.6):
 /// a call per few thousand entries, where walking the keys costs a call
@@ -64,30 +108,21 @@ pub(super) fn count_hash(
     let mut total = 0;
     let mut first = true;
     loop {
-        let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { (&raw const after) as u64 },
-            out_batch: (&raw mut next) as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: CHUNK,
-            map_fd: u32::try_from(map.as_raw_fd()).expect("a descriptor is not negative"),
-            ..BatchAttr::default()
-        };
-        // SAFETY: `attr` is a valid `bpf_attr` prefix, passed with its
-        // size; `keys` and `values` hold `count` keys and values of the
-        // map's sizes, and `after` and `next` a cursor each, all alive for
-        // the call.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &raw mut attr,
-                size_of::<BatchAttr>(),
+        let from = (!first).then_some((&raw const after).cast::<u8>());
+        // SAFETY: `keys` and `values` hold `CHUNK` keys and values of the
+        // map's sizes, and `after` and `next` a cursor each.
+        let (got, err) = unsafe {
+            lookup_batch(
+                map,
+                from,
+                (&raw mut next).cast(),
+                keys.as_mut_ptr(),
+                values.as_mut_ptr(),
+                CHUNK,
             )
         };
-        total += attr.count as usize;
-        if ret < 0 {
-            let err = io::Error::last_os_error();
+        total += got;
+        if let Some(err) = err {
             // The end of the map.
             return if err.raw_os_error() == Some(libc::ENOENT) {
                 Ok(total)
@@ -125,34 +160,20 @@ pub(super) fn sum_per_cpu(
     let mut done = 0;
     while done < wanted {
         let want = chunk.min(wanted - done);
-        let mut attr = BatchAttr {
-            in_batch: if done == 0 && first == 0 {
-                0
-            } else {
-                (&raw const after) as u64
-            },
-            out_batch: (&raw mut next) as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: u32::try_from(want).expect("a chunk fits a u32"),
-            map_fd: u32::try_from(map.as_raw_fd()).expect("a descriptor is not negative"),
-            ..BatchAttr::default()
-        };
-        // SAFETY: `attr` is a valid `bpf_attr` prefix, passed with its
-        // size (the kernel zero-fills the rest); `keys` and `values` hold
-        // `count` keys and `count` per-CPU values (`lanes` counters of 8
-        // bytes per possible CPU each), and `after` and `next` one key
-        // each, all alive for the call.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &raw mut attr,
-                size_of::<BatchAttr>(),
+        let from = (done > 0 || first > 0).then_some((&raw const after).cast::<u8>());
+        // SAFETY: `keys` and `values` hold `want` keys and per-CPU values
+        // (`lanes` counters of 8 bytes per possible CPU each), and `after`
+        // and `next` one key each.
+        let (got, err) = unsafe {
+            lookup_batch(
+                map,
+                from,
+                (&raw mut next).cast(),
+                keys.as_mut_ptr().cast(),
+                values.as_mut_ptr().cast(),
+                u32::try_from(want).expect("a chunk fits a u32"),
             )
         };
-        let err = (ret < 0).then(io::Error::last_os_error);
-        let got = attr.count as usize;
         for (i, &key) in keys[..got].iter().enumerate() {
             let Some(base) = key.checked_sub(first).map(|v| v as usize * lanes) else {
                 continue;
