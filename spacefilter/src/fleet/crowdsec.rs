@@ -5,9 +5,9 @@
 //! next ones for what changed since. A prefix an administrator (or a file,
 //! the config, the fleet) already blocks stays theirs: a ban on it changes
 //! nothing, lifting the ban leaves their block in place, and if their
-//! block goes while the ban holds, the ban applies from the next poll. Every ban goes
-//! through the lockout guard: one that covers the host's own addresses is
-//! refused and logged, never forced. While the API cannot be reached the
+//! block goes while the ban holds, the ban applies from the next poll.
+//! Every ban goes through the lockout guard: one that covers the host's
+//! own addresses is refused and logged, never forced. While the API cannot be reached the
 //! blocks stay as they are (they expire on their own), and the link's state
 //! says why.
 
