@@ -635,6 +635,20 @@ pub const TOKEN_SCALE: u64 = 1_000_000;
 pub mod tokens {
     use super::TOKEN_SCALE;
 
+    /// Ticks of the coarse clock in a second, at the longest tick a budget
+    /// must ride out (10 ms: `HZ` = 100; Debian's kernels tick every 4 ms).
+    pub const COARSE_TICKS_PER_SEC: u64 = 100;
+
+    /// Whether a budget of `rate` a second keeps its rate on the coarse
+    /// clock: its `burst` holds a tick's worth of the rate, which a refill
+    /// credits at once (a burst that cannot hold it loses the rest). No
+    /// 128-bit arithmetic: the program calls it too.
+    #[inline(always)]
+    #[must_use]
+    pub fn burst_holds_a_tick(rate: u64, burst: u64) -> bool {
+        burst >= rate.div_ceil(COARSE_TICKS_PER_SEC)
+    }
+
     /// A refill never credits more than this much idle time: it keeps the
     /// token arithmetic far from overflow, and a full bucket is full
     /// anyway.
@@ -834,7 +848,7 @@ pub struct Limits {
 impl Limits {
     /// The longest tick of the coarse clock a budget must ride out: 10 ms
     /// (`HZ` = 100; Debian's kernels tick every 4 ms).
-    pub const COARSE_TICK_US: u64 = 10_000;
+    pub const COARSE_TICK_US: u64 = 1_000_000 / tokens::COARSE_TICKS_PER_SEC;
 
     /// Whether the guards keep their settings on the coarse clock: every
     /// budget in force has a burst that holds a tick's worth of its rate
@@ -846,11 +860,7 @@ impl Limits {
         if self.block_after_ns != 0 && self.block_after_ns < 10 * Self::COARSE_TICK_US * 1000 {
             return false;
         }
-        let fits = |rate: u64, burst: u64| {
-            rate == 0
-                || u128::from(burst) * 1_000_000
-                    >= u128::from(rate) * u128::from(Self::COARSE_TICK_US)
-        };
+        let fits = tokens::burst_holds_a_tick;
         fits(self.pps, self.pps_burst)
             && fits(self.bps, self.bps_burst)
             && fits(self.syn_pps, self.syn_burst)

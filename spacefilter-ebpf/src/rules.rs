@@ -9,7 +9,9 @@
 //! kernel has it).
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use spacefilter_common::{HeaderRule, MAX_HEADER_RULES, Reason, rule_action, rule_flags};
+use spacefilter_common::{
+    HeaderRule, MAX_HEADER_RULES, Reason, rule_action, rule_flags, tokens::burst_holds_a_tick,
+};
 
 use crate::{
     features,
@@ -94,7 +96,7 @@ fn within_budget(slot: u32, rule: &HeaderRule) -> bool {
     // The coarse clock where the burst holds a tick (10 ms at most) of the
     // rate, as the flood guards take it (see `limit_flags::COARSE_CLOCK`):
     // a flood a limit rule holds runs through here.
-    let now = if rule.pps / 100 <= rule.burst {
+    let now = if burst_holds_a_tick(rule.pps, rule.burst) {
         features::coarse_now()
     } else {
         // SAFETY: bpf_ktime_get_ns has no preconditions.

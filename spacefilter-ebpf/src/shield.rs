@@ -45,7 +45,10 @@ use aya_ebpf::{
     },
     programs::XdpContext,
 };
-use spacefilter_common::{Reason, Shield, reflect_bits, shield_flags, shield_watch, verified_how};
+use spacefilter_common::{
+    Reason, Shield, reflect_bits, shield_flags, shield_watch, tokens::burst_holds_a_tick,
+    verified_how,
+};
 
 use crate::{
     features,
@@ -199,7 +202,10 @@ fn unverified(source: &Source, shield: &Shield, on: bool) -> Option<Verdict> {
     // most) of its rate, as the flood guards take it (see
     // `limit_flags::COARSE_CLOCK`): a flood of unverified datagrams runs
     // through here.
-    let now = if u64::from(shield.unverified_burst) * 100 >= u64::from(shield.unverified_pps) {
+    let now = if burst_holds_a_tick(
+        u64::from(shield.unverified_pps),
+        u64::from(shield.unverified_burst),
+    ) {
         features::coarse_now()
     } else {
         // SAFETY: no preconditions.

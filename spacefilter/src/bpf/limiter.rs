@@ -203,10 +203,7 @@ impl Limiter {
 
     /// The guards' settings, as [`Self::set`] was given them.
     pub fn get(&self) -> Result<Limits, ListError> {
-        let mut limits = self.limits.get(&0, 0).map_err(|source| ListError::Read {
-            name: map_names::LIMITS,
-            source,
-        })?;
+        let mut limits = self.written()?;
         limits.flags &= !limit_flags::COARSE_CLOCK;
         Ok(limits)
     }
@@ -214,11 +211,15 @@ impl Limiter {
     /// Whether the guards read the coarse clock (see
     /// [`limit_flags::COARSE_CLOCK`]).
     pub fn coarse_clock(&self) -> Result<bool, ListError> {
-        let limits = self.limits.get(&0, 0).map_err(|source| ListError::Read {
+        Ok(self.written()?.flags & limit_flags::COARSE_CLOCK != 0)
+    }
+
+    /// The settings as the program reads them, the loader's flags included.
+    fn written(&self) -> Result<Limits, ListError> {
+        self.limits.get(&0, 0).map_err(|source| ListError::Read {
             name: map_names::LIMITS,
             source,
-        })?;
-        Ok(limits.flags & limit_flags::COARSE_CLOCK != 0)
+        })
     }
 
     /// Blocks `prefix` in the limiter until `until_ns` (monotonic), as the
