@@ -211,7 +211,7 @@ fn unverified(source: &Source, shield: &Shield, on: bool) -> Option<Verdict> {
         // SAFETY: no preconditions.
         unsafe { bpf_ktime_get_ns() }
     };
-    if verified::holds(source, now) {
+    if verified::holds_under_flood(source, now) {
         return None;
     }
     watch(shield, shield_watch::UNVERIFIED_UDP);

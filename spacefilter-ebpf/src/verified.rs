@@ -38,6 +38,50 @@ pub(crate) fn holds(source: &Source, now: u64) -> bool {
     unsafe { VERIFIED.get(key(source)) }.is_some_and(|v| v.until_ns > now)
 }
 
+/// Whether `source` is verified at `now` for the shield's budget for
+/// unverified UDP: as [`holds`], except that a source first answered over
+/// UDP as the current flood of unverified datagrams began (within
+/// [`FLOOD_EDGE_MS`] before it, or after) is not. The service answered it
+/// out of that budget's burst, which the flood spends before the budget
+/// runs over and [`prove`] stops verifying anyone new; verified, each of
+/// those forged sources would pass unbudgeted for its probation.
+#[inline(always)]
+pub(crate) fn holds_under_flood(source: &Source, now: u64) -> bool {
+    // SAFETY: a map value, read once.
+    let Some(entry) = (unsafe { VERIFIED.get(key(source)) }) else {
+        return false;
+    };
+    if entry.until_ns <= now {
+        return false;
+    }
+    !on_probation(entry, now)
+        || !under_pressure(now).is_some_and(|began| of_the_flood(began, entry.since_ms))
+}
+
+/// Whether `entry`, still verified at `now`, may be on probation: verified
+/// by a UDP answer for no longer than a probation from now. A settled
+/// entry ends later (it is renewed for the full idle time), except in the
+/// last seconds before it lapses unused.
+#[inline(always)]
+fn on_probation(entry: &Verified, now: u64) -> bool {
+    entry.how == verified_how::REPLIED && entry.until_ns <= now + PROBATION_NS
+}
+
+/// Whether a source first answered at `since_ms` was answered as the
+/// flood that began at `began` (monotonic ns) did: within
+/// [`FLOOD_EDGE_MS`] before it, or after. A signed difference: another CPU
+/// may have stamped the entry with a clock read a moment after this one's.
+#[inline(always)]
+fn of_the_flood(began: u64, since_ms: u32) -> bool {
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_possible_wrap,
+        reason = "milliseconds, wrapping; a signed difference"
+    )]
+    let before = ((began / 1_000_000) as u32).wrapping_sub(since_ms) as i32;
+    before < FLOOD_EDGE_MS.cast_signed()
+}
+
 /// How long after the shield's budget for unverified UDP last ran over the
 /// host's answers still verify nobody new.
 pub(crate) const PRESSURE_NS: u64 = 2_000_000_000;
@@ -84,7 +128,9 @@ const PROBATION_NS: u64 = PROBATION_MS as u64 * 1_000_000;
 /// ([`under_pressure`]), an answer verifies nobody new; the sources
 /// answered before the flood began stay verified (on probation, to be
 /// settled as usual), and a forged source first answered as the flood
-/// began (within [`FLOOD_EDGE_MS`] of it) lapses within seconds.
+/// began (within [`FLOOD_EDGE_MS`] of it) counts as unverified for the
+/// shield's budget while the flood lasts ([`holds_under_flood`]) and lapses
+/// within seconds.
 #[inline(always)]
 pub(crate) fn prove(key: &[u8; 16], how: u32, now: u64) {
     let Some(settings) = VERIFY_SETTINGS.get(0) else {
@@ -110,17 +156,9 @@ pub(crate) fn prove(key: &[u8; 16], how: u32, now: u64) {
             // source first answered in the same tick, a flood's too.)
             #[expect(clippy::cast_possible_wrap, reason = "wrapping differences, signed")]
             let settled = !replied
-                || entry.how != verified_how::REPLIED
+                || !on_probation(entry, now)
                 || now_ms.wrapping_sub(entry.since_ms) as i32 > PROBATION_MS as i32;
-            #[expect(
-                clippy::cast_possible_truncation,
-                clippy::cast_possible_wrap,
-                reason = "milliseconds, wrapping; a signed difference"
-            )]
-            let of_the_flood = pressure.is_some_and(|began| {
-                let before = ((began / 1_000_000) as u32).wrapping_sub(entry.since_ms) as i32;
-                before < FLOOD_EDGE_MS as i32
-            });
+            let of_the_flood = pressure.is_some_and(|began| of_the_flood(began, entry.since_ms));
             let until_ns = if settled {
                 full
             } else if of_the_flood {

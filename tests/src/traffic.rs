@@ -134,11 +134,7 @@ impl UdpSink {
             .run_in(host, || UdpSocket::bind(("::", port)))?
             .with_context(|| format!("binding the UDP sink to port {port}"))?;
         socket.set_read_timeout(Some(POLL))?;
-        if !echo {
-            // A request/reply service keeps the default: the bounds on
-            // what reaches it under a forged flood were set with it.
-            set_receive_buffer(&socket, SINK_BUFFER)?;
-        }
+        set_receive_buffer(&socket, SINK_BUFFER)?;
         let port = socket.local_addr()?.port();
         let counts = Tally::default();
         let tally = Arc::clone(&counts);

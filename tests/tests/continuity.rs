@@ -279,10 +279,13 @@ fn the_filter_outlives_the_daemon_and_its_successor_takes_over_with_no_gap() {
     assert!(daemon.log().contains("took over eth0"), "{}", daemon.log());
     eprintln!("takeover after a crash: {leaked} datagrams from the attacker got through");
     assert_eq!(leaked, 0, "the attacker got through during the takeover");
-    // And a clean stop and start, the same.
+    let mode_kept = "the pinned link runs in native mode, not the skb mode asked for";
+    assert!(!daemon.log().contains(mode_kept), "{}", daemon.log());
+    // And a clean stop and start, the same, even when the successor asks
+    // for another mode: it keeps the link's, and says so.
     let (leaked, daemon) = attacker_frames_across_a_restart(lab, sink, to, || {
         daemon.terminate(STOP_TIMEOUT).expect("stopping");
-        start(lab, paths, pin_dir)
+        start_with(lab, paths, pin_dir, &["--mode", "skb"])
     });
     eprintln!("stop and start: {leaked} datagrams from the attacker got through");
     assert_eq!(leaked, 0, "the attacker got through during a restart");
@@ -291,6 +294,7 @@ fn the_filter_outlives_the_daemon_and_its_successor_takes_over_with_no_gap() {
         "{}",
         daemon.log()
     );
+    assert!(daemon.log().contains(mode_kept), "{}", daemon.log());
     let mut daemon = sighup_under_a_flood(lab, sink, to, daemon);
 
     daemon.terminate(STOP_TIMEOUT).expect("stopping");

@@ -130,6 +130,108 @@ fn shielded_udp_lets_verified_sources_through() {
     assert_eq!(proven.get("admitted"), Some(&3), "{proven:?}");
 }
 
+/// The server's answer to `to` from the shielded port, as it leaves the
+/// host (the egress program's input).
+fn answer(to: IpAddr) -> Vec<u8> {
+    let from = match to {
+        IpAddr::V4(_) => IpAddr::V4(SERVER),
+        IpAddr::V6(_) => IpAddr::V6(SERVER6),
+    };
+    Packet::ip(from, to)
+        .udp(QUIC, 50_000)
+        .payload_len(100)
+        .build()
+        .into_bytes()
+}
+
+/// A source the host answers over UDP is verified, on probation; one it
+/// answered as a flood of unverified datagrams began (the budget's burst,
+/// spent before the budget ran over) is not let through as verified while
+/// the flood lasts, where one answered before it still is.
+#[test]
+fn a_source_answered_as_a_flood_begins_is_not_verified_during_it() {
+    let mut filter = load();
+    // No budget at all for unverified sources: what passes is verified,
+    // and the first unverified datagram is a flood.
+    shield_with(
+        &mut filter,
+        Shielded {
+            tcp: &[],
+            udp: &[(QUIC, QUIC)],
+        },
+        0,
+        0,
+    )
+    .expect("shield");
+    let before_v4 = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 20));
+    let before_v6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 20));
+    let edge_v4 = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 21));
+    let edge_v6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 21));
+    let answered = |filter: &mut Filter, to: IpAddr| {
+        filter
+            .test_run_egress(&answer(to))
+            .expect("egress test run");
+    };
+    for src in [before_v4, before_v6] {
+        answered(&mut filter, src);
+    }
+    // A tenth of a second and more before the flood (its edge): the
+    // probation's clock reads milliseconds.
+    let early = monotonic_ns();
+    assert!(
+        wait_until(Duration::from_secs(1), || monotonic_ns()
+            > early + 150_000_000),
+        "time passes"
+    );
+    for src in [edge_v4, edge_v6] {
+        answered(&mut filter, src);
+    }
+    let proven = filter.verifier().proven().expect("counts");
+    assert_eq!(proven.get("replied"), Some(&4), "{proven:?}");
+    for src in [before_v4, before_v6, edge_v4, edge_v6] {
+        for vlan in [false, true] {
+            let (action, delta) = run(&mut filter, &udp(src, QUIC, vlan));
+            assert_eq!(
+                (action, delta.get(Reason::Passed).packets),
+                (XDP_PASS, 1),
+                "{src}, tagged {vlan}: answered, no flood yet"
+            );
+        }
+    }
+    // The flood begins: an unverified datagram over the budget.
+    let forged = IpAddr::V4(Ipv4Addr::new(198, 19, 0, 1));
+    let (action, delta) = run(&mut filter, &udp(forged, QUIC, false));
+    assert_eq!(action, XDP_DROP, "{delta:?}");
+    assert_eq!(delta.get(Reason::Shielded).packets, 1);
+    for vlan in [false, true] {
+        for src in [edge_v4, edge_v6] {
+            let (action, delta) = run(&mut filter, &udp(src, QUIC, vlan));
+            assert_eq!(
+                (action, delta.get(Reason::Shielded).packets),
+                (XDP_DROP, 1),
+                "{src}, tagged {vlan}: answered as the flood began"
+            );
+        }
+        for src in [before_v4, before_v6] {
+            let (action, delta) = run(&mut filter, &udp(src, QUIC, vlan));
+            assert_eq!(
+                (action, delta.get(Reason::Passed).packets),
+                (XDP_PASS, 1),
+                "{src}, tagged {vlan}: answered before the flood"
+            );
+        }
+    }
+    // An answer during the flood verifies nobody new.
+    let during = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 22));
+    answered(&mut filter, during);
+    let (action, _) = run(&mut filter, &udp(during, QUIC, false));
+    assert_eq!(action, XDP_DROP, "answered during the flood");
+    // A source the application vouches for is verified, flood or not.
+    admit(&mut filter, during);
+    let (action, _) = run(&mut filter, &udp(during, QUIC, false));
+    assert_eq!(action, XDP_PASS, "admitted during the flood");
+}
+
 #[test]
 fn unverified_budget_is_shared_and_exact() {
     let mut filter = load();
@@ -609,7 +711,7 @@ fn shows_one_admitted(daemon: &DaemonProcess, lab: &Lab, port: u16) {
 /// A spoofed UDP flood (65 536 forged sources at the harness's top rate)
 /// at a shielded port whose service answers every datagram, the answers
 /// leaving as they would on the Internet: the forged sources answered as
-/// the flood begins are on probation and lapse, the budget holds what
+/// the flood begins count as unverified and lapse, the budget holds what
 /// reaches the service, and the client verified before the flood keeps
 /// being let through.
 #[test]
@@ -666,13 +768,20 @@ fn a_spoofed_flood_at_a_reply_service_leaves_nobody_verified() {
         clippy::cast_sign_loss,
         reason = "a bound in datagrams"
     )]
-    // The budget's share, and the few sources answered as the flood
-    // began, each for its probation: held to the budget, not to the flood.
-    let bound = (2.0 * f64::from(budget) * seconds) as u64 + 5000;
+    // The budget's share and its burst, with a margin for the CPUs racing
+    // on the shared budget: the sources answered as the flood began (out
+    // of the burst) count as unverified while it lasts. (Verified on
+    // probation instead, they let 18,788 through in one run.)
+    let bound = (1.25 * f64::from(budget) * seconds) as u64 + u64::from(budget);
     assert!(
         sent.frames > 1_000_000,
         "the flood ran: {} frames",
         sent.frames
+    );
+    eprintln!(
+        "{} frames in {seconds:.1} s; {at_service} forged datagrams reached the service \
+         (bound {bound}); verified anew {:?}",
+        sent.frames, delta.verified
     );
     assert!(
         at_service <= bound,

@@ -342,6 +342,16 @@ fn attach_all(
                                 pin.display(),
                                 used.name()
                             );
+                            if mode != AttachMode::Auto && mode != used {
+                                log::warn!(
+                                    "{iface}: the pinned link runs in {} mode, not the {} mode \
+                                     asked for, and keeps it: changing the mode would leave the \
+                                     interface unfiltered for a moment. To change it, run \
+                                     `spacefilter detach` and start again",
+                                    used.name(),
+                                    mode.name()
+                                );
+                            }
                         } else if core.filter.pinned(iface) {
                             log::info!("{iface}: link pinned at {}", pin.display());
                         }

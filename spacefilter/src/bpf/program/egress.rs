@@ -3,15 +3,15 @@
 //! egress on a TCX link (kernel 6.6) or, before it, as a `clsact` filter.
 
 use aya::{
-    Ebpf,
+    Ebpf, TestRunOptions,
     programs::{
-        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, TestRun as _,
         tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
     },
 };
 use spacefilter_common::EGRESS_PROGRAM_NAME;
 
-use super::{Filter, load_retrying};
+use super::{Filter, FilterError, load_retrying};
 use crate::error_chain;
 
 /// Loads the egress program (return routability) into the kernel.
@@ -70,6 +70,23 @@ impl Filter {
         program
             .attach_with_options(iface, TcAttachType::Egress, options)
             .map_err(|err| error_chain(&err))
+    }
+
+    /// Runs the egress program once on `frame`, a frame the host sends,
+    /// with `BPF_PROG_TEST_RUN` (kernel 4.12): the proofs it records are
+    /// those the frame would.
+    pub fn test_run_egress(&mut self, frame: &[u8]) -> Result<i32, FilterError> {
+        let program = self
+            .egress()
+            .ok_or(FilterError::TestRun(ProgramError::NotLoaded))?;
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ..Default::default()
+            })
+            .map_err(FilterError::TestRun)?;
+        #[expect(clippy::cast_possible_wrap, reason = "a TC action, signed")]
+        Ok(result.return_value as i32)
     }
 
     /// Why sources are not verified by the host's own traffic, if they
