@@ -635,8 +635,16 @@ pub fn control_plane(options: ControlOptions, rng: &mut Rng) -> anyhow::Result<C
     daemon.wait_ready(RESTART_TIMEOUT)?;
     let restart = started.elapsed();
     // Where the restart's time went, as the daemon tells it.
-    if let Some(line) = daemon.log().lines().rev().find(|l| l.contains("started in")) {
-        eprintln!("bench: control plane: the restarted daemon: {}", line.trim());
+    if let Some(line) = daemon
+        .log()
+        .lines()
+        .rev()
+        .find(|l| l.contains("started in"))
+    {
+        eprintln!(
+            "bench: control plane: the restarted daemon: {}",
+            line.trim()
+        );
     }
     let (restored_rss, restored_peak, restored_mapped) = memory_mib(daemon.pid());
     let status = cli_ok(&daemon, &["status", "--json"])?;
