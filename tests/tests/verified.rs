@@ -62,6 +62,21 @@ fn run(filter: &mut Filter, frame: &[u8]) -> (u32, spacefilter::Counters) {
     (action, filter.counters().expect("counters").since(&before))
 }
 
+/// Puts the shield on UDP port [`QUIC`] with a budget of `unverified_pps`
+/// for unverified sources.
+fn shield_quic(filter: &mut Filter, unverified_pps: u32) {
+    shield_with(
+        filter,
+        Shielded {
+            tcp: &[],
+            udp: &[(QUIC, QUIC)],
+        },
+        0,
+        unverified_pps,
+    )
+    .expect("shield");
+}
+
 fn admit(filter: &mut Filter, addr: IpAddr) {
     let now = monotonic_ns();
     filter
@@ -74,16 +89,7 @@ fn admit(filter: &mut Filter, addr: IpAddr) {
 fn shielded_udp_lets_verified_sources_through() {
     let mut filter = load();
     // No budget at all for unverified sources: only verified ones pass.
-    shield_with(
-        &mut filter,
-        Shielded {
-            tcp: &[],
-            udp: &[(QUIC, QUIC)],
-        },
-        0,
-        0,
-    )
-    .expect("shield");
+    shield_quic(&mut filter, 0);
     let v4 = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));
     let v6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7));
     for src in [v4, v6] {
@@ -153,16 +159,7 @@ fn a_source_answered_as_a_flood_begins_is_not_verified_during_it() {
     let mut filter = load();
     // No budget at all for unverified sources: what passes is verified,
     // and the first unverified datagram is a flood.
-    shield_with(
-        &mut filter,
-        Shielded {
-            tcp: &[],
-            udp: &[(QUIC, QUIC)],
-        },
-        0,
-        0,
-    )
-    .expect("shield");
+    shield_quic(&mut filter, 0);
     let before_v4 = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 20));
     let before_v6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 20));
     let edge_v4 = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 21));
@@ -235,17 +232,8 @@ fn a_source_answered_as_a_flood_begins_is_not_verified_during_it() {
 #[test]
 fn unverified_budget_is_shared_and_exact() {
     let mut filter = load();
-    shield_with(
-        &mut filter,
-        Shielded {
-            tcp: &[],
-            udp: &[(QUIC, QUIC)],
-        },
-        0,
-        // Twenty a second, a burst of 5: test runs are microseconds apart.
-        20,
-    )
-    .expect("shield");
+    // Twenty a second, a burst of 5: test runs are microseconds apart.
+    shield_quic(&mut filter, 20);
     let mut passed = 0;
     for n in 1..=20u8 {
         let src = IpAddr::V4(Ipv4Addr::new(198, 19, 0, n));
