@@ -798,8 +798,43 @@ fn sections(text: &str) -> (&str, Vec<(&str, &str)>) {
     (preamble, out)
 }
 
+/// The notes section's heading.
+const NOTES: &str = "## Notes";
+
+/// The notes of a partial run added to the full run's: the full run's
+/// notes on parts that did not run stay, a note the new run repeats is
+/// kept once, and the last partial run's line gives way to the new one.
+fn merge_notes(old: &str, new: &str) -> String {
+    let partial = |line: &str| line.starts_with("- a partial run");
+    let note_lines = |section: &'_ str| -> Vec<String> {
+        section
+            .lines()
+            .skip(1)
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut lines: Vec<String> = note_lines(old)
+        .into_iter()
+        .filter(|l| !partial(l))
+        .collect();
+    for line in note_lines(new) {
+        if !lines.contains(&line) {
+            lines.push(line);
+        }
+    }
+    let mut out = format!("{NOTES}\n\n");
+    for line in lines {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out.push('\n');
+    out
+}
+
 /// `old` with the sections of `new` that hold more than their heading in
-/// place of its own (new ones at the end).
+/// place of its own (new ones at the end); a partial run's notes are added
+/// to the notes there ([`merge_notes`]).
 fn merge_sections(old: &str, new: &str) -> String {
     // A heading marked by hand (`†`: re-measured apart) is the same one.
     let same = |a: &str, b: &str| {
@@ -815,8 +850,13 @@ fn merge_sections(old: &str, new: &str) -> String {
     let mut out = preamble.to_owned();
     for (heading, section) in &old {
         let replaced = written.iter().find(|(h, _)| same(h, heading));
-        let section = replaced.map_or(*section, |(_, s)| s);
-        out.push_str(section);
+        match replaced {
+            Some((_, new_notes)) if same(heading, NOTES) => {
+                out.push_str(&merge_notes(section, new_notes));
+            }
+            Some((_, section)) => out.push_str(section),
+            None => out.push_str(section),
+        }
         if !out.ends_with('\n') {
             out.push('\n');
         }
@@ -1070,6 +1110,16 @@ mod report_tests {
         assert_eq!(
             merge_sections(old, new),
             "# B\n\nfull run\n\n## One\n\nold one\n\n## Notes\n\nold notes\n\n## Two\n\nnew two\n\n## Kernels\n\nk\n\n## Three\n\nnew three\n"
+        );
+    }
+
+    #[test]
+    fn a_partial_run_adds_its_notes_to_the_full_run_s() {
+        let old = "# B\n\n## Notes\n\n- writing 1000 entries took 0.00 s\n- a partial run: guards only\n\n## Kernels\n\nk\n";
+        let new = "# B\n\n## Notes\n\n- a partial run: control only\n- writing 1000 entries took 0.00 s\n- restart: 1.3 s\n";
+        assert_eq!(
+            merge_sections(old, new),
+            "# B\n\n## Notes\n\n- writing 1000 entries took 0.00 s\n- a partial run: control only\n- restart: 1.3 s\n\n## Kernels\n\nk\n"
         );
     }
 }
