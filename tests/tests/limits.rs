@@ -172,6 +172,25 @@ fn bad_limits_are_refused_and_limits_survive_a_restart() {
     assert_eq!(limits["enabled"], true);
     assert_eq!(limits["bps"], 100_000);
     assert_eq!(limits["block_after_ms"], 5000);
+    // The clock the guards read, as `limit show` names it: the coarse one
+    // while every burst holds 10 ms of its rate, the precise one for a
+    // shorter burst, none with the guards off.
+    let shown = |daemon: &DaemonProcess| daemon.cli(&["limit", "show"]).ok("limit show").to_owned();
+    assert!(
+        shown(&s.daemon).contains("clock: the kernel's coarse clock"),
+        "{}",
+        shown(&s.daemon)
+    );
+    s.daemon
+        .cli(&["limit", "set", "--pps", "100000", "--burst", "100"])
+        .ok("limit set");
+    assert!(
+        shown(&s.daemon).contains("clock: the precise clock"),
+        "{}",
+        shown(&s.daemon)
+    );
+    s.daemon.cli(&["limit", "off"]).ok("limit off");
+    assert!(!shown(&s.daemon).contains("clock:"), "{}", shown(&s.daemon));
 }
 
 #[test]

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use spacefilter_common::{Limits, limit_flags};
 
 /// The flood guards' settings, as the protocol carries
 /// them: the per-source rate limit, the SYN guard and the reflection guard.
@@ -144,6 +145,64 @@ impl Default for LimitsView {
 }
 
 impl LimitsView {
+    /// The kernel's form of these settings (the loader adds its own flags,
+    /// such as [`limit_flags::COARSE_CLOCK`]).
+    #[must_use]
+    pub fn kernel(&self) -> Limits {
+        let LimitsView {
+            enabled,
+            dry_run,
+            pps,
+            pps_burst,
+            bps,
+            bps_burst,
+            v6_prefix_len,
+            block_after_ms,
+            block_ttl_ms,
+            syn_pps,
+            syn_burst,
+            syn_global_pps,
+            syn_global_burst,
+            spoof_threshold,
+            fallback_pps,
+            fallback_burst,
+            reflect,
+            reflect_sources: _,
+            service_ports: _,
+            reflect_profile: _,
+        } = *self;
+        let mut flags = 0;
+        if enabled {
+            flags |= limit_flags::ENABLED;
+        }
+        if syn_pps > 0 || syn_global_pps > 0 {
+            flags |= limit_flags::SYN;
+        }
+        if reflect {
+            flags |= limit_flags::REFLECT;
+        }
+        if dry_run && flags != 0 {
+            flags |= limit_flags::DRY_RUN;
+        }
+        Limits {
+            flags,
+            v6_prefix_len: u32::from(v6_prefix_len),
+            pps,
+            pps_burst,
+            bps,
+            bps_burst,
+            block_after_ns: block_after_ms.saturating_mul(1_000_000),
+            block_ttl_ns: block_ttl_ms.saturating_mul(1_000_000),
+            syn_pps,
+            syn_burst,
+            syn_global_pps,
+            syn_global_burst,
+            spoof_threshold,
+            fallback_pps,
+            fallback_burst,
+        }
+    }
+
     /// The per-source limit, its auto-block, the spoofed-source fallback
     /// and the SYN guard, one line each, as `limit show` prints them (the
     /// reflection guard's lines are its own).
@@ -202,7 +261,26 @@ impl LimitsView {
                 self.syn_global_burst,
             ),
         });
+        if let Some(clock) = self.clock() {
+            lines.push(clock.to_owned());
+        }
         lines
+    }
+
+    /// Which clock the per-source limit and the SYN guard read, as the
+    /// loader chooses it ([`Limits::fits_coarse_clock`]), if either runs.
+    #[must_use]
+    pub fn clock(&self) -> Option<&'static str> {
+        let kernel = self.kernel();
+        if kernel.flags & (limit_flags::ENABLED | limit_flags::SYN) == 0 {
+            return None;
+        }
+        Some(if kernel.fits_coarse_clock() {
+            "clock: the kernel's coarse clock (every budget's burst holds 10 ms of its rate)"
+        } else {
+            "clock: the precise clock, about 40 ns a frame more on a virtual machine (a budget's \
+             burst holds less than 10 ms of its rate, or --block-after is under 100 ms)"
+        })
     }
 
     /// Why these limits cannot be put in force, if they cannot.
@@ -270,5 +348,51 @@ impl LimitsView {
             return Some("auto-blocking (--block-after) needs --block-ttl".into());
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LimitsView;
+
+    /// `limit show` names the clock the loader picks: none while neither
+    /// the per-source limit nor the SYN guard runs; the coarse one while
+    /// every burst holds a tick; the precise one for a short burst or a
+    /// short `--block-after`.
+    #[test]
+    fn the_clock_shown_is_the_one_the_loader_picks() {
+        let clock = |view: LimitsView| view.clock().map(|c| c.split(',').next().unwrap_or(c));
+        assert_eq!(clock(LimitsView::default()), None);
+        let limit = |pps, pps_burst, block_after_ms| LimitsView {
+            enabled: true,
+            pps,
+            pps_burst,
+            block_after_ms,
+            block_ttl_ms: 60_000,
+            ..LimitsView::default()
+        };
+        let coarse =
+            Some("clock: the kernel's coarse clock (every budget's burst holds 10 ms of its rate)");
+        let precise = Some("clock: the precise clock");
+        assert_eq!(clock(limit(1_000, 1_000, 0)), coarse);
+        assert_eq!(clock(limit(100_000, 1_000, 0)), coarse);
+        assert_eq!(clock(limit(100_000, 999, 0)), precise);
+        assert_eq!(clock(limit(1_000, 1_000, 100)), coarse);
+        assert_eq!(clock(limit(1_000, 1_000, 99)), precise);
+        let syn = LimitsView {
+            syn_pps: 20,
+            syn_burst: 20,
+            syn_global_pps: 5000,
+            syn_global_burst: 5000,
+            ..LimitsView::default()
+        };
+        assert_eq!(clock(syn.clone()), coarse);
+        assert_eq!(
+            clock(LimitsView {
+                syn_global_burst: 49,
+                ..syn
+            }),
+            precise
+        );
     }
 }

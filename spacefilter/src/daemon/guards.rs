@@ -3,8 +3,6 @@
 
 use std::{net::Ipv6Addr, time::Duration};
 
-use spacefilter_common::{Limits, limit_flags};
-
 use super::{Peer, Refusal, core::Core};
 use crate::{
     api::{LimitsView, ReflectProfile, default_reflectors, default_service_ports},
@@ -38,8 +36,8 @@ impl Core {
         self.store
             .append(&op, &self.rules)
             .map_err(|err| Refusal::failed(error_chain(&err)))?;
-        if let Err(err) = self.filter.limiter().set(kernel_limits(&limits)) {
-            let _ = self.filter.limiter().set(kernel_limits(&self.limits));
+        if let Err(err) = self.filter.limiter().set(limits.kernel()) {
+            let _ = self.filter.limiter().set(self.limits.kernel());
             let undo = Op::Limits {
                 limits: record(&self.limits),
             };
@@ -226,62 +224,6 @@ impl Core {
             );
             self.spoof_switches = state.switches;
         }
-    }
-}
-
-/// The kernel's form of a rate limit.
-pub(super) fn kernel_limits(view: &LimitsView) -> Limits {
-    let LimitsView {
-        enabled,
-        dry_run,
-        pps,
-        pps_burst,
-        bps,
-        bps_burst,
-        v6_prefix_len,
-        block_after_ms,
-        block_ttl_ms,
-        syn_pps,
-        syn_burst,
-        syn_global_pps,
-        syn_global_burst,
-        spoof_threshold,
-        fallback_pps,
-        fallback_burst,
-        reflect,
-        reflect_sources: _,
-        service_ports: _,
-        reflect_profile: _,
-    } = *view;
-    let mut flags = 0;
-    if enabled {
-        flags |= limit_flags::ENABLED;
-    }
-    if syn_pps > 0 || syn_global_pps > 0 {
-        flags |= limit_flags::SYN;
-    }
-    if reflect {
-        flags |= limit_flags::REFLECT;
-    }
-    if dry_run && flags != 0 {
-        flags |= limit_flags::DRY_RUN;
-    }
-    Limits {
-        flags,
-        v6_prefix_len: u32::from(v6_prefix_len),
-        pps,
-        pps_burst,
-        bps,
-        bps_burst,
-        block_after_ns: block_after_ms.saturating_mul(1_000_000),
-        block_ttl_ns: block_ttl_ms.saturating_mul(1_000_000),
-        syn_pps,
-        syn_burst,
-        syn_global_pps,
-        syn_global_burst,
-        spoof_threshold,
-        fallback_pps,
-        fallback_burst,
     }
 }
 

@@ -418,7 +418,7 @@ impl Core {
         // fallback (with the rate limiter) and the host-wide SYN budget. The
         // reflection guard alone does not, and the egress program then
         // costs the host's traffic nothing but a test.
-        let limits = super::guards::kernel_limits(&self.limits);
+        let limits = self.limits.kernel();
         let record = shield_on
             || limits.flags & limit_flags::ENABLED != 0
             || (limits.flags & limit_flags::SYN != 0 && limits.syn_global_pps != 0);

@@ -12,7 +12,7 @@ use super::{
     AddRequest, Peer, Settings,
     core::Core,
     expiry::Expiry,
-    guards::{self, kernel_limits},
+    guards,
     header_rules::{self, kernel_rule},
     shield::ShieldState,
 };
@@ -61,7 +61,7 @@ fn restore(
     limits.reflect_profile = Some(profile);
     filter
         .limiter()
-        .set(kernel_limits(&limits))
+        .set(limits.kernel())
         .context("restoring the flood guards")?;
     let mono = monotonic_ns();
     for (&(list, prefix), meta) in rules {
