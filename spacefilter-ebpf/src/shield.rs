@@ -69,6 +69,8 @@ const IPV4_LEN: usize = 20;
 /// The IPv6 header: no extension headers.
 const IPV6_LEN: usize = 40;
 const ETH_P_IPV6: u16 = 0x86dd;
+/// The shortest Ethernet frame, less its checksum.
+const ETH_ZLEN: usize = 60;
 /// The SYN-ACK's TCP header: 20 bytes and 20 of options.
 const SYNACK_TCP_LEN: usize = 40;
 /// The SYN-ACK's window (never scaled): below what the kernel gives the
@@ -491,13 +493,30 @@ pub(crate) struct Walk {
 #[repr(C, align(8))]
 pub(crate) struct Scratch {
     answer: [u8; SYNACK_LEN],
-    /// The SYN's IP header (IPv4: the first 20 bytes).
+    /// The SYN's IP header, ending where `header` begins (IPv4: the last 20
+    /// bytes), so that one copy fills both; see [`Scratch::ip`].
     ip: [u8; IPV6_LEN],
     /// The SYN's TCP header, options included, then zeros.
     header: [u8; HEADER_ROOM],
     walk: Walk,
     /// The 4-tuple of a socket lookup.
     tuple: bpf_sock_tuple,
+}
+
+impl Scratch {
+    /// Where the SYN's IP header (`IP` bytes) starts: right before the TCP
+    /// header's room. Taken from the whole value, since the copy into it
+    /// runs on into `header`.
+    #[inline(always)]
+    fn ip<const IP: usize>(scratch: &mut Self) -> *mut u8 {
+        // SAFETY: `ip` is IPV6_LEN bytes, IP of them at most; the pointer
+        // stays inside the value.
+        unsafe {
+            core::ptr::from_mut(scratch)
+                .cast::<u8>()
+                .add(core::mem::offset_of!(Self, ip) + IPV6_LEN - IP)
+        }
+    }
 }
 
 /// Answers a SYN with a cookie, or leaves it to the kernel (no listener,
@@ -559,7 +578,7 @@ const LISTENER_FRESH_NS: u64 = 1_000_000_000;
 #[inline(always)]
 fn cookie_for<const IP: usize>(ctx: &XdpContext, scratch: &mut Scratch, len: u32, now: u64) -> i64 {
     let port = u32::from(u16::from_be_bytes([scratch.header[2], scratch.header[3]]));
-    let ip = scratch.ip.as_mut_ptr();
+    let ip = Scratch::ip::<IP>(scratch);
     let th = scratch.header.as_mut_ptr();
     if let Some(seen) = SHIELD_LISTENERS.get(port)
         && now.saturating_sub(*seen) < LISTENER_FRESH_NS
@@ -599,8 +618,9 @@ fn cookie_for<const IP: usize>(ctx: &XdpContext, scratch: &mut Scratch, len: u32
 }
 
 /// Copies the SYN's IP header and its TCP header (`tcp_len` bytes, as its
-/// data offset says) into the scratch value, with `bpf_xdp_load_bytes`
-/// (kernel 5.18), zeros after the TCP header; returns the TCP header's
+/// data offset says) into the scratch value, with one `bpf_xdp_load_bytes`
+/// (kernel 5.18): the IP header ends where the TCP header's room begins
+/// ([`Scratch::ip`]), zeros after the TCP header; returns the TCP header's
 /// length, or `None` if it does not fit the frame. One copy covers every
 /// length a header can have, where in the packet the verifier would want
 /// each length proven on a branch of its own.
@@ -617,19 +637,15 @@ fn copy_headers<const IP: usize>(
     // bound checked apart is lost); past 60 only for a data offset below 5,
     // which the cookie helper refuses.
     let len = 20 + (tcp_len.wrapping_sub(20) & 0x3f) as u32;
-    // SAFETY: the context is the program's; the buffers hold IP and 83
-    // bytes or more.
+    // SAFETY: the context is the program's; from the IP header's place,
+    // the scratch value holds IP bytes and then 88 of TCP header's room,
+    // more than the 83 at most asked for.
     let loaded = unsafe {
         bpf_xdp_load_bytes(
             ctx.ctx,
             ip_offset as u32,
-            scratch.ip.as_mut_ptr().cast(),
-            IP as u32,
-        ) | bpf_xdp_load_bytes(
-            ctx.ctx,
-            (ip_offset + IP) as u32,
-            scratch.header.as_mut_ptr().cast(),
-            len,
+            Scratch::ip::<IP>(scratch).cast(),
+            IP as u32 + len,
         )
     };
     (loaded == 0).then_some(len)
@@ -659,7 +675,7 @@ fn synack<const IP: usize>(
     // With a timestamp, 20 bytes of options; without, the MSS alone.
     let long = offer.tsval.is_some() && timestamps;
     let tcp_len = if long { SYNACK_TCP_LEN } else { SHORT_TCP_LEN };
-    let ip = Words(scratch.ip.as_ptr().cast());
+    let ip = Words(Scratch::ip::<IP>(scratch).cast_const().cast());
     let syn = Words(scratch.header.as_ptr().cast());
     let out = scratch.answer.as_mut_ptr().cast::<u32>();
     // The IP header, the addresses swapped; and the pseudo-header's sum of
@@ -759,8 +775,8 @@ impl Words {
     #[inline(always)]
     fn get(self, i: usize) -> u32 {
         // SAFETY: the callers read words of the buffers they made this
-        // from (`ip`: 10 words, `header`: 22), 4-aligned in the 8-aligned
-        // scratch value. Volatile, so that LLVM reads a word and does not
+        // from (the IP header: 5 or 10 words, `header`: 22), 4-aligned in
+        // the 8-aligned scratch value. Volatile, so that LLVM reads a word and does not
         // split it into bytes.
         unsafe { core::ptr::read_volatile(self.0.add(i)) }
     }
@@ -852,7 +868,11 @@ fn turn_around<const IP: usize>(
     // Tags make the IP header start at 14, 18 or 22.
     let ip_offset = ip_offset & 0x1f;
     let len = ctx.data_end() - ctx.data();
-    let wanted = ip_offset + ip_len;
+    // A frame of the Ethernet minimum or less is not shrunk: a shorter
+    // answer would be padded back to the minimum on the wire, and the
+    // bytes past its IP length are padding to the receiver (a flood's
+    // SYNs, without options, come in such frames).
+    let wanted = (ip_offset + ip_len).max(len.min(ETH_ZLEN));
     let delta = wanted as i64 - len as i64;
     if delta != 0 {
         // SAFETY: the context is the program's; every packet pointer is
@@ -868,13 +888,16 @@ fn turn_around<const IP: usize>(
     if start + 12 > end {
         return SPOILED;
     }
-    // SAFETY: the MAC addresses lie in the packet, checked just above.
+    // SAFETY: the MAC addresses lie in the packet, checked just above;
+    // read and written as 16-bit words (the frame starts 2-aligned, as
+    // the kernel lays packets out), where a copy of bytes is a load and a
+    // store for each.
     unsafe {
-        let macs = core::ptr::read_unaligned(start as *const [u8; 12]);
-        let mut swapped = [0u8; 12];
-        swapped[..6].copy_from_slice(&macs[6..]);
-        swapped[6..].copy_from_slice(&macs[..6]);
-        core::ptr::write_unaligned(start as *mut [u8; 12], swapped);
+        let macs = core::ptr::read_unaligned(start as *const [u16; 6]);
+        core::ptr::write_unaligned(
+            start as *mut [u16; 6],
+            [macs[3], macs[4], macs[5], macs[0], macs[1], macs[2]],
+        );
     }
     let at = start + ip_offset;
     let written = match (IP == IPV6_LEN, long) {

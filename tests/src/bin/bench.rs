@@ -28,11 +28,12 @@ const XDP_FILTER_MAX: usize = 1_000;
 const FLOOD_LEGIT_RATE: u64 = 10_000;
 
 /// The parts of the benchmark, in the order they run.
-const PARTS: [&str; 7] = [
+const PARTS: [&str; 8] = [
     "packets",
     "control",
     "floods",
     "admission",
+    "shield",
     "guards",
     "observe",
     "fleet",
@@ -144,6 +145,15 @@ fn main() -> anyhow::Result<()> {
             eprintln!("bench: shield, {name}: {ns:.0} ns");
         }
         (admission(Duration::from_secs(seconds))?, costs)
+    } else if runs("shield") {
+        // The shield's program alone, for working on it: printed here, and
+        // reported only with the admission rows.
+        eprintln!("bench: the shield's program through BPF_PROG_TEST_RUN");
+        let costs = shield_costs(if quick { 500 } else { 5000 })?;
+        for (name, ns) in &costs {
+            eprintln!("bench: shield, {name}: {ns:.0} ns");
+        }
+        (Admitted::default(), costs)
     } else {
         (Admitted::default(), Vec::new())
     };
