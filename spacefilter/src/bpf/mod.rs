@@ -39,7 +39,7 @@ pub use self::{
     lists::{Entry, HitSums, Lists},
     pins::{DEFAULT_PIN_DIR, PinDir, egress_pin},
     program::{
-        AttachMode, Filter, FilterError, KernelLog, LoadOptions, TOOLS, pinned_program,
+        AttachMode, Filter, FilterError, KernelLog, LoadOptions, Staged, TOOLS, pinned_program,
         remove_left_egress,
     },
     rules::HeaderRules,

@@ -4,27 +4,23 @@
 use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 use aya::{
-    Ebpf, EbpfLoader, TestRunOptions,
+    Ebpf, TestRunOptions,
     maps::{MapData, RingBuf},
     programs::{ProgramError, TestRun as _, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use spacefilter_common::{
-    DEFAULT_BUCKETS, DEFAULT_CAPACITY, FEATURES_GLOBAL, PROGRAM_NAME, hit_values,
-    lookup::{MAX_CAPACITY, buckets_for},
-    map_names,
+    DEFAULT_BUCKETS, DEFAULT_CAPACITY, PROGRAM_NAME, lookup::MAX_CAPACITY, map_names,
 };
 
 mod egress;
 mod pinning;
+mod staged;
 
-use self::{
-    egress::load_egress,
-    pinning::{Egress, Held, remove_pin},
-};
-pub use self::{egress::remove_left_egress, pinning::pinned_program};
+use self::pinning::{Egress, Held, remove_pin};
+pub use self::{egress::remove_left_egress, pinning::pinned_program, staged::Staged};
 use super::{
     CounterReader, Counters, Entry, FeatureOff, HeaderRules, Limiter, ListError, Lists, Observer,
-    Stats, Verifier, features,
+    Stats, Verifier,
 };
 use crate::{
     error_chain,
@@ -197,84 +193,9 @@ struct Attachment {
 impl Filter {
     /// Loads the program into the kernel (not yet attached anywhere).
     pub fn load(options: LoadOptions) -> Result<Self, FilterError> {
-        let LoadOptions {
-            capacity,
-            buckets,
-            hash_seed,
-            without,
-        } = options;
-        if capacity > MAX_CAPACITY {
-            return Err(FilterError::Capacity { capacity });
-        }
-        features::require().map_err(FilterError::Kernel)?;
-        let (features, features_off) = features::probe(without);
-        for off in &features_off {
-            log::warn!(
-                "kernel feature {} is off: {}; {}",
-                off.feature.name(),
-                off.why,
-                off.instead
-            );
-        }
-        let mut loader = EbpfLoader::new();
-        loader.override_global(FEATURES_GLOBAL, &features, true);
-        // Each family's tables hold up to `capacity` keys.
-        for name in [map_names::V4_BUCKETS, map_names::V6_BUCKETS] {
-            loader.map_max_entries(name, buckets_for(capacity));
-        }
-        for name in [map_names::V4_CROWDED, map_names::V6_CROWDED] {
-            loader.map_max_entries(name, capacity);
-        }
-        // Slot 0 and key index 0 are never handed out.
-        loader.map_max_entries(map_names::V6_KEYS, capacity + 1);
-        loader.map_max_entries(map_names::RULE_HITS, hit_values(capacity + 1));
-        loader.map_max_entries(map_names::BUCKETS, buckets);
-        loader.map_max_entries(map_names::AUTO_BLOCKED, buckets);
-        let mut ebpf = loader.load(PROGRAM).map_err(FilterError::Load)?;
-        let program: &mut Xdp = ebpf
-            .program_mut(PROGRAM_NAME)
-            .ok_or(FilterError::MissingProgram)?
-            .try_into()
-            .map_err(FilterError::Program)?;
-        load_retrying(|| program.load()).map_err(FilterError::Program)?;
-        let egress_missing = load_egress(&mut ebpf).err();
-        if let Some(why) = &egress_missing {
-            log::warn!(
-                "the egress program is not loaded ({why}): sources are verified only by \
-                 their cookies and by `spacefilter admit`"
-            );
-        }
-        let lists = Lists::take(
-            &mut ebpf,
-            capacity + 1,
-            hash_seed.unwrap_or_else(random_seed),
-        )?;
-        let stats = Stats::take(&mut ebpf)?;
-        let limiter = Limiter::take(&mut ebpf)?;
-        let header_rules = HeaderRules::take(&mut ebpf)?;
-        let observer = Observer::take(&mut ebpf)?;
-        let verifier = Verifier::take(&mut ebpf)?;
-        let kernel_log = match KernelLog::init(&mut ebpf) {
-            Ok(reader) => Some(reader),
-            Err(err) => {
-                log::warn!("the kernel-side debug log is unavailable: {err}");
-                None
-            }
-        };
-        Ok(Self {
-            ebpf,
-            lists,
-            stats: Arc::new(stats),
-            limiter,
-            header_rules,
-            observer,
-            verifier,
-            kernel_log,
-            egress_missing,
-            features_off,
-            tcx_links: features & spacefilter_common::features::TCX_LINKS != 0,
-            attached: BTreeMap::new(),
-        })
+        let (mut staged, lists) = Self::stage(options)?;
+        staged.load_programs()?;
+        Ok(staged.with_lists(lists))
     }
 
     /// The kernel features the program runs without, and why.

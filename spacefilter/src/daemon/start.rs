@@ -3,6 +3,7 @@
 
 use std::{
     path::Path,
+    sync::mpsc,
     time::{Duration, Instant},
 };
 
@@ -19,8 +20,8 @@ use super::{
 use crate::{
     api::{LimitsView, Origin},
     bpf::{
-        AttachMode, Filter, FilterError, LoadOptions, PinDir, features, monotonic_ns,
-        pinned_program,
+        AttachMode, Filter, FilterError, Lists, LoadOptions, PinDir, Staged, features,
+        monotonic_ns, pinned_program,
     },
     error_chain,
     net::{List, Prefix, iface},
@@ -28,25 +29,31 @@ use crate::{
     telemetry::sampling::Samples,
 };
 
-/// Puts the rules and the rate limit from the state directory into the
-/// freshly loaded program; returns the rate limit.
-fn restore(
-    filter: &mut Filter,
-    rules: &Rules,
-    store: &Store,
-    now: u64,
-) -> anyhow::Result<LimitsView> {
+/// Puts the allow and block rules into the lists of a program being
+/// loaded (see [`Loading`]).
+fn fill_lists(lists: &mut Lists, rules: &Rules) -> anyhow::Result<()> {
     for list in [List::Allow, List::Block] {
         let prefixes: Vec<Prefix> = rules
             .keys()
             .filter(|(l, _)| *l == list)
             .map(|&(_, p)| p)
             .collect();
-        filter
-            .lists()
+        lists
             .insert_many(list, &prefixes)
             .with_context(|| format!("restoring the {}list", list.name()))?;
     }
+    Ok(())
+}
+
+/// Puts the rate limit and the auto-blocks from the state directory into
+/// the freshly loaded program (its lists filled by [`fill_lists`]);
+/// returns the rate limit.
+fn restore(
+    filter: &mut Filter,
+    rules: &Rules,
+    store: &Store,
+    now: u64,
+) -> anyhow::Result<LimitsView> {
     let mut limits = store
         .limits()
         .map_or_else(LimitsView::default, guards::view);
@@ -100,28 +107,74 @@ fn restore_header_rules(
     Ok(header_rules)
 }
 
-/// The program's load, on a thread of its own: the program is verified
-/// and its maps created while the state is read, which takes about as
-/// long, and the two share nothing.
-struct Loading(std::thread::JoinHandle<(Result<Filter, FilterError>, Duration)>);
+/// The program's load, on a thread of its own: its maps are made first,
+/// and its lists handed over to be filled from the state; then the
+/// verifier checks the programs while the state is read and the lists are
+/// filled. The two share nothing.
+struct Loading {
+    thread: std::thread::JoinHandle<(Result<Staged, FilterError>, Duration)>,
+    lists: mpsc::Receiver<Lists>,
+}
 
 impl Loading {
     /// Starts loading; `began` is when the start began, for the log.
     fn start(options: LoadOptions, began: Instant) -> anyhow::Result<Self> {
-        std::thread::Builder::new()
+        let (send, lists) = mpsc::sync_channel(1);
+        let thread = std::thread::Builder::new()
             .name("load".to_owned())
-            .spawn(move || (Filter::load(options), began.elapsed()))
-            .map(Self)
-            .context("starting the program's load")
+            .spawn(move || {
+                let staged = Filter::stage(options).and_then(|(mut staged, lists)| {
+                    // The receiver may have gone (a start that failed): the
+                    // programs are loaded all the same, and dropped.
+                    let _ = send.send(lists);
+                    staged.load_programs().map(|()| staged)
+                });
+                (staged, began.elapsed())
+            })
+            .context("starting the program's load")?;
+        Ok(Self { thread, lists })
     }
 
-    /// The loaded program, and when it was ready.
-    fn finish(self) -> anyhow::Result<(Filter, Duration)> {
-        let (filter, by) = self
-            .0
+    /// The program's lists, once its maps are made; why not, if making
+    /// them failed.
+    fn lists(self) -> Result<(Lists, Self), anyhow::Error> {
+        match self.lists.recv() {
+            Ok(lists) => Ok((lists, self)),
+            Err(_) => Err(match self.thread.join() {
+                Ok((Err(err), _)) => anyhow::Error::new(err).context("loading the XDP program"),
+                _ => anyhow::anyhow!("loading the XDP program panicked"),
+            }),
+        }
+    }
+
+    /// Fills `lists` with the allow and block rules while the programs
+    /// load; the loaded program with them, when they were filled and when
+    /// the load was done.
+    fn fill(
+        self,
+        mut lists: Lists,
+        rules: &Rules,
+        began: Instant,
+    ) -> anyhow::Result<(Filter, Duration, Duration)> {
+        let filled = fill_lists(&mut lists, rules);
+        let filled_by = began.elapsed();
+        let loaded = self.finish(lists);
+        filled?;
+        let (filter, loaded_by) = loaded?;
+        Ok((filter, filled_by, loaded_by))
+    }
+
+    /// The loaded program with `lists` back in it, and when the load was
+    /// done.
+    fn finish(self, lists: Lists) -> anyhow::Result<(Filter, Duration)> {
+        let (staged, by) = self
+            .thread
             .join()
             .map_err(|_| anyhow::anyhow!("loading the XDP program panicked"))?;
-        Ok((filter.context("loading the XDP program")?, by))
+        Ok((
+            staged.context("loading the XDP program")?.with_lists(lists),
+            by,
+        ))
     }
 }
 
@@ -236,10 +289,14 @@ pub(super) fn start(settings: Settings) -> anyhow::Result<Core> {
     let (store, mut rules) = match opened {
         Ok(opened) => opened,
         Err(err) => {
-            drop(loading.finish());
+            // The load ends first: the host is left as it was.
+            if let Ok((lists, loading)) = loading.lists() {
+                drop(loading.finish(lists));
+            }
             return Err(anyhow::anyhow!("{}", error_chain(&err)));
         }
     };
+    let (lists, loading) = loading.lists()?;
     let pins = open_pins(&pin_dir);
     for iface in &ifaces {
         let ours = pins
@@ -250,13 +307,12 @@ pub(super) fn start(settings: Settings) -> anyhow::Result<Core> {
     let now = now_ms();
     rules.retain(|_, meta| meta.expires_at_ms.is_none_or(|at| at > now));
 
-    let (mut filter, loaded_by) = loading.finish()?;
+    let (mut filter, filled_by, loaded_by) = loading.fill(lists, &rules, began)?;
     filter
         .observer()
         .set_sampling(sampling)
         .context("setting up drop sampling")?;
     let limits = restore(&mut filter, &rules, &store, now)?;
-    let restored = began.elapsed();
     let header_rules = restore_header_rules(&mut filter, &store)?;
     log::info!(
         "restored {} rules from {}",
@@ -294,12 +350,12 @@ pub(super) fn start(settings: Settings) -> anyhow::Result<Core> {
     let configured = began.elapsed();
     attach_all(&mut core, &ifaces, mode, pins.as_ref())?;
     log::info!(
-        "started in {:.2} s: state read in {:.2} s while the program loaded in {:.2} s; \
-         tables filled by {:.2} s, settings by {:.2} s",
+        "started in {:.2} s: state read in {:.2} s and the lists filled by {:.2} s while \
+         the program loaded in {:.2} s; settings by {:.2} s",
         began.elapsed().as_secs_f64(),
         opened_by.as_secs_f64(),
+        filled_by.as_secs_f64(),
         loaded_by.as_secs_f64(),
-        restored.as_secs_f64(),
         configured.as_secs_f64()
     );
     Ok(core)

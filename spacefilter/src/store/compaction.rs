@@ -17,9 +17,7 @@ use std::{
     thread::JoinHandle,
 };
 
-use super::{
-    FORMAT_VERSION, Rules, SNAPSHOT, Settings, StateError, io_err, records::SnapshotOut, snapshot,
-};
+use super::{JSON_SNAPSHOT, Rules, SNAPSHOT, Settings, StateError, io_err, snapshot};
 
 const PREFIX: &str = "journal.";
 const SUFFIX: &str = ".jsonl";
@@ -75,19 +73,15 @@ impl Fold {
             .spawn(move || {
                 let count = rules.len();
                 let began = std::time::Instant::now();
-                let snapshot = SnapshotOut {
-                    version: FORMAT_VERSION,
-                    folded,
-                    rules: &rules,
-                    limits: settings.limits.as_ref(),
-                    header_rules: &settings.header_rules,
-                    shield: settings.shield.as_ref(),
-                    admitted: &settings.admitted,
-                };
-                let done = snapshot::write(&dir, SNAPSHOT, &snapshot).and_then(|()| {
-                    drop(rules);
-                    remove_folded(&dir, folded)
-                });
+                let done = snapshot::write(&dir, SNAPSHOT, (&rules, &settings, folded))
+                    .and_then(|()| {
+                        drop(rules);
+                        // A snapshot written as JSON before this format is
+                        // held by the new one; a removal lost to a crash
+                        // leaves it beside the new one, which wins.
+                        let _ = fs::remove_file(dir.join(JSON_SNAPSHOT));
+                        remove_folded(&dir, folded)
+                    });
                 match done {
                     Ok(()) => log::debug!(
                         "journal folded into a new snapshot ({count} rules) in {:.2?}",

@@ -2,9 +2,11 @@
 //! reconciled to on start.
 //!
 //! A state directory holds
-//! - `rules.json`: a snapshot of every rule, replaced atomically (write a
-//!   temporary file, fsync it, rename it over the old one, fsync the
-//!   directory);
+//! - `rules.bin`: a snapshot of every rule and the settings, checksummed,
+//!   replaced atomically (write a temporary file, fsync it, rename it over
+//!   the old one, fsync the directory; see [`snapshot`]); a `rules.json`
+//!   left by spacefilter before that format is read in its place and
+//!   replaced;
 //! - `journal.jsonl`: the changes since the snapshot, one checksummed
 //!   record a line (see [`journal`]), made durable before the daemon answers
 //!   the client; and `journal.N.jsonl`, older segments a fold into the
@@ -21,7 +23,7 @@
 //! the daemon from starting: a last journal line cut short by a crash is
 //! dropped (its change was never acknowledged); a damaged record is skipped
 //! and the rest applied; a snapshot that does not read is set aside
-//! (`rules.json.damaged-<ms>`) and the journal applied alone; a fold that
+//! (`rules.bin.damaged-<ms>`) and the journal applied alone; a fold that
 //! fails (a full disk) leaves the journal as it is, to be folded later.
 //!
 //! A failed append is cut back off the journal, so that a change reported
@@ -58,14 +60,19 @@ pub use self::{
     rules::{Batch, Rules},
 };
 
-const SNAPSHOT: &str = "rules.json";
+const SNAPSHOT: &str = "rules.bin";
+/// The snapshot as spacefilter wrote it before `rules.bin`: read where
+/// there is no `rules.bin`, removed once one is written.
+const JSON_SNAPSHOT: &str = "rules.json";
 const JOURNAL: &str = "journal.jsonl";
 /// The new live journal while it is made, before it takes the name.
 const JOURNAL_NEXT: &str = "journal.jsonl.next";
 const LOCK: &str = "lock";
 /// The snapshot's format; journal records carry none, and are read by
 /// the same version that wrote the snapshot they follow.
-pub(super) const FORMAT_VERSION: u32 = 1;
+pub(super) const FORMAT_VERSION: u32 = 2;
+/// The format of a snapshot written as JSON (`rules.json`).
+pub(super) const JSON_VERSION: u32 = 1;
 /// Fold the journal into the snapshot once it holds this many changes...
 const COMPACT_AFTER_OPS: usize = 4096;
 /// ... or this many bytes.
@@ -100,8 +107,14 @@ pub enum StateError {
         line: usize,
         message: String,
     },
-    #[error("{path} has format version {found}; this spacefilter reads version {FORMAT_VERSION}")]
-    Version { path: PathBuf, found: u32 },
+    #[error(
+        "{path} has format version {found}; this spacefilter reads version {reads}, and does not overwrite what it cannot read: run the spacefilter that wrote it, or move the state directory aside"
+    )]
+    Version {
+        path: PathBuf,
+        found: u32,
+        reads: u32,
+    },
     #[error(
         "the state directory {path} takes no more changes: a failed write could not be undone ({reason}); the filter keeps enforcing what it has; free space or fix the disk, then restart the daemon"
     )]
@@ -176,8 +189,8 @@ impl Store {
             }
         })?;
 
-        let snapshot_path = dir.join(SNAPSHOT);
-        let (mut rules, mut settings, folded) = match snapshot::read(&snapshot_path) {
+        let (snapshot_path, json, read) = snapshot::read_in(dir);
+        let (mut rules, mut settings, folded) = match read {
             Err(StateError::Corrupt { message, .. }) => {
                 let aside = set_aside(&snapshot_path)?;
                 log::error!(
@@ -252,7 +265,7 @@ impl Store {
             flusher: Flusher::start(dir, live, journal_len),
             _lock: lock,
         };
-        if applied > 0 || !retired.is_empty() {
+        if applied > 0 || !retired.is_empty() || json {
             store.fold(&rules);
         }
         Ok((store, rules))

@@ -294,9 +294,9 @@ impl Settings {
     }
 }
 
-/// Every rule, and the last settings, as of one moment: a snapshot as
-/// read. The rules go into a [`Rules`] as they are parsed, with no list of
-/// them all in between.
+/// Every rule, and the last settings, as of one moment: a snapshot written
+/// as JSON (`rules.json`, before `rules.bin`), as read. The rules go into a
+/// [`Rules`] as they are parsed, with no list of them all in between.
 #[derive(Deserialize)]
 pub(super) struct Snapshot {
     pub(super) version: u32,
@@ -317,26 +317,6 @@ pub(super) struct Snapshot {
     pub(super) admitted: Vec<Admission>,
 }
 
-/// A snapshot as written: the same record, borrowed from what the store
-/// holds, each rule serialized straight from [`Rules`].
-#[derive(Serialize)]
-pub(super) struct SnapshotOut<'a> {
-    pub(super) version: u32,
-    /// See [`Snapshot::folded`].
-    #[serde(skip_serializing_if = "is_zero")]
-    pub(super) folded: u64,
-    #[serde(serialize_with = "super::rules::write_seq")]
-    pub(super) rules: &'a Rules,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) limits: Option<&'a Guards>,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    pub(super) header_rules: &'a [HeaderRule],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) shield: Option<&'a Shield>,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    pub(super) admitted: &'a [Admission],
-}
-
 /// A [`Rule`] borrowed, serialized as the rule is.
 #[derive(Serialize)]
 pub(super) struct RuleRef<'a> {
@@ -344,9 +324,4 @@ pub(super) struct RuleRef<'a> {
     pub(super) prefix: Prefix,
     #[serde(flatten)]
     pub(super) meta: &'a Meta,
-}
-
-#[expect(clippy::trivially_copy_pass_by_ref, reason = "serde's signature")]
-fn is_zero(n: &u64) -> bool {
-    *n == 0
 }

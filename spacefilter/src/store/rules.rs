@@ -10,7 +10,7 @@
 //! metadata shared behind them.
 
 use std::{
-    collections::{BTreeMap, HashMap, btree_map, hash_map::DefaultHasher},
+    collections::{BTreeMap, HashMap, HashSet, btree_map, hash_map::DefaultHasher},
     fmt,
     hash::{Hash as _, Hasher as _},
     ops::Index,
@@ -239,6 +239,20 @@ impl Rules {
         }
     }
 
+    /// Every rule in (list, prefix) order, with the id of its meta (see
+    /// [`Rules::held_metas`]).
+    pub(super) fn iter_ids(&self) -> impl ExactSizeIterator<Item = (&(List, Prefix), u32)> + '_ {
+        self.map.iter().map(|(key, &id)| (key, id))
+    }
+
+    /// The metas rules hold, with their ids.
+    pub(super) fn held_metas(&self) -> impl Iterator<Item = (u32, &Meta)> + '_ {
+        (0..)
+            .zip(&self.metas.slots)
+            .filter(|(_, slot)| slot.refs > 0)
+            .map(|(id, slot)| (id, &slot.meta))
+    }
+
     #[must_use = "an iterator does nothing unless drawn"]
     pub fn keys(&self) -> impl DoubleEndedIterator<Item = &(List, Prefix)> + '_ {
         self.map.keys()
@@ -450,8 +464,9 @@ impl Rules {
     }
 }
 
-/// Serializes `rules` as the list of [`Rule`]s a snapshot holds, one by
-/// one.
+/// Serializes `rules` as the list of [`Rule`]s a snapshot written as JSON
+/// holds, one by one.
+#[cfg(test)]
 #[expect(
     clippy::trivially_copy_pass_by_ref,
     reason = "the signature serde's `serialize_with` calls"
@@ -476,45 +491,86 @@ pub(super) fn read_seq<'de, D: Deserializer<'de>>(input: D) -> Result<Rules, D::
         }
 
         fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Rules, A::Error> {
-            // A snapshot is written in key order: its rules are built into
-            // the map a part at a time ([`BTreeMap::append`] merges a part
-            // in one pass, in full nodes), rather than each inserted by a
-            // search from the root. Rules out of order (a hand-edited
-            // file) are put one by one from the first such.
-            const PART: usize = 64 * 1024;
-            let mut rules = Rules::new();
-            let mut part = Vec::with_capacity(PART);
-            let mut in_order = true;
+            let mut built = Builder::default();
             while let Some(rule) = seq.next_element::<Rule>()? {
-                let key = (rule.list, rule.prefix);
-                let id = rules.metas.intern_owned(rule.meta);
-                if in_order {
-                    let last = part
-                        .last()
-                        .map(|(k, _)| k)
-                        .or_else(|| rules.map.last_key_value().map(|e| e.0));
-                    if last.is_none_or(|last| *last < key) {
-                        rules.per_list[list_index(key.0)] += 1;
-                        part.push((key, id));
-                        // Parts of at least half the map: each rule is
-                        // moved a few times in all.
-                        if part.len() >= PART.max(rules.map.len() / 2) {
-                            rules.map.append(&mut part.drain(..).collect());
-                        }
-                        continue;
-                    }
-                    rules.map.append(&mut part.drain(..).collect());
-                    in_order = false;
-                }
-                rules.set(key, id);
+                let id = built.meta(rule.meta);
+                built.push((rule.list, rule.prefix), id);
             }
-            rules.map.append(&mut part.into_iter().collect());
-            rules.tidy();
-            Ok(rules)
+            Ok(built.finish())
         }
     }
 
     input.deserialize_seq(Visitor)
+}
+
+/// Builds [`Rules`] from a snapshot's rules, which come in key order: a
+/// part at a time ([`BTreeMap::append`] merges a part in one pass, in
+/// full nodes), rather than each inserted by a search from the root.
+/// Rules out of order (a hand-edited file) are put one by one from the
+/// first such.
+#[derive(Default)]
+pub(super) struct Builder {
+    rules: Rules,
+    part: Vec<((List, Prefix), u32)>,
+    out_of_order: bool,
+}
+
+impl Builder {
+    /// Rules pushed in order go into the map this many at a time at least.
+    const PART: usize = 64 * 1024;
+
+    /// The id of `meta`, for [`Builder::push`]: the one it already has if
+    /// an equal meta came before.
+    pub(super) fn meta(&mut self, meta: Meta) -> u32 {
+        let metas = &mut self.rules.metas;
+        metas.find(&meta).unwrap_or_else(|| metas.add(meta))
+    }
+
+    /// Puts the rule `key`, holding the meta `id` ([`Builder::meta`]); a
+    /// later rule of a key over an earlier.
+    pub(super) fn push(&mut self, key: (List, Prefix), id: u32) {
+        let rules = &mut self.rules;
+        rules.metas.hold(id);
+        if !self.out_of_order {
+            let last = self
+                .part
+                .last()
+                .map(|(k, _)| k)
+                .or_else(|| rules.map.last_key_value().map(|e| e.0));
+            if last.is_none_or(|last| *last < key) {
+                rules.per_list[list_index(key.0)] += 1;
+                self.part.push((key, id));
+                // Parts of at least half the map: each rule is moved a few
+                // times in all.
+                if self.part.len() >= Self::PART.max(rules.map.len() / 2) {
+                    rules.map.append(&mut self.part.drain(..).collect());
+                }
+                return;
+            }
+            rules.map.append(&mut self.part.drain(..).collect());
+            self.out_of_order = true;
+        }
+        rules.set(key, id);
+    }
+
+    /// The rules; a meta no rule holds is let go.
+    pub(super) fn finish(mut self) -> Rules {
+        let rules = &mut self.rules;
+        rules.map.append(&mut self.part.into_iter().collect());
+        let metas = &mut rules.metas;
+        let free: HashSet<u32> = metas.free.iter().copied().collect();
+        let unheld: Vec<u32> = (0..)
+            .zip(&metas.slots)
+            .filter(|(id, slot)| slot.refs == 0 && !free.contains(id))
+            .map(|(id, _)| id)
+            .collect();
+        for id in unheld {
+            metas.hold(id);
+            metas.release(id);
+        }
+        rules.tidy();
+        self.rules
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,161 @@
+//! A load in two steps: the maps made and the lists taken out
+//! ([`Filter::stage`]), then the programs loaded ([`Staged::load_programs`],
+//! the verifier's part): a start fills the lists from the state meanwhile.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use aya::{Ebpf, EbpfLoader, programs::Xdp};
+use spacefilter_common::{
+    FEATURES_GLOBAL, PROGRAM_NAME, hit_values,
+    lookup::{MAX_CAPACITY, buckets_for},
+    map_names,
+};
+
+use super::{
+    Filter, FilterError, KernelLog, LoadOptions, PROGRAM, egress::load_egress, load_retrying,
+    random_seed,
+};
+use crate::bpf::{FeatureOff, HeaderRules, Limiter, Lists, Observer, Stats, Verifier, features};
+
+impl Filter {
+    /// Makes the program's maps and takes its lists, but loads no program
+    /// yet: the lists can be filled on one thread while the verifier
+    /// checks the programs on another ([`Staged::load_programs`]).
+    pub fn stage(options: LoadOptions) -> Result<(Staged, Lists), FilterError> {
+        let LoadOptions {
+            capacity,
+            buckets,
+            hash_seed,
+            without,
+        } = options;
+        if capacity > MAX_CAPACITY {
+            return Err(FilterError::Capacity { capacity });
+        }
+        features::require().map_err(FilterError::Kernel)?;
+        let (features, features_off) = features::probe(without);
+        for off in &features_off {
+            log::warn!(
+                "kernel feature {} is off: {}; {}",
+                off.feature.name(),
+                off.why,
+                off.instead
+            );
+        }
+        let mut loader = EbpfLoader::new();
+        loader.override_global(FEATURES_GLOBAL, &features, true);
+        // Each family's tables hold up to `capacity` keys.
+        for name in [map_names::V4_BUCKETS, map_names::V6_BUCKETS] {
+            loader.map_max_entries(name, buckets_for(capacity));
+        }
+        for name in [map_names::V4_CROWDED, map_names::V6_CROWDED] {
+            loader.map_max_entries(name, capacity);
+        }
+        // Slot 0 and key index 0 are never handed out.
+        loader.map_max_entries(map_names::V6_KEYS, capacity + 1);
+        loader.map_max_entries(map_names::RULE_HITS, hit_values(capacity + 1));
+        loader.map_max_entries(map_names::BUCKETS, buckets);
+        loader.map_max_entries(map_names::AUTO_BLOCKED, buckets);
+        // The maps are made and the programs' references to them resolved
+        // here; the programs are loaded later, with the maps taken out by
+        // then (each keeps its descriptor).
+        let mut ebpf = loader.load(PROGRAM).map_err(FilterError::Load)?;
+        let lists = Lists::take(
+            &mut ebpf,
+            capacity + 1,
+            hash_seed.unwrap_or_else(random_seed),
+        )?;
+        let stats = Stats::take(&mut ebpf)?;
+        let limiter = Limiter::take(&mut ebpf)?;
+        let header_rules = HeaderRules::take(&mut ebpf)?;
+        let observer = Observer::take(&mut ebpf)?;
+        let verifier = Verifier::take(&mut ebpf)?;
+        let kernel_log = match KernelLog::init(&mut ebpf) {
+            Ok(reader) => Some(reader),
+            Err(err) => {
+                log::warn!("the kernel-side debug log is unavailable: {err}");
+                None
+            }
+        };
+        let staged = Staged {
+            ebpf,
+            stats,
+            limiter,
+            header_rules,
+            observer,
+            verifier,
+            kernel_log,
+            egress_missing: None,
+            features_off,
+            tcx_links: features & spacefilter_common::features::TCX_LINKS != 0,
+        };
+        Ok((staged, lists))
+    }
+}
+
+/// A [`Filter`] whose maps are made and its lists taken out
+/// ([`Filter::stage`]), its programs not yet loaded.
+pub struct Staged {
+    ebpf: Ebpf,
+    stats: Stats,
+    limiter: Limiter,
+    header_rules: HeaderRules,
+    observer: Observer,
+    verifier: Verifier,
+    kernel_log: Option<KernelLog>,
+    egress_missing: Option<String>,
+    features_off: Vec<FeatureOff>,
+    tcx_links: bool,
+}
+
+impl Staged {
+    /// Loads the XDP program and the egress program: the verifier's part
+    /// of a load, most of its time.
+    pub fn load_programs(&mut self) -> Result<(), FilterError> {
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or(FilterError::MissingProgram)?
+            .try_into()
+            .map_err(FilterError::Program)?;
+        load_retrying(|| program.load()).map_err(FilterError::Program)?;
+        self.egress_missing = load_egress(&mut self.ebpf).err();
+        if let Some(why) = &self.egress_missing {
+            log::warn!(
+                "the egress program is not loaded ({why}): sources are verified only by \
+                 their cookies and by `spacefilter admit`"
+            );
+        }
+        Ok(())
+    }
+
+    /// The filter, with the lists [`Filter::stage`] took (filled or not).
+    #[must_use]
+    pub fn with_lists(self, lists: Lists) -> Filter {
+        let Self {
+            ebpf,
+            stats,
+            limiter,
+            header_rules,
+            observer,
+            verifier,
+            kernel_log,
+            egress_missing,
+            features_off,
+            tcx_links,
+        } = self;
+        Filter {
+            ebpf,
+            lists,
+            stats: Arc::new(stats),
+            limiter,
+            header_rules,
+            observer,
+            verifier,
+            kernel_log,
+            egress_missing,
+            features_off,
+            tcx_links,
+            attached: BTreeMap::new(),
+        }
+    }
+}
