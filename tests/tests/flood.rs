@@ -6,6 +6,7 @@
 //! these tests run one at a time.
 
 use std::{
+    collections::BTreeMap,
     net::{IpAddr, SocketAddr},
     sync::{Mutex, MutexGuard, PoisonError},
     thread,
@@ -14,7 +15,7 @@ use std::{
 
 use spacefilter::{AttachMode, Filter, LoadOptions, Reason};
 use spacefilter_tests::{
-    flood::{Flood, FloodLab, Shape, spoofed_sources},
+    flood::{CpuTimes, FLOOD_CPU, Flood, FloodLab, Shape, spoofed_sources},
     netns::{Family, Host},
     require_root,
     traffic::{UdpSink, UdpStream, wait_until},
@@ -335,5 +336,61 @@ fn spoofed_flood_engages_the_fallback() {
     assert!(
         legit_received * 100 >= legit_sent * 99,
         "the legitimate flow lost more than 1 %: {report}"
+    );
+}
+
+/// Every frame the filter takes is counted under the interface it came in
+/// on, from the first: the interface's counter slot is assigned before the
+/// program runs there, so that a flood already flowing when the filter
+/// attaches has none of its frames counted with the unattributed ones.
+#[test]
+fn a_filter_attached_under_a_flood_counts_every_frame_under_its_interface() {
+    require_root();
+    let _serial = serial();
+    let lab = FloodLab::new().expect("building the flood lab");
+    let mut filter = Filter::load(LoadOptions {
+        capacity: CAPACITY,
+        ..LoadOptions::default()
+    })
+    .expect("loading spacefilter");
+    filter.block(Host::Attacker.subnet(Family::V4)).unwrap();
+    let flood = Flood::new(
+        Shape::Udp { port: DISCARD },
+        &[v4(Host::Attacker)],
+        v4(Host::Server),
+    );
+    // With no XDP program on the server's end of the link yet, the flood's
+    // frames are lost there; the generator's time on its CPU says that it
+    // runs.
+    let before = CpuTimes::now().unwrap();
+    thread::scope(|scope| {
+        let flooding = scope.spawn(|| lab.flood(&flood, Duration::from_secs(2)));
+        assert!(
+            wait_until(Duration::from_secs(2), || {
+                CpuTimes::now().unwrap().since(&before).system(FLOOD_CPU) >= 0.1
+            }),
+            "the flood did not start"
+        );
+        lab.attach(&mut filter, AttachMode::Native)
+            .expect("attaching spacefilter");
+        flooding.join().unwrap().expect("flooding");
+    });
+    let counters = filter.counters().unwrap();
+    let total: u64 = counters.by_reason.values().map(|c| c.packets).sum();
+    let attributed: u64 = counters
+        .by_iface
+        .values()
+        .flat_map(BTreeMap::values)
+        .map(|c| c.packets)
+        .sum();
+    eprintln!("{total} frames counted, {attributed} of them under the interface");
+    // The control: the filter took the flood while it ran.
+    let blocked = counters.get(Reason::Blocked).packets;
+    assert!(blocked >= 100_000, "only {blocked} frames blocked");
+    assert_eq!(
+        total - attributed,
+        0,
+        "of {total} frames, {} were counted with the unattributed ones",
+        total - attributed
     );
 }

@@ -219,8 +219,38 @@ impl Filter {
         Ok(used)
     }
 
-    /// Attaches the XDP program to `iface` (see [`Self::attach`]).
+    /// Attaches the XDP program to `iface` (see [`Self::attach`]), its
+    /// counter slot assigned first ([`Self::slot_first`]).
     fn attach_link(
+        &mut self,
+        iface: &str,
+        mode: AttachMode,
+    ) -> Result<(AttachMode, XdpLinkId), FilterError> {
+        let undo = self.slot_first(iface);
+        let attached = self.attach_link_now(iface, mode);
+        if attached.is_err() {
+            undo(self);
+        }
+        attached
+    }
+
+    /// Assigns `iface` its counter slot before the program runs there, so
+    /// that no frame right after the attach is counted with the
+    /// unattributed ones (a failure is reported by [`Self::finish_attach`],
+    /// which assigns it again); returns how to take it back if the attach
+    /// fails.
+    pub(super) fn slot_first(&mut self, iface: &str) -> impl FnOnce(&mut Self) + use<> {
+        let ifindex = nix::net::if_::if_nametoindex(iface).unwrap_or(0);
+        let had = self.observer.has_slot(ifindex);
+        let _ = self.observer.assign(ifindex);
+        move |filter: &mut Self| {
+            if !had {
+                let _ = filter.observer.release(ifindex);
+            }
+        }
+    }
+
+    fn attach_link_now(
         &mut self,
         iface: &str,
         mode: AttachMode,

@@ -168,6 +168,12 @@ impl Observer {
         Ok(Some(slot))
     }
 
+    /// Whether `ifindex` has a slot.
+    #[must_use]
+    pub fn has_slot(&self, ifindex: u32) -> bool {
+        self.slots.contains_key(&ifindex)
+    }
+
     /// Takes back the slot of `ifindex`.
     pub fn release(&mut self, ifindex: u32) -> Result<(), ListError> {
         if self.slots.remove(&ifindex).is_some() {

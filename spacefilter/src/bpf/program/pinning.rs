@@ -134,10 +134,14 @@ impl Filter {
         }
         let link = XdpLink::try_from(link)
             .map_err(|err| pin_err(format!("not an XDP link: {}", error_chain(&err))))?;
-        let id = self
-            .program()
-            .attach_to_link(link)
-            .map_err(|err| pin_err(format!("BPF_LINK_UPDATE: {}", error_chain(&err))))?;
+        let undo = self.slot_first(iface);
+        let id = match self.program().attach_to_link(link) {
+            Ok(id) => id,
+            Err(err) => {
+                undo(self);
+                return Err(pin_err(format!("BPF_LINK_UPDATE: {}", error_chain(&err))));
+            }
+        };
         let used = if crate::net::iface::xdp_generic(iface) == Some(true) {
             AttachMode::Skb
         } else {
