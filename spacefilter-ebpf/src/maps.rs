@@ -145,9 +145,14 @@ pub(crate) static DROPPED_FRAGS: LruHashMap<crate::fragments::Datagram, crate::f
 #[map]
 pub(crate) static SPOOF_SEEN: Array<u32> = Array::with_max_entries(SPOOF_SEEN_SLOTS, 0);
 
-/// Auto-block events for the daemon (ring buffers: kernel 5.8).
+/// Auto-block events for the daemon (ring buffers: kernel 5.8): room for
+/// 6553 of them (40 bytes each with the ring's header), so that a flood
+/// from thousands of sources, which go over their limits within the same
+/// milliseconds, has each of its blocks reach the daemon as it happens.
+/// (An event the ring cannot take is found by the daemon's reconciliation
+/// of the auto-block map, every 10 s.)
 #[map]
-pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 /// The host-wide SYN budget (one bucket; CPUs race on it).
 #[map]

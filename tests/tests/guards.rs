@@ -3,7 +3,11 @@
 //! checks. A repeated test run takes microseconds, so token buckets refill
 //! by next to nothing during one: the budgets are exact.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    thread,
+    time::{Duration, Instant},
+};
 
 use spacefilter::Reason;
 use spacefilter_common::{Limits, limit_flags};
@@ -459,4 +463,61 @@ fn header_rules_first_match_decides_and_counts() {
     assert_eq!(&filter.header_rules().hits().expect("hits")[..2], &[5, 0]);
     let (action, _) = run(&mut filter, &udp(source(1), 40_000, 53), 1);
     assert_eq!(action, XDP_PASS, "the deleted drop rule still drops");
+}
+
+/// A burst of auto-blocks (a flood from thousands of sources, each going
+/// over its limit within the same few milliseconds) fits the program's
+/// event ring whole: every block reaches the daemon as it happens, none is
+/// left for the reconciliation ten seconds later.
+#[test]
+fn a_burst_of_auto_blocks_fits_the_event_ring() {
+    const SOURCES: u32 = 3000;
+    const BLOCK_AFTER: Duration = Duration::from_millis(2);
+    let mut filter = load_reflecting(SERVICE);
+    let mut events = filter.take_events().expect("the auto-block event ring");
+    filter
+        .limiter()
+        .set(Limits {
+            flags: limit_flags::ENABLED,
+            v6_prefix_len: 64,
+            pps: 1,
+            pps_burst: 1,
+            block_after_ns: u64::try_from(BLOCK_AFTER.as_nanos()).unwrap(),
+            block_ttl_ns: 60_000_000_000,
+            ..Limits::default()
+        })
+        .expect("limits");
+    let frames: Vec<Vec<u8>> = (0..SOURCES)
+        .map(|n| udp(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n)), 40_000, 5000))
+        .collect();
+    let counters = filter.counters().expect("counters");
+    // Each source over its limit: its burst, then frames over it.
+    let over = Instant::now();
+    for frame in &frames {
+        // One run a call: a call of several runs takes milliseconds here
+        // (the kernel's test-run timer), and the first sources would calm
+        // down before the last went over.
+        for _ in 0..3 {
+            filter.test_run(frame, 1).expect("test run");
+        }
+    }
+    let first = filter.counters().expect("counters").since(&counters);
+    assert_eq!(first.get(Reason::Passed).packets, u64::from(SOURCES));
+    assert_eq!(
+        first.get(Reason::RateLimited).packets,
+        2 * u64::from(SOURCES)
+    );
+    // Still over once `BLOCK_AFTER` has passed since each went over: each
+    // is blocked by its next frame.
+    thread::sleep(BLOCK_AFTER.saturating_sub(over.elapsed()));
+    for frame in &frames {
+        filter.test_run(frame, 1).expect("test run");
+    }
+    let blocked = filter.limiter().auto_blocks().len();
+    let mut delivered = 0;
+    while events.next().is_some() {
+        delivered += 1;
+    }
+    assert_eq!(blocked, SOURCES as usize, "sources auto-blocked");
+    assert_eq!(delivered, SOURCES, "auto-block events delivered");
 }
