@@ -316,7 +316,7 @@ fn spoofed_sources_fall_back_to_aggregate_budgets() {
 #[test]
 fn the_fallback_keeps_the_host_syn_budget() {
     let mut filter = load_reflecting(SERVICE);
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     filter
         .limiter()
         .set(Limits {
