@@ -137,26 +137,7 @@ fn main() -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
-    let admitted = if runs("admission") {
-        let seconds = if quick { 2 } else { 5 };
-        eprintln!("bench: admission under a spoofed SYN flood, {seconds} s a defence");
-        let costs = shield_costs(if quick { 500 } else { 5000 })?;
-        for (name, ns) in &costs {
-            eprintln!("bench: shield, {name}: {ns:.0} ns");
-        }
-        (admission(Duration::from_secs(seconds))?, costs)
-    } else if runs("shield") {
-        // The shield's program alone, for working on it: printed here, and
-        // reported only with the admission rows.
-        eprintln!("bench: the shield's program through BPF_PROG_TEST_RUN");
-        let costs = shield_costs(if quick { 500 } else { 5000 })?;
-        for (name, ns) in &costs {
-            eprintln!("bench: shield, {name}: {ns:.0} ns");
-        }
-        (Admitted::default(), costs)
-    } else {
-        (Admitted::default(), Vec::new())
-    };
+    let admitted = admission_part(runs("admission"), runs("shield"), quick)?;
     let guards = if runs("guards") {
         eprintln!("bench: the flood guards, stage by stage");
         guard_costs(&floors, &mut rng, (rounds, repeat))?
@@ -170,6 +151,13 @@ fn main() -> anyhow::Result<()> {
         None
     };
     let fleet = runs("fleet").then(|| fleet_part(quick)).transpose()?;
+    if only
+        .as_ref()
+        .is_some_and(|parts| parts.iter().all(|p| p == "shield"))
+    {
+        // The shield's program costs alone, printed above: nothing to write.
+        return Ok(());
+    }
     let date = today()?;
     let mut text = report(&rows, control.as_ref(), &flood, &machine(), &date, &notes);
     text.push_str(&admission_report(&admitted.0, &admitted.1));
@@ -184,6 +172,31 @@ fn main() -> anyhow::Result<()> {
     write_report(&out, &text, some_parts)?;
     eprintln!("bench: wrote {}", out.display());
     Ok(())
+}
+
+/// The admission part (the floods and the shield's costs), or the shield's
+/// costs alone; nothing if neither runs.
+fn admission_part(
+    admission_runs: bool,
+    shield_runs: bool,
+    quick: bool,
+) -> anyhow::Result<(Admitted, Vec<(&'static str, f64)>)> {
+    if !admission_runs && !shield_runs {
+        return Ok((Admitted::default(), Vec::new()));
+    }
+    eprintln!("bench: the shield's program through BPF_PROG_TEST_RUN");
+    let costs = shield_costs(if quick { 500 } else { 5000 })?;
+    for (name, ns) in &costs {
+        eprintln!("bench: shield, {name}: {ns:.0} ns");
+    }
+    if !admission_runs {
+        // The shield's program alone, for working on it: printed, and
+        // reported only with the admission rows.
+        return Ok((Admitted::default(), costs));
+    }
+    let seconds = if quick { 2 } else { 5 };
+    eprintln!("bench: admission under a spoofed SYN flood, {seconds} s a defence");
+    Ok((admission(Duration::from_secs(seconds))?, costs))
 }
 
 /// The day, as `date -u +%Y-%m-%d` says it.
