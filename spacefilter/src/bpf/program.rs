@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 use aya::{
-    Ebpf, TestRunOptions,
+    TestRunOptions,
     maps::{MapData, RingBuf},
     programs::{ProgramError, TestRun as _, Xdp, XdpMode, xdp::XdpLinkId},
 };
@@ -20,7 +20,7 @@ use self::pinning::{Egress, Held, remove_pin};
 pub use self::{egress::remove_left_egress, pinning::pinned_program, staged::Staged};
 use super::{
     CounterReader, Counters, Entry, FeatureOff, HeaderRules, Limiter, ListError, Lists, Observer,
-    Stats, Verifier,
+    Verifier,
 };
 use crate::{
     error_chain,
@@ -160,22 +160,9 @@ fn random_seed() -> u64 {
 
 /// The XDP program, loaded, with its maps.
 pub struct Filter {
-    ebpf: Ebpf,
+    /// The program and every map but the lists.
+    loaded: Staged,
     lists: Lists,
-    stats: Arc<Stats>,
-    limiter: Limiter,
-    header_rules: HeaderRules,
-    observer: Observer,
-    verifier: Verifier,
-    kernel_log: Option<KernelLog>,
-    /// Why the egress program (return routability) could not be loaded, if
-    /// it could not: the filter runs without it.
-    egress_missing: Option<String>,
-    /// The kernel features the program runs without, and why.
-    features_off: Vec<FeatureOff>,
-    /// Whether the egress program is attached on TCX links (kernel 6.6),
-    /// else as `clsact` filters.
-    tcx_links: bool,
     /// Attached interfaces: the mode that took, the link, the ifindex and
     /// the counter slot (`None`: counted with the unattributed frames).
     attached: BTreeMap<String, Attachment>,
@@ -201,11 +188,12 @@ impl Filter {
     /// The kernel features the program runs without, and why.
     #[must_use]
     pub fn features_off(&self) -> &[FeatureOff] {
-        &self.features_off
+        &self.loaded.features_off
     }
 
     fn program(&mut self) -> &mut Xdp {
-        self.ebpf
+        self.loaded
+            .ebpf
             .program_mut(PROGRAM_NAME)
             .and_then(|p| p.try_into().ok())
             .expect("checked at load")
@@ -241,11 +229,11 @@ impl Filter {
     /// fails.
     pub(super) fn slot_first(&mut self, iface: &str) -> impl FnOnce(&mut Self) + use<> {
         let ifindex = nix::net::if_::if_nametoindex(iface).unwrap_or(0);
-        let had = self.observer.has_slot(ifindex);
-        let _ = self.observer.assign(ifindex);
+        let had = self.loaded.observer.has_slot(ifindex);
+        let _ = self.loaded.observer.assign(ifindex);
         move |filter: &mut Self| {
             if !had {
-                let _ = filter.observer.release(ifindex);
+                let _ = filter.loaded.observer.release(ifindex);
             }
         }
     }
@@ -293,7 +281,7 @@ impl Filter {
         egress_pin: Option<&Path>,
     ) {
         let ifindex = nix::net::if_::if_nametoindex(iface).unwrap_or(0);
-        let slot = self.observer.assign(ifindex).unwrap_or_else(|err| {
+        let slot = self.loaded.observer.assign(ifindex).unwrap_or_else(|err| {
             log::warn!("{iface}: no counters of its own: {}", error_chain(&err));
             None
         });
@@ -333,7 +321,7 @@ impl Filter {
             .ok_or_else(|| FilterError::NotAttached {
                 iface: iface.to_owned(),
             })?;
-        if let Err(err) = self.observer.release(attachment.ifindex) {
+        if let Err(err) = self.loaded.observer.release(attachment.ifindex) {
             log::warn!("{iface}: {}", error_chain(&err));
         }
         if let Some(egress) = attachment.egress {
@@ -427,46 +415,47 @@ impl Filter {
 
     /// The rate limiter.
     pub fn limiter(&mut self) -> &mut Limiter {
-        &mut self.limiter
+        &mut self.loaded.limiter
     }
 
     /// The rate limiter, to read.
     #[must_use]
     pub fn limiter_ref(&self) -> &Limiter {
-        &self.limiter
+        &self.loaded.limiter
     }
 
     /// The rules on headers.
     pub fn header_rules(&mut self) -> &mut HeaderRules {
-        &mut self.header_rules
+        &mut self.loaded.header_rules
     }
 
     /// The verified sources.
     pub fn verifier(&mut self) -> &mut Verifier {
-        &mut self.verifier
+        &mut self.loaded.verifier
     }
 
     /// The verified sources, to read.
     #[must_use]
     pub fn verifier_ref(&self) -> &Verifier {
-        &self.verifier
+        &self.loaded.verifier
     }
 
     /// Drop sampling, the debug log and the interface counter slots.
     pub fn observer(&mut self) -> &mut Observer {
-        &mut self.observer
+        &mut self.loaded.observer
     }
 
     /// The reader of the kernel-side debug log; taken once, by whoever
     /// drains it (it must stay alive as long as the program).
     pub fn take_kernel_log(&mut self) -> Option<KernelLog> {
-        self.kernel_log.take()
+        self.loaded.kernel_log.take()
     }
 
     /// The ring buffer of sampled dropped frames; taken once, by whoever
     /// reads it.
     pub fn take_samples(&mut self) -> Option<RingBuf<MapData>> {
-        self.ebpf
+        self.loaded
+            .ebpf
             .take_map(map_names::SAMPLES)
             .and_then(|map| RingBuf::try_from(map).ok())
     }
@@ -474,7 +463,8 @@ impl Filter {
     /// The ring buffer of auto-block events; taken once, by whoever reads
     /// it.
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
-        self.ebpf
+        self.loaded
+            .ebpf
             .take_map(map_names::EVENTS)
             .and_then(|map| RingBuf::try_from(map).ok())
     }
@@ -487,8 +477,8 @@ impl Filter {
     /// The verdict counters, summed over the CPUs, in all and per attached
     /// interface.
     pub fn counters(&self) -> Result<Counters, FilterError> {
-        let mut counters = self.stats.read(&self.counter_slots())?;
-        counters.verified = self.verifier.proven()?;
+        let mut counters = self.loaded.stats.read(&self.counter_slots())?;
+        counters.verified = self.loaded.verifier.proven()?;
         Ok(counters)
     }
 
@@ -496,8 +486,8 @@ impl Filter {
     /// the interfaces attached now.
     pub fn counter_reader(&self) -> Result<CounterReader, FilterError> {
         Ok(CounterReader {
-            stats: Arc::clone(&self.stats),
-            proofs: self.verifier.proofs()?,
+            stats: Arc::clone(&self.loaded.stats),
+            proofs: self.loaded.verifier.proofs()?,
             ifaces: self.counter_slots(),
         })
     }

@@ -40,7 +40,8 @@ pub fn remove_left_egress(iface: &str) -> Result<bool, String> {
 
 impl Filter {
     pub(super) fn egress(&mut self) -> Option<&mut SchedClassifier> {
-        self.ebpf
+        self.loaded
+            .ebpf
             .program_mut(EGRESS_PROGRAM_NAME)
             .and_then(|p| p.try_into().ok())
     }
@@ -50,7 +51,7 @@ impl Filter {
     /// filter, in place of any a predecessor left (see
     /// [`remove_left_egress`]).
     pub(super) fn attach_egress(&mut self, iface: &str) -> Result<SchedClassifierLinkId, String> {
-        if let Some(why) = &self.egress_missing {
+        if let Some(why) = &self.loaded.egress_missing {
             return Err(why.clone());
         }
         // A predecessor without TCX links left its filter on.
@@ -59,7 +60,7 @@ impl Filter {
             Ok(true) => log::info!("{iface}: replaced the egress filter a predecessor left"),
             Err(why) => log::warn!("{iface}: {why}"),
         }
-        let options = if self.tcx_links {
+        let options = if self.loaded.tcx_links {
             TcAttachOptions::TcxOrder(LinkOrder::default())
         } else {
             // An existing qdisc is fine.
@@ -94,7 +95,7 @@ impl Filter {
     /// some interface.
     #[must_use]
     pub fn egress_problem(&self) -> Option<String> {
-        if let Some(why) = &self.egress_missing {
+        if let Some(why) = &self.loaded.egress_missing {
             return Some(format!("the egress program could not be loaded: {why}"));
         }
         let missing: Vec<&str> = self

@@ -168,7 +168,7 @@ impl Filter {
         pin: Option<&Path>,
     ) -> Result<Egress, String> {
         // A `clsact` filter (no TCX links, before 6.6) cannot be pinned.
-        let Some(pin) = pin.filter(|_| self.tcx_links) else {
+        let Some(pin) = pin.filter(|_| self.loaded.tcx_links) else {
             if let Some(pin) = pin {
                 // A TCX link a predecessor pinned goes with its pin.
                 let _ = std::fs::remove_file(pin);
@@ -216,7 +216,7 @@ impl Filter {
     /// stays in the kernel with the program, and the next start replaces
     /// it. Returns whether there was one.
     pub fn leave_egress(&mut self, iface: &str) -> bool {
-        if self.tcx_links {
+        if self.loaded.tcx_links {
             return false;
         }
         let Some(attachment) = self.attached.get_mut(iface) else {
@@ -273,15 +273,15 @@ impl Filter {
                 return;
             }
         };
-        let (buckets, auto) = self.limiter.carried();
+        let (buckets, auto) = self.loaded.limiter.carried();
         let copied = [
             copy(&maps, map_names::BUCKETS, buckets),
             copy(&maps, map_names::AUTO_BLOCKED, auto),
         ];
-        let verified = copy(&maps, map_names::VERIFIED, self.verifier.carried());
+        let verified = copy(&maps, map_names::VERIFIED, self.loaded.verifier.carried());
         if copied[1] > 0 {
             // The program reads the auto-blocks only while one is in force.
-            if let Err(err) = self.limiter.settle_auto_active() {
+            if let Err(err) = self.loaded.limiter.settle_auto_active() {
                 log::warn!("{}", error_chain(&err));
             }
         }

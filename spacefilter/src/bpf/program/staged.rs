@@ -78,7 +78,7 @@ impl Filter {
         };
         let staged = Staged {
             ebpf,
-            stats,
+            stats: Arc::new(stats),
             limiter,
             header_rules,
             observer,
@@ -93,18 +93,24 @@ impl Filter {
 }
 
 /// A [`Filter`] whose maps are made and its lists taken out
-/// ([`Filter::stage`]), its programs not yet loaded.
+/// ([`Filter::stage`]), its programs not yet loaded; once they are, the
+/// part of a [`Filter`] besides its lists and attachments.
 pub struct Staged {
-    ebpf: Ebpf,
-    stats: Stats,
-    limiter: Limiter,
-    header_rules: HeaderRules,
-    observer: Observer,
-    verifier: Verifier,
-    kernel_log: Option<KernelLog>,
-    egress_missing: Option<String>,
-    features_off: Vec<FeatureOff>,
-    tcx_links: bool,
+    pub(super) ebpf: Ebpf,
+    pub(super) stats: Arc<Stats>,
+    pub(super) limiter: Limiter,
+    pub(super) header_rules: HeaderRules,
+    pub(super) observer: Observer,
+    pub(super) verifier: Verifier,
+    pub(super) kernel_log: Option<KernelLog>,
+    /// Why the egress program (return routability) could not be loaded, if
+    /// it could not: the filter runs without it.
+    pub(super) egress_missing: Option<String>,
+    /// The kernel features the program runs without, and why.
+    pub(super) features_off: Vec<FeatureOff>,
+    /// Whether the egress program is attached on TCX links (kernel 6.6),
+    /// else as `clsact` filters.
+    pub(super) tcx_links: bool,
 }
 
 impl Staged {
@@ -131,30 +137,9 @@ impl Staged {
     /// The filter, with the lists [`Filter::stage`] took (filled or not).
     #[must_use]
     pub fn with_lists(self, lists: Lists) -> Filter {
-        let Self {
-            ebpf,
-            stats,
-            limiter,
-            header_rules,
-            observer,
-            verifier,
-            kernel_log,
-            egress_missing,
-            features_off,
-            tcx_links,
-        } = self;
         Filter {
-            ebpf,
+            loaded: self,
             lists,
-            stats: Arc::new(stats),
-            limiter,
-            header_rules,
-            observer,
-            verifier,
-            kernel_log,
-            egress_missing,
-            features_off,
-            tcx_links,
             attached: BTreeMap::new(),
         }
     }
