@@ -11,7 +11,7 @@
 //! that moved, and the list entry that counted the hit.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
@@ -943,6 +943,124 @@ fn random_source(rng: &mut Rng, keys: &[Prefix]) -> IpAddr {
             IpAddr::V6((u128::from(a) ^ flip).into())
         }
     }
+}
+
+/// The bytes of the array map `name` of the loaded program, read through
+/// a mapping of it (a table of 2^24 words read one syscall a word would
+/// take minutes).
+fn table_bytes(filter: &mut Filter, name: &str) -> Vec<u8> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let map = program_map(filter, name);
+    let info = map.info().expect("map info");
+    // Array values are laid out 8-byte aligned.
+    let len = info.max_entries() as usize * (info.value_size() as usize).next_multiple_of(8);
+    // SAFETY: a read-only shared mapping of a mappable array map, of its
+    // size, unmapped before it is returned.
+    unsafe {
+        let at = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            map.fd().as_fd().as_raw_fd(),
+            0,
+        );
+        assert_ne!(at, libc::MAP_FAILED, "map {name}");
+        let bytes = std::slice::from_raw_parts(at.cast::<u8>(), len).to_vec();
+        libc::munmap(at, len);
+        bytes
+    }
+}
+
+/// The keys of the trie `name` of the loaded program, with their values.
+fn trie_keys<const N: usize>(filter: &mut Filter, name: &str) -> BTreeSet<(u32, [u8; N], u32)> {
+    let trie: LpmTrie<MapData, [u8; N], u32> =
+        LpmTrie::try_from(Map::LpmTrie(program_map(filter, name))).expect("a trie");
+    trie.iter()
+        .map(|entry| {
+            let (key, value) = entry.expect("read the trie");
+            (key.prefix_len(), key.data(), value)
+        })
+        .collect()
+}
+
+/// A list put in whole, as a start restores it, leaves every table the
+/// same word for word as its keys added one at a time in the same order:
+/// blocks crowded by their lengths and by keys whose buckets are full
+/// included. Then both decide as the reference does, and empty again.
+#[test]
+fn a_list_put_in_whole_is_its_keys_added_one_by_one() {
+    const SEED: u64 = 0xf111_5eed;
+    let options = LoadOptions {
+        capacity: 2048,
+        hash_seed: Some(SEED),
+        ..LoadOptions::default()
+    };
+    let mask = buckets_for(options.capacity) - 1;
+    let mut rng = Rng::new(0xf111);
+    let mut keys = BTreeSet::new();
+    while keys.len() < 1500 {
+        let v6 = rng.below(3) == 0;
+        keys.insert(random_prefix(&mut rng, v6, true));
+    }
+    // Keys of both families whose both buckets are the first two: those
+    // past 16 find no room.
+    let (mut v4, mut v6) = (0, 0);
+    while v4 < 24 || v6 < 24 {
+        let a = 0x0b00_0000 | (rng.next_u32() & 0x00ff_ffff);
+        let (first, second) = buckets(v4_hash(v4_key(a, 32), SEED), mask);
+        if v4 < 24 && first < 2 && second < 2 && keys.insert(Prefix::host(Ipv4Addr::from(a).into()))
+        {
+            v4 += 1;
+        }
+        let hi = (0x2005 << 48) | (rng.next_u64() >> 16);
+        let (first, second) = buckets(v6_hash(hi, 0, 64, SEED), mask);
+        let p = Prefix::truncating(Ipv6Addr::from(u128::from(hi) << 64).into(), 64);
+        if v6 < 24 && first < 2 && second < 2 && keys.insert(p) {
+            v6 += 1;
+        }
+    }
+    let keys: Vec<Prefix> = keys.into_iter().collect();
+    let mut whole = Lookup::load(options);
+    whole.insert_sorted(List::Block, &mut keys.clone());
+    let mut one = Lookup::load(options);
+    for &p in &keys {
+        one.block(p);
+    }
+    assert!(
+        whole.filter.lists().crowded() >= 2,
+        "blocks of both families are crowded"
+    );
+    for name in [
+        map_names::V4_T12,
+        map_names::V4_T24,
+        map_names::V4_BUCKETS,
+        map_names::V6_TOP,
+        map_names::V6_BUCKETS,
+        map_names::V6_KEYS,
+    ] {
+        assert!(
+            table_bytes(&mut whole.filter, name) == table_bytes(&mut one.filter, name),
+            "{name} differs"
+        );
+    }
+    assert_eq!(
+        trie_keys::<4>(&mut whole.filter, map_names::V4_CROWDED),
+        trie_keys::<4>(&mut one.filter, map_names::V4_CROWDED)
+    );
+    let crowded = trie_keys::<16>(&mut whole.filter, map_names::V6_CROWDED);
+    assert!(!crowded.is_empty(), "IPv6 keys are in the trie");
+    assert_eq!(
+        crowded,
+        trie_keys::<16>(&mut one.filter, map_names::V6_CROWDED)
+    );
+    for _ in 0..1500 {
+        let src = random_source(&mut rng, &keys);
+        whole.check("put in whole", src, None);
+        one.check("added one by one", src, None);
+    }
+    whole.finish("a list put in whole");
+    one.finish("its keys added one by one");
 }
 
 /// Loads a random table of 1500 keys, checks 1500 sources near them, takes

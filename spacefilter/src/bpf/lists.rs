@@ -107,6 +107,11 @@ pub struct Lists {
     allow_lens: [BTreeMap<u8, usize>; 2],
 }
 
+/// A key's match as the tables store it.
+fn packed(value: Match) -> u32 {
+    lookup::encode(value.action == action::ALLOW, value.slot)
+}
+
 fn family_index(prefix: Prefix) -> usize {
     usize::from(prefix.addr().is_ipv6())
 }
@@ -207,27 +212,38 @@ impl Lists {
     }
 
     /// [`Lists::insert_many`] into an empty `list` of distinct prefixes in
-    /// order (a start restoring the lists): the keys are written one by
-    /// one, and the list's entries then recorded in one pass rather than
-    /// each looked up and inserted. No key written meanwhile depends on
-    /// the entries of `list` (see the caller).
+    /// order (a start restoring the lists): the keys' matches worked out,
+    /// then written per family in one call ([`V4Tables::write_new`]), and
+    /// the list's entries recorded in one pass rather than each looked up
+    /// and inserted. No key written meanwhile depends on the entries of
+    /// `list` (see the caller).
     fn fill(&mut self, list: List, prefixes: &[Prefix]) -> Result<usize, ListError> {
         let mut slots = Vec::with_capacity(prefixes.len());
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
         let mut result = Ok(());
         for &prefix in prefixes {
-            let written = self.take_slot().and_then(|slot| {
-                slots.push(slot);
-                self.write_entry(list, prefix, slot)
-            });
-            if let Err(err) = written {
-                result = Err(err);
-                break;
+            let slot = match self.take_slot() {
+                Ok(slot) => slot,
+                Err(err) => {
+                    result = Err(err);
+                    break;
+                }
+            };
+            slots.push(slot);
+            let packed = packed(self.entry_match(list, prefix, slot));
+            match prefix.addr() {
+                IpAddr::V4(a) => v4.push((a.into(), prefix.len(), packed)),
+                IpAddr::V6(a) => v6.push((a.into(), prefix.len(), packed)),
             }
         }
         self.entries
             .fill(list, prefixes.iter().copied().zip(slots.iter().copied()));
+        let result = result
+            .and_then(|()| self.v4.write_new(&v4))
+            .and_then(|()| self.v6.write_new(&v6));
         if let Err(err) = result {
-            // Every entry recorded, the failed one too, comes out again.
+            // Every entry recorded comes out again, with its key if it
+            // was written.
             for &prefix in &prefixes[..slots.len()] {
                 let _ = self.remove_one(list, prefix);
             }
@@ -283,6 +299,17 @@ impl Lists {
     /// `slot` (whether or not the entry is recorded yet), and for an allow
     /// entry the block keys inside it.
     fn write_entry(&mut self, list: List, prefix: Prefix, slot: Slot) -> Result<(), ListError> {
+        let value = self.entry_match(list, prefix, slot);
+        self.write_key(prefix, value)?;
+        if list == List::Allow {
+            self.sync_covered(prefix)?;
+        }
+        Ok(())
+    }
+
+    /// What the key of the new entry `prefix` on `list`, counted in
+    /// `slot`, holds (an allow entry's length is counted).
+    fn entry_match(&mut self, list: List, prefix: Prefix, slot: Slot) -> Match {
         // The other list's entry of the same prefix, if any (an allow
         // entry decides the key's match): the one lookup needed besides
         // the covering allow entries.
@@ -290,36 +317,26 @@ impl Lists {
             List::Allow => self.entries.get(List::Block, prefix),
             _ => self.entries.get(List::Allow, prefix),
         };
-        let value = match (list, other) {
+        let allowed = |slot| Match {
+            action: action::ALLOW,
+            slot,
+        };
+        match (list, other) {
             (List::Allow, _) => {
                 *self.allow_lens[family_index(prefix)]
                     .entry(prefix.len())
                     .or_default() += 1;
-                Match {
-                    action: action::ALLOW,
-                    slot,
-                }
+                allowed(slot)
             }
-            (_, Some(allowed)) => Match {
-                action: action::ALLOW,
-                slot: allowed,
-            },
-            (_, None) => match self.covering_allow(prefix) {
-                Some(allowed) => Match {
-                    action: action::ALLOW,
-                    slot: allowed,
-                },
-                None => Match {
+            (_, Some(slot)) => allowed(slot),
+            (_, None) => self.covering_allow(prefix).map_or(
+                Match {
                     action: action::BLOCK,
                     slot,
                 },
-            },
-        };
-        self.write_key(prefix, value)?;
-        if list == List::Allow {
-            self.sync_covered(prefix)?;
+                allowed,
+            ),
         }
-        Ok(())
     }
 
     /// The slot of the longest allow entry strictly shorter than `prefix`
@@ -369,7 +386,7 @@ impl Lists {
 
     /// Creates or rewrites the key of `prefix` with `value`.
     fn write_key(&mut self, prefix: Prefix, value: Match) -> Result<(), ListError> {
-        let packed = lookup::encode(value.action == action::ALLOW, value.slot);
+        let packed = packed(value);
         match prefix.addr() {
             IpAddr::V4(a) => self.v4.write(a.into(), prefix.len(), packed),
             IpAddr::V6(a) => self.v6.write(a.into(), prefix.len(), packed),

@@ -63,6 +63,16 @@ impl<K: Ord, V> Packed<K, V> {
         }
     }
 
+    /// Adds `entries`, in key order, none of whose keys the map holds: in
+    /// one pass, leaving every node full.
+    pub fn extend_sorted(&mut self, entries: Vec<(K, V)>) {
+        debug_assert!(entries.is_sorted_by(|a, b| a.0 < b.0));
+        let mut added: BTreeMap<K, V> = entries.into_iter().collect();
+        // `append` merges into a new tree, as `repack` does.
+        self.map.append(&mut added);
+        self.grown = 0;
+    }
+
     /// Inserts `value` under `key`, returning the value it replaces.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
         let old = self.map.insert(key, value);
@@ -137,5 +147,16 @@ mod tests {
         assert_eq!(map.len(), 19_999);
         *map.get_mut(&8).unwrap() += 5;
         assert_eq!(map.get(&8), Some(&13));
+    }
+
+    #[test]
+    fn sorted_entries_join_a_map_in_order() {
+        let mut map = Packed::new();
+        map.extend_sorted((0..5000u32).map(|k| (k * 2, k)).collect());
+        assert_eq!(map.len(), 5000);
+        map.extend_sorted((0..5000u32).map(|k| (k * 2 + 1, k)).collect());
+        assert_eq!(map.grown, 0);
+        assert!(map.iter().map(|(&k, _)| k).eq(0..10_000));
+        assert_eq!(map.get(&7), Some(&3));
     }
 }

@@ -503,11 +503,10 @@ pub(super) fn read_seq<'de, D: Deserializer<'de>>(input: D) -> Result<Rules, D::
     input.deserialize_seq(Visitor)
 }
 
-/// Builds [`Rules`] from a snapshot's rules, which come in key order: a
-/// part at a time ([`BTreeMap::append`] merges a part in one pass, in
-/// full nodes), rather than each inserted by a search from the root.
-/// Rules out of order (a hand-edited file) are put one by one from the
-/// first such.
+/// Builds [`Rules`] from a snapshot's rules, which come in key order:
+/// gathered, then built into the map in one pass, in full nodes, rather
+/// than each inserted by a search from the root. Rules out of order (a
+/// hand-edited file) are put one by one from the first such.
 #[derive(Default)]
 pub(super) struct Builder {
     rules: Rules,
@@ -516,9 +515,6 @@ pub(super) struct Builder {
 }
 
 impl Builder {
-    /// Rules pushed in order go into the map this many at a time at least.
-    const PART: usize = 64 * 1024;
-
     /// The id of `meta`, for [`Builder::push`]: the one it already has if
     /// an equal meta came before.
     pub(super) fn meta(&mut self, meta: Meta) -> u32 {
@@ -532,31 +528,29 @@ impl Builder {
         let rules = &mut self.rules;
         rules.metas.hold(id);
         if !self.out_of_order {
-            let last = self
-                .part
-                .last()
-                .map(|(k, _)| k)
-                .or_else(|| rules.map.last_key_value().map(|e| e.0));
-            if last.is_none_or(|last| *last < key) {
+            if self.part.last().is_none_or(|(last, _)| *last < key) {
                 rules.per_list[list_index(key.0)] += 1;
                 self.part.push((key, id));
-                // Parts of at least half the map: each rule is moved a few
-                // times in all.
-                if self.part.len() >= Self::PART.max(rules.map.len() / 2) {
-                    rules.map.append(&mut self.part.drain(..).collect());
-                }
                 return;
             }
-            rules.map.append(&mut self.part.drain(..).collect());
+            self.build_part();
             self.out_of_order = true;
         }
-        rules.set(key, id);
+        self.rules.set(key, id);
+    }
+
+    /// Builds the rules gathered in order into the map (empty until then).
+    fn build_part(&mut self) {
+        let part = std::mem::take(&mut self.part);
+        self.rules.map = part.into_iter().collect();
     }
 
     /// The rules; a meta no rule holds is let go.
     pub(super) fn finish(mut self) -> Rules {
+        if !self.out_of_order {
+            self.build_part();
+        }
         let rules = &mut self.rules;
-        rules.map.append(&mut self.part.into_iter().collect());
         let metas = &mut rules.metas;
         let free: HashSet<u32> = metas.free.iter().copied().collect();
         let unheld: Vec<u32> = (0..)

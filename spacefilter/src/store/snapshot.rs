@@ -230,12 +230,18 @@ impl Input {
             let meta = self.meta()?;
             ids.insert(id, built.meta(meta));
         }
+        // Rules in a row share their meta more often than not.
+        let mut last = None;
         for _ in 0..self.u64()? {
             let key = self.key()?;
-            let id = self.u32()?;
-            let &id = ids
-                .get(&id)
-                .ok_or_else(|| format!("a rule of meta {id}, not in the file"))?;
+            let file_id = self.u32()?;
+            let id = match last {
+                Some((seen, id)) if seen == file_id => id,
+                _ => *ids
+                    .get(&file_id)
+                    .ok_or_else(|| format!("a rule of meta {file_id}, not in the file"))?,
+            };
+            last = Some((file_id, id));
             built.push(key, id);
         }
         let stated = self.u32()?;

@@ -92,6 +92,28 @@ impl Level {
         self.fill(addr, len, value);
     }
 
+    /// [`Level::write`] of each of `keys`, in (address, length) order with
+    /// no key twice. Into an empty table they go in one pass: the keys
+    /// recorded at once, and each key's blocks stored before those of the
+    /// keys inside it, which come after it in that order.
+    fn write_new(&mut self, keys: impl Iterator<Item = (u128, u8, u32)>) {
+        if !self.keys.is_empty() {
+            for (addr, len, value) in keys {
+                self.write(addr, len, value);
+            }
+            return;
+        }
+        let keys: Vec<(u64, u32)> = keys
+            .map(|(addr, len, value)| (self.key(addr, len), value))
+            .collect();
+        for &(key, value) in &keys {
+            let (addr, len) = self.prefix(key);
+            let last = addr | host_mask(self.width, len);
+            self.store(self.block(addr), self.block(last) + 1, value);
+        }
+        self.keys.extend_sorted(keys);
+    }
+
     /// Removes the key `addr/len`: its blocks take the match of the longest
     /// key of the table covering it.
     fn remove(&mut self, addr: u128, len: u8) {
