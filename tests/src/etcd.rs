@@ -258,6 +258,12 @@ impl Cluster {
             .collect())
     }
 
+    /// How many lines of the members' logs hold `words`.
+    #[must_use]
+    pub fn log_lines_with(&self, words: &str) -> usize {
+        self.logs().lines().filter(|l| l.contains(words)).count()
+    }
+
     fn logs(&self) -> String {
         let mut out = String::new();
         for i in 0..self.members.len() {

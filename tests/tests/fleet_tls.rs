@@ -450,6 +450,22 @@ fn a_member_logs_in_to_etcd() {
         "the log says it too: {}",
         daemon.log()
     );
+    // etcd logs every refused login: the member does not try again at
+    // once, nor every second (each try would go to the next member).
+    let refusals = || fleet.cluster.log_lines_with("invalid password");
+    let first = refusals();
+    assert!(first >= 1, "etcd logged the refused login");
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        refusals() <= first + 1,
+        "{} logins refused in 5 s after the first {first}",
+        refusals() - first
+    );
+    assert!(
+        daemon.log().contains("trying again every 30 s"),
+        "the log says when the member tries again: {}",
+        daemon.log()
+    );
     assert_eq!(
         fleet.attacker_gets_through(),
         0,

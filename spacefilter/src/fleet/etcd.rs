@@ -60,6 +60,33 @@ const PAGES_AHEAD: usize = 2;
 /// The longest pause between two tries while etcd cannot be reached: a
 /// member cut off catches up within about this long of coming back.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// The pause after etcd refused the member (its login, or its rights):
+/// trying again sooner would not help, and etcd logs every refusal.
+const REFUSED_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Whether `why` a session failed is etcd refusing the member, which only
+/// its administrator can put right.
+fn refused_by_etcd(why: &str) -> bool {
+    [
+        "authentication failed",
+        "user name is empty",
+        "permission denied",
+    ]
+    .iter()
+    .any(|words| why.contains(words))
+}
+
+/// Sleeps for `pause`, or until `quit` is set.
+fn pause_unless(quit: &AtomicBool, pause: Duration) {
+    let until = Instant::now() + pause;
+    while !quit.load(Ordering::Relaxed) {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(100)));
+    }
+}
 
 /// Where the fleet is and which it is.
 #[derive(Clone, Debug)]
@@ -236,16 +263,26 @@ fn run(settings: &Settings, handle: &Handle, member: &Member, quit: &AtomicBool)
                 handle.report_link(link.clone());
             }
             Err(why) => {
+                let refused = refused_by_etcd(&why);
                 if link.up || link.last_error.is_none() {
-                    log::warn!("fleet: {endpoint}: {why}; the rules stay as they are");
+                    let again = if refused {
+                        format!("; trying again every {} s", REFUSED_BACKOFF.as_secs())
+                    } else {
+                        String::new()
+                    };
+                    log::warn!("fleet: {endpoint}: {why}; the rules stay as they are{again}");
                 }
                 link.up = false;
                 link.last_error = Some(format!("{endpoint}: {why}"));
                 link.lag_secs = last_ok.map(|t| t.elapsed().as_secs());
                 handle.report_link(link.clone());
                 at += 1;
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                if refused {
+                    pause_unless(quit, REFUSED_BACKOFF);
+                } else {
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
             }
         }
     }
