@@ -1176,7 +1176,7 @@ fn random_tables_put_in_whole_match_the_reference() {
 }
 
 /// A hit counter handed to a new entry starts from 0, and the counters
-/// that share its per-CPU value with it (eight slots to a value) keep
+/// that share its per-CPU value with it (`HIT_LANES` slots to a value) keep
 /// theirs, read in batches or one by one.
 #[test]
 fn a_slot_handed_out_again_starts_from_zero_and_its_neighbours_keep_counting() {

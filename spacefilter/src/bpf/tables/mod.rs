@@ -92,10 +92,10 @@ impl Level {
         self.fill(addr, len, value);
     }
 
-    /// [`Level::write`] of each of `keys`, in (address, length) order with
-    /// no key twice. Into an empty table they go in one pass: the keys
-    /// recorded at once, and each key's blocks stored before those of the
-    /// keys inside it, which come after it in that order.
+    /// [`Level::write`] of each of `keys`, no key twice. Into an empty
+    /// table they go in one pass: the keys recorded at once, and, in
+    /// (address, length) order, each key's blocks stored before those of
+    /// the keys inside it.
     fn write_new(&mut self, keys: impl Iterator<Item = (u128, u8, u32)>) {
         if !self.keys.is_empty() {
             for (addr, len, value) in keys {
@@ -103,9 +103,11 @@ impl Level {
             }
             return;
         }
-        let keys: Vec<(u64, u32)> = keys
+        let mut keys: Vec<(u64, u32)> = keys
             .map(|(addr, len, value)| (self.key(addr, len), value))
             .collect();
+        // In order already, which the sort only checks.
+        keys.sort_unstable_by_key(|&(key, _)| key);
         for &(key, value) in &keys {
             let (addr, len) = self.prefix(key);
             let last = addr | host_mask(self.width, len);
