@@ -305,10 +305,33 @@ fn header_rules_from_the_cli_drop_count_and_persist() {
             vec!["rule", "add", "--action", "drop", "--tcp-flags", "SYN,!FOO"],
             "bad flag",
         ),
+        (
+            vec![
+                "rule",
+                "add",
+                "--action",
+                "drop",
+                "--tcp-flags",
+                "SYN,ACK,!SYN",
+            ],
+            "a flag both set and clear",
+        ),
+        (
+            vec!["rule", "add", "--action", "drop", "--len", "0-33"],
+            "lengths no IP frame has",
+        ),
         (vec!["rule", "add", "--action", "drop"], "drop everything"),
         (vec!["rule", "del", "99"], "no such rule"),
     ] {
-        s.daemon.cli(&args).expect_code(2, what);
+        let out = s.daemon.cli(&args);
+        out.expect_code(2, what);
+        if what.contains("flag both") || what.contains("no IP frame") {
+            assert!(
+                out.stderr.contains("can never match"),
+                "{what}: refused as a rule that can never match: {}",
+                out.stderr
+            );
+        }
     }
     let to = SocketAddr::new(Host::Server.addr(Family::V4), s.sink.port());
     let sent = spacefilter_tests::traffic::send_udp(

@@ -2,6 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The shortest frame the header rules see: an Ethernet header and an
+/// IPv4 header without options.
+const MIN_IP_FRAME: u16 = 14 + 20;
+
 /// What a header rule does with the frames it matches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -73,6 +77,22 @@ impl HeaderRuleView {
                 }
             }
         }
+        if let Some((_, hi)) = self.length
+            && hi < MIN_IP_FRAME
+        {
+            return Some(format!(
+                "a length range up to {hi} can never match: the shortest IP frame is \
+                 {MIN_IP_FRAME} bytes (Ethernet and IPv4 headers)"
+            ));
+        }
+        if let Some((mask, value)) = self.tcp_flags
+            && value & !mask != 0
+        {
+            return Some(format!(
+                "TCP flags {value:#04x} under the mask {mask:#04x} can never match: a flag \
+                 asked set must be in the mask"
+            ));
+        }
         if action == RuleAction::Limit && (self.pps == 0 || self.burst == 0) {
             return Some("a limit rule needs --pps (and a burst of at least 1)".into());
         }
@@ -113,5 +133,27 @@ impl HeaderRuleView {
             && self.src_ports.is_none()
             && self.tcp_flags.is_none()
             && self.length.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{HeaderRuleView, RuleAction};
+
+    /// Conditions no frame can meet are refused, beside their controls.
+    #[test]
+    fn rules_that_can_never_match_are_refused() {
+        let rule = |tcp_flags, length| HeaderRuleView {
+            action: Some(RuleAction::Drop),
+            tcp_flags,
+            length,
+            ..HeaderRuleView::default()
+        };
+        assert_eq!(rule(Some((0x12, 0x02)), None).problem(), None, "SYN,!ACK");
+        assert_eq!(rule(None, Some((34, 64))).problem(), None);
+        for never in [rule(Some((0x02, 0x12)), None), rule(None, Some((0, 33)))] {
+            let problem = never.problem().unwrap_or_default();
+            assert!(problem.contains("can never match"), "{never:?}: {problem}");
+        }
     }
 }

@@ -45,6 +45,11 @@ pub(super) fn parse_tcp_flags(s: &str) -> Result<(u8, u8), String> {
                 ));
             }
         };
+        if mask & bit != 0 && (value & bit != 0) == clear {
+            return Err(format!(
+                "{name} is asked both set and clear: a rule with both can never match; name it once"
+            ));
+        }
         mask |= bit;
         if !clear {
             value |= bit;
