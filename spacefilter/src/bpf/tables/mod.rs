@@ -92,28 +92,39 @@ impl Level {
         self.fill(addr, len, value);
     }
 
-    /// [`Level::write`] of each of `keys`, no key twice. Into an empty
-    /// table they go in one pass: the keys recorded at once, and, in
-    /// (address, length) order, each key's blocks stored before those of
-    /// the keys inside it.
+    /// [`Level::write`] of each of `keys`, no key twice, with the keys
+    /// recorded in one pass. Into an empty table each key's blocks are
+    /// stored in (address, length) order, before those of the keys inside
+    /// it; into a table with keys, each new key's blocks that no longer key
+    /// covers, as one write stores them.
     fn write_new(&mut self, keys: impl Iterator<Item = (u128, u8, u32)>) {
-        if !self.keys.is_empty() {
-            for (addr, len, value) in keys {
-                self.write(addr, len, value);
-            }
-            return;
-        }
         let mut keys: Vec<(u64, u32)> = keys
             .map(|(addr, len, value)| (self.key(addr, len), value))
             .collect();
         // In order already, which the sort only checks.
         keys.sort_unstable_by_key(|&(key, _)| key);
-        for &(key, value) in &keys {
-            let (addr, len) = self.prefix(key);
-            let last = addr | host_mask(self.width, len);
-            self.store(self.block(addr), self.block(last) + 1, value);
+        if self.keys.is_empty() {
+            for &(key, value) in &keys {
+                let (addr, len) = self.prefix(key);
+                let last = addr | host_mask(self.width, len);
+                self.store(self.block(addr), self.block(last) + 1, value);
+            }
+            self.keys.extend_sorted(keys);
+            return;
         }
-        self.keys.extend_sorted(keys);
+        // Keys the table holds take their new values; the others join it.
+        let mut joining = Vec::with_capacity(keys.len());
+        for &(key, value) in &keys {
+            match self.keys.get_mut(&key) {
+                Some(old) => *old = value,
+                None => joining.push((key, value)),
+            }
+        }
+        self.keys.extend_sorted(joining);
+        for (key, value) in keys {
+            let (addr, len) = self.prefix(key);
+            self.fill(addr, len, value);
+        }
     }
 
     /// Removes the key `addr/len`: its blocks take the match of the longest

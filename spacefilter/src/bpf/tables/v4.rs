@@ -146,8 +146,9 @@ impl V4Tables {
     }
 
     /// [`V4Tables::write`] of each of `keys` (no prefix twice; in address
-    /// and length order, as a start gives them, costs least), in less time: the direct tables' keys in one
-    /// pass when a table is empty ([`Level::write_new`]); a key of /25 to
+    /// and length order, as a start gives them, costs least), in less
+    /// time: the direct tables' keys in one pass when a table is empty
+    /// ([`Level::write_new`]); a key of /25 to
     /// /32 of a length its /24 has no key of yet, outside a crowded /24,
     /// stored in its bucket with no search for it, its length counted and
     /// flagged once all such keys are in place. The others (a length the

@@ -177,8 +177,9 @@ impl V6Tables {
     }
 
     /// [`V6Tables::write`] of each of `keys` (no prefix twice; in address
-    /// and length order, as a start gives them, costs least), in less time: `V6_TOP`'s keys in one pass when
-    /// it is empty ([`Level::write_new`]); a key of /17 to /128 of a length
+    /// and length order, as a start gives them, costs least), in less
+    /// time: `V6_TOP`'s keys in one pass when it is empty
+    /// ([`Level::write_new`]); a key of /17 to /128 of a length
     /// its /16 has no key of yet, outside a crowded /16, stored in a free
     /// slot with no search for it, and each /16 settled once all such keys
     /// are in place. The others (a length the /16 holds, which may be the
