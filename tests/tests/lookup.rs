@@ -1095,6 +1095,9 @@ enum Fill {
     /// Each list in one sorted call, the blocklist first (the allowlist
     /// then goes in on top of block entries).
     BlockFirst,
+    /// The allowlist in one sorted call, then the blocklist in parts of
+    /// 100 in no order, as an import goes into lists that hold entries.
+    InParts,
 }
 
 fn random_table(any_length: bool, seed: u64, fill: Fill) -> Lookup {
@@ -1132,6 +1135,18 @@ fn random_table(any_length: bool, seed: u64, fill: Fill) -> Lookup {
         Fill::BlockFirst => {
             t.insert_sorted(List::Block, &mut block);
             t.insert_sorted(List::Allow, &mut allow);
+        }
+        Fill::InParts => {
+            t.insert_sorted(List::Allow, &mut allow);
+            for part in block.chunks(100) {
+                let added = t
+                    .filter
+                    .lists()
+                    .insert_many(List::Block, part)
+                    .expect("insert_many");
+                assert_eq!(added, part.len());
+                t.block.extend_from_slice(part);
+            }
         }
     }
     assert_eq!(
@@ -1186,11 +1201,13 @@ fn random_crowded_tables_match_the_reference() {
 
 /// Each list put in with one call, as a start restores them (into empty
 /// lists, in order, which records the entries in one pass), in either
-/// order: the same verdicts and hits as the reference's.
+/// order, or the blocklist in parts in no order on top of the allowlist:
+/// the same verdicts and hits as the reference's.
 #[test]
 fn random_tables_put_in_whole_match_the_reference() {
     random_table(true, 0xb10c_f11e, Fill::AllowFirst).finish("allow first, crowded");
     random_table(false, 0x5eed_0b11, Fill::BlockFirst).finish("block first");
+    random_table(true, 0x9a27_5eed, Fill::InParts).finish("in parts, crowded");
 }
 
 /// A hit counter handed to a new entry starts from 0, and the counters

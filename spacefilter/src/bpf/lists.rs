@@ -179,14 +179,21 @@ impl Lists {
     /// fails, those added by this call are taken out again. Returns how many
     /// were new.
     pub fn insert_many(&mut self, list: List, prefixes: &[Prefix]) -> Result<usize, ListError> {
-        // An allow entry's key is written from the allow entries recorded
-        // (the longest covering each block key inside it), so allow
-        // entries are filled in only while no block entry needs that.
-        if self.entries.len(list) == 0
-            && (list != List::Allow || self.entries.len(List::Block) == 0)
-            && prefixes.is_sorted_by(|a, b| a < b)
-        {
-            return self.fill(list, prefixes);
+        // An allow entry rewrites the block keys inside it, from the allow
+        // entries recorded (the longest covering each): allow entries go
+        // in together only while no block entry needs that.
+        if prefixes.len() > 1 && (list != List::Allow || self.entries.len(List::Block) == 0) {
+            if prefixes.is_sorted_by(|a, b| a < b) && self.entries.len(list) == 0 {
+                return self.fill(list, prefixes);
+            }
+            let mut new: Vec<Prefix> = prefixes
+                .iter()
+                .copied()
+                .filter(|&prefix| !self.entries.contains(list, prefix))
+                .collect();
+            new.sort_unstable();
+            new.dedup();
+            return self.fill(list, &new);
         }
         let mut added = Vec::new();
         let mut result = Ok(());
@@ -211,12 +218,12 @@ impl Lists {
         Ok(added.len())
     }
 
-    /// [`Lists::insert_many`] into an empty `list` of distinct prefixes in
-    /// order (a start restoring the lists): the keys' matches worked out,
-    /// then written per family in one call ([`V4Tables::write_new`]), and
-    /// the list's entries recorded in one pass rather than each looked up
-    /// and inserted. No key written meanwhile depends on the entries of
-    /// `list` (see the caller).
+    /// [`Lists::insert_many`] of distinct prefixes in order, none of them
+    /// on `list` (a start restoring the lists, an import): the keys'
+    /// matches worked out, then written per family in one call
+    /// ([`V4Tables::write_new`]), and the entries recorded in one pass
+    /// rather than each looked up and inserted. No key written meanwhile
+    /// depends on the entries of `list` (see the caller).
     fn fill(&mut self, list: List, prefixes: &[Prefix]) -> Result<usize, ListError> {
         let mut slots = Vec::with_capacity(prefixes.len());
         let (mut v4, mut v6) = (Vec::new(), Vec::new());

@@ -68,11 +68,10 @@ impl Entries {
         };
     }
 
-    /// Records the entries of `list`, which holds none yet, with their
-    /// slots: distinct prefixes, in order.
+    /// Records entries of `list` with their slots, in one pass: distinct
+    /// prefixes, in order, none of them on `list` yet.
     pub(super) fn fill(&mut self, list: List, entries: impl Iterator<Item = (Prefix, Slot)>) {
         let i = index(list).expect("auto-blocks are not list entries");
-        debug_assert!(self.v4[i].is_empty() && self.v6[i].is_empty());
         let (mut v4, mut v6) = (Vec::new(), Vec::new());
         for (prefix, slot) in entries {
             match prefix.addr() {
@@ -80,8 +79,8 @@ impl Entries {
                 IpAddr::V6(a) => v6.push(((a.octets(), prefix.len()), slot)),
             }
         }
-        self.v4[i] = Packed::from_sorted(v4);
-        self.v6[i] = Packed::from_sorted(v6);
+        self.v4[i].extend_sorted(v4);
+        self.v6[i].extend_sorted(v6);
     }
 
     pub(super) fn remove(&mut self, list: List, prefix: Prefix) -> Option<Slot> {
