@@ -64,9 +64,16 @@ impl<K: Ord, V> Packed<K, V> {
     }
 
     /// Adds `entries`, in key order, none of whose keys the map holds: in
-    /// one pass, leaving every node full.
+    /// one pass that leaves every node full, unless they are few beside
+    /// the map (a pass costs the whole map), which takes them one by one.
     pub fn extend_sorted(&mut self, entries: Vec<(K, V)>) {
         debug_assert!(entries.is_sorted_by(|a, b| a.0 < b.0));
+        if entries.len() * 8 < self.map.len() {
+            for (key, value) in entries {
+                self.insert(key, value);
+            }
+            return;
+        }
         let mut added: BTreeMap<K, V> = entries.into_iter().collect();
         // `append` merges into a new tree, as `repack` does.
         self.map.append(&mut added);
@@ -158,5 +165,10 @@ mod tests {
         assert_eq!(map.grown, 0);
         assert!(map.iter().map(|(&k, _)| k).eq(0..10_000));
         assert_eq!(map.get(&7), Some(&3));
+        // A few beside many go in one by one, and count as growth.
+        map.extend_sorted((0..100u32).map(|k| (20_000 + k, k)).collect());
+        assert_eq!(map.grown, 100);
+        assert_eq!(map.len(), 10_100);
+        assert_eq!(map.get(&20_099), Some(&99));
     }
 }
