@@ -277,6 +277,12 @@ fn the_filter_outlives_the_daemon_and_its_successor_takes_over_with_no_gap() {
     let (leaked, mut daemon) =
         attacker_frames_across_a_restart(lab, sink, to, || start(lab, paths, pin_dir));
     assert!(daemon.log().contains("took over eth0"), "{}", daemon.log());
+    // The running program is adopted with its maps, not loaded again.
+    assert!(
+        daemon.log().contains("adopted the running program"),
+        "{}",
+        daemon.log()
+    );
     eprintln!("takeover after a crash: {leaked} datagrams from the attacker got through");
     assert_eq!(leaked, 0, "the attacker got through during the takeover");
     let mode_kept = "the pinned link runs in native mode, not the skb mode asked for";
@@ -433,16 +439,49 @@ fn a_takeover_keeps_what_the_flood_taught() {
     let before = sink.received_from(attacker);
 
     // The successor takes over while the flood goes on: not one more
-    // datagram gets through.
-    let daemon = start(lab, paths, pin_dir);
+    // datagram gets through. Built from the same program with the same
+    // options, it adopts the running program, whose maps hold what the
+    // flood taught.
+    let mut daemon = start(lab, paths, pin_dir);
     assert!(daemon.log().contains("took over eth0"), "{}", daemon.log());
-    // Long enough for a fresh bucket's burst and a second over the limit.
-    let listed = wait_until(Duration::from_secs(15), || {
-        daemon
-            .cli(&["list", "--json"])
-            .ok("list")
-            .contains(&format!("\"{attacker}/32\""))
-    });
+    assert!(
+        daemon.log().contains("adopted the running program"),
+        "{}",
+        daemon.log()
+    );
+    let listed = |daemon: &DaemonProcess| {
+        // Long enough for a fresh bucket's burst and a second over the
+        // limit.
+        wait_until(Duration::from_secs(15), || {
+            daemon
+                .cli(&["list", "--json"])
+                .ok("list")
+                .contains(&format!("\"{attacker}/32\""))
+        })
+    };
+    assert!(listed(&daemon), "the adopted auto-block was never listed");
+    let leaked = sink.received_from(attacker) - before;
+    eprintln!(
+        "adoption during a flood: {leaked} datagrams from an auto-blocked source got through"
+    );
+    assert_eq!(
+        leaked, 0,
+        "the auto-blocked source got through the adoption"
+    );
+
+    // A successor with other options (here, room for more sources) loads
+    // a program of its own, and copies what the flood taught into it
+    // before it takes the link over.
+    daemon.kill().expect("kill -9");
+    let before = sink.received_from(attacker);
+    let daemon = start_with(lab, paths, pin_dir, &["--max-sources", "70000"]);
+    assert!(daemon.log().contains("took over eth0"), "{}", daemon.log());
+    assert!(
+        daemon.log().contains("is not adopted") && daemon.log().contains("with other options"),
+        "{}",
+        daemon.log()
+    );
+    let listed = listed(&daemon);
     let _ = attack.stop();
     let leaked = sink.received_from(attacker) - before;
     eprintln!(
@@ -497,7 +536,13 @@ fn a_clsact_egress_filter_is_left_on_and_replaced_never_doubled() {
     let mut daemon = start_with(lab, paths, pin_dir, &without);
     let second = egress_filters(lab);
     assert_eq!(second.len(), 1, "replaced, not added: {second:?}");
-    assert_ne!(second, first, "the new program's filter");
+    // The running program is adopted: its egress program is put back.
+    assert!(
+        daemon.log().contains("adopted the running program"),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(second, first, "the adopted program's egress filter");
     assert!(
         daemon
             .log()
@@ -519,8 +564,17 @@ fn a_clsact_egress_filter_is_left_on_and_replaced_never_doubled() {
         "the host's datagram to its peer verified it"
     );
 
+    // A successor with other options loads a program of its own: its
+    // egress filter replaces the old one.
+    daemon.kill().expect("kill -9");
+    let args = ["--without", "tcx-links", "--max-sources", "70000"];
+    let mut daemon = start_with(lab, paths, pin_dir, &args);
+    let third = egress_filters(lab);
+    assert_eq!(third.len(), 1, "replaced, not added: {third:?}");
+    assert_ne!(third, first, "the new program's filter");
+
     daemon.terminate(STOP_TIMEOUT).expect("stopping");
-    assert_eq!(egress_filters(lab), second, "a stop leaves the filter on");
+    assert_eq!(egress_filters(lab), third, "a stop leaves the filter on");
     assert!(
         daemon.log().contains("left the egress program on eth0"),
         "{}",

@@ -1,7 +1,11 @@
 //! `kill -9` at random points of imports, removals and the journal's folds
 //! into the snapshot, run after run on one state directory: the daemon
 //! always starts, every acknowledged change is there, and a change that was
-//! not acknowledged is there whole or not at all.
+//! not acknowledged is there whole or not at all. The links are pinned, so
+//! each start adopts the program its predecessor left running (killed in
+//! the middle of a change, or of its own adoption) and brings its tables in
+//! line with the state: the program's verdicts on frames from every batch
+//! are checked against the lists after each start.
 //!
 //! Each change is a batch of prefixes imported (`block --file`) or taken
 //! off again (`unblock --file`), one request each: all or nothing. Every
@@ -18,10 +22,16 @@ use std::{
     time::Duration,
 };
 
+use aya::{
+    TestRunOptions,
+    programs::{TestRun as _, Xdp, loaded_programs},
+};
+use aya_obj::programs::XdpAttachType;
 use serde_json::Value;
 use spacefilter_tests::{
-    daemon::{DaemonPaths, DaemonProcess, Scratch, cli},
+    daemon::{BpfFs, DaemonPaths, DaemonProcess, Scratch, cli},
     netns::{Host, Lab},
+    packets::Packet,
     require_root,
 };
 
@@ -108,12 +118,110 @@ fn check(daemon: &DaemonProcess, known: &mut [Known], run: usize) {
     );
 }
 
+/// The daemon's program, opened by its id, to run frames through.
+fn program(daemon: &DaemonProcess) -> Xdp {
+    let status: Value =
+        serde_json::from_str(daemon.cli(&["status", "--json"]).ok("status")).expect("JSON");
+    let id = status["program_id"].as_u64().expect("a program id");
+    let info = loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| u64::from(p.id()) == id)
+        .expect("the daemon's program is loaded");
+    Xdp::from_program_info(info, "spacefilter".into(), XdpAttachType::Interface)
+        .expect("opening the daemon's program")
+}
+
+/// Runs frames from sources spread over every batch through the daemon's
+/// program: dropped where the batch is in, passed where it is out (and
+/// from a source no batch holds, the positive control of a pass).
+fn check_verdicts(daemon: &DaemonProcess, known: &[Known], run: usize) {
+    const XDP_DROP: u32 = 1;
+    const XDP_PASS: u32 = 2;
+    let program = program(daemon);
+    let verdict = |src: String| {
+        let frame = Packet::ip(
+            src.parse().expect("an address"),
+            "198.18.0.1".parse().expect("v4"),
+        )
+        .udp(40_000, 53)
+        .build()
+        .into_bytes();
+        program
+            .test_run(TestRunOptions {
+                data_in: Some(&frame),
+                ..Default::default()
+            })
+            .expect("a test run")
+            .return_value
+    };
+    assert_eq!(
+        verdict("10.200.0.1".to_owned()),
+        XDP_PASS,
+        "run {run}: a source no batch holds"
+    );
+    for (batch, state) in known.iter().enumerate() {
+        let want = if *state == Known::In {
+            XDP_DROP
+        } else {
+            XDP_PASS
+        };
+        for src in prefixes(batch).into_iter().step_by(BATCH / 16) {
+            assert_eq!(
+                verdict(src.clone()),
+                want,
+                "run {run}: {src} of batch {batch}, which is {state:?}"
+            );
+        }
+    }
+}
+
+/// Changes one after another, each a batch imported or taken off again,
+/// until `stop` (or a change fails: the daemon was killed under it, and
+/// the batch is left as `Either`). Returns how many were acknowledged, and
+/// whether one was cut short.
+fn changes_until(
+    stop: Arc<AtomicBool>,
+    known: Arc<Mutex<Vec<Known>>>,
+    socket: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    mut rng: Rng,
+) -> std::thread::JoinHandle<(usize, bool)> {
+    std::thread::spawn(move || {
+        let mut done = 0;
+        while !stop.load(Ordering::SeqCst) {
+            let batch = usize::try_from(rng.next() % BATCHES as u64).expect("a batch");
+            let state = known.lock().unwrap()[batch];
+            let verb = if state == Known::In {
+                "unblock"
+            } else {
+                "block"
+            };
+            known.lock().unwrap()[batch] = Known::Either;
+            let file = dir.join(format!("batch-{batch}"));
+            let out = cli(&socket, &[verb, "--file", file.to_str().expect("UTF-8")]);
+            if out.code == Some(0) {
+                known.lock().unwrap()[batch] = if verb == "block" {
+                    Known::In
+                } else {
+                    Known::Out
+                };
+                done += 1;
+            } else {
+                return (done, true);
+            }
+        }
+        (done, false)
+    })
+}
+
 #[test]
 fn kill_9_anywhere_loses_no_acknowledged_change_and_keeps_nothing_half_done() {
     require_root();
     let lab = Lab::new().expect("building the lab");
     let dir = Scratch::new("crash").expect("scratch directory");
     let paths = DaemonPaths::in_dir(dir.path());
+    let bpffs = BpfFs::mount(&dir.join("bpf")).expect("a BPF filesystem");
+    let pin_dir = bpffs.path().join("spacefilter");
     for batch in 0..BATCHES {
         fs::write(
             dir.join(format!("batch-{batch}")),
@@ -130,6 +238,12 @@ fn kill_9_anywhere_loses_no_acknowledged_change_and_keeps_nothing_half_done() {
     let known = Arc::new(Mutex::new(vec![Known::Out; BATCHES]));
     let (mut acknowledged, mut cut_short, mut folds_cut) = (0, 0, 0);
     let capacity = (BATCHES * BATCH + 1024).to_string();
+    let args = [
+        "--capacity",
+        &capacity,
+        "--pin-dir",
+        pin_dir.to_str().expect("UTF-8"),
+    ];
     for run in 0..RUNS {
         // A fold a kill cut short leaves its segment behind.
         folds_cut += usize::from(fs::read_dir(&paths.state_dir).is_ok_and(|entries| {
@@ -143,57 +257,26 @@ fn kill_9_anywhere_loses_no_acknowledged_change_and_keeps_nothing_half_done() {
             // Killed at a random point of its start: opening the state
             // directory and folding the journal it found, loading,
             // restoring, attaching.
-            let mut daemon =
-                DaemonProcess::spawn(&lab.ns(Host::Server), &paths, &["--capacity", &capacity])
-                    .unwrap_or_else(|err| panic!("run {run}: spawning the daemon: {err:#}"));
+            let mut daemon = DaemonProcess::spawn(&lab.ns(Host::Server), &paths, &args)
+                .unwrap_or_else(|err| panic!("run {run}: spawning the daemon: {err:#}"));
             std::thread::sleep(Duration::from_millis(rng.next() % MAX_START_MS));
             daemon.kill().expect("kill -9");
             continue;
         }
-        let mut daemon =
-            DaemonProcess::start(&lab.ns(Host::Server), &paths, &["--capacity", &capacity])
-                .unwrap_or_else(|err| panic!("run {run}: the daemon did not start: {err:#}"));
+        let mut daemon = DaemonProcess::start(&lab.ns(Host::Server), &paths, &args)
+            .unwrap_or_else(|err| panic!("run {run}: the daemon did not start: {err:#}"));
         check(&daemon, &mut known.lock().unwrap(), run);
+        check_verdicts(&daemon, &known.lock().unwrap(), run);
 
         // Changes one after another until the kill.
         let stop = Arc::new(AtomicBool::new(false));
-        let changes = std::thread::spawn({
-            let (known, stop, socket) = (
-                Arc::clone(&known),
-                Arc::clone(&stop),
-                daemon.socket().to_path_buf(),
-            );
-            let dir = dir.path().to_path_buf();
-            let mut rng = Rng(rng.next() | 1);
-            move || {
-                let mut done = 0;
-                while !stop.load(Ordering::SeqCst) {
-                    let batch = usize::try_from(rng.next() % BATCHES as u64).expect("a batch");
-                    let state = known.lock().unwrap()[batch];
-                    let verb = if state == Known::In {
-                        "unblock"
-                    } else {
-                        "block"
-                    };
-                    known.lock().unwrap()[batch] = Known::Either;
-                    let file = dir.join(format!("batch-{batch}"));
-                    let out = cli(&socket, &[verb, "--file", file.to_str().expect("UTF-8")]);
-                    if out.code == Some(0) {
-                        known.lock().unwrap()[batch] = if verb == "block" {
-                            Known::In
-                        } else {
-                            Known::Out
-                        };
-                        done += 1;
-                    } else {
-                        // Killed under it: left as Either, settled by the
-                        // next start's check.
-                        return (done, true);
-                    }
-                }
-                (done, false)
-            }
-        });
+        let changes = changes_until(
+            Arc::clone(&stop),
+            Arc::clone(&known),
+            daemon.socket().to_path_buf(),
+            dir.path().to_path_buf(),
+            Rng(rng.next() | 1),
+        );
         // A random point of whatever is under way: the kill.
         std::thread::sleep(Duration::from_millis(rng.next() % MAX_RUN_MS));
         daemon.kill().expect("kill -9");
@@ -202,13 +285,22 @@ fn kill_9_anywhere_loses_no_acknowledged_change_and_keeps_nothing_half_done() {
         acknowledged += done;
         cut_short += usize::from(cut);
     }
-    let daemon = DaemonProcess::start(&lab.ns(Host::Server), &paths, &["--capacity", &capacity])
-        .expect("the last start");
+    let daemon =
+        DaemonProcess::start(&lab.ns(Host::Server), &paths, &args).expect("the last start");
     check(&daemon, &mut known.lock().unwrap(), RUNS);
+    check_verdicts(&daemon, &known.lock().unwrap(), RUNS);
+    // (The log holds every start's lines.)
+    let log = daemon.log();
+    let adopted = log.matches("adopted the running program").count();
+    let differed = log.matches("lists differed from the state").count();
     println!(
         "{RUNS} kills: {acknowledged} changes acknowledged, {cut_short} cut short by the kill, \
-         {folds_cut} starts found a fold a kill cut short"
+         {folds_cut} starts found a fold a kill cut short, {adopted} starts adopted the running \
+         program, {differed} of them found its lists apart from the state"
     );
+    // Each start but the first finds a program running (a start killed
+    // early may not have got as far as saying so).
+    assert!(adopted >= RUNS / 2, "too few starts adopted: {adopted}");
     // The positive controls: changes were made and acknowledged, and kills
     // did land in the middle of them.
     assert!(

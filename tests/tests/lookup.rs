@@ -1261,3 +1261,152 @@ fn a_slot_handed_out_again_starts_from_zero_and_its_neighbours_keep_counting() {
     filter.lists_ref().read_hits_one_by_one();
     assert_eq!(hits(&filter), expected);
 }
+
+/// The lists of a state that differs from `t`'s tables: a fifth of the
+/// block entries gone (`outer`'s kept) and the second key of each of
+/// `pairs`, new entries of every length, and allow entries over some of
+/// the block entries. Returns the lists and the entries gone.
+fn a_state_apart(
+    t: &Lookup,
+    rng: &mut Rng,
+    outer: [&str; 2],
+    pairs: [(&str, &str); 2],
+) -> (Vec<Prefix>, Vec<Prefix>, Vec<Prefix>) {
+    // The state: a fifth of the block entries gone, new entries of every
+    // length, and allow entries over some of the block entries.
+    let mut allow: BTreeSet<Prefix> = t.allow.iter().copied().collect();
+    let mut block: BTreeSet<Prefix> = t.block.iter().copied().collect();
+    let mut gone: Vec<Prefix> = t.block.iter().copied().step_by(5).collect();
+    gone.retain(|p| !outer.contains(&p.to_string().as_str()));
+    for p in &gone {
+        block.remove(p);
+    }
+    for (_, dropped) in pairs {
+        allow.remove(&prefix(dropped));
+        gone.push(prefix(dropped));
+    }
+    while block.len() < t.block.len() + 200 {
+        let v6 = rng.below(3) == 0;
+        let p = random_prefix(rng, v6, true);
+        if !allow.contains(&p) {
+            block.insert(p);
+        }
+    }
+    for p in t.block.iter().skip(2).step_by(11).take(40) {
+        allow.insert(*p);
+        let wider = Prefix::truncating(p.addr(), p.len().saturating_sub(4));
+        if !block.contains(&wider) {
+            allow.insert(wider);
+        }
+    }
+    let (allow, block): (Vec<Prefix>, Vec<Prefix>) =
+        (allow.into_iter().collect(), block.into_iter().collect());
+    (allow, block, gone)
+}
+
+/// A second filter adopts the first's running program, as a restart does,
+/// with lists that differ from what its tables hold: the entries the state
+/// lacks (a removal journaled and not yet applied) leave the tables, those
+/// the tables lack (an add journaled and not yet written) join them, allow
+/// entries added over block entries rewrite their verdicts, and every
+/// other key keeps its place. The tables were written by a history of
+/// single changes with crowded blocks: placements no fill from the state
+/// would give. The adopted program then decides and counts hits as the
+/// reference does, takes further changes, and empties. A program built
+/// with other options is refused, changing nothing.
+#[test]
+fn a_running_program_is_adopted_and_brought_in_line_with_the_state() {
+    let options = LoadOptions {
+        capacity: 4096,
+        ..LoadOptions::default()
+    };
+    let mut t = random_table(true, 0xad09_7ed0, Fill::OneByOne);
+    let mut rng = Rng::new(0xad09);
+    // Pairs of allow keys that share their block and length, inside block
+    // entries: the state keeps the first of each, so the second's length
+    // stays listed for its block, and a frame that still found it would
+    // pass where it must be dropped.
+    let pairs = [
+        ("198.51.100.7/32", "198.51.100.9/32"),
+        ("2c0f:db8:1::/48", "2c0f:db8:2::/48"),
+    ];
+    let outer = ["198.51.0.0/16", "2c0f::/16"];
+    for p in outer {
+        t.block(prefix(p));
+    }
+    for (kept, dropped) in pairs {
+        t.allow(prefix(kept));
+        t.allow(prefix(dropped));
+    }
+    let held: Vec<Prefix> = t.allow.iter().chain(&t.block).copied().collect();
+    let (allow, block, gone) = a_state_apart(&t, &mut rng, outer, pairs);
+    let id = t.filter.program_id().expect("program id");
+
+    // Control: a program built with other options is not adopted, and is
+    // left as it was.
+    let other = LoadOptions {
+        capacity: 2048,
+        ..options
+    };
+    let refused = Filter::adopt(id, other, &allow, &block)
+        .err()
+        .expect("refused");
+    assert!(
+        spacefilter::error_chain(&refused).contains("with other options"),
+        "{}",
+        spacefilter::error_chain(&refused)
+    );
+    for _ in 0..300 {
+        let src = random_source(&mut rng, &held);
+        t.check("after a refused adoption", src, None);
+    }
+
+    let (mut adopted, found) = Filter::adopt(id, options, &allow, &block).expect("adopt");
+    println!("adopted: {found:?}");
+    assert!(found.stale >= gone.len() / 2, "{found:?}");
+    assert!(found.missing >= 100, "{found:?}");
+    assert!(found.held > 500, "{found:?}");
+    assert!(found.rewritten > 0, "{found:?}");
+    assert_eq!(
+        adopted.program_id().ok(),
+        Some(id),
+        "the running program, not another"
+    );
+    drop(std::mem::replace(&mut t.filter, adopted));
+    (t.allow, t.block) = (allow, block);
+    let near: Vec<Prefix> = held
+        .iter()
+        .chain(&t.allow)
+        .chain(&t.block)
+        .copied()
+        .collect();
+    for (kept, dropped) in pairs {
+        t.check("adopted: a kept key", prefix(kept).addr(), None);
+        t.check("adopted: a stale key", prefix(dropped).addr(), None);
+    }
+    for _ in 0..2000 {
+        let src = random_source(&mut rng, &near);
+        t.check("adopted", src, None);
+    }
+    // Changes after the adoption: half the entries go, new ones come.
+    for p in t.block.clone().into_iter().step_by(2) {
+        t.unblock(p);
+    }
+    for p in t.allow.clone().into_iter().step_by(3) {
+        t.unallow(p);
+    }
+    let mut added = 0;
+    while added < 200 {
+        let v6 = rng.below(3) == 0;
+        let p = random_prefix(&mut rng, v6, true);
+        if !t.block.contains(&p) && !t.allow.contains(&p) {
+            t.block(p);
+            added += 1;
+        }
+    }
+    for _ in 0..2000 {
+        let src = random_source(&mut rng, &near);
+        t.check("changed after the adoption", src, None);
+    }
+    t.finish("a running program adopted");
+}

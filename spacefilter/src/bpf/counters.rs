@@ -1,11 +1,9 @@
 //! The per-CPU verdict counters, per reason and per interface slot.
 
+use crate::bpf::MapSource;
 use std::{collections::BTreeMap, sync::Arc};
 
-use aya::{
-    Ebpf,
-    maps::{MapData, PerCpuArray},
-};
+use aya::maps::{MapData, PerCpuArray};
 use spacefilter_common::{Counter, Reason, STATS_SLOTS, map_names, stats_index};
 
 use super::{ListError, take};
@@ -75,7 +73,7 @@ pub struct Stats {
 }
 
 impl Stats {
-    pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self, ListError> {
+    pub(crate) fn take(ebpf: &mut dyn MapSource) -> Result<Self, ListError> {
         Ok(Self {
             map: take(ebpf, map_names::STATS)?,
         })

@@ -2,15 +2,13 @@
 //! spoofed-source detector, the reflection guard's ports and the
 //! auto-blocks (see `spacefilter-ebpf/src/limit.rs`).
 
+use crate::bpf::MapSource;
 use std::{
     net::{IpAddr, Ipv6Addr},
     os::fd::AsFd as _,
 };
 
-use aya::{
-    Ebpf,
-    maps::{Array, HashMap, IterableMap as _, MapData, PerCpuArray},
-};
+use aya::maps::{Array, HashMap, IterableMap as _, MapData, PerCpuArray};
 use spacefilter_common::{
     AutoBlock, Bucket, Limits, MAX_AUTO_EXEMPT, Shield, SpoofState, TOKEN_SCALE, limit_flags,
     map_names, reflect_bits, shield_watch,
@@ -82,7 +80,7 @@ pub fn limiter_prefix(key: [u8; 16], prefix_len: u32, v6: bool) -> Prefix {
 }
 
 impl Limiter {
-    pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self, ListError> {
+    pub(crate) fn take(ebpf: &mut dyn MapSource) -> Result<Self, ListError> {
         Ok(Self {
             limits: take(ebpf, map_names::LIMITS)?,
             spoof: take(ebpf, map_names::SPOOF_STATE)?,

@@ -7,6 +7,7 @@
 //! so empty ones cost no lookup.
 
 mod entries;
+mod opening;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -16,10 +17,8 @@ use std::{
 };
 
 use aya::{
-    Ebpf,
-    maps::{Map, MapData, MapError, PerCpuArray},
+    maps::{MapData, MapError, PerCpuArray},
     sys::SyscallError,
-    util::nr_cpus,
 };
 use spacefilter_common::{HIT_LANES, Match, Slot, action, hit_values, lookup, map_names};
 
@@ -117,58 +116,6 @@ fn family_index(prefix: Prefix) -> usize {
 }
 
 impl Lists {
-    /// Takes the rule maps out of a freshly loaded program, before it is
-    /// attached; `capacity` is the size the hit-counter array was created
-    /// with, `seed` that of the bucket hashes.
-    pub(crate) fn take(ebpf: &mut Ebpf, capacity: u32, seed: u64) -> Result<Self, ListError> {
-        let cpus = nr_cpus().map_err(|(_, err)| ListError::Cpus(err))?;
-        let v4 = V4Tables::take(ebpf, seed)?;
-        let v6 = V6Tables::take(ebpf, seed)?;
-        let config = Mapped::take(ebpf, map_names::CONFIG)?;
-        // `Config`: flags, v4_mask, v6_mask, reserved (32-bit words), seed
-        // (the third 64-bit word). Set before the program runs anywhere.
-        config.word32(1).store(v4.mask(), Ordering::Relaxed);
-        config.word32(2).store(v6.mask(), Ordering::Relaxed);
-        config.word64(2).store(seed, Ordering::Relaxed);
-        let name = map_names::RULE_HITS;
-        let map = ebpf.take_map(name).ok_or(ListError::MissingMap { name })?;
-        let Map::PerCpuArray(data) = &map else {
-            return Err(ListError::NotArray { name });
-        };
-        let hits_fd =
-            data.fd()
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(|io_error| ListError::Read {
-                    name,
-                    source: MapError::SyscallError(SyscallError {
-                        call: "dup",
-                        io_error,
-                    }),
-                })?;
-        let hits =
-            PerCpuArray::try_from(map).map_err(|source| ListError::MapType { name, source })?;
-        let mut lists = Self {
-            v4,
-            v6,
-            config,
-            hits,
-            hits_fd,
-            batch_reads: AtomicBool::new(true),
-            cpus,
-            slots: Slots {
-                capacity,
-                next: 1,
-                free: Vec::new(),
-                bases: HashMap::new(),
-            },
-            entries: Entries::default(),
-            allow_lens: [BTreeMap::new(), BTreeMap::new()],
-        };
-        lists.write_flags();
-        Ok(lists)
-    }
-
     /// Adds `prefix` to `list`. Returns `false` if it was there already (the
     /// entry and its hit count are left as they are).
     pub fn insert(&mut self, list: List, prefix: Prefix) -> Result<bool, ListError> {

@@ -7,16 +7,14 @@
 //! either as it was or as it is, never half written; where several words
 //! must agree, the callers order their stores (see `tables/mod.rs`).
 
+use crate::bpf::MapSource;
 use std::{
     num::NonZeroUsize,
     ptr::NonNull,
     sync::atomic::{AtomicU32, AtomicU64},
 };
 
-use aya::{
-    Ebpf,
-    maps::{Map, MapData},
-};
+use aya::maps::{Map, MapData};
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
 
 use super::ListError;
@@ -37,7 +35,7 @@ unsafe impl Sync for Mapped {}
 
 impl Mapped {
     /// Takes the array map `name` out of the program and maps all of it.
-    pub(super) fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Self, ListError> {
+    pub(super) fn take(ebpf: &mut dyn MapSource, name: &'static str) -> Result<Self, ListError> {
         let map = ebpf.take_map(name).ok_or(ListError::MissingMap { name })?;
         let Map::Array(map) = map else {
             return Err(ListError::NotArray { name });

@@ -84,6 +84,8 @@ pub enum ListError {
     Cpus(#[source] std::io::Error),
     #[error("{0} header rules given; the program holds {max}", max = spacefilter_common::MAX_HEADER_RULES)]
     TooManyRules(usize),
+    #[error("the pinned program's {name} cannot be taken over: {why}")]
+    Unadoptable { name: &'static str, why: String },
     #[error("map {name} is not an array")]
     NotArray { name: &'static str },
     #[error("mapping map {name} into memory failed")]
@@ -104,7 +106,26 @@ pub(crate) fn absent(err: &MapError) -> bool {
     }
 }
 
-pub(crate) fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ListError>
+/// Where a filter's maps come from: a program being loaded, or the maps
+/// of a running program opened by their ids (see [`Filter::adopt`]).
+pub(crate) trait MapSource {
+    /// The map `name`, taken out (each is taken once).
+    fn take_map(&mut self, name: &str) -> Option<aya::maps::Map>;
+}
+
+impl MapSource for Ebpf {
+    fn take_map(&mut self, name: &str) -> Option<aya::maps::Map> {
+        Ebpf::take_map(self, name)
+    }
+}
+
+impl MapSource for std::collections::BTreeMap<String, aya::maps::Map> {
+    fn take_map(&mut self, name: &str) -> Option<aya::maps::Map> {
+        self.remove(name)
+    }
+}
+
+pub(crate) fn take<T>(ebpf: &mut dyn MapSource, name: &'static str) -> Result<T, ListError>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,
 {

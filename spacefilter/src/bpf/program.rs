@@ -12,15 +12,18 @@ use spacefilter_common::{
     DEFAULT_BUCKETS, DEFAULT_CAPACITY, PROGRAM_NAME, lookup::MAX_CAPACITY, map_names,
 };
 
+mod adoption;
 mod egress;
 mod pinning;
 mod staged;
 
 use self::pinning::{Egress, Held, remove_pin};
-pub use self::{egress::remove_left_egress, pinning::pinned_program, staged::Staged};
+pub use self::{
+    adoption::Adopted, egress::remove_left_egress, pinning::pinned_program, staged::Staged,
+};
 use super::{
-    CounterReader, Counters, Entry, FeatureOff, HeaderRules, Limiter, ListError, Lists, Observer,
-    Verifier,
+    CounterReader, Counters, Entry, FeatureOff, HeaderRules, Limiter, ListError, Lists,
+    MapSource as _, Observer, Verifier,
 };
 use crate::{
     error_chain,
@@ -192,11 +195,7 @@ impl Filter {
     }
 
     fn program(&mut self) -> &mut Xdp {
-        self.loaded
-            .ebpf
-            .program_mut(PROGRAM_NAME)
-            .and_then(|p| p.try_into().ok())
-            .expect("checked at load")
+        self.loaded.programs.xdp().expect("checked at load")
     }
 
     /// Attaches to `iface` and returns the mode that took: with
@@ -357,6 +356,13 @@ impl Filter {
         }
     }
 
+    /// Takes back the counter slots of interfaces this filter is not
+    /// attached to: those an adopted program's predecessor filtered.
+    pub fn release_other_slots(&mut self) -> Result<(), FilterError> {
+        let kept: Vec<u32> = self.attached.values().map(|a| a.ifindex).collect();
+        Ok(self.loaded.observer.release_others(&kept)?)
+    }
+
     /// The interfaces attached, with the mode each one took.
     pub fn attached(&self) -> impl Iterator<Item = (&str, AttachMode)> {
         self.attached
@@ -455,7 +461,7 @@ impl Filter {
     /// reads it.
     pub fn take_samples(&mut self) -> Option<RingBuf<MapData>> {
         self.loaded
-            .ebpf
+            .programs
             .take_map(map_names::SAMPLES)
             .and_then(|map| RingBuf::try_from(map).ok())
     }
@@ -464,7 +470,7 @@ impl Filter {
     /// it.
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
         self.loaded
-            .ebpf
+            .programs
             .take_map(map_names::EVENTS)
             .and_then(|map| RingBuf::try_from(map).ok())
     }

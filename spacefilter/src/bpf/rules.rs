@@ -5,8 +5,8 @@
 //! with one write: a frame sees the old list or the new one, never a mix.
 //! A rule that is in both lists keeps its budget and its hit count.
 
+use crate::bpf::MapSource;
 use aya::{
-    Ebpf,
     maps::{Array, MapData, PerCpuArray, PerCpuValues},
     util::nr_cpus,
 };
@@ -45,7 +45,7 @@ const fn base(set: u32) -> u32 {
 }
 
 impl HeaderRules {
-    pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self, ListError> {
+    pub(crate) fn take(ebpf: &mut dyn MapSource) -> Result<Self, ListError> {
         let mut this = Self {
             rules: take(ebpf, map_names::HEADER_RULES)?,
             hits: take(ebpf, map_names::HEADER_HITS)?,

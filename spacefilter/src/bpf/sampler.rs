@@ -3,13 +3,13 @@
 //! switch; and the decoding of the samples it sends (see
 //! `spacefilter-ebpf/src/observe.rs`).
 
+use crate::bpf::MapSource;
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use aya::{
-    Ebpf,
     maps::{Array, MapData, PerCpuArray},
     util::nr_cpus,
 };
@@ -57,7 +57,7 @@ pub struct Observer {
 }
 
 impl Observer {
-    pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self, ListError> {
+    pub(crate) fn take(ebpf: &mut dyn MapSource) -> Result<Self, ListError> {
         let cpus = nr_cpus().map_err(|(_, err)| ListError::Cpus(err))?;
         Ok(Self {
             config: take(ebpf, map_names::OBSERVE)?,
@@ -67,6 +67,42 @@ impl Observer {
             current: Observe::default(),
             slots: BTreeMap::new(),
         })
+    }
+
+    /// [`Observer::take`] of a running program's maps (see
+    /// [`super::Filter::adopt`]): the interfaces keep their counter slots,
+    /// and the sampler its settings until they are set again.
+    pub(crate) fn adopt(ebpf: &mut dyn MapSource) -> Result<Self, ListError> {
+        let mut this = Self::take(ebpf)?;
+        let read = |source| ListError::Read {
+            name: map_names::IFACE_SLOTS,
+            source,
+        };
+        for entry in 0..IFACE_TABLE {
+            let held = this.iface_slots.get(&entry, 0).map_err(read)?;
+            if held.ifindex != 0 && held.slot != 0 {
+                this.slots.insert(held.ifindex, held.slot);
+            }
+        }
+        this.current = this.config.get(&0, 0).map_err(|source| ListError::Read {
+            name: map_names::OBSERVE,
+            source,
+        })?;
+        Ok(this)
+    }
+
+    /// Takes back the counter slots of interfaces other than `kept`
+    /// (ifindices): those a predecessor filtered and this filter does not.
+    pub fn release_others(&mut self, kept: &[u32]) -> Result<(), ListError> {
+        let others: Vec<u32> = self
+            .slots
+            .keys()
+            .copied()
+            .filter(|ifindex| !kept.contains(ifindex))
+            .collect();
+        others
+            .into_iter()
+            .try_for_each(|ifindex| self.release(ifindex))
     }
 
     fn write(&mut self, next: Observe) -> Result<(), ListError> {

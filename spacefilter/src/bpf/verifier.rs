@@ -1,15 +1,13 @@
 //! Verified sources (see [`spacefilter_common::Verified`]): how long a
 //! proof holds, admissions by the daemon, and counts.
 
+use crate::bpf::MapSource;
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv6Addr},
 };
 
-use aya::{
-    Ebpf,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
-};
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues};
 use spacefilter_common::{Verified, VerifySettings, map_names, verified_how};
 
 use super::{ListError, absent, take};
@@ -38,7 +36,7 @@ fn name_of(how: u32) -> &'static str {
 }
 
 impl Verifier {
-    pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self, ListError> {
+    pub(crate) fn take(ebpf: &mut dyn MapSource) -> Result<Self, ListError> {
         Ok(Self {
             verified: take(ebpf, map_names::VERIFIED)?,
             stats: take(ebpf, map_names::VERIFY_STATS)?,

@@ -272,42 +272,47 @@ pub(super) fn start(settings: Settings) -> anyhow::Result<Core> {
         block,
         reload: _,
     } = settings;
+    let began = Instant::now();
+    let options = LoadOptions {
+        capacity,
+        buckets: max_sources,
+        hash_seed: None,
+        without: features::bits_of(&without),
+    };
+    let pins = open_pins(&pin_dir);
+    // The program still filtering on this daemon's pinned links, if every
+    // one of them runs the same: adopted rather than loaded anew when it
+    // was built from this program (see `Filter::adopt`).
+    let running = pins
+        .as_ref()
+        .and_then(|pins| running_program(pins, &ifaces));
     // The state directory first: a second daemon on it stops at its lock,
     // before `--force` could take the interfaces from the first.
-    let began = Instant::now();
-    let loading = Loading::start(
-        LoadOptions {
-            capacity,
-            buckets: max_sources,
-            hash_seed: None,
-            without: features::bits_of(&without),
-        },
-        began,
-    )?;
+    let loading = match running {
+        Some(_) => None,
+        None => Some(Loading::start(options, began)?),
+    };
     let opened = Store::open(&state_dir);
     let opened_by = began.elapsed();
     let (store, mut rules) = match opened {
         Ok(opened) => opened,
         Err(err) => {
             // The load ends first: the host is left as it was.
-            if let Ok((lists, loading)) = loading.lists() {
+            if let Some(Ok((lists, loading))) = loading.map(Loading::lists) {
                 drop(loading.finish(lists));
             }
             return Err(anyhow::anyhow!("{}", error_chain(&err)));
         }
     };
-    let (lists, loading) = loading.lists()?;
-    let pins = open_pins(&pin_dir);
-    for iface in &ifaces {
-        let ours = pins
-            .as_ref()
-            .and_then(|pins| pinned_program(&pins.path(iface)));
-        iface::claim(iface, force, ours)?;
-    }
+    let loading = loading.map(Loading::lists).transpose()?;
+    claim_all(&ifaces, force, pins.as_ref())?;
     let now = now_ms();
     rules.retain(|_, meta| meta.expires_at_ms.is_none_or(|at| at > now));
 
-    let (mut filter, filled_by, loaded_by) = loading.fill(lists, &rules, began)?;
+    let (mut filter, how) = match running.and_then(|id| adopt(id, options, &rules)) {
+        Some(adopted) => adopted,
+        None => load(loading, options, &rules, began, opened_by)?,
+    };
     filter
         .observer()
         .set_sampling(sampling)
@@ -349,16 +354,110 @@ pub(super) fn start(settings: Settings) -> anyhow::Result<Core> {
     }
     let configured = began.elapsed();
     attach_all(&mut core, &ifaces, mode, pins.as_ref())?;
+    if let Err(err) = core.filter.release_other_slots() {
+        log::warn!("{}", error_chain(&err));
+    }
     log::info!(
-        "started in {:.2} s: state read in {:.2} s and the lists filled by {:.2} s while \
-         the program loaded in {:.2} s; settings by {:.2} s",
+        "started in {:.2} s: {how}; settings by {:.2} s",
         began.elapsed().as_secs_f64(),
-        opened_by.as_secs_f64(),
-        filled_by.as_secs_f64(),
-        loaded_by.as_secs_f64(),
         configured.as_secs_f64()
     );
     Ok(core)
+}
+
+/// The program loaded (its load started already, or started now) with
+/// the lists of `rules`, and how the start went for the log.
+fn load(
+    loading: Option<(Lists, Loading)>,
+    options: LoadOptions,
+    rules: &Rules,
+    began: Instant,
+    opened_by: Duration,
+) -> anyhow::Result<(Filter, String)> {
+    let (lists, loading) = match loading {
+        Some(started) => started,
+        None => Loading::start(options, began)?.lists()?,
+    };
+    let (filter, filled_by, loaded_by) = loading.fill(lists, rules, began)?;
+    let how = format!(
+        "state read in {:.2} s and the lists filled by {:.2} s while the program loaded in \
+         {:.2} s",
+        opened_by.as_secs_f64(),
+        filled_by.as_secs_f64(),
+        loaded_by.as_secs_f64(),
+    );
+    Ok((filter, how))
+}
+
+/// Makes each of `ifaces` free for this daemon (see [`iface::claim`]);
+/// the program on a link pinned in `pins` is this project's own.
+fn claim_all(ifaces: &[String], force: bool, pins: Option<&PinDir>) -> anyhow::Result<()> {
+    for iface in ifaces {
+        let ours = pins.and_then(|pins| pinned_program(&pins.path(iface)));
+        iface::claim(iface, force, ours)?;
+    }
+    Ok(())
+}
+
+/// The program on every pinned link of `ifaces` (at least one), if they
+/// all run the same.
+fn running_program(pins: &PinDir, ifaces: &[String]) -> Option<u32> {
+    let mut running = None;
+    for iface in ifaces {
+        let pin = pins.path(iface);
+        if !pin.exists() {
+            continue;
+        }
+        let id = pinned_program(&pin)?;
+        if running.is_some_and(|r| r != id) {
+            return None;
+        }
+        running = Some(id);
+    }
+    running
+}
+
+/// Adopts the running program `id` with the lists of `rules`; `None`,
+/// saying why, if it cannot be (the caller loads one).
+fn adopt(id: u32, options: LoadOptions, rules: &Rules) -> Option<(Filter, String)> {
+    let began = Instant::now();
+    let list = |list| -> Vec<Prefix> {
+        rules
+            .keys()
+            .filter(|(l, _)| *l == list)
+            .map(|&(_, p)| p)
+            .collect()
+    };
+    match Filter::adopt(id, options, &list(List::Allow), &list(List::Block)) {
+        Ok((filter, found)) => {
+            if found.stale + found.missing > 0 {
+                log::warn!(
+                    "the running program's lists differed from the state: {} keys taken out, \
+                     {} written (a daemon stopped between its journal and the kernel)",
+                    found.stale,
+                    found.missing
+                );
+            }
+            let how = format!(
+                "adopted the running program {id} with its maps in {:.2} s ({} keys in place, \
+                 {} words rewritten, {} taken out, {} written)",
+                began.elapsed().as_secs_f64(),
+                found.held,
+                found.rewritten,
+                found.stale,
+                found.missing
+            );
+            Some((filter, how))
+        }
+        Err(err) => {
+            log::warn!(
+                "the running program {id} is not adopted ({}): loading one, which takes its \
+                 link over",
+                error_chain(&err)
+            );
+            None
+        }
+    }
 }
 
 /// The directory the links are pinned in, if it is on a BPF filesystem.

@@ -40,10 +40,7 @@ pub fn remove_left_egress(iface: &str) -> Result<bool, String> {
 
 impl Filter {
     pub(super) fn egress(&mut self) -> Option<&mut SchedClassifier> {
-        self.loaded
-            .ebpf
-            .program_mut(EGRESS_PROGRAM_NAME)
-            .and_then(|p| p.try_into().ok())
+        self.loaded.programs.egress()
     }
 
     /// Attaches the egress program to `iface`, after the programs already

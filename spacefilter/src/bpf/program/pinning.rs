@@ -125,6 +125,8 @@ impl Filter {
         let pinned = PinnedLink::from_pin(pin).map_err(|err| pin_err(error_chain(&err)))?;
         let link = FdLink::from(pinned);
         match link.info() {
+            // This program, adopted: nothing to carry over.
+            Ok(info) if self.program_id().ok() == Some(info.program_id()) => {}
             Ok(info) => self.carry_over(iface, info.program_id()),
             Err(err) => log::warn!(
                 "{iface}: the pinned link's program is unknown ({}); its buckets, auto-blocks \

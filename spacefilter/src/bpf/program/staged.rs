@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use aya::{Ebpf, EbpfLoader, programs::Xdp};
+use aya::{EbpfLoader, programs::Xdp};
 use spacefilter_common::{
     FEATURES_GLOBAL, PROGRAM_NAME, hit_values,
     lookup::{MAX_CAPACITY, buckets_for},
@@ -12,8 +12,10 @@ use spacefilter_common::{
 };
 
 use super::{
-    Filter, FilterError, KernelLog, LoadOptions, PROGRAM, egress::load_egress, load_retrying,
-    random_seed,
+    Filter, FilterError, KernelLog, LoadOptions, PROGRAM,
+    adoption::{Programs, stamp},
+    egress::load_egress,
+    load_retrying, random_seed,
 };
 use crate::bpf::{FeatureOff, HeaderRules, Limiter, Lists, Observer, Stats, Verifier, features};
 
@@ -32,15 +34,7 @@ impl Filter {
             return Err(FilterError::Capacity { capacity });
         }
         features::require().map_err(FilterError::Kernel)?;
-        let (features, features_off) = features::probe(without);
-        for off in &features_off {
-            log::warn!(
-                "kernel feature {} is off: {}; {}",
-                off.feature.name(),
-                off.why,
-                off.instead
-            );
-        }
+        let (features, features_off) = probe_features(without);
         let mut loader = EbpfLoader::new();
         loader.override_global(FEATURES_GLOBAL, &features, true);
         // Each family's tables hold up to `capacity` keys.
@@ -63,6 +57,7 @@ impl Filter {
             &mut ebpf,
             capacity + 1,
             hash_seed.unwrap_or_else(random_seed),
+            stamp(&options, features),
         )?;
         let stats = Stats::take(&mut ebpf)?;
         let limiter = Limiter::take(&mut ebpf)?;
@@ -77,7 +72,7 @@ impl Filter {
             }
         };
         let staged = Staged {
-            ebpf,
+            programs: Programs::Loaded(ebpf),
             stats: Arc::new(stats),
             limiter,
             header_rules,
@@ -92,11 +87,26 @@ impl Filter {
     }
 }
 
+/// The kernel features the program runs with, and those it runs
+/// without, each logged with why.
+pub(super) fn probe_features(without: u32) -> (u32, Vec<FeatureOff>) {
+    let (features, features_off) = features::probe(without);
+    for off in &features_off {
+        log::warn!(
+            "kernel feature {} is off: {}; {}",
+            off.feature.name(),
+            off.why,
+            off.instead
+        );
+    }
+    (features, features_off)
+}
+
 /// A [`Filter`] whose maps are made and its lists taken out
 /// ([`Filter::stage`]), its programs not yet loaded; once they are, the
 /// part of a [`Filter`] besides its lists and attachments.
 pub struct Staged {
-    pub(super) ebpf: Ebpf,
+    pub(super) programs: Programs,
     pub(super) stats: Arc<Stats>,
     pub(super) limiter: Limiter,
     pub(super) header_rules: HeaderRules,
@@ -117,14 +127,16 @@ impl Staged {
     /// Loads the XDP program and the egress program: the verifier's part
     /// of a load, most of its time.
     pub fn load_programs(&mut self) -> Result<(), FilterError> {
-        let program: &mut Xdp = self
-            .ebpf
+        let Programs::Loaded(ebpf) = &mut self.programs else {
+            return Ok(());
+        };
+        let program: &mut Xdp = ebpf
             .program_mut(PROGRAM_NAME)
             .ok_or(FilterError::MissingProgram)?
             .try_into()
             .map_err(FilterError::Program)?;
         load_retrying(|| program.load()).map_err(FilterError::Program)?;
-        self.egress_missing = load_egress(&mut self.ebpf).err();
+        self.egress_missing = load_egress(ebpf).err();
         if let Some(why) = &self.egress_missing {
             log::warn!(
                 "the egress program is not loaded ({why}): sources are verified only by \

@@ -30,10 +30,11 @@ use std::{sync::atomic::Ordering, time::Duration};
 use aya::maps::{LpmTrie, MapData, MapError, lpm_trie::Key};
 use spacefilter_common::lookup::{BUCKET_SLOTS, VALUE_MASK};
 
+mod adopt;
 mod v4;
 mod v6;
 
-pub(super) use self::{v4::V4Tables, v6::V6Tables};
+pub(in crate::bpf) use self::{adopt::Adoption, v4::V4Tables, v6::V6Tables};
 use super::{ListError, mapped::Mapped};
 use crate::net::packed::Packed;
 
@@ -125,6 +126,56 @@ impl Level {
             let (addr, len) = self.prefix(key);
             self.fill(addr, len, value);
         }
+    }
+
+    /// Takes over a table a predecessor wrote (see [`super::Lists::adopt`]):
+    /// records `keys` (no key twice), then stores in every block whose
+    /// match differs the match of the longest of them covering it, or
+    /// none: each block is written at most once, to its final match.
+    /// Returns how many blocks were rewritten.
+    fn adopt(&mut self, keys: impl Iterator<Item = (u128, u8, u32)>) -> usize {
+        let mut keys: Vec<(u64, u32)> = keys
+            .map(|(addr, len, value)| (self.key(addr, len), value))
+            .collect();
+        keys.sort_unstable_by_key(|&(key, _)| key);
+        let blocks = 1u128 << self.index_bits;
+        // The keys covering the block, innermost last, with their last
+        // blocks: nested, so the innermost ends first.
+        let mut open: Vec<(u128, u32)> = Vec::new();
+        let mut next = keys.iter().peekable();
+        let mut rewritten = 0;
+        let mut block = 0;
+        while block < blocks {
+            while open.last().is_some_and(|&(last, _)| last < block) {
+                open.pop();
+            }
+            while let Some(&&(key, value)) = next.peek() {
+                let (addr, len) = self.prefix(key);
+                if self.block(addr) != block {
+                    break;
+                }
+                open.push((self.block(addr | host_mask(self.width, len)), value));
+                next.next();
+            }
+            let value = open.last().map_or(0, |&(_, value)| value);
+            let mut until = open.last().map_or(blocks, |&(last, _)| last + 1);
+            if let Some(&&(key, _)) = next.peek() {
+                until = until.min(self.block(self.prefix(key).0));
+            }
+            for at in block..until {
+                let word = self.map.word32(
+                    usize::try_from(at).expect("a table block") * self.stride + self.offset,
+                );
+                let old = word.load(Ordering::Relaxed);
+                if old & VALUE_MASK != value {
+                    word.store((old & !VALUE_MASK) | value, Ordering::Release);
+                    rewritten += 1;
+                }
+            }
+            block = until;
+        }
+        self.keys = Packed::from_sorted(keys);
+        rewritten
     }
 
     /// Removes the key `addr/len`: its blocks take the match of the longest

@@ -1,12 +1,10 @@
 //! The IPv4 tables: `V4_T12` and `V4_T24`, direct; `V4_LONG`, buckets of
 //! /25-/32 keys; `V4_TRIE` for crowded blocks.
 
+use crate::bpf::MapSource;
 use std::{collections::HashMap, sync::atomic::Ordering};
 
-use aya::{
-    Ebpf,
-    maps::{LpmTrie, MapData, lpm_trie::Key},
-};
+use aya::maps::{LpmTrie, MapData, lpm_trie::Key};
 use spacefilter_common::{
     flags,
     lookup::{
@@ -26,24 +24,24 @@ use crate::{
 /// lengths of longer keys per /24), `V4_BUCKETS` (/25 to /32), and the trie
 /// of crowded /24s.
 pub(in crate::bpf) struct V4Tables {
-    t12: Level,
-    t24: Level,
-    buckets: Mapped,
-    mask: u32,
-    seed: u64,
-    trie: LpmTrie<MapData, [u8; 4], u32>,
+    pub(super) t12: Level,
+    pub(super) t24: Level,
+    pub(super) buckets: Mapped,
+    pub(super) mask: u32,
+    pub(super) seed: u64,
+    pub(super) trie: LpmTrie<MapData, [u8; 4], u32>,
     /// Keys of /25 to /32 per /24 and length ([`V4Tables::long_key`]): a
     /// length's flag is cleared when its last key goes. (A /24 holds at
     /// most 256 keys of a length.)
-    long: Packed<u32, u16>,
-    long_keys: usize,
+    pub(super) long: Packed<u32, u16>,
+    pub(super) long_keys: usize,
     /// The crowded /24s, each with its keys (by [`v4_key`]) that found no
     /// room in their buckets, and their matches.
-    crowded: HashMap<u32, HashMap<u64, u32>>,
+    pub(super) crowded: HashMap<u32, HashMap<u64, u32>>,
 }
 
 impl V4Tables {
-    pub(in crate::bpf) fn take(ebpf: &mut Ebpf, seed: u64) -> Result<Self, ListError> {
+    pub(in crate::bpf) fn take(ebpf: &mut dyn MapSource, seed: u64) -> Result<Self, ListError> {
         let level = |map, index_bits, min_len| Level {
             map,
             width: 32,
@@ -274,19 +272,19 @@ impl V4Tables {
 
     /// The /24 `block` and a length of /25 to /32 as a key of
     /// [`V4Tables::long`]: 24 and 3 bits, sorted as the pairs are.
-    fn long_key(block: u32, len: u8) -> u32 {
+    pub(super) fn long_key(block: u32, len: u8) -> u32 {
         (block << 3) | u32::from(len - V4_LONG_MIN)
     }
 
     /// The flag of keys of `len` bits in a `V4_T24` word.
-    fn length_bit(len: u8) -> u32 {
+    pub(super) fn length_bit(len: u8) -> u32 {
         1 << (V4_LONG_SHIFT + u32::from(len - V4_LONG_MIN))
     }
 
     /// If the /24 `block` is crowded, moves its keys that now find room
     /// into their buckets, and once all have, sends frames back to the
     /// buckets and empties its trie.
-    fn settle(&mut self, block: u32) -> Result<(), ListError> {
+    pub(super) fn settle(&mut self, block: u32) -> Result<(), ListError> {
         let Some(unplaced) = self.crowded.remove(&block) else {
             return Ok(());
         };
@@ -339,13 +337,13 @@ impl V4Tables {
         keys
     }
 
-    fn trie_insert(&mut self, addr: u32, len: u8, value: u32) -> Result<(), ListError> {
+    pub(super) fn trie_insert(&mut self, addr: u32, len: u8, value: u32) -> Result<(), ListError> {
         self.trie
             .insert(&Key::new(len.into(), addr.to_be_bytes()), value, 0)
             .map_err(trie_error(map_names::V4_CROWDED))
     }
 
-    fn candidates(&self, key: u64) -> (u32, u32) {
+    pub(super) fn candidates(&self, key: u64) -> (u32, u32) {
         buckets(v4_hash(key, self.seed), self.mask)
     }
 

@@ -1,15 +1,13 @@
 //! The IPv6 tables: `V6_TOP`, direct by /16; `V6_BUCKETS` with the keys in
 //! `V6_KEYS`; `V6_TRIE` for crowded blocks.
 
+use crate::bpf::MapSource;
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     sync::atomic::Ordering,
 };
 
-use aya::{
-    Ebpf,
-    maps::{LpmTrie, MapData, lpm_trie::Key},
-};
+use aya::maps::{LpmTrie, MapData, lpm_trie::Key};
 use spacefilter_common::{
     flags,
     lookup::{
@@ -27,11 +25,11 @@ use crate::{
 
 /// Indices into `V6_KEYS`: never used yet (`next` up to `size`), free, or
 /// retired (their slot is cleared, but a program run may still read them).
-struct Records {
-    size: u32,
-    next: u32,
-    free: Vec<u32>,
-    retired: Vec<u32>,
+pub(super) struct Records {
+    pub(super) size: u32,
+    pub(super) next: u32,
+    pub(super) free: Vec<u32>,
+    pub(super) retired: Vec<u32>,
 }
 
 impl Records {
@@ -66,25 +64,25 @@ impl Records {
 /// /16), `V6_BUCKETS` and `V6_KEYS` (/17 to /128), and the trie of crowded
 /// /16s.
 pub(in crate::bpf) struct V6Tables {
-    top: Level,
-    buckets: Mapped,
-    mask: u32,
-    seed: u64,
-    keys: Mapped,
-    records: Records,
-    trie: LpmTrie<MapData, [u8; 16], u32>,
+    pub(super) top: Level,
+    pub(super) buckets: Mapped,
+    pub(super) mask: u32,
+    pub(super) seed: u64,
+    pub(super) keys: Mapped,
+    pub(super) records: Records,
+    pub(super) trie: LpmTrie<MapData, [u8; 16], u32>,
     /// The keys of /17 to /128 with their matches, by [`long_key`]: a
     /// /16's keys are moved into its trie and out again from here.
-    long: Packed<LongKey, u32>,
+    pub(super) long: Packed<LongKey, u32>,
     /// How many keys of each length each /16 holds.
-    lengths: HashMap<u16, BTreeMap<u8, u32>>,
+    pub(super) lengths: HashMap<u16, BTreeMap<u8, u32>>,
     /// Keys that found no room in their buckets, per /16.
-    unplaced: HashMap<u16, HashSet<(u128, u8)>>,
+    pub(super) unplaced: HashMap<u16, HashSet<(u128, u8)>>,
     /// The crowded /16s.
-    crowded: HashSet<u16>,
+    pub(super) crowded: HashSet<u16>,
     /// How many keys live in their second bucket, by their first bucket:
     /// the buckets whose [`V6_SPILLED`] is set.
-    spilled: HashMap<u32, u32>,
+    pub(super) spilled: HashMap<u32, u32>,
 }
 
 /// A key of /17 to /128 in [`V6Tables::long`]: its address's bytes
@@ -92,16 +90,16 @@ pub(in crate::bpf) struct V6Tables {
 /// bytes where a `(u128, u8)` takes 32.
 type LongKey = ([u8; 16], u8);
 
-fn long_key(addr: u128, len: u8) -> LongKey {
+pub(super) fn long_key(addr: u128, len: u8) -> LongKey {
     (addr.to_be_bytes(), len)
 }
 
 /// Bytes of a `V6Top` and of a `V6Key`.
-const V6_TOP_BYTES: usize = 16;
-const V6_KEY_BYTES: usize = 24;
+pub(super) const V6_TOP_BYTES: usize = 16;
+pub(super) const V6_KEY_BYTES: usize = 24;
 
 impl V6Tables {
-    pub(in crate::bpf) fn take(ebpf: &mut Ebpf, seed: u64) -> Result<Self, ListError> {
+    pub(in crate::bpf) fn take(ebpf: &mut dyn MapSource, seed: u64) -> Result<Self, ListError> {
         let buckets = Mapped::take(ebpf, map_names::V6_BUCKETS)?;
         let mask = bucket_mask(&buckets);
         let keys = Mapped::take(ebpf, map_names::V6_KEYS)?;
@@ -368,7 +366,7 @@ impl V6Tables {
     /// lengths, has its list of lengths; else it is crowded, with all its
     /// keys put in the trie before the flag is stored, and taken out after
     /// it is cleared.
-    fn settle(&mut self, top: u16) -> Result<(), ListError> {
+    pub(super) fn settle(&mut self, top: u16) -> Result<(), ListError> {
         if let Some(waiting) = self.unplaced.remove(&top) {
             let mut left = HashSet::new();
             let mut failed = None;
@@ -444,7 +442,7 @@ impl V6Tables {
     }
 
     /// The keys of /17 to /128 under the /16 `top`.
-    fn keys_under(&self, top: u16) -> impl Iterator<Item = (u128, u8, u32)> + '_ {
+    pub(super) fn keys_under(&self, top: u16) -> impl Iterator<Item = (u128, u8, u32)> + '_ {
         let first = u128::from(top) << 112;
         let last = first | (u128::MAX >> 16);
         self.long
@@ -452,7 +450,7 @@ impl V6Tables {
             .map(|(&(addr, len), &value)| (u128::from_be_bytes(addr), len, value))
     }
 
-    fn trie_insert(&mut self, addr: u128, len: u8, value: u32) -> Result<(), ListError> {
+    pub(super) fn trie_insert(&mut self, addr: u128, len: u8, value: u32) -> Result<(), ListError> {
         self.trie
             .insert(&Key::new(len.into(), addr.to_be_bytes()), value, 0)
             .map_err(trie_error(map_names::V6_CROWDED))
@@ -460,18 +458,18 @@ impl V6Tables {
 
     /// The key of `addr/len` as the program computes it: (high half, low
     /// half, length).
-    fn key(addr: u128, len: u8) -> [u64; 3] {
+    pub(super) fn key(addr: u128, len: u8) -> [u64; 3] {
         let [hi_mask, lo_mask] = v6_masks(len.into());
         #[expect(clippy::cast_possible_truncation, reason = "the halves")]
         let (hi, lo) = ((addr >> 64) as u64, addr as u64);
         [hi & hi_mask, lo & lo_mask, len.into()]
     }
 
-    fn top_of(addr: u128) -> u16 {
+    pub(super) fn top_of(addr: u128) -> u16 {
         (addr >> 112) as u16
     }
 
-    fn hash(&self, [hi, lo, len]: [u64; 3]) -> u64 {
+    pub(super) fn hash(&self, [hi, lo, len]: [u64; 3]) -> u64 {
         #[expect(clippy::cast_possible_truncation, reason = "a length")]
         v6_hash(hi, lo, len as u32, self.seed)
     }
