@@ -25,7 +25,7 @@ use super::{
     floods::{FALLBACK_PPS, FloodCase, SERVICE_PORT, SOURCE_PPS, SPOOFED_SOURCES},
 };
 use crate::{
-    daemon::{DaemonPaths, DaemonProcess, Scratch, binary, memory_mib},
+    daemon::{BpfFs, DaemonPaths, DaemonProcess, Scratch, binary, memory_mib},
     flood::{Flood, FloodLab, Shape, USER_HZ},
     netns::{Family, Host},
     traffic::{UdpSink, UdpStream, wait_until},
@@ -606,8 +606,17 @@ pub fn control_plane(options: ControlOptions, rng: &mut Rng) -> anyhow::Result<C
     let lab = FloodLab::new()?;
     let scratch = Scratch::new("bench")?;
     let paths = DaemonPaths::in_dir(&scratch.join("imported"));
+    // The links pinned, as on a host with its BPF filesystem: a restart
+    // finds the program still filtering.
+    let bpffs = BpfFs::mount(&scratch.join("bpf"))?;
+    let pin_dir = bpffs.path().join("spacefilter");
     let capacity = (size + 4096).to_string();
-    let extra = ["--capacity", capacity.as_str()];
+    let extra = [
+        "--capacity",
+        capacity.as_str(),
+        "--pin-dir",
+        pin_dir.to_str().context("a UTF-8 path")?,
+    ];
     let started = Instant::now();
     let mut daemon = DaemonProcess::start(&lab.ns(Host::Server), &paths, &extra)?;
     let first_start = started.elapsed();
@@ -630,22 +639,7 @@ pub fn control_plane(options: ControlOptions, rng: &mut Rng) -> anyhow::Result<C
     rows.extend(list_rows);
 
     daemon.kill()?;
-    let started = Instant::now();
-    let mut daemon = DaemonProcess::spawn(&lab.ns(Host::Server), &paths, &extra)?;
-    daemon.wait_ready(RESTART_TIMEOUT)?;
-    let restart = started.elapsed();
-    // Where the restart's time went, as the daemon tells it.
-    if let Some(line) = daemon
-        .log()
-        .lines()
-        .rev()
-        .find(|l| l.contains("started in"))
-    {
-        eprintln!(
-            "bench: control plane: the restarted daemon: {}",
-            line.trim()
-        );
-    }
+    let (restart, mut daemon) = respawn(&lab, &paths, &extra)?;
     let (restored_rss, restored_peak, restored_mapped) = memory_mib(daemon.pid());
     let status = cli_ok(&daemon, &["status", "--json"])?;
     ensure!(
@@ -653,6 +647,11 @@ pub fn control_plane(options: ControlOptions, rng: &mut Rng) -> anyhow::Result<C
         "after the restart the daemon holds: {}",
         status.trim()
     );
+    // And a successor built otherwise (here, room for more sources): it
+    // loads a program of its own, fills its maps and takes the link over.
+    daemon.kill()?;
+    let other = [&extra[..], &["--max-sources", "70000"]].concat();
+    let (reload, mut daemon) = respawn(&lab, &paths, &other)?;
     let state_bytes: u64 = std::fs::read_dir(&paths.state_dir)?
         .flatten()
         .filter_map(|e| e.metadata().ok())
@@ -667,6 +666,12 @@ pub fn control_plane(options: ControlOptions, rng: &mut Rng) -> anyhow::Result<C
                 size + 1
             ),
             format!("{:.2} s", restart.as_secs_f64()),
+        ),
+        (
+            "the same, a successor with other options (loads its program and takes the link \
+             over)"
+                .to_owned(),
+            format!("{:.2} s", reload.as_secs_f64()),
         ),
         (
             "daemon memory after that restart (peak: of the restart)".to_owned(),
@@ -693,6 +698,32 @@ pub fn control_plane(options: ControlOptions, rng: &mut Rng) -> anyhow::Result<C
         ],
         restart,
     })
+}
+
+/// Spawns the daemon on `paths` with `extra` after the last one was
+/// killed, and times it from the spawn to its first answer; says where the
+/// time went, as the daemon tells it.
+fn respawn(
+    lab: &FloodLab,
+    paths: &DaemonPaths,
+    extra: &[&str],
+) -> anyhow::Result<(Duration, DaemonProcess)> {
+    let started = Instant::now();
+    let mut daemon = DaemonProcess::spawn(&lab.ns(Host::Server), paths, extra)?;
+    daemon.wait_ready(RESTART_TIMEOUT)?;
+    let restart = started.elapsed();
+    if let Some(line) = daemon
+        .log()
+        .lines()
+        .rev()
+        .find(|l| l.contains("started in"))
+    {
+        eprintln!(
+            "bench: control plane: the restarted daemon: {}",
+            line.trim()
+        );
+    }
+    Ok((restart, daemon))
 }
 
 /// The control plane's measurements.
