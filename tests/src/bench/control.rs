@@ -684,6 +684,15 @@ pub fn control_plane(options: ControlOptions, rng: &mut Rng) -> anyhow::Result<C
     ]);
     daemon.terminate(crate::daemon::STOP_TIMEOUT)?;
     drop(daemon);
+    // The stop left the filter on its pinned link: off, for what follows.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.ns(Host::Server)])
+        .arg(binary())
+        .args(["detach", "--pin-dir"])
+        .arg(&pin_dir)
+        .output()?;
+    ensure!(out.status.success(), "spacefilter detach: {out:?}");
+    drop(bpffs);
 
     eprintln!("bench: control plane: the daemon's CPU and memory, idle and under floods");
     let paths = DaemonPaths::in_dir(&scratch.join("floods"));
