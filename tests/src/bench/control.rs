@@ -685,13 +685,7 @@ pub fn control_plane(options: ControlOptions, rng: &mut Rng) -> anyhow::Result<C
     daemon.terminate(crate::daemon::STOP_TIMEOUT)?;
     drop(daemon);
     // The stop left the filter on its pinned link: off, for what follows.
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.ns(Host::Server)])
-        .arg(binary())
-        .args(["detach", "--pin-dir"])
-        .arg(&pin_dir)
-        .output()?;
-    ensure!(out.status.success(), "spacefilter detach: {out:?}");
+    detach(&lab, &pin_dir)?;
     drop(bpffs);
 
     eprintln!("bench: control plane: the daemon's CPU and memory, idle and under floods");
@@ -707,6 +701,19 @@ pub fn control_plane(options: ControlOptions, rng: &mut Rng) -> anyhow::Result<C
         ],
         restart,
     })
+}
+
+/// Takes the filter pinned in `pin_dir` off the server's link
+/// (`spacefilter detach`).
+fn detach(lab: &FloodLab, pin_dir: &std::path::Path) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.ns(Host::Server)])
+        .arg(binary())
+        .args(["detach", "--pin-dir"])
+        .arg(pin_dir)
+        .output()?;
+    ensure!(out.status.success(), "spacefilter detach: {out:?}");
+    Ok(())
 }
 
 /// Spawns the daemon on `paths` with `extra` after the last one was
