@@ -4,7 +4,7 @@
 //! another (no verifier, no fill of a million keys): the lists are read
 //! back and brought in line with the state ([`Lists::adopt`]).
 
-use std::{borrow::Cow, collections::BTreeMap, sync::Arc};
+use std::{borrow::Cow, collections::BTreeMap};
 
 use aya::{
     Ebpf,
@@ -12,14 +12,11 @@ use aya::{
     programs::{ProgramInfo, SchedClassifier, Xdp},
 };
 use aya_obj::programs::XdpAttachType;
-use spacefilter_common::{EGRESS_PROGRAM_NAME, PROGRAM_NAME, features, map_names};
+use spacefilter_common::{EGRESS_PROGRAM_NAME, PROGRAM_NAME, map_names};
 
 use super::{Filter, FilterError, KernelLog, LoadOptions, PROGRAM, Staged, staged::probe_features};
 use crate::{
-    bpf::{
-        HeaderRules, Limiter, ListError, Lists, MapSource, Observer, Stats, Verifier,
-        features as probe,
-    },
+    bpf::{ListError, Lists, MapSource, features as probe},
     error_chain,
     net::Prefix,
 };
@@ -216,18 +213,8 @@ impl Filter {
             allow,
             block,
         )?;
-        let stats = Stats::take(&mut maps_source)?;
-        let limiter = Limiter::take(&mut maps_source)?;
-        let header_rules = HeaderRules::take(&mut maps_source)?;
-        let observer = Observer::adopt(&mut maps_source)?;
-        let verifier = Verifier::take(&mut maps_source)?;
-        let kernel_log = match KernelLog::init_from_id_with_logger(id, log::logger()) {
-            Ok(reader) => Some(reader),
-            Err(err) => {
-                log::warn!("the kernel-side debug log is unavailable: {err}");
-                None
-            }
-        };
+        let kernel_log =
+            KernelLog::init_from_id_with_logger(id, log::logger()).map_err(|err| err.to_string());
         let xdp = Xdp::from_program_info(
             program,
             Cow::Borrowed(PROGRAM_NAME),
@@ -244,22 +231,17 @@ impl Filter {
                 Some("the running egress program was not found".to_owned()),
             ),
         };
-        let staged = Staged {
-            programs: Programs::Adopted {
-                xdp: Box::new(xdp),
-                egress,
-                maps: maps_source,
-            },
-            stats: Arc::new(stats),
-            limiter,
-            header_rules,
-            observer,
-            verifier,
-            kernel_log,
-            egress_missing,
-            features_off,
-            tcx_links: features & features::TCX_LINKS != 0,
+        let programs = Programs::Adopted {
+            xdp: Box::new(xdp),
+            egress,
+            maps: maps_source,
         };
+        let staged = Staged::assemble(
+            programs,
+            kernel_log,
+            (features, features_off),
+            egress_missing,
+        )?;
         let [v4, v6] = adopted;
         let adopted = Adopted {
             held: v4.held + v6.held,

@@ -59,30 +59,13 @@ impl Filter {
             hash_seed.unwrap_or_else(random_seed),
             stamp(&options, features),
         )?;
-        let stats = Stats::take(&mut ebpf)?;
-        let limiter = Limiter::take(&mut ebpf)?;
-        let header_rules = HeaderRules::take(&mut ebpf)?;
-        let observer = Observer::take(&mut ebpf)?;
-        let verifier = Verifier::take(&mut ebpf)?;
-        let kernel_log = match KernelLog::init(&mut ebpf) {
-            Ok(reader) => Some(reader),
-            Err(err) => {
-                log::warn!("the kernel-side debug log is unavailable: {err}");
-                None
-            }
-        };
-        let staged = Staged {
-            programs: Programs::Loaded(ebpf),
-            stats: Arc::new(stats),
-            limiter,
-            header_rules,
-            observer,
-            verifier,
+        let kernel_log = KernelLog::init(&mut ebpf).map_err(|err| err.to_string());
+        let staged = Staged::assemble(
+            Programs::Loaded(ebpf),
             kernel_log,
-            egress_missing: None,
-            features_off,
-            tcx_links: features & spacefilter_common::features::TCX_LINKS != 0,
-        };
+            (features, features_off),
+            None,
+        )?;
         Ok((staged, lists))
     }
 }
@@ -124,6 +107,40 @@ pub struct Staged {
 }
 
 impl Staged {
+    /// The filter's parts besides its lists, from the maps of `programs`
+    /// (a running program's: the observer takes its interfaces' counter
+    /// slots over).
+    pub(super) fn assemble(
+        mut programs: Programs,
+        kernel_log: Result<KernelLog, String>,
+        (features, features_off): (u32, Vec<FeatureOff>),
+        egress_missing: Option<String>,
+    ) -> Result<Self, FilterError> {
+        let stats = Stats::take(&mut programs)?;
+        let limiter = Limiter::take(&mut programs)?;
+        let header_rules = HeaderRules::take(&mut programs)?;
+        let observer = match programs {
+            Programs::Loaded(_) => Observer::take(&mut programs)?,
+            Programs::Adopted { .. } => Observer::adopt(&mut programs)?,
+        };
+        let verifier = Verifier::take(&mut programs)?;
+        let kernel_log = kernel_log
+            .inspect_err(|err| log::warn!("the kernel-side debug log is unavailable: {err}"))
+            .ok();
+        Ok(Self {
+            programs,
+            stats: Arc::new(stats),
+            limiter,
+            header_rules,
+            observer,
+            verifier,
+            kernel_log,
+            egress_missing,
+            features_off,
+            tcx_links: features & spacefilter_common::features::TCX_LINKS != 0,
+        })
+    }
+
     /// Loads the XDP program and the egress program: the verifier's part
     /// of a load, most of its time.
     pub fn load_programs(&mut self) -> Result<(), FilterError> {
