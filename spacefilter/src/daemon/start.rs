@@ -285,7 +285,7 @@ pub(super) fn start(settings: Settings) -> anyhow::Result<Core> {
     // was built from this program (see `Filter::adopt`).
     let running = pins
         .as_ref()
-        .and_then(|pins| running_program(pins, &ifaces));
+        .and_then(|pins| running_program(pins, &ifaces, options));
     // The state directory first: a second daemon on it stops at its lock,
     // before `--force` could take the interfaces from the first.
     let loading = match running {
@@ -400,8 +400,9 @@ fn claim_all(ifaces: &[String], force: bool, pins: Option<&PinDir>) -> anyhow::R
 }
 
 /// The program on every pinned link of `ifaces` (at least one), if they
-/// all run the same.
-fn running_program(pins: &PinDir, ifaces: &[String]) -> Option<u32> {
+/// all run the same and it can be adopted with `options` (saying why
+/// not, if not).
+fn running_program(pins: &PinDir, ifaces: &[String], options: LoadOptions) -> Option<u32> {
     let mut running = None;
     for iface in ifaces {
         let pin = pins.path(iface);
@@ -414,7 +415,17 @@ fn running_program(pins: &PinDir, ifaces: &[String]) -> Option<u32> {
         }
         running = Some(id);
     }
-    running
+    running.filter(|&id| match Filter::adoptable(id, options) {
+        Ok(()) => true,
+        Err(err) => {
+            log::warn!(
+                "the running program {id} is not adopted ({}): loading one, which takes its link \
+                 over",
+                error_chain(&err)
+            );
+            false
+        }
+    })
 }
 
 /// Adopts the running program `id` with the lists of `rules`; `None`,

@@ -55,6 +55,26 @@ impl Lists {
         Ok(lists)
     }
 
+    /// The `CONFIG` map of `ebpf`, if the program was built from `stamp`
+    /// (see [`Lists::take`]).
+    pub(in crate::bpf) fn stamped(
+        ebpf: &mut dyn MapSource,
+        stamp: u32,
+    ) -> Result<Mapped, ListError> {
+        let config = Mapped::take(ebpf, map_names::CONFIG)?;
+        let held = config.word32(3).load(Ordering::Relaxed);
+        if held != stamp {
+            return Err(ListError::Unadoptable {
+                name: map_names::CONFIG,
+                why: format!(
+                    "it was built from another program or with other options (stamp {held:08x}, \
+                     this one {stamp:08x})"
+                ),
+            });
+        }
+        Ok(config)
+    }
+
     /// The lists over the maps of `ebpf` and `config`, with no entries.
     fn open(
         ebpf: &mut dyn MapSource,
@@ -109,7 +129,9 @@ impl Lists {
     /// are read and brought in line with them ([`V4Tables::adopt`]), with
     /// no frame seeing a key half written; hit counts start again from 0.
     /// Fails, having written nothing, if the program was built from
-    /// something else or its tables cannot be read back.
+    /// something else; fails too if a family's tables cannot be read back
+    /// (the other family's may be in line with the state by then, which
+    /// leaves the program's verdicts the state's or its own).
     pub(in crate::bpf) fn adopt(
         ebpf: &mut dyn MapSource,
         capacity: u32,
@@ -117,17 +139,7 @@ impl Lists {
         allow: &[Prefix],
         block: &[Prefix],
     ) -> Result<(Self, [Adoption; 2]), ListError> {
-        let config = Mapped::take(ebpf, map_names::CONFIG)?;
-        let held = config.word32(3).load(Ordering::Relaxed);
-        if held != stamp {
-            return Err(ListError::Unadoptable {
-                name: map_names::CONFIG,
-                why: format!(
-                    "it was built from another program or with other options (stamp {held:08x}, \
-                     this one {stamp:08x})"
-                ),
-            });
-        }
+        let config = Self::stamped(ebpf, stamp)?;
         let seed = config.word64(2).load(Ordering::Relaxed);
         let mut lists = Self::open(ebpf, config, capacity, seed)?;
         if lists.config.word32(1).load(Ordering::Relaxed) != lists.v4.mask()

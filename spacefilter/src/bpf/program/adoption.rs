@@ -14,7 +14,9 @@ use aya::{
 use aya_obj::programs::XdpAttachType;
 use spacefilter_common::{EGRESS_PROGRAM_NAME, PROGRAM_NAME, map_names};
 
-use super::{Filter, FilterError, KernelLog, LoadOptions, PROGRAM, Staged, staged::probe_features};
+use super::{
+    Filter, FilterError, KernelLog, LoadOptions, PROGRAM, Staged, staged::log_features_off,
+};
 use crate::{
     bpf::{ListError, Lists, MapSource, features as probe},
     error_chain,
@@ -79,10 +81,27 @@ fn kernel_name(name: &str) -> &str {
     &name[..name.len().min(15)]
 }
 
-fn program_info(id: u32) -> Option<ProgramInfo> {
-    aya::programs::loaded_programs()
+fn unadoptable(why: String) -> FilterError {
+    FilterError::List(ListError::Unadoptable {
+        name: map_names::CONFIG,
+        why,
+    })
+}
+
+/// The running program `id`, if it is this project's and no other
+/// process holds it (two daemons must not write one program's maps).
+fn running(id: u32) -> Result<ProgramInfo, FilterError> {
+    let program = aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .find(|p| p.id() == id)
+        .filter(|p| p.name_as_str() == Some(PROGRAM_NAME))
+        .ok_or_else(|| unadoptable(format!("program {id} is not a running {PROGRAM_NAME}")))?;
+    if let Some(pid) = holder(id) {
+        return Err(unadoptable(format!(
+            "program {id} is held by process {pid}, which may be writing its maps"
+        )));
+    }
+    Ok(program)
 }
 
 /// The id of `program`'s map `name`.
@@ -131,8 +150,7 @@ pub struct Adopted {
 }
 
 /// A process other than this one holding program `id` open (a daemon
-/// still running it), if one is: two daemons must not write one
-/// program's maps.
+/// still running it), if one is.
 fn holder(id: u32) -> Option<u32> {
     let me = std::process::id();
     let needle = format!("prog_id:\t{id}\n");
@@ -158,14 +176,32 @@ fn holder(id: u32) -> Option<u32> {
 }
 
 impl Filter {
+    /// Whether the running program `id` can be adopted with `options`
+    /// (see [`Filter::adopt`]), as far as can be told without reading its
+    /// tables: a start that cannot adopt loads its program while it reads
+    /// the state. Why not, if not.
+    pub fn adoptable(id: u32, options: LoadOptions) -> Result<(), FilterError> {
+        let (features, _) = probe::probe(options.without);
+        let program = running(id)?;
+        let config = map_id(&program, map_names::CONFIG)
+            .ok_or_else(|| unadoptable(format!("program {id} has no {}", map_names::CONFIG)))?;
+        let map = MapData::from_id(config)
+            .and_then(Map::from_map_data)
+            .map_err(|err| unadoptable(error_chain(&err)))?;
+        let mut maps = BTreeMap::from([(map_names::CONFIG.to_owned(), map)]);
+        Lists::stamped(&mut maps, stamp(&options, features))?;
+        Ok(())
+    }
+
     /// Takes over the running program `id` (the one on this filter's
     /// pinned links) with its maps, if it was built from this program with
     /// `options` and the kernel features this kernel has: no program is
     /// loaded, and the lists are read back and brought in line with
     /// `allow` and `block` (each in order, no prefix twice). Whatever else
     /// the state holds (limits, rules on headers, shield) is set again by
-    /// the caller, as after a load. Fails, having changed nothing, when
-    /// the program cannot be adopted: the caller then loads one.
+    /// the caller, as after a load. Fails when the program cannot be
+    /// adopted (before any write, unless its tables cannot be read back:
+    /// see [`Lists::adopt`]); the caller then loads one.
     pub fn adopt(
         id: u32,
         options: LoadOptions,
@@ -173,21 +209,10 @@ impl Filter {
         block: &[Prefix],
     ) -> Result<(Self, Adopted), FilterError> {
         probe::require().map_err(FilterError::Kernel)?;
-        let (features, features_off) = probe_features(options.without);
-        let unadoptable = |why: String| {
-            FilterError::List(ListError::Unadoptable {
-                name: map_names::CONFIG,
-                why,
-            })
-        };
-        let program = program_info(id)
-            .filter(|p| p.name_as_str() == Some(PROGRAM_NAME))
-            .ok_or_else(|| unadoptable(format!("program {id} is not a running {PROGRAM_NAME}")))?;
-        if let Some(pid) = holder(id) {
-            return Err(unadoptable(format!(
-                "program {id} is held by process {pid}, which may be writing its maps"
-            )));
-        }
+        // (Logged once adopted: a failed adoption is followed by a load,
+        // which logs them.)
+        let (features, features_off) = probe::probe(options.without);
+        let program = running(id)?;
         let mut maps = BTreeMap::new();
         open_maps(&program, &mut maps).map_err(unadoptable)?;
         // The egress program shares the verified sources' map.
@@ -205,14 +230,8 @@ impl Filter {
             open_maps(info, &mut maps).map_err(unadoptable)?;
         }
         let capacity = options.capacity + 1;
-        let mut maps_source = maps;
-        let (lists, adopted) = Lists::adopt(
-            &mut maps_source,
-            capacity,
-            stamp(&options, features),
-            allow,
-            block,
-        )?;
+        let (lists, adopted) =
+            Lists::adopt(&mut maps, capacity, stamp(&options, features), allow, block)?;
         let kernel_log =
             KernelLog::init_from_id_with_logger(id, log::logger()).map_err(|err| err.to_string());
         let xdp = Xdp::from_program_info(
@@ -234,8 +253,9 @@ impl Filter {
         let programs = Programs::Adopted {
             xdp: Box::new(xdp),
             egress,
-            maps: maps_source,
+            maps,
         };
+        log_features_off(&features_off);
         let staged = Staged::assemble(
             programs,
             kernel_log,

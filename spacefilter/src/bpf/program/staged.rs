@@ -74,7 +74,13 @@ impl Filter {
 /// without, each logged with why.
 pub(super) fn probe_features(without: u32) -> (u32, Vec<FeatureOff>) {
     let (features, features_off) = features::probe(without);
-    for off in &features_off {
+    log_features_off(&features_off);
+    (features, features_off)
+}
+
+/// Logs each kernel feature the program runs without, and why.
+pub(super) fn log_features_off(features_off: &[FeatureOff]) {
+    for off in features_off {
         log::warn!(
             "kernel feature {} is off: {}; {}",
             off.feature.name(),
@@ -82,7 +88,6 @@ pub(super) fn probe_features(without: u32) -> (u32, Vec<FeatureOff>) {
             off.instead
         );
     }
-    (features, features_off)
 }
 
 /// A [`Filter`] whose maps are made and its lists taken out
