@@ -1,12 +1,11 @@
 //! The per-CPU verdict counters, per reason and per interface slot.
 
-use crate::bpf::MapSource;
 use std::{collections::BTreeMap, sync::Arc};
 
 use aya::maps::{MapData, PerCpuArray};
 use spacefilter_common::{Counter, Reason, STATS_SLOTS, map_names, stats_index};
 
-use super::{ListError, take};
+use super::{ListError, MapSource, take};
 
 /// Packets and bytes per reason, summed over the CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -2,7 +2,6 @@
 //! spoofed-source detector, the reflection guard's ports and the
 //! auto-blocks (see `spacefilter-ebpf/src/limit.rs`).
 
-use crate::bpf::MapSource;
 use std::{
     net::{IpAddr, Ipv6Addr},
     os::fd::AsFd as _,
@@ -14,7 +13,7 @@ use spacefilter_common::{
     map_names, reflect_bits, shield_watch,
 };
 
-use super::{ListError, absent, take};
+use super::{ListError, MapSource, absent, take};
 use crate::net::Prefix;
 
 /// The rate limiter's maps: its settings, the per-source buckets and the

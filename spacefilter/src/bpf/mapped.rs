@@ -7,7 +7,6 @@
 //! either as it was or as it is, never half written; where several words
 //! must agree, the callers order their stores (see `tables/mod.rs`).
 
-use crate::bpf::MapSource;
 use std::{
     num::NonZeroUsize,
     ptr::NonNull,
@@ -17,7 +16,7 @@ use std::{
 use aya::maps::{Map, MapData};
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
 
-use super::ListError;
+use super::{ListError, MapSource};
 
 /// A mapped array map: `len` bytes of values from `base`.
 pub(super) struct Mapped {

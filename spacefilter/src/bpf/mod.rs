@@ -2,9 +2,9 @@
 //! ([`Prefix`], [`List`], [`Reason`](spacefilter_common::Reason)) become
 //! kernel keys here and nowhere else.
 //!
-//! - [`program`]: load, attach, detach, test runs ([`Filter`]); the
-//!   egress program that verifies the host's peers rides along with each
-//!   attachment.
+//! - [`program`]: load, or adopt the running program with its maps,
+//!   attach, detach, test runs ([`Filter`]); the egress program that
+//!   verifies the host's peers rides along with each attachment.
 //! - [`lists`]: the allow and block lists in the lookup tables
 //!   ([`tables`]), with a per-CPU hit counter per entry.
 //! - [`counters`]: the per-CPU verdict counters.

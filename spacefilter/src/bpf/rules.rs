@@ -5,14 +5,13 @@
 //! with one write: a frame sees the old list or the new one, never a mix.
 //! A rule that is in both lists keeps its budget and its hit count.
 
-use crate::bpf::MapSource;
 use aya::{
     maps::{Array, MapData, PerCpuArray, PerCpuValues},
     util::nr_cpus,
 };
 use spacefilter_common::{Bucket, HeaderRule, MAX_HEADER_RULES, map_names};
 
-use super::{ListError, take};
+use super::{ListError, MapSource, take};
 
 /// The header rules in the kernel, with their hit counters and budgets.
 pub struct HeaderRules {

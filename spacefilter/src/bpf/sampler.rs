@@ -3,7 +3,6 @@
 //! switch; and the decoding of the samples it sends (see
 //! `spacefilter-ebpf/src/observe.rs`).
 
-use crate::bpf::MapSource;
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -18,7 +17,7 @@ use spacefilter_common::{
     SampleState, map_names, observe_flags,
 };
 
-use super::{ListError, take};
+use super::{ListError, MapSource, take};
 
 /// Dropped frames sampled by default: one in this many.
 pub const DEFAULT_SAMPLE_EVERY: u32 = 100;

@@ -1,7 +1,6 @@
 //! Verified sources (see [`spacefilter_common::Verified`]): how long a
 //! proof holds, admissions by the daemon, and counts.
 
-use crate::bpf::MapSource;
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv6Addr},
@@ -10,7 +9,7 @@ use std::{
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues};
 use spacefilter_common::{Verified, VerifySettings, map_names, verified_how};
 
-use super::{ListError, absent, take};
+use super::{ListError, MapSource, absent, take};
 
 /// The verified sources' maps.
 pub struct Verifier {

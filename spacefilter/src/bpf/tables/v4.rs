@@ -1,7 +1,6 @@
 //! The IPv4 tables: `V4_T12` and `V4_T24`, direct; `V4_LONG`, buckets of
 //! /25-/32 keys; `V4_TRIE` for crowded blocks.
 
-use crate::bpf::MapSource;
 use std::{collections::HashMap, sync::atomic::Ordering};
 
 use aya::maps::{LpmTrie, MapData, lpm_trie::Key};
@@ -16,7 +15,7 @@ use spacefilter_common::{
 
 use super::{Level, bucket_mask, free_slot, slots, trie_error, trie_remove};
 use crate::{
-    bpf::{ListError, mapped::Mapped, take},
+    bpf::{ListError, MapSource, mapped::Mapped, take},
     net::packed::Packed,
 };
 

@@ -1,7 +1,6 @@
 //! The IPv6 tables: `V6_TOP`, direct by /16; `V6_BUCKETS` with the keys in
 //! `V6_KEYS`; `V6_TRIE` for crowded blocks.
 
-use crate::bpf::MapSource;
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     sync::atomic::Ordering,
@@ -19,7 +18,7 @@ use spacefilter_common::{
 
 use super::{Level, bucket_mask, free_slot, grace_period, slots, trie_error, trie_remove};
 use crate::{
-    bpf::{ListError, mapped::Mapped, take},
+    bpf::{ListError, MapSource, mapped::Mapped, take},
     net::packed::Packed,
 };
 
