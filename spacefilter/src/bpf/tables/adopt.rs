@@ -27,7 +27,8 @@ use spacefilter_common::{
 
 use super::{
     V4Tables, V6Tables, trie_remove,
-    v6::{V6_KEY_BYTES, V6_TOP_BYTES, long_key},
+    v4::counted,
+    v6::{V6_KEY_BYTES, V6_TOP_BYTES, length_list, long_key},
 };
 use crate::bpf::ListError;
 use crate::net::packed::Packed;
@@ -52,16 +53,12 @@ fn unreadable(name: &'static str, why: String) -> ListError {
     ListError::Unadoptable { name, why }
 }
 
-/// The address and length of a `V4_BUCKETS` key ([`v4_key`]).
-///
-/// [`v4_key`]: spacefilter_common::lookup::v4_key
-fn v4_prefix(key: u64) -> Option<(u32, u8)> {
-    let len = 63u32.checked_sub(key.leading_zeros())?;
-    if !(u32::from(V4_LONG_MIN)..=32).contains(&len) {
-        return None;
-    }
-    let addr = u32::try_from((key ^ (1 << len)) << (32 - len)).ok()?;
-    Some((addr, u8::try_from(len).ok()?))
+/// Whether `key` is a `V4_BUCKETS` key ([`v4_key`]): its leading bit
+/// marks a length of /25 to /32.
+fn is_v4_long_key(key: u64) -> bool {
+    63u32
+        .checked_sub(key.leading_zeros())
+        .is_some_and(|len| (u32::from(V4_LONG_MIN)..=32).contains(&len))
 }
 
 /// A key of /25 to /32 the state holds: its bucket key, packed match,
@@ -137,7 +134,7 @@ impl V4Tables {
             let key = word >> 24;
             let (first, second) = self.candidates(key);
             let bucket = u32::try_from(slot / BUCKET_SLOTS).unwrap_or(u32::MAX);
-            if v4_prefix(key).is_none() || (bucket != first && bucket != second) {
+            if !is_v4_long_key(key) || (bucket != first && bucket != second) {
                 return Err(unreadable(
                     map_names::V4_BUCKETS,
                     format!("slot {slot} holds no key of its bucket"),
@@ -203,15 +200,7 @@ impl V4Tables {
                 (Some(_), None) => unreachable!("matched above"),
             }
         }
-        longs.sort_unstable();
-        let mut counts: Vec<(u32, u16)> = Vec::new();
-        for long in longs {
-            match counts.last_mut() {
-                Some((last, count)) if *last == long => *count += 1,
-                _ => counts.push((long, 1)),
-            }
-        }
-        (stale, one_by_one, counts)
+        (stale, one_by_one, counted(longs))
     }
 
     /// Puts every key of a crowded /24 in the trie with its match, and
@@ -492,11 +481,7 @@ impl V6Tables {
             // lengths already, is as `settle` would leave it.
             let list = match self.lengths.get(&top) {
                 None => Some(0),
-                Some(counts) if counts.len() <= V6_PROBES => Some(
-                    counts
-                        .keys()
-                        .fold(0u64, |list, &len| (list << 8) | u64::from(len)),
-                ),
+                Some(counts) if counts.len() <= V6_PROBES => Some(length_list(counts)),
                 Some(_) => None,
             };
             if list == Some(before)

@@ -39,6 +39,20 @@ pub(in crate::bpf) struct V4Tables {
     pub(super) crowded: HashMap<u32, HashMap<u64, u32>>,
 }
 
+/// Each distinct key of [`V4Tables::long`] among `longs` (in any order),
+/// with how many times it occurs, in key order.
+pub(super) fn counted(mut longs: Vec<u32>) -> Vec<(u32, u16)> {
+    longs.sort_unstable();
+    let mut counts: Vec<(u32, u16)> = Vec::new();
+    for long in longs {
+        match counts.last_mut() {
+            Some((last, count)) if *last == long => *count += 1,
+            _ => counts.push((long, 1)),
+        }
+    }
+    counts
+}
+
 impl V4Tables {
     pub(in crate::bpf) fn take(ebpf: &mut dyn MapSource, seed: u64) -> Result<Self, ListError> {
         let level = |map, index_bits, min_len| Level {
@@ -181,14 +195,7 @@ impl V4Tables {
             }
         }
         self.long_keys += placed.len();
-        placed.sort_unstable();
-        let mut counts: Vec<(u32, u16)> = Vec::new();
-        for long in placed {
-            match counts.last_mut() {
-                Some((last, count)) if *last == long => *count += 1,
-                _ => counts.push((long, 1)),
-            }
-        }
+        let counts = counted(placed);
         // After the keys are in place.
         for &(long, _) in &counts {
             let len = V4_LONG_MIN + (long & 7) as u8;

@@ -89,6 +89,14 @@ pub(in crate::bpf) struct V6Tables {
 /// bytes where a `(u128, u8)` takes 32.
 type LongKey = ([u8; 16], u8);
 
+/// A /16's list of lengths in `V6_TOP` from its keys' counts by length:
+/// one per byte, the longest in the lowest byte.
+pub(super) fn length_list(counts: &BTreeMap<u8, u32>) -> u64 {
+    counts
+        .keys()
+        .fold(0u64, |list, &len| (list << 8) | u64::from(len))
+}
+
 pub(super) fn long_key(addr: u128, len: u8) -> LongKey {
     (addr.to_be_bytes(), len)
 }
@@ -417,12 +425,7 @@ impl V6Tables {
                     .store(V6_CROWDED, Ordering::Release);
             }
             (false, was_crowded) => {
-                // The longest length in the lowest byte.
-                let list = lengths.map_or(0, |counts| {
-                    counts
-                        .keys()
-                        .fold(0u64, |list, &len| (list << 8) | u64::from(len))
-                });
+                let list = lengths.map_or(0, length_list);
                 self.top.map.word64(word).store(list, Ordering::Release);
                 if was_crowded {
                     self.crowded.remove(&top);
