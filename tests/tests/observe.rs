@@ -1,7 +1,7 @@
 //! Observability end to end, with a real daemon in the lab and floods from
 //! the in-kernel generator: drop samples captured to a pcap file that
 //! tcpdump reads, the sampler's cap under a flood, `top` ranking the
-//! flooding sources, the kernel debug log switched at runtime, and the
+//! flooding sources and showing a few drops with no flood, the kernel debug log switched at runtime, and the
 //! per-interface counters.
 //!
 //! The floods share one CPU, so the tests here run one at a time.
@@ -290,6 +290,37 @@ fn top_ranks_the_heaviest_dropped_sources() {
     assert!(blocked > 30_000.0, "{last}");
     let estimate = sources[0]["packets_per_sec"].as_f64().unwrap();
     assert!((estimate - share * blocked).abs() < 1.0, "{last}");
+}
+
+/// A few drops, far fewer than wake the daemon (the program submits a
+/// sample without a wakeup until half the ring is unread), still
+/// reach `top`: the daemon also reads the ring on a timer.
+#[test]
+fn a_few_drops_reach_top_without_a_flood() {
+    require_root();
+    let _serial = serial();
+    let lab = Lab::new().expect("lab");
+    let dir = Scratch::new("fewdrops").expect("scratch");
+    let daemon = daemon(&lab, &dir, &["--sample-every", "1"]);
+    let to = SocketAddr::new(v4(Host::Server), DISCARD);
+    let sent = send_udp(&lab, Host::Attacker, to, 5, Duration::from_millis(1)).expect("sending");
+    assert_eq!(sent, 5, "datagrams sent");
+    let attacker = v4(Host::Attacker).to_string();
+    let mut last = Value::Null;
+    let shown = wait_until(Duration::from_secs(3), || {
+        let top = daemon.cli(&["top", "--json", "--count", "1", "--limit", "5"]);
+        last = json_lines(top.ok("top --json")).swap_remove(0);
+        last["sources"]
+            .as_array()
+            .is_some_and(|sources| sources.iter().any(|s| s["key"] == attacker.as_str()))
+    });
+    assert!(shown, "the attacker's drops never reached top: {last}");
+    // The positive control: the drops were counted by the program.
+    let stats = json_lines(daemon.cli(&["stats", "--json"]).ok("stats"))[0].clone();
+    assert!(
+        stats["reasons"]["blocked"]["packets"].as_u64().unwrap() >= sent,
+        "{stats}"
+    );
 }
 
 #[test]

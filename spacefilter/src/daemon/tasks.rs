@@ -61,12 +61,20 @@ pub(super) async fn expire_loop(handle: Handle, mut stop: Stop) {
     }
 }
 
+/// The program submits drop samples without waking their reader until
+/// half of the ring is unread (`observe.rs`, `WAKE_AT_BYTES`): the
+/// daemon reads the ring this often besides, so that a sample reaches
+/// `top` and the metrics within this time.
+const SAMPLES_READ_EVERY: Duration = Duration::from_millis(100);
+
 /// Calls `read` on `source` (a ring buffer, or the reader of one) each
-/// time its file descriptor turns readable, and hands what it read to
-/// `deliver`, until `stop`.
+/// time its file descriptor turns readable, and every `every` if given
+/// (for a producer that does not always wake its reader), and hands what
+/// it read to `deliver`, until `stop`.
 async fn when_readable<T: std::os::fd::AsRawFd, B, F: Future<Output = ()>>(
     source: T,
     what: &str,
+    every: Option<Duration>,
     mut stop: Stop,
     mut read: impl FnMut(&mut T) -> B,
     mut deliver: impl FnMut(B) -> F,
@@ -83,19 +91,35 @@ async fn when_readable<T: std::os::fd::AsRawFd, B, F: Future<Output = ()>>(
             return;
         }
     };
+    let mut timer = every.map(|every| {
+        let mut timer = tokio::time::interval(every);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        timer
+    });
     loop {
-        let mut guard = tokio::select! {
+        let tick = async {
+            match timer.as_mut() {
+                Some(timer) => {
+                    timer.tick().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let batch = tokio::select! {
             ready = source.readable_mut() => match ready {
-                Ok(guard) => guard,
+                Ok(mut guard) => {
+                    let batch = read(guard.get_inner_mut());
+                    guard.clear_ready();
+                    batch
+                }
                 Err(err) => {
                     log::error!("{what}: {err}");
                     return;
                 }
             },
+            () = tick => read(source.get_mut()),
             _ = stop.changed() => return,
         };
-        let batch = read(guard.get_inner_mut());
-        guard.clear_ready();
         deliver(batch).await;
     }
 }
@@ -106,6 +130,7 @@ pub(super) async fn drain_kernel_log(reader: KernelLog, stop: Stop) {
     when_readable(
         reader,
         "the kernel debug log",
+        None,
         stop,
         KernelLog::flush,
         |()| async {},
@@ -136,10 +161,11 @@ pub(super) async fn auto_block_events(ring: RingBuf<MapData>, handle: Handle, st
             }
         }
     };
-    when_readable(ring, "the auto-block events", stop, read, deliver).await;
+    when_readable(ring, "the auto-block events", None, stop, read, deliver).await;
 }
 
-/// Reads drop samples from the program's ring buffer.
+/// Reads drop samples from the program's ring buffer, when woken and every
+/// [`SAMPLES_READ_EVERY`].
 pub(super) async fn read_samples(ring: RingBuf<MapData>, handle: Handle, stop: Stop) {
     let read = |ring: &mut RingBuf<MapData>| {
         let mut batch = Vec::new();
@@ -158,5 +184,13 @@ pub(super) async fn read_samples(ring: RingBuf<MapData>, handle: Handle, stop: S
             }
         }
     };
-    when_readable(ring, "the drop samples", stop, read, deliver).await;
+    when_readable(
+        ring,
+        "the drop samples",
+        Some(SAMPLES_READ_EVERY),
+        stop,
+        read,
+        deliver,
+    )
+    .await;
 }
