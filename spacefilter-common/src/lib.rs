@@ -664,15 +664,15 @@ pub mod tokens {
     /// much, and `*last_ns` moves to `now`.
     #[inline(always)]
     pub fn credit_us(last_ns: &mut u64, now: u64) -> u64 {
-        let elapsed_ns = now.saturating_sub(*last_ns);
+        let gap_ns = now.saturating_sub(*last_ns);
         // Most frames of a busy source find less than a microsecond to
         // credit (on the coarse clock, none until the next tick): no
         // division for them, which the program's instruction set has only
         // as a divide (tens of cycles).
-        if elapsed_ns < 1000 {
+        if gap_ns < 1000 {
             return 0;
         }
-        let elapsed_us = elapsed_ns / 1000;
+        let elapsed_us = gap_ns / 1000;
         if elapsed_us > MAX_IDLE_US {
             *last_ns = now;
             return MAX_IDLE_US;

@@ -368,6 +368,20 @@ fn detach_takes_the_filter_off(pinned: &Pinned) {
         "detach takes the program off"
     );
     assert!(!egress_pinned(pin_dir), "and the egress program");
+    // With nothing pinned in it any more, the pin folder goes too (the
+    // package's removal leaves none behind, wherever `pin_dir` pointed),
+    // and a second detach finds nothing to do and creates nothing.
+    assert!(!pin_dir.exists(), "{} is left", pin_dir.display());
+    let again = detach(&config);
+    assert!(again.status.success(), "{again:?}");
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("no filter pinned"),
+        "{again:?}"
+    );
+    assert!(
+        !pin_dir.exists(),
+        "a detach with nothing to do creates nothing"
+    );
     let before = sink.received_from(attacker);
     send_udp(lab, Host::Attacker, to, 20, Duration::ZERO).expect("sending");
     assert_eq!(

@@ -1,7 +1,10 @@
 //! `detach`: takes the filter off interfaces where a stopped daemon left
 //! it (its XDP links pinned, see [`crate::bpf::pins`]).
 
-use std::{os::unix::net::UnixStream, path::PathBuf};
+use std::{
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+};
 
 use clap::Args;
 
@@ -52,6 +55,12 @@ pub(super) fn detach(args: &DetachArgs) -> Result<(), Failure> {
         .clone()
         .or(file.socket)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+    if !pin_dir.exists() && ifaces.is_empty() {
+        // Nothing was ever pinned there: nothing to take off, and no folder
+        // to create for it.
+        println!("no filter pinned in {}", pin_dir.display());
+        return Ok(());
+    }
     let pins = PinDir::open(&pin_dir)
         .map_err(|why| Failure::bad_input(format!("no pinned filter to take off: {why}")))?;
     let pinned = pins.pinned();
@@ -72,14 +81,17 @@ pub(super) fn detach(args: &DetachArgs) -> Result<(), Failure> {
             }
             chosen
         };
+    let daemon_runs = UnixStream::connect(&socket).is_ok();
     if chosen.is_empty() {
         println!(
             "no filter pinned in {} for this network namespace",
             pins.dir().display()
         );
+        if !daemon_runs {
+            remove_if_empty(pins.dir());
+        }
         return Ok(());
     }
-    let daemon_runs = UnixStream::connect(&socket).is_ok();
     for (iface, pin) in chosen {
         std::fs::remove_file(pin).map_err(|err| {
             Failure::runtime(format!("{iface}: removing {}: {err}", pin.display()))
@@ -103,7 +115,21 @@ pub(super) fn detach(args: &DetachArgs) -> Result<(), Failure> {
             println!("detached from {iface}");
         }
     }
+    if !daemon_runs {
+        remove_if_empty(pins.dir());
+    }
     Ok(())
+}
+
+/// Removes the pin folder once nothing is pinned in it (no other network
+/// namespace's links either), so that removing the package leaves no
+/// folder behind wherever `pin_dir` pointed. A daemon that starts later
+/// creates it again.
+fn remove_if_empty(dir: &Path) {
+    let empty = std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none());
+    if empty && let Err(err) = std::fs::remove_dir(dir) {
+        eprintln!("leaving {}: {err}", dir.display());
+    }
 }
 
 fn names(pinned: &[(String, PathBuf)]) -> String {
