@@ -48,9 +48,12 @@ pub(crate) static IFACE_SLOTS: Array<IfaceSlot> = Array::with_max_entries(IFACE_
 #[map]
 pub(crate) static OBSERVE: Array<Observe> = Array::with_max_entries(1, 0);
 
+/// The size of `SAMPLES`, in bytes: some 1,560 samples.
+pub(crate) const SAMPLES_BYTES: u32 = 256 * 1024;
+
 /// Sampled dropped frames for the daemon (`spacefilter capture`, `top`).
 #[map]
-pub(crate) static SAMPLES: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+pub(crate) static SAMPLES: RingBuf = RingBuf::with_byte_size(SAMPLES_BYTES, 0);
 
 /// The sampler's per-second budget and outcome counters, per CPU.
 #[map]

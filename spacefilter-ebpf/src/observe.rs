@@ -22,7 +22,7 @@ use spacefilter_common::{DropSample, KERNEL_LOG_TARGET, Observe, Reason, observe
 
 use crate::{
     features,
-    maps::{OBSERVE, SAMPLE_STATE, SAMPLES},
+    maps::{OBSERVE, SAMPLE_STATE, SAMPLES, SAMPLES_BYTES},
     parse::{Frame, Source},
 };
 
@@ -143,8 +143,8 @@ fn sample(ctx: &XdpContext, frame: &Frame, config: &Observe, exit: &Exit) {
 }
 
 /// Unread samples wake the daemon once they fill this much of the ring:
-/// half of `SAMPLES`' 256 KiB, some 780 samples.
-const WAKE_AT_BYTES: u64 = 128 * 1024;
+/// half of it, some 780 samples.
+const WAKE_AT_BYTES: u64 = SAMPLES_BYTES as u64 / 2;
 
 /// A sample's room in the ring: the kernel's 8-byte record header, and the
 /// sample rounded up to 8 bytes.
