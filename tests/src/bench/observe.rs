@@ -5,7 +5,9 @@
 use aya::maps::{MapData, RingBuf};
 use spacefilter::bpf::{KernelLog, Sampling};
 
-use super::{Floors, GuardRow, KINDS, Rng, Table, XDP_DROP as DROP, load_filter, measure};
+use super::{
+    Floors, GuardRow, KINDS, Measure, Rng, Table, XDP_DROP as DROP, load_filter, measure_each,
+};
 
 /// Runs each frame this many times per call where every run leaves a
 /// record behind: fewer than the ring buffers hold, so that draining them
@@ -92,18 +94,19 @@ pub fn observe_costs(
         filter.observer().set_debug_log(debug_log)?;
         drain(&mut samples, log.as_mut());
         let repeat = if records { record_repeat } else { repeat };
-        let floor = measure(&mut floors.runner(DROP)?, &frames, repeat, rounds, DROP)?;
-        let cost = measure(
-            &mut |frame, repeat| {
+        let [floor, cost]: [Measure; 2] = measure_each(
+            &mut [&mut floors.runner(DROP)?, &mut |frame, repeat| {
                 let run = filter.test_run(frame, repeat)?;
                 drain(&mut samples, log.as_mut());
                 Ok(run)
-            },
+            }],
             &frames,
             repeat,
             rounds,
             DROP,
-        )?;
+        )?
+        .try_into()
+        .expect("two measures");
         let counts = filter.observer().counts()?;
         eprintln!(
             "bench: observe: {name:<60} floor {:6.1} ns  spacefilter {:6.1} ns  (samples sent \

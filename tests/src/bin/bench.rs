@@ -11,10 +11,11 @@ use anyhow::Context as _;
 use spacefilter_common::Limits;
 use spacefilter_tests::{
     bench::{
-        ControlOptions, FleetOptions, FleetRun, Floors, KINDS, Parking, Rng, Row, Table, XdpFilter,
+        ControlOptions, FleetOptions, FleetRun, Floors, KINDS, Parking, Rng, Row, Runner, Table,
+        XdpFilter,
         admission::{Admitted, admission, admission_report, shield_costs},
         control_plane, fleet_report, fleet_run, flood_throughput, guard_costs, guard_report,
-        load_filter, machine, measure,
+        load_filter, machine, measure_each,
         observe::{observe_costs, observe_report},
         report, write_report,
     },
@@ -268,33 +269,25 @@ fn measure_size(
         }
         let frames = kind.frames(&table, rng);
         let expected = kind.expected();
-        let floor = measure(
-            &mut floors.runner(expected)?,
-            &frames,
-            repeat,
-            rounds,
-            expected,
-        )?;
+        // The floor, spacefilter and xdp-filter in turn, round by round.
         filter.limiter().set(kind.limits())?;
-        let spacefilter = measure(
-            &mut |frame, repeat| Ok(filter.test_run(frame, repeat)?),
-            &frames,
-            repeat,
-            rounds,
-            expected,
-        );
+        let mut floor_run = floors.runner(expected)?;
+        let mut spacefilter_run = |frame: &[u8], repeat| Ok(filter.test_run(frame, repeat)?);
+        let mut xdp_filter_run = xdp_filter
+            .as_ref()
+            .filter(|_| kind.xdp_filter_equivalent())
+            .map(XdpFilter::runner);
+        let mut runs: Vec<Runner<'_>> = vec![&mut floor_run, &mut spacefilter_run];
+        if let Some(run) = xdp_filter_run.as_mut() {
+            runs.push(run);
+        }
+        let measured = measure_each(&mut runs, &frames, repeat, rounds, expected);
+        drop(runs);
         filter.limiter().set(Limits::default())?;
-        let spacefilter = spacefilter?;
-        let xdp_filter = match &xdp_filter {
-            Some(xf) if kind.xdp_filter_equivalent() => Some(measure(
-                &mut xf.runner(),
-                &frames,
-                repeat,
-                rounds,
-                expected,
-            )?),
-            _ => None,
-        };
+        let mut measured = measured?.into_iter();
+        let floor = measured.next().expect("the floor");
+        let spacefilter = measured.next().expect("spacefilter");
+        let xdp_filter = measured.next();
         eprintln!(
             "bench: {:<32} {size:>8}: floor {:6.1} ns  spacefilter {:6.1} ns  xdp-filter {}",
             kind.name,
