@@ -170,19 +170,50 @@ fn be16(hi: u8, lo: u8) -> u16 {
     u16::from_be_bytes([hi, lo])
 }
 
+/// Reads the `T` (an integer of 1, 2, 4 or 8 bytes) at packet address
+/// `at`, in network byte order as stored, with one load: for the
+/// Ethernet type and an IPv6 source's two halves. BPF has no unaligned
+/// load, so LLVM splits a multi-byte read of a copied byte array into a
+/// load, a shift and an or a byte, with spills: an IPv6 frame's parse and
+/// lookup measured 10 to 18 % less with its source read as two words.
+/// Lengths and other fields the parse compares stay put together from
+/// bytes: the verifier then knows they fit in 16 bits, where a swapped
+/// 16-bit load is any 64-bit value to it, and the bounds derived from such
+/// a length multiply the states it walks after (IPv4's fields and address
+/// read as words cost it a fifth more instructions; these loads, 3 %).
+///
+/// # Safety
+///
+/// The caller has checked that the bytes lie in the packet. The load has
+/// `T`'s alignment in the verifier's model of packet data (which starts
+/// at `NET_IP_ALIGN`, 2, so that the IP header is 4-aligned, as it is
+/// after 0 to 2 VLAN tags): a kernel that enforces alignment takes it,
+/// and the JITs of the others load from any address.
+#[inline(always)]
+unsafe fn load<T: Copy>(at: usize) -> T {
+    // SAFETY: as the caller promises.
+    unsafe { core::ptr::read(at as *const T) }
+}
+
 /// Ethernet, VLAN tags and the fixed IP header. `Err` carries the verdict
 /// for frames that go no further: not IP, or malformed.
 #[inline(always)]
 pub(crate) fn network(frame: &Frame) -> Result<(Source, Transport), Reason> {
-    let eth: [u8; ETH_HLEN] = frame.read(0).ok_or(Reason::Malformed)?;
-    let mut ethertype = be16(eth[12], eth[13]);
+    if frame.start + ETH_HLEN > frame.end {
+        return Err(Reason::Malformed);
+    }
+    // SAFETY: the Ethernet header lies in the packet, checked above.
+    let mut ethertype = u16::from_be(unsafe { load::<u16>(frame.start + 12) });
     let mut offset = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
-        let tag: [u8; 4] = frame.read(offset).ok_or(Reason::Malformed)?;
-        ethertype = be16(tag[2], tag[3]);
+        if frame.start + offset + 4 > frame.end {
+            return Err(Reason::Malformed);
+        }
+        // SAFETY: the tag lies in the packet, checked just above.
+        ethertype = u16::from_be(unsafe { load::<u16>(frame.start + offset + 2) });
         offset += 4;
     }
     match ethertype {
@@ -221,22 +252,32 @@ fn ipv4(frame: &Frame, offset: usize) -> Result<(Source, Transport), Reason> {
 
 #[inline(always)]
 fn ipv6(frame: &Frame, offset: usize) -> Result<(Source, Transport), Reason> {
-    let h: [u8; 40] = frame.read(offset).ok_or(Reason::Malformed)?;
-    if h[0] >> 4 != 6 {
+    let at = frame.start + offset;
+    if at + 40 > frame.end {
         return Err(Reason::Malformed);
     }
-    let ip_end = offset + 40 + usize::from(be16(h[4], h[5]));
+    // SAFETY: the 40 bytes of the fixed header lie in the packet, checked
+    // just above.
+    let (version, payload_len, next_header, hi, lo) = unsafe {
+        (
+            load::<u8>(at),
+            be16(load::<u8>(at + 4), load::<u8>(at + 5)),
+            load::<u8>(at + 6),
+            u64::from_be(load::<u64>(at + 8)),
+            u64::from_be(load::<u64>(at + 16)),
+        )
+    };
+    if version >> 4 != 6 {
+        return Err(Reason::Malformed);
+    }
+    let ip_end = offset + 40 + usize::from(payload_len);
     if ip_end > frame.len() {
         return Err(Reason::Malformed);
     }
     Ok((
-        Source {
-            v6: true,
-            hi: u64::from_be_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]),
-            lo: u64::from_be_bytes([h[16], h[17], h[18], h[19], h[20], h[21], h[22], h[23]]),
-        },
+        Source { v6: true, hi, lo },
         Transport {
-            proto: h[6],
+            proto: next_header,
             offset: offset + 40,
             ip_end,
             later_fragment: false,
