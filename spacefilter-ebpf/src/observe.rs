@@ -157,8 +157,8 @@ const RECORD_BYTES: u64 = (8 + size_of::<DropSample>() as u64).next_multiple_of(
 /// one's included). A wakeup is an `irq_work` that interrupts this CPU,
 /// and the ring's default wakes the reader at every sample that finds the
 /// ring empty: under a flood at the sampler's cap, a wakeup of the daemon
-/// for almost every sample, and in `test_run` on a virtual machine a third
-/// of a sent sample's cost. Two CPUs reserving at once may both step past
+/// for almost every sample, and in `test_run` on a virtual machine a fifth
+/// to a third of a sent sample's cost. Two CPUs reserving at once may both step past
 /// the mark; the timer reads the ring then.
 ///
 /// Kernel: `bpf_ringbuf_query` and the submit flags (5.8).

@@ -184,11 +184,14 @@ fn be16(hi: u8, lo: u8) -> u16 {
 ///
 /// # Safety
 ///
-/// The caller has checked that the bytes lie in the packet. The load has
-/// `T`'s alignment in the verifier's model of packet data (which starts
-/// at `NET_IP_ALIGN`, 2, so that the IP header is 4-aligned, as it is
-/// after 0 to 2 VLAN tags): a kernel that enforces alignment takes it,
-/// and the JITs of the others load from any address.
+/// The caller has checked that the bytes lie in the packet. In memory the
+/// address may not be `T`-aligned (drivers place packet data as they
+/// will); what decides on BPF is the verifier, which checks alignment
+/// against its own model of packet data (starting at `NET_IP_ALIGN`, 2,
+/// so that the IP header is 4-aligned, as it is after 0 to 2 VLAN tags)
+/// on kernels that enforce it, and the JITs, which load from any address
+/// elsewhere: the kernel's own XDP programs in C read their headers the
+/// same way.
 #[inline(always)]
 unsafe fn load<T: Copy>(at: usize) -> T {
     // SAFETY: as the caller promises.

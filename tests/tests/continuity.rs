@@ -382,6 +382,19 @@ fn detach_takes_the_filter_off(pinned: &Pinned) {
         !pin_dir.exists(),
         "a detach with nothing to do creates nothing"
     );
+    let named = Command::new("ip")
+        .args(["netns", "exec", &lab.ns(Host::Server)])
+        .arg(binary())
+        .args(["detach", "--iface", "eth0", "--pin-dir"])
+        .arg(pin_dir)
+        .output()
+        .expect("running detach");
+    assert_eq!(named.status.code(), Some(2), "{named:?}");
+    assert!(
+        String::from_utf8_lossy(&named.stderr).contains("eth0 has no filter pinned"),
+        "{named:?}"
+    );
+    assert!(!pin_dir.exists(), "nor does one that names an interface");
     let before = sink.received_from(attacker);
     send_udp(lab, Host::Attacker, to, 20, Duration::ZERO).expect("sending");
     assert_eq!(

@@ -55,9 +55,16 @@ pub(super) fn detach(args: &DetachArgs) -> Result<(), Failure> {
         .clone()
         .or(file.socket)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
-    if !pin_dir.exists() && ifaces.is_empty() {
+    if !pin_dir.exists() {
         // Nothing was ever pinned there: nothing to take off, and no folder
         // to create for it.
+        if let Some(iface) = ifaces.first() {
+            return Err(Failure::bad_input(format!(
+                "{iface} has no filter pinned in {}: the folder does not exist; nothing was \
+                 changed",
+                pin_dir.display()
+            )));
+        }
         println!("no filter pinned in {}", pin_dir.display());
         return Ok(());
     }
