@@ -165,7 +165,7 @@ fn tcp<const IP: usize>(
     shield: &Shield,
 ) -> Option<Verdict> {
     if flags & TCP_SYN != 0 && flags & (TCP_ACK | TCP_RST | TCP_FIN) == 0 {
-        return syn_cookie::<IP>(ctx, ip_offset, shield);
+        return syn_cookie::<IP>(ctx, ip_offset, source, shield);
     }
     if flags & TCP_SYN != 0 {
         // A SYN-ACK, or SYN with RST or FIN: never from a client.
@@ -529,6 +529,7 @@ impl Scratch {
 fn syn_cookie<const IP: usize>(
     ctx: &XdpContext,
     ip_offset: usize,
+    source: &Source,
     shield: &Shield,
 ) -> Option<Verdict> {
     let (_, th) = headers::<IP>(ctx, ip_offset)?;
@@ -543,7 +544,7 @@ fn syn_cookie<const IP: usize>(
     // The coarse clock: a listener's freshness is a matter of a second,
     // and the answer's timestamp keeps 64 ms steps (see [`timestamp`]).
     let now = features::coarse_now();
-    let cookie = cookie_for::<IP>(ctx, scratch, len, now);
+    let cookie = cookie_for::<IP>(ctx, scratch, (source, len), now);
     if cookie < 0 {
         return None;
     }
@@ -575,13 +576,27 @@ const LISTENER_FRESH_NS: u64 = 1_000_000_000;
 /// port is one key: with listeners on some of the host's addresses and not
 /// others, a SYN to another address may be answered for up to a second,
 /// and its ACK then dropped as out of state where the kernel would reset.
+///
+/// A SYN from a peer the host has had a connection with lately always
+/// takes the socket path ([`verified::seen_lately`]): its 4-tuple may have
+/// a socket still, most often one in `TIME_WAIT` after the host closed
+/// first, which must get the SYN itself (the kernel lets a new connection
+/// take that 4-tuple over). Answered with a cookie instead, the client's
+/// ACK would reach the old socket, and the connection the client thinks
+/// open would never be.
 #[inline(always)]
-fn cookie_for<const IP: usize>(ctx: &XdpContext, scratch: &mut Scratch, len: u32, now: u64) -> i64 {
+fn cookie_for<const IP: usize>(
+    ctx: &XdpContext,
+    scratch: &mut Scratch,
+    (source, len): (&Source, u32),
+    now: u64,
+) -> i64 {
     let port = u32::from(u16::from_be_bytes([scratch.header[2], scratch.header[3]]));
     let ip = Scratch::ip::<IP>(scratch);
     let th = scratch.header.as_mut_ptr();
     if let Some(seen) = SHIELD_LISTENERS.get(port)
         && now.saturating_sub(*seen) < LISTENER_FRESH_NS
+        && !verified::seen_lately(source, now)
     {
         // SAFETY: the IP header and `len` bytes of TCP header lie in the
         // scratch value (the helpers read their memory wherever it is).

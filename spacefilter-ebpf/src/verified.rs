@@ -7,7 +7,7 @@
 use spacefilter_common::{Verified, shield_flags, verified_how};
 
 use crate::{
-    maps::{SHIELD, SHIELD_BUDGET, VERIFIED, VERIFY_SETTINGS, VERIFY_STATS},
+    maps::{PEERS_SEEN, SHIELD, SHIELD_BUDGET, VERIFIED, VERIFY_SETTINGS, VERIFY_STATS},
     parse::Source,
 };
 
@@ -29,6 +29,66 @@ pub(crate) fn key(source: &Source) -> [u8; 16] {
     // SAFETY: two words are sixteen bytes, in memory's order: each word
     // is stored big-endian.
     unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([hi.to_be(), lo.to_be()]) }
+}
+
+/// How long after the host last proved a TCP peer real a SYN from it may
+/// meet a socket of its 4-tuple, in units of 2^30 ns (about 137 s): more
+/// than the minute a connection the host closed first stays in
+/// `TIME_WAIT` (`TCP_TIMEWAIT_LEN`), its last segment's proof (at most a
+/// second stale, see [`RENEW_NS`]) and a tick of the coarse clock.
+const SEEN_UNITS: u32 = 128;
+
+/// A [`PEERS_SEEN`] stamp: `now` in units of 2^30 ns, never 0 (a slot
+/// never written).
+#[inline(always)]
+fn seen_stamp(now: u64) -> u32 {
+    #[expect(clippy::cast_possible_truncation, reason = "a wrapping stamp")]
+    ((now >> 30) as u32).wrapping_add(1)
+}
+
+/// The [`PEERS_SEEN`] slot of a [`VERIFIED`] key: 16 bits of its hash.
+#[inline(always)]
+fn seen_slot(key: &[u8; 16]) -> u32 {
+    // SAFETY: sixteen bytes are two words.
+    let [hi, lo] = unsafe { core::mem::transmute::<[u8; 16], [u64; 2]>(*key) };
+    // The hash's top 16 bits.
+    ((hi ^ lo.rotate_left(32)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 48) as u32
+}
+
+/// Whether the host proved `source` a real TCP peer lately (within
+/// [`SEEN_UNITS`] of `now`), or a source sharing its slot: a SYN from it
+/// may belong to a 4-tuple the host still has a socket of, which only the
+/// shield's socket path sees (a connection the host closed first stays in
+/// `TIME_WAIT` for a minute, and a client that picks the same port again
+/// must reach that socket, not get a cookie). A forged flood's sources
+/// are never proven; those that share a real peer's slot take the slower
+/// path, and nothing else.
+#[inline(always)]
+pub(crate) fn seen_lately(source: &Source, now: u64) -> bool {
+    let Some(stamp) = PEERS_SEEN.get(seen_slot(&key(source))) else {
+        return true;
+    };
+    // Signed: another CPU may have stamped it with a clock read a moment
+    // after this one's.
+    #[expect(clippy::cast_possible_wrap, reason = "a wrapping difference, signed")]
+    let lately = *stamp != 0 && (seen_stamp(now).wrapping_sub(*stamp) as i32) < SEEN_UNITS as i32;
+    lately
+}
+
+/// Stamps the [`PEERS_SEEN`] slot of `key` at `now`, unless it already
+/// holds that stamp: a write a second per slot at most.
+#[inline(always)]
+fn stamp_seen(key: &[u8; 16], now: u64) {
+    let stamp = seen_stamp(now);
+    if let Some(seen) = PEERS_SEEN.get_ptr_mut(seen_slot(key)) {
+        // SAFETY: an array value; CPUs race on it, and either's write is
+        // right.
+        unsafe {
+            if *seen != stamp {
+                *seen = stamp;
+            }
+        }
+    }
 }
 
 /// Whether `source` is verified at `now`.
@@ -118,7 +178,8 @@ const PROBATION_NS: u64 = PROBATION_MS as u64 * 1_000_000;
 /// Records a proof (a [`spacefilter_common::verified_how`] value) that the
 /// source of `key` is real: it stays verified for the settings' idle time
 /// from `now`, or longer if it already was. Counts the sources verified
-/// anew.
+/// anew. A TCP proof (a connection, a cookie's ACK) also stamps the
+/// peer's slot for [`seen_lately`].
 ///
 /// A UDP answer (`REPLIED`) is the weakest proof: a service that answers
 /// any datagram answers forged sources too, within the shield's budget for
@@ -136,6 +197,9 @@ pub(crate) fn prove(key: &[u8; 16], how: u32, now: u64) {
     let Some(settings) = VERIFY_SETTINGS.get(0) else {
         return;
     };
+    if how == verified_how::ESTABLISHED || how == verified_how::COOKIE {
+        stamp_seen(key, now);
+    }
     let full = now + settings.idle_ns;
     #[expect(clippy::cast_possible_truncation, reason = "milliseconds, wrapping")]
     let now_ms = (now / 1_000_000) as u32;

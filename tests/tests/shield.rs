@@ -161,6 +161,132 @@ fn handshakes_through_cookies() {
     }
 }
 
+/// A client that opens a connection from a port it used a moment before,
+/// to a server that closed the last one first: the server holds that
+/// 4-tuple in `TIME_WAIT`, and the kernel lets the new SYN take it over.
+/// The shield must leave such a SYN to that socket: answered with a
+/// cookie, the client's ACK reaches the old socket, and the connection
+/// the client thinks open never is (a NAT gateway's users meet this).
+#[test]
+fn a_port_used_again_takes_over_the_servers_time_wait() {
+    let mut rig = Rig::new();
+    let port = rig.echo.port();
+    let wscale = kernel_wscale(&rig.lab);
+    rig.shield(&[(port, port)], wscale);
+    for family in [Family::V4, Family::V6] {
+        let server = SocketAddr::new(Host::Server.addr(family), port);
+        // The first connection, through a cookie: the server closes first.
+        let local = exchange_from(&rig.lab, family, 0, server)
+            .unwrap_or_else(|err| panic!("{family:?}: the first exchange: {err:#}"));
+        await_sockets(
+            &rig.lab,
+            Host::Listener,
+            &format!("sport = :{local}"),
+            false,
+        );
+        // The positive control of the case: the server holds the 4-tuple.
+        await_sockets(
+            &rig.lab,
+            Host::Server,
+            &format!("state time-wait dport = :{local}"),
+            true,
+        );
+        // Another connection from another port, so that the shield knows
+        // the port's listener and answers without a socket lookup where it
+        // may (the positive control of the path).
+        exchange_from(&rig.lab, family, 0, server)
+            .unwrap_or_else(|err| panic!("{family:?}: an exchange from another port: {err:#}"));
+        exchange_from(&rig.lab, family, local, server).unwrap_or_else(|err| {
+            panic!(
+                "{family:?}: an exchange from port {local} again: {err:#}; counters {:?}",
+                rig.counters().by_reason
+            )
+        });
+    }
+}
+
+/// Connects from the listener's address of `family` and `local` port (0:
+/// the kernel picks one; else bound with `SO_REUSEADDR`, as a client that
+/// keeps its port does), sends a line, reads the echo and the server's
+/// close, then closes; returns the local port. Within [`TIMEOUT`] each.
+fn exchange_from(lab: &Lab, family: Family, local: u16, to: SocketAddr) -> anyhow::Result<u16> {
+    use std::os::fd::OwnedFd;
+
+    use nix::sys::{
+        socket::{
+            AddressFamily, SockFlag, SockType, SockaddrStorage, bind, connect, setsockopt, socket,
+            sockopt,
+        },
+        time::TimeVal,
+    };
+    let fd: OwnedFd = lab.run_in(Host::Listener, || {
+        let domain = match family {
+            Family::V4 => AddressFamily::Inet,
+            Family::V6 => AddressFamily::Inet6,
+        };
+        let fd = socket(domain, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+        setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+        // `connect` gives up after the send timeout.
+        let timeout = TimeVal::new(TIMEOUT.as_secs().cast_signed(), 0);
+        setsockopt(&fd, sockopt::SendTimeout, &timeout)?;
+        let from = SocketAddr::new(Host::Listener.addr(family), local);
+        bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &SockaddrStorage::from(from),
+        )?;
+        connect(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &SockaddrStorage::from(to),
+        )?;
+        Ok::<_, nix::Error>(fd)
+    })??;
+    let mut stream = TcpStream::from(fd);
+    let local = stream.local_addr()?.port();
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.write_all(b"again\n")?;
+    let mut echo = [0u8; 6];
+    stream.read_exact(&mut echo)?;
+    anyhow::ensure!(&echo == b"again\n", "echoed {echo:?}");
+    // The server closes first: wait for its FIN, so that this side ends
+    // closed, not in TIME_WAIT.
+    let mut rest = [0u8; 1];
+    anyhow::ensure!(stream.read(&mut rest)? == 0, "more than the echo came");
+    Ok(local)
+}
+
+/// Waits until `ss` in `host`'s namespace lists TCP sockets matching
+/// `filter` (`present`) or none.
+fn await_sockets(lab: &Lab, host: Host, filter: &str, present: bool) {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let args: Vec<&str> = ["-Htan"]
+            .into_iter()
+            .chain(filter.split_whitespace())
+            .collect();
+        let out = lab
+            .run_in(host, || {
+                std::process::Command::new("ss").args(&args).output()
+            })
+            .expect("entering the namespace")
+            .expect("running ss");
+        assert!(out.status.success(), "ss {args:?}: {out:?}");
+        let listed = !String::from_utf8_lossy(&out.stdout).trim().is_empty();
+        if listed == present {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{host}: sockets matching {filter:?} {}",
+            if present {
+                "never appeared"
+            } else {
+                "never went"
+            }
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A bulk transfer through a connection opened from a cookie: window
 /// scaling and SACK come out as the kernel decodes them, or the transfer
 /// stalls or corrupts.
