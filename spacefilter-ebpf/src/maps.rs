@@ -28,8 +28,10 @@ use spacefilter_common::{
 
 /// Slots of [`SPOOF_SEEN`] (a power of two).
 pub(crate) const SPOOF_SEEN_SLOTS: u32 = 65_536;
-/// Slots of [`PEERS_SEEN`]: a slot is 16 bits of an address's hash.
-pub(crate) const PEERS_SEEN_SLOTS: u32 = 65_536;
+/// Bits of an address's hash that pick its [`PEERS_SEEN`] slot.
+pub(crate) const PEERS_SEEN_BITS: u32 = 12;
+/// Slots of [`PEERS_SEEN`].
+pub(crate) const PEERS_SEEN_SLOTS: usize = 1 << PEERS_SEEN_BITS;
 
 #[map]
 pub(crate) static CONFIG: Array<Config> = Array::with_max_entries(1, BPF_F_MMAPABLE);
@@ -231,12 +233,12 @@ pub(crate) static VERIFY_SETTINGS: Array<VerifySettings> = Array::with_max_entri
 #[map]
 pub(crate) static SHIELD_LISTENERS: Array<u64> = Array::with_max_entries(65_536, 0);
 
-/// When the host last proved a TCP peer real, by [`PEERS_SEEN_SLOTS`]
-/// slots of the peer's address (see `verified::seen_lately`): a SYN from
-/// such a peer may meet a socket of its 4-tuple (in `TIME_WAIT`, most
-/// often), which only the shield's socket path sees.
+/// When the host last proved a TCP peer real, in [`PEERS_SEEN_SLOTS`]
+/// slots of the peer's address (see `verified::seen_lately`), one value:
+/// a SYN from such a peer may meet a socket of its 4-tuple (in
+/// `TIME_WAIT`, most often), which only the shield's socket path sees.
 #[map]
-pub(crate) static PEERS_SEEN: Array<u32> = Array::with_max_entries(PEERS_SEEN_SLOTS, 0);
+pub(crate) static PEERS_SEEN: Array<[u16; PEERS_SEEN_SLOTS]> = Array::with_max_entries(1, 0);
 
 /// What the shield watches on its ports, per CPU (see
 /// [`spacefilter_common::shield_watch`]).

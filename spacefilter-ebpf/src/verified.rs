@@ -7,7 +7,9 @@
 use spacefilter_common::{Verified, shield_flags, verified_how};
 
 use crate::{
-    maps::{PEERS_SEEN, SHIELD, SHIELD_BUDGET, VERIFIED, VERIFY_SETTINGS, VERIFY_STATS},
+    maps::{
+        PEERS_SEEN, PEERS_SEEN_BITS, SHIELD, SHIELD_BUDGET, VERIFIED, VERIFY_SETTINGS, VERIFY_STATS,
+    },
     parse::Source,
 };
 
@@ -35,24 +37,29 @@ pub(crate) fn key(source: &Source) -> [u8; 16] {
 /// meet a socket of its 4-tuple, in units of 2^30 ns (about 137 s): more
 /// than the minute a connection the host closed first stays in
 /// `TIME_WAIT` (`TCP_TIMEWAIT_LEN`), its last segment's proof (at most a
-/// second stale, see [`RENEW_NS`]) and a tick of the coarse clock.
-const SEEN_UNITS: u32 = 128;
+/// second stale, see [`RENEW_NS`]), a stamp's rounding and a tick of the
+/// coarse clock.
+const SEEN_UNITS: i16 = 128;
 
-/// A [`PEERS_SEEN`] stamp: `now` in units of 2^30 ns, never 0 (a slot
-/// never written).
+/// A [`PEERS_SEEN`] stamp: `now` in units of 2^30 ns, odd (0 is a slot
+/// never written). It wraps every 19 hours: a slot last stamped a
+/// multiple of that ago reads as recent, which costs a SYN from its
+/// sources the socket path, nothing more.
 #[inline(always)]
-fn seen_stamp(now: u64) -> u32 {
+fn seen_stamp(now: u64) -> u16 {
     #[expect(clippy::cast_possible_truncation, reason = "a wrapping stamp")]
-    ((now >> 30) as u32).wrapping_add(1)
+    let stamp = (now >> 30) as u16 | 1;
+    stamp
 }
 
-/// The [`PEERS_SEEN`] slot of a [`VERIFIED`] key: 16 bits of its hash.
+/// The [`PEERS_SEEN`] slot of a [`VERIFIED`] key: the top bits of its
+/// hash.
 #[inline(always)]
-fn seen_slot(key: &[u8; 16]) -> u32 {
+fn seen_slot(key: &[u8; 16]) -> usize {
     // SAFETY: sixteen bytes are two words.
     let [hi, lo] = unsafe { core::mem::transmute::<[u8; 16], [u64; 2]>(*key) };
-    // The hash's top 16 bits.
-    ((hi ^ lo.rotate_left(32)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 48) as u32
+    ((hi ^ lo.rotate_left(32)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - PEERS_SEEN_BITS))
+        as usize
 }
 
 /// Whether the host proved `source` a real TCP peer lately (within
@@ -63,31 +70,42 @@ fn seen_slot(key: &[u8; 16]) -> u32 {
 /// must reach that socket, not get a cookie). A forged flood's sources
 /// are never proven; those that share a real peer's slot take the slower
 /// path, and nothing else.
+///
+/// The stamps are one value of 8 KiB, which a flood keeps in the nearest
+/// cache: a slot for each of 65 536 addresses (512 KiB as an array map's
+/// entries) cost a cache miss on every forged SYN, a tenth of the receive
+/// CPU's time. The price of the small table is its sharing: with N peers
+/// proven within the horizon, about N / 4096 of a flood's SYNs take the
+/// socket path.
 #[inline(always)]
 pub(crate) fn seen_lately(source: &Source, now: u64) -> bool {
-    let Some(stamp) = PEERS_SEEN.get(seen_slot(&key(source))) else {
+    let Some(stamps) = PEERS_SEEN.get(0) else {
+        return true;
+    };
+    let Some(&stamp) = stamps.get(seen_slot(&key(source))) else {
         return true;
     };
     // Signed: another CPU may have stamped it with a clock read a moment
     // after this one's.
     #[expect(clippy::cast_possible_wrap, reason = "a wrapping difference, signed")]
-    let lately = *stamp != 0 && (seen_stamp(now).wrapping_sub(*stamp) as i32) < SEEN_UNITS as i32;
+    let lately = stamp != 0 && (seen_stamp(now).wrapping_sub(stamp) as i16) < SEEN_UNITS;
     lately
 }
 
 /// Stamps the [`PEERS_SEEN`] slot of `key` at `now`, unless it already
-/// holds that stamp: a write a second per slot at most.
+/// holds that stamp: a write every two seconds per slot at most.
 #[inline(always)]
 fn stamp_seen(key: &[u8; 16], now: u64) {
     let stamp = seen_stamp(now);
-    if let Some(seen) = PEERS_SEEN.get_ptr_mut(seen_slot(key)) {
-        // SAFETY: an array value; CPUs race on it, and either's write is
-        // right.
-        unsafe {
-            if *seen != stamp {
-                *seen = stamp;
-            }
-        }
+    let Some(stamps) = PEERS_SEEN.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: the array's only value; CPUs race on its slots, and
+    // either's write is right.
+    if let Some(seen) = unsafe { (*stamps).get_mut(seen_slot(key)) }
+        && *seen != stamp
+    {
+        *seen = stamp;
     }
 }
 
