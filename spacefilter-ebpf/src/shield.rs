@@ -633,12 +633,13 @@ fn cookie_for<const IP: usize>(
 }
 
 /// Copies the SYN's IP header and its TCP header (`tcp_len` bytes, as its
-/// data offset says) into the scratch value, with one `bpf_xdp_load_bytes`
-/// (kernel 5.18): the IP header ends where the TCP header's room begins
-/// ([`Scratch::ip`]), zeros after the TCP header; returns the TCP header's
-/// length, or `None` if it does not fit the frame. One copy covers every
-/// length a header can have, where in the packet the verifier would want
-/// each length proven on a branch of its own.
+/// data offset says) into the scratch value: the IP header ends where the
+/// TCP header's room begins ([`Scratch::ip`]), zeros after the TCP header;
+/// returns the TCP header's length, or `None` if it does not fit the
+/// frame. The two common lengths are read a word at a time ([`take`]);
+/// any other with one `bpf_xdp_load_bytes` (kernel 5.18), which covers
+/// every length a header can have, where in the packet the verifier would
+/// want each length proven on a branch of its own.
 #[inline(always)]
 fn copy_headers<const IP: usize>(
     ctx: &XdpContext,
@@ -648,6 +649,24 @@ fn copy_headers<const IP: usize>(
 ) -> Option<u32> {
     // The options walk reads the first 64 bytes: zeros after the header.
     zero_words::<8>(scratch.header.as_mut_ptr());
+    // The two common shapes, read a word at a time: a SYN without options
+    // (a flood's, often) and Linux's (20 bytes of options). A helper call
+    // and its copy cost more than the words.
+    let (at, end, to) = (
+        ctx.data() + ip_offset,
+        ctx.data_end(),
+        Scratch::ip::<IP>(scratch),
+    );
+    let taken = match (IP == IPV6_LEN, tcp_len) {
+        (false, 20) => take::<{ IPV4_LEN + 20 }>(at, end, to).then_some(20),
+        (false, 40) => take::<{ IPV4_LEN + 40 }>(at, end, to).then_some(40),
+        (true, 20) => take::<{ IPV6_LEN + 20 }>(at, end, to).then_some(20),
+        (true, 40) => take::<{ IPV6_LEN + 40 }>(at, end, to).then_some(40),
+        _ => None,
+    };
+    if taken.is_some() {
+        return taken;
+    }
     // 20 and up, as the verifier must see on the register it is given (a
     // bound checked apart is lost); past 60 only for a data offset below 5,
     // which the cookie helper refuses.
@@ -922,6 +941,29 @@ fn turn_around<const IP: usize>(
         (true, false) => put::<{ IPV6_LEN + SHORT_TCP_LEN }>(at, end, answer),
     };
     if written { ANSWERED } else { SPOILED }
+}
+
+/// Copies the `N` bytes (a multiple of 4) of the packet at `at` to `to`
+/// (4-aligned in the scratch value), if they lie before `end`: a 32-bit
+/// word at a time, as [`put`] writes them (and on the same alignment).
+#[inline(always)]
+#[expect(
+    clippy::cast_ptr_alignment,
+    reason = "the packet's IP header and the scratch value's, as in `put`"
+)]
+fn take<const N: usize>(at: usize, end: usize, to: *mut u8) -> bool {
+    if at + N > end {
+        return false;
+    }
+    let from = at as *const u32;
+    let to = to.cast::<u32>();
+    for i in 0..N / 4 {
+        // SAFETY: the N bytes lie in the packet, checked just above, and
+        // the scratch value holds them at `to`; volatile, so that LLVM does
+        // not make a byte-wise `memcpy` of the loop.
+        unsafe { core::ptr::write_volatile(to.add(i), core::ptr::read(from.add(i))) };
+    }
+    true
 }
 
 /// Writes the first `N` bytes (a multiple of 4) of `answer` at `at`, if
