@@ -25,7 +25,7 @@ use spacefilter_tests::{
     netns::{Family, Host, Lab},
     packets::{Ext, Packet, TPID_8021Q},
     require_root, shield,
-    traffic::{TcpEcho, tcp_exchange},
+    traffic::{TcpEcho, tcp_exchange, wait_until},
 };
 
 const CAPACITY: u32 = 1024;
@@ -257,12 +257,11 @@ fn exchange_from(lab: &Lab, family: Family, local: u16, to: SocketAddr) -> anyho
 /// Waits until `ss` in `host`'s namespace lists TCP sockets matching
 /// `filter` (`present`) or none.
 fn await_sockets(lab: &Lab, host: Host, filter: &str, present: bool) {
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    loop {
-        let args: Vec<&str> = ["-Htan"]
-            .into_iter()
-            .chain(filter.split_whitespace())
-            .collect();
+    let args: Vec<&str> = ["-Htan"]
+        .into_iter()
+        .chain(filter.split_whitespace())
+        .collect();
+    let listed = || {
         let out = lab
             .run_in(host, || {
                 std::process::Command::new("ss").args(&args).output()
@@ -270,21 +269,17 @@ fn await_sockets(lab: &Lab, host: Host, filter: &str, present: bool) {
             .expect("entering the namespace")
             .expect("running ss");
         assert!(out.status.success(), "ss {args:?}: {out:?}");
-        let listed = !String::from_utf8_lossy(&out.stdout).trim().is_empty();
-        if listed == present {
-            return;
+        !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+    };
+    assert!(
+        wait_until(TIMEOUT, || listed() == present),
+        "{host}: sockets matching {filter:?} {}",
+        if present {
+            "never appeared"
+        } else {
+            "never went"
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{host}: sockets matching {filter:?} {}",
-            if present {
-                "never appeared"
-            } else {
-                "never went"
-            }
-        );
-        thread::sleep(Duration::from_millis(10));
-    }
+    );
 }
 
 /// A bulk transfer through a connection opened from a cookie: window
