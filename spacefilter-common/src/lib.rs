@@ -1064,6 +1064,12 @@ pub mod features {
 /// The name of the program's read-only global holding [`features`] bits.
 pub const FEATURES_GLOBAL: &str = "FEATURES";
 
+/// The name of the program's read-only global holding the length of the
+/// kernel's tick (`1 s / HZ`) in nanoseconds, 0 where the loader could not
+/// learn it: the program multiplies `jiffies` by it for a clock it reads
+/// without a helper call.
+pub const TICK_NS_GLOBAL: &str = "TICK_NS";
+
 /// Bits of [`Observe::flags`].
 pub mod observe_flags {
     /// Dropped frames are sampled into the `SAMPLES` ring buffer.

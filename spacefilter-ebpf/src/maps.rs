@@ -229,7 +229,8 @@ pub(crate) static VERIFY_STATS: PerCpuArray<u64> =
 pub(crate) static VERIFY_SETTINGS: Array<VerifySettings> = Array::with_max_entries(1, 0);
 
 /// When the shield last found a listener on each port through the
-/// socket path (monotonic ns; see `shield::cookie_for`).
+/// socket path (the tick clock, `features::tick_now`; see
+/// `shield::cookie_for`).
 #[map]
 pub(crate) static SHIELD_LISTENERS: Array<u64> = Array::with_max_entries(65_536, 0);
 

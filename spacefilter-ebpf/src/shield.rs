@@ -496,7 +496,8 @@ pub(crate) struct Scratch {
     /// The SYN's IP header, ending where `header` begins (IPv4: the last 20
     /// bytes), so that one copy fills both; see [`Scratch::ip`].
     ip: [u8; IPV6_LEN],
-    /// The SYN's TCP header, options included, then zeros.
+    /// The SYN's TCP header, options included, then zeros up to the 64th
+    /// byte after a header with options (see [`copy_headers`]).
     header: [u8; HEADER_ROOM],
     walk: Walk,
     /// The 4-tuple of a socket lookup.
@@ -541,15 +542,14 @@ fn syn_cookie<const IP: usize>(
     // runs.
     let scratch = unsafe { &mut *scratch };
     let len = copy_headers::<IP>(ctx, ip_offset & 0x1f, tcp_len, scratch)?;
-    // The coarse clock: a listener's freshness is a matter of a second,
-    // and the answer's timestamp keeps 64 ms steps (see [`timestamp`]).
-    let now = features::coarse_now();
-    let cookie = cookie_for::<IP>(ctx, scratch, (source, len), now);
+    // The tick clock: a listener's freshness and a peer's last proof are
+    // matters of seconds.
+    let cookie = cookie_for::<IP>(ctx, scratch, (source, len), features::tick_now());
     if cookie < 0 {
         return None;
     }
     let offer = offer(scratch, tcp_len.saturating_sub(20));
-    let long = synack::<IP>(scratch, cookie as u32, offer, shield, now);
+    let long = synack::<IP>(scratch, cookie as u32, offer, shield);
     Some(turn_around::<IP>(
         ctx,
         ip_offset & 0x1f,
@@ -591,6 +591,8 @@ fn cookie_for<const IP: usize>(
     (source, len): (&Source, u32),
     now: u64,
 ) -> i64 {
+    // `now` is the tick clock ([`features::tick_now`]), as are the
+    // listeners' stamps and the peers' (see [`verified::seen_lately`]).
     let port = u32::from(u16::from_be_bytes([scratch.header[2], scratch.header[3]]));
     let ip = Scratch::ip::<IP>(scratch);
     let th = scratch.header.as_mut_ptr();
@@ -634,8 +636,8 @@ fn cookie_for<const IP: usize>(
 
 /// Copies the SYN's IP header and its TCP header (`tcp_len` bytes, as its
 /// data offset says) into the scratch value: the IP header ends where the
-/// TCP header's room begins ([`Scratch::ip`]), zeros after the TCP header;
-/// returns the TCP header's length, or `None` if it does not fit the
+/// TCP header's room begins ([`Scratch::ip`]), zeros after a TCP header
+/// with options; returns the TCP header's length, or `None` if it does not fit the
 /// frame. The two common lengths are read a word at a time ([`take`]);
 /// any other with one `bpf_xdp_load_bytes` (kernel 5.18), which covers
 /// every length a header can have, where in the packet the verifier would
@@ -647,8 +649,6 @@ fn copy_headers<const IP: usize>(
     tcp_len: usize,
     scratch: &mut Scratch,
 ) -> Option<u32> {
-    // The options walk reads the first 64 bytes: zeros after the header.
-    zero_words::<8>(scratch.header.as_mut_ptr());
     // The two common shapes, read a word at a time: a SYN without options
     // (a flood's, often) and Linux's (20 bytes of options). A helper call
     // and its copy cost more than the words.
@@ -657,16 +657,29 @@ fn copy_headers<const IP: usize>(
         ctx.data_end(),
         Scratch::ip::<IP>(scratch),
     );
+    // The options walk ([`offer`]) reads up to the header's 64th byte:
+    // zeros after a header with options. Without options, nothing reads
+    // past the header.
+    let header = scratch.header.as_mut_ptr();
     let taken = match (IP == IPV6_LEN, tcp_len) {
         (false, 20) => take::<{ IPV4_LEN + 20 }>(at, end, to).then_some(20),
-        (false, 40) => take::<{ IPV4_LEN + 40 }>(at, end, to).then_some(40),
         (true, 20) => take::<{ IPV6_LEN + 20 }>(at, end, to).then_some(20),
-        (true, 40) => take::<{ IPV6_LEN + 40 }>(at, end, to).then_some(40),
+        (v6, 40) => {
+            // SAFETY: bytes 40 to 64 of the header's room.
+            zero_words::<3>(unsafe { header.add(40) });
+            let taken = if v6 {
+                take::<{ IPV6_LEN + 40 }>(at, end, to)
+            } else {
+                take::<{ IPV4_LEN + 40 }>(at, end, to)
+            };
+            taken.then_some(40)
+        }
         _ => None,
     };
     if taken.is_some() {
         return taken;
     }
+    zero_words::<8>(header);
     // 20 and up, as the verifier must see on the register it is given (a
     // bound checked apart is lost); past 60 only for a data offset below 5,
     // which the cookie helper refuses.
@@ -703,7 +716,6 @@ fn synack<const IP: usize>(
     cookie: u32,
     offer: Offer,
     shield: &Shield,
-    now: u64,
 ) -> bool {
     let timestamps = shield.flags & shield_flags::TIMESTAMPS != 0;
     // With a timestamp, 20 bytes of options; without, the MSS alone.
@@ -783,7 +795,10 @@ fn synack<const IP: usize>(
             _ => None,
         };
         tcp[6] = (if sack { 0x0402_080a_u32 } else { 0x0101_080a }).to_be();
-        tcp[7] = timestamp(wscale, sack, now).to_be();
+        // The coarse clock, read only for an answer that carries a
+        // timestamp: the kernel's TCP clock is the monotonic one, and the
+        // timestamp keeps 64 ms steps (see [`timestamp`]).
+        tcp[7] = timestamp(wscale, sack, features::coarse_now()).to_be();
         tcp[8] = tsecr.to_be();
         tcp[9] = (if wscale.is_some() {
             0x0103_0300 | (shield.wscale & 0xff)

@@ -7,6 +7,7 @@
 use spacefilter_common::{Verified, shield_flags, verified_how};
 
 use crate::{
+    features,
     maps::{
         PEERS_SEEN, PEERS_SEEN_BITS, SHIELD, SHIELD_BUDGET, VERIFIED, VERIFY_SETTINGS, VERIFY_STATS,
     },
@@ -38,10 +39,11 @@ pub(crate) fn key(source: &Source) -> [u8; 16] {
 /// than the minute a connection the host closed first stays in
 /// `TIME_WAIT` (`TCP_TIMEWAIT_LEN`), its last segment's proof (at most a
 /// second stale, see [`RENEW_NS`]), a stamp's rounding and a tick of the
-/// coarse clock.
+/// clock.
 const SEEN_UNITS: i16 = 128;
 
-/// A [`PEERS_SEEN`] stamp: `now` in units of 2^30 ns, odd (0 is a slot
+/// A [`PEERS_SEEN`] stamp: `now`, read from the tick clock
+/// ([`crate::features::tick_now`]), in units of 2^30 ns, odd (0 is a slot
 /// never written). It wraps every 19 hours: a slot last stamped a
 /// multiple of that ago reads as recent, which costs a SYN from its
 /// sources the socket path, nothing more.
@@ -63,7 +65,7 @@ fn seen_slot(key: &[u8; 16]) -> usize {
 }
 
 /// Whether the host proved `source` a real TCP peer lately (within
-/// [`SEEN_UNITS`] of `now`), or a source sharing its slot: a SYN from it
+/// [`SEEN_UNITS`] of `now`, read from the tick clock), or a source sharing its slot: a SYN from it
 /// may belong to a 4-tuple the host still has a socket of, which only the
 /// shield's socket path sees (a connection the host closed first stays in
 /// `TIME_WAIT` for a minute, and a client that picks the same port again
@@ -216,7 +218,7 @@ pub(crate) fn prove(key: &[u8; 16], how: u32, now: u64) {
         return;
     };
     if how == verified_how::ESTABLISHED || how == verified_how::COOKIE {
-        stamp_seen(key, now);
+        stamp_seen(key, features::tick_now());
     }
     let full = now + settings.idle_ns;
     #[expect(clippy::cast_possible_truncation, reason = "milliseconds, wrapping")]

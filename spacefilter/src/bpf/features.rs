@@ -212,6 +212,95 @@ fn probe_with(without: u32, has: &dyn Fn(BpfHelper) -> bool, tcx: bool) -> (u32,
     (bits, off)
 }
 
+/// The kernel's tick (`1 s / HZ`) in nanoseconds, for the program's clock
+/// read without a helper call (see `TICK_NS_GLOBAL`); `None` where it
+/// cannot be learnt, and the program then reads the coarse clock (a helper
+/// call, a few percent of the receive CPU under a SYN flood). From the
+/// kernel's configuration (`/boot/config-RELEASE`) where it is installed,
+/// else counted: `jiffies` in `/proc/timer_list` over 100 ms of the
+/// monotonic clock, rounded to the nearest HZ that x86-64 and arm64 kernels
+/// are built with. Learnt once per process, and logged.
+#[must_use]
+pub fn tick_ns() -> Option<u64> {
+    static TICK: OnceLock<Option<u64>> = OnceLock::new();
+    *TICK.get_or_init(|| {
+        let hz = configured_hz()
+            .map(|hz| (hz, "the kernel's configuration"))
+            .or_else(|| counted_hz().map(|hz| (hz, "jiffies counted in /proc/timer_list")));
+        match hz {
+            Some((hz, from)) => {
+                log::info!("the kernel's tick: HZ {hz} ({from})");
+                Some(1_000_000_000 / hz)
+            }
+            None => {
+                log::warn!(
+                    "the kernel's tick length is unknown (no CONFIG_HZ in /boot, and \
+                     /proc/timer_list unreadable or unclear): the shield reads the coarse clock \
+                     for each SYN it answers"
+                );
+                None
+            }
+        }
+    })
+}
+
+/// `CONFIG_HZ` from `/boot/config-RELEASE`, if there.
+fn configured_hz() -> Option<u64> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let config = std::fs::read_to_string(format!("/boot/config-{}", release.trim())).ok()?;
+    hz_in_config(&config)
+}
+
+fn hz_in_config(config: &str) -> Option<u64> {
+    config
+        .lines()
+        .find_map(|line| line.strip_prefix("CONFIG_HZ="))
+        .and_then(|value| value.trim().parse().ok())
+        .filter(|hz| (10..=10_000).contains(hz))
+}
+
+/// HZ counted: `jiffies` over 100 ms of the monotonic clock, both read from
+/// `/proc/timer_list` (root only).
+fn counted_hz() -> Option<u64> {
+    let first = timer_list_clocks()?;
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let second = timer_list_clocks()?;
+    hz_from_counts(first, second)
+}
+
+/// The monotonic clock (`now at N nsecs`) and `jiffies` (the first
+/// `jiffies: N` line), as `/proc/timer_list` shows them.
+fn timer_list_clocks() -> Option<(u64, u64)> {
+    use std::io::BufRead;
+    let file = std::fs::File::open("/proc/timer_list").ok()?;
+    let mut now = None;
+    for line in std::io::BufReader::new(file).lines() {
+        let line = line.ok()?;
+        if let Some(rest) = line.strip_prefix("now at ") {
+            now = rest.strip_suffix(" nsecs")?.trim().parse().ok();
+        } else if let Some(rest) = line.strip_prefix("jiffies: ") {
+            return Some((now?, rest.trim().parse().ok()?));
+        }
+    }
+    None
+}
+
+/// The HZ (100, 250, 300 or 1000) within 10 % of the rate `jiffies` moved
+/// at between two readings of (monotonic ns, jiffies), if any.
+fn hz_from_counts((ns0, j0): (u64, u64), (ns1, j1): (u64, u64)) -> Option<u64> {
+    let (ns, ticks) = (ns1.checked_sub(ns0)?, j1.checked_sub(j0)?);
+    if ns < 50_000_000 {
+        return None;
+    }
+    #[expect(clippy::cast_precision_loss, reason = "a rate")]
+    let rate = ticks as f64 * 1e9 / ns as f64;
+    [100_u64, 250, 300, 1000].into_iter().find(|&hz| {
+        #[expect(clippy::cast_precision_loss, reason = "a small number")]
+        let hz = hz as f64;
+        (rate - hz).abs() <= hz * 0.1
+    })
+}
+
 /// What the program cannot do without, with the kernel that brought it.
 const REQUIRED: [(Requirement, &str, &str); 4] = [
     (
@@ -271,6 +360,43 @@ mod tests {
         // A probe that cannot tell refuses nothing.
         assert_eq!(require_with(&|_| None), Ok(()));
         assert_eq!(require_with(&|_| Some(true)), Ok(()));
+    }
+
+    #[test]
+    fn the_tick_comes_from_the_config_or_from_counted_jiffies() {
+        assert_eq!(
+            hz_in_config("# CONFIG_HZ_1000 is not set\nCONFIG_HZ_250=y\nCONFIG_HZ=250\n"),
+            Some(250)
+        );
+        assert_eq!(hz_in_config("CONFIG_HZ_PERIODIC=y\n"), None);
+        assert_eq!(hz_in_config("CONFIG_HZ=0\n"), None);
+        // 100 ms: 25 ticks at 250, give or take one.
+        let at = (11_586_445_750_485, 4_297_788_843);
+        assert_eq!(
+            hz_from_counts(at, (at.0 + 100_000_000, at.1 + 24)),
+            Some(250)
+        );
+        assert_eq!(
+            hz_from_counts(at, (at.0 + 100_000_000, at.1 + 26)),
+            Some(250)
+        );
+        assert_eq!(
+            hz_from_counts(at, (at.0 + 100_000_000, at.1 + 31)),
+            Some(300)
+        );
+        assert_eq!(
+            hz_from_counts(at, (at.0 + 100_000_000, at.1 + 101)),
+            Some(1000)
+        );
+        assert_eq!(
+            hz_from_counts(at, (at.0 + 100_000_000, at.1 + 9)),
+            Some(100)
+        );
+        // Between the values kernels are built with, too short, or
+        // backwards: unknown.
+        assert_eq!(hz_from_counts(at, (at.0 + 100_000_000, at.1 + 60)), None);
+        assert_eq!(hz_from_counts(at, (at.0 + 1_000_000, at.1 + 1)), None);
+        assert_eq!(hz_from_counts(at, (at.0 - 1, at.1 + 25)), None);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use aya::{EbpfLoader, programs::Xdp};
 use spacefilter_common::{
-    FEATURES_GLOBAL, PROGRAM_NAME, hit_values,
+    FEATURES_GLOBAL, PROGRAM_NAME, TICK_NS_GLOBAL, hit_values,
     lookup::{MAX_CAPACITY, buckets_for},
     map_names,
 };
@@ -37,6 +37,8 @@ impl Filter {
         let (features, features_off) = probe_features(without);
         let mut loader = EbpfLoader::new();
         loader.override_global(FEATURES_GLOBAL, &features, true);
+        let tick_ns = features::tick_ns().unwrap_or(0);
+        loader.override_global(TICK_NS_GLOBAL, &tick_ns, true);
         // Each family's tables hold up to `capacity` keys.
         for name in [map_names::V4_BUCKETS, map_names::V6_BUCKETS] {
             loader.map_max_entries(name, buckets_for(capacity));
