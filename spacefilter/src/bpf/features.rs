@@ -227,20 +227,16 @@ pub fn tick_ns() -> Option<u64> {
         let hz = configured_hz()
             .map(|hz| (hz, "the kernel's configuration"))
             .or_else(|| counted_hz().map(|hz| (hz, "jiffies counted in /proc/timer_list")));
-        match hz {
-            Some((hz, from)) => {
-                log::info!("the kernel's tick: HZ {hz} ({from})");
-                Some(1_000_000_000 / hz)
-            }
-            None => {
-                log::warn!(
-                    "the kernel's tick length is unknown (no CONFIG_HZ in /boot, and \
-                     /proc/timer_list unreadable or unclear): the shield reads the coarse clock \
-                     for each SYN it answers"
-                );
-                None
-            }
-        }
+        let Some((hz, from)) = hz else {
+            log::warn!(
+                "the kernel's tick length is unknown (no CONFIG_HZ in /boot, and \
+                 /proc/timer_list unreadable or unclear): the shield reads the coarse clock for \
+                 each SYN it answers"
+            );
+            return None;
+        };
+        log::info!("the kernel's tick: HZ {hz} ({from})");
+        Some(1_000_000_000 / hz)
     })
 }
 
