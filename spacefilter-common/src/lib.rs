@@ -889,6 +889,11 @@ pub const MAX_HEADER_RULES: u32 = 32;
 /// `HEADER_ACTIVE` switches every frame over to it.
 pub const HEADER_RULE_SETS: u32 = 2;
 
+/// In `HEADER_ACTIVE`'s word, beside the index of the set in force (bit
+/// 0): the set holds at least one rule. Without it, a frame leaves the
+/// header rules' stage after that one read.
+pub const HEADER_SET_HOLDS_RULES: u32 = 1 << 1;
+
 /// Values of [`HeaderRule::action`]; 0 marks the end of the rules.
 pub mod rule_action {
     pub const DROP: u32 = 1;

@@ -10,7 +10,8 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use spacefilter_common::{
-    HeaderRule, MAX_HEADER_RULES, Reason, rule_action, rule_flags, tokens::burst_holds_a_tick,
+    HEADER_SET_HOLDS_RULES, HeaderRule, MAX_HEADER_RULES, Reason, rule_action, rule_flags,
+    tokens::burst_holds_a_tick,
 };
 
 use crate::{
@@ -50,9 +51,13 @@ pub(crate) fn check(l4: &L4, len: u64) -> Option<Verdict> {
         reason = "frames are far below 4 GiB"
     )]
     let len32 = len as u32;
-    // Without a branch: two paths here would double the verifier's work
-    // on everything after.
-    let base = (HEADER_ACTIVE.get(0).copied().unwrap_or(0) & 1) * MAX_HEADER_RULES;
+    let active = HEADER_ACTIVE.get(0).copied().unwrap_or(0);
+    if active & HEADER_SET_HOLDS_RULES == 0 {
+        return None;
+    }
+    // The set without a branch: two paths here would double the
+    // verifier's work on everything after.
+    let base = (active & 1) * MAX_HEADER_RULES;
     for index in 0..MAX_HEADER_RULES {
         let slot = base + index;
         let rule = HEADER_RULES.get(slot)?;

@@ -1,6 +1,7 @@
 //! The rules on headers in the kernel (see `spacefilter-ebpf/src/rules.rs`).
 //!
-//! The program holds two rule sets and reads the one `HEADER_ACTIVE` names.
+//! The program holds two rule sets and reads the one `HEADER_ACTIVE` names
+//! (with whether it holds any rule, `HEADER_SET_HOLDS_RULES`).
 //! An edit writes the complete new list into the other set, then switches
 //! with one write: a frame sees the old list or the new one, never a mix.
 //! A rule that is in both lists keeps its budget and its hit count.
@@ -9,7 +10,7 @@ use aya::{
     maps::{Array, MapData, PerCpuArray, PerCpuValues},
     util::nr_cpus,
 };
-use spacefilter_common::{Bucket, HeaderRule, MAX_HEADER_RULES, map_names};
+use spacefilter_common::{Bucket, HEADER_SET_HOLDS_RULES, HeaderRule, MAX_HEADER_RULES, map_names};
 
 use super::{ListError, MapSource, take};
 
@@ -152,8 +153,13 @@ impl HeaderRules {
             return Ok(());
         };
         let next = self.set ^ 1;
+        let holds = if rules.is_empty() {
+            0
+        } else {
+            HEADER_SET_HOLDS_RULES
+        };
         self.active
-            .set(0, next, 0)
+            .set(0, next | holds, 0)
             .map_err(|source| ListError::Update {
                 name: map_names::HEADER_ACTIVE,
                 source,
