@@ -366,28 +366,12 @@ mod tests {
         );
         assert_eq!(hz_in_config("CONFIG_HZ_PERIODIC=y\n"), None);
         assert_eq!(hz_in_config("CONFIG_HZ=0\n"), None);
-        // 100 ms: 25 ticks at 250, give or take one.
+        // Over 100 ms: 25 ticks at 250, give or take one, and so on.
         let at = (11_586_445_750_485, 4_297_788_843);
-        assert_eq!(
-            hz_from_counts(at, (at.0 + 100_000_000, at.1 + 24)),
-            Some(250)
-        );
-        assert_eq!(
-            hz_from_counts(at, (at.0 + 100_000_000, at.1 + 26)),
-            Some(250)
-        );
-        assert_eq!(
-            hz_from_counts(at, (at.0 + 100_000_000, at.1 + 31)),
-            Some(300)
-        );
-        assert_eq!(
-            hz_from_counts(at, (at.0 + 100_000_000, at.1 + 101)),
-            Some(1000)
-        );
-        assert_eq!(
-            hz_from_counts(at, (at.0 + 100_000_000, at.1 + 9)),
-            Some(100)
-        );
+        for (ticks, hz) in [(24, 250), (26, 250), (31, 300), (101, 1000), (9, 100)] {
+            let later = (at.0 + 100_000_000, at.1 + ticks);
+            assert_eq!(hz_from_counts(at, later), Some(hz), "{ticks} ticks");
+        }
         // Between the values kernels are built with, too short, or
         // backwards: unknown.
         assert_eq!(hz_from_counts(at, (at.0 + 100_000_000, at.1 + 60)), None);
