@@ -634,14 +634,14 @@ fn cookie_for<const IP: usize>(
     cookie
 }
 
-/// Copies the SYN's IP header and its TCP header (`tcp_len` bytes, as its
-/// data offset says) into the scratch value: the IP header ends where the
-/// TCP header's room begins ([`Scratch::ip`]), zeros after a TCP header
-/// with options; returns the TCP header's length, or `None` if it does not fit the
-/// frame. The two common lengths are read a word at a time ([`take`]);
-/// any other with one `bpf_xdp_load_bytes` (kernel 5.18), which covers
-/// every length a header can have, where in the packet the verifier would
-/// want each length proven on a branch of its own.
+/// Copies the SYN's IP header and its TCP header (`tcp_len` bytes, as its data
+/// offset says) into the scratch value: the IP header ends where the TCP
+/// header's room begins ([`Scratch::ip`]), zeros after a TCP header with
+/// options; returns the TCP header's length, or `None` if it does not fit the
+/// frame. The two common lengths are read a word at a time ([`take`]); any
+/// other with one `bpf_xdp_load_bytes` (kernel 5.18), which covers every length
+/// a header can have, where in the packet the verifier would want each length
+/// proven on a branch of its own.
 #[inline(always)]
 fn copy_headers<const IP: usize>(
     ctx: &XdpContext,

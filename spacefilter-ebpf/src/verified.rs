@@ -65,13 +65,13 @@ fn seen_slot(key: &[u8; 16]) -> usize {
 }
 
 /// Whether the host proved `source` a real TCP peer lately (within
-/// [`SEEN_UNITS`] of `now`, read from the tick clock), or a source sharing its slot: a SYN from it
-/// may belong to a 4-tuple the host still has a socket of, which only the
-/// shield's socket path sees (a connection the host closed first stays in
-/// `TIME_WAIT` for a minute, and a client that picks the same port again
-/// must reach that socket, not get a cookie). A forged flood's sources
-/// are never proven; those that share a real peer's slot take the slower
-/// path, and nothing else.
+/// [`SEEN_UNITS`] of `now`, read from the tick clock), or a source sharing its
+/// slot: a SYN from it may belong to a 4-tuple the host still has a socket of,
+/// which only the shield's socket path sees (a connection the host closed first
+/// stays in `TIME_WAIT` for a minute, and a client that picks the same port
+/// again must reach that socket, not get a cookie). A forged flood's sources
+/// are never proven; those that share a real peer's slot take the slower path,
+/// and nothing else.
 ///
 /// The stamps are one value of 8 KiB, which a flood keeps in the nearest
 /// cache: a slot for each of 65 536 addresses (512 KiB as an array map's
