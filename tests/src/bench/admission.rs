@@ -570,8 +570,26 @@ pub fn admission(duration: Duration) -> anyhow::Result<Admitted> {
         eprintln!("bench: admission, {}", row.summary());
         rows.push(row);
     }
-    let mut cost_pairs = Vec::new();
-    for pair in 1..=COST_PAIRS {
+    let cost_pairs = cost_pairs(duration, COST_PAIRS)?;
+    let profiled =
+        admission_run(Admission::Shield, duration, true).context("the shield, profiled")?;
+    eprintln!("bench: admission, profiled: {}", profiled.summary());
+    Ok(Admitted {
+        cost_pairs,
+        profiled: Some(profiled),
+        syn: rows,
+        established: established(duration)?,
+        storm: storm()?,
+    })
+}
+
+/// `pairs` pairs of rows against the SYN flood, the shield's then
+/// nftables', one after the other, `duration` each: the receive ns a frame
+/// of each pair. Also the bench's part `cost`, for working on the shield's
+/// cost: printed, not written.
+pub fn cost_pairs(duration: Duration, pairs: usize) -> anyhow::Result<Vec<(f64, f64)>> {
+    let mut out = Vec::new();
+    for pair in 1..=pairs {
         let mut ns = [0.0; 2];
         for (admission, ns) in [Admission::Shield, Admission::Nftables]
             .into_iter()
@@ -583,18 +601,32 @@ pub fn admission(duration: Duration) -> anyhow::Result<Admitted> {
             eprintln!("bench: admission, cost pair {pair}: {}", row.summary());
             *ns = row.receive_ns;
         }
-        cost_pairs.push((ns[0], ns[1]));
+        eprintln!(
+            "bench: cost pair {pair}: the shield {:.0} ns a frame against nftables' {:.0}, {:.2} ×",
+            ns[0],
+            ns[1],
+            ns[0] / ns[1].max(1e-9)
+        );
+        out.push((ns[0], ns[1]));
     }
-    let profiled =
-        admission_run(Admission::Shield, duration, true).context("the shield, profiled")?;
-    eprintln!("bench: admission, profiled: {}", profiled.summary());
-    Ok(Admitted {
-        cost_pairs,
-        profiled: Some(profiled),
-        syn: rows,
-        established: established(duration)?,
-        storm: storm()?,
-    })
+    Ok(out)
+}
+
+/// The median of the pairs' ratios, the shield's receive ns a frame over
+/// nftables'; `None` without pairs.
+#[must_use]
+pub fn median_ratio(pairs: &[(f64, f64)]) -> Option<f64> {
+    let mut ratios: Vec<f64> = pairs
+        .iter()
+        .map(|&(shield, nft)| shield / nft.max(1e-9))
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let mid = ratios.len() / 2;
+    match ratios.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(ratios[mid]),
+        _ => Some(f64::midpoint(ratios[mid - 1], ratios[mid])),
+    }
 }
 
 /// The "Admission" section of the report, with the shield's own costs.
@@ -696,50 +728,36 @@ pub fn admission_report(admitted: &Admitted, costs: &[(&str, f64)]) -> String {
 /// the pairs alternated after them, the median of all deciding.
 fn cost_target(table: (f64, f64), pairs: &[(f64, f64)]) -> String {
     let ratio = |(shield, nft): (f64, f64)| shield / nft.max(1e-9);
-    let mut ratios: Vec<f64> = std::iter::once(table)
+    let all: Vec<(f64, f64)> = std::iter::once(table)
         .chain(pairs.iter().copied())
-        .map(ratio)
         .collect();
-    let mut out = String::new();
-    if pairs.is_empty() {
-        let _ = write!(
-            out,
-            "The shield's receive cost a frame at most 0.5 × nftables': {:.2} ×",
-            ratio(table)
-        );
-    } else {
+    let median = median_ratio(&all).unwrap_or_else(|| ratio(table));
+    let mut out = format!(
+        "The shield's receive cost a frame at most 0.5 × nftables': {:.2} ×",
+        ratio(table)
+    );
+    if !pairs.is_empty() {
         let listed: Vec<String> = pairs
             .iter()
-            .map(|&(shield, nft)| {
+            .map(|&pair| {
                 format!(
-                    "{shield:.0} against {nft:.0} ns ({:.2} ×)",
-                    shield / nft.max(1e-9)
+                    "{:.0} against {:.0} ns ({:.2} ×)",
+                    pair.0,
+                    pair.1,
+                    ratio(pair)
                 )
             })
             .collect();
-        ratios.sort_by(f64::total_cmp);
-        let median = if ratios.len() % 2 == 1 {
-            ratios[ratios.len() / 2]
-        } else {
-            f64::midpoint(ratios[ratios.len() / 2 - 1], ratios[ratios.len() / 2])
-        };
         let _ = write!(
             out,
-            "The shield's receive cost a frame at most 0.5 × nftables': {:.2} × in the table; in \
-             {} more pairs of rows, the shield's then nftables', one after the other: {}; the \
-             median of the {} pairs, {median:.2} ×",
-            ratio(table),
+            " in the table; in {} more pairs of rows, the shield's then nftables', one after \
+             the other: {}; the median of the {} pairs, {median:.2} ×",
             pairs.len(),
             listed.join(", "),
-            ratios.len(),
+            all.len(),
         );
-        ratios = vec![median];
     }
-    let _ = writeln!(
-        out,
-        ", {}.",
-        if ratios[0] <= 0.5 { "met" } else { "not met" }
-    );
+    let _ = writeln!(out, ", {}.", if median <= 0.5 { "met" } else { "not met" });
     out
 }
 

@@ -13,7 +13,9 @@ use spacefilter_tests::{
     bench::{
         ControlOptions, FleetOptions, FleetRun, Floors, KINDS, Parking, Rng, Row, Runner, Table,
         XdpFilter,
-        admission::{Admitted, admission, admission_report, shield_costs},
+        admission::{
+            Admitted, admission, admission_report, cost_pairs, median_ratio, shield_costs,
+        },
         control_plane, fleet_report, fleet_run, flood_throughput, guard_costs, guard_report,
         load_filter, machine, measure_each,
         observe::{observe_costs, observe_report},
@@ -25,16 +27,20 @@ use spacefilter_tests::{
 /// Sizes at which xdp-filter is compared: it holds exact addresses in maps
 /// of a fixed size, so it cannot take the larger tables.
 const XDP_FILTER_MAX: usize = 1_000;
+/// Pairs of rows the part `cost` runs: enough for a median that moves
+/// less than the changes worked on.
+const COST_PART_PAIRS: usize = 8;
 /// The legitimate flow during the floods, datagrams a second.
 const FLOOD_LEGIT_RATE: u64 = 10_000;
 
 /// The parts of the benchmark, in the order they run.
-const PARTS: [&str; 8] = [
+const PARTS: [&str; 9] = [
     "packets",
     "control",
     "floods",
     "admission",
     "shield",
+    "cost",
     "guards",
     "observe",
     "fleet",
@@ -139,6 +145,10 @@ fn main() -> anyhow::Result<()> {
         Vec::new()
     };
     let admitted = admission_part(runs("admission"), runs("shield"), quick)?;
+    // Only when asked for: a full run's admission part has pairs of its own.
+    if only.as_ref().is_some_and(|o| o.iter().any(|p| p == "cost")) {
+        cost_part(quick)?;
+    }
     let guards = if runs("guards") {
         eprintln!("bench: the flood guards, stage by stage");
         guard_costs(&floors, &mut rng, (rounds, repeat))?
@@ -154,9 +164,10 @@ fn main() -> anyhow::Result<()> {
     let fleet = runs("fleet").then(|| fleet_part(quick)).transpose()?;
     if only
         .as_ref()
-        .is_some_and(|parts| parts.iter().all(|p| p == "shield"))
+        .is_some_and(|parts| parts.iter().all(|p| p == "shield" || p == "cost"))
     {
-        // The shield's program costs alone, printed above: nothing to write.
+        // The shield's program costs, or its receive cost against
+        // nftables', alone, printed above: nothing to write.
         return Ok(());
     }
     let date = today()?;
@@ -198,6 +209,24 @@ fn admission_part(
     let seconds = if quick { 2 } else { 5 };
     eprintln!("bench: admission under a spoofed SYN flood, {seconds} s a defence");
     Ok((admission(Duration::from_secs(seconds))?, costs))
+}
+
+/// The part `cost`: pairs of the shield's and nftables' rows against the
+/// SYN flood, with their median ratio; printed.
+fn cost_part(quick: bool) -> anyhow::Result<()> {
+    let pairs = if quick { 3 } else { COST_PART_PAIRS };
+    eprintln!(
+        "bench: the shield's receive cost against nftables', {pairs} pairs of rows against the \
+         SYN flood"
+    );
+    let pairs = cost_pairs(Duration::from_secs(5), pairs)?;
+    if let Some(median) = median_ratio(&pairs) {
+        eprintln!(
+            "bench: the median of the {} pairs, {median:.2} ×",
+            pairs.len()
+        );
+    }
+    Ok(())
 }
 
 /// The day, as `date -u +%Y-%m-%d` says it.
