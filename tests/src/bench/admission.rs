@@ -605,21 +605,22 @@ pub fn cost_pairs(duration: Duration, pairs: usize) -> anyhow::Result<Vec<(f64, 
             "bench: cost pair {pair}: the shield {:.0} ns a frame against nftables' {:.0}, {:.2} ×",
             ns[0],
             ns[1],
-            ns[0] / ns[1].max(1e-9)
+            ratio((ns[0], ns[1]))
         );
         out.push((ns[0], ns[1]));
     }
     Ok(out)
 }
 
-/// The median of the pairs' ratios, the shield's receive ns a frame over
-/// nftables'; `None` without pairs.
+/// A pair's ratio: the shield's receive ns a frame over nftables'.
+fn ratio((shield, nft): (f64, f64)) -> f64 {
+    shield / nft.max(1e-9)
+}
+
+/// The median of the pairs' ratios ([`ratio`]); `None` without pairs.
 #[must_use]
 pub fn median_ratio(pairs: &[(f64, f64)]) -> Option<f64> {
-    let mut ratios: Vec<f64> = pairs
-        .iter()
-        .map(|&(shield, nft)| shield / nft.max(1e-9))
-        .collect();
+    let mut ratios: Vec<f64> = pairs.iter().copied().map(ratio).collect();
     ratios.sort_by(f64::total_cmp);
     let mid = ratios.len() / 2;
     match ratios.len() {
@@ -727,7 +728,6 @@ pub fn admission_report(admitted: &Admitted, costs: &[(&str, f64)]) -> String {
 /// The cost target's line: the ratio of the table's pair of rows, and of
 /// the pairs alternated after them, the median of all deciding.
 fn cost_target(table: (f64, f64), pairs: &[(f64, f64)]) -> String {
-    let ratio = |(shield, nft): (f64, f64)| shield / nft.max(1e-9);
     let all: Vec<(f64, f64)> = std::iter::once(table)
         .chain(pairs.iter().copied())
         .collect();
