@@ -83,8 +83,6 @@ const SHORT_TCP_LEN: usize = 24;
 /// Room for a SYN's TCP header: 60 bytes at most, and what a length
 /// computed as the verifier can follow may reach ([`copy_headers`]).
 const HEADER_ROOM: usize = 88;
-/// The SYN-ACK's IP packet (at most: IPv6).
-pub(crate) const SYNACK_LEN: usize = IPV6_LEN + SYNACK_TCP_LEN;
 /// The kernel's cookie timestamp: its low bits carry the options
 /// (`TSBITS` in `net/ipv4/syncookies.c`).
 const TS_BITS: u32 = 6;
@@ -485,14 +483,13 @@ pub(crate) struct Walk {
     tsval: u32,
 }
 
-/// Where a SYN-ACK is built and a socket looked up, per CPU: the stack is
-/// too small for them beside the rest of the pipeline. The SYN's headers
-/// are copied here first, so that they are read at known alignments:
-/// read from the packet, LLVM splits every field into bytes and spills
-/// them.
+/// Where a SYN's headers are read and a socket looked up, per CPU: the
+/// stack is too small for them beside the rest of the pipeline. The SYN's
+/// headers are copied here first, so that they are read at known
+/// alignments: read from the packet, LLVM splits every field into bytes
+/// and spills them.
 #[repr(C, align(8))]
 pub(crate) struct Scratch {
-    answer: [u8; SYNACK_LEN],
     /// The SYN's IP header, ending where `header` begins (IPv4: the last 20
     /// bytes), so that one copy fills both; see [`Scratch::ip`].
     ip: [u8; IPV6_LEN],
@@ -505,9 +502,14 @@ pub(crate) struct Scratch {
 }
 
 impl Scratch {
-    /// Where the SYN's IP header (`IP` bytes) starts: right before the TCP
-    /// header's room. Taken from the whole value, since the copy into it
-    /// runs on into `header`.
+    /// Where the SYN's IP header (`IP` bytes) starts in the value: right
+    /// before the TCP header's room. Taken from the whole value, since the
+    /// copy into it runs on into `header`.
+    const fn ip_at<const IP: usize>() -> usize {
+        core::mem::offset_of!(Self, ip) + IPV6_LEN - IP
+    }
+
+    /// The SYN's IP header ([`Scratch::ip_at`]), to be written.
     #[inline(always)]
     fn ip<const IP: usize>(scratch: &mut Self) -> *mut u8 {
         // SAFETY: `ip` is IPV6_LEN bytes, IP of them at most; the pointer
@@ -515,7 +517,18 @@ impl Scratch {
         unsafe {
             core::ptr::from_mut(scratch)
                 .cast::<u8>()
-                .add(core::mem::offset_of!(Self, ip) + IPV6_LEN - IP)
+                .add(Self::ip_at::<IP>())
+        }
+    }
+
+    /// The SYN's IP header ([`Scratch::ip_at`]), to be read.
+    #[inline(always)]
+    fn ip_of<const IP: usize>(&self) -> *const u8 {
+        // SAFETY: as in [`Scratch::ip`].
+        unsafe {
+            core::ptr::from_ref(self)
+                .cast::<u8>()
+                .add(Self::ip_at::<IP>())
         }
     }
 }
@@ -549,13 +562,14 @@ fn syn_cookie<const IP: usize>(
         return None;
     }
     let offer = offer(scratch, tcp_len.saturating_sub(20));
-    let long = synack::<IP>(scratch, cookie as u32, offer, shield);
-    Some(turn_around::<IP>(
-        ctx,
-        ip_offset & 0x1f,
-        &scratch.answer,
-        long,
-    ))
+    // With a timestamp, 20 bytes of options; without, the MSS alone.
+    let long = offer.tsval.is_some() && shield.flags & shield_flags::TIMESTAMPS != 0;
+    let answer = (cookie as u32, offer, shield);
+    Some(if long {
+        turn_around::<IP, true>(ctx, ip_offset & 0x1f, scratch, answer)
+    } else {
+        turn_around::<IP, false>(ctx, ip_offset & 0x1f, scratch, answer)
+    })
 }
 
 /// A listener seen on a port by the socket path stands for this long:
@@ -698,32 +712,25 @@ fn copy_headers<const IP: usize>(
     (loaded == 0).then_some(len)
 }
 
-/// The SYN-ACK's IP and TCP headers, with their checksums, into the
-/// scratch value's answer (IPv4: 20 bytes of IP header, IPv6: 40), from
-/// the SYN's headers copied there; whether the TCP header is the long one.
+/// Writes the SYN-ACK's IP and TCP headers, with their checksums, at `out`
+/// (the packet, where the SYN's IP header was: IPv4's 20 bytes of IP
+/// header or IPv6's 40, then the TCP header, 40 bytes if `LONG`, else 24),
+/// from the SYN's headers copied into the scratch value.
 ///
-/// Built a 32-bit word at a time, each word in memory's byte order, and
-/// summed for the checksums as it is made: bytes written one by one and
-/// read back as words would make every read wait for the writes under it
-/// to reach the cache (a store that cannot be forwarded to the load).
+/// Built a 32-bit word at a time, each word in memory's byte order, summed
+/// for the checksums as it is made, and stored once, in the packet: bytes
+/// written one by one and read back as words would make every read wait
+/// for the writes under it to reach the cache (a store that cannot be
+/// forwarded to the load).
 #[inline(always)]
-#[expect(
-    clippy::cast_ptr_alignment,
-    reason = "the answer, the IP header and the TCP header are 8-aligned in the scratch value"
-)]
-fn synack<const IP: usize>(
-    scratch: &mut Scratch,
-    cookie: u32,
-    offer: Offer,
-    shield: &Shield,
-) -> bool {
-    let timestamps = shield.flags & shield_flags::TIMESTAMPS != 0;
-    // With a timestamp, 20 bytes of options; without, the MSS alone.
-    let long = offer.tsval.is_some() && timestamps;
-    let tcp_len = if long { SYNACK_TCP_LEN } else { SHORT_TCP_LEN };
-    let ip = Words(Scratch::ip::<IP>(scratch).cast_const().cast());
+fn synack<const IP: usize, const LONG: bool>(
+    scratch: &Scratch,
+    (cookie, offer, shield): Answer,
+    out: *mut u32,
+) {
+    let tcp_len = if LONG { SYNACK_TCP_LEN } else { SHORT_TCP_LEN };
+    let ip = Words(scratch.ip_of::<IP>().cast());
     let syn = Words(scratch.header.as_ptr().cast());
-    let out = scratch.answer.as_mut_ptr().cast::<u32>();
     // The IP header, the addresses swapped; and the pseudo-header's sum of
     // the addresses.
     let (pseudo, mss) = if IP == IPV4_LEN {
@@ -788,7 +795,7 @@ fn synack<const IP: usize>(
         0,
         0,
     ];
-    if let (Some(tsecr), true) = (offer.tsval, long) {
+    if let (Some(tsecr), true) = (offer.tsval, LONG) {
         let sack = offer.sack && shield.flags & shield_flags::SACK != 0;
         let wscale = match offer.wscale {
             Some(w) if shield.flags & shield_flags::WSCALE != 0 => Some(w.min(14)),
@@ -809,11 +816,19 @@ fn synack<const IP: usize>(
     }
     let [sum_a, sum_b] = (!fold(pseudo + sum(&tcp))).to_ne_bytes();
     tcp[4] = word([sum_a, sum_b, 0, 0]);
-    // SAFETY: the answer holds IP bytes of IP header and then 40 of TCP
-    // header; IP is a multiple of 4.
-    put_words(unsafe { out.add(IP / 4) }, &tcp);
-    long
+    // SAFETY: the caller's packet holds IP bytes of IP header and then
+    // `tcp_len` of TCP header at `out`; IP is a multiple of 4.
+    let out = unsafe { out.add(IP / 4) };
+    if LONG {
+        put_words(out, &tcp);
+    } else {
+        put_words(out, &[tcp[0], tcp[1], tcp[2], tcp[3], tcp[4], tcp[5]]);
+    }
 }
+
+/// What a SYN-ACK answers with: the cookie, what the SYN offered, the
+/// shield's settings.
+type Answer<'a> = (u32, Offer, &'a Shield);
 
 /// 32-bit words of the scratch value, read at 4-aligned offsets.
 #[derive(Clone, Copy)]
@@ -841,8 +856,8 @@ fn word(bytes: [u8; 4]) -> u32 {
 #[inline(always)]
 fn put_words<const N: usize>(to: *mut u32, words: &[u32; N]) {
     for (i, w) in words.iter().enumerate() {
-        // SAFETY: the callers' buffers hold N words at `to`, 4-aligned in
-        // the scratch value.
+        // SAFETY: the caller's packet holds N words at `to` (see
+        // [`turn_around`]).
         unsafe { core::ptr::write_volatile(to.add(i), *w) };
     }
 }
@@ -903,17 +918,18 @@ fn fold(mut sum: u64) -> u16 {
 }
 
 /// Resizes the frame to the Ethernet header (and VLAN tags) at its start
-/// and the answer after them (`IP` bytes of IP header, then the TCP
-/// header, long or short), writes it, and swaps the MAC addresses: the
-/// frame goes back out where it came in.
+/// and the SYN-ACK after them (`IP` bytes of IP header, then the TCP
+/// header, long if `LONG`, else short), writes the SYN-ACK there
+/// ([`synack`]), and swaps the MAC addresses: the frame goes back out
+/// where it came in.
 #[inline(always)]
-fn turn_around<const IP: usize>(
+fn turn_around<const IP: usize, const LONG: bool>(
     ctx: &XdpContext,
     ip_offset: usize,
-    answer: &[u8; SYNACK_LEN],
-    long: bool,
+    scratch: &Scratch,
+    answer: Answer,
 ) -> Verdict {
-    let ip_len = IP + if long { SYNACK_TCP_LEN } else { SHORT_TCP_LEN };
+    let ip_len = IP + if LONG { SYNACK_TCP_LEN } else { SHORT_TCP_LEN };
     // Tags make the IP header start at 14, 18 or 22.
     let ip_offset = ip_offset & 0x1f;
     let len = ctx.data_end() - ctx.data();
@@ -934,7 +950,8 @@ fn turn_around<const IP: usize>(
     }
     let start = ctx.data();
     let end = ctx.data_end();
-    if start + 12 > end {
+    let at = start + ip_offset;
+    if start + 12 > end || at + ip_len > end {
         return SPOILED;
     }
     // SAFETY: the MAC addresses lie in the packet, checked just above;
@@ -942,29 +959,29 @@ fn turn_around<const IP: usize>(
     // the kernel lays packets out), where a copy of bytes is a load and a
     // store for each.
     unsafe {
-        let macs = core::ptr::read_unaligned(start as *const [u16; 6]);
-        core::ptr::write_unaligned(
+        let macs = core::ptr::read(start as *const [u16; 6]);
+        core::ptr::write(
             start as *mut [u16; 6],
             [macs[3], macs[4], macs[5], macs[0], macs[1], macs[2]],
         );
     }
-    let at = start + ip_offset;
-    let written = match (IP == IPV6_LEN, long) {
-        (false, true) => put::<{ IPV4_LEN + SYNACK_TCP_LEN }>(at, end, answer),
-        (false, false) => put::<{ IPV4_LEN + SHORT_TCP_LEN }>(at, end, answer),
-        (true, true) => put::<{ IPV6_LEN + SYNACK_TCP_LEN }>(at, end, answer),
-        (true, false) => put::<{ IPV6_LEN + SHORT_TCP_LEN }>(at, end, answer),
-    };
-    if written { ANSWERED } else { SPOILED }
+    // `at` is the IP header, 4-aligned as the kernel lays packets out (the
+    // Ethernet header and its tags start `NET_IP_ALIGN`, 2 bytes, into a
+    // word, and the verifier checks packet accesses on that assumption
+    // where alignment is strict); where a driver's frames start elsewhere,
+    // the stores are unaligned, which x86-64 and arm64 take as they are.
+    synack::<IP, LONG>(scratch, answer, at as *mut u32);
+    ANSWERED
 }
 
 /// Copies the `N` bytes (a multiple of 4) of the packet at `at` to `to`
 /// (4-aligned in the scratch value), if they lie before `end`: a 32-bit
-/// word at a time, as [`put`] writes them (and on the same alignment).
+/// word at a time, as [`synack`] writes the answer (and on the same
+/// alignment).
 #[inline(always)]
 #[expect(
     clippy::cast_ptr_alignment,
-    reason = "the packet's IP header and the scratch value's, as in `put`"
+    reason = "the packet's IP header (see `turn_around`) and the scratch value's"
 )]
 fn take<const N: usize>(at: usize, end: usize, to: *mut u8) -> bool {
     if at + N > end {
@@ -977,35 +994,6 @@ fn take<const N: usize>(at: usize, end: usize, to: *mut u8) -> bool {
         // the scratch value holds them at `to`; volatile, so that LLVM does
         // not make a byte-wise `memcpy` of the loop.
         unsafe { core::ptr::write_volatile(to.add(i), core::ptr::read(from.add(i))) };
-    }
-    true
-}
-
-/// Writes the first `N` bytes (a multiple of 4) of `answer` at `at`, if
-/// they fit before `end`: a 32-bit word at a time, where a copy of bytes
-/// the compiler cannot prove aligned takes a load and a store per byte.
-///
-/// `at` is the IP header, 4-aligned as the kernel lays packets out (the
-/// Ethernet header and its tags start `NET_IP_ALIGN`, 2 bytes, into a
-/// word, and the verifier checks packet accesses on that assumption where
-/// alignment is strict); where a driver's frames start elsewhere, the
-/// stores are unaligned, which x86-64 and arm64 take as they are.
-#[inline(always)]
-#[expect(
-    clippy::cast_ptr_alignment,
-    reason = "the answer is 8-aligned in the scratch value; the packet's IP header, above"
-)]
-fn put<const N: usize>(at: usize, end: usize, answer: &[u8; SYNACK_LEN]) -> bool {
-    if at + N > end {
-        return false;
-    }
-    let from = answer.as_ptr().cast::<u32>();
-    let to = at as *mut u32;
-    for i in 0..N / 4 {
-        // SAFETY: the N bytes lie in the packet, checked just above, and
-        // the answer holds at least N. Copied straight from the scratch
-        // value: through the stack, four answers would not fit in it.
-        unsafe { core::ptr::write_volatile(to.add(i), core::ptr::read_volatile(from.add(i))) };
     }
     true
 }
