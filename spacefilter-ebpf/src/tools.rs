@@ -3,6 +3,9 @@
 //! - `floor_drop`, `floor_pass`: the cheapest possible XDP programs, the
 //!   floor against which the filter's per-packet cost is compared;
 //! - `answer_sink`: drops what is sent to the lab's forged sources;
+//! - `cookie_floor`: the least an XDP program does to answer a SYN with
+//!   the kernel's cookie, the floor against which the shield's cost of
+//!   answering is compared;
 //! - `generator`: redirects every frame to the interface in `GEN_TARGET`.
 //!   Run through `BPF_PROG_TEST_RUN` in live-frame mode (kernel 5.18), it
 //!   turns one frame into a flood leaving through that interface. With
@@ -17,7 +20,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::bpf_redirect,
+    helpers::{bpf_redirect, bpf_tcp_raw_gen_syncookie_ipv4, bpf_xdp_adjust_tail},
     macros::{map, xdp},
     maps::{Array, PerCpuArray},
     programs::XdpContext,
@@ -81,6 +84,147 @@ fn answer_sink(ctx: XdpContext) -> u32 {
     } else {
         xdp_action::XDP_PASS
     }
+}
+
+/// The least an XDP program does to answer a SYN with the kernel's SYN
+/// cookie: an untagged IPv4 SYN without IP or TCP options (the flood's)
+/// is turned around in place into a SYN-ACK carrying the cookie of
+/// `bpf_tcp_raw_gen_syncookie_ipv4` (kernel 6.0) and an MSS option (the
+/// shield's short answer), checksums and all, and sent back with
+/// `XDP_TX`. No lists, no listener, no counters, no other shape: the floor
+/// of answering a flood's SYNs at the XDP hook, on the same frames, against
+/// which the shield's cost is read. Every other frame passes (a real
+/// client's SYN, with options, goes on to the kernel).
+#[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the signature #[xdp] requires"
+)]
+fn cookie_floor(ctx: XdpContext) -> u32 {
+    turn_syn(&ctx).unwrap_or(xdp_action::XDP_PASS)
+}
+
+/// The SYN-ACK's length after the Ethernet header: IPv4, then TCP with
+/// the MSS option.
+const FLOOR_ANSWER: u8 = 44;
+
+/// `cookie_floor`'s answer, if the frame is a SYN of its shape.
+///
+/// The frame is resized to the SYN-ACK's length (4 bytes more than a SYN
+/// without options, unless Ethernet padding made room), as the shield
+/// does; the IP and TCP headers are written a 32-bit word at a time and
+/// the MAC addresses swapped as 16-bit words, as the shield does: the
+/// frame starts 2-aligned and its IP header 4-aligned, as the kernel lays
+/// packets out.
+#[inline(always)]
+fn turn_syn(ctx: &XdpContext) -> Option<u32> {
+    const TCP_SYN: u8 = 0x02;
+    const SYN_ACK_RST_FIN: u8 = 0x17;
+    const SYN_LEN: usize = ETH_HLEN + IPV4_HLEN + 20;
+    let answer_len = ETH_HLEN + usize::from(FLOOR_ANSWER);
+    let start = ctx.data();
+    let len = ctx.data_end() - start;
+    if start + SYN_LEN > ctx.data_end() {
+        return None;
+    }
+    let bytes = start as *const u8;
+    let ip = (start + ETH_HLEN) as *mut u32;
+    let th = (start + ETH_HLEN + IPV4_HLEN) as *mut u32;
+    // SAFETY: every byte read lies in the first 54 bytes of the frame,
+    // checked just above; the helper reads the IP header and 20 bytes of
+    // TCP header there.
+    let (cookie, src, dst, ports, seq) = unsafe {
+        let l3 = bytes.add(ETH_HLEN);
+        let l4 = bytes.add(ETH_HLEN + IPV4_HLEN);
+        if get16(bytes.add(12).cast_mut()) != 0x0800
+            || *l3 != 0x45
+            || *l3.add(9) != IPPROTO_TCP
+            || get16(l3.add(6).cast_mut()) & 0x3fff != 0
+            || *l4.add(12) != 0x50
+            || *l4.add(13) & SYN_ACK_RST_FIN != TCP_SYN
+        {
+            return None;
+        }
+        let cookie = bpf_tcp_raw_gen_syncookie_ipv4(ip.cast(), th.cast(), 20);
+        if cookie < 0 {
+            return None;
+        }
+        (cookie, *ip.add(3), *ip.add(4), *th, *th.add(1))
+    };
+    if len < answer_len {
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_possible_wrap,
+            reason = "4 bytes at most"
+        )]
+        let grow = (answer_len - len) as i32;
+        // SAFETY: the context is the program's; the packet pointers are
+        // taken anew below.
+        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, grow) } != 0 {
+            return Some(xdp_action::XDP_DROP);
+        }
+    }
+    let start = ctx.data();
+    if start + answer_len > ctx.data_end() {
+        return Some(xdp_action::XDP_DROP);
+    }
+    let ip = (start + ETH_HLEN) as *mut u32;
+    let th = (start + ETH_HLEN + IPV4_HLEN) as *mut u32;
+    let word = u32::from_ne_bytes;
+    let mut head = [
+        word([0x45, 0, 0, FLOOR_ANSWER]),
+        word([0, 0, 0x40, 0]),
+        word([64, IPPROTO_TCP, 0, 0]),
+        dst,
+        src,
+    ];
+    head[2] |= u32::from(!fold(head.iter().map(|w| u64::from(*w)).sum())) << 16;
+    #[expect(
+        clippy::cast_sign_loss,
+        clippy::cast_possible_truncation,
+        reason = "the helper's halves"
+    )]
+    let (cookie, mss) = (cookie as u32, (cookie >> 32) as u16);
+    let [mss_hi, mss_lo] = mss.to_be_bytes();
+    let mut tcp = [
+        // The ports swapped: network order, halves of a native word.
+        ports.rotate_left(16),
+        cookie.to_be(),
+        u32::from_be(seq).wrapping_add(1).to_be(),
+        // Data offset 6 words, SYN and ACK, window 65535.
+        word([0x60, 0x12, 0xff, 0xff]),
+        0,
+        word([2, 4, mss_hi, mss_lo]),
+    ];
+    let pseudo = u64::from(dst) + u64::from(src) + u64::from(word([0, IPPROTO_TCP, 0, 24]));
+    tcp[4] = u32::from(!fold(
+        pseudo + tcp.iter().map(|w| u64::from(*w)).sum::<u64>(),
+    ));
+    // SAFETY: the answer's 58 bytes lie in the frame, checked just above.
+    unsafe {
+        for (i, w) in head.into_iter().enumerate() {
+            core::ptr::write_volatile(ip.add(i), w);
+        }
+        for (i, w) in tcp.into_iter().enumerate() {
+            core::ptr::write_volatile(th.add(i), w);
+        }
+        let macs = start as *mut [u16; 6];
+        let m = core::ptr::read(macs);
+        core::ptr::write(macs, [m[3], m[4], m[5], m[0], m[1], m[2]]);
+    }
+    Some(xdp_action::XDP_TX)
+}
+
+/// Folds a sum of 32-bit words to the 16-bit ones' complement sum.
+#[inline(always)]
+fn fold(mut sum: u64) -> u16 {
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    #[expect(clippy::cast_possible_truncation, reason = "folded to 16 bits")]
+    let folded = sum as u16;
+    folded
 }
 
 /// `bytes` bytes at `offset` of the frame, or `None` if it is shorter.

@@ -739,15 +739,21 @@ impl FloodLab {
     /// legitimate flow goes through the same ring as the flood, as it does
     /// with an XDP filter. It costs a few ns a frame.
     pub fn accept_without_filter(&mut self) -> anyhow::Result<()> {
+        self.attach_tool("floor_pass")
+    }
+
+    /// Attaches the tools' XDP program `name` to the server's link, in
+    /// place of a filter, for as long as the lab lives.
+    pub fn attach_tool(&mut self, name: &str) -> anyhow::Result<()> {
         let mut ebpf = Ebpf::load(TOOLS).context("loading the measuring tools")?;
         let program: &mut Xdp = ebpf
-            .program_mut("floor_pass")
-            .context("the tools have no program floor_pass")?
+            .program_mut(name)
+            .with_context(|| format!("the tools have no program {name}"))?
             .try_into()?;
         program.load()?;
         self.lab
             .run_in(Host::Server, || program.attach(IFACE, XdpMode::Driver))?
-            .context("attaching XDP_PASS to the server")?;
+            .with_context(|| format!("attaching the tools' {name} to the server"))?;
         self.pass = Some(ebpf);
         Ok(())
     }

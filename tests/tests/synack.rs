@@ -7,7 +7,9 @@
 //! ACK: with the cookie the kernel's own check takes it, with another it
 //! is out of state. The first SYN to the port is answered through the
 //! listener and the rest, within the second, through the raw cookie
-//! helpers: the kernel takes both paths' cookies.
+//! helpers: the kernel takes both paths' cookies. Last, the bench's
+//! cookie floor (the tools' `cookie_floor`) answers a flood's SYN as the
+//! shield does, with a cookie the kernel takes, and passes anything else.
 
 use std::net::{IpAddr, TcpListener};
 
@@ -130,7 +132,86 @@ fn synack_fixtures() {
             }
         }
     }
+    check_cookie_floor(&lab, &mut filter, port);
     drop(listener);
+}
+
+/// The tools' `cookie_floor`, the bench's floor under the shield's cost:
+/// a SYN without options, as floods send, in a frame of its own size or
+/// padded to the Ethernet minimum, gets a SYN-ACK built right, with a
+/// cookie the kernel's check takes (through the shield's check of the
+/// ACK: the listener has sent cookies by now); a SYN with options, an ACK
+/// and a tagged SYN pass.
+fn check_cookie_floor(lab: &Lab, filter: &mut Filter, port: u16) {
+    let mut tools = aya::Ebpf::load(spacefilter::bpf::TOOLS).expect("loading the tools");
+    let floor: &mut aya::programs::Xdp = tools
+        .program_mut("cookie_floor")
+        .expect("the tools' cookie_floor")
+        .try_into()
+        .expect("an XDP program");
+    floor.load().expect("loading cookie_floor");
+    let (client, server) = (
+        Host::Listener.addr(Family::V4),
+        Host::Server.addr(Family::V4),
+    );
+    let floor: &aya::programs::Xdp = floor;
+    let run = |frame: &[u8], out: &mut [u8]| {
+        use aya::programs::TestRun as _;
+        let result = floor
+            .test_run(aya::TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(out),
+                ..Default::default()
+            })
+            .expect("test run");
+        (result.return_value, result.data_size_out as usize)
+    };
+    let (bare, seq) = syn(client, server, port, Layout::Bare, false);
+    let mut padded = bare.clone();
+    padded.resize(60, 0);
+    for (case, frame) in [("bare SYN", &bare), ("bare SYN, padded", &padded)] {
+        let mut out = vec![0u8; 256];
+        let (action, len) = run(frame, &mut out);
+        assert_eq!(action, XDP_TX, "{case}: answered");
+        assert_eq!(len, frame.len().max(58), "{case}: the answer's frame");
+        let answer = &out[..len];
+        assert_eq!(answer[..6], frame[6..12], "{case}: to the sender's MAC");
+        assert_eq!(answer[6..12], frame[..6], "{case}: from ours");
+        let sliced = SlicedPacket::from_ethernet(answer).expect("a frame");
+        let Some(TransportSlice::Tcp(tcp)) = &sliced.transport else {
+            panic!("{case}: a TCP answer: {sliced:?}");
+        };
+        check_addresses(sliced.net.as_ref(), tcp, (server, client), case);
+        assert!(tcp.syn() && tcp.ack() && !tcp.rst() && !tcp.fin(), "{case}");
+        assert_eq!(tcp.destination_port(), 40_001 + Layout::Bare as u16);
+        assert_eq!(tcp.source_port(), port);
+        assert_eq!(tcp.acknowledgment_number(), seq + 1, "{case}");
+        let options: Vec<_> = tcp
+            .options_iterator()
+            .map(|o| o.expect("an option"))
+            .collect();
+        // Without an MSS option, the kernel's cookie carries its least.
+        check_options(&options, false, 536);
+        check_cookie_ack(lab, filter, (client, server, port), tcp, seq, false);
+    }
+    for (case, frame) in [
+        (
+            "SYN from Linux",
+            syn(client, server, port, Layout::Linux, false).0,
+        ),
+        (
+            "tagged SYN",
+            syn(client, server, port, Layout::Bare, true).0,
+        ),
+    ] {
+        let mut out = vec![0u8; 256];
+        let (action, len) = run(&frame, &mut out);
+        assert_eq!(
+            (action, &out[..len]),
+            (XDP_PASS, &frame[..]),
+            "{case}: passed as it came"
+        );
+    }
 }
 
 /// The answer's addresses (swapped) and its checksums.

@@ -64,6 +64,10 @@ pub enum Admission {
     /// iptables' SYNPROXY: SYN cookies in netfilter, before the listener
     /// (see [`synproxy_rules`]).
     Synproxy,
+    /// Not a defence: the tools' `cookie_floor`, the least an XDP program
+    /// does to answer the flood's SYNs with the kernel's cookies, for the
+    /// cost rows only ([`cost_rounds`]).
+    CookieFloor,
 }
 
 impl Admission {
@@ -82,6 +86,7 @@ impl Admission {
             Admission::Shield => "spacefilter, shield",
             Admission::Nftables => "nftables",
             Admission::Synproxy => "iptables, SYNPROXY",
+            Admission::CookieFloor => "XDP cookie floor",
         }
     }
 
@@ -103,6 +108,7 @@ impl Admission {
                 rule.push_str("`net.netfilter.nf_conntrack_tcp_loose=0`");
                 rule
             }
+            Admission::CookieFloor => "the tools' `cookie_floor`".to_owned(),
         }
     }
 }
@@ -306,6 +312,7 @@ fn setup(lab: &mut FloodLab, admission: Admission, port: u16) -> anyhow::Result<
             // The rules have loaded conntrack, and with it this setting.
             server_sysctl(lab, "netfilter/nf_conntrack_tcp_loose", "0")?;
         }
+        Admission::CookieFloor => lab.attach_tool("cookie_floor")?,
         Admission::SynBudget | Admission::Shield => {
             let mut sf = Filter::load(LoadOptions {
                 capacity: 1024,
@@ -547,17 +554,45 @@ pub struct Admitted {
     pub storm: Vec<AdmissionRow>,
     /// The shield against the SYN flood again, profiled (see [`Split`]).
     pub profiled: Option<AdmissionRow>,
-    /// More rows of the shield and of nftables, alternated: the receive
-    /// ns a frame of each pair (see [`COST_PAIRS`]).
-    pub cost_pairs: Vec<(f64, f64)>,
+    /// More rows of the shield, the cookie floor and nftables, one after
+    /// the other (see [`COST_ROUNDS`]).
+    pub cost_rounds: Vec<CostRound>,
 }
 
-/// Pairs of rows, the shield's then nftables', run one after the other
-/// after the table's, for the cost target: on a shared machine, rows a
-/// minute apart can differ by half, every filter alike; the median ratio
-/// of several pairs taken close together holds still where one pair does
-/// not.
-pub const COST_PAIRS: usize = 4;
+/// Rounds of rows, the shield's, the cookie floor's and nftables', run one
+/// after the other after the table's, for the cost target: on a shared
+/// machine, rows a minute apart can differ by half, every filter alike;
+/// the median ratio of several rounds taken close together holds still
+/// where one pair of rows does not.
+pub const COST_ROUNDS: usize = 4;
+
+/// One round of cost rows against the SYN flood: each one's receive ns a
+/// frame.
+#[derive(Clone, Copy, Debug)]
+pub struct CostRound {
+    /// The shield.
+    pub shield: f64,
+    /// The tools' `cookie_floor`: answering the flood's SYNs with the
+    /// kernel's cookies and nothing else, on the same harness (the
+    /// kernel's cookie, veth's receive and transmit, the far end's sink).
+    pub floor: f64,
+    /// nftables' shared SYN rate limit, the target's yardstick.
+    pub nft: f64,
+}
+
+impl CostRound {
+    /// The shield's receive ns a frame over nftables'.
+    #[must_use]
+    pub fn ratio(&self) -> f64 {
+        ratio((self.shield, self.nft))
+    }
+
+    /// The floor's, over nftables'.
+    #[must_use]
+    pub fn floor_ratio(&self) -> f64 {
+        ratio((self.floor, self.nft))
+    }
+}
 
 /// Every defence in turn against the SYN flood, `duration` each; then the
 /// transfer under ACK and RST floods (`duration` quiet, as long flooded),
@@ -570,12 +605,12 @@ pub fn admission(duration: Duration) -> anyhow::Result<Admitted> {
         eprintln!("bench: admission, {}", row.summary());
         rows.push(row);
     }
-    let cost_pairs = cost_pairs(duration, COST_PAIRS)?;
+    let cost_rounds = cost_rounds(duration, COST_ROUNDS)?;
     let profiled =
         admission_run(Admission::Shield, duration, true).context("the shield, profiled")?;
     eprintln!("bench: admission, profiled: {}", profiled.summary());
     Ok(Admitted {
-        cost_pairs,
+        cost_rounds,
         profiled: Some(profiled),
         syn: rows,
         established: established(duration)?,
@@ -583,31 +618,37 @@ pub fn admission(duration: Duration) -> anyhow::Result<Admitted> {
     })
 }
 
-/// `pairs` pairs of rows against the SYN flood, the shield's then
-/// nftables', one after the other, `duration` each: the receive ns a frame
-/// of each pair. Also the bench's part `cost`, for working on the shield's
-/// cost: printed, not written.
-pub fn cost_pairs(duration: Duration, pairs: usize) -> anyhow::Result<Vec<(f64, f64)>> {
+/// `rounds` rounds of rows against the SYN flood, the shield's, the cookie
+/// floor's and nftables', one after the other, `duration` each. Also the
+/// bench's part `cost`, for working on the shield's cost: printed, not
+/// written.
+pub fn cost_rounds(duration: Duration, rounds: usize) -> anyhow::Result<Vec<CostRound>> {
     let mut out = Vec::new();
-    for pair in 1..=pairs {
-        let mut ns = [0.0; 2];
-        for (admission, ns) in [Admission::Shield, Admission::Nftables]
-            .into_iter()
-            .zip(&mut ns)
+    for round in 1..=rounds {
+        let mut ns = [0.0; 3];
+        for (admission, ns) in [
+            Admission::Shield,
+            Admission::CookieFloor,
+            Admission::Nftables,
+        ]
+        .into_iter()
+        .zip(&mut ns)
         {
             let row = admission_run(admission, duration, false).with_context(|| {
-                format!("admission with {}, cost pair {pair}", admission.filter())
+                format!("admission with {}, cost round {round}", admission.filter())
             })?;
-            eprintln!("bench: admission, cost pair {pair}: {}", row.summary());
+            eprintln!("bench: admission, cost round {round}: {}", row.summary());
             *ns = row.receive_ns;
         }
+        let [shield, floor, nft] = ns;
+        let row = CostRound { shield, floor, nft };
         eprintln!(
-            "bench: cost pair {pair}: the shield {:.0} ns a frame against nftables' {:.0}, {:.2} ×",
-            ns[0],
-            ns[1],
-            ratio((ns[0], ns[1]))
+            "bench: cost round {round}: the shield {shield:.0} ns a frame, the cookie floor \
+             {floor:.0}, nftables {nft:.0}: {:.2} × (the floor {:.2} ×)",
+            row.ratio(),
+            row.floor_ratio()
         );
-        out.push((ns[0], ns[1]));
+        out.push(row);
     }
     Ok(out)
 }
@@ -617,16 +658,16 @@ fn ratio((shield, nft): (f64, f64)) -> f64 {
     shield / nft.max(1e-9)
 }
 
-/// The median of the pairs' ratios ([`ratio`]); `None` without pairs.
+/// The median of `values`; `None` without any.
 #[must_use]
-pub fn median_ratio(pairs: &[(f64, f64)]) -> Option<f64> {
-    let mut ratios: Vec<f64> = pairs.iter().copied().map(ratio).collect();
-    ratios.sort_by(f64::total_cmp);
-    let mid = ratios.len() / 2;
-    match ratios.len() {
+pub fn median(values: impl IntoIterator<Item = f64>) -> Option<f64> {
+    let mut values: Vec<f64> = values.into_iter().collect();
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    match values.len() {
         0 => None,
-        n if n % 2 == 1 => Some(ratios[mid]),
-        _ => Some(f64::midpoint(ratios[mid - 1], ratios[mid])),
+        n if n % 2 == 1 => Some(values[mid]),
+        _ => Some(f64::midpoint(values[mid - 1], values[mid])),
     }
 }
 
@@ -638,7 +679,7 @@ pub fn admission_report(admitted: &Admitted, costs: &[(&str, f64)]) -> String {
         established,
         storm,
         profiled,
-        cost_pairs,
+        cost_rounds,
     } = admitted;
     let mut out = String::new();
     if rows.is_empty() {
@@ -711,7 +752,7 @@ pub fn admission_report(admitted: &Admitted, costs: &[(&str, f64)]) -> String {
         if let Some(nft) = nft {
             out.push_str(&cost_target(
                 (shield.receive_ns, nft.receive_ns),
-                cost_pairs,
+                cost_rounds,
             ));
         }
     }
@@ -726,38 +767,64 @@ pub fn admission_report(admitted: &Admitted, costs: &[(&str, f64)]) -> String {
 }
 
 /// The cost target's line: the ratio of the table's pair of rows, and of
-/// the pairs alternated after them, the median of all deciding.
-fn cost_target(table: (f64, f64), pairs: &[(f64, f64)]) -> String {
-    let all: Vec<(f64, f64)> = std::iter::once(table)
-        .chain(pairs.iter().copied())
-        .collect();
-    let median = median_ratio(&all).unwrap_or_else(|| ratio(table));
+/// the rounds after them, the median of all deciding; then the cookie
+/// floor's rows of those rounds, and the shield's cost above the floor.
+fn cost_target(table: (f64, f64), rounds: &[CostRound]) -> String {
+    let median_all =
+        median(std::iter::once(ratio(table)).chain(rounds.iter().map(CostRound::ratio)))
+            .unwrap_or_else(|| ratio(table));
     let mut out = format!(
         "The shield's receive cost a frame at most 0.5 × nftables': {:.2} ×",
         ratio(table)
     );
-    if !pairs.is_empty() {
-        let listed: Vec<String> = pairs
+    if !rounds.is_empty() {
+        let listed: Vec<String> = rounds
             .iter()
-            .map(|&pair| {
+            .map(|round| {
                 format!(
                     "{:.0} against {:.0} ns ({:.2} ×)",
-                    pair.0,
-                    pair.1,
-                    ratio(pair)
+                    round.shield,
+                    round.nft,
+                    round.ratio()
                 )
             })
             .collect();
         let _ = write!(
             out,
-            " in the table; in {} more pairs of rows, the shield's then nftables', one after \
-             the other: {}; the median of the {} pairs, {median:.2} ×",
-            pairs.len(),
+            " in the table; in {} more rounds of rows, the shield's, the cookie floor's and \
+             nftables', one after the other: {}; the median of the {} pairs, {median_all:.2} ×",
+            rounds.len(),
             listed.join(", "),
-            all.len(),
+            rounds.len() + 1,
         );
     }
-    let _ = writeln!(out, ", {}.", if median <= 0.5 { "met" } else { "not met" });
+    let _ = writeln!(
+        out,
+        ", {}.",
+        if median_all <= 0.5 { "met" } else { "not met" }
+    );
+    if let (Some(floor), Some(above)) = (
+        median(rounds.iter().map(CostRound::floor_ratio)),
+        median(rounds.iter().map(|r| r.shield - r.floor)),
+    ) {
+        let listed: Vec<String> = rounds
+            .iter()
+            .map(|round| format!("{:.0} ns ({:.2} ×)", round.floor, round.floor_ratio()))
+            .collect();
+        let _ = writeln!(
+            out,
+            "\nThe floor under that figure: the tools' `cookie_floor`, the least an XDP \
+             program does to answer the flood's SYNs with the kernel's cookies (the SYN read, \
+             `bpf_tcp_raw_gen_syncookie_ipv4`, the SYN-ACK written in place with its \
+             checksums, `XDP_TX`; no lists, listener, peers or counters), on the same \
+             harness, took {} a frame in those rounds, median {floor:.2} × nftables'. The \
+             kernel's cookie, veth's receive of the SYN and transmit of the answer, and the \
+             far end's receive of it are in the floor as in the shield. The shield's own \
+             work above the floor (its row less the floor's, round by round): median \
+             {above:.0} ns a frame.",
+            listed.join(", "),
+        );
+    }
     out
 }
 
@@ -812,32 +879,54 @@ fn costs_report(costs: &[(&str, f64)]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::cost_target;
+    use super::{CostRound, cost_target};
+
+    /// Rounds of the shield's and nftables' ns, the floor 40 ns below the
+    /// shield's.
+    fn rounds(pairs: &[(f64, f64)]) -> Vec<CostRound> {
+        pairs
+            .iter()
+            .map(|&(shield, nft)| CostRound {
+                shield,
+                floor: shield - 40.0,
+                nft,
+            })
+            .collect()
+    }
 
     #[test]
     fn the_cost_target_takes_the_median_of_every_pair() {
-        // The table's pair alone decides without more pairs.
+        // The table's pair alone decides without more rounds.
         assert!(cost_target((300.0, 600.0), &[]).ends_with("0.50 ×, met.\n"));
         assert!(cost_target((310.0, 600.0), &[]).ends_with("0.52 ×, not met.\n"));
-        // With pairs: the median of 0.60 (the table's), 0.45, 0.48 and
+        // With rounds: the median of 0.60 (the table's), 0.45, 0.48 and
         // 0.56 is 0.52; of 0.60, 0.45, 0.48, 0.50 and 0.40, 0.48.
         let line = cost_target(
             (360.0, 600.0),
-            &[(270.0, 600.0), (288.0, 600.0), (336.0, 600.0)],
+            &rounds(&[(270.0, 600.0), (288.0, 600.0), (336.0, 600.0)]),
         );
         assert!(line.contains("0.60 × in the table"), "{line}");
         assert!(
             line.contains("median of the 4 pairs, 0.52 ×, not met."),
             "{line}"
         );
+        // The floor's ratios: 0.38, 0.41 and 0.49; 40 ns below the shield.
+        assert!(
+            line.contains(
+                "230 ns (0.38 ×), 248 ns (0.41 ×), 296 ns (0.49 ×) a frame in those rounds, \
+                 median 0.41 × nftables'"
+            ),
+            "{line}"
+        );
+        assert!(line.contains("median 40 ns a frame."), "{line}");
         let line = cost_target(
             (360.0, 600.0),
-            &[
+            &rounds(&[
                 (270.0, 600.0),
                 (288.0, 600.0),
                 (300.0, 600.0),
                 (240.0, 600.0),
-            ],
+            ]),
         );
         assert!(
             line.contains("median of the 5 pairs, 0.48 ×, met."),

@@ -14,7 +14,7 @@ use spacefilter_tests::{
         ControlOptions, FleetOptions, FleetRun, Floors, KINDS, Parking, Rng, Row, Runner, Table,
         XdpFilter,
         admission::{
-            Admitted, admission, admission_report, cost_pairs, median_ratio, shield_costs,
+            Admitted, CostRound, admission, admission_report, cost_rounds, median, shield_costs,
         },
         control_plane, fleet_report, fleet_run, flood_throughput, guard_costs, guard_report,
         load_filter, machine, measure_each,
@@ -27,9 +27,9 @@ use spacefilter_tests::{
 /// Sizes at which xdp-filter is compared: it holds exact addresses in maps
 /// of a fixed size, so it cannot take the larger tables.
 const XDP_FILTER_MAX: usize = 1_000;
-/// Pairs of rows the part `cost` runs: enough for a median that moves
+/// Rounds of rows the part `cost` runs: enough for a median that moves
 /// less than the changes worked on.
-const COST_PART_PAIRS: usize = 8;
+const COST_PART_ROUNDS: usize = 8;
 /// The legitimate flow during the floods, datagrams a second.
 const FLOOD_LEGIT_RATE: u64 = 10_000;
 
@@ -211,19 +211,25 @@ fn admission_part(
     Ok((admission(Duration::from_secs(seconds))?, costs))
 }
 
-/// The part `cost`: pairs of the shield's and nftables' rows against the
-/// SYN flood, with their median ratio; printed.
+/// The part `cost`: rounds of the shield's, the cookie floor's and
+/// nftables' rows against the SYN flood, with their median ratios;
+/// printed.
 fn cost_part(quick: bool) -> anyhow::Result<()> {
-    let pairs = if quick { 3 } else { COST_PART_PAIRS };
+    let rounds = if quick { 3 } else { COST_PART_ROUNDS };
     eprintln!(
-        "bench: the shield's receive cost against nftables', {pairs} pairs of rows against the \
-         SYN flood"
+        "bench: the shield's receive cost against the cookie floor's and nftables', {rounds} \
+         rounds of rows against the SYN flood"
     );
-    let pairs = cost_pairs(Duration::from_secs(5), pairs)?;
-    if let Some(median) = median_ratio(&pairs) {
+    let rounds = cost_rounds(Duration::from_secs(5), rounds)?;
+    if let (Some(ratio), Some(floor), Some(above)) = (
+        median(rounds.iter().map(CostRound::ratio)),
+        median(rounds.iter().map(CostRound::floor_ratio)),
+        median(rounds.iter().map(|r| r.shield - r.floor)),
+    ) {
         eprintln!(
-            "bench: the median of the {} pairs, {median:.2} ×",
-            pairs.len()
+            "bench: the medians of the {} rounds: the shield {ratio:.2} × nftables', the \
+             cookie floor {floor:.2} ×; the shield {above:.0} ns a frame above the floor",
+            rounds.len()
         );
     }
     Ok(())
