@@ -37,8 +37,9 @@ enum Task {
         /// Only these parts, comma-separated (packets, control, floods,
         /// admission, guards, observe, fleet): their sections of
         /// BENCHMARKS.md are rewritten, the others kept. `shield` (the
-        /// shield's program costs) and `cost` (pairs of the shield's and
-        /// nftables' rows against the SYN flood) only print.
+        /// shield's program costs) and `cost` (rounds of the shield's, the
+        /// cookie floor's and nftables' rows against the SYN flood) only
+        /// print.
         #[arg(long, value_name = "PARTS")]
         only: Option<String>,
     },
