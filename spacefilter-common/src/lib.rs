@@ -1111,6 +1111,22 @@ pub const fn sample_hash(n: u64) -> u32 {
     (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32
 }
 
+/// Folds a sum of 32-bit words (summed into 64 bits, in whatever byte
+/// order they were read) into their 16-bit ones' complement sum, in that
+/// same order: an Internet checksum is its complement. The program sums
+/// the SYN-ACKs it writes this way, as the bench's cookie floor does.
+#[must_use]
+#[inline]
+pub const fn fold_checksum(mut sum: u64) -> u16 {
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    #[expect(clippy::cast_possible_truncation, reason = "folded to 16 bits")]
+    let folded = sum as u16;
+    folded
+}
+
 /// The `log` target of the program's debug log lines (aya-log).
 pub const KERNEL_LOG_TARGET: &str = "spacefilter::kernel";
 

@@ -46,8 +46,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use spacefilter_common::{
-    Reason, Shield, reflect_bits, shield_flags, shield_watch, tokens::burst_holds_a_tick,
-    verified_how,
+    Reason, Shield, fold_checksum, reflect_bits, shield_flags, shield_watch,
+    tokens::burst_holds_a_tick, verified_how,
 };
 
 use crate::{
@@ -743,7 +743,7 @@ fn synack<const IP: usize, const LONG: bool>(
             ip.get(4),
             ip.get(3),
         ];
-        let [sum_a, sum_b] = (!fold(sum(&header))).to_ne_bytes();
+        let [sum_a, sum_b] = (!fold_checksum(sum(&header))).to_ne_bytes();
         header[2] = word([64, IPPROTO_TCP_NUMBER, sum_a, sum_b]);
         put_words(out, &header);
         (u64::from(header[3]) + u64::from(header[4]), shield.mss_v4)
@@ -814,7 +814,7 @@ fn synack<const IP: usize, const LONG: bool>(
         })
         .to_be();
     }
-    let [sum_a, sum_b] = (!fold(pseudo + sum(&tcp))).to_ne_bytes();
+    let [sum_a, sum_b] = (!fold_checksum(pseudo + sum(&tcp))).to_ne_bytes();
     tcp[4] = word([sum_a, sum_b, 0, 0]);
     // SAFETY: the caller's packet holds IP bytes of IP header and then
     // `tcp_len` of TCP header at `out`; IP is a multiple of 4.
@@ -905,16 +905,6 @@ fn timestamp(wscale: Option<u8>, sack: bool, now: u64) -> u32 {
     } else {
         ts
     }
-}
-
-/// Folds a sum of words into 16 bits.
-#[inline(always)]
-fn fold(mut sum: u64) -> u16 {
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum as u16
 }
 
 /// Resizes the frame to the Ethernet header (and VLAN tags) at its start

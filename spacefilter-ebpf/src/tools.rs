@@ -25,6 +25,7 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
+use spacefilter_common::fold_checksum;
 
 /// The ifindex the generator redirects to.
 #[map]
@@ -178,7 +179,7 @@ fn turn_syn(ctx: &XdpContext) -> Option<u32> {
         dst,
         src,
     ];
-    head[2] |= u32::from(!fold(head.iter().map(|w| u64::from(*w)).sum())) << 16;
+    head[2] |= u32::from(!fold_checksum(head.iter().map(|w| u64::from(*w)).sum())) << 16;
     #[expect(
         clippy::cast_sign_loss,
         clippy::cast_possible_truncation,
@@ -197,7 +198,7 @@ fn turn_syn(ctx: &XdpContext) -> Option<u32> {
         word([2, 4, mss_hi, mss_lo]),
     ];
     let pseudo = u64::from(dst) + u64::from(src) + u64::from(word([0, IPPROTO_TCP, 0, 24]));
-    tcp[4] = u32::from(!fold(
+    tcp[4] = u32::from(!fold_checksum(
         pseudo + tcp.iter().map(|w| u64::from(*w)).sum::<u64>(),
     ));
     // SAFETY: the answer's 58 bytes lie in the frame, checked just above.
@@ -213,18 +214,6 @@ fn turn_syn(ctx: &XdpContext) -> Option<u32> {
         core::ptr::write(macs, [m[3], m[4], m[5], m[0], m[1], m[2]]);
     }
     Some(xdp_action::XDP_TX)
-}
-
-/// Folds a sum of 32-bit words to the 16-bit ones' complement sum.
-#[inline(always)]
-fn fold(mut sum: u64) -> u16 {
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    #[expect(clippy::cast_possible_truncation, reason = "folded to 16 bits")]
-    let folded = sum as u16;
-    folded
 }
 
 /// `bytes` bytes at `offset` of the frame, or `None` if it is shorter.

@@ -103,8 +103,6 @@ fn synack_fixtures() {
                     .expect("test run");
                 assert_eq!(action, XDP_TX, "{case}: answered");
                 let answer = &out[..len];
-                assert_eq!(answer[..6], frame[6..12], "{case}: to the sender's MAC");
-                assert_eq!(answer[6..12], frame[..6], "{case}: from ours");
                 assert_eq!(
                     answer[12..14] == TPID_8021Q.to_be_bytes(),
                     vlan,
@@ -113,22 +111,11 @@ fn synack_fixtures() {
                 if layout == Layout::Linux {
                     assert_eq!(len, frame.len(), "{case}: in a frame of the SYN's size");
                 }
-                let sliced = SlicedPacket::from_ethernet(answer).expect("a frame");
-                let Some(TransportSlice::Tcp(tcp)) = &sliced.transport else {
-                    panic!("{case}: a TCP answer: {sliced:?}");
-                };
-                check_addresses(sliced.net.as_ref(), tcp, (server, client), &case);
-                assert!(tcp.syn() && tcp.ack() && !tcp.rst() && !tcp.fin());
-                assert_eq!(tcp.destination_port(), 40_001 + layout as u16);
-                assert_eq!(tcp.source_port(), port);
-                assert_eq!(tcp.acknowledgment_number(), seq + 1, "{case}");
-                let options: Vec<_> = tcp
-                    .options_iterator()
-                    .map(|o| o.expect("an option"))
-                    .collect();
+                let (tcp, options) =
+                    check_synack(&frame, answer, (client, server, port), (layout, seq), &case);
                 let mss = if family == Family::V4 { 1460 } else { 1440 };
                 check_options(&options, full, mss);
-                check_cookie_ack(&lab, &mut filter, (client, server, port), tcp, seq, vlan);
+                check_cookie_ack(&lab, &mut filter, (client, server, port), &tcp, seq, vlan);
             }
         }
     }
@@ -174,25 +161,16 @@ fn check_cookie_floor(lab: &Lab, filter: &mut Filter, port: u16) {
         let (action, len) = run(frame, &mut out);
         assert_eq!(action, XDP_TX, "{case}: answered");
         assert_eq!(len, frame.len().max(58), "{case}: the answer's frame");
-        let answer = &out[..len];
-        assert_eq!(answer[..6], frame[6..12], "{case}: to the sender's MAC");
-        assert_eq!(answer[6..12], frame[..6], "{case}: from ours");
-        let sliced = SlicedPacket::from_ethernet(answer).expect("a frame");
-        let Some(TransportSlice::Tcp(tcp)) = &sliced.transport else {
-            panic!("{case}: a TCP answer: {sliced:?}");
-        };
-        check_addresses(sliced.net.as_ref(), tcp, (server, client), case);
-        assert!(tcp.syn() && tcp.ack() && !tcp.rst() && !tcp.fin(), "{case}");
-        assert_eq!(tcp.destination_port(), 40_001 + Layout::Bare as u16);
-        assert_eq!(tcp.source_port(), port);
-        assert_eq!(tcp.acknowledgment_number(), seq + 1, "{case}");
-        let options: Vec<_> = tcp
-            .options_iterator()
-            .map(|o| o.expect("an option"))
-            .collect();
+        let (tcp, options) = check_synack(
+            frame,
+            &out[..len],
+            (client, server, port),
+            (Layout::Bare, seq),
+            case,
+        );
         // Without an MSS option, the kernel's cookie carries its least.
         check_options(&options, false, 536);
-        check_cookie_ack(lab, filter, (client, server, port), tcp, seq, false);
+        check_cookie_ack(lab, filter, (client, server, port), &tcp, seq, false);
     }
     for (case, frame) in [
         (
@@ -212,6 +190,35 @@ fn check_cookie_floor(lab: &Lab, filter: &mut Filter, port: u16) {
             "{case}: passed as it came"
         );
     }
+}
+
+/// The SYN-ACK `answer` to `frame`, a SYN of `layout` numbered `seq` from
+/// `client` to `server`'s `port`: the MAC addresses, IP addresses and ports
+/// swapped, the checksums right, SYN and ACK set, the SYN acknowledged.
+/// Returns its TCP header and its options.
+fn check_synack<'a>(
+    frame: &[u8],
+    answer: &'a [u8],
+    (client, server, port): (IpAddr, IpAddr, u16),
+    (layout, seq): (Layout, u32),
+    case: &str,
+) -> (TcpSlice<'a>, Vec<O>) {
+    assert_eq!(answer[..6], frame[6..12], "{case}: to the sender's MAC");
+    assert_eq!(answer[6..12], frame[..6], "{case}: from ours");
+    let SlicedPacket { net, transport, .. } = SlicedPacket::from_ethernet(answer).expect("a frame");
+    let Some(TransportSlice::Tcp(tcp)) = transport else {
+        panic!("{case}: a TCP answer: {transport:?}");
+    };
+    check_addresses(net.as_ref(), &tcp, (server, client), case);
+    assert!(tcp.syn() && tcp.ack() && !tcp.rst() && !tcp.fin(), "{case}");
+    assert_eq!(tcp.destination_port(), 40_001 + layout as u16, "{case}");
+    assert_eq!(tcp.source_port(), port, "{case}");
+    assert_eq!(tcp.acknowledgment_number(), seq + 1, "{case}");
+    let options = tcp
+        .options_iterator()
+        .map(|o| o.expect("an option"))
+        .collect();
+    (tcp, options)
 }
 
 /// The answer's addresses (swapped) and its checksums.
