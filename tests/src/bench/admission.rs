@@ -592,6 +592,31 @@ impl CostRound {
     pub fn floor_ratio(&self) -> f64 {
         ratio((self.floor, self.nft))
     }
+
+    /// The shield's receive ns a frame above the floor's.
+    #[must_use]
+    pub fn above_floor(&self) -> f64 {
+        self.shield - self.floor
+    }
+}
+
+/// The medians of cost rounds: the shield's ratio, the floor's, and the
+/// shield's ns above the floor.
+#[derive(Clone, Copy, Debug)]
+pub struct CostMedians {
+    pub ratio: f64,
+    pub floor_ratio: f64,
+    pub above_floor: f64,
+}
+
+/// The medians of `rounds`; `None` without any.
+#[must_use]
+pub fn cost_medians(rounds: &[CostRound]) -> Option<CostMedians> {
+    Some(CostMedians {
+        ratio: median(rounds.iter().map(CostRound::ratio))?,
+        floor_ratio: median(rounds.iter().map(CostRound::floor_ratio))?,
+        above_floor: median(rounds.iter().map(CostRound::above_floor))?,
+    })
 }
 
 /// Every defence in turn against the SYN flood, `duration` each; then the
@@ -803,10 +828,12 @@ fn cost_target(table: (f64, f64), rounds: &[CostRound]) -> String {
         ", {}.",
         if median_all <= 0.5 { "met" } else { "not met" }
     );
-    if let (Some(floor), Some(above)) = (
-        median(rounds.iter().map(CostRound::floor_ratio)),
-        median(rounds.iter().map(|r| r.shield - r.floor)),
-    ) {
+    if let Some(CostMedians {
+        floor_ratio: floor,
+        above_floor: above,
+        ..
+    }) = cost_medians(rounds)
+    {
         let listed: Vec<String> = rounds
             .iter()
             .map(|round| format!("{:.0} ns ({:.2} ×)", round.floor, round.floor_ratio()))

@@ -14,7 +14,7 @@ use spacefilter_tests::{
         ControlOptions, FleetOptions, FleetRun, Floors, KINDS, Parking, Rng, Row, Runner, Table,
         XdpFilter,
         admission::{
-            Admitted, CostRound, admission, admission_report, cost_rounds, median, shield_costs,
+            Admitted, admission, admission_report, cost_medians, cost_rounds, shield_costs,
         },
         control_plane, fleet_report, fleet_run, flood_throughput, guard_costs, guard_report,
         load_filter, machine, measure_each,
@@ -221,15 +221,14 @@ fn cost_part(quick: bool) -> anyhow::Result<()> {
          rounds of rows against the SYN flood"
     );
     let rounds = cost_rounds(Duration::from_secs(5), rounds)?;
-    if let (Some(ratio), Some(floor), Some(above)) = (
-        median(rounds.iter().map(CostRound::ratio)),
-        median(rounds.iter().map(CostRound::floor_ratio)),
-        median(rounds.iter().map(|r| r.shield - r.floor)),
-    ) {
+    if let Some(m) = cost_medians(&rounds) {
         eprintln!(
-            "bench: the medians of the {} rounds: the shield {ratio:.2} × nftables', the \
-             cookie floor {floor:.2} ×; the shield {above:.0} ns a frame above the floor",
-            rounds.len()
+            "bench: the medians of the {} rounds: the shield {:.2} × nftables', the cookie \
+             floor {:.2} ×; the shield {:.0} ns a frame above the floor",
+            rounds.len(),
+            m.ratio,
+            m.floor_ratio,
+            m.above_floor
         );
     }
     Ok(())
